@@ -1,0 +1,115 @@
+"""stageflow: an asyncio DAG pipeline framework with a dependency-free core.
+
+Example::
+
+    from stageflow import Pipeline, StageKind, StageOutput
+
+    async def greet(ctx):
+        return StageOutput.ok(greeting="Hello")
+
+    graph = Pipeline(name="hello").with_stage("greet", greet, StageKind.TRANSFORM).build()
+"""
+
+from __future__ import annotations
+
+from ._context import PipelineContext as PipelineContext
+from ._context import PipelineTimer as PipelineTimer
+from ._context import StageContext as StageContext
+from ._context import StageInputs as StageInputs
+from ._errors import CircuitOpenError as CircuitOpenError
+from ._errors import CriticalInterceptorError as CriticalInterceptorError
+from ._errors import CycleError as CycleError
+from ._errors import DuplicateStageError as DuplicateStageError
+from ._errors import InterceptorError as InterceptorError
+from ._errors import InvalidRunnerError as InvalidRunnerError
+from ._errors import InvalidStageKindError as InvalidStageKindError
+from ._errors import InvalidStageNameError as InvalidStageNameError
+from ._errors import InvalidStageOutputError as InvalidStageOutputError
+from ._errors import PipelineCancelledError as PipelineCancelledError
+from ._errors import PipelineDefinitionError as PipelineDefinitionError
+from ._errors import PipelineFailedError as PipelineFailedError
+from ._errors import PipelineRunError as PipelineRunError
+from ._errors import RetriesExhaustedError as RetriesExhaustedError
+from ._errors import RetryNotConfiguredError as RetryNotConfiguredError
+from ._errors import SelfDependencyError as SelfDependencyError
+from ._errors import StageBlockedError as StageBlockedError
+from ._errors import StageError as StageError
+from ._errors import StageFailedError as StageFailedError
+from ._errors import StageflowError as StageflowError
+from ._errors import StageTimeoutError as StageTimeoutError
+from ._errors import UndeclaredDependencyError as UndeclaredDependencyError
+from ._errors import UnknownDependencyError as UnknownDependencyError
+from ._events import EventSink as EventSink
+from ._events import InMemoryEventSink as InMemoryEventSink
+from ._events import LoggingEventSink as LoggingEventSink
+from ._events import NoOpEventSink as NoOpEventSink
+from ._events import RecordedEvent as RecordedEvent
+from ._events import dropped_event_count as dropped_event_count
+from ._events import get_event_sink as get_event_sink
+from ._events import set_event_sink as set_event_sink
+from ._graph import StageGraph as StageGraph
+from ._pipeline import Pipeline as Pipeline
+from ._pipeline import StageInfo as StageInfo
+from ._pipeline import StageSpec as StageSpec
+from ._results import RunResult as RunResult
+from ._results import StageResult as StageResult
+from ._retry import RetryPolicy as RetryPolicy
+from ._snapshot import ContextSnapshot as ContextSnapshot
+from ._snapshot import RunIdentity as RunIdentity
+from ._types import Stage as Stage
+from ._types import StageKind as StageKind
+from ._types import StageOutput as StageOutput
+from ._types import StageStatus as StageStatus
+
+__version__ = "0.10.0"
+
+__all__ = (
+    "CircuitOpenError",
+    "ContextSnapshot",
+    "CriticalInterceptorError",
+    "CycleError",
+    "DuplicateStageError",
+    "EventSink",
+    "InMemoryEventSink",
+    "InterceptorError",
+    "InvalidRunnerError",
+    "InvalidStageKindError",
+    "InvalidStageNameError",
+    "InvalidStageOutputError",
+    "LoggingEventSink",
+    "NoOpEventSink",
+    "Pipeline",
+    "PipelineCancelledError",
+    "PipelineContext",
+    "PipelineDefinitionError",
+    "PipelineFailedError",
+    "PipelineRunError",
+    "PipelineTimer",
+    "RecordedEvent",
+    "RetriesExhaustedError",
+    "RetryNotConfiguredError",
+    "RetryPolicy",
+    "RunIdentity",
+    "RunResult",
+    "SelfDependencyError",
+    "Stage",
+    "StageBlockedError",
+    "StageContext",
+    "StageError",
+    "StageFailedError",
+    "StageGraph",
+    "StageInfo",
+    "StageInputs",
+    "StageKind",
+    "StageOutput",
+    "StageResult",
+    "StageSpec",
+    "StageStatus",
+    "StageTimeoutError",
+    "StageflowError",
+    "UndeclaredDependencyError",
+    "UnknownDependencyError",
+    "dropped_event_count",
+    "get_event_sink",
+    "set_event_sink",
+)

@@ -1,0 +1,315 @@
+"""The one exception tree of stageflow.
+
+::
+
+    StageflowError
+    ├── PipelineDefinitionError (ValueError)         raised by Pipeline.with_stage()/compose()/build()
+    │   ├── InvalidStageNameError
+    │   ├── DuplicateStageError
+    │   ├── UnknownDependencyError
+    │   ├── SelfDependencyError
+    │   ├── CycleError
+    │   ├── InvalidStageKindError
+    │   └── InvalidRunnerError (also TypeError)
+    ├── PipelineRunError                              raised by StageGraph.run()
+    │   ├── PipelineFailedError                       a stage failed; fail-fast
+    │   └── PipelineCancelledError                    a stage returned StageOutput.cancel()
+    ├── StageError                                    why one stage failed (found in StageResult.error)
+    │   ├── StageFailedError                          the stage returned StageOutput.fail()
+    │   ├── InvalidStageOutputError (also TypeError)  execute() returned something other than a StageOutput
+    │   ├── RetryNotConfiguredError                   StageOutput.retry() without a retry policy
+    │   ├── RetriesExhaustedError                     the retry policy ran out of attempts
+    │   └── UndeclaredDependencyError (also KeyError) a stage read the output of a stage it does not depend on
+    └── InterceptorError
+        └── CriticalInterceptorError                  the one interceptor error that is not isolated
+            ├── StageBlockedError                     InterceptorResult(stage_ran=False, error=...)
+            ├── StageTimeoutError (also TimeoutError) TimeoutInterceptor
+            └── CircuitOpenError                      CircuitBreakerInterceptor
+
+``asyncio.CancelledError`` is never wrapped or swallowed by stageflow.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._results import StageResult
+
+__all__ = (
+    "CircuitOpenError",
+    "CriticalInterceptorError",
+    "CycleError",
+    "DuplicateStageError",
+    "InterceptorError",
+    "InvalidRunnerError",
+    "InvalidStageKindError",
+    "InvalidStageNameError",
+    "InvalidStageOutputError",
+    "PipelineCancelledError",
+    "PipelineDefinitionError",
+    "PipelineFailedError",
+    "PipelineRunError",
+    "RetriesExhaustedError",
+    "RetryNotConfiguredError",
+    "SelfDependencyError",
+    "StageBlockedError",
+    "StageError",
+    "StageFailedError",
+    "StageTimeoutError",
+    "StageflowError",
+    "UndeclaredDependencyError",
+    "UnknownDependencyError",
+)
+
+
+def _known(names: Iterable[str], limit: int = 20) -> str:
+    ordered = sorted(names)
+    if not ordered:
+        return "(none)"
+    shown = ", ".join(repr(n) for n in ordered[:limit])
+    if len(ordered) > limit:
+        shown += f", ... ({len(ordered)} in all)"
+    return shown
+
+
+class StageflowError(Exception):
+    """Base class of every exception stageflow raises on purpose."""
+
+
+# --------------------------------------------------------------------------- definition errors
+
+
+class PipelineDefinitionError(StageflowError, ValueError):
+    """A pipeline definition is invalid; raised at ``with_stage()``, ``compose()`` or ``build()``."""
+
+
+class InvalidStageNameError(PipelineDefinitionError):
+    """A stage name is not a non-empty string."""
+
+    def __init__(self, name: object) -> None:
+        self.name = name
+        super().__init__(f"stage name {name!r} is invalid; use a non-empty str such as 'stt' or 'llm'")
+
+
+class DuplicateStageError(PipelineDefinitionError):
+    """Two stages share one name (also when two composed pipelines both define it)."""
+
+    def __init__(self, name: str, *, composed: bool = False) -> None:
+        self.stage = name
+        where = "both composed pipelines define" if composed else "the pipeline defines twice"
+        super().__init__(
+            f"duplicate stage name {name!r}: {where} a stage called {name!r}; "
+            "stage names must be unique, so rename one of them"
+        )
+
+
+class UnknownDependencyError(PipelineDefinitionError):
+    """A stage depends on a stage that was never added."""
+
+    def __init__(self, stage: str, missing: str, known: Iterable[str]) -> None:
+        self.stage, self.missing = stage, missing
+        known = list(known)
+        close = difflib.get_close_matches(missing, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        super().__init__(
+            f"stage {stage!r} depends on unknown stage {missing!r}; {hint}"
+            f"add {missing!r} with with_stage() or fix the dependency (known stages: {_known(known)})"
+        )
+
+
+class SelfDependencyError(PipelineDefinitionError):
+    """A stage lists itself among its dependencies."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        super().__init__(f"stage {stage!r} depends on itself; remove {stage!r} from its dependencies")
+
+
+class CycleError(PipelineDefinitionError):
+    """The dependencies form a cycle; ``cycle`` is the path, first stage repeated at the end."""
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        self.cycle = tuple(cycle)
+        path = " -> ".join(repr(n) for n in self.cycle)
+        super().__init__(f"dependency cycle: {path}; remove one of these dependencies")
+
+
+class InvalidStageKindError(PipelineDefinitionError):
+    """A stage kind is not a ``StageKind``."""
+
+    def __init__(self, stage: str, kind: object, valid: Iterable[str]) -> None:
+        self.stage, self.kind = stage, kind
+        super().__init__(
+            f"stage {stage!r} has invalid kind {kind!r}; use a StageKind member "
+            f"({', '.join(valid)})"
+        )
+
+
+class InvalidRunnerError(PipelineDefinitionError, TypeError):
+    """A runner is not a stage class, an object with ``async def execute(ctx)``, or an async function."""
+
+    def __init__(self, stage: str, runner: object, problem: str) -> None:
+        self.stage, self.runner = stage, runner
+        super().__init__(
+            f"stage {stage!r} has invalid runner {runner!r}: {problem}; pass a class or object with "
+            "'async def execute(self, ctx) -> StageOutput', or an 'async def fn(ctx) -> StageOutput'"
+        )
+
+
+# --------------------------------------------------------------------------- run errors
+
+
+class PipelineRunError(StageflowError):
+    """A run ended without completing; carries the partial results.
+
+    Attributes:
+        stage: the stage that ended the run.
+        results: the ``RunResult`` of every stage that finished or was cancelled.
+    """
+
+    stage: str
+    results: Mapping[str, StageResult]
+
+
+class PipelineFailedError(PipelineRunError):
+    """A stage failed, so the run stopped (fail-fast).
+
+    Attributes:
+        stage: the first stage that failed.
+        error: that stage's error (also ``__cause__``).
+        failures: every stage that failed before the run stopped, in order, with its error.
+        results: the partial results (``RunResult``).
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        error: BaseException,
+        failures: Mapping[str, BaseException],
+        results: Mapping[str, StageResult],
+    ) -> None:
+        self.stage, self.error, self.failures, self.results = stage, error, failures, results
+        super().__init__(f"stage {stage!r} failed: {type(error).__name__}: {error}")
+
+
+class PipelineCancelledError(PipelineRunError):
+    """A stage returned ``StageOutput.cancel(reason)``: the run stopped without an error.
+
+    Attributes:
+        stage: the stage that cancelled the run.
+        reason: the reason it gave.
+        results: the partial results (``RunResult``).
+    """
+
+    def __init__(self, stage: str, reason: str, results: Mapping[str, StageResult]) -> None:
+        self.stage, self.reason, self.results = stage, reason, results
+        super().__init__(f"stage {stage!r} cancelled the pipeline: {reason or '(no reason given)'}")
+
+
+# --------------------------------------------------------------------------- stage errors
+
+
+class StageError(StageflowError):
+    """Why one stage failed, when the stage itself did not raise."""
+
+
+class StageFailedError(StageError):
+    """The stage returned ``StageOutput.fail(error)``."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        self.stage, self.message = stage, message
+        super().__init__(message)
+
+
+class InvalidStageOutputError(StageError, TypeError):
+    """``execute()`` returned something other than a ``StageOutput``."""
+
+    def __init__(self, stage: str, value: object) -> None:
+        self.stage, self.value = stage, value
+        super().__init__(
+            f"stage {stage!r} returned {value!r} ({type(value).__name__}); execute() must return a "
+            "StageOutput, e.g. StageOutput.ok(key=value)"
+        )
+
+
+class RetryNotConfiguredError(StageError):
+    """The stage asked for a retry but has no retry policy."""
+
+    def __init__(self, stage: str, message: str | None) -> None:
+        self.stage = stage
+        super().__init__(
+            f"stage {stage!r} returned StageOutput.retry({message!r}) but has no retry policy; pass "
+            "retry=RetryPolicy(...) to with_stage() or add a RetryInterceptor"
+        )
+
+
+class RetriesExhaustedError(StageError):
+    """Every attempt the retry policy allowed asked for another retry."""
+
+    def __init__(self, stage: str, attempts: int, message: str | None) -> None:
+        self.stage, self.attempts = stage, attempts
+        super().__init__(
+            f"stage {stage!r} still asked to retry after {attempts} attempts (last: {message!r}); "
+            "raise RetryPolicy.max_attempts or fix the cause"
+        )
+
+
+class UndeclaredDependencyError(StageError, KeyError):
+    """A stage read the output of a stage it does not declare as a dependency."""
+
+    def __init__(self, stage: str | None, wanted: str, declared: Iterable[str]) -> None:
+        self.stage, self.wanted = stage, wanted
+        self.message = (
+            f"stage {stage!r} read the output of {wanted!r}, which is not among its dependencies "
+            f"({_known(declared)}); add {wanted!r} to its dependencies"
+        )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.message
+
+
+# --------------------------------------------------------------------------- interceptor errors
+
+
+class InterceptorError(StageflowError):
+    """An interceptor misbehaved."""
+
+
+class CriticalInterceptorError(InterceptorError):
+    """Raised by an interceptor to fail the stage on purpose.
+
+    Every other exception an interceptor raises is logged and the interceptor is bypassed; this one (and its
+    subclasses) fails the stage like an exception raised by the stage itself.
+    """
+
+
+class StageBlockedError(CriticalInterceptorError):
+    """An interceptor returned ``InterceptorResult(stage_ran=False)`` without a result."""
+
+    def __init__(self, stage: str, interceptor: str, reason: str | None) -> None:
+        self.stage, self.interceptor, self.reason = stage, interceptor, reason
+        super().__init__(
+            f"interceptor {interceptor!r} blocked stage {stage!r}: {reason or '(no reason given)'}"
+        )
+
+
+class StageTimeoutError(CriticalInterceptorError, TimeoutError):
+    """A stage ran longer than its timeout."""
+
+    def __init__(self, stage: str, timeout: float) -> None:
+        self.stage, self.timeout = stage, timeout
+        super().__init__(f"stage {stage!r} timed out after {timeout:g} s")
+
+
+class CircuitOpenError(CriticalInterceptorError):
+    """The stage's circuit breaker is open, so the call was refused without running the stage."""
+
+    def __init__(self, stage: str, retry_in: float) -> None:
+        self.stage, self.retry_in = stage, retry_in
+        super().__init__(
+            f"circuit breaker for stage {stage!r} is open; the next trial call is allowed in {retry_in:.3g} s"
+        )

@@ -1,0 +1,479 @@
+"""The executor: the only scheduler in stageflow.
+
+One asyncio task per stage, started the moment its last dependency finishes. Per run the executor does
+O(V + E) work: an in-degree counter per stage, decremented along the children adjacency of each finished
+stage; a stage's inputs hold only its direct dependencies' outputs. All per-run state lives in ``_Run``, so a
+``StageGraph`` is immutable and safe to run many times concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from ._context import PipelineContext, StageContext, StageInputs
+from ._errors import (
+    InvalidStageOutputError,
+    PipelineCancelledError,
+    PipelineFailedError,
+    RetriesExhaustedError,
+    RetryNotConfiguredError,
+    StageFailedError,
+)
+from ._events import EventSink, NoOpEventSink, emit, resolve_sink
+from ._interceptors import (
+    CallNext,
+    Interceptor,
+    build_run_chain,
+    build_stage_chain,
+    order_interceptors,
+)
+from ._pipeline import StageInfo, _mermaid
+from ._results import RunResult, StageResult
+from ._retry import RetryPolicy
+from ._types import StageKind, StageOutput, StageStatus
+
+__all__ = ("StageGraph",)
+
+_perf = time.perf_counter
+_wall = time.time
+_OK = StageStatus.OK
+_SKIP = StageStatus.SKIP
+_FAIL = StageStatus.FAIL
+_CANCEL = StageStatus.CANCEL
+_RETRY = StageStatus.RETRY
+_NO_OUTPUTS: Mapping[str, StageOutput] = MappingProxyType({})
+
+
+class _Node:
+    __slots__ = (
+        "call",
+        "children",
+        "conditional",
+        "dep_index",
+        "dep_pairs",
+        "dep_set",
+        "ev_cancelled",
+        "ev_completed",
+        "ev_failed",
+        "ev_retrying",
+        "ev_skipped",
+        "ev_started",
+        "info",
+        "kind",
+        "name",
+        "retry",
+    )
+
+    def __init__(self, info: StageInfo, call: CallNext, index: Mapping[str, int]) -> None:
+        self.info = info
+        self.name = info.name
+        self.kind: StageKind = info.kind
+        self.call = call
+        unique = tuple(dict.fromkeys(info.dependencies))
+        self.dep_index = tuple(index[d] for d in unique)
+        self.dep_pairs = tuple((d, index[d]) for d in unique)
+        self.dep_set = frozenset(unique)
+        self.children: tuple[int, ...] = ()
+        self.conditional = info.conditional
+        self.retry: RetryPolicy | None = info.retry
+        prefix = f"stage.{info.name}."
+        self.ev_started = prefix + "started"
+        self.ev_completed = prefix + "completed"
+        self.ev_failed = prefix + "failed"
+        self.ev_skipped = prefix + "skipped"
+        self.ev_cancelled = prefix + "cancelled"
+        self.ev_retrying = prefix + "retrying"
+
+
+def _runner_call(info: StageInfo) -> CallNext:
+    runner = info.runner
+    execute = getattr(runner, "execute", None)
+    if execute is not None and not asyncio.iscoroutinefunction(runner):
+        return execute  # type: ignore[no-any-return]
+    return runner  # type: ignore[no-any-return]
+
+
+class StageGraph:
+    """A built pipeline: immutable, reusable, safe to run concurrently. Made by ``Pipeline.build()``.
+
+    Attributes:
+        name: the pipeline's name.
+        stages: the ``StageInfo`` of every stage, in the order they were added.
+        interceptors: the interceptors, outermost first.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stages: Sequence[StageInfo],
+        order: Sequence[int],
+        interceptors: Iterable[Interceptor] = (),
+    ) -> None:
+        self.name = name
+        self.stages = tuple(stages)
+        self.interceptors = order_interceptors(list(interceptors))
+        index = {info.name: i for i, info in enumerate(self.stages)}
+        nodes = [
+            _Node(info, build_stage_chain(info, _runner_call(info), self.interceptors), index)
+            for info in self.stages
+        ]
+        children: list[list[int]] = [[] for _ in nodes]
+        for i, node in enumerate(nodes):
+            for d in node.dep_index:
+                children[d].append(i)
+        for node, kids in zip(nodes, children, strict=True):
+            node.children = tuple(kids)
+        self._nodes = tuple(nodes)
+        self._order = tuple(order)
+        self._indegree = [len(n.dep_index) for n in nodes]
+        self._roots = tuple(i for i in self._order if not nodes[i].dep_index)
+        self._deps_by_name: Mapping[str, tuple[str, ...]] = {
+            n.name: tuple(n.dep_set) for n in nodes
+        }
+        self._index = index
+        self._version: str | None = None
+        self._run_chain = build_run_chain(self._execute, self.interceptors)
+
+    @property
+    def version(self) -> str:
+        """A short hash of the topology (names, kinds, dependencies); equal graphs share it."""
+        if self._version is None:
+            h = hashlib.sha256()
+            for info in sorted(self.stages, key=lambda s: s.name):
+                h.update(f"{info.name}\0{info.kind.value}\0{','.join(sorted(info.dependencies))}\n".encode())
+            self._version = h.hexdigest()[:12]
+        return self._version
+
+    def stage(self, name: str) -> StageInfo:
+        """The ``StageInfo`` of one stage.
+
+        Raises:
+            KeyError: no stage has that name.
+        """
+        try:
+            return self.stages[self._index[name]]
+        except KeyError:
+            msg = f"no stage {name!r} in pipeline {self.name!r}"
+            raise KeyError(msg) from None
+
+    @property
+    def topological_order(self) -> tuple[str, ...]:
+        """The stage names in one valid execution order."""
+        return tuple(self.stages[i].name for i in self._order)
+
+    def to_mermaid(self) -> str:
+        """The DAG as a Mermaid flowchart."""
+        return _mermaid(self.stages)
+
+    def __repr__(self) -> str:
+        return f"StageGraph(name={self.name!r}, stages={len(self.stages)})"
+
+    async def run(self, ctx: StageContext) -> RunResult:
+        """Run the pipeline once.
+
+        Args:
+            ctx: the entry context: its ``snapshot`` is the run's input, its ``timer`` the run's clock, its
+                ``event_sink`` (else the process sink) receives the run's events and its ``data`` seeds
+                ``PipelineContext.data``.
+
+        Returns:
+            The ``RunResult``: every stage's ``StageResult`` by name.
+
+        Raises:
+            PipelineFailedError: a stage failed (raised, returned ``fail``, or exhausted its retries).
+            PipelineCancelledError: a stage returned ``StageOutput.cancel``.
+            asyncio.CancelledError: the awaiting task was cancelled; every running stage was cancelled
+                and awaited first.
+        """
+        sink = resolve_sink(ctx.event_sink)
+        run = PipelineContext(
+            snapshot=ctx.snapshot, graph=self, event_sink=sink, timer=ctx.timer, data=dict(ctx.data)
+        )
+        if not isinstance(sink, NoOpEventSink):
+            emit(sink, "pipeline.created", {
+                "run_id": str(run.run_id), "pipeline": self.name, "timestamp": _wall(),
+                "stages": len(self.stages), "version": self.version,
+            })
+        return await self._run_chain(run)
+
+    async def _execute(self, run: PipelineContext) -> RunResult:
+        return await _Run(self, run).go()
+
+
+class _Run:
+    """The state of one run."""
+
+    __slots__ = (
+        "base_context",
+        "cancelled_by",
+        "done",
+        "failures",
+        "graph",
+        "left",
+        "nodes",
+        "outputs",
+        "remaining",
+        "results",
+        "run",
+        "run_id",
+        "sink",
+        "stopping",
+        "tasks",
+    )
+
+    def __init__(self, graph: StageGraph, run: PipelineContext) -> None:
+        self.graph = graph
+        self.run = run
+        self.nodes = graph._nodes
+        n = len(self.nodes)
+        self.remaining = graph._indegree.copy()
+        self.outputs: list[StageOutput | None] = [None] * n
+        self.tasks: list[asyncio.Task[None] | None] = [None] * n
+        self.left = n
+        self.stopping = False
+        self.failures: dict[str, BaseException] = {}
+        self.cancelled_by: tuple[str, str] | None = None
+        sink: EventSink = run.event_sink
+        self.sink: EventSink | None = None if isinstance(sink, NoOpEventSink) else sink
+        self.run_id = str(run.run_id)
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.results = RunResult(run.run_id, graph.name, 0.0, graph._deps_by_name)
+        self.base_context = contextvars.Context()
+
+    def _event(self, **data: Any) -> dict[str, Any]:
+        return {"run_id": self.run_id, "pipeline": self.graph.name, "timestamp": _wall(), **data}
+
+    async def go(self) -> RunResult:
+        results = self.results
+        started = _perf()
+        results.started_at = started
+        if self.sink is not None:
+            emit(self.sink, "pipeline.started", self._event(stages=len(self.nodes)))
+        # Stage tasks start from the context the run interceptors set up, each in its own copy, never
+        # from the context of the stage that happened to finish last.
+        self.base_context = contextvars.copy_context()
+        if self.left:
+            for i in self.graph._roots:
+                self._start(i, started)
+            try:
+                await self.done
+            except asyncio.CancelledError:
+                await self._stop_running()
+                results.ended_at = _perf()
+                if self.sink is not None:
+                    emit(self.sink, "pipeline.cancelled", self._summary(reason="cancelled by caller"))
+                raise
+        if self.stopping:
+            await self._stop_running()
+        results.ended_at = _perf()
+        if self.failures:
+            stage, error = next(iter(self.failures.items()))
+            if self.sink is not None:
+                emit(self.sink, "pipeline.failed", self._summary(
+                    stage=stage, error=str(error), error_type=type(error).__name__,
+                ))
+            raise PipelineFailedError(stage, error, dict(self.failures), results) from error
+        if self.cancelled_by is not None:
+            stage, reason = self.cancelled_by
+            if self.sink is not None:
+                emit(self.sink, "pipeline.cancelled", self._summary(stage=stage, reason=reason))
+            raise PipelineCancelledError(stage, reason, results)
+        if self.sink is not None:
+            emit(self.sink, "pipeline.completed", self._summary())
+        return results
+
+    def _summary(self, **extra: Any) -> dict[str, Any]:
+        results = self.results
+        return self._event(
+            duration=results.duration,
+            critical_path=list(results.critical_path),
+            stages={
+                name: {"status": r.status.value, "wait": r.wait, "duration": r.duration}
+                for name, r in results.items()
+            },
+            **extra,
+        )
+
+    async def _stop_running(self) -> None:
+        running = [t for t in self.tasks if t is not None and not t.done()]
+        for task in running:
+            task.cancel()
+        cancelled_again = False
+        while running:
+            try:
+                await asyncio.wait(running)
+            except asyncio.CancelledError:
+                cancelled_again = True  # keep waiting: no stage task may outlive the run
+            running = [t for t in running if not t.done()]
+        if cancelled_again:
+            raise asyncio.CancelledError
+
+    def _start(self, i: int, ready_at: float) -> None:
+        self.tasks[i] = asyncio.get_running_loop().create_task(
+            self._stage(i, ready_at), context=self.base_context.copy()
+        )
+
+    def _finish(self, i: int, output: StageOutput, ended: float) -> None:
+        """Record ``output`` for stage ``i`` and start (or skip) every child it made ready."""
+        outputs, remaining, nodes = self.outputs, self.remaining, self.nodes
+        stack = [(i, output)]
+        while stack:
+            j, out = stack.pop()
+            outputs[j] = out
+            self.left -= 1
+            if self.stopping:
+                continue
+            for c in nodes[j].children:
+                remaining[c] -= 1
+                if remaining[c]:
+                    continue
+                child = nodes[c]
+                if child.conditional:
+                    skipped = next(
+                        (d for d, k in child.dep_pairs if outputs[k].status is _SKIP),  # type: ignore[union-attr]
+                        None,
+                    )
+                    if skipped is not None:
+                        stack.append((c, self._auto_skip(child, skipped, ended)))
+                        continue
+                self._start(c, ended)
+        if not self.left and not self.done.done():
+            self.done.set_result(None)
+
+    def _auto_skip(self, node: _Node, dependency: str, ready_at: float) -> StageOutput:
+        output = StageOutput.skip(reason=f"dependency {dependency!r} was skipped")
+        now = _perf()
+        self.results[node.name] = StageResult(
+            node.name, node.kind, _SKIP, output, None, ready_at, now, now, 0
+        )
+        if self.sink is not None:
+            emit(self.sink, node.ev_skipped, self._event(
+                stage=node.name, kind=node.kind.value, reason=output.data["reason"], duration=0.0,
+            ))
+        return output
+
+    def _stop(self) -> None:
+        self.stopping = True
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def _stage(self, i: int, ready_at: float) -> None:
+        node = self.nodes[i]
+        run = self.run
+        started = _perf()
+        outputs = self.outputs
+        prior = (
+            {d: outputs[k] for d, k in node.dep_pairs} if node.dep_pairs else _NO_OUTPUTS
+        )
+        ctx = StageContext._for_stage(
+            run, node.info, StageInputs(run.snapshot, prior, None, node.dep_set, node.name),  # type: ignore[arg-type]
+            ready_at, started,
+        )
+        sink = self.sink
+        if sink is not None:
+            emit(sink, node.ev_started, self._event(
+                stage=node.name, kind=node.kind.value, wait=started - ready_at,
+                dependencies=list(node.dep_set),
+            ))
+        call = node.call
+        error: BaseException | None = None
+        output: StageOutput | None = None
+        try:
+            while True:
+                try:
+                    output = await call(ctx)
+                except Exception as exc:
+                    policy = node.retry
+                    if policy is not None and ctx.attempt < policy.max_attempts and policy.should_retry(exc):
+                        await self._backoff(node, ctx, policy, exc)
+                        continue
+                    error = exc
+                    break
+                if not isinstance(output, StageOutput):
+                    error = InvalidStageOutputError(node.name, output)
+                    output = None
+                    break
+                if output.status is _RETRY:
+                    policy = node.retry
+                    if policy is None:
+                        error = RetryNotConfiguredError(node.name, output.error)
+                    elif ctx.attempt >= policy.max_attempts:
+                        error = RetriesExhaustedError(node.name, ctx.attempt, output.error)
+                    else:
+                        await self._backoff(node, ctx, policy, output.error)
+                        continue
+                elif output.status is _FAIL:
+                    error = StageFailedError(node.name, output.error or "unknown error")
+                break
+        except asyncio.CancelledError:
+            ended = _perf()
+            self.tasks[i] = None
+            self.results[node.name] = StageResult(
+                node.name, node.kind, _CANCEL, None, None, ready_at, started, ended, ctx.attempt
+            )
+            if sink is not None:
+                emit(sink, node.ev_cancelled, self._event(
+                    stage=node.name, kind=node.kind.value, duration=ended - started,
+                ))
+            raise
+        ended = _perf()
+        self.tasks[i] = None
+        if error is not None:
+            self.results[node.name] = StageResult(
+                node.name, node.kind, _FAIL, output, error, ready_at, started, ended, ctx.attempt
+            )
+            if sink is not None:
+                emit(sink, node.ev_failed, self._event(
+                    stage=node.name, kind=node.kind.value, duration=ended - started,
+                    error=str(error), error_type=type(error).__name__, attempts=ctx.attempt,
+                ))
+            self.failures[node.name] = error
+            self.left -= 1
+            self._stop()
+            return
+        assert output is not None
+        status = output.status
+        self.results[node.name] = StageResult(
+            node.name, node.kind, status, output, None, ready_at, started, ended, ctx.attempt
+        )
+        if status is _CANCEL:
+            reason = str(output.data.get("cancel_reason", ""))
+            if sink is not None:
+                emit(sink, node.ev_cancelled, self._event(
+                    stage=node.name, kind=node.kind.value, duration=ended - started, reason=reason,
+                ))
+            if self.cancelled_by is None and not self.failures:
+                self.cancelled_by = (node.name, reason)
+            self.left -= 1
+            self._stop()
+            return
+        if sink is not None:
+            if status is _SKIP:
+                emit(sink, node.ev_skipped, self._event(
+                    stage=node.name, kind=node.kind.value, duration=ended - started,
+                    reason=output.data.get("reason", ""),
+                ))
+            else:
+                emit(sink, node.ev_completed, self._event(
+                    stage=node.name, kind=node.kind.value, duration=ended - started,
+                    wait=started - ready_at, attempts=ctx.attempt,
+                ))
+        self._finish(i, output, ended)
+
+    async def _backoff(
+        self, node: _Node, ctx: StageContext, policy: RetryPolicy, reason: BaseException | str | None
+    ) -> None:
+        delay = policy.delay(ctx.attempt)
+        if self.sink is not None:
+            emit(self.sink, node.ev_retrying, self._event(
+                stage=node.name, kind=node.kind.value, attempt=ctx.attempt, delay=delay,
+                error=str(reason) if reason is not None else None,
+            ))
+        await policy.sleep(delay)
+        ctx.attempt += 1

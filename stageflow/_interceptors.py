@@ -1,0 +1,326 @@
+"""The interceptor mechanism: an onion of ``call_next`` wrappers, folded once per graph.
+
+An interceptor overrides ``intercept_stage`` (around every stage attempt) and/or ``intercept_run`` (around a
+whole run). ``BaseInterceptor`` builds the seed's ``before``/``after``/``on_error`` hooks on top.
+
+Isolation: an exception an interceptor raises is logged (``logging.getLogger("stageflow")``) and the
+interceptor is bypassed for that call: if it had not called ``call_next`` yet, the rest of the chain runs;
+if it had, the inner result (or the inner exception) stands. Exceptions coming out of ``call_next`` pass
+through unchanged, ``CriticalInterceptorError`` (and subclasses such as ``StageTimeoutError``) fails the
+stage on purpose, and ``asyncio.CancelledError`` always propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from ._context import PipelineContext, StageContext
+from ._errors import CriticalInterceptorError, PipelineRunError, StageBlockedError
+from ._results import RunResult, StageResult
+from ._retry import RetryPolicy
+from ._types import StageOutput, StageStatus
+
+if TYPE_CHECKING:
+    from ._pipeline import StageInfo
+
+__all__ = (
+    "BaseInterceptor",
+    "CallNext",
+    "ErrorAction",
+    "Interceptor",
+    "InterceptorResult",
+    "RunNext",
+    "build_run_chain",
+    "build_stage_chain",
+)
+
+logger = logging.getLogger("stageflow")
+
+CallNext: TypeAlias = Callable[[StageContext], Awaitable[StageOutput]]
+"""The rest of a stage's chain: call it with the stage context to run the stage."""
+
+RunNext: TypeAlias = Callable[[PipelineContext], Awaitable[RunResult]]
+"""The rest of a run's chain: call it with the run context to run the pipeline."""
+
+
+class Interceptor:
+    """Base class of interceptors: pass-through by default.
+
+    Override ``intercept_stage`` to wrap every stage attempt, ``intercept_run`` to wrap every run. A stage
+    body runs inside the context its interceptors set up (contextvars set before ``call_next`` are visible
+    in ``execute()``). Stage tasks are created inside the context ``intercept_run`` sets up.
+
+    Attributes:
+        name: a name for logs.
+        priority: lower runs outer (first before, last after).
+    """
+
+    name: str = "interceptor"
+    priority: int = 100
+
+    async def intercept_stage(
+        self, stage: StageInfo, ctx: StageContext, call_next: CallNext
+    ) -> StageOutput:
+        """Wrap one stage attempt; must return ``await call_next(ctx)`` or another ``StageOutput``."""
+        return await call_next(ctx)
+
+    async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
+        """Wrap one run; must return ``await call_next(run)``."""
+        return await call_next(run)
+
+
+class ErrorAction(Enum):
+    """What ``BaseInterceptor.on_error`` asks for after a stage raised."""
+
+    RETRY = "retry"
+    """Run the stage again, under the interceptor's ``retry_policy``."""
+    FALLBACK = "fallback"
+    """Finish the stage with ``BaseInterceptor.fallback(...)``'s output instead of failing."""
+    FAIL = "fail"
+    """Let the error fail the stage (the default)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class InterceptorResult:
+    """What ``BaseInterceptor.before`` returns to stop a stage from running.
+
+    ``stage_ran=False`` stops the stage: it finishes with ``result`` when one is given (a ``StageOutput``,
+    or a mapping taken as ``StageOutput.ok(result)``), otherwise it fails with
+    ``StageBlockedError(error)``.
+    """
+
+    stage_ran: bool = True
+    result: Any = None
+    error: str | None = None
+
+
+class BaseInterceptor(Interceptor):
+    """An interceptor written as ``before``/``after``/``on_error`` hooks.
+
+    The hooks receive the stage name and the run's ``PipelineContext`` (whose ``data`` dict is shared by
+    the run). Override any of them.
+
+    Attributes:
+        retry_policy: how ``ErrorAction.RETRY`` retries (attempts in all, backoff).
+    """
+
+    name = "base_interceptor"
+    priority = 100
+    retry_policy: RetryPolicy = RetryPolicy(max_attempts=3, initial_delay=0.0, jitter=0.0)
+
+    async def before(self, stage_name: str, ctx: PipelineContext) -> InterceptorResult | None:
+        """Called before the stage; return ``InterceptorResult(stage_ran=False, ...)`` to stop it."""
+        return None
+
+    async def after(self, stage_name: str, result: StageResult, ctx: PipelineContext) -> None:
+        """Called after the stage returned (also after a fallback), with its result so far."""
+        return None
+
+    async def on_error(self, stage_name: str, error: Exception, ctx: PipelineContext) -> ErrorAction:
+        """Called when the stage raised; the returned action decides what happens."""
+        return ErrorAction.FAIL
+
+    async def fallback(self, stage_name: str, error: Exception, ctx: PipelineContext) -> StageOutput:
+        """The output used for ``ErrorAction.FALLBACK``: by default a skip whose reason names the error."""
+        return StageOutput.skip(reason=f"fallback after {type(error).__name__}: {error}")
+
+    async def intercept_stage(
+        self, stage: StageInfo, ctx: StageContext, call_next: CallNext
+    ) -> StageOutput:
+        """Run ``before``, the stage, ``on_error`` on exceptions and ``after``."""
+        run = ctx.pipeline
+        assert run is not None
+        verdict = await self.before(stage.name, run)
+        if verdict is not None and not verdict.stage_ran:
+            if verdict.result is None:
+                raise StageBlockedError(stage.name, self.name, verdict.error)
+            output = (
+                verdict.result
+                if isinstance(verdict.result, StageOutput)
+                else StageOutput.ok(verdict.result)
+            )
+            await self._after(stage, ctx, output, None)
+            return output
+        attempt = 1
+        while True:
+            try:
+                output = await call_next(ctx)
+                break
+            except Exception as exc:
+                action = await self.on_error(stage.name, exc, run)
+                if action is ErrorAction.RETRY and attempt < self.retry_policy.max_attempts:
+                    await self.retry_policy.sleep(self.retry_policy.delay(attempt))
+                    attempt += 1
+                    continue
+                if action is ErrorAction.FALLBACK:
+                    output = await self.fallback(stage.name, exc, run)
+                    break
+                raise
+        await self._after(stage, ctx, output, None)
+        return output
+
+    async def _after(
+        self, stage: StageInfo, ctx: StageContext, output: StageOutput, error: BaseException | None
+    ) -> None:
+        run = ctx.pipeline
+        assert run is not None
+        status = StageStatus.FAIL if output.status is StageStatus.RETRY else output.status
+        result = StageResult(
+            stage.name, stage.kind, status, output, error, ctx.ready_at, ctx.started_at,
+            time.perf_counter(), ctx.attempt,
+        )
+        await self.after(stage.name, result, run)
+
+
+# --------------------------------------------------------------------------- chains
+
+_UNSET: Any = object()
+
+
+def _report(interceptor: Interceptor, where: str, exc: Exception) -> None:
+    logger.error(
+        "stageflow: interceptor %r raised in %s and was bypassed: %r",
+        getattr(interceptor, "name", type(interceptor).__name__),
+        where,
+        exc,
+        exc_info=exc,
+    )
+
+
+class _Innermost:
+    """Records the stage's own outcome so that outer layers can tell it from an interceptor's bug."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: CallNext) -> None:
+        self._call = call
+
+    async def __call__(self, ctx: StageContext) -> StageOutput:
+        try:
+            out = await self._call(ctx)
+        except Exception as exc:
+            ctx._ic_err = exc
+            raise
+        ctx._ic_out = out
+        ctx._ic_err = None
+        return out
+
+
+class _StageLayer:
+    __slots__ = ("_inner", "_interceptor", "_intercept", "_stage")
+
+    def __init__(self, interceptor: Interceptor, stage: StageInfo, inner: CallNext) -> None:
+        self._interceptor = interceptor
+        self._intercept = interceptor.intercept_stage
+        self._stage = stage
+        self._inner = inner
+
+    async def __call__(self, ctx: StageContext) -> StageOutput:
+        ctx._ic_err = None
+        ctx._ic_out = _UNSET
+        try:
+            out = await self._intercept(self._stage, ctx, self._inner)
+        except Exception as exc:
+            inner_error = ctx._ic_err
+            if exc is inner_error or isinstance(exc, CriticalInterceptorError):
+                ctx._ic_err = exc
+                raise
+            _report(self._interceptor, f"stage {self._stage.name!r}", exc)
+            if inner_error is not None:
+                raise inner_error from None
+            out = ctx._ic_out
+            if out is _UNSET:
+                out = await self._inner(ctx)
+        ctx._ic_out = out
+        ctx._ic_err = None
+        return out
+
+
+def _overrides(interceptor: Interceptor, method: str) -> bool:
+    return getattr(type(interceptor), method, None) is not getattr(Interceptor, method)
+
+
+def order_interceptors(interceptors: Sequence[Interceptor]) -> tuple[Interceptor, ...]:
+    """Interceptors sorted by priority (stable: equal priorities keep their given order)."""
+    for ic in interceptors:
+        if not isinstance(ic, Interceptor):
+            msg = (
+                f"interceptor {ic!r} is not an Interceptor; subclass stageflow.interceptors.Interceptor "
+                "or BaseInterceptor"
+            )
+            raise TypeError(msg)
+    return tuple(sorted(interceptors, key=lambda ic: ic.priority))
+
+
+def build_stage_chain(
+    stage: StageInfo, call: CallNext, ordered: Sequence[Interceptor]
+) -> CallNext:
+    """Fold the interceptors that wrap stages around ``call`` (outermost first in ``ordered``)."""
+    active = [ic for ic in ordered if _overrides(ic, "intercept_stage")]
+    if not active:
+        return call
+    chained: CallNext = _Innermost(call)
+    for ic in reversed(active):
+        chained = _StageLayer(ic, stage, chained)
+    return chained
+
+
+class _RunLayer:
+    __slots__ = ("_inner", "_interceptor")
+
+    def __init__(self, interceptor: Interceptor, inner: RunNext) -> None:
+        self._interceptor = interceptor
+        self._inner = inner
+
+    async def __call__(self, run: PipelineContext) -> RunResult:
+        run._ic_err = None
+        run._ic_out = _UNSET
+        try:
+            out = await self._interceptor.intercept_run(run, self._inner)
+        except Exception as exc:
+            inner_error = run._ic_err
+            if exc is inner_error or isinstance(exc, (CriticalInterceptorError, PipelineRunError)):
+                run._ic_err = exc
+                raise
+            _report(self._interceptor, "run", exc)
+            if inner_error is not None:
+                raise inner_error from None
+            out = run._ic_out
+            if out is _UNSET:
+                out = await self._inner(run)
+        run._ic_out = out
+        run._ic_err = None
+        return out
+
+
+class _RunInnermost:
+    __slots__ = ("_call",)
+
+    def __init__(self, call: RunNext) -> None:
+        self._call = call
+
+    async def __call__(self, run: PipelineContext) -> RunResult:
+        try:
+            out = await self._call(run)
+        except Exception as exc:
+            run._ic_err = exc
+            raise
+        run._ic_out = out
+        run._ic_err = None
+        return out
+
+
+def build_run_chain(call: RunNext, ordered: Sequence[Interceptor]) -> RunNext:
+    """Fold the interceptors that wrap runs around ``call``."""
+    active = [ic for ic in ordered if _overrides(ic, "intercept_run")]
+    if not active:
+        return call
+    chained: RunNext = _RunInnermost(call)
+    for ic in reversed(active):
+        chained = _RunLayer(ic, chained)
+    return chained

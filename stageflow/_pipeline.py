@@ -1,0 +1,333 @@
+"""The immutable, fluent pipeline builder and the stage descriptions it produces."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from ._errors import (
+    CycleError,
+    DuplicateStageError,
+    InvalidRunnerError,
+    InvalidStageKindError,
+    InvalidStageNameError,
+    PipelineDefinitionError,
+    SelfDependencyError,
+    UnknownDependencyError,
+)
+from ._retry import RetryPolicy
+from ._types import StageKind, StageOutput
+
+if TYPE_CHECKING:
+    from ._context import StageContext
+    from ._graph import StageGraph
+    from ._interceptors import Interceptor
+
+__all__ = ("Pipeline", "StageInfo", "StageSpec")
+
+StageCall = Callable[["StageContext"], Awaitable[StageOutput]]
+_NO_CONFIG: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """One ``with_stage()`` call, as given: validated at ``build()``."""
+
+    name: str
+    runner: Any
+    kind: StageKind
+    dependencies: tuple[str, ...] = ()
+    conditional: bool = False
+    config: Mapping[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StageInfo:
+    """A built stage, as interceptors see it.
+
+    Attributes:
+        name: the stage name.
+        kind: its kind.
+        dependencies: the names of the stages it depends on, in declaration order.
+        conditional: whether it is skipped when a dependency was skipped.
+        config: the ``config`` given to ``with_stage`` (read-only).
+        runner: the object whose ``execute`` runs (the instance built from a stage class), or the function.
+        pipeline: the pipeline's name.
+        retry: the stage's retry policy, if any.
+    """
+
+    name: str
+    kind: StageKind
+    dependencies: tuple[str, ...]
+    conditional: bool
+    config: Mapping[str, Any]
+    runner: Any
+    pipeline: str
+    retry: RetryPolicy | None = None
+
+
+class _Link:
+    __slots__ = ("prev", "spec")
+
+    def __init__(self, spec: StageSpec, prev: _Link | None) -> None:
+        self.spec = spec
+        self.prev = prev
+
+
+def _check_kind(name: str, kind: object) -> StageKind:
+    if isinstance(kind, StageKind):
+        return kind
+    if isinstance(kind, str):
+        try:
+            return StageKind(kind)
+        except ValueError:
+            pass
+    raise InvalidStageKindError(name, kind, [f"StageKind.{k.name}" for k in StageKind])
+
+
+def _check_runner(name: str, runner: object) -> None:
+    if inspect.isclass(runner) or not inspect.iscoroutinefunction(runner):
+        execute = getattr(runner, "execute", None)
+        if execute is None:
+            problem = (
+                "it has no execute() method"
+                if inspect.isclass(runner) or not callable(runner)
+                else "it is a plain (not async) function"
+            )
+            raise InvalidRunnerError(name, runner, problem)
+        if not inspect.iscoroutinefunction(execute):
+            raise InvalidRunnerError(name, runner, "its execute() is not 'async def'")
+
+
+class Pipeline:
+    """An immutable DAG of stages, built fluently.
+
+    Every method returns a new ``Pipeline``; adding a stage is O(1). Problems that need the whole graph
+    (unknown dependencies, cycles, duplicate names) are reported by ``build()``; problems with one call
+    (bad name, kind, runner, dependency list) by that call.
+
+    Example::
+
+        pipeline = (
+            Pipeline(name="voice")
+            .with_stage("stt", SttStage, StageKind.TRANSFORM)
+            .with_stage("llm", LlmStage, StageKind.TRANSFORM, dependencies=("stt",))
+        )
+        graph = pipeline.build()
+    """
+
+    __slots__ = ("_count", "_last", "name")
+
+    def __init__(self, name: str = "pipeline") -> None:
+        if not isinstance(name, str) or not name:
+            msg = f"pipeline name {name!r} is invalid; use a non-empty str"
+            raise PipelineDefinitionError(msg)
+        self.name = name
+        self._last: _Link | None = None
+        self._count = 0
+
+    def _with(self, last: _Link | None, count: int) -> Pipeline:
+        new = Pipeline.__new__(Pipeline)
+        new.name = self.name
+        new._last = last
+        new._count = count
+        return new
+
+    @property
+    def stages(self) -> tuple[StageSpec, ...]:
+        """The stage specs, in the order they were added."""
+        specs: list[StageSpec] = []
+        link = self._last
+        while link is not None:
+            specs.append(link.spec)
+            link = link.prev
+        specs.reverse()
+        return tuple(specs)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"Pipeline(name={self.name!r}, stages={[s.name for s in self.stages]!r})"
+
+    def with_stage(
+        self,
+        name: str,
+        runner: Any,
+        kind: StageKind,
+        dependencies: Sequence[str] = (),
+        conditional: bool = False,
+        config: Mapping[str, Any] | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Pipeline:
+        """A new pipeline with one more stage.
+
+        Args:
+            name: the stage's unique name.
+            runner: a stage class (instantiated once at ``build()`` as ``runner(**config)``), an object with
+                ``async def execute(ctx)``, or an ``async def fn(ctx)``.
+            kind: the stage's ``StageKind``.
+            dependencies: names of the stages whose outputs it needs; it starts once they all finished.
+            conditional: skip this stage (without running it) when any dependency was skipped.
+            config: stage configuration: constructor keywords for a stage class, and settings that
+                interceptors read (``StageInfo.config``).
+            retry: run the stage again under this policy when it returns ``StageOutput.retry`` or raises.
+
+        Raises:
+            InvalidStageNameError, InvalidStageKindError, InvalidRunnerError, PipelineDefinitionError.
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidStageNameError(name)
+        stage_kind = _check_kind(name, kind)
+        _check_runner(name, runner)
+        if isinstance(dependencies, str) or not isinstance(dependencies, Iterable):
+            msg = (
+                f"stage {name!r} has dependencies={dependencies!r}; pass a sequence of stage names, "
+                f"e.g. dependencies=({dependencies!r},)"
+            )
+            raise PipelineDefinitionError(msg)
+        deps = tuple(dependencies)
+        for dep in deps:
+            if not isinstance(dep, str) or not dep:
+                msg = f"stage {name!r} lists dependency {dep!r}; dependencies are stage names (str)"
+                raise PipelineDefinitionError(msg)
+        if config is not None and not isinstance(config, Mapping):
+            msg = f"stage {name!r} has config={config!r}; pass a mapping of settings or None"
+            raise PipelineDefinitionError(msg)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            msg = f"stage {name!r} has retry={retry!r}; pass a RetryPolicy or None"
+            raise PipelineDefinitionError(msg)
+        spec = StageSpec(name, runner, stage_kind, deps, bool(conditional), dict(config or {}), retry)
+        return self._with(_Link(spec, self._last), self._count + 1)
+
+    def compose(self, other: Pipeline) -> Pipeline:
+        """A new pipeline with this pipeline's stages followed by ``other``'s (keeps this name).
+
+        Raises:
+            DuplicateStageError: both pipelines define a stage of the same name.
+        """
+        if not isinstance(other, Pipeline):
+            msg = f"compose() takes a Pipeline, got {other!r}"
+            raise TypeError(msg)
+        mine = {s.name for s in self.stages}
+        last, count = self._last, self._count
+        for spec in other.stages:
+            if spec.name in mine:
+                raise DuplicateStageError(spec.name, composed=True)
+            last, count = _Link(spec, last), count + 1
+        return self._with(last, count)
+
+    def build(self, interceptors: Iterable[Interceptor] = ()) -> StageGraph:
+        """Validate the pipeline and build an immutable, reusable ``StageGraph``.
+
+        Args:
+            interceptors: interceptors wrapped around every stage, ordered by ``priority`` (lower = outer).
+
+        Raises:
+            DuplicateStageError, SelfDependencyError, UnknownDependencyError, CycleError,
+            InvalidRunnerError (a stage class could not be instantiated with its config).
+        """
+        from ._graph import StageGraph
+
+        specs = self.stages
+        index: dict[str, int] = {}
+        for i, spec in enumerate(specs):
+            if spec.name in index:
+                raise DuplicateStageError(spec.name)
+            index[spec.name] = i
+        for spec in specs:
+            for dep in spec.dependencies:
+                if dep == spec.name:
+                    raise SelfDependencyError(spec.name)
+                if dep not in index:
+                    raise UnknownDependencyError(spec.name, dep, index)
+        order = _topological_order(specs, index)
+        infos = tuple(
+            StageInfo(
+                spec.name,
+                spec.kind,
+                spec.dependencies,
+                spec.conditional,
+                MappingProxyType(dict(spec.config)) if spec.config else _NO_CONFIG,
+                _instantiate(spec),
+                self.name,
+                spec.retry,
+            )
+            for spec in specs
+        )
+        return StageGraph(self.name, infos, order, list(interceptors))
+
+    def to_mermaid(self) -> str:
+        """The DAG as a Mermaid flowchart (validated like ``build()``, without instantiating stages)."""
+        return _mermaid(self.stages)
+
+
+def _instantiate(spec: StageSpec) -> Any:
+    runner = spec.runner
+    if not inspect.isclass(runner):
+        return runner
+    try:
+        return runner(**spec.config)
+    except TypeError as exc:
+        raise InvalidRunnerError(
+            spec.name, runner, f"{runner.__name__}(**{dict(spec.config)!r}) failed: {exc}"
+        ) from exc
+
+
+def _topological_order(specs: Sequence[StageSpec], index: Mapping[str, int]) -> tuple[int, ...]:
+    """Kahn's algorithm; on a cycle, raise ``CycleError`` with one cycle's path."""
+    n = len(specs)
+    indegree = [len(set(s.dependencies)) for s in specs]
+    children: list[list[int]] = [[] for _ in range(n)]
+    for i, spec in enumerate(specs):
+        for dep in dict.fromkeys(spec.dependencies):
+            children[index[dep]].append(i)
+    ready = [i for i in range(n) if indegree[i] == 0]
+    order: list[int] = []
+    while ready:
+        i = ready.pop()
+        order.append(i)
+        for c in children[i]:
+            indegree[c] -= 1
+            if indegree[c] == 0:
+                ready.append(c)
+    if len(order) < n:
+        raise CycleError(_find_cycle(specs, index, {i for i in range(n) if indegree[i] > 0}))
+    return tuple(order)
+
+
+def _find_cycle(specs: Sequence[StageSpec], index: Mapping[str, int], stuck: set[int]) -> list[str]:
+    # Every stuck stage has a stuck dependency, so walking dependencies must revisit a stage.
+    start = min(stuck)
+    seen: dict[int, int] = {}
+    path: list[int] = []
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(index[d] for d in specs[node].dependencies if index[d] in stuck)
+    cycle = path[seen[node] :]
+    # path follows "depends on" edges; show it in execution direction (dependency -> dependent)
+    names = [specs[i].name for i in reversed(cycle)]
+    return [*names, names[0]]
+
+
+def _mermaid(specs: Sequence[StageSpec] | Sequence[StageInfo]) -> str:
+    ids = {s.name: f"s{i}" for i, s in enumerate(specs)}
+    lines = ["flowchart TD"]
+    for s in specs:
+        label = f"{s.name}<br/>{s.kind.value}".replace('"', "#quot;")
+        shape = f'{{{{"{label}"}}}}' if s.conditional else f'["{label}"]'
+        lines.append(f"    {ids[s.name]}{shape}")
+    for s in specs:
+        for dep in s.dependencies:
+            if dep not in ids:
+                raise UnknownDependencyError(s.name, dep, ids)
+            arrow = "-.->" if s.conditional else "-->"
+            lines.append(f"    {ids[dep]} {arrow} {ids[s.name]}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,137 @@
+"""What a run returns: one ``StageResult`` per stage inside a ``RunResult``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from ._types import StageKind, StageOutput, StageStatus
+
+__all__ = ("RunResult", "StageResult")
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+class StageResult:
+    """The outcome of one stage in one run.
+
+    Times are ``time.perf_counter()`` seconds: ``ready_at`` is when the last dependency finished (the run's
+    start for stages without dependencies), ``started_at`` when the stage's task began, ``ended_at`` when it
+    finished. ``status`` is final: OK, SKIP, FAIL or CANCEL (the stage returned ``StageOutput.cancel`` or
+    was cancelled because the run stopped).
+    """
+
+    __slots__ = (
+        "attempts",
+        "ended_at",
+        "error",
+        "kind",
+        "name",
+        "output",
+        "ready_at",
+        "started_at",
+        "status",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        kind: StageKind,
+        status: StageStatus,
+        output: StageOutput | None,
+        error: BaseException | None,
+        ready_at: float,
+        started_at: float,
+        ended_at: float,
+        attempts: int = 1,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.status = status
+        self.output = output
+        self.error = error
+        self.ready_at = ready_at
+        self.started_at = started_at
+        self.ended_at = ended_at
+        self.attempts = attempts
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """The stage's output data (empty when it produced none)."""
+        return _EMPTY if self.output is None else self.output.data
+
+    @property
+    def duration(self) -> float:
+        """Seconds from start to end."""
+        return self.ended_at - self.started_at
+
+    @property
+    def wait(self) -> float:
+        """Seconds from ready (dependencies resolved) to start."""
+        return self.started_at - self.ready_at
+
+    def __repr__(self) -> str:
+        err = f", error={self.error!r}" if self.error is not None else ""
+        return f"StageResult(name={self.name!r}, status={self.status.name}{err})"
+
+
+class RunResult(dict[str, StageResult]):
+    """The results of one run: a dict of stage name to ``StageResult``, in completion order.
+
+    Attributes:
+        run_id: the run id.
+        pipeline_name: the pipeline's name.
+        started_at, ended_at: the run's ``time.perf_counter()`` bounds.
+        critical_path: the stages, in order, whose durations and waits add up to the run's duration: the
+            last stage to finish, then repeatedly the dependency that finished last (the one that made the
+            stage ready). Computed on first access from the DAG and the recorded times.
+    """
+
+    __slots__ = ("_critical", "_deps", "ended_at", "pipeline_name", "run_id", "started_at")
+
+    def __init__(
+        self, run_id: UUID, pipeline_name: str, started_at: float, deps: Mapping[str, Sequence[str]]
+    ) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.pipeline_name = pipeline_name
+        self.started_at = started_at
+        self.ended_at = started_at
+        self._deps = deps
+        self._critical: tuple[str, ...] | None = None
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the run's start to its end."""
+        return self.ended_at - self.started_at
+
+    @property
+    def critical_path(self) -> tuple[str, ...]:
+        """The run's critical path (see the class docstring)."""
+        if self._critical is None:
+            self._critical = critical_path(self, self._deps)
+        return self._critical
+
+    @property
+    def waits(self) -> dict[str, float]:
+        """Each stage's wait (ready to start), in seconds."""
+        return {name: r.wait for name, r in self.items()}
+
+
+def critical_path(
+    results: Mapping[str, StageResult], deps: Mapping[str, Sequence[str]]
+) -> tuple[str, ...]:
+    """The chain of stages ending at the last one to finish, each preceded by the dependency it waited on."""
+    if not results:
+        return ()
+    current = max(results.values(), key=lambda r: r.ended_at).name
+    path = [current]
+    while True:
+        finished = [results[d] for d in deps[current] if d in results]
+        if not finished:
+            break
+        current = max(finished, key=lambda r: r.ended_at).name
+        path.append(current)
+    path.reverse()
+    return tuple(path)
