@@ -188,8 +188,16 @@ class PipelineContext:
         """Emit a custom event to the run's sink, tagged with the run id and pipeline name."""
         from ._events import emit
 
-        emit(self.event_sink, type, {"run_id": str(self.run_id), "pipeline": self.pipeline_name,
-                                     "timestamp": time.time(), **(data or {})})
+        emit(
+            self.event_sink,
+            type,
+            {
+                "run_id": str(self.run_id),
+                "pipeline": self.pipeline_name,
+                "timestamp": time.time(),
+                **(data or {}),
+            },
+        )
 
     def __repr__(self) -> str:
         return f"PipelineContext(pipeline_name={self.pipeline_name!r}, run_id={str(self.run_id)!r})"

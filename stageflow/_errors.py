@@ -143,8 +143,7 @@ class InvalidStageKindError(PipelineDefinitionError):
     def __init__(self, stage: str, kind: object, valid: Iterable[str]) -> None:
         self.stage, self.kind = stage, kind
         super().__init__(
-            f"stage {stage!r} has invalid kind {kind!r}; use a StageKind member "
-            f"({', '.join(valid)})"
+            f"stage {stage!r} has invalid kind {kind!r}; use a StageKind member ({', '.join(valid)})"
         )
 
 

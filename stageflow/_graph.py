@@ -133,9 +133,7 @@ class StageGraph:
         self._order = tuple(order)
         self._indegree = [len(n.dep_index) for n in nodes]
         self._roots = tuple(i for i in self._order if not nodes[i].dep_index)
-        self._deps_by_name: Mapping[str, tuple[str, ...]] = {
-            n.name: tuple(n.dep_set) for n in nodes
-        }
+        self._deps_by_name: Mapping[str, tuple[str, ...]] = {n.name: tuple(n.dep_set) for n in nodes}
         self._index = index
         self._version: str | None = None
         self._run_chain = build_run_chain(self._execute, self.interceptors)
@@ -196,10 +194,17 @@ class StageGraph:
             snapshot=ctx.snapshot, graph=self, event_sink=sink, timer=ctx.timer, data=dict(ctx.data)
         )
         if not isinstance(sink, NoOpEventSink):
-            emit(sink, "pipeline.created", {
-                "run_id": str(run.run_id), "pipeline": self.name, "timestamp": _wall(),
-                "stages": len(self.stages), "version": self.version,
-            })
+            emit(
+                sink,
+                "pipeline.created",
+                {
+                    "run_id": str(run.run_id),
+                    "pipeline": self.name,
+                    "timestamp": _wall(),
+                    "stages": len(self.stages),
+                    "version": self.version,
+                },
+            )
         return await self._run_chain(run)
 
     async def _execute(self, run: PipelineContext) -> RunResult:
@@ -275,9 +280,15 @@ class _Run:
         if self.failures:
             stage, error = next(iter(self.failures.items()))
             if self.sink is not None:
-                emit(self.sink, "pipeline.failed", self._summary(
-                    stage=stage, error=str(error), error_type=type(error).__name__,
-                ))
+                emit(
+                    self.sink,
+                    "pipeline.failed",
+                    self._summary(
+                        stage=stage,
+                        error=str(error),
+                        error_type=type(error).__name__,
+                    ),
+                )
             raise PipelineFailedError(stage, error, dict(self.failures), results) from error
         if self.cancelled_by is not None:
             stage, reason = self.cancelled_by
@@ -353,9 +364,16 @@ class _Run:
             node.name, node.kind, _SKIP, output, None, ready_at, now, now, 0
         )
         if self.sink is not None:
-            emit(self.sink, node.ev_skipped, self._event(
-                stage=node.name, kind=node.kind.value, reason=output.data["reason"], duration=0.0,
-            ))
+            emit(
+                self.sink,
+                node.ev_skipped,
+                self._event(
+                    stage=node.name,
+                    kind=node.kind.value,
+                    reason=output.data["reason"],
+                    duration=0.0,
+                ),
+            )
         return output
 
     def _stop(self) -> None:
@@ -368,19 +386,26 @@ class _Run:
         run = self.run
         started = _perf()
         outputs = self.outputs
-        prior = (
-            {d: outputs[k] for d, k in node.dep_pairs} if node.dep_pairs else _NO_OUTPUTS
-        )
+        prior = {d: outputs[k] for d, k in node.dep_pairs} if node.dep_pairs else _NO_OUTPUTS
         ctx = StageContext._for_stage(
-            run, node.info, StageInputs(run.snapshot, prior, None, node.dep_set, node.name),  # type: ignore[arg-type]
-            ready_at, started,
+            run,
+            node.info,
+            StageInputs(run.snapshot, prior, None, node.dep_set, node.name),  # type: ignore[arg-type]
+            ready_at,
+            started,
         )
         sink = self.sink
         if sink is not None:
-            emit(sink, node.ev_started, self._event(
-                stage=node.name, kind=node.kind.value, wait=started - ready_at,
-                dependencies=list(node.dep_set),
-            ))
+            emit(
+                sink,
+                node.ev_started,
+                self._event(
+                    stage=node.name,
+                    kind=node.kind.value,
+                    wait=started - ready_at,
+                    dependencies=list(node.dep_set),
+                ),
+            )
         call = node.call
         error: BaseException | None = None
         output: StageOutput | None = None
@@ -418,9 +443,15 @@ class _Run:
                 node.name, node.kind, _CANCEL, None, None, ready_at, started, ended, ctx.attempt
             )
             if sink is not None:
-                emit(sink, node.ev_cancelled, self._event(
-                    stage=node.name, kind=node.kind.value, duration=ended - started,
-                ))
+                emit(
+                    sink,
+                    node.ev_cancelled,
+                    self._event(
+                        stage=node.name,
+                        kind=node.kind.value,
+                        duration=ended - started,
+                    ),
+                )
             raise
         ended = _perf()
         self.tasks[i] = None
@@ -429,10 +460,18 @@ class _Run:
                 node.name, node.kind, _FAIL, output, error, ready_at, started, ended, ctx.attempt
             )
             if sink is not None:
-                emit(sink, node.ev_failed, self._event(
-                    stage=node.name, kind=node.kind.value, duration=ended - started,
-                    error=str(error), error_type=type(error).__name__, attempts=ctx.attempt,
-                ))
+                emit(
+                    sink,
+                    node.ev_failed,
+                    self._event(
+                        stage=node.name,
+                        kind=node.kind.value,
+                        duration=ended - started,
+                        error=str(error),
+                        error_type=type(error).__name__,
+                        attempts=ctx.attempt,
+                    ),
+                )
             self.failures[node.name] = error
             self.left -= 1
             self._stop()
@@ -445,9 +484,16 @@ class _Run:
         if status is _CANCEL:
             reason = str(output.data.get("cancel_reason", ""))
             if sink is not None:
-                emit(sink, node.ev_cancelled, self._event(
-                    stage=node.name, kind=node.kind.value, duration=ended - started, reason=reason,
-                ))
+                emit(
+                    sink,
+                    node.ev_cancelled,
+                    self._event(
+                        stage=node.name,
+                        kind=node.kind.value,
+                        duration=ended - started,
+                        reason=reason,
+                    ),
+                )
             if self.cancelled_by is None and not self.failures:
                 self.cancelled_by = (node.name, reason)
             self.left -= 1
@@ -455,15 +501,28 @@ class _Run:
             return
         if sink is not None:
             if status is _SKIP:
-                emit(sink, node.ev_skipped, self._event(
-                    stage=node.name, kind=node.kind.value, duration=ended - started,
-                    reason=output.data.get("reason", ""),
-                ))
+                emit(
+                    sink,
+                    node.ev_skipped,
+                    self._event(
+                        stage=node.name,
+                        kind=node.kind.value,
+                        duration=ended - started,
+                        reason=output.data.get("reason", ""),
+                    ),
+                )
             else:
-                emit(sink, node.ev_completed, self._event(
-                    stage=node.name, kind=node.kind.value, duration=ended - started,
-                    wait=started - ready_at, attempts=ctx.attempt,
-                ))
+                emit(
+                    sink,
+                    node.ev_completed,
+                    self._event(
+                        stage=node.name,
+                        kind=node.kind.value,
+                        duration=ended - started,
+                        wait=started - ready_at,
+                        attempts=ctx.attempt,
+                    ),
+                )
         self._finish(i, output, ended)
 
     async def _backoff(
@@ -471,9 +530,16 @@ class _Run:
     ) -> None:
         delay = policy.delay(ctx.attempt)
         if self.sink is not None:
-            emit(self.sink, node.ev_retrying, self._event(
-                stage=node.name, kind=node.kind.value, attempt=ctx.attempt, delay=delay,
-                error=str(reason) if reason is not None else None,
-            ))
+            emit(
+                self.sink,
+                node.ev_retrying,
+                self._event(
+                    stage=node.name,
+                    kind=node.kind.value,
+                    attempt=ctx.attempt,
+                    delay=delay,
+                    error=str(reason) if reason is not None else None,
+                ),
+            )
         await policy.sleep(delay)
         ctx.attempt += 1

@@ -63,9 +63,7 @@ class Interceptor:
     name: str = "interceptor"
     priority: int = 100
 
-    async def intercept_stage(
-        self, stage: StageInfo, ctx: StageContext, call_next: CallNext
-    ) -> StageOutput:
+    async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
         """Wrap one stage attempt; must return ``await call_next(ctx)`` or another ``StageOutput``."""
         return await call_next(ctx)
 
@@ -129,9 +127,7 @@ class BaseInterceptor(Interceptor):
         """The output used for ``ErrorAction.FALLBACK``: by default a skip whose reason names the error."""
         return StageOutput.skip(reason=f"fallback after {type(error).__name__}: {error}")
 
-    async def intercept_stage(
-        self, stage: StageInfo, ctx: StageContext, call_next: CallNext
-    ) -> StageOutput:
+    async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
         """Run ``before``, the stage, ``on_error`` on exceptions and ``after``."""
         run = ctx.pipeline
         assert run is not None
@@ -140,9 +136,7 @@ class BaseInterceptor(Interceptor):
             if verdict.result is None:
                 raise StageBlockedError(stage.name, self.name, verdict.error)
             output = (
-                verdict.result
-                if isinstance(verdict.result, StageOutput)
-                else StageOutput.ok(verdict.result)
+                verdict.result if isinstance(verdict.result, StageOutput) else StageOutput.ok(verdict.result)
             )
             await self._after(stage, ctx, output, None)
             return output
@@ -171,8 +165,15 @@ class BaseInterceptor(Interceptor):
         assert run is not None
         status = StageStatus.FAIL if output.status is StageStatus.RETRY else output.status
         result = StageResult(
-            stage.name, stage.kind, status, output, error, ctx.ready_at, ctx.started_at,
-            time.perf_counter(), ctx.attempt,
+            stage.name,
+            stage.kind,
+            status,
+            output,
+            error,
+            ctx.ready_at,
+            ctx.started_at,
+            time.perf_counter(),
+            ctx.attempt,
         )
         await self.after(stage.name, result, run)
 
@@ -257,9 +258,7 @@ def order_interceptors(interceptors: Sequence[Interceptor]) -> tuple[Interceptor
     return tuple(sorted(interceptors, key=lambda ic: ic.priority))
 
 
-def build_stage_chain(
-    stage: StageInfo, call: CallNext, ordered: Sequence[Interceptor]
-) -> CallNext:
+def build_stage_chain(stage: StageInfo, call: CallNext, ordered: Sequence[Interceptor]) -> CallNext:
     """Fold the interceptors that wrap stages around ``call`` (outermost first in ``ordered``)."""
     active = [ic for ic in ordered if _overrides(ic, "intercept_stage")]
     if not active:

@@ -119,9 +119,7 @@ class RunResult(dict[str, StageResult]):
         return {name: r.wait for name, r in self.items()}
 
 
-def critical_path(
-    results: Mapping[str, StageResult], deps: Mapping[str, Sequence[str]]
-) -> tuple[str, ...]:
+def critical_path(results: Mapping[str, StageResult], deps: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
     """The chain of stages ending at the last one to finish, each preceded by the dependency it waited on."""
     if not results:
         return ()
