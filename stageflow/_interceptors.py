@@ -234,9 +234,8 @@ class _StageLayer:
             _report(self._interceptor, f"stage {self._stage.name!r}", exc)
             if inner_error is not None:
                 raise inner_error from None
-            out = ctx._ic_out
-            if out is _UNSET:
-                out = await self._inner(ctx)
+            recorded = ctx._ic_out
+            out = await self._inner(ctx) if recorded is _UNSET else recorded  # type: ignore[assignment]
         ctx._ic_out = out
         ctx._ic_err = None
         return out
@@ -289,9 +288,8 @@ class _RunLayer:
             _report(self._interceptor, "run", exc)
             if inner_error is not None:
                 raise inner_error from None
-            out = run._ic_out
-            if out is _UNSET:
-                out = await self._inner(run)
+            recorded = run._ic_out
+            out = await self._inner(run) if recorded is _UNSET else recorded  # type: ignore[assignment]
         run._ic_out = out
         run._ic_err = None
         return out

@@ -317,7 +317,7 @@ def _find_cycle(specs: Sequence[StageSpec], index: Mapping[str, int], stuck: set
     return [*names, names[0]]
 
 
-def _mermaid(specs: Sequence[StageSpec] | Sequence[StageInfo]) -> str:
+def _mermaid(specs: Sequence[StageSpec | StageInfo]) -> str:
     ids = {s.name: f"s{i}" for i, s in enumerate(specs)}
     lines = ["flowchart TD"]
     for s in specs:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 __all__ = ("Stage", "StageKind", "StageOutput", "StageStatus")
 
 
-class StageKind(str, Enum):
+class StageKind(StrEnum):
     """What a stage does. Every stage has exactly one kind."""
 
     TRANSFORM = "transform"
@@ -30,7 +30,7 @@ class StageKind(str, Enum):
     """Main interaction logic."""
 
 
-class StageStatus(str, Enum):
+class StageStatus(StrEnum):
     """The outcome a stage reports with its ``StageOutput``, and the final status of a ``StageResult``."""
 
     OK = "ok"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .._interceptors import (
+from stageflow._interceptors import (
     BaseInterceptor,
     CallNext,
     ErrorAction,
@@ -30,7 +30,7 @@ from .._interceptors import (
     InterceptorResult,
     RunNext,
 )
-from .._pipeline import StageInfo
+from stageflow._pipeline import StageInfo
 
 __all__ = (
     "BaseInterceptor",
