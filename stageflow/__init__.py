@@ -12,6 +12,10 @@ Example::
 
 from __future__ import annotations
 
+from ._config import ConfigError as ConfigError
+from ._config import ConfigProvider as ConfigProvider
+from ._config import DictConfigProvider as DictConfigProvider
+from ._config import EnvConfigProvider as EnvConfigProvider
 from ._context import PipelineContext as PipelineContext
 from ._context import PipelineTimer as PipelineTimer
 from ._context import StageContext as StageContext
@@ -56,6 +60,11 @@ from ._results import StageResult as StageResult
 from ._retry import RetryPolicy as RetryPolicy
 from ._snapshot import ContextSnapshot as ContextSnapshot
 from ._snapshot import RunIdentity as RunIdentity
+from ._store import InMemoryRunStore as InMemoryRunStore
+from ._store import RunRecord as RunRecord
+from ._store import RunStore as RunStore
+from ._store import SQLiteRunStore as SQLiteRunStore
+from ._store import StageRecord as StageRecord
 from ._types import Stage as Stage
 from ._types import StageKind as StageKind
 from ._types import StageOutput as StageOutput
@@ -65,12 +74,17 @@ __version__ = "0.10.0"
 
 __all__ = (
     "CircuitOpenError",
+    "ConfigError",
+    "ConfigProvider",
     "ContextSnapshot",
     "CriticalInterceptorError",
     "CycleError",
+    "DictConfigProvider",
     "DuplicateStageError",
+    "EnvConfigProvider",
     "EventSink",
     "InMemoryEventSink",
+    "InMemoryRunStore",
     "InterceptorError",
     "InvalidRunnerError",
     "InvalidStageKindError",
@@ -90,7 +104,10 @@ __all__ = (
     "RetryNotConfiguredError",
     "RetryPolicy",
     "RunIdentity",
+    "RunRecord",
     "RunResult",
+    "RunStore",
+    "SQLiteRunStore",
     "SelfDependencyError",
     "Stage",
     "StageBlockedError",
@@ -102,6 +119,7 @@ __all__ = (
     "StageInputs",
     "StageKind",
     "StageOutput",
+    "StageRecord",
     "StageResult",
     "StageSpec",
     "StageStatus",

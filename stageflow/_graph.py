@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -36,9 +37,12 @@ from ._interceptors import (
 from ._pipeline import StageInfo, _mermaid
 from ._results import RunResult, StageResult
 from ._retry import RetryPolicy
+from ._store import RunRecord, RunStore, StageRecord
 from ._types import StageKind, StageOutput, StageStatus
 
 __all__ = ("StageGraph",)
+
+logger = logging.getLogger("stageflow")
 
 _perf = time.perf_counter
 _wall = time.time
@@ -106,6 +110,7 @@ class StageGraph:
         name: the pipeline's name.
         stages: the ``StageInfo`` of every stage, in the order they were added.
         interceptors: the interceptors, outermost first.
+        run_store: where each run is recorded, or ``None``.
     """
 
     def __init__(
@@ -114,8 +119,10 @@ class StageGraph:
         stages: Sequence[StageInfo],
         order: Sequence[int],
         interceptors: Iterable[Interceptor] = (),
+        run_store: RunStore | None = None,
     ) -> None:
         self.name = name
+        self.run_store = run_store
         self.stages = tuple(stages)
         self.interceptors = order_interceptors(list(interceptors))
         index = {info.name: i for i, info in enumerate(self.stages)}
@@ -211,6 +218,16 @@ class StageGraph:
         return await _Run(self, run).go()
 
 
+_reported_stores: set[int] = set()
+
+
+def _report_store(store: RunStore, exc: Exception) -> None:
+    if id(store) in _reported_stores:
+        return
+    _reported_stores.add(id(store))
+    logger.error("stageflow: run store %r failed to record a run and is ignored: %r", store, exc)
+
+
 class _Run:
     """The state of one run."""
 
@@ -273,6 +290,8 @@ class _Run:
                 results.ended_at = _perf()
                 if self.sink is not None:
                     emit(self.sink, "pipeline.cancelled", self._summary(reason="cancelled by caller"))
+                if self.graph.run_store is not None:
+                    await self._record("cancelled", "cancelled by caller")
                 raise
         if self.stopping:
             await self._stop_running()
@@ -289,15 +308,55 @@ class _Run:
                         error_type=type(error).__name__,
                     ),
                 )
+            if self.graph.run_store is not None:
+                await self._record("failed", f"{stage}: {type(error).__name__}: {error}")
             raise PipelineFailedError(stage, error, dict(self.failures), results) from error
         if self.cancelled_by is not None:
             stage, reason = self.cancelled_by
             if self.sink is not None:
                 emit(self.sink, "pipeline.cancelled", self._summary(stage=stage, reason=reason))
+            if self.graph.run_store is not None:
+                await self._record("cancelled", f"{stage}: {reason}")
             raise PipelineCancelledError(stage, reason, results)
         if self.sink is not None:
             emit(self.sink, "pipeline.completed", self._summary())
+        if self.graph.run_store is not None:
+            await self._record("completed", None)
         return results
+
+    async def _record(self, status: str, error: str | None) -> None:
+        store = self.graph.run_store
+        assert store is not None
+        results = self.results
+        wall = self.run.timer.to_wall
+        stages = tuple(
+            StageRecord(
+                r.name,
+                r.kind.value,
+                r.status.value,
+                wall(r.started_at),
+                wall(r.ended_at),
+                r.wait,
+                r.attempts,
+                None if r.error is None else str(r.error),
+                None if r.error is None else type(r.error).__name__,
+            )
+            for r in results.values()
+        )
+        record = RunRecord(
+            self.run_id,
+            self.graph.name,
+            status,
+            wall(results.started_at),
+            wall(results.ended_at),
+            stages,
+            results.critical_path,
+            error,
+        )
+        try:
+            await store.record_run(record)
+        except Exception as exc:  # a store never changes the run's outcome
+            _report_store(store, exc)
 
     def _summary(self, **extra: Any) -> dict[str, Any]:
         results = self.results

@@ -6,8 +6,9 @@ whole run). ``BaseInterceptor`` builds the seed's ``before``/``after``/``on_erro
 Isolation: an exception an interceptor raises is logged (``logging.getLogger("stageflow")``) and the
 interceptor is bypassed for that call: if it had not called ``call_next`` yet, the rest of the chain runs;
 if it had, the inner result (or the inner exception) stands. Exceptions coming out of ``call_next`` pass
-through unchanged, ``CriticalInterceptorError`` (and subclasses such as ``StageTimeoutError``) fails the
-stage on purpose, and ``asyncio.CancelledError`` always propagates.
+through unchanged; ``CriticalInterceptorError`` (and subclasses such as ``StageTimeoutError``) and
+``StageError`` (such as ``RetriesExhaustedError``) fail the stage on purpose; ``asyncio.CancelledError``
+always propagates.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ._context import PipelineContext, StageContext
-from ._errors import CriticalInterceptorError, PipelineRunError, StageBlockedError
+from ._errors import CriticalInterceptorError, PipelineRunError, StageBlockedError, StageError
 from ._results import RunResult, StageResult
 from ._retry import RetryPolicy
 from ._types import StageOutput, StageStatus
@@ -37,6 +38,7 @@ __all__ = (
     "RunNext",
     "build_run_chain",
     "build_stage_chain",
+    "order_interceptors",
 )
 
 logger = logging.getLogger("stageflow")
@@ -228,7 +230,7 @@ class _StageLayer:
             out = await self._intercept(self._stage, ctx, self._inner)
         except Exception as exc:
             inner_error = ctx._ic_err
-            if exc is inner_error or isinstance(exc, CriticalInterceptorError):
+            if exc is inner_error or isinstance(exc, (CriticalInterceptorError, StageError)):
                 ctx._ic_err = exc
                 raise
             _report(self._interceptor, f"stage {self._stage.name!r}", exc)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ._context import StageContext
     from ._graph import StageGraph
     from ._interceptors import Interceptor
+    from ._store import RunStore
 
 __all__ = ("Pipeline", "StageInfo", "StageSpec")
 
@@ -222,11 +223,14 @@ class Pipeline:
             last, count = _Link(spec, last), count + 1
         return self._with(last, count)
 
-    def build(self, interceptors: Iterable[Interceptor] = ()) -> StageGraph:
+    def build(
+        self, interceptors: Iterable[Interceptor] = (), *, run_store: RunStore | None = None
+    ) -> StageGraph:
         """Validate the pipeline and build an immutable, reusable ``StageGraph``.
 
         Args:
             interceptors: interceptors wrapped around every stage, ordered by ``priority`` (lower = outer).
+            run_store: record every run of the graph in this ``RunStore``.
 
         Raises:
             DuplicateStageError, SelfDependencyError, UnknownDependencyError, CycleError,
@@ -260,7 +264,7 @@ class Pipeline:
             )
             for spec in specs
         )
-        return StageGraph(self.name, infos, order, list(interceptors))
+        return StageGraph(self.name, infos, order, list(interceptors), run_store)
 
     def to_mermaid(self) -> str:
         """The DAG as a Mermaid flowchart (validated like ``build()``, without instantiating stages)."""

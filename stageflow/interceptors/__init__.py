@@ -31,15 +31,31 @@ from stageflow._interceptors import (
     RunNext,
 )
 from stageflow._pipeline import StageInfo
+from stageflow.interceptors._builtins import (
+    CircuitBreakerInterceptor,
+    CircuitState,
+    CircuitStateChange,
+    RetryAttempt,
+    RetryInterceptor,
+    TimeoutInterceptor,
+    get_default_interceptors,
+)
 
 __all__ = (
     "BaseInterceptor",
     "CallNext",
+    "CircuitBreakerInterceptor",
+    "CircuitState",
+    "CircuitStateChange",
     "ErrorAction",
     "Interceptor",
     "InterceptorResult",
+    "RetryAttempt",
+    "RetryInterceptor",
     "RunNext",
     "StageInfo",
+    "TimeoutInterceptor",
+    "get_default_interceptors",
 )
 
 _OTEL_NAMES = ("LoggingInterceptor", "MetricsInterceptor", "TracingInterceptor")

@@ -1,0 +1,294 @@
+"""Run stores: the port the executor records finished runs to, and the stores stageflow ships.
+
+Attach a store with ``pipeline.build(run_store=store)``; the executor then records every run once it
+ended (completed, failed or cancelled), before ``run()`` returns or raises. A store that raises is logged
+once (``logging.getLogger("stageflow")``) and otherwise ignored: the run's outcome never changes.
+
+Example::
+
+    store = SQLiteRunStore("runs.db")
+    graph = pipeline.build(run_store=store)
+    results = await graph.run(ctx)
+    record = await store.get_run(results.run_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from uuid import UUID
+
+__all__ = (
+    "InMemoryRunStore",
+    "RunRecord",
+    "RunStore",
+    "SQLiteRunStore",
+    "StageRecord",
+)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StageRecord:
+    """One stage of a recorded run. Times are Unix-epoch seconds."""
+
+    name: str
+    kind: str
+    status: str
+    """``ok``, ``skip``, ``fail`` or ``cancel``."""
+    started_at: float
+    ended_at: float
+    wait: float
+    """Seconds from ready (dependencies resolved) to start."""
+    attempts: int
+    error: str | None = None
+    error_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One recorded run. Times are Unix-epoch seconds."""
+
+    run_id: str
+    pipeline: str
+    status: str
+    """``completed``, ``failed`` or ``cancelled``."""
+    started_at: float
+    ended_at: float
+    stages: tuple[StageRecord, ...]
+    critical_path: tuple[str, ...] = ()
+    error: str | None = None
+    """For failed runs the failing stage's error; for cancelled runs the reason."""
+
+    @property
+    def duration(self) -> float:
+        """Seconds from start to end."""
+        return self.ended_at - self.started_at
+
+    def stage(self, name: str) -> StageRecord:
+        """The record of one stage.
+
+        Raises:
+            KeyError: the run has no record of that stage.
+        """
+        for record in self.stages:
+            if record.name == name:
+                return record
+        msg = f"run {self.run_id!r} has no stage {name!r}; it has {[s.name for s in self.stages]!r}"
+        raise KeyError(msg)
+
+
+class RunStore(Protocol):
+    """**Protocol:** where finished runs are recorded.
+
+    The executor awaits ``record_run`` once per run, after the last stage ended and before ``run()``
+    returns or raises; exceptions are logged and swallowed. ``get_run`` and ``list_runs`` are for users.
+    """
+
+    async def record_run(self, record: RunRecord) -> None:
+        """Store one run (a record with an existing ``run_id`` replaces it)."""
+        ...
+
+    async def get_run(self, run_id: UUID | str) -> RunRecord | None:
+        """The run with this id, or ``None``."""
+        ...
+
+    async def list_runs(self, *, pipeline: str | None = None, limit: int = 100) -> list[RunRecord]:
+        """The most recently started runs first, optionally of one pipeline."""
+        ...
+
+
+class InMemoryRunStore:
+    """Keeps runs in a dict. For tests and short-lived processes."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, RunRecord] = {}
+
+    async def record_run(self, record: RunRecord) -> None:
+        """Store one run."""
+        self._runs[record.run_id] = record
+
+    async def get_run(self, run_id: UUID | str) -> RunRecord | None:
+        """The run with this id, or ``None``."""
+        return self._runs.get(str(run_id))
+
+    async def list_runs(self, *, pipeline: str | None = None, limit: int = 100) -> list[RunRecord]:
+        """The most recently started runs first."""
+        runs = [r for r in self._runs.values() if pipeline is None or r.pipeline == pipeline]
+        runs.sort(key=lambda r: r.started_at, reverse=True)
+        return runs[:limit]
+
+
+_SCHEMA = (
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        pipeline TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL NOT NULL,
+        critical_path TEXT NOT NULL,
+        error TEXT
+    )""",
+    "CREATE INDEX runs_by_pipeline ON runs (pipeline, started_at)",
+    "CREATE INDEX runs_by_start ON runs (started_at)",
+    """CREATE TABLE stages (
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL NOT NULL,
+        wait REAL NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT,
+        error_type TEXT,
+        PRIMARY KEY (run_id, name)
+    )""",
+)
+
+
+class SQLiteRunStore:
+    """Records runs in a SQLite database (stdlib ``sqlite3``, WAL journal, versioned schema).
+
+    One connection serves the process; writes and reads run in worker threads under a lock, so the
+    event loop never blocks on disk and concurrent runs in one process are safe.
+
+    Args:
+        path: the database file (created if missing), or ``":memory:"``.
+
+    Raises:
+        RuntimeError: the file has a schema version newer than this stageflow understands.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        if self.path != ":memory:":
+            self._conn.execute("PRAGMA journal_mode = WAL")
+        self._migrate()
+
+    @property
+    def schema_version(self) -> int:
+        """The database's schema version (``PRAGMA user_version``)."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                self._conn.close()
+                msg = (
+                    f"run store {self.path!r} has schema version {version}, newer than {SCHEMA_VERSION} "
+                    "which this stageflow understands; upgrade stageflow or use another file"
+                )
+                raise RuntimeError(msg)
+            if version == 0:
+                self._conn.execute("BEGIN")
+                for statement in _SCHEMA:
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+    def _write(self, record: RunRecord) -> None:
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM stages WHERE run_id = ?", (record.run_id,))
+                conn.execute(
+                    "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.run_id,
+                        record.pipeline,
+                        record.status,
+                        record.started_at,
+                        record.ended_at,
+                        json.dumps(list(record.critical_path)),
+                        record.error,
+                    ),
+                )
+                conn.executemany(
+                    "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            record.run_id,
+                            i,
+                            s.name,
+                            s.kind,
+                            s.status,
+                            s.started_at,
+                            s.ended_at,
+                            s.wait,
+                            s.attempts,
+                            s.error,
+                            s.error_type,
+                        )
+                        for i, s in enumerate(record.stages)
+                    ],
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, where: str, params: Sequence[object], limit: int) -> list[RunRecord]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT run_id, pipeline, status, started_at, ended_at, critical_path, error FROM runs "
+                f"{where} ORDER BY started_at DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            records = []
+            for run_id, pipeline, status, started_at, ended_at, critical, error in rows:
+                stages = tuple(
+                    StageRecord(*row)
+                    for row in self._conn.execute(
+                        "SELECT name, kind, status, started_at, ended_at, wait, attempts, error, error_type "
+                        "FROM stages WHERE run_id = ? ORDER BY position",
+                        (run_id,),
+                    )
+                )
+                records.append(
+                    RunRecord(
+                        run_id,
+                        pipeline,
+                        status,
+                        started_at,
+                        ended_at,
+                        stages,
+                        tuple(json.loads(critical)),
+                        error,
+                    )
+                )
+            return records
+
+    async def record_run(self, record: RunRecord) -> None:
+        """Store one run (replacing a record with the same id)."""
+        await asyncio.to_thread(self._write, record)
+
+    async def get_run(self, run_id: UUID | str) -> RunRecord | None:
+        """The run with this id, or ``None``."""
+        found = await asyncio.to_thread(self._read, "WHERE run_id = ?", (str(run_id),), 1)
+        return found[0] if found else None
+
+    async def list_runs(self, *, pipeline: str | None = None, limit: int = 100) -> list[RunRecord]:
+        """The most recently started runs first, optionally of one pipeline."""
+        if pipeline is None:
+            return await asyncio.to_thread(self._read, "", (), limit)
+        return await asyncio.to_thread(self._read, "WHERE pipeline = ?", (pipeline,), limit)
