@@ -239,18 +239,7 @@ class Pipeline:
         from ._graph import StageGraph
 
         specs = self.stages
-        index: dict[str, int] = {}
-        for i, spec in enumerate(specs):
-            if spec.name in index:
-                raise DuplicateStageError(spec.name)
-            index[spec.name] = i
-        for spec in specs:
-            for dep in spec.dependencies:
-                if dep == spec.name:
-                    raise SelfDependencyError(spec.name)
-                if dep not in index:
-                    raise UnknownDependencyError(spec.name, dep, index)
-        order = _topological_order(specs, index)
+        order = _validate(specs)
         infos = tuple(
             StageInfo(
                 spec.name,
@@ -268,7 +257,25 @@ class Pipeline:
 
     def to_mermaid(self) -> str:
         """The DAG as a Mermaid flowchart (validated like ``build()``, without instantiating stages)."""
-        return _mermaid(self.stages)
+        specs = self.stages
+        _validate(specs)
+        return _mermaid(specs)
+
+
+def _validate(specs: Sequence[StageSpec]) -> tuple[int, ...]:
+    """Check names and dependencies; return a topological order of ``specs`` (indices)."""
+    index: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        if spec.name in index:
+            raise DuplicateStageError(spec.name)
+        index[spec.name] = i
+    for spec in specs:
+        for dep in spec.dependencies:
+            if dep == spec.name:
+                raise SelfDependencyError(spec.name)
+            if dep not in index:
+                raise UnknownDependencyError(spec.name, dep, index)
+    return _topological_order(specs, index)
 
 
 def _instantiate(spec: StageSpec) -> Any:

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from ._types import StageKind, StageOutput, StageStatus
 
-__all__ = ("RunResult", "StageResult")
+__all__ = ("RunResult", "StageResult", "critical_path")
 
 _EMPTY: Mapping[str, Any] = {}
 

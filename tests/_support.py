@@ -1,0 +1,55 @@
+"""Helpers shared by the core tests: entry contexts and tiny stage factories."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from stageflow import EventSink, PipelineTimer, StageContext, StageOutput
+from stageflow.context import ContextSnapshot, RunIdentity
+from stageflow.stages import StageInputs
+
+__all__ = ("StageFn", "make_ctx", "ok_stage", "recording_stage")
+
+StageFn = Callable[[StageContext], Awaitable[StageOutput]]
+"""An ``async def fn(ctx) -> StageOutput`` stage."""
+
+
+def make_ctx(
+    *,
+    sink: EventSink | None = None,
+    data: Mapping[str, Any] | None = None,
+    text: str | None = None,
+) -> StageContext:
+    """An entry ``StageContext`` for ``StageGraph.run()``, with a fresh run identity."""
+    snapshot = ContextSnapshot(run_id=RunIdentity(), input_text=text)
+    return StageContext(
+        snapshot=snapshot,
+        inputs=StageInputs(snapshot=snapshot),
+        stage_name="pipeline_entry",
+        timer=PipelineTimer(),
+        event_sink=sink,
+        data=data,
+    )
+
+
+def ok_stage(**values: Any) -> StageFn:
+    """A stage function that returns ``StageOutput.ok(**values)``."""
+
+    async def stage(ctx: StageContext) -> StageOutput:
+        return StageOutput.ok(**values)
+
+    return stage
+
+
+def recording_stage(log: list[str], name: str, *, yields: int = 0) -> StageFn:
+    """A stage function that appends ``name`` to ``log``, yields ``yields`` times and returns ok."""
+
+    async def stage(ctx: StageContext) -> StageOutput:
+        log.append(name)
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        return StageOutput.ok({name: True})
+
+    return stage
