@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from stageflow._config import ConfigProvider, config_value
 from stageflow._context import StageContext
@@ -34,6 +35,8 @@ __all__ = (
 )
 
 logger = logging.getLogger("stageflow")
+
+_FROM_CONFIG: Any = object()
 
 
 def _check_timeout(where: str, value: float | None) -> float | None:
@@ -63,16 +66,15 @@ class TimeoutInterceptor(Interceptor):
 
     name = "timeout"
     priority = 50
-    _UNSET: float = -1.0
 
     def __init__(
         self,
-        default: float | None = _UNSET,
+        default: float | None = _FROM_CONFIG,
         *,
         per_stage: Mapping[str, float | None] | None = None,
         config: ConfigProvider | None = None,
     ) -> None:
-        if default == self._UNSET:
+        if default is _FROM_CONFIG:
             default = config_value(config, "timeout.default", float, 30.0)
         self.default = _check_timeout("TimeoutInterceptor default", default)
         self.per_stage = {

@@ -1,0 +1,244 @@
+"""Ports: run stores (in-memory and SQLite) and configuration providers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from stageflow import (
+    ConfigError,
+    DictConfigProvider,
+    EnvConfigProvider,
+    InMemoryRunStore,
+    Pipeline,
+    PipelineCancelledError,
+    PipelineFailedError,
+    RunRecord,
+    SQLiteRunStore,
+    StageContext,
+    StageKind,
+    StageOutput,
+    StageRecord,
+)
+from stageflow._config import config_value
+
+from ._support import make_ctx
+
+W = StageKind.WORK
+
+
+async def ok(ctx: StageContext) -> StageOutput:
+    return StageOutput.ok()
+
+
+async def boom(ctx: StageContext) -> StageOutput:
+    raise RuntimeError("kaput")
+
+
+async def stop(ctx: StageContext) -> StageOutput:
+    return StageOutput.cancel("user hung up")
+
+
+def diamond(name: str = "diamond") -> Pipeline:
+    return (
+        Pipeline(name=name)
+        .with_stage("a", ok, StageKind.TRANSFORM)
+        .with_stage("b", ok, StageKind.ENRICH, dependencies=("a",))
+        .with_stage("c", ok, StageKind.ENRICH, dependencies=("a",))
+        .with_stage("d", ok, StageKind.TRANSFORM, dependencies=("b", "c"))
+    )
+
+
+@pytest.fixture(name="sqlite_store")
+def _sqlite_store(tmp_path: Path) -> SQLiteRunStore:
+    return SQLiteRunStore(tmp_path / "runs.db")
+
+
+def shape(record: RunRecord) -> tuple[str, str, list[tuple[str, str, str, int, str | None, str | None]]]:
+    """The parts of a record that do not depend on the clock."""
+    return (
+        record.pipeline,
+        record.status,
+        [(s.name, s.kind, s.status, s.attempts, s.error, s.error_type) for s in record.stages],
+    )
+
+
+class TestRunStores:
+    @pytest.mark.parametrize("kind", ["memory", "sqlite"], ids=["memory", "sqlite"])
+    async def test_completed_run_round_trip(self, kind: str, tmp_path: Path) -> None:
+        """A completed run is recorded with its stages, timing and critical path."""
+        store = InMemoryRunStore() if kind == "memory" else SQLiteRunStore(tmp_path / "r.db")
+        results = await diamond().build(run_store=store).run(make_ctx())
+        record = await store.get_run(results.run_id)
+        assert record is not None
+        assert record.run_id == str(results.run_id)
+        assert shape(record) == (
+            "diamond",
+            "completed",
+            [(name, results[name].kind.value, "ok", 1, None, None) for name in results],
+        )
+        assert record.critical_path == results.critical_path
+        assert record.critical_path[0] == "a" and record.critical_path[-1] == "d"
+        assert record.error is None
+        for stage in record.stages:
+            assert record.started_at <= stage.started_at <= stage.ended_at <= record.ended_at
+            assert stage.wait == pytest.approx(results[stage.name].wait)
+        assert record.duration == pytest.approx(results.duration, abs=1e-5)
+        assert record.stage("d").name == "d"
+        assert await store.get_run(UUID(int=0)) is None
+
+    async def test_failed_run_is_recorded_with_its_error(self, sqlite_store: SQLiteRunStore) -> None:
+        """A failed run is recorded as failed, with the failing stage's error and type."""
+        graph = (
+            Pipeline(name="f").with_stage("a", ok, W).with_stage("boom", boom, W, dependencies=("a",))
+        ).build(run_store=sqlite_store)
+        ctx = make_ctx()
+        with pytest.raises(PipelineFailedError):
+            await graph.run(ctx)
+        record = await sqlite_store.get_run(ctx.snapshot.run_id.pipeline_run_id)
+        assert record is not None
+        assert shape(record) == (
+            "f",
+            "failed",
+            [("a", "work", "ok", 1, None, None), ("boom", "work", "fail", 1, "kaput", "RuntimeError")],
+        )
+        assert record.error == "boom: RuntimeError: kaput"
+
+    async def test_cancelled_runs_are_recorded(self, sqlite_store: SQLiteRunStore) -> None:
+        """Runs cancelled by a stage or by the caller are recorded as cancelled with the reason."""
+        by_stage = Pipeline(name="c").with_stage("stop", stop, W).build(run_store=sqlite_store)
+        ctx = make_ctx()
+        with pytest.raises(PipelineCancelledError):
+            await by_stage.run(ctx)
+        record = await sqlite_store.get_run(ctx.snapshot.pipeline_run_id)
+        assert record is not None and (record.status, record.error) == ("cancelled", "stop: user hung up")
+
+        started = asyncio.Event()
+
+        async def wait_forever(ctx: StageContext) -> StageOutput:
+            started.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        by_caller = Pipeline(name="c").with_stage("w", wait_forever, W).build(run_store=sqlite_store)
+        ctx = make_ctx()
+        task = asyncio.create_task(by_caller.run(ctx))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        record = await sqlite_store.get_run(ctx.snapshot.pipeline_run_id)
+        assert record is not None
+        assert shape(record) == ("c", "cancelled", [("w", "work", "cancel", 1, None, None)])
+        assert record.error == "cancelled by caller"
+
+    async def test_concurrent_runs_into_one_sqlite_store(self, tmp_path: Path) -> None:
+        """Fifty concurrent runs of two pipelines are all recorded, none mixed up."""
+        store = SQLiteRunStore(tmp_path / "many.db")
+        graphs = [diamond("left").build(run_store=store), diamond("right").build(run_store=store)]
+        results = await asyncio.gather(*(graphs[i % 2].run(make_ctx()) for i in range(50)))
+        runs = await store.list_runs(limit=1000)
+        assert sorted(r.run_id for r in runs) == sorted(str(r.run_id) for r in results)
+        assert all(
+            [s.name for s in r.stages] == list(next(x for x in results if str(x.run_id) == r.run_id))
+            for r in runs
+        )
+        assert len(await store.list_runs(pipeline="left", limit=1000)) == 25
+        assert len(await store.list_runs(limit=7)) == 7
+        starts = [r.started_at for r in runs]
+        assert starts == sorted(starts, reverse=True)
+        store.close()
+
+    def test_sqlite_schema_is_versioned_and_uses_wal(self, tmp_path: Path) -> None:
+        """A new database gets schema version 1 in WAL mode, and reopening it keeps it."""
+        path = tmp_path / "v.db"
+        store = SQLiteRunStore(path)
+        assert store.schema_version == 1
+        store.close()
+        again = SQLiteRunStore(path)
+        assert again.schema_version == 1
+        again.close()
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
+
+    def test_newer_schema_is_refused(self, tmp_path: Path) -> None:
+        """A database written by a newer schema is refused with a clear message."""
+        path = tmp_path / "new.db"
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA user_version = 9")
+        conn.close()
+        with pytest.raises(RuntimeError) as info:
+            SQLiteRunStore(path)
+        assert str(info.value) == (
+            f"run store {str(path)!r} has schema version 9, newer than 1 which this stageflow understands; "
+            "upgrade stageflow or use another file"
+        )
+
+    async def test_failing_store_never_changes_the_run(self, caplog: pytest.LogCaptureFixture) -> None:
+        """A store that raises is logged once, and every run still returns its results."""
+
+        class BrokenStore(InMemoryRunStore):
+            async def record_run(self, record: RunRecord) -> None:
+                raise OSError("disk full")
+
+        store = BrokenStore()
+        graph = diamond().build(run_store=store)
+        with caplog.at_level(logging.ERROR, logger="stageflow"):
+            for _ in range(3):
+                results = await graph.run(make_ctx())
+                assert list(results) == ["a", "b", "c", "d"]
+        assert [r.getMessage() for r in caplog.records] == [
+            f"stageflow: run store {store!r} failed to record a run and is ignored: OSError('disk full')"
+        ]
+
+    def test_record_stage_lookup_names_missing_stage(self) -> None:
+        """Asking a record for a stage it lacks names the stages it has."""
+        record = RunRecord("r1", "p", "completed", 0.0, 1.0, (StageRecord("a", "work", "ok", 0, 1, 0, 1),))
+        with pytest.raises(KeyError, match=r"run 'r1' has no stage 'zz'; it has \['a'\]"):
+            record.stage("zz")
+
+
+class TestConfigProviders:
+    def test_env_provider_maps_keys_to_variables(self) -> None:
+        """Dotted keys become upper-case, underscore-separated variables under the prefix."""
+        provider = EnvConfigProvider(environ={"STAGEFLOW_TIMEOUT_LLM_V2": "12"})
+        assert provider.variable("timeout.llm-v2") == "STAGEFLOW_TIMEOUT_LLM_V2"
+        assert provider.get("timeout.llm-v2") == "12"
+        assert provider.get("timeout.other", "d") == "d"
+
+    def test_env_provider_reads_os_environ(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without an explicit mapping the provider reads os.environ at each get."""
+        provider = EnvConfigProvider(prefix="APP_")
+        monkeypatch.setenv("APP_RETRY_MAX_ATTEMPTS", "4")
+        assert provider.get("retry.max_attempts") == "4"
+
+    def test_dict_provider(self) -> None:
+        """The dict provider returns stored values and defaults."""
+        provider = DictConfigProvider({"timeout.default": 3})
+        assert (provider.get("timeout.default"), provider.get("nope", 1)) == (3, 1)
+
+    @pytest.mark.parametrize(
+        ("raw", "kind", "expected"),
+        [("3", int, 3), (" 2.5 ", float, 2.5), (4, float, 4.0), ("", int, 99), (None, float, 99.0)],
+        ids=["int-str", "float-str", "int-as-float", "empty", "missing"],
+    )
+    def test_config_value_converts(self, raw: object, kind: type, expected: object) -> None:
+        """Values are converted to the key's type; empty or missing values give the default."""
+        provider = DictConfigProvider({} if raw is None else {"k": raw})
+        assert config_value(provider, "k", kind, kind(99)) == expected
+
+    def test_bad_value_names_key_and_value(self) -> None:
+        """A value that cannot be converted raises ConfigError naming the key and the value."""
+        with pytest.raises(ConfigError) as info:
+            config_value(DictConfigProvider({"retry.max_attempts": "three"}), "retry.max_attempts", int, 1)
+        assert (
+            str(info.value)
+            == "configuration 'retry.max_attempts' = 'three' is not a valid int; fix or unset it"
+        )
+        assert isinstance(info.value, ValueError)
