@@ -13,18 +13,42 @@ from typing import Final, Literal
 __all__ = (
     "ATTRIBUTES",
     "DURATION_BUCKETS",
+    "CODE_FUNCTION_NAME",
     "ERROR_TYPE",
+    "ERROR_TYPE_CANCELLED",
+    "ERROR_TYPE_CIRCUIT_OPEN",
+    "ERROR_TYPE_RETRY_REQUESTED",
+    "ERROR_TYPE_TIMEOUT",
     "EVENTS",
     "EVENT_TYPE",
     "INSTRUMENTATION_SCOPE",
     "LINK_TYPE",
     "LINK_TYPE_DEPENDENCY",
+    "LOG_ATTEMPT",
+    "LOG_DURATION",
+    "LOG_ERROR",
+    "LOG_ERROR_TYPE",
+    "LOG_KIND",
+    "LOG_PIPELINE",
+    "LOG_RUN_ID",
+    "LOG_SPAN_ID",
+    "LOG_STAGE",
+    "LOG_STATUS",
+    "LOG_TRACE_ID",
+    "LOG_WAIT",
     "METRICS",
     "OTHER",
     "PIPELINE_NAME",
     "PIPELINE_VERSION",
     "RESULTS",
+    "RESULT_CANCELLATION",
+    "RESULT_ERROR",
+    "RESULT_FAILURE",
+    "RESULT_SKIP",
+    "RESULT_SUCCESS",
+    "RESULT_TIMEOUT",
     "RUN_CRITICAL_PATH",
+    "RUN_DURATION",
     "RUN_ID",
     "RUN_RESULT",
     "SPAN_PIPELINE_PREFIX",
@@ -33,7 +57,9 @@ __all__ = (
     "STAGE_DEPENDENCIES",
     "STAGE_KIND",
     "STAGE_NAME",
+    "STAGE_OUTPUT_PREFIX",
     "STAGE_RESULT",
+    "STAGE_SKIP_REASON",
     "STAGE_WAIT_DURATION",
     "CIRCUIT_BREAKER_STATE",
     "EVENTS_DROPPED",
@@ -46,6 +72,15 @@ __all__ = (
     "STAGE_WAIT_DURATION_METRIC",
     "TELEMETRY_EXPORT_FAILURES",
     "TELEMETRY_SPANS_DROPPED",
+    "ENVIRONMENT",
+    "ENV_METRICS_EXPORTER",
+    "ENV_PROMETHEUS_HOST",
+    "ENV_PROMETHEUS_PORT",
+    "EVENT_OTHER",
+    "EXCEPTION_MESSAGE",
+    "OTEL_SCOPE_LABEL",
+    "TELEMETRY_SIGNAL",
+    "EnvironmentVariable",
     "Attribute",
     "InstrumentKind",
     "Metric",
@@ -69,22 +104,57 @@ PIPELINE_VERSION: Final = "stageflow.pipeline.version"
 RUN_ID: Final = "stageflow.run.id"
 RUN_RESULT: Final = "stageflow.run.result"
 RUN_CRITICAL_PATH: Final = "stageflow.run.critical_path"
+RUN_DURATION: Final = "stageflow.run.duration"
 STAGE_NAME: Final = "stageflow.stage.name"
 STAGE_KIND: Final = "stageflow.stage.kind"
 STAGE_RESULT: Final = "stageflow.stage.result"
 STAGE_DEPENDENCIES: Final = "stageflow.stage.dependencies"
 STAGE_WAIT_DURATION: Final = "stageflow.stage.wait.duration"
 STAGE_ATTEMPT: Final = "stageflow.stage.attempt"
+STAGE_SKIP_REASON: Final = "stageflow.stage.skip.reason"
+"""On the run span's ``stageflow.stage.skipped`` events: why the executor skipped a conditional stage."""
+STAGE_OUTPUT_PREFIX: Final = "stageflow.stage.output."
+"""Prefix of the attributes a ``capture_content`` redaction hook returns (content is off by default)."""
+CODE_FUNCTION_NAME: Final = "code.function.name"
+"""OpenTelemetry semconv: the stage runner's fully qualified function name."""
 ERROR_TYPE: Final = "error.type"
 LINK_TYPE: Final = "stageflow.link.type"
 LINK_TYPE_DEPENDENCY: Final = "dependency"
 EVENT_TYPE: Final = "stageflow.event.type"
 """Attribute of event log records holding the seed's event string, e.g. ``stage.llm.completed``."""
+EXCEPTION_MESSAGE: Final = "exception.message"
+"""OpenTelemetry semconv: the error message, on ``*.failed`` event log records."""
+TELEMETRY_SIGNAL: Final = "signal"
+"""Attribute of ``stageflow.telemetry.export.failures``: ``traces``, ``metrics`` or ``logs``."""
+
+ERROR_TYPE_TIMEOUT: Final = "timeout"
+"""``error.type`` of a stage that raised ``StageTimeoutError`` (and of its run)."""
+ERROR_TYPE_CIRCUIT_OPEN: Final = "circuit_open"
+"""``error.type`` of a stage refused by an open circuit breaker (``CircuitOpenError``)."""
+ERROR_TYPE_CANCELLED: Final = "cancelled"
+"""``error.type`` of a stage or run whose task was cancelled (``asyncio.CancelledError``)."""
+ERROR_TYPE_RETRY_REQUESTED: Final = "retry_requested"
+"""``error.type`` of an attempt that returned ``StageOutput.retry`` (another attempt may follow)."""
+# Any other failure uses the exception's class name (``StageFailedError`` for ``StageOutput.fail``).
 
 OTHER: Final = "_OTHER"
 """Value used for ``error.type`` when unknown, and for stage names past the cardinality limit."""
 
-RESULTS: Final = ("success", "failure", "error", "timeout", "cancellation", "skip")
+RESULT_SUCCESS: Final = "success"
+RESULT_FAILURE: Final = "failure"
+RESULT_ERROR: Final = "error"
+RESULT_TIMEOUT: Final = "timeout"
+RESULT_CANCELLATION: Final = "cancellation"
+RESULT_SKIP: Final = "skip"
+
+RESULTS: Final = (
+    RESULT_SUCCESS,
+    RESULT_FAILURE,
+    RESULT_ERROR,
+    RESULT_TIMEOUT,
+    RESULT_CANCELLATION,
+    RESULT_SKIP,
+)
 """Values of ``stageflow.run.result`` and ``stageflow.stage.result`` (the CI/CD ``cicd.pipeline.result``
 vocabulary): ``failure`` = the stage returned ``StageOutput.fail``; ``error`` = it raised; ``timeout`` =
 ``StageTimeoutError``; ``cancellation`` = cancelled; ``skip`` = skipped."""
@@ -112,9 +182,14 @@ ATTRIBUTES: Final = (
     Attribute(STAGE_DEPENDENCIES, "string[]", "stage spans", "The stage's dependencies."),
     Attribute(STAGE_WAIT_DURATION, "double", "stage spans", "Seconds from ready to start."),
     Attribute(STAGE_ATTEMPT, "int", "stage spans", "1-based attempt number."),
+    Attribute(RUN_DURATION, "double", "run span", "The run's duration in seconds (from RunResult)."),
+    Attribute(STAGE_SKIP_REASON, "string", "run span events", "Why a conditional stage was skipped."),
+    Attribute(CODE_FUNCTION_NAME, "string", "stage spans", "The stage runner's qualified name."),
     Attribute(ERROR_TYPE, "string", "spans and metrics, on failure only", "Exception class name."),
     Attribute(LINK_TYPE, "string", "stage span links", "Always 'dependency'."),
     Attribute(EVENT_TYPE, "string", "event log records", "The seed's event string."),
+    Attribute(EXCEPTION_MESSAGE, "string", "failed event log records", "The error message."),
+    Attribute(TELEMETRY_SIGNAL, "string", "export failure metric", "traces, metrics or logs."),
 )
 
 # --------------------------------------------------------------------------- metrics
@@ -283,3 +358,87 @@ EVENTS: Final = {
     "stage.retrying": "stageflow.stage.retrying",
 }
 """Seed event kind (``stage.{name}.x`` reduced to ``stage.x``) to static OTLP event name."""
+
+# --------------------------------------------------------------------------- structured log fields
+
+LOG_TRACE_ID: Final = "trace_id"
+"""Log field: the current W3C trace id, 32 lowercase hex digits."""
+LOG_SPAN_ID: Final = "span_id"
+"""Log field: the current W3C span id, 16 lowercase hex digits."""
+LOG_RUN_ID: Final = "run_id"
+LOG_PIPELINE: Final = "pipeline"
+LOG_STAGE: Final = "stage"
+LOG_KIND: Final = "kind"
+LOG_STATUS: Final = "status"
+"""Log field: how the stage or run ended, one of ``RESULTS`` (absent on ``*.started`` lines)."""
+LOG_DURATION: Final = "duration"
+"""Log field: seconds."""
+LOG_WAIT: Final = "wait"
+"""Log field: seconds from the stage being ready to it starting."""
+LOG_ATTEMPT: Final = "attempt"
+LOG_ERROR: Final = "error"
+"""Log field: the error message, on failure only."""
+LOG_ERROR_TYPE: Final = "error_type"
+"""Log field: the ``error.type`` value, on failure only."""
+
+# --------------------------------------------------------------------------- event sink, /metrics, setup
+
+EVENT_OTHER: Final = "stageflow.event"
+"""Event name of log records whose type is outside the taxonomy (the type is in ``stageflow.event.type``)."""
+OTEL_SCOPE_LABEL: Final = "otel_scope_name"
+"""Prometheus label holding the instrumentation scope, as the collector's Prometheus exporter adds it."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentVariable:
+    """One environment variable ``stageflow_otel.setup()`` honours."""
+
+    name: str
+    default: str
+    description: str
+
+
+ENV_METRICS_EXPORTER: Final = "OTEL_METRICS_EXPORTER"
+ENV_PROMETHEUS_HOST: Final = "OTEL_EXPORTER_PROMETHEUS_HOST"
+ENV_PROMETHEUS_PORT: Final = "OTEL_EXPORTER_PROMETHEUS_PORT"
+
+ENVIRONMENT: Final = (
+    EnvironmentVariable("OTEL_SDK_DISABLED", "false", "`true`: no-op providers, nothing exported."),
+    EnvironmentVariable("OTEL_SERVICE_NAME", "unknown_service", "`service.name` (the `setup()` argument wins)."),
+    EnvironmentVariable("OTEL_RESOURCE_ATTRIBUTES", "", "Extra resource attributes, `k=v,k2=v2`."),
+    EnvironmentVariable(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "", "Collector base URL; when set (or per signal) that signal uses OTLP."
+    ),
+    EnvironmentVariable("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", "Traces endpoint, used as is."),
+    EnvironmentVariable("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "", "Metrics endpoint, used as is."),
+    EnvironmentVariable("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "", "Logs (events) endpoint, used as is."),
+    EnvironmentVariable("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "`grpc` or `http/protobuf`."),
+    EnvironmentVariable("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "", "Per-signal protocol override."),
+    EnvironmentVariable("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "", "Per-signal protocol override."),
+    EnvironmentVariable("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "", "Per-signal protocol override."),
+    EnvironmentVariable(
+        "OTEL_EXPORTER_OTLP_TIMEOUT", "10", "Export timeout in seconds (headers, TLS, compression: as the SDK)."
+    ),
+    EnvironmentVariable(
+        "OTEL_TRACES_EXPORTER", "`otlp` if an endpoint is set, else `none`", "`otlp`, `console` or `none`."
+    ),
+    EnvironmentVariable(
+        ENV_METRICS_EXPORTER,
+        "`otlp` if an endpoint is set, else `prometheus`",
+        "Comma-separated: `otlp`, `prometheus` (the in-process `/metrics`), `console`, `none`.",
+    ),
+    EnvironmentVariable(
+        "OTEL_LOGS_EXPORTER", "`otlp` if an endpoint is set, else `none`", "`otlp`, `console` or `none`."
+    ),
+    EnvironmentVariable(
+        "OTEL_TRACES_SAMPLER",
+        "parentbased_always_on",
+        "`always_on`, `always_off`, `traceidratio` or their `parentbased_` forms.",
+    ),
+    EnvironmentVariable("OTEL_TRACES_SAMPLER_ARG", "1.0", "The ratio for `traceidratio` samplers."),
+    EnvironmentVariable("OTEL_METRIC_EXPORT_INTERVAL", "60000", "Milliseconds between OTLP metric exports."),
+    EnvironmentVariable("OTEL_METRIC_EXPORT_TIMEOUT", "30000", "Milliseconds allowed for one metric export."),
+    EnvironmentVariable(ENV_PROMETHEUS_HOST, "127.0.0.1", "Address the `/metrics` endpoint binds to."),
+    EnvironmentVariable(ENV_PROMETHEUS_PORT, "9464", "Port of the `/metrics` endpoint (`0`: any free port)."),
+)
+"""Environment variables ``setup()`` reads (the OTLP exporters also read their own ``OTEL_EXPORTER_OTLP_*``)."""

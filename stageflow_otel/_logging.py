@@ -1,0 +1,179 @@
+"""``LoggingInterceptor`` (structlog, one line per run and stage start/finish) and ``add_trace_context``.
+
+Each line carries the W3C ``trace_id``/``span_id`` of the current span (the stage span when the interceptor
+runs inside ``TracingInterceptor``, as its priority 30 makes it), so logs and traces join up. The field
+names are in ``semconv`` (``LOG_*``); event names are the static ``semconv.EVENTS`` names.
+
+Example::
+
+    import structlog
+    from stageflow_otel import LoggingInterceptor, add_trace_context
+
+    structlog.configure(processors=[add_trace_context, structlog.processors.JSONRenderer()])
+    graph = pipeline.build(interceptors=[LoggingInterceptor()])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+from structlog.typing import EventDict, WrappedLogger
+
+from stageflow import PipelineContext, RunResult, StageContext, StageInfo, StageOutput
+from stageflow.interceptors import CallNext, Interceptor, RunNext
+
+from . import semconv
+from ._outcome import Outcome, outcome_of_error, outcome_of_output, outcome_of_run_error
+
+__all__ = ("LoggingInterceptor", "add_trace_context")
+
+_logger = logging.getLogger("stageflow_otel")
+_perf = time.perf_counter
+
+_EV = semconv.EVENTS
+_STAGE_FINISHED = {
+    semconv.RESULT_SUCCESS: _EV["stage.completed"],
+    semconv.RESULT_SKIP: _EV["stage.skipped"],
+    semconv.RESULT_CANCELLATION: _EV["stage.cancelled"],
+}
+_RUN_FINISHED = {
+    semconv.RESULT_SUCCESS: _EV["pipeline.completed"],
+    semconv.RESULT_CANCELLATION: _EV["pipeline.cancelled"],
+}
+_SUCCESS = Outcome(semconv.RESULT_SUCCESS)
+
+
+def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """A structlog processor adding the current span's W3C ``trace_id`` and ``span_id`` (lowercase hex).
+
+    Add it to your own structlog configuration so every log line written inside a stage (or any other
+    traced code) can be joined with its trace. Lines written outside a valid span are left unchanged, and
+    ids already present in the event are kept.
+
+    .. versionadded:: 0.10
+    """
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event_dict.setdefault(semconv.LOG_TRACE_ID, format(span_context.trace_id, "032x"))
+        event_dict.setdefault(semconv.LOG_SPAN_ID, format(span_context.span_id, "016x"))
+    return event_dict
+
+
+def _default_logger() -> Any:
+    """The user's structlog configuration if there is one, else a logger writing JSON lines to stdout."""
+    if structlog.is_configured():
+        return structlog.get_logger(semconv.INSTRUMENTATION_SCOPE)
+    return structlog.wrap_logger(
+        structlog.PrintLogger(),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+
+
+class LoggingInterceptor(Interceptor):
+    """Log one structured line when each run and each stage attempt starts and when it finishes.
+
+    Stage lines carry ``run_id``, ``pipeline``, ``stage``, ``kind``, ``attempt``, ``trace_id`` and
+    ``span_id``; ``*.started`` lines add ``wait``, finishing lines ``status`` (a ``semconv.RESULTS`` value),
+    ``duration`` (seconds) and, on failure, ``error`` and ``error_type``. Failures log at error level,
+    cancellations at warning level, everything else at info level.
+
+    Args:
+        logger: a structlog logger (anything with ``info``/``warning``/``error`` taking an event and keyword
+            fields). By default the global structlog configuration when ``structlog.configure`` was called
+            before the interceptor was made, else JSON lines on stdout.
+
+    .. versionadded:: 0.10
+    """
+
+    name = "logging"
+    priority = 30
+
+    def __init__(self, logger: Any = None) -> None:
+        self._log = logger if logger is not None else _default_logger()
+        self._failed = False
+
+    def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            fields[semconv.LOG_TRACE_ID] = format(span_context.trace_id, "032x")
+            fields[semconv.LOG_SPAN_ID] = format(span_context.span_id, "016x")
+        try:
+            getattr(self._log, level)(event, **fields)
+        except Exception as exc:  # C9: a broken logger never breaks the pipeline
+            if not self._failed:
+                self._failed = True
+                _logger.warning("stageflow_otel: LoggingInterceptor's logger raised %r (logged once)", exc)
+
+    async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
+        """Log ``stageflow.pipeline.started`` and how the run finished."""
+        base = {semconv.LOG_RUN_ID: str(run.run_id), semconv.LOG_PIPELINE: run.pipeline_name}
+        self._emit("info", _EV["pipeline.started"], dict(base))
+        started = _perf()
+        try:
+            result = await call_next(run)
+        except asyncio.CancelledError as exc:
+            self._finished(_RUN_FINISHED, _EV["pipeline.failed"], base, outcome_of_error(exc), started)
+            raise
+        except Exception as exc:
+            self._finished(_RUN_FINISHED, _EV["pipeline.failed"], base, outcome_of_run_error(exc), started)
+            raise
+        self._finished(_RUN_FINISHED, _EV["pipeline.failed"], base, _SUCCESS, started)
+        return result
+
+    async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
+        """Log ``stageflow.stage.started`` and how the stage attempt finished."""
+        base: dict[str, Any] = {
+            semconv.LOG_RUN_ID: str(ctx.pipeline_run_id),
+            semconv.LOG_PIPELINE: stage.pipeline,
+            semconv.LOG_STAGE: stage.name,
+            semconv.LOG_KIND: stage.kind.value,
+            semconv.LOG_ATTEMPT: ctx.attempt,
+        }
+        started_fields = dict(base)
+        started_fields[semconv.LOG_WAIT] = max(0.0, ctx.started_at - ctx.ready_at)
+        self._emit("info", _EV["stage.started"], started_fields)
+        started = _perf()
+        try:
+            output = await call_next(ctx)
+        except asyncio.CancelledError as exc:
+            self._finished(_STAGE_FINISHED, _EV["stage.failed"], base, outcome_of_error(exc), started)
+            raise
+        except Exception as exc:
+            self._finished(_STAGE_FINISHED, _EV["stage.failed"], base, outcome_of_error(exc), started)
+            raise
+        if isinstance(output, StageOutput):
+            self._finished(_STAGE_FINISHED, _EV["stage.failed"], base, outcome_of_output(output), started)
+        return output
+
+    def _finished(
+        self,
+        events: dict[str, str],
+        failed_event: str,
+        base: dict[str, Any],
+        outcome: Outcome,
+        started: float,
+    ) -> None:
+        fields = dict(base)
+        fields[semconv.LOG_STATUS] = outcome.result
+        fields[semconv.LOG_DURATION] = _perf() - started
+        if outcome.result == semconv.RESULT_CANCELLATION:
+            level = "warning"
+        elif outcome.error_type is None:
+            level = "info"
+        else:
+            level = "error"
+        if outcome.error_type is not None:
+            fields[semconv.LOG_ERROR_TYPE] = outcome.error_type
+            if outcome.description:
+                fields[semconv.LOG_ERROR] = outcome.description
+        self._emit(level, events.get(outcome.result, failed_event), fields)

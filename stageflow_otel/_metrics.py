@@ -1,0 +1,279 @@
+"""``MetricsInterceptor``: run and stage histograms, counters and the circuit breaker gauge.
+
+Every instrument is created once, in ``__init__``, with the names, units and explicit bucket boundaries
+of ``semconv``. Stage durations are recorded inside the stage span (this interceptor's priority, 20, puts it
+inside ``TracingInterceptor``'s 10), so exemplars carry the stage's trace and span ids. Run-level
+figures (run duration, errors, skips, critical path) are recorded at the end of the run, inside the run span.
+
+Example::
+
+    from stageflow_otel import MetricsInterceptor, TracingInterceptor
+
+    graph = pipeline.build(interceptors=[TracingInterceptor(), MetricsInterceptor()])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.util.types import AttributeValue
+
+from stageflow import PipelineContext, RunResult, StageContext, StageInfo, StageOutput, StageStatus
+from stageflow import __version__ as _stageflow_version
+from stageflow.interceptors import CallNext, Interceptor, RunNext
+
+from . import semconv
+from ._outcome import (
+    Outcome,
+    is_api_only,
+    outcome_of_error,
+    outcome_of_output,
+    outcome_of_run_error,
+    run_results,
+)
+
+__all__ = ("MetricsInterceptor",)
+
+logger = logging.getLogger("stageflow_otel")
+
+DEFAULT_MAX_STAGE_SERIES = 200
+"""Default limit of distinct stage names on metric attributes."""
+
+_perf = time.perf_counter
+_BUCKETS = list(semconv.DURATION_BUCKETS)
+_SUCCESS = Outcome(semconv.RESULT_SUCCESS)
+
+Attributes = Mapping[str, AttributeValue]
+
+
+class _CircuitChange(Protocol):
+    stage: str
+    pipeline: str
+    new: int
+
+
+class _Breaker(Protocol):
+    def add_listener(self, listener: Any, /) -> None: ...
+
+
+class MetricsInterceptor(Interceptor):
+    """Record run and stage metrics (priority 20: inside ``TracingInterceptor``'s spans).
+
+    Args:
+        meter_provider: the provider to record with; by default the global provider (instruments made
+            before one is installed start recording once it is).
+        max_stage_series: the most distinct stage names used as metric attributes; further names are
+            recorded as ``_OTHER`` (one warning is logged the first time).
+
+    When no SDK is configured the interceptor passes every call straight through.
+
+    .. versionadded:: 0.10
+    """
+
+    name = "metrics"
+    priority = 20
+
+    def __init__(
+        self,
+        meter_provider: MeterProvider | None = None,
+        *,
+        max_stage_series: int = DEFAULT_MAX_STAGE_SERIES,
+    ) -> None:
+        if max_stage_series < 1:
+            msg = f"max_stage_series must be at least 1, got {max_stage_series!r}"
+            raise ValueError(msg)
+        self._provider = meter_provider
+        self._max_stage_series = max_stage_series
+        meter = metrics.get_meter(semconv.INSTRUMENTATION_SCOPE, _stageflow_version, meter_provider)
+        # ``None`` = not known yet (global provider not installed); decided for good once known.
+        self._enabled: bool | None = None
+        if meter_provider is not None:
+            self._enabled = not is_api_only(meter_provider) and not isinstance(meter, metrics.NoOpMeter)
+        self._run_duration = _histogram(meter, semconv.PIPELINE_RUN_DURATION)
+        self._stage_duration = _histogram(meter, semconv.STAGE_DURATION)
+        self._wait_duration = _histogram(meter, semconv.STAGE_WAIT_DURATION_METRIC)
+        self._critical_duration = _histogram(meter, semconv.STAGE_CRITICAL_PATH_DURATION)
+        m = semconv.PIPELINE_RUN_ACTIVE
+        self._active = meter.create_up_down_counter(m.name, unit=m.unit, description=m.description)
+        m = semconv.PIPELINE_RUN_ERRORS
+        self._run_errors = meter.create_counter(m.name, unit=m.unit, description=m.description)
+        m = semconv.STAGE_SKIPS
+        self._skips = meter.create_counter(m.name, unit=m.unit, description=m.description)
+        self._meter = meter
+        self._stage_names: set[str] = set()
+        self._overflow_warned = False
+        self._stage_attrs: dict[tuple[str, str, str], dict[str, AttributeValue]] = {}
+        self._circuit_states: dict[tuple[str, str], int] = {}
+        self._circuit_lock = threading.Lock()
+        self._circuit_gauge: Any = None
+
+    def _is_enabled(self) -> bool:
+        enabled = self._enabled
+        if enabled is None:
+            if is_api_only(metrics.get_meter_provider()):
+                return False
+            enabled = self._enabled = True
+        return enabled
+
+    def _series(self, stage: str) -> str:
+        """``stage``, or ``_OTHER`` once ``max_stage_series`` other names are in use (cardinality guard)."""
+        names = self._stage_names
+        if stage in names:
+            return stage
+        if len(names) < self._max_stage_series:
+            names.add(stage)
+            return stage
+        if not self._overflow_warned:
+            self._overflow_warned = True
+            logger.warning(
+                "stageflow_otel: more than %d distinct stage names; metrics record stage %r and any "
+                "further new names as %r (raise max_stage_series to keep them apart)",
+                self._max_stage_series,
+                stage,
+                semconv.OTHER,
+            )
+        return semconv.OTHER
+
+    def _base(self, pipeline: str, stage: str, kind: str) -> dict[str, AttributeValue]:
+        key = (pipeline, stage, kind)
+        attrs = self._stage_attrs.get(key)
+        if attrs is None:
+            attrs = {
+                semconv.PIPELINE_NAME: pipeline,
+                semconv.STAGE_NAME: self._series(stage),
+                semconv.STAGE_KIND: kind,
+            }
+            if len(self._stage_attrs) < 4 * self._max_stage_series:
+                self._stage_attrs[key] = attrs
+        return attrs
+
+    # --------------------------------------------------------------------------------------- stage
+
+    async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
+        """Record the attempt's duration (and, on the first attempt, the stage's wait) inside its span."""
+        if not (self._enabled or (self._enabled is None and self._is_enabled())):
+            return await call_next(ctx)
+        base = self._base(stage.pipeline, stage.name, stage.kind.value)
+        if ctx.attempt == 1:
+            self._wait_duration.record(max(0.0, ctx.started_at - ctx.ready_at), base)
+        started = _perf()
+        try:
+            output = await call_next(ctx)
+        except asyncio.CancelledError as exc:
+            self._record_stage(base, outcome_of_error(exc), _perf() - started)
+            raise
+        except Exception as exc:
+            self._record_stage(base, outcome_of_error(exc), _perf() - started)
+            raise
+        if isinstance(output, StageOutput):
+            self._record_stage(base, outcome_of_output(output), _perf() - started)
+        return output
+
+    def _record_stage(self, base: Attributes, outcome: Outcome, duration: float) -> None:
+        attrs = dict(base)
+        attrs[semconv.STAGE_RESULT] = outcome.result
+        if outcome.error_type is not None:
+            attrs[semconv.ERROR_TYPE] = outcome.error_type
+        self._stage_duration.record(duration, attrs)
+
+    # ----------------------------------------------------------------------------------------- run
+
+    async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
+        """Count the run as active, then record its duration, errors, skips and critical path."""
+        if not (self._enabled or (self._enabled is None and self._is_enabled())):
+            return await call_next(run)
+        pipeline_attrs = {semconv.PIPELINE_NAME: run.pipeline_name}
+        self._active.add(1, pipeline_attrs)
+        started = _perf()
+        try:
+            result = await call_next(run)
+        except asyncio.CancelledError as exc:
+            self._record_run(run.pipeline_name, outcome_of_error(exc), _perf() - started, None)
+            raise
+        except Exception as exc:
+            self._record_run(
+                run.pipeline_name, outcome_of_run_error(exc), _perf() - started, run_results(exc)
+            )
+            raise
+        else:
+            self._record_run(run.pipeline_name, _SUCCESS, _perf() - started, result)
+        finally:
+            self._active.add(-1, pipeline_attrs)
+        return result
+
+    def _record_run(
+        self, pipeline: str, outcome: Outcome, duration: float, results: RunResult | None
+    ) -> None:
+        attrs: dict[str, AttributeValue] = {
+            semconv.PIPELINE_NAME: pipeline,
+            semconv.RUN_RESULT: outcome.result,
+        }
+        if outcome.error_type is not None:
+            attrs[semconv.ERROR_TYPE] = outcome.error_type
+        self._run_duration.record(duration, attrs)
+        if outcome.result != semconv.RESULT_SUCCESS:
+            self._run_errors.add(1, attrs)
+        if results is None:
+            return
+        for result in results.values():
+            if result.status is StageStatus.SKIP:
+                self._skips.add(1, self._base(pipeline, result.name, result.kind.value))
+        for name in results.critical_path:
+            result = results[name]
+            self._critical_duration.record(
+                max(0.0, result.ended_at - result.ready_at),
+                self._base(pipeline, name, result.kind.value),
+            )
+
+    # ---------------------------------------------------------------------------- circuit breaker
+
+    def observe_circuit_breaker(self, breaker: _Breaker) -> None:
+        """Export ``breaker``'s state per stage as the ``stageflow.circuit_breaker.state`` gauge.
+
+        Registers a listener on ``breaker`` (a ``stageflow.interceptors.CircuitBreakerInterceptor``); every
+        state change updates the gauge (0 closed, 1 half-open, 2 open), which is reported at each collection
+        for every stage whose breaker has changed state at least once.
+
+        Args:
+            breaker: the circuit breaker interceptor to observe.
+
+        .. versionadded:: 0.10
+        """
+        with self._circuit_lock:
+            if self._circuit_gauge is None:
+                m = semconv.CIRCUIT_BREAKER_STATE
+                self._circuit_gauge = self._meter.create_observable_gauge(
+                    m.name, callbacks=[self._observe_circuits], unit=m.unit, description=m.description
+                )
+        breaker.add_listener(self._on_circuit_change)
+
+    def _on_circuit_change(self, change: _CircuitChange) -> None:
+        with self._circuit_lock:
+            self._circuit_states[(change.pipeline, change.stage)] = int(change.new)
+
+    def _observe_circuits(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._circuit_lock:
+            states = list(self._circuit_states.items())
+        return [
+            Observation(
+                state,
+                {semconv.PIPELINE_NAME: pipeline, semconv.STAGE_NAME: self._series(stage)},
+            )
+            for (pipeline, stage), state in states
+        ]
+
+
+def _histogram(meter: metrics.Meter, metric: semconv.Metric) -> metrics.Histogram:
+    return meter.create_histogram(
+        metric.name,
+        unit=metric.unit,
+        description=metric.description,
+        explicit_bucket_boundaries_advisory=_BUCKETS,
+    )

@@ -1,0 +1,372 @@
+"""``TracingInterceptor``: one span per run and per stage attempt, with dependency links.
+
+Span tree of a run::
+
+    pipeline {name}            INTERNAL; parent = ambient span, else snapshot.metadata["traceparent"],
+      stage {a}                           else the TRACEPARENT environment variable
+      stage {b}  --link-->  a  INTERNAL; parent = the run span, always; one link per dependency
+
+Spans are started with ``Tracer.start_span`` and an explicit parent context; a span is made current only
+around ``call_next``, inside one coroutine frame, so ``execute()`` sees its stage span as the current span
+and spans it opens become that span's children, also when stages run concurrently.
+
+Conditional stages that the executor skips (a dependency was skipped) never run through interceptors, so
+they have no span: the run span gets one ``stageflow.stage.skipped`` span event per such stage at the end of
+the run, carrying ``stageflow.stage.name``, ``stageflow.stage.kind``, ``stageflow.stage.result=skip`` and
+``stageflow.stage.skip.reason``.
+
+Example::
+
+    from stageflow_otel import TracingInterceptor
+
+    graph = pipeline.build(interceptors=[TracingInterceptor(tracer_provider=provider)])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import weakref
+from collections.abc import Callable, Mapping, MutableMapping
+from contextvars import ContextVar
+from typing import Any, TypeAlias
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from stageflow import (
+    PipelineContext,
+    RunResult,
+    StageContext,
+    StageGraph,
+    StageInfo,
+    StageOutput,
+    StageStatus,
+)
+from stageflow import __version__ as _stageflow_version
+from stageflow.interceptors import CallNext, Interceptor, RunNext
+
+from . import semconv
+from ._outcome import (
+    Outcome,
+    is_api_only,
+    outcome_of_error,
+    outcome_of_output,
+    outcome_of_run_error,
+    run_results,
+)
+
+__all__ = ("ContentHook", "TracingInterceptor", "inject_context")
+
+logger = logging.getLogger("stageflow_otel")
+
+ContentHook: TypeAlias = Callable[[StageInfo, StageOutput], Mapping[str, AttributeValue] | None]
+"""A redaction hook: given a stage and its output, the attributes to record (``None`` or ``{}`` for none).
+
+Each returned key ``k`` becomes the stage span attribute ``stageflow.stage.output.{k}``. Return only
+values that are safe to export: nothing of the output is captured unless the hook returns it.
+"""
+
+_W3C = TraceContextTextMapPropagator()
+_INTERNAL = SpanKind.INTERNAL
+_LINK_ATTRS: Mapping[str, AttributeValue] = {semconv.LINK_TYPE: semconv.LINK_TYPE_DEPENDENCY}
+_SKIPPED_EVENT = semconv.EVENTS["stage.skipped"]
+_SUCCESS = Outcome(semconv.RESULT_SUCCESS)
+
+
+def inject_context(carrier: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
+    """Write the current trace context into ``carrier`` (W3C ``traceparent``/``tracestate`` by default).
+
+    Use it on outgoing requests and messages so the receiver continues the stage's trace, and to fill
+    ``ContextSnapshot(metadata=...)`` for a run started elsewhere. The globally configured propagator is
+    used (``OTEL_PROPAGATORS``; W3C trace context and baggage unless changed).
+
+    Args:
+        carrier: the headers or metadata to write into; a new dict when omitted.
+
+    Returns:
+        The carrier.
+
+    .. versionadded:: 0.10
+    """
+    if carrier is None:
+        carrier = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+class _StageStatic:
+    """What a stage's spans share across runs: computed once per graph."""
+
+    __slots__ = ("attributes", "dependencies", "span_name")
+
+    def __init__(self, info: StageInfo) -> None:
+        self.span_name = semconv.SPAN_STAGE_PREFIX + info.name
+        self.dependencies = tuple(dict.fromkeys(info.dependencies))
+        attributes: dict[str, AttributeValue] = {
+            semconv.PIPELINE_NAME: info.pipeline,
+            semconv.STAGE_NAME: info.name,
+            semconv.STAGE_KIND: info.kind.value,
+        }
+        if self.dependencies:
+            attributes[semconv.STAGE_DEPENDENCIES] = self.dependencies
+        function = _function_name(info.runner)
+        if function:
+            attributes[semconv.CODE_FUNCTION_NAME] = function
+        self.attributes: Mapping[str, AttributeValue] = attributes
+
+
+def _function_name(runner: object) -> str | None:
+    target = runner if callable(runner) and not hasattr(runner, "execute") else None
+    if target is None:
+        cls = type(runner)
+        return f"{cls.__module__}.{cls.__qualname__}.execute"
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return None
+    return f"{module}.{qualname}" if isinstance(module, str) else qualname
+
+
+class _RunTrace:
+    """The per-run state: the run span, its context and the span context of every stage started so far."""
+
+    __slots__ = ("context", "run", "run_id", "span", "stage_spans", "static")
+
+    def __init__(
+        self,
+        run: PipelineContext,
+        span: trace.Span,
+        context: otel_context.Context,
+        static: Mapping[str, _StageStatic],
+    ) -> None:
+        self.run = run
+        self.run_id = str(run.run_id)
+        self.span = span
+        self.context = context
+        self.static = static
+        self.stage_spans: dict[str, trace.SpanContext] = {}
+
+
+class TracingInterceptor(Interceptor):
+    """Trace every run and every stage attempt (priority 10: outermost of the OTel interceptors).
+
+    Args:
+        tracer_provider: the provider to trace with; by default the global provider, looked up at each
+            run until a real SDK provider is installed, then cached.
+        capture_content: a redaction hook (``ContentHook``) deciding which parts of a stage's output to
+            record on its span. Without it no stage input or output is ever captured.
+
+    When no SDK is configured (no global provider, a no-op provider, ``OTEL_SDK_DISABLED=true``) the
+    interceptor passes every call straight through.
+
+    .. versionadded:: 0.10
+    """
+
+    name = "tracing"
+    priority = 10
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None = None,
+        *,
+        capture_content: ContentHook | None = None,
+    ) -> None:
+        self._provider = tracer_provider
+        self._capture = capture_content
+        self._tracer: Tracer | None = None
+        self._resolved = False
+        self._state: ContextVar[_RunTrace | None] = ContextVar(f"stageflow_otel.tracing.{id(self)}")
+        self._statics: weakref.WeakKeyDictionary[StageGraph, dict[str, _StageStatic]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._hook_failed = False
+        if tracer_provider is not None:
+            self._resolve()
+
+    def _resolve(self) -> Tracer | None:
+        """The tracer, or ``None`` while no real SDK is configured (cached once the answer is final)."""
+        provider = self._provider if self._provider is not None else trace.get_tracer_provider()
+        if is_api_only(provider):
+            # A global provider may still be installed later; an injected no-op one never changes.
+            self._resolved = self._provider is not None
+            return None
+        tracer = provider.get_tracer(semconv.INSTRUMENTATION_SCOPE, _stageflow_version)
+        self._resolved = True
+        if not isinstance(tracer, trace.NoOpTracer):
+            self._tracer = tracer
+        return self._tracer
+
+    # ----------------------------------------------------------------------------------------- run
+
+    async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
+        """Open the run span, make it current for the run (so stage tasks inherit it) and close it."""
+        tracer = self._tracer
+        if tracer is None and (self._resolved or (tracer := self._resolve()) is None):
+            return await call_next(run)
+        graph = run.graph
+        static = self._statics.get(graph)
+        if static is None:
+            static = {info.name: _StageStatic(info) for info in graph.stages}
+            self._statics[graph] = static
+        parent = _parent_context(run)
+        span = tracer.start_span(
+            semconv.SPAN_PIPELINE_PREFIX + run.pipeline_name,
+            context=parent,
+            kind=_INTERNAL,
+            attributes={
+                semconv.PIPELINE_NAME: run.pipeline_name,
+                semconv.PIPELINE_VERSION: graph.version,
+                semconv.RUN_ID: str(run.run_id),
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        run_context = trace.set_span_in_context(span, parent)
+        state = _RunTrace(run, span, run_context, static)
+        state_token = self._state.set(state)
+        token = otel_context.attach(run_context)
+        try:
+            result = await call_next(run)
+        except asyncio.CancelledError as exc:
+            _end_run(state, outcome_of_error(exc), None)
+            raise
+        except Exception as exc:
+            _end_run(state, outcome_of_run_error(exc), run_results(exc))
+            raise
+        else:
+            _end_run(state, _SUCCESS, result)
+        finally:
+            otel_context.detach(token)
+            self._state.reset(state_token)
+            span.end()
+        return result
+
+    # --------------------------------------------------------------------------------------- stage
+
+    async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
+        """Run the stage attempt inside its own span, a child of the run span linked to its dependencies."""
+        state = self._state.get(None)
+        if state is None or state.run is not ctx.pipeline:
+            return await call_next(ctx)
+        static = state.static.get(stage.name)
+        if static is None:  # a StageInfo the graph does not list (defensive; never expected)
+            static = _StageStatic(stage)
+        spans = state.stage_spans
+        links: list[Link] = []
+        for dependency in static.dependencies:
+            linked = spans.get(dependency)
+            if linked is not None:
+                links.append(Link(linked, _LINK_ATTRS))
+        attributes = dict(static.attributes)
+        attributes[semconv.RUN_ID] = state.run_id
+        attributes[semconv.STAGE_ATTEMPT] = ctx.attempt
+        attributes[semconv.STAGE_WAIT_DURATION] = max(0.0, ctx.started_at - ctx.ready_at)
+        assert self._tracer is not None
+        span = self._tracer.start_span(
+            static.span_name,
+            context=state.context,
+            kind=_INTERNAL,
+            attributes=attributes,
+            links=links,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        spans[stage.name] = span.get_span_context()
+        token = otel_context.attach(trace.set_span_in_context(span, state.context))
+        try:
+            output = await call_next(ctx)
+        except asyncio.CancelledError as exc:
+            _end_stage(span, outcome_of_error(exc))
+            raise
+        except Exception as exc:
+            span.record_exception(exc)
+            _end_stage(span, outcome_of_error(exc))
+            raise
+        else:
+            outcome = outcome_of_output(output) if isinstance(output, StageOutput) else None
+            if outcome is not None:
+                _end_stage(span, outcome)
+            if self._capture is not None and isinstance(output, StageOutput):
+                self._capture_content(span, stage, output)
+        finally:
+            otel_context.detach(token)
+            span.end()
+        return output
+
+    def _capture_content(self, span: trace.Span, stage: StageInfo, output: StageOutput) -> None:
+        assert self._capture is not None
+        try:
+            captured = self._capture(stage, output)
+            if captured:
+                span.set_attributes({semconv.STAGE_OUTPUT_PREFIX + k: v for k, v in captured.items()})
+        except Exception as exc:  # C9: a broken hook never breaks the pipeline
+            if not self._hook_failed:
+                self._hook_failed = True
+                logger.warning(
+                    "stageflow_otel: capture_content hook raised %r; content not recorded (logged once)",
+                    exc,
+                )
+
+
+def _parent_context(run: PipelineContext) -> otel_context.Context | None:
+    """The run span's parent: ``None`` (the current context) when a span is current, else extracted."""
+    if trace.get_current_span().get_span_context().is_valid:
+        return None
+    metadata = run.snapshot.metadata
+    carrier: Mapping[str, Any] | None = None
+    if metadata and "traceparent" in metadata:
+        carrier = metadata
+    else:
+        traceparent = os.environ.get("TRACEPARENT")
+        if traceparent:
+            carrier = {"traceparent": traceparent, "tracestate": os.environ.get("TRACESTATE", "")}
+    if carrier is None:
+        return None
+    extracted = _W3C.extract({k: str(v) for k, v in carrier.items() if k in ("traceparent", "tracestate")})
+    if not trace.get_current_span(extracted).get_span_context().is_valid:
+        return None
+    return extracted
+
+
+def _end_stage(span: trace.Span, outcome: Outcome) -> None:
+    if outcome.error_type is None:
+        span.set_attribute(semconv.STAGE_RESULT, outcome.result)
+        return
+    span.set_attributes({semconv.STAGE_RESULT: outcome.result, semconv.ERROR_TYPE: outcome.error_type})
+    span.set_status(Status(StatusCode.ERROR, outcome.description))
+
+
+def _end_run(state: _RunTrace, outcome: Outcome, results: RunResult | None) -> None:
+    span = state.span
+    attributes: dict[str, AttributeValue] = {semconv.RUN_RESULT: outcome.result}
+    if outcome.error_type is not None:
+        attributes[semconv.ERROR_TYPE] = outcome.error_type
+        span.set_status(Status(StatusCode.ERROR, outcome.description))
+    if results is not None:
+        attributes[semconv.RUN_CRITICAL_PATH] = results.critical_path
+        attributes[semconv.RUN_DURATION] = results.duration
+        _record_auto_skips(state, results)
+    span.set_attributes(attributes)
+
+
+def _record_auto_skips(state: _RunTrace, results: RunResult) -> None:
+    """Add a span event for every stage the executor skipped without running it (see the module docs)."""
+    traced = state.stage_spans
+    for name, result in results.items():
+        if result.status is not StageStatus.SKIP or name in traced:
+            continue
+        reason = result.data.get("reason", "")
+        state.span.add_event(
+            _SKIPPED_EVENT,
+            {
+                semconv.STAGE_NAME: name,
+                semconv.STAGE_KIND: result.kind.value,
+                semconv.STAGE_RESULT: semconv.RESULT_SKIP,
+                semconv.STAGE_SKIP_REASON: reason if isinstance(reason, str) else "",
+            },
+        )
