@@ -44,12 +44,12 @@ def ok_stage(**values: Any) -> StageFn:
 
 
 def recording_stage(log: list[str], name: str, *, yields: int = 0) -> StageFn:
-    """A stage function that appends ``name`` to ``log``, yields ``yields`` times and returns ok."""
+    """A stage function that yields ``yields`` times, then appends ``name`` to ``log`` and returns ok."""
 
     async def stage(ctx: StageContext) -> StageOutput:
-        log.append(name)
         for _ in range(yields):
             await asyncio.sleep(0)
+        log.append(name)
         return StageOutput.ok({name: True})
 
     return stage
