@@ -286,6 +286,7 @@ class _Run:
             try:
                 await self.done
             except asyncio.CancelledError:
+                self.stopping = True
                 await self._stop_running()
                 results.ended_at = _perf()
                 if self.sink is not None:
@@ -511,7 +512,13 @@ class _Run:
                         duration=ended - started,
                     ),
                 )
+            if not self.stopping:  # cancelled on its own, not by the run: that ends the run as cancelled
+                self.cancelled_by = (node.name, "stage task was cancelled")
+                self.left -= 1
+                self._stop()
             raise
+        except Exception as exc:  # raised by the retry policy itself (retry_on, delay, sleep)
+            error, output = exc, None
         ended = _perf()
         self.tasks[i] = None
         if error is not None:
