@@ -62,12 +62,6 @@ class _Node:
         "dep_index",
         "dep_pairs",
         "dep_set",
-        "ev_cancelled",
-        "ev_completed",
-        "ev_failed",
-        "ev_retrying",
-        "ev_skipped",
-        "ev_started",
         "info",
         "kind",
         "name",
@@ -86,13 +80,31 @@ class _Node:
         self.children: tuple[int, ...] = ()
         self.conditional = info.conditional
         self.retry: RetryPolicy | None = info.retry
-        prefix = f"stage.{info.name}."
-        self.ev_started = prefix + "started"
-        self.ev_completed = prefix + "completed"
-        self.ev_failed = prefix + "failed"
-        self.ev_skipped = prefix + "skipped"
-        self.ev_cancelled = prefix + "cancelled"
-        self.ev_retrying = prefix + "retrying"
+
+    # Event names are only needed when a sink listens: made on demand, not at build() for every stage.
+    @property
+    def ev_started(self) -> str:
+        return f"stage.{self.name}.started"
+
+    @property
+    def ev_completed(self) -> str:
+        return f"stage.{self.name}.completed"
+
+    @property
+    def ev_failed(self) -> str:
+        return f"stage.{self.name}.failed"
+
+    @property
+    def ev_skipped(self) -> str:
+        return f"stage.{self.name}.skipped"
+
+    @property
+    def ev_cancelled(self) -> str:
+        return f"stage.{self.name}.cancelled"
+
+    @property
+    def ev_retrying(self) -> str:
+        return f"stage.{self.name}.retrying"
 
 
 def _runner_call(info: StageInfo) -> CallNext:
@@ -232,6 +244,8 @@ class _Run:
     """The state of one run."""
 
     __slots__ = (
+        "_create_task",
+        "_run_id",
         "base_context",
         "cancelled_by",
         "done",
@@ -243,11 +257,12 @@ class _Run:
         "remaining",
         "results",
         "run",
-        "run_id",
         "sink",
         "stopping",
         "tasks",
     )
+
+    base_context: contextvars.Context  # set by go(), before any stage starts
 
     def __init__(self, graph: StageGraph, run: PipelineContext) -> None:
         self.graph = graph
@@ -263,10 +278,18 @@ class _Run:
         self.cancelled_by: tuple[str, str] | None = None
         sink: EventSink = run.event_sink
         self.sink: EventSink | None = None if isinstance(sink, NoOpEventSink) else sink
-        self.run_id = str(run.run_id)
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._run_id: str | None = None
+        loop = asyncio.get_running_loop()
+        self._create_task = loop.create_task
+        self.done: asyncio.Future[None] = loop.create_future()
         self.results = RunResult(run.run_id, graph.name, 0.0, graph._deps_by_name)
-        self.base_context = contextvars.Context()
+
+    @property
+    def run_id(self) -> str:
+        """The run id as text (for events and records; not made unless one needs it)."""
+        if self._run_id is None:
+            self._run_id = str(self.run.run_id)
+        return self._run_id
 
     def _event(self, **data: Any) -> dict[str, Any]:
         return {"run_id": self.run_id, "pipeline": self.graph.name, "timestamp": _wall(), **data}
@@ -386,34 +409,37 @@ class _Run:
             raise asyncio.CancelledError
 
     def _start(self, i: int, ready_at: float) -> None:
-        self.tasks[i] = asyncio.get_running_loop().create_task(
-            self._stage(i, ready_at), context=self.base_context.copy()
-        )
+        self.tasks[i] = self._create_task(self._stage(i, ready_at), context=self.base_context.copy())
 
     def _finish(self, i: int, output: StageOutput, ended: float) -> None:
         """Record ``output`` for stage ``i`` and start (or skip) every child it made ready."""
         outputs, remaining, nodes = self.outputs, self.remaining, self.nodes
-        stack = [(i, output)]
-        while stack:
-            j, out = stack.pop()
-            outputs[j] = out
+        # Auto-skipped children are finished in turn through ``stack``, made only when one is needed.
+        stack: list[tuple[int, StageOutput]] | None = None
+        while True:
+            outputs[i] = output
             self.left -= 1
-            if self.stopping:
-                continue
-            for c in nodes[j].children:
-                remaining[c] -= 1
-                if remaining[c]:
-                    continue
-                child = nodes[c]
-                if child.conditional:
-                    skipped = next(
-                        (d for d, k in child.dep_pairs if outputs[k].status is _SKIP),  # type: ignore[union-attr]
-                        None,
-                    )
-                    if skipped is not None:
-                        stack.append((c, self._auto_skip(child, skipped, ended)))
+            if not self.stopping:
+                for c in nodes[i].children:
+                    left = remaining[c] - 1
+                    remaining[c] = left
+                    if left:
                         continue
-                self._start(c, ended)
+                    child = nodes[c]
+                    if child.conditional:
+                        skipped = next(
+                            (d for d, k in child.dep_pairs if outputs[k].status is _SKIP),  # type: ignore[union-attr]
+                            None,
+                        )
+                        if skipped is not None:
+                            if stack is None:
+                                stack = []
+                            stack.append((c, self._auto_skip(child, skipped, ended)))
+                            continue
+                    self.tasks[c] = self._create_task(self._stage(c, ended), context=self.base_context.copy())
+            if not stack:
+                break
+            i, output = stack.pop()
         if not self.left and not self.done.done():
             self.done.set_result(None)
 
