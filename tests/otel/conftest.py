@@ -1,0 +1,120 @@
+"""OpenTelemetry fixtures: a fresh SDK provider per test with an in-memory exporter or reader (C3, C14).
+
+Tests never install global providers. Append new fixtures at the end of this file.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import (
+    InMemoryLogRecordExporter,
+    SimpleLogRecordProcessor,
+)
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import DataPointT, InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from stageflow import ContextSnapshot, PipelineTimer, RunIdentity, StageContext, StageInputs
+
+__all__ = ("dump_spans", "entry_ctx", "metric_points")
+
+
+def dump_spans(spans: Sequence[ReadableSpan]) -> list[str]:
+    """The span forest as indented lines, children under parents, with links as ``[links: a, b]``.
+
+    Roots are spans whose parent is not among ``spans``. Siblings are ordered by name, then start time.
+    """
+    by_id = {s.context.span_id: s for s in spans}
+    children: dict[int | None, list[ReadableSpan]] = {}
+    for span in spans:
+        parent = span.parent.span_id if span.parent is not None else None
+        children.setdefault(parent if parent in by_id else None, []).append(span)
+    lines: list[str] = []
+
+    def walk(parent: int | None, depth: int) -> None:
+        for span in sorted(children.get(parent, []), key=lambda s: (s.name, s.start_time or 0)):
+            line = "  " * depth + span.name
+            if span.links:
+                names = [
+                    by_id[k.context.span_id].name if k.context.span_id in by_id else "?" for k in span.links
+                ]
+                line += f" [links: {', '.join(names)}]"
+            lines.append(line)
+            walk(span.context.span_id, depth + 1)
+
+    walk(None, 0)
+    return lines
+
+
+def metric_points(reader: InMemoryMetricReader, name: str) -> list[DataPointT]:
+    """Every data point of the metric ``name`` collected now (empty when it has none)."""
+    data = reader.get_metrics_data()
+    if data is None:
+        return []
+    return [
+        point
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+@pytest.fixture(name="span_exporter")
+def _span_exporter() -> InMemorySpanExporter:
+    """An in-memory span exporter, fed by ``tracer_provider``."""
+    return InMemorySpanExporter()
+
+
+@pytest.fixture(name="tracer_provider")
+def _tracer_provider(span_exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    """A fresh SDK tracer provider exporting synchronously to ``span_exporter``."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    yield provider
+    provider.shutdown()
+
+
+@pytest.fixture(name="metric_reader")
+def _metric_reader() -> InMemoryMetricReader:
+    """An in-memory metric reader, attached to ``meter_provider``."""
+    return InMemoryMetricReader()
+
+
+@pytest.fixture(name="meter_provider")
+def _meter_provider(metric_reader: InMemoryMetricReader) -> Iterator[MeterProvider]:
+    """A fresh SDK meter provider read by ``metric_reader`` (default trace-based exemplar filter)."""
+    provider = MeterProvider(metric_readers=[metric_reader])
+    yield provider
+    provider.shutdown()
+
+
+@pytest.fixture(name="log_exporter")
+def _log_exporter() -> InMemoryLogRecordExporter:
+    """An in-memory log record exporter, fed by ``logger_provider``."""
+    return InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture(name="logger_provider")
+def _logger_provider(log_exporter: InMemoryLogRecordExporter) -> Iterator[LoggerProvider]:
+    """A fresh SDK logger provider exporting synchronously to ``log_exporter``."""
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(log_exporter))
+    yield provider
+    provider.shutdown()
+
+
+def entry_ctx(metadata: Mapping[str, Any] | None = None) -> StageContext:
+    """An entry ``StageContext`` for ``StageGraph.run()`` with a fresh run id and the given metadata."""
+    snapshot = ContextSnapshot(run_id=RunIdentity(), metadata=dict(metadata or {}))
+    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer())

@@ -1,0 +1,735 @@
+"""TracingInterceptor: span tree, links, attributes, parents, failures, skips and context propagation."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from stageflow import (
+    Pipeline,
+    PipelineCancelledError,
+    PipelineFailedError,
+    RetryPolicy,
+    StageContext,
+    StageInfo,
+    StageKind,
+    StageOutput,
+)
+from stageflow.interceptors import CircuitBreakerInterceptor, TimeoutInterceptor
+from stageflow_otel import TracingInterceptor, inject_context, semconv
+
+from .conftest import dump_spans, entry_ctx
+
+T = StageKind.TRANSFORM
+
+
+async def ok(ctx: StageContext) -> StageOutput:
+    """A stage that succeeds."""
+    return StageOutput.ok(done=True)
+
+
+async def boom(ctx: StageContext) -> StageOutput:
+    """A stage that raises."""
+    raise RuntimeError("kaput")
+
+
+async def fail(ctx: StageContext) -> StageOutput:
+    """A stage that returns a failure."""
+    return StageOutput.fail("bad input")
+
+
+async def skip(ctx: StageContext) -> StageOutput:
+    """A stage that skips itself."""
+    return StageOutput.skip("nothing to do")
+
+
+def diamond() -> Pipeline:
+    """a -> (b, c) -> d, with d fanning in from both."""
+    return (
+        Pipeline(name="demo")
+        .with_stage("a", ok, T)
+        .with_stage("b", ok, T, dependencies=("a",))
+        .with_stage("c", ok, StageKind.ENRICH, dependencies=("a",))
+        .with_stage("d", ok, T, dependencies=("b", "c"))
+    )
+
+
+def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
+    """The finished spans by name (names must be unique)."""
+    named = {s.name: s for s in spans}
+    assert len(named) == len(spans)
+    return named
+
+
+def attrs(span: ReadableSpan, *drop: str) -> dict[str, AttributeValue]:
+    """A span's attributes without the volatile keys in ``drop``."""
+    return {k: v for k, v in (span.attributes or {}).items() if k not in drop}
+
+
+class TestSpanTree:
+    """The run span, the stage spans under it and their dependency links."""
+
+    async def test_tree_with_links(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """Every stage span is a child of the run span and links to each dependency's span."""
+        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        await graph.run(entry_ctx())
+        assert dump_spans(span_exporter.get_finished_spans()) == [
+            "pipeline demo",
+            "  stage a",
+            "  stage b [links: stage a]",
+            "  stage c [links: stage a]",
+            "  stage d [links: stage b, stage c]",
+        ]
+
+    async def test_one_trace_internal_kind(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """All spans of a run share one trace id and are INTERNAL."""
+        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        await graph.run(entry_ctx())
+        spans = span_exporter.get_finished_spans()
+        assert {s.context.trace_id for s in spans} == {spans[0].context.trace_id}
+        assert {s.kind for s in spans} == {SpanKind.INTERNAL}
+
+    async def test_link_attributes(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """Each dependency link carries ``stageflow.link.type=dependency``."""
+        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        await graph.run(entry_ctx())
+        d = by_name(span_exporter.get_finished_spans())["stage d"]
+        assert [dict(link.attributes or {}) for link in d.links] == [
+            {"stageflow.link.type": "dependency"},
+            {"stageflow.link.type": "dependency"},
+        ]
+
+    async def test_run_span_attributes(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """The run span carries the pipeline, version, run id, result, critical path and duration."""
+        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        ctx = entry_ctx()
+        result = await graph.run(ctx)
+        run = by_name(span_exporter.get_finished_spans())["pipeline demo"]
+        duration = (run.attributes or {})["stageflow.run.duration"]
+        assert isinstance(duration, float) and duration >= 0.0
+        assert attrs(run, "stageflow.run.duration") == {
+            "stageflow.pipeline.name": "demo",
+            "stageflow.pipeline.version": graph.version,
+            "stageflow.run.id": str(ctx.pipeline_run_id),
+            "stageflow.run.result": "success",
+            "stageflow.run.critical_path": result.critical_path,
+        }
+        assert run.status.status_code is StatusCode.UNSET
+
+    async def test_stage_span_attributes(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """A stage span carries the stage's static attributes, attempt, wait and result, and no error."""
+        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        ctx = entry_ctx()
+        await graph.run(ctx)
+        c = by_name(span_exporter.get_finished_spans())["stage c"]
+        wait = (c.attributes or {})["stageflow.stage.wait.duration"]
+        assert isinstance(wait, float) and wait >= 0.0
+        assert attrs(c, "stageflow.stage.wait.duration") == {
+            "stageflow.pipeline.name": "demo",
+            "stageflow.run.id": str(ctx.pipeline_run_id),
+            "stageflow.stage.name": "c",
+            "stageflow.stage.kind": "enrich",
+            "stageflow.stage.dependencies": ("a",),
+            "stageflow.stage.attempt": 1,
+            "stageflow.stage.result": "success",
+            "code.function.name": f"{__name__}.ok",
+        }
+        assert c.status.status_code is StatusCode.UNSET
+
+    async def test_stage_object_function_name(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """A stage object's span names its ``execute`` method in ``code.function.name``."""
+
+        class Greet:
+            async def execute(self, ctx: StageContext) -> StageOutput:
+                return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("greet", Greet, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        await graph.run(entry_ctx())
+        span = by_name(span_exporter.get_finished_spans())["stage greet"]
+        assert (span.attributes or {})["code.function.name"] == f"{__name__}.{Greet.__qualname__}.execute"
+
+    async def test_names_come_from_semconv(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """Span names are the semconv prefixes followed by the pipeline or stage name."""
+        graph = (
+            Pipeline(name="p")
+            .with_stage("a", ok, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        await graph.run(entry_ctx())
+        assert sorted(s.name for s in span_exporter.get_finished_spans()) == [
+            semconv.SPAN_PIPELINE_PREFIX + "p",
+            semconv.SPAN_STAGE_PREFIX + "a",
+        ]
+
+
+class TestRunParent:
+    """Where the run span's parent comes from."""
+
+    async def test_ambient_span(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """A span current when ``run()`` is called is the run span's parent."""
+        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        tracer = tracer_provider.get_tracer("test")
+        with tracer.start_as_current_span("request"):
+            await graph.run(entry_ctx({"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}))
+        assert dump_spans(span_exporter.get_finished_spans())[:2] == ["request", "  pipeline demo"]
+
+    async def test_traceparent_in_metadata(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """Without a current span, ``snapshot.metadata["traceparent"]`` gives the parent."""
+        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        await graph.run(entry_ctx({"traceparent": "00-" + "a1" * 16 + "-" + "b2" * 8 + "-01"}))
+        run = by_name(span_exporter.get_finished_spans())["pipeline demo"]
+        assert run.parent is not None and run.parent.is_remote
+        assert (format(run.context.trace_id, "032x"), format(run.parent.span_id, "016x")) == (
+            "a1" * 16,
+            "b2" * 8,
+        )
+
+    async def test_traceparent_env(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Without a current span or metadata, the ``TRACEPARENT`` environment variable gives the parent."""
+        monkeypatch.setenv("TRACEPARENT", "00-" + "c3" * 16 + "-" + "d4" * 8 + "-01")
+        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        await graph.run(entry_ctx())
+        run = by_name(span_exporter.get_finished_spans())["pipeline demo"]
+        assert run.parent is not None
+        assert (format(run.context.trace_id, "032x"), format(run.parent.span_id, "016x")) == (
+            "c3" * 16,
+            "d4" * 8,
+        )
+
+    async def test_invalid_traceparent_starts_new_trace(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """A malformed ``traceparent`` is ignored: the run span is a root."""
+        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        await graph.run(entry_ctx({"traceparent": "garbage"}))
+        assert by_name(span_exporter.get_finished_spans())["pipeline demo"].parent is None
+
+
+class TestFailures:
+    """Error status, ``error.type`` and results for every way a stage can end badly."""
+
+    async def test_raising_stage(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """A raising stage's span is ERROR with the class name and an exception event; so is the run."""
+        graph = (
+            Pipeline(name="p")
+            .with_stage("a", ok, T)
+            .with_stage("boom", boom, T, dependencies=("a",))
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx())
+        spans = by_name(span_exporter.get_finished_spans())
+        stage, run = spans["stage boom"], spans["pipeline p"]
+        assert (stage.status.status_code, stage.status.description) == (StatusCode.ERROR, "kaput")
+        assert {k: (stage.attributes or {})[k] for k in ("stageflow.stage.result", "error.type")} == {
+            "stageflow.stage.result": "error",
+            "error.type": "RuntimeError",
+        }
+        assert [e.name for e in stage.events] == ["exception"]
+        assert run.status.status_code is StatusCode.ERROR
+        assert {k: (run.attributes or {})[k] for k in ("stageflow.run.result", "error.type")} == {
+            "stageflow.run.result": "error",
+            "error.type": "RuntimeError",
+        }
+        assert (run.attributes or {})["stageflow.run.critical_path"] == ("a", "boom")
+        assert "error.type" not in (spans["stage a"].attributes or {})
+
+    async def test_fail_output(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """``StageOutput.fail`` makes the stage span an error although the stage did not raise."""
+        graph = (
+            Pipeline(name="p")
+            .with_stage("f", fail, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx())
+        spans = by_name(span_exporter.get_finished_spans())
+        stage, run = spans["stage f"], spans["pipeline p"]
+        assert (stage.status.status_code, stage.status.description) == (StatusCode.ERROR, "bad input")
+        assert {k: (stage.attributes or {})[k] for k in ("stageflow.stage.result", "error.type")} == {
+            "stageflow.stage.result": "failure",
+            "error.type": "StageFailedError",
+        }
+        assert {k: (run.attributes or {})[k] for k in ("stageflow.run.result", "error.type")} == {
+            "stageflow.run.result": "failure",
+            "error.type": "StageFailedError",
+        }
+
+    async def test_timeout(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """A ``StageTimeoutError`` is recorded as result and ``error.type`` ``timeout``."""
+        never = asyncio.Event()
+
+        async def slow(ctx: StageContext) -> StageOutput:
+            await never.wait()
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("slow", slow, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider), TimeoutInterceptor(0.01)])
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx())
+        spans = by_name(span_exporter.get_finished_spans())
+        for span, key in (
+            (spans["stage slow"], "stageflow.stage.result"),
+            (spans["pipeline p"], "stageflow.run.result"),
+        ):
+            assert span.status.status_code is StatusCode.ERROR
+            assert {k: (span.attributes or {})[k] for k in (key, "error.type")} == {
+                key: "timeout",
+                "error.type": "timeout",
+            }
+
+    async def test_circuit_open(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """A call refused by an open circuit breaker has ``error.type`` ``circuit_open``."""
+        breaker = CircuitBreakerInterceptor(failure_threshold=1, recovery_timeout=3600)
+        graph = (
+            Pipeline(name="p")
+            .with_stage("boom", boom, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider), breaker])
+        )
+        for _ in range(2):
+            with pytest.raises(PipelineFailedError):
+                await graph.run(entry_ctx())
+        first, second = sorted(
+            (s for s in span_exporter.get_finished_spans() if s.name == "stage boom"),
+            key=lambda s: s.start_time or 0,
+        )
+        assert [(s.attributes or {})["error.type"] for s in (first, second)] == [
+            "RuntimeError",
+            "circuit_open",
+        ]
+        assert (second.attributes or {})["stageflow.stage.result"] == "error"
+
+    async def test_sibling_cancelled(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """A stage cancelled because its sibling failed ends with result ``cancellation``, ``cancelled``."""
+        hang_started = asyncio.Event()
+        never = asyncio.Event()
+
+        async def hang(ctx: StageContext) -> StageOutput:
+            hang_started.set()
+            await never.wait()
+            return StageOutput.ok()
+
+        async def late_boom(ctx: StageContext) -> StageOutput:
+            await hang_started.wait()
+            raise RuntimeError("kaput")
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("hang", hang, T)
+            .with_stage("boom", late_boom, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx())
+        hung = by_name(span_exporter.get_finished_spans())["stage hang"]
+        assert (hung.status.status_code, hung.status.description) == (StatusCode.ERROR, "cancelled")
+        assert {k: (hung.attributes or {})[k] for k in ("stageflow.stage.result", "error.type")} == {
+            "stageflow.stage.result": "cancellation",
+            "error.type": "cancelled",
+        }
+
+    async def test_caller_cancels_run(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """Cancelling the task awaiting ``run()`` ends every span, the run span as ``cancelled``."""
+        started = asyncio.Event()
+        never = asyncio.Event()
+
+        async def hang(ctx: StageContext) -> StageOutput:
+            started.set()
+            await never.wait()
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("hang", hang, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        task = asyncio.create_task(graph.run(entry_ctx()))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        spans = by_name(span_exporter.get_finished_spans())
+        assert dump_spans(tuple(spans.values())) == ["pipeline p", "  stage hang"]
+        run = spans["pipeline p"]
+        assert run.status.status_code is StatusCode.ERROR
+        assert {k: (run.attributes or {})[k] for k in ("stageflow.run.result", "error.type")} == {
+            "stageflow.run.result": "cancellation",
+            "error.type": "cancelled",
+        }
+
+    async def test_cancel_output_is_not_an_error(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """``StageOutput.cancel`` ends stage and run as ``cancellation`` without error status."""
+
+        async def stop(ctx: StageContext) -> StageOutput:
+            return StageOutput.cancel("enough")
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("stop", stop, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        with pytest.raises(PipelineCancelledError):
+            await graph.run(entry_ctx())
+        spans = by_name(span_exporter.get_finished_spans())
+        for span, key in (
+            (spans["stage stop"], "stageflow.stage.result"),
+            (spans["pipeline p"], "stageflow.run.result"),
+        ):
+            assert span.status.status_code is StatusCode.UNSET
+            assert (span.attributes or {})[key] == "cancellation"
+            assert "error.type" not in (span.attributes or {})
+
+    async def test_retry_attempts(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """Each executor retry attempt gets its own span; dependents link to the last attempt."""
+        calls: list[int] = []
+
+        async def flaky(ctx: StageContext) -> StageOutput:
+            calls.append(ctx.attempt)
+            return StageOutput.retry("again") if ctx.attempt == 1 else StageOutput.ok()
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("flaky", flaky, T, retry=RetryPolicy(max_attempts=2, initial_delay=0.0, jitter=0.0))
+            .with_stage("after", ok, T, dependencies=("flaky",))
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        await graph.run(entry_ctx())
+        spans = span_exporter.get_finished_spans()
+        attempts = sorted((s for s in spans if s.name == "stage flaky"), key=lambda s: s.start_time or 0)
+        assert [
+            {
+                k: (s.attributes or {}).get(k)
+                for k in ("stageflow.stage.attempt", "stageflow.stage.result", "error.type")
+            }
+            for s in attempts
+        ] == [
+            {
+                "stageflow.stage.attempt": 1,
+                "stageflow.stage.result": "failure",
+                "error.type": "retry_requested",
+            },
+            {"stageflow.stage.attempt": 2, "stageflow.stage.result": "success", "error.type": None},
+        ]
+        after = next(s for s in spans if s.name == "stage after")
+        assert [link.context.span_id for link in after.links] == [attempts[1].context.span_id]
+
+
+class TestSkips:
+    """Stages that skip themselves and stages the executor skips."""
+
+    async def test_skip_output(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """A stage returning ``StageOutput.skip`` has result ``skip`` and no error."""
+        graph = (
+            Pipeline(name="p")
+            .with_stage("s", skip, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        await graph.run(entry_ctx())
+        span = by_name(span_exporter.get_finished_spans())["stage s"]
+        assert (span.attributes or {})["stageflow.stage.result"] == "skip"
+        assert span.status.status_code is StatusCode.UNSET
+
+    async def test_conditional_skip_is_a_run_span_event(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """A conditional stage the executor skips has no span but a ``stageflow.stage.skipped`` run event."""
+        graph = (
+            Pipeline(name="p")
+            .with_stage("s", skip, T)
+            .with_stage("cond", ok, StageKind.GUARD, dependencies=("s",), conditional=True)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        await graph.run(entry_ctx())
+        spans = span_exporter.get_finished_spans()
+        assert dump_spans(spans) == ["pipeline p", "  stage s"]
+        run = by_name(spans)["pipeline p"]
+        assert [(e.name, dict(e.attributes or {})) for e in run.events] == [
+            (
+                "stageflow.stage.skipped",
+                {
+                    "stageflow.stage.name": "cond",
+                    "stageflow.stage.kind": "guard",
+                    "stageflow.stage.result": "skip",
+                    "stageflow.stage.skip.reason": "dependency 's' was skipped",
+                },
+            )
+        ]
+
+
+class TestContextPropagation:
+    """Spans opened inside ``execute()`` and the W3C helpers."""
+
+    async def test_user_spans_are_stage_children(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """A span opened inside ``execute()`` is a child of that stage's span, also for concurrent stages."""
+        tracer = tracer_provider.get_tracer("user")
+        b_started, c_started = asyncio.Event(), asyncio.Event()
+
+        async def b(ctx: StageContext) -> StageOutput:
+            with tracer.start_as_current_span("user b"):
+                b_started.set()
+                await c_started.wait()
+            return StageOutput.ok()
+
+        async def c(ctx: StageContext) -> StageOutput:
+            with tracer.start_as_current_span("user c"):
+                c_started.set()
+                await b_started.wait()
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("a", ok, T)
+            .with_stage("b", b, T, dependencies=("a",))
+            .with_stage("c", c, T, dependencies=("a",))
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        await asyncio.wait_for(graph.run(entry_ctx()), 5)
+        assert dump_spans(span_exporter.get_finished_spans()) == [
+            "pipeline p",
+            "  stage a",
+            "  stage b [links: stage a]",
+            "    user b",
+            "  stage c [links: stage a]",
+            "    user c",
+        ]
+
+    async def test_many_concurrent_runs(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Many concurrent runs keep every parent, child and link right and never fail to detach a context."""
+        caplog.set_level(logging.DEBUG)
+        tracer = tracer_provider.get_tracer("user")
+        runs = 50
+        gate = asyncio.Event()
+
+        async def work(ctx: StageContext) -> StageOutput:
+            with tracer.start_as_current_span(f"user {ctx.stage_name}"):
+                await gate.wait()
+                with tracer.start_as_current_span(f"inner {ctx.stage_name}"):
+                    await asyncio.sleep(0)
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("a", work, T)
+            .with_stage("b", work, T, dependencies=("a",))
+            .with_stage("c", work, T, dependencies=("a",))
+            .with_stage("d", work, T, dependencies=("b", "c"))
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        tasks = [asyncio.create_task(graph.run(entry_ctx())) for _ in range(runs)]
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        spans = span_exporter.get_finished_spans()
+        traces: dict[int, list[ReadableSpan]] = {}
+        for span in spans:
+            traces.setdefault(span.context.trace_id, []).append(span)
+        assert len(traces) == runs
+        expected = [
+            "pipeline demo",
+            "  stage a",
+            "    user a",
+            "      inner a",
+            "  stage b [links: stage a]",
+            "    user b",
+            "      inner b",
+            "  stage c [links: stage a]",
+            "    user c",
+            "      inner c",
+            "  stage d [links: stage b, stage c]",
+            "    user d",
+            "      inner d",
+        ]
+        for members in traces.values():
+            assert dump_spans(members) == expected
+            named = by_name(tuple(members))
+            for stage in "abcd":
+                assert named[f"stage {stage}"].parent == named["pipeline demo"].context
+                assert named[f"user {stage}"].parent == named[f"stage {stage}"].context
+                assert named[f"inner {stage}"].parent == named[f"user {stage}"].context
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert not trace.get_current_span().get_span_context().is_valid
+
+    async def test_inject_context(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """``inject_context`` inside a stage writes the stage span's ``traceparent``."""
+        carriers: list[Mapping[str, str]] = []
+
+        async def call_out(ctx: StageContext) -> StageOutput:
+            carriers.append(inject_context())
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("out", call_out, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        await graph.run(entry_ctx())
+        span = by_name(span_exporter.get_finished_spans())["stage out"]
+        ids = f"{span.context.trace_id:032x}-{span.context.span_id:016x}"
+        assert carriers[0]["traceparent"].startswith(f"00-{ids}-")
+
+    async def test_inject_context_into_given_carrier(self) -> None:
+        """``inject_context`` writes into and returns the carrier it is given."""
+        carrier = {"x": "1"}
+        assert inject_context(carrier) is carrier
+        assert carrier == {"x": "1"}
+
+
+class TestContentCapture:
+    """Stage content is captured only through the redaction hook."""
+
+    async def test_off_by_default(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """Without a hook no output attribute is recorded."""
+
+        async def secret(ctx: StageContext) -> StageOutput:
+            return StageOutput.ok(password="hunter2")
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("s", secret, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        await graph.run(entry_ctx())
+        span = by_name(span_exporter.get_finished_spans())["stage s"]
+        assert [k for k in span.attributes or {} if k.startswith(semconv.STAGE_OUTPUT_PREFIX)] == []
+        assert "hunter2" not in repr(dict(span.attributes or {}))
+
+    async def test_hook_attributes(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """The hook's attributes are recorded under the ``stageflow.stage.output.`` prefix."""
+
+        def hook(stage: StageInfo, output: StageOutput) -> Mapping[str, AttributeValue]:
+            return {"length": len(output.data["text"])}
+
+        async def text(ctx: StageContext) -> StageOutput:
+            return StageOutput.ok(text="hello")
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("t", text, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider, capture_content=hook)])
+        )
+        await graph.run(entry_ctx())
+        span = by_name(span_exporter.get_finished_spans())["stage t"]
+        assert (span.attributes or {})["stageflow.stage.output.length"] == 5
+
+    async def test_broken_hook_is_logged_once(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A hook that raises is logged once and never fails the run."""
+
+        def hook(stage: StageInfo, output: StageOutput) -> Mapping[str, AttributeValue]:
+            raise KeyError("oops")
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("a", ok, T)
+            .with_stage("b", ok, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider, capture_content=hook)])
+        )
+        await graph.run(entry_ctx())
+        await graph.run(entry_ctx())
+        assert len([r for r in caplog.records if r.name == "stageflow_otel"]) == 1
+        assert len(span_exporter.get_finished_spans()) == 6
+
+
+class TestNoSdk:
+    """The fast path when no SDK is configured."""
+
+    async def test_noop_provider(self) -> None:
+        """With a no-op provider the run works and its result is unchanged."""
+        graph = diamond().build(interceptors=[TracingInterceptor(NoOpTracerProvider())])
+        result = await graph.run(entry_ctx())
+        assert sorted(result) == ["a", "b", "c", "d"]
+
+    async def test_sdk_disabled(
+        self, span_exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``OTEL_SDK_DISABLED=true`` makes the SDK provider a no-op: nothing is exported."""
+        monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+        graph = diamond().build(interceptors=[TracingInterceptor(provider)])
+        await graph.run(entry_ctx())
+        assert span_exporter.get_finished_spans() == ()
+
+    async def test_global_default_without_sdk(self) -> None:
+        """``TracingInterceptor()`` with no global SDK provider passes runs straight through."""
+        assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        graph = diamond().build(interceptors=[TracingInterceptor()])
+        result = await graph.run(entry_ctx())
+        assert sorted(result) == ["a", "b", "c", "d"]
