@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = ("PipelineContext", "PipelineTimer", "StageContext", "StageInputs")
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+_new = object.__new__
 
 
 class PipelineTimer:
@@ -264,12 +265,22 @@ class StageContext:
         cls,
         run: PipelineContext,
         stage: StageInfo,
-        inputs: StageInputs,
+        prior: Mapping[str, StageOutput],
+        declared: frozenset[str],
         ready_at: float,
         started_at: float,
     ) -> StageContext:
-        ctx = cls.__new__(cls)
-        ctx.snapshot = run.snapshot
+        """The context of one stage of ``run``, with its ``StageInputs`` (built without ``__init__``s)."""
+        snapshot = run.snapshot
+        inputs = _new(StageInputs)
+        inputs.snapshot = snapshot
+        inputs._prior = prior
+        inputs.ports = None
+        inputs.declared_deps = declared
+        inputs.stage_name = stage.name
+        inputs.strict = True
+        ctx = _new(cls)
+        ctx.snapshot = snapshot
         ctx.inputs = inputs
         ctx.stage_name = stage.name
         ctx.timer = run.timer

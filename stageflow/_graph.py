@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from ._context import PipelineContext, StageContext, StageInputs
+from ._context import PipelineContext, StageContext
 from ._errors import (
     InvalidStageOutputError,
     PipelineCancelledError,
@@ -66,6 +66,7 @@ class _Node:
         "kind",
         "name",
         "retry",
+        "single_dep",
     )
 
     def __init__(self, info: StageInfo, call: CallNext, index: Mapping[str, int]) -> None:
@@ -77,6 +78,7 @@ class _Node:
         self.dep_index = tuple(index[d] for d in unique)
         self.dep_pairs = tuple((d, index[d]) for d in unique)
         self.dep_set = frozenset(unique)
+        self.single_dep = self.dep_pairs[0] if len(unique) == 1 else None
         self.children: tuple[int, ...] = ()
         self.conditional = info.conditional
         self.retry: RetryPolicy | None = info.retry
@@ -156,6 +158,7 @@ class StageGraph:
         self._index = index
         self._version: str | None = None
         self._run_chain = build_run_chain(self._execute, self.interceptors)
+        self._run_wrapped = self._run_chain != self._execute  # build_run_chain returns _execute as is
 
     @property
     def version(self) -> str:
@@ -210,7 +213,12 @@ class StageGraph:
         """
         sink = resolve_sink(ctx.event_sink)
         run = PipelineContext(
-            snapshot=ctx.snapshot, graph=self, event_sink=sink, timer=ctx.timer, data=dict(ctx.data)
+            snapshot=ctx.snapshot,
+            graph=self,
+            event_sink=sink,
+            timer=ctx.timer,
+            # an entry context's ``data`` is already a fresh dict; a stage's is its run's: copy that one
+            data=ctx.data if ctx.pipeline is None else dict(ctx.data),
         )
         if not isinstance(sink, NoOpEventSink):
             emit(
@@ -224,7 +232,9 @@ class StageGraph:
                     "version": self.version,
                 },
             )
-        return await self._run_chain(run)
+        if self._run_wrapped:
+            return await self._run_chain(run)
+        return await _Run(self, run).go()  # no run interceptors: skip a coroutine layer
 
     async def _execute(self, run: PipelineContext) -> RunResult:
         return await _Run(self, run).go()
@@ -472,14 +482,16 @@ class _Run:
         run = self.run
         started = _perf()
         outputs = self.outputs
-        prior = {d: outputs[k] for d, k in node.dep_pairs} if node.dep_pairs else _NO_OUTPUTS
-        ctx = StageContext._for_stage(
-            run,
-            node.info,
-            StageInputs(run.snapshot, prior, None, node.dep_set, node.name),  # type: ignore[arg-type]
-            ready_at,
-            started,
-        )
+        single = node.single_dep
+        # Outputs of finished dependencies are never None.
+        prior: Mapping[str, StageOutput]
+        if single is not None:
+            prior = {single[0]: outputs[single[1]]}  # type: ignore[dict-item]
+        elif node.dep_pairs:
+            prior = {d: outputs[k] for d, k in node.dep_pairs}  # type: ignore[misc]
+        else:
+            prior = _NO_OUTPUTS
+        ctx = StageContext._for_stage(run, node.info, prior, node.dep_set, ready_at, started)
         sink = self.sink
         if sink is not None:
             emit(
