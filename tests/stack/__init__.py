@@ -1,0 +1,1 @@
+"""Static checks of the observability stack: compose file, collector, Prometheus, Grafana, dashboards."""
