@@ -154,7 +154,9 @@ class StageGraph:
         self._order = tuple(order)
         self._indegree = [len(n.dep_index) for n in nodes]
         self._roots = tuple(i for i in self._order if not nodes[i].dep_index)
-        self._deps_by_name: Mapping[str, tuple[str, ...]] = {n.name: tuple(n.dep_set) for n in nodes}
+        self._deps_by_name: Mapping[str, tuple[str, ...]] = {
+            n.name: tuple(d for d, _ in n.dep_pairs) for n in nodes
+        }
         self._index = index
         self._version: str | None = None
         self._run_chain = build_run_chain(self._execute, self.interceptors)
@@ -501,7 +503,7 @@ class _Run:
                     stage=node.name,
                     kind=node.kind.value,
                     wait=started - ready_at,
-                    dependencies=list(node.dep_set),
+                    dependencies=[d for d, _ in node.dep_pairs],
                 ),
             )
         call = node.call
