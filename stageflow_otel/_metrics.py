@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
@@ -27,7 +27,13 @@ from opentelemetry.util.types import AttributeValue
 
 from stageflow import PipelineContext, RunResult, StageContext, StageInfo, StageOutput, StageStatus
 from stageflow import __version__ as _stageflow_version
-from stageflow.interceptors import CallNext, Interceptor, RunNext
+from stageflow.interceptors import (
+    CallNext,
+    CircuitBreakerInterceptor,
+    CircuitStateChange,
+    Interceptor,
+    RunNext,
+)
 
 from . import semconv
 from ._outcome import (
@@ -51,16 +57,6 @@ _BUCKETS = list(semconv.DURATION_BUCKETS)
 _SUCCESS = Outcome(semconv.RESULT_SUCCESS)
 
 Attributes = Mapping[str, AttributeValue]
-
-
-class _CircuitChange(Protocol):
-    stage: str
-    pipeline: str
-    new: int
-
-
-class _Breaker(Protocol):
-    def add_listener(self, listener: Any, /) -> None: ...
 
 
 class MetricsInterceptor(Interceptor):
@@ -234,12 +230,13 @@ class MetricsInterceptor(Interceptor):
 
     # ---------------------------------------------------------------------------- circuit breaker
 
-    def observe_circuit_breaker(self, breaker: _Breaker) -> None:
+    def observe_circuit_breaker(self, breaker: CircuitBreakerInterceptor) -> None:
         """Export ``breaker``'s state per stage as the ``stageflow.circuit_breaker.state`` gauge.
 
-        Registers a listener on ``breaker`` (a ``stageflow.interceptors.CircuitBreakerInterceptor``); every
-        state change updates the gauge (0 closed, 1 half-open, 2 open), which is reported at each collection
-        for every stage whose breaker has changed state at least once.
+        Takes the breaker's current states, then registers a listener so every state change updates the
+        gauge (0 closed, 1 half-open, 2 open). The gauge reports, at each collection, every stage whose
+        breaker has run; the listener keeps collection (often on the exporter's thread) off the breaker's
+        own state.
 
         Args:
             breaker: the circuit breaker interceptor to observe.
@@ -252,9 +249,11 @@ class MetricsInterceptor(Interceptor):
                 self._circuit_gauge = self._meter.create_observable_gauge(
                     m.name, callbacks=[self._observe_circuits], unit=m.unit, description=m.description
                 )
+            for key, state in breaker.states().items():
+                self._circuit_states[key] = int(state)
         breaker.add_listener(self._on_circuit_change)
 
-    def _on_circuit_change(self, change: _CircuitChange) -> None:
+    def _on_circuit_change(self, change: CircuitStateChange) -> None:
         with self._circuit_lock:
             self._circuit_states[(change.pipeline, change.stage)] = int(change.new)
 

@@ -1,0 +1,397 @@
+"""MetricsInterceptor: instruments, attributes, buckets, exemplars, cardinality guard and breaker gauge."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+import asyncio
+import logging
+
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from stageflow import Pipeline, PipelineFailedError, StageContext, StageKind, StageOutput
+from stageflow.interceptors import CircuitBreakerInterceptor, TimeoutInterceptor
+from stageflow_otel import MetricsInterceptor, TracingInterceptor, semconv
+
+from .conftest import entry_ctx, metric_points
+
+T = StageKind.TRANSFORM
+Attrs = frozenset[tuple[str, object]]
+
+
+async def ok(ctx: StageContext) -> StageOutput:
+    """A stage that succeeds."""
+    return StageOutput.ok()
+
+
+async def boom(ctx: StageContext) -> StageOutput:
+    """A stage that raises."""
+    raise RuntimeError("kaput")
+
+
+async def fail(ctx: StageContext) -> StageOutput:
+    """A stage that returns a failure."""
+    return StageOutput.fail("bad input")
+
+
+async def skip(ctx: StageContext) -> StageOutput:
+    """A stage that skips itself."""
+    return StageOutput.skip("nothing to do")
+
+
+def diamond() -> Pipeline:
+    """a -> (b, c) -> d."""
+    return (
+        Pipeline(name="demo")
+        .with_stage("a", ok, T)
+        .with_stage("b", ok, T, dependencies=("a",))
+        .with_stage("c", ok, StageKind.ENRICH, dependencies=("a",))
+        .with_stage("d", ok, T, dependencies=("b", "c"))
+    )
+
+
+def histograms(reader: InMemoryMetricReader, name: str) -> dict[Attrs, HistogramDataPoint]:
+    """The histogram points of ``name`` by attribute set."""
+    points = metric_points(reader, name)
+    assert all(isinstance(p, HistogramDataPoint) for p in points)
+    return {frozenset((p.attributes or {}).items()): p for p in points if isinstance(p, HistogramDataPoint)}
+
+
+def sums(reader: InMemoryMetricReader, name: str) -> dict[Attrs, float]:
+    """The counter, up-down counter or gauge values of ``name`` by attribute set."""
+    points = metric_points(reader, name)
+    assert all(isinstance(p, NumberDataPoint) for p in points)
+    return {
+        frozenset((p.attributes or {}).items()): p.value for p in points if isinstance(p, NumberDataPoint)
+    }
+
+
+def stage_attrs(stage: str, kind: str = "transform", **extra: str) -> Attrs:
+    """The attribute set of a stage metric point of pipeline ``demo``."""
+    return frozenset(
+        {
+            "stageflow.pipeline.name": "demo",
+            "stageflow.stage.name": stage,
+            "stageflow.stage.kind": kind,
+            **extra,
+        }.items()
+    )
+
+
+class TestStageMetrics:
+    """Stage duration and wait histograms."""
+
+    async def test_stage_duration_points(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """Each stage records one duration with pipeline, name, kind and result, in the semconv buckets."""
+        graph = diamond().build(interceptors=[MetricsInterceptor(meter_provider)])
+        await graph.run(entry_ctx())
+        points = histograms(metric_reader, semconv.STAGE_DURATION.name)
+        assert set(points) == {
+            stage_attrs("a", **{"stageflow.stage.result": "success"}),
+            stage_attrs("b", **{"stageflow.stage.result": "success"}),
+            stage_attrs("c", "enrich", **{"stageflow.stage.result": "success"}),
+            stage_attrs("d", **{"stageflow.stage.result": "success"}),
+        }
+        assert {p.count for p in points.values()} == {1}
+        assert {tuple(p.explicit_bounds) for p in points.values()} == {semconv.DURATION_BUCKETS}
+
+    async def test_wait_duration_points(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """Each stage records its wait once, without a result attribute."""
+        graph = diamond().build(interceptors=[MetricsInterceptor(meter_provider)])
+        await graph.run(entry_ctx())
+        points = histograms(metric_reader, semconv.STAGE_WAIT_DURATION_METRIC.name)
+        assert set(points) == {
+            stage_attrs("a"),
+            stage_attrs("b"),
+            stage_attrs("c", "enrich"),
+            stage_attrs("d"),
+        }
+        assert {(p.count, tuple(p.explicit_bounds)) for p in points.values()} == {
+            (1, semconv.DURATION_BUCKETS)
+        }
+
+    @pytest.mark.parametrize(
+        ("runner", "result", "error_type"),
+        [(boom, "error", "RuntimeError"), (fail, "failure", "StageFailedError")],
+        ids=["raises", "fail-output"],
+    )
+    async def test_failure_attributes(
+        self,
+        meter_provider: MeterProvider,
+        metric_reader: InMemoryMetricReader,
+        runner: object,
+        result: str,
+        error_type: str,
+    ) -> None:
+        """A failed stage's duration carries its result and ``error.type``."""
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("x", runner, T)
+            .build(interceptors=[MetricsInterceptor(meter_provider)])
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx())
+        assert set(histograms(metric_reader, semconv.STAGE_DURATION.name)) == {
+            stage_attrs("x", **{"stageflow.stage.result": result, "error.type": error_type})
+        }
+
+    async def test_timeout_attributes(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """A timed-out stage records result and ``error.type`` ``timeout``."""
+        never = asyncio.Event()
+
+        async def slow(ctx: StageContext) -> StageOutput:
+            await never.wait()
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("slow", slow, T)
+            .build(interceptors=[MetricsInterceptor(meter_provider), TimeoutInterceptor(0.01)])
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx())
+        assert set(histograms(metric_reader, semconv.STAGE_DURATION.name)) == {
+            stage_attrs("slow", **{"stageflow.stage.result": "timeout", "error.type": "timeout"})
+        }
+
+    async def test_exemplars_carry_stage_span(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        meter_provider: MeterProvider,
+        metric_reader: InMemoryMetricReader,
+    ) -> None:
+        """Stage durations are recorded inside the stage span, so exemplars carry its trace and span id."""
+        graph = diamond().build(
+            interceptors=[MetricsInterceptor(meter_provider), TracingInterceptor(tracer_provider)]
+        )
+        await graph.run(entry_ctx())
+        spans = {
+            (s.attributes or {})["stageflow.stage.name"]: s
+            for s in span_exporter.get_finished_spans()
+            if s.name.startswith("stage ")
+        }
+        points = histograms(metric_reader, semconv.STAGE_DURATION.name)
+        seen = {}
+        for attrs, point in points.items():
+            stage = dict(attrs)["stageflow.stage.name"]
+            assert len(point.exemplars) == 1
+            exemplar = point.exemplars[0]
+            seen[stage] = (exemplar.trace_id, exemplar.span_id)
+        assert seen == {name: (s.context.trace_id, s.context.span_id) for name, s in spans.items()}
+
+
+class TestRunMetrics:
+    """Run duration, active runs, run errors, skips and the critical path."""
+
+    async def test_run_duration_and_active(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """A run counts as active while it runs, then records its duration with its result."""
+        seen_active: list[dict[Attrs, float]] = []
+
+        async def look(ctx: StageContext) -> StageOutput:
+            seen_active.append(sums(metric_reader, semconv.PIPELINE_RUN_ACTIVE.name))
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("look", look, T)
+            .build(interceptors=[MetricsInterceptor(meter_provider)])
+        )
+        await graph.run(entry_ctx())
+        pipeline = frozenset({("stageflow.pipeline.name", "demo")})
+        assert seen_active == [{pipeline: 1}]
+        assert sums(metric_reader, semconv.PIPELINE_RUN_ACTIVE.name) == {pipeline: 0}
+        runs = histograms(metric_reader, semconv.PIPELINE_RUN_DURATION.name)
+        assert {k: (p.count, tuple(p.explicit_bounds)) for k, p in runs.items()} == {
+            frozenset({("stageflow.pipeline.name", "demo"), ("stageflow.run.result", "success")}): (
+                1,
+                semconv.DURATION_BUCKETS,
+            )
+        }
+        assert sums(metric_reader, semconv.PIPELINE_RUN_ERRORS.name) == {}
+
+    async def test_run_errors(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """A failed run is counted in run errors with its result and ``error.type``."""
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("x", boom, T)
+            .build(interceptors=[MetricsInterceptor(meter_provider)])
+        )
+        for _ in range(2):
+            with pytest.raises(PipelineFailedError):
+                await graph.run(entry_ctx())
+        expected = frozenset(
+            {
+                ("stageflow.pipeline.name", "demo"),
+                ("stageflow.run.result", "error"),
+                ("error.type", "RuntimeError"),
+            }
+        )
+        assert sums(metric_reader, semconv.PIPELINE_RUN_ERRORS.name) == {expected: 2}
+        assert set(histograms(metric_reader, semconv.PIPELINE_RUN_DURATION.name)) == {expected}
+
+    async def test_cancelled_run(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """A run whose caller is cancelled is no longer active and counts as a ``cancelled`` error."""
+        started = asyncio.Event()
+        never = asyncio.Event()
+
+        async def hang(ctx: StageContext) -> StageOutput:
+            started.set()
+            await never.wait()
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("hang", hang, T)
+            .build(interceptors=[MetricsInterceptor(meter_provider)])
+        )
+        task = asyncio.create_task(graph.run(entry_ctx()))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        pipeline = frozenset({("stageflow.pipeline.name", "demo")})
+        assert sums(metric_reader, semconv.PIPELINE_RUN_ACTIVE.name) == {pipeline: 0}
+        assert sums(metric_reader, semconv.PIPELINE_RUN_ERRORS.name) == {
+            pipeline | {("stageflow.run.result", "cancellation"), ("error.type", "cancelled")}: 1
+        }
+
+    async def test_critical_path(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """Only stages on the run's critical path record a critical-path duration of wait plus duration."""
+        graph = diamond().build(interceptors=[MetricsInterceptor(meter_provider)])
+        result = await graph.run(entry_ctx())
+        points = histograms(metric_reader, semconv.STAGE_CRITICAL_PATH_DURATION.name)
+        kinds = {"a": "transform", "b": "transform", "c": "enrich", "d": "transform"}
+        assert set(points) == {stage_attrs(name, kinds[name]) for name in result.critical_path}
+        for name in result.critical_path:
+            r = result[name]
+            assert points[stage_attrs(name, kinds[name])].sum == pytest.approx(r.wait + r.duration)
+
+    async def test_skips(self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader) -> None:
+        """Stages that skip themselves and conditional stages the executor skips are both counted."""
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("s", skip, T)
+            .with_stage("cond", ok, StageKind.GUARD, dependencies=("s",), conditional=True)
+            .build(interceptors=[MetricsInterceptor(meter_provider)])
+        )
+        await graph.run(entry_ctx())
+        assert sums(metric_reader, semconv.STAGE_SKIPS.name) == {
+            stage_attrs("s"): 1,
+            stage_attrs("cond", "guard"): 1,
+        }
+
+
+class TestCardinality:
+    """The stage-name cardinality guard."""
+
+    async def test_overflow_folds_into_other(
+        self,
+        meter_provider: MeterProvider,
+        metric_reader: InMemoryMetricReader,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Stage names past ``max_stage_series`` are recorded as ``_OTHER``, with one warning."""
+        caplog.set_level(logging.WARNING, logger="stageflow_otel")
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("a", ok, T)
+            .with_stage("b", ok, T, dependencies=("a",))
+            .with_stage("c", ok, T, dependencies=("b",))
+            .with_stage("d", ok, T, dependencies=("c",))
+            .build(interceptors=[MetricsInterceptor(meter_provider, max_stage_series=2)])
+        )
+        await graph.run(entry_ctx())
+        await graph.run(entry_ctx())
+        points = histograms(metric_reader, semconv.STAGE_DURATION.name)
+        success = {"stageflow.stage.result": "success"}
+        assert {k: p.count for k, p in points.items()} == {
+            stage_attrs("a", **success): 2,
+            stage_attrs("b", **success): 2,
+            stage_attrs("_OTHER", **success): 4,
+        }
+        assert len([r for r in caplog.records if r.name == "stageflow_otel"]) == 1
+
+    def test_invalid_limit(self, meter_provider: MeterProvider) -> None:
+        """A limit below one is rejected."""
+        with pytest.raises(ValueError, match="max_stage_series"):
+            MetricsInterceptor(meter_provider, max_stage_series=0)
+
+
+class TestCircuitBreakerGauge:
+    """The ``stageflow.circuit_breaker.state`` gauge."""
+
+    async def test_gauge_follows_breaker(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """The gauge reports 2 (open) for a stage whose breaker opened, and 0 for a closed one."""
+        breaker = CircuitBreakerInterceptor(failure_threshold=1, recovery_timeout=3600)
+        metrics = MetricsInterceptor(meter_provider)
+        metrics.observe_circuit_breaker(breaker)
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("fine", ok, T)
+            .with_stage("x", boom, T, dependencies=("fine",))
+            .build(interceptors=[metrics, breaker])
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx())
+        states = sums(metric_reader, semconv.CIRCUIT_BREAKER_STATE.name)
+        assert states[frozenset({("stageflow.pipeline.name", "demo"), ("stageflow.stage.name", "x")})] == 2
+
+    async def test_existing_states_are_reported(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """A breaker observed after it opened is reported from its current state."""
+        breaker = CircuitBreakerInterceptor(failure_threshold=1, recovery_timeout=3600)
+        graph = Pipeline(name="demo").with_stage("x", boom, T).build(interceptors=[breaker])
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx())
+        MetricsInterceptor(meter_provider).observe_circuit_breaker(breaker)
+        assert sums(metric_reader, semconv.CIRCUIT_BREAKER_STATE.name) == {
+            frozenset({("stageflow.pipeline.name", "demo"), ("stageflow.stage.name", "x")}): 2
+        }
+
+
+class TestNoSdk:
+    """The fast path when no SDK is configured."""
+
+    async def test_noop_provider(self) -> None:
+        """With a no-op provider the run works unchanged."""
+        graph = diamond().build(interceptors=[MetricsInterceptor(NoOpMeterProvider())])
+        assert sorted(await graph.run(entry_ctx())) == ["a", "b", "c", "d"]
+
+    async def test_sdk_disabled(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """``OTEL_SDK_DISABLED=true`` records nothing."""
+        monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader])
+        graph = diamond().build(interceptors=[MetricsInterceptor(provider)])
+        await graph.run(entry_ctx())
+        assert metric_points(reader, semconv.STAGE_DURATION.name) == []
+        provider.shutdown()
+
+    async def test_global_default_without_sdk(self) -> None:
+        """``MetricsInterceptor()`` with no global SDK provider passes runs straight through."""
+        graph = diamond().build(interceptors=[MetricsInterceptor()])
+        assert sorted(await graph.run(entry_ctx())) == ["a", "b", "c", "d"]
