@@ -427,7 +427,7 @@ class _Run:
         """Record ``output`` for stage ``i`` and start (or skip) every child it made ready."""
         outputs, remaining, nodes = self.outputs, self.remaining, self.nodes
         # Auto-skipped children are finished in turn through ``stack``, made only when one is needed.
-        stack: list[tuple[int, StageOutput]] | None = None
+        stack: list[tuple[int, StageOutput, float]] | None = None
         while True:
             outputs[i] = output
             self.left -= 1
@@ -446,12 +446,14 @@ class _Run:
                         if skipped is not None:
                             if stack is None:
                                 stack = []
-                            stack.append((c, self._auto_skip(child, skipped, ended)))
+                            out = self._auto_skip(child, skipped, ended)
+                            # its own children become ready when it ended, not when ``i`` did
+                            stack.append((c, out, self.results[child.name].ended_at))
                             continue
                     self.tasks[c] = self._create_task(self._stage(c, ended), context=self.base_context.copy())
             if not stack:
                 break
-            i, output = stack.pop()
+            i, output, ended = stack.pop()
         if not self.left and not self.done.done():
             self.done.set_result(None)
 
