@@ -79,7 +79,7 @@ def panel_queries(
 
     Args:
         service: Value of ``$service`` (the Prometheus ``job`` label).
-        pipeline: Value of ``$pipeline`` (a ``stageflow_pipeline_name``; regex-escaped, it is used with ``=~``).
+        pipeline: Value of ``$pipeline``, a ``stageflow_pipeline_name`` (regex-escaped: used with ``=~``).
         rate_interval: Value of ``$__rate_interval``.
         time_range: Value of ``$__range`` (the dashboard's time range).
         interval: Value of ``$__interval``.

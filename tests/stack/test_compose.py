@@ -92,7 +92,7 @@ class TestHealth:
     def test_every_service_has_a_healthcheck_or_is_probed_by_prometheus(
         self, services: dict[str, Any]
     ) -> None:
-        """Services whose image has no shell are probed by Prometheus's healthcheck; the rest probe themselves."""
+        """Services whose image has no shell are probed by Prometheus's healthcheck, the rest by their own."""
         probe = " ".join(services["prometheus"]["healthcheck"]["test"])
         missing = []
         for name, service in services.items():
@@ -132,7 +132,7 @@ class TestServices:
         assert environment.get("GF_AUTH_ANONYMOUS_ORG_ROLE", "Viewer") == "Viewer"
 
     def test_demo_runs_stageflow_otel_against_the_collector(self, services: dict[str, Any]) -> None:
-        """The demo is opt-in (profile) and runs `python -m stageflow_otel demo` exporting OTLP to the collector."""
+        """The demo is opt-in (a profile) and runs `python -m stageflow_otel demo` against the collector."""
         demo = services["demo"]
         assert demo["profiles"] == ["demo"]
         assert demo["command"][:4] == ["python", "-m", "stageflow_otel", "demo"]
