@@ -404,10 +404,14 @@ ENV_PROMETHEUS_PORT: Final = "OTEL_EXPORTER_PROMETHEUS_PORT"
 
 ENVIRONMENT: Final = (
     EnvironmentVariable("OTEL_SDK_DISABLED", "false", "`true`: no-op providers, nothing exported."),
-    EnvironmentVariable("OTEL_SERVICE_NAME", "unknown_service", "`service.name` (the `setup()` argument wins)."),
+    EnvironmentVariable(
+        "OTEL_SERVICE_NAME", "unknown_service", "`service.name` (the `setup()` argument wins)."
+    ),
     EnvironmentVariable("OTEL_RESOURCE_ATTRIBUTES", "", "Extra resource attributes, `k=v,k2=v2`."),
     EnvironmentVariable(
-        "OTEL_EXPORTER_OTLP_ENDPOINT", "", "Collector base URL; when set (or per signal) that signal uses OTLP."
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "",
+        "Collector base URL; when set (or per signal) that signal uses OTLP.",
     ),
     EnvironmentVariable("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", "Traces endpoint, used as is."),
     EnvironmentVariable("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "", "Metrics endpoint, used as is."),
@@ -417,7 +421,9 @@ ENVIRONMENT: Final = (
     EnvironmentVariable("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "", "Per-signal protocol override."),
     EnvironmentVariable("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "", "Per-signal protocol override."),
     EnvironmentVariable(
-        "OTEL_EXPORTER_OTLP_TIMEOUT", "10", "Export timeout in seconds (headers, TLS, compression: as the SDK)."
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "10",
+        "Export timeout in seconds (headers, TLS, compression: as the SDK).",
     ),
     EnvironmentVariable(
         "OTEL_TRACES_EXPORTER", "`otlp` if an endpoint is set, else `none`", "`otlp`, `console` or `none`."
@@ -441,4 +447,4 @@ ENVIRONMENT: Final = (
     EnvironmentVariable(ENV_PROMETHEUS_HOST, "127.0.0.1", "Address the `/metrics` endpoint binds to."),
     EnvironmentVariable(ENV_PROMETHEUS_PORT, "9464", "Port of the `/metrics` endpoint (`0`: any free port)."),
 )
-"""Environment variables ``setup()`` reads (the OTLP exporters also read their own ``OTEL_EXPORTER_OTLP_*``)."""
+"""Environment variables ``setup()`` reads (the OTLP exporters read their other ``OTEL_EXPORTER_OTLP_*``)."""

@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -118,3 +119,11 @@ def entry_ctx(metadata: Mapping[str, Any] | None = None) -> StageContext:
     """An entry ``StageContext`` for ``StageGraph.run()`` with a fresh run id and the given metadata."""
     snapshot = ContextSnapshot(run_id=RunIdentity(), metadata=dict(metadata or {}))
     return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer())
+
+
+@pytest.fixture(name="otel_env")
+def _otel_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """A monkeypatch with every ``OTEL_*`` variable removed, so the developer's shell cannot leak in."""
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    return monkeypatch

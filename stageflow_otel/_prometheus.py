@@ -1,0 +1,362 @@
+"""The in-process Prometheus ``/metrics`` endpoint: OpenTelemetry SDK metrics bridged into prometheus-client.
+
+``PrometheusMetricReader`` is a pull ``MetricReader`` registered on the meter provider; ``PrometheusBridge``
+is a prometheus-client ``Collector`` that, on every scrape, collects the reader and renders each metric
+under the same family name the OpenTelemetry Collector's Prometheus exporter gives it (``semconv.Metric
+.prometheus``), with attributes as labels (dots to underscores), explicit histogram buckets and
+OpenMetrics exemplars carrying ``trace_id`` and ``span_id``.
+
+Example::
+
+    reader = PrometheusMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    server = start_metrics_server(reader, port=9464)   # http://127.0.0.1:9464/metrics
+    ...
+    server.close()
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from opentelemetry.sdk.metrics import Counter, Histogram, ObservableCounter, ObservableUpDownCounter
+from opentelemetry.sdk.metrics import UpDownCounter as SdkUpDownCounter
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    HistogramDataPoint,
+    MetricReader,
+    MetricsData,
+    NumberDataPoint,
+    Sum,
+)
+from opentelemetry.sdk.metrics.export import Histogram as HistogramData
+from opentelemetry.sdk.metrics.export import Metric as OtelMetric
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
+
+from . import semconv
+
+__all__ = (
+    "MetricsServer",
+    "PrometheusBridge",
+    "PrometheusMetricReader",
+    "prometheus_name",
+    "start_metrics_server",
+)
+
+_KNOWN: Mapping[str, semconv.Metric] = {m.name: m for m in semconv.METRICS}
+_INVALID = re.compile(r"[^a-zA-Z0-9_:]")
+_UNITS: Mapping[str, str] = {
+    "s": "seconds",
+    "ms": "milliseconds",
+    "us": "microseconds",
+    "ns": "nanoseconds",
+    "By": "bytes",
+    "KiBy": "kibibytes",
+    "MiBy": "mebibytes",
+    "m": "meters",
+    "%": "percent",
+    "1": "ratio",
+}
+
+
+def prometheus_name(name: str, unit: str, *, monotonic_sum: bool) -> str:
+    """The family name the collector's Prometheus exporter gives an OpenTelemetry metric.
+
+    Dots (and any other invalid character) become underscores, the unit becomes a suffix (``s`` ->
+    ``_seconds``; annotations in braces such as ``{run}`` are dropped) and monotonic sums end in ``_total``.
+    """
+    base = _INVALID.sub("_", name)
+    suffix = _UNITS.get(unit, "") if not unit.startswith("{") else ""
+    if not suffix and unit and not unit.startswith("{") and unit not in _UNITS:
+        suffix = _INVALID.sub("_", unit)
+    if suffix and not base.endswith("_" + suffix):
+        base += "_" + suffix
+    if monotonic_sum and not base.endswith("_total"):
+        base += "_total"
+    return base
+
+
+def _go_float(value: float) -> str:
+    """A bucket bound as Prometheus writes it (Go's float form): ``0.001``, ``1.0``, ``3600.0``."""
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
+
+
+def _label(attribute: str) -> str:
+    label = _INVALID.sub("_", semconv.prometheus_label(attribute))
+    return "_" + label if label[:1].isdigit() else label
+
+
+def _label_value(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return json.dumps(list(value))
+    return str(value)
+
+
+class PrometheusMetricReader(MetricReader):
+    """A pull ``MetricReader`` (cumulative temporality) whose data ``PrometheusBridge`` renders per scrape.
+
+    .. versionadded:: 0.10
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            preferred_temporality={
+                Counter: AggregationTemporality.CUMULATIVE,
+                SdkUpDownCounter: AggregationTemporality.CUMULATIVE,
+                Histogram: AggregationTemporality.CUMULATIVE,
+                ObservableCounter: AggregationTemporality.CUMULATIVE,
+                ObservableUpDownCounter: AggregationTemporality.CUMULATIVE,
+            },
+            preferred_aggregation={
+                Histogram: ExplicitBucketHistogramAggregation(list(semconv.DURATION_BUCKETS))
+            },
+        )
+        self._lock = threading.Lock()
+        self._latest: MetricsData | None = None
+        self._closed = False
+
+    def _receive_metrics(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> None:
+        self._latest = metrics_data
+
+    def snapshot(self, timeout_millis: float = 10_000) -> MetricsData | None:
+        """Collect the meter provider now and return what it produced (``None`` after shutdown)."""
+        with self._lock:
+            if self._closed:
+                return None
+            self._latest = None
+            self.collect(timeout_millis=timeout_millis)
+            return self._latest
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Stop answering scrapes."""
+        with self._lock:
+            self._closed = True
+
+
+class PrometheusBridge(Collector):
+    """A prometheus-client ``Collector`` rendering a ``PrometheusMetricReader``'s metrics on each scrape.
+
+    Points of one family with different attribute sets share the union of their label names; a missing
+    attribute is an empty label value, which Prometheus treats as an absent label.
+
+    .. versionadded:: 0.10
+    """
+
+    def __init__(self, reader: PrometheusMetricReader) -> None:
+        self._reader = reader
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing up front: the families are only known after a collection."""
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        """The reader's current metrics as prometheus-client metric families."""
+        data = self._reader.snapshot()
+        if data is None:
+            return []
+        groups: dict[str, _Group] = {}
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                scope = scope_metrics.scope.name
+                for metric in scope_metrics.metrics:
+                    _group(groups, metric, scope)
+        return [group.family() for group in groups.values()]
+
+
+_Point = tuple[dict[str, str], "NumberDataPoint | HistogramDataPoint"]
+
+
+class _Group:
+    """The points of one Prometheus family, gathered before the label names are known."""
+
+    def __init__(self, name: str, kind: str, metric: OtelMetric) -> None:
+        self.name, self.kind = name, kind
+        self.description = metric.description or ""
+        self.unit = _unit(name, metric.unit)
+        self.points: list[_Point] = []
+
+    def family(self) -> Metric:
+        names = sorted({label for labels, _ in self.points for label in labels})
+        if self.kind == "histogram":
+            histogram = HistogramMetricFamily(self.name, self.description, labels=names, unit=self.unit)
+            for labels, point in self.points:
+                assert isinstance(point, HistogramDataPoint)
+                histogram.add_metric([labels.get(n, "") for n in names], _buckets(point), point.sum)
+            return histogram
+        if self.kind == "counter":
+            counter = CounterMetricFamily(self.name, self.description, labels=names, unit=self.unit)
+            for labels, point in self.points:
+                assert isinstance(point, NumberDataPoint)
+                exemplars = _exemplars(point)
+                counter.add_metric(
+                    [labels.get(n, "") for n in names],
+                    point.value,
+                    exemplar=exemplars[-1] if exemplars else None,
+                )
+            return counter
+        gauge = GaugeMetricFamily(self.name, self.description, labels=names, unit=self.unit)
+        for labels, point in self.points:
+            assert isinstance(point, NumberDataPoint)
+            gauge.add_metric([labels.get(n, "") for n in names], point.value)
+        return gauge
+
+
+def _group(groups: dict[str, _Group], metric: OtelMetric, scope: str) -> None:
+    data = metric.data
+    if isinstance(data, HistogramData | Sum) and (
+        data.aggregation_temporality is not AggregationTemporality.CUMULATIVE
+    ):
+        return
+    if isinstance(data, HistogramData):
+        kind = "histogram"
+    elif isinstance(data, Sum) and data.is_monotonic:
+        kind = "counter"
+    elif isinstance(data, Sum | Gauge):
+        kind = "gauge"
+    else:  # exponential histograms have no classic Prometheus form; the collector path keeps them
+        return
+    name = _family_name(metric, kind == "counter")
+    group = groups.get(name)
+    if group is None or group.kind != kind:
+        group = groups[name] = _Group(name, kind, metric)
+    for point in data.data_points:
+        assert isinstance(point, NumberDataPoint | HistogramDataPoint)
+        group.points.append((_labels(point, scope), point))
+
+
+def _family_name(metric: OtelMetric, monotonic_sum: bool) -> str:
+    known = _KNOWN.get(metric.name)
+    if known is not None:
+        return known.prometheus
+    return prometheus_name(metric.name, metric.unit or "", monotonic_sum=monotonic_sum)
+
+
+def _unit(name: str, otel_unit: str | None) -> str:
+    unit = _UNITS.get(otel_unit or "", "")
+    return unit if unit and name.endswith("_" + unit) else ""
+
+
+def _labels(point: NumberDataPoint | HistogramDataPoint, scope: str) -> dict[str, str]:
+    labels = {semconv.OTEL_SCOPE_LABEL: scope}
+    for key, value in (point.attributes or {}).items():
+        labels[_label(key)] = _label_value(value)
+    return labels
+
+
+def _exemplars(point: NumberDataPoint | HistogramDataPoint) -> list[Exemplar]:
+    found = []
+    for exemplar in point.exemplars or ():
+        if not exemplar.trace_id or not exemplar.span_id:
+            continue
+        found.append(
+            Exemplar(
+                {"trace_id": format(exemplar.trace_id, "032x"), "span_id": format(exemplar.span_id, "016x")},
+                exemplar.value,
+                exemplar.time_unix_nano / 1e9,
+            )
+        )
+    return found
+
+
+def _buckets(point: HistogramDataPoint) -> list[tuple[str, float] | tuple[str, float, Exemplar]]:
+    bounds = list(point.explicit_bounds)
+    by_bucket: dict[int, Exemplar] = {}
+    for exemplar in _exemplars(point):
+        index = next((i for i, bound in enumerate(bounds) if exemplar.value <= bound), len(bounds))
+        by_bucket[index] = exemplar
+    buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+    cumulative = 0
+    for i, count in enumerate(point.bucket_counts):
+        cumulative += count
+        le = _go_float(bounds[i]) if i < len(bounds) else "+Inf"
+        found = by_bucket.get(i)
+        buckets.append((le, float(cumulative)) if found is None else (le, float(cumulative), found))
+    return buckets
+
+
+class MetricsServer:
+    """A running ``/metrics`` HTTP endpoint; ``close()`` stops it and releases the port.
+
+    .. versionadded:: 0.10
+    """
+
+    def __init__(
+        self, reader: PrometheusMetricReader, registry: CollectorRegistry, port: int, addr: str
+    ) -> None:
+        self.reader = reader
+        self.registry = registry
+        self._bridge = PrometheusBridge(reader)
+        registry.register(self._bridge)
+        try:
+            self._server, self._thread = start_http_server(port, addr=addr, registry=registry)
+        except Exception:
+            registry.unregister(self._bridge)
+            raise
+        self.addr = addr
+        self.port: int = self._server.server_port
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        """The endpoint's URL, e.g. ``http://127.0.0.1:9464/metrics``."""
+        host = f"[{self.addr}]" if ":" in self.addr else self.addr
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving, close the socket and unregister the bridge (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        self.registry.unregister(self._bridge)
+
+    def __repr__(self) -> str:
+        return f"MetricsServer(url={self.url!r})"
+
+
+def start_metrics_server(
+    reader: PrometheusMetricReader,
+    *,
+    port: int,
+    addr: str = "127.0.0.1",
+    registry: CollectorRegistry | None = None,
+) -> MetricsServer:
+    """Serve ``reader``'s metrics at ``http://{addr}:{port}/metrics`` from a daemon thread.
+
+    Args:
+        reader: the reader registered on the meter provider.
+        port: the TCP port; ``0`` picks a free one (see ``MetricsServer.port``).
+        addr: the address to bind; loopback by default, so nothing is exposed unless asked for.
+        registry: the prometheus-client registry to serve (default: a fresh one, not the global
+            ``REGISTRY``, so the process's other collectors are not exposed by accident).
+
+    Returns:
+        The running ``MetricsServer``; call ``close()`` to stop it.
+
+    .. versionadded:: 0.10
+    """
+    return MetricsServer(reader, CollectorRegistry() if registry is None else registry, port, addr)

@@ -1,0 +1,277 @@
+"""The OTLP event sink: every stageflow event as an OpenTelemetry log record with the run's trace context.
+
+``try_emit`` runs on the event loop and only captures the current OpenTelemetry context and appends to a
+bounded buffer; a daemon thread turns the buffered events into log records, so neither a slow log
+processor nor an unreachable collector can stall a pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from opentelemetry import context as otel_context
+from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger
+from opentelemetry.metrics import MeterProvider, get_meter
+from opentelemetry.util.types import AnyValue, AttributeValue
+
+import stageflow
+
+from . import semconv
+
+__all__ = ("OtlpEventSink",)
+
+logger = logging.getLogger("stageflow_otel")
+
+_Item = tuple[str, "dict[str, Any] | None", otel_context.Context, int]
+
+_ATTRIBUTE_OF: Mapping[str, str] = {
+    "run_id": semconv.RUN_ID,
+    "pipeline": semconv.PIPELINE_NAME,
+    "version": semconv.PIPELINE_VERSION,
+    "stage": semconv.STAGE_NAME,
+    "kind": semconv.STAGE_KIND,
+    "wait": semconv.STAGE_WAIT_DURATION,
+    "dependencies": semconv.STAGE_DEPENDENCIES,
+    "critical_path": semconv.RUN_CRITICAL_PATH,
+    "attempts": semconv.STAGE_ATTEMPT,
+    "attempt": semconv.STAGE_ATTEMPT,
+    "error": semconv.EXCEPTION_MESSAGE,
+}
+"""Event data key to log record attribute; every key (these included) also stays in the record's body."""
+
+_ERROR_TYPES: Mapping[str, str] = {
+    stageflow.StageTimeoutError.__name__: semconv.ERROR_TYPE_TIMEOUT,
+    stageflow.CircuitOpenError.__name__: semconv.ERROR_TYPE_CIRCUIT_OPEN,
+}
+_FAILURE_TYPES = frozenset({stageflow.StageFailedError.__name__, stageflow.RetriesExhaustedError.__name__})
+
+
+def _event_kind(type: str) -> str:
+    """``stage.{name}.completed`` -> ``stage.completed``; pipeline events are returned unchanged."""
+    if type.startswith("stage.") and type.count(".") >= 2:
+        return "stage." + type.rsplit(".", 1)[1]
+    return type
+
+
+def _result(outcome: str, error_type: object) -> str | None:
+    if outcome == "completed":
+        return semconv.RESULT_SUCCESS
+    if outcome == "skipped":
+        return semconv.RESULT_SKIP
+    if outcome == "cancelled":
+        return semconv.RESULT_CANCELLATION
+    if outcome == "failed":
+        if error_type in _FAILURE_TYPES:
+            return semconv.RESULT_FAILURE
+        if error_type == stageflow.StageTimeoutError.__name__:
+            return semconv.RESULT_TIMEOUT
+        return semconv.RESULT_ERROR
+    return None
+
+
+def _severity(outcome: str) -> tuple[SeverityNumber, str]:
+    if outcome == "failed":
+        return SeverityNumber.ERROR, "ERROR"
+    if outcome == "cancelled":
+        return SeverityNumber.WARN, "WARN"
+    return SeverityNumber.INFO, "INFO"
+
+
+def _attribute(value: object) -> AttributeValue | None:
+    if isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    if isinstance(value, list | tuple) and not value:
+        return ()
+    return None
+
+
+def _body(value: object) -> AnyValue:
+    if value is None or isinstance(value, str | bool | int | float | bytes):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _body(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_body(v) for v in value]
+    return str(value)
+
+
+class _Record(NamedTuple):
+    event_name: str
+    severity_number: SeverityNumber
+    severity_text: str
+    attributes: dict[str, AttributeValue]
+    body: AnyValue
+
+
+def _to_record(type: str, data: Mapping[str, Any] | None) -> _Record:
+    """The log record fields (minus context and timestamps) of one event."""
+    data = data or {}
+    kind = _event_kind(type)
+    outcome = kind.rsplit(".", 1)[-1]
+    attributes: dict[str, AttributeValue] = {semconv.EVENT_TYPE: type}
+    for key, name in _ATTRIBUTE_OF.items():
+        if key in data and (value := _attribute(data[key])) is not None:
+            attributes[name] = value
+    error_type = data.get("error_type")
+    if isinstance(error_type, str) and error_type:
+        attributes[semconv.ERROR_TYPE] = _ERROR_TYPES.get(error_type, error_type)
+    result = _result(outcome, error_type)
+    if result is not None:
+        key = semconv.STAGE_RESULT if kind.startswith("stage.") else semconv.RUN_RESULT
+        attributes[key] = result
+    severity, severity_text = _severity(outcome)
+    return _Record(
+        semconv.EVENTS.get(kind, semconv.EVENT_OTHER), severity, severity_text, attributes, _body(dict(data))
+    )
+
+
+class OtlpEventSink:
+    """An ``EventSink`` that emits every event as an OTLP log record carrying the run's trace context.
+
+    The event name is static (``stageflow.stage.completed``; see ``semconv.EVENTS``), the seed's event
+    string is kept in ``stageflow.event.type``, well-known fields become ``stageflow.*`` attributes and the
+    whole event data is the record's body. Severity: ``*.failed`` ERROR, ``*.cancelled`` WARN, else INFO.
+
+    The trace context is the OpenTelemetry context current when ``try_emit`` is called. With
+    ``TracingInterceptor`` that is the run span for ``pipeline.started|completed|failed|cancelled`` and for
+    every stage event (stage events are emitted around, not inside, the stage span). ``pipeline.created`` is
+    emitted by ``StageGraph.run`` before the run span exists, so it carries the caller's context: the span
+    that becomes the run span's parent, or no trace at all.
+
+    ``try_emit`` never blocks and never raises: it appends to a buffer of ``max_buffer`` events that a
+    daemon thread drains into the logger. Events arriving while the buffer is full, or after
+    ``shutdown``, are dropped and counted in ``stageflow.events.dropped``.
+
+    Args:
+        logger_provider: where the log records go (default: the global logger provider).
+        meter_provider: where ``stageflow.events.dropped`` is counted (default: the global meter provider).
+        max_buffer: events held at most while the thread catches up.
+
+    .. versionadded:: 0.10
+    """
+
+    def __init__(
+        self,
+        *,
+        logger_provider: LoggerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        max_buffer: int = 10_000,
+    ) -> None:
+        if max_buffer < 1:
+            msg = f"max_buffer must be at least 1, got {max_buffer!r}"
+            raise ValueError(msg)
+        self._logger = get_logger(
+            semconv.INSTRUMENTATION_SCOPE, stageflow.__version__, logger_provider=logger_provider
+        )
+        meter = get_meter(semconv.INSTRUMENTATION_SCOPE, stageflow.__version__, meter_provider)
+        metric = semconv.EVENTS_DROPPED
+        self._dropped_counter = meter.create_counter(
+            metric.name, unit=metric.unit, description=metric.description
+        )
+        self._max = max_buffer
+        self._buffer: deque[_Item] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._unfinished = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._dropped = 0
+        self._failed_once = False
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped so far (buffer full or sink shut down)."""
+        return self._dropped
+
+    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        """Hand the event to ``try_emit`` (nothing to await: the export happens in the background)."""
+        self.try_emit(type=type, data=data)
+
+    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        """Buffer the event with the current trace context; drop and count it if the buffer is full."""
+        try:
+            item: _Item = (type, data, otel_context.get_current(), time.time_ns())
+            with self._cond:
+                accepted = not self._closed and len(self._buffer) < self._max
+                if accepted:
+                    self._buffer.append(item)
+                    self._unfinished += 1
+                    if self._thread is None:
+                        self._thread = threading.Thread(
+                            target=self._drain, name="stageflow-otel-events", daemon=True
+                        )
+                        self._thread.start()
+                    self._cond.notify_all()
+            if not accepted:
+                self._dropped += 1
+                self._dropped_counter.add(1)
+        except Exception as exc:  # telemetry never breaks a pipeline
+            self._report(exc)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every accepted event reached the logger; ``False`` if ``timeout`` seconds ran out."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._unfinished == 0, timeout)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop accepting events, hand the buffered ones to the logger and stop the thread.
+
+        Returns:
+            ``True`` when every buffered event was handed over within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is None:
+            return True
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not thread.is_alive()
+
+    def _drain(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._buffer) or self._closed)
+                batch = list(self._buffer)
+                self._buffer.clear()
+                if not batch and self._closed:
+                    return
+            for type, data, ctx, observed in batch:
+                try:
+                    self._write(type, data, ctx, observed)
+                except Exception as exc:
+                    self._report(exc)
+            with self._cond:
+                self._unfinished -= len(batch)
+                self._cond.notify_all()
+
+    def _write(
+        self, type: str, data: dict[str, Any] | None, ctx: otel_context.Context, observed: int
+    ) -> None:
+        timestamp = (data or {}).get("timestamp")
+        record = _to_record(type, data)
+        self._logger.emit(
+            timestamp=int(timestamp * 1e9) if isinstance(timestamp, int | float) else observed,
+            observed_timestamp=observed,
+            context=ctx,
+            severity_number=record.severity_number,
+            severity_text=record.severity_text,
+            body=record.body,
+            attributes=record.attributes,
+            event_name=record.event_name,
+        )
+
+    def _report(self, exc: Exception) -> None:
+        if not self._failed_once:
+            self._failed_once = True
+            logger.error("stageflow_otel: the OTLP event sink failed (further failures not logged): %r", exc)
+
+    def __repr__(self) -> str:
+        return f"OtlpEventSink(buffered={len(self._buffer)}, dropped={self._dropped})"

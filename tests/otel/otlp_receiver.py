@@ -1,0 +1,235 @@
+"""Real OTLP endpoints for the tests: a gRPC and an HTTP receiver on 127.0.0.1 that keep what they receive."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+__all__ = ("GrpcReceiver", "HttpReceiver", "OtlpReceiver", "closed_port")
+
+
+class OtlpReceiver:
+    """Keeps every OTLP export request; subclasses serve it over one transport."""
+
+    protocol = ""
+    endpoint = ""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.traces: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.metrics: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
+        self.logs: list[logs_service_pb2.ExportLogsServiceRequest] = []
+
+    def _store(self, kind: str, request: Any) -> None:
+        with self._cond:
+            getattr(self, kind).append(request)
+            self._cond.notify_all()
+
+    def spans(self) -> list[Span]:
+        """Every span received, in arrival order."""
+        with self._cond:
+            return [
+                s for r in self.traces for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans
+            ]
+
+    def log_records(self) -> list[LogRecord]:
+        """Every log record received, in arrival order."""
+        with self._cond:
+            return [
+                rec
+                for r in self.logs
+                for rl in r.resource_logs
+                for sl in rl.scope_logs
+                for rec in sl.log_records
+            ]
+
+    def metric_names(self) -> set[str]:
+        """The names of every metric received."""
+        return {m.name for m in self.iter_metrics()}
+
+    def iter_metrics(self) -> Iterator[Metric]:
+        """Every metric of every request received."""
+        with self._cond:
+            requests = list(self.metrics)
+        for r in requests:
+            for rm in r.resource_metrics:
+                for sm in rm.scope_metrics:
+                    yield from sm.metrics
+
+    def resource_attributes(self) -> dict[str, str]:
+        """The string resource attributes of the first trace request."""
+        with self._cond:
+            resource = self.traces[0].resource_spans[0].resource
+        return {a.key: a.value.string_value for a in resource.attributes}
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Wait until ``predicate()`` holds (re-checked on every request), at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        raise NotImplementedError
+
+
+class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, receiver: OtlpReceiver) -> None:
+        self.receiver = receiver
+
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.receiver._store("traces", request)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, receiver: OtlpReceiver) -> None:
+        self.receiver = receiver
+
+    def Export(
+        self, request: metrics_service_pb2.ExportMetricsServiceRequest, context: grpc.ServicerContext
+    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        self.receiver._store("metrics", request)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
+    def __init__(self, receiver: OtlpReceiver) -> None:
+        self.receiver = receiver
+
+    def Export(
+        self, request: logs_service_pb2.ExportLogsServiceRequest, context: grpc.ServicerContext
+    ) -> logs_service_pb2.ExportLogsServiceResponse:
+        self.receiver._store("logs", request)
+        return logs_service_pb2.ExportLogsServiceResponse()
+
+
+class GrpcReceiver(OtlpReceiver):
+    """An OTLP/gRPC receiver (TraceService, MetricsService, LogsService) on a free 127.0.0.1 port."""
+
+    protocol = "grpc"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="otlp-grpc-receiver")
+        self._server = grpc.server(self._pool)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(self), self._server)  # type: ignore[no-untyped-call]
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(self), self._server)  # type: ignore[no-untyped-call]
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(self), self._server)  # type: ignore[no-untyped-call]
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+        self.endpoint = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        """Stop the server and its worker threads."""
+        self._server.stop(grace=None).wait()
+        self._pool.shutdown(wait=True)
+
+
+_HTTP_PATHS: dict[str, tuple[str, type[Any], type[Any]]] = {
+    "/v1/traces": (
+        "traces",
+        trace_service_pb2.ExportTraceServiceRequest,
+        trace_service_pb2.ExportTraceServiceResponse,
+    ),
+    "/v1/metrics": (
+        "metrics",
+        metrics_service_pb2.ExportMetricsServiceRequest,
+        metrics_service_pb2.ExportMetricsServiceResponse,
+    ),
+    "/v1/logs": (
+        "logs",
+        logs_service_pb2.ExportLogsServiceRequest,
+        logs_service_pb2.ExportLogsServiceResponse,
+    ),
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HttpServer
+
+    def do_POST(self) -> None:
+        route = _HTTP_PATHS.get(self.path)
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if route is None:
+            self.send_error(404)
+            return
+        encoding = self.headers.get("Content-Encoding", "")
+        if encoding == "gzip":
+            body = gzip.decompress(body)
+        elif encoding == "deflate":
+            body = zlib.decompress(body)
+        kind, request_type, response_type = route
+        request = request_type()
+        request.ParseFromString(body)
+        self.server.receiver._store(kind, request)
+        payload = response_type().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep the test output quiet."""
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = True
+
+    def __init__(self, receiver: OtlpReceiver) -> None:
+        self.receiver = receiver
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class HttpReceiver(OtlpReceiver):
+    """An OTLP/HTTP receiver (protobuf POSTs to ``/v1/traces|metrics|logs``) on a free 127.0.0.1 port."""
+
+    protocol = "http/protobuf"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._server = _HttpServer(self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="otlp-http-receiver", daemon=True
+        )
+        self._thread.start()
+        self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
+
+    def stop(self) -> None:
+        """Stop serving, close the socket and join the thread."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound, read and released; connections to it are refused)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port

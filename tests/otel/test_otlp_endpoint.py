@@ -1,0 +1,260 @@
+"""setup() against real OTLP endpoints (gRPC and HTTP receivers on 127.0.0.1), and with the collector down."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+import asyncio
+import statistics
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+
+from stageflow import (
+    ContextSnapshot,
+    EventSink,
+    Pipeline,
+    PipelineTimer,
+    RunIdentity,
+    RunResult,
+    StageContext,
+    StageGraph,
+    StageInputs,
+    StageKind,
+    StageOutput,
+)
+from stageflow_otel import MetricsInterceptor, Telemetry, TracingInterceptor, semconv, setup
+
+from .conftest import metric_points
+from .otlp_receiver import GrpcReceiver, HttpReceiver, OtlpReceiver, closed_port
+
+RUNS = 6
+STAGES = ("a", "b", "c", "d")
+
+
+async def quick(ctx: StageContext) -> StageOutput:
+    """A stage that yields once and succeeds."""
+    await asyncio.sleep(0)
+    return StageOutput.ok(done=True)
+
+
+async def slow(ctx: StageContext) -> StageOutput:
+    """A stage that takes a few milliseconds, so export work could show up in its latency."""
+    await asyncio.sleep(0.01)
+    return StageOutput.ok(done=True)
+
+
+StageFn = Callable[[StageContext], Awaitable[StageOutput]]
+
+
+def diamond(fn: StageFn = quick) -> Pipeline:
+    """``a -> (b, c) -> d``, every stage running ``fn``."""
+    return (
+        Pipeline(name="demo")
+        .with_stage("a", fn, StageKind.TRANSFORM)
+        .with_stage("b", fn, StageKind.ENRICH, dependencies=("a",))
+        .with_stage("c", fn, StageKind.ENRICH, dependencies=("a",))
+        .with_stage("d", fn, StageKind.TRANSFORM, dependencies=("b", "c"))
+    )
+
+
+def entry(sink: EventSink | None) -> StageContext:
+    """An entry context with a fresh run id, reporting to ``sink``."""
+    snapshot = ContextSnapshot(run_id=RunIdentity())
+    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
+
+
+def instrumented(telemetry: Telemetry, stage: StageFn = quick) -> StageGraph:
+    """The diamond built with the tracing and metrics interceptors on ``telemetry``'s providers."""
+    return diamond(stage).build(
+        interceptors=[
+            TracingInterceptor(telemetry.tracer_provider),
+            MetricsInterceptor(telemetry.meter_provider),
+        ]
+    )
+
+
+async def run_concurrently(graph: StageGraph, sink: EventSink | None, n: int = RUNS) -> list[RunResult]:
+    """``n`` concurrent runs of ``graph``."""
+    return await asyncio.gather(*(graph.run(entry(sink)) for _ in range(n)))
+
+
+@pytest.fixture(name="receiver", params=["grpc", "http"], ids=["grpc", "http-protobuf"])
+def _receiver(request: pytest.FixtureRequest) -> Iterator[OtlpReceiver]:
+    """A running OTLP receiver of each protocol, stopped at teardown."""
+    receiver: OtlpReceiver = GrpcReceiver() if request.param == "grpc" else HttpReceiver()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(name="telemetry")
+def _telemetry(receiver: OtlpReceiver, otel_env: pytest.MonkeyPatch) -> Iterator[Telemetry]:
+    """setup() configured only through OTEL_* variables to export to ``receiver``."""
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", receiver.protocol)
+    otel_env.setenv("OTEL_SERVICE_NAME", "otlp-test")
+    otel_env.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test")
+    telemetry = setup(set_global=False)
+    yield telemetry
+    telemetry.shutdown(timeout=5.0)
+
+
+def _hex(raw: bytes) -> str:
+    return raw.hex()
+
+
+class TestOtlpExport:
+    async def test_every_run_and_stage_arrives_exactly_once(
+        self, telemetry: Telemetry, receiver: OtlpReceiver
+    ) -> None:
+        """N concurrent runs arrive as N run spans, each with one span per stage, in its own trace."""
+        results = await run_concurrently(instrumented(telemetry), telemetry.event_sink)
+        assert telemetry.force_flush(timeout=10.0)
+        assert receiver.wait_for(lambda: len(receiver.spans()) >= RUNS * (1 + len(STAGES)))
+
+        spans = receiver.spans()
+        runs = [s for s in spans if s.name == "pipeline demo"]
+        run_ids = Counter(a.value.string_value for s in runs for a in s.attributes if a.key == semconv.RUN_ID)
+        assert run_ids == Counter({str(r.run_id): 1 for r in results})
+        by_trace = Counter((_hex(s.trace_id), s.name) for s in spans)
+        expected = {
+            (_hex(run.trace_id), name)
+            for run in runs
+            for name in ("pipeline demo", *(f"stage {n}" for n in STAGES))
+        }
+        assert dict(by_trace) == dict.fromkeys(expected, 1)
+
+    async def test_event_logs_carry_the_run_trace_ids(
+        self, telemetry: Telemetry, receiver: OtlpReceiver
+    ) -> None:
+        """Every event after pipeline.created is a log record in its run's trace, with the run span's id."""
+        await run_concurrently(instrumented(telemetry), telemetry.event_sink)
+        assert telemetry.force_flush(timeout=10.0)
+        per_run = 2 + 2 * len(STAGES) + 1
+        assert receiver.wait_for(lambda: len(receiver.log_records()) >= RUNS * per_run)
+
+        run_spans = {
+            a.value.string_value: s
+            for s in receiver.spans()
+            if s.name == "pipeline demo"
+            for a in s.attributes
+            if a.key == semconv.RUN_ID
+        }
+        seen: Counter[str] = Counter()
+        for record in receiver.log_records():
+            attributes = {a.key: a.value.string_value for a in record.attributes}
+            run_span = run_spans[attributes[semconv.RUN_ID]]
+            seen[record.event_name] += 1
+            if record.event_name == semconv.EVENTS["pipeline.created"]:
+                assert (record.trace_id, record.span_id) == (b"", b"")
+            else:
+                assert (record.trace_id, record.span_id) == (run_span.trace_id, run_span.span_id)
+        assert seen == Counter(
+            {
+                "stageflow.pipeline.created": RUNS,
+                "stageflow.pipeline.started": RUNS,
+                "stageflow.stage.started": RUNS * len(STAGES),
+                "stageflow.stage.completed": RUNS * len(STAGES),
+                "stageflow.pipeline.completed": RUNS,
+            }
+        )
+
+    async def test_metrics_and_resource_arrive(self, telemetry: Telemetry, receiver: OtlpReceiver) -> None:
+        """Run and stage histograms arrive under their semconv names, with the env-configured resource."""
+        await run_concurrently(instrumented(telemetry), telemetry.event_sink)
+        assert telemetry.force_flush(timeout=10.0)
+        wanted = {semconv.PIPELINE_RUN_DURATION.name, semconv.STAGE_DURATION.name}
+        assert receiver.wait_for(lambda: wanted <= receiver.metric_names())
+        stage = next(m for m in receiver.iter_metrics() if m.name == semconv.STAGE_DURATION.name)
+        assert (stage.unit, list(stage.histogram.data_points[0].explicit_bounds)) == (
+            "s",
+            list(semconv.DURATION_BUCKETS),
+        )
+        attributes = receiver.resource_attributes()
+        assert (attributes["service.name"], attributes["deployment.environment.name"]) == (
+            "otlp-test",
+            "test",
+        )
+
+
+@pytest.fixture(name="down")
+def _down(otel_env: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> pytest.MonkeyPatch:
+    """OTEL_* pointing every signal at a closed 127.0.0.1 port, exporting every 10 ms."""
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    otel_env.setenv("OTEL_BSP_SCHEDULE_DELAY", "10")
+    otel_env.setenv("OTEL_BLRP_SCHEDULE_DELAY", "10")
+    otel_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "10")
+    return otel_env
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"], ids=["grpc", "http-protobuf"])
+class TestCollectorDown:
+    async def test_runs_keep_their_latency_and_never_see_an_error(
+        self, down: pytest.MonkeyPatch, protocol: str
+    ) -> None:
+        """With the collector unreachable, instrumented runs succeed and take about as long as bare runs."""
+        down.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        telemetry = setup("down", set_global=False)
+        try:
+            bare, traced = diamond(slow).build(), instrumented(telemetry, slow)
+
+            async def timed(graph: StageGraph, sink: EventSink | None) -> float:
+                start = time.perf_counter()
+                await run_concurrently(graph, sink, 4)
+                return time.perf_counter() - start
+
+            bare_times, traced_times = [], []
+            for _ in range(6):
+                bare_times.append(await timed(bare, None))
+                traced_times.append(await timed(traced, telemetry.event_sink))
+        finally:
+            telemetry.shutdown(timeout=1.0)
+        ratio = statistics.median(traced_times) / statistics.median(bare_times)
+        assert ratio < 1.5
+
+    def test_shutdown_returns_within_its_timeout(self, down: pytest.MonkeyPatch, protocol: str) -> None:
+        """shutdown(timeout) returns False within timeout + 0.5 s and counts every span it could not send."""
+        down.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        telemetry = setup("down", set_global=False)
+        results = asyncio.run(run_concurrently(instrumented(telemetry), telemetry.event_sink))
+        assert len(results) == RUNS
+
+        start = time.monotonic()
+        flushed = telemetry.shutdown(timeout=1.0)
+        elapsed = time.monotonic() - start
+
+        assert (flushed, elapsed < 1.5) == (False, True)
+        assert telemetry.spans_dropped == RUNS * (1 + len(STAGES))
+        assert {k: v > 0 for k, v in telemetry.export_failures.items()} == {
+            "traces": True,
+            "metrics": True,
+            "logs": True,
+        }
+
+    def test_export_failures_are_counted_as_metrics(self, down: pytest.MonkeyPatch, protocol: str) -> None:
+        """Failed batches show up in stageflow.telemetry.export.failures by signal, spans in spans.dropped."""
+        down.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        down.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "0.2")
+        down.setenv("OTEL_METRIC_EXPORT_INTERVAL", "60000")
+        reader = InMemoryMetricReader()
+        telemetry = setup("down", set_global=False, metric_readers=[reader])
+        try:
+            asyncio.run(run_concurrently(instrumented(telemetry), telemetry.event_sink, 1))
+            assert not telemetry.force_flush(timeout=3.0)
+            failures = {
+                str(p.attributes[semconv.TELEMETRY_SIGNAL]): p.value
+                for p in metric_points(reader, semconv.TELEMETRY_EXPORT_FAILURES.name)
+                if isinstance(p, NumberDataPoint) and p.attributes is not None
+            }
+            dropped = [
+                p.value
+                for p in metric_points(reader, semconv.TELEMETRY_SPANS_DROPPED.name)
+                if isinstance(p, NumberDataPoint)
+            ]
+        finally:
+            telemetry.shutdown(timeout=1.0)
+        assert (sorted(failures), dropped) == (["logs", "metrics", "traces"], [1 + len(STAGES)])
