@@ -87,10 +87,10 @@ async def run_in_rounds(dag: Dag) -> tuple[list[str], list[set[str]]]:
 
 
 class TestRandomDags:
-    @settings(max_examples=60, deadline=None)
+    @settings(max_examples=60, deadline=None, database=None)
     @given(dag=dags())
     def test_runs_like_graphlib_rounds(self, dag: Dag) -> None:
-        """Each stage runs once, after its dependencies; each graphlib round starts in full before the next."""
+        """Each stage runs once, after its dependencies; each graphlib round fully starts before the next."""
         started, snapshots = asyncio.run(run_in_rounds(dag))
         assert sorted(started) == sorted(dag)
         rounds = graphlib_rounds(dag)
@@ -98,7 +98,7 @@ class TestRandomDags:
             # when round k has fully started, exactly rounds 0..k have started (round k+1 waits for gate k)
             assert snapshot == set().union(*rounds[: k + 1])
 
-    @settings(max_examples=60, deadline=None)
+    @settings(max_examples=60, deadline=None, database=None)
     @given(dag=dags())
     def test_topological_order(self, dag: Dag) -> None:
         """``topological_order`` lists every stage once, after all of its dependencies."""
@@ -130,7 +130,7 @@ def cyclic(draw: st.DrawFn) -> Dag:
 
 
 class TestRandomCycles:
-    @settings(max_examples=80, deadline=None)
+    @settings(max_examples=80, deadline=None, database=None)
     @given(dag=cyclic())
     def test_cycle_is_real(self, dag: Dag) -> None:
         """A graph with a cycle raises ``CycleError`` whose ``cycle`` is a real cycle of the graph."""
