@@ -391,7 +391,7 @@ OTEL_SCOPE_LABEL: Final = "otel_scope_name"
 
 @dataclass(frozen=True, slots=True)
 class EnvironmentVariable:
-    """One environment variable ``stageflow_otel.setup()`` honours."""
+    """One environment variable ``setup()`` (or, for ``TRACEPARENT``, ``TracingInterceptor``) honours."""
 
     name: str
     default: str
@@ -446,5 +446,9 @@ ENVIRONMENT: Final = (
     EnvironmentVariable("OTEL_METRIC_EXPORT_TIMEOUT", "30000", "Milliseconds allowed for one metric export."),
     EnvironmentVariable(ENV_PROMETHEUS_HOST, "127.0.0.1", "Address the `/metrics` endpoint binds to."),
     EnvironmentVariable(ENV_PROMETHEUS_PORT, "9464", "Port of the `/metrics` endpoint (`0`: any free port)."),
+    EnvironmentVariable(
+        "TRACEPARENT", "", "W3C parent of run spans when no span is current and the run metadata has none."
+    ),
+    EnvironmentVariable("TRACESTATE", "", "W3C trace state accompanying `TRACEPARENT`."),
 )
-"""Environment variables ``setup()`` reads (the OTLP exporters read their other ``OTEL_EXPORTER_OTLP_*``)."""
+"""Environment variables stageflow_otel honours (OTLP exporters also read their own ``OTEL_EXPORTER_*``)."""

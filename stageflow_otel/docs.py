@@ -1,0 +1,179 @@
+"""The README's telemetry reference, rendered from ``semconv`` so the docs cannot drift from the code.
+
+Usage::
+
+    python -m stageflow_otel.docs            # rewrite README.md between the telemetry markers
+    python -m stageflow_otel.docs --check    # exit 1 if README.md is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import semconv
+
+__all__ = ("END_MARKER", "START_MARKER", "render_reference", "replace_section")
+
+START_MARKER = "<!-- telemetry:start -->"
+END_MARKER = "<!-- telemetry:end -->"
+
+_PIPELINE_EVENTS = ("pipeline.created", "pipeline.started", "pipeline.completed", "pipeline.failed")
+
+
+def _code(value: str) -> str:
+    return f"`{value}`" if value else ""
+
+
+def _severity(kind: str) -> str:
+    if kind.endswith(".failed"):
+        return "ERROR"
+    if kind.endswith(".cancelled"):
+        return "WARN"
+    return "INFO"
+
+
+def render_reference() -> str:
+    """The markdown of the telemetry reference (without the markers)."""
+    lines = [
+        "## Telemetry",
+        "",
+        "Generated from `stageflow_otel/semconv.py` by `python -m stageflow_otel.docs`; do not edit by hand.",
+        f"Instrumentation scope: `{semconv.INSTRUMENTATION_SCOPE}`. Durations are in seconds. Run ids appear",
+        "only on spans, logs and events, never on metrics.",
+        "",
+        "Set up everything from the `OTEL_*` environment with one call, and shut down with a bound:",
+        "",
+        "```python",
+        "import stageflow_otel",
+        "",
+        'telemetry = stageflow_otel.setup("checkout")  # providers, event sink, /metrics',
+        "graph = pipeline.build(interceptors=[",
+        "    stageflow_otel.TracingInterceptor(telemetry.tracer_provider),",
+        "    stageflow_otel.MetricsInterceptor(telemetry.meter_provider),",
+        "])",
+        "...",
+        "telemetry.shutdown(timeout=5.0)  # returns within ~5 s even if the collector is down",
+        "```",
+        "",
+        "With an OTLP endpoint configured, that signal goes to it (`grpc` or `http/protobuf`). Without one,",
+        "nothing needs a server: metrics are served at `http://127.0.0.1:9464/metrics` (OpenMetrics with",
+        "`trace_id` exemplars), and spans and events are recorded (so logs and exemplars carry trace ids)",
+        "but only exported when `OTEL_TRACES_EXPORTER` / `OTEL_LOGS_EXPORTER` name `console` or `otlp`.",
+        "`OTEL_SDK_DISABLED=true` makes everything a no-op.",
+        "",
+        "### Spans",
+        "",
+        "| span | kind | parent |",
+        "|---|---|---|",
+        f"| `{semconv.SPAN_PIPELINE_PREFIX}{{pipeline name}}` | INTERNAL "
+        "| the current span, else the W3C `traceparent` in the run's metadata, else `TRACEPARENT` |",
+        f"| `{semconv.SPAN_STAGE_PREFIX}{{stage name}}` | INTERNAL "
+        "| the run span, always; one link per dependency "
+        f"(`{semconv.LINK_TYPE}={semconv.LINK_TYPE_DEPENDENCY}`) |",
+        "",
+        "### Attributes",
+        "",
+        "| attribute | type | where | description |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| `{a.name}` | {a.type} | {a.where} | {a.description} |" for a in semconv.ATTRIBUTES]
+    lines += [
+        "",
+        f"`{semconv.RUN_RESULT}` and `{semconv.STAGE_RESULT}` take the values "
+        + ", ".join(f"`{r}`" for r in semconv.RESULTS)
+        + f"; `{semconv.ERROR_TYPE}` is set only on failure (`{semconv.OTHER}` when unknown).",
+        "",
+        "### Metrics",
+        "",
+        "The Prometheus name is the same scraped from the collector's Prometheus exporter and from the",
+        f"in-process `/metrics` endpoint (which also adds the `{semconv.OTEL_SCOPE_LABEL}` label, as the "
+        "collector does).",
+        "",
+        "| metric | instrument | unit | Prometheus | attributes | description |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in semconv.METRICS:
+        attributes = ", ".join(f"`{a}`" for a in m.attributes) or "none"
+        lines.append(
+            f"| `{m.name}` | {m.instrument} | `{m.unit}` | `{m.prometheus}` | {attributes} "
+            f"| {m.description} |"
+        )
+    lines += [
+        "",
+        "Histogram buckets (seconds, every histogram): "
+        + ", ".join(f"{b:g}" for b in semconv.DURATION_BUCKETS)
+        + ". Labels are the attributes with dots replaced by underscores.",
+        "",
+        "### Events",
+        "",
+        "Every executor event is an OTLP log record from `OtlpEventSink` with a static event name, the "
+        f"seed's event string in `{semconv.EVENT_TYPE}`, `stageflow.*` attributes and the event data as "
+        "body. Records carry the trace context current when the event is emitted: the run span for every "
+        "event but `pipeline.created`, which precedes the run span and carries the caller's context (the "
+        "run span's parent, or none). The sink never blocks the event loop; when its buffer is full events "
+        f"are dropped and counted in `{semconv.EVENTS_DROPPED.name}`.",
+        "",
+        "| seed event | event name | severity |",
+        "|---|---|---|",
+    ]
+    for kind, name in semconv.EVENTS.items():
+        seed = (
+            kind
+            if kind in _PIPELINE_EVENTS or kind.startswith("pipeline.")
+            else kind.replace("stage.", "stage.{name}.", 1)
+        )
+        lines.append(f"| `{seed}` | `{name}` | {_severity(kind)} |")
+    lines += [
+        f"| any other type | `{semconv.EVENT_OTHER}` | INFO |",
+        "",
+        "### Environment variables",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{e.name}` | {e.default or '(unset)'} | {e.description} |" for e in semconv.ENVIRONMENT]
+    lines += [
+        "",
+        "The OTLP exporters also honour their own `OTEL_EXPORTER_OTLP_*` headers, certificate, compression "
+        "and per-signal timeout variables, and the batch processors `OTEL_BSP_*` / `OTEL_BLRP_*`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, reference: str) -> str:
+    """``text`` with everything between the telemetry markers replaced by ``reference``.
+
+    Raises:
+        ValueError: the markers are missing or out of order.
+    """
+    start, end = text.find(START_MARKER), text.find(END_MARKER)
+    if start < 0 or end < start:
+        msg = f"README needs {START_MARKER!r} followed by {END_MARKER!r}"
+        raise ValueError(msg)
+    return text[: start + len(START_MARKER)] + "\n" + reference + text[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite (or with ``--check``, verify) the README's telemetry section."""
+    parser = argparse.ArgumentParser(prog="python -m stageflow_otel.docs", description=__doc__)
+    parser.add_argument("readme", nargs="?", default="README.md", type=Path)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the section is out of date")
+    args = parser.parse_args(argv)
+    current = args.readme.read_text(encoding="utf-8")
+    updated = replace_section(current, render_reference())
+    if args.check:
+        if updated != current:
+            sys.stderr.write(
+                f"{args.readme}: telemetry reference out of date; run python -m stageflow_otel.docs\n"
+            )
+            return 1
+        return 0
+    if updated != current:
+        args.readme.write_text(updated, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
