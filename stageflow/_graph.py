@@ -14,7 +14,8 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from types import MappingProxyType
+from inspect import CO_COROUTINE
+from types import FunctionType, MappingProxyType
 from typing import Any
 
 from ._context import PipelineContext, StageContext
@@ -34,7 +35,7 @@ from ._interceptors import (
     build_stage_chain,
     order_interceptors,
 )
-from ._pipeline import StageInfo, _mermaid
+from ._pipeline import StageInfo, Topology, _mermaid
 from ._results import RunResult, StageResult
 from ._retry import RetryPolicy
 from ._store import RunRecord, RunStore, StageRecord
@@ -62,6 +63,7 @@ class _Node:
         "dep_index",
         "dep_pairs",
         "dep_set",
+        "deps",
         "info",
         "kind",
         "name",
@@ -69,14 +71,22 @@ class _Node:
         "single_dep",
     )
 
-    def __init__(self, info: StageInfo, call: CallNext, index: Mapping[str, int]) -> None:
+    def __init__(
+        self, info: StageInfo, call: CallNext, index: Mapping[str, int], dep_index: tuple[int, ...] | None
+    ) -> None:
         self.info = info
         self.name = info.name
         self.kind: StageKind = info.kind
         self.call = call
-        unique = tuple(dict.fromkeys(info.dependencies))
-        self.dep_index = tuple(index[d] for d in unique)
-        self.dep_pairs = tuple((d, index[d]) for d in unique)
+        deps = info.dependencies
+        if dep_index is None:
+            unique = tuple(dict.fromkeys(deps))
+            dep_index = tuple(map(index.__getitem__, unique))
+        else:
+            unique = deps if len(dep_index) == len(deps) else tuple(dict.fromkeys(deps))
+        self.dep_index = dep_index
+        self.deps = unique  # distinct dependency names, in declaration order
+        self.dep_pairs = tuple(zip(unique, self.dep_index, strict=True))
         self.dep_set = frozenset(unique)
         self.single_dep = self.dep_pairs[0] if len(unique) == 1 else None
         self.children: tuple[int, ...] = ()
@@ -111,6 +121,8 @@ class _Node:
 
 def _runner_call(info: StageInfo) -> CallNext:
     runner = info.runner
+    if type(runner) is FunctionType and runner.__code__.co_flags & CO_COROUTINE:
+        return runner  # ``async def`` function: the common case
     execute = getattr(runner, "execute", None)
     if execute is not None and not asyncio.iscoroutinefunction(runner):
         return execute  # type: ignore[no-any-return]
@@ -134,29 +146,42 @@ class StageGraph:
         order: Sequence[int],
         interceptors: Iterable[Interceptor] = (),
         run_store: RunStore | None = None,
+        *,
+        _topology: Topology | None = None,
     ) -> None:
         self.name = name
         self.run_store = run_store
         self.stages = tuple(stages)
         self.interceptors = order_interceptors(list(interceptors))
         index = {info.name: i for i, info in enumerate(self.stages)}
+        # ``Pipeline.build()`` passes the adjacency it computed while validating; otherwise make it here.
+        dep_index: Sequence[tuple[int, ...] | None] = (
+            [None] * len(self.stages) if _topology is None else _topology[0]
+        )
+        ics = self.interceptors
         nodes = [
-            _Node(info, build_stage_chain(info, _runner_call(info), self.interceptors), index)
-            for info in self.stages
+            _Node(
+                info,
+                build_stage_chain(info, _runner_call(info), ics) if ics else _runner_call(info),
+                index,
+                mine,
+            )
+            for info, mine in zip(self.stages, dep_index, strict=True)
         ]
-        children: list[list[int]] = [[] for _ in nodes]
-        for i, node in enumerate(nodes):
-            for d in node.dep_index:
-                children[d].append(i)
+        if _topology is None:
+            children: list[list[int]] = [[] for _ in nodes]
+            for i, node in enumerate(nodes):
+                for d in node.dep_index:
+                    children[d].append(i)
+        else:
+            children = _topology[1]
         for node, kids in zip(nodes, children, strict=True):
             node.children = tuple(kids)
         self._nodes = tuple(nodes)
         self._order = tuple(order)
         self._indegree = [len(n.dep_index) for n in nodes]
         self._roots = tuple(i for i in self._order if not nodes[i].dep_index)
-        self._deps_by_name: Mapping[str, tuple[str, ...]] = {
-            n.name: tuple(d for d, _ in n.dep_pairs) for n in nodes
-        }
+        self._deps_by_name: Mapping[str, tuple[str, ...]] = {n.name: n.deps for n in nodes}
         self._index = index
         self._version: str | None = None
         self._run_chain = build_run_chain(self._execute, self.interceptors)
@@ -505,7 +530,7 @@ class _Run:
                     stage=node.name,
                     kind=node.kind.value,
                     wait=started - ready_at,
-                    dependencies=[d for d, _ in node.dep_pairs],
+                    dependencies=list(node.deps),
                 ),
             )
         call = node.call
