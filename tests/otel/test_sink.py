@@ -1,0 +1,309 @@
+"""OtlpEventSink: event names, severities, attributes, trace context, bounded buffer, failure isolation."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator
+
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.trace import TracerProvider
+
+from stageflow import (
+    ContextSnapshot,
+    Pipeline,
+    PipelineFailedError,
+    PipelineTimer,
+    RunIdentity,
+    StageContext,
+    StageInputs,
+    StageKind,
+    StageOutput,
+)
+from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
+from stageflow_otel.semconv import EVENTS
+
+from .conftest import metric_points
+
+
+@pytest.fixture(name="event_sink")
+def _event_sink(logger_provider: LoggerProvider, meter_provider: MeterProvider) -> Iterator[OtlpEventSink]:
+    """An OTLP event sink writing to the in-memory logger provider, shut down at teardown."""
+    sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider)
+    yield sink
+    sink.shutdown(timeout=5.0)
+
+
+def entry(sink: OtlpEventSink) -> StageContext:
+    """An entry context with a fresh run id, reporting to ``sink``."""
+    snapshot = ContextSnapshot(run_id=RunIdentity())
+    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
+
+
+async def ok(ctx: StageContext) -> StageOutput:
+    """A stage that succeeds."""
+    return StageOutput.ok(done=True)
+
+
+async def boom(ctx: StageContext) -> StageOutput:
+    """A stage that raises."""
+    raise RuntimeError("kaput")
+
+
+def records(sink: OtlpEventSink, exporter: InMemoryLogRecordExporter) -> list[tuple[str, str, str]]:
+    """``(event name, stageflow.event.type, severity)`` of every record, once the sink drained."""
+    assert sink.flush(timeout=5.0)
+    return [
+        (
+            str(r.log_record.event_name),
+            str((r.log_record.attributes or {})[semconv.EVENT_TYPE]),
+            str(r.log_record.severity_text),
+        )
+        for r in exporter.get_finished_logs()
+    ]
+
+
+class TestEventRecords:
+    async def test_a_successful_run_becomes_static_event_names(
+        self, event_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
+    ) -> None:
+        """Each event is a record with a static name, the seed's string in an attribute, at INFO."""
+        graph = Pipeline(name="p").with_stage("greet", ok, StageKind.TRANSFORM).build()
+        await graph.run(entry(event_sink))
+        assert records(event_sink, log_exporter) == [
+            ("stageflow.pipeline.created", "pipeline.created", "INFO"),
+            ("stageflow.pipeline.started", "pipeline.started", "INFO"),
+            ("stageflow.stage.started", "stage.greet.started", "INFO"),
+            ("stageflow.stage.completed", "stage.greet.completed", "INFO"),
+            ("stageflow.pipeline.completed", "pipeline.completed", "INFO"),
+        ]
+
+    async def test_failures_are_errors_with_error_type_and_message(
+        self, event_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
+    ) -> None:
+        """stage.x.failed and pipeline.failed are ERROR records carrying error.type and the message."""
+        graph = Pipeline(name="p").with_stage("bad", boom, StageKind.TRANSFORM).build()
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry(event_sink))
+        assert sink_failed(event_sink, log_exporter) == [
+            (EVENTS["stage.failed"], SeverityNumber.ERROR, "RuntimeError", "kaput", "bad", "error"),
+            (EVENTS["pipeline.failed"], SeverityNumber.ERROR, "RuntimeError", "kaput", "bad", "error"),
+        ]
+
+    def test_cancelled_events_are_warnings(
+        self, event_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
+    ) -> None:
+        """Cancelled events are WARN, with the cancellation result."""
+        event_sink.try_emit(type="stage.a.b.cancelled", data={"stage": "a.b", "reason": "stop"})
+        assert event_sink.flush(timeout=5.0)
+        (record,) = [r.log_record for r in log_exporter.get_finished_logs()]
+        assert (record.event_name, record.severity_number, dict(record.attributes or {})) == (
+            EVENTS["stage.cancelled"],
+            SeverityNumber.WARN,
+            {
+                semconv.EVENT_TYPE: "stage.a.b.cancelled",
+                semconv.STAGE_NAME: "a.b",
+                semconv.STAGE_RESULT: semconv.RESULT_CANCELLATION,
+            },
+        )
+
+    def test_unknown_types_keep_their_string_under_a_generic_name(
+        self, event_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
+    ) -> None:
+        """An event outside the taxonomy is named stageflow.event and keeps its data as the body."""
+        event_sink.try_emit(type="custom.thing", data={"n": 1, "nested": {"k": [1, 2]}, "obj": object})
+        assert event_sink.flush(timeout=5.0)
+        (record,) = [r.log_record for r in log_exporter.get_finished_logs()]
+        assert (record.event_name, record.body) == (
+            semconv.EVENT_OTHER,
+            {"n": 1, "nested": {"k": [1, 2]}, "obj": str(object)},
+        )
+
+    async def test_emit_is_try_emit(
+        self, event_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
+    ) -> None:
+        """The awaitable ``emit`` records the event like ``try_emit``."""
+        await event_sink.emit(type="pipeline.started", data={"run_id": "r1", "pipeline": "p"})
+        assert records(event_sink, log_exporter) == [
+            ("stageflow.pipeline.started", "pipeline.started", "INFO")
+        ]
+
+
+def sink_failed(
+    sink: OtlpEventSink, exporter: InMemoryLogRecordExporter
+) -> list[tuple[object, object, object, object, object, object]]:
+    """The failure records as (name, severity, error.type, message, stage, result)."""
+    assert sink.flush(timeout=5.0)
+    found: list[tuple[object, object, object, object, object, object]] = []
+    for r in exporter.get_finished_logs():
+        record = r.log_record
+        attributes = dict(record.attributes or {})
+        if record.severity_number is SeverityNumber.ERROR:
+            found.append(
+                (
+                    record.event_name,
+                    record.severity_number,
+                    attributes.get(semconv.ERROR_TYPE),
+                    attributes.get(semconv.EXCEPTION_MESSAGE),
+                    attributes.get(semconv.STAGE_NAME),
+                    attributes.get(semconv.STAGE_RESULT, attributes.get(semconv.RUN_RESULT)),
+                )
+            )
+    return found
+
+
+class TestTraceContext:
+    async def test_stage_events_carry_the_run_span_and_created_the_callers(
+        self,
+        event_sink: OtlpEventSink,
+        log_exporter: InMemoryLogRecordExporter,
+        tracer_provider: TracerProvider,
+    ) -> None:
+        """Under a caller span, pipeline.created carries that span; every later event carries the run span."""
+        graph = (
+            Pipeline(name="p")
+            .with_stage("greet", ok, StageKind.TRANSFORM)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        tracer = tracer_provider.get_tracer("test")
+        with tracer.start_as_current_span("caller") as caller:
+            await graph.run(entry(event_sink))
+        assert event_sink.flush(timeout=5.0)
+        caller_ctx = caller.get_span_context()
+        by_name = {
+            str(r.log_record.event_name): (r.log_record.trace_id, r.log_record.span_id)
+            for r in log_exporter.get_finished_logs()
+        }
+        created = by_name.pop("stageflow.pipeline.created")
+        assert created == (caller_ctx.trace_id, caller_ctx.span_id)
+        assert {trace_id for trace_id, _ in by_name.values()} == {caller_ctx.trace_id}
+        span_ids = {span_id for _, span_id in by_name.values()}
+        assert len(span_ids) == 1 and span_ids != {caller_ctx.span_id}
+
+    def test_try_emit_captures_the_context_current_at_the_call(
+        self,
+        event_sink: OtlpEventSink,
+        log_exporter: InMemoryLogRecordExporter,
+        tracer_provider: TracerProvider,
+    ) -> None:
+        """The record's trace and span ids are those current when try_emit ran, not when it was written."""
+        with tracer_provider.get_tracer("test").start_as_current_span("s") as span:
+            event_sink.try_emit(type="pipeline.started", data={})
+        event_sink.try_emit(type="pipeline.completed", data={})
+        assert event_sink.flush(timeout=5.0)
+        ids = [(r.log_record.trace_id, r.log_record.span_id) for r in log_exporter.get_finished_logs()]
+        context = span.get_span_context()
+        assert ids == [(context.trace_id, context.span_id), (0, 0)]
+
+
+class _Blocking(LogRecordProcessor):
+    """A processor whose on_emit waits until ``release`` is set (a stalled export pipeline)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.seen: list[str] = []
+
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+        self.entered.set()
+        self.release.wait(10)
+        self.seen.append(str(log_record.log_record.event_name))
+
+    def shutdown(self) -> None:
+        self.release.set()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class TestBoundedBuffer:
+    def test_a_stalled_logger_never_blocks_and_overflow_is_counted(
+        self, metric_reader: InMemoryMetricReader, meter_provider: MeterProvider
+    ) -> None:
+        """With the logger stuck, try_emit returns at once and events past max_buffer are dropped, counted."""
+        blocking = _Blocking()
+        provider = LoggerProvider()
+        provider.add_log_record_processor(blocking)
+        sink = OtlpEventSink(logger_provider=provider, meter_provider=meter_provider, max_buffer=2)
+        try:
+            sink.try_emit(type="pipeline.created", data={})
+            assert blocking.entered.wait(5)
+            for _ in range(5):
+                sink.try_emit(type="pipeline.started", data={})
+            dropped = [
+                p.value
+                for p in metric_points(metric_reader, semconv.EVENTS_DROPPED.name)
+                if isinstance(p, NumberDataPoint)
+            ]
+            assert (sink.dropped, dropped) == (3, [3])
+            blocking.release.set()
+            assert sink.flush(timeout=5.0)
+            assert blocking.seen == ["stageflow.pipeline.created"] + ["stageflow.pipeline.started"] * 2
+        finally:
+            blocking.release.set()
+            sink.shutdown(timeout=5.0)
+            provider.shutdown()
+
+    def test_events_after_shutdown_are_dropped_and_counted(self, event_sink: OtlpEventSink) -> None:
+        """A shut-down sink accepts nothing more and counts what it refused."""
+        event_sink.try_emit(type="pipeline.created", data={})
+        assert event_sink.shutdown(timeout=5.0)
+        event_sink.try_emit(type="pipeline.started", data={})
+        assert event_sink.dropped == 1
+
+    def test_max_buffer_must_be_positive(self) -> None:
+        """A zero buffer is rejected with the bad value in the message."""
+        with pytest.raises(ValueError, match="max_buffer must be at least 1, got 0"):
+            OtlpEventSink(max_buffer=0)
+
+
+class _Exploding(LogRecordProcessor):
+    """A processor that raises on every record."""
+
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+        raise RuntimeError("processor down")
+
+    def shutdown(self) -> None:
+        """Nothing to release."""
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class TestFailureIsolation:
+    async def test_a_failing_logger_never_reaches_the_run(
+        self, caplog: pytest.LogCaptureFixture, meter_provider: MeterProvider
+    ) -> None:
+        """Runs succeed while every record fails; the failure is logged once."""
+        provider = LoggerProvider()
+        provider.add_log_record_processor(_Exploding())
+        sink = OtlpEventSink(logger_provider=provider, meter_provider=meter_provider)
+        graph = Pipeline(name="p").with_stage("greet", ok, StageKind.TRANSFORM).build()
+        try:
+            with caplog.at_level(logging.ERROR, logger="stageflow_otel"):
+                results = await asyncio.gather(graph.run(entry(sink)), graph.run(entry(sink)))
+                assert sink.flush(timeout=5.0)
+        finally:
+            sink.shutdown(timeout=5.0)
+            provider.shutdown()
+        assert [r.status.value for result in results for r in result.values()] == ["ok", "ok"]
+        assert [r.message for r in caplog.records if r.name == "stageflow_otel"] == [
+            "stageflow_otel: the OTLP event sink failed (further failures not logged): "
+            "RuntimeError('processor down')"
+        ]
+
+    def test_try_emit_without_a_loop_or_provider_is_safe(self) -> None:
+        """With only the global no-op providers, try_emit works from plain threads too."""
+        sink = OtlpEventSink()
+        sink.try_emit(type="pipeline.created", data=None)
+        assert sink.flush(timeout=5.0)
+        assert sink.shutdown(timeout=5.0)
