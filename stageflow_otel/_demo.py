@@ -1,0 +1,457 @@
+"""The demo: a voice-assistant pipeline with realistic latencies and failures, fully instrumented.
+
+``python -m stageflow_otel demo [--runs N]`` (also the ``stageflow-demo`` console script).
+
+DAG: ``stt → (enrich ∥ memory ∥ search) → personalize → llm → guard → tts``
+
+- ``search`` calls a flaky web-search API (outage windows and random errors); its circuit breaker opens
+  after 3 consecutive failures and lets a trial call through after a recovery timeout. A fallback
+  interceptor turns its errors into a skip, so the run goes on without search results.
+- ``memory`` is skipped for anonymous users; ``personalize`` is conditional, so it is skipped with it.
+- ``guard`` sometimes rejects the reply (``StageOutput.fail``): the run fails.
+- ``tts`` sometimes stalls past its 250 ms timeout: the run fails with ``StageTimeoutError``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import os
+import random
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry._logs import SeverityNumber, get_logger
+
+from stageflow import (
+    Pipeline,
+    PipelineContext,
+    PipelineRunError,
+    RunResult,
+    StageContext,
+    StageKind,
+    StageOutput,
+    StageResult,
+    StageStatus,
+)
+from stageflow.interceptors import (
+    BaseInterceptor,
+    CircuitBreakerInterceptor,
+    CircuitStateChange,
+    ErrorAction,
+    Interceptor,
+    TimeoutInterceptor,
+)
+
+__all__ = (
+    "DemoConfig",
+    "DemoStats",
+    "SearchFallback",
+    "build_demo_pipeline",
+    "core_interceptors",
+    "console_main",
+    "main",
+    "outcome_of",
+    "render_run",
+)
+
+
+@dataclass(slots=True)
+class DemoConfig:
+    """Knobs of the demo's simulated services."""
+
+    speed: float = 1.0
+    """Latency multiplier (0.1 = ten times faster)."""
+    search_error_rate: float = 0.15
+    outage_every: int = 40
+    """Every ``outage_every`` runs the search API is down for ``outage_length`` runs."""
+    outage_length: int = 8
+    guard_reject_rate: float = 0.04
+    tts_stall_rate: float = 0.03
+    anonymous_rate: float = 0.3
+    seed: int | None = None
+
+
+class _World:
+    """The simulated services, shared by all runs of one demo."""
+
+    def __init__(self, config: DemoConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.calls = 0
+
+    async def latency(self, median_ms: float) -> None:
+        # log-normal latencies: a long right tail, as real services have
+        seconds = self.rng.lognormvariate(0.0, 0.35) * median_ms / 1000 * self.config.speed
+        await asyncio.sleep(seconds)
+
+    def search_down(self) -> bool:
+        c = self.config
+        return c.outage_every > 0 and (self.calls % c.outage_every) >= c.outage_every - c.outage_length
+
+
+class SearchUnavailableError(ConnectionError):
+    """The simulated web-search API failed."""
+
+
+class SearchFallback(BaseInterceptor):
+    """Turns a failing ``search`` into a skip so the run continues without search results."""
+
+    name = "search_fallback"
+    priority = 5  # outermost: tracing and metrics still see the error
+
+    async def on_error(self, stage_name: str, error: Exception, ctx: PipelineContext) -> ErrorAction:
+        """Fall back for the search stage only."""
+        return ErrorAction.FALLBACK if stage_name == "search" else ErrorAction.FAIL
+
+
+def build_demo_pipeline(config: DemoConfig | None = None) -> Pipeline:
+    """The demo's voice-assistant pipeline (stages close over one simulated world)."""
+    world = _World(config or DemoConfig())
+    cfg = world.config
+
+    async def stt(ctx: StageContext) -> StageOutput:
+        world.calls += 1
+        await world.latency(60)
+        return StageOutput.ok(transcript="what's the weather in lisbon tomorrow", confidence=0.93)
+
+    async def enrich(ctx: StageContext) -> StageOutput:
+        await world.latency(25)
+        return StageOutput.ok(intent="weather", entities={"city": "Lisbon", "day": "tomorrow"})
+
+    async def memory(ctx: StageContext) -> StageOutput:
+        if ctx.data.get("anonymous"):
+            return StageOutput.skip(reason="anonymous user: no memory")
+        await world.latency(40)
+        return StageOutput.ok(memories=["prefers celsius"])
+
+    async def search(ctx: StageContext) -> StageOutput:
+        await world.latency(80)
+        if world.search_down() or world.rng.random() < cfg.search_error_rate:
+            raise SearchUnavailableError("web search API returned 503")
+        return StageOutput.ok(results=["lisbon: 21°C, sunny"])
+
+    async def personalize(ctx: StageContext) -> StageOutput:
+        await world.latency(10)
+        return StageOutput.ok(units="celsius")
+
+    async def llm(ctx: StageContext) -> StageOutput:
+        await world.latency(180)
+        facts = ctx.inputs.get_from("search", "results", default=[])
+        reply = f"Tomorrow in Lisbon: {facts[0].split(': ')[1]}." if facts else "I couldn't look that up."
+        return StageOutput.ok(reply=reply)
+
+    async def guard(ctx: StageContext) -> StageOutput:
+        await world.latency(15)
+        if world.rng.random() < cfg.guard_reject_rate:
+            return StageOutput.fail("reply rejected by content policy")
+        return StageOutput.ok(approved=True)
+
+    async def tts(ctx: StageContext) -> StageOutput:
+        if world.rng.random() < cfg.tts_stall_rate:
+            await asyncio.sleep(1.0 * cfg.speed + 0.3)  # a stalled synthesis call
+        await world.latency(70)
+        return StageOutput.ok(audio_ms=2400)
+
+    return (
+        Pipeline(name="voice-assistant")
+        .with_stage("stt", stt, StageKind.TRANSFORM)
+        .with_stage("enrich", enrich, StageKind.ENRICH, dependencies=("stt",))
+        .with_stage("memory", memory, StageKind.ENRICH, dependencies=("stt",))
+        .with_stage("search", search, StageKind.ENRICH, dependencies=("stt",))
+        .with_stage("personalize", personalize, StageKind.ENRICH, dependencies=("memory",), conditional=True)
+        .with_stage("llm", llm, StageKind.AGENT, dependencies=("enrich", "search", "personalize"))
+        .with_stage("guard", guard, StageKind.GUARD, dependencies=("llm",))
+        .with_stage("tts", tts, StageKind.TRANSFORM, dependencies=("guard",), config={"timeout": 0.25})
+    )
+
+
+def core_interceptors(
+    config: DemoConfig, breaker_listener: list[CircuitStateChange] | None = None
+) -> tuple[CircuitBreakerInterceptor, list[Interceptor]]:
+    """The demo's core interceptors: search fallback, a breaker and timeouts (tts 250 ms, scaled)."""
+    breaker = CircuitBreakerInterceptor(failure_threshold=3, recovery_timeout=2.0 * max(config.speed, 0.05))
+    if breaker_listener is not None:
+        breaker.add_listener(breaker_listener.append)
+    timeout = TimeoutInterceptor(5.0, per_stage={"tts": max(0.25 * config.speed + 0.05, 0.02)})
+    return breaker, [SearchFallback(), breaker, timeout]
+
+
+@dataclass(slots=True)
+class DemoStats:
+    """What the demo counted."""
+
+    runs: int = 0
+    by_result: dict[str, int] = field(default_factory=dict)
+    durations: list[float] = field(default_factory=list)
+
+    def add(self, result: str, duration: float) -> None:
+        """Count one run."""
+        self.runs += 1
+        self.by_result[result] = self.by_result.get(result, 0) + 1
+        self.durations.append(duration)
+
+    def percentile(self, q: float) -> float:
+        """The q-quantile of run durations (nearest rank), in seconds."""
+        if not self.durations:
+            return 0.0
+        ordered = sorted(self.durations)
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+_BAR_WIDTH = 40
+_MARK = {
+    StageStatus.OK: "█",
+    StageStatus.SKIP: "·",
+    StageStatus.FAIL: "✗",
+    StageStatus.CANCEL: "░",
+}
+
+
+def render_run(results: RunResult, outcome: str, order: Sequence[str], *, width: int = _BAR_WIDTH) -> str:
+    """A per-run timeline: one bar per stage on a shared time axis, critical-path stages marked ``*``."""
+    total = max(results.duration, 1e-9)
+    on_path = set(results.critical_path) if outcome == "success" else set()
+    lines = [f"run {str(results.run_id)[:8]}  {outcome:<12} {results.duration * 1000:7.1f} ms"]
+    for name in order:
+        r: StageResult | None = results.get(name)
+        if r is None:
+            lines.append(f"   {name:<12} {'':<{width}}  not started")
+            continue
+        start = int((r.started_at - results.started_at) / total * width)
+        length = max(1, int(r.duration / total * width))
+        start = min(start, width - 1)
+        length = min(length, width - start)
+        bar = " " * start + _MARK[r.status] * length
+        mark = "*" if name in on_path else " "
+        detail = f"{r.duration * 1000:6.1f} ms"
+        if r.status is not StageStatus.OK:
+            reason = r.error if r.error is not None else r.data.get("reason", "")
+            detail += f"  {r.status.value}: {reason}" if reason else f"  {r.status.value}"
+        lines.append(f" {mark} {name:<12} {bar:<{width}}  {detail}")
+    if on_path:
+        lines.append("   critical path: " + " → ".join(results.critical_path))
+    return "\n".join(lines)
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    """The run result vocabulary (success, failure, error, timeout, cancellation) for a run's exception."""
+    if exc is None:
+        return "success"
+    from stageflow import PipelineCancelledError, PipelineFailedError, StageFailedError, StageTimeoutError
+
+    if isinstance(exc, PipelineCancelledError):
+        return "cancellation"
+    if isinstance(exc, PipelineFailedError):
+        if isinstance(exc.error, StageTimeoutError):
+            return "timeout"
+        if isinstance(exc.error, StageFailedError):
+            return "failure"
+        return "error"
+    if isinstance(exc, PipelineRunError):
+        return "error"
+    return "error"
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stageflow_otel demo",
+        description=(
+            "Run an instrumented voice-assistant pipeline. Exports over OTLP when "
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set; serves Prometheus /metrics (default 127.0.0.1:9464 "
+            "without an OTLP endpoint)."
+        ),
+    )
+    parser.add_argument("--runs", type=int, default=None, help="runs to do (default: until Ctrl-C / SIGTERM)")
+    parser.add_argument("--concurrency", type=int, default=4, help="runs in flight at once (default 4)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
+    parser.add_argument("--speed", type=float, default=1.0, help="latency multiplier (0.1 = 10x faster)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the simulated services")
+    parser.add_argument("--timeline-every", type=int, default=10, help="print a timeline every N runs")
+    parser.add_argument("--log-file", default=None, help="also write the structured JSON logs to this file")
+    parser.add_argument("--quiet", action="store_true", help="print only the final summary")
+    return parser
+
+
+def _positive(parser: argparse.ArgumentParser, name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        parser.error(f"{name} must be > 0, got {value!r}")
+
+
+class _Printer:
+    def __init__(self, quiet: bool, every: int, order: Sequence[str]) -> None:
+        self.quiet, self.every, self.order = quiet, max(1, every), order
+
+    def run(self, n: int, results: RunResult, outcome: str, error: BaseException | None) -> None:
+        if self.quiet:
+            return
+        if n == 1 or n % self.every == 0 or outcome != "success":
+            print(render_run(results, outcome, self.order), flush=True)
+            if error is not None:
+                print(f"   error: {error}", flush=True)
+        else:
+            path = " → ".join(results.critical_path)
+            print(f"run {str(results.run_id)[:8]}  {outcome:<12} {results.duration * 1000:7.1f} ms  {path}")
+
+
+class _OtelLogHandler(logging.Handler):
+    """Forwards stdlib log records to an OpenTelemetry logger, in the caller's trace context."""
+
+    _SEVERITY = {
+        logging.DEBUG: SeverityNumber.DEBUG,
+        logging.INFO: SeverityNumber.INFO,
+        logging.WARNING: SeverityNumber.WARN,
+        logging.ERROR: SeverityNumber.ERROR,
+        logging.CRITICAL: SeverityNumber.FATAL,
+    }
+
+    def __init__(self, logger_provider: Any) -> None:
+        super().__init__()
+        self._logger = get_logger("stageflow_otel.demo", logger_provider=logger_provider)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._logger.emit(
+                timestamp=int(record.created * 1e9),
+                severity_number=self._SEVERITY.get(record.levelno, SeverityNumber.INFO),
+                severity_text=record.levelname,
+                body=record.getMessage(),
+                attributes={"logger.name": record.name},
+            )
+        except Exception:  # a log line never breaks the demo
+            self.handleError(record)
+
+
+def _structured_logger(telemetry: Any, log_file: str | None) -> Any:
+    """A structlog logger whose JSON lines go to the OTel logger provider (and to ``log_file``)."""
+    import structlog
+
+    std = logging.getLogger("stageflow_otel.demo")
+    std.setLevel(logging.INFO)
+    std.propagate = False
+    for handler in list(std.handlers):
+        std.removeHandler(handler)
+        handler.close()
+    std.addHandler(_OtelLogHandler(telemetry.logger_provider))
+    if log_file:
+        std.addHandler(logging.FileHandler(log_file))
+    return structlog.wrap_logger(
+        std,
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+
+
+async def _run(args: argparse.Namespace) -> DemoStats:
+    import stageflow_otel
+    from stageflow.testing import make_context
+
+    telemetry = stageflow_otel.setup(
+        os.environ.get("OTEL_SERVICE_NAME") or "stageflow-demo", metrics_port=args.metrics_port
+    )
+    config = DemoConfig(speed=args.speed, seed=args.seed)
+    changes: list[CircuitStateChange] = []
+    breaker, core = core_interceptors(config, changes)
+    metrics_interceptor = stageflow_otel.MetricsInterceptor(telemetry.meter_provider)
+    metrics_interceptor.observe_circuit_breaker(breaker)
+    interceptors: list[Interceptor] = [
+        stageflow_otel.TracingInterceptor(telemetry.tracer_provider),
+        metrics_interceptor,
+        stageflow_otel.LoggingInterceptor(_structured_logger(telemetry, args.log_file)),
+        *core,
+    ]
+    pipeline = build_demo_pipeline(config)
+    graph = pipeline.build(interceptors)
+    order = [s.name for s in pipeline.stages]
+    printer = _Printer(args.quiet, args.timeline_every, order)
+    stats = DemoStats()
+    rng = random.Random(args.seed)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if not args.quiet:
+        server = telemetry.metrics_server
+        where = f"metrics: {server.url}" if server is not None else "metrics: OTLP only"
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        print(f"stageflow demo: pipeline {pipeline.name!r}; {where}; OTLP: {endpoint or 'not configured'}")
+        print(pipeline.to_mermaid())
+    started = 0
+
+    async def worker() -> None:
+        nonlocal started
+        while not stop.is_set() and (args.runs is None or started < args.runs):
+            started += 1
+            anonymous = rng.random() < config.anonymous_rate
+            ctx = make_context(
+                input_text="what's the weather in lisbon tomorrow",
+                data={"anonymous": anonymous, "user": None if anonymous else f"user-{rng.randrange(100)}"},
+                event_sink=telemetry.event_sink,
+            )
+            error: BaseException | None = None
+            try:
+                results = await graph.run(ctx)
+            except PipelineRunError as exc:
+                error = exc
+                results = exc.results  # type: ignore[assignment]
+            outcome = outcome_of(error)
+            stats.add(outcome, results.duration)
+            printer.run(stats.runs, results, outcome, error)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        print(_summary(stats, changes, telemetry), flush=True)
+        await asyncio.to_thread(telemetry.shutdown, 5.0)
+    return stats
+
+
+def _summary(stats: DemoStats, changes: Sequence[CircuitStateChange], telemetry: Any) -> str:
+    lines = ["", f"{stats.runs} runs"]
+    lines.extend(
+        f"  {result:<12} {stats.by_result[result]:6d}"
+        for result in ("success", "failure", "error", "timeout", "cancellation")
+        if stats.by_result.get(result)
+    )
+    if stats.durations:
+        lines.append(
+            "  duration     p50 {:.1f} ms  p95 {:.1f} ms  p99 {:.1f} ms".format(
+                *(stats.percentile(q) * 1000 for q in (0.5, 0.95, 0.99))
+            )
+        )
+    lines.extend(f"  breaker {c.stage}: {c.old.name} → {c.new.name}" for c in changes)
+    failures = dict(telemetry.export_failures)
+    if any(failures.values()):
+        lines.append(f"  telemetry export failures: {failures}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m stageflow_otel demo`` and ``stageflow-demo``."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _positive(parser, "--runs", args.runs)
+    _positive(parser, "--concurrency", args.concurrency)
+    _positive(parser, "--speed", args.speed)
+    _positive(parser, "--timeline-every", args.timeline_every)
+    asyncio.run(_run(args))
+    return 0
+
+
+def console_main() -> None:
+    """Entry point of the ``stageflow-demo`` console script."""
+    import sys
+
+    sys.exit(main())

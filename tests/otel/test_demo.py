@@ -1,0 +1,186 @@
+"""The demo: its pipeline, its terminal output and its command line."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from uuid import UUID
+
+import pytest
+
+from stageflow import (
+    PipelineCancelledError,
+    PipelineFailedError,
+    RunResult,
+    StageFailedError,
+    StageKind,
+    StageResult,
+    StageStatus,
+    StageTimeoutError,
+)
+from stageflow.testing import make_context
+from stageflow_otel._demo import DemoConfig, DemoStats, build_demo_pipeline, outcome_of, render_run
+
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+
+
+def _result(name: str, status: StageStatus, start: float, end: float, ready: float) -> StageResult:
+    return StageResult(name, StageKind.WORK, status, None, None, ready, start, end)
+
+
+class TestDemoPipeline:
+    def test_shape(self) -> None:
+        """The demo pipeline is the voice-assistant DAG with a conditional personalize stage."""
+        pipeline = build_demo_pipeline(DemoConfig(speed=0.01, seed=1))
+        assert [(s.name, s.dependencies, s.conditional) for s in pipeline.stages] == [
+            ("stt", (), False),
+            ("enrich", ("stt",), False),
+            ("memory", ("stt",), False),
+            ("search", ("stt",), False),
+            ("personalize", ("memory",), True),
+            ("llm", ("enrich", "search", "personalize"), False),
+            ("guard", ("llm",), False),
+            ("tts", ("guard",), False),
+        ]
+
+    async def test_anonymous_run_skips_memory_and_personalize(self) -> None:
+        """An anonymous user's run skips memory, and personalize is skipped with it."""
+        config = DemoConfig(
+            speed=0.001, seed=1, search_error_rate=0, guard_reject_rate=0, tts_stall_rate=0, outage_every=0
+        )
+        graph = build_demo_pipeline(config).build()
+        results = await graph.run(make_context(data={"anonymous": True}))
+        assert {n: r.status for n, r in results.items()} == {
+            "stt": StageStatus.OK,
+            "enrich": StageStatus.OK,
+            "memory": StageStatus.SKIP,
+            "search": StageStatus.OK,
+            "personalize": StageStatus.SKIP,
+            "llm": StageStatus.OK,
+            "guard": StageStatus.OK,
+            "tts": StageStatus.OK,
+        }
+        assert results["llm"].data["reply"] == "Tomorrow in Lisbon: 21°C, sunny."
+
+
+class TestRendering:
+    def test_timeline_marks_the_critical_path(self) -> None:
+        """A successful run's timeline draws one bar per stage and marks the critical path."""
+        results = RunResult(UUID(int=1), "p", 0.0, {"a": (), "b": ("a",), "c": ("a",)})
+        results["a"] = _result("a", StageStatus.OK, 0.0, 0.25, 0.0)
+        results["c"] = _result("c", StageStatus.SKIP, 0.25, 0.25, 0.25)
+        results["b"] = _result("b", StageStatus.OK, 0.25, 1.0, 0.25)
+        results.ended_at = 1.0
+        assert render_run(results, "success", ["a", "b", "c"], width=8) == "\n".join(
+            [
+                "run 00000000  success       1000.0 ms",
+                " * a            ██         250.0 ms",
+                " * b              ██████   750.0 ms",
+                "   c              ·          0.0 ms  skip",
+                "   critical path: a → b",
+            ]
+        )
+
+    def test_failed_run_lists_stages_that_never_started(self) -> None:
+        """A failed run shows the failing stage and the stages that never started, without a path."""
+        results = RunResult(UUID(int=2), "p", 0.0, {"a": (), "b": ("a",)})
+        results["a"] = StageResult("a", StageKind.WORK, StageStatus.FAIL, None, RuntimeError("x"), 0, 0, 0.5)
+        results.ended_at = 0.5
+        assert render_run(results, "error", ["a", "b"], width=4).splitlines() == [
+            "run 00000000  error          500.0 ms",
+            "   a            ✗✗✗✗   500.0 ms  fail: x",
+            "   b                  not started",
+        ]
+
+    @pytest.mark.parametrize(
+        ("error", "expected"),
+        [
+            (None, "success"),
+            (PipelineFailedError("s", StageTimeoutError("s", 1), {}, {}), "timeout"),
+            (PipelineFailedError("s", StageFailedError("s", "no"), {}, {}), "failure"),
+            (PipelineFailedError("s", ValueError("bad"), {}, {}), "error"),
+            (PipelineCancelledError("s", "bye", {}), "cancellation"),
+        ],
+        ids=["success", "timeout", "failure", "error", "cancellation"],
+    )
+    def test_outcome_vocabulary(self, error: BaseException | None, expected: str) -> None:
+        """Run errors map onto the run result vocabulary."""
+        assert outcome_of(error) == expected
+
+    def test_stats_percentiles(self) -> None:
+        """Percentiles use the nearest rank."""
+        stats = DemoStats()
+        for i in range(1, 101):
+            stats.add("success", i / 1000)
+        assert (stats.percentile(0.5), stats.percentile(0.95), stats.percentile(0.99)) == (0.05, 0.095, 0.099)
+        assert stats.by_result == {"success": 100}
+
+
+class TestDemoCommand:
+    def test_runs_n_runs_and_prints_a_summary(self) -> None:
+        """`demo --runs 40` runs forty instrumented runs and prints how they ended."""
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stageflow_otel",
+                "demo",
+                "--runs",
+                "40",
+                "--speed",
+                "0.02",
+                "--seed",
+                "3",
+                "--metrics-port",
+                "0",
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=ENV,
+            check=True,
+        )
+        lines = proc.stdout.splitlines()
+        assert "40 runs" in lines
+        counts = [int(m.group(2)) for line in lines if (m := re.fullmatch(r"  (\w+) +(\d+)", line))]
+        assert sum(counts) == 40
+        assert any(
+            re.fullmatch(r"  duration     p50 [\d.]+ ms  p95 [\d.]+ ms  p99 [\d.]+ ms", x) for x in lines
+        )
+
+    def test_sigterm_stops_a_continuous_demo_cleanly(self) -> None:
+        """A continuous demo stops on SIGTERM, prints its summary and exits 0."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stageflow_otel", "demo", "--speed", "0.02", "--metrics-port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            assert first.startswith("stageflow demo: pipeline 'voice-assistant'; metrics: http://127.0.0.1:")
+            for line in proc.stdout:
+                if line.startswith("run "):
+                    break
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err
+        assert re.search(r"^\d+ runs$", out, flags=re.M)
+
+    def test_unknown_command_is_a_usage_error(self) -> None:
+        """`python -m stageflow_otel` without `demo` prints usage and exits 2."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "stageflow_otel"], capture_output=True, text=True, timeout=60, env=ENV
+        )
+        assert proc.returncode == 2
+        assert proc.stderr.startswith("usage: python -m stageflow_otel demo")
