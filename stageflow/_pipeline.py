@@ -239,7 +239,7 @@ class Pipeline:
         """
         if not isinstance(name, str) or not name:
             raise InvalidStageNameError(name)
-        stage_kind = _check_kind(name, kind)
+        stage_kind = kind if type(kind) is StageKind else _check_kind(name, kind)
         _check_runner(name, runner)
         if type(dependencies) is not tuple and (
             isinstance(dependencies, str) or not isinstance(dependencies, Iterable)
@@ -261,7 +261,11 @@ class Pipeline:
             msg = f"stage {name!r} has retry={retry!r}; pass a RetryPolicy or None"
             raise PipelineDefinitionError(msg)
         spec = _new_spec(name, runner, stage_kind, deps, bool(conditional), dict(config or {}), retry)
-        return self._with(_Link(spec, self._last), self._count + 1)
+        new: Pipeline = _new(Pipeline)  # ``self._with(...)``, inlined: this runs once per stage
+        new.name = self.name
+        new._last = _Link(spec, self._last)
+        new._count = self._count + 1
+        return new
 
     def compose(self, other: Pipeline) -> Pipeline:
         """A new pipeline with this pipeline's stages followed by ``other``'s (keeps this name).
@@ -325,13 +329,16 @@ Topology: TypeAlias = tuple[list[tuple[int, ...]], list[list[int]]]
 
 def _validate(specs: Sequence[StageSpec]) -> tuple[tuple[int, ...], Topology]:
     """Check names and dependencies; return a topological order of ``specs`` (indices) and the topology."""
-    index: dict[str, int] = {}
-    for i, spec in enumerate(specs):
-        if spec.name in index:
-            raise DuplicateStageError(spec.name)
-        index[spec.name] = i
+    index = {spec.name: i for i, spec in enumerate(specs)}
+    if len(index) < len(specs):
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.name in seen:
+                raise DuplicateStageError(spec.name)
+            seen.add(spec.name)
     position = index.__getitem__
     dep_index: list[tuple[int, ...]] = []
+    add = dep_index.append
     for i, spec in enumerate(specs):
         try:
             mine = tuple(map(position, spec.dependencies))
@@ -341,7 +348,7 @@ def _validate(specs: Sequence[StageSpec]) -> tuple[tuple[int, ...], Topology]:
             raise _dependency_error(spec, index)
         if len(mine) > 1 and len(set(mine)) < len(mine):
             mine = tuple(dict.fromkeys(mine))
-        dep_index.append(mine)
+        add(mine)
     return _topological_order(specs, index, dep_index)
 
 
@@ -380,13 +387,15 @@ def _topological_order(
             children[d].append(i)
     ready = [i for i in range(n) if indegree[i] == 0]
     order: list[int] = []
+    push = ready.append
     while ready:
         i = ready.pop()
         order.append(i)
         for c in children[i]:
-            indegree[c] -= 1
-            if indegree[c] == 0:
-                ready.append(c)
+            left = indegree[c] - 1
+            indegree[c] = left
+            if not left:
+                push(c)
     if len(order) < n:
         raise CycleError(_find_cycle(specs, index, {i for i in range(n) if indegree[i] > 0}))
     return tuple(order), (dep_index, children)
