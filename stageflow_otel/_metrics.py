@@ -154,7 +154,7 @@ class MetricsInterceptor(Interceptor):
 
     async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
         """Record the attempt's duration (and, on the first attempt, the stage's wait) inside its span."""
-        if not (self._enabled or (self._enabled is None and self._is_enabled())):
+        if not self._enabled:  # decided in intercept_run: nothing to do without an SDK
             return await call_next(ctx)
         base = self._base(stage.pipeline, stage.name, stage.kind.value)
         if ctx.attempt == 1:
@@ -184,7 +184,7 @@ class MetricsInterceptor(Interceptor):
     async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
         """Count the run as active, then record its duration, errors, skips and critical path."""
         if not (self._enabled or (self._enabled is None and self._is_enabled())):
-            return await call_next(run)
+            return await call_next(run)  # no SDK: stages pass straight through too
         pipeline_attrs = {semconv.PIPELINE_NAME: run.pipeline_name}
         self._active.add(1, pipeline_attrs)
         started = _perf()
