@@ -565,7 +565,7 @@ def setup(
     """Build tracer, meter and logger providers, the OTLP event sink and ``/metrics`` from ``OTEL_*``.
 
     Args:
-        service_name: ``service.name``; ``None`` takes ``OTEL_SERVICE_NAME`` (else ``unknown_service``).
+        service_name: ``service.name``; ``None``: ``OTEL_SERVICE_NAME``, else ``unknown_service:python``.
         resource_attributes: more resource attributes (they win over ``OTEL_RESOURCE_ATTRIBUTES``).
         set_global: install the providers as OpenTelemetry's globals and the sink as stageflow's process
             sink (``True`` for applications; tests and libraries pass ``False`` and use the handle).

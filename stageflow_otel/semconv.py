@@ -405,7 +405,7 @@ ENV_PROMETHEUS_PORT: Final = "OTEL_EXPORTER_PROMETHEUS_PORT"
 ENVIRONMENT: Final = (
     EnvironmentVariable("OTEL_SDK_DISABLED", "false", "`true`: no-op providers, nothing exported."),
     EnvironmentVariable(
-        "OTEL_SERVICE_NAME", "unknown_service", "`service.name` (the `setup()` argument wins)."
+        "OTEL_SERVICE_NAME", "unknown_service:python", "`service.name` (the `setup()` argument wins)."
     ),
     EnvironmentVariable("OTEL_RESOURCE_ATTRIBUTES", "", "Extra resource attributes, `k=v,k2=v2`."),
     EnvironmentVariable(

@@ -1,0 +1,202 @@
+"""setup(): providers from OTEL_* variables, the disabled and default paths, globals, and shutdown."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from stageflow import NoOpEventSink
+from stageflow_otel import OtlpEventSink, Telemetry, setup
+
+from .otlp_receiver import HttpReceiver
+
+
+def sampled(telemetry: Telemetry) -> bool:
+    """Whether a fresh root span from ``telemetry``'s tracer provider is sampled."""
+    span = telemetry.tracer_provider.get_tracer("t").start_span("s")
+    span.end()
+    return span.get_span_context().trace_flags.sampled
+
+
+@pytest.fixture(name="quiet")
+def _quiet(otel_env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No OTEL_* from the shell, and no /metrics server unless a test asks for one."""
+    otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+    return otel_env
+
+
+class TestDisabled:
+    def test_sdk_disabled_gives_no_op_everything(self, otel_env: pytest.MonkeyPatch) -> None:
+        """OTEL_SDK_DISABLED=true yields no-op providers, a no-op sink, no server, and an instant shutdown."""
+        otel_env.setenv("OTEL_SDK_DISABLED", "true")
+        telemetry = setup("svc", metrics_port=0)
+        assert (
+            type(telemetry.tracer_provider),
+            type(telemetry.meter_provider),
+            type(telemetry.logger_provider),
+            type(telemetry.event_sink),
+            telemetry.metrics_server,
+            telemetry.disabled,
+        ) == (
+            trace.NoOpTracerProvider,
+            metrics.NoOpMeterProvider,
+            _logs.NoOpLoggerProvider,
+            NoOpEventSink,
+            None,
+            True,
+        )
+        assert telemetry.shutdown(timeout=0.0)
+
+
+class TestDefaults:
+    def test_without_an_endpoint_metrics_are_served_in_process(self, otel_env: pytest.MonkeyPatch) -> None:
+        """With no OTLP endpoint, /metrics runs on 127.0.0.1 and spans are still sampled for trace ids."""
+        otel_env.setenv("OTEL_EXPORTER_PROMETHEUS_PORT", "0")
+        with setup("svc", set_global=False) as telemetry:
+            server = telemetry.metrics_server
+            assert server is not None and server.addr == "127.0.0.1"
+            assert (sampled(telemetry), isinstance(telemetry.event_sink, OtlpEventSink)) == (True, True)
+        assert telemetry.shutdown(timeout=1.0)
+
+    def test_a_busy_port_is_logged_not_raised(
+        self, quiet: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """When the /metrics port is taken, setup logs an error and carries on without a server."""
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            with caplog.at_level(logging.ERROR, logger="stageflow_otel"):
+                telemetry = setup("svc", set_global=False, metrics_port=port)
+        try:
+            assert telemetry.metrics_server is None
+            assert [r.getMessage().split(":")[1] for r in caplog.records] == [
+                " cannot serve /metrics on 127.0.0.1"
+            ]
+        finally:
+            telemetry.shutdown(timeout=1.0)
+
+
+class TestResource:
+    @pytest.mark.parametrize(
+        ("argument", "env", "expected"),
+        [("arg", "env", "arg"), (None, "env", "env"), (None, None, "unknown_service:python")],
+        ids=["argument-wins", "env", "default"],
+    )
+    def test_service_name(
+        self, quiet: pytest.MonkeyPatch, argument: str | None, env: str | None, expected: str
+    ) -> None:
+        """service.name comes from the argument, else OTEL_SERVICE_NAME, else the SDK default."""
+        if env is not None:
+            quiet.setenv("OTEL_SERVICE_NAME", env)
+        quiet.setenv("OTEL_RESOURCE_ATTRIBUTES", "team=core")
+        telemetry = setup(argument, set_global=False)
+        try:
+            provider = telemetry.tracer_provider
+            assert isinstance(provider, TracerProvider)
+            attributes = provider.resource.attributes
+            assert (attributes["service.name"], attributes["team"]) == (expected, "core")
+        finally:
+            telemetry.shutdown(timeout=1.0)
+
+
+class TestSampler:
+    @pytest.mark.parametrize(
+        ("sampler", "arg", "expected"),
+        [
+            ("always_off", None, False),
+            ("always_on", None, True),
+            ("traceidratio", "0", False),
+            ("parentbased_traceidratio", "1", True),
+            ("bogus", None, True),
+        ],
+        ids=["always-off", "always-on", "ratio-0", "parentbased-ratio-1", "unknown-falls-back"],
+    )
+    def test_traces_sampler_from_env(
+        self, quiet: pytest.MonkeyPatch, sampler: str, arg: str | None, expected: bool
+    ) -> None:
+        """OTEL_TRACES_SAMPLER(+_ARG) decide sampling; an unknown sampler means parentbased_always_on."""
+        quiet.setenv("OTEL_TRACES_SAMPLER", sampler)
+        if arg is not None:
+            quiet.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+        telemetry = setup("svc", set_global=False)
+        try:
+            assert sampled(telemetry) is expected
+        finally:
+            telemetry.shutdown(timeout=1.0)
+
+
+@pytest.fixture(name="http_receiver")
+def _http_receiver() -> Iterator[HttpReceiver]:
+    """An OTLP/HTTP receiver, stopped at teardown."""
+    receiver = HttpReceiver()
+    yield receiver
+    receiver.stop()
+
+
+class TestPerSignal:
+    def test_only_the_signal_with_an_endpoint_uses_otlp(
+        self, quiet: pytest.MonkeyPatch, http_receiver: HttpReceiver
+    ) -> None:
+        """OTEL_EXPORTER_OTLP_TRACES_ENDPOINT alone exports spans over OTLP and leaves events local."""
+        quiet.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{http_receiver.endpoint}/v1/traces")
+        telemetry = setup("svc", set_global=False)
+        try:
+            telemetry.tracer_provider.get_tracer("t").start_span("only-traces").end()
+            telemetry.event_sink.try_emit(type="pipeline.created", data={})
+            assert telemetry.force_flush(timeout=5.0)
+            assert http_receiver.wait_for(lambda: len(http_receiver.spans()) == 1)
+        finally:
+            assert telemetry.shutdown(timeout=5.0)
+        assert ([s.name for s in http_receiver.spans()], http_receiver.logs) == (["only-traces"], [])
+
+
+class TestShutdown:
+    def test_shutdown_is_idempotent(self, quiet: pytest.MonkeyPatch) -> None:
+        """A second shutdown returns True at once and the sink refuses new events."""
+        telemetry = setup("svc", set_global=False)
+        assert (telemetry.shutdown(timeout=1.0), telemetry.shutdown(timeout=1.0)) == (True, True)
+        telemetry.event_sink.try_emit(type="pipeline.created", data={})
+        assert isinstance(telemetry.event_sink, OtlpEventSink) and telemetry.event_sink.dropped == 1
+
+
+ENV_ONLY_SCRIPT = textwrap.dedent(
+    """
+    import stageflow, stageflow_otel
+    from opentelemetry import metrics, trace
+
+    telemetry = stageflow_otel.setup()
+    resource = telemetry.tracer_provider.resource.attributes
+    assert resource["service.name"] == "from-env", resource
+    assert trace.get_tracer_provider() is telemetry.tracer_provider
+    assert metrics.get_meter_provider() is telemetry.meter_provider
+    assert stageflow.get_event_sink() is telemetry.event_sink
+    assert telemetry.metrics_server is not None and telemetry.metrics_server.port > 0
+    assert telemetry.shutdown(2.0)
+    assert stageflow.get_event_sink() is not telemetry.event_sink
+    print("ok")
+    """
+)
+
+
+class TestEnvironmentOnly:
+    def test_setup_without_arguments_reads_the_env_and_installs_globals(self) -> None:
+        """In a fresh process, setup() alone reads OTEL_* and installs the global providers and sink."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env |= {"OTEL_SERVICE_NAME": "from-env", "OTEL_EXPORTER_PROMETHEUS_PORT": "0"}
+        done = subprocess.run(
+            [sys.executable, "-c", ENV_ONLY_SCRIPT], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "ok", "")
