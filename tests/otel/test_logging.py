@@ -7,16 +7,18 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 pytest.importorskip("structlog")
 
+import asyncio
 import json
 import logging
 from typing import Any
 
 import structlog
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from stageflow import Pipeline, PipelineFailedError, StageContext, StageKind, StageOutput
-from stageflow_otel import LoggingInterceptor, TracingInterceptor, add_trace_context
+from stageflow_otel import LoggingInterceptor, MetricsInterceptor, TracingInterceptor, add_trace_context
 
 from .conftest import entry_ctx
 
@@ -187,6 +189,50 @@ class TestLoggingInterceptor:
             "stageflow.stage.skipped",
             "skip",
         )
+
+    async def test_concurrent_runs_full_stack(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        meter_provider: MeterProvider,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Under many concurrent runs every stage line carries its own stage span's ids, and nothing warns."""
+        caplog.set_level(logging.DEBUG)
+        sink = ListLogger()
+        gate = asyncio.Event()
+
+        async def wait(ctx: StageContext) -> StageOutput:
+            await gate.wait()
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("a", wait, T)
+            .with_stage("b", wait, T, dependencies=("a",))
+            .with_stage("c", wait, T, dependencies=("a",))
+            .build(
+                interceptors=[
+                    LoggingInterceptor(json_logger(sink)),
+                    MetricsInterceptor(meter_provider),
+                    TracingInterceptor(tracer_provider),
+                ]
+            )
+        )
+        tasks = [asyncio.create_task(graph.run(entry_ctx())) for _ in range(30)]
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        spans = {
+            (str((s.attributes or {})["stageflow.run.id"]), s.name): s
+            for s in span_exporter.get_finished_spans()
+        }
+        records = sink.records()
+        assert len(records) == 30 * 8
+        for record in records:
+            name = f"stage {record['stage']}" if "stage" in record else "pipeline demo"
+            assert {k: record[k] for k in ("trace_id", "span_id")} == ids(spans[(record["run_id"], name)])
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
     async def test_broken_logger(self, caplog: pytest.LogCaptureFixture) -> None:
         """A logger that raises never fails the run and is reported once."""
