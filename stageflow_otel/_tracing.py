@@ -226,7 +226,8 @@ class TracingInterceptor(Interceptor):
             record_exception=False,
             set_status_on_exception=False,
         )
-        run_context = trace.set_span_in_context(span, parent)
+        # Built on the current context, not the extracted one, so ambient values (baggage) reach the stages.
+        run_context = trace.set_span_in_context(span)
         state = _RunTrace(run, span, run_context, static)
         state_token = self._state.set(state)
         token = otel_context.attach(run_context)

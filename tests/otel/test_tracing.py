@@ -10,7 +10,8 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from opentelemetry import trace
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -217,6 +218,30 @@ class TestRunParent:
             "a1" * 16,
             "b2" * 8,
         )
+
+    async def test_extracted_parent_keeps_ambient_baggage(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """With a parent from ``traceparent``, ambient values such as baggage still reach the stages."""
+        seen: list[object] = []
+
+        async def read(ctx: StageContext) -> StageOutput:
+            seen.append(baggage.get_baggage("tenant"))
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("r", read, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        token = otel_context.attach(baggage.set_baggage("tenant", "t1"))
+        try:
+            await graph.run(entry_ctx({"traceparent": "00-" + "a1" * 16 + "-" + "b2" * 8 + "-01"}))
+        finally:
+            otel_context.detach(token)
+        assert seen == ["t1"]
+        run = by_name(span_exporter.get_finished_spans())["pipeline p"]
+        assert format(run.context.trace_id, "032x") == "a1" * 16
 
     async def test_traceparent_env(
         self,
