@@ -24,14 +24,19 @@ What is measured:
 Method: one event loop for everything; every variant is warmed up once; then ``reps`` repetitions, in each
 of which the variants run interleaved (ours, baseline, ours, baseline, ...); every sample is a batch of runs
 sized so a batch touches about ``batch_stages`` stages; ``gc.collect()`` runs before every sample and the
-garbage collector is **disabled while a sample is timed**. Figures are medians over the repetitions. The
-entry ``StageContext`` is made once per graph and reused (its creation is not part of a run's cost).
+garbage collector is **disabled while a sample is timed**. Figures are medians over the repetitions;
+ratios and interceptor deltas are medians of the per-repetition pairs. Samples are timed with
+``time.process_time`` by default: every run here is CPU-bound and never blocks, so its CPU time is its cost,
+and other processes on the machine disturb it much less than wall time (``--clock wall`` uses
+``time.perf_counter``). The build figures take the median of ``build_reps`` builds after one warm-up build.
+The entry ``StageContext`` is made once per graph and reused (its creation is not part of a run's cost).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import math
@@ -89,6 +94,9 @@ class Settings:
     build_stages: int = 10_000
     build_reps: int = 5
     interceptor_stages: int = 1_000
+    clock: str = "cpu"
+    """``cpu``: ``time.process_time`` (the runs never block, so this is their cost, and other processes on
+    the machine disturb it less); ``wall``: ``time.perf_counter``."""
 
     @classmethod
     def quick(cls) -> Settings:
@@ -195,28 +203,48 @@ async def baseline_run(deps: Deps) -> list[asyncio.Future[Any]]:
 Sample = Callable[[], Awaitable[object]]
 
 
-async def _timed(sample: Sample, count: int) -> float:
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+async def _timed(sample: Sample, count: int, clock: Callable[[], float]) -> float:
     """Seconds per call of ``sample``, over ``count`` calls, with the GC collected first and then disabled."""
     gc.collect()
     gc.disable()
     try:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(count):
             await sample()
-        return (time.perf_counter() - start) / count
+        return (clock() - start) / count
     finally:
         gc.enable()
 
 
-async def interleaved(variants: dict[str, Sample], count: int, reps: int) -> dict[str, float]:
-    """Median seconds per call of each variant; the variants alternate within each repetition."""
+class Samples(dict[str, list[float]]):
+    """Seconds per call of each variant, one figure per repetition (repetition ``i`` of every variant ran
+    back to back, so figures with the same index are paired)."""
+
+    def median(self, name: str) -> float:
+        return statistics.median(self[name])
+
+    def ratio(self, name: str, other: str) -> float:
+        """Median of the paired ratios ``name / other``."""
+        return statistics.median(a / b for a, b in zip(self[name], self[other], strict=True))
+
+    def delta(self, name: str, other: str) -> float:
+        """Median of the paired differences ``name - other``."""
+        return statistics.median(a - b for a, b in zip(self[name], self[other], strict=True))
+
+
+async def interleaved(variants: dict[str, Sample], count: int, settings: Settings) -> Samples:
+    """Time every variant ``settings.reps`` times; the variants alternate within each repetition."""
+    clock = CLOCKS[settings.clock]
     for sample in variants.values():
         await sample()  # warm-up
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(reps):
+    samples = Samples({name: [] for name in variants})
+    for _ in range(settings.reps):
         for name, sample in variants.items():
-            samples[name].append(await _timed(sample, count))
-    return {name: statistics.median(values) for name, values in samples.items()}
+            samples[name].append(await _timed(sample, count, clock))
+    return samples
 
 
 def _batch(settings: Settings, stages: int) -> int:
@@ -262,9 +290,10 @@ async def bench_shapes(settings: Settings) -> list[dict[str, Any]]:
                 continue
             graph = build_pipeline(deps).build()
             n = len(deps)
-            m = await interleaved(
-                {"ours": _ours(graph), "baseline": _baseline(deps)}, _batch(settings, n), settings.reps
+            samples = await interleaved(
+                {"ours": _ours(graph), "baseline": _baseline(deps)}, _batch(settings, n), settings
             )
+            m = {"ours": samples.median("ours"), "baseline": samples.median("baseline")}
             rows.append(
                 {
                     "shape": shape,
@@ -275,7 +304,7 @@ async def bench_shapes(settings: Settings) -> list[dict[str, Any]]:
                     "baseline_ms": m["baseline"] * 1e3,
                     "ours_us_per_stage": m["ours"] * 1e6 / n,
                     "baseline_us_per_stage": m["baseline"] * 1e6 / n,
-                    "ratio": m["ours"] / m["baseline"],
+                    "ratio": samples.ratio("ours", "baseline"),
                 }
             )
     return rows
@@ -322,7 +351,8 @@ async def bench_diamond(settings: Settings) -> list[dict[str, Any]]:
         ("sequential", ours_sequential, baseline_sequential),
         ("concurrent", ours_concurrent, baseline_concurrent),
     ):
-        m = await interleaved({"ours": ours, "baseline": base}, 1, settings.reps)
+        samples = await interleaved({"ours": ours, "baseline": base}, 1, settings)
+        m = {"ours": samples.median("ours"), "baseline": samples.median("baseline")}
         rows.append(
             {
                 "mode": mode,
@@ -332,7 +362,7 @@ async def bench_diamond(settings: Settings) -> list[dict[str, Any]]:
                 "baseline_us_per_run": m["baseline"] * 1e6 / runs,
                 "ours_us_per_stage": m["ours"] * 1e6 / runs / 5,
                 "baseline_us_per_stage": m["baseline"] * 1e6 / runs / 5,
-                "ratio": m["ours"] / m["baseline"],
+                "ratio": samples.ratio("ours", "baseline"),
             }
         )
     return rows
@@ -343,22 +373,24 @@ def bench_build(settings: Settings) -> dict[str, Any]:
     assert deps is not None
     names = [f"s{i}" for i in range(len(deps))]
     dep_names = [tuple(names[d] for d in ds) for ds in deps]
+    clock = CLOCKS[settings.clock]
     add_times, build_times = [], []
-    for _ in range(settings.build_reps):
+    for rep in range(settings.build_reps + 1):
         gc.collect()
         gc.disable()
         try:
-            start = time.perf_counter()
+            start = clock()
             pipeline = Pipeline(name="bench")
             for name, ds in zip(names, dep_names, strict=True):
                 pipeline = pipeline.with_stage(name, our_stage, StageKind.TRANSFORM, dependencies=ds)
-            added = time.perf_counter()
+            added = clock()
             pipeline.build()
-            built = time.perf_counter()
+            built = clock()
         finally:
             gc.enable()
-        add_times.append(added - start)
-        build_times.append(built - added)
+        if rep:  # the first one is a warm-up
+            add_times.append(added - start)
+            build_times.append(built - added)
     with_stage = statistics.median(add_times)
     build = statistics.median(build_times)
     return {
@@ -492,16 +524,16 @@ async def bench_interceptors(settings: Settings) -> tuple[list[dict[str, Any]], 
     defaults, note = default_interceptors()
     if defaults is not None:
         variants["default_stack"] = _ours(pipeline.build(interceptors=defaults))
-    m = await interleaved(variants, _batch(settings, n), settings.reps)
+    samples = await interleaved(variants, _batch(settings, n), settings)
     rows = [
         {
             "interceptors": name,
             "shape": "chain",
             "stages": n,
-            "us_per_stage": seconds * 1e6 / n,
-            "delta_us_per_stage": (seconds - m["none"]) * 1e6 / n,
+            "us_per_stage": samples.median(name) * 1e6 / n,
+            "delta_us_per_stage": samples.delta(name, "none") * 1e6 / n,
         }
-        for name, seconds in m.items()
+        for name in samples
     ]
     return rows, note
 
@@ -564,7 +596,8 @@ async def _run_all(settings: Settings, log: Callable[[str], None]) -> dict[str, 
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "settings": asdict(settings),
-            "method": "interleaved ours/baseline, medians over reps, gc.collect() before and gc disabled "
+            "method": f"{settings.clock} time, interleaved ours/baseline, medians over {settings.reps} reps "
+            "(ratios and deltas: medians of the per-rep pairs), gc.collect() before and gc disabled "
             "during every timed sample",
         },
         "shapes": shapes,
@@ -647,8 +680,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller batches")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="cpu",
+        help="cpu: process time (default; less disturbed by other processes), wall: perf_counter",
+    )
     args = parser.parse_args(argv)
-    settings = Settings.quick() if args.quick else Settings()
+    settings = dataclasses.replace(Settings.quick() if args.quick else Settings(), clock=args.clock)
     report = run_benchmarks(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(format_report(report))
     if args.json:
