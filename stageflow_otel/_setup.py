@@ -110,6 +110,10 @@ class _Accounting:
             failures.name, unit=failures.unit, description=failures.description
         )
         self._spans_counter = meter.create_counter(spans.name, unit=spans.unit, description=spans.description)
+        # the series exist at 0 before the first failure, so dashboards show 0 rather than no data
+        for signal in self.failures:
+            self._failure_counter.add(0, {semconv.TELEMETRY_SIGNAL: signal})
+        self._spans_counter.add(0)
 
     def failed(self, signal: Signal, spans: int = 0) -> None:
         with self._lock:

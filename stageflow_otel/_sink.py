@@ -175,6 +175,7 @@ class OtlpEventSink:
         self._dropped_counter = meter.create_counter(
             metric.name, unit=metric.unit, description=metric.description
         )
+        self._dropped_counter.add(0)  # the series exists at 0 before the first drop (dashboards show 0)
         self._max = max_buffer
         self._buffer: deque[_Item] = deque()
         self._cond = threading.Condition(threading.Lock())
