@@ -184,11 +184,6 @@ class PrometheusAPI:
             found += [{**rule, "file": group["file"], "group": group["name"]} for rule in group["rules"]]
         return found
 
-    def targets(self) -> list[dict[str, Any]]:
-        """The active scrape targets."""
-        active: list[dict[str, Any]] = self.get("/api/v1/targets", {"state": "active"})["activeTargets"]
-        return active
-
 
 def write_prometheus_config(
     directory: Path,

@@ -77,13 +77,10 @@ def _two_free_ports() -> tuple[int, int]:
     return first, second
 
 
-def _has_key_series(stack_api: PrometheusAPI) -> bool:
-    window = "1m"
+def _has_key_series(api: PrometheusAPI) -> bool:
+    """Whether Prometheus holds ``MIN_SCRAPES`` samples of each of ``KEY_SERIES`` from the last minute."""
     return all(
-        any(
-            float(s["value"][1]) >= MIN_SCRAPES
-            for s in stack_api.query(f"count_over_time({series}[{window}])")
-        )
+        any(float(s["value"][1]) >= MIN_SCRAPES for s in api.query(f"count_over_time({series}[1m])"))
         for series in KEY_SERIES
     )
 
