@@ -580,12 +580,12 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def _run_all(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    log("build ...")
+    build = bench_build(settings)  # first, while the process is fresh, as when an application starts
     log("shapes ...")
     shapes = await bench_shapes(settings)
     log("diamond ...")
     diamond = await bench_diamond(settings)
-    log("build ...")
-    build = bench_build(settings)
     log("memory ...")
     memory = await bench_memory(settings)
     log("interceptors ...")
