@@ -260,41 +260,6 @@ class StageContext:
         self._ic_err: BaseException | None = None
         self._ic_out: object = None
 
-    @classmethod
-    def _for_stage(
-        cls,
-        run: PipelineContext,
-        stage: StageInfo,
-        prior: Mapping[str, StageOutput],
-        declared: frozenset[str],
-        ready_at: float,
-        started_at: float,
-    ) -> StageContext:
-        """The context of one stage of ``run``, with its ``StageInputs`` (built without ``__init__``s)."""
-        snapshot = run.snapshot
-        inputs = _new(StageInputs)
-        inputs.snapshot = snapshot
-        inputs._prior = prior
-        inputs.ports = None
-        inputs.declared_deps = declared
-        inputs.stage_name = stage.name
-        inputs.strict = True
-        ctx = _new(cls)
-        ctx.snapshot = snapshot
-        ctx.inputs = inputs
-        ctx.stage_name = stage.name
-        ctx.timer = run.timer
-        ctx.event_sink = run.event_sink
-        ctx._initial_data = None
-        ctx.pipeline = run
-        ctx.stage = stage
-        ctx.attempt = 1
-        ctx.ready_at = ready_at
-        ctx.started_at = started_at
-        ctx._ic_err = None
-        ctx._ic_out = None
-        return ctx
-
     @property
     def data(self) -> dict[str, Any]:
         """The run's shared data dict (``PipelineContext.data``)."""
@@ -328,3 +293,37 @@ class StageContext:
 
     def __repr__(self) -> str:
         return f"StageContext(stage_name={self.stage_name!r}, attempt={self.attempt})"
+
+
+def _stage_context(
+    run: PipelineContext,
+    stage: StageInfo,
+    prior: Mapping[str, StageOutput],
+    declared: frozenset[str],
+    ready_at: float,
+    started_at: float,
+) -> StageContext:
+    """The context of one stage of ``run``, with its ``StageInputs`` (built without ``__init__``s)."""
+    snapshot = run.snapshot
+    inputs = _new(StageInputs)
+    inputs.snapshot = snapshot
+    inputs._prior = prior
+    inputs.ports = None
+    inputs.declared_deps = declared
+    inputs.stage_name = stage.name
+    inputs.strict = True
+    ctx: StageContext = _new(StageContext)
+    ctx.snapshot = snapshot
+    ctx.inputs = inputs
+    ctx.stage_name = stage.name
+    ctx.timer = run.timer
+    ctx.event_sink = run.event_sink
+    ctx._initial_data = None
+    ctx.pipeline = run
+    ctx.stage = stage
+    ctx.attempt = 1
+    ctx.ready_at = ready_at
+    ctx.started_at = started_at
+    ctx._ic_err = None
+    ctx._ic_out = None
+    return ctx

@@ -18,7 +18,7 @@ from inspect import CO_COROUTINE
 from types import FunctionType, MappingProxyType
 from typing import Any
 
-from ._context import PipelineContext, StageContext
+from ._context import PipelineContext, StageContext, _stage_context
 from ._errors import (
     InvalidStageOutputError,
     PipelineCancelledError,
@@ -53,6 +53,7 @@ _FAIL = StageStatus.FAIL
 _CANCEL = StageStatus.CANCEL
 _RETRY = StageStatus.RETRY
 _NO_OUTPUTS: Mapping[str, StageOutput] = MappingProxyType({})
+_new = object.__new__
 
 
 class _Node:
@@ -520,7 +521,7 @@ class _Run:
             prior = {d: outputs[k] for d, k in node.dep_pairs}  # type: ignore[misc]
         else:
             prior = _NO_OUTPUTS
-        ctx = StageContext._for_stage(run, node.info, prior, node.dep_set, ready_at, started)
+        ctx = _stage_context(run, node.info, prior, node.dep_set, ready_at, started)
         sink = self.sink
         if sink is not None:
             emit(
@@ -547,7 +548,7 @@ class _Run:
                         continue
                     error = exc
                     break
-                if not isinstance(output, StageOutput):
+                if type(output) is not StageOutput and not isinstance(output, StageOutput):
                     error = InvalidStageOutputError(node.name, output)
                     output = None
                     break
@@ -611,9 +612,19 @@ class _Run:
             return
         assert output is not None
         status = output.status
-        self.results[node.name] = StageResult(
-            node.name, node.kind, status, output, None, ready_at, started, ended, ctx.attempt
-        )
+        # ``StageResult(name, kind, status, output, None, ready_at, started, ended, attempts)``, inlined:
+        # this is the one result every stage makes.
+        result = _new(StageResult)
+        result.name = node.name
+        result.kind = node.kind
+        result.status = status
+        result.output = output
+        result.error = None
+        result.ready_at = ready_at
+        result.started_at = started
+        result.ended_at = ended
+        result.attempts = ctx.attempt
+        self.results[node.name] = result
         if status is _CANCEL:
             reason = str(output.data.get("cancel_reason", ""))
             if sink is not None:
