@@ -2,7 +2,7 @@
 
 Run it (from the repository root)::
 
-    .venv/bin/python -m tests.benchmarks.core                    # full run (a few minutes)
+    .venv/bin/python -m tests.benchmarks.core                    # full run (about a minute)
     .venv/bin/python -m tests.benchmarks.core --quick            # fast smoke run
     .venv/bin/python -m tests.benchmarks.core --json out.json    # also write the figures as JSON
 
@@ -29,7 +29,10 @@ ratios and interceptor deltas are medians of the per-repetition pairs. Samples a
 ``time.process_time`` by default: every run here is CPU-bound and never blocks, so its CPU time is its cost,
 and other processes on the machine disturb it much less than wall time (``--clock wall`` uses
 ``time.perf_counter``). The build figures take the median of ``build_reps`` builds after one warm-up build.
-The entry ``StageContext`` is made once per graph and reused (its creation is not part of a run's cost).
+The entry ``StageContext`` is made once per graph and reused (its creation is not part of a run's cost; the
+memory figure likewise makes the 1,000 entry contexts before its baseline). The timing figures are
+noisy on a shared 2-core machine: compare ratios, which pair runs made back to back, rather than absolute
+figures across runs.
 """
 
 from __future__ import annotations
