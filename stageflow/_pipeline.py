@@ -31,6 +31,7 @@ __all__ = ("Pipeline", "StageInfo", "StageSpec")
 
 StageCall = Callable[["StageContext"], Awaitable[StageOutput]]
 _NO_CONFIG: Mapping[str, Any] = MappingProxyType({})
+_CO_COROUTINE = inspect.CO_COROUTINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +145,7 @@ def _check_kind(name: str, kind: object) -> StageKind:
 
 
 def _check_runner(name: str, runner: object) -> None:
-    if type(runner) is FunctionType and runner.__code__.co_flags & inspect.CO_COROUTINE:
+    if type(runner) is FunctionType and runner.__code__.co_flags & _CO_COROUTINE:
         return  # an ``async def`` function: the common case, decided without inspect's generality
     if inspect.isclass(runner) or not inspect.iscoroutinefunction(runner):
         execute = getattr(runner, "execute", None)
@@ -260,7 +261,9 @@ class Pipeline:
         if retry is not None and not isinstance(retry, RetryPolicy):
             msg = f"stage {name!r} has retry={retry!r}; pass a RetryPolicy or None"
             raise PipelineDefinitionError(msg)
-        spec = _new_spec(name, runner, stage_kind, deps, bool(conditional), dict(config or {}), retry)
+        spec = _new_spec(
+            name, runner, stage_kind, deps, bool(conditional), {} if config is None else dict(config), retry
+        )
         new: Pipeline = _new(Pipeline)  # ``self._with(...)``, inlined: this runs once per stage
         new.name = self.name
         new._last = _Link(spec, self._last)
