@@ -90,7 +90,7 @@ class _Node:
         self.dep_pairs = tuple(zip(unique, self.dep_index, strict=True))
         self.dep_set = frozenset(unique)
         self.single_dep = self.dep_pairs[0] if len(unique) == 1 else None
-        self.children: tuple[int, ...] = ()
+        self.children: Sequence[int] = ()
         self.conditional = info.conditional
         self.retry: RetryPolicy | None = info.retry
 
@@ -177,11 +177,12 @@ class StageGraph:
         else:
             children = _topology[1]
         for node, kids in zip(nodes, children, strict=True):
-            node.children = tuple(kids)
+            node.children = kids  # private and never changed after this: no tuple copy
         self._nodes = tuple(nodes)
         self._order = tuple(order)
         self._indegree = [len(n.dep_index) for n in nodes]
-        self._roots = tuple(i for i in self._order if not nodes[i].dep_index)
+        indegree = self._indegree
+        self._roots = tuple([i for i in self._order if not indegree[i]])
         self._deps_by_name: Mapping[str, tuple[str, ...]] = {n.name: n.deps for n in nodes}
         self._index = index
         self._version: str | None = None
