@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -71,7 +71,7 @@ class StageInputs:
         snapshot: ContextSnapshot,
         prior_outputs: Mapping[str, StageOutput] | None = None,
         ports: Any = None,
-        declared_deps: frozenset[str] | None = None,
+        declared_deps: Collection[str] | None = None,
         stage_name: str | None = None,
         strict: bool = True,
     ) -> None:
@@ -89,7 +89,13 @@ class StageInputs:
 
     def _check(self, stage_name: str) -> None:
         declared = self.declared_deps
-        if self.strict and declared is not None and stage_name not in declared:
+        # the outputs present are declared ones: only a miss needs the (possibly linear) declared lookup
+        if (
+            self.strict
+            and declared is not None
+            and stage_name not in self._prior
+            and stage_name not in declared
+        ):
             raise UndeclaredDependencyError(self.stage_name, stage_name, declared)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -299,7 +305,7 @@ def _stage_context(
     run: PipelineContext,
     stage: StageInfo,
     prior: Mapping[str, StageOutput],
-    declared: frozenset[str],
+    declared: Collection[str],
     ready_at: float,
     started_at: float,
 ) -> StageContext:

@@ -62,14 +62,11 @@ class _Node:
         "children",
         "conditional",
         "dep_index",
-        "dep_pairs",
-        "dep_set",
         "deps",
         "info",
         "kind",
         "name",
         "retry",
-        "single_dep",
     )
 
     def __init__(
@@ -87,9 +84,6 @@ class _Node:
             unique = deps if len(dep_index) == len(deps) else tuple(dict.fromkeys(deps))
         self.dep_index = dep_index
         self.deps = unique  # distinct dependency names, in declaration order
-        self.dep_pairs = tuple(zip(unique, self.dep_index, strict=True))
-        self.dep_set = frozenset(unique)
-        self.single_dep = self.dep_pairs[0] if len(unique) == 1 else None
         self.children: Sequence[int] = ()
         self.conditional = info.conditional
         self.retry: RetryPolicy | None = info.retry
@@ -467,7 +461,7 @@ class _Run:
                     child = nodes[c]
                     if child.conditional:
                         skipped = next(
-                            (d for d, k in child.dep_pairs if outputs[k].status is _SKIP),  # type: ignore[union-attr]
+                            (d for d, k in zip(child.deps, child.dep_index) if outputs[k].status is _SKIP),  # type: ignore[union-attr]
                             None,
                         )
                         if skipped is not None:
@@ -513,16 +507,16 @@ class _Run:
         run = self.run
         started = _perf()
         outputs = self.outputs
-        single = node.single_dep
+        deps = node.deps
         # Outputs of finished dependencies are never None.
         prior: Mapping[str, StageOutput]
-        if single is not None:
-            prior = {single[0]: outputs[single[1]]}  # type: ignore[dict-item]
-        elif node.dep_pairs:
-            prior = {d: outputs[k] for d, k in node.dep_pairs}  # type: ignore[misc]
-        else:
+        if not deps:
             prior = _NO_OUTPUTS
-        ctx = _stage_context(run, node.info, prior, node.dep_set, ready_at, started)
+        elif len(deps) == 1:
+            prior = {deps[0]: outputs[node.dep_index[0]]}  # type: ignore[dict-item]
+        else:
+            prior = {d: outputs[k] for d, k in zip(deps, node.dep_index)}  # type: ignore[misc]
+        ctx = _stage_context(run, node.info, prior, deps, ready_at, started)
         sink = self.sink
         if sink is not None:
             emit(
