@@ -461,7 +461,11 @@ class _Run:
                     child = nodes[c]
                     if child.conditional:
                         skipped = next(
-                            (d for d, k in zip(child.deps, child.dep_index) if outputs[k].status is _SKIP),  # type: ignore[union-attr]
+                            (
+                                d
+                                for d, k in zip(child.deps, child.dep_index, strict=True)
+                                if outputs[k].status is _SKIP
+                            ),  # type: ignore[union-attr]
                             None,
                         )
                         if skipped is not None:
@@ -515,7 +519,7 @@ class _Run:
         elif len(deps) == 1:
             prior = {deps[0]: outputs[node.dep_index[0]]}  # type: ignore[dict-item]
         else:
-            prior = {d: outputs[k] for d, k in zip(deps, node.dep_index)}  # type: ignore[misc]
+            prior = {d: outputs[k] for d, k in zip(deps, node.dep_index, strict=True)}  # type: ignore[misc]
         ctx = _stage_context(run, node.info, prior, deps, ready_at, started)
         sink = self.sink
         if sink is not None:
