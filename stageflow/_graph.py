@@ -464,8 +464,8 @@ class _Run:
                             (
                                 d
                                 for d, k in zip(child.deps, child.dep_index, strict=True)
-                                if outputs[k].status is _SKIP
-                            ),  # type: ignore[union-attr]
+                                if outputs[k].status is _SKIP  # type: ignore[union-attr]
+                            ),
                             None,
                         )
                         if skipped is not None:
