@@ -88,30 +88,9 @@ class _Node:
         self.conditional = info.conditional
         self.retry: RetryPolicy | None = info.retry
 
-    # Event names are only needed when a sink listens: made on demand, not at build() for every stage.
-    @property
-    def ev_started(self) -> str:
-        return f"stage.{self.name}.started"
-
-    @property
-    def ev_completed(self) -> str:
-        return f"stage.{self.name}.completed"
-
-    @property
-    def ev_failed(self) -> str:
-        return f"stage.{self.name}.failed"
-
-    @property
-    def ev_skipped(self) -> str:
-        return f"stage.{self.name}.skipped"
-
-    @property
-    def ev_cancelled(self) -> str:
-        return f"stage.{self.name}.cancelled"
-
-    @property
-    def ev_retrying(self) -> str:
-        return f"stage.{self.name}.retrying"
+    def event(self, outcome: str) -> str:
+        """The stage's event type, e.g. ``stage.llm.completed`` (made only when a sink listens)."""
+        return f"stage.{self.name}.{outcome}"
 
 
 def _runner_call(info: StageInfo) -> CallNext:
@@ -491,7 +470,7 @@ class _Run:
         if self.sink is not None:
             emit(
                 self.sink,
-                node.ev_skipped,
+                node.event("skipped"),
                 self._event(
                     stage=node.name,
                     kind=node.kind.value,
@@ -525,7 +504,7 @@ class _Run:
         if sink is not None:
             emit(
                 sink,
-                node.ev_started,
+                node.event("started"),
                 self._event(
                     stage=node.name,
                     kind=node.kind.value,
@@ -572,7 +551,7 @@ class _Run:
             if sink is not None:
                 emit(
                     sink,
-                    node.ev_cancelled,
+                    node.event("cancelled"),
                     self._event(
                         stage=node.name,
                         kind=node.kind.value,
@@ -595,7 +574,7 @@ class _Run:
             if sink is not None:
                 emit(
                     sink,
-                    node.ev_failed,
+                    node.event("failed"),
                     self._event(
                         stage=node.name,
                         kind=node.kind.value,
@@ -629,7 +608,7 @@ class _Run:
             if sink is not None:
                 emit(
                     sink,
-                    node.ev_cancelled,
+                    node.event("cancelled"),
                     self._event(
                         stage=node.name,
                         kind=node.kind.value,
@@ -646,7 +625,7 @@ class _Run:
             if status is _SKIP:
                 emit(
                     sink,
-                    node.ev_skipped,
+                    node.event("skipped"),
                     self._event(
                         stage=node.name,
                         kind=node.kind.value,
@@ -657,7 +636,7 @@ class _Run:
             else:
                 emit(
                     sink,
-                    node.ev_completed,
+                    node.event("completed"),
                     self._event(
                         stage=node.name,
                         kind=node.kind.value,
@@ -675,7 +654,7 @@ class _Run:
         if self.sink is not None:
             emit(
                 self.sink,
-                node.ev_retrying,
+                node.event("retrying"),
                 self._event(
                     stage=node.name,
                     kind=node.kind.value,
