@@ -18,7 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, TypeAlias
+from functools import partial
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
 
 from ._context import PipelineContext, StageContext
 from ._errors import CriticalInterceptorError, PipelineRunError, StageBlockedError, StageError
@@ -195,15 +196,19 @@ def _report(interceptor: Interceptor, where: str, exc: Exception) -> None:
     )
 
 
-class _Innermost:
-    """Records the stage's own outcome so that outer layers can tell it from an interceptor's bug."""
+_Ctx = TypeVar("_Ctx", StageContext, PipelineContext)
+_Out = TypeVar("_Out")
+
+
+class _Innermost(Generic[_Ctx, _Out]):
+    """Records the stage's (or run's) own outcome, so outer layers can tell it from an interceptor's bug."""
 
     __slots__ = ("_call",)
 
-    def __init__(self, call: CallNext) -> None:
-        self._call = call
+    def __init__(self, call: Callable[[_Ctx], Awaitable[_Out]]) -> None:
+        self._call: Callable[[_Ctx], Awaitable[_Out]] = call
 
-    async def __call__(self, ctx: StageContext) -> StageOutput:
+    async def __call__(self, ctx: _Ctx) -> _Out:
         try:
             out = await self._call(ctx)
         except Exception as exc:
@@ -214,33 +219,47 @@ class _Innermost:
         return out
 
 
-class _StageLayer:
-    __slots__ = ("_inner", "_interceptor", "_intercept", "_stage")
+class _Layer(Generic[_Ctx, _Out]):
+    """One interceptor in a chain, isolated as the module docstring describes."""
 
-    def __init__(self, interceptor: Interceptor, stage: StageInfo, inner: CallNext) -> None:
+    __slots__ = ("_deliberate", "_inner", "_intercept", "_interceptor", "_where")
+
+    def __init__(
+        self,
+        interceptor: Interceptor,
+        intercept: Callable[[_Ctx, Callable[[_Ctx], Awaitable[_Out]]], Awaitable[_Out]],
+        inner: Callable[[_Ctx], Awaitable[_Out]],
+        where: str,
+        deliberate: tuple[type[Exception], ...],
+    ) -> None:
         self._interceptor = interceptor
-        self._intercept = interceptor.intercept_stage
-        self._stage = stage
-        self._inner = inner
+        self._intercept: Callable[[_Ctx, Callable[[_Ctx], Awaitable[_Out]]], Awaitable[_Out]] = intercept
+        self._inner: Callable[[_Ctx], Awaitable[_Out]] = inner
+        self._where = where
+        self._deliberate = deliberate
 
-    async def __call__(self, ctx: StageContext) -> StageOutput:
+    async def __call__(self, ctx: _Ctx) -> _Out:
         ctx._ic_err = None
         ctx._ic_out = _UNSET
         try:
-            out = await self._intercept(self._stage, ctx, self._inner)
+            out = await self._intercept(ctx, self._inner)
         except Exception as exc:
             inner_error = ctx._ic_err
-            if exc is inner_error or isinstance(exc, (CriticalInterceptorError, StageError)):
+            if exc is inner_error or isinstance(exc, self._deliberate):
                 ctx._ic_err = exc
                 raise
-            _report(self._interceptor, f"stage {self._stage.name!r}", exc)
+            _report(self._interceptor, self._where, exc)
             if inner_error is not None:
                 raise inner_error from None
             recorded = ctx._ic_out
-            out = await self._inner(ctx) if recorded is _UNSET else recorded  # type: ignore[assignment]
+            out = await self._inner(ctx) if recorded is _UNSET else cast(_Out, recorded)
         ctx._ic_out = out
         ctx._ic_err = None
         return out
+
+
+_STAGE_DELIBERATE = (CriticalInterceptorError, StageError)
+_RUN_DELIBERATE = (CriticalInterceptorError, PipelineRunError)
 
 
 def _overrides(interceptor: Interceptor, method: str) -> bool:
@@ -267,53 +286,11 @@ def build_stage_chain(stage: StageInfo, call: CallNext, ordered: Sequence[Interc
     # Bound ``__call__`` methods, not the layer objects: calling those is a plain method call, without the
     # type-slot lookup that calling an instance costs (paid twice per layer per stage).
     chained: CallNext = _Innermost(call).__call__
+    where = f"stage {stage.name!r}"
     for ic in reversed(active):
-        chained = _StageLayer(ic, stage, chained).__call__
+        intercept = partial(ic.intercept_stage, stage)
+        chained = _Layer(ic, intercept, chained, where, _STAGE_DELIBERATE).__call__
     return chained
-
-
-class _RunLayer:
-    __slots__ = ("_inner", "_interceptor")
-
-    def __init__(self, interceptor: Interceptor, inner: RunNext) -> None:
-        self._interceptor = interceptor
-        self._inner = inner
-
-    async def __call__(self, run: PipelineContext) -> RunResult:
-        run._ic_err = None
-        run._ic_out = _UNSET
-        try:
-            out = await self._interceptor.intercept_run(run, self._inner)
-        except Exception as exc:
-            inner_error = run._ic_err
-            if exc is inner_error or isinstance(exc, (CriticalInterceptorError, PipelineRunError)):
-                run._ic_err = exc
-                raise
-            _report(self._interceptor, "run", exc)
-            if inner_error is not None:
-                raise inner_error from None
-            recorded = run._ic_out
-            out = await self._inner(run) if recorded is _UNSET else recorded  # type: ignore[assignment]
-        run._ic_out = out
-        run._ic_err = None
-        return out
-
-
-class _RunInnermost:
-    __slots__ = ("_call",)
-
-    def __init__(self, call: RunNext) -> None:
-        self._call = call
-
-    async def __call__(self, run: PipelineContext) -> RunResult:
-        try:
-            out = await self._call(run)
-        except Exception as exc:
-            run._ic_err = exc
-            raise
-        run._ic_out = out
-        run._ic_err = None
-        return out
 
 
 def build_run_chain(call: RunNext, ordered: Sequence[Interceptor]) -> RunNext:
@@ -321,7 +298,7 @@ def build_run_chain(call: RunNext, ordered: Sequence[Interceptor]) -> RunNext:
     active = [ic for ic in ordered if _overrides(ic, "intercept_run")]
     if not active:
         return call
-    chained: RunNext = _RunInnermost(call)
+    chained: RunNext = _Innermost(call).__call__
     for ic in reversed(active):
-        chained = _RunLayer(ic, chained)
+        chained = _Layer(ic, ic.intercept_run, chained, "run", _RUN_DELIBERATE).__call__
     return chained
