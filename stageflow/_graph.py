@@ -565,87 +565,98 @@ class _Run:
             raise
         except Exception as exc:  # raised by the retry policy itself (retry_on, delay, sleep)
             error, output = exc, None
-        ended = _perf()
-        self.tasks[i] = None
-        if error is not None:
-            self.results[node.name] = StageResult(
-                node.name, node.kind, _FAIL, output, error, ready_at, started, ended, ctx.attempt
-            )
+        try:
+            ended = _perf()
+            self.tasks[i] = None
+            if error is not None:
+                self.results[node.name] = StageResult(
+                    node.name, node.kind, _FAIL, output, error, ready_at, started, ended, ctx.attempt
+                )
+                if sink is not None:
+                    emit(
+                        sink,
+                        node.event("failed"),
+                        self._event(
+                            stage=node.name,
+                            kind=node.kind.value,
+                            duration=ended - started,
+                            error=str(error),
+                            error_type=type(error).__name__,
+                            attempts=ctx.attempt,
+                        ),
+                    )
+                self.failures[node.name] = error
+                self.left -= 1
+                self._stop()
+                return
+            assert output is not None
+            status = output.status
+            # ``StageResult(name, kind, status, output, None, ready_at, started, ended, attempts)``, inlined:
+            # this is the one result every stage makes.
+            result = _new(StageResult)
+            result.name = node.name
+            result.kind = node.kind
+            result.status = status
+            result.output = output
+            result.error = None
+            result.ready_at = ready_at
+            result.started_at = started
+            result.ended_at = ended
+            result.attempts = ctx.attempt
+            self.results[node.name] = result
+            if status is _CANCEL:
+                reason = str(output.data.get("cancel_reason", ""))
+                if sink is not None:
+                    emit(
+                        sink,
+                        node.event("cancelled"),
+                        self._event(
+                            stage=node.name,
+                            kind=node.kind.value,
+                            duration=ended - started,
+                            reason=reason,
+                        ),
+                    )
+                if self.cancelled_by is None and not self.failures:
+                    self.cancelled_by = (node.name, reason)
+                self.left -= 1
+                self._stop()
+                return
             if sink is not None:
-                emit(
-                    sink,
-                    node.event("failed"),
-                    self._event(
-                        stage=node.name,
-                        kind=node.kind.value,
-                        duration=ended - started,
-                        error=str(error),
-                        error_type=type(error).__name__,
-                        attempts=ctx.attempt,
-                    ),
-                )
-            self.failures[node.name] = error
-            self.left -= 1
-            self._stop()
-            return
-        assert output is not None
-        status = output.status
-        # ``StageResult(name, kind, status, output, None, ready_at, started, ended, attempts)``, inlined:
-        # this is the one result every stage makes.
-        result = _new(StageResult)
-        result.name = node.name
-        result.kind = node.kind
-        result.status = status
-        result.output = output
-        result.error = None
-        result.ready_at = ready_at
-        result.started_at = started
-        result.ended_at = ended
-        result.attempts = ctx.attempt
-        self.results[node.name] = result
-        if status is _CANCEL:
-            reason = str(output.data.get("cancel_reason", ""))
-            if sink is not None:
-                emit(
-                    sink,
-                    node.event("cancelled"),
-                    self._event(
-                        stage=node.name,
-                        kind=node.kind.value,
-                        duration=ended - started,
-                        reason=reason,
-                    ),
-                )
-            if self.cancelled_by is None and not self.failures:
-                self.cancelled_by = (node.name, reason)
-            self.left -= 1
-            self._stop()
-            return
-        if sink is not None:
-            if status is _SKIP:
-                emit(
-                    sink,
-                    node.event("skipped"),
-                    self._event(
-                        stage=node.name,
-                        kind=node.kind.value,
-                        duration=ended - started,
-                        reason=output.data.get("reason", ""),
-                    ),
-                )
-            else:
-                emit(
-                    sink,
-                    node.event("completed"),
-                    self._event(
-                        stage=node.name,
-                        kind=node.kind.value,
-                        duration=ended - started,
-                        wait=started - ready_at,
-                        attempts=ctx.attempt,
-                    ),
-                )
-        self._finish(i, output, ended)
+                if status is _SKIP:
+                    emit(
+                        sink,
+                        node.event("skipped"),
+                        self._event(
+                            stage=node.name,
+                            kind=node.kind.value,
+                            duration=ended - started,
+                            reason=output.data.get("reason", ""),
+                        ),
+                    )
+                else:
+                    emit(
+                        sink,
+                        node.event("completed"),
+                        self._event(
+                            stage=node.name,
+                            kind=node.kind.value,
+                            duration=ended - started,
+                            wait=started - ready_at,
+                            attempts=ctx.attempt,
+                        ),
+                    )
+            self._finish(i, output, ended)
+        except Exception as exc:  # never leave the run waiting: a failure in our own bookkeeping ends it
+            self._crashed(node.name, node.kind, exc, ready_at, started, ctx.attempt)
+
+    def _crashed(
+        self, name: str, kind: StageKind, exc: Exception, ready_at: float, started: float, attempts: int
+    ) -> None:
+        logger.error("stageflow: finishing stage %r failed; the run fails: %r", name, exc, exc_info=exc)
+        self.results[name] = StageResult(name, kind, _FAIL, None, exc, ready_at, started, _perf(), attempts)
+        self.failures.setdefault(name, exc)
+        self._stop()
 
     async def _backoff(
         self, node: _Node, ctx: StageContext, policy: RetryPolicy, reason: BaseException | str | None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 
 import pytest
@@ -517,3 +518,42 @@ class TestRetryPolicy:
             ),
         ):
             RetryPolicy(max_attempts=0, multiplier=0.5, jitter=2)
+
+
+class TestBookkeepingFailure:
+    async def test_failure_while_finishing_a_stage_fails_the_run_instead_of_hanging(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An exception raised while the executor records a stage's output fails the run; it never hangs."""
+        from collections.abc import Iterator, Mapping
+
+        from stageflow import InMemoryEventSink, Pipeline, PipelineFailedError, StageKind, StageOutput
+        from stageflow import StageStatus as Status
+
+        class Hostile(Mapping[str, object]):
+            def __getitem__(self, key: str) -> object:
+                raise LookupError("hostile mapping")
+
+            def __iter__(self) -> Iterator[str]:
+                return iter(())
+
+            def __len__(self) -> int:
+                return 0
+
+            def get(self, key: str, default: object = None) -> object:
+                raise LookupError("hostile mapping")
+
+        async def odd(ctx: StageContext) -> StageOutput:
+            return StageOutput(Status.SKIP, Hostile())
+
+        graph = Pipeline().with_stage("odd", odd, StageKind.WORK).build()
+        with caplog.at_level(logging.ERROR, logger="stageflow"), pytest.raises(PipelineFailedError) as info:
+            await asyncio.wait_for(graph.run(make_ctx(sink=InMemoryEventSink())), 5)
+        assert (info.value.stage, type(info.value.error), str(info.value.error)) == (
+            "odd",
+            LookupError,
+            "hostile mapping",
+        )
+        assert [r.getMessage() for r in caplog.records] == [
+            "stageflow: finishing stage 'odd' failed; the run fails: LookupError('hostile mapping')"
+        ]
