@@ -62,7 +62,16 @@ __all__ = (
     "StageflowError",
     "UndeclaredDependencyError",
     "UnknownDependencyError",
+    "describe",
 )
+
+
+def describe(error: BaseException) -> str:
+    """``str(error)``, or a stand-in when the exception's own ``__str__`` raises."""
+    try:
+        return str(error)
+    except Exception:
+        return f"<{type(error).__name__} whose str() failed>"
 
 
 def _known(names: Iterable[str], limit: int = 20) -> str:
@@ -191,7 +200,7 @@ class PipelineFailedError(PipelineRunError):
         results: Mapping[str, StageResult],
     ) -> None:
         self.stage, self.error, self.failures, self.results = stage, error, failures, results
-        super().__init__(f"stage {stage!r} failed: {type(error).__name__}: {error}")
+        super().__init__(f"stage {stage!r} failed: {type(error).__name__}: {describe(error)}")
 
 
 class PipelineCancelledError(PipelineRunError):

@@ -26,6 +26,7 @@ from ._errors import (
     RetriesExhaustedError,
     RetryNotConfiguredError,
     StageFailedError,
+    describe,
 )
 from ._events import EventSink, NoOpEventSink, emit, resolve_sink
 from ._interceptors import (
@@ -318,19 +319,21 @@ class _Run:
         if self.left:
             for i in self.graph._roots:
                 self._start(i, started)
+            cancelled: asyncio.CancelledError | None = None
             try:
                 await self.done
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+            if cancelled is not None or self.stopping:
                 self.stopping = True
-                await self._stop_running()
+                cancelled = await self._stop_running() or cancelled
+            if cancelled is not None:  # the caller's cancellation wins, also over a stage's failure
                 results.ended_at = _perf()
                 if self.sink is not None:
                     emit(self.sink, "pipeline.cancelled", self._summary(reason="cancelled by caller"))
                 if self.graph.run_store is not None:
                     await self._record("cancelled", "cancelled by caller")
-                raise
-        if self.stopping:
-            await self._stop_running()
+                raise cancelled
         results.ended_at = _perf()
         if self.failures:
             stage, error = next(iter(self.failures.items()))
@@ -340,12 +343,12 @@ class _Run:
                     "pipeline.failed",
                     self._summary(
                         stage=stage,
-                        error=str(error),
+                        error=describe(error),
                         error_type=type(error).__name__,
                     ),
                 )
             if self.graph.run_store is not None:
-                await self._record("failed", f"{stage}: {type(error).__name__}: {error}")
+                await self._record("failed", f"{stage}: {type(error).__name__}: {describe(error)}")
             raise PipelineFailedError(stage, error, dict(self.failures), results) from error
         if self.cancelled_by is not None:
             stage, reason = self.cancelled_by
@@ -374,7 +377,7 @@ class _Run:
                 wall(r.ended_at),
                 r.wait,
                 r.attempts,
-                None if r.error is None else str(r.error),
+                None if r.error is None else describe(r.error),
                 None if r.error is None else type(r.error).__name__,
             )
             for r in results.values()
@@ -406,19 +409,19 @@ class _Run:
             **extra,
         )
 
-    async def _stop_running(self) -> None:
+    async def _stop_running(self) -> asyncio.CancelledError | None:
+        """Cancel and await every running stage; the caller's cancellation if it came meanwhile."""
         running = [t for t in self.tasks if t is not None and not t.done()]
         for task in running:
             task.cancel()
-        cancelled_again = False
+        cancelled: asyncio.CancelledError | None = None
         while running:
             try:
                 await asyncio.wait(running)
-            except asyncio.CancelledError:
-                cancelled_again = True  # keep waiting: no stage task may outlive the run
+            except asyncio.CancelledError as exc:
+                cancelled = exc  # keep waiting: no stage task may outlive the run
             running = [t for t in running if not t.done()]
-        if cancelled_again:
-            raise asyncio.CancelledError
+        return cancelled
 
     def _start(self, i: int, ready_at: float) -> None:
         self.tasks[i] = self._create_task(self._stage(i, ready_at), context=self.base_context.copy())
@@ -580,7 +583,7 @@ class _Run:
                             stage=node.name,
                             kind=node.kind.value,
                             duration=ended - started,
-                            error=str(error),
+                            error=describe(error),
                             error_type=type(error).__name__,
                             attempts=ctx.attempt,
                         ),
@@ -671,7 +674,7 @@ class _Run:
                     kind=node.kind.value,
                     attempt=ctx.attempt,
                     delay=delay,
-                    error=str(reason) if reason is not None else None,
+                    error=None if reason is None else reason if isinstance(reason, str) else describe(reason),
                 ),
             )
         await policy.sleep(delay)

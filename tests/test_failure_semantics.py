@@ -557,3 +557,61 @@ class TestBookkeepingFailure:
         assert [r.getMessage() for r in caplog.records] == [
             "stageflow: finishing stage 'odd' failed; the run fails: LookupError('hostile mapping')"
         ]
+
+    async def test_unprintable_exception_still_fails_the_run_cleanly(self) -> None:
+        """A stage error whose __str__ raises still gives PipelineFailedError, with a stand-in message."""
+        from stageflow import InMemoryEventSink, Pipeline, PipelineFailedError, StageKind
+
+        class Unprintable(Exception):
+            def __str__(self) -> str:
+                raise RuntimeError("no str for you")
+
+        async def bad(ctx: StageContext) -> StageOutput:
+            raise Unprintable
+
+        sink = InMemoryEventSink()
+        graph = Pipeline().with_stage("bad", bad, StageKind.WORK).build()
+        with pytest.raises(PipelineFailedError) as info:
+            await asyncio.wait_for(graph.run(make_ctx(sink=sink)), 5)
+        assert str(info.value) == "stage 'bad' failed: Unprintable: <Unprintable whose str() failed>"
+        assert [e.data["error"] for e in sink.of_type("pipeline.failed")] == [
+            "<Unprintable whose str() failed>"
+        ]
+
+
+class TestCancelledDuringCleanup:
+    async def test_caller_cancelling_while_a_failure_is_cleaned_up_is_reported_and_recorded(self) -> None:
+        """Cancelling the caller while fail-fast waits for a slow sibling still emits and records the end."""
+        from stageflow import InMemoryEventSink, InMemoryRunStore, Pipeline, StageKind
+
+        cleaning, release = asyncio.Event(), asyncio.Event()
+        sibling_started = asyncio.Event()
+
+        async def slow(ctx: StageContext) -> StageOutput:
+            try:
+                sibling_started.set()
+                await asyncio.Event().wait()
+            finally:
+                cleaning.set()
+                await release.wait()  # a slow cleanup that outlives the first cancellation
+            raise AssertionError("unreachable")
+
+        async def boom(ctx: StageContext) -> StageOutput:
+            await sibling_started.wait()
+            raise RuntimeError("kaput")
+
+        sink, store = InMemoryEventSink(), InMemoryRunStore()
+        graph = (
+            Pipeline().with_stage("slow", slow, StageKind.WORK).with_stage("boom", boom, StageKind.WORK)
+        ).build(run_store=store)
+        ctx = make_ctx(sink=sink)
+        task = asyncio.create_task(graph.run(ctx))
+        await cleaning.wait()
+        task.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert sink.types[-3:] == ["stage.boom.failed", "stage.slow.cancelled", "pipeline.cancelled"]
+        record = await store.get_run(ctx.snapshot.pipeline_run_id)
+        assert record is not None and (record.status, record.error) == ("cancelled", "cancelled by caller")
