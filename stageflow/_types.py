@@ -58,6 +58,21 @@ class StageOutput:
     error: str | None = None
     version: str | None = None
 
+    def __post_init__(self) -> None:
+        # The constructors below never get here; a direct ``StageOutput(...)`` call is checked.
+        if type(self.status) is not StageStatus:
+            try:
+                object.__setattr__(self, "status", StageStatus(self.status))
+            except ValueError:
+                msg = (
+                    f"StageOutput status {self.status!r} is invalid; use a StageStatus member "
+                    f"({', '.join(m.name for m in StageStatus)}) or a constructor such as StageOutput.ok()"
+                )
+                raise ValueError(msg) from None
+        if not isinstance(self.data, Mapping):
+            msg = f"StageOutput data {self.data!r} is not a mapping; pass a dict such as {{'key': value}}"
+            raise TypeError(msg)
+
     @classmethod
     def ok(
         cls, data: Mapping[str, Any] | None = None, *, version: str | None = None, **values: Any
