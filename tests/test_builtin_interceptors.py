@@ -147,6 +147,16 @@ class TestTimeoutInterceptor:
         got = {s.name: interceptor.timeout_for(s) for s in graph.stages}
         assert got == {"named": 1.0, "configured": 2.0, "attribute": 3.0, "provided": 4.5, "plain": 9.0}
 
+    async def test_one_interceptor_serves_graphs_that_configure_a_stage_differently(self) -> None:
+        """Timeouts are resolved per built stage, so equal pipeline and stage names do not share one."""
+        interceptor = TimeoutInterceptor(5.0)
+        relaxed = Pipeline().with_stage("x", ok, W, config={"timeout": 10.0}).build([interceptor])
+        strict = Pipeline().with_stage("x", hang, W, config={"timeout": 0.01}).build([interceptor])
+        assert dict((await relaxed.run(make_ctx()))["x"].data) == {"done": True}
+        error = await run_error(strict.run(make_ctx()))
+        assert str(error) == "stage 'x' timed out after 0.01 s"
+        assert [interceptor.timeout_for(g.stage("x")) for g in (relaxed, strict)] == [10.0, 0.01]
+
     def test_default_from_config_provider(self) -> None:
         """timeout.default from the provider is the default when none is passed."""
         interceptor = TimeoutInterceptor(config=DictConfigProvider({"timeout.default": 7}))
@@ -257,6 +267,24 @@ class TestCircuitBreakerInterceptor:
         assert type(refused) is CircuitOpenError
         assert refused.retry_in == pytest.approx(1.0)
         assert len(calls) == 2
+
+    async def test_retry_output_counts_as_a_failure(self) -> None:
+        """A stage asking for a retry failed this call: it counts toward opening and fails a trial."""
+        clock = FakeClock()
+        breaker = CircuitBreakerInterceptor(failure_threshold=2, recovery_timeout=5, clock=clock)
+
+        async def body(ctx: StageContext) -> StageOutput:
+            return StageOutput.retry("busy")
+
+        graph = Pipeline(name="p").with_stage("svc", body, W).build([breaker])
+        for _ in range(2):
+            with pytest.raises(PipelineFailedError):
+                await graph.run(make_ctx())
+        assert breaker.state("svc", "p") is CircuitState.OPEN
+        clock.now += 5
+        with pytest.raises(PipelineFailedError):
+            await graph.run(make_ctx())
+        assert breaker.state("svc", "p") is CircuitState.OPEN
 
     async def test_exactly_one_trial_call(self) -> None:
         """While the trial call runs, a concurrent call is refused; the trial's success then closes it."""

@@ -81,15 +81,15 @@ class TimeoutInterceptor(Interceptor):
             name: _check_timeout(f"timeout of stage {name!r}", t) for name, t in (per_stage or {}).items()
         }
         self.config = config
-        self._resolved: dict[tuple[str, str], float | None] = {}
+        # by StageInfo identity (graphs of equal names may configure a stage differently); the StageInfo is
+        # kept with its value so that its id cannot be reused while the entry exists
+        self._resolved: dict[int, tuple[StageInfo, float | None]] = {}
 
     def timeout_for(self, stage: StageInfo) -> float | None:
         """The timeout that applies to ``stage`` (resolved once per stage, then cached)."""
-        key = (stage.pipeline, stage.name)
-        try:
-            return self._resolved[key]
-        except KeyError:
-            pass
+        entry = self._resolved.get(id(stage))
+        if entry is not None and entry[0] is stage:
+            return entry[1]
         value: float | None
         if stage.name in self.per_stage:
             value = self.per_stage[stage.name]
@@ -102,7 +102,7 @@ class TimeoutInterceptor(Interceptor):
                 f"timeout.{stage.name}",
                 config_value(self.config, f"timeout.{stage.name}", float, self.default),
             )
-        self._resolved[key] = value
+        self._resolved[id(stage)] = (stage, value)
         return value
 
     async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
@@ -156,8 +156,8 @@ class _Breaker:
 class CircuitBreakerInterceptor(Interceptor):
     """A circuit breaker per stage (per pipeline name and stage name).
 
-    CLOSED: calls pass; ``failure_threshold`` consecutive failures (exceptions or ``StageOutput.fail``)
-    open the breaker. OPEN: calls fail fast with ``CircuitOpenError`` until ``recovery_timeout`` seconds
+    CLOSED: calls pass; ``failure_threshold`` consecutive failures (exceptions, ``StageOutput.fail`` or
+    ``StageOutput.retry``) open the breaker. OPEN: calls fail fast with ``CircuitOpenError`` until ``recovery_timeout`` seconds
     passed; then the next call is the one trial call (HALF_OPEN) while others are refused. The trial's
     success closes the breaker, its failure opens it again for another ``recovery_timeout``; a cancelled
     trial leaves it HALF_OPEN so the next call becomes the trial.
@@ -255,7 +255,7 @@ class CircuitBreakerInterceptor(Interceptor):
         except Exception:
             self._failed(stage, breaker, trial)
             raise
-        if output.status is StageStatus.FAIL:
+        if output.status is StageStatus.FAIL or output.status is StageStatus.RETRY:
             self._failed(stage, breaker, trial)
         else:
             breaker.failures = 0
