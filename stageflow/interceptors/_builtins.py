@@ -157,8 +157,8 @@ class CircuitBreakerInterceptor(Interceptor):
     """A circuit breaker per stage (per pipeline name and stage name).
 
     CLOSED: calls pass; ``failure_threshold`` consecutive failures (exceptions, ``StageOutput.fail`` or
-    ``StageOutput.retry``) open the breaker. OPEN: calls fail fast with ``CircuitOpenError`` until ``recovery_timeout`` seconds
-    passed; then the next call is the one trial call (HALF_OPEN) while others are refused. The trial's
+    ``StageOutput.retry``) open the breaker. OPEN: calls fail fast with ``CircuitOpenError`` until
+    ``recovery_timeout`` seconds passed; then the next call is the one trial call (HALF_OPEN) while others are refused. The trial's
     success closes the breaker, its failure opens it again for another ``recovery_timeout``; a cancelled
     trial leaves it HALF_OPEN so the next call becomes the trial.
 
