@@ -158,9 +158,9 @@ class CircuitBreakerInterceptor(Interceptor):
 
     CLOSED: calls pass; ``failure_threshold`` consecutive failures (exceptions, ``StageOutput.fail`` or
     ``StageOutput.retry``) open the breaker. OPEN: calls fail fast with ``CircuitOpenError`` until
-    ``recovery_timeout`` seconds passed; then the next call is the one trial call (HALF_OPEN) while others are refused. The trial's
-    success closes the breaker, its failure opens it again for another ``recovery_timeout``; a cancelled
-    trial leaves it HALF_OPEN so the next call becomes the trial.
+    ``recovery_timeout`` seconds passed; then the next call is the one trial call (HALF_OPEN) while others
+    are refused. The trial's success closes the breaker, its failure opens it again for another
+    ``recovery_timeout``; a cancelled trial leaves it HALF_OPEN so the next call becomes the trial.
 
     Args:
         failure_threshold: consecutive failures that open the breaker (default from
