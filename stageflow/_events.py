@@ -24,6 +24,7 @@ __all__ = (
     "dropped_event_count",
     "emit",
     "get_event_sink",
+    "report_once",
     "resolve_sink",
     "set_event_sink",
 )
@@ -35,7 +36,7 @@ MAX_PENDING_EMITS = 10_000
 
 _pending: set[asyncio.Task[None]] = set()
 _dropped = 0
-_reported: weakref.WeakSet[object] = weakref.WeakSet()
+_reported: dict[str, weakref.WeakSet[object]] = {}
 
 
 def dropped_event_count() -> int:
@@ -184,11 +185,17 @@ def emit(sink: EventSink, type: str, data: dict[str, Any]) -> None:
         _report(sink, exc)
 
 
-def _report(sink: object, exc: Exception) -> None:
+def report_once(role: str, obj: object, exc: Exception) -> None:
+    """Log that ``obj`` (an event ``sink``, a run ``store``...) failed and is ignored: once per object."""
+    seen = _reported.setdefault(role, weakref.WeakSet())
     try:
-        if sink in _reported:
+        if obj in seen:
             return
-        _reported.add(sink)
+        seen.add(obj)
     except TypeError:  # not weak-referenceable: report every time rather than never
         pass
-    logger.error("stageflow: event sink %r failed and is ignored: %r", sink, exc)
+    logger.error("stageflow: %s %r failed and is ignored: %r", role, obj, exc)
+
+
+def _report(sink: object, exc: Exception) -> None:
+    report_once("event sink", sink, exc)

@@ -28,7 +28,7 @@ from ._errors import (
     StageFailedError,
     describe,
 )
-from ._events import EventSink, NoOpEventSink, emit, resolve_sink
+from ._events import EventSink, NoOpEventSink, emit, report_once, resolve_sink
 from ._interceptors import (
     CallNext,
     Interceptor,
@@ -243,16 +243,6 @@ class StageGraph:
         return await _Run(self, run).go()
 
 
-_reported_stores: set[int] = set()
-
-
-def _report_store(store: RunStore, exc: Exception) -> None:
-    if id(store) in _reported_stores:
-        return
-    _reported_stores.add(id(store))
-    logger.error("stageflow: run store %r failed to record a run and is ignored: %r", store, exc)
-
-
 class _Run:
     """The state of one run."""
 
@@ -395,7 +385,7 @@ class _Run:
         try:
             await store.record_run(record)
         except Exception as exc:  # a store never changes the run's outcome
-            _report_store(store, exc)
+            report_once("run store", store, exc)
 
     def _summary(self, **extra: Any) -> dict[str, Any]:
         results = self.results

@@ -194,7 +194,7 @@ class TestRunStores:
                 results = await graph.run(make_ctx())
                 assert list(results) == ["a", "b", "c", "d"]
         assert [r.getMessage() for r in caplog.records] == [
-            f"stageflow: run store {store!r} failed to record a run and is ignored: OSError('disk full')"
+            f"stageflow: run store {store!r} failed and is ignored: OSError('disk full')"
         ]
 
     def test_record_stage_lookup_names_missing_stage(self) -> None:
