@@ -156,7 +156,7 @@ class StageGraph:
         self._order = tuple(order)
         self._indegree = [len(n.dep_index) for n in nodes]
         indegree = self._indegree
-        self._roots = tuple([i for i in self._order if not indegree[i]])
+        self._roots = tuple([i for i in range(len(nodes)) if not indegree[i]])  # in declaration order
         self._deps_by_name: Mapping[str, tuple[str, ...]] = {n.name: n.deps for n in nodes}
         self._index = index
         self._version: str | None = None

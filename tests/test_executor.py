@@ -25,6 +25,19 @@ VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset"
 
 
 class TestOrder:
+    async def test_independent_stages_start_in_declaration_order(self) -> None:
+        """Stages without dependencies start in the order they were added."""
+        log: list[str] = []
+        graph = (
+            Pipeline()
+            .with_stage("first", recording_stage(log, "first"), T)
+            .with_stage("second", recording_stage(log, "second"), T)
+            .with_stage("third", recording_stage(log, "third"), T)
+            .build()
+        )
+        await graph.run(make_ctx())
+        assert log == ["first", "second", "third"]
+
     async def test_chain_runs_in_dependency_order(self) -> None:
         """Stages of a chain run one after another, whatever order they were added in."""
         log: list[str] = []
