@@ -6,6 +6,8 @@ import sys
 
 from ._demo import main
 
+__all__: tuple[str, ...] = ()
+
 
 def _cli(argv: list[str]) -> int:
     if not argv or argv[0] != "demo":

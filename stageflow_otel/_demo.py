@@ -51,6 +51,7 @@ __all__ = (
     "DemoConfig",
     "DemoStats",
     "SearchFallback",
+    "SearchUnavailableError",
     "build_demo_pipeline",
     "core_interceptors",
     "console_main",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import semconv
 
-__all__ = ("END_MARKER", "START_MARKER", "render_reference", "replace_section")
+__all__ = ("END_MARKER", "START_MARKER", "main", "render_reference", "replace_section")
 
 START_MARKER = "<!-- telemetry:start -->"
 END_MARKER = "<!-- telemetry:end -->"

@@ -39,7 +39,16 @@ from stageflow import (
 
 
 def _all_modules() -> list[ModuleType]:
-    names = ["stageflow"] + [m.name for m in pkgutil.walk_packages(stageflow.__path__, "stageflow.")]
+    packages = [stageflow]
+    try:  # the OpenTelemetry package is checked too when its extra is installed
+        import stageflow_otel
+    except ImportError:
+        pass
+    else:
+        packages.append(stageflow_otel)
+    names = [p.__name__ for p in packages] + [
+        m.name for p in packages for m in pkgutil.walk_packages(p.__path__, p.__name__ + ".")
+    ]
     return [importlib.import_module(name) for name in sorted(names)]
 
 
@@ -60,7 +69,7 @@ def _defined_public(module: ModuleType) -> set[str]:
 class TestDunderAll:
     @pytest.mark.parametrize("module", MODULES, ids=MODULE_IDS)
     def test_is_a_tuple(self, module: ModuleType) -> None:
-        """Every stageflow module declares ``__all__`` as a tuple."""
+        """Every module of stageflow (and stageflow_otel) declares ``__all__`` as a tuple."""
         assert isinstance(getattr(module, "__all__", None), tuple)
 
     @pytest.mark.parametrize("module", MODULES, ids=MODULE_IDS)
