@@ -278,6 +278,7 @@ class TracingInterceptor(Interceptor):
             set_status_on_exception=False,
         )
         spans[stage.name] = span.get_span_context()
+        first_attempt = ctx.attempt
         token = otel_context.attach(trace.set_span_in_context(span, state.context))
         try:
             output = await call_next(ctx)
@@ -296,6 +297,8 @@ class TracingInterceptor(Interceptor):
                 self._capture_content(span, stage, output)
         finally:
             otel_context.detach(token)
+            if ctx.attempt != first_attempt:  # retried inside the span (RetryInterceptor): the last attempt
+                span.set_attribute(semconv.STAGE_ATTEMPT, ctx.attempt)
             span.end()
         return output
 

@@ -496,6 +496,35 @@ class TestFailures:
         after = next(s for s in spans if s.name == "stage after")
         assert [link.context.span_id for link in after.links] == [attempts[1].context.span_id]
 
+    async def test_retries_inside_the_span_report_the_last_attempt(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """Attempts a RetryInterceptor makes inside the stage span leave one span with the last attempt."""
+        from stageflow.interceptors import RetryInterceptor
+
+        async def flaky(ctx: StageContext) -> StageOutput:
+            if ctx.attempt < 3:
+                raise ConnectionError("down")
+            return StageOutput.ok()
+
+        async def no_sleep(delay: float) -> None:
+            return None
+
+        retry = RetryInterceptor(RetryPolicy(max_attempts=3, initial_delay=0.0, jitter=0.0, sleep=no_sleep))
+        graph = (
+            Pipeline(name="p")
+            .with_stage("flaky", flaky, T)
+            .build(interceptors=[TracingInterceptor(tracer_provider), retry])
+        )
+        await graph.run(entry_ctx())
+        (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "stage flaky"]
+        assert {
+            k: (span.attributes or {}).get(k) for k in ("stageflow.stage.attempt", "stageflow.stage.result")
+        } == {
+            "stageflow.stage.attempt": 3,
+            "stageflow.stage.result": "success",
+        }
+
 
 class TestSkips:
     """Stages that skip themselves and stages the executor skips."""
