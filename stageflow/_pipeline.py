@@ -178,20 +178,31 @@ class Pipeline:
     """
 
     __slots__ = ("_count", "_last", "name")
+    name: str
+    _last: _Link | None
+    _count: int
 
     def __init__(self, name: str = "pipeline") -> None:
         if not isinstance(name, str) or not name:
             msg = f"pipeline name {name!r} is invalid; use a non-empty str"
             raise PipelineDefinitionError(msg)
-        self.name = name
-        self._last: _Link | None = None
-        self._count = 0
+        _set_name(self, name)
+        _set_last(self, None)
+        _set_count(self, 0)
+
+    def __setattr__(self, attribute: str, value: object) -> None:
+        msg = f"Pipeline is immutable (cannot set {attribute!r}); with_stage() and compose() return new ones"
+        raise AttributeError(msg)
+
+    def __delattr__(self, attribute: str) -> None:
+        msg = f"Pipeline is immutable (cannot delete {attribute!r})"
+        raise AttributeError(msg)
 
     def _with(self, last: _Link | None, count: int) -> Pipeline:
         new = Pipeline.__new__(Pipeline)
-        new.name = self.name
-        new._last = last
-        new._count = count
+        _set_name(new, self.name)
+        _set_last(new, last)
+        _set_count(new, count)
         return new
 
     @property
@@ -265,9 +276,9 @@ class Pipeline:
             name, runner, stage_kind, deps, bool(conditional), {} if config is None else dict(config), retry
         )
         new: Pipeline = _new(Pipeline)  # ``self._with(...)``, inlined: this runs once per stage
-        new.name = self.name
-        new._last = _Link(spec, self._last)
-        new._count = self._count + 1
+        _set_name(new, self.name)
+        _set_last(new, _Link(spec, self._last))
+        _set_count(new, self._count + 1)
         return new
 
     def compose(self, other: Pipeline) -> Pipeline:
@@ -328,6 +339,12 @@ class Pipeline:
 
 Topology: TypeAlias = tuple[list[tuple[int, ...]], list[list[int]]]
 """Per stage (by index): its distinct dependencies' indices, in declaration order; and its children's."""
+
+
+# The slots' own setters: the only way to fill a Pipeline, whose ``__setattr__`` refuses every change.
+_set_name = Pipeline.__dict__["name"].__set__
+_set_last = Pipeline.__dict__["_last"].__set__
+_set_count = Pipeline.__dict__["_count"].__set__
 
 
 def _validate(specs: Sequence[StageSpec]) -> tuple[tuple[int, ...], Topology]:

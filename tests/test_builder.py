@@ -66,6 +66,18 @@ def sync_fn(ctx: StageContext) -> StageOutput:
 
 
 class TestImmutability:
+    def test_attributes_cannot_be_changed(self) -> None:
+        """A pipeline's name and stages cannot be reassigned or deleted."""
+        pipeline = Pipeline(name="voice")
+        with pytest.raises(AttributeError) as info:
+            pipeline.name = "other"
+        assert str(info.value) == (
+            "Pipeline is immutable (cannot set 'name'); with_stage() and compose() return new ones"
+        )
+        with pytest.raises(AttributeError, match=r"Pipeline is immutable \(cannot delete '_last'\)"):
+            del pipeline._last
+        assert pipeline.name == "voice"
+
     def test_with_stage_returns_a_new_pipeline(self) -> None:
         """``with_stage`` leaves the original pipeline untouched and returns a new one."""
         empty = Pipeline(name="p")
