@@ -13,6 +13,7 @@ always propagates.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -211,7 +212,7 @@ class _Innermost(Generic[_Ctx, _Out]):
     async def __call__(self, ctx: _Ctx) -> _Out:
         try:
             out = await self._call(ctx)
-        except Exception as exc:
+        except BaseException as exc:  # recorded, never handled: a cancellation is an outcome too
             ctx._ic_err = exc
             raise
         ctx._ic_out = out
@@ -250,6 +251,10 @@ class _Layer(Generic[_Ctx, _Out]):
                 raise
             _report(self._interceptor, self._where, exc)
             if inner_error is not None:
+                if isinstance(inner_error, asyncio.CancelledError) and not _cancel_pending():
+                    # The interceptor cancelled the inner call itself (its own timeout) and failed: there is
+                    # no inner outcome to fall back to, so its exception is the outcome.
+                    raise
                 raise inner_error from None
             recorded = ctx._ic_out
             out = await self._inner(ctx) if recorded is _UNSET else cast(_Out, recorded)
@@ -260,6 +265,12 @@ class _Layer(Generic[_Ctx, _Out]):
 
 _STAGE_DELIBERATE = (CriticalInterceptorError, StageError)
 _RUN_DELIBERATE = (CriticalInterceptorError, PipelineRunError)
+
+
+def _cancel_pending() -> bool:
+    """Whether the current task has been asked to cancel (and has not taken the request back)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _overrides(interceptor: Interceptor, method: str) -> bool:

@@ -520,3 +520,62 @@ class TestIsolation:
         with pytest.raises(PipelineFailedError):
             await graph.run(make_ctx())
         assert seen == ["PipelineFailedError"]
+
+
+class TestIsolationWithCancellation:
+    async def test_interceptor_failing_on_a_cancelled_stage_does_not_run_it_again(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An interceptor that raises while the caller cancels the stage is logged; the stage runs once."""
+        started = asyncio.Event()
+        runs: list[int] = []
+
+        class BrokenOnCancel(Interceptor):
+            async def intercept_stage(
+                self, stage: StageInfo, ctx: StageContext, call_next: CallNext
+            ) -> StageOutput:
+                try:
+                    return await call_next(ctx)
+                except asyncio.CancelledError:
+                    raise RuntimeError("telemetry backend down") from None
+
+        async def body(ctx: StageContext) -> StageOutput:
+            runs.append(1)
+            started.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        graph = Pipeline().with_stage("s", body, StageKind.WORK).build([BrokenOnCancel()])
+        with caplog.at_level(logging.ERROR, logger="stageflow"):
+            task = asyncio.create_task(graph.run(make_ctx()))
+            await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 5)  # a stage run again would wait forever: TimeoutError
+        assert runs == [1]
+        assert [r.getMessage() for r in caplog.records] == [
+            "stageflow: interceptor 'interceptor' raised in stage 's' and was bypassed: "
+            "RuntimeError('telemetry backend down')"
+        ]
+
+    async def test_interceptor_ending_its_own_cancellation_fails_the_stage_with_its_error(self) -> None:
+        """An interceptor that times out its inner call itself fails the stage with its error, once."""
+        runs: list[int] = []
+
+        class OwnDeadline(Interceptor):
+            async def intercept_stage(
+                self, stage: StageInfo, ctx: StageContext, call_next: CallNext
+            ) -> StageOutput:
+                async with asyncio.timeout(0.01):
+                    return await call_next(ctx)
+
+        async def body(ctx: StageContext) -> StageOutput:
+            runs.append(1)
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        graph = Pipeline().with_stage("s", body, StageKind.WORK).build([OwnDeadline()])
+        with pytest.raises(PipelineFailedError) as info:
+            await asyncio.wait_for(graph.run(make_ctx()), 5)
+        assert type(info.value.error) is TimeoutError
+        assert runs == [1]
