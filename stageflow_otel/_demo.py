@@ -21,7 +21,8 @@ import math
 import os
 import random
 import signal
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ from stageflow import (
 from stageflow.interceptors import (
     BaseInterceptor,
     CircuitBreakerInterceptor,
+    CircuitState,
     CircuitStateChange,
     ErrorAction,
     Interceptor,
@@ -52,6 +54,7 @@ __all__ = (
     "DemoStats",
     "SearchFallback",
     "SearchUnavailableError",
+    "BreakerTally",
     "build_demo_pipeline",
     "core_interceptors",
     "console_main",
@@ -172,14 +175,18 @@ def build_demo_pipeline(config: DemoConfig | None = None) -> Pipeline:
 
 
 def core_interceptors(
-    config: DemoConfig, breaker_listener: list[CircuitStateChange] | None = None
+    config: DemoConfig, breaker_listener: Callable[[CircuitStateChange], object] | None = None
 ) -> tuple[CircuitBreakerInterceptor, list[Interceptor]]:
     """The demo's core interceptors: search fallback, a breaker and timeouts (tts 250 ms, scaled)."""
     breaker = CircuitBreakerInterceptor(failure_threshold=3, recovery_timeout=2.0 * max(config.speed, 0.05))
     if breaker_listener is not None:
-        breaker.add_listener(breaker_listener.append)
+        breaker.add_listener(breaker_listener)
     timeout = TimeoutInterceptor(5.0, per_stage={"tts": max(0.25 * config.speed + 0.05, 0.02)})
     return breaker, [SearchFallback(), breaker, timeout]
+
+
+DURATION_WINDOW = 10_000
+"""Percentiles are over the last this many runs, so a continuous demo keeps constant memory."""
 
 
 @dataclass(slots=True)
@@ -188,7 +195,7 @@ class DemoStats:
 
     runs: int = 0
     by_result: dict[str, int] = field(default_factory=dict)
-    durations: list[float] = field(default_factory=list)
+    durations: deque[float] = field(default_factory=lambda: deque(maxlen=DURATION_WINDOW))
 
     def add(self, result: str, duration: float) -> None:
         """Count one run."""
@@ -202,6 +209,31 @@ class DemoStats:
             return 0.0
         ordered = sorted(self.durations)
         return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+class BreakerTally:
+    """Counts a circuit breaker's transitions per stage (a listener; constant memory)."""
+
+    def __init__(self) -> None:
+        self.opened: dict[str, int] = {}
+        self.closed: dict[str, int] = {}
+        self.state: dict[str, CircuitState] = {}
+
+    def __call__(self, change: CircuitStateChange) -> None:
+        """Count one transition."""
+        if change.new is CircuitState.OPEN:
+            self.opened[change.stage] = self.opened.get(change.stage, 0) + 1
+        elif change.new is CircuitState.CLOSED:
+            self.closed[change.stage] = self.closed.get(change.stage, 0) + 1
+        self.state[change.stage] = change.new
+
+    def lines(self) -> list[str]:
+        """One summary line per stage whose breaker ever moved."""
+        return [
+            f"  breaker {stage}: opened {self.opened.get(stage, 0)}x, closed {self.closed.get(stage, 0)}x,"
+            f" now {state.name}"
+            for stage, state in sorted(self.state.items())
+        ]
 
 
 _BAR_WIDTH = 40
@@ -361,8 +393,8 @@ async def _run(args: argparse.Namespace) -> DemoStats:
         os.environ.get("OTEL_SERVICE_NAME") or "stageflow-demo", metrics_port=args.metrics_port
     )
     config = DemoConfig(speed=args.speed, seed=args.seed)
-    changes: list[CircuitStateChange] = []
-    breaker, core = core_interceptors(config, changes)
+    tally = BreakerTally()
+    breaker, core = core_interceptors(config, tally)
     metrics_interceptor = stageflow_otel.MetricsInterceptor(telemetry.meter_provider)
     metrics_interceptor.observe_circuit_breaker(breaker)
     interceptors: list[Interceptor] = [
@@ -379,8 +411,16 @@ async def _run(args: argparse.Namespace) -> DemoStats:
     rng = random.Random(args.seed)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second Ctrl-C: do not wait for in-flight runs or the telemetry flush
+            os._exit(130)
+        stop.set()
+        if not args.quiet:
+            print("stopping after the runs in flight (again to quit at once)", flush=True)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     if not args.quiet:
         server = telemetry.metrics_server
         where = f"metrics: {server.url}" if server is not None else "metrics: OTLP only"
@@ -412,14 +452,14 @@ async def _run(args: argparse.Namespace) -> DemoStats:
     try:
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     finally:
+        print(_summary(stats, tally, telemetry), flush=True)
+        await asyncio.to_thread(telemetry.shutdown, 5.0)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        print(_summary(stats, changes, telemetry), flush=True)
-        await asyncio.to_thread(telemetry.shutdown, 5.0)
     return stats
 
 
-def _summary(stats: DemoStats, changes: Sequence[CircuitStateChange], telemetry: Any) -> str:
+def _summary(stats: DemoStats, tally: BreakerTally, telemetry: Any) -> str:
     lines = ["", f"{stats.runs} runs"]
     lines.extend(
         f"  {result:<12} {stats.by_result[result]:6d}"
@@ -432,7 +472,7 @@ def _summary(stats: DemoStats, changes: Sequence[CircuitStateChange], telemetry:
                 *(stats.percentile(q) * 1000 for q in (0.5, 0.95, 0.99))
             )
         )
-    lines.extend(f"  breaker {c.stage}: {c.old.name} → {c.new.name}" for c in changes)
+    lines.extend(tally.lines())
     failures = dict(telemetry.export_failures)
     if any(failures.values()):
         lines.append(f"  telemetry export failures: {failures}")

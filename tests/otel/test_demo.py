@@ -21,8 +21,17 @@ from stageflow import (
     StageStatus,
     StageTimeoutError,
 )
+from stageflow.interceptors import CircuitState, CircuitStateChange
 from stageflow.testing import make_context
-from stageflow_otel._demo import DemoConfig, DemoStats, build_demo_pipeline, outcome_of, render_run
+from stageflow_otel._demo import (
+    DURATION_WINDOW,
+    BreakerTally,
+    DemoConfig,
+    DemoStats,
+    build_demo_pipeline,
+    outcome_of,
+    render_run,
+)
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
 
@@ -117,6 +126,29 @@ class TestRendering:
             stats.add("success", i / 1000)
         assert (stats.percentile(0.5), stats.percentile(0.95), stats.percentile(0.99)) == (0.05, 0.095, 0.099)
         assert stats.by_result == {"success": 100}
+
+    def test_stats_keep_a_bounded_window(self) -> None:
+        """A continuous demo keeps only the last DURATION_WINDOW durations but counts every run."""
+        stats = DemoStats()
+        for i in range(DURATION_WINDOW + 5):
+            stats.add("success", float(i))
+        assert (stats.runs, len(stats.durations), stats.durations[0]) == (
+            DURATION_WINDOW + 5,
+            DURATION_WINDOW,
+            5.0,
+        )
+
+    def test_breaker_tally_summarises_transitions_per_stage(self) -> None:
+        """The breaker tally counts opens and closes per stage and keeps the last state."""
+        tally = BreakerTally()
+        closed, half, opened = CircuitState.CLOSED, CircuitState.HALF_OPEN, CircuitState.OPEN
+        for old, new in [(closed, opened), (opened, half), (half, opened), (opened, half), (half, closed)]:
+            tally(CircuitStateChange("search", "p", old, new, 0.0))
+        tally(CircuitStateChange("tts", "p", closed, opened, 0.0))
+        assert tally.lines() == [
+            "  breaker search: opened 2x, closed 1x, now CLOSED",
+            "  breaker tts: opened 1x, closed 0x, now OPEN",
+        ]
 
 
 class TestDemoCommand:
