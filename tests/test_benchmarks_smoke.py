@@ -60,6 +60,8 @@ def test_shape_rows(bench: ModuleType, report: dict[str, Any]) -> None:
         "edges",
         "ours_ms",
         "baseline_ms",
+        "ours_best_ms",
+        "baseline_best_ms",
         "ours_us_per_stage",
         "baseline_us_per_stage",
         "ratio",
@@ -77,6 +79,7 @@ def test_shape_rows(bench: ModuleType, report: dict[str, Any]) -> None:
     assert [s["shape"] for s in report["scaling"]] == list(bench.SHAPES)
     for s in report["scaling"]:
         assert isinstance(s["ours_exponent"], float)
+        assert isinstance(s["ours_exponent_best"], float)
 
 
 def test_other_sections(report: dict[str, Any]) -> None:
@@ -88,7 +91,7 @@ def test_other_sections(report: dict[str, Any]) -> None:
     variants = [r["interceptors"] for r in report["interceptors"]]
     assert variants[:2] == ["none", "empty"]
     assert variants[2:] in ([], ["default_stack"])
-    assert len(report["targets"]) == 4
+    assert len(report["targets"]) == 5
     for target in report["targets"]:
         assert {"target", "value", "limit", "met"} <= set(target)
 

@@ -305,6 +305,8 @@ async def bench_shapes(settings: Settings) -> list[dict[str, Any]]:
                     "edges": sum(len(d) for d in deps),
                     "ours_ms": m["ours"] * 1e3,
                     "baseline_ms": m["baseline"] * 1e3,
+                    "ours_best_ms": min(samples["ours"]) * 1e3,
+                    "baseline_best_ms": min(samples["baseline"]) * 1e3,
                     "ours_us_per_stage": m["ours"] * 1e6 / n,
                     "baseline_us_per_stage": m["baseline"] * 1e6 / n,
                     "ratio": samples.ratio("ours", "baseline"),
@@ -323,6 +325,10 @@ def scaling(rows: Sequence[dict[str, Any]], low: int = 100, high: int = 10_000) 
                 "sizes": [r["size"] for r in mine],
                 "ours_exponent": slope([(r["stages"], r["ours_ms"]) for r in mine]),
                 "baseline_exponent": slope([(r["stages"], r["baseline_ms"]) for r in mine]),
+                # from each size's least disturbed repetition: on a shared VM the medians of the largest
+                # sizes absorb most of the noise, so both figures are reported
+                "ours_exponent_best": slope([(r["stages"], r["ours_best_ms"]) for r in mine]),
+                "baseline_exponent_best": slope([(r["stages"], r["baseline_best_ms"]) for r in mine]),
             }
         )
     return out
@@ -555,6 +561,9 @@ TARGETS = {
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     ratios = [r["ratio"] for r in report["shapes"]] + [r["ratio"] for r in report["diamond"]]
     exponents = [s["ours_exponent"] for s in report["scaling"] if s["ours_exponent"] is not None]
+    best_exponents = [
+        s["ours_exponent_best"] for s in report["scaling"] if s["ours_exponent_best"] is not None
+    ]
     empty = next((r for r in report["interceptors"] if r["interceptors"] == "empty"), None)
     out = [
         {
@@ -563,8 +572,13 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             "limit": TARGETS["ratio"],
         },
         {
-            "target": "scaling exponent 100 -> 10,000 <= 1.05 (worst shape)",
+            "target": "scaling exponent 100 -> 10,000 <= 1.05 (worst shape, medians)",
             "value": max(exponents) if exponents else None,
+            "limit": TARGETS["exponent"],
+        },
+        {
+            "target": "scaling exponent 100 -> 10,000 <= 1.05 (worst shape, best repetitions)",
+            "value": max(best_exponents) if best_exponents else None,
             "limit": TARGETS["exponent"],
         },
         {
@@ -641,10 +655,15 @@ def format_report(report: dict[str, Any]) -> str:
         f"{r['ours_us_per_stage']:>12.2f}{r['baseline_us_per_stage']:>12.2f}{r['ratio']:>8.2f}"
         for r in report["shapes"]
     )
-    lines += ["", f"{'scaling exponent (log-log, 100..10,000)':<42}{'ours':>8}{'base':>8}"]
+    lines += [
+        "",
+        f"{'scaling exponent (log-log, 100..10,000)':<42}{'ours':>8}{'base':>8}"
+        f"{'ours best':>11}{'base best':>11}",
+    ]
     for s in report["scaling"]:
         lines.append(
             f"{s['shape']:<42}{_fmt(s['ours_exponent'], '.3f'):>8}{_fmt(s['baseline_exponent'], '.3f'):>8}"
+            f"{_fmt(s['ours_exponent_best'], '.3f'):>11}{_fmt(s['baseline_exponent_best'], '.3f'):>11}"
         )
     lines += [
         "",
