@@ -105,6 +105,7 @@ class MetricsInterceptor(Interceptor):
         self._meter = meter
         self._stage_names: set[str] = set()
         self._overflow_warned = False
+        self._sdk_failed_once = False
         self._stage_attrs: dict[tuple[str, str, str], dict[str, AttributeValue]] = {}
         self._circuit_states: dict[tuple[str, str], int] = {}
         self._circuit_lock = threading.Lock()
@@ -158,7 +159,10 @@ class MetricsInterceptor(Interceptor):
             return await call_next(ctx)
         base = self._base(stage.pipeline, stage.name, stage.kind.value)
         if ctx.attempt == 1:
-            self._wait_duration.record(max(0.0, ctx.started_at - ctx.ready_at), base)
+            try:
+                self._wait_duration.record(max(0.0, ctx.started_at - ctx.ready_at), base)
+            except Exception as exc:  # C9: the SDK's failure never reaches the stage
+                self._sdk_failed(exc)
         started = _perf()
         try:
             output = await call_next(ctx)
@@ -177,7 +181,19 @@ class MetricsInterceptor(Interceptor):
         attrs[semconv.STAGE_RESULT] = outcome.result
         if outcome.error_type is not None:
             attrs[semconv.ERROR_TYPE] = outcome.error_type
-        self._stage_duration.record(duration, attrs)
+        try:
+            self._stage_duration.record(duration, attrs)
+        except Exception as exc:  # C9: never replaces the stage's output, error or cancellation
+            self._sdk_failed(exc)
+
+    def _sdk_failed(self, exc: Exception) -> None:
+        if not self._sdk_failed_once:
+            self._sdk_failed_once = True
+            logger.warning(
+                "stageflow_otel: MetricsInterceptor: the OpenTelemetry SDK raised %r; some measurements "
+                "are missing, the pipeline is unaffected (logged once)",
+                exc,
+            )
 
     # ----------------------------------------------------------------------------------------- run
 
@@ -186,22 +202,35 @@ class MetricsInterceptor(Interceptor):
         if not (self._enabled or (self._enabled is None and self._is_enabled())):
             return await call_next(run)  # no SDK: stages pass straight through too
         pipeline_attrs = {semconv.PIPELINE_NAME: run.pipeline_name}
-        self._active.add(1, pipeline_attrs)
+        try:
+            self._active.add(1, pipeline_attrs)
+        except Exception as exc:  # C9: the SDK failed at the start; run unmeasured
+            self._sdk_failed(exc)
+            return await call_next(run)
         started = _perf()
+        outcome: Outcome | None = None
+        results: RunResult | None = None
         try:
             result = await call_next(run)
         except asyncio.CancelledError as exc:
-            self._record_run(run.pipeline_name, outcome_of_error(exc), _perf() - started, None)
+            outcome = outcome_of_error(exc)
             raise
         except Exception as exc:
-            self._record_run(
-                run.pipeline_name, outcome_of_run_error(exc), _perf() - started, run_results(exc)
-            )
+            outcome, results = outcome_of_run_error(exc), run_results(exc)
             raise
         else:
-            self._record_run(run.pipeline_name, _SUCCESS, _perf() - started, result)
+            outcome, results = _SUCCESS, result
         finally:
-            self._active.add(-1, pipeline_attrs)
+            # Guarded: an SDK failure here must not replace the run's own result, error or cancellation.
+            try:
+                if outcome is not None:
+                    self._record_run(run.pipeline_name, outcome, _perf() - started, results)
+            except Exception as exc:
+                self._sdk_failed(exc)
+            try:
+                self._active.add(-1, pipeline_attrs)
+            except Exception as exc:
+                self._sdk_failed(exc)
         return result
 
     def _record_run(

@@ -185,6 +185,7 @@ class TracingInterceptor(Interceptor):
             weakref.WeakKeyDictionary()
         )
         self._hook_failed = False
+        self._sdk_failed_once = False
         if tracer_provider is not None:
             self._resolve()
 
@@ -213,38 +214,54 @@ class TracingInterceptor(Interceptor):
         if static is None:
             static = {info.name: _StageStatic(info) for info in graph.stages}
             self._statics[graph] = static
-        parent = _parent_context(run)
-        span = tracer.start_span(
-            semconv.SPAN_PIPELINE_PREFIX + run.pipeline_name,
-            context=parent,
-            kind=_INTERNAL,
-            attributes={
-                semconv.PIPELINE_NAME: run.pipeline_name,
-                semconv.PIPELINE_VERSION: graph.version,
-                semconv.RUN_ID: str(run.run_id),
-            },
-            record_exception=False,
-            set_status_on_exception=False,
-        )
-        # Built on the current context, not the extracted one, so ambient values (baggage) reach the stages.
-        run_context = trace.set_span_in_context(span)
+        try:
+            parent = _parent_context(run)
+            span = tracer.start_span(
+                semconv.SPAN_PIPELINE_PREFIX + run.pipeline_name,
+                context=parent,
+                kind=_INTERNAL,
+                attributes={
+                    semconv.PIPELINE_NAME: run.pipeline_name,
+                    semconv.PIPELINE_VERSION: graph.version,
+                    semconv.RUN_ID: str(run.run_id),
+                },
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+            # Built on the current context, not the extracted one, so ambient values (baggage) reach the
+            # stages.
+            run_context = trace.set_span_in_context(span)
+            token = otel_context.attach(run_context)
+        except Exception as exc:  # C9: the SDK failed to start the span; run untraced
+            self._sdk_failed(exc)
+            return await call_next(run)
         state = _RunTrace(run, span, run_context, static)
         state_token = self._state.set(state)
-        token = otel_context.attach(run_context)
+        outcome: Outcome | None = None
+        results: RunResult | None = None
         try:
             result = await call_next(run)
         except asyncio.CancelledError as exc:
-            _end_run(state, outcome_of_error(exc), None)
+            outcome = outcome_of_error(exc)
             raise
         except Exception as exc:
-            _end_run(state, outcome_of_run_error(exc), run_results(exc))
+            outcome, results = outcome_of_run_error(exc), run_results(exc)
             raise
         else:
-            _end_run(state, _SUCCESS, result)
+            outcome, results = _SUCCESS, result
         finally:
             otel_context.detach(token)
             self._state.reset(state_token)
-            span.end()
+            # Guarded: an SDK failure here must not replace the run's own result, error or cancellation.
+            try:
+                if outcome is not None:
+                    _end_run(state, outcome, results)
+            except Exception as exc:
+                self._sdk_failed(exc)
+            try:
+                span.end()
+            except Exception as exc:
+                self._sdk_failed(exc)
         return result
 
     # --------------------------------------------------------------------------------------- stage
@@ -268,39 +285,76 @@ class TracingInterceptor(Interceptor):
         attributes[semconv.STAGE_ATTEMPT] = ctx.attempt
         attributes[semconv.STAGE_WAIT_DURATION] = max(0.0, ctx.started_at - ctx.ready_at)
         assert self._tracer is not None
-        span = self._tracer.start_span(
-            static.span_name,
-            context=state.context,
-            kind=_INTERNAL,
-            attributes=attributes,
-            links=links,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
-        spans[stage.name] = span.get_span_context()
+        try:
+            span = self._tracer.start_span(
+                static.span_name,
+                context=state.context,
+                kind=_INTERNAL,
+                attributes=attributes,
+                links=links,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+            spans[stage.name] = span.get_span_context()
+            token = otel_context.attach(trace.set_span_in_context(span, state.context))
+        except Exception as exc:  # C9: the SDK failed to start the span; run the stage untraced
+            self._sdk_failed(exc)
+            return await call_next(ctx)
         first_attempt = ctx.attempt
-        token = otel_context.attach(trace.set_span_in_context(span, state.context))
+        outcome: Outcome | None = None
+        error: Exception | None = None
+        finished: StageOutput | None = None
         try:
             output = await call_next(ctx)
         except asyncio.CancelledError as exc:
-            _end_stage(span, outcome_of_error(exc))
+            outcome = outcome_of_error(exc)
             raise
         except Exception as exc:
-            span.record_exception(exc)
-            _end_stage(span, outcome_of_error(exc))
+            outcome, error = outcome_of_error(exc), exc
             raise
         else:
-            outcome = outcome_of_output(output) if isinstance(output, StageOutput) else None
+            if isinstance(output, StageOutput):
+                outcome, finished = outcome_of_output(output), output
+        finally:
+            otel_context.detach(token)
+            self._end_stage(span, stage, outcome, error, finished, ctx.attempt, first_attempt)
+        return output
+
+    def _end_stage(
+        self,
+        span: trace.Span,
+        stage: StageInfo,
+        outcome: Outcome | None,
+        error: Exception | None,
+        output: StageOutput | None,
+        attempt: int,
+        first_attempt: int,
+    ) -> None:
+        """Record how the attempt ended and end its span; an SDK failure is logged, never raised (C9)."""
+        try:
+            if error is not None:
+                span.record_exception(error)
             if outcome is not None:
                 _end_stage(span, outcome)
             if self._capture is not None and isinstance(output, StageOutput):
                 self._capture_content(span, stage, output)
-        finally:
-            otel_context.detach(token)
-            if ctx.attempt != first_attempt:  # retried inside the span (RetryInterceptor): the last attempt
-                span.set_attribute(semconv.STAGE_ATTEMPT, ctx.attempt)
+            if attempt != first_attempt:  # retried inside the span (RetryInterceptor): the last attempt
+                span.set_attribute(semconv.STAGE_ATTEMPT, attempt)
+        except Exception as exc:
+            self._sdk_failed(exc)
+        try:
             span.end()
-        return output
+        except Exception as exc:
+            self._sdk_failed(exc)
+
+    def _sdk_failed(self, exc: Exception) -> None:
+        if not self._sdk_failed_once:
+            self._sdk_failed_once = True
+            logger.warning(
+                "stageflow_otel: TracingInterceptor: the OpenTelemetry SDK raised %r; the affected spans "
+                "are incomplete or missing, the pipeline is unaffected (logged once)",
+                exc,
+            )
 
     def _capture_content(self, span: trace.Span, stage: StageInfo, output: StageOutput) -> None:
         assert self._capture is not None
