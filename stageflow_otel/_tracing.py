@@ -296,7 +296,9 @@ class TracingInterceptor(Interceptor):
                 set_status_on_exception=False,
             )
             spans[stage.name] = span.get_span_context()
-            token = otel_context.attach(trace.set_span_in_context(span, state.context))
+            # On the current context, not the run's: values set around this span (baggage by an outer
+            # interceptor) must reach execute(). The parent is explicit above.
+            token = otel_context.attach(trace.set_span_in_context(span))
         except Exception as exc:  # C9: the SDK failed to start the span; run the stage untraced
             self._sdk_failed(exc)
             return await call_next(ctx)

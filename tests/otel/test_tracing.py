@@ -9,6 +9,7 @@ pytest.importorskip("opentelemetry.sdk")
 import asyncio
 import logging
 from collections.abc import Mapping
+from contextvars import ContextVar
 
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
@@ -21,14 +22,22 @@ from opentelemetry.util.types import AttributeValue
 from stageflow import (
     Pipeline,
     PipelineCancelledError,
+    PipelineContext,
     PipelineFailedError,
     RetryPolicy,
+    RunResult,
     StageContext,
     StageInfo,
     StageKind,
     StageOutput,
 )
-from stageflow.interceptors import CircuitBreakerInterceptor, TimeoutInterceptor
+from stageflow.interceptors import (
+    CallNext,
+    CircuitBreakerInterceptor,
+    Interceptor,
+    RunNext,
+    TimeoutInterceptor,
+)
 from stageflow_otel import TracingInterceptor, inject_context, semconv
 
 from .conftest import dump_spans, entry_ctx
@@ -607,6 +616,68 @@ class TestContextPropagation:
             "    user b",
             "  stage c [links: stage a]",
             "    user c",
+        ]
+
+    async def test_outer_interceptor_context_reaches_execute(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """Baggage and context variables set by interceptors around the stage span reach ``execute()``."""
+        tracer = tracer_provider.get_tracer("user")
+        request: ContextVar[str] = ContextVar("request", default="-")
+        seen: list[tuple[object, object, str]] = []
+
+        class StageBaggage(Interceptor):
+            """An outer stage interceptor (priority 5) setting baggage and opening its own span."""
+
+            name = "stage_baggage"
+            priority = 5
+
+            async def intercept_stage(
+                self, stage: StageInfo, ctx: StageContext, call_next: CallNext
+            ) -> StageOutput:
+                token = otel_context.attach(baggage.set_baggage("tenant", "acme"))
+                try:
+                    with tracer.start_as_current_span(f"outer {stage.name}"):
+                        return await call_next(ctx)
+                finally:
+                    otel_context.detach(token)
+
+        class RunBaggage(Interceptor):
+            """An inner run interceptor (priority 15) setting baggage and a context variable."""
+
+            name = "run_baggage"
+            priority = 15
+
+            async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
+                token = otel_context.attach(baggage.set_baggage("request", "r-1"))
+                var_token = request.set("r-1")
+                try:
+                    return await call_next(run)
+                finally:
+                    request.reset(var_token)
+                    otel_context.detach(token)
+
+        async def read(ctx: StageContext) -> StageOutput:
+            seen.append((baggage.get_baggage("tenant"), baggage.get_baggage("request"), request.get()))
+            with tracer.start_as_current_span(f"user {ctx.stage_name}"):
+                return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("a", read, T)
+            .with_stage("b", read, T, dependencies=("a",))
+            .build(interceptors=[StageBaggage(), RunBaggage(), TracingInterceptor(tracer_provider)])
+        )
+        await graph.run(entry_ctx())
+        assert seen == [("acme", "r-1", "r-1"), ("acme", "r-1", "r-1")]
+        assert dump_spans(span_exporter.get_finished_spans()) == [
+            "pipeline p",
+            "  outer a",
+            "  outer b",
+            "  stage a",
+            "    user a",
+            "  stage b [links: stage a]",
+            "    user b",
         ]
 
     async def test_many_concurrent_runs(
