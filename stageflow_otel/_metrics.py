@@ -110,6 +110,7 @@ class MetricsInterceptor(Interceptor):
         self._circuit_states: dict[tuple[str, str], int] = {}
         self._circuit_lock = threading.Lock()
         self._circuit_gauge: Any = None
+        self._breakers: list[CircuitBreakerInterceptor] = []
 
     def _is_enabled(self) -> bool:
         enabled = self._enabled
@@ -262,24 +263,28 @@ class MetricsInterceptor(Interceptor):
     def observe_circuit_breaker(self, breaker: CircuitBreakerInterceptor) -> None:
         """Export ``breaker``'s state per stage as the ``stageflow.circuit_breaker.state`` gauge.
 
-        Takes the breaker's current states, then registers a listener so every state change updates the
-        gauge (0 closed, 1 half-open, 2 open). The gauge reports, at each collection, every stage whose
-        breaker has run; the listener keeps collection (often on the exporter's thread) off the breaker's
-        own state.
+        At each collection the gauge reports (0 closed, 1 half-open, 2 open) every stage the observed
+        breakers hold a state for, whether or not it ever changed, read from ``breaker.states()``; a
+        listener also records every state change, so a collection that cannot read the breaker (it is
+        being updated on the event loop while collection runs on the exporter's thread) still reports the
+        last known states. Stages past ``max_stage_series`` share the ``_OTHER`` series, which shows the
+        most open of their states.
 
         Args:
             breaker: the circuit breaker interceptor to observe.
 
         .. versionadded:: 0.10
         """
+        current = _breaker_states(breaker)
         with self._circuit_lock:
             if self._circuit_gauge is None:
                 m = semconv.CIRCUIT_BREAKER_STATE
                 self._circuit_gauge = self._meter.create_observable_gauge(
                     m.name, callbacks=[self._observe_circuits], unit=m.unit, description=m.description
                 )
-            for key, state in breaker.states().items():
-                self._circuit_states[key] = int(state)
+            if breaker not in self._breakers:
+                self._breakers.append(breaker)
+            self._circuit_states.update(current)
         breaker.add_listener(self._on_circuit_change)
 
     def _on_circuit_change(self, change: CircuitStateChange) -> None:
@@ -288,14 +293,28 @@ class MetricsInterceptor(Interceptor):
 
     def _observe_circuits(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._circuit_lock:
-            states = list(self._circuit_states.items())
+            breakers = list(self._breakers)
+            states = dict(self._circuit_states)
+        for breaker in breakers:
+            states.update(_breaker_states(breaker))
+        worst: dict[tuple[str, str], int] = {}
+        for (pipeline, stage), state in states.items():
+            key = (pipeline, self._series(stage))
+            worst[key] = max(state, worst.get(key, state))
         return [
-            Observation(
-                state,
-                {semconv.PIPELINE_NAME: pipeline, semconv.STAGE_NAME: self._series(stage)},
-            )
-            for (pipeline, stage), state in states
+            Observation(state, {semconv.PIPELINE_NAME: pipeline, semconv.STAGE_NAME: stage})
+            for (pipeline, stage), state in worst.items()
         ]
+
+
+def _breaker_states(breaker: CircuitBreakerInterceptor) -> dict[tuple[str, str], int]:
+    """``breaker.states()`` as ints; ``{}`` when the event loop keeps changing them under this thread."""
+    for _ in range(3):
+        try:
+            return {key: int(state) for key, state in breaker.states().items()}
+        except RuntimeError:  # "dictionary changed size during iteration": a stage ran meanwhile
+            continue
+    return {}
 
 
 def _histogram(meter: metrics.Meter, metric: semconv.Metric) -> metrics.Histogram:

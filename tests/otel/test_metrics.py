@@ -372,6 +372,42 @@ class TestCircuitBreakerGauge:
             frozenset({("stageflow.pipeline.name", "demo"), ("stageflow.stage.name", "x")}): 2
         }
 
+    async def test_every_stage_with_state_is_reported(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """Stages whose breaker ran but never changed state are reported closed (0)."""
+        breaker = CircuitBreakerInterceptor(failure_threshold=100)
+        metrics = MetricsInterceptor(meter_provider)
+        metrics.observe_circuit_breaker(breaker)
+        graph = diamond().build(interceptors=[metrics, breaker])
+        await graph.run(entry_ctx())
+        assert sums(metric_reader, semconv.CIRCUIT_BREAKER_STATE.name) == {
+            frozenset({("stageflow.pipeline.name", "demo"), ("stageflow.stage.name", name)}): 0
+            for name in "abcd"
+        }
+
+    async def test_overflow_series_reports_the_worst_state(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """Stages past ``max_stage_series`` share the ``_OTHER`` series, which shows the most open state."""
+        breaker = CircuitBreakerInterceptor(failure_threshold=1, recovery_timeout=3600)
+        metrics = MetricsInterceptor(meter_provider, max_stage_series=1)
+        metrics.observe_circuit_breaker(breaker)
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("a", ok, T)
+            .with_stage("b", ok, T, dependencies=("a",))
+            .with_stage("c", boom, T, dependencies=("b",))
+            .with_stage("d", ok, T, dependencies=("c",))
+            .build(interceptors=[metrics, breaker])
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx())
+        assert sums(metric_reader, semconv.CIRCUIT_BREAKER_STATE.name) == {
+            frozenset({("stageflow.pipeline.name", "demo"), ("stageflow.stage.name", "a")}): 0,
+            frozenset({("stageflow.pipeline.name", "demo"), ("stageflow.stage.name", "_OTHER")}): 2,
+        }
+
 
 class TestNoSdk:
     """The fast path when no SDK is configured."""
