@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from opentelemetry.sdk.metrics import Counter, Histogram, ObservableCounter, ObservableUpDownCounter
 from opentelemetry.sdk.metrics import UpDownCounter as SdkUpDownCounter
@@ -37,13 +39,14 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.export import Histogram as HistogramData
 from opentelemetry.sdk.metrics.export import Metric as OtelMetric
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
@@ -150,9 +153,8 @@ class PrometheusMetricReader(MetricReader):
             return self._latest
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        """Stop answering scrapes."""
-        with self._lock:
-            self._closed = True
+        """Stop answering scrapes (at once: a scrape in progress is not waited for)."""
+        self._closed = True  # not under the lock, which a slow scrape may hold for seconds
 
 
 class PrometheusBridge(Collector):
@@ -296,6 +298,19 @@ def _buckets(point: HistogramDataPoint) -> list[tuple[str, float] | tuple[str, f
     return buckets
 
 
+_POLL_INTERVAL = 0.02
+"""Seconds between the server loop's checks for ``close()``: what closing costs at most.
+
+prometheus-client's ``start_http_server`` polls every 0.5 s, which ``Telemetry.shutdown(timeout)`` would
+have to wait out whatever its timeout.
+"""
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing (one line per scrape on stderr otherwise)."""
+
+
 class MetricsServer:
     """A running ``/metrics`` HTTP endpoint; ``close()`` stops it and releases the port.
 
@@ -310,13 +325,30 @@ class MetricsServer:
         self._bridge = PrometheusBridge(reader)
         registry.register(self._bridge)
         try:
-            self._server, self._thread = start_http_server(port, addr=addr, registry=registry)
+            family, _, _, _, sockaddr = socket.getaddrinfo(
+                addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+
+            class _Server(ThreadingWSGIServer):
+                address_family = family
+
+            self._server = make_server(
+                str(sockaddr[0]), port, make_wsgi_app(registry), _Server, handler_class=_QuietHandler
+            )
         except Exception:
             registry.unregister(self._bridge)
             raise
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": _POLL_INTERVAL},
+            name="stageflow-otel-metrics-server",
+            daemon=True,
+        )
+        self._thread.start()
         self.addr = addr
         self.port: int = self._server.server_port
         self._closed = False
+        self._close_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -325,10 +357,15 @@ class MetricsServer:
         return f"http://{host}:{self.port}/metrics"
 
     def close(self) -> None:
-        """Stop serving, close the socket and unregister the bridge (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
+        """Stop serving, close the socket and unregister the bridge (idempotent).
+
+        Returns within a few tens of milliseconds: a scrape still being answered finishes in its own
+        daemon thread (with no data once the reader is shut down).
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()

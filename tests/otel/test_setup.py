@@ -12,9 +12,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from collections.abc import Iterator
 
 from opentelemetry import _logs, metrics, trace
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
 from stageflow import NoOpEventSink
@@ -170,6 +173,21 @@ class TestShutdown:
         assert (telemetry.shutdown(timeout=1.0), telemetry.shutdown(timeout=1.0)) == (True, True)
         telemetry.event_sink.try_emit(type="pipeline.created", data={})
         assert isinstance(telemetry.event_sink, OtlpEventSink) and telemetry.event_sink.dropped == 1
+
+    def test_shutdown_with_a_metrics_server_is_quick(
+        self, quiet: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """With in-process exporters only, shutdown(0.2) just after a scrape succeeds well within 0.2 s."""
+        reader = InMemoryMetricReader()
+        telemetry = setup("svc", set_global=False, metrics_port=0, metric_readers=[reader])
+        assert telemetry.metrics_server is not None
+        with urllib.request.urlopen(telemetry.metrics_server.url, timeout=5) as response:
+            assert response.status == 200
+        caplog.set_level(logging.WARNING)
+        started = time.monotonic()
+        ok = telemetry.shutdown(0.2)
+        elapsed = time.monotonic() - started
+        assert (ok, elapsed < 0.25, caplog.records) == (True, True, [])
 
 
 ENV_ONLY_SCRIPT = textwrap.dedent(
