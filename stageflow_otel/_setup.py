@@ -7,6 +7,11 @@ without any endpoint nothing needs a server: metrics are served in-process at
 ``http://127.0.0.1:9464/metrics`` and traces and events are recorded (so logs and exemplars carry trace
 ids) but only exported when ``OTEL_TRACES_EXPORTER`` / ``OTEL_LOGS_EXPORTER`` say ``console`` or ``otlp``.
 
+Events reach the export pipeline or are counted in ``stageflow.events.dropped``: the sink's own buffer
+counts what it refuses, and the log record processor ``setup()`` installs bounds its queue itself
+(``OTEL_BLRP_MAX_QUEUE_SIZE``, 2048) and counts every stageflow event it refuses when the queue is full,
+where the SDK's ``BatchLogRecordProcessor`` would silently drop its oldest record.
+
 ``Telemetry.shutdown(timeout)`` is bounded: the providers shut down in parallel daemon threads; shortly
 before the deadline the exporters are aborted (in-flight retries interrupted, later batches dropped and
 counted), so it returns within ``timeout`` plus a few milliseconds even when the collector is down.
@@ -35,7 +40,7 @@ from typing import Any, Literal
 
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.sdk._logs import LoggerProvider as SdkLoggerProvider
-from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs import LogRecordProcessor, ReadableLogRecord, ReadWriteLogRecord
 from opentelemetry.sdk._logs.export import (
     BatchLogRecordProcessor,
     ConsoleLogRecordExporter,
@@ -192,8 +197,10 @@ class _LogExporter(LogRecordExporter):
     def __init__(self, inner: LogRecordExporter, accounting: _Accounting) -> None:
         self.guard = _Guard(inner, "logs", accounting)
         self._inner = inner
+        self.taken: Callable[[int], None] = _ignore
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        self.taken(len(batch))
         result = LogRecordExportResult.FAILURE
         if not self.guard.aborted:
             try:
@@ -206,6 +213,51 @@ class _LogExporter(LogRecordExporter):
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         self.guard.shutdown(timeout_millis)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _ignore(count: int) -> None:
+    return None
+
+
+class _CountingLogProcessor(LogRecordProcessor):
+    """A ``BatchLogRecordProcessor`` whose queue overflow is counted, not silent.
+
+    The SDK's processor drops its oldest record when its queue is full, with a log line only. This wrapper
+    keeps the queue bound itself: it counts records handed to the SDK processor until the exporter takes
+    them (an upper bound of the SDK's queue length) and refuses a record while ``capacity`` are queued,
+    calling ``on_drop`` for stageflow events. The SDK queue is made ``capacity + batch_size`` long, so it
+    never drops on its own.
+    """
+
+    def __init__(self, exporter: _LogExporter, capacity: int, batch_size: int) -> None:
+        self._capacity = capacity
+        self._queued = 0
+        self._lock = threading.Lock()
+        self.on_drop: Callable[[int], None] = _ignore
+        exporter.taken = self._taken
+        self._inner = BatchLogRecordProcessor(
+            exporter, max_export_batch_size=batch_size, max_queue_size=capacity + batch_size
+        )
+
+    def _taken(self, count: int) -> None:
+        with self._lock:
+            self._queued = max(0, self._queued - count)
+
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+        with self._lock:
+            full = self._queued >= self._capacity
+            if not full:
+                self._queued += 1
+        if not full:
+            self._inner.on_emit(log_record)
+        elif semconv.EVENT_TYPE in (log_record.log_record.attributes or {}):
+            self.on_drop(1)
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()  # type: ignore[no-untyped-call]
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self._inner.force_flush(timeout_millis)
@@ -639,6 +691,7 @@ def setup(
     accounting.bind(meter_provider)
 
     logger_provider = SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
+    log_processors: list[_CountingLogProcessor] = []
     endpoint, protocol = _endpoint("logs")
     for name in _exporter_names("logs", endpoint is not None):
         log_exporter: LogRecordExporter = (
@@ -648,7 +701,9 @@ def setup(
         )
         wrapped_logs = _LogExporter(log_exporter, accounting)
         guards.append(wrapped_logs.guard)
-        logger_provider.add_log_record_processor(BatchLogRecordProcessor(wrapped_logs))
+        log_processor = _CountingLogProcessor(wrapped_logs, *_log_queue())
+        log_processors.append(log_processor)
+        logger_provider.add_log_record_processor(log_processor)
 
     server = None
     if prometheus_reader is not None and port is not None:
@@ -659,6 +714,8 @@ def setup(
             logger.error("stageflow_otel: cannot serve /metrics on %s:%s: %s", addr, port, exc)
 
     sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider)
+    for log_processor in log_processors:
+        log_processor.on_drop = sink._count_dropped
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
@@ -676,6 +733,27 @@ def setup(
     )
     atexit.register(telemetry._atexit)
     return telemetry
+
+
+def _log_queue() -> tuple[int, int]:
+    """``OTEL_BLRP_MAX_QUEUE_SIZE`` (2048) and ``OTEL_BLRP_MAX_EXPORT_BATCH_SIZE`` (512)."""
+    return _positive_int("OTEL_BLRP_MAX_QUEUE_SIZE", 2048), _positive_int(
+        "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", 512
+    )
+
+
+def _positive_int(name: str, default: int) -> int:
+    raw = _env(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        logger.warning("stageflow_otel: %s=%r is not a positive integer; using %d", name, raw, default)
+        return default
+    return value
 
 
 def _port(raw: str) -> int:

@@ -147,7 +147,10 @@ class OtlpEventSink:
 
     ``try_emit`` never blocks and never raises: it appends to a buffer of ``max_buffer`` events that a
     daemon thread drains into the logger. Events arriving while the buffer is full, or after
-    ``shutdown``, are dropped and counted in ``stageflow.events.dropped``.
+    ``shutdown``, are dropped and counted in ``stageflow.events.dropped``. With the providers of
+    ``setup()``, events the log record processor refuses because its export queue is full
+    (``OTEL_BLRP_MAX_QUEUE_SIZE``) are counted there too; with a logger provider of your own, drops inside
+    its processors are that provider's to report.
 
     Args:
         logger_provider: where the log records go (default: the global logger provider).
@@ -183,11 +186,12 @@ class OtlpEventSink:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._dropped = 0
+        self._drop_lock = threading.Lock()
         self._failed_once = False
 
     @property
     def dropped(self) -> int:
-        """Events dropped so far (buffer full or sink shut down)."""
+        """Events dropped so far (buffer full, sink shut down, or ``setup()``'s export queue full)."""
         return self._dropped
 
     async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
@@ -197,7 +201,13 @@ class OtlpEventSink:
     def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
         """Buffer the event with the current trace context; drop and count it if the buffer is full."""
         try:
-            item: _Item = (type, data, otel_context.get_current(), time.time_ns())
+            # A copy: the caller may change or reuse its dict before the thread turns it into a record.
+            item: _Item = (
+                type,
+                None if data is None else dict(data),
+                otel_context.get_current(),
+                time.time_ns(),
+            )
             with self._cond:
                 accepted = not self._closed and len(self._buffer) < self._max
                 if accepted:
@@ -210,9 +220,21 @@ class OtlpEventSink:
                         self._thread.start()
                     self._cond.notify_all()
             if not accepted:
-                self._dropped += 1
-                self._dropped_counter.add(1)
+                self._count_dropped(1)
         except Exception as exc:  # telemetry never breaks a pipeline
+            self._report(exc)
+
+    def _count_dropped(self, count: int) -> None:
+        """Count ``count`` events lost after this sink accepted them (thread-safe; never raises).
+
+        ``setup()`` calls it from its log record processor when the export queue is full, so that
+        ``stageflow.events.dropped`` counts every event that did not reach the export pipeline.
+        """
+        with self._drop_lock:
+            self._dropped += count
+        try:
+            self._dropped_counter.add(count)
+        except Exception as exc:
             self._report(exc)
 
     def flush(self, timeout: float | None = None) -> bool:

@@ -17,12 +17,13 @@ import urllib.request
 from collections.abc import Iterator
 
 from opentelemetry import _logs, metrics, trace
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import TracerProvider
 
 from stageflow import NoOpEventSink
-from stageflow_otel import OtlpEventSink, Telemetry, setup
+from stageflow_otel import OtlpEventSink, Telemetry, semconv, setup
 
+from .conftest import metric_points
 from .otlp_receiver import HttpReceiver
 
 
@@ -164,6 +165,32 @@ class TestPerSignal:
         finally:
             assert telemetry.shutdown(timeout=5.0)
         assert ([s.name for s in http_receiver.spans()], http_receiver.logs) == (["only-traces"], [])
+
+
+class TestEventDrops:
+    def test_events_refused_by_a_full_export_queue_are_counted(
+        self, quiet: pytest.MonkeyPatch, http_receiver: HttpReceiver
+    ) -> None:
+        """Events beyond the log processor's queue are counted as dropped; the queued ones are exported."""
+        quiet.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", f"{http_receiver.endpoint}/v1/logs")
+        quiet.setenv("OTEL_BLRP_MAX_QUEUE_SIZE", "4")
+        quiet.setenv("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "8")  # never reached: no export before shutdown
+        quiet.setenv("OTEL_BLRP_SCHEDULE_DELAY", "600000")
+        reader = InMemoryMetricReader()
+        telemetry = setup("svc", set_global=False, metric_readers=[reader])
+        sink = telemetry.event_sink
+        assert isinstance(sink, OtlpEventSink)
+        for i in range(10):
+            sink.try_emit(type="stage.a.completed", data={"stage": "a", "i": i})
+        assert sink.flush(5.0)
+        dropped = [
+            p.value
+            for p in metric_points(reader, semconv.EVENTS_DROPPED.name)
+            if isinstance(p, NumberDataPoint)
+        ]
+        assert (sink.dropped, dropped) == (6, [6])
+        assert telemetry.shutdown(5.0)
+        assert len(http_receiver.log_records()) == 4
 
 
 class TestShutdown:

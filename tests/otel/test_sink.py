@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
-from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import TracerProvider
@@ -248,6 +248,33 @@ class TestBoundedBuffer:
             blocking.release.set()
             assert sink.flush(timeout=5.0)
             assert blocking.seen == ["stageflow.pipeline.created"] + ["stageflow.pipeline.started"] * 2
+        finally:
+            blocking.release.set()
+            sink.shutdown(timeout=5.0)
+            provider.shutdown()
+
+    def test_the_callers_dict_is_copied(self, meter_provider: MeterProvider) -> None:
+        """Changing the data dict after try_emit changes nothing in the record the thread writes later."""
+        blocking = _Blocking()
+        exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+        provider = LoggerProvider()
+        provider.add_log_record_processor(blocking)
+        provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+        sink = OtlpEventSink(logger_provider=provider, meter_provider=meter_provider)
+        try:
+            sink.try_emit(type="pipeline.created", data={})
+            assert blocking.entered.wait(5)
+            data: dict[str, object] = {"stage": "a", "n": 1}
+            sink.try_emit(type="stage.a.completed", data=data)
+            data["n"] = 2
+            data["stage"] = "zzz"
+            blocking.release.set()
+            assert sink.flush(timeout=5.0)
+            record = exporter.get_finished_logs()[-1].log_record
+            assert (record.body, (record.attributes or {})[semconv.STAGE_NAME]) == (
+                {"stage": "a", "n": 1},
+                "a",
+            )
         finally:
             blocking.release.set()
             sink.shutdown(timeout=5.0)
