@@ -721,6 +721,7 @@ def setup(
         metrics.set_meter_provider(meter_provider)
         _logs.set_logger_provider(logger_provider)
         stageflow.set_event_sink(sink)
+        _check_globals(tracer_provider, meter_provider, logger_provider)
     telemetry = Telemetry(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
@@ -733,6 +734,32 @@ def setup(
     )
     atexit.register(telemetry._atexit)
     return telemetry
+
+
+def _check_globals(
+    tracer_provider: trace.TracerProvider,
+    meter_provider: metrics.MeterProvider,
+    logger_provider: _logs.LoggerProvider,
+) -> None:
+    """Log an error if OpenTelemetry kept earlier global providers (they can be set once per process)."""
+    kept = [
+        name
+        for name, current, ours in (
+            ("tracer", trace.get_tracer_provider(), tracer_provider),
+            ("meter", metrics.get_meter_provider(), meter_provider),
+            ("logger", _logs.get_logger_provider(), logger_provider),
+        )
+        if current is not ours
+    ]
+    if kept:
+        logger.error(
+            "stageflow_otel: setup(set_global=True) could not install its %s provider(s): OpenTelemetry "
+            "keeps the first global providers of a process, so interceptors using the globals report to "
+            "the earlier ones. Pass this handle's providers to the interceptors "
+            "(TracingInterceptor(telemetry.tracer_provider), MetricsInterceptor(telemetry.meter_provider)) "
+            "or call setup() once per process",
+            ", ".join(kept),
+        )
 
 
 def _log_queue() -> tuple[int, int]:

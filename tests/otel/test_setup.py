@@ -236,6 +236,43 @@ ENV_ONLY_SCRIPT = textwrap.dedent(
 )
 
 
+SECOND_SETUP_SCRIPT = textwrap.dedent(
+    """
+    import logging, sys
+    logging.basicConfig(stream=sys.stdout, format="%(name)s %(levelname)s %(message)s")
+    logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
+    import stageflow_otel
+
+    first = stageflow_otel.setup("one")
+    print("first done")
+    second = stageflow_otel.setup("two")
+    assert first.shutdown(2.0) and second.shutdown(2.0)
+    """
+)
+
+
+class TestSecondGlobalSetup:
+    def test_a_second_global_setup_logs_an_error_naming_the_fix(self) -> None:
+        """OpenTelemetry keeps the first global providers; the second setup() says so and how to fix it."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env |= {"OTEL_METRICS_EXPORTER": "none"}
+        done = subprocess.run(
+            [sys.executable, "-c", SECOND_SETUP_SCRIPT], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert (done.returncode, done.stderr, done.stdout.splitlines()) == (
+            0,
+            "",
+            [
+                "first done",
+                "stageflow_otel ERROR stageflow_otel: setup(set_global=True) could not install its tracer, "
+                "meter, logger provider(s): OpenTelemetry keeps the first global providers of a process, "
+                "so interceptors using the globals report to the earlier ones. Pass this handle's providers "
+                "to the interceptors (TracingInterceptor(telemetry.tracer_provider), "
+                "MetricsInterceptor(telemetry.meter_provider)) or call setup() once per process",
+            ],
+        )
+
+
 class TestEnvironmentOnly:
     def test_setup_without_arguments_reads_the_env_and_installs_globals(self) -> None:
         """In a fresh process, setup() alone reads OTEL_* and installs the global providers and sink."""
