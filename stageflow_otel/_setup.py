@@ -13,8 +13,10 @@ counts what it refuses, and the log record processor ``setup()`` installs bounds
 where the SDK's ``BatchLogRecordProcessor`` would silently drop its oldest record.
 
 ``Telemetry.shutdown(timeout)`` is bounded: the providers shut down in parallel daemon threads; shortly
-before the deadline the exporters are aborted (in-flight retries interrupted, later batches dropped and
-counted), so it returns within ``timeout`` plus a few milliseconds even when the collector is down.
+before the deadline the exporters are aborted (their retry waits interrupted, gRPC and HTTP alike; later
+batches dropped and counted), so it returns within ``timeout`` plus a few milliseconds even when the
+collector is down. An OTLP/HTTP request already sent is not interrupted: it runs on until its own timeout
+(``OTEL_EXPORTER_OTLP_TIMEOUT``) in the daemon thread left behind, and its batch counts as failed.
 
 Example::
 
@@ -325,7 +327,7 @@ def _endpoint(signal: Signal) -> tuple[str | None, str]:
     upper = signal.upper()
     protocol = (
         _env(f"OTEL_EXPORTER_OTLP_{upper}_PROTOCOL") or _env("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
-    )
+    ).lower()
     if protocol not in _PROTOCOLS:
         logger.warning("stageflow_otel: OTLP protocol %r unsupported; using http/protobuf", protocol)
         protocol = "http/protobuf"
@@ -494,7 +496,8 @@ class Telemetry:
 
         The ``/metrics`` server stops, the event sink hands its buffer to the logger provider, then the
         three providers shut down in parallel daemon threads. Shortly before the deadline any exporter
-        still busy is aborted: its retries are interrupted and what it still holds is dropped and counted.
+        still busy is aborted: its retry waits are interrupted and what it still holds is dropped and
+        counted; an OTLP/HTTP request already sent finishes (or times out) in a thread left behind.
 
         Returns:
             ``True`` when everything was exported and shut down in time; ``False`` otherwise (data lost).

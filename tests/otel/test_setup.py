@@ -21,7 +21,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoi
 from opentelemetry.sdk.trace import TracerProvider
 
 from stageflow import NoOpEventSink
-from stageflow_otel import OtlpEventSink, Telemetry, semconv, setup
+from stageflow_otel import OtlpEventSink, Telemetry, _setup, semconv, setup
 
 from .conftest import metric_points
 from .otlp_receiver import HttpReceiver
@@ -191,6 +191,27 @@ class TestEventDrops:
         assert (sink.dropped, dropped) == (6, [6])
         assert telemetry.shutdown(5.0)
         assert len(http_receiver.log_records()) == 4
+
+
+class TestProtocol:
+    @pytest.mark.parametrize(
+        ("variable", "value"),
+        [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "GRPC"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "Grpc"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "HTTP/Protobuf"),
+        ],
+        ids=["general-upper", "per-signal-mixed", "http-mixed"],
+    )
+    def test_protocol_names_ignore_case(
+        self, quiet: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, variable: str, value: str
+    ) -> None:
+        """``OTEL_EXPORTER_OTLP_*PROTOCOL`` values are compared case-insensitively, without a warning."""
+        quiet.setenv(variable, value)
+        quiet.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        caplog.set_level(logging.WARNING)
+        assert _setup._endpoint("traces")[1] == value.lower()
+        assert caplog.records == []
 
 
 class TestShutdown:
