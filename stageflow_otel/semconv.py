@@ -443,6 +443,12 @@ ENVIRONMENT: Final = (
     ),
     EnvironmentVariable("OTEL_TRACES_SAMPLER_ARG", "1.0", "The ratio for `traceidratio` samplers."),
     EnvironmentVariable("OTEL_METRIC_EXPORT_INTERVAL", "60000", "Milliseconds between OTLP metric exports."),
+    EnvironmentVariable(
+        "OTEL_BLRP_MAX_QUEUE_SIZE",
+        "2048",
+        "Event log records queued for export; more are dropped and counted.",
+    ),
+    EnvironmentVariable("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "512", "Event log records per export batch."),
     EnvironmentVariable("OTEL_METRIC_EXPORT_TIMEOUT", "30000", "Milliseconds allowed for one metric export."),
     EnvironmentVariable(ENV_PROMETHEUS_HOST, "127.0.0.1", "Address the `/metrics` endpoint binds to."),
     EnvironmentVariable(ENV_PROMETHEUS_PORT, "9464", "Port of the `/metrics` endpoint (`0`: any free port)."),
