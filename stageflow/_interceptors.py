@@ -62,10 +62,18 @@ class Interceptor:
     Attributes:
         name: a name for logs.
         priority: lower runs outer (first before, last after).
+        isolated: whether the chain guards this interceptor (see the module docstring). An interceptor
+            that never raises on its own, only ``call_next``'s outcome or deliberate
+            ``CriticalInterceptorError``/``StageError``s, may set it to ``False``: the chain then calls it
+            directly, which saves a layer per stage (about half a microsecond), and an exception it does
+            raise fails the stage. The built-in interceptors and stageflow_otel's do so.
+
+    .. versionadded:: 0.10
     """
 
     name: str = "interceptor"
     priority: int = 100
+    isolated: bool = True
 
     async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
         """Wrap one stage attempt; must return ``await call_next(ctx)`` or another ``StageOutput``."""
@@ -289,6 +297,33 @@ def order_interceptors(interceptors: Sequence[Interceptor]) -> tuple[Interceptor
     return tuple(sorted(interceptors, key=lambda ic: ic.priority))
 
 
+class _Direct:
+    """An interceptor that is not isolated: called straight, with no coroutine of its own in between."""
+
+    __slots__ = ("_inner", "_intercept", "_stage")
+
+    def __init__(self, interceptor: Interceptor, stage: StageInfo, inner: CallNext) -> None:
+        self._intercept = interceptor.intercept_stage
+        self._stage = stage
+        self._inner = inner
+
+    def __call__(self, ctx: StageContext) -> Awaitable[StageOutput]:
+        return self._intercept(self._stage, ctx, self._inner)
+
+
+class _DirectRun:
+    """A run interceptor that is not isolated, called straight."""
+
+    __slots__ = ("_inner", "_intercept")
+
+    def __init__(self, interceptor: Interceptor, inner: RunNext) -> None:
+        self._intercept = interceptor.intercept_run
+        self._inner = inner
+
+    def __call__(self, run: PipelineContext) -> Awaitable[RunResult]:
+        return self._intercept(run, self._inner)
+
+
 def build_stage_chain(stage: StageInfo, call: CallNext, ordered: Sequence[Interceptor]) -> CallNext:
     """Fold the interceptors that wrap stages around ``call`` (outermost first in ``ordered``)."""
     active = [ic for ic in ordered if _overrides(ic, "intercept_stage")]
@@ -296,11 +331,14 @@ def build_stage_chain(stage: StageInfo, call: CallNext, ordered: Sequence[Interc
         return call
     # Bound ``__call__`` methods, not the layer objects: calling those is a plain method call, without the
     # type-slot lookup that calling an instance costs (paid twice per layer per stage).
-    chained: CallNext = _Innermost(call).__call__
+    chained: CallNext = _Innermost(call).__call__ if any(ic.isolated for ic in active) else call
     where = f"stage {stage.name!r}"
     for ic in reversed(active):
-        intercept = partial(ic.intercept_stage, stage)
-        chained = _Layer(ic, intercept, chained, where, _STAGE_DELIBERATE).__call__
+        if ic.isolated:
+            intercept = partial(ic.intercept_stage, stage)
+            chained = _Layer(ic, intercept, chained, where, _STAGE_DELIBERATE).__call__
+        else:
+            chained = _Direct(ic, stage, chained).__call__
     return chained
 
 
@@ -309,7 +347,10 @@ def build_run_chain(call: RunNext, ordered: Sequence[Interceptor]) -> RunNext:
     active = [ic for ic in ordered if _overrides(ic, "intercept_run")]
     if not active:
         return call
-    chained: RunNext = _Innermost(call).__call__
+    chained: RunNext = _Innermost(call).__call__ if any(ic.isolated for ic in active) else call
     for ic in reversed(active):
-        chained = _Layer(ic, ic.intercept_run, chained, "run", _RUN_DELIBERATE).__call__
+        if ic.isolated:
+            chained = _Layer(ic, ic.intercept_run, chained, "run", _RUN_DELIBERATE).__call__
+        else:
+            chained = _DirectRun(ic, chained).__call__
     return chained

@@ -97,6 +97,7 @@ class LoggingInterceptor(Interceptor):
 
     name = "logging"
     priority = 30
+    isolated = False  # never raises on its own: called without the isolation guard
 
     def __init__(self, logger: Any = None) -> None:
         self._log = logger if logger is not None else _default_logger()

@@ -75,6 +75,7 @@ class MetricsInterceptor(Interceptor):
 
     name = "metrics"
     priority = 20
+    isolated = False  # never raises on its own: called without the isolation guard
 
     def __init__(
         self,

@@ -169,6 +169,7 @@ class TracingInterceptor(Interceptor):
 
     name = "tracing"
     priority = 10
+    isolated = False  # never raises on its own: called without the isolation guard
 
     def __init__(
         self,

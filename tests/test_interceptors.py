@@ -579,3 +579,86 @@ class TestIsolationWithCancellation:
             await asyncio.wait_for(graph.run(make_ctx()), 5)
         assert type(info.value.error) is TimeoutError
         assert runs == [1]
+
+
+class TestNotIsolated:
+    async def test_exception_from_a_not_isolated_interceptor_fails_the_stage(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An interceptor with isolated=False is not bypassed: what it raises fails the stage, unlogged."""
+
+        class Strict(Interceptor):
+            isolated = False
+
+            async def intercept_stage(
+                self, stage: StageInfo, ctx: StageContext, call_next: CallNext
+            ) -> StageOutput:
+                await call_next(ctx)
+                raise LookupError("strict says no")
+
+        graph = Pipeline().with_stage("s", ok_stage(v=1), W).build([Strict()])
+        with caplog.at_level(logging.ERROR, logger="stageflow"), pytest.raises(PipelineFailedError) as info:
+            await graph.run(make_ctx())
+        assert (type(info.value.error), str(info.value.error)) == (LookupError, "strict says no")
+        assert caplog.records == []
+
+    async def test_isolated_and_not_isolated_interceptors_nest(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Around a not-isolated interceptor, an isolated one's bug still falls back to the inner output."""
+        order: list[str] = []
+
+        class Inner(Interceptor):
+            isolated = False
+            priority = 60
+
+            async def intercept_stage(
+                self, stage: StageInfo, ctx: StageContext, call_next: CallNext
+            ) -> StageOutput:
+                order.append("inner before")
+                out = await call_next(ctx)
+                order.append("inner after")
+                return out
+
+        class BuggyOuter(Interceptor):
+            priority = 50
+
+            async def intercept_stage(
+                self, stage: StageInfo, ctx: StageContext, call_next: CallNext
+            ) -> StageOutput:
+                await call_next(ctx)
+                raise KeyError("bug")
+
+        class RunWide(Interceptor):
+            isolated = False
+
+            async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
+                token = VAR.set("run-wide")
+                try:
+                    return await call_next(run)
+                finally:
+                    VAR.reset(token)
+
+        async def body(ctx: StageContext) -> StageOutput:
+            order.append(f"body sees {VAR.get()}")
+            return StageOutput.ok(v=1)
+
+        graph = Pipeline().with_stage("s", body, W).build([Inner(), BuggyOuter(), RunWide()])
+        with caplog.at_level(logging.ERROR, logger="stageflow"):
+            results = await graph.run(make_ctx())
+        assert dict(results["s"].data) == {"v": 1}
+        assert order == ["inner before", "body sees run-wide", "inner after"]
+        assert [r.getMessage() for r in caplog.records] == [
+            "stageflow: interceptor 'interceptor' raised in stage 's' and was bypassed: KeyError('bug')"
+        ]
+
+    def test_built_in_interceptors_are_not_isolated(self) -> None:
+        """The core's built-in interceptors promise not to raise on their own."""
+        from stageflow.interceptors import CircuitBreakerInterceptor, RetryInterceptor, TimeoutInterceptor
+
+        assert [c.isolated for c in (TimeoutInterceptor, CircuitBreakerInterceptor, RetryInterceptor)] == [
+            False,
+            False,
+            False,
+        ]
+        assert Interceptor.isolated is True

@@ -66,6 +66,7 @@ class TimeoutInterceptor(Interceptor):
 
     name = "timeout"
     priority = 50
+    isolated = False  # never raises on its own: called without the isolation guard
 
     def __init__(
         self,
@@ -174,6 +175,7 @@ class CircuitBreakerInterceptor(Interceptor):
 
     name = "circuit_breaker"
     priority = 40
+    isolated = False  # never raises on its own: called without the isolation guard
 
     def __init__(
         self,
@@ -303,6 +305,7 @@ class RetryInterceptor(Interceptor):
 
     name = "retry"
     priority = 35
+    isolated = False  # never raises on its own: called without the isolation guard
 
     def __init__(
         self,
