@@ -461,17 +461,18 @@ class _Run:
             node.name, node.kind, _SKIP, output, None, ready_at, now, now, 0
         )
         if self.sink is not None:
-            emit(
-                self.sink,
-                node.event("skipped"),
-                self._event(
-                    stage=node.name,
-                    kind=node.kind.value,
-                    reason=output.data["reason"],
-                    duration=0.0,
-                ),
+            self._stage_event(
+                node,
+                "skipped",
+                reason=output.data["reason"],
+                duration=0.0,
             )
         return output
+
+    def _stage_event(self, node: _Node, outcome: str, **data: Any) -> None:
+        """Emit ``stage.{name}.{outcome}`` with the stage's name and kind (only while a sink listens)."""
+        assert self.sink is not None
+        emit(self.sink, node.event(outcome), self._event(stage=node.name, kind=node.kind.value, **data))
 
     def _stop(self) -> None:
         self.stopping = True
@@ -495,15 +496,11 @@ class _Run:
         ctx = _stage_context(run, node.info, prior, deps, ready_at, started)
         sink = self.sink
         if sink is not None:
-            emit(
-                sink,
-                node.event("started"),
-                self._event(
-                    stage=node.name,
-                    kind=node.kind.value,
-                    wait=started - ready_at,
-                    dependencies=list(node.deps),
-                ),
+            self._stage_event(
+                node,
+                "started",
+                wait=started - ready_at,
+                dependencies=list(node.deps),
             )
         call = node.call
         error: BaseException | None = None
@@ -542,14 +539,10 @@ class _Run:
                 node.name, node.kind, _CANCEL, None, None, ready_at, started, ended, ctx.attempt
             )
             if sink is not None:
-                emit(
-                    sink,
-                    node.event("cancelled"),
-                    self._event(
-                        stage=node.name,
-                        kind=node.kind.value,
-                        duration=ended - started,
-                    ),
+                self._stage_event(
+                    node,
+                    "cancelled",
+                    duration=ended - started,
                 )
             if not self.stopping:  # cancelled on its own, not by the run: that ends the run as cancelled
                 self.cancelled_by = (node.name, "stage task was cancelled")
@@ -566,17 +559,13 @@ class _Run:
                     node.name, node.kind, _FAIL, output, error, ready_at, started, ended, ctx.attempt
                 )
                 if sink is not None:
-                    emit(
-                        sink,
-                        node.event("failed"),
-                        self._event(
-                            stage=node.name,
-                            kind=node.kind.value,
-                            duration=ended - started,
-                            error=describe(error),
-                            error_type=type(error).__name__,
-                            attempts=ctx.attempt,
-                        ),
+                    self._stage_event(
+                        node,
+                        "failed",
+                        duration=ended - started,
+                        error=describe(error),
+                        error_type=type(error).__name__,
+                        attempts=ctx.attempt,
                     )
                 self.failures[node.name] = error
                 self.left -= 1
@@ -600,15 +589,11 @@ class _Run:
             if status is _CANCEL:
                 reason = str(output.data.get("cancel_reason", ""))
                 if sink is not None:
-                    emit(
-                        sink,
-                        node.event("cancelled"),
-                        self._event(
-                            stage=node.name,
-                            kind=node.kind.value,
-                            duration=ended - started,
-                            reason=reason,
-                        ),
+                    self._stage_event(
+                        node,
+                        "cancelled",
+                        duration=ended - started,
+                        reason=reason,
                     )
                 if self.cancelled_by is None and not self.failures:
                     self.cancelled_by = (node.name, reason)
@@ -617,27 +602,19 @@ class _Run:
                 return
             if sink is not None:
                 if status is _SKIP:
-                    emit(
-                        sink,
-                        node.event("skipped"),
-                        self._event(
-                            stage=node.name,
-                            kind=node.kind.value,
-                            duration=ended - started,
-                            reason=output.data.get("reason", ""),
-                        ),
+                    self._stage_event(
+                        node,
+                        "skipped",
+                        duration=ended - started,
+                        reason=output.data.get("reason", ""),
                     )
                 else:
-                    emit(
-                        sink,
-                        node.event("completed"),
-                        self._event(
-                            stage=node.name,
-                            kind=node.kind.value,
-                            duration=ended - started,
-                            wait=started - ready_at,
-                            attempts=ctx.attempt,
-                        ),
+                    self._stage_event(
+                        node,
+                        "completed",
+                        duration=ended - started,
+                        wait=started - ready_at,
+                        attempts=ctx.attempt,
                     )
             self._finish(i, output, ended)
         except Exception as exc:  # never leave the run waiting: a failure in our own bookkeeping ends it
@@ -656,16 +633,12 @@ class _Run:
     ) -> None:
         delay = policy.delay(ctx.attempt)
         if self.sink is not None:
-            emit(
-                self.sink,
-                node.event("retrying"),
-                self._event(
-                    stage=node.name,
-                    kind=node.kind.value,
-                    attempt=ctx.attempt,
-                    delay=delay,
-                    error=None if reason is None else reason if isinstance(reason, str) else describe(reason),
-                ),
+            self._stage_event(
+                node,
+                "retrying",
+                attempt=ctx.attempt,
+                delay=delay,
+                error=None if reason is None else reason if isinstance(reason, str) else describe(reason),
             )
         await policy.sleep(delay)
         ctx.attempt += 1
