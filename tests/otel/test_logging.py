@@ -20,9 +20,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from stageflow import Pipeline, PipelineFailedError, StageContext, StageKind, StageOutput
 from stageflow_otel import LoggingInterceptor, MetricsInterceptor, TracingInterceptor, add_trace_context
 
+from ._stages import T, boom, ok
 from .conftest import entry_ctx
 
-T = StageKind.TRANSFORM
 VOLATILE = ("duration", "wait")
 
 
@@ -52,16 +52,6 @@ def json_logger(sink: ListLogger, *, trace_context: bool = False) -> Any:
     return structlog.wrap_logger(
         sink, processors=processors, wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)
     )
-
-
-async def ok(ctx: StageContext) -> StageOutput:
-    """A stage that succeeds."""
-    return StageOutput.ok()
-
-
-async def boom(ctx: StageContext) -> StageOutput:
-    """A stage that raises."""
-    raise RuntimeError("kaput")
 
 
 def ids(span: ReadableSpan) -> dict[str, str]:

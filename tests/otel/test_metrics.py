@@ -19,41 +19,10 @@ from stageflow import Pipeline, PipelineFailedError, StageContext, StageKind, St
 from stageflow.interceptors import CircuitBreakerInterceptor, TimeoutInterceptor
 from stageflow_otel import MetricsInterceptor, TracingInterceptor, semconv
 
+from ._stages import T, boom, diamond, fail, ok, skip
 from .conftest import entry_ctx, metric_points
 
-T = StageKind.TRANSFORM
 Attrs = frozenset[tuple[str, object]]
-
-
-async def ok(ctx: StageContext) -> StageOutput:
-    """A stage that succeeds."""
-    return StageOutput.ok()
-
-
-async def boom(ctx: StageContext) -> StageOutput:
-    """A stage that raises."""
-    raise RuntimeError("kaput")
-
-
-async def fail(ctx: StageContext) -> StageOutput:
-    """A stage that returns a failure."""
-    return StageOutput.fail("bad input")
-
-
-async def skip(ctx: StageContext) -> StageOutput:
-    """A stage that skips itself."""
-    return StageOutput.skip("nothing to do")
-
-
-def diamond() -> Pipeline:
-    """a -> (b, c) -> d."""
-    return (
-        Pipeline(name="demo")
-        .with_stage("a", ok, T)
-        .with_stage("b", ok, T, dependencies=("a",))
-        .with_stage("c", ok, StageKind.ENRICH, dependencies=("a",))
-        .with_stage("d", ok, T, dependencies=("b", "c"))
-    )
 
 
 def histograms(reader: InMemoryMetricReader, name: str) -> dict[Attrs, HistogramDataPoint]:

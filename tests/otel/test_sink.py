@@ -27,11 +27,11 @@ from stageflow import (
     StageContext,
     StageInputs,
     StageKind,
-    StageOutput,
 )
 from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
 from stageflow_otel.semconv import EVENTS
 
+from ._stages import boom, ok
 from .conftest import metric_points
 
 
@@ -47,16 +47,6 @@ def entry(sink: OtlpEventSink) -> StageContext:
     """An entry context with a fresh run id, reporting to ``sink``."""
     snapshot = ContextSnapshot(run_id=RunIdentity())
     return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
-
-
-async def ok(ctx: StageContext) -> StageOutput:
-    """A stage that succeeds."""
-    return StageOutput.ok(done=True)
-
-
-async def boom(ctx: StageContext) -> StageOutput:
-    """A stage that raises."""
-    raise RuntimeError("kaput")
 
 
 def records(sink: OtlpEventSink, exporter: InMemoryLogRecordExporter) -> list[tuple[str, str, str]]:

@@ -40,40 +40,8 @@ from stageflow.interceptors import (
 )
 from stageflow_otel import TracingInterceptor, inject_context, semconv
 
+from ._stages import T, boom, diamond, fail, ok, skip
 from .conftest import dump_spans, entry_ctx
-
-T = StageKind.TRANSFORM
-
-
-async def ok(ctx: StageContext) -> StageOutput:
-    """A stage that succeeds."""
-    return StageOutput.ok(done=True)
-
-
-async def boom(ctx: StageContext) -> StageOutput:
-    """A stage that raises."""
-    raise RuntimeError("kaput")
-
-
-async def fail(ctx: StageContext) -> StageOutput:
-    """A stage that returns a failure."""
-    return StageOutput.fail("bad input")
-
-
-async def skip(ctx: StageContext) -> StageOutput:
-    """A stage that skips itself."""
-    return StageOutput.skip("nothing to do")
-
-
-def diamond() -> Pipeline:
-    """a -> (b, c) -> d, with d fanning in from both."""
-    return (
-        Pipeline(name="demo")
-        .with_stage("a", ok, T)
-        .with_stage("b", ok, T, dependencies=("a",))
-        .with_stage("c", ok, StageKind.ENRICH, dependencies=("a",))
-        .with_stage("d", ok, T, dependencies=("b", "c"))
-    )
 
 
 def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
@@ -164,7 +132,7 @@ class TestSpanTree:
             "stageflow.stage.dependencies": ("a",),
             "stageflow.stage.attempt": 1,
             "stageflow.stage.result": "success",
-            "code.function.name": f"{__name__}.ok",
+            "code.function.name": f"{ok.__module__}.ok",
         }
         assert c.status.status_code is StatusCode.UNSET
 
