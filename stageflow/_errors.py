@@ -96,11 +96,34 @@ class PipelineDefinitionError(StageflowError, ValueError):
 
 
 class InvalidStageNameError(PipelineDefinitionError):
-    """A stage name is not a non-empty string."""
+    """A stage name is not a non-empty string of text that UTF-8 can encode."""
 
     def __init__(self, name: object) -> None:
         self.name = name
-        super().__init__(f"stage name {name!r} is invalid; use a non-empty str such as 'stt' or 'llm'")
+        problem = _unencodable(name) if isinstance(name, str) and name else None
+        if problem is None:
+            super().__init__(f"stage name {name!r} is invalid; use a non-empty str such as 'stt' or 'llm'")
+        else:
+            super().__init__(f"stage name {name!r} is invalid: {problem}")
+
+
+def _unencodable(text: str) -> str | None:
+    """Why ``text`` cannot be encoded as UTF-8 (and how to fix it), or ``None`` when it can.
+
+    Telemetry (OTLP protobuf, Prometheus text) and stores encode names as UTF-8; a lone surrogate such
+    as ``"\\udcff"`` (what ``os.fsdecode`` makes of undecodable bytes) cannot be, so it is refused early.
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end]
+        return (
+            f"{bad!r} at position {exc.start} cannot be encoded as UTF-8 (a lone surrogate); "
+            "use valid Unicode text, e.g. decode bytes with errors='replace'"
+        )
+    return None
 
 
 class DuplicateStageError(PipelineDefinitionError):
@@ -233,14 +256,24 @@ class StageFailedError(StageError):
 
 
 class InvalidStageOutputError(StageError, TypeError):
-    """``execute()`` returned something other than a ``StageOutput``."""
+    """``execute()`` returned something other than a ``StageOutput``.
+
+    Only the value's type is in the message (which reaches events, stores and telemetry): the value itself
+    may hold stage data. It stays available in-process as ``value``.
+    """
 
     def __init__(self, stage: str, value: object) -> None:
         self.stage, self.value = stage, value
         super().__init__(
-            f"stage {stage!r} returned {value!r} ({type(value).__name__}); execute() must return a "
-            "StageOutput, e.g. StageOutput.ok(key=value)"
+            f"stage {stage!r} returned a {_type_name(value)} object; execute() must return a StageOutput, "
+            "e.g. StageOutput.ok(key=value)"
         )
+
+
+def _type_name(value: object) -> str:
+    cls = type(value)
+    module = getattr(cls, "__module__", "builtins")
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
 class RetryNotConfiguredError(StageError):

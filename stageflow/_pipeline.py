@@ -17,6 +17,7 @@ from ._errors import (
     PipelineDefinitionError,
     SelfDependencyError,
     UnknownDependencyError,
+    _unencodable,
 )
 from ._retry import RetryPolicy
 from ._types import StageKind, StageOutput
@@ -186,6 +187,10 @@ class Pipeline:
         if not isinstance(name, str) or not name:
             msg = f"pipeline name {name!r} is invalid; use a non-empty str"
             raise PipelineDefinitionError(msg)
+        problem = _unencodable(name)
+        if problem is not None:
+            msg = f"pipeline name {name!r} is invalid: {problem}"
+            raise PipelineDefinitionError(msg)
         _set_name(self, name)
         _set_last(self, None)
         _set_count(self, 0)
@@ -249,7 +254,7 @@ class Pipeline:
         Raises:
             InvalidStageNameError, InvalidStageKindError, InvalidRunnerError, PipelineDefinitionError.
         """
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str) or not name or (not name.isascii() and _unencodable(name)):
             raise InvalidStageNameError(name)
         stage_kind = kind if type(kind) is StageKind else _check_kind(name, kind)
         _check_runner(name, runner)

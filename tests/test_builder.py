@@ -272,6 +272,37 @@ class TestDefinitionErrors:
         ):
             Pipeline().with_stage(name, ok_stage(), T)
 
+    @pytest.mark.parametrize(
+        ("name", "position"), [("\udcff", 0), ("stt-\ud800", 4)], ids=["alone", "after-text"]
+    )
+    def test_stage_name_not_encodable_as_utf8(self, name: str, position: int) -> None:
+        """A stage name holding a lone surrogate is refused by ``with_stage()``, naming it and the fix."""
+        bad = name[position]
+        with pytest.raises(
+            InvalidStageNameError,
+            match=exact(
+                f"stage name {name!r} is invalid: {bad!r} at position {position} cannot be encoded as "
+                "UTF-8 (a lone surrogate); use valid Unicode text, e.g. decode bytes with errors='replace'"
+            ),
+        ):
+            Pipeline().with_stage(name, ok_stage(), T)
+
+    def test_non_ascii_stage_name_accepted(self) -> None:
+        """Any text UTF-8 encodes (accents, CJK, emoji) is a valid stage name."""
+        pipeline = Pipeline().with_stage("süß-語-🚀", ok_stage(), T)
+        assert [s.name for s in pipeline.stages] == ["süß-語-🚀"]
+
+    def test_pipeline_name_not_encodable_as_utf8(self) -> None:
+        """A pipeline name holding a lone surrogate is refused by ``Pipeline()``, naming it and the fix."""
+        with pytest.raises(
+            PipelineDefinitionError,
+            match=exact(
+                "pipeline name 'p\\udcff' is invalid: '\\udcff' at position 1 cannot be encoded as UTF-8 "
+                "(a lone surrogate); use valid Unicode text, e.g. decode bytes with errors='replace'"
+            ),
+        ):
+            Pipeline(name="p\udcff")
+
     def test_invalid_pipeline_name(self) -> None:
         """An empty pipeline name raises ``PipelineDefinitionError``."""
         with pytest.raises(

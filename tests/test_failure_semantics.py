@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from stageflow import (
     RetriesExhaustedError,
     RetryNotConfiguredError,
     RetryPolicy,
+    SQLiteRunStore,
     StageContext,
     StageFailedError,
     StageKind,
@@ -164,11 +166,41 @@ class TestFailFast:
         error = info.value.error
         assert isinstance(error, InvalidStageOutputError)
         assert str(error) == (
-            "stage 'a' returned {'x': 1} (dict); execute() must return a StageOutput, "
+            "stage 'a' returned a dict object; execute() must return a StageOutput, "
             "e.g. StageOutput.ok(key=value)"
         )
         assert calls == [1]
         assert info.value.results["a"].output is None
+
+    async def test_invalid_output_value_reaches_no_event_or_store(self, tmp_path: Path) -> None:
+        """Only the type of a non-``StageOutput`` return reaches events and the store, never its repr."""
+
+        class Secretive:
+            def __repr__(self) -> str:
+                return "sk-live-0000"
+
+        async def bad(ctx: StageContext) -> StageOutput:
+            return {"token": "sk-live-0000", "obj": Secretive()}  # type: ignore[return-value]
+
+        sink, store = InMemoryEventSink(), SQLiteRunStore(tmp_path / "runs.db")
+        graph = Pipeline().with_stage("a", bad, W).build(run_store=store)
+        ctx = make_ctx(sink=sink)
+        with pytest.raises(PipelineFailedError) as info:
+            await graph.run(ctx)
+        record = await store.get_run(ctx.snapshot.pipeline_run_id)
+        store.close()
+        assert record is not None
+        expected = (
+            "stage 'a' returned a dict object; execute() must return a StageOutput, "
+            "e.g. StageOutput.ok(key=value)"
+        )
+        assert (record.stage("a").error, record.error) == (
+            expected,
+            f"a: InvalidStageOutputError: {expected}",
+        )
+        assert str(info.value) == f"stage 'a' failed: InvalidStageOutputError: {expected}"
+        assert [e.data["error"] for e in sink.events if "error" in e.data] == [expected, expected]
+        assert "sk-live" not in repr([e.data for e in sink.events])
 
 
 class TestStageCancel:
