@@ -19,6 +19,7 @@ from types import FunctionType, MappingProxyType
 from typing import Any
 
 from ._context import PipelineContext, StageContext, _stage_context
+from ._entry import entry_context, not_a_context_error
 from ._errors import (
     InvalidStageOutputError,
     PipelineCancelledError,
@@ -39,6 +40,7 @@ from ._interceptors import (
 from ._pipeline import StageInfo, Topology, _mermaid
 from ._results import RunResult, StageResult
 from ._retry import RetryPolicy
+from ._snapshot import RunIdentity
 from ._store import RunRecord, RunStore, StageRecord
 from ._types import StageKind, StageOutput, StageStatus
 
@@ -197,13 +199,30 @@ class StageGraph:
     def __repr__(self) -> str:
         return f"StageGraph(name={self.name!r}, stages={len(self.stages)})"
 
-    async def run(self, ctx: StageContext) -> RunResult:
-        """Run the pipeline once.
+    async def run(
+        self,
+        ctx: StageContext | None = None,
+        *,
+        input_text: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        event_sink: EventSink | None = None,
+        run_id: RunIdentity | None = None,
+    ) -> RunResult:
+        """Run the pipeline once: ``await graph.run(input_text="hi")`` or ``await graph.run(ctx)``.
 
         Args:
             ctx: the entry context: its ``snapshot`` is the run's input, its ``timer`` the run's clock, its
                 ``event_sink`` (else the process sink) receives the run's events and its ``data`` seeds
-                ``PipelineContext.data``.
+                ``PipelineContext.data``. Without it, one is built from the keyword arguments.
+            input_text: the snapshot's ``input_text`` (only without ``ctx``).
+            data: the initial ``ctx.data`` of the run (only without ``ctx``).
+            metadata: the snapshot's metadata, e.g. a W3C ``traceparent`` (only without ``ctx``).
+            event_sink: the run's sink; ``None`` means the process sink (only without ``ctx``).
+            run_id: the run's ``RunIdentity``; default a fresh one (only without ``ctx``).
+
+        .. versionchanged:: 0.10
+            The keyword arguments build the entry context.
 
         Returns:
             The ``RunResult``: every stage's ``StageResult`` by name.
@@ -213,7 +232,17 @@ class StageGraph:
             PipelineCancelledError: a stage returned ``StageOutput.cancel``.
             asyncio.CancelledError: the awaiting task was cancelled; every running stage was cancelled
                 and awaited first.
+            TypeError: ``ctx`` is not a ``StageContext``, or is given together with keyword arguments.
         """
+        if ctx is None:
+            ctx = entry_context(
+                input_text=input_text, data=data, metadata=metadata, event_sink=event_sink, run_id=run_id
+            )
+        elif not isinstance(ctx, StageContext):
+            raise not_a_context_error(ctx)
+        elif any(v is not None for v in (input_text, data, metadata, event_sink, run_id)):
+            msg = "graph.run() takes an entry StageContext or keyword arguments, not both"
+            raise TypeError(msg)
         sink = resolve_sink(ctx.event_sink)
         run = PipelineContext(
             snapshot=ctx.snapshot,

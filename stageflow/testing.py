@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._context import PipelineTimer, StageContext, StageInputs
+from ._context import StageContext
+from ._entry import entry_context
 from ._events import EventSink, InMemoryEventSink, RecordedEvent
 from ._graph import StageGraph
 from ._results import RunResult
-from ._snapshot import ContextSnapshot, RunIdentity
+from ._snapshot import RunIdentity
 from ._store import InMemoryRunStore
 
 __all__ = (
@@ -45,18 +46,8 @@ def make_context(
         metadata: the snapshot's metadata (e.g. a ``traceparent``).
         run_id: the run identity (default: a fresh one).
     """
-    snapshot = ContextSnapshot(
-        run_id=RunIdentity() if run_id is None else run_id,
-        input_text=input_text,
-        metadata=dict(metadata or {}),
-    )
-    return StageContext(
-        snapshot=snapshot,
-        inputs=StageInputs(snapshot=snapshot),
-        stage_name="pipeline_entry",
-        timer=PipelineTimer(),
-        event_sink=event_sink,
-        data=data,
+    return entry_context(
+        input_text=input_text, data=data, metadata=metadata, event_sink=event_sink, run_id=run_id
     )
 
 
@@ -69,5 +60,4 @@ async def run_graph(
     metadata: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Run ``graph`` once with a context from ``make_context(...)``."""
-    ctx = make_context(input_text=input_text, data=data, event_sink=event_sink, metadata=metadata)
-    return await graph.run(ctx)
+    return await graph.run(input_text=input_text, data=data, event_sink=event_sink, metadata=metadata)
