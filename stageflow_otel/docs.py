@@ -35,10 +35,8 @@ def _severity(kind: str) -> str:
 
 
 def render_reference() -> str:
-    """The markdown of the telemetry reference (without the markers)."""
+    """The markdown of the telemetry reference (without the markers and without a heading)."""
     lines = [
-        "## Telemetry",
-        "",
         "Generated from `stageflow_otel/semconv.py` by `python -m stageflow_otel.docs`; do not edit by hand.",
         f"Instrumentation scope: `{semconv.INSTRUMENTATION_SCOPE}`. Durations are in seconds. Run ids appear",
         "only on spans, logs and events, never on metrics.",
@@ -109,22 +107,23 @@ def render_reference() -> str:
         "### Events",
         "",
         "Every executor event is an OTLP log record from `OtlpEventSink` with a static event name, the "
-        f"seed's event string in `{semconv.EVENT_TYPE}`, `stageflow.*` attributes and the event data as "
-        "body. Records carry the trace context current when the event is emitted: the run span for every "
-        "event but `pipeline.created`, which precedes the run span and carries the caller's context (the "
-        "run span's parent, or none). The sink never blocks the event loop; when its buffer is full events "
+        f"event's type (such as `stage.llm.completed`) in `{semconv.EVENT_TYPE}`, `stageflow.*` "
+        "attributes and the event data as body. Records carry the trace context current when the event "
+        "is emitted: the run span for every event but `pipeline.created`, which precedes the run span "
+        "and carries the caller's context (the run span's parent, or none). The sink never blocks the "
+        "event loop; when its buffer is full events "
         f"are dropped and counted in `{semconv.EVENTS_DROPPED.name}`.",
         "",
-        "| seed event | event name | severity |",
+        "| event type | event name | severity |",
         "|---|---|---|",
     ]
     for kind, name in semconv.EVENTS.items():
-        seed = (
+        event_type = (
             kind
             if kind in _PIPELINE_EVENTS or kind.startswith("pipeline.")
             else kind.replace("stage.", "stage.{name}.", 1)
         )
-        lines.append(f"| `{seed}` | `{name}` | {_severity(kind)} |")
+        lines.append(f"| `{event_type}` | `{name}` | {_severity(kind)} |")
     lines += [
         f"| any other type | `{semconv.EVENT_OTHER}` | INFO |",
         "",

@@ -121,7 +121,7 @@ ERROR_TYPE: Final = "error.type"
 LINK_TYPE: Final = "stageflow.link.type"
 LINK_TYPE_DEPENDENCY: Final = "dependency"
 EVENT_TYPE: Final = "stageflow.event.type"
-"""Attribute of event log records holding the seed's event string, e.g. ``stage.llm.completed``."""
+"""Attribute of event log records holding the event's type string, e.g. ``stage.llm.completed``."""
 EXCEPTION_MESSAGE: Final = "exception.message"
 """OpenTelemetry semconv: the error message, on ``*.failed`` event log records."""
 TELEMETRY_SIGNAL: Final = "signal"
@@ -187,7 +187,7 @@ ATTRIBUTES: Final = (
     Attribute(CODE_FUNCTION_NAME, "string", "stage spans", "The stage runner's qualified name."),
     Attribute(ERROR_TYPE, "string", "spans and metrics, on failure only", "Exception class name."),
     Attribute(LINK_TYPE, "string", "stage span links", "Always 'dependency'."),
-    Attribute(EVENT_TYPE, "string", "event log records", "The seed's event string."),
+    Attribute(EVENT_TYPE, "string", "event log records", "The event's type, e.g. stage.llm.completed."),
     Attribute(EXCEPTION_MESSAGE, "string", "failed event log records", "The error message."),
     Attribute(TELEMETRY_SIGNAL, "string", "export failure metric", "traces, metrics or logs."),
 )
