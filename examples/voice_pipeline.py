@@ -1,4 +1,4 @@
-"""A voice-assistant pipeline on the bare core: prints each stage's result, timing and the critical path.
+"""A voice-assistant pipeline on the bare core: prints the run's timeline, its reply and the DAG.
 
 Run: ``python examples/voice_pipeline.py``
 """
@@ -7,17 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from stageflow import (
-    InMemoryEventSink,
-    Pipeline,
-    PipelineTimer,
-    RunResult,
-    StageContext,
-    StageKind,
-    StageOutput,
-)
-from stageflow.context import ContextSnapshot, RunIdentity
-from stageflow.stages import StageInputs
+from stageflow import InMemoryEventSink, Pipeline, StageContext, StageKind, StageOutput
 
 
 async def stt(ctx: StageContext) -> StageOutput:
@@ -57,32 +47,10 @@ PIPELINE = (
 )
 
 
-def render(results: RunResult) -> str:
-    lines = [f"run {results.run_id} of {results.pipeline_name!r}: {results.duration * 1000:.1f} ms"]
-    on_path = set(results.critical_path)
-    for name, r in results.items():
-        start = (r.started_at - results.started_at) * 1000
-        mark = "*" if name in on_path else " "
-        lines.append(
-            f" {mark} {name:<8} {r.status.value:<6} start {start:6.1f} ms  took {r.duration * 1000:6.1f} ms"
-            f"  wait {r.wait * 1e6:5.0f} us"
-        )
-    lines.append("critical path (*): " + " -> ".join(results.critical_path))
-    return "\n".join(lines)
-
-
 async def main() -> None:
     sink = InMemoryEventSink()
-    snapshot = ContextSnapshot(run_id=RunIdentity(), input_text="HELLO THERE")
-    ctx = StageContext(
-        snapshot=snapshot,
-        inputs=StageInputs(snapshot=snapshot),
-        stage_name="pipeline_entry",
-        timer=PipelineTimer(),
-        event_sink=sink,
-    )
-    results = await PIPELINE.build().run(ctx)
-    print(render(results))
+    results = await PIPELINE.build().run(input_text="HELLO THERE", event_sink=sink)
+    print(results.timeline())
     print("reply:", results["llm"].data["reply"])
     print("events:", ", ".join(sink.types))
     print()

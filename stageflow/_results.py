@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
+from ._timeline import timeline_of_result
 from ._types import StageKind, StageOutput, StageStatus
 
 __all__ = ("RunResult", "StageResult", "critical_path")
@@ -117,6 +118,25 @@ class RunResult(dict[str, StageResult]):
     def waits(self) -> dict[str, float]:
         """Each stage's wait (ready to start), in seconds."""
         return {name: r.wait for name, r in self.items()}
+
+    def timeline(self, *, width: int = 40, color: bool | None = None) -> str:
+        """A text Gantt chart of the run: where the time went.
+
+        One line per stage, sorted by start: ``─`` while it waited for its dependencies (ready → start),
+        then its run (``█`` ok, ``✗`` failed, ``·`` skipped, ``▒`` cancelled), its wait and duration
+        rounded, and why it failed, timed out, was skipped or cancelled. Critical-path stages are marked
+        ``*``; stages that never started are listed last.
+
+        Args:
+            width: characters of the time axis (at least 10).
+            color: ANSI colours; ``None`` colours only when stdout is a terminal (and ``NO_COLOR`` is unset).
+
+        Raises:
+            ValueError: ``width`` is below 10.
+
+        .. versionadded:: 0.10
+        """
+        return timeline_of_result(self, width=width, color=color)
 
 
 def critical_path(results: Mapping[str, StageResult], deps: Mapping[str, Sequence[str]]) -> tuple[str, ...]:

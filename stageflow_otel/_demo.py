@@ -36,8 +36,6 @@ from stageflow import (
     StageContext,
     StageKind,
     StageOutput,
-    StageResult,
-    StageStatus,
 )
 from stageflow.interceptors import (
     BaseInterceptor,
@@ -60,7 +58,6 @@ __all__ = (
     "console_main",
     "main",
     "outcome_of",
-    "render_run",
 )
 
 
@@ -236,41 +233,6 @@ class BreakerTally:
         ]
 
 
-_BAR_WIDTH = 40
-_MARK = {
-    StageStatus.OK: "█",
-    StageStatus.SKIP: "·",
-    StageStatus.FAIL: "✗",
-    StageStatus.CANCEL: "░",
-}
-
-
-def render_run(results: RunResult, outcome: str, order: Sequence[str], *, width: int = _BAR_WIDTH) -> str:
-    """A per-run timeline: one bar per stage on a shared time axis, critical-path stages marked ``*``."""
-    total = max(results.duration, 1e-9)
-    on_path = set(results.critical_path) if outcome == "success" else set()
-    lines = [f"run {str(results.run_id)[:8]}  {outcome:<12} {results.duration * 1000:7.1f} ms"]
-    for name in order:
-        r: StageResult | None = results.get(name)
-        if r is None:
-            lines.append(f"   {name:<12} {'':<{width}}  not started")
-            continue
-        start = int((r.started_at - results.started_at) / total * width)
-        length = max(1, int(r.duration / total * width))
-        start = min(start, width - 1)
-        length = min(length, width - start)
-        bar = " " * start + _MARK[r.status] * length
-        mark = "*" if name in on_path else " "
-        detail = f"{r.duration * 1000:6.1f} ms"
-        if r.status is not StageStatus.OK:
-            reason = r.error if r.error is not None else r.data.get("reason", "")
-            detail += f"  {r.status.value}: {reason}" if reason else f"  {r.status.value}"
-        lines.append(f" {mark} {name:<12} {bar:<{width}}  {detail}")
-    if on_path:
-        lines.append("   critical path: " + " → ".join(results.critical_path))
-    return "\n".join(lines)
-
-
 def outcome_of(exc: BaseException | None) -> str:
     """The run result vocabulary (success, failure, error, timeout, cancellation) for a run's exception."""
     if exc is None:
@@ -326,7 +288,7 @@ class _Printer:
         if self.quiet:
             return
         if n == 1 or n % self.every == 0 or outcome != "success":
-            print(render_run(results, outcome, self.order), flush=True)
+            print(results.timeline(), flush=True)
             if error is not None:
                 print(f"   error: {error}", flush=True)
         else:

@@ -115,7 +115,7 @@ class TestReadme:
         assert dict(results["s"].data) == {"v": 1}
 
     def test_example_pipeline_prints_timeline_and_critical_path(self) -> None:
-        """examples/voice_pipeline.py prints its reply, the critical path and the flowchart."""
+        """examples/voice_pipeline.py prints its timeline with the critical path, its reply and the flowchart."""
         proc = subprocess.run(
             [sys.executable, str(ROOT / "examples" / "voice_pipeline.py")],
             capture_output=True,
@@ -126,5 +126,6 @@ class TestReadme:
         )
         lines = proc.stdout.splitlines()
         assert "reply: Hello Ada, I remember you likes tea." in lines
-        assert "critical path (*): stt -> memory -> llm -> tts" in lines
+        assert "  critical path (*): stt → memory → llm → tts" in lines
+        assert lines[0].startswith("pipeline 'voice' · run ") and " · completed in " in lines[0]
         assert "flowchart TD" in lines

@@ -28,9 +28,9 @@ from stageflow_otel._demo import (
     BreakerTally,
     DemoConfig,
     DemoStats,
+    _Printer,
     build_demo_pipeline,
     outcome_of,
-    render_run,
 )
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -76,32 +76,18 @@ class TestDemoPipeline:
 
 
 class TestRendering:
-    def test_timeline_marks_the_critical_path(self) -> None:
-        """A successful run's timeline draws one bar per stage and marks the critical path."""
-        results = RunResult(UUID(int=1), "p", 0.0, {"a": (), "b": ("a",), "c": ("a",)})
+    def test_printer_prints_the_run_timeline(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """The first run, every Nth run and every failed run are printed as ``RunResult.timeline()``."""
+        results = RunResult(UUID(int=1), "p", 0.0, {"a": (), "b": ("a",)})
         results["a"] = _result("a", StageStatus.OK, 0.0, 0.25, 0.0)
-        results["c"] = _result("c", StageStatus.SKIP, 0.25, 0.25, 0.25)
         results["b"] = _result("b", StageStatus.OK, 0.25, 1.0, 0.25)
         results.ended_at = 1.0
-        assert render_run(results, "success", ["a", "b", "c"], width=8) == "\n".join(
-            [
-                "run 00000000  success       1000.0 ms",
-                " * a            ██         250.0 ms",
-                " * b              ██████   750.0 ms",
-                "   c              ·          0.0 ms  skip",
-                "   critical path: a → b",
-            ]
-        )
-
-    def test_failed_run_lists_stages_that_never_started(self) -> None:
-        """A failed run shows the failing stage and the stages that never started, without a path."""
-        results = RunResult(UUID(int=2), "p", 0.0, {"a": (), "b": ("a",)})
-        results["a"] = StageResult("a", StageKind.WORK, StageStatus.FAIL, None, RuntimeError("x"), 0, 0, 0.5)
-        results.ended_at = 0.5
-        assert render_run(results, "error", ["a", "b"], width=4).splitlines() == [
-            "run 00000000  error          500.0 ms",
-            "   a            ✗✗✗✗   500.0 ms  fail: x",
-            "   b                  not started",
+        printer = _Printer(quiet=False, every=10, order=["a", "b"])
+        printer.run(1, results, "success", None)
+        printer.run(2, results, "success", None)
+        assert capsys.readouterr().out.splitlines() == [
+            *results.timeline(color=False).splitlines(),
+            "run 00000000  success       1000.0 ms  a → b",
         ]
 
     @pytest.mark.parametrize(

@@ -1,0 +1,218 @@
+"""Text Gantt charts of runs: ``RunResult.timeline()`` and ``stageflow runs show``.
+
+One line per stage on a shared time axis: ``─`` while the stage waited (ready → start), then its run
+(start → end) drawn by status (``█`` ok, ``✗`` failed, ``·`` skipped, ``▒`` cancelled). Stages on the
+critical path are marked ``*``; failures, skips, timeouts and cancellations carry their reason.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._results import RunResult
+    from ._store import RunRecord
+
+__all__ = (
+    "DEFAULT_WIDTH",
+    "TimelineRow",
+    "format_seconds",
+    "render_timeline",
+    "timeline_of_record",
+    "timeline_of_result",
+    "use_color",
+)
+
+DEFAULT_WIDTH = 40
+"""Characters of the time axis."""
+
+_WAIT = "─"
+_RUN = {"ok": "█", "fail": "✗", "skip": "·", "cancel": "▒"}
+_RESET = "\033[0m"
+_COLOR = {"ok": "\033[32m", "fail": "\033[31m", "skip": "\033[2m", "cancel": "\033[33m", "wait": "\033[2m"}
+_BOLD = "\033[1m"
+_TIMEOUT_TYPES = frozenset({"StageTimeoutError", "TimeoutError"})
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineRow:
+    """One stage of a timeline. Times are seconds on any clock shared by the run's rows.
+
+    ``start``/``end`` are ``None`` for a stage that never started.
+    """
+
+    name: str
+    status: str
+    ready: float | None
+    start: float | None
+    end: float | None
+    note: str = ""
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration rounded for people: ``0.4 ms``, ``12.3 ms``, ``1.25 s``."""
+    if seconds < 1.0:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def use_color(stream: IO[str] | None = None) -> bool:
+    """Whether to colour ``stream`` (default stdout): a TTY, with ``NO_COLOR`` unset and ``TERM`` not dumb."""
+    stream = sys.stdout if stream is None else stream
+    if "NO_COLOR" in os.environ or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+def _paint(text: str, code: str, color: bool) -> str:
+    return f"{code}{text}{_RESET}" if color and text else text
+
+
+def _note(status: str, error: str | None, error_type: str | None, reason: str) -> str:
+    if status == "fail":
+        if error_type in _TIMEOUT_TYPES:
+            return f"timed out: {error}"
+        return f"failed: {error_type}: {error}" if error_type else f"failed: {error}"
+    if status == "skip":
+        return f"skipped: {reason}" if reason else "skipped"
+    if status == "cancel":
+        detail = reason or error or ""
+        return f"cancelled: {detail}" if detail else "cancelled"
+    return ""
+
+
+def render_timeline(
+    *,
+    pipeline: str,
+    run_id: str,
+    status: str,
+    start: float,
+    end: float,
+    rows: Sequence[TimelineRow],
+    critical_path: Sequence[str],
+    width: int = DEFAULT_WIDTH,
+    color: bool = False,
+) -> str:
+    """The text Gantt chart of one run.
+
+    Args:
+        pipeline: the pipeline's name.
+        run_id: the run id.
+        status: how the run ended (``completed``, ``failed``, ``cancelled``).
+        start: the run's start, on the rows' clock.
+        end: the run's end, on the rows' clock.
+        rows: the stages, in the order to draw them.
+        critical_path: the run's critical path (those stages get ``*``).
+        width: characters of the time axis (at least 10).
+        color: add ANSI colours (``use_color()`` tells whether a stream wants them).
+
+    Raises:
+        ValueError: ``width`` is below 10.
+    """
+    if width < 10:
+        msg = f"timeline width must be at least 10 characters, got {width!r}"
+        raise ValueError(msg)
+    total = end - start
+    scale = width / total if total > 0 else 0.0
+    on_path = set(critical_path)
+    name_width = max([5, *(len(r.name) for r in rows)])
+
+    def column(t: float) -> int:
+        return min(width, max(0, round((t - start) * scale)))
+
+    took = format_seconds(max(total, 0.0))
+    outcome = _paint(status, _COLOR["fail"], color and status == "failed")
+    lines = [
+        f"pipeline {pipeline!r} · run {run_id} · {outcome} in {took}",
+        f"    {'stage':<{name_width}}  {'0':<{width - len(took)}}{took}  {'wait':>8}  {'run':>8}",
+    ]
+    for r in rows:
+        mark = "*" if r.name in on_path else " "
+        name = _paint(f"{r.name:<{name_width}}", _BOLD, color and r.name in on_path)
+        if r.start is None or r.end is None:
+            lines.append(f"  {mark} {name}  {'':<{width}}  {'':>8}  {'':>8}  {r.note or 'not started'}")
+            continue
+        ready = r.start if r.ready is None else min(r.ready, r.start)
+        a, b = column(ready), column(r.start)
+        c = max(column(r.end), b + 1)
+        if c > width:
+            b, c = width - 1, width
+            a = min(a, b)
+        glyph = _RUN.get(r.status, "█")
+        bar = (
+            " " * a
+            + _paint(_WAIT * (b - a), _COLOR["wait"], color)
+            + _paint(glyph * (c - b), _COLOR.get(r.status, ""), color)
+            + " " * (width - c)
+        )
+        wait = format_seconds(max(r.start - ready, 0.0))
+        ran = format_seconds(max(r.end - r.start, 0.0))
+        line = f"  {mark} {name}  {bar}  {wait:>8}  {ran:>8}"
+        if r.note:
+            line += "  " + _paint(r.note, _COLOR.get(r.status, ""), color)
+        lines.append(line)
+    if critical_path:
+        lines.append("  critical path (*): " + " → ".join(critical_path))
+    return "\n".join(lines)
+
+
+def _ordered(rows: Iterable[TimelineRow]) -> list[TimelineRow]:
+    started = sorted((r for r in rows if r.start is not None), key=lambda r: (r.start, r.name))
+    return started + [r for r in rows if r.start is None]
+
+
+def timeline_of_result(results: RunResult, *, width: int = DEFAULT_WIDTH, color: bool | None = None) -> str:
+    """The timeline of a ``RunResult`` (see ``RunResult.timeline``)."""
+    rows: list[TimelineRow] = []
+    for name, r in results.items():
+        error = None if r.error is None else str(r.error)
+        error_type = None if r.error is None else type(r.error).__name__
+        reason = str(r.data.get("reason") or r.data.get("cancel_reason") or "")
+        note = _note(r.status.value, error, error_type, reason)
+        rows.append(TimelineRow(name, r.status.value, r.ready_at, r.started_at, r.ended_at, note))
+    # stages that never started (a failed or cancelled run): every stage the graph declares is drawn
+    rows += [TimelineRow(name, "", None, None, None) for name in results._deps if name not in results]
+    statuses = {r.status.value for r in results.values()}
+    status = "failed" if "fail" in statuses else "cancelled" if "cancel" in statuses else "completed"
+    return render_timeline(
+        pipeline=results.pipeline_name,
+        run_id=str(results.run_id),
+        status=status,
+        start=results.started_at,
+        end=results.ended_at,
+        rows=_ordered(rows),
+        critical_path=results.critical_path,
+        width=width,
+        color=use_color() if color is None else color,
+    )
+
+
+def timeline_of_record(record: RunRecord, *, width: int = DEFAULT_WIDTH, color: bool = False) -> str:
+    """The timeline of a stored ``RunRecord`` (``stageflow runs show``)."""
+    rows = [
+        TimelineRow(
+            s.name,
+            s.status,
+            s.started_at - s.wait,
+            s.started_at,
+            s.ended_at,
+            _note(s.status, s.error, s.error_type, ""),
+        )
+        for s in record.stages
+    ]
+    return render_timeline(
+        pipeline=record.pipeline,
+        run_id=record.run_id,
+        status=record.status,
+        start=record.started_at,
+        end=record.ended_at,
+        rows=_ordered(rows),
+        critical_path=record.critical_path,
+        width=width,
+        color=color,
+    )

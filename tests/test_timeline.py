@@ -1,0 +1,192 @@
+"""``RunResult.timeline()`` and the stored-run timeline: exact text Gantt charts."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from uuid import UUID
+
+import pytest
+
+from stageflow import (
+    PipelineFailedError,
+    RunRecord,
+    RunResult,
+    StageFailedError,
+    StageKind,
+    StageOutput,
+    StageRecord,
+    StageResult,
+    StageStatus,
+    StageTimeoutError,
+)
+from stageflow._timeline import format_seconds, timeline_of_record, use_color
+
+RUN_ID = UUID("12345678-1234-5678-1234-567812345678")
+
+
+def result(deps: dict[str, tuple[str, ...]], *stages: StageResult, end: float) -> RunResult:
+    run = RunResult(RUN_ID, "voice", 100.0, deps)
+    run.ended_at = end
+    for stage in stages:
+        run[stage.name] = stage
+    return run
+
+
+def stage(
+    name: str,
+    status: StageStatus,
+    ready: float,
+    start: float,
+    end: float,
+    *,
+    output: StageOutput | None = None,
+    error: BaseException | None = None,
+) -> StageResult:
+    return StageResult(name, StageKind.WORK, status, output, error, ready, start, end)
+
+
+def completed() -> RunResult:
+    return result(
+        {"stt": (), "memory": (), "llm": ("stt", "memory")},
+        stage("stt", StageStatus.OK, 100.0, 100.0, 100.2),
+        stage("memory", StageStatus.OK, 100.0, 100.1, 100.5),
+        stage("llm", StageStatus.OK, 100.5, 100.6, 101.0),
+        end=101.0,
+    )
+
+
+class TestTimeline:
+    def test_completed_run(self) -> None:
+        """Waits are drawn as ─, runs as █, the critical path is starred and durations are rounded."""
+        assert completed().timeline(width=20, color=False).splitlines() == [
+            "pipeline 'voice' · run 12345678-1234-5678-1234-567812345678 · completed in 1.00 s",
+            "    stage   0             1.00 s      wait       run",
+            "    stt     ████                    0.0 ms  200.0 ms",
+            "  * memory  ──████████            100.0 ms  400.0 ms",
+            "  * llm               ──████████  100.0 ms  400.0 ms",
+            "  critical path (*): memory → llm",
+        ]
+
+    def test_failure_skip_timeout_cancel_and_not_started(self) -> None:
+        """Each non-ok stage shows its reason; stages that never started come last."""
+        run = result(
+            {"a": (), "skip": ("a",), "t": ("a",), "f": ("a",), "c": ("a",), "later": ("f",)},
+            stage("a", StageStatus.OK, 100.0, 100.0, 100.01),
+            stage("skip", StageStatus.SKIP, 100.01, 100.01, 100.01, output=StageOutput.skip("no audio")),
+            stage("t", StageStatus.FAIL, 100.01, 100.01, 100.02, error=StageTimeoutError("t", 0.01)),
+            stage("f", StageStatus.FAIL, 100.01, 100.01, 100.016, error=StageFailedError("f", "boom")),
+            stage("c", StageStatus.CANCEL, 100.01, 100.012, 100.02, error=asyncio.CancelledError()),
+            end=100.02,
+        )
+        assert run.timeline(width=10, color=False).splitlines() == [
+            "pipeline 'voice' · run 12345678-1234-5678-1234-567812345678 · failed in 20.0 ms",
+            "    stage  0  20.0 ms      wait       run",
+            "  * a      █████         0.0 ms   10.0 ms",
+            "    f           ✗✗✗      0.0 ms    6.0 ms  failed: StageFailedError: boom",
+            "    skip        ·        0.0 ms    0.0 ms  skipped: no audio",
+            "  * t           ✗✗✗✗✗    0.0 ms   10.0 ms  timed out: stage 't' timed out after 0.01 s",
+            "    c           ─▒▒▒▒    2.0 ms    8.0 ms  cancelled",
+            "    later                                  not started",
+            "  critical path (*): a → t",
+        ]
+
+    def test_colour_marks_segments_and_the_critical_path(self) -> None:
+        """With colour, run segments are green, waits dim and critical-path names bold."""
+        lines = completed().timeline(width=20, color=True).splitlines()
+        assert lines[3] == (
+            "  * \033[1mmemory\033[0m  \033[2m──\033[0m\033[32m████████\033[0m            100.0 ms  400.0 ms"
+        )
+
+    def test_colour_defaults_to_off_when_stdout_is_not_a_terminal(self) -> None:
+        """Under pytest stdout is captured, so the default output has no escape codes."""
+        assert "\033[" not in completed().timeline()
+
+    def test_width_below_ten_is_rejected(self) -> None:
+        """A width too narrow to draw is a ValueError naming the value."""
+        with pytest.raises(ValueError, match="at least 10 characters, got 3"):
+            completed().timeline(width=3)
+
+    async def test_a_real_failed_run(self) -> None:
+        """A real run's partial results draw the failure and the stage that never started."""
+        from stageflow import Pipeline
+
+        async def ok(ctx: object) -> StageOutput:
+            return StageOutput.ok()
+
+        async def bad(ctx: object) -> StageOutput:
+            raise ValueError("bad input")
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("a", ok, StageKind.WORK)
+            .with_stage("b", bad, StageKind.WORK, dependencies=("a",))
+            .with_stage("c", ok, StageKind.WORK, dependencies=("b",))
+            .build()
+        )
+        with pytest.raises(PipelineFailedError) as exc:
+            await graph.run()
+        partial = exc.value.results
+        assert isinstance(partial, RunResult)
+        lines = partial.timeline(color=False).splitlines()
+        assert lines[0].endswith(" · failed in " + format_seconds(partial.duration))
+        assert [line.split()[0:2] for line in lines[2:5]] == [["*", "a"], ["*", "b"], ["c", "not"]]
+        assert lines[3].endswith("failed: ValueError: bad input")
+
+
+class TestRecordTimeline:
+    def test_stored_run(self) -> None:
+        """A stored run draws from its epoch times and recorded waits, with its error types."""
+        record = RunRecord(
+            "r1",
+            "voice",
+            "failed",
+            1000.0,
+            1000.4,
+            (
+                StageRecord("stt", "transform", "ok", 1000.0, 1000.2, 0.0, 1),
+                StageRecord("llm", "agent", "fail", 1000.3, 1000.4, 0.1, 2, "late", "StageTimeoutError"),
+            ),
+            ("stt", "llm"),
+            "llm: late",
+        )
+        assert timeline_of_record(record, width=10).splitlines() == [
+            "pipeline 'voice' · run r1 · failed in 400.0 ms",
+            "    stage  0 400.0 ms      wait       run",
+            "  * stt    █████         0.0 ms  200.0 ms",
+            "  * llm         ──✗✗✗  100.0 ms  100.0 ms  timed out: late",
+            "  critical path (*): stt → llm",
+        ]
+
+
+class TestHelpers:
+    @pytest.mark.parametrize(
+        ("seconds", "text"),
+        [
+            (0.0004, "0.4 ms"),
+            (0.01234, "12.3 ms"),
+            (0.9999, "999.9 ms"),
+            (1.0, "1.00 s"),
+            (75.456, "75.46 s"),
+        ],
+        ids=["sub-ms", "ms", "just-below-1s", "1s", "minutes"],
+    )
+    def test_format_seconds(self, seconds: float, text: str) -> None:
+        """Durations are rounded to 0.1 ms below a second and to 10 ms above."""
+        assert format_seconds(seconds) == text
+
+    def test_use_color_needs_a_tty_and_no_no_color(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Colour only on a TTY, and never with NO_COLOR or TERM=dumb."""
+
+        class Tty(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        monkeypatch.delenv("NO_COLOR", raising=False)
+        monkeypatch.setenv("TERM", "xterm")
+        assert (use_color(Tty()), use_color(io.StringIO())) == (True, False)
+        monkeypatch.setenv("TERM", "dumb")
+        assert use_color(Tty()) is False
+        monkeypatch.setenv("TERM", "xterm")
+        monkeypatch.setenv("NO_COLOR", "1")
+        assert use_color(Tty()) is False
