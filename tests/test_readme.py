@@ -115,7 +115,7 @@ class TestReadme:
         assert dict(results["s"].data) == {"v": 1}
 
     def test_example_pipeline_prints_timeline_and_critical_path(self) -> None:
-        """examples/voice_pipeline.py prints its timeline with the critical path, its reply and the flowchart."""
+        """examples/voice_pipeline.py prints its timeline (critical path included), reply and flowchart."""
         proc = subprocess.run(
             [sys.executable, str(ROOT / "examples" / "voice_pipeline.py")],
             capture_output=True,
