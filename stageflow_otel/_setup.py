@@ -31,7 +31,6 @@ Example::
 from __future__ import annotations
 
 import atexit
-import inspect
 import logging
 import os
 import threading
@@ -42,32 +41,19 @@ from typing import Any, Literal
 
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.sdk._logs import LoggerProvider as SdkLoggerProvider
-from opentelemetry.sdk._logs import LogRecordProcessor, ReadableLogRecord, ReadWriteLogRecord
-from opentelemetry.sdk._logs.export import (
-    BatchLogRecordProcessor,
-    ConsoleLogRecordExporter,
-    LogRecordExporter,
-    LogRecordExportResult,
-)
+from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter, LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
     MetricExporter,
-    MetricExportResult,
     MetricReader,
-    MetricsData,
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import SpanLimits
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SpanExporter,
-    SpanExportResult,
-)
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -81,6 +67,19 @@ from prometheus_client import CollectorRegistry
 import stageflow
 
 from . import semconv
+from ._export import (
+    Accounting,
+    BatchSettings,
+    Books,
+    BoundedLogProcessor,
+    BoundedSpanProcessor,
+    Cause,
+    CountingLogExporter,
+    CountingMetricExporter,
+    CountingSpanExporter,
+    Guard,
+    Signal,
+)
 from ._prometheus import MetricsServer, PrometheusMetricReader, start_metrics_server
 from ._sink import OtlpEventSink
 
@@ -88,210 +87,11 @@ __all__ = ("Telemetry", "setup")
 
 logger = logging.getLogger("stageflow_otel")
 
-Signal = Literal["traces", "metrics", "logs"]
-
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 """Seconds ``shutdown()`` is given when called without a timeout (and at interpreter exit)."""
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _PROTOCOLS = ("grpc", "http/protobuf")
-
-
-# --------------------------------------------------------------------------- export accounting
-
-
-class _Accounting:
-    """Counts failed export batches per signal and spans lost with them (in memory and as metrics)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.failures: dict[str, int] = {"traces": 0, "metrics": 0, "logs": 0}
-        self.spans_dropped = 0
-        self._failure_counter: metrics.Counter | None = None
-        self._spans_counter: metrics.Counter | None = None
-
-    def bind(self, meter_provider: metrics.MeterProvider) -> None:
-        meter = metrics.get_meter(semconv.INSTRUMENTATION_SCOPE, stageflow.__version__, meter_provider)
-        failures, spans = semconv.TELEMETRY_EXPORT_FAILURES, semconv.TELEMETRY_SPANS_DROPPED
-        self._failure_counter = meter.create_counter(
-            failures.name, unit=failures.unit, description=failures.description
-        )
-        self._spans_counter = meter.create_counter(spans.name, unit=spans.unit, description=spans.description)
-        # the series exist at 0 before the first failure, so dashboards show 0 rather than no data
-        for signal in self.failures:
-            self._failure_counter.add(0, {semconv.TELEMETRY_SIGNAL: signal})
-        self._spans_counter.add(0)
-
-    def failed(self, signal: Signal, spans: int = 0) -> None:
-        with self._lock:
-            self.failures[signal] += 1
-            self.spans_dropped += spans
-        try:
-            if self._failure_counter is not None:
-                self._failure_counter.add(1, {semconv.TELEMETRY_SIGNAL: signal})
-            if spans and self._spans_counter is not None:
-                self._spans_counter.add(spans)
-        except Exception:  # counting must not turn an export failure into a crash
-            logger.debug("stageflow_otel: could not count an export failure", exc_info=True)
-
-    def total(self) -> int:
-        with self._lock:
-            return sum(self.failures.values())
-
-
-def _shutdown_inner(exporter: object, timeout_millis: float | None) -> None:
-    shutdown: Callable[..., object] = exporter.shutdown  # type: ignore[attr-defined]
-    if timeout_millis is not None and "timeout_millis" in inspect.signature(shutdown).parameters:
-        shutdown(timeout_millis=timeout_millis)
-    else:
-        shutdown()
-
-
-class _Guard:
-    """Shared state of one exporter wrapper: aborting, and shutting the inner exporter down once."""
-
-    def __init__(self, inner: object, signal: Signal, accounting: _Accounting) -> None:
-        self.inner, self.signal, self.accounting = inner, signal, accounting
-        self.aborted = False
-        self._shut = False
-        self._lock = threading.Lock()
-
-    def shutdown(self, timeout_millis: float | None = None) -> None:
-        with self._lock:
-            if self._shut:
-                return
-            self._shut = True
-        try:
-            _shutdown_inner(self.inner, timeout_millis)
-        except Exception:
-            logger.debug("stageflow_otel: %s exporter shutdown failed", self.signal, exc_info=True)
-
-    def abort(self) -> None:
-        """Fail every later batch at once and interrupt the one in flight (its retries and its channel)."""
-        self.aborted = True
-        self.shutdown(0)
-
-
-class _SpanExporter(SpanExporter):
-    def __init__(self, inner: SpanExporter, accounting: _Accounting) -> None:
-        self.guard = _Guard(inner, "traces", accounting)
-        self._inner = inner
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        result = SpanExportResult.FAILURE
-        if not self.guard.aborted:
-            try:
-                result = self._inner.export(spans)
-            except Exception:
-                logger.debug("stageflow_otel: span export raised", exc_info=True)
-        if result is not SpanExportResult.SUCCESS:
-            self.guard.accounting.failed("traces", len(spans))
-        return result
-
-    def shutdown(self, timeout_millis: float = 30_000) -> None:
-        self.guard.shutdown(timeout_millis)
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._inner.force_flush(timeout_millis)
-
-
-class _LogExporter(LogRecordExporter):
-    def __init__(self, inner: LogRecordExporter, accounting: _Accounting) -> None:
-        self.guard = _Guard(inner, "logs", accounting)
-        self._inner = inner
-        self.taken: Callable[[int], None] = _ignore
-
-    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        self.taken(len(batch))
-        result = LogRecordExportResult.FAILURE
-        if not self.guard.aborted:
-            try:
-                result = self._inner.export(batch)
-            except Exception:
-                logger.debug("stageflow_otel: log export raised", exc_info=True)
-        if result is not LogRecordExportResult.SUCCESS:
-            self.guard.accounting.failed("logs")
-        return result
-
-    def shutdown(self, timeout_millis: float = 30_000) -> None:
-        self.guard.shutdown(timeout_millis)
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._inner.force_flush(timeout_millis)
-
-
-def _ignore(count: int) -> None:
-    return None
-
-
-class _CountingLogProcessor(LogRecordProcessor):
-    """A ``BatchLogRecordProcessor`` whose queue overflow is counted, not silent.
-
-    The SDK's processor drops its oldest record when its queue is full, with a log line only. This wrapper
-    keeps the queue bound itself: it counts records handed to the SDK processor until the exporter takes
-    them (an upper bound of the SDK's queue length) and refuses a record while ``capacity`` are queued,
-    calling ``on_drop`` for stageflow events. The SDK queue is made ``capacity + batch_size`` long, so it
-    never drops on its own.
-    """
-
-    def __init__(self, exporter: _LogExporter, capacity: int, batch_size: int) -> None:
-        self._capacity = capacity
-        self._queued = 0
-        self._lock = threading.Lock()
-        self.on_drop: Callable[[int], None] = _ignore
-        exporter.taken = self._taken
-        self._inner = BatchLogRecordProcessor(
-            exporter, max_export_batch_size=batch_size, max_queue_size=capacity + batch_size
-        )
-
-    def _taken(self, count: int) -> None:
-        with self._lock:
-            self._queued = max(0, self._queued - count)
-
-    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
-        with self._lock:
-            full = self._queued >= self._capacity
-            if not full:
-                self._queued += 1
-        if not full:
-            self._inner.on_emit(log_record)
-        elif semconv.EVENT_TYPE in (log_record.log_record.attributes or {}):
-            self.on_drop(1)
-
-    def shutdown(self) -> None:
-        self._inner.shutdown()  # type: ignore[no-untyped-call]
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._inner.force_flush(timeout_millis)
-
-
-class _MetricExporter(MetricExporter):
-    def __init__(self, inner: MetricExporter, accounting: _Accounting) -> None:
-        super().__init__(
-            preferred_temporality=inner._preferred_temporality,
-            preferred_aggregation=inner._preferred_aggregation,
-        )
-        self.guard = _Guard(inner, "metrics", accounting)
-        self._inner = inner
-
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        result = MetricExportResult.FAILURE
-        if not self.guard.aborted:
-            try:
-                result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-            except Exception:
-                logger.debug("stageflow_otel: metric export raised", exc_info=True)
-        if result is not MetricExportResult.SUCCESS:
-            self.guard.accounting.failed("metrics")
-        return result
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        self.guard.shutdown(timeout_millis)
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return self._inner.force_flush(timeout_millis)
 
 
 # --------------------------------------------------------------------------- configuration from the env
@@ -433,6 +233,7 @@ class Telemetry:
             ``StageContext(event_sink=...)`` or rely on the process sink that ``set_global`` installs.
         metrics_server: the running ``/metrics`` endpoint, or ``None``.
         disabled: ``True`` when ``OTEL_SDK_DISABLED=true`` made everything a no-op.
+        mode: ``"bounded"`` or ``"complete"`` (see ``setup()``).
 
     .. versionadded:: 0.10
     """
@@ -446,8 +247,10 @@ class Telemetry:
         event_sink: stageflow.EventSink,
         metrics_server: MetricsServer | None = None,
         disabled: bool = False,
-        _guards: Sequence[_Guard] = (),
-        _accounting: _Accounting | None = None,
+        mode: Mode = "bounded",
+        _guards: Sequence[Guard] = (),
+        _books: Sequence[Books] = (),
+        _accounting: Accounting | None = None,
         _global_sink: bool = False,
     ) -> None:
         self.tracer_provider = tracer_provider
@@ -456,11 +259,14 @@ class Telemetry:
         self.event_sink = event_sink
         self.metrics_server = metrics_server
         self.disabled = disabled
+        self.mode: Mode = mode
         self._guards = tuple(_guards)
-        self._accounting = _accounting or _Accounting()
+        self._books = tuple(_books)
+        self._accounting = _accounting or Accounting()
         self._global_sink = _global_sink
         self._lock = threading.Lock()
         self._shut_down = False
+        self._reported = 0
 
     @property
     def export_failures(self) -> Mapping[str, int]:
@@ -470,14 +276,45 @@ class Telemetry:
 
     @property
     def spans_dropped(self) -> int:
-        """Spans lost so far because their export batch failed."""
-        return self._accounting.spans_dropped
+        """Spans lost so far, every cause (``stageflow.telemetry.spans.dropped``)."""
+        return self._accounting.total("spans")
+
+    @property
+    def lost(self) -> Mapping[str, Mapping[str, int]]:
+        """Everything given up on so far: ``spans``, ``log_records``, ``metric_points`` and ``events``.
+
+        Each maps every cause of ``semconv.DROP_CAUSES`` to a count; the same figures as the
+        telemetry-health counters. Events lost as log records count in ``log_records`` too.
+        """
+        lost: dict[str, Mapping[str, int]] = dict(self._accounting.snapshot())
+        sink = self.event_sink
+        lost["events"] = dict(sink.dropped_by_cause) if isinstance(sink, OtlpEventSink) else {}
+        return lost
+
+    @property
+    def links_dropped(self) -> int:
+        """Span links truncated by the link limit so far (``stageflow.telemetry.links.dropped``)."""
+        return self._accounting.links_dropped
+
+    def _lost_total(self) -> int:
+        sink = self.event_sink
+        events = sink.dropped if isinstance(sink, OtlpEventSink) else 0
+        return self._accounting.everything() + events
+
+    def _report(self, ok: bool) -> bool:
+        """``ok``, and nothing lost since the previous flush or shutdown."""
+        total = self._lost_total()
+        with self._lock:
+            nothing_lost = total == self._reported
+            self._reported = total
+        return ok and nothing_lost
 
     def force_flush(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> bool:
         """Export everything buffered now, giving up after ``timeout`` seconds.
 
         Returns:
-            ``True`` when every provider flushed in time and no export failed meanwhile.
+            ``True`` when every provider flushed in time, no export failed meanwhile and nothing was lost
+            (dropped for any cause) since the previous ``force_flush()`` or ``setup()``.
         """
         if self.disabled or self._shut_down:
             return not self._shut_down
@@ -487,9 +324,8 @@ class Telemetry:
             ok = self.event_sink.flush(timeout / 2)
         millis = int(max(0.0, deadline - time.monotonic()) * 1000)
         calls = [(name, partial(provider.force_flush, millis)) for name, provider in self._sdk_providers()]
-        before = self._accounting.total()
         finished = _run_bounded(calls, deadline)
-        return ok and finished and self._accounting.total() == before
+        return self._report(ok and finished)
 
     def shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> bool:
         """Flush and shut everything down, returning within ``timeout`` seconds (plus a few ms) regardless.
@@ -500,7 +336,8 @@ class Telemetry:
         counted; an OTLP/HTTP request already sent finishes (or times out) in a thread left behind.
 
         Returns:
-            ``True`` when everything was exported and shut down in time; ``False`` otherwise (data lost).
+            ``True`` when everything was exported and shut down in time and nothing was lost since the
+            previous ``force_flush()`` (or ``setup()``); ``False`` otherwise. What was lost is in ``lost``.
         """
         with self._lock:
             if self._shut_down:
@@ -521,13 +358,14 @@ class Telemetry:
         ok = True
         if isinstance(self.event_sink, OtlpEventSink):
             ok = self.event_sink.shutdown(min(timeout / 4, 1.0))
-        before = self._accounting.total()
         millis = max(0.0, deadline - time.monotonic()) * 1000
         calls = [
             (name, partial(_provider_shutdown, provider, millis)) for name, provider in self._sdk_providers()
         ]
         finished = _run_bounded(calls, deadline, on_late=self._abort, grace=min(0.5, timeout / 4))
-        return ok and finished and self._accounting.total() == before
+        for books in self._books:  # what is still queued or in flight now is given up on: counted
+            books.abandon()
+        return self._report(ok and finished)
 
     def _abort(self) -> None:
         for guard in self._guards:
@@ -620,6 +458,7 @@ def setup(
     metrics_addr: str | None = None,
     registry: CollectorRegistry | None = None,
     metric_readers: Sequence[MetricReader] = (),
+    mode: Mode | None = None,
 ) -> Telemetry:
     """Build tracer, meter and logger providers, the OTLP event sink and ``/metrics`` from ``OTEL_*``.
 
@@ -634,6 +473,11 @@ def setup(
         metrics_addr: the address ``/metrics`` binds; default ``OTEL_EXPORTER_PROMETHEUS_HOST`` or 127.0.0.1.
         registry: the prometheus-client registry ``/metrics`` serves (default: a fresh one).
         metric_readers: extra readers for the meter provider (an ``InMemoryMetricReader`` in tests).
+        mode: what happens when an export queue is full. ``"bounded"`` (the default): the span, log
+            record or event is dropped and counted (cause ``queue_full``), so the application never waits.
+            ``"complete"``: the thread ending the span or emitting the event (the event loop) waits for
+            queue space, at most ``STAGEFLOW_OTEL_COMPLETE_TIMEOUT`` seconds (10) per stall; what still
+            finds no room is dropped and counted (cause ``timeout``). ``None``: ``STAGEFLOW_OTEL_MODE``.
 
     Returns:
         The ``Telemetry`` handle; call ``shutdown(timeout)`` before exiting (an ``atexit`` hook does it
@@ -653,10 +497,15 @@ def setup(
     if service_name is not None:
         attributes[SERVICE_NAME] = service_name
     resource = Resource.create(attributes)
-    accounting = _Accounting()
-    guards: list[_Guard] = []
+    accounting = Accounting()
+    guards: list[Guard] = []
+    all_books: list[Books] = []
+    chosen = _mode(mode)
+    wait = _complete_timeout() if chosen == "complete" else None
 
-    tracer_provider = SdkTracerProvider(resource=resource, sampler=_sampler(), shutdown_on_exit=False)
+    tracer_provider = SdkTracerProvider(
+        resource=resource, sampler=_sampler(), shutdown_on_exit=False, span_limits=_span_limits()
+    )
     endpoint, protocol = _endpoint("traces")
     for name in _exporter_names("traces", endpoint is not None):
         span_exporter: SpanExporter = (
@@ -664,9 +513,11 @@ def setup(
             if name == "console"
             else _otlp_span_exporter(endpoint or _default_endpoint("traces", protocol), protocol)
         )
-        wrapped_spans = _SpanExporter(span_exporter, accounting)
+        span_books = Books(_batch_settings("BSP", SPAN_QUEUE, wait), partial(_spans_lost, accounting))
+        all_books.append(span_books)
+        wrapped_spans = CountingSpanExporter(span_exporter, accounting, span_books)
         guards.append(wrapped_spans.guard)
-        tracer_provider.add_span_processor(BatchSpanProcessor(wrapped_spans))
+        tracer_provider.add_span_processor(BoundedSpanProcessor(wrapped_spans, span_books, accounting))
 
     readers: list[MetricReader] = list(metric_readers)
     endpoint, protocol = _endpoint("metrics")
@@ -679,7 +530,7 @@ def setup(
             if name == "console"
             else _otlp_metric_exporter(endpoint or _default_endpoint("metrics", protocol), protocol)
         )
-        wrapped_metrics = _MetricExporter(metric_exporter, accounting)
+        wrapped_metrics = CountingMetricExporter(metric_exporter, accounting)
         guards.append(wrapped_metrics.guard)
         readers.append(PeriodicExportingMetricReader(wrapped_metrics))
     port = metrics_port
@@ -692,9 +543,9 @@ def setup(
         metric_readers=readers, resource=resource, views=_histogram_views(), shutdown_on_exit=False
     )
     accounting.bind(meter_provider)
+    sinks: list[OtlpEventSink] = []  # the sink counts the events lost in the log pipeline too
 
     logger_provider = SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
-    log_processors: list[_CountingLogProcessor] = []
     endpoint, protocol = _endpoint("logs")
     for name in _exporter_names("logs", endpoint is not None):
         log_exporter: LogRecordExporter = (
@@ -702,11 +553,18 @@ def setup(
             if name == "console"
             else _otlp_log_exporter(endpoint or _default_endpoint("logs", protocol), protocol)
         )
-        wrapped_logs = _LogExporter(log_exporter, accounting)
+        log_books = Books(_batch_settings("BLRP", LOG_QUEUE, wait), partial(_logs_lost, accounting, sinks))
+        all_books.append(log_books)
+        wrapped_logs = CountingLogExporter(log_exporter, accounting, log_books)
         guards.append(wrapped_logs.guard)
-        log_processor = _CountingLogProcessor(wrapped_logs, *_log_queue())
-        log_processors.append(log_processor)
-        logger_provider.add_log_record_processor(log_processor)
+        logger_provider.add_log_record_processor(BoundedLogProcessor(wrapped_logs, log_books))
+    sink = OtlpEventSink(
+        logger_provider=logger_provider,
+        meter_provider=meter_provider,
+        max_buffer=EVENT_BUFFER,
+        wait_timeout=wait,
+    )
+    sinks.append(sink)
 
     server = None
     if prometheus_reader is not None and port is not None:
@@ -716,9 +574,6 @@ def setup(
         except OSError as exc:
             logger.error("stageflow_otel: cannot serve /metrics on %s:%s: %s", addr, port, exc)
 
-    sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider)
-    for log_processor in log_processors:
-        log_processor.on_drop = sink._count_dropped
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
@@ -731,7 +586,9 @@ def setup(
         logger_provider=logger_provider,
         event_sink=sink,
         metrics_server=server,
+        mode=chosen,
         _guards=guards,
+        _books=all_books,
         _accounting=accounting,
         _global_sink=set_global,
     )
@@ -765,11 +622,78 @@ def _check_globals(
         )
 
 
-def _log_queue() -> tuple[int, int]:
-    """``OTEL_BLRP_MAX_QUEUE_SIZE`` (2048) and ``OTEL_BLRP_MAX_EXPORT_BATCH_SIZE`` (512)."""
-    return _positive_int("OTEL_BLRP_MAX_QUEUE_SIZE", 2048), _positive_int(
-        "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", 512
+Mode = Literal["bounded", "complete"]
+"""``bounded``: a full export queue drops (and counts); ``complete``: wait for space, bounded by a timeout."""
+
+SPAN_QUEUE = BatchSettings(capacity=2048, batch_size=512, delay_millis=5000)
+"""Span export queue defaults (``OTEL_BSP_MAX_QUEUE_SIZE``, ``..._MAX_EXPORT_BATCH_SIZE``, ``..._DELAY``)."""
+LOG_QUEUE = BatchSettings(capacity=2048, batch_size=512, delay_millis=1000)
+"""Log record export queue defaults (``OTEL_BLRP_*``)."""
+EVENT_BUFFER = 10_000
+"""Events the OTLP event sink buffers before its thread hands them to the log pipeline."""
+DEFAULT_COMPLETE_TIMEOUT = 10.0
+"""Seconds a ``complete``-mode item waits for queue space (``STAGEFLOW_OTEL_COMPLETE_TIMEOUT``)."""
+
+
+def _mode(argument: str | None) -> Mode:
+    raw = argument if argument is not None else (_env(semconv.ENV_MODE).lower() or "bounded")
+    if raw == "complete":
+        return "complete"
+    if raw != "bounded":
+        if argument is not None:
+            msg = f"setup(mode={argument!r}): mode must be 'bounded' or 'complete'"
+            raise ValueError(msg)
+        logger.warning("stageflow_otel: %s=%r unknown; using 'bounded'", semconv.ENV_MODE, raw)
+    return "bounded"
+
+
+def _complete_timeout() -> float:
+    raw = _env(semconv.ENV_COMPLETE_TIMEOUT)
+    if not raw:
+        return DEFAULT_COMPLETE_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0.0:
+        logger.warning(
+            "stageflow_otel: %s=%r is not a number of seconds; using %g",
+            semconv.ENV_COMPLETE_TIMEOUT,
+            raw,
+            DEFAULT_COMPLETE_TIMEOUT,
+        )
+        return DEFAULT_COMPLETE_TIMEOUT
+    return value
+
+
+def _batch_settings(prefix: str, defaults: BatchSettings, wait: float | None) -> BatchSettings:
+    """``defaults`` overridden by ``OTEL_{prefix}_MAX_QUEUE_SIZE|MAX_EXPORT_BATCH_SIZE|SCHEDULE_DELAY``."""
+    batch = _positive_int(f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE", defaults.batch_size)
+    return BatchSettings(
+        capacity=_positive_int(f"OTEL_{prefix}_MAX_QUEUE_SIZE", defaults.capacity),
+        batch_size=batch,
+        delay_millis=_positive_int(f"OTEL_{prefix}_SCHEDULE_DELAY", int(defaults.delay_millis)),
+        wait=wait,
     )
+
+
+def _span_limits() -> SpanLimits:
+    """The SDK's span limits from ``OTEL_SPAN_*``, with ``DEFAULT_LINK_LIMIT`` links by default."""
+    links = _positive_int("OTEL_SPAN_LINK_COUNT_LIMIT", semconv.DEFAULT_LINK_LIMIT)
+    return SpanLimits(max_links=links)
+
+
+def _spans_lost(accounting: Accounting, items: int, events: int, cause: Cause) -> None:
+    accounting.dropped("spans", items, cause)
+
+
+def _logs_lost(
+    accounting: Accounting, sinks: Sequence[OtlpEventSink], items: int, events: int, cause: Cause
+) -> None:
+    accounting.dropped("log_records", items, cause)
+    if events:
+        for sink in sinks:
+            sink._count_dropped(events, cause)
 
 
 def _positive_int(name: str, default: int) -> int:

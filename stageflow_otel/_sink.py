@@ -8,8 +8,10 @@ processor nor an unreachable collector can stall a pipeline.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -156,6 +158,10 @@ class OtlpEventSink:
         logger_provider: where the log records go (default: the global logger provider).
         meter_provider: where ``stageflow.events.dropped`` is counted (default: the global meter provider).
         max_buffer: events held at most while the thread catches up.
+        wait_timeout: ``None`` (the default): an event finding the buffer full is dropped (cause
+            ``queue_full``). A number of seconds: ``try_emit`` waits for room that long at most (``setup()``'s
+            ``complete`` mode); once a wait ran out, events are dropped (cause ``timeout``) without waiting
+            until the thread makes room again.
 
     .. versionadded:: 0.10
     """
@@ -166,6 +172,7 @@ class OtlpEventSink:
         logger_provider: LoggerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         max_buffer: int = 10_000,
+        wait_timeout: float | None = None,
     ) -> None:
         if max_buffer < 1:
             msg = f"max_buffer must be at least 1, got {max_buffer!r}"
@@ -178,21 +185,44 @@ class OtlpEventSink:
         self._dropped_counter = meter.create_counter(
             metric.name, unit=metric.unit, description=metric.description
         )
-        self._dropped_counter.add(0)  # the series exists at 0 before the first drop (dashboards show 0)
+        for cause in semconv.DROP_CAUSES:  # every series exists at 0 before the first drop (dashboards)
+            self._dropped_counter.add(0, {semconv.TELEMETRY_CAUSE: cause})
         self._max = max_buffer
+        self._wait = wait_timeout
+        self._closed = False
+        self._dropped = 0
+        self._by_cause: dict[str, int] = dict.fromkeys(semconv.DROP_CAUSES, 0)
+        self._failed_once = False
+        self._init_threading()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._init_threading)
+
+            def after_in_child() -> None:
+                if (reinit := ref()) is not None:
+                    reinit()
+
+            os.register_at_fork(after_in_child=after_in_child)
+
+    def _init_threading(self) -> None:
+        # After fork() the child has no drain thread and copies of the parent's locks; the parent's
+        # buffered events are the parent's to deliver, so the child starts empty with a thread of its own.
         self._buffer: deque[_Item] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._unfinished = 0
-        self._closed = False
         self._thread: threading.Thread | None = None
-        self._dropped = 0
         self._drop_lock = threading.Lock()
-        self._failed_once = False
+        self._stalled = False
 
     @property
     def dropped(self) -> int:
-        """Events dropped so far (buffer full, sink shut down, or ``setup()``'s export queue full)."""
+        """Events dropped so far, every cause (buffer full, sink shut down, ``setup()``'s export path)."""
         return self._dropped
+
+    @property
+    def dropped_by_cause(self) -> Mapping[str, int]:
+        """Events dropped so far by cause (``semconv.DROP_CAUSES``), as in ``stageflow.events.dropped``."""
+        with self._drop_lock:
+            return dict(self._by_cause)
 
     async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
         """Hand the event to ``try_emit`` (nothing to await: the export happens in the background)."""
@@ -208,7 +238,14 @@ class OtlpEventSink:
                 otel_context.get_current(),
                 time.time_ns(),
             )
+            cause = semconv.DROP_CAUSE_QUEUE_FULL
             with self._cond:
+                if self._wait is not None and not self._closed and len(self._buffer) >= self._max:
+                    if self._stalled or not self._cond.wait_for(self._has_room, self._wait):
+                        self._stalled = True
+                        cause = semconv.DROP_CAUSE_TIMEOUT
+                if self._closed:
+                    cause = semconv.DROP_CAUSE_SHUTDOWN
                 accepted = not self._closed and len(self._buffer) < self._max
                 if accepted:
                     self._buffer.append(item)
@@ -220,20 +257,24 @@ class OtlpEventSink:
                         self._thread.start()
                     self._cond.notify_all()
             if not accepted:
-                self._count_dropped(1)
+                self._count_dropped(1, cause)
         except Exception as exc:  # telemetry never breaks a pipeline
             self._report(exc)
 
-    def _count_dropped(self, count: int) -> None:
-        """Count ``count`` events lost after this sink accepted them (thread-safe; never raises).
+    def _has_room(self) -> bool:
+        return self._closed or len(self._buffer) < self._max
 
-        ``setup()`` calls it from its log record processor when the export queue is full, so that
-        ``stageflow.events.dropped`` counts every event that did not reach the export pipeline.
+    def _count_dropped(self, count: int, cause: str) -> None:
+        """Count ``count`` events lost for ``cause`` (thread-safe; never raises).
+
+        ``setup()``'s export path calls it for the events it gives up on after this sink handed them
+        over, so that ``stageflow.events.dropped`` counts every event that was not delivered.
         """
         with self._drop_lock:
             self._dropped += count
+            self._by_cause[cause] = self._by_cause.get(cause, 0) + count
         try:
-            self._dropped_counter.add(count)
+            self._dropped_counter.add(count, {semconv.TELEMETRY_CAUSE: cause})
         except Exception as exc:
             self._report(exc)
 
@@ -264,6 +305,8 @@ class OtlpEventSink:
                 self._cond.wait_for(lambda: bool(self._buffer) or self._closed)
                 batch = list(self._buffer)
                 self._buffer.clear()
+                self._stalled = False
+                self._cond.notify_all()
                 if not batch and self._closed:
                     return
             for type, data, ctx, observed in batch:

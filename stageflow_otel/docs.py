@@ -34,6 +34,53 @@ def _severity(kind: str) -> str:
     return "INFO"
 
 
+_CAUSE_MEANINGS = {
+    semconv.DROP_CAUSE_QUEUE_FULL: "arrived while the export queue (or the event sink's buffer) was full",
+    semconv.DROP_CAUSE_EXPORT_FAILED: "in a batch the exporter reported failed (collector down or rejecting)",
+    semconv.DROP_CAUSE_TIMEOUT: "a bounded wait ran out: `complete` mode's wait for queue room, or "
+    "`shutdown()`'s deadline with the item still queued or in flight",
+    semconv.DROP_CAUSE_SHUTDOWN: "arrived after `shutdown()` began",
+    semconv.DROP_CAUSE_TOO_LARGE: "alone encodes to more than the maximum export request size",
+}
+
+
+def _delivery() -> list[str]:
+    """The "Delivery and loss accounting" section."""
+    counters = ", ".join(
+        f"`{m.name}`"
+        for m in (
+            semconv.TELEMETRY_SPANS_DROPPED,
+            semconv.EVENTS_DROPPED,
+            semconv.TELEMETRY_LOG_RECORDS_DROPPED,
+            semconv.TELEMETRY_METRIC_POINTS_DROPPED,
+        )
+    )
+    lines = [
+        "### Delivery and loss accounting",
+        "",
+        "With `setup()`, every span, event, log record and metric data point the process gives up on is "
+        f"counted, by `{semconv.TELEMETRY_CAUSE}`, in {counters} (the *Telemetry health* dashboard shows "
+        "them), and in `Telemetry.lost`. `force_flush()` and `shutdown()` return `False` when anything "
+        "was lost since the previous `force_flush()` (or `setup()`).",
+        "",
+        f"| `{semconv.TELEMETRY_CAUSE}` | the item... |",
+        "|---|---|",
+    ]
+    lines += [f"| `{cause}` | {_CAUSE_MEANINGS[cause]} |" for cause in semconv.DROP_CAUSES]
+    lines += [
+        "",
+        f"Two delivery modes (`setup(mode=...)`, else `{semconv.ENV_MODE}`): `bounded` (the default) never "
+        "makes the application wait: what finds a full queue is dropped and counted (`queue_full`). "
+        "`complete` is for audits and batch jobs that must not lose telemetry: ending a span or emitting "
+        "an event that finds the queue full waits for room (the event loop blocks: runs slow down to the "
+        f"exporter's pace), at most `{semconv.ENV_COMPLETE_TIMEOUT}` seconds per stall; what still finds "
+        "no room is dropped and counted (`timeout`), and until the exporter takes a batch again later "
+        "items do not wait, so a stalled collector costs one timeout, not one per span.",
+        "",
+    ]
+    return lines
+
+
 def render_reference() -> str:
     """The markdown of the telemetry reference (without the markers and without a heading)."""
     lines = [
@@ -69,7 +116,9 @@ def render_reference() -> str:
         "| the current span, else the W3C `traceparent` in the run's metadata, else `TRACEPARENT` |",
         f"| `{semconv.SPAN_STAGE_PREFIX}{{stage name}}` | INTERNAL "
         "| the run span, always; one link per dependency "
-        f"(`{semconv.LINK_TYPE}={semconv.LINK_TYPE_DEPENDENCY}`) |",
+        f"(`{semconv.LINK_TYPE}={semconv.LINK_TYPE_DEPENDENCY}`), up to {semconv.DEFAULT_LINK_LIMIT} "
+        f"with `setup()` (`OTEL_SPAN_LINK_COUNT_LIMIT`); links beyond are counted in "
+        f"`{semconv.TELEMETRY_LINKS_DROPPED.name}` |",
         "",
         "### Attributes",
         "",
@@ -127,6 +176,7 @@ def render_reference() -> str:
     lines += [
         f"| any other type | `{semconv.EVENT_OTHER}` | INFO |",
         "",
+        *_delivery(),
         "### Environment variables",
         "",
         "| variable | default | meaning |",

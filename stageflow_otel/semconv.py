@@ -80,6 +80,19 @@ __all__ = (
     "EXCEPTION_MESSAGE",
     "OTEL_SCOPE_LABEL",
     "TELEMETRY_SIGNAL",
+    "TELEMETRY_CAUSE",
+    "DROP_CAUSES",
+    "DROP_CAUSE_QUEUE_FULL",
+    "DROP_CAUSE_EXPORT_FAILED",
+    "DROP_CAUSE_TIMEOUT",
+    "DROP_CAUSE_SHUTDOWN",
+    "DROP_CAUSE_TOO_LARGE",
+    "TELEMETRY_LOG_RECORDS_DROPPED",
+    "TELEMETRY_METRIC_POINTS_DROPPED",
+    "TELEMETRY_LINKS_DROPPED",
+    "ENV_MODE",
+    "DEFAULT_LINK_LIMIT",
+    "ENV_COMPLETE_TIMEOUT",
     "EnvironmentVariable",
     "Attribute",
     "InstrumentKind",
@@ -120,12 +133,37 @@ CODE_FUNCTION_NAME: Final = "code.function.name"
 ERROR_TYPE: Final = "error.type"
 LINK_TYPE: Final = "stageflow.link.type"
 LINK_TYPE_DEPENDENCY: Final = "dependency"
+DEFAULT_LINK_LIMIT: Final = 1024
+"""Links a span keeps with ``setup()``'s tracer provider (``OTEL_SPAN_LINK_COUNT_LIMIT``; the SDK's is 128):
+a stage span keeps one link per dependency up to this; the links beyond are counted in
+``stageflow.telemetry.links.dropped``."""
 EVENT_TYPE: Final = "stageflow.event.type"
 """Attribute of event log records holding the event's type string, e.g. ``stage.llm.completed``."""
 EXCEPTION_MESSAGE: Final = "exception.message"
 """OpenTelemetry semconv: the error message, on ``*.failed`` event log records."""
 TELEMETRY_SIGNAL: Final = "signal"
 """Attribute of ``stageflow.telemetry.export.failures``: ``traces``, ``metrics`` or ``logs``."""
+TELEMETRY_CAUSE: Final = "cause"
+"""Attribute of the telemetry-health ``*.dropped`` counters: why the items were lost (``DROP_CAUSES``)."""
+
+DROP_CAUSE_QUEUE_FULL: Final = "queue_full"
+"""Lost on arrival: the export queue (or the event sink's buffer) was full."""
+DROP_CAUSE_EXPORT_FAILED: Final = "export_failed"
+"""Lost in a batch the exporter reported failed (collector down or rejecting)."""
+DROP_CAUSE_TIMEOUT: Final = "timeout"
+"""Lost to a bounded wait: ``complete`` mode's wait for queue space, or ``shutdown()``'s deadline."""
+DROP_CAUSE_SHUTDOWN: Final = "shutdown"
+"""Lost because it arrived after ``shutdown()`` began."""
+DROP_CAUSE_TOO_LARGE: Final = "too_large"
+"""Lost because the item alone encodes to more than the maximum export request size."""
+DROP_CAUSES: Final = (
+    DROP_CAUSE_QUEUE_FULL,
+    DROP_CAUSE_EXPORT_FAILED,
+    DROP_CAUSE_TIMEOUT,
+    DROP_CAUSE_SHUTDOWN,
+    DROP_CAUSE_TOO_LARGE,
+)
+"""Values of ``cause`` on the telemetry-health ``*.dropped`` counters."""
 
 ERROR_TYPE_TIMEOUT: Final = "timeout"
 """``error.type`` of a stage that raised ``StageTimeoutError`` (and of its run)."""
@@ -190,6 +228,12 @@ ATTRIBUTES: Final = (
     Attribute(EVENT_TYPE, "string", "event log records", "The event's type, e.g. stage.llm.completed."),
     Attribute(EXCEPTION_MESSAGE, "string", "failed event log records", "The error message."),
     Attribute(TELEMETRY_SIGNAL, "string", "export failure metric", "traces, metrics or logs."),
+    Attribute(
+        TELEMETRY_CAUSE,
+        "string",
+        "telemetry-health dropped counters",
+        "Why items were lost: " + ", ".join(DROP_CAUSES) + ".",
+    ),
 )
 
 # --------------------------------------------------------------------------- metrics
@@ -303,8 +347,8 @@ EVENTS_DROPPED = Metric(
     "stageflow.events.dropped",
     "counter",
     "{event}",
-    "Events the OTLP event sink dropped because its buffer was full or it was shut down.",
-    (),
+    "Events the OTLP event sink or its export path gave up on, by cause.",
+    (TELEMETRY_CAUSE,),
 )
 CIRCUIT_BREAKER_STATE = Metric(
     "stageflow.circuit_breaker.state",
@@ -324,7 +368,28 @@ TELEMETRY_SPANS_DROPPED = Metric(
     "stageflow.telemetry.spans.dropped",
     "counter",
     "{span}",
-    "Spans lost because their export batch failed.",
+    "Spans the export path gave up on, by cause.",
+    (TELEMETRY_CAUSE,),
+)
+TELEMETRY_LOG_RECORDS_DROPPED = Metric(
+    "stageflow.telemetry.log_records.dropped",
+    "counter",
+    "{log_record}",
+    "Log records (events among them) the export path gave up on, by cause.",
+    (TELEMETRY_CAUSE,),
+)
+TELEMETRY_METRIC_POINTS_DROPPED = Metric(
+    "stageflow.telemetry.metric_points.dropped",
+    "counter",
+    "{data_point}",
+    "Metric data points in exports that failed, by cause.",
+    (TELEMETRY_CAUSE,),
+)
+TELEMETRY_LINKS_DROPPED = Metric(
+    "stageflow.telemetry.links.dropped",
+    "counter",
+    "{link}",
+    "Span links beyond the link limit (OTEL_SPAN_LINK_COUNT_LIMIT), truncated from ended spans.",
     (),
 )
 
@@ -340,6 +405,9 @@ METRICS: Final = (
     CIRCUIT_BREAKER_STATE,
     TELEMETRY_EXPORT_FAILURES,
     TELEMETRY_SPANS_DROPPED,
+    TELEMETRY_LOG_RECORDS_DROPPED,
+    TELEMETRY_METRIC_POINTS_DROPPED,
+    TELEMETRY_LINKS_DROPPED,
 )
 
 # --------------------------------------------------------------------------- events (OTLP log records)
@@ -401,6 +469,10 @@ class EnvironmentVariable:
 ENV_METRICS_EXPORTER: Final = "OTEL_METRICS_EXPORTER"
 ENV_PROMETHEUS_HOST: Final = "OTEL_EXPORTER_PROMETHEUS_HOST"
 ENV_PROMETHEUS_PORT: Final = "OTEL_EXPORTER_PROMETHEUS_PORT"
+ENV_MODE: Final = "STAGEFLOW_OTEL_MODE"
+"""``bounded`` (default: a full export queue drops and counts) or ``complete`` (wait for queue space)."""
+ENV_COMPLETE_TIMEOUT: Final = "STAGEFLOW_OTEL_COMPLETE_TIMEOUT"
+"""Seconds a ``complete``-mode wait for queue space may last before the item is dropped and counted."""
 
 ENVIRONMENT: Final = (
     EnvironmentVariable("OTEL_SDK_DISABLED", "false", "`true`: no-op providers, nothing exported."),
@@ -449,6 +521,19 @@ ENVIRONMENT: Final = (
         "Event log records queued for export; more are dropped and counted.",
     ),
     EnvironmentVariable("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "512", "Event log records per export batch."),
+    EnvironmentVariable(
+        "OTEL_SPAN_LINK_COUNT_LIMIT",
+        str(DEFAULT_LINK_LIMIT),
+        "Links a span keeps (the SDK's default is 128); links beyond are counted.",
+    ),
+    EnvironmentVariable(
+        ENV_MODE,
+        "bounded",
+        "`bounded`: a full export queue drops and counts; `complete`: wait for room (see below).",
+    ),
+    EnvironmentVariable(
+        ENV_COMPLETE_TIMEOUT, "10", "Seconds a `complete`-mode wait for queue room lasts at most."
+    ),
     EnvironmentVariable("OTEL_METRIC_EXPORT_TIMEOUT", "30000", "Milliseconds allowed for one metric export."),
     EnvironmentVariable(ENV_PROMETHEUS_HOST, "127.0.0.1", "Address the `/metrics` endpoint binds to."),
     EnvironmentVariable(ENV_PROMETHEUS_PORT, "9464", "Port of the `/metrics` endpoint (`0`: any free port)."),

@@ -23,7 +23,13 @@ __all__ = ("GrpcReceiver", "HttpReceiver", "OtlpReceiver", "closed_port")
 
 
 class OtlpReceiver:
-    """Keeps every OTLP export request; subclasses serve it over one transport."""
+    """Keeps every OTLP export request; subclasses serve it over one transport.
+
+    Two switches make it misbehave the way a collector can: ``rejecting`` answers every request with a
+    non-retryable error (gRPC ``INVALID_ARGUMENT``, HTTP 400) and keeps nothing; ``hold()`` makes requests
+    wait (``held`` counts them) until ``release()``, after which each is kept or rejected as ``rejecting``
+    says then.
+    """
 
     protocol = ""
     endpoint = ""
@@ -33,6 +39,33 @@ class OtlpReceiver:
         self.traces: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.metrics: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
         self.logs: list[logs_service_pb2.ExportLogsServiceRequest] = []
+        self.rejecting = False
+        self.rejected = 0
+        self.held = 0
+        self._gate = threading.Event()
+        self._gate.set()
+
+    def hold(self) -> None:
+        """Make every request from now on wait until ``release()``."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        """Let the held requests (and later ones) through."""
+        self._gate.set()
+
+    def _accept(self) -> bool:
+        """Wait while held; ``True`` to keep the request, ``False`` to reject it (counted)."""
+        if not self._gate.is_set():
+            with self._cond:
+                self.held += 1
+                self._cond.notify_all()
+            self._gate.wait()
+        with self._cond:
+            if self.rejecting:
+                self.rejected += 1
+                self._cond.notify_all()
+                return False
+        return True
 
     def _store(self, kind: str, request: Any) -> None:
         with self._cond:
@@ -99,6 +132,8 @@ class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
+        if not self.receiver._accept():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rejected by the test receiver")
         self.receiver._store("traces", request)
         return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -110,6 +145,8 @@ class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
     def Export(
         self, request: metrics_service_pb2.ExportMetricsServiceRequest, context: grpc.ServicerContext
     ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        if not self.receiver._accept():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rejected by the test receiver")
         self.receiver._store("metrics", request)
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
@@ -121,6 +158,8 @@ class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
     def Export(
         self, request: logs_service_pb2.ExportLogsServiceRequest, context: grpc.ServicerContext
     ) -> logs_service_pb2.ExportLogsServiceResponse:
+        if not self.receiver._accept():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rejected by the test receiver")
         self.receiver._store("logs", request)
         return logs_service_pb2.ExportLogsServiceResponse()
 
@@ -142,7 +181,8 @@ class GrpcReceiver(OtlpReceiver):
         self.endpoint = f"http://127.0.0.1:{port}"
 
     def stop(self) -> None:
-        """Stop the server and its worker threads."""
+        """Release held requests, stop the server and its worker threads."""
+        self.release()
         self._server.stop(grace=None).wait()
         self._pool.shutdown(wait=True)
 
@@ -180,6 +220,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = gzip.decompress(body)
         elif encoding == "deflate":
             body = zlib.decompress(body)
+        if not self.server.receiver._accept():
+            self.send_error(400, "rejected by the test receiver")
+            return
         kind, request_type, response_type = route
         request = request_type()
         request.ParseFromString(body)
@@ -219,7 +262,8 @@ class HttpReceiver(OtlpReceiver):
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
 
     def stop(self) -> None:
-        """Stop serving, close the socket and join the thread."""
+        """Release held requests, stop serving, close the socket and join the thread."""
+        self.release()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()

@@ -236,7 +236,7 @@ class TestCollectorDown:
         }
 
     def test_export_failures_are_counted_as_metrics(self, down: pytest.MonkeyPatch, protocol: str) -> None:
-        """Failed batches show up in stageflow.telemetry.export.failures by signal, spans in spans.dropped."""
+        """Failed batches show up in export.failures by signal, their spans in spans.dropped by cause."""
         down.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
         down.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "0.2")
         down.setenv("OTEL_METRIC_EXPORT_INTERVAL", "60000")
@@ -250,11 +250,14 @@ class TestCollectorDown:
                 for p in metric_points(reader, semconv.TELEMETRY_EXPORT_FAILURES.name)
                 if isinstance(p, NumberDataPoint) and p.attributes is not None
             }
-            dropped = [
-                p.value
+            dropped = {
+                str(p.attributes[semconv.TELEMETRY_CAUSE]): p.value
                 for p in metric_points(reader, semconv.TELEMETRY_SPANS_DROPPED.name)
-                if isinstance(p, NumberDataPoint)
-            ]
+                if isinstance(p, NumberDataPoint) and p.attributes is not None and p.value
+            }
         finally:
             telemetry.shutdown(timeout=1.0)
-        assert (sorted(failures), dropped) == (["logs", "metrics", "traces"], [1 + len(STAGES)])
+        assert (sorted(failures), dropped) == (
+            ["logs", "metrics", "traces"],
+            {semconv.DROP_CAUSE_EXPORT_FAILED: 1 + len(STAGES)},
+        )

@@ -183,13 +183,13 @@ class TestEventDrops:
         for i in range(10):
             sink.try_emit(type="stage.a.completed", data={"stage": "a", "i": i})
         assert sink.flush(5.0)
-        dropped = [
-            p.value
+        dropped = {
+            str(p.attributes[semconv.TELEMETRY_CAUSE]): p.value
             for p in metric_points(reader, semconv.EVENTS_DROPPED.name)
-            if isinstance(p, NumberDataPoint)
-        ]
-        assert (sink.dropped, dropped) == (6, [6])
-        assert telemetry.shutdown(5.0)
+            if isinstance(p, NumberDataPoint) and p.attributes is not None and p.value
+        }
+        assert (sink.dropped, dropped) == (6, {semconv.DROP_CAUSE_QUEUE_FULL: 6})
+        assert telemetry.shutdown(5.0) is False  # six events were lost: shutdown says so
         assert len(http_receiver.log_records()) == 4
 
 

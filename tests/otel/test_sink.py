@@ -229,12 +229,12 @@ class TestBoundedBuffer:
             assert blocking.entered.wait(5)
             for _ in range(5):
                 sink.try_emit(type="pipeline.started", data={})
-            dropped = [
-                p.value
+            dropped = {
+                str(p.attributes[semconv.TELEMETRY_CAUSE]): p.value
                 for p in metric_points(metric_reader, semconv.EVENTS_DROPPED.name)
-                if isinstance(p, NumberDataPoint)
-            ]
-            assert (sink.dropped, dropped) == (3, [3])
+                if isinstance(p, NumberDataPoint) and p.attributes is not None and p.value
+            }
+            assert (sink.dropped, dropped) == (3, {semconv.DROP_CAUSE_QUEUE_FULL: 3})
             blocking.release.set()
             assert sink.flush(timeout=5.0)
             assert blocking.seen == ["stageflow.pipeline.created"] + ["stageflow.pipeline.started"] * 2

@@ -194,7 +194,15 @@ class TestContent:
             ),
             (
                 "stageflow-telemetry.json",
-                {"Events dropped (range)", "Spans dropped (range)", "Export failures (range)"},
+                {
+                    "Events dropped (range)",
+                    "Spans dropped (range)",
+                    "Export failures (range)",
+                    "Log records dropped (range)",
+                    "Metric points dropped (range)",
+                    "Span links truncated (range)",
+                    "Telemetry lost/s by signal and cause",
+                },
             ),
         ],
         ids=["overview", "stages", "telemetry"],

@@ -1,0 +1,486 @@
+"""The export path ``setup()`` builds: bounded batch queues and exporters whose every loss is counted.
+
+For spans and log records, a ``_Books`` keeps the exact count of what sits in the SDK batch processor's
+queue and what is in flight in its exporter. The processor wrappers admit an item only while the queue
+holds fewer than its capacity (the SDK queue is made longer than that, so the SDK never drops on its own)
+and the exporter wrappers settle every batch: exported, or lost with a cause. Metric exports are settled
+by data point. Nothing leaves the export path uncounted:
+
+========================  =====================================================================
+cause                     what was lost
+========================  =====================================================================
+``queue_full``            the item arrived while the export queue was full
+``export_failed``         the exporter reported its batch failed (collector down, rejected...)
+``timeout``               a bounded wait ran out: ``complete`` mode waiting for queue space, or
+                          ``shutdown()``'s deadline with the item still queued or in flight
+``shutdown``              the item arrived after ``shutdown()`` began
+``too_large``             the item alone encodes to more than the maximum request size
+========================  =====================================================================
+
+In ``complete`` mode an item that finds the queue full waits for space (the ending span's thread, the
+event loop, blocks) for at most the configured timeout; once a wait has run out, later items are counted
+as ``timeout`` at once until the exporter takes a batch again, so a stalled collector costs one timeout,
+not one per item.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from opentelemetry import metrics
+from opentelemetry.context import Context
+from opentelemetry.sdk._logs import LogRecordProcessor, ReadableLogRecord, ReadWriteLogRecord
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    LogRecordExporter,
+    LogRecordExportResult,
+)
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+import stageflow
+
+from . import semconv
+
+__all__ = (
+    "Accounting",
+    "BatchSettings",
+    "Books",
+    "Cause",
+    "Guard",
+    "CountingLogExporter",
+    "BoundedLogProcessor",
+    "CountingMetricExporter",
+    "Signal",
+    "CountingSpanExporter",
+    "BoundedSpanProcessor",
+)
+
+logger = logging.getLogger("stageflow_otel")
+
+Signal = Literal["traces", "metrics", "logs"]
+Cause = Literal["queue_full", "export_failed", "timeout", "shutdown", "too_large"]
+
+
+class Accounting:
+    """Every span, log record, event and metric point the export path gave up on, by cause.
+
+    The totals are kept in memory (``Telemetry`` reads them) and counted in the telemetry-health metrics
+    once ``bind`` has given a meter provider. Thread-safe; counting never raises.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failures: dict[str, int] = {"traces": 0, "metrics": 0, "logs": 0}
+        self.lost: dict[str, dict[str, int]] = {
+            kind: dict.fromkeys(semconv.DROP_CAUSES, 0) for kind in ("spans", "log_records", "metric_points")
+        }
+        self.links_dropped = 0
+        self._failure_counter: metrics.Counter | None = None
+        self._counters: dict[str, metrics.Counter] = {}
+        self._links_counter: metrics.Counter | None = None
+
+    def bind(self, meter_provider: metrics.MeterProvider) -> None:
+        """Create the health counters on ``meter_provider``, every series at 0 (dashboards show 0)."""
+        meter = metrics.get_meter(semconv.INSTRUMENTATION_SCOPE, stageflow.__version__, meter_provider)
+
+        def counter(metric: semconv.Metric) -> metrics.Counter:
+            return meter.create_counter(metric.name, unit=metric.unit, description=metric.description)
+
+        self._failure_counter = counter(semconv.TELEMETRY_EXPORT_FAILURES)
+        for signal in self.failures:
+            self._failure_counter.add(0, {semconv.TELEMETRY_SIGNAL: signal})
+        for kind, metric in (
+            ("spans", semconv.TELEMETRY_SPANS_DROPPED),
+            ("log_records", semconv.TELEMETRY_LOG_RECORDS_DROPPED),
+            ("metric_points", semconv.TELEMETRY_METRIC_POINTS_DROPPED),
+        ):
+            self._counters[kind] = counter(metric)
+            for cause in semconv.DROP_CAUSES:
+                self._counters[kind].add(0, {semconv.TELEMETRY_CAUSE: cause})
+        self._links_counter = counter(semconv.TELEMETRY_LINKS_DROPPED)
+        self._links_counter.add(0)
+
+    def failed(self, signal: Signal) -> None:
+        """Count one failed export batch of ``signal``."""
+        with self._lock:
+            self.failures[signal] += 1
+        self._add(self._failure_counter, 1, {semconv.TELEMETRY_SIGNAL: signal})
+
+    def dropped(self, kind: str, count: int, cause: Cause) -> None:
+        """Count ``count`` items of ``kind`` (``spans``, ``log_records``, ``metric_points``) lost."""
+        if count <= 0:
+            return
+        with self._lock:
+            self.lost[kind][cause] += count
+        self._add(self._counters.get(kind), count, {semconv.TELEMETRY_CAUSE: cause})
+
+    def links(self, count: int) -> None:
+        """Count ``count`` span links the span limits truncated."""
+        if count <= 0:
+            return
+        with self._lock:
+            self.links_dropped += count
+        self._add(self._links_counter, count, None)
+
+    def total(self, kind: str) -> int:
+        """Items of ``kind`` lost so far, all causes."""
+        with self._lock:
+            return sum(self.lost[kind].values())
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """A copy of the losses by kind and cause."""
+        with self._lock:
+            return {kind: dict(causes) for kind, causes in self.lost.items()}
+
+    def everything(self) -> int:
+        """Items lost so far, every kind and cause (links excluded: a truncated span is delivered)."""
+        with self._lock:
+            return sum(sum(causes.values()) for causes in self.lost.values())
+
+    @staticmethod
+    def _add(counter: metrics.Counter | None, count: int, attributes: dict[str, str] | None) -> None:
+        if counter is None:
+            return
+        try:
+            counter.add(count, attributes)
+        except Exception:  # counting must not turn a loss into a crash
+            logger.debug("stageflow_otel: could not count lost telemetry", exc_info=True)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """One batch pipeline: queue capacity, batch size, schedule delay, ``complete`` mode's wait (or None)."""
+
+    capacity: int
+    batch_size: int
+    delay_millis: float
+    wait: float | None = None
+
+
+_Lost = Callable[[int, int, "Cause"], None]
+"""Count lost items: ``(items, events among them, cause)``."""
+
+
+class Books:
+    """Exact counts of one signal's batch pipeline: items queued, batches in flight, and every loss.
+
+    ``admit`` is called for each item before it enters the SDK processor; ``taken`` when the exporter
+    receives a batch; ``settled`` when the export returned. ``abandon`` counts what is still queued or in
+    flight as lost (``timeout``) when ``shutdown()`` gives up on it, and makes later arrivals count as
+    ``shutdown``.
+    """
+
+    def __init__(self, settings: BatchSettings, lost: _Lost) -> None:
+        self.settings = settings
+        self._lost = lost
+        self._init_state()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._init_state)
+
+            def after_in_child() -> None:
+                if (reinit := ref()) is not None:
+                    reinit()
+
+            os.register_at_fork(after_in_child=after_in_child)
+
+    def _init_state(self) -> None:
+        # In a forked child the parent's queue is the parent's to export (the SDK clears its own copy).
+        self._cond = threading.Condition(threading.Lock())
+        self.queued = 0
+        self.queued_events = 0
+        self._inflight: dict[int, tuple[int, int]] = {}
+        self._tokens = itertools.count(1)
+        self.closed = False
+        self._abandoned = False
+        self._stalled = False
+
+    def admit(self, event: bool = False) -> bool:
+        """Reserve a queue slot for one item; ``False`` (and counted) when it is refused."""
+        cause: Cause | None = None
+        with self._cond:
+            if self.closed:
+                cause = "shutdown"
+            elif self.queued >= self.settings.capacity:
+                wait = self.settings.wait
+                if wait is None:
+                    cause = "queue_full"
+                elif self._stalled or not self._cond.wait_for(self._has_room, wait):
+                    self._stalled = True
+                    cause = "shutdown" if self.closed else "timeout"
+            if cause is None:
+                self.queued += 1
+                self.queued_events += event
+        if cause is not None:
+            self._lost(1, int(event), cause)
+            return False
+        return True
+
+    def _has_room(self) -> bool:
+        return self.closed or self.queued < self.settings.capacity
+
+    def taken(self, items: int, events: int) -> int | None:
+        """The exporter received a batch; a token for ``settled`` (``None``: already counted as lost)."""
+        with self._cond:
+            if self._abandoned:
+                return None
+            self.queued = max(0, self.queued - items)
+            self.queued_events = max(0, self.queued_events - events)
+            self._stalled = False
+            token = next(self._tokens)
+            self._inflight[token] = (items, events)
+            self._cond.notify_all()
+            return token
+
+    def settled(self, token: int | None, cause: Cause | None) -> None:
+        """The batch of ``token`` was exported (``cause`` ``None``) or lost for ``cause``."""
+        if token is None:
+            return
+        with self._cond:
+            batch = self._inflight.pop(token, None)
+        if batch is not None and cause is not None:
+            self._lost(batch[0], batch[1], cause)
+
+    def close(self) -> None:
+        """Refuse (and count as ``shutdown``) every item from now on; wake the waiting ones."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def abandon(self) -> int:
+        """Count everything still queued or in flight as lost (``timeout``); return how many items."""
+        with self._cond:
+            self.closed = True
+            self._abandoned = True
+            items = self.queued + sum(i for i, _ in self._inflight.values())
+            events = self.queued_events + sum(e for _, e in self._inflight.values())
+            self.queued = self.queued_events = 0
+            self._inflight.clear()
+            self._cond.notify_all()
+        self._lost(items, events, "timeout")
+        return items
+
+    def pending(self) -> int:
+        """Items queued or in flight now."""
+        with self._cond:
+            return self.queued + sum(i for i, _ in self._inflight.values())
+
+
+# --------------------------------------------------------------------------- exporter wrappers
+
+
+def _shutdown_inner(exporter: object, timeout_millis: float | None) -> None:
+    shutdown: Callable[..., object] = exporter.shutdown  # type: ignore[attr-defined]
+    if timeout_millis is not None and "timeout_millis" in inspect.signature(shutdown).parameters:
+        shutdown(timeout_millis=timeout_millis)
+    else:
+        shutdown()
+
+
+class Guard:
+    """Shared state of one exporter wrapper: aborting, and shutting the inner exporter down once."""
+
+    def __init__(self, inner: object, signal: Signal, accounting: Accounting) -> None:
+        self.inner, self.signal, self.accounting = inner, signal, accounting
+        self.aborted = False
+        self._shut = False
+        self._lock = threading.Lock()
+
+    def shutdown(self, timeout_millis: float | None = None) -> None:
+        with self._lock:
+            if self._shut:
+                return
+            self._shut = True
+        try:
+            _shutdown_inner(self.inner, timeout_millis)
+        except Exception:
+            logger.debug("stageflow_otel: %s exporter shutdown failed", self.signal, exc_info=True)
+
+    def abort(self) -> None:
+        """Fail every later batch at once and interrupt the one in flight (its retries and its channel)."""
+        self.aborted = True
+        self.shutdown(0)
+
+    @property
+    def failure_cause(self) -> Cause:
+        """The cause of a failed batch: ``timeout`` once ``shutdown()`` aborted the exporter."""
+        return "timeout" if self.aborted else "export_failed"
+
+
+class CountingSpanExporter(SpanExporter):
+    """Settles every span batch in ``books``: exported, or lost and counted."""
+
+    def __init__(self, inner: SpanExporter, accounting: Accounting, books: Books) -> None:
+        self.guard = Guard(inner, "traces", accounting)
+        self._inner = inner
+        self._books = books
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        token = self._books.taken(len(spans), 0)
+        result = SpanExportResult.FAILURE
+        if not self.guard.aborted:
+            try:
+                result = self._inner.export(spans)
+            except Exception:
+                logger.debug("stageflow_otel: span export raised", exc_info=True)
+        if result is SpanExportResult.SUCCESS:
+            self._books.settled(token, None)
+        else:
+            self.guard.accounting.failed("traces")
+            self._books.settled(token, self.guard.failure_cause)
+        return result
+
+    def shutdown(self, timeout_millis: float = 30_000) -> None:
+        self.guard.shutdown(timeout_millis)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _events_in(batch: Sequence[ReadableLogRecord]) -> int:
+    return sum(1 for r in batch if semconv.EVENT_TYPE in (r.log_record.attributes or {}))
+
+
+class CountingLogExporter(LogRecordExporter):
+    """Settles every log record batch in ``books``: exported, or lost and counted."""
+
+    def __init__(self, inner: LogRecordExporter, accounting: Accounting, books: Books) -> None:
+        self.guard = Guard(inner, "logs", accounting)
+        self._inner = inner
+        self._books = books
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        token = self._books.taken(len(batch), _events_in(batch))
+        result = LogRecordExportResult.FAILURE
+        if not self.guard.aborted:
+            try:
+                result = self._inner.export(batch)
+            except Exception:
+                logger.debug("stageflow_otel: log export raised", exc_info=True)
+        if result is LogRecordExportResult.SUCCESS:
+            self._books.settled(token, None)
+        else:
+            self.guard.accounting.failed("logs")
+            self._books.settled(token, self.guard.failure_cause)
+        return result
+
+    def shutdown(self, timeout_millis: float = 30_000) -> None:
+        self.guard.shutdown(timeout_millis)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _points(metrics_data: MetricsData) -> int:
+    return sum(
+        len(metric.data.data_points)
+        for resource in metrics_data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    )
+
+
+class CountingMetricExporter(MetricExporter):
+    """Counts the data points of every failed metric export."""
+
+    def __init__(self, inner: MetricExporter, accounting: Accounting) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self.guard = Guard(inner, "metrics", accounting)
+        self._inner = inner
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        result = MetricExportResult.FAILURE
+        if not self.guard.aborted:
+            try:
+                result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+            except Exception:
+                logger.debug("stageflow_otel: metric export raised", exc_info=True)
+        if result is not MetricExportResult.SUCCESS:
+            self.guard.accounting.failed("metrics")
+            self.guard.accounting.dropped("metric_points", _points(metrics_data), self.guard.failure_cause)
+        return result
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self.guard.shutdown(timeout_millis)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+# --------------------------------------------------------------------------- processor wrappers
+
+
+class BoundedSpanProcessor(SpanProcessor):
+    """A ``BatchSpanProcessor`` whose queue is bounded exactly by ``books`` (no silent drop).
+
+    Also counts the links each ended span lost to the span limits (``stageflow.telemetry.links.dropped``).
+    """
+
+    def __init__(self, exporter: CountingSpanExporter, books: Books, accounting: Accounting) -> None:
+        self._books = books
+        self._accounting = accounting
+        settings = books.settings
+        self._inner = BatchSpanProcessor(
+            exporter,
+            max_queue_size=settings.capacity + settings.batch_size,
+            schedule_delay_millis=settings.delay_millis,
+            max_export_batch_size=settings.batch_size,
+        )
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not (span.context and span.context.trace_flags.sampled):
+            return
+        if isinstance(span, ReadableSpan) and span.dropped_links:
+            self._accounting.links(span.dropped_links)
+        if self._books.admit():
+            self._inner.on_end(span)
+
+    def shutdown(self) -> None:
+        self._books.close()
+        self._inner.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class BoundedLogProcessor(LogRecordProcessor):
+    """A ``BatchLogRecordProcessor`` whose queue is bounded exactly by ``books`` (no silent drop)."""
+
+    def __init__(self, exporter: CountingLogExporter, books: Books) -> None:
+        self._books = books
+        settings = books.settings
+        self._inner = BatchLogRecordProcessor(
+            exporter,
+            max_queue_size=settings.capacity + settings.batch_size,
+            schedule_delay_millis=settings.delay_millis,
+            max_export_batch_size=settings.batch_size,
+        )
+
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+        event = semconv.EVENT_TYPE in (log_record.log_record.attributes or {})
+        if self._books.admit(event):
+            self._inner.on_emit(log_record)
+
+    def shutdown(self) -> None:
+        self._books.close()
+        self._inner.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)

@@ -1,0 +1,279 @@
+"""Exact loss accounting against real OTLP receivers: received + counted == produced, for every cause.
+
+Each test produces a known number of spans (five per run of the diamond), events (eleven per run) and
+metric points, makes the export path lose some for one cause, and checks the receiver's count plus the
+telemetry-health counters add up to what was produced, over gRPC and HTTP.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+import asyncio
+from collections.abc import Iterator, Mapping
+
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+
+from stageflow import (
+    ContextSnapshot,
+    EventSink,
+    Pipeline,
+    PipelineTimer,
+    RunIdentity,
+    StageContext,
+    StageGraph,
+    StageInputs,
+)
+from stageflow_otel import MetricsInterceptor, Telemetry, TracingInterceptor, semconv, setup
+
+from ._stages import T, diamond, ok
+from .conftest import metric_points
+from .otlp_receiver import GrpcReceiver, HttpReceiver, OtlpReceiver
+
+SPANS_PER_RUN = 5
+EVENTS_PER_RUN = 11
+NOTHING = dict.fromkeys(semconv.DROP_CAUSES, 0)
+
+
+def only(**causes: int) -> dict[str, int]:
+    """Every cause at 0 but the given ones."""
+    return NOTHING | causes
+
+
+def instrumented(telemetry: Telemetry) -> StageGraph:
+    """The diamond with the tracing and metrics interceptors on ``telemetry``'s providers."""
+    return diamond().build(
+        interceptors=[
+            TracingInterceptor(telemetry.tracer_provider),
+            MetricsInterceptor(telemetry.meter_provider),
+        ]
+    )
+
+
+async def run(telemetry: Telemetry, runs: int) -> None:
+    """``runs`` concurrent runs of the instrumented diamond, reporting to ``telemetry``'s sink."""
+    graph = instrumented(telemetry)
+    await asyncio.gather(*(graph.run(entry(telemetry.event_sink)) for _ in range(runs)))
+
+
+def entry(sink: EventSink) -> StageContext:
+    """An entry context with a fresh run id, reporting to ``sink``."""
+    snapshot = ContextSnapshot(run_id=RunIdentity())
+    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
+
+
+def counted(reader: InMemoryMetricReader, metric: semconv.Metric) -> dict[str, int]:
+    """The ``cause`` breakdown of a dropped counter, read from the SDK."""
+    return {
+        str(p.attributes[semconv.TELEMETRY_CAUSE]): int(p.value)
+        for p in metric_points(reader, metric.name)
+        if isinstance(p, NumberDataPoint) and p.attributes is not None
+    }
+
+
+def data_points(metric: Metric) -> int:
+    """How many data points one received OTLP metric holds."""
+    kind = metric.WhichOneof("data")
+    assert kind is not None
+    return len(getattr(metric, kind).data_points)
+
+
+@pytest.fixture(name="receiver", params=["grpc", "http"], ids=["grpc", "http-protobuf"])
+def _receiver(request: pytest.FixtureRequest) -> Iterator[OtlpReceiver]:
+    """A running OTLP receiver of each protocol, stopped at teardown."""
+    receiver: OtlpReceiver = GrpcReceiver() if request.param == "grpc" else HttpReceiver()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(name="env")
+def _env(otel_env: pytest.MonkeyPatch, receiver: OtlpReceiver) -> pytest.MonkeyPatch:
+    """Every signal exported to ``receiver``; no export before a flush (batches never fill on their own)."""
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", receiver.protocol)
+    otel_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "600000")
+    for prefix in ("BSP", "BLRP"):
+        otel_env.setenv(f"OTEL_{prefix}_SCHEDULE_DELAY", "600000")
+        otel_env.setenv(f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE", "4096")
+    return otel_env
+
+
+class TestQueueFull:
+    async def test_spans_and_events_beyond_the_queues_are_counted(
+        self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """With 40 span and 30 log record slots, 20 runs deliver 40 + 30 and count the rest as queue_full."""
+        env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "40")
+        env.setenv("OTEL_BLRP_MAX_QUEUE_SIZE", "30")
+        reader = InMemoryMetricReader()
+        telemetry = setup("acct", set_global=False, metric_readers=[reader])
+        try:
+            await run(telemetry, 20)
+            assert telemetry.force_flush(10.0) is False
+            assert (len(receiver.spans()), len(receiver.log_records())) == (40, 30)
+            assert telemetry.lost == {
+                "spans": only(queue_full=100 - 40),
+                "log_records": only(queue_full=220 - 30),
+                "metric_points": NOTHING,
+                "events": only(queue_full=220 - 30),
+            }
+            assert (
+                counted(reader, semconv.TELEMETRY_SPANS_DROPPED),
+                counted(reader, semconv.TELEMETRY_LOG_RECORDS_DROPPED),
+                counted(reader, semconv.EVENTS_DROPPED),
+            ) == (only(queue_full=60), only(queue_full=190), only(queue_full=190))
+            assert telemetry.force_flush(10.0) is True  # nothing lost since the previous flush
+        finally:
+            telemetry.shutdown(5.0)
+
+
+class TestExportFailed:
+    async def test_rejected_batches_are_counted_by_item(
+        self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """A receiver rejecting every request keeps nothing; every span, event and point is counted."""
+        receiver.rejecting = True
+        reader = InMemoryMetricReader()
+        telemetry = setup("acct", set_global=False, metric_readers=[reader])
+        try:
+            await run(telemetry, 3)
+            assert telemetry.force_flush(10.0) is False
+            lost = telemetry.lost
+            receiver.rejecting = False
+            assert telemetry.force_flush(10.0) is True
+            # cumulative metrics: the next export carries exactly the series the failed one held
+            points = sum(data_points(m) for m in receiver.iter_metrics())
+        finally:
+            telemetry.shutdown(5.0)
+        assert (len(receiver.spans()), len(receiver.log_records()), receiver.rejected) == (0, 0, 3)
+        assert lost == {
+            "spans": only(export_failed=15),
+            "log_records": only(export_failed=33),
+            "metric_points": only(export_failed=points),
+            "events": only(export_failed=33),
+        }
+        assert points > 0
+        assert telemetry.export_failures == {"traces": 1, "metrics": 1, "logs": 1}
+
+
+class TestTimeout:
+    async def test_complete_mode_counts_what_waited_too_long(
+        self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """In complete mode with a stalled receiver, spans wait at most the timeout, then are counted."""
+        env.setenv("STAGEFLOW_OTEL_MODE", "complete")
+        env.setenv("STAGEFLOW_OTEL_COMPLETE_TIMEOUT", "0.05")
+        env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "10")
+        env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "5")
+        env.setenv("OTEL_LOGS_EXPORTER", "none")
+        env.setenv("OTEL_METRICS_EXPORTER", "none")
+        receiver.hold()
+        telemetry = setup("acct", set_global=False)
+        try:
+            assert telemetry.mode == "complete"
+            await run(telemetry, 10)
+            receiver.release()
+            assert telemetry.force_flush(10.0) is False
+            received, lost = len(receiver.spans()), telemetry.lost["spans"]
+        finally:
+            telemetry.shutdown(5.0)
+        assert (received + lost["timeout"], lost) == (50, only(timeout=50 - received))
+        assert received >= 10
+
+    def test_shutdown_counts_what_its_deadline_left_behind(
+        self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """A receiver that never answers: shutdown(1) returns False and counts every span as timeout."""
+        env.setenv("OTEL_BSP_SCHEDULE_DELAY", "10")
+        env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "5")
+        env.setenv("OTEL_LOGS_EXPORTER", "none")
+        env.setenv("OTEL_METRICS_EXPORTER", "none")
+        receiver.hold()
+        telemetry = setup("acct", set_global=False)
+        asyncio.run(run(telemetry, 3))
+        assert receiver.wait_for(lambda: receiver.held >= 1)
+        assert telemetry.shutdown(1.0) is False
+        lost = telemetry.lost["spans"]
+        receiver.rejecting = True  # the request left in flight fails when it is finally answered
+        receiver.release()
+        assert receiver.wait_for(lambda: receiver.rejected == receiver.held)
+        assert (len(receiver.spans()), lost, telemetry.lost["spans"]) == (0, only(timeout=15), lost)
+
+
+class TestShutdownCause:
+    async def test_telemetry_after_shutdown_is_counted(
+        self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """Runs after shutdown() lose every span and event, all counted as shutdown."""
+        telemetry = setup("acct", set_global=False)
+        assert telemetry.shutdown(5.0) is True
+        await run(telemetry, 2)
+        assert (len(receiver.spans()), len(receiver.log_records())) == (0, 0)
+        assert {k: telemetry.lost[k] for k in ("spans", "events")} == {
+            "spans": only(shutdown=10),
+            "events": only(shutdown=22),
+        }
+
+
+class TestNothingLost:
+    async def test_a_healthy_receiver_gets_everything_and_flush_says_so(
+        self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """With room in every queue, all spans and events arrive, nothing is counted, flush is True."""
+        telemetry = setup("acct", set_global=False)
+        try:
+            await run(telemetry, 20)
+            assert telemetry.force_flush(10.0) is True
+            totals: Mapping[str, int] = {k: sum(v.values()) for k, v in telemetry.lost.items()}
+        finally:
+            telemetry.shutdown(5.0)
+        assert (len(receiver.spans()), len(receiver.log_records()), totals) == (
+            100,
+            220,
+            dict.fromkeys(("spans", "log_records", "metric_points", "events"), 0),
+        )
+
+
+def fan_in(width: int) -> Pipeline:
+    """``width`` independent stages feeding one ``join`` stage."""
+    pipeline = Pipeline(name="fan-in")
+    for i in range(width):
+        pipeline = pipeline.with_stage(f"s{i}", ok, T)
+    return pipeline.with_stage("join", ok, T, dependencies=tuple(f"s{i}" for i in range(width)))
+
+
+class TestDependencyLinks:
+    @pytest.mark.parametrize(
+        ("limit", "kept"),
+        [(None, 300), ("100", 100)],
+        ids=["default-limit", "env-limit"],
+    )
+    async def test_links_are_kept_up_to_the_limit_and_the_rest_counted(
+        self, env: pytest.MonkeyPatch, receiver: OtlpReceiver, limit: str | None, kept: int
+    ) -> None:
+        """A stage with 300 dependencies keeps 300 links (limit 1024), or 100 with the rest counted."""
+        if limit is not None:
+            env.setenv("OTEL_SPAN_LINK_COUNT_LIMIT", limit)
+        reader = InMemoryMetricReader()
+        telemetry = setup("links", set_global=False, metric_readers=[reader])
+        try:
+            graph = fan_in(300).build(interceptors=[TracingInterceptor(telemetry.tracer_provider)])
+            await graph.run(entry(telemetry.event_sink))
+            assert telemetry.force_flush(10.0) is True
+            join = next(s for s in receiver.spans() if s.name == "stage join")
+            links_counter = [
+                p.value
+                for p in metric_points(reader, semconv.TELEMETRY_LINKS_DROPPED.name)
+                if isinstance(p, NumberDataPoint)
+            ]
+        finally:
+            telemetry.shutdown(5.0)
+        assert (len(join.links), join.dropped_links_count, telemetry.links_dropped, links_counter) == (
+            kept,
+            300 - kept,
+            300 - kept,
+            [300 - kept],
+        )
