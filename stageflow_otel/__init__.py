@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from ._content import ErrorDetails as ErrorDetails
+from ._content import ErrorRedactor as ErrorRedactor
+from ._content import error_type_only as error_type_only
+from ._content import redact_error_message as redact_error_message
 from ._logging import LoggingInterceptor as LoggingInterceptor
 from ._logging import add_trace_context as add_trace_context
 from ._metrics import MetricsInterceptor as MetricsInterceptor
@@ -18,6 +22,8 @@ from ._tracing import inject_context as inject_context
 
 __all__ = (
     "ContentHook",
+    "ErrorDetails",
+    "ErrorRedactor",
     "LoggingInterceptor",
     "MetricsInterceptor",
     "MetricsServer",
@@ -27,7 +33,9 @@ __all__ = (
     "Telemetry",
     "TracingInterceptor",
     "add_trace_context",
+    "error_type_only",
     "inject_context",
+    "redact_error_message",
     "setup",
     "start_metrics_server",
 )

@@ -28,6 +28,13 @@ from stageflow import PipelineContext, RunResult, StageContext, StageInfo, Stage
 from stageflow.interceptors import CallNext, Interceptor, RunNext
 
 from . import semconv
+from ._content import (
+    ErrorDetails,
+    ErrorRedactor,
+    redact_error_message,
+    redacted_message,
+    value_length_limit,
+)
 from ._outcome import Outcome, outcome_of_error, outcome_of_output, outcome_of_run_error
 
 __all__ = ("LoggingInterceptor", "add_trace_context")
@@ -99,8 +106,10 @@ class LoggingInterceptor(Interceptor):
     priority = 30
     isolated = False  # never raises on its own: called without the isolation guard
 
-    def __init__(self, logger: Any = None) -> None:
+    def __init__(self, logger: Any = None, *, redact_error: ErrorRedactor = redact_error_message) -> None:
         self._log = logger if logger is not None else _default_logger()
+        self._redact = redact_error
+        self._limit = value_length_limit("logrecord")
         self._failed = False
 
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
@@ -176,5 +185,13 @@ class LoggingInterceptor(Interceptor):
         if outcome.error_type is not None:
             fields[semconv.LOG_ERROR_TYPE] = outcome.error_type
             if outcome.description:
-                fields[semconv.LOG_ERROR] = outcome.description
+                details = ErrorDetails(
+                    outcome.error_type,
+                    outcome.description,
+                    base.get(semconv.LOG_PIPELINE),
+                    base.get(semconv.LOG_STAGE),
+                )
+                message = redacted_message(self._redact, details, self._limit)
+                if message is not None:
+                    fields[semconv.LOG_ERROR] = message
         self._emit(level, events.get(outcome.result, failed_event), fields)

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.sdk._logs import LoggerProvider as SdkLoggerProvider
+from opentelemetry.sdk._logs import LogRecordLimits
 from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter, LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -67,6 +68,7 @@ from prometheus_client import CollectorRegistry
 import stageflow
 
 from . import semconv
+from ._content import value_length_limit
 from ._export import (
     Accounting,
     BatchSettings,
@@ -545,7 +547,9 @@ def setup(
     accounting.bind(meter_provider)
     sinks: list[OtlpEventSink] = []  # the sink counts the events lost in the log pipeline too
 
-    logger_provider = SdkLoggerProvider(resource=resource, shutdown_on_exit=False)
+    logger_provider = SdkLoggerProvider(
+        resource=resource, log_record_limits=_log_record_limits(), shutdown_on_exit=False
+    )
     endpoint, protocol = _endpoint("logs")
     for name in _exporter_names("logs", endpoint is not None):
         log_exporter: LogRecordExporter = (
@@ -678,9 +682,21 @@ def _batch_settings(prefix: str, defaults: BatchSettings, wait: float | None) ->
 
 
 def _span_limits() -> SpanLimits:
-    """The SDK's span limits from ``OTEL_SPAN_*``, with ``DEFAULT_LINK_LIMIT`` links by default."""
+    """The SDK's span limits from ``OTEL_SPAN_*``, with ``DEFAULT_LINK_LIMIT`` links by default.
+
+    String values are cut at ``value_length_limit("span")`` (see ``_content``).
+    """
     links = _positive_int("OTEL_SPAN_LINK_COUNT_LIMIT", semconv.DEFAULT_LINK_LIMIT)
-    return SpanLimits(max_links=links)
+    length = value_length_limit("span")
+    unset = SpanLimits.UNSET if length is None else length
+    return SpanLimits(max_links=links, max_attribute_length=unset, max_span_attribute_length=unset)
+
+
+def _log_record_limits() -> LogRecordLimits:
+    """The SDK's log record limits, string attributes cut at ``value_length_limit("logrecord")``."""
+    length = value_length_limit("logrecord")
+    unset = LogRecordLimits.UNSET if length is None else length
+    return LogRecordLimits(max_attribute_length=unset, max_log_record_attribute_length=unset)
 
 
 def _spans_lost(accounting: Accounting, items: int, events: int, cause: Cause) -> None:

@@ -24,6 +24,14 @@ from opentelemetry.util.types import AnyValue, AttributeValue
 import stageflow
 
 from . import semconv
+from ._content import (
+    ErrorDetails,
+    ErrorRedactor,
+    clean_text,
+    redact_error_message,
+    redacted_message,
+    value_length_limit,
+)
 
 __all__ = ("OtlpEventSink",)
 
@@ -84,24 +92,31 @@ def _severity(outcome: str) -> tuple[SeverityNumber, str]:
     return SeverityNumber.INFO, "INFO"
 
 
-def _attribute(value: object) -> AttributeValue | None:
-    if isinstance(value, str | bool | int | float):
+def _attribute(value: object, limit: int | None = None) -> AttributeValue | None:
+    if isinstance(value, str):
+        return clean_text(value, limit)
+    if isinstance(value, bool | int | float):
         return value
     if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
-        return tuple(value)
+        return tuple(clean_text(v, limit) for v in value)
     if isinstance(value, list | tuple) and not value:
         return ()
     return None
 
 
-def _body(value: object) -> AnyValue:
-    if value is None or isinstance(value, str | bool | int | float | bytes):
+def _body(value: object, limit: int | None = None) -> AnyValue:
+    """``value`` as a log record body; every string (keys too) cut to ``limit`` and made encodable."""
+    if isinstance(value, str):
+        return clean_text(value, limit)
+    if value is None or isinstance(value, bool | int | float):
         return value
+    if isinstance(value, bytes):
+        return value if limit is None else value[:limit]
     if isinstance(value, Mapping):
-        return {str(k): _body(v) for k, v in value.items()}
+        return {clean_text(str(k), limit): _body(v, limit) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [_body(v) for v in value]
-    return str(value)
+        return [_body(v, limit) for v in value]
+    return clean_text(str(value), limit)
 
 
 class _Record(NamedTuple):
@@ -112,25 +127,52 @@ class _Record(NamedTuple):
     body: AnyValue
 
 
-def _to_record(type: str, data: Mapping[str, Any] | None) -> _Record:
-    """The log record fields (minus context and timestamps) of one event."""
-    data = data or {}
+def _to_record(
+    type: str,
+    data: Mapping[str, Any] | None,
+    limit: int | None = None,
+    redact: ErrorRedactor = redact_error_message,
+) -> _Record:
+    """The log record fields (minus context and timestamps) of one event.
+
+    The ``error`` message (attribute and body) is passed through ``redact`` (dropped when it returns
+    ``None``); every string is cut to ``limit`` characters and made encodable.
+    """
+    data = dict(data or {})
+    error_type = data.get("error_type")
+    message = data.get("error")
+    if isinstance(message, str) and message:
+        pipeline, stage = data.get("pipeline"), data.get("stage")
+        details = ErrorDetails(
+            error_type if isinstance(error_type, str) and error_type else semconv.OTHER,
+            message,
+            pipeline if isinstance(pipeline, str) else None,
+            stage if isinstance(stage, str) else None,
+        )
+        redacted = redacted_message(redact, details, limit)
+        if redacted is None:
+            del data["error"]
+        else:
+            data["error"] = redacted
     kind = _event_kind(type)
     outcome = kind.rsplit(".", 1)[-1]
-    attributes: dict[str, AttributeValue] = {semconv.EVENT_TYPE: type}
+    attributes: dict[str, AttributeValue] = {semconv.EVENT_TYPE: clean_text(type, limit)}
     for key, name in _ATTRIBUTE_OF.items():
-        if key in data and (value := _attribute(data[key])) is not None:
+        if key in data and (value := _attribute(data[key], limit)) is not None:
             attributes[name] = value
-    error_type = data.get("error_type")
     if isinstance(error_type, str) and error_type:
-        attributes[semconv.ERROR_TYPE] = _ERROR_TYPES.get(error_type, error_type)
+        attributes[semconv.ERROR_TYPE] = clean_text(_ERROR_TYPES.get(error_type, error_type), limit)
     result = _result(outcome, error_type)
     if result is not None:
         key = semconv.STAGE_RESULT if kind.startswith("stage.") else semconv.RUN_RESULT
         attributes[key] = result
     severity, severity_text = _severity(outcome)
     return _Record(
-        semconv.EVENTS.get(kind, semconv.EVENT_OTHER), severity, severity_text, attributes, _body(dict(data))
+        semconv.EVENTS.get(kind, semconv.EVENT_OTHER),
+        severity,
+        severity_text,
+        attributes,
+        _body(data, limit),
     )
 
 
@@ -162,6 +204,12 @@ class OtlpEventSink:
             ``queue_full``). A number of seconds: ``try_emit`` waits for room that long at most (``setup()``'s
             ``complete`` mode); once a wait ran out, events are dropped (cause ``timeout``) without waiting
             until the thread makes room again.
+        redact_error: the hook each event's ``error`` message passes through (default
+            ``redact_error_message``; ``error_type_only`` leaves the message out, keeping ``error.type``).
+
+    Every string of a record (attributes and body) is cut to ``OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT``
+    (else ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``, else 4096 characters) and made encodable, so one huge or
+    malformed value never makes the batch it travels in fail.
 
     .. versionadded:: 0.10
     """
@@ -173,6 +221,7 @@ class OtlpEventSink:
         meter_provider: MeterProvider | None = None,
         max_buffer: int = 10_000,
         wait_timeout: float | None = None,
+        redact_error: ErrorRedactor = redact_error_message,
     ) -> None:
         if max_buffer < 1:
             msg = f"max_buffer must be at least 1, got {max_buffer!r}"
@@ -189,6 +238,8 @@ class OtlpEventSink:
             self._dropped_counter.add(0, {semconv.TELEMETRY_CAUSE: cause})
         self._max = max_buffer
         self._wait = wait_timeout
+        self._redact = redact_error
+        self._limit = value_length_limit("logrecord")
         self._closed = False
         self._dropped = 0
         self._by_cause: dict[str, int] = dict.fromkeys(semconv.DROP_CAUSES, 0)
@@ -322,7 +373,7 @@ class OtlpEventSink:
         self, type: str, data: dict[str, Any] | None, ctx: otel_context.Context, observed: int
     ) -> None:
         timestamp = (data or {}).get("timestamp")
-        record = _to_record(type, data)
+        record = _to_record(type, data, self._limit, self._redact)
         self._logger.emit(
             timestamp=int(timestamp * 1e9) if isinstance(timestamp, int | float) else observed,
             observed_timestamp=observed,

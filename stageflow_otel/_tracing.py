@@ -51,6 +51,15 @@ from stageflow import __version__ as _stageflow_version
 from stageflow.interceptors import CallNext, Interceptor, RunNext
 
 from . import semconv
+from ._content import (
+    ErrorDetails,
+    ErrorRedactor,
+    clean_text,
+    redact_error_message,
+    redacted_message,
+    redacted_stacktrace,
+    value_length_limit,
+)
 from ._outcome import (
     Outcome,
     is_api_only,
@@ -104,8 +113,8 @@ class _StageStatic:
 
     __slots__ = ("attributes", "dependencies", "span_name")
 
-    def __init__(self, info: StageInfo) -> None:
-        self.span_name = semconv.SPAN_STAGE_PREFIX + info.name
+    def __init__(self, info: StageInfo, limit: int | None = None) -> None:
+        self.span_name = clean_text(semconv.SPAN_STAGE_PREFIX + info.name, limit)
         self.dependencies = tuple(dict.fromkeys(info.dependencies))
         attributes: dict[str, AttributeValue] = {
             semconv.PIPELINE_NAME: info.pipeline,
@@ -160,6 +169,13 @@ class TracingInterceptor(Interceptor):
             run until a real SDK provider is installed, then cached.
         capture_content: a redaction hook (``ContentHook``) deciding which parts of a stage's output to
             record on its span. Without it no stage input or output is ever captured.
+        redact_error: the hook every error message passes through before it reaches a span status or
+            an ``exception`` span event (default ``redact_error_message``; ``error_type_only`` exports
+            no message, only ``error.type``).
+
+    Span names and status descriptions are cut to ``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`` (else
+    ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``, else 4096 characters); attributes are cut by the SDK's own
+    span limits, which ``setup()`` sets the same way.
 
     When no SDK is configured (no global provider, a no-op provider, ``OTEL_SDK_DISABLED=true``) the
     interceptor passes every call straight through.
@@ -176,9 +192,12 @@ class TracingInterceptor(Interceptor):
         tracer_provider: TracerProvider | None = None,
         *,
         capture_content: ContentHook | None = None,
+        redact_error: ErrorRedactor = redact_error_message,
     ) -> None:
         self._provider = tracer_provider
         self._capture = capture_content
+        self._redact = redact_error
+        self._limit = value_length_limit("span")
         self._tracer: Tracer | None = None
         self._resolved = False
         self._state: ContextVar[_RunTrace | None] = ContextVar(f"stageflow_otel.tracing.{id(self)}")
@@ -213,12 +232,12 @@ class TracingInterceptor(Interceptor):
         graph = run.graph
         static = self._statics.get(graph)
         if static is None:
-            static = {info.name: _StageStatic(info) for info in graph.stages}
+            static = {info.name: _StageStatic(info, self._limit) for info in graph.stages}
             self._statics[graph] = static
         try:
             parent = _parent_context(run)
             span = tracer.start_span(
-                semconv.SPAN_PIPELINE_PREFIX + run.pipeline_name,
+                clean_text(semconv.SPAN_PIPELINE_PREFIX + run.pipeline_name, self._limit),
                 context=parent,
                 kind=_INTERNAL,
                 attributes={
@@ -256,7 +275,7 @@ class TracingInterceptor(Interceptor):
             # Guarded: an SDK failure here must not replace the run's own result, error or cancellation.
             try:
                 if outcome is not None:
-                    _end_run(state, outcome, results)
+                    self._end_run(state, outcome, results)
             except Exception as exc:
                 self._sdk_failed(exc)
             try:
@@ -274,7 +293,7 @@ class TracingInterceptor(Interceptor):
             return await call_next(ctx)
         static = state.static.get(stage.name)
         if static is None:  # a StageInfo the graph does not list (defensive; never expected)
-            static = _StageStatic(stage)
+            static = _StageStatic(stage, self._limit)
         spans = state.stage_spans
         links: list[Link] = []
         for dependency in static.dependencies:
@@ -335,10 +354,8 @@ class TracingInterceptor(Interceptor):
     ) -> None:
         """Record how the attempt ended and end its span; an SDK failure is logged, never raised (C9)."""
         try:
-            if error is not None:
-                span.record_exception(error)
             if outcome is not None:
-                _end_stage(span, outcome)
+                self._end_stage_outcome(span, stage, outcome, error)
             if self._capture is not None and isinstance(output, StageOutput):
                 self._capture_content(span, stage, output)
             if attempt != first_attempt:  # retried inside the span (RetryInterceptor): the last attempt
@@ -349,6 +366,45 @@ class TracingInterceptor(Interceptor):
             span.end()
         except Exception as exc:
             self._sdk_failed(exc)
+
+    def _message(self, outcome: Outcome, pipeline: str, stage: str | None) -> str | None:
+        """The outcome's description as it may be exported: redacted, cut and encodable."""
+        if not outcome.description:
+            return None
+        assert outcome.error_type is not None
+        details = ErrorDetails(outcome.error_type, outcome.description, pipeline, stage)
+        return redacted_message(self._redact, details, self._limit)
+
+    def _end_stage_outcome(
+        self, span: trace.Span, stage: StageInfo, outcome: Outcome, error: Exception | None
+    ) -> None:
+        if outcome.error_type is None:
+            span.set_attribute(semconv.STAGE_RESULT, outcome.result)
+            return
+        message = self._message(outcome, stage.pipeline, stage.name)
+        if error is not None:
+            # Not span.record_exception: its message and stack trace would bypass the redaction hook.
+            event: dict[str, AttributeValue] = {
+                semconv.EXCEPTION_TYPE: clean_text(_qualified_name(error), self._limit),
+                semconv.EXCEPTION_STACKTRACE: redacted_stacktrace(error, message, self._limit),
+            }
+            if message is not None:
+                event[semconv.EXCEPTION_MESSAGE] = message
+            span.add_event(semconv.EXCEPTION_EVENT, event)
+        span.set_attributes(
+            {
+                semconv.STAGE_RESULT: outcome.result,
+                semconv.ERROR_TYPE: clean_text(outcome.error_type, self._limit),
+            }
+        )
+        span.set_status(Status(StatusCode.ERROR, message))
+
+    def _end_run(self, state: _RunTrace, outcome: Outcome, results: RunResult | None) -> None:
+        message = None
+        if outcome.error_type is not None:
+            message = self._message(outcome, state.run.pipeline_name, None)
+            outcome = outcome._replace(error_type=clean_text(outcome.error_type, self._limit))
+        _end_run(state, outcome, results, message)
 
     def _sdk_failed(self, exc: Exception) -> None:
         if not self._sdk_failed_once:
@@ -374,6 +430,12 @@ class TracingInterceptor(Interceptor):
                 )
 
 
+def _qualified_name(error: BaseException) -> str:
+    cls = type(error)
+    module = getattr(cls, "__module__", "builtins")
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
 def _parent_context(run: PipelineContext) -> otel_context.Context | None:
     """The run span's parent: ``None`` (the current context) when a span is current, else extracted."""
     if trace.get_current_span().get_span_context().is_valid:
@@ -394,20 +456,12 @@ def _parent_context(run: PipelineContext) -> otel_context.Context | None:
     return extracted
 
 
-def _end_stage(span: trace.Span, outcome: Outcome) -> None:
-    if outcome.error_type is None:
-        span.set_attribute(semconv.STAGE_RESULT, outcome.result)
-        return
-    span.set_attributes({semconv.STAGE_RESULT: outcome.result, semconv.ERROR_TYPE: outcome.error_type})
-    span.set_status(Status(StatusCode.ERROR, outcome.description))
-
-
-def _end_run(state: _RunTrace, outcome: Outcome, results: RunResult | None) -> None:
+def _end_run(state: _RunTrace, outcome: Outcome, results: RunResult | None, message: str | None) -> None:
     span = state.span
     attributes: dict[str, AttributeValue] = {semconv.RUN_RESULT: outcome.result}
     if outcome.error_type is not None:
         attributes[semconv.ERROR_TYPE] = outcome.error_type
-        span.set_status(Status(StatusCode.ERROR, outcome.description))
+        span.set_status(Status(StatusCode.ERROR, message))
     if results is not None:
         attributes[semconv.RUN_CRITICAL_PATH] = results.critical_path
         attributes[semconv.RUN_DURATION] = results.duration

@@ -173,10 +173,9 @@ def render_reference() -> str:
             else kind.replace("stage.", "stage.{name}.", 1)
         )
         lines.append(f"| `{event_type}` | `{name}` | {_severity(kind)} |")
+    lines += [f"| any other type | `{semconv.EVENT_OTHER}` | INFO |", "", *_delivery()]
+    lines += _safety_section()
     lines += [
-        f"| any other type | `{semconv.EVENT_OTHER}` | INFO |",
-        "",
-        *_delivery(),
         "### Environment variables",
         "",
         "| variable | default | meaning |",
@@ -189,6 +188,52 @@ def render_reference() -> str:
         "and per-signal timeout variables, and the batch processors `OTEL_BSP_*` / `OTEL_BLRP_*`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _safety_section() -> list[str]:
+    """What leaves the process by default, the length limits and the error redaction hook."""
+    limit = semconv.DEFAULT_VALUE_LENGTH_LIMIT
+    return [
+        "### What leaves the process",
+        "",
+        "By default only the structure of a run is exported: pipeline and stage names, kinds, dependencies,",
+        "the runner's qualified function name, run ids, attempts, timings, results, `error.type` and",
+        "*redacted* error messages. Stage inputs, outputs and the data a stage returns never are:",
+        "`TracingInterceptor(capture_content=...)` is the only way to put output values on spans, and it",
+        "records only what your hook returns. A stage that returns something other than a `StageOutput`",
+        "is reported by the type of what it returned (`stage 'b' returned a dict object; ...`), never its",
+        "value.",
+        "",
+        "Error messages (span status, the `exception` span event, event log records, `LoggingInterceptor`'s",
+        "`error` field) pass through an `ErrorRedactor` first: `redact_error=` on `TracingInterceptor`,",
+        "`OtlpEventSink` and `LoggingInterceptor`. The default, `redact_error_message`, replaces with",
+        "`[REDACTED]` the value after a credential-like key (`password=`, `token:`, `api_key=`,",
+        "`Authorization:`, `secret`, `cookie`, `session`), `Bearer`/`Basic` credentials, URL user:password,",
+        "e-mail addresses, runs of 12+ digits, and API-key-like tokens; it is a best effort on free text.",
+        "`redact_error=stageflow_otel.error_type_only` exports no message at all (failures keep",
+        "`error.type`), or pass your own `Callable[[ErrorDetails], str | None]`. The",
+        "`exception.stacktrace` holds the exception's own frames and its redacted message, never chained",
+        "exceptions' messages.",
+        "",
+        "Run stores are local (a file you name, or memory) and keep error messages unredacted, as the run",
+        "result does: they never hold stage inputs or outputs, and a non-`StageOutput` return is recorded by",
+        "its type only.",
+        "",
+        f"**Length limits.** Every string exported is cut to {limit} characters unless the OpenTelemetry",
+        "variables say otherwise: `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT` (spans: attributes, span event",
+        "attributes, span names, status descriptions) and `OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT` (log",
+        "records: attributes and every string in the body), each falling back to",
+        "`OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`; `unset` means no limit. `setup()` gives the SDK providers",
+        "these limits (the SDK's own default is unlimited). So a 5 MB error message is exported as 4096",
+        "characters, and the batches it travels in stay far below a receiver's message limit (gRPC: 4 MiB)",
+        "instead of failing with the other runs' spans and events in them.",
+        "",
+        "**Encoding.** Stage and pipeline names must be text UTF-8 can encode: `with_stage()` and",
+        "`Pipeline(name=...)` refuse a lone surrogate such as `'\\udcff'`. Other exported text holding one",
+        "(an error message built from an undecodable file name) is written with a backslash escape",
+        "(`caf\\udce9.txt`), so it cannot make its batch, or `/metrics`, fail to encode.",
+        "",
+    ]
 
 
 def replace_section(text: str, reference: str) -> str:

@@ -12,6 +12,7 @@ from typing import Final, Literal
 
 __all__ = (
     "ATTRIBUTES",
+    "DEFAULT_VALUE_LENGTH_LIMIT",
     "DURATION_BUCKETS",
     "CODE_FUNCTION_NAME",
     "ERROR_TYPE",
@@ -77,7 +78,10 @@ __all__ = (
     "ENV_PROMETHEUS_HOST",
     "ENV_PROMETHEUS_PORT",
     "EVENT_OTHER",
+    "EXCEPTION_EVENT",
     "EXCEPTION_MESSAGE",
+    "EXCEPTION_STACKTRACE",
+    "EXCEPTION_TYPE",
     "OTEL_SCOPE_LABEL",
     "TELEMETRY_SIGNAL",
     "TELEMETRY_CAUSE",
@@ -140,7 +144,14 @@ a stage span keeps one link per dependency up to this; the links beyond are coun
 EVENT_TYPE: Final = "stageflow.event.type"
 """Attribute of event log records holding the event's type string, e.g. ``stage.llm.completed``."""
 EXCEPTION_MESSAGE: Final = "exception.message"
-"""OpenTelemetry semconv: the error message, on ``*.failed`` event log records."""
+"""OpenTelemetry semconv: the redacted error message, on ``exception`` span events and ``*.failed``
+event log records."""
+EXCEPTION_TYPE: Final = "exception.type"
+"""OpenTelemetry semconv: the exception's qualified class name, on ``exception`` span events."""
+EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
+"""OpenTelemetry semconv: the exception's own frames and its redacted message (no chained exceptions)."""
+EXCEPTION_EVENT: Final = "exception"
+"""Name of the span event a stage span gets when its stage raised (OpenTelemetry semconv)."""
 TELEMETRY_SIGNAL: Final = "signal"
 """Attribute of ``stageflow.telemetry.export.failures``: ``traces``, ``metrics`` or ``logs``."""
 TELEMETRY_CAUSE: Final = "cause"
@@ -174,6 +185,11 @@ ERROR_TYPE_CANCELLED: Final = "cancelled"
 ERROR_TYPE_RETRY_REQUESTED: Final = "retry_requested"
 """``error.type`` of an attempt that returned ``StageOutput.retry`` (another attempt may follow)."""
 # Any other failure uses the exception's class name (``StageFailedError`` for ``StageOutput.fail``).
+
+DEFAULT_VALUE_LENGTH_LIMIT: Final = 4096
+"""Characters kept of a string value (attributes, span names, status descriptions, log record bodies)
+when neither ``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`` / ``OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT``
+nor ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` is set (the SDK's own default is unlimited)."""
 
 OTHER: Final = "_OTHER"
 """Value used for ``error.type`` when unknown, and for stage names past the cardinality limit."""
@@ -226,7 +242,19 @@ ATTRIBUTES: Final = (
     Attribute(ERROR_TYPE, "string", "spans and metrics, on failure only", "Exception class name."),
     Attribute(LINK_TYPE, "string", "stage span links", "Always 'dependency'."),
     Attribute(EVENT_TYPE, "string", "event log records", "The event's type, e.g. stage.llm.completed."),
-    Attribute(EXCEPTION_MESSAGE, "string", "failed event log records", "The error message."),
+    Attribute(
+        EXCEPTION_MESSAGE,
+        "string",
+        "`exception` span events, failed event log records",
+        "The error message after the redaction hook.",
+    ),
+    Attribute(EXCEPTION_TYPE, "string", "`exception` span events", "The exception's qualified class name."),
+    Attribute(
+        EXCEPTION_STACKTRACE,
+        "string",
+        "`exception` span events",
+        "The exception's own frames and redacted message.",
+    ),
     Attribute(TELEMETRY_SIGNAL, "string", "export failure metric", "traces, metrics or logs."),
     Attribute(
         TELEMETRY_CAUSE,
@@ -535,6 +563,21 @@ ENVIRONMENT: Final = (
         ENV_COMPLETE_TIMEOUT, "10", "Seconds a `complete`-mode wait for queue room lasts at most."
     ),
     EnvironmentVariable("OTEL_METRIC_EXPORT_TIMEOUT", "30000", "Milliseconds allowed for one metric export."),
+    EnvironmentVariable(
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        str(DEFAULT_VALUE_LENGTH_LIMIT),
+        "Characters kept of any exported string value (`unset`: no limit).",
+    ),
+    EnvironmentVariable(
+        "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "`OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`",
+        "The same for spans: attributes, event attributes, names, status descriptions.",
+    ),
+    EnvironmentVariable(
+        "OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "`OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`",
+        "The same for log records: attributes and every string in the body.",
+    ),
     EnvironmentVariable(ENV_PROMETHEUS_HOST, "127.0.0.1", "Address the `/metrics` endpoint binds to."),
     EnvironmentVariable(ENV_PROMETHEUS_PORT, "9464", "Port of the `/metrics` endpoint (`0`: any free port)."),
     EnvironmentVariable(

@@ -1,0 +1,375 @@
+"""Content safety: length limits, unencodable text and redacted error messages on every exported signal."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from stageflow import (
+    EventSink,
+    Pipeline,
+    PipelineFailedError,
+    StageContext,
+    StageGraph,
+    StageKind,
+    StageOutput,
+)
+from stageflow_otel import (
+    ErrorDetails,
+    LoggingInterceptor,
+    OtlpEventSink,
+    Telemetry,
+    TracingInterceptor,
+    error_type_only,
+    redact_error_message,
+    semconv,
+    setup,
+)
+
+from .conftest import entry_ctx as _entry_ctx
+from .otlp_receiver import GrpcReceiver, HttpReceiver, OtlpReceiver
+
+W = StageKind.WORK
+GOOD_RUNS = 20
+EVENTS_PER_RUN = 7  # created, started, a started/completed, b started/completed|failed, run end
+
+
+async def ok(ctx: StageContext) -> StageOutput:
+    """A stage that succeeds."""
+    return StageOutput.ok()
+
+
+def two_stages(name: str, second: Any) -> Pipeline:
+    """``a -> b`` where ``b`` runs ``second``."""
+    return Pipeline(name=name).with_stage("a", ok, W).with_stage("b", second, W, dependencies=("a",))
+
+
+def traced(pipeline: Pipeline, telemetry: Telemetry) -> StageGraph:
+    """``pipeline`` built with a tracing interceptor on ``telemetry``'s tracer provider."""
+    return pipeline.build(interceptors=[TracingInterceptor(telemetry.tracer_provider)])
+
+
+async def run_all(bad: StageGraph, good: StageGraph, telemetry: Telemetry) -> None:
+    """One run of ``bad`` (which fails) among ``GOOD_RUNS`` concurrent runs of ``good``."""
+
+    async def failing() -> None:
+        with pytest.raises(PipelineFailedError):
+            await bad.run(entry_ctx(sink=telemetry.event_sink))
+
+    await asyncio.gather(
+        failing(), *(good.run(entry_ctx(sink=telemetry.event_sink)) for _ in range(GOOD_RUNS))
+    )
+
+
+def entry_ctx(sink: EventSink | None = None) -> StageContext:
+    """An entry context with a fresh run id, reporting to ``sink``."""
+    ctx = _entry_ctx()
+    return StageContext(ctx.snapshot, ctx.inputs, ctx.stage_name, ctx.timer, event_sink=sink)
+
+
+def attributes(items: Any) -> dict[str, Any]:
+    """OTLP key/value pairs as a dict of their string (or int) values."""
+    return {kv.key: kv.value.string_value or kv.value.int_value for kv in items}
+
+
+def body_map(value: AnyValue) -> dict[str, str]:
+    """The string entries of an OTLP kvlist body."""
+    return {kv.key: kv.value.string_value for kv in value.kvlist_value.values}
+
+
+@pytest.fixture(name="receiver", params=["grpc", "http"], ids=["grpc", "http-protobuf"])
+def _receiver(request: pytest.FixtureRequest) -> Iterator[OtlpReceiver]:
+    """A running OTLP receiver (gRPC keeps gRPC's default 4 MiB message limit), stopped at teardown."""
+    receiver: OtlpReceiver = GrpcReceiver() if request.param == "grpc" else HttpReceiver()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(name="exporting")
+def _exporting(receiver: OtlpReceiver, otel_env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """OTEL_* sending traces and logs to ``receiver``, metrics nowhere."""
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", receiver.protocol)
+    otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+    return otel_env
+
+
+class TestOversizedValues:
+    async def test_a_5_mb_error_message_costs_no_other_run_its_telemetry(
+        self, exporting: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """A 5 MB error message is cut to 4096 characters: every run's spans and events arrive."""
+
+        async def huge(ctx: StageContext) -> StageOutput:
+            raise ValueError("x" * 5_000_000)
+
+        telemetry = setup(set_global=False)
+        try:
+            await run_all(
+                traced(two_stages("bad", huge), telemetry),
+                traced(two_stages("good", ok), telemetry),
+                telemetry,
+            )
+            assert telemetry.force_flush(timeout=10.0)
+        finally:
+            assert telemetry.shutdown(timeout=5.0)
+        spans = receiver.spans()
+        assert (
+            sorted(s.name for s in spans if s.name.startswith("pipeline"))
+            == ["pipeline bad"] + ["pipeline good"] * GOOD_RUNS
+        )
+        assert len(spans) == 3 * (GOOD_RUNS + 1)
+        assert len(receiver.log_records()) == EVENTS_PER_RUN * (GOOD_RUNS + 1)
+        failed = next(s for s in spans if s.name == "stage b" and s.status.message)
+        event = attributes(failed.events[0].attributes)
+        assert (len(failed.status.message), len(event["exception.message"])) == (4096, 4096)
+        assert len(event["exception.stacktrace"]) == 4096
+        record = next(r for r in receiver.log_records() if r.event_name == "stageflow.stage.failed")
+        assert len(attributes(record.attributes)["exception.message"]) == 4096
+        assert len(body_map(record.body)["error"]) == 4096
+        sizes = [r.ByteSize() for r in receiver.traces] + [r.ByteSize() for r in receiver.logs]
+        assert max(sizes) < 1_000_000
+
+    async def test_length_limits_come_from_the_otel_variables(
+        self, exporting: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """``OTEL_SPAN_…`` and ``OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT`` set the span and log limits."""
+        exporting.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "100")
+        exporting.setenv("OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT", "50")
+
+        async def long(ctx: StageContext) -> StageOutput:
+            return StageOutput.fail("y" * 1000)
+
+        telemetry = setup(set_global=False)
+        try:
+            graph = two_stages("p" * 300, long).build(
+                interceptors=[TracingInterceptor(telemetry.tracer_provider)]
+            )
+            with pytest.raises(PipelineFailedError):
+                await graph.run(entry_ctx(sink=telemetry.event_sink))
+            assert telemetry.force_flush(timeout=10.0)
+        finally:
+            telemetry.shutdown(timeout=5.0)
+        stage = next(s for s in receiver.spans() if s.name == "stage b")
+        run = next(s for s in receiver.spans() if s.name.startswith("pipeline "))
+        assert (len(stage.status.message), len(run.name)) == (100, 100)
+        assert len(attributes(stage.attributes)[semconv.PIPELINE_NAME]) == 100
+        record = next(r for r in receiver.log_records() if r.event_name == "stageflow.stage.failed")
+        assert len(attributes(record.attributes)["exception.message"]) == 50
+        assert (len(body_map(record.body)["error"]), len(body_map(record.body)["pipeline"])) == (50, 50)
+
+    async def test_an_unencodable_error_message_costs_no_other_run_its_telemetry(
+        self, exporting: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """A lone surrogate in an error message is exported backslash-escaped; no batch fails."""
+
+        async def odd(ctx: StageContext) -> StageOutput:
+            raise OSError("cannot open 'caf\udce9.txt'")
+
+        telemetry = setup(set_global=False)
+        try:
+            await run_all(
+                traced(two_stages("bad", odd), telemetry),
+                traced(two_stages("good", ok), telemetry),
+                telemetry,
+            )
+            assert telemetry.force_flush(timeout=10.0)
+        finally:
+            assert telemetry.shutdown(timeout=5.0)
+        assert len(receiver.spans()) == 3 * (GOOD_RUNS + 1)
+        assert len(receiver.log_records()) == EVENTS_PER_RUN * (GOOD_RUNS + 1)
+        failed = next(s for s in receiver.spans() if s.name == "stage b" and s.status.message)
+        assert failed.status.message == "cannot open 'caf\\udce9.txt'"
+        assert telemetry.export_failures == {"traces": 0, "metrics": 0, "logs": 0}
+
+
+SECRET_MESSAGE = "login failed: password=hunter2 for bob@example.com"
+REDACTED_MESSAGE = "login failed: password=[REDACTED] for [REDACTED]"
+
+
+async def leaky(ctx: StageContext) -> StageOutput:
+    """A stage whose error message holds a password and an e-mail address."""
+    raise PermissionError(SECRET_MESSAGE)
+
+
+async def returns_a_dict(ctx: StageContext) -> StageOutput:
+    """A stage returning a dict holding a secret instead of a StageOutput."""
+    return {"api_key": "sk-live-0000"}  # type: ignore[return-value]
+
+
+class TestRedaction:
+    async def test_error_messages_are_redacted_on_spans_and_log_records(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        logger_provider: LoggerProvider,
+        log_exporter: InMemoryLogRecordExporter,
+    ) -> None:
+        """By default a password and an e-mail address in an error message are masked everywhere."""
+        sink = OtlpEventSink(logger_provider=logger_provider)
+        graph = two_stages("demo", leaky).build(interceptors=[TracingInterceptor(tracer_provider)])
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx(sink=sink))
+        assert sink.flush(5.0)
+        logger_provider.force_flush()
+        stage = next(s for s in span_exporter.get_finished_spans() if s.name == "stage b")
+        run = next(s for s in span_exporter.get_finished_spans() if s.name == "pipeline demo")
+        assert stage.status.description == REDACTED_MESSAGE
+        assert run.status.description == f"stage 'b' failed: PermissionError: {REDACTED_MESSAGE}"
+        event = dict(stage.events[0].attributes or {})
+        assert (stage.events[0].name, event["exception.type"], event["exception.message"]) == (
+            "exception",
+            "PermissionError",
+            REDACTED_MESSAGE,
+        )
+        assert str(event["exception.stacktrace"]).endswith(f"PermissionError: {REDACTED_MESSAGE}\n")
+        records = [r.log_record for r in log_exporter.get_finished_logs()]
+        failed = [r for r in records if r.event_name == "stageflow.stage.failed"]
+        assert [(r.attributes or {})["exception.message"] for r in failed] == [REDACTED_MESSAGE]
+        exported = repr([(s.status, s.events, s.attributes) for s in span_exporter.get_finished_spans()])
+        exported += repr([(r.body, r.attributes) for r in records])
+        assert ("hunter2" in exported, "bob@" in exported) == (False, False)
+
+    async def test_error_type_only_exports_no_message(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        logger_provider: LoggerProvider,
+        log_exporter: InMemoryLogRecordExporter,
+    ) -> None:
+        """With ``error_type_only`` spans and log records carry ``error.type`` and no message at all."""
+        sink = OtlpEventSink(logger_provider=logger_provider, redact_error=error_type_only)
+        graph = two_stages("demo", leaky).build(
+            interceptors=[TracingInterceptor(tracer_provider, redact_error=error_type_only)]
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx(sink=sink))
+        assert sink.flush(5.0)
+        logger_provider.force_flush()
+        stage = next(s for s in span_exporter.get_finished_spans() if s.name == "stage b")
+        assert (stage.status.description, (stage.attributes or {})[semconv.ERROR_TYPE]) == (
+            None,
+            "PermissionError",
+        )
+        event = dict(stage.events[0].attributes or {})
+        assert sorted(event) == ["exception.stacktrace", "exception.type"]
+        assert str(event["exception.stacktrace"]).endswith("\nPermissionError\n")
+        failed = [
+            r.log_record
+            for r in log_exporter.get_finished_logs()
+            if r.log_record.event_name == "stageflow.stage.failed"
+        ]
+        assert [(r.attributes or {}).get("exception.message") for r in failed] == [None]
+        assert [(r.attributes or {})[semconv.ERROR_TYPE] for r in failed] == ["PermissionError"]
+        assert ["error" in r.body for r in failed if isinstance(r.body, dict)] == [False]
+
+    async def test_a_non_stage_output_return_exports_only_its_type(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        logger_provider: LoggerProvider,
+        log_exporter: InMemoryLogRecordExporter,
+    ) -> None:
+        """A dict returned instead of a StageOutput reaches spans and log records as 'a dict object'."""
+        sink = OtlpEventSink(logger_provider=logger_provider)
+        graph = two_stages("demo", returns_a_dict).build(interceptors=[TracingInterceptor(tracer_provider)])
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx(sink=sink))
+        assert sink.flush(5.0)
+        logger_provider.force_flush()
+        run = next(s for s in span_exporter.get_finished_spans() if s.name == "pipeline demo")
+        assert run.status.description == (
+            "stage 'b' failed: InvalidStageOutputError: stage 'b' returned a dict object; execute() "
+            "must return a StageOutput, e.g. StageOutput.ok(key=value)"
+        )
+        exported = repr([(s.status, s.events, s.attributes) for s in span_exporter.get_finished_spans()])
+        exported += repr(
+            [(r.log_record.body, r.log_record.attributes) for r in log_exporter.get_finished_logs()]
+        )
+        assert "sk-live" not in exported
+
+    async def test_logging_interceptor_redacts_the_error_field(self) -> None:
+        """The LoggingInterceptor's ``error`` field passes through the same redaction hook."""
+        lines: list[tuple[str, dict[str, Any]]] = []
+
+        class Capture:
+            def info(self, event: str, **fields: Any) -> None:
+                lines.append((event, fields))
+
+            warning = error = info
+
+        graph = two_stages("demo", leaky).build(interceptors=[LoggingInterceptor(Capture())])
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx())
+        errors = [fields.get(semconv.LOG_ERROR) for _, fields in lines if "error_type" in fields]
+        assert errors == [REDACTED_MESSAGE, f"stage 'b' failed: PermissionError: {REDACTED_MESSAGE}"]
+
+    async def test_a_raising_hook_costs_only_the_message(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """A redaction hook that raises leaves the message out and the span otherwise complete."""
+
+        def broken(error: ErrorDetails) -> str:
+            raise RuntimeError("hook bug")
+
+        graph = two_stages("demo", leaky).build(
+            interceptors=[TracingInterceptor(tracer_provider, redact_error=broken)]
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx())
+        stage = next(s for s in span_exporter.get_finished_spans() if s.name == "stage b")
+        assert (stage.status.description, (stage.attributes or {})[semconv.STAGE_RESULT]) == (
+            None,
+            "error",
+        )
+
+
+class TestDefaultRedactor:
+    @pytest.mark.parametrize(
+        ("message", "expected"),
+        [
+            ("password=hunter2", "password=[REDACTED]"),
+            ("db_password: 's3cr3t' rejected", "db_password: '[REDACTED]' rejected"),
+            ('{"api_key": "abc123"}', '{"api_key": "[REDACTED]"}'),
+            ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.x", "Authorization: Bearer [REDACTED]"),
+            ("GET https://bob:pw@example.com/x failed", "GET https://[REDACTED]@example.com/x failed"),
+            ("no user ann.lee@example.org", "no user [REDACTED]"),
+            ("card 4111 1111 1111 1111 declined", "card [REDACTED] declined"),
+            ("key sk_live_4eC39HqLyjWDarjtT1zdp7dc bad", "key [REDACTED] bad"),
+            ("timeout after 30 s on stage 'llm'", "timeout after 30 s on stage 'llm'"),
+            ("KeyError: 'user_id'", "KeyError: 'user_id'"),
+            (
+                "run 0b9f6c1e-5d2a-4c4e-9a57-1f0e3b2a7c11 failed",
+                "run 0b9f6c1e-5d2a-4c4e-9a57-1f0e3b2a7c11 failed",
+            ),
+            ("sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "sha [REDACTED]"),
+        ],
+        ids=[
+            "key=value",
+            "prefixed-key-quoted",
+            "json",
+            "bearer",
+            "url-credentials",
+            "email",
+            "card-number",
+            "api-key-token",
+            "plain-kept",
+            "identifier-kept",
+            "uuid-kept",
+            "hex-digest",
+        ],
+    )
+    def test_masks_likely_secrets(self, message: str, expected: str) -> None:
+        """The default redactor masks credentials, e-mail addresses, long numbers and API keys only."""
+        assert redact_error_message(ErrorDetails("ValueError", message)) == expected
