@@ -12,6 +12,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._config import ConfigError as ConfigError
 from ._config import ConfigProvider as ConfigProvider
 from ._config import DictConfigProvider as DictConfigProvider
@@ -20,6 +22,8 @@ from ._context import PipelineContext as PipelineContext
 from ._context import PipelineTimer as PipelineTimer
 from ._context import StageContext as StageContext
 from ._context import StageInputs as StageInputs
+from ._context import create_stage_context as create_stage_context
+from ._context import create_stage_inputs as create_stage_inputs
 from ._errors import CircuitOpenError as CircuitOpenError
 from ._errors import CriticalInterceptorError as CriticalInterceptorError
 from ._errors import CycleError as CycleError
@@ -48,6 +52,7 @@ from ._events import InMemoryEventSink as InMemoryEventSink
 from ._events import LoggingEventSink as LoggingEventSink
 from ._events import NoOpEventSink as NoOpEventSink
 from ._events import RecordedEvent as RecordedEvent
+from ._events import clear_event_sink as clear_event_sink
 from ._events import dropped_event_count as dropped_event_count
 from ._events import get_event_sink as get_event_sink
 from ._events import set_event_sink as set_event_sink
@@ -55,6 +60,7 @@ from ._graph import StageGraph as StageGraph
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import StageInfo as StageInfo
 from ._pipeline import StageSpec as StageSpec
+from ._pipeline import UnifiedStageSpec as UnifiedStageSpec
 from ._results import RunResult as RunResult
 from ._results import StageResult as StageResult
 from ._retry import RetryPolicy as RetryPolicy
@@ -66,13 +72,23 @@ from ._store import RunStore as RunStore
 from ._store import SQLiteRunStore as SQLiteRunStore
 from ._store import StageRecord as StageRecord
 from ._types import Stage as Stage
+from ._types import StageArtifact as StageArtifact
+from ._types import StageEvent as StageEvent
 from ._types import StageKind as StageKind
 from ._types import StageOutput as StageOutput
 from ._types import StageStatus as StageStatus
+from .interceptors import BaseInterceptor as BaseInterceptor
+from .interceptors import CircuitBreakerInterceptor as CircuitBreakerInterceptor
+from .interceptors import ErrorAction as ErrorAction
+from .interceptors import InterceptorResult as InterceptorResult
+from .interceptors import TimeoutInterceptor as TimeoutInterceptor
+from .interceptors import get_default_interceptors as get_default_interceptors
 
 __version__ = "0.10.0"
 
 __all__ = (
+    "BaseInterceptor",
+    "CircuitBreakerInterceptor",
     "CircuitOpenError",
     "ConfigError",
     "ConfigProvider",
@@ -82,10 +98,12 @@ __all__ = (
     "DictConfigProvider",
     "DuplicateStageError",
     "EnvConfigProvider",
+    "ErrorAction",
     "EventSink",
     "InMemoryEventSink",
     "InMemoryRunStore",
     "InterceptorError",
+    "InterceptorResult",
     "InvalidRunnerError",
     "InvalidStageKindError",
     "InvalidStageNameError",
@@ -110,9 +128,11 @@ __all__ = (
     "SQLiteRunStore",
     "SelfDependencyError",
     "Stage",
+    "StageArtifact",
     "StageBlockedError",
     "StageContext",
     "StageError",
+    "StageEvent",
     "StageFailedError",
     "StageGraph",
     "StageInfo",
@@ -125,9 +145,29 @@ __all__ = (
     "StageStatus",
     "StageTimeoutError",
     "StageflowError",
+    "TimeoutInterceptor",
     "UndeclaredDependencyError",
+    "UnifiedStageSpec",
     "UnknownDependencyError",
+    "clear_event_sink",
+    "create_stage_context",
+    "create_stage_inputs",
     "dropped_event_count",
+    "get_default_interceptors",
     "get_event_sink",
     "set_event_sink",
 )
+
+
+_OTEL_INTERCEPTORS = ("LoggingInterceptor", "MetricsInterceptor", "TracingInterceptor")
+
+
+def __getattr__(name: str) -> Any:
+    # stageflow-core 0.9.1 exported these from the top level: they come from stageflow_otel, like
+    # ``stageflow.interceptors``'s, and are not in ``__all__`` (a star import must work without the extra).
+    if name in _OTEL_INTERCEPTORS:
+        from . import interceptors
+
+        return getattr(interceptors, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from uuid import UUID
 
 from ._errors import UndeclaredDependencyError
-from ._snapshot import ContextSnapshot
+from ._events import emit, get_event_sink
+from ._snapshot import ContextSnapshot, RunIdentity
 
 if TYPE_CHECKING:
     from ._events import EventSink
     from ._graph import StageGraph
     from ._pipeline import StageInfo
-    from ._types import StageOutput
+    from ._types import StageArtifact, StageOutput
 
-__all__ = ("PipelineContext", "PipelineTimer", "StageContext", "StageInputs")
+__all__ = (
+    "PipelineContext",
+    "PipelineTimer",
+    "StageContext",
+    "StageInputs",
+    "create_stage_context",
+    "create_stage_inputs",
+)
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _new = object.__new__
@@ -38,8 +48,20 @@ class PipelineTimer:
         return int(self._start_wall * 1000)
 
     @property
-    def started_at(self) -> float:
-        """Monotonic start (``time.perf_counter()`` seconds)."""
+    def started_at(self) -> datetime:
+        """Wall-clock start as a UTC ``datetime``, at the millisecond precision of ``pipeline_start_ms``.
+
+        .. versionchanged:: 0.10
+           A ``datetime``, as in stageflow-core 0.9.1; the monotonic start is ``perf_start``.
+        """
+        return datetime.fromtimestamp(self.pipeline_start_ms / 1000, UTC)
+
+    @property
+    def perf_start(self) -> float:
+        """Monotonic start (``time.perf_counter()`` seconds), the origin of the run's stage times.
+
+        .. versionadded:: 0.10
+        """
         return self._start
 
     def now_ms(self) -> int:
@@ -99,14 +121,29 @@ class StageInputs:
             raise UndeclaredDependencyError(self.stage_name, stage_name, declared)
 
     def get(self, key: str, default: Any = None) -> Any:
-        """The value of ``key`` in the first dependency output (in dependency order) that has it."""
+        """The value of ``key`` in the first dependency output (in dependency order) that has it.
+
+        Raises:
+            TypeError: ``key`` is ``None`` or not a str.
+            ValueError: ``key`` is empty.
+        """
+        if type(key) is not str or not key:
+            _check_key(key)
         for output in self._prior.values():
             if key in output.data:
                 return output.data[key]
         return default
 
     def get_from(self, stage_name: str, key: str, default: Any = None) -> Any:
-        """The value of ``key`` in ``stage_name``'s output, or ``default``."""
+        """The value of ``key`` in ``stage_name``'s output, or ``default``.
+
+        Raises:
+            UndeclaredDependencyError: ``stage_name`` is not a declared dependency.
+            TypeError: ``key`` is ``None`` or not a str.
+            ValueError: ``key`` is empty.
+        """
+        if type(key) is not str or not key:
+            _check_key(key)
         self._check(stage_name)
         output = self._prior.get(stage_name)
         if output is None:
@@ -117,8 +154,13 @@ class StageInputs:
         """The value of ``key`` in ``stage_name``'s output.
 
         Raises:
+            UndeclaredDependencyError: ``stage_name`` is not a declared dependency.
             KeyError: the stage produced no output or no ``key``; the message lists the keys it has.
+            TypeError: ``key`` is ``None`` or not a str.
+            ValueError: ``key`` is empty.
         """
+        if type(key) is not str or not key:
+            _check_key(key)
         self._check(stage_name)
         output = self._prior.get(stage_name)
         if output is None:
@@ -146,26 +188,125 @@ class StageInputs:
         return f"StageInputs(stage_name={self.stage_name!r}, prior_outputs={list(self._prior)!r})"
 
 
+def _check_key(key: object) -> None:
+    """Reject a key that is not a non-empty str (the type and value errors stageflow-core 0.9.1 raised)."""
+    if isinstance(key, str):
+        if key:
+            return  # a str subclass, such as a StrEnum member
+        msg = "StageInputs key is empty (''); pass the name of an output key, e.g. get_from('stt', 'text')"
+        raise ValueError(msg)
+    what = "None" if key is None else f"{key!r} (a {type(key).__name__})"
+    msg = (
+        f"StageInputs key is {what}, not a str; pass the name of an output key, e.g. get_from('stt', 'text')"
+    )
+    raise TypeError(msg)
+
+
+def create_stage_inputs(
+    snapshot: ContextSnapshot,
+    *,
+    prior_outputs: Mapping[str, StageOutput] | None = None,
+    ports: Any = None,
+    declared_deps: Collection[str] | None = None,
+    stage_name: str | None = None,
+    strict: bool = True,
+) -> StageInputs:
+    """A ``StageInputs``, made as stageflow-core 0.9.1's factory made it (for tests and tools).
+
+    Args:
+        snapshot: the run's input.
+        prior_outputs: the dependencies' outputs by stage name.
+        ports: injected capabilities, passed through untouched.
+        declared_deps: the stage's dependencies; ``None`` or empty means "any stage may be read".
+        stage_name: the stage the inputs are for (named in errors).
+        strict: whether reading an undeclared stage raises ``UndeclaredDependencyError``.
+
+    .. versionadded:: 0.10
+    """
+    return StageInputs(
+        snapshot,
+        prior_outputs,
+        ports,
+        frozenset(declared_deps) if declared_deps else None,
+        stage_name,
+        strict,
+    )
+
+
+def _no_mixing(given: list[str]) -> NoReturn:
+    msg = (
+        f"PipelineContext got snapshot= together with {', '.join(given)}; the ids, topology and "
+        "execution_mode come from the snapshot (its RunIdentity): pass either the snapshot or those keywords"
+    )
+    raise TypeError(msg)
+
+
+class _Extras:
+    """The stageflow-core 0.9.1 attributes of a ``PipelineContext``, made only when one is used."""
+
+    __slots__ = (
+        "artifacts",
+        "canceled",
+        "configuration",
+        "correlation_id",
+        "db",
+        "parent_run_id",
+        "parent_stage_id",
+        "service",
+        "stage_metadata",
+    )
+
+    def __init__(self) -> None:
+        self.service = "pipeline"
+        self.configuration: dict[str, Any] = {}
+        self.db: Any = None
+        self.canceled = False
+        self.artifacts: list[StageArtifact] = []
+        self.stage_metadata: dict[str, dict[str, Any]] = {}
+        self.parent_run_id: UUID | None = None
+        self.parent_stage_id: str | None = None
+        self.correlation_id: UUID | None = None
+
+
+def _uuid_str(value: UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
 class PipelineContext:
     """The state of one run, shared by all its stages and interceptors.
 
+    The executor makes one per run (``snapshot``, ``graph``, ``event_sink``, ``timer``, ``data``). It can
+    also be made with stageflow-core 0.9.1's keywords, for example to call an interceptor's hooks in a
+    test: ``PipelineContext(pipeline_run_id=..., user_id=..., topology="chat", data={...})``. The ids,
+    ``topology`` and ``execution_mode`` then go into a new ``snapshot`` (a fresh run id when
+    ``pipeline_run_id`` is ``None``), and ``event_sink`` defaults to the process sink.
+
     Attributes:
-        run_id: the run id (``snapshot.run_id.pipeline_run_id``).
-        pipeline_name: the name given to ``Pipeline(name=...)``.
+        run_id: the run id (``snapshot.run_id.pipeline_run_id``); also ``pipeline_run_id``.
+        pipeline_name: the name given to ``Pipeline(name=...)`` (``service`` when there is no graph).
         snapshot: the run's immutable input.
         data: a mutable dict shared by the run's interceptors and stages. It starts as a copy of the
             ``data`` given to the entry ``StageContext`` passed to ``run()``.
         event_sink: the sink the run's events go to.
         timer: the run's timer.
-        graph: the graph being run.
+        graph: the graph being run (reading it raises ``AttributeError`` for a context no run made).
+        request_id, session_id, user_id, org_id, interaction_id: the snapshot's correlation ids.
+        topology, execution_mode: the snapshot's.
+        service, configuration, db, canceled, artifacts, parent_run_id, parent_stage_id,
+            correlation_id: stageflow-core 0.9.1's attributes, settable; stageflow itself reads none
+            of them (``canceled`` does not stop a run: a stage returns ``StageOutput.cancel`` for that).
+
+    .. versionchanged:: 0.10
+       Accepts stageflow-core 0.9.1's keyword constructor and has its attributes and methods.
     """
 
     __slots__ = (
+        "_extras",
+        "_graph",
         "_ic_err",
         "_ic_out",
         "data",
         "event_sink",
-        "graph",
         "pipeline_name",
         "run_id",
         "snapshot",
@@ -175,33 +316,332 @@ class PipelineContext:
     def __init__(
         self,
         *,
-        snapshot: ContextSnapshot,
-        graph: StageGraph,
-        event_sink: EventSink,
-        timer: PipelineTimer,
+        snapshot: ContextSnapshot | None = None,
+        graph: StageGraph | None = None,
+        event_sink: EventSink | None = None,
+        timer: PipelineTimer | None = None,
         data: dict[str, Any] | None = None,
+        pipeline_run_id: UUID | None = None,
+        request_id: UUID | None = None,
+        session_id: UUID | None = None,
+        user_id: UUID | None = None,
+        org_id: UUID | None = None,
+        interaction_id: UUID | None = None,
+        topology: str | None = None,
+        configuration: dict[str, Any] | None = None,
+        execution_mode: str | None = None,
+        service: str = "pipeline",
+        db: Any = None,
+        canceled: bool = False,
+        artifacts: list[StageArtifact] | None = None,
+        parent_run_id: UUID | None = None,
+        parent_stage_id: str | None = None,
+        correlation_id: UUID | None = None,
     ) -> None:
+        if snapshot is None:
+            identity = RunIdentity(
+                request_id=request_id,
+                session_id=session_id,
+                user_id=user_id,
+                org_id=org_id,
+                interaction_id=interaction_id,
+            )
+            if pipeline_run_id is not None:
+                identity = replace(identity, pipeline_run_id=pipeline_run_id)
+            snapshot = ContextSnapshot(
+                run_id=identity,
+                topology=topology,
+                execution_mode=execution_mode,
+            )
+        elif (
+            pipeline_run_id is not None
+            or request_id is not None
+            or session_id is not None
+            or user_id is not None
+            or org_id is not None
+            or interaction_id is not None
+            or topology is not None
+            or execution_mode is not None
+        ):
+            _no_mixing(
+                [
+                    f"{name}="
+                    for name, value in (
+                        ("pipeline_run_id", pipeline_run_id),
+                        ("request_id", request_id),
+                        ("session_id", session_id),
+                        ("user_id", user_id),
+                        ("org_id", org_id),
+                        ("interaction_id", interaction_id),
+                        ("topology", topology),
+                        ("execution_mode", execution_mode),
+                    )
+                    if value is not None
+                ]
+            )
         self.snapshot = snapshot
         self.run_id: UUID = snapshot.run_id.pipeline_run_id
-        self.graph = graph
-        self.pipeline_name = graph.name
-        self.event_sink = event_sink
-        self.timer = timer
+        self._graph = graph
+        self.pipeline_name: str = service if graph is None else graph.name
+        self.event_sink: EventSink = get_event_sink() if event_sink is None else event_sink
+        self.timer = PipelineTimer() if timer is None else timer
         self.data: dict[str, Any] = {} if data is None else data
         self._ic_err: BaseException | None = None
         self._ic_out: object = None
+        self._extras: _Extras | None = None
+        if (
+            service != "pipeline"
+            or configuration
+            or db is not None
+            or canceled
+            or artifacts
+            or parent_run_id is not None
+            or parent_stage_id is not None
+            or correlation_id is not None
+        ):
+            extras = self._more()
+            extras.service = service
+            extras.configuration = {} if configuration is None else configuration
+            extras.db = db
+            extras.canceled = bool(canceled)
+            extras.artifacts = [] if artifacts is None else artifacts
+            extras.parent_run_id = parent_run_id
+            extras.parent_stage_id = parent_stage_id
+            extras.correlation_id = correlation_id
+
+    @property
+    def graph(self) -> StageGraph:
+        """The graph being run.
+
+        Raises:
+            AttributeError: the context was not made by a run (``PipelineContext(...)`` without ``graph``).
+        """
+        graph = self._graph
+        if graph is None:
+            msg = "this PipelineContext was not made by a run, so it has no graph"
+            raise AttributeError(msg)
+        return graph
+
+    def _more(self) -> _Extras:
+        extras = self._extras
+        if extras is None:
+            extras = self._extras = _Extras()
+        return extras
+
+    # ----------------------------------------------------------- ids, read from the snapshot
+
+    @property
+    def pipeline_run_id(self) -> UUID:
+        """The run id (``run_id``)."""
+        return self.run_id
+
+    @property
+    def request_id(self) -> UUID | None:
+        """The request id of the run identity."""
+        return self.snapshot.run_id.request_id
+
+    @property
+    def session_id(self) -> UUID | None:
+        """The session id of the run identity."""
+        return self.snapshot.run_id.session_id
+
+    @property
+    def user_id(self) -> UUID | None:
+        """The user id of the run identity."""
+        return self.snapshot.run_id.user_id
+
+    @property
+    def org_id(self) -> UUID | None:
+        """The organisation id of the run identity."""
+        return self.snapshot.run_id.org_id
+
+    @property
+    def interaction_id(self) -> UUID | None:
+        """The interaction id of the run identity."""
+        return self.snapshot.run_id.interaction_id
+
+    @property
+    def topology(self) -> str | None:
+        """The snapshot's topology."""
+        return self.snapshot.topology
+
+    @property
+    def execution_mode(self) -> str | None:
+        """The snapshot's execution mode."""
+        return self.snapshot.execution_mode
+
+    # ----------------------------------------------------------- stageflow-core 0.9.1 attributes
+
+    @property
+    def service(self) -> str:
+        """A service label (default ``"pipeline"``)."""
+        return "pipeline" if self._extras is None else self._extras.service
+
+    @service.setter
+    def service(self, value: str) -> None:
+        self._more().service = value
+
+    @property
+    def configuration(self) -> dict[str, Any]:
+        """Static configuration of the run (a dict; empty unless given)."""
+        return self._more().configuration
+
+    @configuration.setter
+    def configuration(self, value: dict[str, Any]) -> None:
+        self._more().configuration = value
+
+    @property
+    def db(self) -> Any:
+        """A database handle for the application's own use (``None`` unless given)."""
+        return None if self._extras is None else self._extras.db
+
+    @db.setter
+    def db(self, value: Any) -> None:
+        self._more().db = value
+
+    @property
+    def canceled(self) -> bool:
+        """Whether ``mark_canceled()`` was called (a flag for the application; it does not stop the run)."""
+        return self._extras is not None and self._extras.canceled
+
+    @canceled.setter
+    def canceled(self, value: bool) -> None:
+        self._more().canceled = bool(value)
+
+    @property
+    def artifacts(self) -> list[StageArtifact]:
+        """Artifacts the application collects for the run (a list; empty unless given)."""
+        return self._more().artifacts
+
+    @artifacts.setter
+    def artifacts(self, value: list[StageArtifact]) -> None:
+        self._more().artifacts = value
+
+    @property
+    def parent_run_id(self) -> UUID | None:
+        """The run id of the run that started this one, if the application set it."""
+        return None if self._extras is None else self._extras.parent_run_id
+
+    @parent_run_id.setter
+    def parent_run_id(self, value: UUID | None) -> None:
+        self._more().parent_run_id = value
+
+    @property
+    def parent_stage_id(self) -> str | None:
+        """The stage of the parent run that started this one, if the application set it."""
+        return None if self._extras is None else self._extras.parent_stage_id
+
+    @parent_stage_id.setter
+    def parent_stage_id(self, value: str | None) -> None:
+        self._more().parent_stage_id = value
+
+    @property
+    def correlation_id(self) -> UUID | None:
+        """A correlation id set by the application."""
+        return None if self._extras is None else self._extras.correlation_id
+
+    @correlation_id.setter
+    def correlation_id(self, value: UUID | None) -> None:
+        self._more().correlation_id = value
+
+    @property
+    def is_child_run(self) -> bool:
+        """Whether ``parent_run_id`` is set."""
+        return self.parent_run_id is not None
+
+    @property
+    def is_canceled(self) -> bool:
+        """Whether ``mark_canceled()`` was called."""
+        return self.canceled
+
+    def mark_canceled(self) -> None:
+        """Set ``canceled``: a flag for the application (to stop the run, return ``StageOutput.cancel``)."""
+        self._more().canceled = True
+
+    def set_stage_metadata(self, stage: str, metadata: dict[str, Any]) -> None:
+        """Keep ``metadata`` for ``stage`` (replacing what was kept for it)."""
+        self._more().stage_metadata[stage] = metadata
+
+    def get_stage_metadata(self, stage: str) -> dict[str, Any] | None:
+        """The metadata kept for ``stage``, or ``None``."""
+        return None if self._extras is None else self._extras.stage_metadata.get(stage)
+
+    @classmethod
+    def now(cls) -> datetime:
+        """The current time, as a UTC ``datetime``."""
+        return datetime.now(UTC)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The context as a plain dict: ids as strings (``None`` where unset), labels, data, flags.
+
+        ``parent_run_id``, ``parent_stage_id`` and ``correlation_id`` appear only when set.
+        """
+        out: dict[str, Any] = {
+            "pipeline_run_id": str(self.run_id),
+            "request_id": _uuid_str(self.request_id),
+            "session_id": _uuid_str(self.session_id),
+            "user_id": _uuid_str(self.user_id),
+            "org_id": _uuid_str(self.org_id),
+            "interaction_id": _uuid_str(self.interaction_id),
+            "topology": self.topology,
+            "execution_mode": self.execution_mode,
+            "service": self.service,
+            "data": self.data,
+            "canceled": self.canceled,
+            "artifacts_count": 0 if self._extras is None else len(self._extras.artifacts),
+        }
+        if self.parent_run_id is not None:
+            out["parent_run_id"] = str(self.parent_run_id)
+        if self.parent_stage_id is not None:
+            out["parent_stage_id"] = self.parent_stage_id
+        if self.correlation_id is not None:
+            out["correlation_id"] = str(self.correlation_id)
+        return out
+
+    def record_stage_event(
+        self, *, stage: str, status: str, payload: Mapping[str, Any] | None = None
+    ) -> None:
+        """Emit ``stage.{stage}.{status}`` to the run's sink with the ids, labels and a UTC ISO timestamp.
+
+        The event's data: ``request_id``, ``session_id``, ``user_id``, ``org_id``, ``service``,
+        ``stage``, ``status``, ``timestamp``, ``topology``, ``execution_mode``, then ``payload``'s items,
+        then ``pipeline_run_id``.
+        """
+        data: dict[str, Any] = {
+            "request_id": _uuid_str(self.request_id),
+            "session_id": _uuid_str(self.session_id),
+            "user_id": _uuid_str(self.user_id),
+            "org_id": _uuid_str(self.org_id),
+            "service": self.service,
+            "stage": stage,
+            "status": status,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "topology": self.topology,
+            "execution_mode": self.execution_mode,
+            **(payload or {}),
+            "pipeline_run_id": str(self.run_id),
+        }
+        emit(self.event_sink, f"stage.{stage}.{status}", data)
 
     def try_emit_event(self, type: str, data: Mapping[str, Any] | None = None) -> None:
-        """Emit a custom event to the run's sink, tagged with the run id and pipeline name."""
-        from ._events import emit
+        """Emit a custom event to the run's sink, tagged with the run's ids and labels.
 
+        The event's data: ``run_id`` (also as ``pipeline_run_id``), ``pipeline``, ``timestamp`` (Unix
+        seconds), ``request_id``, ``execution_mode``, ``topology``, ``service``, then ``data``'s items.
+        """
+        run_id = str(self.run_id)
         emit(
             self.event_sink,
             type,
             {
-                "run_id": str(self.run_id),
+                "run_id": run_id,
                 "pipeline": self.pipeline_name,
                 "timestamp": time.time(),
+                "pipeline_run_id": run_id,
+                "request_id": _uuid_str(self.request_id),
+                "execution_mode": self.execution_mode,
+                "topology": self.topology,
+                "service": self.service,
                 **(data or {}),
             },
         )
@@ -222,8 +662,13 @@ class StageContext:
         data: initial values of the run's shared ``data`` dict (e.g. ``{"authenticated": True}``).
 
     During a run, each stage gets its own ``StageContext`` with ``pipeline`` (the ``PipelineContext``),
-    ``stage`` (its ``StageInfo``), ``attempt`` (1-based), ``ready_at`` and ``started_at``
-    (``time.perf_counter()`` seconds).
+    ``stage`` (its ``StageInfo``), ``attempt`` (1-based), ``ready_at`` (when its dependencies finished)
+    and ``began_at`` (when its task began), both ``time.perf_counter()`` seconds like
+    ``StageResult``'s times. ``started_at`` is the run timer's start as a UTC ``datetime``.
+
+    .. versionchanged:: 0.10
+       ``started_at`` is a ``datetime``, as in stageflow-core 0.9.1; the stage's monotonic start time
+       is ``began_at``.
     """
 
     __slots__ = (
@@ -231,6 +676,7 @@ class StageContext:
         "_ic_out",
         "_initial_data",
         "attempt",
+        "began_at",
         "event_sink",
         "inputs",
         "pipeline",
@@ -238,7 +684,6 @@ class StageContext:
         "snapshot",
         "stage",
         "stage_name",
-        "started_at",
         "timer",
     )
 
@@ -262,7 +707,7 @@ class StageContext:
         self.stage: StageInfo | None = None
         self.attempt = 1
         self.ready_at = 0.0
-        self.started_at = 0.0
+        self.began_at = 0.0
         self._ic_err: BaseException | None = None
         self._ic_out: object = None
 
@@ -288,12 +733,77 @@ class StageContext:
         """The snapshot's execution mode."""
         return self.snapshot.execution_mode
 
-    def try_emit_event(self, type: str, data: Mapping[str, Any] | None = None) -> None:
-        """Emit a custom event to the run's sink, tagged with run id, pipeline and stage name."""
-        if self.pipeline is None:
-            from ._events import emit, resolve_sink
+    @property
+    def started_at(self) -> datetime:
+        """The run timer's start, as a UTC ``datetime`` (``timer.started_at``)."""
+        return self.timer.started_at
 
-            emit(resolve_sink(self.event_sink), type, {"stage": self.stage_name, **(data or {})})
+    @classmethod
+    def now(cls) -> datetime:
+        """The current time, as a UTC ``datetime``."""
+        return datetime.now(UTC)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``snapshot.to_dict()`` plus ``stage_name`` and ``started_at`` (ISO 8601)."""
+        out = self.snapshot.to_dict()
+        out["stage_name"] = self.stage_name
+        out["started_at"] = self.started_at.isoformat()
+        return out
+
+    def as_pipeline_context(
+        self,
+        *,
+        data: dict[str, Any] | None = None,
+        configuration: dict[str, Any] | None = None,
+        service: str | None = None,
+        db: Any = None,
+    ) -> PipelineContext:
+        """A new ``PipelineContext`` with this context's snapshot (ids, topology, mode) and event sink.
+
+        Args:
+            data: its ``data`` (copied; empty by default).
+            configuration: its ``configuration`` (copied; empty by default).
+            service: its ``service`` (default ``"pipeline"``).
+            db: its ``db``.
+        """
+        run = self.pipeline
+        return PipelineContext(
+            snapshot=self.snapshot,
+            graph=None if run is None else run._graph,
+            event_sink=self.event_sink,
+            timer=self.timer,
+            data=dict(data or {}),
+            configuration=dict(configuration or {}),
+            service=service or "pipeline",
+            db=db,
+        )
+
+    def record_stage_event(self, stage: str, status: str, **data: Any) -> None:
+        """Emit ``stage.{status}`` with ``stage``, ``status``, this context's ``stage_name`` and ``data``."""
+        self.try_emit_event(
+            f"stage.{status}", {"stage": stage, "status": status, "stage_name": self.stage_name, **data}
+        )
+
+    def try_emit_event(self, type: str, data: Mapping[str, Any] | None = None) -> None:
+        """Emit a custom event to the run's sink, tagged with the run's ids and the stage name.
+
+        During a run, see ``PipelineContext.try_emit_event``; ``stage`` is this stage's name unless
+        ``data`` has one. Outside a run (an entry context), the data is ``pipeline_run_id``,
+        ``request_id``, ``execution_mode``, ``stage``, then ``data``'s items.
+        """
+        if self.pipeline is None:
+            snapshot = self.snapshot
+            emit(
+                get_event_sink() if self.event_sink is None else self.event_sink,
+                type,
+                {
+                    "pipeline_run_id": str(snapshot.run_id.pipeline_run_id),
+                    "request_id": _uuid_str(snapshot.run_id.request_id),
+                    "execution_mode": snapshot.execution_mode,
+                    "stage": self.stage_name,
+                    **(data or {}),
+                },
+            )
         else:
             self.pipeline.try_emit_event(type, {"stage": self.stage_name, **(data or {})})
 
@@ -307,7 +817,7 @@ def _stage_context(
     prior: Mapping[str, StageOutput],
     declared: Collection[str],
     ready_at: float,
-    started_at: float,
+    began_at: float,
 ) -> StageContext:
     """The context of one stage of ``run``, with its ``StageInputs`` (built without ``__init__``s)."""
     snapshot = run.snapshot
@@ -329,7 +839,21 @@ def _stage_context(
     ctx.stage = stage
     ctx.attempt = 1
     ctx.ready_at = ready_at
-    ctx.started_at = started_at
+    ctx.began_at = began_at
     ctx._ic_err = None
     ctx._ic_out = None
     return ctx
+
+
+def create_stage_context(
+    snapshot: ContextSnapshot,
+    inputs: StageInputs,
+    stage_name: str,
+    timer: PipelineTimer,
+    event_sink: EventSink | None = None,
+) -> StageContext:
+    """``StageContext(snapshot, inputs, stage_name, timer, event_sink)``, as stageflow-core 0.9.1's factory.
+
+    .. versionadded:: 0.10
+    """
+    return StageContext(snapshot, inputs, stage_name, timer, event_sink)

@@ -299,13 +299,22 @@ class RetriesExhaustedError(StageError):
 
 
 class UndeclaredDependencyError(StageError, KeyError):
-    """A stage read the output of a stage it does not declare as a dependency."""
+    """A stage read the output of a stage it does not declare as a dependency.
+
+    Attributes:
+        stage: the stage that read (also ``accessing_stage``, stageflow-core 0.9.1's name).
+        wanted: the stage it read (also ``stage_name``, 0.9.1's name).
+        declared_deps: the reader's declared dependencies.
+    """
 
     def __init__(self, stage: str | None, wanted: str, declared: Iterable[str]) -> None:
         self.stage, self.wanted = stage, wanted
+        # stageflow-core 0.9.1's names: ``stage_name`` is the stage that was read, not the reader
+        self.stage_name, self.accessing_stage = wanted, stage
+        self.declared_deps: frozenset[str] = frozenset(declared)
         self.message = (
             f"stage {stage!r} read the output of {wanted!r}, which is not among its dependencies "
-            f"({_known(declared)}); add {wanted!r} to its dependencies"
+            f"({_known(self.declared_deps)}); add {wanted!r} to its dependencies"
         )
         super().__init__(self.message)
 

@@ -13,10 +13,11 @@ import logging
 import weakref
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = (
     "EventSink",
+    "clear_event_sink",
     "InMemoryEventSink",
     "LoggingEventSink",
     "NoOpEventSink",
@@ -68,8 +69,12 @@ def _done(task: asyncio.Task[None]) -> None:
         logger.error("stageflow: event sink emit() failed: %r", exc)
 
 
+@runtime_checkable
 class EventSink(Protocol):
     """**Protocol:** where a run's events go.
+
+    ``isinstance(obj, EventSink)`` tells whether ``obj`` has both methods (runtime-checkable, as in
+    stageflow-core 0.9.1).
 
     The executor calls ``try_emit`` for every event, from the event loop, and never awaits anything for
     it; ``try_emit`` must not block. ``emit`` is the awaitable variant for callers that want to wait.
@@ -165,6 +170,14 @@ def set_event_sink(sink: EventSink | None) -> None:
     """Set the process-wide sink used by runs whose context has no ``event_sink`` (``None`` resets)."""
     global _process_sink
     _process_sink = _NOOP if sink is None else sink
+
+
+def clear_event_sink() -> None:
+    """Reset the process-wide sink to the no-op sink (``set_event_sink(None)``).
+
+    .. versionadded:: 0.10
+    """
+    set_event_sink(None)
 
 
 def get_event_sink() -> EventSink:

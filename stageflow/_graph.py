@@ -37,7 +37,7 @@ from ._interceptors import (
     build_stage_chain,
     order_interceptors,
 )
-from ._pipeline import StageInfo, Topology, _mermaid
+from ._pipeline import StageInfo, StageSpec, Topology, _mermaid
 from ._results import RunResult, StageResult
 from ._retry import RetryPolicy
 from ._snapshot import RunIdentity
@@ -174,6 +174,28 @@ class StageGraph:
                 h.update(f"{info.name}\0{info.kind.value}\0{','.join(sorted(info.dependencies))}\n".encode())
             self._version = h.hexdigest()[:12]
         return self._version
+
+    @property
+    def stage_specs(self) -> list[StageSpec]:
+        """The stages as specs, in the order they were added, each ``runner`` the stage's own call.
+
+        ``await spec.runner(ctx)`` runs the stage alone (without interceptors, events or retries), as
+        in stageflow-core 0.9.1.
+
+        .. versionadded:: 0.10
+        """
+        return [
+            StageSpec(
+                info.name,
+                _runner_call(info),
+                info.kind,
+                info.dependencies,
+                info.conditional,
+                info.config,
+                info.retry,
+            )
+            for info in self.stages
+        ]
 
     def stage(self, name: str) -> StageInfo:
         """The ``StageInfo`` of one stage.
@@ -559,7 +581,7 @@ class _Run:
                         await self._backoff(node, ctx, policy, output.error)
                         continue
                 elif output.status is _FAIL:
-                    error = StageFailedError(node.name, output.error or "unknown error")
+                    error = StageFailedError(node.name, output.error or "Unknown error")
                 break
         except asyncio.CancelledError:
             ended = _perf()

@@ -183,7 +183,7 @@ class BaseInterceptor(Interceptor):
             output,
             error,
             ctx.ready_at,
-            ctx.started_at,
+            ctx.began_at,
             time.perf_counter(),
             ctx.attempt,
         )

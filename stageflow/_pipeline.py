@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from itertools import islice
 from types import FunctionType, MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from ._interceptors import Interceptor
     from ._store import RunStore
 
-__all__ = ("Pipeline", "StageInfo", "StageSpec")
+__all__ = ("Pipeline", "StageInfo", "StageSpec", "UnifiedStageSpec")
 
 StageCall = Callable[["StageContext"], Awaitable[StageOutput]]
 _NO_CONFIG: Mapping[str, Any] = MappingProxyType({})
@@ -37,7 +39,11 @@ _CO_COROUTINE = inspect.CO_COROUTINE
 
 @dataclass(frozen=True, slots=True)
 class StageSpec:
-    """One ``with_stage()`` call, as given: validated at ``build()``."""
+    """One ``with_stage()`` call, as given: validated at ``build()``.
+
+    ``Pipeline.stages`` maps names to these. In ``StageGraph.stage_specs``, ``runner`` is the stage's
+    awaitable call instead (``await spec.runner(ctx)``).
+    """
 
     name: str
     runner: Any
@@ -71,6 +77,10 @@ class StageInfo:
     runner: Any
     pipeline: str
     retry: RetryPolicy | None = None
+
+
+UnifiedStageSpec = StageSpec
+"""stageflow-core 0.9.1's name of ``StageSpec`` (same fields, in the same order)."""
 
 
 # Building 10,000 stages makes 10,000 of each frozen dataclass: these set the slots directly, which costs
@@ -178,10 +188,15 @@ class Pipeline:
         graph = pipeline.build()
     """
 
-    __slots__ = ("_count", "_last", "name")
+    __slots__ = ("_count", "_last", "_names", "_view", "name")
     name: str
     _last: _Link | None
     _count: int
+    # Stage name -> position, shared by a pipeline and the ones extended from it: a pipeline of ``_count``
+    # stages owns the first ``_count`` entries (positions are insertion indices), so ``with_stage`` finds
+    # a duplicate in O(1) and extends the table in place unless another pipeline already did.
+    _names: dict[str, int]
+    _view: Mapping[str, StageSpec] | None
 
     def __init__(self, name: str = "pipeline") -> None:
         if not isinstance(name, str) or not name:
@@ -194,6 +209,8 @@ class Pipeline:
         _set_name(self, name)
         _set_last(self, None)
         _set_count(self, 0)
+        _set_names(self, {})
+        _set_view(self, None)
 
     def __setattr__(self, attribute: str, value: object) -> None:
         msg = f"Pipeline is immutable (cannot set {attribute!r}); with_stage() and compose() return new ones"
@@ -203,15 +220,30 @@ class Pipeline:
         msg = f"Pipeline is immutable (cannot delete {attribute!r})"
         raise AttributeError(msg)
 
-    def _with(self, last: _Link | None, count: int) -> Pipeline:
+    def _with(self, last: _Link | None, count: int, names: dict[str, int]) -> Pipeline:
         new = Pipeline.__new__(Pipeline)
         _set_name(new, self.name)
         _set_last(new, last)
         _set_count(new, count)
+        _set_names(new, names)
+        _set_view(new, None)
         return new
 
     @property
-    def stages(self) -> tuple[StageSpec, ...]:
+    def stages(self) -> Mapping[str, StageSpec]:
+        """The stage specs by name, in the order they were added (a read-only mapping).
+
+        .. versionchanged:: 0.10
+           A mapping, as in stageflow-core 0.9.1 (it was a tuple of specs): iterate over
+           ``stages.values()`` for the specs.
+        """
+        view = self._view
+        if view is None:
+            view = MappingProxyType({spec.name: spec for spec in self._specs()})
+            _set_view(self, view)
+        return view
+
+    def _specs(self) -> tuple[StageSpec, ...]:
         """The stage specs, in the order they were added."""
         specs: list[StageSpec] = []
         link = self._last
@@ -225,7 +257,7 @@ class Pipeline:
         return self._count
 
     def __repr__(self) -> str:
-        return f"Pipeline(name={self.name!r}, stages={[s.name for s in self.stages]!r})"
+        return f"Pipeline(name={self.name!r}, stages={[s.name for s in self._specs()]!r})"
 
     def with_stage(
         self,
@@ -253,6 +285,10 @@ class Pipeline:
 
         Raises:
             InvalidStageNameError, InvalidStageKindError, InvalidRunnerError, PipelineDefinitionError.
+            DuplicateStageError: the pipeline already has a stage called ``name``.
+
+        .. versionchanged:: 0.10
+           A duplicate name is rejected here, not at ``build()``.
         """
         if not isinstance(name, str) or not name or (not name.isascii() and _unencodable(name)):
             raise InvalidStageNameError(name)
@@ -280,10 +316,21 @@ class Pipeline:
         spec = _new_spec(
             name, runner, stage_kind, deps, bool(conditional), {} if config is None else dict(config), retry
         )
+        count = self._count
+        names = self._names
+        with _GROW:
+            position = names.get(name)
+            if position is not None and position < count:
+                raise DuplicateStageError(name)
+            if len(names) != count:  # another pipeline extended this table: ours is its first ``count``
+                names = dict(islice(names.items(), count))
+            names[name] = count
         new: Pipeline = _new(Pipeline)  # ``self._with(...)``, inlined: this runs once per stage
         _set_name(new, self.name)
         _set_last(new, _Link(spec, self._last))
-        _set_count(new, self._count + 1)
+        _set_count(new, count + 1)
+        _set_names(new, names)
+        _set_view(new, None)
         return new
 
     def compose(self, other: Pipeline) -> Pipeline:
@@ -295,13 +342,20 @@ class Pipeline:
         if not isinstance(other, Pipeline):
             msg = f"compose() takes a Pipeline, got {other!r}"
             raise TypeError(msg)
-        mine = {s.name for s in self.stages}
+        theirs = other._specs()
         last, count = self._last, self._count
-        for spec in other.stages:
-            if spec.name in mine:
-                raise DuplicateStageError(spec.name, composed=True)
-            last, count = _Link(spec, last), count + 1
-        return self._with(last, count)
+        names = self._names
+        with _GROW:
+            for spec in theirs:
+                position = names.get(spec.name)
+                if position is not None and position < count:
+                    raise DuplicateStageError(spec.name, composed=True)
+            if len(names) != count:
+                names = dict(islice(names.items(), count))
+            for spec in theirs:
+                names[spec.name] = count
+                last, count = _Link(spec, last), count + 1
+        return self._with(last, count, names)
 
     def build(
         self, interceptors: Iterable[Interceptor] = (), *, run_store: RunStore | None = None
@@ -318,7 +372,7 @@ class Pipeline:
         """
         from ._graph import StageGraph
 
-        specs = self.stages
+        specs = self._specs()
         order, topology = _validate(specs)
         infos = tuple(
             _new_info(
@@ -337,7 +391,7 @@ class Pipeline:
 
     def to_mermaid(self) -> str:
         """The DAG as a Mermaid flowchart (validated like ``build()``, without instantiating stages)."""
-        specs = self.stages
+        specs = self._specs()
         _validate(specs)
         return _mermaid(specs)
 
@@ -350,6 +404,9 @@ Topology: TypeAlias = tuple[list[tuple[int, ...]], list[list[int]]]
 _set_name = Pipeline.__dict__["name"].__set__
 _set_last = Pipeline.__dict__["_last"].__set__
 _set_count = Pipeline.__dict__["_count"].__set__
+_set_names = Pipeline.__dict__["_names"].__set__
+_set_view = Pipeline.__dict__["_view"].__set__
+_GROW = threading.Lock()  # extending a shared name table is check-then-append: one thread at a time
 
 
 def _validate(specs: Sequence[StageSpec]) -> tuple[tuple[int, ...], Topology]:

@@ -7,7 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from ._timeline import timeline_of_result
-from ._types import StageKind, StageOutput, StageStatus
+from ._types import StageArtifact, StageEvent, StageKind, StageOutput, StageStatus
 
 __all__ = ("RunResult", "StageResult", "critical_path")
 
@@ -66,6 +66,38 @@ class StageResult:
     def duration(self) -> float:
         """Seconds from start to end."""
         return self.ended_at - self.started_at
+
+    @property
+    def duration_ms(self) -> int:
+        """``duration`` in whole milliseconds (what stageflow-core 0.9.1's outputs carried).
+
+        .. versionadded:: 0.10
+        """
+        return int((self.ended_at - self.started_at) * 1000)
+
+    @property
+    def artifacts(self) -> list[StageArtifact]:
+        """The output's artifacts (empty when it produced no output).
+
+        .. versionadded:: 0.10
+        """
+        return [] if self.output is None else self.output.artifacts
+
+    @property
+    def events(self) -> list[StageEvent]:
+        """The output's events (empty when it produced no output).
+
+        .. versionadded:: 0.10
+        """
+        return [] if self.output is None else self.output.events
+
+    @property
+    def version(self) -> str | None:
+        """The output's version tag, if any.
+
+        .. versionadded:: 0.10
+        """
+        return None if self.output is None else self.output.version
 
     @property
     def wait(self) -> float:

@@ -77,3 +77,77 @@ class ContextSnapshot:
     def pipeline_run_id(self) -> UUID:
         """Shortcut for ``run_id.pipeline_run_id``."""
         return self.run_id.pipeline_run_id
+
+    @property
+    def request_id(self) -> UUID | None:
+        """Shortcut for ``run_id.request_id``.
+
+        .. versionadded:: 0.10
+        """
+        return self.run_id.request_id
+
+    @property
+    def session_id(self) -> UUID | None:
+        """Shortcut for ``run_id.session_id``.
+
+        .. versionadded:: 0.10
+        """
+        return self.run_id.session_id
+
+    @property
+    def user_id(self) -> UUID | None:
+        """Shortcut for ``run_id.user_id``.
+
+        .. versionadded:: 0.10
+        """
+        return self.run_id.user_id
+
+    @property
+    def org_id(self) -> UUID | None:
+        """Shortcut for ``run_id.org_id``.
+
+        .. versionadded:: 0.10
+        """
+        return self.run_id.org_id
+
+    @property
+    def interaction_id(self) -> UUID | None:
+        """Shortcut for ``run_id.interaction_id``.
+
+        .. versionadded:: 0.10
+        """
+        return self.run_id.interaction_id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The snapshot as a plain dict, for logs and tools.
+
+        Keys: ``run_id`` (``RunIdentity.to_dict()``), ``input_text``, ``input_audio_duration_ms``,
+        ``topology``, ``execution_mode``, ``metadata`` (a dict copy), ``enrichments``, ``conversation``
+        and ``extensions`` (their ``to_dict()`` when they have one, else as given), ``created_at`` (ISO
+        8601), then the ids flat, as strings or ``None``: ``pipeline_run_id``, ``request_id``,
+        ``session_id``, ``user_id``, ``org_id``, ``interaction_id``.
+
+        .. versionadded:: 0.10
+        """
+        ids = self.run_id.to_dict()
+        return {
+            "run_id": ids,
+            "input_text": self.input_text,
+            "input_audio_duration_ms": self.input_audio_duration_ms,
+            "topology": self.topology,
+            "execution_mode": self.execution_mode,
+            "metadata": dict(self.metadata),
+            "enrichments": _plain(self.enrichments),
+            "conversation": _plain(self.conversation),
+            "extensions": _plain(self.extensions),
+            "created_at": self.created_at.isoformat(),
+            **{key: ids[key] for key in _ID_KEYS},
+        }
+
+
+_ID_KEYS = ("pipeline_run_id", "request_id", "session_id", "user_id", "org_id", "interaction_id")
+
+
+def _plain(value: Any) -> Any:
+    to_dict = getattr(value, "to_dict", None)
+    return to_dict() if callable(to_dict) else value

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ._context import StageContext
 
-__all__ = ("Stage", "StageKind", "StageOutput", "StageStatus")
+__all__ = ("Stage", "StageArtifact", "StageEvent", "StageKind", "StageOutput", "StageStatus")
 
 
 class StageKind(StrEnum):
@@ -44,6 +45,60 @@ class StageStatus(StrEnum):
     RETRY = "retry"
     """The stage asks to be run again under its retry policy. Never a final status."""
 
+    # stageflow-core 0.9.1 handed interceptors results whose status was "completed" or "failed": an
+    # ``after()`` ported from it compares with those strings, and must not become silently never-true.
+    def __eq__(self, other: object) -> bool:
+        if type(other) is str and other in _LEGACY_STATUS:
+            return _LEGACY_STATUS[other] is self
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = str.__hash__
+
+
+_LEGACY_STATUS: dict[str, StageStatus] = {"completed": StageStatus.OK, "failed": StageStatus.FAIL}
+"""stageflow-core 0.9.1's interceptor status strings, and the status each one equals."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StageArtifact:
+    """Something a stage produced besides its data (audio, a transcript, an assessment...).
+
+    Attributes:
+        type: what kind of artifact it is, e.g. ``"transcript"``.
+        payload: the artifact itself.
+        timestamp: when it was made (UTC).
+
+    .. versionadded:: 0.10
+    """
+
+    type: str
+    payload: dict[str, Any]
+    timestamp: datetime = field(default_factory=_utc_now)
+
+
+@dataclass(frozen=True, slots=True)
+class StageEvent:
+    """An event a stage reports with its output, e.g. progress.
+
+    Attributes:
+        type: the event type, e.g. ``"progress"``.
+        data: the event's data.
+        timestamp: when it happened (UTC).
+
+    .. versionadded:: 0.10
+    """
+
+    type: str
+    data: dict[str, Any]
+    timestamp: datetime = field(default_factory=_utc_now)
+
 
 @dataclass(frozen=True, slots=True)
 class StageOutput:
@@ -51,11 +106,29 @@ class StageOutput:
 
     Build one with the constructors ``ok``, ``skip``, ``cancel``, ``fail`` and ``retry``. ``data`` is
     the stage's output as dependents see it through ``StageInputs``; treat it as read-only.
+
+    Attributes:
+        status: the outcome.
+        data: the output as dependents see it.
+        artifacts: ``StageArtifact``s the stage produced (an empty list unless given).
+        events: ``StageEvent``s the stage reports (an empty list unless given).
+        error: the error message of a failed (or retrying) output.
+        duration_ms: a duration the stage or an interceptor attached with ``with_duration``; the
+            executor does not fill it (read ``StageResult.duration_ms`` for measured durations).
+        version: a schema version tag for ``data``.
+
+    The fields are in stageflow-core 0.9.1's positional order.
+
+    .. versionchanged:: 0.10
+       ``artifacts``, ``events`` and ``duration_ms`` were added, before ``error``.
     """
 
     status: StageStatus
     data: Mapping[str, Any] = field(default_factory=dict)
+    artifacts: list[StageArtifact] = field(default_factory=list)
+    events: list[StageEvent] = field(default_factory=list)
     error: str | None = None
+    duration_ms: int | None = None
     version: str | None = None
 
     def __post_init__(self) -> None:
@@ -97,21 +170,21 @@ class StageOutput:
             _set_error(out, None)
             _set_version(out, version)
             return out
-        return cls(StageStatus.OK, payload, None, version)
+        return cls(StageStatus.OK, payload, version=version)
 
     @classmethod
     def skip(
         cls, reason: str = "", data: Mapping[str, Any] | None = None, *, version: str | None = None
     ) -> StageOutput:
         """A skipped output; ``data["reason"]`` holds ``reason``."""
-        return cls(StageStatus.SKIP, {"reason": reason, **(data or {})}, None, version)
+        return cls(StageStatus.SKIP, {"reason": reason, **(data or {})}, version=version)
 
     @classmethod
     def cancel(
         cls, reason: str = "", data: Mapping[str, Any] | None = None, *, version: str | None = None
     ) -> StageOutput:
         """Stop the whole pipeline without an error; ``data["cancel_reason"]`` holds ``reason``."""
-        return cls(StageStatus.CANCEL, {"cancel_reason": reason, **(data or {})}, None, version)
+        return cls(StageStatus.CANCEL, {"cancel_reason": reason, **(data or {})}, version=version)
 
     @classmethod
     def fail(
@@ -125,15 +198,68 @@ class StageOutput:
         """A failed output; the run fails with ``StageFailedError(error)``.
 
         ``response`` is an alias of ``error`` kept for compatibility; ``error`` wins when both are given.
+        Without either, the error is ``"Unknown error"``.
         """
-        return cls(StageStatus.FAIL, dict(data or {}), error or response or "unknown error", version)
+        return cls(
+            StageStatus.FAIL, dict(data or {}), error=error or response or "Unknown error", version=version
+        )
 
     @classmethod
     def retry(
         cls, error: str, data: Mapping[str, Any] | None = None, *, version: str | None = None
     ) -> StageOutput:
         """Ask to run the stage again under its retry policy (see ``RetryPolicy``)."""
-        return cls(StageStatus.RETRY, dict(data or {}), error, version)
+        return cls(StageStatus.RETRY, dict(data or {}), error=error, version=version)
+
+    def with_duration(self, duration_ms: int) -> StageOutput:
+        """A copy of this output with ``duration_ms`` set.
+
+        .. versionadded:: 0.10
+        """
+        return replace(self, duration_ms=duration_ms)
+
+    def with_version(self, version: str) -> StageOutput:
+        """A copy of this output with ``version`` set.
+
+        .. versionadded:: 0.10
+        """
+        return replace(self, version=version)
+
+
+class _Unset:
+    """A slot the fast constructors leave unset: reading it gives its default, made on first read.
+
+    ``StageOutput.ok()`` sets only the four slots every output needs; ``artifacts``, ``events`` and
+    ``duration_ms`` cost nothing until someone reads them. A default list is stored on first read, so it
+    is one list per output, as with the dataclass default factories.
+    """
+
+    __slots__ = ("_default", "_slot")
+
+    def __init__(self, slot: Any, default: Callable[[], Any]) -> None:
+        self._slot = slot
+        self._default = default
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return self._slot.__get__(obj, owner)
+        except AttributeError:
+            value = self._default()
+            self._slot.__set__(obj, value)
+            return value
+
+    def __set__(self, obj: object, value: Any) -> None:
+        self._slot.__set__(obj, value)
+
+    def __delete__(self, obj: object) -> None:
+        self._slot.__delete__(obj)
+
+
+for _name, _default in (("artifacts", list), ("events", list), ("duration_ms", lambda: None)):
+    setattr(StageOutput, _name, _Unset(vars(StageOutput)[_name], _default))
+del _name, _default
 
 
 _new = object.__new__

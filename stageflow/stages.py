@@ -9,7 +9,20 @@ Example::
 
 from __future__ import annotations
 
-from ._context import StageContext, StageInputs
+from ._context import PipelineContext, StageContext, StageInputs, create_stage_inputs
+from ._errors import UndeclaredDependencyError
+from ._results import StageResult
 from ._types import Stage, StageKind, StageOutput, StageStatus
 
-__all__ = ("Stage", "StageContext", "StageInputs", "StageKind", "StageOutput", "StageStatus")
+__all__ = (
+    "PipelineContext",
+    "Stage",
+    "StageContext",
+    "StageInputs",
+    "StageKind",
+    "StageOutput",
+    "StageResult",
+    "StageStatus",
+    "UndeclaredDependencyError",
+    "create_stage_inputs",
+)

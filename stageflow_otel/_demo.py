@@ -367,7 +367,7 @@ async def _run(args: argparse.Namespace) -> DemoStats:
     ]
     pipeline = build_demo_pipeline(config)
     graph = pipeline.build(interceptors)
-    order = [s.name for s in pipeline.stages]
+    order = list(pipeline.stages)
     printer = _Printer(args.quiet, args.timeline_every, order)
     stats = DemoStats()
     rng = random.Random(args.seed)

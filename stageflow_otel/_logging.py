@@ -150,7 +150,7 @@ class LoggingInterceptor(Interceptor):
             semconv.LOG_ATTEMPT: ctx.attempt,
         }
         started_fields = dict(base)
-        started_fields[semconv.LOG_WAIT] = max(0.0, ctx.started_at - ctx.ready_at)
+        started_fields[semconv.LOG_WAIT] = max(0.0, ctx.began_at - ctx.ready_at)
         self._emit("info", _EV["stage.started"], started_fields)
         started = _perf()
         try:

@@ -162,7 +162,7 @@ class MetricsInterceptor(Interceptor):
         base = self._base(stage.pipeline, stage.name, stage.kind.value)
         if ctx.attempt == 1:
             try:
-                self._wait_duration.record(max(0.0, ctx.started_at - ctx.ready_at), base)
+                self._wait_duration.record(max(0.0, ctx.began_at - ctx.ready_at), base)
             except Exception as exc:  # C9: the SDK's failure never reaches the stage
                 self._sdk_failed(exc)
         started = _perf()

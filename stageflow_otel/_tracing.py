@@ -303,7 +303,7 @@ class TracingInterceptor(Interceptor):
         attributes = dict(static.attributes)
         attributes[semconv.RUN_ID] = state.run_id
         attributes[semconv.STAGE_ATTEMPT] = ctx.attempt
-        attributes[semconv.STAGE_WAIT_DURATION] = max(0.0, ctx.started_at - ctx.ready_at)
+        attributes[semconv.STAGE_WAIT_DURATION] = max(0.0, ctx.began_at - ctx.ready_at)
         assert self._tracer is not None
         try:
             span = self._tracer.start_span(

@@ -84,9 +84,9 @@ class TestImmutability:
         one = empty.with_stage("a", ok_stage(), T)
         two = one.with_stage("b", ok_stage(), T, dependencies=("a",))
         assert (len(empty), len(one), len(two)) == (0, 1, 2)
-        assert [s.name for s in one.stages] == ["a"]
-        assert [s.name for s in two.stages] == ["a", "b"]
-        assert empty.stages == ()
+        assert list(one.stages) == ["a"]
+        assert list(two.stages) == ["a", "b"]
+        assert dict(empty.stages) == {}
         assert two.name == "p"
 
     def test_branching_from_one_pipeline(self) -> None:
@@ -94,8 +94,8 @@ class TestImmutability:
         base = Pipeline().with_stage("a", ok_stage(), T)
         left = base.with_stage("left", ok_stage(), T)
         right = base.with_stage("right", ok_stage(), T)
-        assert [s.name for s in left.stages] == ["a", "left"]
-        assert [s.name for s in right.stages] == ["a", "right"]
+        assert list(left.stages) == ["a", "left"]
+        assert list(right.stages) == ["a", "right"]
 
     def test_with_stage_shares_the_existing_stages(self) -> None:
         """``with_stage`` is O(1): the new pipeline links to the old stages instead of copying them."""
@@ -106,7 +106,7 @@ class TestImmutability:
 
     def test_stage_spec_is_frozen(self) -> None:
         """A ``StageSpec`` cannot be changed after ``with_stage``."""
-        spec = Pipeline().with_stage("a", ok_stage(), T).stages[0]
+        spec = Pipeline().with_stage("a", ok_stage(), T).stages["a"]
         with pytest.raises(AttributeError):
             spec.name = "b"  # type: ignore[misc]
 
@@ -118,7 +118,7 @@ class TestImmutability:
         pipeline = Pipeline().with_stage(
             "a", runner, kind, dependencies=["x"], conditional=True, config={"k": 1}, retry=policy
         )
-        spec = pipeline.stages[0]
+        spec = pipeline.stages["a"]
         assert spec == StageSpec("a", runner, StageKind.ENRICH, ("x",), True, {"k": 1}, policy)
 
     def test_built_config_is_read_only(self) -> None:
@@ -141,10 +141,10 @@ class TestCompose:
         core = Pipeline(name="core").with_stage("llm", ok_stage(), T)
         tts = Pipeline(name="other").with_stage("tts", ok_stage(), T, dependencies=("llm",))
         voice = core.compose(tts)
-        assert [s.name for s in voice.stages] == ["llm", "tts"]
+        assert list(voice.stages) == ["llm", "tts"]
         assert voice.name == "core"
-        assert [s.name for s in core.stages] == ["llm"]
-        assert [s.name for s in tts.stages] == ["tts"]
+        assert list(core.stages) == ["llm"]
+        assert list(tts.stages) == ["tts"]
 
     async def test_composed_pipeline_runs(self) -> None:
         """A composed pipeline resolves dependencies across the two halves."""
@@ -210,7 +210,7 @@ class TestRunners:
 
     def test_kind_given_as_string(self) -> None:
         """A kind given as its string value is converted to the ``StageKind``."""
-        spec = Pipeline().with_stage("a", ok_stage(), "guard").stages[0]  # type: ignore[arg-type]
+        spec = Pipeline().with_stage("a", ok_stage(), "guard").stages["a"]  # type: ignore[arg-type]
         assert spec.kind is StageKind.GUARD
 
     def test_stage_info(self) -> None:
@@ -290,7 +290,7 @@ class TestDefinitionErrors:
     def test_non_ascii_stage_name_accepted(self) -> None:
         """Any text UTF-8 encodes (accents, CJK, emoji) is a valid stage name."""
         pipeline = Pipeline().with_stage("süß-語-🚀", ok_stage(), T)
-        assert [s.name for s in pipeline.stages] == ["süß-語-🚀"]
+        assert list(pipeline.stages) == ["süß-語-🚀"]
 
     def test_pipeline_name_not_encodable_as_utf8(self) -> None:
         """A pipeline name holding a lone surrogate is refused by ``Pipeline()``, naming it and the fix."""
@@ -388,8 +388,8 @@ class TestDefinitionErrors:
             Pipeline().with_stage("b", ok_stage(), T, retry=3)  # type: ignore[arg-type]
 
     def test_duplicate_stage(self) -> None:
-        """Adding two stages of one name raises ``DuplicateStageError`` at ``build()``."""
-        pipeline = Pipeline().with_stage("a", ok_stage(), T).with_stage("a", ok_stage(), T)
+        """Adding a second stage of one name raises ``DuplicateStageError`` in that ``with_stage``."""
+        pipeline = Pipeline().with_stage("a", ok_stage(), T).with_stage("b", ok_stage(), T)
         with pytest.raises(
             DuplicateStageError,
             match=exact(
@@ -397,7 +397,30 @@ class TestDefinitionErrors:
                 "stage names must be unique, so rename one of them"
             ),
         ):
-            pipeline.build()
+            pipeline.with_stage("a", ok_stage(), T)
+        assert list(pipeline.stages) == ["a", "b"]
+
+    def test_duplicate_check_sees_only_its_own_branch(self) -> None:
+        """A name another pipeline added to a shared base is free on this branch, and taken on that one."""
+        base = Pipeline().with_stage("a", ok_stage(), T)
+        left = base.with_stage("x", ok_stage(), T)
+        right = base.with_stage("x", ok_stage(), T).with_stage("y", ok_stage(), T)
+        assert (list(left.stages), list(right.stages)) == (["a", "x"], ["a", "x", "y"])
+        assert list(left.with_stage("y", ok_stage(), T).stages) == ["a", "x", "y"]
+        with pytest.raises(DuplicateStageError):
+            left.with_stage("x", ok_stage(), T)
+        with pytest.raises(DuplicateStageError):
+            right.with_stage("y", ok_stage(), T)
+        assert list(base.with_stage("y", ok_stage(), T).stages) == ["a", "y"]
+
+    def test_failed_compose_leaves_both_pipelines_usable(self) -> None:
+        """A compose() that hits a duplicate changes neither pipeline."""
+        one = Pipeline().with_stage("a", ok_stage(), T)
+        two = Pipeline().with_stage("b", ok_stage(), T).with_stage("a", ok_stage(), T)
+        with pytest.raises(DuplicateStageError):
+            one.compose(two)
+        assert list(one.with_stage("b", ok_stage(), T).stages) == ["a", "b"]
+        assert list(one.compose(Pipeline().with_stage("c", ok_stage(), T)).stages) == ["a", "c"]
 
     def test_unknown_dependency(self) -> None:
         """A dependency on a stage never added raises ``UnknownDependencyError`` listing known stages."""
@@ -527,8 +550,3 @@ class TestMermaid:
             CycleError, match=exact("dependency cycle: 'b' -> 'a' -> 'b'; remove one of these dependencies")
         ):
             pipeline.to_mermaid()
-
-    def test_duplicate(self) -> None:
-        """``to_mermaid`` rejects duplicate stage names like ``build``."""
-        with pytest.raises(DuplicateStageError):
-            Pipeline().with_stage("a", ok_stage(), T).with_stage("a", ok_stage(), T).to_mermaid()

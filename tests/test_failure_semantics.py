@@ -99,12 +99,12 @@ class TestFailFast:
         assert dict(info.value.results["a"].data) == {"quota": 0}
 
     async def test_fail_without_message(self) -> None:
-        """``StageOutput.fail()`` without a message fails with "unknown error"."""
+        """``StageOutput.fail()`` without a message fails with "Unknown error"."""
 
         async def refuse(ctx: StageContext) -> StageOutput:
             return StageOutput.fail()
 
-        with pytest.raises(PipelineFailedError, match=r"^stage 'a' failed: StageFailedError: unknown error$"):
+        with pytest.raises(PipelineFailedError, match=r"^stage 'a' failed: StageFailedError: Unknown error$"):
             await Pipeline().with_stage("a", refuse, W).build().run(make_ctx())
 
     async def test_running_sibling_is_cancelled_and_awaited(self) -> None:

@@ -65,7 +65,7 @@ class TestTimes:
         pipeline = diamond(last="b")
         async with asyncio.timeout(5):
             results = await pipeline.build().run(make_ctx())
-        assert_timing_invariants(results, {s.name: s.dependencies for s in pipeline.stages})
+        assert_timing_invariants(results, {s.name: s.dependencies for s in pipeline.stages.values()})
 
     async def test_auto_skipped_stage_times(self) -> None:
         """Timing invariants also hold across auto-skipped conditional stages."""
@@ -81,7 +81,7 @@ class TestTimes:
             .with_stage("d", ok_stage(), W, dependencies=("c",))
         )
         results = await pipeline.build().run(make_ctx())
-        assert_timing_invariants(results, {s.name: s.dependencies for s in pipeline.stages})
+        assert_timing_invariants(results, {s.name: s.dependencies for s in pipeline.stages.values()})
         assert results.critical_path == ("a", "b", "c", "d")
 
     async def test_waits(self) -> None:

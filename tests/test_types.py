@@ -47,7 +47,7 @@ class TestStageOutput:
         assert (fail.status, fail.error, dict(fail.data)) == (StageStatus.FAIL, "boom", {"code": 7})
         assert StageOutput.fail(response="alias").error == "alias"
         assert StageOutput.fail("wins", response="alias").error == "wins"
-        assert StageOutput.fail().error == "unknown error"
+        assert StageOutput.fail().error == "Unknown error"
         retry = StageOutput.retry("rate limited")
         assert (retry.status, retry.error) == (StageStatus.RETRY, "rate limited")
 
@@ -58,7 +58,7 @@ class TestStageOutput:
 
     def test_direct_construction_coerces_status_values(self) -> None:
         """A status given as its string value becomes the StageStatus member."""
-        assert StageOutput("fail", {}, "boom").status is StageStatus.FAIL  # type: ignore[arg-type]
+        assert StageOutput("fail", {}, error="boom").status is StageStatus.FAIL  # type: ignore[arg-type]
 
     def test_direct_construction_rejects_bad_status_and_data(self) -> None:
         """An unknown status or non-mapping data is rejected with the fix in the message."""
@@ -114,4 +114,4 @@ class TestPipelineTimer:
         elapsed = timer.elapsed_ms()
         now = timer.now_ms()
         assert 0 <= elapsed <= now - timer.pipeline_start_ms + 1
-        assert abs(timer.to_wall(timer.started_at) * 1000 - timer.pipeline_start_ms) < 1
+        assert abs(timer.to_wall(timer.perf_start) * 1000 - timer.pipeline_start_ms) < 1

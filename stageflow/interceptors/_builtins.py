@@ -59,7 +59,7 @@ class TimeoutInterceptor(Interceptor):
     itself, which passes through unchanged.
 
     Args:
-        default: seconds, or ``None`` for no default timeout.
+        default: seconds, or ``None`` for no default timeout (``DEFAULT_TIMEOUT_MS`` when not given).
         per_stage: timeouts by stage name (``None`` disables the timeout of that stage).
         config: a ``ConfigProvider`` for ``timeout.default`` and ``timeout.<stage>``.
     """
@@ -67,6 +67,12 @@ class TimeoutInterceptor(Interceptor):
     name = "timeout"
     priority = 50
     isolated = False  # never raises on its own: called without the isolation guard
+    DEFAULT_TIMEOUT_MS: int = 30_000
+    """The default timeout, in milliseconds, when neither ``default`` nor ``timeout.default`` is given
+    (as in stageflow-core 0.9.1; a subclass may override it).
+
+    .. versionadded:: 0.10
+    """
 
     def __init__(
         self,
@@ -76,7 +82,7 @@ class TimeoutInterceptor(Interceptor):
         config: ConfigProvider | None = None,
     ) -> None:
         if default is _FROM_CONFIG:
-            default = config_value(config, "timeout.default", float, 30.0)
+            default = config_value(config, "timeout.default", float, self.DEFAULT_TIMEOUT_MS / 1000)
         self.default = _check_timeout("TimeoutInterceptor default", default)
         self.per_stage = {
             name: _check_timeout(f"timeout of stage {name!r}", t) for name, t in (per_stage or {}).items()

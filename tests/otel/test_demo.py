@@ -44,7 +44,7 @@ class TestDemoPipeline:
     def test_shape(self) -> None:
         """The demo pipeline is the voice-assistant DAG with a conditional personalize stage."""
         pipeline = build_demo_pipeline(DemoConfig(speed=0.01, seed=1))
-        assert [(s.name, s.dependencies, s.conditional) for s in pipeline.stages] == [
+        assert [(s.name, s.dependencies, s.conditional) for s in pipeline.stages.values()] == [
             ("stt", (), False),
             ("enrich", ("stt",), False),
             ("memory", ("stt",), False),
