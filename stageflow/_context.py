@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypedDict, Unpack
 from uuid import UUID
 
 from ._errors import UndeclaredDependencyError
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "PipelineContext",
+    "PipelineContextKeywords",
     "PipelineTimer",
     "StageContext",
     "StageInputs",
@@ -272,6 +273,43 @@ def _uuid_str(value: UUID | None) -> str | None:
     return None if value is None else str(value)
 
 
+class PipelineContextKeywords(TypedDict, total=False):
+    """stageflow-core 0.9.1's ``PipelineContext`` keywords (all optional here).
+
+    .. versionadded:: 0.10
+    """
+
+    pipeline_run_id: UUID | None
+    request_id: UUID | None
+    session_id: UUID | None
+    user_id: UUID | None
+    org_id: UUID | None
+    interaction_id: UUID | None
+    topology: str | None
+    configuration: dict[str, Any] | None
+    execution_mode: str | None
+    service: str
+    db: Any
+    canceled: bool
+    artifacts: list[StageArtifact] | None
+    parent_run_id: UUID | None
+    parent_stage_id: str | None
+    correlation_id: UUID | None
+
+
+_SNAPSHOT_KEYWORDS = (
+    "pipeline_run_id",
+    "request_id",
+    "session_id",
+    "user_id",
+    "org_id",
+    "interaction_id",
+    "topology",
+    "execution_mode",
+)
+_COMPAT_KEYWORDS = tuple(PipelineContextKeywords.__annotations__)
+
+
 class PipelineContext:
     """The state of one run, shared by all its stages and interceptors.
 
@@ -321,93 +359,59 @@ class PipelineContext:
         event_sink: EventSink | None = None,
         timer: PipelineTimer | None = None,
         data: dict[str, Any] | None = None,
-        pipeline_run_id: UUID | None = None,
-        request_id: UUID | None = None,
-        session_id: UUID | None = None,
-        user_id: UUID | None = None,
-        org_id: UUID | None = None,
-        interaction_id: UUID | None = None,
-        topology: str | None = None,
-        configuration: dict[str, Any] | None = None,
-        execution_mode: str | None = None,
-        service: str = "pipeline",
-        db: Any = None,
-        canceled: bool = False,
-        artifacts: list[StageArtifact] | None = None,
-        parent_run_id: UUID | None = None,
-        parent_stage_id: str | None = None,
-        correlation_id: UUID | None = None,
+        **compat: Unpack[PipelineContextKeywords],
     ) -> None:
-        if snapshot is None:
-            identity = RunIdentity(
-                request_id=request_id,
-                session_id=session_id,
-                user_id=user_id,
-                org_id=org_id,
-                interaction_id=interaction_id,
-            )
-            if pipeline_run_id is not None:
-                identity = replace(identity, pipeline_run_id=pipeline_run_id)
-            snapshot = ContextSnapshot(
-                run_id=identity,
-                topology=topology,
-                execution_mode=execution_mode,
-            )
-        elif (
-            pipeline_run_id is not None
-            or request_id is not None
-            or session_id is not None
-            or user_id is not None
-            or org_id is not None
-            or interaction_id is not None
-            or topology is not None
-            or execution_mode is not None
-        ):
-            _no_mixing(
-                [
-                    f"{name}="
-                    for name, value in (
-                        ("pipeline_run_id", pipeline_run_id),
-                        ("request_id", request_id),
-                        ("session_id", session_id),
-                        ("user_id", user_id),
-                        ("org_id", org_id),
-                        ("interaction_id", interaction_id),
-                        ("topology", topology),
-                        ("execution_mode", execution_mode),
-                    )
-                    if value is not None
-                ]
-            )
+        # The executor makes one per run with the first five keywords only: the 0.9.1 ones cost it one test.
+        self._extras: _Extras | None = None
+        if compat or snapshot is None:
+            snapshot = self._compat(snapshot, compat)
         self.snapshot = snapshot
         self.run_id: UUID = snapshot.run_id.pipeline_run_id
         self._graph = graph
-        self.pipeline_name: str = service if graph is None else graph.name
+        self.pipeline_name: str = self.service if graph is None else graph.name
         self.event_sink: EventSink = get_event_sink() if event_sink is None else event_sink
         self.timer = PipelineTimer() if timer is None else timer
         self.data: dict[str, Any] = {} if data is None else data
         self._ic_err: BaseException | None = None
         self._ic_out: object = None
-        self._extras: _Extras | None = None
-        if (
-            service != "pipeline"
-            or configuration
-            or db is not None
-            or canceled
-            or artifacts
-            or parent_run_id is not None
-            or parent_stage_id is not None
-            or correlation_id is not None
-        ):
+
+    def _compat(self, snapshot: ContextSnapshot | None, given: PipelineContextKeywords) -> ContextSnapshot:
+        """Take stageflow-core 0.9.1's keywords: the ids into a new snapshot, the rest into ``_extras``."""
+        unknown = [key for key in given if key not in _COMPAT_KEYWORDS]
+        if unknown:
+            msg = (
+                f"PipelineContext() got an unexpected keyword argument {unknown[0]!r}; it takes "
+                f"snapshot, graph, event_sink, timer, data, {', '.join(_COMPAT_KEYWORDS)}"
+            )
+            raise TypeError(msg)
+        ids = [key for key in _SNAPSHOT_KEYWORDS if given.get(key) is not None]
+        if snapshot is None:
+            identity = RunIdentity(
+                request_id=given.get("request_id"),
+                session_id=given.get("session_id"),
+                user_id=given.get("user_id"),
+                org_id=given.get("org_id"),
+                interaction_id=given.get("interaction_id"),
+            )
+            run_id = given.get("pipeline_run_id")
+            if run_id is not None:
+                identity = replace(identity, pipeline_run_id=run_id)
+            snapshot = ContextSnapshot(
+                run_id=identity, topology=given.get("topology"), execution_mode=given.get("execution_mode")
+            )
+        elif ids:
+            _no_mixing([f"{key}=" for key in ids])
+        if any(key not in _SNAPSHOT_KEYWORDS for key in given):
             extras = self._more()
-            extras.service = service
-            extras.configuration = {} if configuration is None else configuration
-            extras.db = db
-            extras.canceled = bool(canceled)
-            extras.artifacts = [] if artifacts is None else artifacts
-            extras.parent_run_id = parent_run_id
-            extras.parent_stage_id = parent_stage_id
-            extras.correlation_id = correlation_id
+            extras.service = given.get("service", "pipeline")
+            extras.configuration = given.get("configuration") or {}
+            extras.db = given.get("db")
+            extras.canceled = bool(given.get("canceled", False))
+            extras.artifacts = given.get("artifacts") or []
+            extras.parent_run_id = given.get("parent_run_id")
+            extras.parent_stage_id = given.get("parent_stage_id")
+            extras.correlation_id = given.get("correlation_id")
+        return snapshot
 
     @property
     def graph(self) -> StageGraph:

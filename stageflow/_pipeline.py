@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import inspect
-import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from itertools import count as _counter
 from itertools import islice
 from types import FunctionType, MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -188,15 +188,19 @@ class Pipeline:
         graph = pipeline.build()
     """
 
-    __slots__ = ("_count", "_last", "_names", "_view", "name")
+    __slots__ = ("_claims", "_count", "_last", "_names", "_view", "name")
     name: str
     _last: _Link | None
     _count: int
     # Stage name -> position, shared by a pipeline and the ones extended from it: a pipeline of ``_count``
     # stages owns the first ``_count`` entries (positions are insertion indices), so ``with_stage`` finds
-    # a duplicate in O(1) and extends the table in place unless another pipeline already did.
+    # a duplicate in O(1). ``_claims`` hands out the table's next positions, one each: a pipeline whose
+    # claim is its own length appends in place; any other (a branch from an older pipeline, or the loser
+    # of two threads extending one pipeline) copies its part of the table first. ``next()`` on an
+    # ``itertools.count`` is atomic, so this needs no lock.
     _names: dict[str, int]
-    _view: Mapping[str, StageSpec] | None
+    _claims: Iterator[int]
+    _view: Mapping[str, StageSpec]  # made on first read of ``stages``
 
     def __init__(self, name: str = "pipeline") -> None:
         if not isinstance(name, str) or not name:
@@ -210,7 +214,7 @@ class Pipeline:
         _set_last(self, None)
         _set_count(self, 0)
         _set_names(self, {})
-        _set_view(self, None)
+        _set_claims(self, _counter())
 
     def __setattr__(self, attribute: str, value: object) -> None:
         msg = f"Pipeline is immutable (cannot set {attribute!r}); with_stage() and compose() return new ones"
@@ -226,7 +230,7 @@ class Pipeline:
         _set_last(new, last)
         _set_count(new, count)
         _set_names(new, names)
-        _set_view(new, None)
+        _set_claims(new, _counter(count))
         return new
 
     @property
@@ -237,11 +241,12 @@ class Pipeline:
            A mapping, as in stageflow-core 0.9.1 (it was a tuple of specs): iterate over
            ``stages.values()`` for the specs.
         """
-        view = self._view
-        if view is None:
+        try:
+            return self._view
+        except AttributeError:
             view = MappingProxyType({spec.name: spec for spec in self._specs()})
             _set_view(self, view)
-        return view
+            return view
 
     def _specs(self) -> tuple[StageSpec, ...]:
         """The stage specs, in the order they were added."""
@@ -318,19 +323,20 @@ class Pipeline:
         )
         count = self._count
         names = self._names
-        with _GROW:
-            position = names.get(name)
-            if position is not None and position < count:
-                raise DuplicateStageError(name)
-            if len(names) != count:  # another pipeline extended this table: ours is its first ``count``
-                names = dict(islice(names.items(), count))
-            names[name] = count
+        position = names.get(name)
+        if position is not None and position < count:
+            raise DuplicateStageError(name)
+        claims = self._claims
+        if next(claims) != count:  # the table grew past us: copy our part of it (see ``__slots__``)
+            names = dict(islice(names.items(), count))
+            claims = _counter(count + 1)
+        names[name] = count
         new: Pipeline = _new(Pipeline)  # ``self._with(...)``, inlined: this runs once per stage
         _set_name(new, self.name)
         _set_last(new, _Link(spec, self._last))
         _set_count(new, count + 1)
         _set_names(new, names)
-        _set_view(new, None)
+        _set_claims(new, claims)
         return new
 
     def compose(self, other: Pipeline) -> Pipeline:
@@ -345,16 +351,14 @@ class Pipeline:
         theirs = other._specs()
         last, count = self._last, self._count
         names = self._names
-        with _GROW:
-            for spec in theirs:
-                position = names.get(spec.name)
-                if position is not None and position < count:
-                    raise DuplicateStageError(spec.name, composed=True)
-            if len(names) != count:
-                names = dict(islice(names.items(), count))
-            for spec in theirs:
-                names[spec.name] = count
-                last, count = _Link(spec, last), count + 1
+        for spec in theirs:
+            position = names.get(spec.name)
+            if position is not None and position < count:
+                raise DuplicateStageError(spec.name, composed=True)
+        names = dict(islice(names.items(), count))  # a table of its own: compose() is not the hot path
+        for spec in theirs:
+            names[spec.name] = count
+            last, count = _Link(spec, last), count + 1
         return self._with(last, count, names)
 
     def build(
@@ -405,8 +409,8 @@ _set_name = Pipeline.__dict__["name"].__set__
 _set_last = Pipeline.__dict__["_last"].__set__
 _set_count = Pipeline.__dict__["_count"].__set__
 _set_names = Pipeline.__dict__["_names"].__set__
+_set_claims = Pipeline.__dict__["_claims"].__set__
 _set_view = Pipeline.__dict__["_view"].__set__
-_GROW = threading.Lock()  # extending a shared name table is check-then-append: one thread at a time
 
 
 def _validate(specs: Sequence[StageSpec]) -> tuple[tuple[int, ...], Topology]:

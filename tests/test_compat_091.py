@@ -1,0 +1,313 @@
+"""Programs written against stageflow-core 0.9.1's documented public API run here unchanged.
+
+Each program below uses only names 0.9.1 exports (top-level ``stageflow``, ``stageflow.context``,
+``stageflow.stages``, ``stageflow.interceptors``) the way its docstrings describe them; the unit tests in
+``test_compat_units.py`` pin every item with exact values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from stageflow import (
+    BaseInterceptor,
+    EventSink,
+    InterceptorResult,
+    NoOpEventSink,
+    Pipeline,
+    PipelineContext,
+    PipelineTimer,
+    StageArtifact,
+    StageContext,
+    StageEvent,
+    StageKind,
+    StageOutput,
+    StageResult,
+    StageStatus,
+    UnifiedStageSpec,
+    clear_event_sink,
+    create_stage_context,
+    create_stage_inputs,
+    get_event_sink,
+    set_event_sink,
+)
+from stageflow.context import ContextSnapshot, RunIdentity
+from stageflow.stages import UndeclaredDependencyError
+
+USER = UUID("00000000-0000-4000-8000-000000000001")
+ORG = UUID("00000000-0000-4000-8000-000000000002")
+
+
+class CollectingSink(EventSink):
+    """A 0.9.1-style sink: subclasses the protocol and implements ``emit``; ``try_emit`` is inherited."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any] | None]] = []
+
+    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        self.events.append((type, data))
+
+    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        self.events.append((type, data))
+
+
+class TranscribeStage:
+    name = "transcribe"
+    kind = StageKind.TRANSFORM
+
+    async def execute(self, ctx: StageContext) -> StageOutput:
+        text = ctx.snapshot.input_text or ""
+        return StageOutput(
+            status=StageStatus.OK,
+            data={"transcript": text},
+            artifacts=[StageArtifact(type="transcript", payload={"text": text})],
+            events=[StageEvent(type="progress", data={"percent": 100})],
+        )
+
+
+class ReplyStage:
+    name = "reply"
+    kind = StageKind.AGENT
+
+    async def execute(self, ctx: StageContext) -> StageOutput:
+        transcript = ctx.inputs.require_from("transcribe", "transcript")
+        ctx.record_stage_event("reply", "progress", chars=len(transcript))
+        return StageOutput.ok(reply=transcript.upper(), user=str(ctx.snapshot.user_id)).with_version("v2")
+
+
+class RejectStage:
+    name = "reject"
+    kind = StageKind.GUARD
+
+    async def execute(self, ctx: StageContext) -> StageOutput:
+        return StageOutput.fail()
+
+
+class PeekStage:
+    name = "peek"
+    kind = StageKind.WORK
+
+    async def execute(self, ctx: StageContext) -> StageOutput:
+        ctx.inputs.get_from("transcribe", "transcript")
+        return StageOutput.ok()
+
+
+class AuditInterceptor(BaseInterceptor):
+    """An interceptor as 0.9.1 documents them: reads the run's ids, compares result statuses with strings."""
+
+    name = "audit"
+    priority = 30
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, UUID | None, UUID | None, str | None, str | None]] = []
+        self.completed: list[str] = []
+        self.failed: list[str] = []
+
+    async def before(self, stage_name: str, ctx: PipelineContext) -> InterceptorResult | None:
+        self.seen.append((stage_name, ctx.user_id, ctx.org_id, ctx.topology, ctx.execution_mode))
+        return None
+
+    async def after(self, stage_name: str, result: StageResult, ctx: PipelineContext) -> None:
+        if result.status == "completed":
+            self.completed.append(stage_name)
+        elif result.status == "failed":
+            self.failed.append(stage_name)
+
+
+class AuthInterceptor(BaseInterceptor):
+    """The 0.9.1 README's interceptor."""
+
+    name = "auth"
+    priority = 5
+
+    async def before(self, stage_name: str, ctx: PipelineContext) -> InterceptorResult | None:
+        if not ctx.data.get("authenticated"):
+            return InterceptorResult(stage_ran=False, error="Not authenticated")
+        return None
+
+    async def after(self, stage_name: str, result: StageResult, ctx: PipelineContext) -> None:
+        pass
+
+
+def entry_context(*, sink: EventSink | None = None) -> StageContext:
+    """The entry context, made with 0.9.1's factories."""
+    snapshot = ContextSnapshot(
+        run_id=RunIdentity(user_id=USER, org_id=ORG),
+        input_text="hello",
+        topology="voice_fast",
+        execution_mode="practice",
+    )
+    inputs = create_stage_inputs(snapshot)
+    return create_stage_context(snapshot, inputs, "pipeline_entry", PipelineTimer(), event_sink=sink)
+
+
+def voice_pipeline() -> Pipeline:
+    return (
+        Pipeline()
+        .with_stage("transcribe", TranscribeStage, StageKind.TRANSFORM)
+        .with_stage("reply", ReplyStage, StageKind.AGENT, dependencies=("transcribe",))
+    )
+
+
+class TestProgram091:
+    async def test_voice_pipeline_runs_unchanged(self) -> None:
+        """A two-stage 0.9.1 program (artifacts, events, versions, ids in interceptors) gives its values."""
+        pipeline = voice_pipeline()
+        assert list(pipeline.stages) == ["transcribe", "reply"]
+        assert isinstance(pipeline.stages["reply"], UnifiedStageSpec)
+        assert pipeline.stages["reply"].dependencies == ("transcribe",)
+        audit = AuditInterceptor()
+        graph = pipeline.build(interceptors=[audit])
+        assert [(s.name, s.kind, s.dependencies, s.conditional) for s in graph.stage_specs] == [
+            ("transcribe", StageKind.TRANSFORM, (), False),
+            ("reply", StageKind.AGENT, ("transcribe",), False),
+        ]
+        sink = CollectingSink()
+        results = await graph.run(entry_context(sink=sink))
+        assert results["reply"].data == {"reply": "HELLO", "user": str(USER)}
+        assert results["reply"].status == StageStatus.OK
+        assert results["reply"].version == "v2"
+        transcript = results["transcribe"].artifacts[0]
+        assert (transcript.type, transcript.payload) == ("transcript", {"text": "hello"})
+        assert [(e.type, e.data) for e in results["transcribe"].events] == [("progress", {"percent": 100})]
+        assert results["transcribe"].duration_ms >= 0
+        assert audit.seen == [
+            ("transcribe", USER, ORG, "voice_fast", "practice"),
+            ("reply", USER, ORG, "voice_fast", "practice"),
+        ]
+        assert (audit.completed, audit.failed) == (["transcribe", "reply"], [])
+        progress = [data or {} for type, data in sink.events if type == "stage.progress"]
+        assert len(progress) == 1
+        assert {k: progress[0][k] for k in ("stage", "status", "stage_name", "chars", "execution_mode")} == {
+            "stage": "reply",
+            "status": "progress",
+            "stage_name": "reply",
+            "chars": 5,
+            "execution_mode": "practice",
+        }
+
+    async def test_after_sees_failed_status(self) -> None:
+        """An ``after()`` comparing ``result.status == "failed"`` sees a stage that returned ``fail()``."""
+        audit = AuditInterceptor()
+        graph = (
+            voice_pipeline()
+            .with_stage("reject", RejectStage, StageKind.GUARD, dependencies=("transcribe",))
+            .build(interceptors=[audit])
+        )
+        with pytest.raises(Exception, match="Unknown error"):
+            await graph.run(entry_context())
+        assert audit.failed == ["reject"]
+        assert "transcribe" in audit.completed
+
+    async def test_interceptor_blocks_unauthenticated_runs(self) -> None:
+        """The 0.9.1 README's auth interceptor stops the first stage when ``ctx.data`` lacks the flag."""
+        audit = AuditInterceptor()
+        graph = voice_pipeline().build(interceptors=[AuthInterceptor(), audit])
+        with pytest.raises(Exception, match="Not authenticated"):
+            await graph.run(entry_context())
+        assert audit.seen == []
+
+    async def test_seeded_data_reaches_the_interceptors(self) -> None:
+        """With ``data=`` on the entry context (the migration table's change) the auth check passes."""
+        graph = voice_pipeline().build(interceptors=[AuthInterceptor()])
+        plain = entry_context()
+        ctx = StageContext(
+            plain.snapshot, plain.inputs, "pipeline_entry", plain.timer, data={"authenticated": True}
+        )
+        assert (await graph.run(ctx))["reply"].data == {"reply": "HELLO", "user": str(USER)}
+
+    async def test_undeclared_dependency_carries_091_attributes(self) -> None:
+        """Reading a non-dependency raises ``UndeclaredDependencyError`` with 0.9.1's attributes."""
+        graph = (
+            voice_pipeline().with_stage("peek", PeekStage, StageKind.WORK, dependencies=("reply",)).build()
+        )
+        with pytest.raises(Exception) as caught:
+            await graph.run(entry_context())
+        error = caught.value.__cause__
+        assert isinstance(error, UndeclaredDependencyError)
+        assert (error.stage_name, error.accessing_stage, error.declared_deps) == (
+            "transcribe",
+            "peek",
+            frozenset({"reply"}),
+        )
+
+    async def test_process_sink_and_clear(self) -> None:
+        """``set_event_sink`` routes a run's events to a sink; ``clear_event_sink`` restores the no-op."""
+        sink = CollectingSink()
+        assert isinstance(sink, EventSink)
+        set_event_sink(sink)
+        try:
+            await voice_pipeline().build().run(entry_context())
+        finally:
+            clear_event_sink()
+        assert isinstance(get_event_sink(), NoOpEventSink)
+        assert [t for t, _ in sink.events if not t.startswith("stage.progress")] == [
+            "pipeline.created",
+            "pipeline.started",
+            "stage.transcribe.started",
+            "stage.transcribe.completed",
+            "stage.reply.started",
+            "stage.reply.completed",
+            "pipeline.completed",
+        ]
+
+    async def test_stage_spec_runner_runs_the_stage_alone(self) -> None:
+        """``await spec.runner(ctx)`` of ``stage_specs`` runs one stage with the inputs it is given."""
+        graph = voice_pipeline().build()
+        snapshot = ContextSnapshot(input_text="hey")
+        spec = {s.name: s for s in graph.stage_specs}["reply"]
+        inputs = create_stage_inputs(
+            snapshot,
+            prior_outputs={"transcribe": StageOutput.ok(transcript="hey")},
+            declared_deps=spec.dependencies,
+            stage_name="reply",
+        )
+        output = await spec.runner(create_stage_context(snapshot, inputs, "reply", PipelineTimer()))
+        assert (output.status, dict(output.data), output.version) == (
+            StageStatus.OK,
+            {"reply": "HEY", "user": "None"},
+            "v2",
+        )
+
+    async def test_pipeline_context_for_interceptor_tests(self) -> None:
+        """A 0.9.1-style unit test builds a ``PipelineContext`` by keywords and calls the hooks directly."""
+        audit = AuditInterceptor()
+        auth = AuthInterceptor()
+        ctx = PipelineContext(
+            pipeline_run_id=UUID(int=7),
+            request_id=None,
+            session_id=None,
+            user_id=USER,
+            org_id=ORG,
+            interaction_id=None,
+            topology="chat_fast",
+            execution_mode="doc_edit",
+            data={"authenticated": True},
+        )
+        assert await audit.before("llm", ctx) is None
+        assert await auth.before("llm", ctx) is None
+        blocked = await auth.before(
+            "llm",
+            PipelineContext(
+                pipeline_run_id=None,
+                request_id=None,
+                session_id=None,
+                user_id=None,
+                org_id=None,
+                interaction_id=None,
+            ),
+        )
+        assert blocked == InterceptorResult(stage_ran=False, error="Not authenticated")
+        assert audit.seen == [("llm", USER, ORG, "chat_fast", "doc_edit")]
+        assert ctx.to_dict()["pipeline_run_id"] == str(UUID(int=7))
+
+    async def test_concurrent_runs_of_one_graph(self) -> None:
+        """One built graph runs twice at once with each run's own identity."""
+        graph = voice_pipeline().build()
+        first, second = await asyncio.gather(graph.run(entry_context()), graph.run(entry_context()))
+        assert first.run_id != second.run_id
+        assert first["reply"].data == second["reply"].data == {"reply": "HELLO", "user": str(USER)}
