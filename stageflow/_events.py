@@ -13,6 +13,7 @@ import logging
 import weakref
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = (
@@ -33,38 +34,67 @@ __all__ = (
 logger = logging.getLogger("stageflow")
 
 MAX_PENDING_EMITS = 10_000
-"""Background emits in flight (``EventSink.try_emit``'s default) beyond which new events are dropped."""
+"""Background emits in flight per sink (``EventSink.try_emit``'s default) beyond which its new events are
+dropped: a sink whose ``emit`` hangs loses its own events, never another sink's."""
 
-_pending: set[asyncio.Task[None]] = set()
+_pending: dict[int, set[asyncio.Task[None]]] = {}
+"""In-flight emit tasks by ``id(sink)``; an entry lives only while it has tasks, and each task keeps its
+sink alive, so an id is never reused while its entry exists."""
 _dropped = 0
+_dropped_by_sink: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
 _reported: dict[str, weakref.WeakSet[object]] = {}
 
 
-def dropped_event_count() -> int:
-    """Events dropped by ``EventSink.try_emit``'s default because ``MAX_PENDING_EMITS`` were in flight."""
-    return _dropped
+def dropped_event_count(sink: object | None = None) -> int:
+    """Events ``EventSink.try_emit``'s default dropped: all of them, or those of one ``sink``.
+
+    An event is dropped when its sink already has ``MAX_PENDING_EMITS`` emits in flight, or when
+    ``try_emit`` is called outside an event loop.
+    """
+    if sink is None:
+        return _dropped
+    try:
+        return _dropped_by_sink.get(sink, 0)
+    except TypeError:  # not weak-referenceable: only the total is kept
+        return 0
 
 
-def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+def _drop(sink: object, coro: Coroutine[Any, Any, None], why: str) -> None:
     global _dropped
-    if len(_pending) >= MAX_PENDING_EMITS:
-        coro.close()
-        _dropped += 1
-        if _dropped == 1:
-            logger.warning("stageflow: event emits are backing up; dropping events (counting them)")
+    coro.close()
+    _dropped += 1
+    try:
+        count = _dropped_by_sink.get(sink, 0) + 1
+        _dropped_by_sink[sink] = count
+    except TypeError:  # not weak-referenceable: warn on the first drop of all
+        count = _dropped
+    if count == 1:
+        logger.warning("stageflow: event sink %r %s; dropping its events (counting them)", sink, why)
+
+
+def _spawn(sink: object, coro: Coroutine[Any, Any, None]) -> None:
+    key = id(sink)
+    tasks = _pending.get(key)
+    if tasks is not None and len(tasks) >= MAX_PENDING_EMITS:
+        _drop(sink, coro, f"has {MAX_PENDING_EMITS} emits in flight")
         return
     try:
         task = asyncio.get_running_loop().create_task(coro)
     except RuntimeError:
-        coro.close()
-        _dropped += 1
+        _drop(sink, coro, "was called outside an event loop")
         return
-    _pending.add(task)
-    task.add_done_callback(_done)
+    if tasks is None:
+        tasks = _pending[key] = set()
+    tasks.add(task)
+    task.add_done_callback(partial(_done, key))
 
 
-def _done(task: asyncio.Task[None]) -> None:
-    _pending.discard(task)
+def _done(key: int, task: asyncio.Task[None]) -> None:
+    tasks = _pending.get(key)
+    if tasks is not None:
+        tasks.discard(task)
+        if not tasks:
+            del _pending[key]
     if not task.cancelled() and (exc := task.exception()) is not None:
         logger.error("stageflow: event sink emit() failed: %r", exc)
 
@@ -82,7 +112,7 @@ class EventSink(Protocol):
 
     Subclassing ``EventSink`` explicitly gives a default ``try_emit`` that runs ``emit`` in a background
     task, keeps a reference to it until it ends, and drops (and counts, see ``dropped_event_count``)
-    events while ``MAX_PENDING_EMITS`` are in flight.
+    events while ``MAX_PENDING_EMITS`` of this sink's emits are in flight.
     """
 
     async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
@@ -91,7 +121,7 @@ class EventSink(Protocol):
 
     def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
         """Record one event without blocking."""
-        _spawn(self.emit(type=type, data=data))
+        _spawn(self, self.emit(type=type, data=data))
 
 
 class NoOpEventSink:

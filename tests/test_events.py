@@ -308,15 +308,43 @@ class TestFailingSinks:
 
     async def test_dropped_events_are_counted(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Events beyond ``MAX_PENDING_EMITS`` in flight are dropped and counted."""
-        monkeypatch.setattr(events_module, "MAX_PENDING_EMITS", len(events_module._pending) + 2)
+        monkeypatch.setattr(events_module, "MAX_PENDING_EMITS", 2)
         sink = HangingSink()
         before = dropped_event_count()
         await CHAIN.build().run(make_ctx(sink=sink))
-        assert dropped_event_count() - before == 5
+        assert (dropped_event_count() - before, dropped_event_count(sink)) == (5, 5)
         sink.release.set()
         for _ in range(5):
             await asyncio.sleep(0)
         assert sink.emitted == ["pipeline.created", "pipeline.started"]
+
+    async def test_a_hanging_sink_does_not_starve_a_healthy_one(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The in-flight budget is per sink: a sink whose emit hangs loses its events, a healthy one none."""
+        monkeypatch.setattr(events_module, "MAX_PENDING_EMITS", 100)
+        hanging, healthy = HangingSink(), HangingSink()
+        healthy.release.set()
+        graph = CHAIN.build()
+        with caplog.at_level(logging.WARNING, logger="stageflow"):
+            for _ in range(20):  # 140 events: the hanging sink's budget of 100 runs out
+                await graph.run(make_ctx(sink=hanging))
+            for _ in range(10):  # 70 events to the healthy sink
+                await graph.run(make_ctx(sink=healthy))
+            for _ in range(5):
+                await asyncio.sleep(0)
+        assert (len(healthy.emitted), dropped_event_count(healthy), dropped_event_count(hanging)) == (
+            70,
+            0,
+            40,
+        )
+        assert [r.getMessage() for r in caplog.records] == [
+            f"stageflow: event sink {hanging!r} has 100 emits in flight; dropping its events (counting them)"
+        ]
+        hanging.release.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(hanging.emitted) == 100
 
     def test_emit_without_loop_is_dropped(self) -> None:
         """The default ``try_emit`` called outside an event loop drops and counts the event."""
