@@ -294,6 +294,26 @@ class Guard:
         self.aborted = False
         self._shut = False
         self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._after_fork)
+
+            def after_in_child() -> None:
+                if (reinit := ref()) is not None:
+                    reinit()
+
+            os.register_at_fork(after_in_child=after_in_child)
+
+    def _after_fork(self) -> None:
+        # The child inherits the OTLP/HTTP exporter's pooled keep-alive sockets; sharing one connection
+        # with the parent would interleave both processes' requests, so the child opens its own.
+        self._lock = threading.Lock()
+        session = getattr(self.inner, "_session", None)
+        close = getattr(session, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                logger.debug("stageflow_otel: could not reset the exporter session after fork", exc_info=True)
 
     def shutdown(self, timeout_millis: float | None = None) -> None:
         with self._lock:

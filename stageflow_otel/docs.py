@@ -77,6 +77,9 @@ def _delivery() -> list[str]:
         "no room is dropped and counted (`timeout`), and until the exporter takes a batch again later "
         "items do not wait, so a stalled collector costs one timeout, not one per span.",
         "",
+        "After `os.fork()` the child's telemetry works: it starts with empty queues and its own export "
+        "threads and connections (what the parent had queued stays the parent's to deliver).",
+        "",
     ]
     return lines
 

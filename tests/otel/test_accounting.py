@@ -12,6 +12,11 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator, Mapping
 
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
@@ -277,3 +282,68 @@ class TestDependencyLinks:
             300 - kept,
             [300 - kept],
         )
+
+
+FORK_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, os
+    import stageflow_otel
+    from stageflow import Pipeline, StageKind, StageOutput
+
+    async def ok(ctx):
+        return StageOutput.ok(done=True)
+
+    pipeline = (
+        Pipeline(name="forked")
+        .with_stage("a", ok, StageKind.TRANSFORM)
+        .with_stage("b", ok, StageKind.TRANSFORM, dependencies=("a",))
+    )
+    telemetry = stageflow_otel.setup("fork", set_global=False)
+    graph = pipeline.build(interceptors=[stageflow_otel.TracingInterceptor(telemetry.tracer_provider)])
+
+    async def runs(n):
+        for _ in range(n):
+            await graph.run(event_sink=telemetry.event_sink)
+
+    asyncio.run(runs(2))
+    assert telemetry.force_flush(5.0)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        asyncio.run(runs(10))
+        report = {"flushed": telemetry.force_flush(5.0), "shutdown": telemetry.shutdown(5.0)}
+        report["lost"] = {k: sum(v.values()) for k, v in telemetry.lost.items()}
+        os.write(write, json.dumps(report).encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as child:
+        print(child.read())
+    print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "shutdown": telemetry.shutdown(5.0)}))
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+class TestFork:
+    def test_a_forked_child_exports_its_own_telemetry(self, receiver: OtlpReceiver) -> None:
+        """After setup() and os.fork(), the child's spans and events all arrive and nothing is lost."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGEFLOW_OTEL_"))}
+        env |= {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": receiver.protocol,
+            "OTEL_METRICS_EXPORTER": "none",
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", FORK_SCRIPT], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert (done.returncode, done.stderr) == (0, "")
+        child, parent = (json.loads(line) for line in done.stdout.splitlines())
+        nothing = dict.fromkeys(("spans", "log_records", "metric_points", "events"), 0)
+        assert (child, parent) == (
+            {"flushed": True, "shutdown": True, "lost": nothing},
+            {"exit": 0, "shutdown": True},
+        )
+        # 2 runs before the fork and 10 in the child: 3 spans and 7 events each
+        assert (len(receiver.spans()), len(receiver.log_records())) == (36, 84)
