@@ -850,3 +850,93 @@ class TestImportPaths:
         assert {"PipelineContext", "StageResult", "UndeclaredDependencyError", "create_stage_inputs"} <= set(
             stageflow.stages.__all__
         )
+
+
+class TestMigrationDifferences:
+    """The behaviours README's migration table lists as different from 0.9.1, pinned here."""
+
+    def test_status_text_and_set_lookups(self) -> None:
+        """``str()`` of a status is its value, and a set of 0.9.1 strings does not contain it."""
+        assert (str(StageStatus.OK), f"{StageStatus.FAIL}") == ("ok", "fail")
+        assert (StageStatus.FAIL in {"failed"}, StageStatus.FAIL in ("failed",)) == (False, True)
+
+    async def test_root_stage_cannot_read_other_stages(self) -> None:
+        """A stage without dependencies that reads another stage raises ``UndeclaredDependencyError``."""
+
+        async def nosy(ctx: StageContext) -> StageOutput:
+            return StageOutput.ok(v=ctx.inputs.get_from("other", "v", "default"))
+
+        graph = Pipeline().with_stage("other", ok_stage(v=1), T).with_stage("nosy", nosy, T).build()
+        with pytest.raises(stageflow.PipelineFailedError) as caught:
+            await graph.run(make_ctx())
+        assert (caught.value.stage, type(caught.value.error)) == ("nosy", UndeclaredDependencyError)
+
+    async def test_mark_canceled_does_not_stop_the_run(self) -> None:
+        """``mark_canceled()`` sets the flag only; the stages after it still run."""
+
+        async def flag(ctx: StageContext) -> StageOutput:
+            assert ctx.pipeline is not None
+            ctx.pipeline.mark_canceled()
+            return StageOutput.ok()
+
+        async def later(ctx: StageContext) -> StageOutput:
+            assert ctx.pipeline is not None
+            return StageOutput.ok(canceled=ctx.pipeline.canceled)
+
+        graph = (
+            Pipeline()
+            .with_stage("flag", flag, T)
+            .with_stage("later", later, T, dependencies=("flag",))
+            .build()
+        )
+        results = await graph.run(make_ctx())
+        assert dict(results["later"].data) == {"canceled": True}
+
+    async def test_after_is_not_called_for_a_raising_stage(self) -> None:
+        """A stage that raises reaches ``on_error``, not ``after()`` (0.9.1 called both)."""
+        calls: list[str] = []
+
+        class Watch(stageflow.BaseInterceptor):
+            async def after(
+                self, stage_name: str, result: stageflow.StageResult, ctx: PipelineContext
+            ) -> None:
+                calls.append(f"after {result.status}")
+
+            async def on_error(
+                self, stage_name: str, error: Exception, ctx: PipelineContext
+            ) -> stageflow.ErrorAction:
+                calls.append(f"on_error {error}")
+                return stageflow.ErrorAction.FAIL
+
+        async def boom(ctx: StageContext) -> StageOutput:
+            raise RuntimeError("boom")
+
+        with pytest.raises(stageflow.PipelineFailedError):
+            await Pipeline().with_stage("boom", boom, T).build([Watch()]).run(make_ctx())
+        assert calls == ["on_error boom"]
+
+    async def test_dict_data_with_skip_reason_does_not_skip(self) -> None:
+        """A conditional stage runs after ``ok(skip_reason=...)``; a dependency's ``skip()`` skips it."""
+        ran: list[str] = []
+
+        async def after(ctx: StageContext) -> StageOutput:
+            ran.append("after")
+            return StageOutput.ok()
+
+        async def routed(ctx: StageContext) -> StageOutput:
+            return StageOutput.ok(skip_reason="not needed")
+
+        async def skipped(ctx: StageContext) -> StageOutput:
+            return StageOutput.skip("not needed")
+
+        for router in (routed, skipped):
+            graph = (
+                Pipeline()
+                .with_stage("router", router, StageKind.ROUTE)
+                .with_stage("after", after, T, dependencies=("router",), conditional=True)
+                .build()
+            )
+            results = await graph.run(make_ctx())
+            expected = StageStatus.OK if router is routed else StageStatus.SKIP
+            assert results["after"].status is expected
+        assert ran == ["after"]
