@@ -18,6 +18,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -36,6 +37,7 @@ from stageflow.interceptors import (
 )
 
 from . import semconv
+from ._content import clean_text
 from ._outcome import (
     Outcome,
     is_api_only,
@@ -49,8 +51,14 @@ __all__ = ("MetricsInterceptor",)
 
 logger = logging.getLogger("stageflow_otel")
 
-DEFAULT_MAX_STAGE_SERIES = 200
+DEFAULT_MAX_STAGE_SERIES = semconv.DEFAULT_MAX_STAGE_NAMES
 """Default limit of distinct stage names on metric attributes."""
+DEFAULT_MAX_PIPELINE_SERIES = semconv.DEFAULT_MAX_PIPELINE_NAMES
+"""Default limit of distinct pipeline names on metric attributes."""
+DEFAULT_SERIES_IDLE_TIMEOUT = semconv.DEFAULT_NAME_IDLE_TIMEOUT
+"""Seconds a name must go unused before a new name may take its slot."""
+
+_monotonic = time.monotonic
 
 _perf = time.perf_counter
 _BUCKETS = list(semconv.DURATION_BUCKETS)
@@ -59,14 +67,89 @@ _SUCCESS = Outcome(semconv.RESULT_SUCCESS)
 Attributes = Mapping[str, AttributeValue]
 
 
+class _NameGuard:
+    """The cardinality guard of one metric attribute (pipeline or stage names).
+
+    At most ``capacity`` names hold a slot at a time. A name seen again keeps its slot (least recently
+    used order); a new name takes a free slot, else the slot of the least recently used name if that one
+    has not been used for ``idle_timeout`` seconds, else it is recorded as ``_OTHER``. So the first names
+    seen never hold the slots forever, and a burst of new names cannot evict names in use. Names longer
+    than ``semconv.METRIC_VALUE_LENGTH_LIMIT`` are always ``_OTHER``.
+
+    Only the event loop's thread calls ``__call__``; ``peek`` (no bookkeeping) is safe from any thread.
+    """
+
+    __slots__ = ("_capacity", "_idle", "_slots", "_what", "_warned", "evicted", "overflowed")
+
+    def __init__(self, what: str, capacity: int, idle_timeout: float) -> None:
+        self._what = what
+        self._capacity = capacity
+        self._idle = idle_timeout
+        self._slots: OrderedDict[str, float] = OrderedDict()
+        self._warned = False
+        self.evicted = 0
+        self.overflowed = 0
+
+    def __call__(self, name: str, now: float) -> str:
+        slots = self._slots
+        if name in slots:
+            slots[name] = now
+            slots.move_to_end(name)
+            return name
+        if len(name) > semconv.METRIC_VALUE_LENGTH_LIMIT:
+            return self._overflow(name)
+        if len(slots) >= self._capacity:
+            oldest, last_used = next(iter(slots.items()))
+            if now - last_used < self._idle:
+                return self._overflow(name)
+            del slots[oldest]
+            self.evicted += 1
+        slots[name] = now
+        return name
+
+    def peek(self, name: str) -> str:
+        """``name`` if it holds a slot, else ``_OTHER`` (nothing recorded)."""
+        return name if name in self._slots else semconv.OTHER
+
+    def names(self) -> list[str]:
+        """The names holding a slot, least recently used first."""
+        return list(self._slots)
+
+    def _overflow(self, name: str) -> str:
+        self.overflowed += 1
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "stageflow_otel: more than %d %s names in use (or one longer than %d characters); metrics "
+                "record %s %.200r and any further new names as %r until a name goes unused for %g s "
+                "(raise max_%s_series to keep them apart)",
+                self._capacity,
+                self._what,
+                semconv.METRIC_VALUE_LENGTH_LIMIT,
+                self._what,
+                name,
+                semconv.OTHER,
+                self._idle,
+                self._what,
+            )
+        return semconv.OTHER
+
+
 class MetricsInterceptor(Interceptor):
     """Record run and stage metrics (priority 20: inside ``TracingInterceptor``'s spans).
 
     Args:
         meter_provider: the provider to record with; by default the global provider (instruments made
             before one is installed start recording once it is).
-        max_stage_series: the most distinct stage names used as metric attributes; further names are
-            recorded as ``_OTHER`` (one warning is logged the first time).
+        max_stage_series: the most distinct stage names used as metric attributes at a time.
+        max_pipeline_series: the most distinct pipeline names used as metric attributes at a time.
+        series_idle_timeout: seconds a name must go unused before a new name may take its slot.
+
+    Cardinality guard: a new stage (or pipeline) name takes a free slot, else the slot of the least
+    recently used name if that has gone unused for ``series_idle_timeout`` seconds, else it is recorded
+    as ``_OTHER`` (one warning is logged the first time). Names longer than 256 characters are always
+    ``_OTHER``. The SDK keeps a series it has seen until the process ends (cumulative temporality), and
+    caps each instrument at 2,000 attribute sets itself (``otel.metric.overflow``).
 
     When no SDK is configured the interceptor passes every call straight through.
 
@@ -82,12 +165,24 @@ class MetricsInterceptor(Interceptor):
         meter_provider: MeterProvider | None = None,
         *,
         max_stage_series: int = DEFAULT_MAX_STAGE_SERIES,
+        max_pipeline_series: int = DEFAULT_MAX_PIPELINE_SERIES,
+        series_idle_timeout: float = DEFAULT_SERIES_IDLE_TIMEOUT,
     ) -> None:
-        if max_stage_series < 1:
-            msg = f"max_stage_series must be at least 1, got {max_stage_series!r}"
+        for option, value in (
+            ("max_stage_series", max_stage_series),
+            ("max_pipeline_series", max_pipeline_series),
+        ):
+            if not isinstance(value, int) or value < 1:
+                msg = f"{option} must be an int of at least 1, got {value!r}"
+                raise ValueError(msg)
+        if not series_idle_timeout >= 0:
+            msg = f"series_idle_timeout must be a number of seconds >= 0, got {series_idle_timeout!r}"
             raise ValueError(msg)
         self._provider = meter_provider
         self._max_stage_series = max_stage_series
+        self._stages = _NameGuard("stage", max_stage_series, series_idle_timeout)
+        self._pipelines = _NameGuard("pipeline", max_pipeline_series, series_idle_timeout)
+        self._now = _monotonic()
         meter = metrics.get_meter(semconv.INSTRUMENTATION_SCOPE, _stageflow_version, meter_provider)
         # ``None`` = not known yet (global provider not installed); decided for good once known.
         self._enabled: bool | None = None
@@ -104,8 +199,6 @@ class MetricsInterceptor(Interceptor):
         m = semconv.STAGE_SKIPS
         self._skips = meter.create_counter(m.name, unit=m.unit, description=m.description)
         self._meter = meter
-        self._stage_names: set[str] = set()
-        self._overflow_warned = False
         self._sdk_failed_once = False
         self._stage_attrs: dict[tuple[str, str, str], dict[str, AttributeValue]] = {}
         self._circuit_states: dict[tuple[str, str], int] = {}
@@ -121,36 +214,19 @@ class MetricsInterceptor(Interceptor):
             enabled = self._enabled = True
         return enabled
 
-    def _series(self, stage: str) -> str:
-        """``stage``, or ``_OTHER`` once ``max_stage_series`` other names are in use (cardinality guard)."""
-        names = self._stage_names
-        if stage in names:
-            return stage
-        if len(names) < self._max_stage_series:
-            names.add(stage)
-            return stage
-        if not self._overflow_warned:
-            self._overflow_warned = True
-            logger.warning(
-                "stageflow_otel: more than %d distinct stage names; metrics record stage %r and any "
-                "further new names as %r (raise max_stage_series to keep them apart)",
-                self._max_stage_series,
-                stage,
-                semconv.OTHER,
-            )
-        return semconv.OTHER
-
     def _base(self, pipeline: str, stage: str, kind: str) -> dict[str, AttributeValue]:
-        key = (pipeline, stage, kind)
+        now = self._now
+        key = (self._pipelines(pipeline, now), self._stages(stage, now), kind)
         attrs = self._stage_attrs.get(key)
         if attrs is None:
             attrs = {
-                semconv.PIPELINE_NAME: pipeline,
-                semconv.STAGE_NAME: self._series(stage),
+                semconv.PIPELINE_NAME: key[0],
+                semconv.STAGE_NAME: key[1],
                 semconv.STAGE_KIND: kind,
             }
-            if len(self._stage_attrs) < 4 * self._max_stage_series:
-                self._stage_attrs[key] = attrs
+            if len(self._stage_attrs) >= 4 * self._max_stage_series:
+                self._stage_attrs.clear()  # names were evicted meanwhile: drop their stale entries
+            self._stage_attrs[key] = attrs
         return attrs
 
     # --------------------------------------------------------------------------------------- stage
@@ -182,7 +258,7 @@ class MetricsInterceptor(Interceptor):
         attrs = dict(base)
         attrs[semconv.STAGE_RESULT] = outcome.result
         if outcome.error_type is not None:
-            attrs[semconv.ERROR_TYPE] = outcome.error_type
+            attrs[semconv.ERROR_TYPE] = _error_type(outcome.error_type)
         try:
             self._stage_duration.record(duration, attrs)
         except Exception as exc:  # C9: never replaces the stage's output, error or cancellation
@@ -203,7 +279,9 @@ class MetricsInterceptor(Interceptor):
         """Count the run as active, then record its duration, errors, skips and critical path."""
         if not (self._enabled or (self._enabled is None and self._is_enabled())):
             return await call_next(run)  # no SDK: stages pass straight through too
-        pipeline_attrs = {semconv.PIPELINE_NAME: run.pipeline_name}
+        self._now = now = _monotonic()
+        pipeline = self._pipelines(run.pipeline_name, now)
+        pipeline_attrs = {semconv.PIPELINE_NAME: pipeline}
         try:
             self._active.add(1, pipeline_attrs)
         except Exception as exc:  # C9: the SDK failed at the start; run unmeasured
@@ -239,11 +317,11 @@ class MetricsInterceptor(Interceptor):
         self, pipeline: str, outcome: Outcome, duration: float, results: RunResult | None
     ) -> None:
         attrs: dict[str, AttributeValue] = {
-            semconv.PIPELINE_NAME: pipeline,
+            semconv.PIPELINE_NAME: self._pipelines(pipeline, self._now),
             semconv.RUN_RESULT: outcome.result,
         }
         if outcome.error_type is not None:
-            attrs[semconv.ERROR_TYPE] = outcome.error_type
+            attrs[semconv.ERROR_TYPE] = _error_type(outcome.error_type)
         self._run_duration.record(duration, attrs)
         if outcome.result != semconv.RESULT_SUCCESS:
             self._run_errors.add(1, attrs)
@@ -277,6 +355,7 @@ class MetricsInterceptor(Interceptor):
         .. versionadded:: 0.10
         """
         current = _breaker_states(breaker)
+        self._admit(current)
         with self._circuit_lock:
             if self._circuit_gauge is None:
                 m = semconv.CIRCUIT_BREAKER_STATE
@@ -288,7 +367,15 @@ class MetricsInterceptor(Interceptor):
             self._circuit_states.update(current)
         breaker.add_listener(self._on_circuit_change)
 
+    def _admit(self, states: Iterable[tuple[str, str]]) -> None:
+        """Give the breakers' stages (and pipelines) their guard slots, from the event loop's thread."""
+        now = _monotonic()
+        for pipeline, stage in states:
+            self._pipelines(pipeline, now)
+            self._stages(stage, now)
+
     def _on_circuit_change(self, change: CircuitStateChange) -> None:
+        self._admit(((change.pipeline, change.stage),))
         with self._circuit_lock:
             self._circuit_states[(change.pipeline, change.stage)] = int(change.new)
 
@@ -300,12 +387,19 @@ class MetricsInterceptor(Interceptor):
             states.update(_breaker_states(breaker))
         worst: dict[tuple[str, str], int] = {}
         for (pipeline, stage), state in states.items():
-            key = (pipeline, self._series(stage))
+            key = (self._pipelines.peek(pipeline), self._stages.peek(stage))
             worst[key] = max(state, worst.get(key, state))
         return [
             Observation(state, {semconv.PIPELINE_NAME: pipeline, semconv.STAGE_NAME: stage})
             for (pipeline, stage), state in worst.items()
         ]
+
+
+def _error_type(error_type: str) -> str:
+    """An ``error.type`` value as a metric attribute: encodable, ``_OTHER`` past the length limit."""
+    if len(error_type) > semconv.METRIC_VALUE_LENGTH_LIMIT:
+        return semconv.OTHER
+    return clean_text(error_type, None)
 
 
 def _breaker_states(breaker: CircuitBreakerInterceptor) -> dict[tuple[str, str], int]:

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
@@ -52,6 +53,7 @@ from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from . import semconv
+from ._content import clean_text
 
 __all__ = (
     "MetricsServer",
@@ -107,12 +109,32 @@ def _label(attribute: str) -> str:
 
 def _label_value(value: object) -> str:
     if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return json.dumps(list(value))
-    return str(value)
+        text = value
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, list | tuple):
+        text = json.dumps(list(value))
+    else:
+        text = str(value)
+    return _bounded(text)
+
+
+_HASH_CHARS = 16
+
+
+def _bounded(text: str) -> str:
+    """``text`` as a label value no scrape can fail on: encodable, at most ``METRIC_VALUE_LENGTH_LIMIT``.
+
+    A lone surrogate would make prometheus-client's UTF-8 encoding of the whole page fail (HTTP 500 on
+    every scrape); a 1 MB value would be repeated on every sample of its series. A value cut short keeps
+    a hash of the whole value, so two long values sharing a prefix stay two series.
+    """
+    text = clean_text(text, None)
+    limit = semconv.METRIC_VALUE_LENGTH_LIMIT
+    if len(text) <= limit:
+        return text
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=_HASH_CHARS // 2).hexdigest()
+    return f"{text[: limit - _HASH_CHARS - 1]}~{digest}"
 
 
 class PrometheusMetricReader(MetricReader):
@@ -195,7 +217,7 @@ class _Group:
 
     def __init__(self, name: str, kind: str, metric: OtelMetric) -> None:
         self.name, self.kind = name, kind
-        self.description = metric.description or ""
+        self.description = clean_text(metric.description or "", None)
         self.unit = _unit(name, metric.unit)
         self.points: list[_Point] = []
 

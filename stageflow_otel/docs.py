@@ -236,6 +236,25 @@ def _safety_section() -> list[str]:
         "(an error message built from an undecodable file name) is written with a backslash escape",
         "(`caf\\udce9.txt`), so it cannot make its batch, or `/metrics`, fail to encode.",
         "",
+        "### Cardinality",
+        "",
+        f"Metric attributes carry at most {semconv.DEFAULT_MAX_PIPELINE_NAMES} pipeline names and "
+        f"{semconv.DEFAULT_MAX_STAGE_NAMES} stage names at a time",
+        "(`MetricsInterceptor(max_pipeline_series=..., max_stage_series=...)`). A new name takes a free",
+        "slot, else the slot of the least recently used name if that name has gone unused for",
+        f"{semconv.DEFAULT_NAME_IDLE_TIMEOUT:g} s (`series_idle_timeout=`), else it is recorded as "
+        f"`{semconv.OTHER}` (one warning is",
+        "logged). So the first names seen never hold the slots forever, and a burst of new names cannot",
+        f"push out names in use. Names longer than {semconv.METRIC_VALUE_LENGTH_LIMIT} characters are "
+        f"always `{semconv.OTHER}`. The SDK keeps",
+        "every series it has seen (cumulative temporality) and caps each instrument at 2,000 attribute",
+        "sets (`otel.metric.overflow=true` past that). 10,000 distinct pipelines give 51 pipeline label",
+        f"values (50 names and `{semconv.OTHER}`). `/metrics` serves any label value escaped if it",
+        f"holds a lone surrogate and, past {semconv.METRIC_VALUE_LENGTH_LIMIT} characters, cut with `~` and",
+        "a 16-digit hash of the whole value.",
+        "The collector's spanmetrics connector is bounded too (`collector/otelcol.yaml`:",
+        "`aggregation_cardinality_limit`, `series_expiration`).",
+        "",
     ]
 
 

@@ -12,7 +12,11 @@ from typing import Final, Literal
 
 __all__ = (
     "ATTRIBUTES",
+    "DEFAULT_MAX_PIPELINE_NAMES",
+    "DEFAULT_MAX_STAGE_NAMES",
+    "DEFAULT_NAME_IDLE_TIMEOUT",
     "DEFAULT_VALUE_LENGTH_LIMIT",
+    "METRIC_VALUE_LENGTH_LIMIT",
     "DURATION_BUCKETS",
     "CODE_FUNCTION_NAME",
     "ERROR_TYPE",
@@ -192,7 +196,18 @@ when neither ``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`` / ``OTEL_LOGRECORD_ATTRI
 nor ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` is set (the SDK's own default is unlimited)."""
 
 OTHER: Final = "_OTHER"
-"""Value used for ``error.type`` when unknown, and for stage names past the cardinality limit."""
+"""Value used for ``error.type`` when unknown, and for pipeline and stage names the cardinality guard
+does not admit on metric attributes."""
+
+DEFAULT_MAX_PIPELINE_NAMES: Final = 50
+"""Distinct pipeline names metric attributes carry at a time (``MetricsInterceptor(max_pipeline_series)``)."""
+DEFAULT_MAX_STAGE_NAMES: Final = 200
+"""Distinct stage names metric attributes carry at a time (``MetricsInterceptor(max_stage_series)``)."""
+DEFAULT_NAME_IDLE_TIMEOUT: Final = 600.0
+"""Seconds a pipeline or stage name must go unused before a new name may take its metric slot."""
+METRIC_VALUE_LENGTH_LIMIT: Final = 256
+"""Longest pipeline or stage name (or ``error.type``) a metric attribute carries; longer ones are
+``_OTHER``. ``/metrics`` also cuts any label value past it (keeping a hash of the whole value)."""
 
 RESULT_SUCCESS: Final = "success"
 RESULT_FAILURE: Final = "failure"
