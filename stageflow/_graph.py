@@ -420,6 +420,7 @@ class _Run:
                 r.attempts,
                 None if r.error is None else describe(r.error),
                 None if r.error is None else type(r.error).__name__,
+                self.graph._deps_by_name[r.name],
             )
             for r in results.values()
         )

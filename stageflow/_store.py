@@ -21,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 __all__ = (
@@ -32,7 +32,7 @@ __all__ = (
     "StageRecord",
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,11 @@ class StageRecord:
     attempts: int
     error: str | None = None
     error_type: str | None = None
+    dependencies: tuple[str, ...] = ()
+    """The stage's declared dependencies, so a stored run can draw its DAG (``stageflow report``).
+
+    .. versionadded:: 0.10
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +155,21 @@ _SCHEMA = (
         attempts INTEGER NOT NULL,
         error TEXT,
         error_type TEXT,
+        dependencies TEXT NOT NULL DEFAULT '[]',
         PRIMARY KEY (run_id, name)
     )""",
 )
+# the statements that bring a database of schema version N - 1 to N (index N - 2)
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    ("ALTER TABLE stages ADD COLUMN dependencies TEXT NOT NULL DEFAULT '[]'",),
+)
+
+
+def _stage_record(row: Sequence[Any]) -> StageRecord:
+    name, kind, status, started, ended, wait, attempts, error, error_type, deps = row
+    return StageRecord(
+        name, kind, status, started, ended, wait, attempts, error, error_type, tuple(json.loads(deps))
+    )
 
 
 class SQLiteRunStore:
@@ -193,9 +210,10 @@ class SQLiteRunStore:
                     "which this stageflow understands; upgrade stageflow or use another file"
                 )
                 raise RuntimeError(msg)
-            if version == 0:
+            if version < SCHEMA_VERSION:
+                statements = _SCHEMA if version == 0 else sum(_MIGRATIONS[version - 1 :], ())
                 self._conn.execute("BEGIN")
-                for statement in _SCHEMA:
+                for statement in statements:
                     self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 self._conn.execute("COMMIT")
@@ -224,7 +242,7 @@ class SQLiteRunStore:
                     ),
                 )
                 conn.executemany(
-                    "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             record.run_id,
@@ -238,6 +256,7 @@ class SQLiteRunStore:
                             s.attempts,
                             s.error,
                             s.error_type,
+                            json.dumps(list(s.dependencies)),
                         )
                         for i, s in enumerate(record.stages)
                     ],
@@ -257,10 +276,10 @@ class SQLiteRunStore:
             records = []
             for run_id, pipeline, status, started_at, ended_at, critical, error in rows:
                 stages = tuple(
-                    StageRecord(*row)
+                    _stage_record(row)
                     for row in self._conn.execute(
-                        "SELECT name, kind, status, started_at, ended_at, wait, attempts, error, error_type "
-                        "FROM stages WHERE run_id = ? ORDER BY position",
+                        "SELECT name, kind, status, started_at, ended_at, wait, attempts, error, error_type, "
+                        "dependencies FROM stages WHERE run_id = ? ORDER BY position",
                         (run_id,),
                     )
                 )

@@ -155,17 +155,42 @@ class TestRunStores:
         store.close()
 
     def test_sqlite_schema_is_versioned_and_uses_wal(self, tmp_path: Path) -> None:
-        """A new database gets schema version 1 in WAL mode, and reopening it keeps it."""
+        """A new database gets schema version 2 in WAL mode, and reopening it keeps it."""
         path = tmp_path / "v.db"
         store = SQLiteRunStore(path)
-        assert store.schema_version == 1
+        assert store.schema_version == 2
         store.close()
         again = SQLiteRunStore(path)
-        assert again.schema_version == 1
+        assert again.schema_version == 2
         again.close()
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.close()
+
+    async def test_version_1_database_is_migrated(self, tmp_path: Path) -> None:
+        """A version-1 database gains the dependencies column; its old runs read back with none."""
+        path = tmp_path / "v1.db"
+        conn = sqlite3.connect(path)
+        conn.executescript(V1_SCHEMA)
+        conn.execute("INSERT INTO runs VALUES ('r', 'p', 'completed', 1.0, 2.0, '[\"a\"]', NULL)")
+        conn.execute("INSERT INTO stages VALUES ('r', 0, 'a', 'work', 'ok', 1.0, 2.0, 0.0, 1, NULL, NULL)")
+        conn.commit()
+        conn.close()
+        store = SQLiteRunStore(path)
+        assert store.schema_version == 2
+        old = await store.get_run("r")
+        assert old is not None and old.stages == (StageRecord("a", "work", "ok", 1.0, 2.0, 0.0, 1),)
+        graph = diamond().build(run_store=store)
+        results = await graph.run(make_ctx())
+        new = await store.get_run(results.run_id)
+        assert new is not None
+        assert [(s.name, s.dependencies) for s in new.stages] == [
+            ("a", ()),
+            ("b", ("a",)),
+            ("c", ("a",)),
+            ("d", ("b", "c")),
+        ]
+        store.close()
 
     def test_newer_schema_is_refused(self, tmp_path: Path) -> None:
         """A database written by a newer schema is refused with a clear message."""
@@ -176,7 +201,7 @@ class TestRunStores:
         with pytest.raises(RuntimeError) as info:
             SQLiteRunStore(path)
         assert str(info.value) == (
-            f"run store {str(path)!r} has schema version 9, newer than 1 which this stageflow understands; "
+            f"run store {str(path)!r} has schema version 9, newer than 2 which this stageflow understands; "
             "upgrade stageflow or use another file"
         )
 
@@ -242,3 +267,16 @@ class TestConfigProviders:
             == "configuration 'retry.max_attempts' = 'three' is not a valid int; fix or unset it"
         )
         assert isinstance(info.value, ValueError)
+
+
+V1_SCHEMA = """
+CREATE TABLE runs (run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, status TEXT NOT NULL,
+    started_at REAL NOT NULL, ended_at REAL NOT NULL, critical_path TEXT NOT NULL, error TEXT);
+CREATE INDEX runs_by_pipeline ON runs (pipeline, started_at);
+CREATE INDEX runs_by_start ON runs (started_at);
+CREATE TABLE stages (run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    position INTEGER NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
+    started_at REAL NOT NULL, ended_at REAL NOT NULL, wait REAL NOT NULL, attempts INTEGER NOT NULL,
+    error TEXT, error_type TEXT, PRIMARY KEY (run_id, name));
+PRAGMA user_version = 1;
+"""

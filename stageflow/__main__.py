@@ -1,0 +1,10 @@
+"""``python -m stageflow``: the ``stageflow`` command (see ``stageflow._cli``)."""
+
+from __future__ import annotations
+
+from ._cli import main
+
+__all__ = ()
+
+if __name__ == "__main__":
+    raise SystemExit(main())

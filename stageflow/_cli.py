@@ -1,0 +1,326 @@
+"""The ``stageflow`` command: stored runs as tables, timelines and HTML reports; pipelines as diagrams.
+
+Usage::
+
+    stageflow runs list runs.db                       # id, pipeline, status, start, duration, critical path
+    stageflow runs show runs.db 1b2c3d4e              # one run's timeline (an id or a unique prefix)
+    stageflow graph myapp.pipelines:PIPELINE          # the DAG as Mermaid (--format svg for SVG)
+    stageflow report runs.db --output report.html     # a self-contained HTML report
+
+``python -m stageflow`` is the same command. Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._graph import StageGraph
+from ._pipeline import Pipeline
+from ._store import RunRecord, SQLiteRunStore
+from ._svg import dag_nodes, dag_svg
+from ._timeline import DEFAULT_WIDTH, format_seconds, timeline_of_record, use_color
+
+__all__ = ("CommandError", "console_main", "load_graph", "main", "open_store")
+
+
+class CommandError(Exception):
+    """A command could not do its work; the message says why and what to do (exit status 1)."""
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def open_store(path: str) -> SQLiteRunStore:
+    """Open an existing SQLite run store.
+
+    Raises:
+        CommandError: the file does not exist, is not a SQLite database, or has a newer schema.
+    """
+    if not Path(path).is_file():
+        msg = (
+            f"no run store at {path!r}: the file does not exist; record runs into it with "
+            f"pipeline.build(run_store=SQLiteRunStore({path!r}))"
+        )
+        raise CommandError(msg)
+    try:
+        return SQLiteRunStore(path)
+    except sqlite3.DatabaseError as exc:
+        msg = f"{path!r} is not a stageflow run store: {exc}"
+        raise CommandError(msg) from exc
+    except RuntimeError as exc:  # a newer schema version
+        raise CommandError(str(exc)) from exc
+
+
+def _read(path: str, pipeline: str | None, limit: int) -> list[RunRecord]:
+    store = open_store(path)
+    try:
+        return asyncio.run(store.list_runs(pipeline=pipeline, limit=limit))
+    except sqlite3.DatabaseError as exc:
+        msg = f"{path!r} is not a stageflow run store: {exc}"
+        raise CommandError(msg) from exc
+    finally:
+        store.close()
+
+
+def _find_run(path: str, run_id: str) -> RunRecord:
+    store = open_store(path)
+    try:
+        record = asyncio.run(store.get_run(run_id))
+        if record is not None:
+            return record
+        matches = [r for r in asyncio.run(store.list_runs(limit=sys.maxsize)) if r.run_id.startswith(run_id)]
+    except sqlite3.DatabaseError as exc:
+        msg = f"{path!r} is not a stageflow run store: {exc}"
+        raise CommandError(msg) from exc
+    finally:
+        store.close()
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        msg = f"no run {run_id!r} in {path!r}; `stageflow runs list {path}` lists the runs it holds"
+        raise CommandError(msg)
+    ids = ", ".join(r.run_id for r in matches[:5]) + (", ..." if len(matches) > 5 else "")
+    msg = f"run id prefix {run_id!r} matches {len(matches)} runs in {path!r} ({ids}); give more of it"
+    raise CommandError(msg)
+
+
+def load_graph(target: str) -> StageGraph:
+    """The ``StageGraph`` named by ``MODULE:ATTRIBUTE``.
+
+    The attribute may be a ``Pipeline`` (it is built), a ``StageGraph``, or a function taking no
+    arguments that returns either. The current directory is importable, as with ``python -m``.
+
+    Raises:
+        CommandError: the target is malformed, cannot be imported, or names something else.
+    """
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        msg = f"pipeline {target!r} is not MODULE:ATTRIBUTE; write it like 'myapp.pipelines:PIPELINE'"
+        raise CommandError(msg)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        value: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        msg = f"cannot import module {module_name!r} of {target!r}: {exc}"
+        raise CommandError(msg) from exc
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            found = sorted(k for k, v in vars(value).items() if isinstance(v, Pipeline | StageGraph))
+            msg = f"{module_name!r} has no attribute {attribute!r}; pipelines it defines: {found or 'none'}"
+            raise CommandError(msg)
+        value = getattr(value, part)
+    if callable(value) and not isinstance(value, Pipeline | StageGraph):
+        if not _takes_no_arguments(value):
+            msg = (
+                f"{target!r} is a {type(value).__name__} that needs arguments; name a Pipeline, a StageGraph "
+                "or a function taking none that returns one"
+            )
+            raise CommandError(msg)
+        value = value()
+    if isinstance(value, Pipeline):
+        value = value.build()
+    if not isinstance(value, StageGraph):
+        msg = f"{target!r} is a {type(value).__name__}, not a Pipeline or StageGraph"
+        raise CommandError(msg)
+    return value
+
+
+def _takes_no_arguments(fn: Any) -> bool:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    return all(
+        p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        for p in signature.parameters.values()
+    )
+
+
+def _local(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _runs_list(args: argparse.Namespace) -> int:
+    records = _read(args.db, args.pipeline, args.limit)
+    if not records:
+        which = f" of pipeline {args.pipeline!r}" if args.pipeline else ""
+        print(f"no runs{which} in {args.db!r}")
+        return 0
+    rows = [("id", "pipeline", "status", "start", "duration", "critical path")]
+    rows += [
+        (
+            r.run_id,
+            r.pipeline,
+            r.status,
+            _local(r.started_at),
+            format_seconds(r.duration),
+            " → ".join(r.critical_path),
+        )
+        for r in records
+    ]
+    print(_table(rows))
+    return 0
+
+
+def _color(choice: str) -> bool:
+    return use_color() if choice == "auto" else choice == "always"
+
+
+def _runs_show(args: argparse.Namespace) -> int:
+    record = _find_run(args.db, args.run_id)
+    print(timeline_of_record(record, width=args.width, color=_color(args.color)))
+    if record.error:
+        print(f"  error: {record.error}")
+    return 0
+
+
+def _graph(args: argparse.Namespace) -> int:
+    graph = load_graph(args.pipeline)
+    if args.format == "svg":
+        text = dag_svg(dag_nodes(graph), title=f"pipeline {graph.name}")
+    else:
+        text = graph.to_mermaid()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ._report import render_report
+
+    records = _read(args.db, args.pipeline, args.limit)
+    graphs = [load_graph(target) for target in args.graph]
+    html = render_report(records, graphs=graphs, source=args.db)
+    Path(args.output).write_text(html, encoding="utf-8")
+    print(f"wrote {args.output} ({len(records)} runs)")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"must be a whole number of at least 1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _width(text: str) -> int:
+    value = _positive_int(text)
+    if value < 10:
+        msg = f"must be at least 10, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``stageflow``."""
+    top = argparse.ArgumentParser(
+        prog="stageflow",
+        description="Inspect stageflow runs recorded in a SQLite run store, and draw pipelines.",
+    )
+    top.add_argument("--version", action="version", version=f"stageflow {_version()}")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    runs = commands.add_parser("runs", help="list stored runs or show one run's timeline")
+    runs_commands = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+    listing = runs_commands.add_parser(
+        "list",
+        help="a table of the most recent runs",
+        description="A table of the most recent runs: id, pipeline, status, start (local time), duration, "
+        "critical path.",
+    )
+    listing.add_argument("db", metavar="DB", help="the SQLiteRunStore file")
+    listing.add_argument("--pipeline", help="only runs of this pipeline")
+    listing.add_argument("--limit", type=_positive_int, default=20, help="runs to list (default 20)")
+    listing.set_defaults(handler=_runs_list)
+
+    show = runs_commands.add_parser(
+        "show", help="one run's timeline", description="One run's timeline, as RunResult.timeline() draws it."
+    )
+    show.add_argument("db", metavar="DB", help="the SQLiteRunStore file")
+    show.add_argument("run_id", metavar="RUN_ID", help="the run id, or a prefix of it matching one run")
+    show.add_argument(
+        "--width", type=_width, default=DEFAULT_WIDTH, help=f"time axis characters (default {DEFAULT_WIDTH})"
+    )
+    show.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the timeline (default auto: only on a terminal, unless NO_COLOR is set)",
+    )
+    show.set_defaults(handler=_runs_show)
+
+    graph = commands.add_parser(
+        "graph",
+        help="draw a pipeline's DAG as Mermaid or SVG",
+        description="Draw a pipeline's DAG. PIPELINE is MODULE:ATTRIBUTE naming a Pipeline, a StageGraph "
+        "or a function returning one (the current directory is importable).",
+    )
+    graph.add_argument("pipeline", metavar="PIPELINE", help="e.g. myapp.pipelines:PIPELINE")
+    graph.add_argument("--format", choices=("mermaid", "svg"), default="mermaid", help="default mermaid")
+    graph.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    graph.set_defaults(handler=_graph)
+
+    report = commands.add_parser(
+        "report",
+        help="write a self-contained HTML report of stored runs",
+        description="Write one HTML file (no network needed; opens from file://) with every run's Gantt "
+        "chart, the DAG, and per-stage p50/p95/p99 duration, wait and critical-path share.",
+    )
+    report.add_argument("db", metavar="DB", help="the SQLiteRunStore file")
+    report.add_argument("--output", "-o", metavar="FILE", required=True, help="the HTML file to write")
+    report.add_argument("--pipeline", help="only runs of this pipeline")
+    report.add_argument("--limit", type=_positive_int, default=200, help="most recent runs (default 200)")
+    report.add_argument(
+        "--graph",
+        metavar="PIPELINE",
+        action="append",
+        default=[],
+        help="MODULE:ATTRIBUTE of a pipeline whose declared DAG to draw (repeatable); "
+        "by default each DAG is drawn from the recorded runs",
+    )
+    report.set_defaults(handler=_report)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``stageflow`` command; returns the exit status (0 ok, 1 failed, 2 usage error)."""
+    args = parser().parse_args(argv)
+    try:
+        status: int = args.handler(args)
+    except CommandError as exc:
+        print(f"stageflow: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `stageflow runs list runs.db | head`
+        return 0
+    return status
+
+
+def console_main() -> None:
+    """Entry point of the ``stageflow`` console script."""
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""A known run store for the CLI and report tests: fixed runs with fixed times (Unix-epoch seconds)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from stageflow import RunRecord, SQLiteRunStore, StageRecord
+
+__all__ = ("RECORDS", "T0", "write_store")
+
+T0 = 1_780_000_000.0
+"""2026-05-28 20:26:40 UTC: the first run's start."""
+
+
+def _voice(run_id: str, start: float, llm: float, *, fail: bool = False) -> RunRecord:
+    stages: tuple[StageRecord, ...] = (
+        StageRecord("stt", "transform", "ok", start, start + 0.03, 0.0, 1),
+        StageRecord("memory", "enrich", "ok", start + 0.03, start + 0.07, 0.0, 1, dependencies=("stt",)),
+        StageRecord("enrich", "enrich", "ok", start + 0.03, start + 0.05, 0.0, 1, dependencies=("stt",)),
+        StageRecord(
+            "llm",
+            "agent",
+            "fail" if fail else "ok",
+            start + 0.08,
+            start + 0.08 + llm,
+            0.01,
+            1,
+            "stage 'llm' timed out after 0.2 s" if fail else None,
+            "StageTimeoutError" if fail else None,
+            ("memory", "enrich"),
+        ),
+    )
+    if not fail:
+        stages += (
+            StageRecord(
+                "tts", "transform", "ok", start + 0.08 + llm, start + 0.1 + llm, 0.0, 1, dependencies=("llm",)
+            ),
+        )
+    end = stages[-1].ended_at
+    return RunRecord(
+        run_id,
+        "voice",
+        "failed" if fail else "completed",
+        start,
+        end,
+        stages,
+        ("stt", "memory", "llm") if fail else ("stt", "memory", "llm", "tts"),
+        "llm: StageTimeoutError: stage 'llm' timed out after 0.2 s" if fail else None,
+    )
+
+
+RECORDS = (
+    _voice("aaaa0001-0000-0000-0000-000000000001", T0, 0.05),
+    _voice("aaaa0002-0000-0000-0000-000000000002", T0 + 60, 0.10),
+    _voice("bbbb0003-0000-0000-0000-000000000003", T0 + 120, 0.2, fail=True),
+    RunRecord(
+        "cccc0004-0000-0000-0000-000000000004",
+        "etl",
+        "completed",
+        T0 + 180,
+        T0 + 180.5,
+        (
+            StageRecord("extract", "work", "ok", T0 + 180, T0 + 180.25, 0.0, 1),
+            StageRecord("load", "work", "skip", T0 + 180.25, T0 + 180.5, 0.0, 1, dependencies=("extract",)),
+        ),
+        ("extract", "load"),
+    ),
+)
+"""Three runs of ``voice`` (the third failed on a timeout) and one of ``etl`` with a skipped stage."""
+
+
+def write_store(path: Path) -> Path:
+    """Write ``RECORDS`` into a new SQLite run store at ``path``."""
+
+    async def fill() -> None:
+        store = SQLiteRunStore(path)
+        for record in RECORDS:
+            await store.record_run(record)
+        store.close()
+
+    asyncio.run(fill())
+    return path

@@ -1,0 +1,226 @@
+"""The ``stageflow`` command: runs list / show, graph, report, help and version."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import stageflow
+from stageflow._cli import main
+from stageflow._timeline import timeline_of_record
+
+from ._runs_store import RECORDS, write_store
+
+ROOT = Path(__file__).resolve().parent.parent
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.fixture(name="utc", autouse=True)
+def _utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", "UTC")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture(name="db")
+def _db(tmp_path: Path) -> str:
+    return str(write_store(tmp_path / "runs.db"))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``stageflow ARGV`` in process: (exit status, stdout, stderr)."""
+    try:
+        status = main(list(argv))
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+class TestHelpAndVersion:
+    @pytest.mark.parametrize(
+        "argv",
+        [[], ["runs"], ["runs", "list"], ["runs", "show"], ["graph"], ["report"]],
+        ids=["top", "runs", "runs-list", "runs-show", "graph", "report"],
+    )
+    def test_help_exits_0(self, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+        """``--help`` prints usage and exits 0 on every command."""
+        status, out, _ = run(capsys, *argv, "--help")
+        assert status == 0
+        assert out.startswith("usage: stageflow")
+
+    def test_version(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """``--version`` prints the package version."""
+        assert run(capsys, "--version") == (0, f"stageflow {stageflow.__version__}\n", "")
+
+    def test_no_command_is_a_usage_error(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Without a command the usage goes to stderr with status 2."""
+        status, _, err = run(capsys)
+        assert status == 2
+        assert "the following arguments are required: COMMAND" in err
+
+    @pytest.mark.parametrize(
+        "command",
+        [[sys.executable, "-m", "stageflow"], [str(Path(sys.executable).parent / "stageflow")]],
+        ids=["python-m", "console-script"],
+    )
+    def test_entry_points(self, command: list[str]) -> None:
+        """``python -m stageflow`` and the ``stageflow`` console script are the same command."""
+        proc = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60, check=True)
+        assert proc.stdout == f"stageflow {stageflow.__version__}\n"
+
+
+class TestRuns:
+    def test_list(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
+        """``runs list`` prints the most recent runs first as a table."""
+        status, out, _ = run(capsys, "runs", "list", db)
+        assert status == 0
+        assert out.splitlines() == [
+            "id                                    pipeline  status     start                duration"
+            "  critical path",
+            "cccc0004-0000-0000-0000-000000000004  etl       completed  2026-05-28 20:29:40  500.0 ms"
+            "  extract → load",
+            "bbbb0003-0000-0000-0000-000000000003  voice     failed     2026-05-28 20:28:40  280.0 ms"
+            "  stt → memory → llm",
+            "aaaa0002-0000-0000-0000-000000000002  voice     completed  2026-05-28 20:27:40  200.0 ms"
+            "  stt → memory → llm → tts",
+            "aaaa0001-0000-0000-0000-000000000001  voice     completed  2026-05-28 20:26:40  150.0 ms"
+            "  stt → memory → llm → tts",
+        ]
+
+    def test_list_one_pipeline_with_a_limit(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
+        """``--pipeline`` and ``--limit`` narrow the table."""
+        _, out, _ = run(capsys, "runs", "list", db, "--pipeline", "voice", "--limit", "1")
+        assert [line.split()[0] for line in out.splitlines()] == [
+            "id",
+            "bbbb0003-0000-0000-0000-000000000003",
+        ]
+
+    def test_list_of_an_empty_store(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
+        """A pipeline without runs says so."""
+        assert run(capsys, "runs", "list", db, "--pipeline", "nope") == (
+            0,
+            f"no runs of pipeline 'nope' in {db!r}\n",
+            "",
+        )
+
+    def test_show_by_prefix(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
+        """``runs show`` draws the run's timeline and its error; a unique id prefix is enough."""
+        status, out, _ = run(capsys, "runs", "show", db, "bbbb", "--color", "never")
+        assert status == 0
+        assert out == timeline_of_record(RECORDS[2]) + (
+            "\n  error: llm: StageTimeoutError: stage 'llm' timed out after 0.2 s\n"
+        )
+        assert "  * llm  " in out and "timed out: stage 'llm' timed out after 0.2 s" in out
+
+    def test_show_in_colour(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
+        """``--color always`` colours the timeline like ``RunResult.timeline(color=True)``."""
+        _, out, _ = run(capsys, "runs", "show", db, RECORDS[0].run_id, "--color", "always", "--width", "20")
+        assert out == timeline_of_record(RECORDS[0], width=20, color=True) + "\n"
+        assert "\033[32m" in out
+
+    def test_ambiguous_prefix(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
+        """A prefix matching several runs is refused, naming them."""
+        status, _, err = run(capsys, "runs", "show", db, "aaaa")
+        assert status == 1
+        assert err == (
+            f"stageflow: error: run id prefix 'aaaa' matches 2 runs in {db!r} "
+            "(aaaa0002-0000-0000-0000-000000000002, aaaa0001-0000-0000-0000-000000000001); "
+            "give more of it\n"
+        )
+
+    def test_unknown_run(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
+        """An unknown run id names the command that lists the runs."""
+        assert run(capsys, "runs", "show", db, "zzz") == (
+            1,
+            "",
+            f"stageflow: error: no run 'zzz' in {db!r}; `stageflow runs list {db}` lists the runs it holds\n",
+        )
+
+    def test_missing_store_is_not_created(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+        """A path that does not exist is an error, and no database is created there."""
+        missing = tmp_path / "nope.db"
+        status, _, err = run(capsys, "runs", "list", str(missing))
+        assert status == 1
+        assert err.startswith(f"stageflow: error: no run store at {str(missing)!r}: the file does not exist")
+        assert not missing.exists()
+
+    def test_a_file_that_is_not_a_database(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+        """A file that is not SQLite is reported as such."""
+        text = tmp_path / "notes.txt"
+        text.write_text("hello, this is not a database at all" * 10)
+        status, _, err = run(capsys, "runs", "list", str(text))
+        assert status == 1
+        assert err == (
+            f"stageflow: error: {str(text)!r} is not a stageflow run store: file is not a database\n"
+        )
+
+    @pytest.mark.parametrize(("value", "message"), [("0", "at least 1"), ("x", "at least 1")], ids=["0", "x"])
+    def test_bad_limit(self, capsys: pytest.CaptureFixture[str], db: str, value: str, message: str) -> None:
+        """A limit that is not a positive whole number is a usage error."""
+        status, _, err = run(capsys, "runs", "list", db, "--limit", value)
+        assert status == 2
+        assert f"argument --limit: must be a whole number of {message}, got {value!r}" in err
+
+
+class TestGraph:
+    def test_mermaid(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        """``graph MODULE:PIPELINE`` prints the pipeline's Mermaid flowchart."""
+        monkeypatch.chdir(ROOT)
+        pipeline = importlib.import_module("examples.voice_pipeline").PIPELINE
+        assert run(capsys, "graph", "examples.voice_pipeline:PIPELINE") == (0, pipeline.to_mermaid(), "")
+
+    def test_svg_of_a_factory(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+        """A function returning a pipeline works too; ``--format svg -o`` writes a valid SVG file."""
+        out_file = tmp_path / "demo.svg"
+        status, out, _ = run(
+            capsys,
+            "graph",
+            "stageflow_otel._demo:build_demo_pipeline",
+            "--format",
+            "svg",
+            "-o",
+            str(out_file),
+        )
+        assert (status, out) == (0, f"wrote {out_file}\n")
+        svg = ET.parse(out_file).getroot()
+        assert svg.tag == f"{SVG}svg"
+        nodes = [g.get("data-stage") for g in svg.iter(f"{SVG}g")]
+        assert nodes == ["stt", "enrich", "memory", "search", "personalize", "llm", "guard", "tts"]
+        edges = sorted(
+            (p.get("data-from"), p.get("data-to")) for p in svg.iter(f"{SVG}path") if p.get("data-to")
+        )
+        assert ("stt", "enrich") in edges and ("llm", "guard") in edges
+
+    @pytest.mark.parametrize(
+        ("target", "message"),
+        [
+            ("examples.voice_pipeline", "is not MODULE:ATTRIBUTE; write it like 'myapp.pipelines:PIPELINE'"),
+            ("no_such_module_xyz:P", "cannot import module 'no_such_module_xyz' of 'no_such_module_xyz:P'"),
+            (
+                "examples.voice_pipeline:NOPE",
+                "'examples.voice_pipeline' has no attribute 'NOPE'; pipelines it defines: ['PIPELINE']",
+            ),
+            ("examples.voice_pipeline:stt", "is a function that needs arguments; name a Pipeline"),
+            ("examples.voice_pipeline:asyncio", "is a module, not a Pipeline or StageGraph"),
+        ],
+        ids=["no-colon", "no-module", "no-attribute", "needs-arguments", "not-a-pipeline"],
+    )
+    def test_bad_targets(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, target: str, message: str
+    ) -> None:
+        """A target that is not a pipeline gets an error saying what is wrong."""
+        monkeypatch.chdir(ROOT)
+        status, _, err = run(capsys, "graph", target)
+        assert status == 1
+        assert message in err
