@@ -30,7 +30,7 @@ from ._store import RunRecord, SQLiteRunStore
 from ._svg import dag_nodes, dag_svg
 from ._timeline import DEFAULT_WIDTH, format_seconds, timeline_of_record, use_color
 
-__all__ = ("CommandError", "console_main", "load_graph", "main", "open_store")
+__all__ = ("CommandError", "console_main", "load_graph", "main", "open_store", "parser")
 
 
 class CommandError(Exception):
