@@ -1,13 +1,20 @@
 """Programs written against stageflow-core 0.9.1's documented public API run here unchanged.
 
-Each program below uses only names 0.9.1 exports (top-level ``stageflow``, ``stageflow.context``,
-``stageflow.stages``, ``stageflow.interceptors``) the way its docstrings describe them; the unit tests in
-``test_compat_units.py`` pin every item with exact values.
+``compat_program_091.py`` runs under both this stageflow and stageflow-core 0.9.1 itself (installed from
+PyPI), and both must print the same observations. The programs below use only names 0.9.1 exports
+(top-level ``stageflow``, ``stageflow.context``, ``stageflow.stages``, ``stageflow.interceptors``) with
+this package's executor features (interceptors on ``build()``); ``test_compat_units.py`` pins every item
+with exact values.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -311,3 +318,65 @@ class TestProgram091:
         first, second = await asyncio.gather(graph.run(entry_context()), graph.run(entry_context()))
         assert first.run_id != second.run_id
         assert first["reply"].data == second["reply"].data == {"reply": "HELLO", "user": str(USER)}
+
+
+PROGRAM = Path(__file__).with_name("compat_program_091.py")
+
+
+@pytest.fixture(name="stageflow_core_091", scope="session")
+def _stageflow_core_091(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """stageflow-core 0.9.1 and its dependencies, installed from PyPI into a directory of their own."""
+    target = tmp_path_factory.mktemp("stageflow-core-0.9.1")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+        ]
+        + ["stageflow-core==0.9.1"],
+        check=True,
+        timeout=600,
+    )
+    return target
+
+
+def run_program(pythonpath: Path | None) -> tuple[str, dict[str, Any]]:
+    """Run the 0.9.1 program (under 0.9.1 when ``pythonpath`` holds it): the stageflow it used, its output."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    where = subprocess.run(
+        [sys.executable, "-c", "import stageflow; print(stageflow.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=PROGRAM.parent,  # where no stageflow package is: the import comes from the install
+    ).stdout.strip()
+    proc = subprocess.run(
+        [sys.executable, str(PROGRAM)], capture_output=True, text=True, check=True, env=env, timeout=120
+    )
+    observed: dict[str, Any] = json.loads(proc.stdout)
+    return where, observed
+
+
+class TestAgainst091Itself:
+    def test_same_observations_under_both_packages(self, stageflow_core_091: Path) -> None:
+        """The 0.9.1 program prints exactly the same observations under 0.9.1 and under this stageflow."""
+        where_091, theirs = run_program(stageflow_core_091)
+        where_ours, ours = run_program(None)
+        assert where_091.startswith(str(stageflow_core_091))
+        assert not where_ours.startswith(str(stageflow_core_091))
+        assert ours == theirs
+        assert "<missing>" not in json.dumps(ours)
+        assert (ours["results"]["reply"]["data"], ours["fail_default"], ours["timeout_default_ms"]) == (
+            {"reply": "HELLO", "user": "40000000-0000-4000-8000-000000000000"},
+            "Unknown error",
+            30000,
+        )
+        assert len(ours) == 39
