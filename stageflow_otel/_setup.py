@@ -461,6 +461,7 @@ def setup(
     registry: CollectorRegistry | None = None,
     metric_readers: Sequence[MetricReader] = (),
     mode: Mode | None = None,
+    event_log_records: bool | None = None,
 ) -> Telemetry:
     """Build tracer, meter and logger providers, the OTLP event sink and ``/metrics`` from ``OTEL_*``.
 
@@ -480,6 +481,9 @@ def setup(
             ``"complete"``: the thread ending the span or emitting the event (the event loop) waits for
             queue space, at most ``STAGEFLOW_OTEL_COMPLETE_TIMEOUT`` seconds (10) per stall; what still
             finds no room is dropped and counted (cause ``timeout``). ``None``: ``STAGEFLOW_OTEL_MODE``.
+        event_log_records: also export every event as an OTLP log record (for searching events in
+            Loki); ``None`` reads ``STAGEFLOW_EVENT_LOG_RECORDS`` (default off: events are span events on
+            the run's spans, and counted in ``stageflow.events.emitted``).
 
     Returns:
         The ``Telemetry`` handle; call ``shutdown(timeout)`` before exiting (an ``atexit`` hook does it
@@ -567,6 +571,7 @@ def setup(
         meter_provider=meter_provider,
         max_buffer=EVENT_BUFFER,
         wait_timeout=wait,
+        log_records=event_log_records,
     )
     sinks.append(sink)
 

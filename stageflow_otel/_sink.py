@@ -1,8 +1,14 @@
-"""The OTLP event sink: every stageflow event as an OpenTelemetry log record with the run's trace context.
+"""The OTLP event sink: the event taxonomy onto span events and a counter; OTLP log records opt-in.
 
-``try_emit`` runs on the event loop and only captures the current OpenTelemetry context and appends to a
-bounded buffer; a daemon thread turns the buffered events into log records, so neither a slow log
-processor nor an unreachable collector can stall a pipeline.
+``try_emit`` runs on the event loop. It describes the event once (``_taxonomy.describe``), puts it on its
+span as a span event (through the run state ``TracingInterceptor`` registers; see ``_taxonomy``), counts
+it for ``stageflow.events.emitted``, and, only when log records are switched on, captures the current
+OpenTelemetry context and appends to a bounded buffer that a daemon thread turns into log records, so
+neither a slow log processor nor an unreachable collector can stall a pipeline.
+
+Span events rather than log records by default: they travel in the span export the run pays for anyway,
+while a log record per event (13 per 5-stage run) more than doubled the records to encode and export and
+was the largest share of the export path's cost.
 """
 
 from __future__ import annotations
@@ -13,75 +19,30 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger
-from opentelemetry.metrics import MeterProvider, get_meter
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 from opentelemetry.util.types import AnyValue, AttributeValue
 
 import stageflow
 
 from . import semconv
-from ._content import (
-    ErrorDetails,
-    ErrorRedactor,
-    clean_text,
-    redact_error_message,
-    redacted_message,
-    value_length_limit,
-)
+from ._content import ErrorRedactor, clean_text, redact_error_message, value_length_limit
+from ._taxonomy import TaxonomyEvent, describe, route
 
 __all__ = ("OtlpEventSink",)
 
 logger = logging.getLogger("stageflow_otel")
 
-_Item = tuple[str, "dict[str, Any] | None", otel_context.Context, int]
+_Item = tuple[TaxonomyEvent, "dict[str, Any] | None", otel_context.Context, int]
 
-_ATTRIBUTE_OF: Mapping[str, str] = {
-    "run_id": semconv.RUN_ID,
-    "pipeline": semconv.PIPELINE_NAME,
-    "version": semconv.PIPELINE_VERSION,
-    "stage": semconv.STAGE_NAME,
-    "kind": semconv.STAGE_KIND,
-    "wait": semconv.STAGE_WAIT_DURATION,
-    "dependencies": semconv.STAGE_DEPENDENCIES,
-    "critical_path": semconv.RUN_CRITICAL_PATH,
-    "attempts": semconv.STAGE_ATTEMPT,
-    "attempt": semconv.STAGE_ATTEMPT,
-    "error": semconv.EXCEPTION_MESSAGE,
-}
-"""Event data key to log record attribute; every key (these included) also stays in the record's body."""
+_TRUE = frozenset({"true", "1", "yes", "on"})
 
-_ERROR_TYPES: Mapping[str, str] = {
-    stageflow.StageTimeoutError.__name__: semconv.ERROR_TYPE_TIMEOUT,
-    stageflow.CircuitOpenError.__name__: semconv.ERROR_TYPE_CIRCUIT_OPEN,
-}
-_FAILURE_TYPES = frozenset({stageflow.StageFailedError.__name__, stageflow.RetriesExhaustedError.__name__})
-
-
-def _event_kind(type: str) -> str:
-    """``stage.{name}.completed`` -> ``stage.completed``; pipeline events are returned unchanged."""
-    if type.startswith("stage.") and type.count(".") >= 2:
-        return "stage." + type.rsplit(".", 1)[1]
-    return type
-
-
-def _result(outcome: str, error_type: object) -> str | None:
-    if outcome == "completed":
-        return semconv.RESULT_SUCCESS
-    if outcome == "skipped":
-        return semconv.RESULT_SKIP
-    if outcome == "cancelled":
-        return semconv.RESULT_CANCELLATION
-    if outcome == "failed":
-        if error_type in _FAILURE_TYPES:
-            return semconv.RESULT_FAILURE
-        if error_type == stageflow.StageTimeoutError.__name__:
-            return semconv.RESULT_TIMEOUT
-        return semconv.RESULT_ERROR
-    return None
+DEFAULT_MAX_SERIES = 200
+"""Default limit of distinct stage names, and of pipeline names, on ``stageflow.events.emitted``."""
 
 
 def _severity(outcome: str) -> tuple[SeverityNumber, str]:
@@ -90,18 +51,6 @@ def _severity(outcome: str) -> tuple[SeverityNumber, str]:
     if outcome == "cancelled":
         return SeverityNumber.WARN, "WARN"
     return SeverityNumber.INFO, "INFO"
-
-
-def _attribute(value: object, limit: int | None = None) -> AttributeValue | None:
-    if isinstance(value, str):
-        return clean_text(value, limit)
-    if isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
-        return tuple(clean_text(v, limit) for v in value)
-    if isinstance(value, list | tuple) and not value:
-        return ()
-    return None
 
 
 def _body(value: object, limit: int | None = None) -> AnyValue:
@@ -119,97 +68,61 @@ def _body(value: object, limit: int | None = None) -> AnyValue:
     return clean_text(str(value), limit)
 
 
-class _Record(NamedTuple):
-    event_name: str
-    severity_number: SeverityNumber
-    severity_text: str
-    attributes: dict[str, AttributeValue]
-    body: AnyValue
+def _limit() -> int | None:
+    """The string length limit of the event views: the smaller of the span and log record limits."""
+    limits = [n for n in (value_length_limit("span"), value_length_limit("logrecord")) if n is not None]
+    return min(limits) if limits else None
 
 
-def _to_record(
-    type: str,
-    data: Mapping[str, Any] | None,
-    limit: int | None = None,
-    redact: ErrorRedactor = redact_error_message,
-) -> _Record:
-    """The log record fields (minus context and timestamps) of one event.
-
-    The ``error`` message (attribute and body) is passed through ``redact`` (dropped when it returns
-    ``None``); every string is cut to ``limit`` characters and made encodable.
-    """
-    data = dict(data or {})
-    error_type = data.get("error_type")
-    message = data.get("error")
-    if isinstance(message, str) and message:
-        pipeline, stage = data.get("pipeline"), data.get("stage")
-        details = ErrorDetails(
-            error_type if isinstance(error_type, str) and error_type else semconv.OTHER,
-            message,
-            pipeline if isinstance(pipeline, str) else None,
-            stage if isinstance(stage, str) else None,
-        )
-        redacted = redacted_message(redact, details, limit)
-        if redacted is None:
-            del data["error"]
-        else:
-            data["error"] = redacted
-    kind = _event_kind(type)
-    outcome = kind.rsplit(".", 1)[-1]
-    attributes: dict[str, AttributeValue] = {semconv.EVENT_TYPE: clean_text(type, limit)}
-    for key, name in _ATTRIBUTE_OF.items():
-        if key in data and (value := _attribute(data[key], limit)) is not None:
-            attributes[name] = value
-    if isinstance(error_type, str) and error_type:
-        attributes[semconv.ERROR_TYPE] = clean_text(_ERROR_TYPES.get(error_type, error_type), limit)
-    result = _result(outcome, error_type)
-    if result is not None:
-        key = semconv.STAGE_RESULT if kind.startswith("stage.") else semconv.RUN_RESULT
-        attributes[key] = result
-    severity, severity_text = _severity(outcome)
-    return _Record(
-        semconv.EVENTS.get(kind, semconv.EVENT_OTHER),
-        severity,
-        severity_text,
-        attributes,
-        _body(data, limit),
-    )
+def _env_log_records() -> bool:
+    return os.environ.get(semconv.ENV_EVENT_LOG_RECORDS, "").strip().lower() in _TRUE
 
 
 class OtlpEventSink:
-    """An ``EventSink`` that emits every event as an OTLP log record carrying the run's trace context.
+    """An ``EventSink`` mapping the event taxonomy onto span events and a counter, log records opt-in.
 
-    The event name is static (``stageflow.stage.completed``; see ``semconv.EVENTS``), the seed's event
-    string is kept in ``stageflow.event.type``, well-known fields become ``stageflow.*`` attributes and the
-    whole event data is the record's body. Severity: ``*.failed`` ERROR, ``*.cancelled`` WARN, else INFO.
+    Every event gets a static name (``stageflow.stage.completed``; see ``semconv.EVENTS``), keeps the
+    seed's event string in ``stageflow.event.type`` and its data as ``stageflow.*`` attributes. Then:
 
-    The trace context is the OpenTelemetry context current when ``try_emit`` is called. With
-    ``TracingInterceptor`` that is the run span for ``pipeline.started|completed|failed|cancelled`` and for
-    every stage event (stage events are emitted around, not inside, the stage span). ``pipeline.created`` is
-    emitted by ``StageGraph.run`` before the run span exists, so it carries the caller's context: the span
-    that becomes the run span's parent, or no trace at all.
+    * **span events** (``span_events``, on by default): with ``TracingInterceptor`` on the graph, the
+      event becomes a span event on the span it belongs to, with its own timestamp, in the core's order:
+      ``pipeline.*`` on the run span (``pipeline.created`` too), ``stage.{name}.*`` on that stage's span,
+      or on the run span for a stage that never had one (a skipped conditional stage);
+    * **a counter**: ``stageflow.events.emitted`` by ``event.name``, ``stageflow.pipeline.name`` and,
+      for stage events, ``stageflow.stage.name``; at most ``max_series`` distinct pipeline names and
+      stage names each, further ones counted as ``_OTHER``;
+    * **log records** (``log_records``, off by default; ``STAGEFLOW_EVENT_LOG_RECORDS=true`` or
+      ``setup(event_log_records=True)`` turn them on): an OTLP log record per event, with the span
+      event's name and attributes plus ``stageflow.run.id`` and ``stageflow.pipeline.name`` (which a span
+      event takes from its span), the whole event data as body, and the trace context current when the
+      event is emitted (the run span; the caller's context for ``pipeline.created``). Severity:
+      ``*.failed`` ERROR, ``*.cancelled`` WARN, else INFO.
 
-    ``try_emit`` never blocks and never raises: it appends to a buffer of ``max_buffer`` events that a
-    daemon thread drains into the logger. Events arriving while the buffer is full, or after
-    ``shutdown``, are dropped and counted in ``stageflow.events.dropped``. With the providers of
-    ``setup()``, events the log record processor refuses because its export queue is full
-    (``OTEL_BLRP_MAX_QUEUE_SIZE``) are counted there too; with a logger provider of your own, drops inside
-    its processors are that provider's to report.
+    ``try_emit`` never blocks and never raises. Log records go through a buffer of ``max_buffer`` events
+    that a daemon thread drains into the logger; events arriving while it is full, or after ``shutdown``,
+    get no log record and are counted in ``stageflow.events.dropped``. With the providers of ``setup()``,
+    records the log record processor refuses because its export queue is full
+    (``OTEL_BLRP_MAX_QUEUE_SIZE``) are counted there too.
 
     Args:
         logger_provider: where the log records go (default: the global logger provider).
-        meter_provider: where ``stageflow.events.dropped`` is counted (default: the global meter provider).
-        max_buffer: events held at most while the thread catches up.
-        wait_timeout: ``None`` (the default): an event finding the buffer full is dropped (cause
-            ``queue_full``). A number of seconds: ``try_emit`` waits for room that long at most (``setup()``'s
-            ``complete`` mode); once a wait ran out, events are dropped (cause ``timeout``) without waiting
-            until the thread makes room again.
-        redact_error: the hook each event's ``error`` message passes through (default
+        meter_provider: where the counters are (default: the global meter provider).
+        max_buffer: events held at most while the log record thread catches up.
+        log_records: export every event as an OTLP log record too; ``None`` reads
+            ``STAGEFLOW_EVENT_LOG_RECORDS`` (``true`` turns them on; default off).
+        span_events: put every event on its span (needs ``TracingInterceptor`` on the graph).
+        max_series: distinct stage names, and pipeline names, ``stageflow.events.emitted`` keeps apart.
+        wait_timeout: ``None`` (the default): an event finding the log record buffer full gets no record
+            (cause ``queue_full``). A number of seconds: ``try_emit`` waits for room that long at most
+            (``setup()``'s ``complete`` mode); once a wait ran out, records are dropped (cause ``timeout``)
+            without waiting until the thread makes room again.
+        redact_error: the hook each event's ``error`` message passes through, for every view (default
             ``redact_error_message``; ``error_type_only`` leaves the message out, keeping ``error.type``).
 
-    Every string of a record (attributes and body) is cut to ``OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT``
-    (else ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``, else 4096 characters) and made encodable, so one huge or
-    malformed value never makes the batch it travels in fail.
+    Every string of an event (attributes and log record body) is cut to the span or log record attribute
+    value length limit, whichever is smaller (``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT``,
+    ``OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT``, else ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``, else 4096
+    characters) and made encodable, so one huge or malformed value never makes the batch it travels in fail.
 
     .. versionadded:: 0.10
     """
@@ -220,12 +133,22 @@ class OtlpEventSink:
         logger_provider: LoggerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         max_buffer: int = 10_000,
+        log_records: bool | None = None,
+        span_events: bool = True,
+        max_series: int = DEFAULT_MAX_SERIES,
         wait_timeout: float | None = None,
         redact_error: ErrorRedactor = redact_error_message,
     ) -> None:
         if max_buffer < 1:
             msg = f"max_buffer must be at least 1, got {max_buffer!r}"
             raise ValueError(msg)
+        if max_series < 1:
+            msg = f"max_series must be at least 1, got {max_series!r}"
+            raise ValueError(msg)
+        self.log_records: bool = _env_log_records() if log_records is None else log_records
+        """Whether every event is also exported as an OTLP log record."""
+        self.span_events: bool = span_events
+        """Whether every event is put on its span."""
         self._logger = get_logger(
             semconv.INSTRUMENTATION_SCOPE, stageflow.__version__, logger_provider=logger_provider
         )
@@ -236,10 +159,21 @@ class OtlpEventSink:
         )
         for cause in semconv.DROP_CAUSES:  # every series exists at 0 before the first drop (dashboards)
             self._dropped_counter.add(0, {semconv.TELEMETRY_CAUSE: cause})
+        # Counted on the loop in a dict, reported when a reader collects: exact, and a dict update per
+        # event instead of an SDK measurement.
+        self._counts: dict[tuple[str, str | None, str | None], int] = {}
+        self._max_series = max_series
+        self._stage_names: set[str] = set()
+        self._pipeline_names: set[str] = set()
+        self._overflow_warned = False
+        metric = semconv.EVENTS_EMITTED
+        meter.create_observable_counter(
+            metric.name, callbacks=[self._observe], unit=metric.unit, description=metric.description
+        )
         self._max = max_buffer
         self._wait = wait_timeout
         self._redact = redact_error
-        self._limit = value_length_limit("logrecord")
+        self._limit = _limit()
         self._closed = False
         self._dropped = 0
         self._by_cause: dict[str, int] = dict.fromkeys(semconv.DROP_CAUSES, 0)
@@ -262,11 +196,12 @@ class OtlpEventSink:
         self._unfinished = 0
         self._thread: threading.Thread | None = None
         self._drop_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._stalled = False
 
     @property
     def dropped(self) -> int:
-        """Events dropped so far, every cause (buffer full, sink shut down, ``setup()``'s export path)."""
+        """Events that got no log record so far, every cause (buffer full, shut down, the export path)."""
         return self._dropped
 
     @property
@@ -280,46 +215,95 @@ class OtlpEventSink:
         self.try_emit(type=type, data=data)
 
     def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        """Buffer the event with the current trace context; drop and count it if the buffer is full."""
+        """Put the event on its span, count it and, with log records on, buffer it for the thread."""
         try:
-            # A copy: the caller may change or reuse its dict before the thread turns it into a record.
-            item: _Item = (
-                type,
-                None if data is None else dict(data),
-                otel_context.get_current(),
-                time.time_ns(),
-            )
-            cause = semconv.DROP_CAUSE_QUEUE_FULL
-            with self._cond:
-                if self._wait is not None and not self._closed and len(self._buffer) >= self._max:
-                    if self._stalled or not self._cond.wait_for(self._has_room, self._wait):
-                        self._stalled = True
-                        cause = semconv.DROP_CAUSE_TIMEOUT
-                if self._closed:
-                    cause = semconv.DROP_CAUSE_SHUTDOWN
-                accepted = not self._closed and len(self._buffer) < self._max
-                if accepted:
-                    self._buffer.append(item)
-                    self._unfinished += 1
-                    if self._thread is None:
-                        self._thread = threading.Thread(
-                            target=self._drain, name="stageflow-otel-events", daemon=True
-                        )
-                        self._thread.start()
-                    self._cond.notify_all()
-            if not accepted:
-                self._count_dropped(1, cause)
+            event = describe(type, data, self._limit, self._redact)
+            if self.span_events:
+                route(event)
+            self._count(event)
+            if self.log_records:
+                self._buffer_record(event, data)
         except Exception as exc:  # telemetry never breaks a pipeline
             self._report(exc)
+
+    def _buffer_record(self, event: TaxonomyEvent, data: dict[str, Any] | None) -> None:
+        # A copy: the caller may change or reuse its dict before the thread turns it into a record.
+        item: _Item = (
+            event,
+            None if data is None else dict(data),
+            otel_context.get_current(),
+            time.time_ns(),
+        )
+        cause = semconv.DROP_CAUSE_QUEUE_FULL
+        with self._cond:
+            if self._wait is not None and not self._closed and len(self._buffer) >= self._max:
+                if self._stalled or not self._cond.wait_for(self._has_room, self._wait):
+                    self._stalled = True
+                    cause = semconv.DROP_CAUSE_TIMEOUT
+            if self._closed:
+                cause = semconv.DROP_CAUSE_SHUTDOWN
+            accepted = not self._closed and len(self._buffer) < self._max
+            if accepted:
+                self._buffer.append(item)
+                self._unfinished += 1
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._drain, name="stageflow-otel-events", daemon=True
+                    )
+                    self._thread.start()
+                self._cond.notify_all()
+        if not accepted:
+            self._count_dropped(1, cause)
 
     def _has_room(self) -> bool:
         return self._closed or len(self._buffer) < self._max
 
+    def _count(self, event: TaxonomyEvent) -> None:
+        stage = event.stage if event.kind.startswith("stage.") else None
+        pipeline = event.pipeline
+        with self._count_lock:
+            if pipeline is not None and pipeline not in self._pipeline_names:
+                pipeline = self._admit(pipeline, self._pipeline_names)
+            if stage is not None and stage not in self._stage_names:
+                stage = self._admit(stage, self._stage_names)
+            key = (event.name, pipeline, stage)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _admit(self, name: str, seen: set[str]) -> str:
+        """``name`` while fewer than ``max_series`` names are in use, else ``_OTHER`` (cardinality guard)."""
+        if len(seen) < self._max_series:
+            seen.add(name)
+            return name
+        if not self._overflow_warned:
+            self._overflow_warned = True
+            logger.warning(
+                "stageflow_otel: more than %d distinct stage or pipeline names on %s; %r and further new "
+                "names are counted as %r (raise max_series to keep them apart)",
+                self._max_series,
+                semconv.EVENTS_EMITTED.name,
+                name,
+                semconv.OTHER,
+            )
+        return semconv.OTHER
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._count_lock:
+            counts = list(self._counts.items())
+        observations = []
+        for (name, pipeline, stage), count in counts:
+            attributes: dict[str, AttributeValue] = {semconv.EVENT_NAME: name}
+            if pipeline is not None:
+                attributes[semconv.PIPELINE_NAME] = pipeline
+            if stage is not None:
+                attributes[semconv.STAGE_NAME] = stage
+            observations.append(Observation(count, attributes))
+        return observations
+
     def _count_dropped(self, count: int, cause: str) -> None:
         """Count ``count`` events lost for ``cause`` (thread-safe; never raises).
 
-        ``setup()``'s export path calls it for the events it gives up on after this sink handed them
-        over, so that ``stageflow.events.dropped`` counts every event that was not delivered.
+        ``setup()``'s export path calls it for the log records it gives up on after this sink handed
+        them over, so that ``stageflow.events.dropped`` counts every event whose record was not delivered.
         """
         with self._drop_lock:
             self._dropped += count
@@ -335,7 +319,9 @@ class OtlpEventSink:
             return self._cond.wait_for(lambda: self._unfinished == 0, timeout)
 
     def shutdown(self, timeout: float | None = None) -> bool:
-        """Stop accepting events, hand the buffered ones to the logger and stop the thread.
+        """Stop accepting log records, hand the buffered ones to the logger and stop the thread.
+
+        Span events and counts go on (they need no thread); only log records stop.
 
         Returns:
             ``True`` when every buffered event was handed over within ``timeout`` seconds.
@@ -360,9 +346,9 @@ class OtlpEventSink:
                 self._cond.notify_all()
                 if not batch and self._closed:
                     return
-            for type, data, ctx, observed in batch:
+            for event, data, ctx, observed in batch:
                 try:
-                    self._write(type, data, ctx, observed)
+                    self._write(event, data, ctx, observed)
                 except Exception as exc:
                     self._report(exc)
             with self._cond:
@@ -370,19 +356,29 @@ class OtlpEventSink:
                 self._cond.notify_all()
 
     def _write(
-        self, type: str, data: dict[str, Any] | None, ctx: otel_context.Context, observed: int
+        self, event: TaxonomyEvent, data: dict[str, Any] | None, ctx: otel_context.Context, observed: int
     ) -> None:
-        timestamp = (data or {}).get("timestamp")
-        record = _to_record(type, data, self._limit, self._redact)
+        attributes = dict(event.attributes)
+        if event.run_id is not None:
+            attributes[semconv.RUN_ID] = clean_text(event.run_id, self._limit)
+        if event.pipeline is not None:
+            attributes[semconv.PIPELINE_NAME] = clean_text(event.pipeline, self._limit)
+        severity, severity_text = _severity(event.outcome)
+        body = dict(data or {})
+        if "error" in body:  # the body carries the message as the attributes do: redacted, or not at all
+            if event.message is None:
+                del body["error"]
+            else:
+                body["error"] = event.message
         self._logger.emit(
-            timestamp=int(timestamp * 1e9) if isinstance(timestamp, int | float) else observed,
+            timestamp=event.timestamp,
             observed_timestamp=observed,
             context=ctx,
-            severity_number=record.severity_number,
-            severity_text=record.severity_text,
-            body=record.body,
-            attributes=record.attributes,
-            event_name=record.event_name,
+            severity_number=severity,
+            severity_text=severity_text,
+            body=_body(body, self._limit),
+            attributes=attributes,
+            event_name=event.name,
         )
 
     def _report(self, exc: Exception) -> None:
@@ -391,4 +387,7 @@ class OtlpEventSink:
             logger.error("stageflow_otel: the OTLP event sink failed (further failures not logged): %r", exc)
 
     def __repr__(self) -> str:
-        return f"OtlpEventSink(buffered={len(self._buffer)}, dropped={self._dropped})"
+        return (
+            f"OtlpEventSink(span_events={self.span_events}, log_records={self.log_records}, "
+            f"buffered={len(self._buffer)}, dropped={self._dropped})"
+        )

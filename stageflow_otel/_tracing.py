@@ -10,10 +10,14 @@ Spans are started with ``Tracer.start_span`` and an explicit parent context; a s
 around ``call_next``, inside one coroutine frame, so ``execute()`` sees its stage span as the current span
 and spans it opens become that span's children, also when stages run concurrently.
 
-Conditional stages that the executor skips (a dependency was skipped) never run through interceptors, so
-they have no span: the run span gets one ``stageflow.stage.skipped`` span event per such stage at the end of
-the run, carrying ``stageflow.stage.name``, ``stageflow.stage.kind``, ``stageflow.stage.result=skip`` and
-``stageflow.stage.skip.reason``.
+Span events: every event of the run's event stream, when the run's sink is an ``OtlpEventSink`` (the one
+``setup()`` installs), becomes a span event on the span it belongs to, with the event's own timestamp, in
+the stream's order: ``pipeline.*`` on the run span, ``stage.{name}.*`` on that stage's span (the run span
+for a stage that never had one, such as a conditional stage the executor skipped). The sink describes each
+event once (``_taxonomy``) and hands it to the run state below, which places it. Because the core emits
+``stage.{name}.started`` before the stage's interceptors run and ``completed|failed|skipped|cancelled``
+after they return, a stage span starts at its ``started`` event and, while events flow, ends at its
+closing event rather than when the attempt returns (at the later of the two times).
 
 Example::
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import ContextVar
@@ -45,7 +50,6 @@ from stageflow import (
     StageGraph,
     StageInfo,
     StageOutput,
-    StageStatus,
 )
 from stageflow import __version__ as _stageflow_version
 from stageflow.interceptors import CallNext, Interceptor, RunNext
@@ -68,6 +72,7 @@ from ._outcome import (
     outcome_of_run_error,
     run_results,
 )
+from ._taxonomy import CREATED, CURRENT_RUN, TERMINAL, TaxonomyEvent
 
 __all__ = ("ContentHook", "TracingInterceptor", "inject_context")
 
@@ -83,7 +88,6 @@ values that are safe to export: nothing of the output is captured unless the hoo
 _W3C = TraceContextTextMapPropagator()
 _INTERNAL = SpanKind.INTERNAL
 _LINK_ATTRS: Mapping[str, AttributeValue] = {semconv.LINK_TYPE: semconv.LINK_TYPE_DEPENDENCY}
-_SKIPPED_EVENT = semconv.EVENTS["stage.skipped"]
 _SUCCESS = Outcome(semconv.RESULT_SUCCESS)
 
 
@@ -141,10 +145,40 @@ def _function_name(runner: object) -> str | None:
     return f"{module}.{qualname}" if isinstance(module, str) else qualname
 
 
-class _RunTrace:
-    """The per-run state: the run span, its context and the span context of every stage started so far."""
+class _StageSpan:
+    """A stage attempt's span; ``end_time`` is set once the attempt returned and its end was deferred."""
 
-    __slots__ = ("context", "run", "run_id", "span", "stage_spans", "static")
+    __slots__ = ("end_time", "span")
+
+    def __init__(self, span: trace.Span) -> None:
+        self.span = span
+        self.end_time: int | None = None
+
+
+def _add_event(span: trace.Span, event: TaxonomyEvent) -> None:
+    span.add_event(event.name, event.attributes, event.timestamp)
+
+
+class _RunTrace:
+    """The per-run state: the run span, its context, every stage span so far, and the span events' router.
+
+    ``add`` is called by the OTLP event sink, on the event loop, for each of this run's events in the
+    core's order (see the module docs for where each goes). ``routed`` turns true with the first event:
+    from then on stage spans wait for their closing event to end.
+    """
+
+    __slots__ = (
+        "context",
+        "on_failure",
+        "open",
+        "pending",
+        "routed",
+        "run",
+        "run_id",
+        "span",
+        "stage_spans",
+        "static",
+    )
 
     def __init__(
         self,
@@ -152,13 +186,80 @@ class _RunTrace:
         span: trace.Span,
         context: otel_context.Context,
         static: Mapping[str, _StageStatic],
+        on_failure: Callable[[Exception], None],
     ) -> None:
         self.run = run
         self.run_id = str(run.run_id)
         self.span = span
         self.context = context
         self.static = static
+        self.on_failure = on_failure
         self.stage_spans: dict[str, trace.SpanContext] = {}
+        self.routed = False
+        self.open: dict[str, _StageSpan] = {}
+        """The span of each stage's current (or last, not yet ended) attempt."""
+        self.pending: dict[str, list[TaxonomyEvent]] = {}
+        """Events of stages with no span yet (``started``), for the span about to start."""
+
+    def add(self, event: TaxonomyEvent) -> None:
+        """Put one event of this run on its span (never raises: the sink guards the call too)."""
+        self.routed = True
+        try:
+            stage = event.stage
+            if stage is None or not event.kind.startswith("stage."):
+                _add_event(self.span, event)
+                return
+            attempt = self.open.get(stage)
+            if attempt is None:
+                if event.outcome in TERMINAL:  # the stage never had a span: its events go to the run span
+                    for waiting in self.pending.pop(stage, ()):
+                        _add_event(self.span, waiting)
+                    _add_event(self.span, event)
+                else:
+                    self.pending.setdefault(stage, []).append(event)
+                return
+            _add_event(attempt.span, event)
+            end = attempt.end_time
+            if end is not None and (event.outcome in TERMINAL or event.outcome == "retrying"):
+                del self.open[stage]
+                attempt.span.end(max(end, event.timestamp))
+        except Exception as exc:
+            self.on_failure(exc)
+
+    def start_time(self, stage: str) -> int | None:
+        """The start time of ``stage``'s next span: its waiting ``started`` event's, if any."""
+        waiting = self.pending.get(stage) if self.routed else None
+        return min(waiting[0].timestamp, time.time_ns()) if waiting else None
+
+    def opened(self, stage: str, span: trace.Span) -> _StageSpan:
+        """Register ``stage``'s new attempt span and give it the stage's waiting events."""
+        attempt = _StageSpan(span)
+        self.open[stage] = attempt
+        try:
+            for waiting in self.pending.pop(stage, ()):
+                _add_event(span, waiting)
+        except Exception as exc:
+            self.on_failure(exc)
+        return attempt
+
+    def returned(self, stage: str, attempt: _StageSpan) -> None:
+        """The attempt returned: end its span now, or (while events flow) at its closing event."""
+        if self.routed and self.open.get(stage) is attempt:
+            attempt.end_time = time.time_ns()
+            return
+        if self.open.get(stage) is attempt:
+            del self.open[stage]
+        attempt.span.end()
+
+    def close(self) -> None:
+        """At the run's end: events that never found their span go to the run span; end every span left."""
+        for events in self.pending.values():
+            for event in events:
+                _add_event(self.span, event)
+        self.pending.clear()
+        for attempt in self.open.values():
+            attempt.span.end(attempt.end_time)
+        self.open.clear()
 
 
 class TracingInterceptor(Interceptor):
@@ -234,6 +335,12 @@ class TracingInterceptor(Interceptor):
         if static is None:
             static = {info.name: _StageStatic(info, self._limit) for info in graph.stages}
             self._statics[graph] = static
+        run_id = str(run.run_id)
+        created = CREATED.get()
+        if created is not None:
+            CREATED.set(None)
+            if created.run_id != run_id:
+                created = None
         try:
             parent = _parent_context(run)
             span = tracer.start_span(
@@ -243,11 +350,15 @@ class TracingInterceptor(Interceptor):
                 attributes={
                     semconv.PIPELINE_NAME: run.pipeline_name,
                     semconv.PIPELINE_VERSION: graph.version,
-                    semconv.RUN_ID: str(run.run_id),
+                    semconv.RUN_ID: run_id,
                 },
                 record_exception=False,
                 set_status_on_exception=False,
+                # the run begins with its pipeline.created event, which precedes this span
+                start_time=None if created is None else min(created.timestamp, time.time_ns()),
             )
+            if created is not None:
+                _add_event(span, created)
             # Built on the current context, not the extracted one, so ambient values (baggage) reach the
             # stages.
             run_context = trace.set_span_in_context(span)
@@ -255,8 +366,9 @@ class TracingInterceptor(Interceptor):
         except Exception as exc:  # C9: the SDK failed to start the span; run untraced
             self._sdk_failed(exc)
             return await call_next(run)
-        state = _RunTrace(run, span, run_context, static)
+        state = _RunTrace(run, span, run_context, static, self._sdk_failed)
         state_token = self._state.set(state)
+        route_token = CURRENT_RUN.set(state)
         outcome: Outcome | None = None
         results: RunResult | None = None
         try:
@@ -271,9 +383,11 @@ class TracingInterceptor(Interceptor):
             outcome, results = _SUCCESS, result
         finally:
             otel_context.detach(token)
+            CURRENT_RUN.reset(route_token)
             self._state.reset(state_token)
             # Guarded: an SDK failure here must not replace the run's own result, error or cancellation.
             try:
+                state.close()
                 if outcome is not None:
                     self._end_run(state, outcome, results)
             except Exception as exc:
@@ -314,7 +428,9 @@ class TracingInterceptor(Interceptor):
                 links=links,
                 record_exception=False,
                 set_status_on_exception=False,
+                start_time=state.start_time(stage.name),
             )
+            attempt = state.opened(stage.name, span)
             spans[stage.name] = span.get_span_context()
             # On the current context, not the run's: values set around this span (baggage by an outer
             # interceptor) must reach execute(). The parent is explicit above.
@@ -339,12 +455,13 @@ class TracingInterceptor(Interceptor):
                 outcome, finished = outcome_of_output(output), output
         finally:
             otel_context.detach(token)
-            self._end_stage(span, stage, outcome, error, finished, ctx.attempt, first_attempt)
+            self._end_stage(state, attempt, stage, outcome, error, finished, ctx.attempt, first_attempt)
         return output
 
     def _end_stage(
         self,
-        span: trace.Span,
+        state: _RunTrace,
+        stage_span: _StageSpan,
         stage: StageInfo,
         outcome: Outcome | None,
         error: Exception | None,
@@ -353,6 +470,7 @@ class TracingInterceptor(Interceptor):
         first_attempt: int,
     ) -> None:
         """Record how the attempt ended and end its span; an SDK failure is logged, never raised (C9)."""
+        span = stage_span.span
         try:
             if outcome is not None:
                 self._end_stage_outcome(span, stage, outcome, error)
@@ -363,7 +481,7 @@ class TracingInterceptor(Interceptor):
         except Exception as exc:
             self._sdk_failed(exc)
         try:
-            span.end()
+            state.returned(stage.name, stage_span)
         except Exception as exc:
             self._sdk_failed(exc)
 
@@ -465,23 +583,4 @@ def _end_run(state: _RunTrace, outcome: Outcome, results: RunResult | None, mess
     if results is not None:
         attributes[semconv.RUN_CRITICAL_PATH] = results.critical_path
         attributes[semconv.RUN_DURATION] = results.duration
-        _record_auto_skips(state, results)
     span.set_attributes(attributes)
-
-
-def _record_auto_skips(state: _RunTrace, results: RunResult) -> None:
-    """Add a span event for every stage the executor skipped without running it (see the module docs)."""
-    traced = state.stage_spans
-    for name, result in results.items():
-        if result.status is not StageStatus.SKIP or name in traced:
-            continue
-        reason = result.data.get("reason", "")
-        state.span.add_event(
-            _SKIPPED_EVENT,
-            {
-                semconv.STAGE_NAME: name,
-                semconv.STAGE_KIND: result.kind.value,
-                semconv.STAGE_RESULT: semconv.RESULT_SKIP,
-                semconv.STAGE_SKIP_REASON: reason if isinstance(reason, str) else "",
-            },
-        )

@@ -158,13 +158,27 @@ def render_reference() -> str:
         "",
         "### Events",
         "",
-        "Every executor event is an OTLP log record from `OtlpEventSink` with a static event name, the "
-        f"event's type (such as `stage.llm.completed`) in `{semconv.EVENT_TYPE}`, `stageflow.*` "
-        "attributes and the event data as body. Records carry the trace context current when the event "
-        "is emitted: the run span for every event but `pipeline.created`, which precedes the run span "
-        "and carries the caller's context (the run span's parent, or none). The sink never blocks the "
-        "event loop; when its buffer is full events "
-        f"are dropped and counted in `{semconv.EVENTS_DROPPED.name}`.",
+        "`OtlpEventSink` (the sink `setup()` installs) maps every executor event onto the trace: each "
+        "event is a **span event** on the span it belongs to, with the event's own timestamp, in the "
+        "order the executor emitted them. `pipeline.*` events are on the run span (`pipeline.created` "
+        "too: the run span starts at its time), `stage.{name}.*` events on that stage's span (the span "
+        "starts at `started` and ends at the event that closes the attempt: `completed`, `failed`, "
+        "`skipped`, `cancelled`, or a `retrying` between two attempts), and the events of a stage that "
+        "never had a span (a conditional stage the executor skipped) on the run span. Each has a static "
+        f"name, the event's type (such as `stage.llm.completed`) in `{semconv.EVENT_TYPE}`, and the "
+        "event data as `stageflow.*` attributes (stage, kind, attempt, wait, duration, reason, "
+        f"`{semconv.ERROR_TYPE}` and the redacted message in `{semconv.EXCEPTION_MESSAGE}`). Span events "
+        "need `TracingInterceptor` on the graph. Every event is also counted in "
+        f"`{semconv.EVENTS_EMITTED.name}` by `{semconv.EVENT_NAME}`, pipeline and stage.",
+        "",
+        "**Log records are opt-in**: `STAGEFLOW_EVENT_LOG_RECORDS=true` (or "
+        "`setup(event_log_records=True)`, or `OtlpEventSink(log_records=True)`) also exports every event "
+        "as an OTLP log record, for searching events in Loki: the same name and attributes as the span "
+        f"event plus `{semconv.RUN_ID}` and `{semconv.PIPELINE_NAME}` (which the span event takes from "
+        "its span), the event data as body, the severity below, and the trace context current when the "
+        "event was emitted (the run span; for `pipeline.created` the caller's context). The sink never "
+        "blocks the event loop; a log record that finds the sink's buffer full is dropped and counted in "
+        f"`{semconv.EVENTS_DROPPED.name}`.",
         "",
         "| event type | event name | severity |",
         "|---|---|---|",
@@ -207,7 +221,7 @@ def _safety_section() -> list[str]:
         "is reported by the type of what it returned (`stage 'b' returned a dict object; ...`), never its",
         "value.",
         "",
-        "Error messages (span status, the `exception` span event, event log records, `LoggingInterceptor`'s",
+        "Error messages (span status, the `exception` span event, events, `LoggingInterceptor`'s",
         "`error` field) pass through an `ErrorRedactor` first: `redact_error=` on `TracingInterceptor`,",
         "`OtlpEventSink` and `LoggingInterceptor`. The default, `redact_error_message`, replaces with",
         "`[REDACTED]` the value after a credential-like key (`password=`, `token:`, `api_key=`,",

@@ -25,7 +25,15 @@ __all__ = (
     "ERROR_TYPE_RETRY_REQUESTED",
     "ERROR_TYPE_TIMEOUT",
     "EVENTS",
+    "EVENTS_EMITTED",
+    "EVENT_NAME",
     "EVENT_TYPE",
+    "ENV_EVENT_LOG_RECORDS",
+    "PIPELINE_STAGES",
+    "RUN_CANCEL_REASON",
+    "STAGE_CANCEL_REASON",
+    "STAGE_DURATION_ATTRIBUTE",
+    "STAGE_RETRY_DELAY",
     "INSTRUMENTATION_SCOPE",
     "LINK_TYPE",
     "LINK_TYPE_DEPENDENCY",
@@ -133,7 +141,19 @@ STAGE_DEPENDENCIES: Final = "stageflow.stage.dependencies"
 STAGE_WAIT_DURATION: Final = "stageflow.stage.wait.duration"
 STAGE_ATTEMPT: Final = "stageflow.stage.attempt"
 STAGE_SKIP_REASON: Final = "stageflow.stage.skip.reason"
-"""On the run span's ``stageflow.stage.skipped`` events: why the executor skipped a conditional stage."""
+"""On ``stageflow.stage.skipped`` events: why the stage (or the executor, for a conditional stage) skipped."""
+STAGE_CANCEL_REASON: Final = "stageflow.stage.cancel.reason"
+"""On ``stageflow.stage.cancelled`` events of a stage that returned ``StageOutput.cancel``: its reason."""
+RUN_CANCEL_REASON: Final = "stageflow.run.cancel.reason"
+"""On ``stageflow.pipeline.cancelled`` events: why the run was cancelled."""
+STAGE_DURATION_ATTRIBUTE: Final = "stageflow.stage.duration"
+"""On stage events that end a stage: its duration in seconds (the metric of the same name is a histogram)."""
+STAGE_RETRY_DELAY: Final = "stageflow.stage.retry.delay"
+"""On ``stageflow.stage.retrying`` events: seconds until the next attempt."""
+PIPELINE_STAGES: Final = "stageflow.pipeline.stages"
+"""On ``stageflow.pipeline.created|started`` events: how many stages the graph has."""
+EVENT_NAME: Final = "event.name"
+"""OpenTelemetry semconv: the static event name, as an attribute of ``stageflow.events.emitted``."""
 STAGE_OUTPUT_PREFIX: Final = "stageflow.stage.output."
 """Prefix of the attributes a ``capture_content`` redaction hook returns (content is off by default)."""
 CODE_FUNCTION_NAME: Final = "code.function.name"
@@ -252,18 +272,24 @@ ATTRIBUTES: Final = (
     Attribute(STAGE_WAIT_DURATION, "double", "stage spans", "Seconds from ready to start."),
     Attribute(STAGE_ATTEMPT, "int", "stage spans", "1-based attempt number."),
     Attribute(RUN_DURATION, "double", "run span", "The run's duration in seconds (from RunResult)."),
-    Attribute(STAGE_SKIP_REASON, "string", "run span events", "Why a conditional stage was skipped."),
+    Attribute(STAGE_SKIP_REASON, "string", "skipped events", "Why the stage was skipped."),
+    Attribute(STAGE_CANCEL_REASON, "string", "stage cancelled events", "The stage's cancel reason."),
+    Attribute(RUN_CANCEL_REASON, "string", "pipeline cancelled events", "Why the run was cancelled."),
+    Attribute(STAGE_DURATION_ATTRIBUTE, "double", "stage events that end a stage", "Seconds the stage ran."),
+    Attribute(STAGE_RETRY_DELAY, "double", "retrying events", "Seconds until the next attempt."),
+    Attribute(PIPELINE_STAGES, "int", "pipeline created/started events", "Stages in the graph."),
     Attribute(CODE_FUNCTION_NAME, "string", "stage spans", "The stage runner's qualified name."),
     Attribute(ERROR_TYPE, "string", "spans and metrics, on failure only", "Exception class name."),
     Attribute(LINK_TYPE, "string", "stage span links", "Always 'dependency'."),
-    Attribute(EVENT_TYPE, "string", "event log records", "The event's type, e.g. stage.llm.completed."),
+    Attribute(EVENT_TYPE, "string", "events", "The event's type, e.g. stage.llm.completed."),
     Attribute(
         EXCEPTION_MESSAGE,
         "string",
-        "`exception` span events, failed event log records",
+        "`exception` span events, failed and retrying events",
         "The error message after the redaction hook.",
     ),
     Attribute(EXCEPTION_TYPE, "string", "`exception` span events", "The exception's qualified class name."),
+    Attribute(EVENT_NAME, "string", "event counter", "The static event name."),
     Attribute(
         EXCEPTION_STACKTRACE,
         "string",
@@ -393,6 +419,13 @@ EVENTS_DROPPED = Metric(
     "Events the OTLP event sink or its export path gave up on, by cause.",
     (TELEMETRY_CAUSE,),
 )
+EVENTS_EMITTED = Metric(
+    "stageflow.events.emitted",
+    "counter",
+    "{event}",
+    "Events the executor emitted to the OTLP event sink, by static event name.",
+    (EVENT_NAME, PIPELINE_NAME, STAGE_NAME),
+)
 CIRCUIT_BREAKER_STATE = Metric(
     "stageflow.circuit_breaker.state",
     "gauge",
@@ -445,6 +478,7 @@ METRICS: Final = (
     PIPELINE_RUN_ERRORS,
     STAGE_SKIPS,
     EVENTS_DROPPED,
+    EVENTS_EMITTED,
     CIRCUIT_BREAKER_STATE,
     TELEMETRY_EXPORT_FAILURES,
     TELEMETRY_SPANS_DROPPED,
@@ -453,7 +487,7 @@ METRICS: Final = (
     TELEMETRY_LINKS_DROPPED,
 )
 
-# --------------------------------------------------------------------------- events (OTLP log records)
+# --------------------------------------------------------------------------- events (span events, logs)
 
 EVENTS: Final = {
     "pipeline.created": "stageflow.pipeline.created",
@@ -468,7 +502,7 @@ EVENTS: Final = {
     "stage.cancelled": "stageflow.stage.cancelled",
     "stage.retrying": "stageflow.stage.retrying",
 }
-"""Seed event kind (``stage.{name}.x`` reduced to ``stage.x``) to static OTLP event name."""
+"""Seed event kind (``stage.{name}.x`` reduced to ``stage.x``) to static name (span events, log records)."""
 
 # --------------------------------------------------------------------------- structured log fields
 
@@ -516,6 +550,8 @@ ENV_MODE: Final = "STAGEFLOW_OTEL_MODE"
 """``bounded`` (default: a full export queue drops and counts) or ``complete`` (wait for queue space)."""
 ENV_COMPLETE_TIMEOUT: Final = "STAGEFLOW_OTEL_COMPLETE_TIMEOUT"
 """Seconds a ``complete``-mode wait for queue space may last before the item is dropped and counted."""
+ENV_EVENT_LOG_RECORDS: Final = "STAGEFLOW_EVENT_LOG_RECORDS"
+"""``true``: the OTLP event sink also exports every event as an OTLP log record (default: span events)."""
 
 ENVIRONMENT: Final = (
     EnvironmentVariable("OTEL_SDK_DISABLED", "false", "`true`: no-op providers, nothing exported."),
@@ -576,6 +612,11 @@ ENVIRONMENT: Final = (
     ),
     EnvironmentVariable(
         ENV_COMPLETE_TIMEOUT, "10", "Seconds a `complete`-mode wait for queue room lasts at most."
+    ),
+    EnvironmentVariable(
+        ENV_EVENT_LOG_RECORDS,
+        "false",
+        "`true`: every event is also an OTLP log record (for Loki); the default is span events only.",
     ),
     EnvironmentVariable("OTEL_METRIC_EXPORT_TIMEOUT", "30000", "Milliseconds allowed for one metric export."),
     EnvironmentVariable(

@@ -23,7 +23,7 @@ def report() -> dict[str, Any]:
 
 def test_every_variant_is_searched(report: dict[str, Any]) -> None:
     names = [v["name"] for v in report["variants"]]
-    assert names == ["bare", "telemetry"]
+    assert names == ["bare", "telemetry", "telemetry + log records"]
     for variant in report["variants"]:
         assert len(variant["trials"]) == 1
         trial = variant["trials"][0]
@@ -35,10 +35,11 @@ def test_every_variant_is_searched(report: dict[str, Any]) -> None:
 
 
 def test_the_receiver_counts_what_each_variant_exports(report: dict[str, Any]) -> None:
-    bare, telemetry = (v["trials"][0] for v in report["variants"])
+    bare, telemetry, records = (v["trials"][0] for v in report["variants"])
     assert (bare["spans"], bare["span_events"], bare["log_records"]) == (0, 0, 0)
-    assert telemetry["spans"] == 5 * throughput.SPANS_PER_RUN
-    assert telemetry["log_records"] == 5 * throughput.EVENTS_PER_RUN
+    events = 5 * throughput.EVENTS_PER_RUN
+    assert (telemetry["spans"], telemetry["span_events"], telemetry["log_records"]) == (30, events, 0)
+    assert (records["spans"], records["span_events"], records["log_records"]) == (30, events, events)
 
 
 def test_search_doubles_then_bisects() -> None:

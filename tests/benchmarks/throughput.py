@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import json
 import multiprocessing
 import os
@@ -338,7 +339,7 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] | None = None) 
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
         "OTEL_METRIC_EXPORT_INTERVAL": "600000",  # metrics are not what this measures
     }
-    has_switch = hasattr(stageflow_otel.OtlpEventSink, "log_records")
+    has_switch = "log_records" in inspect.signature(stageflow_otel.OtlpEventSink).parameters
     try:
         with _environment(environment):
             plans: list[tuple[str, Callable[[float], Trial]]] = [

@@ -123,7 +123,11 @@ def entry_ctx(metadata: Mapping[str, Any] | None = None) -> StageContext:
 
 @pytest.fixture(name="otel_env")
 def _otel_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """A monkeypatch with every ``OTEL_*`` variable removed, so the developer's shell cannot leak in."""
+    """A monkeypatch with every ``OTEL_*`` variable (and the sink's switch) removed from the environment.
+
+    So the developer's shell cannot leak in.
+    """
     for name in [n for n in os.environ if n.startswith("OTEL_")]:
         monkeypatch.delenv(name)
+    monkeypatch.delenv("STAGEFLOW_EVENT_LOG_RECORDS", raising=False)
     return monkeypatch

@@ -100,6 +100,7 @@ def _env(otel_env: pytest.MonkeyPatch, receiver: OtlpReceiver) -> pytest.MonkeyP
     otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
     otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", receiver.protocol)
     otel_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "600000")
+    otel_env.setenv("STAGEFLOW_EVENT_LOG_RECORDS", "true")  # events as log records too: their accounting
     for prefix in ("BSP", "BLRP"):
         otel_env.setenv(f"OTEL_{prefix}_SCHEDULE_DELAY", "600000")
         otel_env.setenv(f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE", "4096")
@@ -334,6 +335,7 @@ class TestFork:
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": receiver.protocol,
             "OTEL_METRICS_EXPORTER": "none",
+            "STAGEFLOW_EVENT_LOG_RECORDS": "true",
         }
         done = subprocess.run(
             [sys.executable, "-c", FORK_SCRIPT], env=env, capture_output=True, text=True, timeout=120

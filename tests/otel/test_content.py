@@ -102,6 +102,7 @@ def _exporting(receiver: OtlpReceiver, otel_env: pytest.MonkeyPatch) -> pytest.M
     otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
     otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", receiver.protocol)
     otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+    otel_env.setenv("STAGEFLOW_EVENT_LOG_RECORDS", "true")  # events as log records too
     return otel_env
 
 
@@ -132,7 +133,7 @@ class TestOversizedValues:
         assert len(spans) == 3 * (GOOD_RUNS + 1)
         assert len(receiver.log_records()) == EVENTS_PER_RUN * (GOOD_RUNS + 1)
         failed = next(s for s in spans if s.name == "stage b" and s.status.message)
-        event = attributes(failed.events[0].attributes)
+        event = attributes(next(e for e in failed.events if e.name == "exception").attributes)
         assert (len(failed.status.message), len(event["exception.message"])) == (4096, 4096)
         assert len(event["exception.stacktrace"]) == 4096
         record = next(r for r in receiver.log_records() if r.event_name == "stageflow.stage.failed")
@@ -217,7 +218,7 @@ class TestRedaction:
         log_exporter: InMemoryLogRecordExporter,
     ) -> None:
         """By default a password and an e-mail address in an error message are masked everywhere."""
-        sink = OtlpEventSink(logger_provider=logger_provider)
+        sink = OtlpEventSink(logger_provider=logger_provider, log_records=True)
         graph = two_stages("demo", leaky).build(interceptors=[TracingInterceptor(tracer_provider)])
         with pytest.raises(PipelineFailedError):
             await graph.run(entry_ctx(sink=sink))
@@ -227,8 +228,9 @@ class TestRedaction:
         run = next(s for s in span_exporter.get_finished_spans() if s.name == "pipeline demo")
         assert stage.status.description == REDACTED_MESSAGE
         assert run.status.description == f"stage 'b' failed: PermissionError: {REDACTED_MESSAGE}"
-        event = dict(stage.events[0].attributes or {})
-        assert (stage.events[0].name, event["exception.type"], event["exception.message"]) == (
+        exception = next(e for e in stage.events if e.name == "exception")
+        event = dict(exception.attributes or {})
+        assert (exception.name, event["exception.type"], event["exception.message"]) == (
             "exception",
             "PermissionError",
             REDACTED_MESSAGE,
@@ -237,6 +239,8 @@ class TestRedaction:
         records = [r.log_record for r in log_exporter.get_finished_logs()]
         failed = [r for r in records if r.event_name == "stageflow.stage.failed"]
         assert [(r.attributes or {})["exception.message"] for r in failed] == [REDACTED_MESSAGE]
+        span_event = next(e for e in stage.events if e.name == "stageflow.stage.failed")
+        assert (span_event.attributes or {})["exception.message"] == REDACTED_MESSAGE
         exported = repr([(s.status, s.events, s.attributes) for s in span_exporter.get_finished_spans()])
         exported += repr([(r.body, r.attributes) for r in records])
         assert ("hunter2" in exported, "bob@" in exported) == (False, False)
@@ -249,7 +253,7 @@ class TestRedaction:
         log_exporter: InMemoryLogRecordExporter,
     ) -> None:
         """With ``error_type_only`` spans and log records carry ``error.type`` and no message at all."""
-        sink = OtlpEventSink(logger_provider=logger_provider, redact_error=error_type_only)
+        sink = OtlpEventSink(logger_provider=logger_provider, redact_error=error_type_only, log_records=True)
         graph = two_stages("demo", leaky).build(
             interceptors=[TracingInterceptor(tracer_provider, redact_error=error_type_only)]
         )
@@ -262,7 +266,7 @@ class TestRedaction:
             None,
             "PermissionError",
         )
-        event = dict(stage.events[0].attributes or {})
+        event = dict(next(e for e in stage.events if e.name == "exception").attributes or {})
         assert sorted(event) == ["exception.stacktrace", "exception.type"]
         assert str(event["exception.stacktrace"]).endswith("\nPermissionError\n")
         failed = [
@@ -273,6 +277,8 @@ class TestRedaction:
         assert [(r.attributes or {}).get("exception.message") for r in failed] == [None]
         assert [(r.attributes or {})[semconv.ERROR_TYPE] for r in failed] == ["PermissionError"]
         assert ["error" in r.body for r in failed if isinstance(r.body, dict)] == [False]
+        span_event = next(e for e in stage.events if e.name == "stageflow.stage.failed")
+        assert semconv.EXCEPTION_MESSAGE not in (span_event.attributes or {})
 
     async def test_a_non_stage_output_return_exports_only_its_type(
         self,

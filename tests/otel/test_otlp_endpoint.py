@@ -10,8 +10,9 @@ import asyncio
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from stageflow import (
@@ -103,6 +104,28 @@ def _telemetry(receiver: OtlpReceiver, otel_env: pytest.MonkeyPatch) -> Iterator
     telemetry.shutdown(timeout=5.0)
 
 
+@pytest.fixture(name="telemetry_with_log_records")
+def _telemetry_with_log_records(receiver: OtlpReceiver, otel_env: pytest.MonkeyPatch) -> Iterator[Telemetry]:
+    """As ``telemetry``, with STAGEFLOW_EVENT_LOG_RECORDS=true: events are log records too."""
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", receiver.protocol)
+    otel_env.setenv(semconv.ENV_EVENT_LOG_RECORDS, "true")
+    telemetry = setup("otlp-test", set_global=False)
+    yield telemetry
+    telemetry.shutdown(timeout=5.0)
+
+
+def _value(value: AnyValue) -> object:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return tuple(_value(v) for v in value.array_value.values)
+    return getattr(value, kind) if kind else None
+
+
+def _attributes(attributes: Iterable[KeyValue]) -> dict[str, object]:
+    return {a.key: _value(a.value) for a in attributes}
+
+
 def _hex(raw: bytes) -> str:
     return raw.hex()
 
@@ -128,31 +151,79 @@ class TestOtlpExport:
         }
         assert dict(by_trace) == dict.fromkeys(expected, 1)
 
-    async def test_event_logs_carry_the_run_trace_ids(
+    async def test_events_arrive_as_span_events_of_their_spans(
         self, telemetry: Telemetry, receiver: OtlpReceiver
     ) -> None:
-        """Every event after pipeline.created is a log record in its run's trace, with the run span's id."""
+        """By default every event travels as a span event on its span, in order, and no log record is sent."""
+        results = await run_concurrently(instrumented(telemetry), telemetry.event_sink)
+        assert telemetry.force_flush(timeout=10.0)
+        assert receiver.wait_for(lambda: len(receiver.spans()) >= RUNS * (1 + len(STAGES)))
+        names = {
+            (_attributes(s.attributes)[semconv.RUN_ID], s.name): [
+                (e.name, _attributes(e.attributes)[semconv.EVENT_TYPE]) for e in s.events
+            ]
+            for s in receiver.spans()
+        }
+        expected = {}
+        for result in results:
+            run_id = str(result.run_id)
+            expected[run_id, "pipeline demo"] = [
+                ("stageflow.pipeline.created", "pipeline.created"),
+                ("stageflow.pipeline.started", "pipeline.started"),
+                ("stageflow.pipeline.completed", "pipeline.completed"),
+            ]
+            for stage in STAGES:
+                expected[run_id, f"stage {stage}"] = [
+                    ("stageflow.stage.started", f"stage.{stage}.started"),
+                    ("stageflow.stage.completed", f"stage.{stage}.completed"),
+                ]
+        assert names == expected
+        for span in receiver.spans():
+            assert all(
+                span.start_time_unix_nano <= e.time_unix_nano <= span.end_time_unix_nano for e in span.events
+            )
+        assert receiver.log_records() == []
+
+    async def test_event_logs_carry_the_run_trace_ids(
+        self, telemetry_with_log_records: Telemetry, receiver: OtlpReceiver
+    ) -> None:
+        """With log records on, every event after pipeline.created is also a log record in its run's trace,
+        with the run span's id, the span event's name and its attributes plus the run id and pipeline."""
+        telemetry = telemetry_with_log_records
         await run_concurrently(instrumented(telemetry), telemetry.event_sink)
         assert telemetry.force_flush(timeout=10.0)
         per_run = 2 + 2 * len(STAGES) + 1
         assert receiver.wait_for(lambda: len(receiver.log_records()) >= RUNS * per_run)
 
+        spans = receiver.spans()
         run_spans = {
             a.value.string_value: s
-            for s in receiver.spans()
+            for s in spans
             if s.name == "pipeline demo"
             for a in s.attributes
             if a.key == semconv.RUN_ID
         }
+        span_events = {
+            (_attributes(s.attributes)[semconv.RUN_ID], _attributes(e.attributes)[semconv.EVENT_TYPE]): (
+                e.name,
+                _attributes(e.attributes),
+            )
+            for s in spans
+            for e in s.events
+        }
         seen: Counter[str] = Counter()
         for record in receiver.log_records():
-            attributes = {a.key: a.value.string_value for a in record.attributes}
-            run_span = run_spans[attributes[semconv.RUN_ID]]
+            attributes = _attributes(record.attributes)
+            run_id = attributes.pop(semconv.RUN_ID)
+            assert attributes.pop(semconv.PIPELINE_NAME) == "demo"
+            run_span = run_spans[str(run_id)]
             seen[record.event_name] += 1
             if record.event_name == semconv.EVENTS["pipeline.created"]:
                 assert (record.trace_id, record.span_id) == (b"", b"")
             else:
                 assert (record.trace_id, record.span_id) == (run_span.trace_id, run_span.span_id)
+            assert span_events[run_id, attributes[semconv.EVENT_TYPE]] == (record.event_name, attributes)
+        assert len(span_events) == RUNS * per_run
         assert seen == Counter(
             {
                 "stageflow.pipeline.created": RUNS,
@@ -219,6 +290,7 @@ class TestCollectorDown:
     def test_shutdown_returns_within_its_timeout(self, down: pytest.MonkeyPatch, protocol: str) -> None:
         """shutdown(timeout) returns False within timeout + 0.5 s and counts every span it could not send."""
         down.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        down.setenv(semconv.ENV_EVENT_LOG_RECORDS, "true")  # so that logs are exported (and fail) too
         telemetry = setup("down", set_global=False)
         results = asyncio.run(run_concurrently(instrumented(telemetry), telemetry.event_sink))
         assert len(results) == RUNS

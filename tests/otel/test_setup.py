@@ -176,6 +176,7 @@ class TestEventDrops:
         quiet.setenv("OTEL_BLRP_MAX_QUEUE_SIZE", "4")
         quiet.setenv("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "8")  # never reached: no export before shutdown
         quiet.setenv("OTEL_BLRP_SCHEDULE_DELAY", "600000")
+        quiet.setenv(semconv.ENV_EVENT_LOG_RECORDS, "true")
         reader = InMemoryMetricReader()
         telemetry = setup("svc", set_global=False, metric_readers=[reader])
         sink = telemetry.event_sink
@@ -214,10 +215,38 @@ class TestProtocol:
         assert caplog.records == []
 
 
+class TestEventLogRecordsSwitch:
+    @pytest.mark.parametrize(
+        ("variable", "argument", "expected"),
+        [
+            (None, None, False),
+            ("true", None, True),
+            ("TRUE", None, True),
+            ("false", None, False),
+            ("true", False, False),
+            (None, True, True),
+        ],
+        ids=["default-off", "env-on", "env-case", "env-off", "argument-wins-off", "argument-on"],
+    )
+    def test_log_records_are_opt_in(
+        self, quiet: pytest.MonkeyPatch, variable: str | None, argument: bool | None, expected: bool
+    ) -> None:
+        """Events are span events only, unless STAGEFLOW_EVENT_LOG_RECORDS or setup()'s argument say so."""
+        if variable is not None:
+            quiet.setenv(semconv.ENV_EVENT_LOG_RECORDS, variable)
+        telemetry = setup("svc", set_global=False, event_log_records=argument)
+        try:
+            sink = telemetry.event_sink
+            assert isinstance(sink, OtlpEventSink)
+            assert (sink.log_records, sink.span_events) == (expected, True)
+        finally:
+            telemetry.shutdown(timeout=1.0)
+
+
 class TestShutdown:
     def test_shutdown_is_idempotent(self, quiet: pytest.MonkeyPatch) -> None:
-        """A second shutdown returns True at once and the sink refuses new events."""
-        telemetry = setup("svc", set_global=False)
+        """A second shutdown returns True at once and the sink refuses new log records."""
+        telemetry = setup("svc", set_global=False, event_log_records=True)
         assert (telemetry.shutdown(timeout=1.0), telemetry.shutdown(timeout=1.0)) == (True, True)
         telemetry.event_sink.try_emit(type="pipeline.created", data={})
         assert isinstance(telemetry.event_sink, OtlpEventSink) and telemetry.event_sink.dropped == 1

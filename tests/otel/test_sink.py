@@ -37,8 +37,8 @@ from .conftest import metric_points
 
 @pytest.fixture(name="event_sink")
 def _event_sink(logger_provider: LoggerProvider, meter_provider: MeterProvider) -> Iterator[OtlpEventSink]:
-    """An OTLP event sink writing to the in-memory logger provider, shut down at teardown."""
-    sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider)
+    """An OTLP event sink with log records on, writing to the in-memory logger provider."""
+    sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider, log_records=True)
     yield sink
     sink.shutdown(timeout=5.0)
 
@@ -102,6 +102,7 @@ class TestEventRecords:
             {
                 semconv.EVENT_TYPE: "stage.a.b.cancelled",
                 semconv.STAGE_NAME: "a.b",
+                semconv.STAGE_CANCEL_REASON: "stop",
                 semconv.STAGE_RESULT: semconv.RESULT_CANCELLATION,
             },
         )
@@ -223,7 +224,9 @@ class TestBoundedBuffer:
         blocking = _Blocking()
         provider = LoggerProvider()
         provider.add_log_record_processor(blocking)
-        sink = OtlpEventSink(logger_provider=provider, meter_provider=meter_provider, max_buffer=2)
+        sink = OtlpEventSink(
+            logger_provider=provider, meter_provider=meter_provider, max_buffer=2, log_records=True
+        )
         try:
             sink.try_emit(type="pipeline.created", data={})
             assert blocking.entered.wait(5)
@@ -250,7 +253,7 @@ class TestBoundedBuffer:
         provider = LoggerProvider()
         provider.add_log_record_processor(blocking)
         provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
-        sink = OtlpEventSink(logger_provider=provider, meter_provider=meter_provider)
+        sink = OtlpEventSink(logger_provider=provider, meter_provider=meter_provider, log_records=True)
         try:
             sink.try_emit(type="pipeline.created", data={})
             assert blocking.entered.wait(5)
@@ -303,7 +306,7 @@ class TestFailureIsolation:
         """Runs succeed while every record fails; the failure is logged once."""
         provider = LoggerProvider()
         provider.add_log_record_processor(_Exploding())
-        sink = OtlpEventSink(logger_provider=provider, meter_provider=meter_provider)
+        sink = OtlpEventSink(logger_provider=provider, meter_provider=meter_provider, log_records=True)
         graph = Pipeline(name="p").with_stage("greet", ok, StageKind.TRANSFORM).build()
         try:
             with caplog.at_level(logging.ERROR, logger="stageflow_otel"):

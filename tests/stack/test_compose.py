@@ -149,6 +149,10 @@ class TestServices:
         assert targets == [f"demo:{port}"]
         assert demo["environment"]["OTEL_EXPORTER_PROMETHEUS_PORT"] == port
 
+    def test_demo_exports_events_as_log_records_for_loki(self, services: dict[str, Any]) -> None:
+        """Events are span events by default; the demo switches log records on so Loki shows them too."""
+        assert services["demo"]["environment"]["STAGEFLOW_EVENT_LOG_RECORDS"] == "true"
+
     def test_demo_paths_do_not_share_a_job(
         self, services: dict[str, Any], prometheus_config: dict[str, Any]
     ) -> None:

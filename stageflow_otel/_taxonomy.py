@@ -1,0 +1,245 @@
+"""The event taxonomy as OpenTelemetry sees it: one description of each core event, shared by every view.
+
+``OtlpEventSink.try_emit`` describes each event once (``describe``); that one ``TaxonomyEvent`` becomes a
+span event (``route``, through the run state ``TracingInterceptor`` registers in ``CURRENT_RUN``), one
+increment of ``stageflow.events.emitted`` and, when log records are switched on, an OTLP log record. So
+the views carry the same static name and the same attributes, in the core's order, by construction.
+
+Where a span event goes (``TracingInterceptor`` decides, from the run state):
+
+* ``pipeline.*``: the run span; ``pipeline.created`` precedes the run span, so the sink parks it in
+  ``CREATED`` (a context variable of the caller's context) and the run span starts at its timestamp;
+* ``stage.{name}.*``: that stage's span; ``started`` precedes the span, so it waits in the run state and
+  the stage span starts at its timestamp; ``completed|failed|skipped|cancelled`` (and a core
+  ``retrying``, between two attempt spans) follow the attempt, so while events flow the stage span's end
+  is deferred to that event (its end time the later of the attempt's end and the event's timestamp);
+* a stage that never had a span (a skipped conditional stage, a stage refused before the tracing
+  interceptor ran): its events go to the run span.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+from opentelemetry.util.types import AttributeValue
+
+import stageflow
+
+from . import semconv
+from ._content import ErrorDetails, ErrorRedactor, clean_text, redact_error_message, redacted_message
+
+__all__ = ("CREATED", "CURRENT_RUN", "EventRoute", "TaxonomyEvent", "describe", "route")
+
+TERMINAL = frozenset({"completed", "failed", "skipped", "cancelled"})
+"""Outcomes that end a stage (the last event of its last attempt)."""
+
+_STAGE_ATTRIBUTES: Mapping[str, str] = {
+    "stage": semconv.STAGE_NAME,
+    "kind": semconv.STAGE_KIND,
+    "wait": semconv.STAGE_WAIT_DURATION,
+    "dependencies": semconv.STAGE_DEPENDENCIES,
+    "attempts": semconv.STAGE_ATTEMPT,
+    "attempt": semconv.STAGE_ATTEMPT,
+    "duration": semconv.STAGE_DURATION_ATTRIBUTE,
+    "delay": semconv.STAGE_RETRY_DELAY,
+    "error": semconv.EXCEPTION_MESSAGE,
+}
+"""Event data key to span event / log record attribute, for ``stage.*`` events."""
+
+_PIPELINE_ATTRIBUTES: Mapping[str, str] = {
+    "stage": semconv.STAGE_NAME,
+    "stages": semconv.PIPELINE_STAGES,
+    "version": semconv.PIPELINE_VERSION,
+    "duration": semconv.RUN_DURATION,
+    "critical_path": semconv.RUN_CRITICAL_PATH,
+    "error": semconv.EXCEPTION_MESSAGE,
+}
+"""Event data key to attribute, for ``pipeline.*`` and other events."""
+
+_REASON = {
+    "stage.skipped": semconv.STAGE_SKIP_REASON,
+    "stage.cancelled": semconv.STAGE_CANCEL_REASON,
+    "pipeline.cancelled": semconv.RUN_CANCEL_REASON,
+}
+
+_ERROR_TYPES: Mapping[str, str] = {
+    stageflow.StageTimeoutError.__name__: semconv.ERROR_TYPE_TIMEOUT,
+    stageflow.CircuitOpenError.__name__: semconv.ERROR_TYPE_CIRCUIT_OPEN,
+}
+_FAILURE_TYPES = frozenset({stageflow.StageFailedError.__name__, stageflow.RetriesExhaustedError.__name__})
+
+_RESULTS = {
+    "completed": semconv.RESULT_SUCCESS,
+    "skipped": semconv.RESULT_SKIP,
+    "cancelled": semconv.RESULT_CANCELLATION,
+}
+
+
+class TaxonomyEvent:
+    """One core event, described once for the span event, the counter and the log record."""
+
+    __slots__ = (
+        "attributes",
+        "kind",
+        "message",
+        "name",
+        "outcome",
+        "pipeline",
+        "run_id",
+        "stage",
+        "timestamp",
+        "type",
+    )
+
+    def __init__(
+        self,
+        type: str,
+        kind: str,
+        name: str,
+        outcome: str,
+        stage: str | None,
+        run_id: str | None,
+        pipeline: str | None,
+        timestamp: int,
+        attributes: dict[str, AttributeValue],
+        message: str | None = None,
+    ) -> None:
+        self.type = type
+        """The seed's event string (``stage.llm.completed``)."""
+        self.kind = kind
+        """The taxonomy kind (``stage.completed``); the type itself outside the taxonomy."""
+        self.name = name
+        """The static event name (``stageflow.stage.completed``)."""
+        self.outcome = outcome
+        """The kind's last part (``completed``)."""
+        self.stage = stage
+        """The stage of a ``stage.*`` event (also of other events that name one), else ``None``."""
+        self.run_id = run_id
+        self.pipeline = pipeline
+        self.timestamp = timestamp
+        """The event's own time, ns since the epoch (its ``timestamp``, else when it was described)."""
+        self.attributes = attributes
+        """The attributes every view carries (log records add the run id and pipeline name)."""
+        self.message = message
+        """The event's ``error`` message as exported (redacted, cut, encodable); ``None`` if left out."""
+
+
+def _kind(type: str) -> str:
+    """``stage.{name}.completed`` -> ``stage.completed``; other types are returned unchanged."""
+    if type.startswith("stage.") and type.count(".") >= 2:
+        return "stage." + type.rsplit(".", 1)[1]
+    return type
+
+
+def _attribute(value: object, limit: int | None) -> AttributeValue | None:
+    if isinstance(value, str):
+        return clean_text(value, limit)
+    if isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(clean_text(v, limit) for v in value)
+    return None
+
+
+def _result(outcome: str, error_type: object) -> str | None:
+    if outcome == "failed":
+        if error_type in _FAILURE_TYPES:
+            return semconv.RESULT_FAILURE
+        if error_type == stageflow.StageTimeoutError.__name__:
+            return semconv.RESULT_TIMEOUT
+        return semconv.RESULT_ERROR
+    return _RESULTS.get(outcome)
+
+
+def describe(
+    type: str,
+    data: Mapping[str, Any] | None,
+    limit: int | None = None,
+    redact: ErrorRedactor = redact_error_message,
+) -> TaxonomyEvent:
+    """Describe one event: its static name, its attributes and its own timestamp.
+
+    Every string is cut to ``limit`` characters and made encodable; the ``error`` message passes through
+    ``redact`` first (left out when it returns ``None``).
+    """
+    data = data or {}
+    kind = _kind(type)
+    outcome = kind.rsplit(".", 1)[-1]
+    is_stage = kind.startswith("stage.") and kind in semconv.EVENTS
+    table = _STAGE_ATTRIBUTES if is_stage else _PIPELINE_ATTRIBUTES
+    attributes: dict[str, AttributeValue] = {semconv.EVENT_TYPE: clean_text(type, limit)}
+    message: str | None = None
+    error_type = data.get("error_type")
+    for key, value in data.items():
+        name = table.get(key)
+        if name is None:
+            continue
+        if key == "error":
+            if not isinstance(value, str) or not value:
+                continue
+            pipeline, stage = data.get("pipeline"), data.get("stage")
+            details = ErrorDetails(
+                error_type if isinstance(error_type, str) and error_type else semconv.OTHER,
+                value,
+                pipeline if isinstance(pipeline, str) else None,
+                stage if isinstance(stage, str) else None,
+            )
+            message = redacted_message(redact, details, limit)
+            if message is not None:
+                attributes[name] = message
+        elif (converted := _attribute(value, limit)) is not None:
+            attributes[name] = converted
+    reason_attribute = _REASON.get(kind)
+    if reason_attribute is not None and isinstance(reason := data.get("reason"), str):
+        attributes[reason_attribute] = clean_text(reason, limit)
+    if isinstance(error_type, str) and error_type:
+        attributes[semconv.ERROR_TYPE] = clean_text(_ERROR_TYPES.get(error_type, error_type), limit)
+    result = _result(outcome, error_type) if kind in semconv.EVENTS else None
+    if result is not None:
+        attributes[semconv.STAGE_RESULT if is_stage else semconv.RUN_RESULT] = result
+    stage = data.get("stage")
+    run_id = data.get("run_id")
+    pipeline = data.get("pipeline")
+    timestamp = data.get("timestamp")
+    return TaxonomyEvent(
+        type,
+        kind,
+        semconv.EVENTS.get(kind, semconv.EVENT_OTHER),
+        outcome,
+        stage if isinstance(stage, str) else None,
+        run_id if isinstance(run_id, str) else None,
+        pipeline if isinstance(pipeline, str) else None,
+        int(timestamp * 1e9) if isinstance(timestamp, int | float) else time.time_ns(),
+        attributes,
+        message,
+    )
+
+
+class EventRoute(Protocol):
+    """A run's receiver of span events (``TracingInterceptor``'s run state)."""
+
+    run_id: str
+
+    def add(self, event: TaxonomyEvent) -> None:
+        """Put ``event`` on the span it belongs to."""
+        ...
+
+
+CURRENT_RUN: ContextVar[EventRoute | None] = ContextVar("stageflow_otel.current_run", default=None)
+"""The traced run the current context belongs to (set by ``TracingInterceptor`` around the run)."""
+
+CREATED: ContextVar[TaxonomyEvent | None] = ContextVar("stageflow_otel.created", default=None)
+"""The last ``pipeline.created`` event seen in this context, for the run span about to start."""
+
+
+def route(event: TaxonomyEvent) -> None:
+    """Hand ``event`` to its run's span events (a no-op for a run that is not traced)."""
+    if event.kind == "pipeline.created":
+        CREATED.set(event)
+        return
+    run = CURRENT_RUN.get()
+    if run is not None and run.run_id == event.run_id:
+        run.add(event)

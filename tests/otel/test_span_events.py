@@ -1,0 +1,612 @@
+"""The event taxonomy onto span events and the stageflow.events.emitted counter, with the real SDK.
+
+Every run here goes to a tee of an ``InMemoryEventSink`` (the core's event stream, as emitted) and the
+``OtlpEventSink`` under test, so each span event is compared with the very event it came from.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from stageflow import (
+    ContextSnapshot,
+    InMemoryEventSink,
+    Pipeline,
+    PipelineCancelledError,
+    PipelineFailedError,
+    PipelineTimer,
+    RecordedEvent,
+    RetryPolicy,
+    RunIdentity,
+    StageContext,
+    StageGraph,
+    StageInputs,
+    StageKind,
+    StageOutput,
+)
+from stageflow.interceptors import Interceptor, RetryInterceptor, TimeoutInterceptor
+from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
+
+from ._stages import T, boom, fail, ok, skip
+from .conftest import metric_points
+
+E = semconv.EVENTS
+
+
+class Tee:
+    """Hands every event to each sink in turn (the recorder first: it keeps the data the core built)."""
+
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = sinks
+
+    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        self.try_emit(type=type, data=data)
+
+    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        for sink in self.sinks:
+            sink.try_emit(type=type, data=data)
+
+
+@pytest.fixture(name="sink")
+def _sink(meter_provider: MeterProvider, logger_provider: LoggerProvider) -> Iterator[OtlpEventSink]:
+    """The sink under test, with its defaults (span events on, log records off)."""
+    sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider)
+    yield sink
+    sink.shutdown(timeout=5.0)
+
+
+@pytest.fixture(name="stream")
+def _stream() -> InMemoryEventSink:
+    return InMemoryEventSink()
+
+
+def entry(sink: Any) -> StageContext:
+    snapshot = ContextSnapshot(run_id=RunIdentity())
+    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
+
+
+def traced(pipeline: Pipeline, provider: TracerProvider, *more: Interceptor) -> StageGraph:
+    return pipeline.build(interceptors=[TracingInterceptor(provider), *more])
+
+
+def ns(event: RecordedEvent) -> int:
+    timestamp = event.data["timestamp"]
+    assert isinstance(timestamp, float)
+    return int(timestamp * 1e9)
+
+
+def span_events(spans: Sequence[ReadableSpan]) -> dict[str, list[tuple[str, str]]]:
+    """``span name -> [(event name, stageflow.event.type)]``; several spans of one name are numbered."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for span in sorted(spans, key=lambda s: s.start_time or 0):
+        key = (
+            span.name
+            if span.name not in out
+            else f"{span.name} #{sum(k.startswith(span.name) for k in out) + 1}"
+        )
+        out[key] = [(e.name, str((e.attributes or {}).get(semconv.EVENT_TYPE, ""))) for e in span.events]
+    return out
+
+
+def check_against_stream(spans: Sequence[ReadableSpan], stream: InMemoryEventSink) -> None:
+    """Every streamed event is exactly one span event, on a span whose time covers it, in stream order."""
+    placed: list[tuple[int, str, int]] = []  # (timestamp, type, position of the span event in its span)
+    for span in spans:
+        assert span.start_time is not None and span.end_time is not None
+        position = 0
+        for event in span.events:
+            if event.name == "exception":  # the SDK's own record_exception event
+                continue
+            assert span.start_time <= event.timestamp <= span.end_time, (span.name, event.name)
+            placed.append((event.timestamp, str((event.attributes or {})[semconv.EVENT_TYPE]), position))
+            position += 1
+    assert sorted((t, ty) for t, ty, _ in placed) == sorted((ns(e), e.type) for e in stream.events)
+    # within each span, the events keep the stream's order
+    order = {(ns(e), e.type): i for i, e in enumerate(stream.events)}
+    for span in spans:
+        indexes = [
+            order[e.timestamp, str((e.attributes or {})[semconv.EVENT_TYPE])]
+            for e in span.events
+            if e.name != "exception"
+        ]
+        assert indexes == sorted(indexes), span.name
+
+
+def counts(reader: InMemoryMetricReader) -> dict[tuple[object, ...], int | float]:
+    return {
+        tuple((p.attributes or {}).get(k) for k in semconv.EVENTS_EMITTED.attributes): p.value
+        for p in metric_points(reader, semconv.EVENTS_EMITTED.name)
+        if isinstance(p, NumberDataPoint)
+    }
+
+
+def by_name(spans: Sequence[ReadableSpan]) -> dict[str, ReadableSpan]:
+    return {s.name: s for s in spans}
+
+
+def attrs(span: ReadableSpan, index: int) -> dict[str, object]:
+    return dict(span.events[index].attributes or {})
+
+
+class TestSuccess:
+    async def test_every_event_is_a_span_event_of_its_span(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        sink: OtlpEventSink,
+        stream: InMemoryEventSink,
+        metric_reader: InMemoryMetricReader,
+    ) -> None:
+        """pipeline.* on the run span (created too), stage.{name}.* on the stage's span, exact attributes."""
+        graph = traced(
+            Pipeline(name="demo")
+            .with_stage("a", ok, T)
+            .with_stage("b", ok, StageKind.ENRICH, dependencies=("a",)),
+            tracer_provider,
+        )
+        for _ in range(2):
+            await graph.run(entry(Tee(stream, sink)))
+        spans = span_exporter.get_finished_spans()
+        assert span_events(spans[:3]) == {
+            "pipeline demo": [
+                (E["pipeline.created"], "pipeline.created"),
+                (E["pipeline.started"], "pipeline.started"),
+                (E["pipeline.completed"], "pipeline.completed"),
+            ],
+            "stage a": [(E["stage.started"], "stage.a.started"), (E["stage.completed"], "stage.a.completed")],
+            "stage b": [(E["stage.started"], "stage.b.started"), (E["stage.completed"], "stage.b.completed")],
+        }
+        check_against_stream(spans, stream)
+
+        first = {e.type: e.data for e in stream.events[:8]}
+        run, a = by_name(spans[:3])["pipeline demo"], by_name(spans[:3])["stage a"]
+        assert [attrs(run, i) for i in range(3)] == [
+            {
+                semconv.EVENT_TYPE: "pipeline.created",
+                semconv.PIPELINE_STAGES: 2,
+                semconv.PIPELINE_VERSION: graph.version,
+            },
+            {semconv.EVENT_TYPE: "pipeline.started", semconv.PIPELINE_STAGES: 2},
+            {
+                semconv.EVENT_TYPE: "pipeline.completed",
+                semconv.RUN_DURATION: first["pipeline.completed"]["duration"],
+                semconv.RUN_CRITICAL_PATH: ("a", "b"),
+                semconv.RUN_RESULT: semconv.RESULT_SUCCESS,
+            },
+        ]
+        assert [attrs(a, i) for i in range(2)] == [
+            {
+                semconv.EVENT_TYPE: "stage.a.started",
+                semconv.STAGE_NAME: "a",
+                semconv.STAGE_KIND: "transform",
+                semconv.STAGE_WAIT_DURATION: first["stage.a.started"]["wait"],
+                semconv.STAGE_DEPENDENCIES: (),
+            },
+            {
+                semconv.EVENT_TYPE: "stage.a.completed",
+                semconv.STAGE_NAME: "a",
+                semconv.STAGE_KIND: "transform",
+                semconv.STAGE_DURATION_ATTRIBUTE: first["stage.a.completed"]["duration"],
+                semconv.STAGE_WAIT_DURATION: first["stage.a.completed"]["wait"],
+                semconv.STAGE_ATTEMPT: 1,
+                semconv.STAGE_RESULT: semconv.RESULT_SUCCESS,
+            },
+        ]
+        # the run span starts with pipeline.created, a stage span with its started event and ends with
+        # its closing event
+        assert run.start_time == ns(stream.events[0])
+        assert (a.start_time, a.end_time) == (ns(stream.events[2]), ns(stream.events[3]))
+        assert counts(metric_reader) == {
+            (E["pipeline.created"], "demo", None): 2,
+            (E["pipeline.started"], "demo", None): 2,
+            (E["stage.started"], "demo", "a"): 2,
+            (E["stage.completed"], "demo", "a"): 2,
+            (E["stage.started"], "demo", "b"): 2,
+            (E["stage.completed"], "demo", "b"): 2,
+            (E["pipeline.completed"], "demo", None): 2,
+        }
+
+    async def test_log_records_carry_the_span_events_names_and_attributes(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        meter_provider: MeterProvider,
+        logger_provider: LoggerProvider,
+        log_exporter: InMemoryLogRecordExporter,
+    ) -> None:
+        """With log records on, each record has its span event's name and attributes, plus the run."""
+        sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider, log_records=True)
+        graph = traced(
+            Pipeline(name="demo").with_stage("a", ok, T).with_stage("b", boom, T, dependencies=("a",)),
+            tracer_provider,
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry(sink))
+        assert sink.flush(timeout=5.0)
+        spans = span_exporter.get_finished_spans()
+        run_id = str((by_name(spans)["pipeline demo"].attributes or {})[semconv.RUN_ID])
+        from_spans = [
+            (
+                e.name,
+                {**dict(e.attributes or {}), semconv.RUN_ID: run_id, semconv.PIPELINE_NAME: "demo"},
+                e.timestamp,
+            )
+            for s in spans
+            for e in s.events
+            if e.name != "exception"
+        ]
+        from_logs = [
+            (r.log_record.event_name, dict(r.log_record.attributes or {}), r.log_record.timestamp)
+            for r in log_exporter.get_finished_logs()
+        ]
+        assert len(from_logs) == 7
+        assert sorted(from_spans, key=lambda x: x[2]) == from_logs
+        sink.shutdown(timeout=5.0)
+
+    async def test_without_the_tracing_interceptor_events_are_still_counted(
+        self, sink: OtlpEventSink, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """No run span to carry them: nothing is put on spans, and the counter still counts every event."""
+        await Pipeline(name="p").with_stage("a", ok, T).build().run(entry(sink))
+        assert counts(metric_reader) == {
+            (E["pipeline.created"], "p", None): 1,
+            (E["pipeline.started"], "p", None): 1,
+            (E["stage.started"], "p", "a"): 1,
+            (E["stage.completed"], "p", "a"): 1,
+            (E["pipeline.completed"], "p", None): 1,
+        }
+
+    async def test_span_events_can_be_switched_off(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        meter_provider: MeterProvider,
+    ) -> None:
+        """``span_events=False``: spans carry no events, and stage spans end when their attempt returns."""
+        sink = OtlpEventSink(meter_provider=meter_provider, span_events=False)
+        await traced(Pipeline(name="p").with_stage("a", ok, T), tracer_provider).run(entry(sink))
+        assert span_events(span_exporter.get_finished_spans()) == {"stage a": [], "pipeline p": []}
+
+
+class TestFailure:
+    async def test_a_raising_stage(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        sink: OtlpEventSink,
+        stream: InMemoryEventSink,
+        metric_reader: InMemoryMetricReader,
+    ) -> None:
+        """stage.x.failed follows the SDK's exception event on the stage span; pipeline.failed on the run."""
+        graph = traced(Pipeline(name="p").with_stage("x", boom, T), tracer_provider)
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry(Tee(stream, sink)))
+        spans = span_exporter.get_finished_spans()
+        assert span_events(spans) == {
+            "stage x": [
+                ("stageflow.stage.started", "stage.x.started"),
+                ("exception", ""),
+                (E["stage.failed"], "stage.x.failed"),
+            ],
+            "pipeline p": [
+                (E["pipeline.created"], "pipeline.created"),
+                (E["pipeline.started"], "pipeline.started"),
+                (E["pipeline.failed"], "pipeline.failed"),
+            ],
+        }
+        check_against_stream(spans, stream)
+        data = {e.type: e.data for e in stream.events}
+        x, run = by_name(spans)["stage x"], by_name(spans)["pipeline p"]
+        assert attrs(x, 2) == {
+            semconv.EVENT_TYPE: "stage.x.failed",
+            semconv.STAGE_NAME: "x",
+            semconv.STAGE_KIND: "transform",
+            semconv.STAGE_DURATION_ATTRIBUTE: data["stage.x.failed"]["duration"],
+            semconv.EXCEPTION_MESSAGE: "kaput",
+            semconv.ERROR_TYPE: "RuntimeError",
+            semconv.STAGE_ATTEMPT: 1,
+            semconv.STAGE_RESULT: semconv.RESULT_ERROR,
+        }
+        assert attrs(run, 2) == {
+            semconv.EVENT_TYPE: "pipeline.failed",
+            semconv.RUN_DURATION: data["pipeline.failed"]["duration"],
+            semconv.RUN_CRITICAL_PATH: ("x",),
+            semconv.STAGE_NAME: "x",
+            semconv.EXCEPTION_MESSAGE: "kaput",
+            semconv.ERROR_TYPE: "RuntimeError",
+            semconv.RUN_RESULT: semconv.RESULT_ERROR,
+        }
+        assert counts(metric_reader)[E["stage.failed"], "p", "x"] == 1
+        assert counts(metric_reader)[E["pipeline.failed"], "p", None] == 1
+
+    async def test_a_stage_returning_fail(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter, sink: OtlpEventSink
+    ) -> None:
+        """StageOutput.fail: a failure result with StageFailedError as error.type."""
+        with pytest.raises(PipelineFailedError):
+            await traced(Pipeline(name="p").with_stage("f", fail, T), tracer_provider).run(entry(sink))
+        failed = attrs(by_name(span_exporter.get_finished_spans())["stage f"], 1)
+        assert (
+            failed[semconv.ERROR_TYPE],
+            failed[semconv.STAGE_RESULT],
+            failed[semconv.EXCEPTION_MESSAGE],
+        ) == (
+            "StageFailedError",
+            semconv.RESULT_FAILURE,
+            "bad input",
+        )
+
+
+class TestSkips:
+    async def test_a_stage_skipping_itself_and_a_conditional_stage_skipped_by_the_executor(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        sink: OtlpEventSink,
+        stream: InMemoryEventSink,
+        metric_reader: InMemoryMetricReader,
+    ) -> None:
+        """A self-skip is on its span; a conditional stage never had one: its event is on the run span."""
+        graph = traced(
+            Pipeline(name="p")
+            .with_stage("s", skip, T)
+            .with_stage("cond", ok, StageKind.GUARD, dependencies=("s",), conditional=True),
+            tracer_provider,
+        )
+        await graph.run(entry(Tee(stream, sink)))
+        spans = span_exporter.get_finished_spans()
+        assert span_events(spans) == {
+            "stage s": [(E["stage.started"], "stage.s.started"), (E["stage.skipped"], "stage.s.skipped")],
+            "pipeline p": [
+                (E["pipeline.created"], "pipeline.created"),
+                (E["pipeline.started"], "pipeline.started"),
+                (E["stage.skipped"], "stage.cond.skipped"),
+                (E["pipeline.completed"], "pipeline.completed"),
+            ],
+        }
+        check_against_stream(spans, stream)
+        s, run = by_name(spans)["stage s"], by_name(spans)["pipeline p"]
+        assert attrs(s, 1) == {
+            semconv.EVENT_TYPE: "stage.s.skipped",
+            semconv.STAGE_NAME: "s",
+            semconv.STAGE_KIND: "transform",
+            semconv.STAGE_DURATION_ATTRIBUTE: stream.of_type("stage.s.skipped")[0].data["duration"],
+            semconv.STAGE_SKIP_REASON: "nothing to do",
+            semconv.STAGE_RESULT: semconv.RESULT_SKIP,
+        }
+        assert attrs(run, 2) == {
+            semconv.EVENT_TYPE: "stage.cond.skipped",
+            semconv.STAGE_NAME: "cond",
+            semconv.STAGE_KIND: "guard",
+            semconv.STAGE_DURATION_ATTRIBUTE: 0.0,
+            semconv.STAGE_SKIP_REASON: "dependency 's' was skipped",
+            semconv.STAGE_RESULT: semconv.RESULT_SKIP,
+        }
+        assert {k: v for k, v in counts(metric_reader).items() if k[0] == E["stage.skipped"]} == {
+            (E["stage.skipped"], "p", "s"): 1,
+            (E["stage.skipped"], "p", "cond"): 1,
+        }
+
+
+async def cancel(ctx: StageContext) -> StageOutput:
+    return StageOutput.cancel("enough")
+
+
+class TestCancellation:
+    async def test_a_stage_returning_cancel(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        sink: OtlpEventSink,
+        stream: InMemoryEventSink,
+    ) -> None:
+        """stage.c.cancelled with its reason on the stage span, pipeline.cancelled on the run span."""
+        with pytest.raises(PipelineCancelledError):
+            await traced(Pipeline(name="p").with_stage("c", cancel, T), tracer_provider).run(
+                entry(Tee(stream, sink))
+            )
+        spans = span_exporter.get_finished_spans()
+        check_against_stream(spans, stream)
+        c, run = by_name(spans)["stage c"], by_name(spans)["pipeline p"]
+        assert attrs(c, 1) == {
+            semconv.EVENT_TYPE: "stage.c.cancelled",
+            semconv.STAGE_NAME: "c",
+            semconv.STAGE_KIND: "transform",
+            semconv.STAGE_DURATION_ATTRIBUTE: stream.of_type("stage.c.cancelled")[0].data["duration"],
+            semconv.STAGE_CANCEL_REASON: "enough",
+            semconv.STAGE_RESULT: semconv.RESULT_CANCELLATION,
+        }
+        assert [e.name for e in run.events][-1] == E["pipeline.cancelled"]
+        cancelled = attrs(run, 2)
+        assert (cancelled[semconv.STAGE_NAME], cancelled[semconv.RUN_CANCEL_REASON]) == ("c", "enough")
+
+    async def test_the_caller_cancelling_the_run(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        sink: OtlpEventSink,
+        stream: InMemoryEventSink,
+    ) -> None:
+        """The run task cancelled while its stage waits: stage.w.cancelled on w's span, then the run's."""
+        started = asyncio.Event()
+
+        async def wait(ctx: StageContext) -> StageOutput:
+            started.set()
+            await asyncio.Event().wait()
+            return StageOutput.ok()
+
+        task = asyncio.create_task(
+            traced(Pipeline(name="p").with_stage("w", wait, T), tracer_provider).run(entry(Tee(stream, sink)))
+        )
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        spans = span_exporter.get_finished_spans()
+        assert span_events(spans) == {
+            "stage w": [(E["stage.started"], "stage.w.started"), (E["stage.cancelled"], "stage.w.cancelled")],
+            "pipeline p": [
+                (E["pipeline.created"], "pipeline.created"),
+                (E["pipeline.started"], "pipeline.started"),
+                (E["pipeline.cancelled"], "pipeline.cancelled"),
+            ],
+        }
+        check_against_stream(spans, stream)
+        assert attrs(by_name(spans)["pipeline p"], 2)[semconv.RUN_CANCEL_REASON] == "cancelled by caller"
+
+
+async def _no_sleep(delay: float) -> None:
+    return None
+
+
+class TestRetry:
+    async def test_core_retries_put_retrying_on_the_failed_attempts_span(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        sink: OtlpEventSink,
+        stream: InMemoryEventSink,
+        metric_reader: InMemoryMetricReader,
+    ) -> None:
+        """A with_stage(retry=...) stage: one span per attempt; retrying closes the attempt that failed."""
+        calls = 0
+
+        async def flaky(ctx: StageContext) -> StageOutput:
+            nonlocal calls
+            calls += 1
+            if calls < 3:
+                raise ConnectionError(f"try {calls}")
+            return StageOutput.ok()
+
+        policy = RetryPolicy(max_attempts=3, jitter=0.0, sleep=_no_sleep)
+        graph = traced(Pipeline(name="p").with_stage("r", flaky, T, retry=policy), tracer_provider)
+        await graph.run(entry(Tee(stream, sink)))
+        spans = [s for s in span_exporter.get_finished_spans() if s.name == "stage r"]
+        assert [
+            [(e.name, (e.attributes or {}).get(semconv.EVENT_TYPE)) for e in s.events] for s in spans
+        ] == [
+            [
+                (E["stage.started"], "stage.r.started"),
+                ("exception", None),
+                (E["stage.retrying"], "stage.r.retrying"),
+            ],
+            [("exception", None), (E["stage.retrying"], "stage.r.retrying")],
+            [(E["stage.completed"], "stage.r.completed")],
+        ]
+        check_against_stream(span_exporter.get_finished_spans(), stream)
+        assert [dict(s.events[-1].attributes or {}) for s in spans[:2]] == [
+            {
+                semconv.EVENT_TYPE: "stage.r.retrying",
+                semconv.STAGE_NAME: "r",
+                semconv.STAGE_KIND: "transform",
+                semconv.STAGE_ATTEMPT: attempt,
+                semconv.STAGE_RETRY_DELAY: delay,
+                semconv.EXCEPTION_MESSAGE: f"try {attempt}",
+            }
+            for attempt, delay in ((1, 0.1), (2, 0.2))
+        ]
+        assert attrs(spans[2], 0)[semconv.STAGE_ATTEMPT] == 3
+        assert counts(metric_reader)[E["stage.retrying"], "p", "r"] == 2
+
+    async def test_retry_interceptor_retries_inside_one_span(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        sink: OtlpEventSink,
+        stream: InMemoryEventSink,
+    ) -> None:
+        """RetryInterceptor runs inside the stage span: every retrying event lands on that one span."""
+        calls = 0
+
+        async def flaky(ctx: StageContext) -> StageOutput:
+            nonlocal calls
+            calls += 1
+            return StageOutput.retry("busy") if calls < 2 else StageOutput.ok()
+
+        retry = RetryInterceptor(RetryPolicy(max_attempts=3, jitter=0.0, sleep=_no_sleep))
+        await traced(Pipeline(name="p").with_stage("r", flaky, T), tracer_provider, retry).run(
+            entry(Tee(stream, sink))
+        )
+        spans = span_exporter.get_finished_spans()
+        assert span_events(spans)["stage r"] == [
+            (E["stage.started"], "stage.r.started"),
+            (E["stage.retrying"], "stage.r.retrying"),
+            (E["stage.completed"], "stage.r.completed"),
+        ]
+        check_against_stream(spans, stream)
+        retrying = attrs(by_name(spans)["stage r"], 1)
+        assert (retrying[semconv.STAGE_ATTEMPT], retrying[semconv.EXCEPTION_MESSAGE]) == (1, "busy")
+
+
+class TestTimeout:
+    async def test_a_timed_out_stage(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        sink: OtlpEventSink,
+        stream: InMemoryEventSink,
+        metric_reader: InMemoryMetricReader,
+    ) -> None:
+        """StageTimeoutError: stage.t.failed with error.type timeout and result timeout, on t's span."""
+
+        async def hang(ctx: StageContext) -> StageOutput:
+            await asyncio.Event().wait()
+            return StageOutput.ok()
+
+        graph = traced(
+            Pipeline(name="p").with_stage("t", hang, T),
+            tracer_provider,
+            TimeoutInterceptor(per_stage={"t": 0.01}),
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry(Tee(stream, sink)))
+        spans = span_exporter.get_finished_spans()
+        check_against_stream(spans, stream)
+        failed = attrs(by_name(spans)["stage t"], 2)
+        assert (
+            failed[semconv.ERROR_TYPE],
+            failed[semconv.STAGE_RESULT],
+            failed[semconv.EXCEPTION_MESSAGE],
+        ) == (
+            semconv.ERROR_TYPE_TIMEOUT,
+            semconv.RESULT_TIMEOUT,
+            "stage 't' timed out after 0.01 s",
+        )
+        run_failed = attrs(by_name(spans)["pipeline p"], 2)
+        assert (run_failed[semconv.ERROR_TYPE], run_failed[semconv.RUN_RESULT]) == (
+            semconv.ERROR_TYPE_TIMEOUT,
+            semconv.RESULT_TIMEOUT,
+        )
+        assert counts(metric_reader)[E["stage.failed"], "p", "t"] == 1
+
+
+class TestCounterGuard:
+    async def test_names_past_the_limit_are_counted_as_other(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """With max_series=1 the second stage name and second pipeline name are counted as _OTHER."""
+        sink = OtlpEventSink(meter_provider=meter_provider, max_series=1)
+        for pipeline, stage in (("p", "a"), ("p", "b"), ("q", "a")):
+            sink.try_emit(type=f"stage.{stage}.completed", data={"pipeline": pipeline, "stage": stage})
+        assert counts(metric_reader) == {
+            (E["stage.completed"], "p", "a"): 1,
+            (E["stage.completed"], "p", semconv.OTHER): 1,
+            (E["stage.completed"], semconv.OTHER, "a"): 1,
+        }
+
+    def test_max_series_must_be_positive(self) -> None:
+        with pytest.raises(ValueError, match="max_series must be at least 1, got 0"):
+            OtlpEventSink(max_series=0)
