@@ -134,8 +134,21 @@ class NoOpEventSink:
         """Discard the event."""
 
 
+def _rounded(value: Any) -> Any:
+    """``value`` with every float rounded to the microsecond (durations and timestamps are seconds)."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
 class LoggingEventSink:
     """Writes each event as one JSON line (``{"type": ..., **data}``) to a stdlib logger.
+
+    Floats (durations, waits, timestamps: seconds) are rounded to the microsecond.
 
     Args:
         logger: the logger to write to (default ``logging.getLogger("stageflow.events")``).
@@ -153,7 +166,8 @@ class LoggingEventSink:
     def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
         """Log the event."""
         if self.logger.isEnabledFor(self.level):
-            self.logger.log(self.level, "%s", json.dumps({"type": type, **(data or {})}, default=str))
+            line = {"type": type, **{k: _rounded(v) for k, v in (data or {}).items()}}
+            self.logger.log(self.level, "%s", json.dumps(line, default=str))
 
 
 @dataclass(frozen=True, slots=True)

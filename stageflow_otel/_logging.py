@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -55,20 +56,57 @@ _RUN_FINISHED = {
 _SUCCESS = Outcome(semconv.RESULT_SUCCESS)
 
 
-def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    """A structlog processor adding the current span's W3C ``trace_id`` and ``span_id`` (lowercase hex).
+_where: ContextVar[tuple[str, str, str | None] | None] = ContextVar(
+    "stageflow_otel.logging.where", default=None
+)
+"""(run id, pipeline, stage or ``None``) of the run and stage ``LoggingInterceptor`` is inside."""
 
-    Add it to your own structlog configuration so every log line written inside a stage (or any other
-    traced code) can be joined with its trace. Lines written outside a valid span are left unchanged, and
-    ids already present in the event are kept.
+_SPAN_FIELDS = (
+    (semconv.RUN_ID, semconv.LOG_RUN_ID),
+    (semconv.PIPELINE_NAME, semconv.LOG_PIPELINE),
+    (semconv.STAGE_NAME, semconv.LOG_STAGE),
+)
+
+
+def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """A structlog processor adding the current span's ids and the current run and stage.
+
+    Adds the W3C ``trace_id`` and ``span_id`` (lowercase hex) of the current span, and ``run_id``,
+    ``pipeline`` and ``stage`` of the stageflow run and stage the line is written in. Add it to your own
+    structlog configuration so every log line written inside a stage joins up with its trace and run.
+    The run and stage come from ``LoggingInterceptor`` when it wraps the stage, else from the current
+    ``TracingInterceptor`` span. Outside a span and a run the event is left unchanged; fields already
+    present in the event are kept.
 
     .. versionadded:: 0.10
+    .. versionchanged:: 0.10
+        Adds ``run_id``, ``pipeline`` and ``stage``.
     """
-    span_context = trace.get_current_span().get_span_context()
+    span = trace.get_current_span()
+    span_context = span.get_span_context()
     if span_context.is_valid:
         event_dict.setdefault(semconv.LOG_TRACE_ID, format(span_context.trace_id, "032x"))
         event_dict.setdefault(semconv.LOG_SPAN_ID, format(span_context.span_id, "016x"))
+    where = _where.get()
+    if where is not None:
+        run_id, pipeline, stage = where
+        event_dict.setdefault(semconv.LOG_RUN_ID, run_id)
+        event_dict.setdefault(semconv.LOG_PIPELINE, pipeline)
+        if stage is not None:
+            event_dict.setdefault(semconv.LOG_STAGE, stage)
+        return event_dict
+    attributes = getattr(span, "attributes", None)  # an SDK span's own attributes (the API has none)
+    if attributes:
+        for attribute, field in _SPAN_FIELDS:
+            value = attributes.get(attribute)
+            if isinstance(value, str):
+                event_dict.setdefault(field, value)
     return event_dict
+
+
+def _seconds(value: float) -> float:
+    """Seconds rounded to the microsecond, so log lines read ``5.1e-05``, not ``5.0726000040413055e-05``."""
+    return round(value, 6)
 
 
 def _default_logger() -> Any:
@@ -129,6 +167,7 @@ class LoggingInterceptor(Interceptor):
         base = {semconv.LOG_RUN_ID: str(run.run_id), semconv.LOG_PIPELINE: run.pipeline_name}
         self._emit("info", _EV["pipeline.started"], dict(base))
         started = _perf()
+        token = _where.set((base[semconv.LOG_RUN_ID], run.pipeline_name, None))
         try:
             result = await call_next(run)
         except asyncio.CancelledError as exc:
@@ -137,6 +176,8 @@ class LoggingInterceptor(Interceptor):
         except Exception as exc:
             self._finished(_RUN_FINISHED, _EV["pipeline.failed"], base, outcome_of_run_error(exc), started)
             raise
+        finally:
+            _where.reset(token)
         self._finished(_RUN_FINISHED, _EV["pipeline.failed"], base, _SUCCESS, started)
         return result
 
@@ -150,9 +191,10 @@ class LoggingInterceptor(Interceptor):
             semconv.LOG_ATTEMPT: ctx.attempt,
         }
         started_fields = dict(base)
-        started_fields[semconv.LOG_WAIT] = max(0.0, ctx.began_at - ctx.ready_at)
+        started_fields[semconv.LOG_WAIT] = _seconds(max(0.0, ctx.began_at - ctx.ready_at))
         self._emit("info", _EV["stage.started"], started_fields)
         started = _perf()
+        token = _where.set((base[semconv.LOG_RUN_ID], stage.pipeline, stage.name))
         try:
             output = await call_next(ctx)
         except asyncio.CancelledError as exc:
@@ -161,6 +203,8 @@ class LoggingInterceptor(Interceptor):
         except Exception as exc:
             self._finished(_STAGE_FINISHED, _EV["stage.failed"], base, outcome_of_error(exc), started)
             raise
+        finally:
+            _where.reset(token)
         if isinstance(output, StageOutput):
             self._finished(_STAGE_FINISHED, _EV["stage.failed"], base, outcome_of_output(output), started)
         return output
@@ -175,7 +219,7 @@ class LoggingInterceptor(Interceptor):
     ) -> None:
         fields = dict(base)
         fields[semconv.LOG_STATUS] = outcome.result
-        fields[semconv.LOG_DURATION] = _perf() - started
+        fields[semconv.LOG_DURATION] = _seconds(_perf() - started)
         if outcome.result == semconv.RESULT_CANCELLATION:
             level = "warning"
         elif outcome.error_type is None:

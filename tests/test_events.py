@@ -397,6 +397,24 @@ class TestShippedSinks:
         assert {line["pipeline"] for line in lines} == {"chain"}
         assert {r.levelno for r in records} == {logging.INFO}
 
+    async def test_logging_sink_rounds_floats(self, caplog: pytest.LogCaptureFixture) -> None:
+        """Floats in the JSON lines, nested ones included, are rounded to the microsecond."""
+        with caplog.at_level(logging.INFO, logger="stageflow.events"):
+            await LoggingEventSink().emit(
+                type="t",
+                data={
+                    "duration": 5.0726000040413055e-05,
+                    "stages": {"a": {"wait": 0.1234567891}},
+                    "n": [1.0000001],
+                },
+            )
+        assert json.loads(caplog.records[-1].getMessage()) == {
+            "type": "t",
+            "duration": 5.1e-05,
+            "stages": {"a": {"wait": 0.123457}},
+            "n": [1.0],
+        }
+
     async def test_logging_sink_disabled_level(self, caplog: pytest.LogCaptureFixture) -> None:
         """``LoggingEventSink`` logs nothing when its level is disabled."""
         with caplog.at_level(logging.WARNING, logger="stageflow.events"):

@@ -118,6 +118,11 @@ class TestLoggingInterceptor:
         started, finished = sink.records()[1:3]
         assert (isinstance(started["wait"], float), started["wait"] >= 0) == (True, True)
         assert (isinstance(finished["duration"], float), finished["duration"] >= 0) == (True, True)
+        # rounded to the microsecond
+        assert (round(started["wait"], 6), round(finished["duration"], 6)) == (
+            started["wait"],
+            finished["duration"],
+        )
 
     async def test_failure_line(self) -> None:
         """A failing stage logs at error level with status, ``error`` and ``error_type``."""
@@ -295,6 +300,60 @@ class TestAddTraceContext:
             .with_stage("talk", talk, T)
             .build(interceptors=[TracingInterceptor(tracer_provider)])
         )
-        await graph.run(entry_ctx())
+        results = await graph.run(entry_ctx())
         span = next(s for s in span_exporter.get_finished_spans() if s.name == "stage talk")
-        assert sink.records() == [{"event": "hello", "level": "info", **ids(span)}]
+        assert sink.records() == [
+            {
+                "event": "hello",
+                "level": "info",
+                "run_id": str(results.run_id),
+                "pipeline": "demo",
+                "stage": "talk",
+                **ids(span),
+            }
+        ]
+
+    async def test_run_and_stage_without_tracing(self) -> None:
+        """With LoggingInterceptor and no tracing, user lines still carry the run id and stage name."""
+        sink = ListLogger()
+        log = json_logger(sink, trace_context=True)
+
+        async def talk(ctx: StageContext) -> StageOutput:
+            log.info("hello")
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("talk", talk, T)
+            .build(interceptors=[LoggingInterceptor(json_logger(ListLogger()))])
+        )
+        first, second = await graph.run(entry_ctx()), await graph.run(entry_ctx())
+        assert sink.records() == [
+            {"event": "hello", "level": "info", "run_id": str(r.run_id), "pipeline": "demo", "stage": "talk"}
+            for r in (first, second)
+        ]
+        assert add_trace_context(None, "info", {"event": "after"}) == {"event": "after"}
+
+    async def test_run_level_lines_get_the_run_only(self) -> None:
+        """A line written by a run interceptor inside LoggingInterceptor gets the run, not a stage."""
+        from stageflow.interceptors import Interceptor
+
+        sink = ListLogger()
+        log = json_logger(sink, trace_context=True)
+
+        class Announce(Interceptor):
+            name, priority = "announce", 90
+
+            async def intercept_run(self, run: Any, call_next: Any) -> Any:
+                log.info("run begins")
+                return await call_next(run)
+
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("a", ok, T)
+            .build(interceptors=[LoggingInterceptor(json_logger(ListLogger())), Announce()])
+        )
+        results = await graph.run(entry_ctx())
+        assert sink.records() == [
+            {"event": "run begins", "level": "info", "run_id": str(results.run_id), "pipeline": "demo"}
+        ]
