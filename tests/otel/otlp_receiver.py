@@ -210,7 +210,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HttpServer
 
     def do_POST(self) -> None:
-        route = _HTTP_PATHS.get(self.path)
+        base = self.server.base_path
+        route = _HTTP_PATHS.get(self.path[len(base) :]) if self.path.startswith(base) else None
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         if route is None:
             self.send_error(404)
@@ -242,24 +243,29 @@ class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = True
 
-    def __init__(self, receiver: OtlpReceiver) -> None:
+    def __init__(self, receiver: OtlpReceiver, base_path: str) -> None:
         self.receiver = receiver
+        self.base_path = base_path
         super().__init__(("127.0.0.1", 0), _Handler)
 
 
 class HttpReceiver(OtlpReceiver):
-    """An OTLP/HTTP receiver (protobuf POSTs to ``/v1/traces|metrics|logs``) on a free 127.0.0.1 port."""
+    """An OTLP/HTTP receiver (protobuf POSTs to ``/v1/traces|metrics|logs``) on a free 127.0.0.1 port.
+
+    ``base_path`` prefixes those paths (``"/otlp"`` serves ``/otlp/v1/logs``, as Loki does); any other
+    path is answered 404.
+    """
 
     protocol = "http/protobuf"
 
-    def __init__(self) -> None:
+    def __init__(self, base_path: str = "") -> None:
         super().__init__()
-        self._server = _HttpServer(self)
+        self._server = _HttpServer(self, base_path.rstrip("/"))
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name="otlp-http-receiver", daemon=True
         )
         self._thread.start()
-        self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
+        self.endpoint = f"http://127.0.0.1:{self._server.server_port}{base_path.rstrip('/')}"
 
     def stop(self) -> None:
         """Release held requests, stop serving, close the socket and join the thread."""

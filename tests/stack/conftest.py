@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import pytest
 
 from ._assets import COLLECTOR, COMPOSE_FILE, load_yaml
+from ._stack import stack_binary
 
 
 @pytest.fixture(name="compose", scope="session")
@@ -50,8 +50,5 @@ def _datasources() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(name="promtool", scope="session")
 def _promtool() -> str:
-    """Path of promtool; skips when it is not installed."""
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not found: apt-get install -y prometheus (CI's .ci/run does)")
-    return path
+    """Path of Prometheus 3's promtool built by collector/build-stack.sh (skips without it, fails in CI)."""
+    return stack_binary("promtool")

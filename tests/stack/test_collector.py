@@ -18,8 +18,9 @@ CONTRIB_COMPONENTS: dict[str, frozenset[str]] = {
     # From the otelcol-contrib distribution manifest
     # (open-telemetry/opentelemetry-collector-releases, distributions/otelcol-contrib/manifest.yaml),
     # restricted to the components this stack could plausibly use. In 0.161.0 the OTLP exporters are
-    # named `otlp_grpc` and `otlp_http` (`otlp` / `otlphttp` remain as deprecated aliases), the filelog
-    # receiver is `file_log` (alias `filelog`), and the `loki` exporter no longer exists (removed in 0.116).
+    # named `otlp_grpc` and `otlp_http` (`otlp` / `otlphttp` remain as deprecated aliases), the spanmetrics
+    # connector `span_metrics` (alias `spanmetrics`), the filelog receiver `file_log` (alias `filelog`), and
+    # the `loki` exporter no longer exists (removed in v0.131.0).
     "receivers": frozenset(
         {"otlp", "prometheus", "hostmetrics", "file_log", "filelog", "jaeger", "zipkin", "nop"}
     ),
@@ -49,7 +50,7 @@ CONTRIB_COMPONENTS: dict[str, frozenset[str]] = {
             "nop",
         }
     ),
-    "connectors": frozenset({"spanmetrics", "servicegraph", "forward", "count", "routing"}),
+    "connectors": frozenset({"span_metrics", "servicegraph", "forward", "count", "routing"}),
     "extensions": frozenset({"health_check", "healthcheckv2", "pprof", "zpages", "file_storage"}),
 }
 
@@ -134,19 +135,19 @@ class TestSettings:
 
     def test_spanmetrics_dimensions_are_the_semconv_names(self, otelcol: dict[str, Any]) -> None:
         """spanmetrics splits by pipeline and stage name, as named in semconv."""
-        dimensions = [d["name"] for d in otelcol["connectors"]["spanmetrics"]["dimensions"]]
+        dimensions = [d["name"] for d in otelcol["connectors"]["span_metrics"]["dimensions"]]
         assert dimensions == [semconv.PIPELINE_NAME, semconv.STAGE_NAME]
 
     def test_spanmetrics_buckets_reach_past_fifteen_seconds(self, otelcol: dict[str, Any]) -> None:
         """The largest spanmetrics bucket is at least 60 s (slow stages are not all in +Inf)."""
-        histogram = otelcol["connectors"]["spanmetrics"]["histogram"]
+        histogram = otelcol["connectors"]["span_metrics"]["histogram"]
         largest = histogram["explicit"]["buckets"][-1]
         assert largest.endswith("s") and not largest.endswith("ms")
         assert float(largest[:-1]) >= 60
 
     def test_spanmetrics_match_jaeger_monitor_defaults(self, otelcol: dict[str, Any]) -> None:
         """Namespace and unit are the ones Jaeger's Monitor tab queries by default."""
-        spanmetrics = otelcol["connectors"]["spanmetrics"]
+        spanmetrics = otelcol["connectors"]["span_metrics"]
         assert (spanmetrics["namespace"], spanmetrics["histogram"]["unit"]) == ("traces.span.metrics", "ms")
 
     def test_prometheus_exporter_serves_openmetrics_with_semconv_names(self, otelcol: dict[str, Any]) -> None:

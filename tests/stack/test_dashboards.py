@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from ._assets import COLLECTOR, DASHBOARDS, load_yaml, promql_problems
+from stageflow_otel import semconv
+
+from ._assets import COLLECTOR, DASHBOARDS, load_yaml, parse_promql, promql_problems
 from .dashboards import iter_panels, load_dashboards, panel_queries, variable_queries
 
 ALL = load_dashboards()
@@ -33,6 +35,17 @@ def _datasource_uids(value: Any) -> list[str]:
         for item in value:
             found += _datasource_uids(item)
     return found
+
+
+def _strings(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """``(path, string)`` for every string under ``value`` (keys included)."""
+    if isinstance(value, dict):
+        return [(f"{path}.{k}", k) for k in value] + [
+            item for k, v in value.items() for item in _strings(v, f"{path}.{k}")
+        ]
+    if isinstance(value, list):
+        return [item for i, v in enumerate(value) for item in _strings(v, f"{path}[{i}]")]
+    return [(path, value)] if isinstance(value, str) else []
 
 
 def _overlaps(a: dict[str, int], b: dict[str, int]) -> bool:
@@ -238,7 +251,7 @@ class TestDatasourceLinks:
         assert [(d["name"], d["datasourceUid"]) for d in destinations] == [("trace_id", "jaeger")]
 
     def test_traces_link_to_metrics_and_logs(self, datasources: dict[str, dict[str, Any]]) -> None:
-        """Jaeger links spans to Prometheus (semconv-only queries) and to Loki."""
+        """Jaeger links spans to Prometheus and to Loki."""
         json_data = datasources["jaeger"]["jsonData"]
         assert (
             json_data["tracesToMetrics"]["datasourceUid"],
@@ -247,8 +260,42 @@ class TestDatasourceLinks:
             "prometheus",
             "loki",
         )
-        problems = [p for q in json_data["tracesToMetrics"]["queries"] for p in promql_problems(q["query"])]
-        assert problems == []
+
+    def test_jaeger_links_never_use_service_name(self, datasources: dict[str, dict[str, Any]]) -> None:
+        """No link tag or query names ``service.name``: Jaeger's API never returns it as a span tag."""
+        json_data = datasources["jaeger"]["jsonData"]
+        assert [path for path, value in _strings(json_data) if "service.name" in value] == []
+
+    def test_logs_link_filters_on_the_trace_id_alone(self, datasources: dict[str, dict[str, Any]]) -> None:
+        """The Loki query's only variable is the trace id; its stream selector matches every service."""
+        logs = datasources["jaeger"]["jsonData"]["tracesToLogsV2"]
+        assert (logs["customQuery"], re.findall(r"\$\$\{([^}]*)\}", logs["query"])) == (
+            True,
+            ["__trace.traceId"],
+        )
+        assert logs["query"] == '{service_name=~".+"} | trace_id="$${__trace.traceId}"'
+
+    def test_metrics_link_queries_the_spanmetrics_of_the_span(
+        self, datasources: dict[str, dict[str, Any]], otelcol: dict[str, Any]
+    ) -> None:
+        """Metric links map span tags to the collector's spanmetrics dimensions, and query only those.
+
+        Spanmetrics exist once per span on the collector path, so a link never adds the same stage
+        twice when a process also serves its own /metrics (the job filter it would need is unknowable
+        from the span).
+        """
+        link = datasources["jaeger"]["jsonData"]["tracesToMetrics"]
+        dimensions = [d["name"] for d in otelcol["connectors"]["span_metrics"]["dimensions"]]
+        assert [(t["key"], t["value"]) for t in link["tags"]] == [
+            (name, semconv.prometheus_label(name)) for name in dimensions
+        ]
+        families = {"traces_span_metrics_calls_total", "traces_span_metrics_duration_milliseconds_bucket"}
+        labels = {"le", "status_code", "span_name", "span_kind", "service_name"}
+        for query in link["queries"]:
+            parsed = parse_promql(query["query"])
+            assert {s.metric for s in parsed.selectors} <= families, query
+            assert set(parsed.grouping) <= labels, query
+            assert "{$$__tags}" in query["query"], query
 
     def test_logs_link_to_jaeger(self, datasources: dict[str, dict[str, Any]]) -> None:
         """Loki's `trace_id` structured metadata becomes a link to the Jaeger datasource."""

@@ -1,9 +1,10 @@
 """A real Prometheus scraping the real demo: every dashboard query returns data, exemplars, rules, loopback.
 
-The module starts ``python -m stageflow_otel demo`` (no ``OTEL_*`` variables: only its ``/metrics``) and a
-``prometheus`` server (the Debian package) configured from ``collector/prometheus.yml`` with the
-``stageflow-demo`` job pointed at the demo, then queries Prometheus's HTTP API. Both processes listen on
-127.0.0.1 only and are stopped by pid at the end; the demo must exit 0 on SIGTERM.
+The module starts ``python -m stageflow_otel demo`` (no ``OTEL_*`` variables: only its ``/metrics``) and
+a ``prometheus`` server (Prometheus 3, built by ``collector/build-stack.sh``) configured from
+``collector/prometheus.yml`` with the ``stageflow-demo`` job pointed at the demo, then queries
+Prometheus's HTTP API. Both processes listen on 127.0.0.1 only and are stopped by pid at the end; the
+demo must exit 0 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -21,6 +21,7 @@ import pytest
 
 from ._assets import COLLECTOR, load_yaml
 from ._live import Child, PrometheusAPI, free_port, listening_sockets, wait_until, write_prometheus_config
+from ._stack import stack_binary
 from .dashboards import PanelQuery, panel_queries, resolve, variable_queries
 
 JOB = "stageflow-demo"
@@ -31,8 +32,6 @@ TIME_RANGE = "5m"
 READY_TIMEOUT = 30.0
 DATA_TIMEOUT = 90.0
 STOP_TIMEOUT = 10.0
-PROMETHEUS = shutil.which("prometheus")
-INSTALL_HINT = "prometheus not found: apt-get install -y prometheus (CI's .ci/run does)"
 
 PANELS = list(panel_queries(JOB, PIPELINE, rate_interval=RATE_INTERVAL, time_range=TIME_RANGE))
 VARIABLES = list(variable_queries())
@@ -102,8 +101,7 @@ def _failure(message: str, *children: Child) -> str:
 @pytest.fixture(name="stack", scope="module")
 def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """The demo and a Prometheus scraping it every second, running until the module's tests are done."""
-    if PROMETHEUS is None:
-        pytest.skip(INSTALL_HINT)
+    prometheus_bin = stack_binary("prometheus")
     directory = tmp_path_factory.mktemp("live-prometheus")
     metrics_port, web_port = _two_free_ports()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -133,7 +131,7 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         prometheus = Child(
             "prometheus",
             [
-                PROMETHEUS,
+                prometheus_bin,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={directory / 'data'}",
                 f"--web.listen-address=127.0.0.1:{web_port}",
