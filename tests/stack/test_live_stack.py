@@ -62,7 +62,7 @@ VARIABLES = list(variable_queries())
 LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$")
 HEX_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 SUMMARY_RUNS = re.compile(r"^(\d+) runs$", re.MULTILINE)
-DEPENDENCIES = {spec.name: spec.dependencies for spec in build_demo_pipeline().stages}
+DEPENDENCIES = {name: spec.dependencies for name, spec in build_demo_pipeline().stages.items()}
 
 KEY_SERIES = tuple(
     series
