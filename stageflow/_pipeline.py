@@ -269,7 +269,7 @@ class Pipeline:
         name: str,
         runner: Any,
         kind: StageKind,
-        dependencies: Sequence[str] = (),
+        dependencies: Sequence[str] | None = (),
         conditional: bool = False,
         config: Mapping[str, Any] | None = None,
         *,
@@ -282,7 +282,8 @@ class Pipeline:
             runner: a stage class (instantiated once at ``build()`` as ``runner(**config)``), an object with
                 ``async def execute(ctx)``, or an ``async def fn(ctx)``.
             kind: the stage's ``StageKind``.
-            dependencies: names of the stages whose outputs it needs; it starts once they all finished.
+            dependencies: names of the stages whose outputs it needs; it starts once they all finished
+                (``None`` means none, as in stageflow-core 0.9.1).
             conditional: skip this stage (without running it) when any dependency was skipped.
             config: stage configuration: constructor keywords for a stage class, and settings that
                 interceptors read (``StageInfo.config``).
@@ -299,7 +300,9 @@ class Pipeline:
             raise InvalidStageNameError(name)
         stage_kind = kind if type(kind) is StageKind else _check_kind(name, kind)
         _check_runner(name, runner)
-        if type(dependencies) is not tuple and (
+        if dependencies is None:  # stageflow-core 0.9.1's default
+            dependencies = ()
+        elif type(dependencies) is not tuple and (
             isinstance(dependencies, str) or not isinstance(dependencies, Iterable)
         ):
             msg = (

@@ -73,6 +73,13 @@ class ContextSnapshot:
     extensions: Any = None
     created_at: datetime = field(default_factory=_utc_now)
 
+    def __class_getitem__(cls, item: object) -> type[ContextSnapshot]:
+        """``ContextSnapshot[MyExtensions]`` (stageflow-core 0.9.1's generic spelling) is ``ContextSnapshot``.
+
+        .. versionadded:: 0.10
+        """
+        return cls
+
     @property
     def pipeline_run_id(self) -> UUID:
         """Shortcut for ``run_id.pipeline_run_id``."""

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import sys
+import typing
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -106,6 +107,14 @@ async def reject(ctx: StageContext) -> StageOutput:
     return StageOutput.fail()
 
 
+async def first(ctx: StageContext) -> StageOutput:
+    return StageOutput.ok(step=1)
+
+
+async def hang_up(ctx: StageContext) -> StageOutput:
+    return StageOutput.cancel("user hung up")
+
+
 class Auth(BaseInterceptor):
     name = "auth"
     priority = 5
@@ -155,7 +164,7 @@ async def run_pipeline(seen: dict[str, Any]) -> None:
         Pipeline()
         .with_stage("transcribe", Transcribe, StageKind.TRANSFORM)
         .with_stage("reply", Reply, StageKind.AGENT, dependencies=("transcribe",))
-        .with_stage("maybe", maybe, StageKind.ROUTE)
+        .with_stage("maybe", maybe, StageKind.ROUTE, dependencies=None)
         .with_stage("after_skip", after_skip, StageKind.WORK, dependencies=("maybe",))
     )
     seen["stages"] = list(pipeline.stages)
@@ -200,9 +209,26 @@ async def run_pipeline(seen: dict[str, Any]) -> None:
     try:
         await failing.run(create_stage_context(snap, create_stage_inputs(snap), "entry", PipelineTimer()))
     except Exception as exc:
-        seen["failure_names_unknown_error"] = "Unknown error" in str(exc)
+        seen["failure"] = ["Unknown error" in str(exc), getattr(exc, "stage", "<missing>")]
     else:
-        seen["failure_names_unknown_error"] = "run did not fail"
+        seen["failure"] = "run did not fail"
+    cancelling = (
+        Pipeline()
+        .with_stage("first", first, StageKind.WORK)
+        .with_stage("hang_up", hang_up, StageKind.WORK, dependencies=("first",))
+        .build()
+    )
+    try:
+        await cancelling.run(create_stage_context(snap, create_stage_inputs(snap), "entry", PipelineTimer()))
+    except Exception as exc:
+        results_of = getattr(exc, "results", {})
+        seen["cancel"] = [
+            getattr(exc, "stage", "<missing>"),
+            getattr(exc, "reason", "<missing>"),
+            sorted(results_of),
+        ]
+    else:
+        seen["cancel"] = "run was not cancelled"
 
 
 async def pipeline_context(seen: dict[str, Any]) -> None:
@@ -298,6 +324,8 @@ def call(inputs: Any, method: str, key: Any) -> Any:
 
 def contexts_and_values(seen: dict[str, Any]) -> None:
     snap = snapshot()
+    alias = ContextSnapshot[Any]  # type: ignore[type-arg]  # generic in 0.9.1, plain here
+    seen["generic_snapshot"] = isinstance(snap, typing.get_origin(alias) or alias)
     seen["snapshot_ids"] = [str(snap.request_id), str(snap.session_id), str(snap.user_id), str(snap.org_id)]
     seen["snapshot_interaction_id"] = str(snap.interaction_id)
     keys = (

@@ -379,4 +379,4 @@ class TestAgainst091Itself:
             "Unknown error",
             30000,
         )
-        assert len(ours) == 39
+        assert len(ours) == 41

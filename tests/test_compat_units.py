@@ -940,3 +940,14 @@ class TestMigrationDifferences:
             expected = StageStatus.OK if router is routed else StageStatus.SKIP
             assert results["after"].status is expected
         assert ran == ["after"]
+
+
+class TestSmallSignatures:
+    def test_dependencies_none(self) -> None:
+        """``with_stage(..., dependencies=None)`` (0.9.1's default) means no dependencies."""
+        pipeline = Pipeline().with_stage("a", ok_stage(), T, dependencies=None)
+        assert pipeline.stages["a"].dependencies == ()
+
+    def test_snapshot_subscript(self) -> None:
+        """``ContextSnapshot[X]``, 0.9.1's generic spelling, is ``ContextSnapshot`` itself."""
+        assert ContextSnapshot[int] is ContextSnapshot  # type: ignore[misc]
