@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import _extra  # noqa: F401 - first: without the otel extra, fail with the install command
 from ._content import ErrorDetails as ErrorDetails
 from ._content import ErrorRedactor as ErrorRedactor
 from ._content import error_type_only as error_type_only

@@ -21,6 +21,7 @@ import math
 import os
 import random
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from stageflow.interceptors import (
 
 __all__ = (
     "DemoConfig",
+    "DemoError",
     "DemoStats",
     "SearchFallback",
     "SearchUnavailableError",
@@ -255,9 +257,13 @@ def outcome_of(exc: BaseException | None) -> str:
 # --------------------------------------------------------------------------- the command
 
 
-def _parser() -> argparse.ArgumentParser:
+class DemoError(Exception):
+    """The demo cannot run as asked; the message says why and what to change (exit status 1)."""
+
+
+def _parser(prog: str = "python -m stageflow_otel demo") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m stageflow_otel demo",
+        prog=prog,
         description=(
             "Run an instrumented voice-assistant pipeline. Exports over OTLP when "
             "OTEL_EXPORTER_OTLP_ENDPOINT is set; serves Prometheus /metrics (default 127.0.0.1:9464 "
@@ -267,7 +273,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=None, help="runs to do (default: until Ctrl-C / SIGTERM)")
     parser.add_argument("--concurrency", type=int, default=4, help="runs in flight at once (default 4)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
-    parser.add_argument("--speed", type=float, default=1.0, help="latency multiplier (0.1 = 10x faster)")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="scale every simulated latency by this factor: 0.1 runs ten times faster, 2 twice as slow "
+        "(default 1)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the simulated services")
     parser.add_argument("--timeline-every", type=int, default=10, help="print a timeline every N runs")
     parser.add_argument("--log-file", default=None, help="also write the structured JSON logs to this file")
@@ -354,6 +366,13 @@ async def _run(args: argparse.Namespace) -> DemoStats:
     telemetry = stageflow_otel.setup(
         os.environ.get("OTEL_SERVICE_NAME") or "stageflow-demo", metrics_port=args.metrics_port
     )
+    if args.metrics_port is not None and telemetry.metrics_server is None:
+        telemetry.shutdown(5.0)
+        msg = (
+            f"cannot serve /metrics on port {args.metrics_port} (see the error above; is the port in use?); "
+            "choose another --metrics-port, or 0 for any free port"
+        )
+        raise DemoError(msg)
     config = DemoConfig(speed=args.speed, seed=args.seed)
     tally = BreakerTally()
     breaker, core = core_interceptors(config, tally)
@@ -441,20 +460,22 @@ def _summary(stats: DemoStats, tally: BreakerTally, telemetry: Any) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m stageflow_otel demo`` and ``stageflow-demo``."""
-    parser = _parser()
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m stageflow_otel demo") -> int:
+    """Entry point of ``python -m stageflow_otel demo`` and ``stageflow-demo``; returns the exit status."""
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     _positive(parser, "--runs", args.runs)
     _positive(parser, "--concurrency", args.concurrency)
     _positive(parser, "--speed", args.speed)
     _positive(parser, "--timeline-every", args.timeline_every)
-    asyncio.run(_run(args))
+    try:
+        asyncio.run(_run(args))
+    except DemoError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def console_main() -> None:
     """Entry point of the ``stageflow-demo`` console script."""
-    import sys
-
-    sys.exit(main())
+    sys.exit(main(prog="stageflow-demo"))

@@ -196,9 +196,81 @@ class TestDemoCommand:
         assert re.search(r"^\d+ runs$", out, flags=re.M)
 
     def test_unknown_command_is_a_usage_error(self) -> None:
-        """`python -m stageflow_otel` without `demo` prints usage and exits 2."""
+        """`python -m stageflow_otel` without `demo` prints usage naming the command and exits 2."""
         proc = subprocess.run(
             [sys.executable, "-m", "stageflow_otel"], capture_output=True, text=True, timeout=60, env=ENV
         )
         assert proc.returncode == 2
-        assert proc.stderr.startswith("usage: python -m stageflow_otel demo")
+        assert proc.stderr.startswith("usage: python -m stageflow_otel [-h] [--version] {demo} ...")
+        assert "the following arguments are required: command" in proc.stderr
+
+
+class TestCommandLine:
+    @pytest.mark.parametrize(
+        ("argv", "usage"),
+        [
+            (
+                ["-m", "stageflow_otel", "--help"],
+                "usage: python -m stageflow_otel [-h] [--version] {demo} ...",
+            ),
+            (["-m", "stageflow_otel", "demo", "--help"], "usage: python -m stageflow_otel demo [-h]"),
+            (
+                [
+                    "-c",
+                    "import sys; from stageflow_otel._demo import console_main; "
+                    "sys.argv[1:] = ['--help']; console_main()",
+                ],
+                "usage: stageflow-demo [-h]",
+            ),
+        ],
+        ids=["module", "module-demo", "stageflow-demo"],
+    )
+    def test_help_exits_0_with_its_own_usage(self, argv: list[str], usage: str) -> None:
+        """Every entry point's --help exits 0 and names the command as it was invoked."""
+        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=60, env=ENV)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(usage)
+
+    def test_speed_help_says_what_it_scales(self) -> None:
+        """--speed's help says it scales the simulated latencies, with both directions."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "stageflow_otel", "demo", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "scale every simulated latency by this factor: 0.1 runs ten times faster" in " ".join(
+            proc.stdout.split()
+        )
+
+    def test_version(self) -> None:
+        """``python -m stageflow_otel --version`` prints the version."""
+        import stageflow
+
+        proc = subprocess.run(
+            [sys.executable, "-m", "stageflow_otel", "--version"], capture_output=True, text=True, timeout=60
+        )
+        assert (proc.returncode, proc.stdout) == (0, f"stageflow_otel {stageflow.__version__}\n")
+
+    def test_busy_metrics_port_exits_1(self) -> None:
+        """A --metrics-port already in use stops the demo with status 1 and a message naming the fix."""
+        import socket
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            proc = subprocess.run(
+                [sys.executable, "-m", "stageflow_otel", "demo", "--runs", "1", "--metrics-port", str(port)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=ENV,
+            )
+        assert proc.returncode == 1
+        assert proc.stderr.rstrip().splitlines()[-1] == (
+            f"python -m stageflow_otel demo: error: cannot serve /metrics on port {port} "
+            "(see the error above; is the port in use?); choose another --metrics-port, "
+            "or 0 for any free port"
+        )
+        assert f"cannot serve /metrics on 127.0.0.1:{port}" in proc.stderr
