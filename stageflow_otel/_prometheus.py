@@ -20,11 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import socket
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from opentelemetry.sdk.metrics import Counter, Histogram, ObservableCounter, ObservableUpDownCounter
 from opentelemetry.sdk.metrics import UpDownCounter as SdkUpDownCounter
@@ -47,13 +45,19 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from . import semconv
 from ._content import clean_text
+from ._http import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_WORKERS,
+    DEFAULT_WRITE_TIMEOUT,
+    HttpServer,
+)
 
 __all__ = (
     "MetricsServer",
@@ -320,57 +324,64 @@ def _buckets(point: HistogramDataPoint) -> list[tuple[str, float] | tuple[str, f
     return buckets
 
 
-_POLL_INTERVAL = 0.02
-"""Seconds between the server loop's checks for ``close()``: what closing costs at most.
-
-prometheus-client's ``start_http_server`` polls every 0.5 s, which ``Telemetry.shutdown(timeout)`` would
-have to wait out whatever its timeout.
-"""
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Log nothing (one line per scrape on stderr otherwise)."""
-
-
 class MetricsServer:
     """A running ``/metrics`` HTTP endpoint; ``close()`` stops it and releases the port.
+
+    Its resources are bounded whatever its clients do: one thread owns every connection (non-blocking
+    sockets) and ``workers`` threads answer complete requests; at most ``max_connections`` connections
+    are open (one more closes the one waiting longest for its request); a request must arrive whole
+    within ``request_timeout`` seconds of connecting (else ``408``) and its response be written within
+    ``write_timeout`` seconds. So idle connections cost no threads and a slowloris cannot block scrapes.
 
     .. versionadded:: 0.10
     """
 
     def __init__(
-        self, reader: PrometheusMetricReader, registry: CollectorRegistry, port: int, addr: str
+        self,
+        reader: PrometheusMetricReader,
+        registry: CollectorRegistry,
+        port: int,
+        addr: str,
+        *,
+        workers: int = DEFAULT_WORKERS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     ) -> None:
+        for option, value in (("workers", workers), ("max_connections", max_connections)):
+            if not isinstance(value, int) or value < 1:
+                msg = f"{option} must be an int of at least 1, got {value!r}"
+                raise ValueError(msg)
+        for option, seconds in (("request_timeout", request_timeout), ("write_timeout", write_timeout)):
+            if not seconds > 0:
+                msg = f"{option} must be a number of seconds > 0, got {seconds!r}"
+                raise ValueError(msg)
         self.reader = reader
         self.registry = registry
         self._bridge = PrometheusBridge(reader)
         registry.register(self._bridge)
         try:
-            family, _, _, _, sockaddr = socket.getaddrinfo(
-                addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-
-            class _Server(ThreadingWSGIServer):
-                address_family = family
-
-            self._server = make_server(
-                str(sockaddr[0]), port, make_wsgi_app(registry), _Server, handler_class=_QuietHandler
+            self._server = HttpServer(
+                make_wsgi_app(registry),
+                addr,
+                port,
+                workers=workers,
+                max_connections=max_connections,
+                request_timeout=request_timeout,
+                write_timeout=write_timeout,
             )
         except Exception:
             registry.unregister(self._bridge)
             raise
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": _POLL_INTERVAL},
-            name="stageflow-otel-metrics-server",
-            daemon=True,
-        )
-        self._thread.start()
         self.addr = addr
-        self.port: int = self._server.server_port
+        self.port: int = self._server.port
         self._closed = False
         self._close_lock = threading.Lock()
+
+    @property
+    def threads(self) -> tuple[threading.Thread, ...]:
+        """The endpoint's threads (``1 + workers``, however many connections are open)."""
+        return self._server.threads
 
     @property
     def url(self) -> str:
@@ -381,16 +392,14 @@ class MetricsServer:
     def close(self) -> None:
         """Stop serving, close the socket and unregister the bridge (idempotent).
 
-        Returns within a few tens of milliseconds: a scrape still being answered finishes in its own
-        daemon thread (with no data once the reader is shut down).
+        Returns within a few tens of milliseconds: a scrape still being collected finishes in its
+        daemon worker thread (with no data once the reader is shut down) and is not sent.
         """
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._server.close()
         self.registry.unregister(self._bridge)
 
     def __repr__(self) -> str:
@@ -403,8 +412,12 @@ def start_metrics_server(
     port: int,
     addr: str = "127.0.0.1",
     registry: CollectorRegistry | None = None,
+    workers: int = DEFAULT_WORKERS,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT,
 ) -> MetricsServer:
-    """Serve ``reader``'s metrics at ``http://{addr}:{port}/metrics`` from a daemon thread.
+    """Serve ``reader``'s metrics at ``http://{addr}:{port}/metrics`` from ``1 + workers`` daemon threads.
 
     Args:
         reader: the reader registered on the meter provider.
@@ -412,10 +425,24 @@ def start_metrics_server(
         addr: the address to bind; loopback by default, so nothing is exposed unless asked for.
         registry: the prometheus-client registry to serve (default: a fresh one, not the global
             ``REGISTRY``, so the process's other collectors are not exposed by accident).
+        workers: threads answering complete requests (collecting and rendering the metrics).
+        max_connections: connections open at once; one more closes the one waiting longest for its
+            request head.
+        request_timeout: seconds from connecting to having the whole request head (else ``408``).
+        write_timeout: seconds to write a response once it is ready (else the connection is dropped).
 
     Returns:
         The running ``MetricsServer``; call ``close()`` to stop it.
 
     .. versionadded:: 0.10
     """
-    return MetricsServer(reader, CollectorRegistry() if registry is None else registry, port, addr)
+    return MetricsServer(
+        reader,
+        CollectorRegistry() if registry is None else registry,
+        port,
+        addr,
+        workers=workers,
+        max_connections=max_connections,
+        request_timeout=request_timeout,
+        write_timeout=write_timeout,
+    )

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import semconv
+from . import _http, semconv
 
 __all__ = ("END_MARKER", "START_MARKER", "main", "render_reference", "replace_section")
 
@@ -268,6 +268,20 @@ def _safety_section() -> list[str]:
         "a 16-digit hash of the whole value.",
         "The collector's spanmetrics connector is bounded too (`collector/otelcol.yaml`:",
         "`aggregation_cardinality_limit`, `series_expiration`).",
+        "",
+        "### The `/metrics` server",
+        "",
+        f"One thread owns every connection (non-blocking sockets) and {_http.DEFAULT_WORKERS} worker threads "
+        "answer complete",
+        "requests, however many clients connect: 300 idle connections cost no thread. A request head must",
+        f"arrive whole within {_http.DEFAULT_REQUEST_TIMEOUT:g} s of connecting (trickling bytes does not "
+        "extend it; else `408`), be",
+        f"at most {_http.MAX_REQUEST_HEAD // 1024} KiB (else `431`), and its response is written within "
+        f"{_http.DEFAULT_WRITE_TIMEOUT:g} s. At most",
+        f"{_http.DEFAULT_MAX_CONNECTIONS} connections are open; one more closes the one waiting longest for "
+        "its request, so a",
+        "slowloris cannot lock a scraper out. `start_metrics_server(workers=, max_connections=,",
+        "request_timeout=, write_timeout=)` change these. It binds 127.0.0.1 unless told otherwise.",
         "",
     ]
 
