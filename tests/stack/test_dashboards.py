@@ -203,6 +203,7 @@ class TestContent:
                     "Skips",
                     "Errors by error type",
                     "Circuit breaker state",
+                    "Events/s by stage and event",
                 },
             ),
             (
