@@ -260,6 +260,8 @@ def _demo_env(service: str, endpoint: str, protocol: str, metrics: str) -> dict[
         OTEL_METRIC_EXPORT_INTERVAL="1000",
         OTEL_BSP_SCHEDULE_DELAY="500",
         OTEL_BLRP_SCHEDULE_DELAY="500",
+        # Events travel as span events; as in the compose demo, log records too, so Loki shows them.
+        STAGEFLOW_EVENT_LOG_RECORDS="true",
     )
     return env
 
@@ -420,6 +422,10 @@ def _finished(stack: Stack) -> Stack:
 def _complete(trace: dict[str, Any]) -> bool:
     """Whether a Jaeger trace has its run span (the run span ends last, after every stage span)."""
     return any(s["operationName"] == semconv.SPAN_PIPELINE_PREFIX + PIPELINE for s in trace["spans"])
+
+
+def _fields(log: dict[str, Any]) -> dict[str, Any]:
+    return {f["key"]: f["value"] for f in log["fields"]}
 
 
 def _tags(span: dict[str, Any]) -> dict[str, Any]:
@@ -655,6 +661,48 @@ class TestJaegerTraces:
                 expected = (True, "ERROR", run.failed[stage]) if stage in run.failed else (None, None, None)
                 if got != expected:
                     wrong.append((trace_id, stage, got, expected))
+        assert wrong == []
+
+    @pytest.mark.parametrize("service", SERVICES)
+    def test_events_are_span_logs_of_their_spans(self, finished: Stack, service: str) -> None:
+        """Jaeger shows the event taxonomy as span logs, within each span's time: a stage span has its
+        stage's started and closing event; the run span has the run's events and those of stages that
+        never had a span (a conditional stage the executor skipped)."""
+        closing = {semconv.EVENTS[f"stage.{o}"] for o in ("completed", "failed", "skipped", "cancelled")}
+        run_closing = {semconv.EVENTS[f"pipeline.{o}"] for o in ("completed", "failed", "cancelled")}
+        wrong = []
+        for trace_id, run in _logged_runs(finished.demos[service]).items():
+            spans = {s["spanID"]: s for s in finished.traces[service][trace_id]["spans"]}
+            stage_of = {span_id: stage for stage, span_id in run.stage_spans.items()}
+            for span_id, span in spans.items():
+                logs = [_fields(log) for log in span["logs"]]
+                events = [
+                    (f.get("event"), f.get(semconv.EVENT_TYPE)) for f in logs if f.get("event") != "exception"
+                ]
+                start, end = span["startTime"], span["startTime"] + span["duration"]
+                outside = [
+                    log["timestamp"] for log in span["logs"] if not start <= log["timestamp"] <= end + 1
+                ]
+                stage = stage_of.get(span_id)
+                if stage is not None:
+                    good = (
+                        len(events) == 2
+                        and events[0] == (semconv.EVENTS["stage.started"], f"stage.{stage}.started")
+                        and events[1][0] in closing
+                        and events[1][1] == f"stage.{stage}.{str(events[1][0]).rsplit('.', 1)[1]}"
+                    )
+                else:
+                    good = (
+                        [e[0] for e in events[:2]]
+                        == [semconv.EVENTS["pipeline.created"], semconv.EVENTS["pipeline.started"]]
+                        and events[-1][0] in run_closing
+                        and all(
+                            str(t).split(".")[1] not in run.stage_spans and str(t).startswith("stage.")
+                            for _, t in events[2:-1]
+                        )
+                    )
+                if not good or outside:
+                    wrong.append((trace_id, span["operationName"], events, outside))
         assert wrong == []
 
     def test_service_name_is_the_process_not_a_tag(self, finished: Stack) -> None:
