@@ -951,3 +951,11 @@ class TestSmallSignatures:
     def test_snapshot_subscript(self) -> None:
         """``ContextSnapshot[X]``, 0.9.1's generic spelling, is ``ContextSnapshot`` itself."""
         assert ContextSnapshot[int] is ContextSnapshot  # type: ignore[misc]
+
+    def test_interceptor_defaults_the_table_names(self) -> None:
+        """``ErrorAction.RETRY`` allows 3 attempts in all by default; the default stack: breaker, timeout."""
+        assert stageflow.BaseInterceptor.retry_policy.max_attempts == 3
+        assert [type(ic) for ic in stageflow.get_default_interceptors()] == [
+            stageflow.CircuitBreakerInterceptor,
+            TimeoutInterceptor,
+        ]
