@@ -18,7 +18,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -38,6 +37,7 @@ from stageflow.interceptors import (
 
 from . import semconv
 from ._content import clean_text
+from ._guard import NameGuard as _NameGuard
 from ._outcome import (
     Outcome,
     is_api_only,
@@ -65,74 +65,6 @@ _BUCKETS = list(semconv.DURATION_BUCKETS)
 _SUCCESS = Outcome(semconv.RESULT_SUCCESS)
 
 Attributes = Mapping[str, AttributeValue]
-
-
-class _NameGuard:
-    """The cardinality guard of one metric attribute (pipeline or stage names).
-
-    At most ``capacity`` names hold a slot at a time. A name seen again keeps its slot (least recently
-    used order); a new name takes a free slot, else the slot of the least recently used name if that one
-    has not been used for ``idle_timeout`` seconds, else it is recorded as ``_OTHER``. So the first names
-    seen never hold the slots forever, and a burst of new names cannot evict names in use. Names longer
-    than ``semconv.METRIC_VALUE_LENGTH_LIMIT`` are always ``_OTHER``.
-
-    Only the event loop's thread calls ``__call__``; ``peek`` (no bookkeeping) is safe from any thread.
-    """
-
-    __slots__ = ("_capacity", "_idle", "_slots", "_what", "_warned", "evicted", "overflowed")
-
-    def __init__(self, what: str, capacity: int, idle_timeout: float) -> None:
-        self._what = what
-        self._capacity = capacity
-        self._idle = idle_timeout
-        self._slots: OrderedDict[str, float] = OrderedDict()
-        self._warned = False
-        self.evicted = 0
-        self.overflowed = 0
-
-    def __call__(self, name: str, now: float) -> str:
-        slots = self._slots
-        if name in slots:
-            slots[name] = now
-            slots.move_to_end(name)
-            return name
-        if len(name) > semconv.METRIC_VALUE_LENGTH_LIMIT:
-            return self._overflow(name)
-        if len(slots) >= self._capacity:
-            oldest, last_used = next(iter(slots.items()))
-            if now - last_used < self._idle:
-                return self._overflow(name)
-            del slots[oldest]
-            self.evicted += 1
-        slots[name] = now
-        return name
-
-    def peek(self, name: str) -> str:
-        """``name`` if it holds a slot, else ``_OTHER`` (nothing recorded)."""
-        return name if name in self._slots else semconv.OTHER
-
-    def names(self) -> list[str]:
-        """The names holding a slot, least recently used first."""
-        return list(self._slots)
-
-    def _overflow(self, name: str) -> str:
-        self.overflowed += 1
-        if not self._warned:
-            self._warned = True
-            logger.warning(
-                "stageflow_otel: more than %d %s names in use (or one longer than %d characters); metrics "
-                "record %s %.200r and any further new names as %r until a name goes unused for %g s "
-                "(raise max_%s_series to keep them apart)",
-                self._capacity,
-                self._what,
-                semconv.METRIC_VALUE_LENGTH_LIMIT,
-                self._what,
-                name,
-                semconv.OTHER,
-                self._idle,
-                self._what,
-            )
-        return semconv.OTHER
 
 
 class MetricsInterceptor(Interceptor):

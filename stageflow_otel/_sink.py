@@ -20,6 +20,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -31,6 +32,7 @@ import stageflow
 
 from . import semconv
 from ._content import ErrorRedactor, clean_text, redact_error_message, value_length_limit
+from ._guard import NameGuard
 from ._taxonomy import TaxonomyEvent, describe, route
 
 __all__ = ("OtlpEventSink",)
@@ -40,6 +42,8 @@ logger = logging.getLogger("stageflow_otel")
 _Item = tuple[TaxonomyEvent, "dict[str, Any] | None", otel_context.Context, int]
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
+
+_monotonic = time.monotonic
 
 DEFAULT_MAX_SERIES = 200
 """Default limit of distinct stage names, and of pipeline names, on ``stageflow.events.emitted``."""
@@ -90,7 +94,9 @@ class OtlpEventSink:
       or on the run span for a stage that never had one (a skipped conditional stage);
     * **a counter**: ``stageflow.events.emitted`` by ``event.name``, ``stageflow.pipeline.name`` and,
       for stage events, ``stageflow.stage.name``; at most ``max_series`` distinct pipeline names and
-      stage names each, further ones counted as ``_OTHER``;
+      stage names each at a time, further ones counted as ``_OTHER``, under the same policy as
+      ``MetricsInterceptor``'s guard (a name unused for 600 s gives its slot, and its counts, to a new
+      name; names over 256 characters are ``_OTHER``);
     * **log records** (``log_records``, off by default; ``STAGEFLOW_EVENT_LOG_RECORDS=true`` or
       ``setup(event_log_records=True)`` turn them on): an OTLP log record per event, with the span
       event's name and attributes plus ``stageflow.run.id`` and ``stageflow.pipeline.name`` (which a span
@@ -162,10 +168,20 @@ class OtlpEventSink:
         # Counted on the loop in a dict, reported when a reader collects: exact, and a dict update per
         # event instead of an SDK measurement.
         self._counts: dict[tuple[str, str | None, str | None], int] = {}
-        self._max_series = max_series
-        self._stage_names: set[str] = set()
-        self._pipeline_names: set[str] = set()
-        self._overflow_warned = False
+        self._pipeline_names = NameGuard(
+            "pipeline",
+            max_series,
+            semconv.DEFAULT_NAME_IDLE_TIMEOUT,
+            option="max_series",
+            on_evict=partial(self._forget, 1),
+        )
+        self._stage_names = NameGuard(
+            "stage",
+            max_series,
+            semconv.DEFAULT_NAME_IDLE_TIMEOUT,
+            option="max_series",
+            on_evict=partial(self._forget, 2),
+        )
         metric = semconv.EVENTS_EMITTED
         meter.create_observable_counter(
             metric.name, callbacks=[self._observe], unit=metric.unit, description=metric.description
@@ -261,30 +277,19 @@ class OtlpEventSink:
     def _count(self, event: TaxonomyEvent) -> None:
         stage = event.stage if event.kind.startswith("stage.") else None
         pipeline = event.pipeline
+        now = _monotonic()
         with self._count_lock:
-            if pipeline is not None and pipeline not in self._pipeline_names:
-                pipeline = self._admit(pipeline, self._pipeline_names)
-            if stage is not None and stage not in self._stage_names:
-                stage = self._admit(stage, self._stage_names)
+            if pipeline is not None:
+                pipeline = self._pipeline_names(pipeline, now)
+            if stage is not None:
+                stage = self._stage_names(stage, now)
             key = (event.name, pipeline, stage)
             self._counts[key] = self._counts.get(key, 0) + 1
 
-    def _admit(self, name: str, seen: set[str]) -> str:
-        """``name`` while fewer than ``max_series`` names are in use, else ``_OTHER`` (cardinality guard)."""
-        if len(seen) < self._max_series:
-            seen.add(name)
-            return name
-        if not self._overflow_warned:
-            self._overflow_warned = True
-            logger.warning(
-                "stageflow_otel: more than %d distinct stage or pipeline names on %s; %r and further new "
-                "names are counted as %r (raise max_series to keep them apart)",
-                self._max_series,
-                semconv.EVENTS_EMITTED.name,
-                name,
-                semconv.OTHER,
-            )
-        return semconv.OTHER
+    def _forget(self, position: int, name: str) -> None:
+        """Drop the counts of a name the guard let go (called under ``_count_lock``): memory stays bounded."""
+        for key in [k for k in self._counts if k[position] == name]:
+            del self._counts[key]
 
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._count_lock:

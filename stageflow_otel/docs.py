@@ -266,6 +266,9 @@ def _safety_section() -> list[str]:
         f"values (50 names and `{semconv.OTHER}`). `/metrics` serves any label value escaped if it",
         f"holds a lone surrogate and, past {semconv.METRIC_VALUE_LENGTH_LIMIT} characters, cut with `~` and",
         "a 16-digit hash of the whole value.",
+        f"`{semconv.EVENTS_EMITTED.name}` follows the same policy, with `OtlpEventSink(max_series=200)` "
+        "pipeline and stage",
+        "names each (an evicted name's counts go with it, so the sink's memory stays bounded).",
         "The collector's spanmetrics connector is bounded too (`collector/otelcol.yaml`:",
         "`aggregation_cardinality_limit`, `series_expiration`).",
         "",

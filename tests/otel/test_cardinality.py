@@ -18,11 +18,13 @@ from stageflow import Pipeline
 from stageflow_otel import (
     MetricsInterceptor,
     MetricsServer,
+    OtlpEventSink,
     PrometheusMetricReader,
     semconv,
     start_metrics_server,
 )
 from stageflow_otel import _metrics as metrics_module
+from stageflow_otel import _sink as sink_module
 
 from ._stages import T, ok
 from .conftest import entry_ctx, metric_points
@@ -40,9 +42,10 @@ class Clock:
 
 @pytest.fixture(name="clock")
 def _clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """The guards' clock, under the test's control."""
+    """The guards' clock (the interceptor's and the event sink's), under the test's control."""
     clock = Clock()
     monkeypatch.setattr(metrics_module, "_monotonic", clock)
+    monkeypatch.setattr(sink_module, "_monotonic", clock)
     return clock
 
 
@@ -158,6 +161,34 @@ class TestStageGuard:
         """Limits below one and negative idle timeouts are refused, naming the option and the value."""
         with pytest.raises(ValueError, match=f"^{option} must be .*, got {value!r}$"):
             MetricsInterceptor(meter_provider, **{option: value})  # type: ignore[arg-type]
+
+
+class TestEventCounterGuard:
+    async def test_an_idle_name_gives_its_slot_and_its_counts_to_a_new_one(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: Clock
+    ) -> None:
+        """``stageflow.events.emitted`` frees an idle stage name's slot (and drops its counts) after 600 s."""
+        sink = OtlpEventSink(meter_provider=meter_provider, max_series=1, span_events=False)
+
+        def emit(stage: str) -> None:
+            sink.try_emit(type=f"stage.{stage}.completed", data={"pipeline": "p", "stage": stage})
+
+        emit("old")
+        emit("new")
+        clock.now += 599
+        emit("new")
+        assert emitted(metric_reader) == {"old": 1, "_OTHER": 2}
+        clock.now += 1
+        emit("new")
+        assert emitted(metric_reader) == {"_OTHER": 2, "new": 1}
+
+
+def emitted(reader: InMemoryMetricReader) -> dict[object, float]:
+    """``stageflow.events.emitted`` values by stage name."""
+    return {
+        dict(p.attributes or {})[semconv.STAGE_NAME]: p.value  # type: ignore[union-attr]
+        for p in metric_points(reader, semconv.EVENTS_EMITTED.name)
+    }
 
 
 @pytest.fixture(name="served")
