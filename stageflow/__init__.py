@@ -64,6 +64,9 @@ from ._pipeline import UnifiedStageSpec as UnifiedStageSpec
 from ._results import RunResult as RunResult
 from ._results import StageResult as StageResult
 from ._retry import RetryPolicy as RetryPolicy
+from ._runner import StageExecutor as StageExecutor
+from ._runner import StageFunction as StageFunction
+from ._runner import StageRunner as StageRunner
 from ._snapshot import ContextSnapshot as ContextSnapshot
 from ._snapshot import RunIdentity as RunIdentity
 from ._store import InMemoryRunStore as InMemoryRunStore
@@ -132,8 +135,10 @@ __all__ = (
     "StageBlockedError",
     "StageContext",
     "StageError",
+    "StageExecutor",
     "StageEvent",
     "StageFailedError",
+    "StageFunction",
     "StageGraph",
     "StageInfo",
     "StageInputs",
@@ -141,6 +146,7 @@ __all__ = (
     "StageOutput",
     "StageRecord",
     "StageResult",
+    "StageRunner",
     "StageSpec",
     "StageStatus",
     "StageTimeoutError",

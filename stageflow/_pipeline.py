@@ -22,6 +22,7 @@ from ._errors import (
     _unencodable,
 )
 from ._retry import RetryPolicy
+from ._runner import StageRunner
 from ._types import StageKind, StageOutput
 
 if TYPE_CHECKING:
@@ -267,7 +268,7 @@ class Pipeline:
     def with_stage(
         self,
         name: str,
-        runner: Any,
+        runner: StageRunner,
         kind: StageKind,
         dependencies: Sequence[str] | None = (),
         conditional: bool = False,

@@ -15,7 +15,7 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from stageflow import Pipeline, PipelineFailedError, StageContext, StageKind, StageOutput
+from stageflow import Pipeline, PipelineFailedError, StageContext, StageKind, StageOutput, StageRunner
 from stageflow.interceptors import CircuitBreakerInterceptor, TimeoutInterceptor
 from stageflow_otel import MetricsInterceptor, TracingInterceptor, semconv
 
@@ -98,7 +98,7 @@ class TestStageMetrics:
         self,
         meter_provider: MeterProvider,
         metric_reader: InMemoryMetricReader,
-        runner: object,
+        runner: StageRunner,
         result: str,
         error_type: str,
     ) -> None:

@@ -1,0 +1,121 @@
+"""``with_stage`` is typed: ``mypy --strict`` accepts real stages and rejects what would fail at build()."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+HEADER = """\
+from stageflow import Pipeline, StageContext, StageKind, StageOutput
+
+"""
+
+SNIPPETS = {
+    "good": HEADER
+    + """\
+class Greet:
+    async def execute(self, ctx: StageContext) -> StageOutput:
+        return StageOutput.ok(greeting="hi")
+
+
+async def shout(ctx: StageContext) -> StageOutput:
+    return StageOutput.ok()
+
+
+pipeline = (
+    Pipeline(name="typed")
+    .with_stage("greet", Greet, StageKind.TRANSFORM)
+    .with_stage("object", Greet(), StageKind.TRANSFORM)
+    .with_stage("shout", shout, StageKind.TRANSFORM, dependencies=("greet",))
+)
+""",
+    "sync_execute": HEADER
+    + """\
+class Greet:
+    def execute(self, ctx: StageContext) -> StageOutput:
+        return StageOutput.ok()
+
+
+Pipeline().with_stage("greet", Greet, StageKind.TRANSFORM)
+""",
+    "sync_function": HEADER
+    + """\
+def shout(ctx: StageContext) -> StageOutput:
+    return StageOutput.ok()
+
+
+Pipeline().with_stage("shout", shout, StageKind.TRANSFORM)
+""",
+    "returns_dict": HEADER
+    + """\
+async def shout(ctx: StageContext) -> dict[str, str]:
+    return {"shouted": "HI"}
+
+
+Pipeline().with_stage("shout", shout, StageKind.TRANSFORM)
+""",
+    "execute_returns_dict": HEADER
+    + """\
+class Greet:
+    async def execute(self, ctx: StageContext) -> dict[str, str]:
+        return {}
+
+
+Pipeline().with_stage("greet", Greet(), StageKind.TRANSFORM)
+""",
+}
+
+
+@pytest.fixture(name="errors", scope="module")
+def _errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    """mypy --strict's error codes per snippet (one mypy run for all of them)."""
+    folder = tmp_path_factory.mktemp("typing")
+    paths = {}
+    for name, source in SNIPPETS.items():
+        paths[name] = folder / f"snippet_{name}.py"
+        paths[name].write_text(source, encoding="utf-8")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-error-summary",
+            "--show-error-codes",
+            "--cache-dir",
+            str(folder / ".mypy_cache"),
+            *map(str, paths.values()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    found: dict[str, list[str]] = {name: [] for name in SNIPPETS}
+    for line in proc.stdout.splitlines():
+        match = re.match(r".*snippet_(\w+)\.py:\d+: error: .*\[([\w-]+)\]$", line)
+        if match:
+            found[match.group(1)].append(match.group(2))
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    return found
+
+
+class TestWithStageTyping:
+    def test_real_stages_type_check(self, errors: dict[str, list[str]]) -> None:
+        """A stage class, a stage object and an async function pass mypy --strict."""
+        assert errors["good"] == []
+
+    @pytest.mark.parametrize(
+        "snippet",
+        ["sync_execute", "sync_function", "returns_dict", "execute_returns_dict"],
+        ids=["sync-execute", "sync-function", "returns-dict", "execute-returns-dict"],
+    )
+    def test_wrong_stages_are_rejected(self, errors: dict[str, list[str]], snippet: str) -> None:
+        """A sync execute, a sync function and a stage returning something else are arg-type errors."""
+        assert errors[snippet] == ["arg-type"]
