@@ -17,12 +17,23 @@ parallel stages, one join; trivial ``async def`` bodies):
   (``BatchSpanProcessor`` with an exporter that drops everything, a ``MeterProvider`` with an in-memory
   reader, structlog JSON lines written to ``os.devnull``);
 * ``floor``: the bare SDK cost we cannot avoid, per stage: one ``start_span`` + one ``Histogram.record`` +
-  ``end``, through the same providers, in a plain loop.
+  ``end``, through the same providers, in a plain loop;
+* ``t+m+events``: ``t+m`` with every run given an ``OtlpEventSink`` (its default: each event a span event
+  on its span, and counted), and ``t+m+records``: the same sink with span events off and an OTLP log
+  record per event instead (a ``BatchLogRecordProcessor`` with an exporter that drops everything), the
+  way events were exported before span events; ``floor+events``: ``floor`` plus the two ``add_event``
+  calls of a stage's started and completed events (the events of a run, 2 + 2 per stage, counted per
+  stage).
 
 Reported: µs per stage of each graph variant, overheads over ``bare``, and the ratios
-``(full - bare) / floor`` and ``no-sdk - bare``. Method: every variant is warmed up, then ``reps``
-repetitions run the variants interleaved; each sample is a batch of runs; ``gc.collect()`` before each
-sample, garbage collector disabled while timing;
+``(full - bare) / floor``, ``(t+m - bare) / floor``, ``(t+m+events - bare) / floor+events``, the cost of
+the events as span events against as log records (``t+m+events - t+m`` against ``t+m+records - t+m``),
+and ``no-sdk - bare``. Method: every variant is warmed up, then ``reps``
+repetitions run the variants interleaved; each sample is a batch of runs, timed with
+``time.process_time`` (the CPU time of every thread of the process: the loop, the span processor's and the
+event sink's threads; the runs never block, and other processes disturb CPU time much less than wall
+time; ``--clock wall`` uses ``time.perf_counter``); ``gc.collect()`` before each sample, garbage collector
+disabled while timing;
 figures are medians. The best (minimum) samples are printed too: on a shared machine they are the
 least disturbed by other processes.
 """
@@ -40,6 +51,12 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 from opentelemetry.metrics import Histogram
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    LogRecordExporter,
+    LogRecordExportResult,
+)
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -48,6 +65,7 @@ from opentelemetry.trace import Tracer
 
 from stageflow import (
     ContextSnapshot,
+    EventSink,
     Pipeline,
     PipelineTimer,
     RunIdentity,
@@ -58,9 +76,12 @@ from stageflow import (
     StageOutput,
 )
 from stageflow.interceptors import CallNext, Interceptor, StageInfo
-from stageflow_otel import LoggingInterceptor, MetricsInterceptor, TracingInterceptor, semconv
+from stageflow_otel import LoggingInterceptor, MetricsInterceptor, OtlpEventSink, TracingInterceptor, semconv
 
 __all__ = ("main",)
+
+_clock: Callable[[], float] = time.process_time
+"""The sample clock: this process's CPU time (every thread) unless ``--clock wall``."""
 
 Sample = Callable[[], Awaitable[float]]
 """One timed sample: returns µs per stage."""
@@ -71,6 +92,19 @@ class _DropExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         return SpanExportResult.SUCCESS
+
+
+class _DropLogExporter(LogRecordExporter):
+    """Accepts every batch of log records and does nothing with it."""
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        return LogRecordExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
 
 
 class _PassThrough(Interceptor):
@@ -92,23 +126,23 @@ def _fanout(stages: int) -> Pipeline:
     return p.with_stage("join", _body, StageKind.TRANSFORM, dependencies=tuple(middle))
 
 
-def _entry() -> StageContext:
+def _entry(sink: EventSink | None = None) -> StageContext:
     snapshot = ContextSnapshot(run_id=RunIdentity())
-    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer())
+    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), sink)
 
 
-def _graph_sample(graph: StageGraph, runs: int) -> Sample:
-    ctx = _entry()
+def _graph_sample(graph: StageGraph, runs: int, sink: EventSink | None = None) -> Sample:
+    ctx = _entry(sink)
     stages = len(graph.stages)
 
     async def sample() -> float:
         gc.collect()
         gc.disable()
         try:
-            start = time.perf_counter()
+            start = _clock()
             for _ in range(runs):
                 await graph.run(ctx)
-            elapsed = time.perf_counter() - start
+            elapsed = _clock() - start
         finally:
             gc.enable()
         return elapsed / (runs * stages) * 1e6
@@ -116,19 +150,25 @@ def _graph_sample(graph: StageGraph, runs: int) -> Sample:
     return sample
 
 
-def _floor_sample(tracer: Tracer, histogram: Histogram, ops: int) -> Sample:
+def _floor_sample(tracer: Tracer, histogram: Histogram, ops: int, *, events: bool = False) -> Sample:
     attrs = {semconv.PIPELINE_NAME: "bench", semconv.STAGE_NAME: "s"}
+    started = {semconv.EVENT_TYPE: "stage.s.started", semconv.STAGE_NAME: "s"}
+    completed = {semconv.EVENT_TYPE: "stage.s.completed", semconv.STAGE_NAME: "s"}
 
     async def sample() -> float:
         gc.collect()
         gc.disable()
         try:
-            start = time.perf_counter()
+            start = _clock()
             for _ in range(ops):
                 span = tracer.start_span("stage s", attributes=attrs)
+                if events:
+                    span.add_event(semconv.EVENTS["stage.started"], started)
                 histogram.record(0.001, attrs)
+                if events:
+                    span.add_event(semconv.EVENTS["stage.completed"], completed)
                 span.end()
-            elapsed = time.perf_counter() - start
+            elapsed = _clock() - start
         finally:
             gc.enable()
         return elapsed / ops * 1e6
@@ -136,13 +176,17 @@ def _floor_sample(tracer: Tracer, histogram: Histogram, ops: int) -> Sample:
     return sample
 
 
-async def _measure(variants: dict[str, Sample], reps: int) -> dict[str, float]:
+async def _measure(
+    variants: dict[str, Sample], reps: int, flush: Callable[[], object] = lambda: None
+) -> dict[str, float]:
     for sample in variants.values():
         await sample()
+        flush()
     results: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(reps):
         for name, sample in variants.items():
             results[name].append(await sample())
+            flush()  # the log record thread's backlog is not carried into the next sample
     figures = {name: statistics.median(values) for name, values in results.items()}
     figures.update({f"{name} (min)": min(values) for name, values in results.items()})
     return figures
@@ -165,6 +209,18 @@ async def run(stages: int, runs: int, reps: int) -> dict[str, float]:
         MetricsInterceptor(meter_provider),
         LoggingInterceptor(logger),
     ]
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(
+        BatchLogRecordProcessor(_DropLogExporter(), max_queue_size=1 << 16)
+    )
+    span_events = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider)
+    log_records = OtlpEventSink(
+        meter_provider=meter_provider,
+        logger_provider=logger_provider,
+        span_events=False,
+        log_records=True,
+        max_buffer=1 << 20,
+    )
     tracer = tracer_provider.get_tracer("bench")
     histogram = meter_provider.get_meter("bench").create_histogram("bench.floor", unit="s")
     variants: dict[str, Sample] = {
@@ -176,12 +232,18 @@ async def run(stages: int, runs: int, reps: int) -> dict[str, float]:
         "t+m": _graph_sample(pipeline.build(interceptors=full[:2]), runs),
         "full": _graph_sample(pipeline.build(interceptors=full), runs),
         "floor": _floor_sample(tracer, histogram, runs * stages),
+        "t+m+events": _graph_sample(pipeline.build(interceptors=full[:2]), runs, span_events),
+        "t+m+records": _graph_sample(pipeline.build(interceptors=full[:2]), runs, log_records),
+        "floor+events": _floor_sample(tracer, histogram, runs * stages, events=True),
     }
     try:
-        return await _measure(variants, reps)
+        return await _measure(variants, reps, flush=log_records.flush)
     finally:
+        span_events.shutdown()
+        log_records.shutdown()
         tracer_provider.shutdown()
         meter_provider.shutdown()
+        logger_provider.shutdown()
         devnull.close()
 
 
@@ -201,7 +263,17 @@ def report(figures: dict[str, float], stages: int) -> str:
         f"  tracing+metrics, SDK                   {t_m:8.2f}   overhead {t_m - bare:+.2f} µs/stage",
         f"  full: tracing+metrics+logging, SDK     {full:8.2f}   overhead {full - bare:+.2f} µs/stage",
         f"  floor: span start/end + histogram      {floor:8.2f}   (per operation, BatchSpanProcessor)",
+        f"  t+m + OtlpEventSink: span events        {figures['t+m+events']:8.2f}   events "
+        f"{figures['t+m+events'] - t_m:+.2f} µs/stage over t+m",
+        f"  t+m + OtlpEventSink: log records       {figures['t+m+records']:8.2f}   events "
+        f"{figures['t+m+records'] - t_m:+.2f} µs/stage over t+m",
+        f"  floor + 2 add_event per stage          {figures['floor+events']:8.2f}   (per operation)",
         f"ratio full overhead / SDK floor: {(full - bare) / floor:.2f}x",
+        f"ratio t+m overhead / SDK floor: {(t_m - bare) / floor:.2f}x",
+        f"ratio t+m+events overhead / SDK floor with events: "
+        f"{(figures['t+m+events'] - bare) / figures['floor+events']:.2f}x",
+        f"events as span events / as log records (cost over t+m): "
+        f"{(figures['t+m+events'] - t_m) / (figures['t+m+records'] - t_m):.2f}x",
         f"ratio no-SDK / bare: {no_sdk / bare:.3f}x ({no_sdk - bare:+.2f} µs/stage; target < 1 µs)",
         "best samples (least disturbed by other processes), µs per stage:",
         "  "
@@ -216,7 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="few repetitions, small batches")
     parser.add_argument("--stages", type=int, default=50)
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="sample clock (default cpu)")
     args = parser.parse_args(argv)
+    global _clock
+    _clock = time.process_time if args.clock == "cpu" else time.perf_counter
     runs, reps = (10, 3) if args.quick else (100, 11)
     figures = asyncio.run(run(args.stages, runs, reps))
     print(report(figures, args.stages))
