@@ -145,6 +145,15 @@ class StageOutput:
         if not isinstance(self.data, Mapping):
             msg = f"StageOutput data {self.data!r} is not a mapping; pass a dict such as {{'key': value}}"
             raise TypeError(msg)
+        for name in ("artifacts", "events"):
+            value = getattr(self, name)
+            if not isinstance(value, list):
+                # most likely an error message given third, in the field order before 0.10
+                msg = (
+                    f"StageOutput {name} {value!r} is not a list; the fields are (status, data, artifacts, "
+                    "events, error, duration_ms, version): pass error= and version= by keyword"
+                )
+                raise TypeError(msg)
 
     @classmethod
     def ok(

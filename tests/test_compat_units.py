@@ -959,3 +959,14 @@ class TestSmallSignatures:
             stageflow.CircuitBreakerInterceptor,
             TimeoutInterceptor,
         ]
+
+    @pytest.mark.parametrize("field", ["artifacts", "events"])
+    def test_non_list_artifacts_or_events(self, field: str) -> None:
+        """A non-list ``artifacts``/``events`` (an error message given third, say) is refused with the fix."""
+        given: dict[str, Any] = {field: "boom"}
+        with pytest.raises(TypeError) as caught:
+            StageOutput(StageStatus.FAIL, {}, **given)
+        assert str(caught.value) == (
+            f"StageOutput {field} 'boom' is not a list; the fields are (status, data, artifacts, events, "
+            "error, duration_ms, version): pass error= and version= by keyword"
+        )
