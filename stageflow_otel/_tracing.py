@@ -129,7 +129,7 @@ class _StageStatic:
             attributes[semconv.STAGE_DEPENDENCIES] = self.dependencies
         function = _function_name(info.runner)
         if function:
-            attributes[semconv.CODE_FUNCTION_NAME] = function
+            attributes[semconv.CODE_FUNCTION_NAME] = clean_text(function, limit)
         self.attributes: Mapping[str, AttributeValue] = attributes
 
 
@@ -538,7 +538,12 @@ class TracingInterceptor(Interceptor):
         try:
             captured = self._capture(stage, output)
             if captured:
-                span.set_attributes({semconv.STAGE_OUTPUT_PREFIX + k: v for k, v in captured.items()})
+                span.set_attributes(
+                    {
+                        clean_text(semconv.STAGE_OUTPUT_PREFIX + k, self._limit): _clean_value(v, self._limit)
+                        for k, v in captured.items()
+                    }
+                )
         except Exception as exc:  # C9: a broken hook never breaks the pipeline
             if not self._hook_failed:
                 self._hook_failed = True
@@ -546,6 +551,15 @@ class TracingInterceptor(Interceptor):
                     "stageflow_otel: capture_content hook raised %r; content not recorded (logged once)",
                     exc,
                 )
+
+
+def _clean_value(value: AttributeValue, limit: int | None) -> AttributeValue:
+    """A captured attribute value that encodes (a lone surrogate would fail its whole export batch)."""
+    if isinstance(value, str):
+        return clean_text(value, limit)
+    if isinstance(value, tuple | list) and any(isinstance(v, str) for v in value):
+        return tuple(clean_text(v, limit) if isinstance(v, str) else v for v in value)
+    return value
 
 
 def _qualified_name(error: BaseException) -> str:

@@ -15,6 +15,7 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util.types import AttributeValue
 
 from stageflow import (
     EventSink,
@@ -22,6 +23,7 @@ from stageflow import (
     PipelineFailedError,
     StageContext,
     StageGraph,
+    StageInfo,
     StageKind,
     StageOutput,
 )
@@ -193,6 +195,35 @@ class TestOversizedValues:
         failed = next(s for s in receiver.spans() if s.name == "stage b" and s.status.message)
         assert failed.status.message == "cannot open 'caf\\udce9.txt'"
         assert telemetry.export_failures == {"traces": 0, "metrics": 0, "logs": 0}
+
+    async def test_captured_content_that_cannot_encode_costs_no_other_span(
+        self, exporting: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """A ``capture_content`` value with a lone surrogate is escaped, so its batch still exports."""
+
+        def hook(stage: StageInfo, output: StageOutput) -> dict[str, AttributeValue]:
+            return {"file": "caf\udce9.txt", "files": ("a", "b\udcff")}
+
+        telemetry = setup(set_global=False)
+        try:
+            graph = two_stages("demo", ok).build(
+                interceptors=[TracingInterceptor(telemetry.tracer_provider, capture_content=hook)]
+            )
+            await asyncio.gather(*(graph.run(entry_ctx()) for _ in range(GOOD_RUNS)))
+            assert telemetry.force_flush(timeout=10.0)
+        finally:
+            assert telemetry.shutdown(timeout=5.0)
+        spans = receiver.spans()
+        assert len(spans) == 3 * GOOD_RUNS
+        stage = next(s for s in spans if s.name == "stage a")
+        captured = {
+            kv.key: kv.value for kv in stage.attributes if kv.key.startswith("stageflow.stage.output.")
+        }
+        assert captured["stageflow.stage.output.file"].string_value == "caf\\udce9.txt"
+        assert [v.string_value for v in captured["stageflow.stage.output.files"].array_value.values] == [
+            "a",
+            "b\\udcff",
+        ]
 
 
 SECRET_MESSAGE = "login failed: password=hunter2 for bob@example.com"
