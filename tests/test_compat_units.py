@@ -10,10 +10,13 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import stageflow
 import stageflow.stages
 from stageflow import (
+    DuplicateStageError,
     EventSink,
     InMemoryEventSink,
     LoggingEventSink,
@@ -970,3 +973,49 @@ class TestSmallSignatures:
             f"StageOutput {field} 'boom' is not a list; the fields are (status, data, artifacts, events, "
             "error, duration_ms, version): pass error= and version= by keyword"
         )
+
+
+Op = tuple[str, int, int, str]
+"""("extend", pipeline index, unused, name) or ("compose", left index, right index, unused)."""
+
+
+@st.composite
+def build_ops(draw: st.DrawFn) -> list[Op]:
+    """A random history of ``with_stage``/``compose`` calls on pipelines made earlier in the history."""
+    ops: list[Op] = []
+    for made in range(1, draw(st.integers(1, 30)) + 1):
+        if draw(st.booleans()):
+            ops.append(("extend", draw(st.integers(0, made - 1)), 0, draw(st.sampled_from("abcdef"))))
+        else:
+            ops.append(("compose", draw(st.integers(0, made - 1)), draw(st.integers(0, made - 1)), ""))
+    return ops
+
+
+class TestNameTableProperties:
+    @settings(max_examples=300, deadline=None)
+    @given(build_ops())
+    def test_duplicates_follow_each_pipelines_own_names(self, ops: list[Op]) -> None:
+        """Over any history of branching ``with_stage``/``compose`` calls, a name is a duplicate exactly
+        when that pipeline (not a sibling sharing its table) already has it, and ``stages`` lists its own."""
+        runner = ok_stage()
+        pipelines: list[tuple[Pipeline, list[str]]] = [(Pipeline(), [])]
+        for kind, i, j, name in ops:
+            base, names = pipelines[i]
+            if kind == "extend":
+                if name in names:
+                    with pytest.raises(DuplicateStageError):
+                        base.with_stage(name, runner, T)
+                    new, model = base, names
+                else:
+                    new, model = base.with_stage(name, runner, T), [*names, name]
+            else:
+                other, theirs = pipelines[j]
+                if set(names) & set(theirs):
+                    with pytest.raises(DuplicateStageError):
+                        base.compose(other)
+                    new, model = base, names
+                else:
+                    new, model = base.compose(other), names + theirs
+            pipelines.append((new, model))
+        assert [list(p.stages) for p, _ in pipelines] == [model for _, model in pipelines]
+        assert [len(p) for p, _ in pipelines] == [len(model) for _, model in pipelines]
