@@ -14,7 +14,8 @@ cause                     what was lost
 ``timeout``               a bounded wait ran out: ``complete`` mode waiting for queue space, or
                           ``shutdown()``'s deadline with the item still queued or in flight
 ``shutdown``              the item arrived after ``shutdown()`` began
-``too_large``             the item alone encodes to more than the maximum request size
+``too_large``             the item alone encodes to more than the maximum request size (batches
+                          nearing it are split, so the other items still go out)
 ========================  =====================================================================
 
 In ``complete`` mode an item that finds the queue full waits for space (the ending span's thread, the
@@ -31,9 +32,9 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from opentelemetry import metrics
 from opentelemetry.context import Context
@@ -250,6 +251,17 @@ class Books:
         if batch is not None and cause is not None:
             self._lost(batch[0], batch[1], cause)
 
+    def lose(self, token: int | None, items: int, events: int, cause: Cause) -> None:
+        """Part of the batch of ``token`` was lost for ``cause``; the rest is settled later."""
+        if token is None or items <= 0:
+            return
+        with self._cond:
+            batch = self._inflight.get(token)
+            if batch is None:
+                return
+            self._inflight[token] = (batch[0] - items, batch[1] - events)
+        self._lost(items, events, cause)
+
     def close(self) -> None:
         """Refuse (and count as ``shutdown``) every item from now on; wake the waiting ones."""
         with self._cond:
@@ -276,6 +288,85 @@ class Books:
 
 
 # --------------------------------------------------------------------------- exporter wrappers
+
+
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+"""Largest export request sent (``STAGEFLOW_OTEL_MAX_EXPORT_BYTES``): the collector's OTLP/gRPC receiver
+refuses messages over 4 MiB by default, which would fail every other item of the batch too."""
+
+_T = TypeVar("_T")
+
+
+def split(
+    items: Sequence[_T], estimate: Callable[[_T], int], size: Callable[[_T], int], limit: int
+) -> tuple[list[Sequence[_T]], list[_T]]:
+    """``items`` as batches whose encoding fits in ``limit`` bytes, and the items too large alone.
+
+    ``estimate`` is cheap and undercounts by less than half; only a batch whose estimate passes half the
+    limit pays for ``size`` (an exact encoding of each item on its own).
+    """
+    if sum(estimate(item) for item in items) * 2 <= limit:
+        return ([items] if items else []), []
+    chunks: list[Sequence[_T]] = []
+    oversized: list[_T] = []
+    current: list[_T] = []
+    total = 0
+    for item in items:
+        n = size(item)
+        if n > limit:
+            oversized.append(item)
+            continue
+        if current and total + n > limit:
+            chunks.append(current)
+            current, total = [], 0
+        current.append(item)
+        total += n
+    if current:
+        chunks.append(current)
+    return chunks, oversized
+
+
+def _value_estimate(value: object) -> int:
+    if isinstance(value, str | bytes):
+        return len(value) + 8
+    if isinstance(value, Mapping):
+        return sum(len(str(k)) + _value_estimate(v) for k, v in value.items()) + 8
+    if isinstance(value, list | tuple):
+        return sum(_value_estimate(v) for v in value) + 8
+    return 12
+
+
+def _attributes_estimate(attributes: Mapping[str, object] | None) -> int:
+    if not attributes:
+        return 0
+    return sum(len(key) + _value_estimate(value) for key, value in attributes.items())
+
+
+def _span_estimate(span: ReadableSpan) -> int:
+    size = 120 + len(span.name) + _attributes_estimate(span.attributes)
+    size += len(span.status.description or "")
+    for event in span.events:
+        size += 24 + len(event.name) + _attributes_estimate(event.attributes)
+    for link in span.links:
+        size += 48 + _attributes_estimate(link.attributes)
+    return size
+
+
+def _span_size(span: ReadableSpan) -> int:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    return int(encode_spans([span]).ByteSize())
+
+
+def _record_estimate(record: ReadableLogRecord) -> int:
+    api = record.log_record
+    return 80 + _value_estimate(api.body) + _attributes_estimate(api.attributes)
+
+
+def _record_size(record: ReadableLogRecord) -> int:
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+
+    return int(encode_logs([record]).ByteSize())
 
 
 def _shutdown_inner(exporter: object, timeout_millis: float | None) -> None:
@@ -339,25 +430,32 @@ class Guard:
 class CountingSpanExporter(SpanExporter):
     """Settles every span batch in ``books``: exported, or lost and counted."""
 
-    def __init__(self, inner: SpanExporter, accounting: Accounting, books: Books) -> None:
+    def __init__(
+        self, inner: SpanExporter, accounting: Accounting, books: Books, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self.guard = Guard(inner, "traces", accounting)
         self._inner = inner
         self._books = books
+        self.max_bytes = max_bytes
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         token = self._books.taken(len(spans), 0)
-        result = SpanExportResult.FAILURE
-        if not self.guard.aborted:
-            try:
-                result = self._inner.export(spans)
-            except Exception:
-                logger.debug("stageflow_otel: span export raised", exc_info=True)
-        if result is SpanExportResult.SUCCESS:
-            self._books.settled(token, None)
-        else:
-            self.guard.accounting.failed("traces")
-            self._books.settled(token, self.guard.failure_cause)
-        return result
+        chunks, oversized = split(spans, _span_estimate, _span_size, self.max_bytes)
+        self._books.lose(token, len(oversized), 0, "too_large")
+        ok = True
+        for chunk in chunks:
+            result = SpanExportResult.FAILURE
+            if not self.guard.aborted:
+                try:
+                    result = self._inner.export(chunk)
+                except Exception:
+                    logger.debug("stageflow_otel: span export raised", exc_info=True)
+            if result is not SpanExportResult.SUCCESS:
+                ok = False
+                self.guard.accounting.failed("traces")
+                self._books.lose(token, len(chunk), 0, self.guard.failure_cause)
+        self._books.settled(token, None)
+        return SpanExportResult.SUCCESS if ok and not oversized else SpanExportResult.FAILURE
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         self.guard.shutdown(timeout_millis)
@@ -373,25 +471,36 @@ def _events_in(batch: Sequence[ReadableLogRecord]) -> int:
 class CountingLogExporter(LogRecordExporter):
     """Settles every log record batch in ``books``: exported, or lost and counted."""
 
-    def __init__(self, inner: LogRecordExporter, accounting: Accounting, books: Books) -> None:
+    def __init__(
+        self,
+        inner: LogRecordExporter,
+        accounting: Accounting,
+        books: Books,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.guard = Guard(inner, "logs", accounting)
         self._inner = inner
         self._books = books
+        self.max_bytes = max_bytes
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         token = self._books.taken(len(batch), _events_in(batch))
-        result = LogRecordExportResult.FAILURE
-        if not self.guard.aborted:
-            try:
-                result = self._inner.export(batch)
-            except Exception:
-                logger.debug("stageflow_otel: log export raised", exc_info=True)
-        if result is LogRecordExportResult.SUCCESS:
-            self._books.settled(token, None)
-        else:
-            self.guard.accounting.failed("logs")
-            self._books.settled(token, self.guard.failure_cause)
-        return result
+        chunks, oversized = split(batch, _record_estimate, _record_size, self.max_bytes)
+        self._books.lose(token, len(oversized), _events_in(oversized), "too_large")
+        ok = True
+        for chunk in chunks:
+            result = LogRecordExportResult.FAILURE
+            if not self.guard.aborted:
+                try:
+                    result = self._inner.export(chunk)
+                except Exception:
+                    logger.debug("stageflow_otel: log export raised", exc_info=True)
+            if result is not LogRecordExportResult.SUCCESS:
+                ok = False
+                self.guard.accounting.failed("logs")
+                self._books.lose(token, len(chunk), _events_in(chunk), self.guard.failure_cause)
+        self._books.settled(token, None)
+        return LogRecordExportResult.SUCCESS if ok and not oversized else LogRecordExportResult.FAILURE
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         self.guard.shutdown(timeout_millis)

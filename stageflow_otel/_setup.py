@@ -70,6 +70,7 @@ import stageflow
 from . import semconv
 from ._content import value_length_limit
 from ._export import (
+    DEFAULT_MAX_BYTES,
     Accounting,
     BatchSettings,
     Books,
@@ -508,6 +509,7 @@ def setup(
     all_books: list[Books] = []
     chosen = _mode(mode)
     wait = _complete_timeout() if chosen == "complete" else None
+    max_bytes = _positive_int(semconv.ENV_MAX_EXPORT_BYTES, DEFAULT_MAX_BYTES)
 
     tracer_provider = SdkTracerProvider(
         resource=resource, sampler=_sampler(), shutdown_on_exit=False, span_limits=_span_limits()
@@ -521,7 +523,7 @@ def setup(
         )
         span_books = Books(_batch_settings("BSP", SPAN_QUEUE, wait), partial(_spans_lost, accounting))
         all_books.append(span_books)
-        wrapped_spans = CountingSpanExporter(span_exporter, accounting, span_books)
+        wrapped_spans = CountingSpanExporter(span_exporter, accounting, span_books, max_bytes)
         guards.append(wrapped_spans.guard)
         tracer_provider.add_span_processor(BoundedSpanProcessor(wrapped_spans, span_books, accounting))
 
@@ -563,7 +565,7 @@ def setup(
         )
         log_books = Books(_batch_settings("BLRP", LOG_QUEUE, wait), partial(_logs_lost, accounting, sinks))
         all_books.append(log_books)
-        wrapped_logs = CountingLogExporter(log_exporter, accounting, log_books)
+        wrapped_logs = CountingLogExporter(log_exporter, accounting, log_books, max_bytes)
         guards.append(wrapped_logs.guard)
         logger_provider.add_log_record_processor(BoundedLogProcessor(wrapped_logs, log_books))
     sink = OtlpEventSink(
@@ -634,9 +636,9 @@ def _check_globals(
 Mode = Literal["bounded", "complete"]
 """``bounded``: a full export queue drops (and counts); ``complete``: wait for space, bounded by a timeout."""
 
-SPAN_QUEUE = BatchSettings(capacity=2048, batch_size=512, delay_millis=5000)
+SPAN_QUEUE = BatchSettings(capacity=16_384, batch_size=512, delay_millis=5000)
 """Span export queue defaults (``OTEL_BSP_MAX_QUEUE_SIZE``, ``..._MAX_EXPORT_BATCH_SIZE``, ``..._DELAY``)."""
-LOG_QUEUE = BatchSettings(capacity=2048, batch_size=512, delay_millis=1000)
+LOG_QUEUE = BatchSettings(capacity=16_384, batch_size=512, delay_millis=1000)
 """Log record export queue defaults (``OTEL_BLRP_*``)."""
 EVENT_BUFFER = 10_000
 """Events the OTLP event sink buffers before its thread hands them to the log pipeline."""

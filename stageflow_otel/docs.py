@@ -40,7 +40,8 @@ _CAUSE_MEANINGS = {
     semconv.DROP_CAUSE_TIMEOUT: "a bounded wait ran out: `complete` mode's wait for queue room, or "
     "`shutdown()`'s deadline with the item still queued or in flight",
     semconv.DROP_CAUSE_SHUTDOWN: "arrived after `shutdown()` began",
-    semconv.DROP_CAUSE_TOO_LARGE: "alone encodes to more than the maximum export request size",
+    semconv.DROP_CAUSE_TOO_LARGE: f"alone encodes to more than `{semconv.ENV_MAX_EXPORT_BYTES}` (4 MiB); "
+    "a batch that would exceed it is split, so the other items still go out",
 }
 
 
@@ -76,6 +77,16 @@ def _delivery() -> list[str]:
         f"exporter's pace), at most `{semconv.ENV_COMPLETE_TIMEOUT}` seconds per stall; what still finds "
         "no room is dropped and counted (`timeout`), and until the exporter takes a batch again later "
         "items do not wait, so a stalled collector costs one timeout, not one per span.",
+        "",
+        "The defaults are sized for bursts: span and log record queues of 16,384 (the SDK's hold "
+        "2,048), batches of 512 (`OTEL_BSP_*`, `OTEL_BLRP_*` below). Measured by "
+        "`python -m tests.benchmarks.burst` (N concurrent runs of a 5-stage graph started at once, "
+        "tracing and metrics interceptors, the event sink with log records, OTLP/gRPC to a local "
+        "receiver, on 2 cores shared with other jobs): the largest burst delivered whole was 3,750 runs "
+        "(22,500 spans and 48,750 event records); at 4,000 runs 676 events were lost, every one "
+        "counted. A burst's peak memory over the same burst without telemetry: 25 MiB at 1,000 runs, "
+        "55 MiB at 3,750. In `complete` mode a 10,000-run burst lost nothing and took 41.2 s, against "
+        "36.1 s in `bounded` mode (1.14x), which lost 28,601 events, all counted.",
         "",
         "After `os.fork()` the child's telemetry works: it starts with empty queues and its own export "
         "threads and connections (what the parent had queued stays the parent's to deliver).",

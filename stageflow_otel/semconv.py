@@ -109,6 +109,7 @@ __all__ = (
     "ENV_MODE",
     "DEFAULT_LINK_LIMIT",
     "ENV_COMPLETE_TIMEOUT",
+    "ENV_MAX_EXPORT_BYTES",
     "EnvironmentVariable",
     "Attribute",
     "InstrumentKind",
@@ -548,6 +549,8 @@ ENV_PROMETHEUS_HOST: Final = "OTEL_EXPORTER_PROMETHEUS_HOST"
 ENV_PROMETHEUS_PORT: Final = "OTEL_EXPORTER_PROMETHEUS_PORT"
 ENV_MODE: Final = "STAGEFLOW_OTEL_MODE"
 """``bounded`` (default: a full export queue drops and counts) or ``complete`` (wait for queue space)."""
+ENV_MAX_EXPORT_BYTES: Final = "STAGEFLOW_OTEL_MAX_EXPORT_BYTES"
+"""Largest OTLP export request ``setup()`` sends: bigger batches are split, bigger items dropped, counted."""
 ENV_COMPLETE_TIMEOUT: Final = "STAGEFLOW_OTEL_COMPLETE_TIMEOUT"
 """Seconds a ``complete``-mode wait for queue space may last before the item is dropped and counted."""
 ENV_EVENT_LOG_RECORDS: Final = "STAGEFLOW_EVENT_LOG_RECORDS"
@@ -595,11 +598,19 @@ ENVIRONMENT: Final = (
     EnvironmentVariable("OTEL_TRACES_SAMPLER_ARG", "1.0", "The ratio for `traceidratio` samplers."),
     EnvironmentVariable("OTEL_METRIC_EXPORT_INTERVAL", "60000", "Milliseconds between OTLP metric exports."),
     EnvironmentVariable(
-        "OTEL_BLRP_MAX_QUEUE_SIZE",
-        "2048",
-        "Event log records queued for export; more are dropped and counted.",
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+        "16384",
+        "Spans queued for export (the SDK's default is 2048); more are dropped and counted.",
     ),
-    EnvironmentVariable("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "512", "Event log records per export batch."),
+    EnvironmentVariable("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512", "Spans per export batch."),
+    EnvironmentVariable("OTEL_BSP_SCHEDULE_DELAY", "5000", "Milliseconds between span exports."),
+    EnvironmentVariable(
+        "OTEL_BLRP_MAX_QUEUE_SIZE",
+        "16384",
+        "Log records (events) queued for export (SDK: 2048); more are dropped and counted.",
+    ),
+    EnvironmentVariable("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "512", "Log records per export batch."),
+    EnvironmentVariable("OTEL_BLRP_SCHEDULE_DELAY", "1000", "Milliseconds between log record exports."),
     EnvironmentVariable(
         "OTEL_SPAN_LINK_COUNT_LIMIT",
         str(DEFAULT_LINK_LIMIT),
@@ -617,6 +628,12 @@ ENVIRONMENT: Final = (
         ENV_EVENT_LOG_RECORDS,
         "false",
         "`true`: every event is also an OTLP log record (for Loki); the default is span events only.",
+    ),
+    EnvironmentVariable(
+        ENV_MAX_EXPORT_BYTES,
+        "4194304",
+        "Largest export request (4 MiB, the collector's gRPC default): bigger batches are split, "
+        "a bigger span or record is dropped and counted (`too_large`).",
     ),
     EnvironmentVariable("OTEL_METRIC_EXPORT_TIMEOUT", "30000", "Milliseconds allowed for one metric export."),
     EnvironmentVariable(

@@ -31,8 +31,9 @@ from stageflow import (
     StageContext,
     StageGraph,
     StageInputs,
+    StageOutput,
 )
-from stageflow_otel import MetricsInterceptor, Telemetry, TracingInterceptor, semconv, setup
+from stageflow_otel import MetricsInterceptor, Telemetry, TracingInterceptor, _setup, semconv, setup
 
 from ._stages import T, diamond, ok
 from .conftest import metric_points
@@ -349,3 +350,93 @@ class TestFork:
         )
         # 2 runs before the fork and 10 in the child: 3 spans and 7 events each
         assert (len(receiver.spans()), len(receiver.log_records())) == (36, 84)
+
+
+class TestCompleteMode:
+    async def test_a_10000_run_burst_loses_nothing(self, otel_env: pytest.MonkeyPatch) -> None:
+        """Complete mode: 10,000 concurrent runs through 256-item queues deliver every span and event."""
+        receiver = GrpcReceiver()
+        try:
+            otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+            otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", receiver.protocol)
+            otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+            otel_env.setenv("STAGEFLOW_OTEL_MODE", "complete")
+            for prefix in ("BSP", "BLRP"):
+                otel_env.setenv(f"OTEL_{prefix}_MAX_QUEUE_SIZE", "256")
+                otel_env.setenv(f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE", "128")
+            telemetry = setup("complete", set_global=False)
+            graph = (
+                Pipeline(name="one")
+                .with_stage("a", ok, T)
+                .build(interceptors=[TracingInterceptor(telemetry.tracer_provider)])
+            )
+            try:
+                await asyncio.gather(*(graph.run(entry(telemetry.event_sink)) for _ in range(10_000)))
+                assert telemetry.force_flush(60.0) is True
+                totals = {k: sum(v.values()) for k, v in telemetry.lost.items()}
+            finally:
+                telemetry.shutdown(10.0)
+            # per run: the run span and one stage span; created, started, a.started, a.completed, completed
+            assert (len(receiver.spans()), len(receiver.log_records()), totals) == (
+                20_000,
+                50_000,
+                dict.fromkeys(("spans", "log_records", "metric_points", "events"), 0),
+            )
+        finally:
+            receiver.stop()
+
+
+async def huge_failure(ctx: StageContext) -> StageOutput:
+    """A stage failing with a 400 kB message: the span and the event carrying it exceed 256 KiB."""
+    raise RuntimeError("x" * 400_000)
+
+
+class TestTooLarge:
+    async def test_an_oversized_item_is_counted_and_the_others_still_arrive(
+        self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """One run's 400 kB error over a 256 KiB request limit: its items are counted, the rest arrive."""
+        env.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "1000000")  # let the message through whole
+        env.setenv("STAGEFLOW_OTEL_MAX_EXPORT_BYTES", str(256 * 1024))
+        telemetry = setup("big", set_global=False)
+        failing = (
+            Pipeline(name="big")
+            .with_stage("big", huge_failure, T)
+            .build(interceptors=[TracingInterceptor(telemetry.tracer_provider)])
+        )
+        try:
+            outcomes = await asyncio.gather(
+                failing.run(entry(telemetry.event_sink)), run(telemetry, 10), return_exceptions=True
+            )
+            assert telemetry.force_flush(10.0) is False
+            lost = telemetry.lost
+        finally:
+            telemetry.shutdown(5.0)
+        assert isinstance(outcomes[0], Exception) and outcomes[1] is None
+        # the failing run's two spans and its two failure events carry the message: each alone too large
+        assert lost == {
+            "spans": only(too_large=2),
+            "log_records": only(too_large=2),
+            "metric_points": NOTHING,
+            "events": only(too_large=2),
+        }
+        names = sorted({s.name for s in receiver.spans()})
+        assert (len(receiver.spans()), names, len(receiver.log_records())) == (
+            50,
+            ["pipeline demo", "stage a", "stage b", "stage c", "stage d"],
+            115 - 2,
+        )
+
+
+class TestDocumentedDefaults:
+    def test_the_reference_states_the_queue_defaults_setup_uses(self) -> None:
+        """The environment table's OTEL_BSP_* / OTEL_BLRP_* defaults are the ones setup() applies."""
+        documented = {e.name: e.default for e in semconv.ENVIRONMENT}
+        expected: dict[str, str] = {}
+        for prefix, settings in (("BSP", _setup.SPAN_QUEUE), ("BLRP", _setup.LOG_QUEUE)):
+            expected |= {
+                f"OTEL_{prefix}_MAX_QUEUE_SIZE": str(settings.capacity),
+                f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE": str(settings.batch_size),
+                f"OTEL_{prefix}_SCHEDULE_DELAY": str(int(settings.delay_millis)),
+            }
+        assert {name: documented.get(name) for name in expected} == expected

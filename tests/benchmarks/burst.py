@@ -1,0 +1,343 @@
+"""Burst absorption: the largest burst of concurrent runs ``setup()``'s defaults export without loss.
+
+Run it (from the repository root)::
+
+    .venv/bin/python -m tests.benchmarks.burst             # search the largest lossless burst (minutes)
+    .venv/bin/python -m tests.benchmarks.burst --quick     # the 1,000-run burst and complete mode only
+    .venv/bin/python -m tests.benchmarks.burst --json out.json
+
+A *burst* of N starts N concurrent runs of the 5-stage diamond (``a -> b, c, d -> e``) at once
+(``asyncio.gather``) with full telemetry: ``stageflow_otel.setup()`` with its defaults exporting over
+OTLP/gRPC to a healthy local receiver (``tests/otel/otlp_receiver.py``'s ``GrpcReceiver`` in a child
+process), ``TracingInterceptor`` + ``MetricsInterceptor`` on the handle's providers and every run given
+the handle's ``OtlpEventSink`` (with its OTLP log records on, when the sink has that switch). After the
+burst, ``force_flush()``; the burst is *lossless* when the receiver got every span (6 per run), every
+event in each view that is on (13 per run) and ``Telemetry.lost`` counts nothing. Otherwise the report
+checks that the loss is counted exactly: received + counted == produced.
+
+Each trial runs in a fresh process, so its peak RSS is its own; the memory a burst costs is that peak
+minus the peak of the same burst without telemetry (``bare``: the graph without interceptors, in a
+process that loaded ``stageflow_otel`` and ran ``setup()`` and ``shutdown()`` first), measured in the same
+run. The search
+doubles N from ``start`` until a burst loses something, then bisects to ``precision``. Then the
+``complete`` mode (``STAGEFLOW_OTEL_MODE=complete``) runs ``complete_runs`` concurrent runs, which must
+be lossless, and reports its duration next to the bounded mode's and the bare graph's at the same N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from stageflow import EventSink, StageGraph
+from tests.benchmarks.throughput import EVENTS_PER_RUN, SPANS_PER_RUN, Receiver, _entry, diamond
+
+__all__ = ("EVENTS_PER_RUN", "SPANS_PER_RUN", "Burst", "Settings", "format_report", "main", "run_benchmark")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The burst search and the complete-mode trial."""
+
+    start: int = 1000
+    """First burst size tried (runs)."""
+    precision: float = 0.1
+    """The bisection stops when the losing size is within this fraction of the lossless one."""
+    max_trials: int = 8
+    complete_runs: int = 10_000
+    """Concurrent runs of the complete-mode trial."""
+    search: bool = True
+    """Search the largest lossless burst (``False``: only try ``start``)."""
+
+    @classmethod
+    def quick(cls) -> Settings:
+        """The 1,000-run burst and the complete-mode trial, no search."""
+        return cls(search=False)
+
+    @classmethod
+    def smallest(cls) -> Settings:
+        """Tiny bursts: every code path in a few seconds (the smoke test)."""
+        return cls(start=20, complete_runs=40, search=False)
+
+
+@dataclass(slots=True)
+class Burst:
+    """One burst in one fresh process."""
+
+    variant: str
+    """``bare``, ``bounded`` (the defaults) or ``complete``."""
+    runs: int
+    seconds: float = 0.0
+    """From the first run's start to the end of ``force_flush()``."""
+    peak_rss_mib: float = 0.0
+    spans: int = 0
+    span_events: int = 0
+    log_records: int = 0
+    expected_span_events: int = 0
+    expected_log_records: int = 0
+    lost: dict[str, dict[str, int]] = field(default_factory=dict)
+    flushed: bool = True
+
+    @property
+    def lost_total(self) -> int:
+        """Spans plus events counted lost (events in both views counted once per view)."""
+        return sum(sum(causes.values()) for causes in self.lost.values())
+
+    @property
+    def lossless(self) -> bool:
+        if self.variant == "bare":
+            return True
+        return (
+            self.flushed
+            and self.lost_total == 0
+            and self.spans == SPANS_PER_RUN * self.runs
+            and self.span_events == self.expected_span_events
+            and self.log_records == self.expected_log_records
+        )
+
+    @property
+    def exact(self) -> bool:
+        """Received + counted == produced, for spans and for each event view that is on."""
+        if self.variant == "bare":
+            return True
+        spans_ok = self.spans + sum(self.lost.get("spans", {}).values()) == SPANS_PER_RUN * self.runs
+        events_lost = sum(self.lost.get("events", {}).values())
+        records_ok = (
+            self.expected_log_records == 0 or self.log_records + events_lost == self.expected_log_records
+        )
+        return spans_ok and records_ok
+
+
+# --------------------------------------------------------------------------- one burst, in a child
+
+
+def _burst_process(conn: Connection, variant: str, runs: int, environment: dict[str, str]) -> None:
+    os.environ.update(environment)
+    if variant == "complete":
+        os.environ["STAGEFLOW_OTEL_MODE"] = "complete"
+    result = Burst(variant, runs)
+    loop = asyncio.new_event_loop()
+    try:
+        if variant == "bare":
+            _idle_telemetry()
+            graph = diamond().build()
+            start = time.perf_counter()
+            loop.run_until_complete(_all(graph, None, runs))
+            result.seconds = time.perf_counter() - start
+        else:
+            _telemetry_burst(loop, result)
+    finally:
+        loop.close()
+    result.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    conn.send(asdict(result))
+    conn.close()
+
+
+def _idle_telemetry() -> None:
+    """Load what the telemetry variants load (``setup()`` and back), so memory compares like with like."""
+    import stageflow_otel
+
+    stageflow_otel.setup("burst-benchmark", set_global=False).shutdown(timeout=10.0)
+
+
+async def _all(graph: StageGraph, sink: EventSink | None, runs: int) -> None:
+    await asyncio.gather(*(graph.run(_entry(sink)) for _ in range(runs)))
+
+
+def _telemetry_burst(loop: asyncio.AbstractEventLoop, result: Burst) -> None:
+    import stageflow_otel
+
+    telemetry = stageflow_otel.setup("burst-benchmark", set_global=False)
+    sink = telemetry.event_sink
+    if hasattr(sink, "log_records"):
+        sink.log_records = True
+    graph = diamond().build(
+        interceptors=[
+            stageflow_otel.TracingInterceptor(telemetry.tracer_provider),
+            stageflow_otel.MetricsInterceptor(telemetry.meter_provider),
+        ]
+    )
+    try:
+        start = time.perf_counter()
+        loop.run_until_complete(_all(graph, sink, result.runs))
+        result.flushed = telemetry.force_flush(timeout=120.0)
+        result.seconds = time.perf_counter() - start
+        result.lost = {kind: dict(causes) for kind, causes in telemetry.lost.items()}
+    finally:
+        telemetry.shutdown(timeout=10.0)
+    events = EVENTS_PER_RUN * result.runs
+    result.expected_span_events = events if getattr(sink, "span_events", False) else 0
+    result.expected_log_records = events if getattr(sink, "log_records", True) else 0
+
+
+def burst(variant: str, runs: int, receiver: Receiver) -> Burst:
+    """One burst of ``runs`` concurrent runs in a fresh process; the receiver's counts filled in."""
+    receiver.take()
+    environment = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+    }
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_burst_process, args=(child, variant, runs, environment))
+    process.start()
+    child.close()
+    try:
+        data = parent.recv()
+    finally:
+        process.join(60)
+        parent.close()
+    result = Burst(**data)
+    result.spans, result.span_events, result.log_records = receiver.take()
+    return result
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def run_benchmark(settings: Settings, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Search the largest lossless burst, then time the complete mode; returns the JSON-able report."""
+    say = log or (lambda line: None)
+    receiver = Receiver()
+    trials: list[tuple[Burst, Burst]] = []
+    try:
+
+        def trial(runs: int) -> bool:
+            bare, bounded = burst("bare", runs, receiver), burst("bounded", runs, receiver)
+            trials.append((bare, bounded))
+            say(f"burst {runs}: {'lossless' if bounded.lossless else 'lossy'}")
+            return bounded.lossless
+
+        good, bad, runs = 0, 0, settings.start
+        while len(trials) < settings.max_trials:
+            if trial(runs):
+                good = runs
+            else:
+                bad = runs
+            if not settings.search:
+                break
+            if bad == 0:
+                runs *= 2
+            elif good == 0:
+                runs //= 2
+                if runs < 1:
+                    break
+            elif bad - good <= settings.precision * good:
+                break
+            else:
+                runs = (good + bad) // 2
+        n = settings.complete_runs
+        complete = [burst(v, n, receiver) for v in ("bare", "bounded", "complete")]
+        say(f"complete mode, {n} runs: {'lossless' if complete[2].lossless else 'lossy'}")
+    finally:
+        receiver.close()
+    return {
+        "settings": asdict(settings),
+        "largest_lossless_burst": good,
+        "smallest_lossy_burst": bad or None,
+        "trials": [_pair(bare, bounded) for bare, bounded in trials],
+        "complete": {
+            "runs": settings.complete_runs,
+            "bare": _row(complete[0]),
+            "bounded": _row(complete[1]),
+            "complete": _row(complete[2]),
+            "complete_over_bounded": complete[2].seconds / complete[1].seconds,
+            "complete_over_bare": complete[2].seconds / complete[0].seconds,
+        },
+    }
+
+
+def _row(result: Burst) -> dict[str, Any]:
+    return asdict(result) | {
+        "lossless": result.lossless,
+        "exact": result.exact,
+        "lost_total": result.lost_total,
+    }
+
+
+def _pair(bare: Burst, bounded: Burst) -> dict[str, Any]:
+    return {
+        "runs": bounded.runs,
+        "bare": _row(bare),
+        "bounded": _row(bounded),
+        "memory_mib": bounded.peak_rss_mib - bare.peak_rss_mib,
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as text."""
+    lines = [
+        "burst absorption, 5-stage diamond, full telemetry, setup() defaults, OTLP/gRPC to a local receiver:",
+        f"  largest lossless burst: {report['largest_lossless_burst']} runs"
+        + (f" (first lossy: {report['smallest_lossy_burst']})" if report["smallest_lossy_burst"] else ""),
+    ]
+    for t in report["trials"]:
+        b = t["bounded"]
+        verdict = "lossless" if b["lossless"] else f"lost {b['lost_total']} ({_causes(b['lost'])})"
+        lines.append(
+            f"  {t['runs']:6d} runs: {b['spans']} spans, {b['span_events']} span events, "
+            f"{b['log_records']} log records; {verdict}; counted exactly: {b['exact']}; "
+            f"{b['seconds']:.2f} s (bare {t['bare']['seconds']:.2f} s); "
+            f"memory {t['memory_mib']:.1f} MiB over bare (peak {b['peak_rss_mib']:.0f} MiB)"
+        )
+    c = report["complete"]
+    lines.append(f"complete mode, {c['runs']} concurrent runs:")
+    for name in ("bare", "bounded", "complete"):
+        row = c[name]
+        state = (
+            ""
+            if name == "bare"
+            else ("lossless" if row["lossless"] else f"lost {row['lost_total']} ({_causes(row['lost'])})")
+        )
+        lines.append(f"  {name:<9} {row['seconds']:7.2f} s  peak {row['peak_rss_mib']:.0f} MiB  {state}")
+    lines.append(
+        f"  complete / bounded: {c['complete_over_bounded']:.2f}x; "
+        f"complete / bare: {c['complete_over_bare']:.2f}x"
+    )
+    return "\n".join(lines)
+
+
+def _causes(lost: dict[str, dict[str, int]]) -> str:
+    parts = [
+        f"{kind} {cause} {count}" for kind, causes in lost.items() for cause, count in causes.items() if count
+    ]
+    return ", ".join(parts) or "nothing counted"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run the search and print the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="the 1,000-run burst and complete mode only")
+    parser.add_argument("--start", type=int, help="first burst size")
+    parser.add_argument("--complete-runs", type=int, help="runs of the complete-mode trial")
+    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    args = parser.parse_args(argv)
+    settings = Settings.quick() if args.quick else Settings()
+    changes: dict[str, Any] = {}
+    if args.start is not None:
+        changes["start"] = args.start
+    if args.complete_runs is not None:
+        changes["complete_runs"] = args.complete_runs
+    if changes:
+        settings = Settings(**(asdict(settings) | changes))
+    report = run_benchmark(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(report, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
