@@ -64,6 +64,8 @@ __all__ = (
     "Signal",
     "CountingSpanExporter",
     "BoundedSpanProcessor",
+    "split",
+    "DEFAULT_MAX_BYTES",
 )
 
 logger = logging.getLogger("stageflow_otel")

@@ -7,16 +7,18 @@ without any endpoint nothing needs a server: metrics are served in-process at
 ``http://127.0.0.1:9464/metrics`` and traces and events are recorded (so logs and exemplars carry trace
 ids) but only exported when ``OTEL_TRACES_EXPORTER`` / ``OTEL_LOGS_EXPORTER`` say ``console`` or ``otlp``.
 
-Events reach the export pipeline or are counted in ``stageflow.events.dropped``: the sink's own buffer
-counts what it refuses, and the log record processor ``setup()`` installs bounds its queue itself
-(``OTEL_BLRP_MAX_QUEUE_SIZE``, 2048) and counts every stageflow event it refuses when the queue is full,
-where the SDK's ``BatchLogRecordProcessor`` would silently drop its oldest record.
+Nothing is lost silently: the span and log record queues are bounded exactly around the SDK's batch
+processors and every export batch is settled (``_export``), so each span, log record, event and metric
+point given up on is counted by cause in the telemetry-health counters and ``Telemetry.lost``, and
+``force_flush()`` / ``shutdown()`` return ``False``. ``mode="complete"`` waits for queue room instead of
+dropping (bounded by ``STAGEFLOW_OTEL_COMPLETE_TIMEOUT``).
 
 ``Telemetry.shutdown(timeout)`` is bounded: the providers shut down in parallel daemon threads; shortly
 before the deadline the exporters are aborted (their retry waits interrupted, gRPC and HTTP alike; later
 batches dropped and counted), so it returns within ``timeout`` plus a few milliseconds even when the
 collector is down. An OTLP/HTTP request already sent is not interrupted: it runs on until its own timeout
-(``OTEL_EXPORTER_OTLP_TIMEOUT``) in the daemon thread left behind, and its batch counts as failed.
+(``OTEL_EXPORTER_OTLP_TIMEOUT``) in the daemon thread left behind; its batch, and whatever is still
+queued, is counted lost (cause ``timeout``) when ``shutdown()`` returns.
 
 Example::
 

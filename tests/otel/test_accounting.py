@@ -353,6 +353,28 @@ class TestFork:
 
 
 class TestCompleteMode:
+    async def test_event_log_records_wait_for_room_too(
+        self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """Complete mode with 32-record queues and log records on: 100 runs deliver all 1,100 records."""
+        env.setenv("STAGEFLOW_OTEL_MODE", "complete")
+        for prefix in ("BSP", "BLRP"):
+            env.setenv(f"OTEL_{prefix}_MAX_QUEUE_SIZE", "32")
+            env.setenv(f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE", "16")
+            env.setenv(f"OTEL_{prefix}_SCHEDULE_DELAY", "10")
+        telemetry = setup("complete", set_global=False)
+        try:
+            await run(telemetry, 100)
+            assert telemetry.force_flush(30.0) is True
+            totals = {k: sum(v.values()) for k, v in telemetry.lost.items()}
+        finally:
+            telemetry.shutdown(10.0)
+        assert (len(receiver.spans()), len(receiver.log_records()), totals) == (
+            500,
+            1_100,
+            dict.fromkeys(("spans", "log_records", "metric_points", "events"), 0),
+        )
+
     async def test_a_10000_run_burst_loses_nothing(self, otel_env: pytest.MonkeyPatch) -> None:
         """Complete mode: 10,000 concurrent runs through 256-item queues deliver every span and event."""
         receiver = GrpcReceiver()
@@ -361,6 +383,7 @@ class TestCompleteMode:
             otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", receiver.protocol)
             otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
             otel_env.setenv("STAGEFLOW_OTEL_MODE", "complete")
+            otel_env.setenv("STAGEFLOW_EVENT_LOG_RECORDS", "false")
             for prefix in ("BSP", "BLRP"):
                 otel_env.setenv(f"OTEL_{prefix}_MAX_QUEUE_SIZE", "256")
                 otel_env.setenv(f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE", "128")
@@ -377,9 +400,11 @@ class TestCompleteMode:
             finally:
                 telemetry.shutdown(10.0)
             # per run: the run span and one stage span; created, started, a.started, a.completed, completed
-            assert (len(receiver.spans()), len(receiver.log_records()), totals) == (
+            spans = receiver.spans()
+            assert (len(spans), sum(len(s.events) for s in spans), len(receiver.log_records()), totals) == (
                 20_000,
                 50_000,
+                0,
                 dict.fromkeys(("spans", "log_records", "metric_points", "events"), 0),
             )
         finally:
