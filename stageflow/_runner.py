@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import Protocol, TypeAlias
 
-if TYPE_CHECKING:
-    from ._context import StageContext
-    from ._types import StageOutput
+from ._context import StageContext
+from ._types import StageOutput
 
 __all__ = ("StageExecutor", "StageFunction", "StageRunner")
 
@@ -26,13 +25,13 @@ class StageExecutor(Protocol):
         ...
 
 
-StageFunction: TypeAlias = "Callable[[StageContext], Awaitable[StageOutput]]"
+StageFunction: TypeAlias = Callable[[StageContext], Awaitable[StageOutput]]
 """An ``async def fn(ctx) -> StageOutput`` stage.
 
 .. versionadded:: 0.10
 """
 
-StageRunner: TypeAlias = "StageFunction | StageExecutor | type[StageExecutor]"
+StageRunner: TypeAlias = StageFunction | StageExecutor | type[StageExecutor]
 """What ``with_stage()`` takes: an async stage function, a stage object, or a stage class.
 
 .. versionadded:: 0.10
