@@ -1019,3 +1019,21 @@ class TestNameTableProperties:
             pipelines.append((new, model))
         assert [list(p.stages) for p, _ in pipelines] == [model for _, model in pipelines]
         assert [len(p) for p, _ in pipelines] == [len(model) for _, model in pipelines]
+
+
+class TestContextClasses:
+    def test_contexts_are_not_dataclasses(self) -> None:
+        """``StageContext``, ``StageInputs`` and ``PipelineContext`` are plain classes (see README)."""
+        assert [dataclasses.is_dataclass(c) for c in (StageContext, StageInputs, PipelineContext)] == [
+            False,
+            False,
+            False,
+        ]
+        assert [
+            dataclasses.is_dataclass(c) for c in (StageOutput, StageArtifact, StageEvent, ContextSnapshot)
+        ] == [
+            True,
+            True,
+            True,
+            True,
+        ]
