@@ -29,6 +29,7 @@ from ._errors import CriticalInterceptorError as CriticalInterceptorError
 from ._errors import CycleError as CycleError
 from ._errors import DuplicateStageError as DuplicateStageError
 from ._errors import InterceptorError as InterceptorError
+from ._errors import InterceptorFailedError as InterceptorFailedError
 from ._errors import InvalidRunnerError as InvalidRunnerError
 from ._errors import InvalidStageKindError as InvalidStageKindError
 from ._errors import InvalidStageNameError as InvalidStageNameError
@@ -47,6 +48,7 @@ from ._errors import StageflowError as StageflowError
 from ._errors import StageTimeoutError as StageTimeoutError
 from ._errors import UndeclaredDependencyError as UndeclaredDependencyError
 from ._errors import UnknownDependencyError as UnknownDependencyError
+from ._errors import error_type_name as error_type_name
 from ._events import EventSink as EventSink
 from ._events import InMemoryEventSink as InMemoryEventSink
 from ._events import LoggingEventSink as LoggingEventSink
@@ -107,6 +109,7 @@ __all__ = (
     "InMemoryRunStore",
     "InterceptorError",
     "InterceptorResult",
+    "InterceptorFailedError",
     "InvalidRunnerError",
     "InvalidStageKindError",
     "InvalidStageNameError",
@@ -160,6 +163,7 @@ __all__ = (
     "create_stage_inputs",
     "dropped_event_count",
     "get_default_interceptors",
+    "error_type_name",
     "get_event_sink",
     "set_event_sink",
 )

@@ -87,7 +87,7 @@ class StageInputs:
     so ``get_from`` returns the default for keys it did not produce.
     """
 
-    __slots__ = ("_prior", "declared_deps", "ports", "snapshot", "stage_name", "strict")
+    __slots__ = ("_exact", "_prior", "declared_deps", "ports", "snapshot", "stage_name", "strict")
 
     def __init__(
         self,
@@ -104,6 +104,7 @@ class StageInputs:
         self.declared_deps = declared_deps
         self.stage_name = stage_name
         self.strict = strict
+        self._exact = False  # True when the outputs present are exactly the declared ones (the executor's)
 
     @property
     def prior_outputs(self) -> Mapping[str, StageOutput]:
@@ -112,13 +113,13 @@ class StageInputs:
 
     def _check(self, stage_name: str) -> None:
         declared = self.declared_deps
-        # the outputs present are declared ones: only a miss needs the (possibly linear) declared lookup
-        if (
-            self.strict
-            and declared is not None
-            and stage_name not in self._prior
-            and stage_name not in declared
-        ):
+        if not self.strict or declared is None:
+            return
+        # in the executor's inputs the outputs present are the declared ones: only a miss needs the
+        # (possibly linear) declared lookup; a hand-built one may hold outputs it does not declare
+        if self._exact and stage_name in self._prior:
+            return
+        if stage_name not in declared:
             raise UndeclaredDependencyError(self.stage_name, stage_name, declared)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -334,6 +335,8 @@ class PipelineContext:
             correlation_id: stageflow-core 0.9.1's attributes, settable; stageflow itself reads none
             of them (``canceled`` does not stop a run: a stage returns ``StageOutput.cancel`` for that).
 
+        ports: the ``ports`` of the entry context's ``inputs``; every stage's ``ctx.inputs.ports``.
+
     .. versionchanged:: 0.10
        Accepts stageflow-core 0.9.1's keyword constructor and has its attributes and methods.
     """
@@ -341,11 +344,10 @@ class PipelineContext:
     __slots__ = (
         "_extras",
         "_graph",
-        "_ic_err",
-        "_ic_out",
         "data",
         "event_sink",
         "pipeline_name",
+        "ports",
         "run_id",
         "snapshot",
         "timer",
@@ -359,6 +361,7 @@ class PipelineContext:
         event_sink: EventSink | None = None,
         timer: PipelineTimer | None = None,
         data: dict[str, Any] | None = None,
+        ports: Any = None,
         **compat: Unpack[PipelineContextKeywords],
     ) -> None:
         # The executor makes one per run with the first five keywords only: the 0.9.1 ones cost it one test.
@@ -372,8 +375,7 @@ class PipelineContext:
         self.event_sink: EventSink = get_event_sink() if event_sink is None else event_sink
         self.timer = PipelineTimer() if timer is None else timer
         self.data: dict[str, Any] = {} if data is None else data
-        self._ic_err: BaseException | None = None
-        self._ic_out: object = None
+        self.ports = ports
 
     def _compat(self, snapshot: ContextSnapshot | None, given: PipelineContextKeywords) -> ContextSnapshot:
         """Take stageflow-core 0.9.1's keywords: the ids into a new snapshot, the rest into ``_extras``."""
@@ -676,9 +678,8 @@ class StageContext:
     """
 
     __slots__ = (
-        "_ic_err",
-        "_ic_out",
         "_initial_data",
+        "_ran",
         "attempt",
         "began_at",
         "event_sink",
@@ -712,8 +713,7 @@ class StageContext:
         self.attempt = 1
         self.ready_at = 0.0
         self.began_at = 0.0
-        self._ic_err: BaseException | None = None
-        self._ic_out: object = None
+        self._ran = False  # whether a run started from this context (its run id is then used up)
 
     @property
     def data(self) -> dict[str, Any]:
@@ -828,10 +828,11 @@ def _stage_context(
     inputs = _new(StageInputs)
     inputs.snapshot = snapshot
     inputs._prior = prior
-    inputs.ports = None
+    inputs.ports = run.ports
     inputs.declared_deps = declared
     inputs.stage_name = stage.name
     inputs.strict = True
+    inputs._exact = True
     ctx: StageContext = _new(StageContext)
     ctx.snapshot = snapshot
     ctx.inputs = inputs
@@ -844,8 +845,7 @@ def _stage_context(
     ctx.attempt = 1
     ctx.ready_at = ready_at
     ctx.began_at = began_at
-    ctx._ic_err = None
-    ctx._ic_out = None
+    ctx._ran = False
     return ctx
 
 

@@ -22,6 +22,7 @@
     │   └── UndeclaredDependencyError (also KeyError) a stage read the output of a stage it does not depend on
     └── InterceptorError
         └── CriticalInterceptorError                  the one interceptor error that is not isolated
+            ├── InterceptorFailedError                an interceptor raised before its stage ran
             ├── StageBlockedError                     InterceptorResult(stage_ran=False, error=...)
             ├── StageTimeoutError (also TimeoutError) TimeoutInterceptor
             └── CircuitOpenError                      CircuitBreakerInterceptor
@@ -44,6 +45,7 @@ __all__ = (
     "CycleError",
     "DuplicateStageError",
     "InterceptorError",
+    "InterceptorFailedError",
     "InvalidRunnerError",
     "InvalidStageKindError",
     "InvalidStageNameError",
@@ -63,6 +65,7 @@ __all__ = (
     "UndeclaredDependencyError",
     "UnknownDependencyError",
     "describe",
+    "error_type_name",
 )
 
 
@@ -72,6 +75,15 @@ def describe(error: BaseException) -> str:
         return str(error)
     except Exception:
         return f"<{type(error).__name__} whose str() failed>"
+
+
+def error_type_name(error: BaseException) -> str:
+    """The type name telemetry and records report for ``error``: its class's qualified name.
+
+    ``Client.QuotaError`` for a class nested in ``Client``. Stage events (``error_type``), run records
+    (``StageRecord.error_type``) and stageflow_otel's ``error.type`` all use this one derivation.
+    """
+    return type(error).__qualname__
 
 
 def _known(names: Iterable[str], limit: int = 20) -> str:
@@ -288,14 +300,25 @@ class RetryNotConfiguredError(StageError):
 
 
 class RetriesExhaustedError(StageError):
-    """Every attempt the retry policy allowed asked for another retry."""
+    """Every attempt the retry policy allowed failed in a retryable way.
 
-    def __init__(self, stage: str, attempts: int, message: str | None) -> None:
-        self.stage, self.attempts = stage, attempts
-        super().__init__(
-            f"stage {stage!r} still asked to retry after {attempts} attempts (last: {message!r}); "
-            "raise RetryPolicy.max_attempts or fix the cause"
-        )
+    Attributes:
+        stage: the stage.
+        attempts: the attempts made.
+        last_error: the last attempt's exception (also ``__cause__``), or ``None`` when the last attempt
+            returned ``StageOutput.retry``.
+    """
+
+    def __init__(
+        self, stage: str, attempts: int, message: str | None, *, error: BaseException | None = None
+    ) -> None:
+        self.stage, self.attempts, self.last_error = stage, attempts, error
+        tried = f"{attempts} attempt{'' if attempts == 1 else 's'}"
+        if error is None:
+            what = f"still asked to retry after {tried} (last: {message!r})"
+        else:
+            what = f"failed after {tried} (last: {error_type_name(error)}: {describe(error)})"
+        super().__init__(f"stage {stage!r} {what}; raise RetryPolicy.max_attempts or fix the cause")
 
 
 class UndeclaredDependencyError(StageError, KeyError):
@@ -335,6 +358,27 @@ class CriticalInterceptorError(InterceptorError):
     Every other exception an interceptor raises is logged and the interceptor is bypassed; this one (and its
     subclasses) fails the stage like an exception raised by the stage itself.
     """
+
+
+class InterceptorFailedError(CriticalInterceptorError):
+    """An interceptor raised on its own before its stage (or run) ran, so that did not run (fail closed).
+
+    Attributes:
+        stage: the stage that did not run (``None`` when a run interceptor failed before the run).
+        interceptor: the interceptor's name.
+        error: what the interceptor raised (also ``__cause__``).
+    """
+
+    def __init__(
+        self, stage: str | None, interceptor: str, error: BaseException, *, pipeline: str | None = None
+    ) -> None:
+        self.stage, self.interceptor, self.error = stage, interceptor, error
+        what = f"stage {stage!r}" if stage is not None else f"the run of pipeline {pipeline!r}"
+        super().__init__(
+            f"interceptor {interceptor!r} raised {error_type_name(error)}: {describe(error)} before {what} "
+            "ran, so it did not run; fix the interceptor, or set fail_open = True on its class if "
+            "bypassing it when it fails is safe"
+        )
 
 
 class StageBlockedError(CriticalInterceptorError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import hashlib
 import logging
 import time
@@ -17,17 +18,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from inspect import CO_COROUTINE
 from types import FunctionType, MappingProxyType
 from typing import Any
+from uuid import uuid4
 
+from ._attempts import run_attempts
 from ._context import PipelineContext, StageContext, _stage_context
 from ._entry import entry_context, not_a_context_error
 from ._errors import (
+    InterceptorError,
     InvalidStageOutputError,
     PipelineCancelledError,
+    PipelineDefinitionError,
     PipelineFailedError,
-    RetriesExhaustedError,
     RetryNotConfiguredError,
     StageFailedError,
     describe,
+    error_type_name,
 )
 from ._events import EventSink, NoOpEventSink, emit, report_once, resolve_sink
 from ._interceptors import (
@@ -35,13 +40,14 @@ from ._interceptors import (
     Interceptor,
     build_run_chain,
     build_stage_chain,
+    check_chain_depth,
     order_interceptors,
 )
-from ._pipeline import StageInfo, StageSpec, Topology, _mermaid
+from ._pipeline import StageInfo, StageSpec, Topology, _mermaid, _validate
 from ._results import RunResult, StageResult
 from ._retry import RetryPolicy
-from ._snapshot import RunIdentity
-from ._store import RunRecord, RunStore, StageRecord
+from ._snapshot import ContextSnapshot, RunIdentity
+from ._store import RUN_STORE_TIMEOUT, RunRecord, RunStore, StageRecord
 from ._types import StageKind, StageOutput, StageStatus
 
 __all__ = ("StageGraph",)
@@ -54,7 +60,6 @@ _OK = StageStatus.OK
 _SKIP = StageStatus.SKIP
 _FAIL = StageStatus.FAIL
 _CANCEL = StageStatus.CANCEL
-_RETRY = StageStatus.RETRY
 _NO_OUTPUTS: Mapping[str, StageOutput] = MappingProxyType({})
 _new = object.__new__
 
@@ -109,6 +114,9 @@ def _runner_call(info: StageInfo) -> CallNext:
 class StageGraph:
     """A built pipeline: immutable, reusable, safe to run concurrently. Made by ``Pipeline.build()``.
 
+    Built directly, the constructor validates like ``build()`` (unique names, known dependencies, no
+    cycle) and checks that ``order`` is a topological order of ``stages`` (indices).
+
     Attributes:
         name: the pipeline's name.
         stages: the ``StageInfo`` of every stage, in the order they were added.
@@ -130,11 +138,12 @@ class StageGraph:
         self.run_store = run_store
         self.stages = tuple(stages)
         self.interceptors = order_interceptors(list(interceptors))
+        check_chain_depth(self.interceptors)
+        if _topology is None:  # built by hand, not by Pipeline.build(): validate like build() does
+            order, _topology = _checked_order(self.stages, order)
         index = {info.name: i for i, info in enumerate(self.stages)}
-        # ``Pipeline.build()`` passes the adjacency it computed while validating; otherwise make it here.
-        dep_index: Sequence[tuple[int, ...] | None] = (
-            [None] * len(self.stages) if _topology is None else _topology[0]
-        )
+        # ``Pipeline.build()`` passes the adjacency it computed while validating.
+        dep_index: Sequence[tuple[int, ...] | None] = _topology[0]
         ics = self.interceptors
         nodes = [
             _Node(
@@ -145,13 +154,7 @@ class StageGraph:
             )
             for info, mine in zip(self.stages, dep_index, strict=True)
         ]
-        if _topology is None:
-            children: list[list[int]] = [[] for _ in nodes]
-            for i, node in enumerate(nodes):
-                for d in node.dep_index:
-                    children[d].append(i)
-        else:
-            children = _topology[1]
+        children = _topology[1]
         for node, kids in zip(nodes, children, strict=True):
             node.children = kids  # private and never changed after this: no tuple copy
         self._nodes = tuple(nodes)
@@ -162,6 +165,7 @@ class StageGraph:
         self._deps_by_name: Mapping[str, tuple[str, ...]] = {n.name: n.deps for n in nodes}
         self._index = index
         self._version: str | None = None
+        self._finished: dict[PipelineContext, RunResult] = {}
         self._run_chain = build_run_chain(self._execute, self.interceptors)
         self._run_wrapped = self._run_chain != self._execute  # build_run_chain returns _execute as is
 
@@ -266,13 +270,20 @@ class StageGraph:
             msg = "graph.run() takes an entry StageContext or keyword arguments, not both"
             raise TypeError(msg)
         sink = resolve_sink(ctx.event_sink)
+        snapshot = ctx.snapshot
+        if ctx._ran or ctx.pipeline is not None:
+            # a run id names one run: a reused entry context (or a stage's context) gets a fresh one
+            snapshot = _fresh_run_id(snapshot)
+        else:
+            ctx._ran = True
         run = PipelineContext(
-            snapshot=ctx.snapshot,
+            snapshot=snapshot,
             graph=self,
             event_sink=sink,
             timer=ctx.timer,
             # an entry context's ``data`` is already a fresh dict; a stage's is its run's: copy that one
             data=ctx.data if ctx.pipeline is None else dict(ctx.data),
+            ports=ctx.inputs.ports,
         )
         if not isinstance(sink, NoOpEventSink):
             emit(
@@ -286,16 +297,74 @@ class StageGraph:
                     "version": self.version,
                 },
             )
-        if self._run_wrapped:
-            return await self._run_chain(run)
-        return await _Run(self, run).go()  # no run interceptors: skip a coroutine layer
+        if not self._run_wrapped:
+            return await _Run(self, run).go()  # no run interceptors: skip a coroutine layer
+        try:
+            out = await self._run_chain(run)
+        finally:
+            results = self._finished.pop(run, None)
+        if isinstance(out, RunResult):
+            return out
+        if results is None:
+            msg = (
+                f"the run interceptors of pipeline {self.name!r} returned {out!r} without running it; "
+                "intercept_run must return await call_next(run)"
+            )
+            raise InterceptorError(msg)
+        logger.error(
+            "stageflow: a run interceptor of pipeline %r returned %r instead of the RunResult; "
+            "run() returns the run's results",
+            self.name,
+            out,
+        )
+        return results
 
     async def _execute(self, run: PipelineContext) -> RunResult:
-        return await _Run(self, run).go()
+        results = await _Run(self, run).go()
+        self._finished[run] = results  # what run() returns if an interceptor loses it
+        return results
+
+
+def _fresh_run_id(snapshot: ContextSnapshot) -> ContextSnapshot:
+    return dataclasses.replace(snapshot, run_id=dataclasses.replace(snapshot.run_id, pipeline_run_id=uuid4()))
+
+
+def _checked_order(stages: Sequence[StageInfo], order: Sequence[int]) -> tuple[tuple[int, ...], Topology]:
+    for info in stages:
+        if not isinstance(info, StageInfo):
+            msg = (
+                f"StageGraph stages must be StageInfo objects, got {info!r}; "
+                "build graphs with Pipeline.build()"
+            )
+            raise PipelineDefinitionError(msg)
+    topology = _validate(stages)[1]  # type: ignore[arg-type]  # duplicate, unknown and cyclic dependencies
+    order = tuple(order)
+    position = {i: p for p, i in enumerate(order)}
+    if sorted(order) != list(range(len(stages))):
+        msg = (
+            f"StageGraph order {list(order)!r} is not a permutation of the {len(stages)} stage indices; "
+            "build graphs with Pipeline.build()"
+        )
+        raise PipelineDefinitionError(msg)
+    index = {info.name: i for i, info in enumerate(stages)}
+    for i, info in enumerate(stages):
+        for dep in info.dependencies:
+            if position[index[dep]] > position[i]:
+                msg = (
+                    f"StageGraph order runs stage {info.name!r} before its dependency {dep!r}; "
+                    "build graphs with Pipeline.build()"
+                )
+                raise PipelineDefinitionError(msg)
+    return order, topology
 
 
 class _Run:
-    """The state of one run."""
+    """The state of one run.
+
+    Every stage ends in ``_settle``: the one place that turns a stage's outcome (a ``StageOutput``, an
+    exception, or whatever ``execute`` returned instead) into its ``StageResult``, emits its stage event,
+    records its timing and releases its dependents (or stops the run).
+    """
 
     __slots__ = (
         "_create_task",
@@ -304,6 +373,7 @@ class _Run:
         "cancelled_by",
         "done",
         "failures",
+        "fatal",
         "graph",
         "left",
         "nodes",
@@ -329,6 +399,9 @@ class _Run:
         self.left = n
         self.stopping = False
         self.failures: dict[str, BaseException] = {}
+        # a BaseException that is not an Exception (raised by a stage, an interceptor or a sink): like
+        # ``asyncio.TaskGroup``, the run stops, is reported and recorded, and ``run()`` re-raises it
+        self.fatal: BaseException | None = None
         self.cancelled_by: tuple[str, str] | None = None
         sink: EventSink = run.event_sink
         self.sink: EventSink | None = None if isinstance(sink, NoOpEventSink) else sink
@@ -348,16 +421,33 @@ class _Run:
     def _event(self, **data: Any) -> dict[str, Any]:
         return {"run_id": self.run_id, "pipeline": self.graph.name, "timestamp": _wall(), **data}
 
+    def _emit(self, type: str, data: dict[str, Any], stage: str | None = None) -> None:
+        """Emit one event; a sink raising a ``BaseException`` (``emit`` logs ``Exception``s) ends the run."""
+        assert self.sink is not None
+        try:
+            emit(self.sink, type, data)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            if stage is not None:
+                self.failures.setdefault(stage, exc)
+            self._fatal(exc)
+
+    def _fatal(self, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+        self._stop()
+
     async def go(self) -> RunResult:
         results = self.results
         started = _perf()
         results.started_at = started
         if self.sink is not None:
-            emit(self.sink, "pipeline.started", self._event(stages=len(self.nodes)))
+            self._emit("pipeline.started", self._event(stages=len(self.nodes)))
         # Stage tasks start from the context the run interceptors set up, each in its own copy, never
         # from the context of the stage that happened to finish last.
         self.base_context = contextvars.copy_context()
-        if self.left:
+        if self.left and self.fatal is None:
             for i in self.graph._roots:
                 self._start(i, started)
             cancelled: asyncio.CancelledError | None = None
@@ -371,42 +461,43 @@ class _Run:
             if cancelled is not None:  # the caller's cancellation wins, also over a stage's failure
                 results.ended_at = _perf()
                 if self.sink is not None:
-                    emit(self.sink, "pipeline.cancelled", self._summary(reason="cancelled by caller"))
-                if self.graph.run_store is not None:
-                    await self._record("cancelled", "cancelled by caller")
+                    self._emit("pipeline.cancelled", self._summary(reason="cancelled by caller"))
+                await self._record("cancelled", "cancelled by caller")
                 raise cancelled
         results.ended_at = _perf()
-        if self.failures:
-            stage, error = next(iter(self.failures.items()))
+        if self.failures or self.fatal is not None:
+            if self.failures:
+                stage, error = next(iter(self.failures.items()))
+            else:  # a sink raised on pipeline.started
+                stage, error = "", self.fatal  # type: ignore[assignment]
             if self.sink is not None:
-                emit(
-                    self.sink,
+                self._emit(
                     "pipeline.failed",
-                    self._summary(
-                        stage=stage,
-                        error=describe(error),
-                        error_type=type(error).__name__,
-                    ),
+                    self._summary(stage=stage, error=describe(error), error_type=error_type_name(error)),
                 )
-            if self.graph.run_store is not None:
-                await self._record("failed", f"{stage}: {type(error).__name__}: {describe(error)}")
+            await self._record("failed", f"{stage}: {error_type_name(error)}: {describe(error)}")
+            if self.fatal is not None:
+                raise self.fatal
             raise PipelineFailedError(stage, error, dict(self.failures), results) from error
         if self.cancelled_by is not None:
             stage, reason = self.cancelled_by
             if self.sink is not None:
-                emit(self.sink, "pipeline.cancelled", self._summary(stage=stage, reason=reason))
-            if self.graph.run_store is not None:
-                await self._record("cancelled", f"{stage}: {reason}")
+                self._emit("pipeline.cancelled", self._summary(stage=stage, reason=reason))
+            await self._record("cancelled", f"{stage}: {reason}")
+            if self.fatal is not None:
+                raise self.fatal
             raise PipelineCancelledError(stage, reason, results)
         if self.sink is not None:
-            emit(self.sink, "pipeline.completed", self._summary())
-        if self.graph.run_store is not None:
-            await self._record("completed", None)
+            self._emit("pipeline.completed", self._summary())
+        await self._record("completed", None)
+        if self.fatal is not None:  # a sink raised on pipeline.completed
+            raise self.fatal
         return results
 
     async def _record(self, status: str, error: str | None) -> None:
         store = self.graph.run_store
-        assert store is not None
+        if store is None:
+            return
         results = self.results
         wall = self.run.timer.to_wall
         stages = tuple(
@@ -419,7 +510,7 @@ class _Run:
                 r.wait,
                 r.attempts,
                 None if r.error is None else describe(r.error),
-                None if r.error is None else type(r.error).__name__,
+                None if r.error is None else error_type_name(r.error),
                 self.graph._deps_by_name[r.name],
             )
             for r in results.values()
@@ -434,10 +525,7 @@ class _Run:
             results.critical_path,
             error,
         )
-        try:
-            await store.record_run(record)
-        except Exception as exc:  # a store never changes the run's outcome
-            report_once("run store", store, exc)
+        await _record_bounded(store, record)
 
     def _summary(self, **extra: Any) -> dict[str, Any]:
         results = self.results
@@ -468,10 +556,135 @@ class _Run:
     def _start(self, i: int, ready_at: float) -> None:
         self.tasks[i] = self._create_task(self._stage(i, ready_at), context=self.base_context.copy())
 
-    def _finish(self, i: int, output: StageOutput, ended: float) -> None:
+    def _stop(self) -> None:
+        self.stopping = True
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def _stage(self, i: int, ready_at: float) -> None:
+        """One stage's task: build its context, run its attempts, settle its outcome."""
+        node = self.nodes[i]
+        started = _perf()
+        outputs = self.outputs
+        deps = node.deps
+        # Outputs of finished dependencies are never None.
+        prior: Mapping[str, StageOutput]
+        if not deps:
+            prior = _NO_OUTPUTS
+        elif len(deps) == 1:
+            prior = {deps[0]: outputs[node.dep_index[0]]}  # type: ignore[dict-item]
+        else:
+            prior = {d: outputs[k] for d, k in zip(deps, node.dep_index, strict=True)}  # type: ignore[misc]
+        ctx = _stage_context(self.run, node.info, prior, deps, ready_at, started)
+        if self.sink is not None:
+            self._emit(
+                node.event("started"),
+                self._event(
+                    stage=node.name, kind=node.kind.value, wait=started - ready_at, dependencies=list(deps)
+                ),
+                node.name,
+            )
+        outcome: object
+        try:
+            if node.retry is None:
+                outcome = await node.call(ctx)
+            else:  # the one attempt loop, shared with RetryInterceptor and ErrorAction.RETRY
+                outcome = await run_attempts(node.info, ctx, node.call, node.retry)
+        except asyncio.CancelledError as exc:
+            self._settle(i, exc, ready_at, started, ctx.attempt)
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            raise  # as in asyncio: they leave the event loop at once
+        except BaseException as exc:
+            outcome = exc
+        self._settle(i, outcome, ready_at, started, ctx.attempt)
+
+    def _settle(self, i: int, outcome: object, ready_at: float, started: float, attempts: int) -> None:
+        """End stage ``i`` with ``outcome`` (see the class docstring); raises only ``KeyboardInterrupt``."""
+        node = self.nodes[i]
+        try:
+            self.tasks[i] = None
+            ended = _perf()
+            if type(outcome) is StageOutput and outcome.status is _OK:
+                # ``StageResult(name, kind, OK, outcome, None, ready_at, started, ended, attempts)``,
+                # inlined: this is the one result almost every stage makes
+                result = _new(StageResult)
+                result.name = node.name
+                result.kind = node.kind
+                result.status = _OK
+                result.output = outcome
+                result.error = None
+                result.ready_at = ready_at
+                result.started_at = started
+                result.ended_at = ended
+                result.attempts = attempts
+                self.results[node.name] = result
+                if self.sink is not None:
+                    self._stage_event(
+                        node,
+                        "completed",
+                        duration=ended - started,
+                        wait=started - ready_at,
+                        attempts=attempts,
+                    )
+                self._release(i, outcome, ended)
+                return
+            status, output, error = _classify(node, outcome)
+            self.results[node.name] = StageResult(
+                node.name, node.kind, status, output, error, ready_at, started, ended, attempts
+            )
+            if status is _SKIP:
+                assert output is not None
+                if self.sink is not None:
+                    self._stage_event(
+                        node, "skipped", duration=ended - started, reason=output.data.get("reason", "")
+                    )
+                self._release(i, output, ended)
+            elif status is _FAIL:
+                assert error is not None
+                if self.sink is not None:
+                    self._stage_event(
+                        node,
+                        "failed",
+                        duration=ended - started,
+                        error=describe(error),
+                        error_type=error_type_name(error),
+                        attempts=attempts,
+                    )
+                self.failures[node.name] = error
+                if isinstance(error, Exception):
+                    self._stop()
+                else:
+                    self._fatal(error)
+            elif output is not None:  # returned StageOutput.cancel: the run stops without an error
+                reason = str(output.data.get("cancel_reason", ""))
+                if self.sink is not None:
+                    self._stage_event(node, "cancelled", duration=ended - started, reason=reason)
+                if self.cancelled_by is None and not self.failures:
+                    self.cancelled_by = (node.name, reason)
+                self._stop()
+            else:  # its task was cancelled
+                if self.sink is not None:
+                    self._stage_event(node, "cancelled", duration=ended - started)
+                if not self.stopping:  # cancelled on its own, not by the run: the run ends as cancelled
+                    self.cancelled_by = (node.name, "stage task was cancelled")
+                    self._stop()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # never leave the run waiting: a failure in our own bookkeeping ends it
+            logger.error(
+                "stageflow: settling stage %r failed; the run fails: %r", node.name, exc, exc_info=exc
+            )
+            self.failures.setdefault(node.name, exc)
+            if isinstance(exc, Exception):
+                self._stop()
+            else:
+                self._fatal(exc)
+
+    def _release(self, i: int, output: StageOutput, ended: float) -> None:
         """Record ``output`` for stage ``i`` and start (or skip) every child it made ready."""
         outputs, remaining, nodes = self.outputs, self.remaining, self.nodes
-        # Auto-skipped children are finished in turn through ``stack``, made only when one is needed.
+        # Auto-skipped children are released in turn through ``stack``, made only when one is needed.
         stack: list[tuple[int, StageOutput, float]] | None = None
         while True:
             outputs[i] = output
@@ -496,201 +709,85 @@ class _Run:
                             if stack is None:
                                 stack = []
                             out = self._auto_skip(child, skipped, ended)
-                            # its own children become ready when it ended, not when ``i`` did
                             stack.append((c, out, self.results[child.name].ended_at))
                             continue
                     self.tasks[c] = self._create_task(self._stage(c, ended), context=self.base_context.copy())
             if not stack:
                 break
+            # its own children become ready when it ended, not when ``i`` did
             i, output, ended = stack.pop()
         if not self.left and not self.done.done():
             self.done.set_result(None)
 
     def _auto_skip(self, node: _Node, dependency: str, ready_at: float) -> StageOutput:
+        """Settle a conditional stage that a skipped dependency skips without running."""
         output = StageOutput.skip(reason=f"dependency {dependency!r} was skipped")
         now = _perf()
         self.results[node.name] = StageResult(
             node.name, node.kind, _SKIP, output, None, ready_at, now, now, 0
         )
         if self.sink is not None:
-            self._stage_event(
-                node,
-                "skipped",
-                reason=output.data["reason"],
-                duration=0.0,
-            )
+            self._stage_event(node, "skipped", reason=output.data["reason"], duration=0.0)
         return output
 
     def _stage_event(self, node: _Node, outcome: str, **data: Any) -> None:
         """Emit ``stage.{name}.{outcome}`` with the stage's name and kind (only while a sink listens)."""
-        assert self.sink is not None
-        emit(self.sink, node.event(outcome), self._event(stage=node.name, kind=node.kind.value, **data))
+        self._emit(node.event(outcome), self._event(stage=node.name, kind=node.kind.value, **data), node.name)
 
-    def _stop(self) -> None:
-        self.stopping = True
-        if not self.done.done():
-            self.done.set_result(None)
 
-    async def _stage(self, i: int, ready_at: float) -> None:
-        node = self.nodes[i]
-        run = self.run
-        started = _perf()
-        outputs = self.outputs
-        deps = node.deps
-        # Outputs of finished dependencies are never None.
-        prior: Mapping[str, StageOutput]
-        if not deps:
-            prior = _NO_OUTPUTS
-        elif len(deps) == 1:
-            prior = {deps[0]: outputs[node.dep_index[0]]}  # type: ignore[dict-item]
-        else:
-            prior = {d: outputs[k] for d, k in zip(deps, node.dep_index, strict=True)}  # type: ignore[misc]
-        ctx = _stage_context(run, node.info, prior, deps, ready_at, started)
-        sink = self.sink
-        if sink is not None:
-            self._stage_event(
-                node,
-                "started",
-                wait=started - ready_at,
-                dependencies=list(node.deps),
-            )
-        call = node.call
-        error: BaseException | None = None
-        output: StageOutput | None = None
-        try:
-            while True:
-                try:
-                    output = await call(ctx)
-                except Exception as exc:
-                    policy = node.retry
-                    if policy is not None and ctx.attempt < policy.max_attempts and policy.should_retry(exc):
-                        await self._backoff(node, ctx, policy, exc)
-                        continue
-                    error = exc
-                    break
-                if type(output) is not StageOutput and not isinstance(output, StageOutput):
-                    error = InvalidStageOutputError(node.name, output)
-                    output = None
-                    break
-                if output.status is _RETRY:
-                    policy = node.retry
-                    if policy is None:
-                        error = RetryNotConfiguredError(node.name, output.error)
-                    elif ctx.attempt >= policy.max_attempts:
-                        error = RetriesExhaustedError(node.name, ctx.attempt, output.error)
-                    else:
-                        await self._backoff(node, ctx, policy, output.error)
-                        continue
-                elif output.status is _FAIL:
-                    error = StageFailedError(node.name, output.error or "Unknown error")
-                break
-        except asyncio.CancelledError:
-            ended = _perf()
-            self.tasks[i] = None
-            self.results[node.name] = StageResult(
-                node.name, node.kind, _CANCEL, None, None, ready_at, started, ended, ctx.attempt
-            )
-            if sink is not None:
-                self._stage_event(
-                    node,
-                    "cancelled",
-                    duration=ended - started,
-                )
-            if not self.stopping:  # cancelled on its own, not by the run: that ends the run as cancelled
-                self.cancelled_by = (node.name, "stage task was cancelled")
-                self.left -= 1
-                self._stop()
-            raise
-        except Exception as exc:  # raised by the retry policy itself (retry_on, delay, sleep)
-            error, output = exc, None
-        try:
-            ended = _perf()
-            self.tasks[i] = None
-            if error is not None:
-                self.results[node.name] = StageResult(
-                    node.name, node.kind, _FAIL, output, error, ready_at, started, ended, ctx.attempt
-                )
-                if sink is not None:
-                    self._stage_event(
-                        node,
-                        "failed",
-                        duration=ended - started,
-                        error=describe(error),
-                        error_type=type(error).__name__,
-                        attempts=ctx.attempt,
-                    )
-                self.failures[node.name] = error
-                self.left -= 1
-                self._stop()
-                return
-            assert output is not None
-            status = output.status
-            # ``StageResult(name, kind, status, output, None, ready_at, started, ended, attempts)``, inlined:
-            # this is the one result every stage makes.
-            result = _new(StageResult)
-            result.name = node.name
-            result.kind = node.kind
-            result.status = status
-            result.output = output
-            result.error = None
-            result.ready_at = ready_at
-            result.started_at = started
-            result.ended_at = ended
-            result.attempts = ctx.attempt
-            self.results[node.name] = result
-            if status is _CANCEL:
-                reason = str(output.data.get("cancel_reason", ""))
-                if sink is not None:
-                    self._stage_event(
-                        node,
-                        "cancelled",
-                        duration=ended - started,
-                        reason=reason,
-                    )
-                if self.cancelled_by is None and not self.failures:
-                    self.cancelled_by = (node.name, reason)
-                self.left -= 1
-                self._stop()
-                return
-            if sink is not None:
-                if status is _SKIP:
-                    self._stage_event(
-                        node,
-                        "skipped",
-                        duration=ended - started,
-                        reason=output.data.get("reason", ""),
-                    )
-                else:
-                    self._stage_event(
-                        node,
-                        "completed",
-                        duration=ended - started,
-                        wait=started - ready_at,
-                        attempts=ctx.attempt,
-                    )
-            self._finish(i, output, ended)
-        except Exception as exc:  # never leave the run waiting: a failure in our own bookkeeping ends it
-            self._crashed(node.name, node.kind, exc, ready_at, started, ctx.attempt)
+def _classify(node: _Node, outcome: object) -> tuple[StageStatus, StageOutput | None, BaseException | None]:
+    """A stage's final status, output and error from its outcome (anything but a plain OK output)."""
+    if isinstance(outcome, StageOutput):
+        status = outcome.status
+        if status is _OK or status is _SKIP or status is _CANCEL:
+            return status, outcome, None
+        if status is _FAIL:
+            return _FAIL, outcome, StageFailedError(node.name, outcome.error or "Unknown error")
+        # a StageOutput.retry that no retry mechanism took: none is configured
+        return _FAIL, outcome, RetryNotConfiguredError(node.name, outcome.error)
+    if isinstance(outcome, asyncio.CancelledError):
+        return _CANCEL, None, None
+    if isinstance(outcome, BaseException):
+        return _FAIL, None, outcome
+    return _FAIL, None, InvalidStageOutputError(node.name, outcome)
 
-    def _crashed(
-        self, name: str, kind: StageKind, exc: Exception, ready_at: float, started: float, attempts: int
-    ) -> None:
-        logger.error("stageflow: finishing stage %r failed; the run fails: %r", name, exc, exc_info=exc)
-        self.results[name] = StageResult(name, kind, _FAIL, None, exc, ready_at, started, _perf(), attempts)
-        self.failures.setdefault(name, exc)
-        self._stop()
 
-    async def _backoff(
-        self, node: _Node, ctx: StageContext, policy: RetryPolicy, reason: BaseException | str | None
-    ) -> None:
-        delay = policy.delay(ctx.attempt)
-        if self.sink is not None:
-            self._stage_event(
-                node,
-                "retrying",
-                attempt=ctx.attempt,
-                delay=delay,
-                error=None if reason is None else reason if isinstance(reason, str) else describe(reason),
-            )
-        await policy.sleep(delay)
-        ctx.attempt += 1
+_store_writes: set[asyncio.Task[None]] = set()  # writes that outlived their timeout, kept until they end
+
+
+async def _record_bounded(store: RunStore, record: RunRecord) -> None:
+    """``await store.record_run(record)``, bounded by the store's ``record_timeout`` (default
+    ``RUN_STORE_TIMEOUT``). A store that raises or overruns is logged once and otherwise ignored: the
+    run's outcome never changes and ``run()`` never waits longer than the bound."""
+    timeout = getattr(store, "record_timeout", RUN_STORE_TIMEOUT)
+    try:
+        task = asyncio.ensure_future(store.record_run(record))
+    except Exception as exc:
+        report_once("run store", store, exc)
+        return
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()  # a store that ignores the cancellation runs on, unawaited: the run does not wait
+        _store_writes.add(task)
+        task.add_done_callback(_store_writes.discard)
+        report_once(
+            "run store",
+            store,
+            TimeoutError(
+                f"record_run did not finish within {timeout:g} s; run {record.run_id} was not recorded"
+            ),
+        )
+        return
+    if task.cancelled():
+        return
+    failure = task.exception()
+    if failure is None:
+        return
+    if isinstance(failure, Exception):
+        report_once("run store", store, failure)
+        return
+    raise failure

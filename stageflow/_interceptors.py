@@ -3,18 +3,26 @@
 An interceptor overrides ``intercept_stage`` (around every stage attempt) and/or ``intercept_run`` (around a
 whole run). ``BaseInterceptor`` builds the seed's ``before``/``after``/``on_error`` hooks on top.
 
-Isolation: an exception an interceptor raises is logged (``logging.getLogger("stageflow")``) and the
-interceptor is bypassed for that call: if it had not called ``call_next`` yet, the rest of the chain runs;
-if it had, the inner result (or the inner exception) stands. Exceptions coming out of ``call_next`` pass
-through unchanged; ``CriticalInterceptorError`` (and subclasses such as ``StageTimeoutError``) and
-``StageError`` (such as ``RetriesExhaustedError``) fail the stage on purpose; ``asyncio.CancelledError``
-always propagates.
+Isolation: an exception an interceptor raises on its own is handled by where it happened.
+
+* **Before the stage (or run) ran** — the interceptor had not called ``call_next`` yet: the call **fails
+  closed** with ``InterceptorFailedError`` (its ``__cause__`` is the interceptor's exception), so a crashed
+  auth or policy check never lets the stage run. An interceptor whose failure is harmless (telemetry)
+  declares ``fail_open = True``: it is then logged (``logging.getLogger("stageflow")``) and bypassed, and
+  the rest of the chain runs.
+* **After** ``call_next`` ended: it is logged and the inner outcome (its result or its exception) stands.
+
+Exceptions coming out of ``call_next`` pass through unchanged; ``CriticalInterceptorError`` (and subclasses
+such as ``StageTimeoutError``) and ``StageError`` (such as ``RetriesExhaustedError``) fail the stage on
+purpose; ``asyncio.CancelledError`` always propagates. Each isolated call records the inner outcome in its
+own guard object (never on the context objects), so blame always lands on the interceptor that raised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,8 +30,16 @@ from enum import Enum
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
 
+from ._attempts import run_attempts
 from ._context import PipelineContext, StageContext
-from ._errors import CriticalInterceptorError, PipelineRunError, StageBlockedError, StageError
+from ._errors import (
+    CriticalInterceptorError,
+    InterceptorFailedError,
+    PipelineDefinitionError,
+    PipelineRunError,
+    StageBlockedError,
+    StageError,
+)
 from ._results import RunResult, StageResult
 from ._retry import RetryPolicy
 from ._types import StageOutput, StageStatus
@@ -40,6 +56,7 @@ __all__ = (
     "RunNext",
     "build_run_chain",
     "build_stage_chain",
+    "check_chain_depth",
     "order_interceptors",
 )
 
@@ -67,6 +84,10 @@ class Interceptor:
             ``CriticalInterceptorError``/``StageError``s, may set it to ``False``: the chain then calls it
             directly, which saves a layer per stage (about half a microsecond), and an exception it does
             raise fails the stage. The built-in interceptors and stageflow_otel's do so.
+        fail_open: what an exception the interceptor raises on its own before ``call_next`` does: ``False``
+            (the default) fails the stage with ``InterceptorFailedError`` (fail closed: a crashed guard
+            never lets the stage run); ``True`` logs it and bypasses the interceptor. Telemetry
+            interceptors (stageflow_otel's) are fail-open.
 
     .. versionadded:: 0.10
     """
@@ -74,6 +95,7 @@ class Interceptor:
     name: str = "interceptor"
     priority: int = 100
     isolated: bool = True
+    fail_open: bool = False
 
     async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
         """Wrap one stage attempt; must return ``await call_next(ctx)`` or another ``StageOutput``."""
@@ -116,7 +138,11 @@ class BaseInterceptor(Interceptor):
     the run). Override any of them.
 
     Attributes:
-        retry_policy: how ``ErrorAction.RETRY`` retries (attempts in all, backoff).
+        retry_policy: how ``ErrorAction.RETRY`` retries (attempts in all, backoff). Retries run through
+            the same attempt loop as ``with_stage(retry=)`` and ``RetryInterceptor``: ``ctx.attempt``
+            counts them, each emits ``stage.X.retrying``, and running out fails the stage with
+            ``RetriesExhaustedError``. Only exceptions reach ``on_error``: a ``StageOutput.retry`` passes
+            through to the next retry mechanism.
     """
 
     name = "base_interceptor"
@@ -152,21 +178,19 @@ class BaseInterceptor(Interceptor):
             )
             await self._after(stage, ctx, output, None)
             return output
-        attempt = 1
-        while True:
-            try:
-                output = await call_next(ctx)
-                break
-            except Exception as exc:
-                action = await self.on_error(stage.name, exc, run)
-                if action is ErrorAction.RETRY and attempt < self.retry_policy.max_attempts:
-                    await self.retry_policy.sleep(self.retry_policy.delay(attempt))
-                    attempt += 1
-                    continue
-                if action is ErrorAction.FALLBACK:
-                    output = await self.fallback(stage.name, exc, run)
-                    break
-                raise
+
+        async def decide(exc: Exception) -> bool | StageOutput:
+            action = await self.on_error(stage.name, exc, run)
+            if action is ErrorAction.RETRY:
+                return self.retry_policy.should_retry(exc)
+            if action is ErrorAction.FALLBACK:
+                return await self.fallback(stage.name, exc, run)
+            return False
+
+        # the one attempt loop: retries here count in ctx.attempt and emit stage.X.retrying like any other
+        output = await run_attempts(
+            stage, ctx, call_next, self.retry_policy, decide=decide, retry_outputs=False
+        )
         await self._after(stage, ctx, output, None)
         return output
 
@@ -192,13 +216,17 @@ class BaseInterceptor(Interceptor):
 
 # --------------------------------------------------------------------------- chains
 
-_UNSET: Any = object()
+_NOT_CALLED, _RUNNING, _RETURNED, _RAISED = range(4)
+
+
+def _name(interceptor: Interceptor) -> str:
+    return str(getattr(interceptor, "name", type(interceptor).__name__))
 
 
 def _report(interceptor: Interceptor, where: str, exc: Exception) -> None:
     logger.error(
         "stageflow: interceptor %r raised in %s and was bypassed: %r",
-        getattr(interceptor, "name", type(interceptor).__name__),
+        _name(interceptor),
         where,
         exc,
         exc_info=exc,
@@ -209,29 +237,35 @@ _Ctx = TypeVar("_Ctx", StageContext, PipelineContext)
 _Out = TypeVar("_Out")
 
 
-class _Innermost(Generic[_Ctx, _Out]):
-    """Records the stage's (or run's) own outcome, so outer layers can tell it from an interceptor's bug."""
+class _Guard(Generic[_Ctx, _Out]):
+    """The ``call_next`` one isolated interceptor receives for one call: records what the inner chain did.
 
-    __slots__ = ("_call",)
+    One per call, so the record never lives on the (public) context objects and never mixes up layers: an
+    exception is the inner chain's exactly when it came out of this guard.
+    """
 
-    def __init__(self, call: Callable[[_Ctx], Awaitable[_Out]]) -> None:
-        self._call: Callable[[_Ctx], Awaitable[_Out]] = call
+    __slots__ = ("_inner", "state", "value")
+
+    def __init__(self, inner: Callable[[_Ctx], Awaitable[_Out]]) -> None:
+        self._inner: Callable[[_Ctx], Awaitable[_Out]] = inner
+        self.state = _NOT_CALLED
+        self.value: object = None
 
     async def __call__(self, ctx: _Ctx) -> _Out:
+        self.state = _RUNNING
         try:
-            out = await self._call(ctx)
+            out = await self._inner(ctx)
         except BaseException as exc:  # recorded, never handled: a cancellation is an outcome too
-            ctx._ic_err = exc
+            self.state, self.value = _RAISED, exc
             raise
-        ctx._ic_out = out
-        ctx._ic_err = None
+        self.state, self.value = _RETURNED, out
         return out
 
 
 class _Layer(Generic[_Ctx, _Out]):
-    """One interceptor in a chain, isolated as the module docstring describes."""
+    """One isolated interceptor in a chain (see the module docstring)."""
 
-    __slots__ = ("_deliberate", "_inner", "_intercept", "_interceptor", "_where")
+    __slots__ = ("_deliberate", "_fail_open", "_inner", "_intercept", "_interceptor", "_stage", "_where")
 
     def __init__(
         self,
@@ -240,35 +274,45 @@ class _Layer(Generic[_Ctx, _Out]):
         inner: Callable[[_Ctx], Awaitable[_Out]],
         where: str,
         deliberate: tuple[type[Exception], ...],
+        stage: str | None,
     ) -> None:
         self._interceptor = interceptor
         self._intercept: Callable[[_Ctx, Callable[[_Ctx], Awaitable[_Out]]], Awaitable[_Out]] = intercept
         self._inner: Callable[[_Ctx], Awaitable[_Out]] = inner
         self._where = where
         self._deliberate = deliberate
+        self._fail_open = bool(getattr(interceptor, "fail_open", False))
+        self._stage = stage
 
     async def __call__(self, ctx: _Ctx) -> _Out:
-        ctx._ic_err = None
-        ctx._ic_out = _UNSET
+        guard: _Guard[_Ctx, _Out] = _Guard(self._inner)
         try:
-            out = await self._intercept(ctx, self._inner)
+            return await self._intercept(ctx, guard)
         except Exception as exc:
-            inner_error = ctx._ic_err
-            if exc is inner_error or isinstance(exc, self._deliberate):
-                ctx._ic_err = exc
+            state = guard.state
+            if (state == _RAISED and exc is guard.value) or isinstance(exc, self._deliberate):
                 raise
+            if state == _NOT_CALLED:
+                if not self._fail_open:  # a guard that crashed never lets the stage run
+                    raise self._failed(ctx, exc) from exc
+                _report(self._interceptor, self._where, exc)
+                return await self._inner(ctx)
+            if state == _RUNNING:  # the inner call is still running elsewhere: it has no outcome yet
+                raise self._failed(ctx, exc) from exc
             _report(self._interceptor, self._where, exc)
-            if inner_error is not None:
-                if isinstance(inner_error, asyncio.CancelledError) and not _cancel_pending():
+            inner = guard.value
+            if state == _RAISED:
+                assert isinstance(inner, BaseException)
+                if isinstance(inner, asyncio.CancelledError) and not _cancel_pending():
                     # The interceptor cancelled the inner call itself (its own timeout) and failed: there is
                     # no inner outcome to fall back to, so its exception is the outcome.
                     raise
-                raise inner_error from None
-            recorded = ctx._ic_out
-            out = await self._inner(ctx) if recorded is _UNSET else cast(_Out, recorded)
-        ctx._ic_out = out
-        ctx._ic_err = None
-        return out
+                raise inner from None
+            return cast(_Out, inner)
+
+    def _failed(self, ctx: _Ctx, exc: Exception) -> InterceptorFailedError:
+        pipeline = ctx.pipeline_name if isinstance(ctx, PipelineContext) else None
+        return InterceptorFailedError(self._stage, _name(self._interceptor), exc, pipeline=pipeline)
 
 
 _STAGE_DELIBERATE = (CriticalInterceptorError, StageError)
@@ -324,6 +368,33 @@ class _DirectRun:
         return self._intercept(run, self._inner)
 
 
+_FRAME_MARGIN = 100  # Python frames left for the event loop, the caller and the stage body
+
+
+def check_chain_depth(ordered: Sequence[Interceptor]) -> None:
+    """Refuse a chain so deep that running a stage through it would exceed Python's recursion limit.
+
+    An isolated interceptor nests three frames per stage call (its guard, itself, the next call), one
+    that is not isolated nests one: past the limit every run would fail with ``RecursionError``.
+
+    Raises:
+        PipelineDefinitionError: naming the count and the fixes.
+    """
+    for method in ("intercept_stage", "intercept_run"):
+        active = [ic for ic in ordered if _overrides(ic, method)]
+        isolated = sum(1 for ic in active if ic.isolated)
+        frames = 3 * isolated + (len(active) - isolated)
+        limit = sys.getrecursionlimit()
+        if frames > limit - _FRAME_MARGIN:
+            msg = (
+                f"{len(active)} interceptors override {method} ({isolated} of them isolated), which nests "
+                f"{frames} Python frames per call; Python's recursion limit ({limit}) leaves room for "
+                f"{limit - _FRAME_MARGIN}: merge interceptors, set isolated = False on those that never "
+                "raise on their own, or raise sys.setrecursionlimit()"
+            )
+            raise PipelineDefinitionError(msg)
+
+
 def build_stage_chain(stage: StageInfo, call: CallNext, ordered: Sequence[Interceptor]) -> CallNext:
     """Fold the interceptors that wrap stages around ``call`` (outermost first in ``ordered``)."""
     active = [ic for ic in ordered if _overrides(ic, "intercept_stage")]
@@ -331,12 +402,12 @@ def build_stage_chain(stage: StageInfo, call: CallNext, ordered: Sequence[Interc
         return call
     # Bound ``__call__`` methods, not the layer objects: calling those is a plain method call, without the
     # type-slot lookup that calling an instance costs (paid twice per layer per stage).
-    chained: CallNext = _Innermost(call).__call__ if any(ic.isolated for ic in active) else call
+    chained: CallNext = call
     where = f"stage {stage.name!r}"
     for ic in reversed(active):
         if ic.isolated:
             intercept = partial(ic.intercept_stage, stage)
-            chained = _Layer(ic, intercept, chained, where, _STAGE_DELIBERATE).__call__
+            chained = _Layer(ic, intercept, chained, where, _STAGE_DELIBERATE, stage.name).__call__
         else:
             chained = _Direct(ic, stage, chained).__call__
     return chained
@@ -347,10 +418,10 @@ def build_run_chain(call: RunNext, ordered: Sequence[Interceptor]) -> RunNext:
     active = [ic for ic in ordered if _overrides(ic, "intercept_run")]
     if not active:
         return call
-    chained: RunNext = _Innermost(call).__call__ if any(ic.isolated for ic in active) else call
+    chained: RunNext = call
     for ic in reversed(active):
         if ic.isolated:
-            chained = _Layer(ic, ic.intercept_run, chained, "run", _RUN_DELIBERATE).__call__
+            chained = _Layer(ic, ic.intercept_run, chained, "run", _RUN_DELIBERATE, None).__call__
         else:
             chained = _DirectRun(ic, chained).__call__
     return chained

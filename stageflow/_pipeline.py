@@ -55,7 +55,7 @@ class StageSpec:
     retry: RetryPolicy | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class StageInfo:
     """A built stage, as interceptors see it.
 

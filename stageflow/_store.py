@@ -2,7 +2,9 @@
 
 Attach a store with ``pipeline.build(run_store=store)``; the executor then records every run once it
 ended (completed, failed or cancelled), before ``run()`` returns or raises. A store that raises is logged
-once (``logging.getLogger("stageflow")``) and otherwise ignored: the run's outcome never changes.
+once (``logging.getLogger("stageflow")``) and otherwise ignored: the run's outcome never changes. A write
+is bounded by the store's ``record_timeout`` attribute (``RUN_STORE_TIMEOUT``, 1 s, when it has none):
+past it the run is not recorded (logged once) and ``run()`` returns or raises without waiting longer.
 
 Example::
 
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 __all__ = (
+    "RUN_STORE_TIMEOUT",
     "InMemoryRunStore",
     "RunRecord",
     "RunStore",
@@ -33,6 +36,11 @@ __all__ = (
 )
 
 SCHEMA_VERSION = 2
+
+RUN_STORE_TIMEOUT = 1.0
+"""Seconds ``run()`` waits for ``record_run`` when the store has no ``record_timeout`` attribute."""
+
+_OPEN_TIMEOUT = 10.0  # seconds a constructor waits for another process that is creating the schema
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +102,9 @@ class RunStore(Protocol):
     """**Protocol:** where finished runs are recorded.
 
     The executor awaits ``record_run`` once per run, after the last stage ended and before ``run()``
-    returns or raises; exceptions are logged and swallowed. ``get_run`` and ``list_runs`` are for users.
+    returns or raises; exceptions are logged and swallowed. It waits at most ``record_timeout`` seconds
+    (an optional attribute; ``RUN_STORE_TIMEOUT`` without it), then cancels the write and moves on.
+    ``get_run`` and ``list_runs`` are for users.
     """
 
     async def record_run(self, record: RunRecord) -> None:
@@ -130,6 +140,24 @@ class InMemoryRunStore:
         runs.sort(key=lambda r: r.started_at, reverse=True)
         return runs[:limit]
 
+
+_COLUMNS = {
+    "runs": ("run_id", "pipeline", "status", "started_at", "ended_at", "critical_path", "error"),
+    "stages": (
+        "run_id",
+        "position",
+        "name",
+        "kind",
+        "status",
+        "started_at",
+        "ended_at",
+        "wait",
+        "attempts",
+        "error",
+        "error_type",
+        "dependencies",
+    ),
+}
 
 _SCHEMA = (
     """CREATE TABLE runs (
@@ -176,23 +204,51 @@ class SQLiteRunStore:
     """Records runs in a SQLite database (stdlib ``sqlite3``, WAL journal, versioned schema).
 
     One connection serves the process; writes and reads run in worker threads under a lock, so the
-    event loop never blocks on disk and concurrent runs in one process are safe.
+    event loop never blocks on disk and concurrent runs in one process are safe. Processes may open the
+    same file at once: the schema is created in one write transaction, by whichever comes first.
 
     Args:
         path: the database file (created if missing), or ``":memory:"``.
+        timeout: seconds a write waits for a lock another connection holds (SQLite's busy timeout); also
+            the ``record_timeout`` the executor bounds ``record_run`` by. A locked file makes the run go
+            unrecorded (logged once) after this long, never longer.
 
     Raises:
-        RuntimeError: the file has a schema version newer than this stageflow understands.
+        RuntimeError: the file is not a stageflow run store (corrupt, another application's database, or a
+            schema version this stageflow does not know); the message names the path and the fix.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = RUN_STORE_TIMEOUT) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            msg = f"SQLiteRunStore timeout={timeout!r} is invalid; use seconds > 0"
+            raise ValueError(msg)
         self.path = str(path)
+        self.record_timeout = float(timeout)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        if self.path != ":memory:":
-            self._conn.execute("PRAGMA journal_mode = WAL")
-        self._migrate()
+        try:
+            self._conn = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=_OPEN_TIMEOUT
+            )
+        except sqlite3.Error as exc:
+            raise self._not_a_store(f"it cannot be opened ({exc})") from exc
+        try:
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            if self.path != ":memory:":
+                self._conn.execute("PRAGMA journal_mode = WAL")
+            self._migrate()
+            self._conn.execute(f"PRAGMA busy_timeout = {int(self.record_timeout * 1000)}")
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise self._not_a_store(f"it is not a readable SQLite database ({exc})") from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _not_a_store(self, problem: str) -> RuntimeError:
+        return RuntimeError(
+            f"run store {self.path!r} is not a stageflow run store: {problem}; pass the path of a new file "
+            "(or of one an earlier SQLiteRunStore created), or move this file away"
+        )
 
     @property
     def schema_version(self) -> int:
@@ -201,22 +257,41 @@ class SQLiteRunStore:
             return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
+        conn = self._conn
         with self._lock:
-            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                self._conn.close()
-                msg = (
-                    f"run store {self.path!r} has schema version {version}, newer than {SCHEMA_VERSION} "
-                    "which this stageflow understands; upgrade stageflow or use another file"
-                )
-                raise RuntimeError(msg)
-            if version < SCHEMA_VERSION:
-                statements = _SCHEMA if version == 0 else sum(_MIGRATIONS[version - 1 :], ())
-                self._conn.execute("BEGIN")
-                for statement in statements:
-                    self._conn.execute(statement)
-                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                self._conn.execute("COMMIT")
+            # IMMEDIATE takes the write lock first: of processes opening a fresh file at once, one creates
+            # the schema and the others, waiting for the lock, find it made
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                tables = {
+                    name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                }
+                if version > SCHEMA_VERSION:
+                    msg = (
+                        f"run store {self.path!r} has schema version {version}, newer than {SCHEMA_VERSION} "
+                        "which this stageflow understands; upgrade stageflow or use another file"
+                    )
+                    raise RuntimeError(msg)
+                if version < 0 or (version == 0 and tables) or (version > 0 and not set(_COLUMNS) <= tables):
+                    raise self._not_a_store(
+                        f"its schema version is {version} and it holds tables {sorted(tables)!r}"
+                    )
+                if version < SCHEMA_VERSION:
+                    statements = _SCHEMA if version == 0 else sum(_MIGRATIONS[version - 1 :], ())
+                    for statement in statements:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                for table, columns in _COLUMNS.items():
+                    found = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+                    if found != columns:
+                        raise self._not_a_store(
+                            f"its schema version is {version} but table {table!r} has columns {found!r}"
+                        )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close the connection."""

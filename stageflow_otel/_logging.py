@@ -143,6 +143,7 @@ class LoggingInterceptor(Interceptor):
     name = "logging"
     priority = 30
     isolated = False  # never raises on its own: called without the isolation guard
+    fail_open = True  # telemetry: if it ever failed before the stage, bypassing it is safe
 
     def __init__(self, logger: Any = None, *, redact_error: ErrorRedactor = redact_error_message) -> None:
         self._log = logger if logger is not None else _default_logger()

@@ -91,6 +91,7 @@ class MetricsInterceptor(Interceptor):
     name = "metrics"
     priority = 20
     isolated = False  # never raises on its own: called without the isolation guard
+    fail_open = True  # telemetry: if it ever failed before the stage, bypassing it is safe
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ from stageflow import (
     StageResult,
     StageStatus,
     StageTimeoutError,
+    error_type_name,
 )
 
 from . import semconv
@@ -79,8 +80,10 @@ def outcome_of_error(exc: BaseException) -> Outcome:
     if isinstance(exc, CircuitOpenError):
         return Outcome(semconv.RESULT_ERROR, semconv.ERROR_TYPE_CIRCUIT_OPEN, str(exc))
     if isinstance(exc, StageFailedError | RetriesExhaustedError):
-        return Outcome(semconv.RESULT_FAILURE, type(exc).__name__, str(exc))
-    return Outcome(semconv.RESULT_ERROR, type(exc).__qualname__ or semconv.OTHER, str(exc))
+        return Outcome(semconv.RESULT_FAILURE, error_type_name(exc), str(exc))
+    # the core's derivation, also in its stage events' ``error_type``: spans, metrics, logs and span
+    # events built from events all name a nested ``Client.QuotaError`` the same way
+    return Outcome(semconv.RESULT_ERROR, error_type_name(exc) or semconv.OTHER, str(exc))
 
 
 def outcome_of_run_error(exc: BaseException) -> Outcome:

@@ -287,6 +287,7 @@ class TracingInterceptor(Interceptor):
     name = "tracing"
     priority = 10
     isolated = False  # never raises on its own: called without the isolation guard
+    fail_open = True  # telemetry: if it ever failed before the stage, bypassing it is safe
 
     def __init__(
         self,

@@ -423,8 +423,8 @@ class TestRetryInterceptor:
         assert dict(results["s"].data) == {"attempt": 3}
         assert results["s"].attempts == 3
         assert reported == [
-            RetryAttempt("s", "p", 1, "ConnectionError: try 1", 0.1),
-            RetryAttempt("s", "p", 2, "ConnectionError: try 2", 0.2),
+            RetryAttempt("s", "p", 1, "try 1", 0.1, "ConnectionError"),
+            RetryAttempt("s", "p", 2, "try 2", 0.2, "ConnectionError"),
         ]
         assert sink.types == [
             "pipeline.created",
@@ -438,7 +438,7 @@ class TestRetryInterceptor:
         assert [e.data["attempt"] for e in sink.of_type("stage.s.retrying")] == [1, 2]
 
     async def test_last_exception_propagates_when_attempts_run_out(self) -> None:
-        """After max_attempts failures the last exception fails the stage."""
+        """After max_attempts failures the stage fails with RetriesExhaustedError caused by the last one."""
         sleep = FakeSleep()
 
         async def body(ctx: StageContext) -> StageOutput:
@@ -447,7 +447,14 @@ class TestRetryInterceptor:
         policy = RetryPolicy(max_attempts=2, initial_delay=1, jitter=0, sleep=sleep)
         graph = Pipeline().with_stage("s", body, W).build([RetryInterceptor(policy)])
         error = await run_error(graph.run(make_ctx()))
-        assert (type(error), str(error)) == (ConnectionError, "try 2")
+        assert type(error) is RetriesExhaustedError
+        assert str(error) == (
+            "stage 's' failed after 2 attempts (last: ConnectionError: try 2); "
+            "raise RetryPolicy.max_attempts or fix the cause"
+        )
+        assert (type(error.__cause__), str(error.__cause__)) == (ConnectionError, "try 2")
+        assert error.last_error is error.__cause__
+        assert error.attempts == 2
         assert sleep.delays == [1.0]
 
     async def test_retry_output_exhausted(self) -> None:

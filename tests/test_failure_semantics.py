@@ -448,15 +448,21 @@ class TestRetry:
         assert sleep.delays == [0.5, 1.0]
 
     async def test_last_exception_fails_after_max_attempts(self) -> None:
-        """When every attempt raises, the run fails with the last attempt's exception."""
+        """When every attempt raises, the run fails with RetriesExhaustedError caused by the last error."""
         sleep = FakeSleep()
 
         async def down(ctx: StageContext) -> StageOutput:
             raise ConnectionError(f"down {ctx.attempt}")
 
         policy = RetryPolicy(max_attempts=2, initial_delay=0.5, jitter=0, sleep=sleep)
-        with pytest.raises(PipelineFailedError, match=r"^stage 'a' failed: ConnectionError: down 2$") as info:
+        with pytest.raises(PipelineFailedError) as info:
             await Pipeline().with_stage("a", down, W, retry=policy).build().run(make_ctx())
+        assert str(info.value) == (
+            "stage 'a' failed: RetriesExhaustedError: stage 'a' failed after 2 attempts "
+            "(last: ConnectionError: down 2); raise RetryPolicy.max_attempts or fix the cause"
+        )
+        assert isinstance(info.value.error, RetriesExhaustedError)
+        assert str(info.value.error.__cause__) == "down 2"
         assert info.value.results["a"].attempts == 2
         assert sleep.delays == [0.5]
 
@@ -587,7 +593,7 @@ class TestBookkeepingFailure:
             "hostile mapping",
         )
         assert [r.getMessage() for r in caplog.records] == [
-            "stageflow: finishing stage 'odd' failed; the run fails: LookupError('hostile mapping')"
+            "stageflow: settling stage 'odd' failed; the run fails: LookupError('hostile mapping')"
         ]
 
     async def test_unprintable_exception_still_fails_the_run_cleanly(self) -> None:

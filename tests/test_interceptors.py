@@ -299,7 +299,7 @@ class TestBaseInterceptor:
         assert results["s"].status is StageStatus.OK
 
     async def test_on_error_retry_exhausted(self) -> None:
-        """When the interceptor's retries run out, the last error fails the stage."""
+        """When its retries run out, RetriesExhaustedError (caused by the last error) fails the stage."""
 
         class Retrying(BaseInterceptor):
             retry_policy = RetryPolicy(max_attempts=2, initial_delay=0, jitter=0)
@@ -314,8 +314,14 @@ class TestBaseInterceptor:
             raise ConnectionError(f"down {len(calls)}")
 
         graph = Pipeline().with_stage("s", down, W).build(interceptors=[Retrying()])
-        with pytest.raises(PipelineFailedError, match=r"^stage 's' failed: ConnectionError: down 2$"):
+        with pytest.raises(PipelineFailedError) as info:
             await graph.run(make_ctx())
+        assert str(info.value.error) == (
+            "stage 's' failed after 2 attempts (last: ConnectionError: down 2); "
+            "raise RetryPolicy.max_attempts or fix the cause"
+        )
+        assert str(info.value.error.__cause__) == "down 2"
+        assert info.value.results["s"].attempts == 2
         assert calls == [1, 1]
 
     async def test_on_error_fallback(self) -> None:
@@ -380,12 +386,13 @@ class TestBaseInterceptor:
 
 class TestIsolation:
     async def test_bug_before_call_next_is_bypassed(self, caplog: pytest.LogCaptureFixture) -> None:
-        """An interceptor raising before ``call_next`` is logged and skipped; the rest of the chain runs."""
+        """A fail-open interceptor raising before ``call_next`` is logged and skipped; the rest runs."""
         log: list[str] = []
 
         class Buggy(Interceptor):
             name = "buggy"
             priority = 1
+            fail_open = True
 
             async def intercept_stage(
                 self, stage: StageInfo, ctx: StageContext, call_next: CallNext
@@ -485,10 +492,11 @@ class TestIsolation:
         assert ran == []
 
     async def test_run_interceptor_bug_is_bypassed(self, caplog: pytest.LogCaptureFixture) -> None:
-        """A run interceptor that raises before ``call_next`` is logged and the run proceeds."""
+        """A fail-open run interceptor that raises before ``call_next`` is logged and the run proceeds."""
 
         class Buggy(Interceptor):
             name = "buggy-run"
+            fail_open = True
 
             async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
                 raise ValueError("run oops")

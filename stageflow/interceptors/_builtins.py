@@ -11,14 +11,16 @@ import asyncio
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from stageflow._attempts import RetryAttempt, run_attempts
 from stageflow._config import ConfigProvider, config_value
 from stageflow._context import StageContext
-from stageflow._errors import CircuitOpenError, RetriesExhaustedError, StageTimeoutError
+from stageflow._errors import CircuitOpenError, StageTimeoutError
 from stageflow._interceptors import CallNext, Interceptor
 from stageflow._pipeline import StageInfo
 from stageflow._retry import RetryPolicy
@@ -88,14 +90,15 @@ class TimeoutInterceptor(Interceptor):
             name: _check_timeout(f"timeout of stage {name!r}", t) for name, t in (per_stage or {}).items()
         }
         self.config = config
-        # by StageInfo identity (graphs of equal names may configure a stage differently); the StageInfo is
-        # kept with its value so that its id cannot be reused while the entry exists
-        self._resolved: dict[int, tuple[StageInfo, float | None]] = {}
+        # By StageInfo identity (graphs of equal names may configure a stage differently), through a weak
+        # reference: an entry never keeps its stage (or the stage's runner) alive, and goes with it.
+        self._resolved: dict[int, tuple[weakref.ref[StageInfo], float | None]] = {}
 
     def timeout_for(self, stage: StageInfo) -> float | None:
-        """The timeout that applies to ``stage`` (resolved once per stage, then cached)."""
-        entry = self._resolved.get(id(stage))
-        if entry is not None and entry[0] is stage:
+        """The timeout that applies to ``stage`` (resolved once per stage, then cached while it lives)."""
+        key = id(stage)
+        entry = self._resolved.get(key)
+        if entry is not None and entry[0]() is stage:
             return entry[1]
         value: float | None
         if stage.name in self.per_stage:
@@ -109,7 +112,8 @@ class TimeoutInterceptor(Interceptor):
                 f"timeout.{stage.name}",
                 config_value(self.config, f"timeout.{stage.name}", float, self.default),
             )
-        self._resolved[id(stage)] = (stage, value)
+        resolved = self._resolved
+        resolved[key] = (weakref.ref(stage, lambda _: resolved.pop(key, None)), value)
         return value
 
     async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
@@ -120,11 +124,14 @@ class TimeoutInterceptor(Interceptor):
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                return await call_next(ctx)
+                output = await call_next(ctx)
         except TimeoutError as exc:
             if deadline.expired():
                 raise StageTimeoutError(stage.name, timeout) from exc
             raise
+        if deadline.expired():  # the stage swallowed the cancellation and returned: it still timed out
+            raise StageTimeoutError(stage.name, timeout)
+        return output
 
 
 class CircuitState(IntEnum):
@@ -283,25 +290,13 @@ class CircuitBreakerInterceptor(Interceptor):
             self._move(stage, breaker, CircuitState.OPEN, self.clock())
 
 
-@dataclass(frozen=True, slots=True)
-class RetryAttempt:
-    """One failed attempt that ``RetryInterceptor`` is about to retry."""
-
-    stage: str
-    pipeline: str
-    attempt: int
-    """The attempt that failed (1-based)."""
-    error: str
-    delay: float
-    """Seconds before the next attempt."""
-
-
 class RetryInterceptor(Interceptor):
     """Retries a stage attempt that raised a retryable exception or returned ``StageOutput.retry``.
 
-    Each retry is reported to listeners (``RetryAttempt``) and as a ``stage.{name}.retrying`` event, and
-    ``ctx.attempt`` counts the attempts. When the policy's attempts are used up, the last exception
-    propagates, or a last ``StageOutput.retry`` fails the stage with ``RetriesExhaustedError``.
+    Its attempts run in the same loop as ``with_stage(retry=)``'s: each retry is reported to listeners
+    (``RetryAttempt``) and as a ``stage.{name}.retrying`` event, ``ctx.attempt`` counts the attempts, and
+    when the policy's attempts are used up the stage fails with ``RetriesExhaustedError`` (whose
+    ``__cause__`` is the last exception, if the last attempt raised).
 
     Args:
         policy: the ``RetryPolicy`` (default: built from ``retry.*`` in ``config``, else ``RetryPolicy()``).
@@ -336,38 +331,9 @@ class RetryInterceptor(Interceptor):
         """Report every future retry to ``listener``."""
         self._listeners.append(listener)
 
-    async def _wait(self, stage: StageInfo, ctx: StageContext, error: str) -> None:
-        delay = self.policy.delay(ctx.attempt)
-        attempt = RetryAttempt(stage.name, stage.pipeline, ctx.attempt, error, delay)
-        for listener in self._listeners:
-            try:
-                listener(attempt)
-            except Exception as exc:
-                logger.error("stageflow: retry listener %r failed: %r", listener, exc)
-        ctx.try_emit_event(
-            f"stage.{stage.name}.retrying",
-            {"kind": stage.kind.value, "attempt": ctx.attempt, "delay": delay, "error": error},
-        )
-        await self.policy.sleep(delay)
-        ctx.attempt += 1
-
     async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
         """Run attempts until one does not ask for a retry or the policy is used up."""
-        policy = self.policy
-        first = ctx.attempt
-        while True:
-            try:
-                output = await call_next(ctx)
-            except Exception as exc:
-                if ctx.attempt - first + 1 < policy.max_attempts and policy.should_retry(exc):
-                    await self._wait(stage, ctx, f"{type(exc).__name__}: {exc}")
-                    continue
-                raise
-            if output.status is not StageStatus.RETRY:
-                return output
-            if ctx.attempt - first + 1 >= policy.max_attempts:
-                raise RetriesExhaustedError(stage.name, ctx.attempt - first + 1, output.error)
-            await self._wait(stage, ctx, output.error or "")
+        return await run_attempts(stage, ctx, call_next, self.policy, listeners=self._listeners)
 
 
 def get_default_interceptors(*, config: ConfigProvider | None = None) -> list[Interceptor]:

@@ -29,8 +29,9 @@ ratios and interceptor deltas are medians of the per-repetition pairs. Samples a
 ``time.process_time`` by default: every run here is CPU-bound and never blocks, so its CPU time is its cost,
 and other processes on the machine disturb it much less than wall time (``--clock wall`` uses
 ``time.perf_counter``). The build figures take the median of ``build_reps`` builds after one warm-up build.
-The entry ``StageContext`` is made once per graph and reused (its creation is not part of a run's cost; the
-memory figure likewise makes the 1,000 entry contexts before its baseline). The timing figures are
+Every run gets its own entry ``StageContext``, made before its sample's clock starts (its creation is not
+part of a run's cost, and a reused one would cost a fresh run id; the memory figure likewise makes the
+1,000 entry contexts before its baseline). The timing figures are
 noisy on a shared 2-core machine: compare ratios, which pair runs made back to back, rather than absolute
 figures across runs.
 """
@@ -210,7 +211,13 @@ CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time
 
 
 async def _timed(sample: Sample, count: int, clock: Callable[[], float]) -> float:
-    """Seconds per call of ``sample``, over ``count`` calls, with the GC collected first and then disabled."""
+    """Seconds per call of ``sample``, over ``count`` calls, with the GC collected first and then disabled.
+
+    A sample with a ``prepare(count)`` method gets it called first, before the clock starts.
+    """
+    prepare = getattr(sample, "prepare", None)
+    if prepare is not None:
+        prepare(count)
     gc.collect()
     gc.disable()
     try:
@@ -242,6 +249,9 @@ async def interleaved(variants: dict[str, Sample], count: int, settings: Setting
     """Time every variant ``settings.reps`` times; the variants alternate within each repetition."""
     clock = CLOCKS[settings.clock]
     for sample in variants.values():
+        prepare = getattr(sample, "prepare", None)
+        if prepare is not None:
+            prepare(1)
         await sample()  # warm-up
     samples = Samples({name: [] for name in variants})
     for _ in range(settings.reps):
@@ -254,13 +264,23 @@ def _batch(settings: Settings, stages: int) -> int:
     return max(1, round(settings.batch_stages / stages))
 
 
+class _Ours:
+    """One run of ``graph`` per call, each with its own entry context made by ``prepare``."""
+
+    def __init__(self, graph: StageGraph, runs: int = 1) -> None:
+        self.graph = graph
+        self.runs = runs
+        self.contexts: list[StageContext] = []
+
+    def prepare(self, count: int) -> None:
+        self.contexts = [entry_context() for _ in range(count * self.runs)]
+
+    def __call__(self) -> Awaitable[object]:
+        return self.graph.run(self.contexts.pop())
+
+
 def _ours(graph: StageGraph) -> Sample:
-    ctx = entry_context()
-
-    def sample() -> Awaitable[object]:
-        return graph.run(ctx)
-
-    return sample
+    return _Ours(graph)
 
 
 def _baseline(deps: Deps) -> Sample:
@@ -339,26 +359,32 @@ async def bench_diamond(settings: Settings) -> list[dict[str, Any]]:
     assert deps is not None
     graph = build_pipeline(deps).build()
     runs = settings.diamond_runs
-    contexts = [entry_context() for _ in range(runs)]
+    one = _Ours(graph, runs)
 
-    async def ours_sequential() -> None:
-        for ctx in contexts:
-            await graph.run(ctx)
+    class OursSequential:
+        prepare = one.prepare
+
+        async def __call__(self) -> None:
+            for _ in range(runs):
+                await one()
+
+    class OursConcurrent:
+        prepare = one.prepare
+
+        async def __call__(self) -> None:
+            await asyncio.gather(*(one() for _ in range(runs)))
 
     async def baseline_sequential() -> None:
         for _ in range(runs):
             await baseline_run(deps)
-
-    async def ours_concurrent() -> None:
-        await asyncio.gather(*(graph.run(ctx) for ctx in contexts))
 
     async def baseline_concurrent() -> None:
         await asyncio.gather(*(baseline_run(deps) for _ in range(runs)))
 
     rows = []
     for mode, ours, base in (
-        ("sequential", ours_sequential, baseline_sequential),
-        ("concurrent", ours_concurrent, baseline_concurrent),
+        ("sequential", OursSequential(), baseline_sequential),
+        ("concurrent", OursConcurrent(), baseline_concurrent),
     ):
         samples = await interleaved({"ours": ours, "baseline": base}, 1, settings)
         m = {"ours": samples.median("ours"), "baseline": samples.median("baseline")}
