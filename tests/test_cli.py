@@ -162,7 +162,9 @@ class TestRuns:
         status, _, err = run(capsys, "runs", "list", str(text))
         assert status == 1
         assert err == (
-            f"stageflow: error: {str(text)!r} is not a stageflow run store: file is not a database\n"
+            f"stageflow: error: run store {str(text)!r} is not a stageflow run store: it is not a readable "
+            "SQLite database (file is not a database); pass the path of a new file (or of one an earlier "
+            "SQLiteRunStore created), or move this file away\n"
         )
 
     @pytest.mark.parametrize(("value", "message"), [("0", "at least 1"), ("x", "at least 1")], ids=["0", "x"])

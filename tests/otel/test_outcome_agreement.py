@@ -52,8 +52,8 @@ class TestNestedErrorType:
         log_exporter: InMemoryLogRecordExporter,
         meter_provider: MeterProvider,
     ) -> None:
-        """The stage span and the stage.failed record both say ``error.type="Client.QuotaError"``."""
-        sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider)
+        """The stage span, its span events and the stage.failed record all say ``Client.QuotaError``."""
+        sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider, log_records=True)
         graph = (
             Pipeline(name="p")
             .with_stage("q", over_quota, StageKind.WORK)
@@ -75,3 +75,10 @@ class TestNestedErrorType:
         ]
         assert [a.get(semconv.ERROR_TYPE) for a in failed] == ["Client.QuotaError"]
         assert (stage_span.attributes or {}).get(semconv.ERROR_TYPE) == "Client.QuotaError"
+        span_event_types = {
+            (e.attributes or {}).get(semconv.ERROR_TYPE)
+            for s in span_exporter.get_finished_spans()
+            for e in s.events
+            if (e.attributes or {}).get(semconv.ERROR_TYPE) is not None
+        }
+        assert span_event_types == {"Client.QuotaError"}

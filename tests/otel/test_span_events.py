@@ -515,6 +515,7 @@ class TestRetry:
                 semconv.STAGE_ATTEMPT: attempt,
                 semconv.STAGE_RETRY_DELAY: delay,
                 semconv.EXCEPTION_MESSAGE: f"try {attempt}",
+                semconv.ERROR_TYPE: "ConnectionError",
             }
             for attempt, delay in ((1, 0.1), (2, 0.2))
         ]
