@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from ._timeline import timeline_of_result
+from ._timeline import format_seconds, timeline_of_result
 from ._types import StageArtifact, StageEvent, StageKind, StageOutput, StageStatus
 
 __all__ = ("RunResult", "StageResult", "critical_path")
@@ -106,7 +106,10 @@ class StageResult:
 
     def __repr__(self) -> str:
         err = f", error={self.error!r}" if self.error is not None else ""
-        return f"StageResult(name={self.name!r}, status={self.status.name}{err})"
+        wait, took = format_seconds(max(self.wait, 0.0)), format_seconds(max(self.duration, 0.0))
+        return (
+            f"StageResult(name={self.name!r}, status={self.status.name}, wait={wait}, duration={took}{err})"
+        )
 
 
 class RunResult(dict[str, StageResult]):

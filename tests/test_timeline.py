@@ -190,3 +190,17 @@ class TestHelpers:
         monkeypatch.setenv("TERM", "xterm")
         monkeypatch.setenv("NO_COLOR", "1")
         assert use_color(Tty()) is False
+
+
+class TestRepr:
+    def test_stage_result_repr_shows_timings(self) -> None:
+        """A StageResult's repr carries its status, wait and duration, rounded, and its error."""
+        run = completed()
+        assert (
+            repr(run["memory"]) == "StageResult(name='memory', status=OK, wait=100.0 ms, duration=400.0 ms)"
+        )
+        failed = stage("x", StageStatus.FAIL, 1.0, 1.0, 2.5, error=ValueError("bad"))
+        assert (
+            repr(failed)
+            == "StageResult(name='x', status=FAIL, wait=0.0 ms, duration=1.50 s, error=ValueError('bad'))"
+        )
