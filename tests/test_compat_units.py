@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
@@ -1037,3 +1039,42 @@ class TestContextClasses:
             True,
             True,
         ]
+
+    def test_threads_extending_one_pipeline(self) -> None:
+        """Threads extending one fresh pipeline at once each get the base plus their own stage, and see
+        exactly their own names as duplicates (300 rounds of 8 threads racing for the same table slot)."""
+        runner = ok_stage()
+        bases: list[Pipeline] = []
+        rounds = threading.Barrier(8, action=lambda: bases.append(Pipeline().with_stage("a", runner, T)))
+        problems: list[str] = []
+
+        def extend(worker: int) -> None:
+            for i in range(300):
+                rounds.wait()
+                base = bases[i]
+                mine, other = f"w{worker}", f"w{(worker + 1) % 8}"
+                new = base.with_stage(mine, runner, T)
+                if list(new.stages) != ["a", mine]:
+                    problems.append(f"round {i} {mine}: {list(new.stages)}")
+                try:
+                    new.with_stage(mine, runner, T)
+                    problems.append(f"round {i} {mine}: duplicate accepted")
+                except DuplicateStageError:
+                    pass
+                try:
+                    if list(new.with_stage(other, runner, T).stages) != ["a", mine, other]:
+                        problems.append(f"round {i} {mine}: {other} misplaced")
+                except DuplicateStageError:
+                    problems.append(f"round {i} {mine}: {other} taken for a duplicate")
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible, to interleave the claims
+        try:
+            threads = [threading.Thread(target=extend, args=(w,)) for w in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            sys.setswitchinterval(interval)
+        assert (len(bases), problems) == (300, [])
