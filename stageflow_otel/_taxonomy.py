@@ -154,6 +154,33 @@ def _result(outcome: str, error_type: object) -> str | None:
     return _RESULTS.get(outcome)
 
 
+_Shape = tuple[str, str, str, bool, Mapping[str, str], "str | None", bool, str]
+"""What an event's type alone decides: kind, static name, outcome, is it a stage event, its attribute
+table, its reason attribute, is it in the taxonomy, and the type as exported."""
+
+_SHAPES: dict[tuple[str, int | None], _Shape] = {}
+_MAX_SHAPES = 4096
+
+
+def _shape(type: str, limit: int | None) -> _Shape:
+    kind = _kind(type)
+    known = kind in semconv.EVENTS
+    is_stage = known and kind.startswith("stage.")
+    shape: _Shape = (
+        kind,
+        semconv.EVENTS.get(kind, semconv.EVENT_OTHER),
+        kind.rsplit(".", 1)[-1],
+        is_stage,
+        _STAGE_ATTRIBUTES if is_stage else _PIPELINE_ATTRIBUTES,
+        _REASON.get(kind),
+        known,
+        clean_text(type, limit),
+    )
+    if len(_SHAPES) < _MAX_SHAPES:  # bounded: event types past the limit are worked out each time
+        _SHAPES[type, limit] = shape
+    return shape
+
+
 def describe(
     type: str,
     data: Mapping[str, Any] | None,
@@ -166,16 +193,16 @@ def describe(
     ``redact`` first (left out when it returns ``None``).
     """
     data = data or {}
-    kind = _kind(type)
-    outcome = kind.rsplit(".", 1)[-1]
-    is_stage = kind.startswith("stage.") and kind in semconv.EVENTS
-    table = _STAGE_ATTRIBUTES if is_stage else _PIPELINE_ATTRIBUTES
-    attributes: dict[str, AttributeValue] = {semconv.EVENT_TYPE: clean_text(type, limit)}
+    shape = _SHAPES.get((type, limit))
+    if shape is None:
+        shape = _shape(type, limit)
+    kind, name, outcome, is_stage, table, reason_attribute, known, cleaned_type = shape
+    attributes: dict[str, AttributeValue] = {semconv.EVENT_TYPE: cleaned_type}
     message: str | None = None
     error_type = data.get("error_type")
     for key, value in data.items():
-        name = table.get(key)
-        if name is None:
+        attribute = table.get(key)
+        if attribute is None:
             continue
         if key == "error":
             if not isinstance(value, str) or not value:
@@ -189,15 +216,14 @@ def describe(
             )
             message = redacted_message(redact, details, limit)
             if message is not None:
-                attributes[name] = message
+                attributes[attribute] = message
         elif (converted := _attribute(value, limit)) is not None:
-            attributes[name] = converted
-    reason_attribute = _REASON.get(kind)
+            attributes[attribute] = converted
     if reason_attribute is not None and isinstance(reason := data.get("reason"), str):
         attributes[reason_attribute] = clean_text(reason, limit)
     if isinstance(error_type, str) and error_type:
         attributes[semconv.ERROR_TYPE] = clean_text(_ERROR_TYPES.get(error_type, error_type), limit)
-    result = _result(outcome, error_type) if kind in semconv.EVENTS else None
+    result = _result(outcome, error_type) if known else None
     if result is not None:
         attributes[semconv.STAGE_RESULT if is_stage else semconv.RUN_RESULT] = result
     stage = data.get("stage")
@@ -207,7 +233,7 @@ def describe(
     return TaxonomyEvent(
         type,
         kind,
-        semconv.EVENTS.get(kind, semconv.EVENT_OTHER),
+        name,
         outcome,
         stage if isinstance(stage, str) else None,
         run_id if isinstance(run_id, str) else None,

@@ -26,6 +26,7 @@ def test_every_variant_is_searched(report: dict[str, Any]) -> None:
     assert names == ["bare", "telemetry", "telemetry + log records"]
     for variant in report["variants"]:
         assert len(variant["trials"]) == 1
+        assert variant["cost_cpu_us_per_run"] > 0 and variant["cost_ratio_to_bare"] > 0
         trial = variant["trials"][0]
         assert trial["rate"] == 25.0
         assert trial["runs"] == 5

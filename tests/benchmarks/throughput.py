@@ -27,8 +27,10 @@ bisects between the last passing and the first failing rate down to ``precision`
 variants advance in lockstep (one trial of each in turn). The reported figure is the highest rate that
 passed; the ratio is that figure over the ``bare`` one, measured in the same run. Also reported: this
 process's CPU time per run (the loop and the exporter threads, runs and flush) in the trial at the best
-passing rate, and its ratio to ``bare``'s: a paced rate is bounded by the CPU share the process gets, so
-on a shared machine the CPU figure is the steadier one. Compare ratios, not absolute figures across runs.
+passing rate, and its ratio to ``bare``'s; and, after the searches, ``cost_reps`` trials of each variant
+at one rate every variant sustains (``cost_rate``), interleaved, with the median CPU time per run and its
+ratio to ``bare``'s: a paced rate is bounded by the CPU share the process gets, so on a shared machine the CPU
+figures are the steadier ones. Compare ratios, not absolute figures across runs.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import inspect
 import json
 import multiprocessing
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -82,16 +85,20 @@ class Settings:
     """Trials per variant at most."""
     log_records: bool = True
     """Also measure the sink with OTLP log records on (when the sink has that switch)."""
+    cost_rate: float = 50.0
+    """The rate (runs/s) of the CPU-cost trials, low enough for every variant to sustain it."""
+    cost_reps: int = 3
+    """CPU-cost trials per variant (interleaved across the variants); the median is reported."""
 
     @classmethod
     def quick(cls) -> Settings:
         """Short trials and a coarse search."""
-        return cls(duration=0.5, precision=0.25, max_trials=6)
+        return cls(duration=0.5, precision=0.25, max_trials=6, cost_reps=1)
 
     @classmethod
     def smallest(cls) -> Settings:
         """One short trial per variant at a low rate: exercises every code path in about a second each."""
-        return cls(duration=0.2, start=25.0, precision=1.0, max_trials=1)
+        return cls(duration=0.2, start=25.0, precision=1.0, max_trials=1, cost_rate=25.0, cost_reps=1)
 
 
 @dataclass(slots=True)
@@ -365,11 +372,18 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] | None = None) 
                     if log is not None:
                         log(f"{name}: {result.rate:.0f} runs/s -> {'pass' if result.passed else 'fail'}")
             variants = [Variant(name, s.good, s.trials) for name, _, s in searches]
+            # The cost of a run, at one rate every variant sustains, interleaved: the comparison that
+            # depends least on how much of the machine the process gets.
+            costs: dict[str, list[float]] = {name: [] for name, _ in plans}
+            for _ in range(settings.cost_reps):
+                for name, trial in plans:
+                    costs[name].append(trial(settings.cost_rate).cpu_us_per_run)
     finally:
         loop.close()
         receiver.close()
     bare = variants[0].best
     bare_cpu = _best_cpu(variants[0])
+    bare_cost = statistics.median(costs["bare"])
     return {
         "settings": asdict(settings),
         "variants": [
@@ -379,6 +393,8 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] | None = None) 
                 "ratio_to_bare": v.best / bare if bare else 0.0,
                 "cpu_us_per_run": _best_cpu(v),
                 "cpu_ratio_to_bare": _best_cpu(v) / bare_cpu if bare_cpu else 0.0,
+                "cost_cpu_us_per_run": statistics.median(costs[v.name]),
+                "cost_ratio_to_bare": statistics.median(costs[v.name]) / bare_cost,
                 "trials": [asdict(t) | {"passed": t.passed} for t in v.trials],
             }
             for v in variants
@@ -400,6 +416,12 @@ def format_report(report: dict[str, Any]) -> str:
     lines.extend(
         f"  {v['name']:<26} {v['best_runs_per_s']:8.0f} runs/s   ratio to bare {v['ratio_to_bare']:.3f}"
         f"   CPU {v['cpu_us_per_run']:7.0f} µs/run ({v['cpu_ratio_to_bare']:.2f}x bare)"
+        for v in report["variants"]
+    )
+    rate = report["settings"]["cost_rate"]
+    lines.append(f"CPU per run at {rate:g} runs/s (median of the interleaved cost trials):")
+    lines.extend(
+        f"  {v['name']:<26} {v['cost_cpu_us_per_run']:8.0f} µs/run   {v['cost_ratio_to_bare']:.2f}x bare"
         for v in report["variants"]
     )
     lines.append("trials (requested -> achieved runs/s, spans / span events / log records, dropped):")

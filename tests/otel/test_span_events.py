@@ -611,3 +611,24 @@ class TestCounterGuard:
     def test_max_series_must_be_positive(self) -> None:
         with pytest.raises(ValueError, match="max_series must be at least 1, got 0"):
             OtlpEventSink(max_series=0)
+
+
+class TestDescribe:
+    def test_the_per_type_cache_is_bounded(self) -> None:
+        """Past the cache's bound, new event types are still described, just not remembered."""
+        from stageflow_otel import _taxonomy
+
+        for i in range(_taxonomy._MAX_SHAPES + 10):
+            _taxonomy.describe(f"custom.{i}", None)
+        assert len(_taxonomy._SHAPES) == _taxonomy._MAX_SHAPES
+        event = _taxonomy.describe("stage.late.completed", {"stage": "late"})
+        assert (event.name, event.kind, event.stage, event.attributes) == (
+            E["stage.completed"],
+            "stage.completed",
+            "late",
+            {
+                semconv.EVENT_TYPE: "stage.late.completed",
+                semconv.STAGE_NAME: "late",
+                semconv.STAGE_RESULT: semconv.RESULT_SUCCESS,
+            },
+        )
