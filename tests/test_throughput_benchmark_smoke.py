@@ -23,7 +23,7 @@ def report() -> dict[str, Any]:
 
 def test_every_variant_is_searched(report: dict[str, Any]) -> None:
     names = [v["name"] for v in report["variants"]]
-    assert names == ["bare", "telemetry", "telemetry + log records"]
+    assert names == ["bare", "telemetry", "telemetry + log records", "log records, no span events"]
     for variant in report["variants"]:
         assert len(variant["trials"]) == 1
         assert variant["cost_cpu_us_per_run"] > 0 and variant["cost_ratio_to_bare"] > 0
@@ -36,11 +36,16 @@ def test_every_variant_is_searched(report: dict[str, Any]) -> None:
 
 
 def test_the_receiver_counts_what_each_variant_exports(report: dict[str, Any]) -> None:
-    bare, telemetry, records = (v["trials"][0] for v in report["variants"])
+    bare, telemetry, records, only_records = (v["trials"][0] for v in report["variants"])
     assert (bare["spans"], bare["span_events"], bare["log_records"]) == (0, 0, 0)
     events = 5 * throughput.EVENTS_PER_RUN
     assert (telemetry["spans"], telemetry["span_events"], telemetry["log_records"]) == (30, events, 0)
     assert (records["spans"], records["span_events"], records["log_records"]) == (30, events, events)
+    assert (only_records["spans"], only_records["span_events"], only_records["log_records"]) == (
+        30,
+        0,
+        events,
+    )
 
 
 def test_search_doubles_then_bisects() -> None:

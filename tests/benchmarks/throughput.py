@@ -15,7 +15,9 @@ What is measured, in one run, on one graph (a 5-stage diamond, ``a -> b, c, d ->
   this process's interpreter lock), the graph built with ``TracingInterceptor`` + ``MetricsInterceptor``
   on the handle's providers and every run given the handle's ``OtlpEventSink``;
 * ``telemetry + log records`` (when the sink has the switch): the same with the sink's OTLP log records
-  turned on as well.
+  turned on as well;
+* ``log records, no span events``: the sink's log records on and its span events off, which is how
+  events were exported before they became span events (for a before/after comparison in one run).
 
 A trial runs a variant at a requested rate for ``duration`` seconds: run ``i`` starts at ``i / rate``
 seconds (each run in its own task, so runs overlap when they take longer than the interval). It is
@@ -292,7 +294,12 @@ def _bare_trial(loop: asyncio.AbstractEventLoop, settings: Settings) -> Callable
 
 
 def _telemetry_trial(
-    loop: asyncio.AbstractEventLoop, receiver: Receiver, settings: Settings, *, log_records: bool
+    loop: asyncio.AbstractEventLoop,
+    receiver: Receiver,
+    settings: Settings,
+    *,
+    log_records: bool,
+    span_events: bool = True,
 ) -> Callable[[float], Trial]:
     import stageflow_otel
 
@@ -302,6 +309,8 @@ def _telemetry_trial(
         sink = telemetry.event_sink
         if log_records:
             sink.log_records = True  # type: ignore[attr-defined]
+        if not span_events:
+            sink.span_events = False  # type: ignore[attr-defined]
         graph = diamond().build(
             interceptors=[
                 stageflow_otel.TracingInterceptor(telemetry.tracer_provider),
@@ -358,6 +367,12 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] | None = None) 
                     (
                         "telemetry + log records",
                         _telemetry_trial(loop, receiver, settings, log_records=True),
+                    )
+                )
+                plans.append(
+                    (
+                        "log records, no span events",
+                        _telemetry_trial(loop, receiver, settings, log_records=True, span_events=False),
                     )
                 )
             # The searches advance in lockstep, one trial of each variant in turn, so that a change in
@@ -427,7 +442,15 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("trials (requested -> achieved runs/s, spans / span events / log records, dropped):")
     for v in report["variants"]:
         for t in v["trials"]:
-            verdict = "pass" if t["passed"] else ("lossy" if t["sustained"] else "too slow")
+            verdict = (
+                "pass"
+                if t["passed"]
+                else ", ".join(
+                    problem
+                    for problem, present in (("lossy", not t["lossless"]), ("too slow", not t["sustained"]))
+                    if present
+                )
+            )
             lines.append(
                 f"  {v['name']:<26} {t['rate']:8.0f} -> {t['achieved']:8.0f}  "
                 f"{t['spans']}/{t['span_events']}/{t['log_records']} of {t['runs']} runs, "
