@@ -34,6 +34,7 @@ from stageflow import (
     PipelineContext,
     PipelineRunError,
     RunResult,
+    SQLiteRunStore,
     StageContext,
     StageKind,
     StageOutput,
@@ -283,6 +284,12 @@ def _parser(prog: str = "python -m stageflow_otel demo") -> argparse.ArgumentPar
     parser.add_argument("--seed", type=int, default=None, help="seed of the simulated services")
     parser.add_argument("--timeline-every", type=int, default=10, help="print a timeline every N runs")
     parser.add_argument("--log-file", default=None, help="also write the structured JSON logs to this file")
+    parser.add_argument(
+        "--run-store",
+        metavar="FILE",
+        default=None,
+        help="record every run in this SQLite run store (see: stageflow runs list FILE)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
     return parser
 
@@ -385,7 +392,8 @@ async def _run(args: argparse.Namespace) -> DemoStats:
         *core,
     ]
     pipeline = build_demo_pipeline(config)
-    graph = pipeline.build(interceptors)
+    store = SQLiteRunStore(args.run_store) if args.run_store else None
+    graph = pipeline.build(interceptors, run_store=store)
     order = list(pipeline.stages)
     printer = _Printer(args.quiet, args.timeline_every, order)
     stats = DemoStats()
@@ -435,6 +443,8 @@ async def _run(args: argparse.Namespace) -> DemoStats:
     finally:
         print(_summary(stats, tally, telemetry), flush=True)
         await asyncio.to_thread(telemetry.shutdown, 5.0)
+        if store is not None:
+            store.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return stats

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -274,3 +275,42 @@ class TestCommandLine:
             "or 0 for any free port"
         )
         assert f"cannot serve /metrics on 127.0.0.1:{port}" in proc.stderr
+
+
+class TestRunStore:
+    def test_runs_are_recorded_for_the_stageflow_command(self, tmp_path: Path) -> None:
+        """``--run-store FILE`` records every run, which ``stageflow runs list`` then lists."""
+        db = tmp_path / "runs.db"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stageflow_otel",
+                "demo",
+                "--runs",
+                "6",
+                "--speed",
+                "0.02",
+                "--seed",
+                "3",
+                "--metrics-port",
+                "0",
+                "--quiet",
+                "--run-store",
+                str(db),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=ENV,
+            check=True,
+        )
+        listed = subprocess.run(
+            [sys.executable, "-m", "stageflow", "runs", "list", str(db), "--limit", "100"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.splitlines()
+        assert len(listed) == 7
+        assert {line.split()[1] for line in listed[1:]} == {"voice-assistant"}
