@@ -23,7 +23,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ GRPC_SERVICE = "stageflow-demo-otlp"
 """The compose demo's OTLP service name (gRPC); on the collector path it is the ``job``."""
 HTTP_SERVICE = "stageflow-demo-otlp-http"
 SERVICES = (GRPC_SERVICE, HTTP_SERVICE)
+SCRAPE_INTERVAL = "3s"
 RATE_INTERVAL = "15s"
 TIME_RANGE = "5m"
 READY_TIMEOUT = 60.0
@@ -62,6 +63,10 @@ VARIABLES = list(variable_queries())
 LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$")
 HEX_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 SUMMARY_RUNS = re.compile(r"^(\d+) runs$", re.MULTILINE)
+FALLBACK_STAGES = frozenset({"search"})
+"""Stages whose errors the demo's fallback interceptor turns into a skip."""
+RETURNED_FAILURE_STAGES = frozenset({"guard"})
+"""Stages of the demo that fail by returning ``StageOutput.fail`` (no exception: no exception event)."""
 DEPENDENCIES = {name: spec.dependencies for name, spec in build_demo_pipeline().stages.items()}
 
 KEY_SERIES = tuple(
@@ -203,7 +208,11 @@ def _collector_config(ports: dict[str, int], loki_port: int) -> dict[str, Any]:
 
 
 def _prometheus_config(directory: Path, ports: dict[str, int]) -> Path:
-    """collector/prometheus.yml with every scrape job's compose target mapped; scrapes every second."""
+    """collector/prometheus.yml with every scrape job's compose target mapped; scrapes every 3 s.
+
+    The scrape timeout is the interval: at 1 s a scrape of the collector on a loaded machine can time
+    out, and the collector logs the closed connection as an error.
+    """
     shipped: dict[str, Any] = load_yaml(COLLECTOR / "prometheus.yml")
     targets = {
         "otel-collector:8889": f"127.0.0.1:{ports['collector_prometheus']}",
@@ -211,7 +220,7 @@ def _prometheus_config(directory: Path, ports: dict[str, int]) -> Path:
         "demo:9464": f"127.0.0.1:{ports['demo_metrics']}",
     }
     config = json.loads(json.dumps(shipped))
-    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["global"].update(scrape_interval=SCRAPE_INTERVAL, evaluation_interval=SCRAPE_INTERVAL)
     for job in config["scrape_configs"]:
         for static in job["static_configs"]:
             static["targets"] = [targets[t] for t in static["targets"]]
@@ -432,6 +441,15 @@ def _tags(span: dict[str, Any]) -> dict[str, Any]:
     return {t["key"]: t["value"] for t in span["tags"]}
 
 
+def _span_events(span: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(event name, stageflow.event.type)`` of each of a Jaeger span's logs (its span events), in order."""
+    events = []
+    for log in sorted(span["logs"], key=lambda entry: entry["timestamp"]):
+        fields = {f["key"]: f["value"] for f in log["fields"]}
+        events.append((fields.get("event", ""), fields.get(semconv.EVENT_TYPE, "")))
+    return events
+
+
 @dataclass(frozen=True, slots=True)
 class LoggedRun:
     """One run as the demo logged it: its span ids, and each executed stage's span and outcome."""
@@ -442,6 +460,10 @@ class LoggedRun:
     """Stage name -> span id of its (single) attempt."""
     failed: dict[str, str]
     """Stage name -> error type, for stages whose attempt failed."""
+    outcomes: dict[str, str] = field(default_factory=dict)
+    """Stage name -> how its attempt ended, as logged (``completed``, ``failed``, ``skipped``)."""
+    run_outcome: str = ""
+    """How the run ended, as logged (``completed``, ``failed``)."""
 
 
 def _logged_runs(demo: Demo) -> dict[str, LoggedRun]:
@@ -457,6 +479,10 @@ def _logged_runs(demo: Demo) -> dict[str, LoggedRun]:
             run.stage_spans[record["stage"]] = record["span_id"]
         elif record["event"] == "stageflow.stage.failed":
             run.failed[record["stage"]] = record["error_type"]
+        if record["event"].startswith("stageflow.stage.") and record["event"] != "stageflow.stage.started":
+            run.outcomes[record["stage"]] = record["event"].rsplit(".", 1)[1]
+        elif record["event"] in ("stageflow.pipeline.completed", "stageflow.pipeline.failed"):
+            runs[record["trace_id"]] = replace(run, run_outcome=record["event"].rsplit(".", 1)[1])
     return runs
 
 
@@ -703,6 +729,35 @@ class TestJaegerTraces:
                     )
                 if not good or outside:
                     wrong.append((trace_id, span["operationName"], events, outside))
+        assert wrong == []
+
+    @pytest.mark.parametrize("service", SERVICES)
+    def test_span_logs_match_the_demo_log(self, finished: Stack, service: str) -> None:
+        """Exactly: a stage span logs started, its exception if the attempt raised, and the core's
+        verdict on what the demo logged; the run span starts with created, started and ends as logged."""
+        wrong: list[tuple[str, str, object, object]] = []
+        for trace_id, run in _logged_runs(finished.demos[service]).items():
+            spans = {s["spanID"]: s for s in finished.traces[service][trace_id]["spans"]}
+            for stage, span_id in run.stage_spans.items():
+                got = _span_events(spans[span_id])
+                outcome = run.outcomes[stage]
+                if stage in run.failed:
+                    # The attempt's exception, then the core's verdict: the fallback turns a failed
+                    # search into a skip; any other failure fails the stage.
+                    outcome = "skipped" if stage in FALLBACK_STAGES else "failed"
+                raised = stage in run.failed and stage not in RETURNED_FAILURE_STAGES
+                expected = [
+                    ("stageflow.stage.started", f"stage.{stage}.started"),
+                    *([("exception", "")] if raised else []),
+                    (f"stageflow.stage.{outcome}", f"stage.{stage}.{outcome}"),
+                ]
+                if got != expected:
+                    wrong.append((trace_id, stage, got, expected))
+            run_events = [name for name, _ in _span_events(spans[run.run_span])]
+            expected_run = ["stageflow.pipeline.created", "stageflow.pipeline.started"]
+            final = f"stageflow.pipeline.{run.run_outcome}"
+            if run_events[:2] != expected_run or run_events[-1:] != [final]:
+                wrong.append((trace_id, "run", run_events, [*expected_run, "...", final]))
         assert wrong == []
 
     def test_service_name_is_the_process_not_a_tag(self, finished: Stack) -> None:
