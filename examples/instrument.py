@@ -91,11 +91,11 @@ async def main(metrics_port: int, serve: bool) -> None:
             sep="\n",
         )
         if serve:
-            print("serving /metrics until Ctrl-C", flush=True)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
+            print("serving /metrics until Ctrl-C", flush=True)  # only once Ctrl-C is handled
             await stop.wait()
     finally:
         telemetry.shutdown(timeout=5.0)
