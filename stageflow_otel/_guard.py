@@ -59,21 +59,26 @@ class NameGuard:
 
     def __call__(self, name: str, now: float) -> str:
         slots = self._slots
-        if name in slots:
-            slots[name] = now
-            slots.move_to_end(name)
-            return name
-        if len(name) > semconv.METRIC_VALUE_LENGTH_LIMIT:
-            return self._overflow(name)
-        if len(slots) >= self._capacity:
-            oldest, last_used = next(iter(slots.items()))
-            if now - last_used < self._idle:
+        try:
+            if name in slots:
+                slots[name] = now
+                slots.move_to_end(name)
+                return name
+            if len(name) > semconv.METRIC_VALUE_LENGTH_LIMIT:
                 return self._overflow(name)
-            del slots[oldest]
-            self.evicted += 1
-            if self._on_evict is not None:
-                self._on_evict(oldest)
-        slots[name] = now
+            if len(slots) >= self._capacity:
+                oldest, last_used = next(iter(slots.items()))
+                if now - last_used < self._idle:
+                    return self._overflow(name)
+                del slots[oldest]
+                self.evicted += 1
+                if self._on_evict is not None:
+                    self._on_evict(oldest)
+            slots[name] = now
+        except (KeyError, RuntimeError, StopIteration):
+            # Only when two threads share the guard (one interceptor on graphs run from several
+            # threads) and race on one slot: the measurement is kept, under ``_OTHER``, never raised.
+            return semconv.OTHER
         return name
 
     def peek(self, name: str) -> str:

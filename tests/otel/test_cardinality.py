@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 
 import urllib.request
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from stageflow_otel import (
 )
 from stageflow_otel import _metrics as metrics_module
 from stageflow_otel import _sink as sink_module
+from stageflow_otel._guard import NameGuard
 
 from ._stages import T, ok
 from .conftest import entry_ctx, metric_points
@@ -161,6 +162,20 @@ class TestStageGuard:
         """Limits below one and negative idle timeouts are refused, naming the option and the value."""
         with pytest.raises(ValueError, match=f"^{option} must be .*, got {value!r}$"):
             MetricsInterceptor(meter_provider, **{option: value})  # type: ignore[arg-type]
+
+
+class TestGuardUnderRaces:
+    def test_a_slot_taken_away_mid_call_yields_other_not_an_error(self) -> None:
+        """When another thread removes a slot mid-call the guard answers ``_OTHER`` instead of raising."""
+
+        class Racing(OrderedDict[str, float]):
+            def move_to_end(self, key: str, last: bool = True) -> None:
+                del self[key]  # what a second thread evicting ``key`` right now would do
+                super().move_to_end(key, last)
+
+        guard = NameGuard("stage", 2, 600.0)
+        guard._slots = Racing()
+        assert [guard("a", 0.0), guard("a", 1.0), guard("b", 2.0)] == ["a", "_OTHER", "b"]
 
 
 class TestEventCounterGuard:
