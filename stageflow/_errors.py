@@ -172,12 +172,20 @@ class SelfDependencyError(PipelineDefinitionError):
         super().__init__(f"stage {stage!r} depends on itself; remove {stage!r} from its dependencies")
 
 
+_CYCLE_SHOWN = 20
+
+
 class CycleError(PipelineDefinitionError):
     """The dependencies form a cycle; ``cycle`` is the path, first stage repeated at the end."""
 
     def __init__(self, cycle: Sequence[str]) -> None:
         self.cycle = tuple(cycle)
-        path = " -> ".join(repr(n) for n in self.cycle)
+        shown = self.cycle
+        if len(shown) > _CYCLE_SHOWN:  # keep the message readable: the whole path is in ``cycle``
+            head = " -> ".join(repr(n) for n in shown[: _CYCLE_SHOWN - 1])
+            path = f"{head} -> ... ({len(shown) - _CYCLE_SHOWN} more) -> {shown[-1]!r}"
+        else:
+            path = " -> ".join(repr(n) for n in shown)
         super().__init__(f"dependency cycle: {path}; remove one of these dependencies")
 
 

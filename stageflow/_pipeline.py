@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from itertools import count as _counter
@@ -162,12 +163,19 @@ def _check_runner(name: str, runner: object) -> None:
     if inspect.isclass(runner) or not inspect.iscoroutinefunction(runner):
         execute = getattr(runner, "execute", None)
         if execute is None:
-            problem = (
-                "it has no execute() method"
-                if inspect.isclass(runner) or not callable(runner)
-                else "it is a plain (not async) function"
-            )
+            if inspect.isasyncgenfunction(runner):
+                problem = "it is an async generator function (it yields); a stage returns one StageOutput"
+            elif inspect.isclass(runner) or not callable(runner):
+                problem = "it has no execute() method"
+            else:
+                problem = "it is a plain (not async) function"
             raise InvalidRunnerError(name, runner, problem)
+        if inspect.isasyncgenfunction(execute):
+            raise InvalidRunnerError(
+                name,
+                runner,
+                "its execute() is an async generator (it yields); a stage returns one StageOutput",
+            )
         if not inspect.iscoroutinefunction(execute):
             raise InvalidRunnerError(name, runner, "its execute() is not 'async def'")
 
@@ -304,7 +312,7 @@ class Pipeline:
         if dependencies is None:  # stageflow-core 0.9.1's default
             dependencies = ()
         elif type(dependencies) is not tuple and (
-            isinstance(dependencies, str) or not isinstance(dependencies, Iterable)
+            isinstance(dependencies, str | bytes | bytearray) or not isinstance(dependencies, Iterable)
         ):
             msg = (
                 f"stage {name!r} has dependencies={dependencies!r}; pass a sequence of stage names, "
@@ -316,6 +324,9 @@ class Pipeline:
             if not isinstance(dep, str) or not dep:
                 msg = f"stage {name!r} lists dependency {dep!r}; dependencies are stage names (str)"
                 raise PipelineDefinitionError(msg)
+        if type(conditional) is not bool:
+            msg = f"stage {name!r} has conditional={conditional!r}; pass True or False"
+            raise PipelineDefinitionError(msg)
         if config is not None and not isinstance(config, Mapping):
             msg = f"stage {name!r} has config={config!r}; pass a mapping of settings or None"
             raise PipelineDefinitionError(msg)
@@ -323,7 +334,7 @@ class Pipeline:
             msg = f"stage {name!r} has retry={retry!r}; pass a RetryPolicy or None"
             raise PipelineDefinitionError(msg)
         spec = _new_spec(
-            name, runner, stage_kind, deps, bool(conditional), {} if config is None else dict(config), retry
+            name, runner, stage_kind, deps, conditional, {} if config is None else dict(config), retry
         )
         count = self._count
         names = self._names
@@ -366,20 +377,35 @@ class Pipeline:
         return self._with(last, count, names)
 
     def build(
-        self, interceptors: Iterable[Interceptor] = (), *, run_store: RunStore | None = None
+        self, interceptors: Iterable[Interceptor] | None = (), *, run_store: RunStore | None = None
     ) -> StageGraph:
         """Validate the pipeline and build an immutable, reusable ``StageGraph``.
 
         Args:
-            interceptors: interceptors wrapped around every stage, ordered by ``priority`` (lower = outer).
+            interceptors: interceptors wrapped around every stage, ordered by ``priority`` (lower = outer);
+                ``None`` means none.
             run_store: record every run of the graph in this ``RunStore``.
 
         Raises:
             DuplicateStageError, SelfDependencyError, UnknownDependencyError, CycleError,
-            InvalidRunnerError (a stage class could not be instantiated with its config).
+            InvalidRunnerError (a stage class could not be instantiated with its config),
+            TypeError (``interceptors`` is not an iterable of interceptors).
+
+        A stage whose ``config`` sets ``timeout`` in a graph without a ``TimeoutInterceptor`` gets a
+        ``UserWarning`` (once per stage and place): nothing would enforce that timeout.
         """
         from ._graph import StageGraph
+        from .interceptors._builtins import TimeoutInterceptor
 
+        if interceptors is None:
+            interceptors = ()
+        elif not isinstance(interceptors, Iterable):
+            msg = (
+                f"build(interceptors={interceptors!r}) takes an iterable of interceptors, "
+                f"e.g. build(interceptors=[{interceptors!r}])"
+            )
+            raise TypeError(msg)
+        interceptors = list(interceptors)
         specs = self._specs()
         order, topology = _validate(specs)
         infos = tuple(
@@ -395,7 +421,17 @@ class Pipeline:
             )
             for spec in specs
         )
-        return StageGraph(self.name, infos, order, list(interceptors), run_store, _topology=topology)
+        if not any(isinstance(ic, TimeoutInterceptor) for ic in interceptors):
+            for spec in specs:
+                if "timeout" in spec.config:
+                    warnings.warn(
+                        f"stage {spec.name!r} of pipeline {self.name!r} sets config['timeout'] = "
+                        f"{spec.config['timeout']!r}, but no TimeoutInterceptor is attached, so nothing "
+                        "enforces it; add TimeoutInterceptor() to build(interceptors=[...])",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+        return StageGraph(self.name, infos, order, interceptors, run_store, _topology=topology)
 
     def to_mermaid(self) -> str:
         """The DAG as a Mermaid flowchart (validated like ``build()``, without instantiating stages)."""
@@ -462,6 +498,12 @@ def _instantiate(spec: StageSpec) -> Any:
     except TypeError as exc:
         raise InvalidRunnerError(
             spec.name, runner, f"{runner.__name__}(**{dict(spec.config)!r}) failed: {exc}"
+        ) from exc
+    except Exception as exc:  # the stage's own __init__ failed: say which stage
+        raise InvalidRunnerError(
+            spec.name,
+            runner,
+            f"{runner.__name__}(**{dict(spec.config)!r}) raised {type(exc).__name__}: {exc}",
         ) from exc
 
 
