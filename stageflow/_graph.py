@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import logging
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from inspect import CO_COROUTINE
 from types import FunctionType, MappingProxyType
@@ -166,6 +167,14 @@ class StageGraph:
         self._index = index
         self._version: str | None = None
         self._finished: dict[PipelineContext, RunResult] = {}
+        from .interceptors._builtins import TimeoutInterceptor
+
+        # stages whose config sets a timeout nothing enforces: warned about at the first run
+        self._unenforced: tuple[str, ...] = (
+            ()
+            if any(isinstance(ic, TimeoutInterceptor) for ic in self.interceptors)
+            else tuple(info.name for info in self.stages if "timeout" in info.config)
+        )
         self._run_chain = build_run_chain(self._execute, self.interceptors)
         self._run_wrapped = self._run_chain != self._execute  # build_run_chain returns _execute as is
 
@@ -269,6 +278,8 @@ class StageGraph:
         elif any(v is not None for v in (input_text, data, metadata, event_sink, run_id)):
             msg = "graph.run() takes an entry StageContext or keyword arguments, not both"
             raise TypeError(msg)
+        if self._unenforced:
+            self._warn_unenforced()
         sink = resolve_sink(ctx.event_sink)
         snapshot = ctx.snapshot
         if ctx._ran or ctx.pipeline is not None:
@@ -318,6 +329,16 @@ class StageGraph:
             out,
         )
         return results
+
+    def _warn_unenforced(self) -> None:
+        names, self._unenforced = self._unenforced, ()
+        warnings.warn(
+            f"pipeline {self.name!r} runs without a TimeoutInterceptor, so nothing enforces the "
+            f"config['timeout'] of stage{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}; "
+            "add TimeoutInterceptor() to build(interceptors=[...])",
+            UserWarning,
+            stacklevel=3,
+        )
 
     async def _execute(self, run: PipelineContext) -> RunResult:
         results = await _Run(self, run).go()

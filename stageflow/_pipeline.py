@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from itertools import count as _counter
@@ -391,11 +390,10 @@ class Pipeline:
             InvalidRunnerError (a stage class could not be instantiated with its config),
             TypeError (``interceptors`` is not an iterable of interceptors).
 
-        A stage whose ``config`` sets ``timeout`` in a graph without a ``TimeoutInterceptor`` gets a
-        ``UserWarning`` (once per stage and place): nothing would enforce that timeout.
+        A graph in which a stage's ``config`` sets ``timeout`` but no ``TimeoutInterceptor`` is attached
+        warns (``UserWarning``) at its first run: nothing would enforce that timeout.
         """
         from ._graph import StageGraph
-        from .interceptors._builtins import TimeoutInterceptor
 
         if interceptors is None:
             interceptors = ()
@@ -421,16 +419,6 @@ class Pipeline:
             )
             for spec in specs
         )
-        if not any(isinstance(ic, TimeoutInterceptor) for ic in interceptors):
-            for spec in specs:
-                if "timeout" in spec.config:
-                    warnings.warn(
-                        f"stage {spec.name!r} of pipeline {self.name!r} sets config['timeout'] = "
-                        f"{spec.config['timeout']!r}, but no TimeoutInterceptor is attached, so nothing "
-                        "enforces it; add TimeoutInterceptor() to build(interceptors=[...])",
-                        UserWarning,
-                        stacklevel=2,
-                    )
         return StageGraph(self.name, infos, order, interceptors, run_store, _topology=topology)
 
     def to_mermaid(self) -> str:

@@ -257,18 +257,25 @@ class TestRunIds:
 
 
 class TestUnenforcedTimeout:
-    def test_config_timeout_without_a_timeout_interceptor_warns(self) -> None:
-        pipeline = Pipeline(name="p").with_stage("slow", ok_stage(), W, config={"timeout": 2.0})
+    async def test_config_timeout_without_a_timeout_interceptor_warns_once(self) -> None:
+        """The first run warns; later runs and building (say, to draw the graph) do not."""
+        graph = (
+            Pipeline(name="p")
+            .with_stage("slow", ok_stage(), W, config={"timeout": 2.0})
+            .with_stage("llm", ok_stage(), W, config={"timeout": 9})
+            .build()
+        )
         with pytest.warns(UserWarning) as record:
-            pipeline.build()
+            await graph.run(make_ctx())
         assert [str(w.message) for w in record] == [
-            "stage 'slow' of pipeline 'p' sets config['timeout'] = 2.0, but no TimeoutInterceptor is "
-            "attached, so nothing enforces it; add TimeoutInterceptor() to build(interceptors=[...])"
+            "pipeline 'p' runs without a TimeoutInterceptor, so nothing enforces the config['timeout'] of "
+            "stages 'slow', 'llm'; add TimeoutInterceptor() to build(interceptors=[...])"
         ]
+        await graph.run(make_ctx())  # filterwarnings = error: a second warning would fail this
 
-    def test_with_a_timeout_interceptor_it_does_not(self) -> None:
+    async def test_with_a_timeout_interceptor_it_does_not(self) -> None:
         pipeline = Pipeline(name="p").with_stage("slow", ok_stage(), W, config={"timeout": 2.0})
-        pipeline.build([TimeoutInterceptor()])  # filterwarnings = error: a warning would fail this
+        await pipeline.build([TimeoutInterceptor()]).run(make_ctx())
 
 
 # --------------------------------------------------------------------------- SQLite store

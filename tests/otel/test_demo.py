@@ -22,7 +22,7 @@ from stageflow import (
     StageStatus,
     StageTimeoutError,
 )
-from stageflow.interceptors import CircuitState, CircuitStateChange
+from stageflow.interceptors import CircuitState, CircuitStateChange, TimeoutInterceptor
 from stageflow.testing import make_context
 from stageflow_otel._demo import (
     DURATION_WINDOW,
@@ -61,7 +61,7 @@ class TestDemoPipeline:
         config = DemoConfig(
             speed=0.001, seed=1, search_error_rate=0, guard_reject_rate=0, tts_stall_rate=0, outage_every=0
         )
-        graph = build_demo_pipeline(config).build()
+        graph = build_demo_pipeline(config).build([TimeoutInterceptor()])
         results = await graph.run(make_context(data={"anonymous": True}))
         assert {n: r.status for n, r in results.items()} == {
             "stt": StageStatus.OK,
