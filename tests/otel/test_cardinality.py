@@ -234,6 +234,18 @@ class TestMetricsLabels:
         assert status == 200
         assert 'other_requests_total{otel_scope_name="other",path="/caf\\\\udce9"} 1.0' in text
 
+    def test_an_unencodable_description_or_label_name_is_no_500(
+        self, served: tuple[MeterProvider, MetricsServer]
+    ) -> None:
+        """A lone surrogate in a metric's description (escaped) or an attribute key (as ``_``) is served."""
+        provider, server = served
+        meter = provider.get_meter("other")
+        meter.create_counter("other.hits", description="hits on caf\udce9").add(1, {"k\udcffey": "v"})
+        status, text = get(server)
+        assert status == 200
+        assert "# HELP other_hits_total hits on caf\\\\udce9" in text
+        assert 'other_hits_total{k_ey="v",otel_scope_name="other"} 1.0' in text
+
     async def test_a_huge_label_value_is_cut_and_keeps_a_hash(
         self, served: tuple[MeterProvider, MetricsServer]
     ) -> None:
