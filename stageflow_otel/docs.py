@@ -62,7 +62,9 @@ def _delivery() -> list[str]:
         "With `setup()`, every span, event, log record and metric data point the process gives up on is "
         f"counted, by `{semconv.TELEMETRY_CAUSE}`, in {counters} (the *Telemetry health* dashboard shows "
         "them), and in `Telemetry.lost`. `force_flush()` and `shutdown()` return `False` when anything "
-        "was lost since the previous `force_flush()` (or `setup()`).",
+        "was lost since the previous `force_flush()` (or `setup()`). Span events travel inside their "
+        f"span: a lost span's events are counted with it in `{semconv.TELEMETRY_SPANS_DROPPED.name}`; "
+        f"`{semconv.EVENTS_DROPPED.name}` counts the event log records (when switched on) given up on.",
         "",
         f"| `{semconv.TELEMETRY_CAUSE}` | the item... |",
         "|---|---|",
