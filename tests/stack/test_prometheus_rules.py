@@ -11,7 +11,12 @@ from ._assets import COLLECTOR, load_yaml, promql_problems
 
 RULE_FILES = sorted((COLLECTOR / "rules").glob("*.yml"))
 RULE_TESTS = sorted((COLLECTOR / "rules" / "tests").glob("*.yml"))
-REQUIRED_ALERTS = {"StageErrorRatioHigh", "CircuitBreakerOpen", "TelemetryEventsDropped"}
+REQUIRED_ALERTS = {
+    "StageErrorRatioHigh",
+    "CircuitBreakerOpen",
+    "TelemetryEventsDropped",
+    "TelemetrySpansDropped",
+}
 REQUIRED_RECORDS = {"stageflow:stage_error_ratio:rate5m", "stageflow:pipeline_run_duration_seconds:p95_5m"}
 
 
@@ -51,7 +56,7 @@ class TestRules:
     """What the rules define and query."""
 
     def test_required_records_and_alerts_exist(self) -> None:
-        """The stage error ratio and run p95 records and the three alerts are defined."""
+        """The stage error ratio and run p95 records and the four alerts are defined."""
         rules = _rules()
         assert {r["record"] for r in rules if "record" in r} == REQUIRED_RECORDS
         assert {r["alert"] for r in rules if "alert" in r} == REQUIRED_ALERTS
