@@ -619,7 +619,8 @@ ENVIRONMENT: Final = (
     EnvironmentVariable(
         ENV_MODE,
         "bounded",
-        "`bounded`: a full export queue drops and counts; `complete`: wait for room (see below).",
+        "`bounded`: a full export queue drops and counts; `complete`: wait for room "
+        "(see *Delivery and loss accounting*).",
     ),
     EnvironmentVariable(
         ENV_COMPLETE_TIMEOUT, "10", "Seconds a `complete`-mode wait for queue room lasts at most."

@@ -13,6 +13,7 @@ pytest.importorskip("opentelemetry.sdk")
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -465,3 +466,55 @@ class TestDocumentedDefaults:
                 f"OTEL_{prefix}_SCHEDULE_DELAY": str(int(settings.delay_millis)),
             }
         assert {name: documented.get(name) for name in expected} == expected
+
+
+class TestModeSetting:
+    def test_an_unknown_mode_argument_is_refused_naming_the_choices(
+        self, otel_env: pytest.MonkeyPatch
+    ) -> None:
+        """setup(mode=...) accepts only 'bounded' and 'complete', and says so."""
+        with pytest.raises(ValueError, match=r"^setup\(mode='fast'\): mode must be 'bounded' or 'complete'$"):
+            setup("m", set_global=False, mode="fast")  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        ("variable", "value", "message"),
+        [
+            (
+                "STAGEFLOW_OTEL_MODE",
+                "fast",
+                "stageflow_otel: STAGEFLOW_OTEL_MODE='fast' unknown; using 'bounded'",
+            ),
+            (
+                "STAGEFLOW_OTEL_COMPLETE_TIMEOUT",
+                "soon",
+                "stageflow_otel: STAGEFLOW_OTEL_COMPLETE_TIMEOUT='soon' is not a number of seconds; using 10",
+            ),
+        ],
+        ids=["mode", "timeout"],
+    )
+    def test_a_bad_variable_is_logged_and_the_default_used(
+        self,
+        otel_env: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+        variable: str,
+        value: str,
+        message: str,
+    ) -> None:
+        """An unusable STAGEFLOW_OTEL_* value logs a warning naming it, and the default applies."""
+        otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+        otel_env.setenv(variable, value)
+        if variable == "STAGEFLOW_OTEL_COMPLETE_TIMEOUT":
+            otel_env.setenv("STAGEFLOW_OTEL_MODE", "complete")
+        with caplog.at_level(logging.WARNING, logger="stageflow_otel"):
+            telemetry = setup("m", set_global=False)
+        telemetry.shutdown(1.0)
+        expected_mode = "bounded" if variable == "STAGEFLOW_OTEL_MODE" else "complete"
+        assert ([r.getMessage() for r in caplog.records], telemetry.mode) == ([message], expected_mode)
+
+    def test_the_mode_argument_wins_over_the_variable(self, otel_env: pytest.MonkeyPatch) -> None:
+        """setup(mode='bounded') ignores STAGEFLOW_OTEL_MODE=complete."""
+        otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+        otel_env.setenv("STAGEFLOW_OTEL_MODE", "complete")
+        telemetry = setup("m", set_global=False, mode="bounded")
+        telemetry.shutdown(1.0)
+        assert telemetry.mode == "bounded"
