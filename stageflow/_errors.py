@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._results import StageResult
+    from ._results import RunResult
 
 __all__ = (
     "CircuitOpenError",
@@ -222,7 +222,7 @@ class PipelineRunError(StageflowError):
     """
 
     stage: str
-    results: Mapping[str, StageResult]
+    results: RunResult
 
 
 class PipelineFailedError(PipelineRunError):
@@ -240,7 +240,7 @@ class PipelineFailedError(PipelineRunError):
         stage: str,
         error: BaseException,
         failures: Mapping[str, BaseException],
-        results: Mapping[str, StageResult],
+        results: RunResult,
     ) -> None:
         self.stage, self.error, self.failures, self.results = stage, error, failures, results
         super().__init__(f"stage {stage!r} failed: {type(error).__name__}: {describe(error)}")
@@ -255,7 +255,7 @@ class PipelineCancelledError(PipelineRunError):
         results: the partial results (``RunResult``).
     """
 
-    def __init__(self, stage: str, reason: str, results: Mapping[str, StageResult]) -> None:
+    def __init__(self, stage: str, reason: str, results: RunResult) -> None:
         self.stage, self.reason, self.results = stage, reason, results
         super().__init__(f"stage {stage!r} cancelled the pipeline: {reason or '(no reason given)'}")
 

@@ -433,7 +433,7 @@ async def _run(args: argparse.Namespace) -> DemoStats:
                 results = await graph.run(ctx)
             except PipelineRunError as exc:
                 error = exc
-                results = exc.results  # type: ignore[assignment]
+                results = exc.results
             outcome = outcome_of(error)
             stats.add(outcome, results.duration)
             printer.run(stats.runs, results, outcome, error)

@@ -6,6 +6,7 @@ import importlib
 import inspect
 import pkgutil
 from types import ModuleType
+from uuid import UUID
 
 import pytest
 
@@ -27,6 +28,7 @@ from stageflow import (
     PipelineRunError,
     RetriesExhaustedError,
     RetryNotConfiguredError,
+    RunResult,
     SelfDependencyError,
     StageBlockedError,
     StageError,
@@ -183,7 +185,8 @@ class TestErrorTree:
             "circuit breaker for stage 'llm' is open; the next trial call is allowed in 2 s"
         )
         assert (
-            str(PipelineCancelledError("a", "", {})) == "stage 'a' cancelled the pipeline: (no reason given)"
+            str(PipelineCancelledError("a", "", RunResult(UUID(int=0), "p", 0.0, {})))
+            == "stage 'a' cancelled the pipeline: (no reason given)"
         )
         assert (
             str(StageBlockedError("a", "auth", None))

@@ -69,6 +69,19 @@ class Greet:
 
 Pipeline().with_stage("greet", Greet(), StageKind.TRANSFORM)
 """,
+    "partial_results": """\
+from stageflow import PipelineCancelledError, PipelineFailedError, StageGraph
+
+
+async def run(graph: StageGraph) -> str:
+    try:
+        await graph.run(input_text="hi")
+    except PipelineFailedError as exc:
+        return exc.results.timeline() + " ".join(exc.results.critical_path)
+    except PipelineCancelledError as exc:
+        return exc.results.timeline(color=False) + str(exc.results.duration)
+    return ""
+""",
 }
 
 
@@ -110,6 +123,10 @@ class TestWithStageTyping:
     def test_real_stages_type_check(self, errors: dict[str, list[str]]) -> None:
         """A stage class, a stage object and an async function pass mypy --strict."""
         assert errors["good"] == []
+
+    def test_partial_results_are_run_results(self, errors: dict[str, list[str]]) -> None:
+        """A run error's ``results`` is typed ``RunResult``: its timeline needs no isinstance first."""
+        assert errors["partial_results"] == []
 
     @pytest.mark.parametrize(
         "snippet",

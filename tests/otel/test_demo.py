@@ -36,6 +36,8 @@ from stageflow_otel._demo import (
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
 
+_NO_RESULTS = RunResult(UUID(int=0), "p", 0.0, {})
+
 
 def _result(name: str, status: StageStatus, start: float, end: float, ready: float) -> StageResult:
     return StageResult(name, StageKind.WORK, status, None, None, ready, start, end)
@@ -95,10 +97,10 @@ class TestRendering:
         ("error", "expected"),
         [
             (None, "success"),
-            (PipelineFailedError("s", StageTimeoutError("s", 1), {}, {}), "timeout"),
-            (PipelineFailedError("s", StageFailedError("s", "no"), {}, {}), "failure"),
-            (PipelineFailedError("s", ValueError("bad"), {}, {}), "error"),
-            (PipelineCancelledError("s", "bye", {}), "cancellation"),
+            (PipelineFailedError("s", StageTimeoutError("s", 1), {}, _NO_RESULTS), "timeout"),
+            (PipelineFailedError("s", StageFailedError("s", "no"), {}, _NO_RESULTS), "failure"),
+            (PipelineFailedError("s", ValueError("bad"), {}, _NO_RESULTS), "error"),
+            (PipelineCancelledError("s", "bye", _NO_RESULTS), "cancellation"),
         ],
         ids=["success", "timeout", "failure", "error", "cancellation"],
     )
