@@ -72,6 +72,19 @@ def _body(value: object, limit: int | None = None) -> AnyValue:
     return clean_text(str(value), limit)
 
 
+_SECONDS = ("timestamp", "duration", "wait", "delay", "stages")
+"""Event data keys holding seconds (``stages``: each stage's wait and duration in a run summary)."""
+
+
+def _rounded(value: object) -> object:
+    """``value`` with every float rounded to the microsecond."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, Mapping):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
 def _limit() -> int | None:
     """The string length limit of the event views: the smaller of the span and log record limits."""
     limits = [n for n in (value_length_limit("span"), value_length_limit("logrecord")) if n is not None]
@@ -375,6 +388,9 @@ class OtlpEventSink:
                 del body["error"]
             else:
                 body["error"] = event.message
+        for key in _SECONDS:
+            if key in body:
+                body[key] = _rounded(body[key])
         self._logger.emit(
             timestamp=event.timestamp,
             observed_timestamp=observed,

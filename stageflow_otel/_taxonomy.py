@@ -137,7 +137,9 @@ def _kind(type: str) -> str:
 def _attribute(value: object, limit: int | None) -> AttributeValue | None:
     if isinstance(value, str):
         return clean_text(value, limit)
-    if isinstance(value, bool | int | float):
+    if isinstance(value, float):  # durations, waits, delays: seconds, rounded to the microsecond
+        return round(value, 6)
+    if isinstance(value, bool | int):
         return value
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return tuple(clean_text(v, limit) for v in value)

@@ -182,8 +182,9 @@ def render_reference() -> str:
         "never had a span (a conditional stage the executor skipped) on the run span. Each has a static "
         f"name, the event's type (such as `stage.llm.completed`) in `{semconv.EVENT_TYPE}`, and the "
         "event data as `stageflow.*` attributes (stage, kind, attempt, wait, duration, reason, "
-        f"`{semconv.ERROR_TYPE}` and the redacted message in `{semconv.EXCEPTION_MESSAGE}`). Span events "
-        "need `TracingInterceptor` on the graph. Every event is also counted in "
+        f"`{semconv.ERROR_TYPE}` and the redacted message in `{semconv.EXCEPTION_MESSAGE}`); durations, "
+        "waits and retry delays are seconds rounded to the microsecond, in the log records' body too. "
+        "Span events need `TracingInterceptor` on the graph. Every event is also counted in "
         f"`{semconv.EVENTS_EMITTED.name}` by `{semconv.EVENT_NAME}`, pipeline and stage.",
         "",
         "**Log records are opt-in**: `STAGEFLOW_EVENT_LOG_RECORDS=true` (or "

@@ -107,6 +107,45 @@ class TestEventRecords:
             },
         )
 
+    def test_seconds_are_rounded_to_the_microsecond(
+        self, event_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
+    ) -> None:
+        """Durations, waits and timestamps are rounded in attributes and body; other numbers are kept."""
+        event_sink.try_emit(
+            type="stage.a.completed",
+            data={"stage": "a", "duration": 0.005551484000534401, "wait": 5.0726000040413055e-05},
+        )
+        event_sink.try_emit(
+            type="pipeline.completed",
+            data={
+                "timestamp": 1796121945.3077588,
+                "duration": 0.0069259120000424446,
+                "stages": {"a": {"status": "ok", "wait": 2.388499979133485e-05, "duration": 0.0055514840}},
+                "score": 0.123456789,
+            },
+        )
+        assert event_sink.flush(timeout=5.0)
+        stage, run = [r.log_record for r in log_exporter.get_finished_logs()]
+        assert (dict(stage.attributes or {}), stage.body) == (
+            {
+                semconv.EVENT_TYPE: "stage.a.completed",
+                semconv.STAGE_NAME: "a",
+                semconv.STAGE_DURATION_ATTRIBUTE: 0.005551,
+                semconv.STAGE_WAIT_DURATION: 5.1e-05,
+                semconv.STAGE_RESULT: semconv.RESULT_SUCCESS,
+            },
+            {"stage": "a", "duration": 0.005551, "wait": 5.1e-05},
+        )
+        assert ((run.attributes or {})[semconv.RUN_DURATION], run.body) == (
+            0.006926,
+            {
+                "timestamp": 1796121945.307759,
+                "duration": 0.006926,
+                "stages": {"a": {"status": "ok", "wait": 2.4e-05, "duration": 0.005551}},
+                "score": 0.123456789,
+            },
+        )
+
     def test_unknown_types_keep_their_string_under_a_generic_name(
         self, event_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
     ) -> None:

@@ -182,7 +182,7 @@ class TestSuccess:
             {semconv.EVENT_TYPE: "pipeline.started", semconv.PIPELINE_STAGES: 2},
             {
                 semconv.EVENT_TYPE: "pipeline.completed",
-                semconv.RUN_DURATION: first["pipeline.completed"]["duration"],
+                semconv.RUN_DURATION: round(first["pipeline.completed"]["duration"], 6),
                 semconv.RUN_CRITICAL_PATH: ("a", "b"),
                 semconv.RUN_RESULT: semconv.RESULT_SUCCESS,
             },
@@ -192,15 +192,15 @@ class TestSuccess:
                 semconv.EVENT_TYPE: "stage.a.started",
                 semconv.STAGE_NAME: "a",
                 semconv.STAGE_KIND: "transform",
-                semconv.STAGE_WAIT_DURATION: first["stage.a.started"]["wait"],
+                semconv.STAGE_WAIT_DURATION: round(first["stage.a.started"]["wait"], 6),
                 semconv.STAGE_DEPENDENCIES: (),
             },
             {
                 semconv.EVENT_TYPE: "stage.a.completed",
                 semconv.STAGE_NAME: "a",
                 semconv.STAGE_KIND: "transform",
-                semconv.STAGE_DURATION_ATTRIBUTE: first["stage.a.completed"]["duration"],
-                semconv.STAGE_WAIT_DURATION: first["stage.a.completed"]["wait"],
+                semconv.STAGE_DURATION_ATTRIBUTE: round(first["stage.a.completed"]["duration"], 6),
+                semconv.STAGE_WAIT_DURATION: round(first["stage.a.completed"]["wait"], 6),
                 semconv.STAGE_ATTEMPT: 1,
                 semconv.STAGE_RESULT: semconv.RESULT_SUCCESS,
             },
@@ -314,7 +314,7 @@ class TestFailure:
             semconv.EVENT_TYPE: "stage.x.failed",
             semconv.STAGE_NAME: "x",
             semconv.STAGE_KIND: "transform",
-            semconv.STAGE_DURATION_ATTRIBUTE: data["stage.x.failed"]["duration"],
+            semconv.STAGE_DURATION_ATTRIBUTE: round(data["stage.x.failed"]["duration"], 6),
             semconv.EXCEPTION_MESSAGE: "kaput",
             semconv.ERROR_TYPE: "RuntimeError",
             semconv.STAGE_ATTEMPT: 1,
@@ -322,7 +322,7 @@ class TestFailure:
         }
         assert attrs(run, 2) == {
             semconv.EVENT_TYPE: "pipeline.failed",
-            semconv.RUN_DURATION: data["pipeline.failed"]["duration"],
+            semconv.RUN_DURATION: round(data["pipeline.failed"]["duration"], 6),
             semconv.RUN_CRITICAL_PATH: ("x",),
             semconv.STAGE_NAME: "x",
             semconv.EXCEPTION_MESSAGE: "kaput",
@@ -383,7 +383,7 @@ class TestSkips:
             semconv.EVENT_TYPE: "stage.s.skipped",
             semconv.STAGE_NAME: "s",
             semconv.STAGE_KIND: "transform",
-            semconv.STAGE_DURATION_ATTRIBUTE: stream.of_type("stage.s.skipped")[0].data["duration"],
+            semconv.STAGE_DURATION_ATTRIBUTE: round(stream.of_type("stage.s.skipped")[0].data["duration"], 6),
             semconv.STAGE_SKIP_REASON: "nothing to do",
             semconv.STAGE_RESULT: semconv.RESULT_SKIP,
         }
@@ -425,7 +425,9 @@ class TestCancellation:
             semconv.EVENT_TYPE: "stage.c.cancelled",
             semconv.STAGE_NAME: "c",
             semconv.STAGE_KIND: "transform",
-            semconv.STAGE_DURATION_ATTRIBUTE: stream.of_type("stage.c.cancelled")[0].data["duration"],
+            semconv.STAGE_DURATION_ATTRIBUTE: round(
+                stream.of_type("stage.c.cancelled")[0].data["duration"], 6
+            ),
             semconv.STAGE_CANCEL_REASON: "enough",
             semconv.STAGE_RESULT: semconv.RESULT_CANCELLATION,
         }
