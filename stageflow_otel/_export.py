@@ -220,6 +220,8 @@ class Books:
                 elif self._stalled or not self._cond.wait_for(self._has_room, wait):
                     self._stalled = True
                     cause = "shutdown" if self.closed else "timeout"
+                elif self.closed:  # woken by shutdown, not by room
+                    cause = "shutdown"
             if cause is None:
                 self.queued += 1
                 self.queued_events += event
@@ -282,11 +284,6 @@ class Books:
             self._cond.notify_all()
         self._lost(items, events, "timeout")
         return items
-
-    def pending(self) -> int:
-        """Items queued or in flight now."""
-        with self._cond:
-            return self.queued + sum(i for i, _ in self._inflight.values())
 
 
 # --------------------------------------------------------------------------- exporter wrappers

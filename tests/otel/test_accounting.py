@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator, Mapping
 
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
@@ -34,7 +35,15 @@ from stageflow import (
     StageInputs,
     StageOutput,
 )
-from stageflow_otel import MetricsInterceptor, Telemetry, TracingInterceptor, _setup, semconv, setup
+from stageflow_otel import (
+    MetricsInterceptor,
+    Telemetry,
+    TracingInterceptor,
+    _export,
+    _setup,
+    semconv,
+    setup,
+)
 
 from ._stages import T, diamond, ok
 from .conftest import metric_points
@@ -518,3 +527,30 @@ class TestModeSetting:
         telemetry = setup("m", set_global=False, mode="bounded")
         telemetry.shutdown(1.0)
         assert telemetry.mode == "bounded"
+
+
+class TestBooks:
+    def test_a_wait_ended_by_shutdown_counts_the_item_as_shutdown(self) -> None:
+        """An item waiting for room in complete mode when shutdown begins is refused as shutdown."""
+        lost: list[tuple[int, int, str]] = []
+        books = _export.Books(
+            _export.BatchSettings(capacity=1, batch_size=1, delay_millis=1, wait=30.0),
+            lambda items, events, cause: lost.append((items, events, cause)),
+        )
+        assert books.admit() is True
+        checking = threading.Event()
+        has_room = books._has_room
+
+        def checked() -> bool:
+            checking.set()  # called under the lock, right before the waiter waits (and releases it)
+            return has_room()
+
+        books._has_room = checked  # type: ignore[method-assign]
+        results: list[bool] = []
+        waiter = threading.Thread(target=lambda: results.append(books.admit(event=True)))
+        waiter.start()
+        assert checking.wait(5.0)
+        books.close()  # takes the lock: only once the waiter is waiting
+        waiter.join(5.0)
+        assert (results, lost) == ([False], [(1, 1, "shutdown")])
+        assert (books.abandon(), lost[1:]) == (1, [(1, 0, "timeout")])
