@@ -368,7 +368,7 @@ class _DirectRun:
         return self._intercept(run, self._inner)
 
 
-_FRAME_MARGIN = 100  # Python frames left for the event loop, the caller and the stage body
+_FRAME_MARGIN = 250  # Python frames left for the event loop, the caller (a test runner...) and the stage body
 
 
 def check_chain_depth(ordered: Sequence[Interceptor]) -> None:
