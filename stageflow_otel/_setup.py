@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.sdk._logs import LoggerProvider as SdkLoggerProvider
-from opentelemetry.sdk._logs import LogRecordLimits
+from opentelemetry.sdk._logs import LogRecordLimits, ReadableLogRecord
 from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter, LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -54,7 +54,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanLimits
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
@@ -454,6 +454,16 @@ def _join(threads: Sequence[threading.Thread], deadline: float) -> None:
 # --------------------------------------------------------------------------- setup
 
 
+def _span_line(span: ReadableSpan) -> str:
+    """A span as one line of JSON for the console exporter (the SDK's default indents it over ~25)."""
+    return str(span.to_json(indent=None)) + os.linesep
+
+
+def _log_line(record: ReadableLogRecord) -> str:
+    """A log record as one line of JSON for the console exporter."""
+    return record.to_json(indent=None) + os.linesep
+
+
 def setup(
     service_name: str | None = None,
     *,
@@ -519,7 +529,7 @@ def setup(
     endpoint, protocol = _endpoint("traces")
     for name in _exporter_names("traces", endpoint is not None):
         span_exporter: SpanExporter = (
-            ConsoleSpanExporter()
+            ConsoleSpanExporter(formatter=_span_line)
             if name == "console"
             else _otlp_span_exporter(endpoint or _default_endpoint("traces", protocol), protocol)
         )
@@ -561,7 +571,7 @@ def setup(
     endpoint, protocol = _endpoint("logs")
     for name in _exporter_names("logs", endpoint is not None):
         log_exporter: LogRecordExporter = (
-            ConsoleLogRecordExporter()
+            ConsoleLogRecordExporter(formatter=_log_line)
             if name == "console"
             else _otlp_log_exporter(endpoint or _default_endpoint("logs", protocol), protocol)
         )

@@ -23,7 +23,13 @@ ENV = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
 
 def log_lines(stdout: str) -> list[dict[str, object]]:
     """The structlog JSON lines of the script's output (one object per line)."""
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith('{"')]
+    parsed = [json.loads(line) for line in stdout.splitlines() if line.startswith('{"')]
+    return [line for line in parsed if "event" in line]
+
+
+def console_spans(stdout: str) -> list[str]:
+    """The names of the spans the console exporter printed, one JSON object per line."""
+    return sorted(json.loads(line)["name"] for line in stdout.splitlines() if line.startswith('{"name": '))
 
 
 class TestInstrumentExample:
@@ -62,9 +68,45 @@ class TestInstrumentExample:
         )
         counts = [x for x in out if x.startswith("stageflow_stage_duration_seconds_count{")]
         assert len(counts) == 2 and all(x.endswith("} 2.0") for x in counts)
-        assert '"name": "stage answer"' in proc.stdout
+        assert console_spans(proc.stdout) == [
+            "pipeline ask",
+            "pipeline ask",
+            "stage answer",
+            "stage answer",
+            "stage retrieve",
+            "stage retrieve",
+        ]
         assert '"stageflow.stage.output.tokens": 42' in proc.stdout
         assert '"stageflow.stage.output.documents"' not in proc.stdout
+
+    def test_console_log_records_are_one_json_line_each(self) -> None:
+        """With event log records on the console, each record is one JSON line, its seconds rounded."""
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), "--metrics-port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**ENV, "OTEL_LOGS_EXPORTER": "console", "STAGEFLOW_EVENT_LOG_RECORDS": "true"},
+            check=True,
+        )
+        records = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith('{"body": ')]
+        run = [
+            "stageflow.pipeline.created",
+            "stageflow.pipeline.started",
+            "stageflow.stage.started",
+            "stageflow.stage.completed",
+            "stageflow.stage.started",
+            "stageflow.stage.completed",
+            "stageflow.pipeline.completed",
+        ]
+        assert [r["event_name"] for r in records] == run + run
+        assert all(
+            re.fullmatch(r"\d+(\.\d{1,6})?(e-\d+)?", str(r["body"][key]))
+            for r in records
+            for key in ("timestamp", "duration", "wait")
+            if key in r["body"]
+        )
 
     def test_default_exports_no_spans(self) -> None:
         """Without OTEL_* variables no span is printed: they are recorded, not exported."""
