@@ -38,6 +38,7 @@ from stageflow import (
     StageContext,
     StageKind,
     StageOutput,
+    __version__,
 )
 from stageflow.interceptors import (
     BaseInterceptor,
@@ -291,6 +292,7 @@ def _parser(prog: str = "python -m stageflow_otel demo") -> argparse.ArgumentPar
         help="record every run in this SQLite run store (see: stageflow runs list FILE)",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
+    parser.add_argument("--version", action="version", version=f"stageflow_otel {__version__}")
     return parser
 
 

@@ -255,6 +255,21 @@ class TestCommandLine:
         )
         assert (proc.returncode, proc.stdout) == (0, f"stageflow_otel {stageflow.__version__}\n")
 
+    @pytest.mark.parametrize(
+        "command",
+        [
+            [sys.executable, "-m", "stageflow_otel", "demo"],
+            [str(Path(sys.executable).parent / "stageflow-demo")],
+        ],
+        ids=["python-m-demo", "console-script"],
+    )
+    def test_demo_version(self, command: list[str]) -> None:
+        """The demo command, and the ``stageflow-demo`` script, answer ``--version`` too."""
+        import stageflow
+
+        proc = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
+        assert (proc.returncode, proc.stdout) == (0, f"stageflow_otel {stageflow.__version__}\n")
+
     def test_busy_metrics_port_exits_1(self) -> None:
         """A --metrics-port already in use stops the demo with status 1 and a message naming the fix."""
         import socket
