@@ -1,7 +1,7 @@
 """A self-contained HTML report of stored runs (``stageflow report DB --output FILE.html``).
 
 One file, no scripts, no network: inline CSS and inline SVG only, so it opens from ``file://`` and
-offline. Per pipeline: the DAG, per-stage statistics across the runs (p50/p95/p99 duration, wait,
+offline. Per pipeline: the DAG, per-stage statistics across the runs (p50/p95/p99 duration and wait,
 critical-path share), a table of the runs, and per run a Gantt chart.
 """
 
@@ -65,6 +65,7 @@ class StageStats:
     duration_p99: float
     wait_p50: float
     wait_p95: float
+    wait_p99: float
     critical_runs: int
     """Runs whose critical path contains the stage."""
     critical_share: float
@@ -99,6 +100,7 @@ def stage_stats(records: Iterable[RunRecord]) -> list[StageStats]:
             percentile(values, 99),
             percentile(waits[name], 50),
             percentile(waits[name], 95),
+            percentile(waits[name], 99),
             critical.get(name, 0),
             critical_time.get(name, 0.0) / total if total > 0 else 0.0,
         )
@@ -148,7 +150,7 @@ def _pct(fraction: float) -> str:
 
 
 def _stats_row(st: StageStats, runs: int) -> str:
-    numbers = (st.duration_p50, st.duration_p95, st.duration_p99, st.wait_p50, st.wait_p95)
+    numbers = (st.duration_p50, st.duration_p95, st.duration_p99, st.wait_p50, st.wait_p95, st.wait_p99)
     return (
         f'<tr data-stage="{escape(st.name)}"><td>{escape(st.name)}</td><td class="num">{st.runs}</td>'
         f'<td class="num">{st.failures}</td>'
@@ -174,7 +176,7 @@ def _pipeline_section(index: int, name: str, records: Sequence[RunRecord], graph
         dag_svg(nodes, title=f"pipeline {name}", highlight=records[0].critical_path, ident=f"dag{index}"),
         "<h3>Stages across the runs</h3>",
         '<table class="stats"><thead><tr><th>stage</th><th>runs</th><th>failed</th><th>p50</th><th>p95</th>'
-        "<th>p99</th><th>wait p50</th><th>wait p95</th><th>on critical path</th>"
+        "<th>p99</th><th>wait p50</th><th>wait p95</th><th>wait p99</th><th>on critical path</th>"
         "<th>share of run time on the critical path</th></tr></thead><tbody>",
     ]
     out.extend(_stats_row(st, len(records)) for st in stage_stats(records))

@@ -70,7 +70,7 @@ class TestStageStats:
         llm = stats["llm"]
         assert (llm.runs, llm.failures, llm.critical_runs) == (3, 1, 3)
         assert (llm.duration_p50, llm.duration_p95, llm.duration_p99) == pytest.approx((0.10, 0.19, 0.198))
-        assert (llm.wait_p50, llm.wait_p95) == pytest.approx((0.01, 0.01))
+        assert (llm.wait_p50, llm.wait_p95, llm.wait_p99) == pytest.approx((0.01, 0.01, 0.01))
         assert (stats["tts"].runs, stats["tts"].critical_runs, stats["enrich"].critical_runs) == (2, 2, 0)
         shares = {name: s.critical_share for name, s in stats.items()}
         assert shares == pytest.approx(

@@ -78,6 +78,7 @@ class TestReportInChromium:
             "198.0 ms",
             "10.0 ms",
             "10.0 ms",
+            "10.0 ms",
             "3 (100%)",
             "60%",
         ]
