@@ -99,7 +99,8 @@ class OtlpEventSink:
     """An ``EventSink`` mapping the event taxonomy onto span events and a counter, log records opt-in.
 
     Every event gets a static name (``stageflow.stage.completed``; see ``semconv.EVENTS``), keeps the
-    seed's event string in ``stageflow.event.type`` and its data as ``stageflow.*`` attributes. Then:
+    event's type (``stage.llm.completed``) in ``stageflow.event.type`` and its data as ``stageflow.*``
+    attributes. Then:
 
     * **span events** (``span_events``, on by default): with ``TracingInterceptor`` on the graph, the
       event becomes a span event on the span it belongs to, with its own timestamp, in the core's order:

@@ -503,7 +503,7 @@ EVENTS: Final = {
     "stage.cancelled": "stageflow.stage.cancelled",
     "stage.retrying": "stageflow.stage.retrying",
 }
-"""Seed event kind (``stage.{name}.x`` reduced to ``stage.x``) to static name (span events, log records)."""
+"""Event kind (``stage.{name}.x`` reduced to ``stage.x``) to static name (span events, log records)."""
 
 # --------------------------------------------------------------------------- structured log fields
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stageflow import Pipeline, StageContext, StageKind, StageOutput
+from stageflow import Pipeline, StageContext, StageflowError, StageKind, StageOutput
 from stageflow.interceptors import Interceptor
 
 from ._support import make_ctx
@@ -99,6 +99,21 @@ class TestReadme:
             imported = importlib.import_module(module)
             missing += [f"{module}.{n}" for n in names if not hasattr(imported, n)]
         assert missing == []
+
+    def test_no_insider_words(self) -> None:
+        """README speaks to users: no words from how the project was built ("the seed's ...")."""
+        assert re.findall(r"(?<!-)\bseed(?:'s)?\b[^\n]{0,30}", README, flags=re.I) == []
+
+    def test_import_table_lists_every_public_name(self) -> None:
+        """Each module's ``__all__`` is in its row of the table (errors as "every error")."""
+        unlisted = []
+        for module, names in import_table(with_extra=True).items():
+            imported = importlib.import_module(module)
+            for name in sorted(set(imported.__all__) - set(names)):
+                value = getattr(imported, name)
+                if not (isinstance(value, type) and issubclass(value, StageflowError)):
+                    unlisted.append(f"{module}.{name}")
+        assert unlisted == []
 
     async def test_interceptor_example_is_a_pass_through_interceptor(self) -> None:
         """The interceptor example defines a working pass-through interceptor."""
