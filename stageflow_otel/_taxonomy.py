@@ -14,7 +14,9 @@ Where a span event goes (``TracingInterceptor`` decides, from the run state):
   ``retrying``, between two attempt spans) follow the attempt, so while events flow the stage span's end
   is deferred to that event (its end time the later of the attempt's end and the event's timestamp);
 * a stage that never had a span (a skipped conditional stage, a stage refused before the tracing
-  interceptor ran): its events go to the run span.
+  interceptor ran): its events go to the run span;
+* an event outside the taxonomy (``ctx.try_emit_event("llm.tokens", ...)``), named ``stageflow.event``:
+  the span of the stage it names while that stage has one (a stage's own events), else the run span.
 """
 
 from __future__ import annotations

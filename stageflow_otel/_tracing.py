@@ -206,12 +206,16 @@ class _RunTrace:
         self.routed = True
         try:
             stage = event.stage
-            if stage is None or not event.kind.startswith("stage."):
+            if stage is None or event.kind.startswith("pipeline."):
                 _add_event(self.span, event)
                 return
             attempt = self.open.get(stage)
+            # stage.{name}.* types: the taxonomy (and custom types shaped like it, which never close a span)
+            taxonomy = event.kind.startswith("stage.")
             if attempt is None:
-                if event.outcome in TERMINAL:  # the stage never had a span: its events go to the run span
+                if not taxonomy:  # another event naming a stage that has no span: the run's
+                    _add_event(self.span, event)
+                elif event.outcome in TERMINAL:  # the stage never had a span: its events go to the run span
                     for waiting in self.pending.pop(stage, ()):
                         _add_event(self.span, waiting)
                     _add_event(self.span, event)
@@ -220,7 +224,7 @@ class _RunTrace:
                 return
             _add_event(attempt.span, event)
             end = attempt.end_time
-            if end is not None and (event.outcome in TERMINAL or event.outcome == "retrying"):
+            if taxonomy and end is not None and (event.outcome in TERMINAL or event.outcome == "retrying"):
                 del self.open[stage]
                 attempt.span.end(max(end, event.timestamp))
         except Exception as exc:

@@ -634,3 +634,45 @@ class TestDescribe:
                 semconv.STAGE_RESULT: semconv.RESULT_SUCCESS,
             },
         )
+
+
+class TestCustomEvents:
+    async def test_a_stages_own_events_are_on_its_span_and_a_runs_on_the_run_span(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        sink: OtlpEventSink,
+        stream: InMemoryEventSink,
+        metric_reader: InMemoryMetricReader,
+    ) -> None:
+        """A stage's ctx.try_emit_event lands on that stage's span, in order; a run-level one on the run's."""
+
+        async def chatty(ctx: StageContext) -> StageOutput:
+            ctx.try_emit_event("llm.tokens", {"n": 3})
+            assert ctx.pipeline is not None
+            ctx.pipeline.try_emit_event("run.note", {})
+            return StageOutput.ok()
+
+        await traced(Pipeline(name="p").with_stage("c", chatty, T), tracer_provider).run(
+            entry(Tee(stream, sink))
+        )
+        spans = span_exporter.get_finished_spans()
+        assert span_events(spans) == {
+            "stage c": [
+                (E["stage.started"], "stage.c.started"),
+                (semconv.EVENT_OTHER, "llm.tokens"),
+                (E["stage.completed"], "stage.c.completed"),
+            ],
+            "pipeline p": [
+                (E["pipeline.created"], "pipeline.created"),
+                (E["pipeline.started"], "pipeline.started"),
+                (semconv.EVENT_OTHER, "run.note"),
+                (E["pipeline.completed"], "pipeline.completed"),
+            ],
+        }
+        check_against_stream(spans, stream)
+        assert attrs(by_name(spans)["stage c"], 1) == {
+            semconv.EVENT_TYPE: "llm.tokens",
+            semconv.STAGE_NAME: "c",
+        }
+        assert counts(metric_reader)[semconv.EVENT_OTHER, "p", None] == 2
