@@ -217,6 +217,7 @@ class BaseInterceptor(Interceptor):
 # --------------------------------------------------------------------------- chains
 
 _NOT_CALLED, _RUNNING, _RETURNED, _RAISED = range(4)
+_new = object.__new__
 
 
 def _name(interceptor: Interceptor) -> str:
@@ -249,7 +250,7 @@ class _Guard(Generic[_Ctx, _Out]):
     def __init__(self, inner: Callable[[_Ctx], Awaitable[_Out]]) -> None:
         self._inner: Callable[[_Ctx], Awaitable[_Out]] = inner
         self.state = _NOT_CALLED
-        self.value: object = None
+        self.value: object  # set with the state that has one (returned or raised)
 
     async def __call__(self, ctx: _Ctx) -> _Out:
         self.state = _RUNNING
@@ -285,7 +286,10 @@ class _Layer(Generic[_Ctx, _Out]):
         self._stage = stage
 
     async def __call__(self, ctx: _Ctx) -> _Out:
-        guard: _Guard[_Ctx, _Out] = _Guard(self._inner)
+        # ``_Guard(self._inner)``, without the ``__init__`` call (a fifth of an empty layer's cost)
+        guard: _Guard[_Ctx, _Out] = _new(_Guard)
+        guard._inner = self._inner
+        guard.state = _NOT_CALLED
         try:
             return await self._intercept(ctx, guard)
         except Exception as exc:

@@ -38,6 +38,7 @@ from stageflow import (
 from stageflow._pipeline import _new_info, _new_spec
 from stageflow.interceptors import (
     BaseInterceptor,
+    CallNext,
     ErrorAction,
     Interceptor,
     RetryInterceptor,
@@ -435,6 +436,38 @@ class TestFastPathsMatchTheirConstructors:
         info_args: tuple[Any, ...] = ("s", W, ("a",), True, {"k": 1}, ok_stage, "p", retry)
         assert _state(_new_info(*info_args)) == _state(StageInfo(*info_args))
         assert [f.name for f in fields(StageInfo)] == _slots(StageInfo)
+
+    async def test_the_isolation_guard(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The guard each isolated layer makes per call sets what ``_Guard.__init__`` sets."""
+        from stageflow import _interceptors
+
+        made: list[object] = []
+        real_new = _interceptors._new
+
+        def spy(cls: type) -> object:
+            obj: object = real_new(cls)
+            if cls is _interceptors._Guard:
+                made.append(obj)
+            return obj
+
+        class Pass(Interceptor):
+            async def intercept_stage(
+                self, stage: StageInfo, ctx: StageContext, call_next: CallNext
+            ) -> StageOutput:
+                return await call_next(ctx)
+
+        graph = Pipeline().with_stage("s", ok_stage(), W).build([Pass()])
+        monkeypatch.setattr(_interceptors, "_new", spy)
+        await graph.run(make_ctx())
+        monkeypatch.undo()
+        (fast,) = made
+        by_init = _interceptors._Guard(fast._inner)  # type: ignore[attr-defined]
+
+        def set_slots(obj: object) -> dict[str, object]:
+            return {s: getattr(obj, s) for s in _slots(type(obj)) if hasattr(obj, s) and s != "value"}
+
+        assert set(set_slots(by_init)) == {"_inner", "state"} == set(set_slots(fast))
+        assert not hasattr(by_init, "value")
 
     async def test_the_executors_stage_result_context_and_inputs(self) -> None:
         """The OK StageResult, the stage's StageContext and StageInputs: every slot set, as __init__ does."""
