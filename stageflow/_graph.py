@@ -379,6 +379,16 @@ def _checked_order(stages: Sequence[StageInfo], order: Sequence[int]) -> tuple[t
     return order, topology
 
 
+def _stored_note(result: StageResult) -> str | None:
+    """What a run store keeps as a stage's ``error``: its error, else the reason it skipped or cancelled."""
+    if result.error is not None:
+        return describe(result.error)
+    if result.status is _SKIP or result.status is _CANCEL:
+        reason = result.data.get("reason" if result.status is _SKIP else "cancel_reason")
+        return str(reason) if reason else None
+    return None
+
+
 class _Run:
     """The state of one run.
 
@@ -530,7 +540,7 @@ class _Run:
                 wall(r.ended_at),
                 r.wait,
                 r.attempts,
-                None if r.error is None else describe(r.error),
+                _stored_note(r),
                 None if r.error is None else error_type_name(r.error),
                 self.graph._deps_by_name[r.name],
             )

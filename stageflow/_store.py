@@ -57,6 +57,7 @@ class StageRecord:
     """Seconds from ready (dependencies resolved) to start."""
     attempts: int
     error: str | None = None
+    """The stage's error message; for a skipped or cancelled stage, the reason it gave (if any)."""
     error_type: str | None = None
     dependencies: tuple[str, ...] = ()
     """The stage's declared dependencies, so a stored run can draw its DAG (``stageflow report``).

@@ -201,7 +201,7 @@ def timeline_of_record(record: RunRecord, *, width: int = DEFAULT_WIDTH, color: 
             s.started_at - s.wait,
             s.started_at,
             s.ended_at,
-            _note(s.status, s.error, s.error_type, ""),
+            _note(s.status, s.error, s.error_type, s.error or "" if s.status == "skip" else ""),
         )
         for s in record.stages
     ]

@@ -9,6 +9,9 @@ from uuid import UUID
 import pytest
 
 from stageflow import (
+    InMemoryRunStore,
+    Pipeline,
+    PipelineCancelledError,
     PipelineFailedError,
     RunRecord,
     RunResult,
@@ -156,6 +159,44 @@ class TestRecordTimeline:
             "  * stt    █████         0.0 ms  200.0 ms",
             "  * llm         ──✗✗✗  100.0 ms  100.0 ms  timed out: late",
             "  critical path (*): stt → llm",
+        ]
+
+    async def test_stored_skip_and_cancel_reasons(self) -> None:
+        """A store keeps why a stage skipped or cancelled, so ``runs show`` gives the reason too."""
+
+        async def ok(ctx: object) -> StageOutput:
+            return StageOutput.ok(v=1)
+
+        async def skip(ctx: object) -> StageOutput:
+            return StageOutput.skip("nothing to enrich")
+
+        async def stop(ctx: object) -> StageOutput:
+            return StageOutput.cancel("enough for today")
+
+        store = InMemoryRunStore()
+        graph = (
+            Pipeline(name="p")
+            .with_stage("a", ok, StageKind.TRANSFORM)
+            .with_stage("b", skip, StageKind.ENRICH, dependencies=("a",))
+            .with_stage("c", ok, StageKind.ENRICH, dependencies=("b",), conditional=True)
+            .with_stage("d", stop, StageKind.WORK, dependencies=("c",))
+            .build(run_store=store)
+        )
+        with pytest.raises(PipelineCancelledError) as caught:
+            await graph.run(input_text="x")
+        record = await store.get_run(str(caught.value.results.run_id))
+        assert record is not None
+        assert [(s.name, s.status, s.error, s.error_type) for s in record.stages] == [
+            ("a", "ok", None, None),
+            ("b", "skip", "nothing to enrich", None),
+            ("c", "skip", "dependency 'b' was skipped", None),
+            ("d", "cancel", "enough for today", None),
+        ]
+        notes = [line.split(" ms  ", 2)[-1] for line in timeline_of_record(record).splitlines()[3:6]]
+        assert notes == [
+            "skipped: nothing to enrich",
+            "skipped: dependency 'b' was skipped",
+            "cancelled: enough for today",
         ]
 
 
