@@ -307,6 +307,35 @@ class TestSQLiteStore:
         assert store.schema_version == 2
         store.close()
 
+    def test_another_process_creating_the_schema_meanwhile_is_no_error(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The race, made deterministic: the moment the constructor begins its schema transaction,
+        another connection creates the whole schema first; the constructor then finds it made."""
+        path = str(tmp_path / "raced.db")
+        real_connect = sqlite3.connect
+        raced: list[str] = []
+
+        def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+            conn: sqlite3.Connection = real_connect(*args, **kwargs)
+            if not raced:
+                raced.append("armed")
+
+                def on_statement(statement: str) -> None:
+                    if statement.startswith("BEGIN") and raced == ["armed"]:
+                        raced.append("other store created the schema")
+                        SQLiteRunStore(path).close()  # "another process", in between
+
+                conn.set_trace_callback(on_statement)
+            return conn
+
+        monkeypatch.setattr(sqlite3, "connect", connect)
+        store = SQLiteRunStore(path)
+        monkeypatch.undo()
+        assert raced == ["armed", "other store created the schema"]
+        assert store.schema_version == 2
+        store.close()
+
     def test_a_corrupt_file_is_refused_naming_the_path_and_fix(self, tmp_path: Path) -> None:
         path = tmp_path / "corrupt.db"
         path.write_bytes(b"definitely not sqlite" * 100)
