@@ -20,6 +20,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,9 +235,7 @@ class SQLiteRunStore:
             raise self._not_a_store(f"it cannot be opened ({exc})") from exc
         try:
             self._conn.execute("PRAGMA foreign_keys = ON")
-            if self.path != ":memory:":
-                self._conn.execute("PRAGMA journal_mode = WAL")
-            self._migrate()
+            self._open()
             self._conn.execute(f"PRAGMA busy_timeout = {int(self.record_timeout * 1000)}")
         except sqlite3.DatabaseError as exc:
             self._conn.close()
@@ -244,6 +243,24 @@ class SQLiteRunStore:
         except BaseException:
             self._conn.close()
             raise
+
+    def _open(self) -> None:
+        """Switch to WAL and create or check the schema, waiting out other processes doing the same.
+
+        Switching the journal mode can report "database is locked" at once, without SQLite's busy
+        handler, while another connection opens the file: that is retried until ``_OPEN_TIMEOUT``.
+        """
+        deadline = time.monotonic() + _OPEN_TIMEOUT
+        while True:
+            try:
+                if self.path != ":memory:":
+                    self._conn.execute("PRAGMA journal_mode = WAL")
+                self._migrate()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)  # another process holds the lock for a moment: try again
 
     def _not_a_store(self, problem: str) -> RuntimeError:
         return RuntimeError(
