@@ -410,30 +410,46 @@ def _stop_demos(stack: Stack) -> None:
 
 @pytest.fixture(name="finished", scope="module")
 def _finished(stack: Stack) -> Stack:
-    """The stack once both demos have stopped and Jaeger holds one trace per run of each."""
+    """The stack once both demos have stopped and Jaeger holds every span the demos logged.
+
+    A trace's run span ends last, but it does not arrive last: the collector's exporter sends batches
+    concurrently, so a batch holding a run span can reach Jaeger before an earlier one holding some of
+    its stage spans. So the wait is for every logged span id of every logged run, not for the run spans.
+    """
     _stop_demos(stack)
     end_us = int((time.time() + 60) * 1e6)
     start_us = int((stack.started - 60) * 1e6)
     for service, demo in stack.demos.items():
         assert demo.runs is not None
         runs = demo.runs
+        logged = {trace_id: _logged_span_ids(run) for trace_id, run in _logged_runs(demo).items()}
 
-        def arrived(service: str = service, runs: int = runs) -> bool:
+        def missing(
+            service: str = service, runs: int = runs, logged: dict[str, set[str]] = logged
+        ) -> dict[str, list[str]]:
             traces = stack.jaeger_api.traces(service, start_us=start_us, end_us=end_us, limit=runs + 100)
             stack.traces[service] = {t["traceID"]: t for t in traces}
-            return len(traces) >= runs and all(_complete(t) for t in traces)
+            return _missing_spans(stack.traces[service], logged)
 
-        assert wait_until(arrived, timeout=DATA_TIMEOUT, interval=1.0), (
+        assert wait_until(lambda: not missing(), timeout=DATA_TIMEOUT, interval=1.0), (
             service,
             runs,
             len(stack.traces.get(service, {})),
+            dict(list(missing().items())[:3]),
         )
     return stack
 
 
-def _complete(trace: dict[str, Any]) -> bool:
-    """Whether a Jaeger trace has its run span (the run span ends last, after every stage span)."""
-    return any(s["operationName"] == semconv.SPAN_PIPELINE_PREFIX + PIPELINE for s in trace["spans"])
+def _logged_span_ids(run: LoggedRun) -> set[str]:
+    """The span ids the demo logged for one run: its run span and the span of each executed stage."""
+    return {run.run_span, *run.stage_spans.values()}
+
+
+def _missing_spans(traces: dict[str, dict[str, Any]], logged: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Per logged trace id, the logged span ids Jaeger does not return (a missing trace: all of them)."""
+    found = {trace_id: {s["spanID"] for s in trace["spans"]} for trace_id, trace in traces.items()}
+    gaps = {trace_id: sorted(spans - found.get(trace_id, set())) for trace_id, spans in logged.items()}
+    return {trace_id: spans for trace_id, spans in gaps.items() if spans}
 
 
 def _fields(log: dict[str, Any]) -> dict[str, Any]:
