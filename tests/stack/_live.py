@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -36,12 +37,56 @@ __all__ = (
 )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10_000
+_given: set[int] = set()
+_random = random.SystemRandom()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives to ``bind(port 0)`` and to outgoing connections (Linux's by default)."""
+    try:
+        low, high = (int(v) for v in _EPHEMERAL_RANGE.read_text(encoding="ascii").split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing is bound to, outside the ephemeral range, new to this process.
+
+    A child binds the port seconds later. A port from ``bind(port 0)`` lies in the kernel's ephemeral
+    range, from which every outgoing connection meanwhile (a scrape, a health poll, an export) takes its
+    local port: one may take it, and the child fails with "address already in use". The kernel never
+    hands out a port outside that range by itself, so only another listener chosen the same way could
+    take it; no port is handed out twice by this process.
+    """
+    low, high = _ephemeral_range()
+    ranges = [r for r in (range(_LOWEST_PORT, low), range(high + 1, 65536)) if len(r)]
+    for _ in range(1000):
+        if not ranges:
+            break
+        port = _random.choice(_random.choice(ranges))
+        if port not in _given and _bindable(port):
+            _given.add(port)
+            return port
+    # No room outside the ephemeral range: a port of the kernel's choosing (racy, but never taken twice).
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            chosen: int = sock.getsockname()[1]
+        if chosen not in _given:
+            _given.add(chosen)
+            return chosen
 
 
 def wait_until(condition: Callable[[], bool], *, timeout: float, interval: float = 0.25) -> bool:
