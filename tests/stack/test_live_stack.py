@@ -544,10 +544,20 @@ class TestDashboardsOnTheCollectorPath:
 
     @pytest.mark.parametrize("item", PANELS, ids=[_panel_id(i) for i in PANELS])
     def test_panel_query_returns_data(self, stack: Stack, item: tuple[str, PanelQuery]) -> None:
-        """The resolved query yields at least one finite sample, every one for that job."""
+        """The resolved query yields at least one finite sample, every one for that job.
+
+        A quantile or ratio over a 15 s window is NaN while that window holds no new sample (a scrape
+        late on a loaded machine, the 15 s spanmetrics flush): polled, as a dashboard refreshes."""
         service, query = item
-        result = stack.prometheus_api.finite(query.expr)
-        assert result, f"no data: {query.expr} -> {stack.prometheus_api.query(query.expr)}"
+        result: list[dict[str, Any]] = []
+
+        def drawn() -> bool:
+            result[:] = stack.prometheus_api.finite(query.expr)
+            return bool(result)
+
+        assert wait_until(drawn, timeout=DATA_TIMEOUT, interval=1.0), (
+            f"no data: {query.expr} -> {stack.prometheus_api.query(query.expr)}"
+        )
         assert {s["metric"].get("job", service) for s in result} == {service}, result
 
     @pytest.mark.parametrize(
@@ -572,9 +582,16 @@ class TestDashboardsOnTheCollectorPath:
     @pytest.mark.parametrize("service", SERVICES)
     def test_exemplars_are_traces_jaeger_returns(self, stack: Stack, service: str, family: str) -> None:
         """Exemplars scraped through the collector carry trace ids that Jaeger returns as traces."""
-        series = stack.prometheus_api.exemplars(
-            f'{family}{{job="{service}"}}', stack.started, time.time() + 1
-        )
+        series: list[dict[str, Any]] = []
+
+        def scraped() -> bool:
+            # spanmetrics exemplars come with the connector's 15 s flush: polled until scraped.
+            series[:] = stack.prometheus_api.exemplars(
+                f'{family}{{job="{service}"}}', stack.started, time.time() + 1
+            )
+            return any(s["exemplars"] for s in series)
+
+        assert wait_until(scraped, timeout=DATA_TIMEOUT, interval=1.0), series
         trace_ids = sorted({e["labels"].get("trace_id", "") for s in series for e in s["exemplars"]})
         assert trace_ids, series
         assert [t for t in trace_ids if not HEX_TRACE_ID.match(t)] == []
