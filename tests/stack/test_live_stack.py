@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
+from stageflow import StageFailedError
 from stageflow_otel import semconv
 from stageflow_otel._demo import build_demo_pipeline
 from tests.otel.otlp_receiver import HttpReceiver
@@ -65,8 +66,10 @@ HEX_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 SUMMARY_RUNS = re.compile(r"^(\d+) runs$", re.MULTILINE)
 FALLBACK_STAGES = frozenset({"search"})
 """Stages whose errors the demo's fallback interceptor turns into a skip."""
-RETURNED_FAILURE_STAGES = frozenset({"guard"})
-"""Stages of the demo that fail by returning ``StageOutput.fail`` (no exception: no exception event)."""
+RETURNED_FAILURE_TYPE = StageFailedError.__qualname__
+"""The error type logged for an attempt that returned ``StageOutput.fail`` (no exception: no exception
+event), as the demo's guard does. Any other logged failure was raised, even the guard's: its circuit
+breaker opens after three consecutive rejections and then refuses calls by raising ``circuit_open``."""
 DEPENDENCIES = {name: spec.dependencies for name, spec in build_demo_pipeline().stages.items()}
 
 KEY_SERIES = tuple(
@@ -771,7 +774,7 @@ class TestJaegerTraces:
     def test_span_logs_match_the_demo_log(self, finished: Stack, service: str) -> None:
         """Exactly: a stage span logs started, its exception if the attempt raised, and the core's
         verdict on what the demo logged; the run span starts with created, started and ends as logged."""
-        wrong: list[tuple[str, str, object, object]] = []
+        wrong: list[tuple[object, ...]] = []
         for trace_id, run in _logged_runs(finished.demos[service]).items():
             spans = {s["spanID"]: s for s in finished.traces[service][trace_id]["spans"]}
             for stage, span_id in run.stage_spans.items():
@@ -781,7 +784,7 @@ class TestJaegerTraces:
                     # The attempt's exception, then the core's verdict: the fallback turns a failed
                     # search into a skip; any other failure fails the stage.
                     outcome = "skipped" if stage in FALLBACK_STAGES else "failed"
-                raised = stage in run.failed and stage not in RETURNED_FAILURE_STAGES
+                raised = stage in run.failed and run.failed[stage] != RETURNED_FAILURE_TYPE
                 # The exception event's time is taken as the attempt unwinds, the closing event's
                 # by the core: their order is not defined, so the exception is counted apart.
                 got = (
@@ -796,7 +799,7 @@ class TestJaegerTraces:
                     1 if raised else 0,
                 )
                 if got != expected:
-                    wrong.append((trace_id, stage, got, expected))
+                    wrong.append((trace_id, stage, run.failed.get(stage), got, expected))
             run_events = [name for name, _ in _span_events(spans[run.run_span])]
             expected_run = ["stageflow.pipeline.created", "stageflow.pipeline.started"]
             final = f"stageflow.pipeline.{run.run_outcome}"
