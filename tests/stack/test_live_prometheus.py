@@ -28,9 +28,9 @@ PIPELINE = "voice-assistant"
 RATE_INTERVAL = "15s"
 """``$__rate_interval``: Grafana's usual value (at least four scrape intervals; we scrape every 1 s)."""
 TIME_RANGE = "5m"
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 60.0
 DATA_TIMEOUT = 90.0
-STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 30.0
 
 PANELS = list(panel_queries(JOB, PIPELINE, rate_interval=RATE_INTERVAL, time_range=TIME_RANGE))
 VARIABLES = list(variable_queries())

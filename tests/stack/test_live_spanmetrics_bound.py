@@ -72,10 +72,10 @@ def _collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, i
     child = Child("otelcol", [binary, f"--config={path}"], directory / "otelcol.log")
     try:
         health = f"http://{local}:{ports['health']}/"
-        assert wait_until(lambda: _get(health)[0] == 200, timeout=30), child.output()
+        assert wait_until(lambda: _get(health)[0] == 200, timeout=60), child.output()
         yield ports
     finally:
-        child.stop()
+        child.stop(30.0)
         jaeger.stop()
         loki.stop()
 

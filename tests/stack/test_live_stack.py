@@ -52,7 +52,7 @@ RATE_INTERVAL = "15s"
 TIME_RANGE = "5m"
 READY_TIMEOUT = 60.0
 DATA_TIMEOUT = 120.0
-STOP_TIMEOUT = 20.0
+STOP_TIMEOUT = 60.0
 DEMO_ARGS = ("--speed", "0.2", "--concurrency", "2", "--seed", "7", "--quiet")
 
 PANELS = [
