@@ -197,17 +197,21 @@ class PrometheusAPI:
             raise PrometheusError(f"GET {path} {params}: HTTP {status}: {answer.get('error', answer)}")
         return answer["data"]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """An instant query's result as a list of ``{"metric": ..., "value": [t, "v"]}`` (scalars wrapped)."""
-        data = self.get("/api/v1/query", {"query": expr})
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query's result as a list of ``{"metric": ..., "value": [t, "v"]}`` (scalars wrapped).
+
+        Evaluated now, or at ``at`` (a Unix time), as a dashboard whose time range ends then.
+        """
+        params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+        data = self.get("/api/v1/query", params)
         if data["resultType"] in ("scalar", "string"):
             return [{"metric": {}, "value": data["result"]}]
         result: list[dict[str, Any]] = data["result"]
         return result
 
-    def finite(self, expr: str) -> list[dict[str, Any]]:
+    def finite(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
         """The samples of an instant query whose value is a finite number (what a panel can draw)."""
-        return [s for s in self.query(expr) if math.isfinite(float(s["value"][1]))]
+        return [s for s in self.query(expr, at) if math.isfinite(float(s["value"][1]))]
 
     def label_values(self, label: str, match: str | None = None) -> list[str]:
         """``/api/v1/label/<label>/values``, optionally restricted to series matching ``match``."""
