@@ -257,15 +257,18 @@ class TestIsolationBlame:
         assert (type(info.value.error), str(info.value.error)) == (LookupError, "no such tenant")
         assert caplog.records == []
 
-    async def test_200_isolated_interceptors_run(self) -> None:
-        """A deep chain of isolated interceptors runs the stage once and returns."""
+    async def test_100_isolated_interceptors_run(self) -> None:
+        """A deep chain of isolated interceptors runs the stage once and returns.
+
+        100 (300 frames), not more: under a trace function (coverage, a debugger) Python 3.11 spends
+        about twice the recursion budget per frame, and 200 overflowed the limit there."""
         runs: list[int] = []
 
         async def stage(ctx: StageContext) -> StageOutput:
             runs.append(1)
             return StageOutput.ok(v=1)
 
-        graph = Pipeline().with_stage("s", stage, W).build([Pass() for _ in range(200)])
+        graph = Pipeline().with_stage("s", stage, W).build([Pass() for _ in range(100)])
         results = await no_hang(graph.run(make_ctx()))
         assert (runs, dict(results["s"].data)) == ([1], {"v": 1})
 
