@@ -502,6 +502,11 @@ def setup(
         The ``Telemetry`` handle; call ``shutdown(timeout)`` before exiting (an ``atexit`` hook does it
         with a 5 s bound otherwise).
 
+    Raises:
+        ValueError: ``mode`` is not ``"bounded"`` or ``"complete"``; an export batch size
+            (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, ``OTEL_BLRP_MAX_EXPORT_BATCH_SIZE``) is larger than its
+            queue (``OTEL_BSP_MAX_QUEUE_SIZE``, ``OTEL_BLRP_MAX_QUEUE_SIZE``), which the SDK refuses too.
+
     .. versionadded:: 0.10
     """
     if _env("OTEL_SDK_DISABLED").lower() in _TRUE:
@@ -521,6 +526,8 @@ def setup(
     all_books: list[Books] = []
     chosen = _mode(mode)
     wait = _complete_timeout() if chosen == "complete" else None
+    span_queue = _batch_settings("BSP", SPAN_QUEUE, wait)
+    log_queue = _batch_settings("BLRP", LOG_QUEUE, wait)
     max_bytes = _positive_int(semconv.ENV_MAX_EXPORT_BYTES, DEFAULT_MAX_BYTES)
 
     tracer_provider = SdkTracerProvider(
@@ -533,7 +540,7 @@ def setup(
             if name == "console"
             else _otlp_span_exporter(endpoint or _default_endpoint("traces", protocol), protocol)
         )
-        span_books = Books(_batch_settings("BSP", SPAN_QUEUE, wait), partial(_spans_lost, accounting))
+        span_books = Books(span_queue, partial(_spans_lost, accounting))
         all_books.append(span_books)
         wrapped_spans = CountingSpanExporter(span_exporter, accounting, span_books, max_bytes)
         guards.append(wrapped_spans.guard)
@@ -575,7 +582,7 @@ def setup(
             if name == "console"
             else _otlp_log_exporter(endpoint or _default_endpoint("logs", protocol), protocol)
         )
-        log_books = Books(_batch_settings("BLRP", LOG_QUEUE, wait), partial(_logs_lost, accounting, sinks))
+        log_books = Books(log_queue, partial(_logs_lost, accounting, sinks))
         all_books.append(log_books)
         wrapped_logs = CountingLogExporter(log_exporter, accounting, log_books, max_bytes)
         guards.append(wrapped_logs.guard)
@@ -692,8 +699,20 @@ def _complete_timeout() -> float:
 def _batch_settings(prefix: str, defaults: BatchSettings, wait: float | None) -> BatchSettings:
     """``defaults`` overridden by ``OTEL_{prefix}_MAX_QUEUE_SIZE|MAX_EXPORT_BATCH_SIZE|SCHEDULE_DELAY``."""
     batch = _positive_int(f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE", defaults.batch_size)
+    capacity = _positive_int(f"OTEL_{prefix}_MAX_QUEUE_SIZE", defaults.capacity)
+    if batch > capacity:
+        # The SDK's batch processors refuse this too: a batch could never fill, so items would wait
+        # for the schedule delay while the queue overflows.
+        queue_name, batch_name = f"OTEL_{prefix}_MAX_QUEUE_SIZE", f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE"
+        default = {name: "" if _env(name) else " (the default)" for name in (batch_name, queue_name)}
+        msg = (
+            f"{batch_name}={batch}{default[batch_name]} is larger than {queue_name}={capacity}"
+            f"{default[queue_name]}: an export batch must fit in the queue; "
+            f"set {batch_name} to at most {capacity} or {queue_name} to at least {batch}"
+        )
+        raise ValueError(msg)
     return BatchSettings(
-        capacity=_positive_int(f"OTEL_{prefix}_MAX_QUEUE_SIZE", defaults.capacity),
+        capacity=capacity,
         batch_size=batch,
         delay_millis=_positive_int(f"OTEL_{prefix}_SCHEDULE_DELAY", int(defaults.delay_millis)),
         wait=wait,

@@ -122,28 +122,36 @@ class TestQueueFull:
     async def test_spans_and_events_beyond_the_queues_are_counted(
         self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
     ) -> None:
-        """With 40 span and 30 log record slots, 20 runs deliver 40 + 30 and count the rest as queue_full."""
+        """With one 40-span and one 88-record batch held in flight, 40 spans and 88 records more fit in the
+        queues: 12 further runs deliver those and count the rest as queue_full."""
         env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "40")
-        env.setenv("OTEL_BLRP_MAX_QUEUE_SIZE", "30")
+        env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "40")
+        env.setenv("OTEL_BLRP_MAX_QUEUE_SIZE", "88")
+        env.setenv("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "88")
         reader = InMemoryMetricReader()
         telemetry = setup("acct", set_global=False, metric_readers=[reader])
+        receiver.hold()
         try:
-            await run(telemetry, 20)
+            await run(telemetry, 8)  # 40 spans and 88 records: one full batch of each, taken and held
+            assert receiver.wait_for(lambda: receiver.held == 2)
+            await run(telemetry, 12)  # 60 spans and 132 records: the queues take 40 and 88
+            receiver.release()
             assert telemetry.force_flush(10.0) is False
-            assert (len(receiver.spans()), len(receiver.log_records())) == (40, 30)
+            assert (len(receiver.spans()), len(receiver.log_records())) == (80, 176)
             assert telemetry.lost == {
-                "spans": only(queue_full=100 - 40),
-                "log_records": only(queue_full=220 - 30),
+                "spans": only(queue_full=20),
+                "log_records": only(queue_full=44),
                 "metric_points": NOTHING,
-                "events": only(queue_full=220 - 30),
+                "events": only(queue_full=44),
             }
             assert (
                 counted(reader, semconv.TELEMETRY_SPANS_DROPPED),
                 counted(reader, semconv.TELEMETRY_LOG_RECORDS_DROPPED),
                 counted(reader, semconv.EVENTS_DROPPED),
-            ) == (only(queue_full=60), only(queue_full=190), only(queue_full=190))
+            ) == (only(queue_full=20), only(queue_full=44), only(queue_full=44))
             assert telemetry.force_flush(10.0) is True  # nothing lost since the previous flush
         finally:
+            receiver.release()
             telemetry.shutdown(5.0)
 
 
@@ -475,6 +483,53 @@ class TestDocumentedDefaults:
                 f"OTEL_{prefix}_SCHEDULE_DELAY": str(int(settings.delay_millis)),
             }
         assert {name: documented.get(name) for name in expected} == expected
+
+
+class TestQueueSettings:
+    @pytest.mark.parametrize(
+        ("prefix", "env", "message"),
+        [
+            (
+                "BSP",
+                {"OTEL_BSP_MAX_QUEUE_SIZE": "100"},
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE=512 (the default) is larger than "
+                "OTEL_BSP_MAX_QUEUE_SIZE=100: an export batch must fit in the queue; set "
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE to at most 100 or OTEL_BSP_MAX_QUEUE_SIZE to at least 512",
+            ),
+            (
+                "BLRP",
+                {"OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": "20000"},
+                "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE=20000 is larger than OTEL_BLRP_MAX_QUEUE_SIZE=16384 "
+                "(the default): an export batch must fit in the queue; set OTEL_BLRP_MAX_EXPORT_BATCH_SIZE "
+                "to at most 16384 or OTEL_BLRP_MAX_QUEUE_SIZE to at least 20000",
+            ),
+            (
+                "BSP",
+                {"OTEL_BSP_MAX_QUEUE_SIZE": "8", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "9"},
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE=9 is larger than OTEL_BSP_MAX_QUEUE_SIZE=8: an export batch "
+                "must fit in the queue; set OTEL_BSP_MAX_EXPORT_BATCH_SIZE to at most 8 or "
+                "OTEL_BSP_MAX_QUEUE_SIZE to at least 9",
+            ),
+        ],
+        ids=["small-queue", "large-batch", "both-set"],
+    )
+    def test_a_batch_larger_than_its_queue_is_refused_naming_the_fix(
+        self, otel_env: pytest.MonkeyPatch, prefix: str, env: dict[str, str], message: str
+    ) -> None:
+        """setup() refuses an export batch larger than its queue, as the SDK does, whatever the exporters."""
+        otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+        for name, value in env.items():
+            otel_env.setenv(name, value)
+        with pytest.raises(ValueError) as caught:
+            setup("q", set_global=False)
+        assert str(caught.value) == message
+
+    def test_a_batch_equal_to_its_queue_is_accepted(self, otel_env: pytest.MonkeyPatch) -> None:
+        """A batch exactly as large as the queue is valid (the SDK's own bound)."""
+        otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+        otel_env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "64")
+        otel_env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "64")
+        assert setup("q", set_global=False).shutdown(1.0) is True
 
 
 class TestModeSetting:

@@ -171,17 +171,21 @@ class TestEventDrops:
     def test_events_refused_by_a_full_export_queue_are_counted(
         self, quiet: pytest.MonkeyPatch, http_receiver: HttpReceiver
     ) -> None:
-        """Events beyond the log processor's queue are counted as dropped; the queued ones are exported."""
+        """With a batch of 4 held in flight and a 4-record queue, 6 more events give 4 records, 2 dropped."""
         quiet.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", f"{http_receiver.endpoint}/v1/logs")
         quiet.setenv("OTEL_BLRP_MAX_QUEUE_SIZE", "4")
-        quiet.setenv("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "8")  # never reached: no export before shutdown
+        quiet.setenv("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "4")
         quiet.setenv("OTEL_BLRP_SCHEDULE_DELAY", "600000")
         quiet.setenv(semconv.ENV_EVENT_LOG_RECORDS, "true")
         reader = InMemoryMetricReader()
         telemetry = setup("svc", set_global=False, metric_readers=[reader])
         sink = telemetry.event_sink
         assert isinstance(sink, OtlpEventSink)
-        for i in range(10):
+        http_receiver.hold()
+        for i in range(4):  # one full batch: exported, and held by the receiver
+            sink.try_emit(type="stage.a.completed", data={"stage": "a", "i": i})
+        assert http_receiver.wait_for(lambda: http_receiver.held == 1)
+        for i in range(4, 10):
             sink.try_emit(type="stage.a.completed", data={"stage": "a", "i": i})
         assert sink.flush(5.0)
         dropped = {
@@ -189,9 +193,10 @@ class TestEventDrops:
             for p in metric_points(reader, semconv.EVENTS_DROPPED.name)
             if isinstance(p, NumberDataPoint) and p.attributes is not None and p.value
         }
-        assert (sink.dropped, dropped) == (6, {semconv.DROP_CAUSE_QUEUE_FULL: 6})
-        assert telemetry.shutdown(5.0) is False  # six events were lost: shutdown says so
-        assert len(http_receiver.log_records()) == 4
+        assert (sink.dropped, dropped) == (2, {semconv.DROP_CAUSE_QUEUE_FULL: 2})
+        http_receiver.release()
+        assert telemetry.shutdown(5.0) is False  # two events were lost: shutdown says so
+        assert len(http_receiver.log_records()) == 8
 
 
 class TestProtocol:
