@@ -9,10 +9,10 @@ from typing import Any
 
 import jsonschema
 
-from ._assets import COMPOSE_FILE, REPO
+from ._assets import COLLECTOR, COMPOSE_FILE, REPO, load_yaml
 
 PINNED = re.compile(r"^[a-z0-9][\w./-]*:[\w][\w.-]*@sha256:[0-9a-f]{64}$")
-DEFAULT = re.compile(r"^\$\{(\w+):-([^}]*)\}$")
+REQUIRED = re.compile(r"^\$\{(\w+):\?([^}]+)\}$")
 EXPECTED_SERVICES = {"otel-collector", "jaeger", "prometheus", "grafana", "loki", "demo"}
 TAG_ONLY = {"jaeger": "jaegertracing/jaeger:2.13.0"}
 """Images pinned by tag alone (no digest of that tag could be found; the compose file says so)."""
@@ -124,17 +124,47 @@ class TestServices:
         assert "--enable-feature=exemplar-storage" in command
         assert "--web.enable-remote-write-receiver" not in command
 
-    def test_grafana_admin_password_is_never_admin(self, services: dict[str, Any]) -> None:
-        """Grafana's admin password comes from an env var whose default is not `admin`."""
+    def test_grafana_admin_password_is_required_from_the_environment(self, services: dict[str, Any]) -> None:
+        """Grafana's admin password is `${GRAFANA_ADMIN_PASSWORD:?message}`: no default, and compose stops
+        with a message naming the variable while it is unset or empty."""
         value = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
-        match = DEFAULT.match(value)
+        match = REQUIRED.match(value)
         assert match is not None, value
-        assert (match.group(1), match.group(2) not in {"", "admin"}) == ("GRAFANA_ADMIN_PASSWORD", True)
+        assert (match.group(1), "GRAFANA_ADMIN_PASSWORD" in match.group(2)) == (
+            "GRAFANA_ADMIN_PASSWORD",
+            True,
+        )
 
-    def test_grafana_anonymous_users_only_view(self, services: dict[str, Any]) -> None:
-        """Anonymous Grafana access, if enabled, has the Viewer role."""
+    def test_no_grafana_setting_has_a_default_value(self, services: dict[str, Any]) -> None:
+        """No Grafana variable falls back to a default (`${VAR:-x}`, `${VAR-x}`) a password could hide in."""
+        values = [str(v) for v in services["grafana"]["environment"].values()]
+        assert [v for v in values if re.search(r"\$\{\w+:?-", v)] == []
+
+    def test_grafana_has_no_anonymous_access(self, services: dict[str, Any]) -> None:
+        """Anonymous access is off: every user signs in."""
         environment = services["grafana"]["environment"]
-        assert environment.get("GF_AUTH_ANONYMOUS_ORG_ROLE", "Viewer") == "Viewer"
+        assert (environment["GF_AUTH_ANONYMOUS_ENABLED"], "GF_AUTH_ANONYMOUS_ORG_ROLE" in environment) == (
+            "false",
+            False,
+        )
+
+    def test_loki_is_not_published(self, services: dict[str, Any]) -> None:
+        """Loki has no published port: nothing outside the compose network can write to it."""
+        assert services["loki"].get("ports", []) == []
+
+    def test_loki_refuses_requests_without_a_tenant(self) -> None:
+        """Loki runs multi-tenant (`auth_enabled: true`): a request without X-Scope-OrgID is refused."""
+        assert load_yaml(COLLECTOR / "loki" / "config.yaml")["auth_enabled"] is True
+
+    def test_the_collector_writes_and_grafana_reads_one_tenant(
+        self, otelcol: dict[str, Any], datasources: dict[str, dict[str, Any]]
+    ) -> None:
+        """The collector's Loki exporter sends X-Scope-OrgID; Grafana's Loki datasource reads that tenant."""
+        written = otelcol["exporters"]["otlp_http/loki"]["headers"]
+        loki = datasources["loki"]
+        header = loki["jsonData"]["httpHeaderName1"]
+        read = {header: loki["secureJsonData"]["httpHeaderValue1"]}
+        assert (written, read) == ({"X-Scope-OrgID": "stageflow"}, {"X-Scope-OrgID": "stageflow"})
 
     def test_demo_runs_stageflow_otel_against_the_collector(self, services: dict[str, Any]) -> None:
         """The demo is opt-in (a profile) and runs `python -m stageflow_otel demo` against the collector."""
