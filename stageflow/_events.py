@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import weakref
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, runtime_checkable
@@ -153,11 +153,27 @@ class LoggingEventSink:
     Args:
         logger: the logger to write to (default ``logging.getLogger("stageflow.events")``).
         level: the level to log at (default ``INFO``); nothing is formatted when it is disabled.
+        redact_error: a hook every event's ``error`` message passes through before it is logged: it
+            returns the text to log, or ``None`` to leave the field out. Without it messages are logged
+            as raised. ``stageflow_otel``'s redactors fit through a lambda:
+            ``redact_error=lambda m: redact_error_message(ErrorDetails("error", m))``. A hook that raises
+            costs the message (logged once), never the event.
+
+    .. versionchanged:: 0.10
+       ``redact_error``.
     """
 
-    def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        level: int = logging.INFO,
+        *,
+        redact_error: Callable[[str], str | None] | None = None,
+    ) -> None:
         self.logger = logger or logging.getLogger("stageflow.events")
         self.level = level
+        self.redact_error = redact_error
+        self._hook_failed = False
 
     async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
         """Log the event."""
@@ -167,7 +183,29 @@ class LoggingEventSink:
         """Log the event."""
         if self.logger.isEnabledFor(self.level):
             line = {"type": type, **{k: _rounded(v) for k, v in (data or {}).items()}}
+            if self.redact_error is not None and isinstance(line.get("error"), str):
+                error = self._redacted(line["error"])
+                if error is None:
+                    del line["error"]
+                else:
+                    line["error"] = error
             self.logger.log(self.level, "%s", json.dumps(line, default=str))
+
+    def _redacted(self, message: str) -> str | None:
+        assert self.redact_error is not None
+        try:
+            redacted = self.redact_error(message)
+        except Exception as exc:  # fail closed: a broken hook costs the message, never the event
+            if not self._hook_failed:
+                self._hook_failed = True
+                logger.error(
+                    "stageflow: LoggingEventSink's redact_error hook %r raised %r; error messages are "
+                    "left out (logged once)",
+                    self.redact_error,
+                    exc,
+                )
+            return None
+        return None if redacted is None else str(redacted)
 
 
 @dataclass(frozen=True, slots=True)

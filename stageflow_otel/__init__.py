@@ -7,6 +7,7 @@ from ._content import ErrorDetails as ErrorDetails
 from ._content import ErrorRedactor as ErrorRedactor
 from ._content import error_type_only as error_type_only
 from ._content import redact_error_message as redact_error_message
+from ._content import redact_error_message_and_pii as redact_error_message_and_pii
 from ._logging import LoggingInterceptor as LoggingInterceptor
 from ._logging import add_trace_context as add_trace_context
 from ._metrics import MetricsInterceptor as MetricsInterceptor
@@ -37,6 +38,7 @@ __all__ = (
     "error_type_only",
     "inject_context",
     "redact_error_message",
+    "redact_error_message_and_pii",
     "setup",
     "start_metrics_server",
 )

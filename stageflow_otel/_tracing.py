@@ -277,6 +277,9 @@ class TracingInterceptor(Interceptor):
         redact_error: the hook every error message passes through before it reaches a span status or
             an ``exception`` span event (default ``redact_error_message``; ``error_type_only`` exports
             no message, only ``error.type``).
+        stacktrace_source_lines: put the source line of each frame in the ``exception`` span event's
+            ``exception.stacktrace`` too (default ``False``: file, line number and function only, as a
+            source line may hold a literal secret the redaction hook never sees).
 
     Span names and status descriptions are cut to ``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`` (else
     ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``, else 4096 characters); attributes are cut by the SDK's own
@@ -299,8 +302,10 @@ class TracingInterceptor(Interceptor):
         *,
         capture_content: ContentHook | None = None,
         redact_error: ErrorRedactor = redact_error_message,
+        stacktrace_source_lines: bool = False,
     ) -> None:
         self._provider = tracer_provider
+        self._source_lines = stacktrace_source_lines
         self._capture = capture_content
         self._redact = redact_error
         self._limit = value_length_limit("span")
@@ -509,7 +514,9 @@ class TracingInterceptor(Interceptor):
             # Not span.record_exception: its message and stack trace would bypass the redaction hook.
             event: dict[str, AttributeValue] = {
                 semconv.EXCEPTION_TYPE: clean_text(_qualified_name(error), self._limit),
-                semconv.EXCEPTION_STACKTRACE: redacted_stacktrace(error, message, self._limit),
+                semconv.EXCEPTION_STACKTRACE: redacted_stacktrace(
+                    error, message, self._limit, source_lines=self._source_lines
+                ),
             }
             if message is not None:
                 event[semconv.EXCEPTION_MESSAGE] = message

@@ -415,6 +415,62 @@ class TestShippedSinks:
             "n": [1.0],
         }
 
+    async def test_logging_sink_redacts_error_messages(self, caplog: pytest.LogCaptureFixture) -> None:
+        """``redact_error`` rewrites the ``error`` of failed and run-level events before they are logged."""
+
+        async def leaky(ctx: StageContext) -> StageOutput:
+            raise PermissionError("login as bob with password=hunter2 refused")
+
+        seen: list[str] = []
+
+        def redact(message: str) -> str:
+            seen.append(message)
+            return message.replace("hunter2", "***")
+
+        pipeline = Pipeline(name="leak").with_stage("a", leaky, E)
+        with caplog.at_level(logging.INFO, logger="stageflow.events"), pytest.raises(PipelineFailedError):
+            await pipeline.build().run(make_ctx(sink=LoggingEventSink(redact_error=redact)))
+        lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "stageflow.events"]
+        errors = [(line["type"], line["error"]) for line in lines if "error" in line]
+        assert errors == [
+            ("stage.a.failed", "login as bob with password=*** refused"),
+            ("pipeline.failed", "login as bob with password=*** refused"),
+        ]
+        assert seen == ["login as bob with password=hunter2 refused"] * 2
+        assert "hunter2" not in caplog.text
+
+    async def test_logging_sink_hook_returning_none_leaves_the_error_out(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A ``redact_error`` hook returning ``None`` leaves the ``error`` field out and keeps the rest."""
+        with caplog.at_level(logging.INFO, logger="stageflow.events"):
+            await LoggingEventSink(redact_error=lambda message: None).emit(
+                type="stage.a.failed", data={"stage": "a", "error": "token=abc", "error_type": "ValueError"}
+            )
+        assert json.loads(caplog.records[-1].getMessage()) == {
+            "type": "stage.a.failed",
+            "stage": "a",
+            "error_type": "ValueError",
+        }
+
+    async def test_logging_sink_raising_hook_fails_closed(self, caplog: pytest.LogCaptureFixture) -> None:
+        """A ``redact_error`` hook that raises costs the message (logged once), never the event."""
+
+        def broken(message: str) -> str:
+            raise RuntimeError("hook bug")
+
+        sink = LoggingEventSink(redact_error=broken)
+        with caplog.at_level(logging.INFO):
+            for _ in range(2):
+                await sink.emit(type="stage.a.failed", data={"stage": "a", "error": "token=abc"})
+        events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "stageflow.events"]
+        complaints = [r.getMessage() for r in caplog.records if r.name == "stageflow"]
+        assert events == [{"type": "stage.a.failed", "stage": "a"}] * 2
+        assert complaints == [
+            f"stageflow: LoggingEventSink's redact_error hook {broken!r} raised RuntimeError('hook bug'); "
+            "error messages are left out (logged once)"
+        ]
+
     async def test_logging_sink_disabled_level(self, caplog: pytest.LogCaptureFixture) -> None:
         """``LoggingEventSink`` logs nothing when its level is disabled."""
         with caplog.at_level(logging.WARNING, logger="stageflow.events"):

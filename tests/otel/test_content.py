@@ -7,6 +7,10 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 
 import asyncio
+import json
+import logging
+import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +23,7 @@ from opentelemetry.util.types import AttributeValue
 
 from stageflow import (
     EventSink,
+    LoggingEventSink,
     Pipeline,
     PipelineFailedError,
     StageContext,
@@ -29,12 +34,14 @@ from stageflow import (
 )
 from stageflow_otel import (
     ErrorDetails,
+    ErrorRedactor,
     LoggingInterceptor,
     OtlpEventSink,
     Telemetry,
     TracingInterceptor,
     error_type_only,
     redact_error_message,
+    redact_error_message_and_pii,
     semconv,
     setup,
 )
@@ -391,6 +398,19 @@ class TestDefaultRedactor:
                 "run 0b9f6c1e-5d2a-4c4e-9a57-1f0e3b2a7c11 failed",
             ),
             ("sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "sha [REDACTED]"),
+            ("redis://:s3cret@cache:6379/0 refused", "redis://[REDACTED]@cache:6379/0 refused"),
+            ("key AKIAIOSFODNN7EXAMPLE denied", "key [REDACTED] denied"),
+            ("PGPASSWORD=hunter2 psql exited 2", "PGPASSWORD=[REDACTED] psql exited 2"),
+            ("pass=hunter2", "pass=[REDACTED]"),
+            ("login failed: the password is hunter2", "login failed: the password is [REDACTED]"),
+            ("wrong password hunter2 for bob", "wrong password [REDACTED] for bob"),
+            ("password is required", "password is required"),
+            ("slack: xoxb-17653672481-19874698323-pdfjlkwlqwlkjsd revoked", "slack: [REDACTED] revoked"),
+            ("url=https://x.test/?token=abc&page=2", "url=https://x.test/?token=[REDACTED]&page=2"),
+            ("bad max_tokens=4096", "bad max_tokens=4096"),
+            ("jwt eyJhbGciOiJIUzI1NiJ9.e30.c2ln expired", "jwt [REDACTED] expired"),
+            ("on 2026-12-05 at 12:30:45, lodash@4.17.21", "on 2026-12-05 at 12:30:45, lodash@4.17.21"),
+            ("SSN 123-45-6789, tel 555-123-4567", "SSN 123-45-6789, tel 555-123-4567"),
         ],
         ids=[
             "key=value",
@@ -405,8 +425,149 @@ class TestDefaultRedactor:
             "identifier-kept",
             "uuid-kept",
             "hex-digest",
+            "url-empty-user",
+            "aws-access-key-id",
+            "pgpassword",
+            "pass",
+            "prose-is",
+            "prose-bare",
+            "prose-plain-kept",
+            "slack-token",
+            "key-value-inside-a-value",
+            "count-kept",
+            "jwt",
+            "date-time-version-kept",
+            "pii-kept-without-opt-in",
         ],
     )
     def test_masks_likely_secrets(self, message: str, expected: str) -> None:
         """The default redactor masks credentials, e-mail addresses, long numbers and API keys only."""
         assert redact_error_message(ErrorDetails("ValueError", message)) == expected
+
+    @pytest.mark.parametrize(
+        ("message", "expected"),
+        [
+            ("SSN 123-45-6789 on file", "SSN [REDACTED] on file"),
+            ("call 555-123-4567 or (555) 123-4567", "call [REDACTED] or [REDACTED]"),
+            ("call +44 20 7946 0958 now", "call [REDACTED] now"),
+            ("IBAN DE89 3704 0044 0532 0130 00 rejected", "IBAN [REDACTED] rejected"),
+            ("IBAN GB82WEST12345698765432", "IBAN [REDACTED]"),
+            ("ref DE00 3704 0044", "ref DE00 3704 0044"),
+            ("password=hunter2 for ann@example.org", "password=[REDACTED] for [REDACTED]"),
+            ("on 2026-12-05, 3 of 10 stages", "on 2026-12-05, 3 of 10 stages"),
+        ],
+        ids=[
+            "ssn",
+            "phone-us",
+            "phone-international",
+            "iban",
+            "iban-compact",
+            "bad-check-digits-kept",
+            "secrets-too",
+            "dates-counts-kept",
+        ],
+    )
+    def test_pii_masking_is_opt_in(self, message: str, expected: str) -> None:
+        """The opt-in PII redactor also masks SSNs, phone numbers and IBANs with valid check digits."""
+        assert redact_error_message_and_pii(ErrorDetails("ValueError", message)) == expected
+
+    @pytest.mark.parametrize(
+        "redact", [redact_error_message, redact_error_message_and_pii], ids=["default", "pii"]
+    )
+    def test_linear_time_on_crafted_input(self, redact: ErrorRedactor) -> None:
+        """Inputs crafted against each pattern, at the length limit, take well under a second each."""
+        limit = semconv.DEFAULT_VALUE_LENGTH_LIMIT
+        units = [
+            "token-",
+            "a",
+            "a:",
+            "a=",
+            "a.",
+            "a@",
+            "a@a.",
+            "1 ",
+            "1-",
+            "+1 ",
+            "AB12 ",
+            "eyJ",
+            "eyJa.",
+            "xoxb-",
+            "bearer ",
+            "password ",
+            "pwd is ",
+            "password=",
+            '"api_key": "',
+            "x://:",
+            "x://a:",
+            "redis://:",
+            "(555) ",
+            "123-45-",
+            "aB1",
+            "0123456789abcdef",
+            "\t",
+            "=",
+            "-",
+        ]
+        slowest = 0.0
+        for unit in units:
+            for tail in ("", "!", "@"):
+                message = (unit * (limit // len(unit) + 1))[: limit - len(tail)] + tail
+                started = time.process_time()
+                redact(ErrorDetails("ValueError", message))
+                slowest = max(slowest, time.process_time() - started)
+        # a generous bound: these take milliseconds; the backtracking patterns took 17 s on "token-" * 682
+        assert slowest < 1.0
+
+
+class TestStacktrace:
+    async def test_source_lines_are_opt_in(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """Exported stack traces name file, line and function; their source lines only on request."""
+
+        def connect(password: str) -> None:
+            raise PermissionError("access denied")
+
+        async def logs_in(ctx: StageContext) -> StageOutput:
+            connect(password="hunter2")
+            return StageOutput.ok()
+
+        traces = []
+        for source_lines in (False, True):
+            tracing = TracingInterceptor(tracer_provider, stacktrace_source_lines=source_lines)
+            with pytest.raises(PipelineFailedError):
+                await (
+                    Pipeline(name="db")
+                    .with_stage("a", logs_in, W)
+                    .build(interceptors=[tracing])
+                    .run(entry_ctx())
+                )
+            stage = [s for s in span_exporter.get_finished_spans() if s.name == "stage a"][-1]
+            event = next(e for e in stage.events if e.name == "exception")
+            traces.append(str((event.attributes or {})["exception.stacktrace"]).splitlines())
+        bare, with_source = traces
+        frame = re.compile(r'  File "[^"]+", line \d+, in [\w<>]+')
+        assert bare[0] == "Traceback (most recent call last):"
+        assert [bool(frame.fullmatch(line)) for line in bare[1:-1]] == [True] * (len(bare) - 2)
+        assert [line.rsplit(" ", 1)[1] for line in bare[-3:-1]] + bare[-1:] == [
+            "logs_in",
+            "connect",
+            "PermissionError: access denied",
+        ]
+        assert "hunter2" not in "\n".join(bare)
+        assert '    connect(password="hunter2")' in with_source
+
+
+class TestCoreLoggingSink:
+    async def test_readme_lambda_redacts_the_core_sinks_json_lines(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """README's ``redact_error=lambda m: ...`` masks the secret in every error the core sink logs."""
+        sink = LoggingEventSink(redact_error=lambda m: redact_error_message(ErrorDetails("error", m)))
+        with caplog.at_level(logging.INFO, logger="stageflow.events"), pytest.raises(PipelineFailedError):
+            await two_stages("demo", leaky).build().run(entry_ctx(sink=sink))
+        lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "stageflow.events"]
+        assert [(line["type"], line["error"]) for line in lines if "error" in line] == [
+            ("stage.b.failed", REDACTED_MESSAGE),
+            ("pipeline.failed", REDACTED_MESSAGE),
+        ]
