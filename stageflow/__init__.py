@@ -12,7 +12,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._config import ConfigError as ConfigError
 from ._config import ConfigProvider as ConfigProvider
@@ -71,11 +71,18 @@ from ._runner import StageFunction as StageFunction
 from ._runner import StageRunner as StageRunner
 from ._snapshot import ContextSnapshot as ContextSnapshot
 from ._snapshot import RunIdentity as RunIdentity
+from ._store import MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS
 from ._store import InMemoryRunStore as InMemoryRunStore
+from ._store import MalformedRunError as MalformedRunError
 from ._store import RunRecord as RunRecord
 from ._store import RunStore as RunStore
+from ._store import RunStoreWrite as RunStoreWrite
 from ._store import SQLiteRunStore as SQLiteRunStore
 from ._store import StageRecord as StageRecord
+from ._store import WriteObserver as WriteObserver
+from ._store import current_run_trace_id as current_run_trace_id
+from ._store import reset_run_trace_id as reset_run_trace_id
+from ._store import set_run_trace_id as set_run_trace_id
 from ._types import Stage as Stage
 from ._types import StageArtifact as StageArtifact
 from ._types import StageEvent as StageEvent
@@ -89,9 +96,14 @@ from .interceptors import InterceptorResult as InterceptorResult
 from .interceptors import TimeoutInterceptor as TimeoutInterceptor
 from .interceptors import get_default_interceptors as get_default_interceptors
 
+if TYPE_CHECKING:
+    from .adapters._events_db import DatabaseEventSink as DatabaseEventSink
+    from .adapters._postgres import PostgresRunStore as PostgresRunStore
+
 __version__ = "0.10.0"
 
 __all__ = (
+    "MAX_MESSAGE_CHARS",
     "BaseInterceptor",
     "CircuitBreakerInterceptor",
     "CircuitOpenError",
@@ -100,6 +112,7 @@ __all__ = (
     "ContextSnapshot",
     "CriticalInterceptorError",
     "CycleError",
+    "DatabaseEventSink",
     "DictConfigProvider",
     "DuplicateStageError",
     "EnvConfigProvider",
@@ -115,6 +128,7 @@ __all__ = (
     "InvalidStageNameError",
     "InvalidStageOutputError",
     "LoggingEventSink",
+    "MalformedRunError",
     "NoOpEventSink",
     "Pipeline",
     "PipelineCancelledError",
@@ -123,6 +137,7 @@ __all__ = (
     "PipelineFailedError",
     "PipelineRunError",
     "PipelineTimer",
+    "PostgresRunStore",
     "RecordedEvent",
     "RetriesExhaustedError",
     "RetryNotConfiguredError",
@@ -131,6 +146,7 @@ __all__ = (
     "RunRecord",
     "RunResult",
     "RunStore",
+    "RunStoreWrite",
     "SQLiteRunStore",
     "SelfDependencyError",
     "Stage",
@@ -158,18 +174,25 @@ __all__ = (
     "UndeclaredDependencyError",
     "UnifiedStageSpec",
     "UnknownDependencyError",
+    "WriteObserver",
     "clear_event_sink",
     "create_stage_context",
     "create_stage_inputs",
+    "current_run_trace_id",
     "dropped_event_count",
     "get_default_interceptors",
     "error_type_name",
     "get_event_sink",
+    "reset_run_trace_id",
     "set_event_sink",
+    "set_run_trace_id",
 )
 
 
 _OTEL_INTERCEPTORS = ("LoggingInterceptor", "MetricsInterceptor", "TracingInterceptor")
+# the adapters that lean on a third-party package load on first use, so ``import stageflow`` stays
+# standard-library only
+_ADAPTERS = {"DatabaseEventSink": "._events_db", "PostgresRunStore": "._postgres"}
 
 
 def __getattr__(name: str) -> Any:
@@ -179,5 +202,11 @@ def __getattr__(name: str) -> Any:
         from . import interceptors
 
         return getattr(interceptors, name)
+    if name in _ADAPTERS:
+        import importlib
+
+        value = getattr(importlib.import_module(_ADAPTERS[name], "stageflow.adapters"), name)
+        globals()[name] = value
+        return value
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)

@@ -12,31 +12,65 @@ Example::
     graph = pipeline.build(run_store=store)
     results = await graph.run(ctx)
     record = await store.get_run(results.run_id)
+
+Records are written once: a second write of the same run id changes nothing. Before a record is stored,
+every text in it is made storable the same way by every store (``storable_record``): a lone surrogate
+becomes the escape ``\\udXXX`` and a NUL character ``\\x00``, and an error message or reason longer than
+``MAX_MESSAGE_CHARS`` characters keeps its beginning and says how many characters were cut.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
 
+from ._errors import StageflowError
+from ._events import RecordedEvent
+
 __all__ = (
+    "MAX_MESSAGE_CHARS",
     "RUN_STORE_TIMEOUT",
     "InMemoryRunStore",
+    "MalformedRunError",
     "RunRecord",
     "RunStore",
+    "RunStoreWrite",
     "SQLiteRunStore",
     "StageRecord",
+    "WriteObserver",
+    "check_page",
+    "current_run_trace_id",
+    "event_data",
+    "observe",
+    "read_checked",
+    "readable",
+    "reset_run_trace_id",
+    "run_record",
+    "set_run_trace_id",
+    "storable_record",
+    "storable_text",
 )
 
-SCHEMA_VERSION = 2
+logger = logging.getLogger("stageflow")
+
+SCHEMA_VERSION = 3
+
+MAX_MESSAGE_CHARS = 4096
+"""Characters of an error message or reason a store keeps; the rest is cut, and the kept text ends with
+``… [N more characters not shown]``.
+
+.. versionadded:: 0.10
+"""
 
 RUN_STORE_TIMEOUT = 1.0
 """Seconds ``run()`` waits for ``record_run`` when the store has no ``record_timeout`` attribute."""
@@ -81,6 +115,13 @@ class RunRecord:
     critical_path: tuple[str, ...] = ()
     error: str | None = None
     """For failed runs the failing stage's error; for cancelled runs the reason."""
+    trace_id: str | None = None
+    """The run's OpenTelemetry trace id (32 hex digits) when the run was traced, else ``None``.
+
+    Stores fill it in from ``current_run_trace_id()`` when the record carries none.
+
+    .. versionadded:: 0.10
+    """
 
     @property
     def duration(self) -> float:
@@ -110,7 +151,7 @@ class RunStore(Protocol):
     """
 
     async def record_run(self, record: RunRecord) -> None:
-        """Store one run (a record with an existing ``run_id`` replaces it)."""
+        """Store one run. Writes are idempotent: a record with an existing ``run_id`` changes nothing."""
         ...
 
     async def get_run(self, run_id: UUID | str) -> RunRecord | None:
@@ -123,28 +164,242 @@ class RunStore(Protocol):
 
 
 class InMemoryRunStore:
-    """Keeps runs in a dict. For tests and short-lived processes."""
+    """Keeps runs in a dict. For tests and short-lived processes.
 
-    def __init__(self) -> None:
+    Args:
+        observer: called after every ``record_run`` with its ``RunStoreWrite`` (e.g. stageflow_otel's
+            ``RunStoreMetrics``).
+    """
+
+    def __init__(self, *, observer: WriteObserver | None = None) -> None:
         self._runs: dict[str, RunRecord] = {}
+        self._observer = observer
 
     async def record_run(self, record: RunRecord) -> None:
-        """Store one run."""
-        self._runs[record.run_id] = record
+        """Store one run; a record with an existing ``run_id`` changes nothing."""
+        started = time.perf_counter()
+        stored = storable_record(record)
+        self._runs.setdefault(stored.run_id, stored)
+        observe(self._observer, RunStoreWrite("memory", time.perf_counter() - started, None))
 
     async def get_run(self, run_id: UUID | str) -> RunRecord | None:
         """The run with this id, or ``None``."""
         return self._runs.get(str(run_id))
 
-    async def list_runs(self, *, pipeline: str | None = None, limit: int = 100) -> list[RunRecord]:
-        """The most recently started runs first."""
+    async def list_runs(
+        self, *, pipeline: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[RunRecord]:
+        """The most recently started runs first (ties by run id), optionally of one pipeline.
+
+        Args:
+            pipeline: only runs of this pipeline.
+            limit: at most this many runs.
+            offset: skip this many runs first (the next page starts at ``offset + limit``).
+        """
+        check_page(limit, offset)
         runs = [r for r in self._runs.values() if pipeline is None or r.pipeline == pipeline]
-        runs.sort(key=lambda r: r.started_at, reverse=True)
-        return runs[:limit]
+        runs.sort(key=_newest_first)
+        return runs[offset : offset + limit]
+
+    async def find_runs(self, prefix: str, *, limit: int = 10) -> list[RunRecord]:
+        """Runs whose id starts with ``prefix``, in id order, at most ``limit``."""
+        check_page(limit, 0)
+        return sorted((r for r in self._runs.values() if r.run_id.startswith(prefix)), key=_by_id)[:limit]
+
+
+def _newest_first(record: RunRecord) -> tuple[float, str]:
+    return (-record.started_at, record.run_id)
+
+
+def _by_id(record: RunRecord) -> str:
+    return record.run_id
+
+
+def check_page(limit: int, offset: int) -> None:
+    """Refuse a ``limit`` below 1 or an ``offset`` below 0 with a message naming the value."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        msg = f"limit={limit!r} is invalid; pass a whole number of at least 1"
+        raise ValueError(msg)
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        msg = f"offset={offset!r} is invalid; pass a whole number of at least 0"
+        raise ValueError(msg)
+
+
+# ------------------------------------------------------------------------------------ storable text
+
+
+def storable_text(text: str) -> str:
+    """``text`` with each lone surrogate written as ``\\udXXX`` and each NUL as ``\\x00``.
+
+    Neither can be encoded as UTF-8 text in a database (PostgreSQL refuses NUL in ``text`` too), so every
+    store writes them escaped, the same way.
+
+    .. versionadded:: 0.10
+    """
+    if text.isascii():
+        if "\x00" not in text:
+            return text
+    else:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            if "\x00" not in text:
+                return text
+    return "".join([_ESCAPES.get(c, c) for c in text])
+
+
+_ESCAPES = {"\x00": "\\x00"} | {chr(c): f"\\u{c:04x}" for c in range(0xD800, 0xE000)}
+
+
+def _message(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = f"{text[:MAX_MESSAGE_CHARS]}… [{len(text) - MAX_MESSAGE_CHARS:,} more characters not shown]"
+    return storable_text(text)
+
+
+def storable_record(record: RunRecord) -> RunRecord:
+    """``record`` as every store keeps it: text made storable (``storable_text``), messages cut to
+    ``MAX_MESSAGE_CHARS``, and the trace id from ``current_run_trace_id()`` when it has none.
+
+    .. versionadded:: 0.10
+    """
+    clean = storable_text
+    stages = tuple(
+        replace(
+            s,
+            name=clean(s.name),
+            kind=clean(s.kind),
+            status=clean(s.status),
+            error=_message(s.error),
+            error_type=None if s.error_type is None else clean(s.error_type),
+            dependencies=tuple(clean(d) for d in s.dependencies),
+        )
+        for s in record.stages
+    )
+    trace_id = record.trace_id if record.trace_id is not None else _trace_id.get()
+    return replace(
+        record,
+        run_id=clean(record.run_id),
+        pipeline=clean(record.pipeline),
+        status=clean(record.status),
+        stages=stages,
+        critical_path=tuple(clean(c) for c in record.critical_path),
+        error=_message(record.error),
+        trace_id=None if trace_id is None else clean(trace_id),
+    )
+
+
+# --------------------------------------------------------------------------------------- trace id
+
+_trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("stageflow_run_trace_id", default=None)
+
+
+def set_run_trace_id(trace_id: str | None) -> contextvars.Token[str | None]:
+    """Name the trace of the run the current context belongs to; stores record it with the run.
+
+    A tracing integration (stageflow_otel's ``TracingInterceptor``) calls this when it opens a run's
+    span, and ``reset_run_trace_id`` with the token when the run ends.
+
+    .. versionadded:: 0.10
+    """
+    return _trace_id.set(trace_id)
+
+
+def reset_run_trace_id(token: contextvars.Token[str | None]) -> None:
+    """Undo the ``set_run_trace_id`` call that returned ``token``.
+
+    .. versionadded:: 0.10
+    """
+    _trace_id.reset(token)
+
+
+def current_run_trace_id() -> str | None:
+    """The trace id ``set_run_trace_id`` gave the current context, else ``None``.
+
+    .. versionadded:: 0.10
+    """
+    return _trace_id.get()
+
+
+# ----------------------------------------------------------------------------------- write telemetry
+
+
+@dataclass(frozen=True, slots=True)
+class RunStoreWrite:
+    """One ``record_run`` of a store, as its ``observer`` sees it.
+
+    .. versionadded:: 0.10
+    """
+
+    store: str
+    """``memory``, ``sqlite`` or ``postgresql``."""
+    duration: float
+    """Seconds the write took (until it was stored or given up)."""
+    dropped: str | None
+    """``None`` when the run was stored; else why it was not: ``timeout`` (cancelled at the store's
+    ``record_timeout``), ``unavailable`` (no connection to the database) or ``error`` (the database
+    refused the write)."""
+
+
+WriteObserver = Callable[[RunStoreWrite], None]
+"""Called by a store after each ``record_run`` (stored or dropped); exceptions are logged once."""
+
+_observer_failed: set[int] = set()
+
+
+def observe(observer: WriteObserver | None, write: RunStoreWrite) -> None:
+    """Tell ``observer`` about ``write``; an observer that raises is logged once and ignored."""
+    if observer is None:
+        return
+    try:
+        observer(write)
+    except Exception as exc:
+        if id(observer) not in _observer_failed:
+            _observer_failed.add(id(observer))
+            logger.error("stageflow: run store observer %r failed and is ignored: %r", observer, exc)
+
+
+class MalformedRunError(StageflowError, ValueError):
+    """A stored run cannot be read back: a value in its row is not what the schema promises.
+
+    .. versionadded:: 0.10
+    """
+
+    def __init__(self, run_id: str, problem: str) -> None:
+        self.run_id, self.problem = run_id, problem
+        super().__init__(f"stored run {run_id!r} is malformed: {problem}")
+
+
+def read_checked(run_id: str, read: Callable[[], RunRecord]) -> RunRecord:
+    """``read()``, with any error from a malformed row raised as ``MalformedRunError``."""
+    try:
+        return read()
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        raise MalformedRunError(run_id, f"{type(exc).__name__}: {exc}") from exc
+
+
+def readable(
+    records: Iterable[RunRecord | MalformedRunError], problems: list[MalformedRunError] | None
+) -> list[RunRecord]:
+    """The records among ``records``; each malformed one is appended to ``problems`` (or logged)."""
+    out = []
+    for record in records:
+        if isinstance(record, MalformedRunError):
+            if problems is None:
+                logger.warning("stageflow: %s; skipped", record)
+            else:
+                problems.append(record)
+        else:
+            out.append(record)
+    return out
 
 
 _COLUMNS = {
-    "runs": ("run_id", "pipeline", "status", "started_at", "ended_at", "critical_path", "error"),
+    "runs": ("run_id", "pipeline", "status", "started_at", "ended_at", "critical_path", "error", "trace_id"),
     "stages": (
         "run_id",
         "position",
@@ -189,17 +444,108 @@ _SCHEMA = (
         PRIMARY KEY (run_id, name)
     )""",
 )
-# the statements that bring a database of schema version N - 1 to N (index N - 2)
+# the statements that bring a database of schema version N - 1 to N (index N - 2); a new file gets
+# _SCHEMA (version 2) and then every migration after the first
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE stages ADD COLUMN dependencies TEXT NOT NULL DEFAULT '[]'",),
+    (
+        "ALTER TABLE runs ADD COLUMN trace_id TEXT",
+        """CREATE TABLE events (
+            run_id TEXT,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            timestamp REAL NOT NULL,
+            data TEXT NOT NULL
+        )""",
+        "CREATE INDEX events_by_run ON events (run_id, timestamp, seq)",
+    ),
 )
+
+
+def event_data(stored: object) -> dict[str, Any]:
+    """An event's data as stored (JSON text or an already decoded object), as a dict."""
+    try:
+        data = json.loads(stored) if isinstance(stored, str) else stored
+    except ValueError:
+        return {"data": stored}
+    return data if isinstance(data, dict) else {"data": data}
 
 
 def _stage_record(row: Sequence[Any]) -> StageRecord:
     name, kind, status, started, ended, wait, attempts, error, error_type, deps = row
+    dependencies = _names(deps, f"stage {name!r} dependencies")
     return StageRecord(
-        name, kind, status, started, ended, wait, attempts, error, error_type, tuple(json.loads(deps))
+        _text(name, "stage name"),
+        _text(kind, "stage kind"),
+        _text(status, "stage status"),
+        _number(started, "stage started_at"),
+        _number(ended, "stage ended_at"),
+        _number(wait, "stage wait"),
+        _whole(attempts, "stage attempts"),
+        _optional_text(error, "stage error"),
+        _optional_text(error_type, "stage error_type"),
+        dependencies,
     )
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        msg = f"{what} is {value!r}, not text"
+        raise TypeError(msg)
+    return value
+
+
+def _optional_text(value: object, what: str) -> str | None:
+    return None if value is None else _text(value, what)
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"{what} is {value!r}, not a number"
+        raise TypeError(msg)
+    return float(value)
+
+
+def _whole(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"{what} is {value!r}, not a whole number"
+        raise TypeError(msg)
+    return value
+
+
+def _names(value: object, what: str) -> tuple[str, ...]:
+    names = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        msg = f"{what} is {value!r}, not a list of names"
+        raise ValueError(msg)
+    return tuple(names)
+
+
+def run_record(row: Sequence[Any], stages: Iterable[Sequence[Any]]) -> RunRecord:
+    """A ``RunRecord`` from a run row (run_id, pipeline, status, started_at, ended_at, critical_path,
+    error, trace_id) and its stage rows, every value checked; ``MalformedRunError`` names the run and
+    the bad value."""
+    run_id = str(row[0])
+
+    def build() -> RunRecord:
+        _, pipeline, status, started_at, ended_at, critical, error, trace_id = row
+        return RunRecord(
+            _text(run_id, "run_id"),
+            _text(pipeline, "pipeline"),
+            _text(status, "status"),
+            _number(started_at, "started_at"),
+            _number(ended_at, "ended_at"),
+            tuple(_stage_record(s) for s in stages),
+            _names(critical, "critical_path"),
+            _optional_text(error, "error"),
+            _optional_text(trace_id, "trace_id"),
+        )
+
+    return read_checked(run_id, build)
+
+
+_RUN_COLUMNS = "run_id, pipeline, status, started_at, ended_at, critical_path, error, trace_id"
+_STAGE_COLUMNS = "name, kind, status, started_at, ended_at, wait, attempts, error, error_type, dependencies"
 
 
 class SQLiteRunStore:
@@ -207,35 +553,53 @@ class SQLiteRunStore:
 
     One connection serves the process; writes and reads run in worker threads under a lock, so the
     event loop never blocks on disk and concurrent runs in one process are safe. Processes may open the
-    same file at once: the schema is created in one write transaction, by whichever comes first.
+    same file at once: the schema is created in one write transaction, by whichever comes first. Each
+    run is one row in ``runs`` and one row per stage in ``stages``, written once in one transaction.
 
     Args:
         path: the database file (created if missing), or ``":memory:"``.
         timeout: seconds a write waits for a lock another connection holds (SQLite's busy timeout); also
             the ``record_timeout`` the executor bounds ``record_run`` by. A locked file makes the run go
             unrecorded (logged once) after this long, never longer.
+        create: ``False`` opens only an existing run store and creates nothing (no file, no schema): what
+            ``stageflow runs`` does.
+        observer: called after every ``record_run`` with its ``RunStoreWrite`` (e.g. stageflow_otel's
+            ``RunStoreMetrics``).
 
     Raises:
         RuntimeError: the file is not a stageflow run store (corrupt, another application's database, or a
             schema version this stageflow does not know); the message names the path and the fix.
+        FileNotFoundError: ``create=False`` and there is no file at ``path``.
     """
 
-    def __init__(self, path: str | Path, *, timeout: float = RUN_STORE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        timeout: float = RUN_STORE_TIMEOUT,
+        create: bool = True,
+        observer: WriteObserver | None = None,
+    ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
             msg = f"SQLiteRunStore timeout={timeout!r} is invalid; use seconds > 0"
             raise ValueError(msg)
         self.path = str(path)
         self.record_timeout = float(timeout)
+        self._observer = observer
         self._lock = threading.Lock()
+        if not create and (self.path == ":memory:" or not Path(self.path).is_file()):
+            msg = f"no run store at {self.path!r}: the file does not exist"
+            raise FileNotFoundError(msg)
+        target = self.path if create else f"{Path(self.path).absolute().as_uri()}?mode=rw"
         try:
             self._conn = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=_OPEN_TIMEOUT
+                target, check_same_thread=False, isolation_level=None, timeout=_OPEN_TIMEOUT, uri=not create
             )
         except sqlite3.Error as exc:
             raise self._not_a_store(f"it cannot be opened ({exc})") from exc
         try:
             self._conn.execute("PRAGMA foreign_keys = ON")
-            self._open()
+            self._open(create)
             self._conn.execute(f"PRAGMA busy_timeout = {int(self.record_timeout * 1000)}")
         except sqlite3.DatabaseError as exc:
             self._conn.close()
@@ -244,7 +608,10 @@ class SQLiteRunStore:
             self._conn.close()
             raise
 
-    def _open(self) -> None:
+    def __repr__(self) -> str:
+        return f"SQLiteRunStore({self.path!r})"
+
+    def _open(self, create: bool) -> None:
         """Switch to WAL and create or check the schema, waiting out other processes doing the same.
 
         Switching the journal mode can report "database is locked" at once, without SQLite's busy
@@ -253,9 +620,9 @@ class SQLiteRunStore:
         deadline = time.monotonic() + _OPEN_TIMEOUT
         while True:
             try:
-                if self.path != ":memory:":
+                if self.path != ":memory:" and create:
                     self._conn.execute("PRAGMA journal_mode = WAL")
-                self._migrate()
+                self._migrate(create)
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -274,12 +641,12 @@ class SQLiteRunStore:
         with self._lock:
             return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
-    def _migrate(self) -> None:
+    def _migrate(self, create: bool) -> None:
         conn = self._conn
         with self._lock:
             # IMMEDIATE takes the write lock first: of processes opening a fresh file at once, one creates
             # the schema and the others, waiting for the lock, find it made
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE" if create else "BEGIN")
             try:
                 version = int(conn.execute("PRAGMA user_version").fetchone()[0])
                 tables = {
@@ -295,8 +662,18 @@ class SQLiteRunStore:
                     raise self._not_a_store(
                         f"its schema version is {version} and it holds tables {sorted(tables)!r}"
                     )
+                if version == 0 and not create:
+                    raise self._not_a_store("it holds no tables")
                 if version < SCHEMA_VERSION:
-                    statements = _SCHEMA if version == 0 else sum(_MIGRATIONS[version - 1 :], ())
+                    if not create:
+                        # a reader does not write: the migration runs when a writer opens the file
+                        conn.execute("ROLLBACK")
+                        conn.execute("BEGIN IMMEDIATE")
+                    statements = (
+                        _SCHEMA + sum(_MIGRATIONS[1:], ())
+                        if version == 0
+                        else sum(_MIGRATIONS[version - 1 :], ())
+                    )
                     for statement in statements:
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -321,9 +698,8 @@ class SQLiteRunStore:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("DELETE FROM stages WHERE run_id = ?", (record.run_id,))
-                conn.execute(
-                    "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                inserted = conn.execute(
+                    "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.run_id,
                         record.pipeline,
@@ -332,75 +708,137 @@ class SQLiteRunStore:
                         record.ended_at,
                         json.dumps(list(record.critical_path)),
                         record.error,
+                        record.trace_id,
                     ),
-                )
-                conn.executemany(
-                    "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            record.run_id,
-                            i,
-                            s.name,
-                            s.kind,
-                            s.status,
-                            s.started_at,
-                            s.ended_at,
-                            s.wait,
-                            s.attempts,
-                            s.error,
-                            s.error_type,
-                            json.dumps(list(s.dependencies)),
-                        )
-                        for i, s in enumerate(record.stages)
-                    ],
-                )
+                ).rowcount
+                if inserted:
+                    conn.executemany(
+                        "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (
+                                record.run_id,
+                                i,
+                                s.name,
+                                s.kind,
+                                s.status,
+                                s.started_at,
+                                s.ended_at,
+                                s.wait,
+                                s.attempts,
+                                s.error,
+                                s.error_type,
+                                json.dumps(list(s.dependencies)),
+                            )
+                            for i, s in enumerate(record.stages)
+                        ],
+                    )
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 
-    def _read(self, where: str, params: Sequence[object], limit: int) -> list[RunRecord]:
+    def _read(self, where: str, params: Sequence[object], order: str) -> list[RunRecord | MalformedRunError]:
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT run_id, pipeline, status, started_at, ended_at, critical_path, error FROM runs "
-                f"{where} ORDER BY started_at DESC LIMIT ?",
-                (*params, limit),
-            ).fetchall()
-            records = []
-            for run_id, pipeline, status, started_at, ended_at, critical, error in rows:
-                stages = tuple(
-                    _stage_record(row)
-                    for row in self._conn.execute(
-                        "SELECT name, kind, status, started_at, ended_at, wait, attempts, error, error_type, "
-                        "dependencies FROM stages WHERE run_id = ? ORDER BY position",
-                        (run_id,),
-                    )
-                )
-                records.append(
-                    RunRecord(
-                        run_id,
-                        pipeline,
-                        status,
-                        started_at,
-                        ended_at,
-                        stages,
-                        tuple(json.loads(critical)),
-                        error,
-                    )
-                )
+            rows = self._conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs {where} {order}", params).fetchall()
+            records: list[RunRecord | MalformedRunError] = []
+            for row in rows:
+                stages = self._conn.execute(
+                    f"SELECT {_STAGE_COLUMNS} FROM stages WHERE run_id = ? ORDER BY position", (row[0],)
+                ).fetchall()
+                try:
+                    records.append(run_record(row, stages))
+                except MalformedRunError as exc:
+                    records.append(exc)
             return records
 
     async def record_run(self, record: RunRecord) -> None:
-        """Store one run (replacing a record with the same id)."""
-        await asyncio.to_thread(self._write, record)
+        """Store one run; a record with an existing ``run_id`` changes nothing."""
+        started = time.perf_counter()
+        dropped: str | None = "error"
+        try:
+            await asyncio.to_thread(self._write, storable_record(record))
+            dropped = None
+        except asyncio.CancelledError:
+            dropped = "timeout"
+            raise
+        finally:
+            observe(self._observer, RunStoreWrite("sqlite", time.perf_counter() - started, dropped))
 
     async def get_run(self, run_id: UUID | str) -> RunRecord | None:
-        """The run with this id, or ``None``."""
-        found = await asyncio.to_thread(self._read, "WHERE run_id = ?", (str(run_id),), 1)
-        return found[0] if found else None
+        """The run with this id, or ``None``.
 
-    async def list_runs(self, *, pipeline: str | None = None, limit: int = 100) -> list[RunRecord]:
-        """The most recently started runs first, optionally of one pipeline."""
-        if pipeline is None:
-            return await asyncio.to_thread(self._read, "", (), limit)
-        return await asyncio.to_thread(self._read, "WHERE pipeline = ?", (pipeline,), limit)
+        Raises:
+            MalformedRunError: the run's stored row cannot be read back.
+        """
+        found = await asyncio.to_thread(self._read, "WHERE run_id = ?", (str(run_id),), "")
+        if not found:
+            return None
+        if isinstance(found[0], MalformedRunError):
+            raise found[0]
+        return found[0]
+
+    async def list_runs(
+        self,
+        *,
+        pipeline: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        problems: list[MalformedRunError] | None = None,
+    ) -> list[RunRecord]:
+        """The most recently started runs first (ties by run id), optionally of one pipeline.
+
+        Args:
+            pipeline: only runs of this pipeline.
+            limit: at most this many runs.
+            offset: skip this many runs first (the next page starts at ``offset + limit``).
+            problems: a list to append each malformed run to; without it they are logged and skipped.
+        """
+        check_page(limit, offset)
+        where, params = ("", ()) if pipeline is None else ("WHERE pipeline = ?", (pipeline,))
+        found = await asyncio.to_thread(
+            self._read, where, (*params, limit, offset), "ORDER BY started_at DESC, run_id LIMIT ? OFFSET ?"
+        )
+        return readable(found, problems)
+
+    def write_events(self, rows: Sequence[tuple[str | None, int, str, float, str]]) -> None:
+        """Insert event rows (run id, sequence, type, timestamp, JSON data) in one transaction; blocking
+        (``DatabaseEventSink`` calls it from a worker thread)."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _events(self, run_id: str) -> list[RecordedEvent]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT type, data FROM events WHERE run_id = ? ORDER BY timestamp, seq", (run_id,)
+            ).fetchall()
+        return [RecordedEvent(t, event_data(d)) for t, d in rows]
+
+    async def events_of(self, run_id: UUID | str) -> list[RecordedEvent]:
+        """The events a ``DatabaseEventSink`` stored for this run, in the order they were emitted.
+
+        .. versionadded:: 0.10
+        """
+        return await asyncio.to_thread(self._events, str(run_id))
+
+    async def find_runs(
+        self, prefix: str, *, limit: int = 10, problems: list[MalformedRunError] | None = None
+    ) -> list[RunRecord]:
+        """Runs whose id starts with ``prefix``, in id order, at most ``limit`` (an index range scan).
+
+        .. versionadded:: 0.10
+        """
+        check_page(limit, 0)
+        found = await asyncio.to_thread(
+            self._read,
+            "WHERE run_id >= ? AND run_id < ?",
+            (prefix, prefix + "\U0010ffff", limit),
+            "ORDER BY run_id LIMIT ?",
+        )
+        return readable(found, problems)

@@ -155,20 +155,21 @@ class TestRunStores:
         store.close()
 
     def test_sqlite_schema_is_versioned_and_uses_wal(self, tmp_path: Path) -> None:
-        """A new database gets schema version 2 in WAL mode, and reopening it keeps it."""
+        """A new database gets schema version 3 in WAL mode, and reopening it keeps it."""
         path = tmp_path / "v.db"
         store = SQLiteRunStore(path)
-        assert store.schema_version == 2
+        assert store.schema_version == 3
         store.close()
         again = SQLiteRunStore(path)
-        assert again.schema_version == 2
+        assert again.schema_version == 3
         again.close()
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.close()
 
     async def test_version_1_database_is_migrated(self, tmp_path: Path) -> None:
-        """A version-1 database gains the dependencies column; its old runs read back with none."""
+        """A version-1 database gains the dependencies and trace id columns; its old runs read back with
+        neither."""
         path = tmp_path / "v1.db"
         conn = sqlite3.connect(path)
         conn.executescript(V1_SCHEMA)
@@ -177,7 +178,7 @@ class TestRunStores:
         conn.commit()
         conn.close()
         store = SQLiteRunStore(path)
-        assert store.schema_version == 2
+        assert store.schema_version == 3
         old = await store.get_run("r")
         assert old is not None and old.stages == (StageRecord("a", "work", "ok", 1.0, 2.0, 0.0, 1),)
         graph = diamond().build(run_store=store)
@@ -201,7 +202,7 @@ class TestRunStores:
         with pytest.raises(RuntimeError) as info:
             SQLiteRunStore(path)
         assert str(info.value) == (
-            f"run store {str(path)!r} has schema version 9, newer than 2 which this stageflow understands; "
+            f"run store {str(path)!r} has schema version 9, newer than 3 which this stageflow understands; "
             "upgrade stageflow or use another file"
         )
 

@@ -3,3 +3,11 @@
 Each module here imports its package only when one of its objects is constructed or first used, never at
 import time, and without the package installed says which ``pip install 'stageflow-core[...]'`` adds it.
 """
+
+from __future__ import annotations
+
+from ._events_db import DatabaseEventSink as DatabaseEventSink
+from ._postgres import PostgresRunStore as PostgresRunStore
+from ._postgres import SchemaError as SchemaError
+
+__all__ = ("DatabaseEventSink", "PostgresRunStore", "SchemaError")
