@@ -29,7 +29,9 @@ from ._errors import CriticalInterceptorError as CriticalInterceptorError
 from ._errors import CycleError as CycleError
 from ._errors import DuplicateStageError as DuplicateStageError
 from ._errors import InterceptorError as InterceptorError
+from ._errors import ExecutorError as ExecutorError
 from ._errors import InterceptorFailedError as InterceptorFailedError
+from ._errors import InvalidExecutorError as InvalidExecutorError
 from ._errors import InvalidRunnerError as InvalidRunnerError
 from ._errors import InvalidStageKindError as InvalidStageKindError
 from ._errors import InvalidStageNameError as InvalidStageNameError
@@ -48,6 +50,8 @@ from ._errors import StageflowError as StageflowError
 from ._errors import StageTimeoutError as StageTimeoutError
 from ._errors import UndeclaredDependencyError as UndeclaredDependencyError
 from ._errors import UnknownDependencyError as UnknownDependencyError
+from ._errors import UnpicklableStageError as UnpicklableStageError
+from ._errors import UnpicklableValueError as UnpicklableValueError
 from ._errors import error_type_name as error_type_name
 from ._events import EventSink as EventSink
 from ._events import InMemoryEventSink as InMemoryEventSink
@@ -59,6 +63,10 @@ from ._events import dropped_event_count as dropped_event_count
 from ._events import get_event_sink as get_event_sink
 from ._events import set_event_sink as set_event_sink
 from ._graph import StageGraph as StageGraph
+from ._offload import RemoteStageError as RemoteStageError
+from ._offload import WorkerHook as WorkerHook
+from ._offload import add_worker_hook as add_worker_hook
+from ._offload import remove_worker_hook as remove_worker_hook
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import StageInfo as StageInfo
 from ._pipeline import StageSpec as StageSpec
@@ -69,6 +77,8 @@ from ._retry import RetryPolicy as RetryPolicy
 from ._runner import StageExecutor as StageExecutor
 from ._runner import StageFunction as StageFunction
 from ._runner import StageRunner as StageRunner
+from ._runner import SyncStageExecutor as SyncStageExecutor
+from ._runner import SyncStageFunction as SyncStageFunction
 from ._snapshot import ContextSnapshot as ContextSnapshot
 from ._snapshot import RunIdentity as RunIdentity
 from ._store import MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS
@@ -118,11 +128,13 @@ __all__ = (
     "EnvConfigProvider",
     "ErrorAction",
     "EventSink",
+    "ExecutorError",
     "InMemoryEventSink",
     "InMemoryRunStore",
     "InterceptorError",
     "InterceptorResult",
     "InterceptorFailedError",
+    "InvalidExecutorError",
     "InvalidRunnerError",
     "InvalidStageKindError",
     "InvalidStageNameError",
@@ -139,6 +151,7 @@ __all__ = (
     "PipelineTimer",
     "PostgresRunStore",
     "RecordedEvent",
+    "RemoteStageError",
     "RetriesExhaustedError",
     "RetryNotConfiguredError",
     "RetryPolicy",
@@ -169,11 +182,17 @@ __all__ = (
     "StageSpec",
     "StageStatus",
     "StageTimeoutError",
+    "SyncStageExecutor",
+    "SyncStageFunction",
     "StageflowError",
     "TimeoutInterceptor",
     "UndeclaredDependencyError",
     "UnifiedStageSpec",
     "UnknownDependencyError",
+    "UnpicklableStageError",
+    "UnpicklableValueError",
+    "WorkerHook",
+    "add_worker_hook",
     "WriteObserver",
     "clear_event_sink",
     "create_stage_context",
@@ -183,6 +202,7 @@ __all__ = (
     "get_default_interceptors",
     "error_type_name",
     "get_event_sink",
+    "remove_worker_hook",
     "reset_run_trace_id",
     "set_event_sink",
     "set_run_trace_id",

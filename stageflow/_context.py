@@ -43,6 +43,10 @@ class PipelineTimer:
         self._start = time.perf_counter()
         self._start_wall = time.time()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ``perf_counter`` values mean nothing in another process: the wall-clock start crosses instead
+        return (_timer_from_wall, (self._start_wall,))
+
     @property
     def pipeline_start_ms(self) -> int:
         """Wall-clock start, in milliseconds since the Unix epoch."""
@@ -76,6 +80,14 @@ class PipelineTimer:
     def to_wall(self, monotonic: float) -> float:
         """Convert a ``time.perf_counter()`` reading of this run into Unix-epoch seconds."""
         return self._start_wall + (monotonic - self._start)
+
+
+def _timer_from_wall(start_wall: float) -> PipelineTimer:
+    """A run's timer rebuilt in another process from its wall-clock start."""
+    timer: PipelineTimer = object.__new__(PipelineTimer)
+    timer._start_wall = start_wall
+    timer._start = time.perf_counter() - (time.time() - start_wall)
+    return timer
 
 
 class StageInputs:
@@ -678,8 +690,11 @@ class StageContext:
     """
 
     __slots__ = (
+        "_dispatch",
         "_initial_data",
         "_ran",
+        "_stop",
+        "_work",
         "attempt",
         "began_at",
         "event_sink",
@@ -714,6 +729,39 @@ class StageContext:
         self.ready_at = 0.0
         self.began_at = 0.0
         self._ran = False  # whether a run started from this context (its run id is then used up)
+        self._stop: Any = None  # a sync stage's stop token while it runs in a thread
+        self._dispatch = 0.0  # seconds its attempts spent crossing to an executor and back
+        self._work: str | None = None  # "stopped" or "abandoned" after a cancelled executor hop
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the run no longer wants this stage's result (it was cancelled, failed fast or timed out).
+
+        A sync stage running in a thread may check it and return early; whatever it returns then is
+        discarded. Always ``False`` for async stages (they are cancelled with ``asyncio.CancelledError``)
+        and in other processes.
+
+        .. versionadded:: 0.11
+        """
+        stop = self._stop
+        return stop is not None and stop.is_set()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (to cross to another process), a context keeps what a stage reads: the snapshot, the
+        stage, its attempt, its timer and its dependencies' outputs; not the run, its sink or its ports."""
+        inputs = self.inputs
+        return (
+            _detached_context,
+            (
+                self.snapshot,
+                dict(inputs._prior),
+                None if inputs.declared_deps is None else tuple(inputs.declared_deps),
+                self.stage_name,
+                self.timer,
+                self.stage,
+                self.attempt,
+            ),
+        )
 
     @property
     def data(self) -> dict[str, Any]:
@@ -846,6 +894,26 @@ def _stage_context(
     ctx.ready_at = ready_at
     ctx.began_at = began_at
     ctx._ran = False
+    ctx._stop = None
+    ctx._dispatch = 0.0
+    ctx._work = None
+    return ctx
+
+
+def _detached_context(
+    snapshot: ContextSnapshot,
+    prior: Mapping[str, StageOutput],
+    declared: tuple[str, ...] | None,
+    stage_name: str,
+    timer: PipelineTimer,
+    stage: StageInfo | None,
+    attempt: int,
+) -> StageContext:
+    """A stage's context rebuilt in another process (see ``StageContext.__reduce__``)."""
+    inputs = StageInputs(snapshot, prior, None, declared, stage_name)
+    ctx = StageContext(snapshot, inputs, stage_name, timer)
+    ctx.stage = stage
+    ctx.attempt = attempt
     return ctx
 
 

@@ -10,7 +10,9 @@
     │   ├── SelfDependencyError
     │   ├── CycleError
     │   ├── InvalidStageKindError
-    │   └── InvalidRunnerError (also TypeError)
+    │   ├── InvalidRunnerError (also TypeError)
+    │   ├── InvalidExecutorError (also TypeError)    executor= is not a usable concurrent.futures.Executor
+    │   └── UnpicklableStageError                    a stage sent to another process cannot be pickled
     ├── PipelineRunError                              raised by StageGraph.run()
     │   ├── PipelineFailedError                       a stage failed; fail-fast
     │   └── PipelineCancelledError                    a stage returned StageOutput.cancel()
@@ -19,7 +21,9 @@
     │   ├── InvalidStageOutputError (also TypeError)  execute() returned something other than a StageOutput
     │   ├── RetryNotConfiguredError                   StageOutput.retry() without a retry policy
     │   ├── RetriesExhaustedError                     the retry policy ran out of attempts
-    │   └── UndeclaredDependencyError (also KeyError) a stage read the output of a stage it does not depend on
+    │   ├── UndeclaredDependencyError (also KeyError) a stage read the output of a stage it does not depend on
+    │   ├── UnpicklableValueError (also TypeError)    an input or output could not cross to another process
+    │   └── ExecutorError                             the stage's executor refused the work (shut down, dead)
     └── InterceptorError
         └── CriticalInterceptorError                  the one interceptor error that is not isolated
             ├── InterceptorFailedError                an interceptor raised before its stage ran
@@ -33,6 +37,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -46,6 +51,8 @@ __all__ = (
     "DuplicateStageError",
     "InterceptorError",
     "InterceptorFailedError",
+    "ExecutorError",
+    "InvalidExecutorError",
     "InvalidRunnerError",
     "InvalidStageKindError",
     "InvalidStageNameError",
@@ -64,6 +71,8 @@ __all__ = (
     "StageflowError",
     "UndeclaredDependencyError",
     "UnknownDependencyError",
+    "UnpicklableStageError",
+    "UnpicklableValueError",
     "describe",
     "error_type_name",
 )
@@ -206,8 +215,50 @@ class InvalidRunnerError(PipelineDefinitionError, TypeError):
         self.stage, self.runner = stage, runner
         super().__init__(
             f"stage {stage!r} has invalid runner {runner!r}: {problem}; pass a class or object with "
-            "'async def execute(self, ctx) -> StageOutput', or an 'async def fn(ctx) -> StageOutput'"
+            "'async def execute(self, ctx) -> StageOutput' (or a plain 'def execute', run in a thread), or a "
+            "function 'async def fn(ctx) -> StageOutput' (or a plain 'def fn(ctx)', run in a thread)"
         )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class InvalidExecutorError(PipelineDefinitionError, TypeError):
+    """``executor=`` is not a ``concurrent.futures.Executor``, is shut down, or names an async stage."""
+
+    def __init__(self, stage: str | None, executor: object, problem: str) -> None:
+        self.stage, self.executor = stage, executor
+        where = (
+            f"build(executor={executor!r})" if stage is None else f"stage {stage!r} has executor={executor!r}"
+        )
+        super().__init__(f"{where}: {problem}")
+
+
+class UnpicklableStageError(PipelineDefinitionError):
+    """A stage routed to another process (a process pool, Dask, Ray) cannot be pickled.
+
+    Attributes:
+        stage: the stage's name.
+        part: what failed, e.g. ``"attribute 'lock' (lock)"``, ``"config['client']"``, ``"its function
+            (a lambda)"``.
+    """
+
+    def __init__(self, stage: str, executor: str, part: str, problem: BaseException) -> None:
+        self.stage, self.part = stage, part
+        super().__init__(
+            f"stage {stage!r} runs on {executor}, in another process, but {part} cannot be pickled "
+            f"({type(problem).__name__}: {problem}); a stage sent to another process must pickle: use a "
+            "module-level function or class, and keep no lambdas, locks or open clients in its attributes or "
+            "config (open them inside the stage, or run it in a thread)"
+        )
+
+
+def _rebuild(cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]) -> BaseException:
+    """Unpickle a stageflow exception without calling its ``__init__`` (whose signature is not ``args``)."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 # --------------------------------------------------------------------------- run errors
@@ -284,10 +335,61 @@ class InvalidStageOutputError(StageError, TypeError):
 
     def __init__(self, stage: str, value: object) -> None:
         self.stage, self.value = stage, value
+        if inspect.iscoroutine(value):
+            super().__init__(
+                f"stage {stage!r} returned a coroutine object: it is a plain function (or its execute() is "
+                "a plain def) that returned a coroutine; declare it 'async def' to run it on the event loop, "
+                "or return a StageOutput"
+            )
+            return
         super().__init__(
             f"stage {stage!r} returned a {_type_name(value)} object; execute() must return a StageOutput, "
             "e.g. StageOutput.ok(key=value)"
         )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, {**self.__dict__, "value": None}))
+
+
+class UnpicklableValueError(StageError, TypeError):
+    """An input or output of a stage that runs in another process could not be pickled.
+
+    Attributes:
+        stage: the stage's name.
+        what: ``"output"`` or ``"input from 'stt'"``.
+        key: the key (``repr``) whose value failed.
+    """
+
+    def __init__(self, stage: str, what: str, key: str, problem: str) -> None:
+        self.stage, self.what, self.key = stage, what, key
+        super().__init__(
+            f"stage {stage!r} runs in another process, but its {what} key {key} cannot be pickled "
+            f"({problem}); pass values that pickle between such stages (str, bytes, numbers, lists, dicts, "
+            "dataclasses), or run the stage in a thread"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class ExecutorError(StageError):
+    """The stage's executor refused the work: it was shut down, or its cluster is gone.
+
+    Attributes:
+        stage: the stage's name.
+        executor: the executor's type name.
+    """
+
+    def __init__(self, stage: str, executor: object, problem: BaseException) -> None:
+        self.stage, self.executor = stage, type(executor).__name__
+        super().__init__(
+            f"stage {stage!r} could not be sent to its executor {self.executor}: "
+            f"{type(problem).__name__}: {problem}; pass an executor that is running (a shut-down executor "
+            "cannot be restarted: make a new one)"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 def _type_name(value: object) -> str:

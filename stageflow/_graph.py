@@ -44,6 +44,7 @@ from ._interceptors import (
     check_chain_depth,
     order_interceptors,
 )
+from ._offload import DEFAULT_CANCEL_GRACE, OffloadedCall, _PoolHolder, default_thread_count
 from ._pipeline import StageInfo, StageSpec, Topology, _mermaid, _validate
 from ._results import RunResult, StageResult
 from ._retry import RetryPolicy
@@ -102,14 +103,21 @@ class _Node:
         return f"stage.{self.name}.{outcome}"
 
 
-def _runner_call(info: StageInfo) -> CallNext:
+def _runner_call(
+    info: StageInfo, pool: _PoolHolder | None = None, grace: float = DEFAULT_CANCEL_GRACE
+) -> CallNext:
+    """The awaitable call of one stage: the function or ``execute`` itself, or its executor hop."""
     runner = info.runner
     if type(runner) is FunctionType and runner.__code__.co_flags & CO_COROUTINE:
         return runner  # ``async def`` function: the common case
     execute = getattr(runner, "execute", None)
-    if execute is not None and not asyncio.iscoroutinefunction(runner):
-        return execute  # type: ignore[no-any-return]
-    return runner  # type: ignore[no-any-return]
+    if execute is None or asyncio.iscoroutinefunction(runner):
+        call = runner
+    else:
+        call = execute
+    if info.sync:
+        return OffloadedCall(info, call, info.executor, pool or _PoolHolder(1, info.pipeline), grace)
+    return call  # type: ignore[no-any-return]
 
 
 class StageGraph:
@@ -133,23 +141,60 @@ class StageGraph:
         interceptors: Iterable[Interceptor] = (),
         run_store: RunStore | None = None,
         *,
-        _topology: Topology | None = None,
+        max_threads: int | None = None,
+        cancel_grace: float = DEFAULT_CANCEL_GRACE,
+    ) -> None:
+        stages = tuple(stages)
+        order, topology = _checked_order(stages, order)  # built by hand: validate like build() does
+        self._setup(name, stages, order, interceptors, run_store, topology, max_threads, cancel_grace)
+
+    @classmethod
+    def _built(
+        cls,
+        name: str,
+        stages: tuple[StageInfo, ...],
+        order: Sequence[int],
+        interceptors: Iterable[Interceptor],
+        run_store: RunStore | None,
+        topology: Topology,
+        *,
+        threads: int | None,
+        cancel_grace: float,
+    ) -> StageGraph:
+        """The graph ``Pipeline.build()`` validated, with the adjacency it computed while validating."""
+        graph = cls.__new__(cls)
+        graph._setup(name, stages, order, interceptors, run_store, topology, threads, cancel_grace)
+        return graph
+
+    def _setup(
+        self,
+        name: str,
+        stages: tuple[StageInfo, ...],
+        order: Sequence[int],
+        interceptors: Iterable[Interceptor],
+        run_store: RunStore | None,
+        _topology: Topology,
+        threads: int | None,
+        cancel_grace: float,
     ) -> None:
         self.name = name
         self.run_store = run_store
-        self.stages = tuple(stages)
+        self.stages = stages
         self.interceptors = order_interceptors(list(interceptors))
         check_chain_depth(self.interceptors)
-        if _topology is None:  # built by hand, not by Pipeline.build(): validate like build() does
-            order, _topology = _checked_order(self.stages, order)
+        self._pool = _PoolHolder(threads or default_thread_count(), name)
+        self._cancel_grace = cancel_grace
         index = {info.name: i for i, info in enumerate(self.stages)}
         # ``Pipeline.build()`` passes the adjacency it computed while validating.
         dep_index: Sequence[tuple[int, ...] | None] = _topology[0]
         ics = self.interceptors
+        pool, grace = self._pool, cancel_grace
         nodes = [
             _Node(
                 info,
-                build_stage_chain(info, _runner_call(info), ics) if ics else _runner_call(info),
+                build_stage_chain(info, _runner_call(info, pool, grace), ics)
+                if ics
+                else _runner_call(info, pool, grace),
                 index,
                 mine,
             )
@@ -200,12 +245,13 @@ class StageGraph:
         return [
             StageSpec(
                 info.name,
-                _runner_call(info),
+                _runner_call(info, self._pool, self._cancel_grace),
                 info.kind,
                 info.dependencies,
                 info.conditional,
                 info.config,
                 info.retry,
+                info.executor,
             )
             for info in self.stages
         ]
@@ -622,20 +668,21 @@ class _Run:
             else:  # the one attempt loop, shared with RetryInterceptor and ErrorAction.RETRY
                 outcome = await run_attempts(node.info, ctx, node.call, node.retry)
         except asyncio.CancelledError as exc:
-            self._settle(i, exc, ready_at, started, ctx.attempt)
+            self._settle(i, exc, ctx)
             raise
         except (KeyboardInterrupt, SystemExit):
             raise  # as in asyncio: they leave the event loop at once
         except BaseException as exc:
             outcome = exc
-        self._settle(i, outcome, ready_at, started, ctx.attempt)
+        self._settle(i, outcome, ctx)
 
-    def _settle(self, i: int, outcome: object, ready_at: float, started: float, attempts: int) -> None:
+    def _settle(self, i: int, outcome: object, ctx: StageContext) -> None:
         """End stage ``i`` with ``outcome`` (see the class docstring); raises only ``KeyboardInterrupt``."""
         node = self.nodes[i]
         try:
             self.tasks[i] = None
             ended = _perf()
+            ready_at, started, attempts = ctx.ready_at, ctx.began_at, ctx.attempt
             if type(outcome) is StageOutput and outcome.status is _OK:
                 # ``StageResult(name, kind, OK, outcome, None, ready_at, started, ended, attempts)``,
                 # inlined: this is the one result almost every stage makes
@@ -649,7 +696,46 @@ class _Run:
                 result.started_at = started
                 result.ended_at = ended
                 result.attempts = attempts
+                result.dispatch = ctx._dispatch
+                result.work = None
                 self.results[node.name] = result
+                if self.sink is not None:
+                    if node.info.sync:
+                        self._stage_event(
+                            node,
+                            "completed",
+                            duration=ended - started,
+                            wait=started - ready_at,
+                            attempts=attempts,
+                            dispatch=ctx._dispatch,
+                        )
+                    else:
+                        self._stage_event(
+                            node,
+                            "completed",
+                            duration=ended - started,
+                            wait=started - ready_at,
+                            attempts=attempts,
+                        )
+                self._release(i, outcome, ended)
+                return
+            status, output, error = _classify(node, outcome)
+            work = ctx._work
+            self.results[node.name] = StageResult(
+                node.name,
+                node.kind,
+                status,
+                output,
+                error,
+                ready_at,
+                started,
+                ended,
+                attempts,
+                dispatch=ctx._dispatch,
+                work=work,
+            )
+            if status is _OK:  # a StageOutput subclass returned ok: completed, like StageOutput itself
+                assert output is not None
                 if self.sink is not None:
                     self._stage_event(
                         node,
@@ -658,12 +744,8 @@ class _Run:
                         wait=started - ready_at,
                         attempts=attempts,
                     )
-                self._release(i, outcome, ended)
+                self._release(i, output, ended)
                 return
-            status, output, error = _classify(node, outcome)
-            self.results[node.name] = StageResult(
-                node.name, node.kind, status, output, error, ready_at, started, ended, attempts
-            )
             if status is _SKIP:
                 assert output is not None
                 if self.sink is not None:
@@ -674,14 +756,25 @@ class _Run:
             elif status is _FAIL:
                 assert error is not None
                 if self.sink is not None:
-                    self._stage_event(
-                        node,
-                        "failed",
-                        duration=ended - started,
-                        error=describe(error),
-                        error_type=error_type_name(error),
-                        attempts=attempts,
-                    )
+                    if work is None:
+                        self._stage_event(
+                            node,
+                            "failed",
+                            duration=ended - started,
+                            error=describe(error),
+                            error_type=error_type_name(error),
+                            attempts=attempts,
+                        )
+                    else:
+                        self._stage_event(
+                            node,
+                            "failed",
+                            duration=ended - started,
+                            error=describe(error),
+                            error_type=error_type_name(error),
+                            attempts=attempts,
+                            work=work,
+                        )
                 self.failures[node.name] = error
                 if isinstance(error, Exception):
                     self._stop()
@@ -696,7 +789,10 @@ class _Run:
                 self._stop()
             else:  # its task was cancelled
                 if self.sink is not None:
-                    self._stage_event(node, "cancelled", duration=ended - started)
+                    if work is None:
+                        self._stage_event(node, "cancelled", duration=ended - started)
+                    else:
+                        self._stage_event(node, "cancelled", duration=ended - started, work=work)
                 if not self.stopping:  # cancelled on its own, not by the run: the run ends as cancelled
                     self.cancelled_by = (node.name, "stage task was cancelled")
                     self._stop()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from functools import partial
 from itertools import count as _counter
 from itertools import islice
 from types import FunctionType, MappingProxyType
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from ._errors import (
     CycleError,
     DuplicateStageError,
+    InvalidExecutorError,
     InvalidRunnerError,
     InvalidStageKindError,
     InvalidStageNameError,
@@ -21,11 +24,14 @@ from ._errors import (
     UnknownDependencyError,
     _unencodable,
 )
+from ._offload import DEFAULT_CANCEL_GRACE
 from ._retry import RetryPolicy
 from ._runner import StageRunner
 from ._types import StageKind, StageOutput
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from ._context import StageContext
     from ._graph import StageGraph
     from ._interceptors import Interceptor
@@ -36,6 +42,7 @@ __all__ = ("Pipeline", "StageInfo", "StageSpec", "UnifiedStageSpec")
 StageCall = Callable[["StageContext"], Awaitable[StageOutput]]
 _NO_CONFIG: Mapping[str, Any] = MappingProxyType({})
 _CO_COROUTINE = inspect.CO_COROUTINE
+_CO_GENERATORS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,7 @@ class StageSpec:
     conditional: bool = False
     config: Mapping[str, Any] = field(default_factory=dict)
     retry: RetryPolicy | None = None
+    executor: Executor | None = None
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
@@ -68,6 +76,9 @@ class StageInfo:
         runner: the object whose ``execute`` runs (the instance built from a stage class), or the function.
         pipeline: the pipeline's name.
         retry: the stage's retry policy, if any.
+        executor: where a sync stage runs: its own ``executor=``, else ``build(executor=...)``, else
+            ``None`` (the graph's own thread pool); always ``None`` for an async stage.
+        sync: whether the stage is a plain (not async) function or ``execute``, run off the event loop.
     """
 
     name: str
@@ -78,6 +89,51 @@ class StageInfo:
     runner: Any
     pipeline: str
     retry: RetryPolicy | None = None
+    executor: Executor | None = None
+    sync: bool = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # to another process: the read-only config travels as a dict; the executor stays behind
+        return (
+            _info_from_pickle,
+            (
+                self.name,
+                self.kind,
+                self.dependencies,
+                self.conditional,
+                dict(self.config),
+                self.runner,
+                self.pipeline,
+                self.retry,
+                self.sync,
+            ),
+        )
+
+
+def _info_from_pickle(
+    name: str,
+    kind: StageKind,
+    dependencies: tuple[str, ...],
+    conditional: bool,
+    config: dict[str, Any],
+    runner: Any,
+    pipeline: str,
+    retry: RetryPolicy | None,
+    sync: bool,
+) -> StageInfo:
+    """A ``StageInfo`` rebuilt in another process (without its executor)."""
+    return _new_info(
+        name,
+        kind,
+        dependencies,
+        conditional,
+        MappingProxyType(config) if config else _NO_CONFIG,
+        runner,
+        pipeline,
+        retry,
+        None,
+        sync,
+    )
 
 
 UnifiedStageSpec = StageSpec
@@ -99,9 +155,10 @@ def _new_spec(
     conditional: bool,
     config: Mapping[str, Any],
     retry: RetryPolicy | None,
+    executor: Executor | None = None,
 ) -> StageSpec:
-    """``StageSpec(name, runner, kind, dependencies, conditional, config, retry)``, faster."""
-    s_name, s_runner, s_kind, s_deps, s_cond, s_config, s_retry = _SPEC_SET
+    """``StageSpec(name, runner, kind, dependencies, conditional, config, retry, executor)``, faster."""
+    s_name, s_runner, s_kind, s_deps, s_cond, s_config, s_retry, s_executor = _SPEC_SET
     spec: StageSpec = _new(StageSpec)
     s_name(spec, name)
     s_runner(spec, runner)
@@ -110,6 +167,7 @@ def _new_spec(
     s_cond(spec, conditional)
     s_config(spec, config)
     s_retry(spec, retry)
+    s_executor(spec, executor)
     return spec
 
 
@@ -122,9 +180,11 @@ def _new_info(
     runner: Any,
     pipeline: str,
     retry: RetryPolicy | None,
+    executor: Executor | None = None,
+    sync: bool = False,
 ) -> StageInfo:
-    """``StageInfo(name, kind, dependencies, conditional, config, runner, pipeline, retry)``, faster."""
-    s_name, s_kind, s_deps, s_cond, s_config, s_runner, s_pipeline, s_retry = _INFO_SET
+    """``StageInfo(name, kind, dependencies, conditional, config, runner, pipeline, retry, ...)``, faster."""
+    s_name, s_kind, s_deps, s_cond, s_config, s_runner, s_pipeline, s_retry, s_executor, s_sync = _INFO_SET
     info: StageInfo = _new(StageInfo)
     s_name(info, name)
     s_kind(info, kind)
@@ -134,6 +194,8 @@ def _new_info(
     s_runner(info, runner)
     s_pipeline(info, pipeline)
     s_retry(info, retry)
+    s_executor(info, executor)
+    s_sync(info, sync)
     return info
 
 
@@ -156,27 +218,66 @@ def _check_kind(name: str, kind: object) -> StageKind:
     raise InvalidStageKindError(name, kind, [f"StageKind.{k.name}" for k in StageKind])
 
 
-def _check_runner(name: str, runner: object) -> None:
-    if type(runner) is FunctionType and runner.__code__.co_flags & _CO_COROUTINE:
-        return  # an ``async def`` function: the common case, decided without inspect's generality
-    if inspect.isclass(runner) or not inspect.iscoroutinefunction(runner):
-        execute = getattr(runner, "execute", None)
-        if execute is None:
-            if inspect.isasyncgenfunction(runner):
-                problem = "it is an async generator function (it yields); a stage returns one StageOutput"
-            elif inspect.isclass(runner) or not callable(runner):
-                problem = "it has no execute() method"
-            else:
-                problem = "it is a plain (not async) function"
-            raise InvalidRunnerError(name, runner, problem)
-        if inspect.isasyncgenfunction(execute):
+def _check_runner(name: str, runner: object) -> bool:
+    """Refuse what cannot be a stage; return whether it is a sync stage (run off the event loop)."""
+    if type(runner) is FunctionType:
+        flags = runner.__code__.co_flags
+        if flags & _CO_COROUTINE:
+            return False  # an ``async def`` function: the common case, decided without inspect's generality
+        if not flags & _CO_GENERATORS:
+            return True  # a plain function: a sync stage
+    if inspect.isasyncgenfunction(runner):
+        raise InvalidRunnerError(
+            name, runner, "it is an async generator function (it yields); a stage returns one StageOutput"
+        )
+    if inspect.isgeneratorfunction(runner):
+        raise InvalidRunnerError(
+            name, runner, "it is a generator function (it yields); a stage returns one StageOutput"
+        )
+    if not inspect.isclass(runner) and inspect.iscoroutinefunction(runner):
+        return False  # e.g. a functools.partial of an async function
+    execute = getattr(runner, "execute", None)
+    if execute is None:
+        if inspect.isclass(runner) or not callable(runner):
+            raise InvalidRunnerError(name, runner, "it has no execute() method")
+        call = getattr(type(runner), "__call__", None)  # noqa: B004 - the class's, not the instance's
+        if inspect.iscoroutinefunction(call):
+            return False  # an object with ``async def __call__(self, ctx)``
+        if inspect.isasyncgenfunction(call) or inspect.isgeneratorfunction(call):
             raise InvalidRunnerError(
-                name,
-                runner,
-                "its execute() is an async generator (it yields); a stage returns one StageOutput",
+                name, runner, "its __call__ is a generator (it yields); a stage returns one StageOutput"
             )
-        if not inspect.iscoroutinefunction(execute):
-            raise InvalidRunnerError(name, runner, "its execute() is not 'async def'")
+        return True  # a callable object or a builtin/partial of a plain function: a sync stage
+    if inspect.isasyncgenfunction(execute):
+        raise InvalidRunnerError(
+            name,
+            runner,
+            "its execute() is an async generator (it yields); a stage returns one StageOutput",
+        )
+    if inspect.isgeneratorfunction(execute):
+        raise InvalidRunnerError(
+            name, runner, "its execute() is a generator (it yields); a stage returns one StageOutput"
+        )
+    return not inspect.iscoroutinefunction(execute)
+
+
+def _check_executor(name: str | None, executor: object) -> None:
+    """Refuse, at ``with_stage``/``build``, an ``executor=`` that cannot run work."""
+    from concurrent.futures import Executor
+
+    from ._offload import executor_is_shut_down
+
+    if not isinstance(executor, Executor):
+        raise InvalidExecutorError(
+            name,
+            executor,
+            "it is not a concurrent.futures.Executor; pass a ThreadPoolExecutor, a ProcessPoolExecutor, "
+            "Dask's client.get_executor() or stageflow.adapters.ray.RayExecutor()",
+        )
+    if executor_is_shut_down(executor):
+        raise InvalidExecutorError(
+            name, executor, "it was shut down and accepts no work; pass a running executor"
+        )
 
 
 class Pipeline:
@@ -282,13 +383,15 @@ class Pipeline:
         config: Mapping[str, Any] | None = None,
         *,
         retry: RetryPolicy | None = None,
+        executor: Executor | None = None,
     ) -> Pipeline:
         """A new pipeline with one more stage.
 
         Args:
             name: the stage's unique name.
             runner: a stage class (instantiated once at ``build()`` as ``runner(**config)``), an object with
-                ``async def execute(ctx)``, or an ``async def fn(ctx)``.
+                ``async def execute(ctx)``, or an ``async def fn(ctx)``; or their sync forms (a plain
+                ``def execute``, a plain ``def fn(ctx)``), which run off the event loop, on ``executor``.
             kind: the stage's ``StageKind``.
             dependencies: names of the stages whose outputs it needs; it starts once they all finished
                 (``None`` means none, as in stageflow-core 0.9.1).
@@ -296,9 +399,14 @@ class Pipeline:
             config: stage configuration: constructor keywords for a stage class, and settings that
                 interceptors read (``StageInfo.config``).
             retry: run the stage again under this policy when it returns ``StageOutput.retry`` or raises.
+            executor: where this sync stage runs: any ``concurrent.futures.Executor`` (a thread pool, a
+                process pool, Dask's ``client.get_executor()``, ``stageflow.adapters.ray.RayExecutor``);
+                default ``build(executor=...)``, else the graph's own thread pool. An async stage runs on
+                the event loop and takes no executor.
 
         Raises:
             InvalidStageNameError, InvalidStageKindError, InvalidRunnerError, PipelineDefinitionError.
+            InvalidExecutorError: ``executor`` is not an executor, is shut down, or the stage is async.
             DuplicateStageError: the pipeline already has a stage called ``name``.
 
         .. versionchanged:: 0.10
@@ -307,7 +415,16 @@ class Pipeline:
         if not isinstance(name, str) or not name or (not name.isascii() and _unencodable(name)):
             raise InvalidStageNameError(name)
         stage_kind = kind if type(kind) is StageKind else _check_kind(name, kind)
-        _check_runner(name, runner)
+        sync = _check_runner(name, runner)
+        if executor is not None:
+            _check_executor(name, executor)
+            if not sync:
+                raise InvalidExecutorError(
+                    name,
+                    executor,
+                    "the stage is async and runs on the event loop, where an executor has nothing to do; "
+                    "make it a plain 'def' (or its execute() a plain 'def') to run it on this executor",
+                )
         if dependencies is None:  # stageflow-core 0.9.1's default
             dependencies = ()
         elif type(dependencies) is not tuple and (
@@ -333,7 +450,14 @@ class Pipeline:
             msg = f"stage {name!r} has retry={retry!r}; pass a RetryPolicy or None"
             raise PipelineDefinitionError(msg)
         spec = _new_spec(
-            name, runner, stage_kind, deps, conditional, {} if config is None else dict(config), retry
+            name,
+            runner,
+            stage_kind,
+            deps,
+            conditional,
+            {} if config is None else dict(config),
+            retry,
+            executor,
         )
         count = self._count
         names = self._names
@@ -376,7 +500,13 @@ class Pipeline:
         return self._with(last, count, names)
 
     def build(
-        self, interceptors: Iterable[Interceptor] | None = (), *, run_store: RunStore | None = None
+        self,
+        interceptors: Iterable[Interceptor] | None = (),
+        *,
+        run_store: RunStore | None = None,
+        executor: Executor | None = None,
+        max_threads: int | None = None,
+        cancel_grace: float = DEFAULT_CANCEL_GRACE,
     ) -> StageGraph:
         """Validate the pipeline and build an immutable, reusable ``StageGraph``.
 
@@ -384,10 +514,17 @@ class Pipeline:
             interceptors: interceptors wrapped around every stage, ordered by ``priority`` (lower = outer);
                 ``None`` means none.
             run_store: record every run of the graph in this ``RunStore``.
+            executor: where sync stages without an ``executor=`` of their own run; default the graph's own
+                thread pool.
+            max_threads: the size of the graph's own thread pool (made when a sync stage first runs);
+                default ``min(32, os.cpu_count() + 4)``.
+            cancel_grace: seconds a cancelled sync stage waits for its running work to end before it is
+                reported abandoned (default 1.0).
 
         Raises:
             DuplicateStageError, SelfDependencyError, UnknownDependencyError, CycleError,
             InvalidRunnerError (a stage class could not be instantiated with its config),
+            InvalidExecutorError, UnpicklableStageError (a stage routed to another process does not pickle),
             TypeError (``interceptors`` is not an iterable of interceptors).
 
         A graph in which a stage's ``config`` sets ``timeout`` but no ``TimeoutInterceptor`` is attached
@@ -404,22 +541,16 @@ class Pipeline:
             )
             raise TypeError(msg)
         interceptors = list(interceptors)
+        if executor is not None:
+            _check_executor(None, executor)
+        threads = _check_threads(max_threads)
+        grace = _check_grace(cancel_grace)
         specs = self._specs()
         order, topology = _validate(specs)
-        infos = tuple(
-            _new_info(
-                spec.name,
-                spec.kind,
-                spec.dependencies,
-                spec.conditional,
-                MappingProxyType(dict(spec.config)) if spec.config else _NO_CONFIG,
-                _instantiate(spec),
-                self.name,
-                spec.retry,
-            )
-            for spec in specs
+        infos = tuple(map(partial(_built_info, self.name, executor), specs))
+        return StageGraph._built(
+            self.name, infos, order, interceptors, run_store, topology, threads=threads, cancel_grace=grace
         )
-        return StageGraph(self.name, infos, order, interceptors, run_store, _topology=topology)
 
     def to_mermaid(self) -> str:
         """The DAG as a Mermaid flowchart (validated like ``build()``, without instantiating stages)."""
@@ -475,6 +606,49 @@ def _dependency_error(spec: StageSpec, index: Mapping[str, int]) -> PipelineDefi
             return UnknownDependencyError(spec.name, dep, index)
     msg = f"stage {spec.name!r} has no bad dependency"  # pragma: no cover - callers make sure it has
     raise AssertionError(msg)
+
+
+def _check_threads(max_threads: object) -> int:
+    from ._offload import default_thread_count
+
+    if max_threads is None:
+        return default_thread_count()
+    if type(max_threads) is not int or max_threads < 1:
+        msg = f"build(max_threads={max_threads!r}) is invalid; pass a positive int such as 8, or None"
+        raise PipelineDefinitionError(msg)
+    return max_threads
+
+
+def _check_grace(grace: object) -> float:
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not math.isfinite(grace) or grace < 0:
+        msg = f"build(cancel_grace={grace!r}) is invalid; pass seconds as a finite number >= 0, such as 1.0"
+        raise PipelineDefinitionError(msg)
+    return float(grace)
+
+
+def _built_info(pipeline: str, default: Executor | None, spec: StageSpec) -> StageInfo:
+    """The ``StageInfo`` of one spec at ``build()``: instantiated, its executor resolved and checked."""
+    runner = _instantiate(spec)
+    sync = _check_runner(spec.name, spec.runner)
+    executor = (spec.executor or default) if sync else None
+    config = MappingProxyType(dict(spec.config)) if spec.config else _NO_CONFIG
+    if executor is not None:
+        from ._offload import check_picklable, is_in_process
+
+        if not is_in_process(executor):
+            check_picklable(spec.name, runner, config, executor)
+    return _new_info(
+        spec.name,
+        spec.kind,
+        spec.dependencies,
+        spec.conditional,
+        config,
+        runner,
+        pipeline,
+        spec.retry,
+        executor,
+        sync,
+    )
 
 
 def _instantiate(spec: StageSpec) -> Any:

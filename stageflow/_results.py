@@ -21,10 +21,17 @@ class StageResult:
     start for stages without dependencies), ``started_at`` when the stage's task began, ``ended_at`` when it
     finished. ``status`` is final: OK, SKIP, FAIL or CANCEL (the stage returned ``StageOutput.cancel`` or
     was cancelled because the run stopped).
+
+    A sync stage's ``dispatch`` is the seconds its work spent getting to its executor and back (queueing for
+    a thread or a worker process, pickling, the trip to a cluster), apart from ``wait`` and the run time
+    (``duration - dispatch``); ``0.0`` for an async stage. ``work`` says what became of a sync stage's
+    running work when the stage was cancelled or timed out: ``"stopped"`` or ``"abandoned"`` (still running
+    when the grace period ran out; its late result is discarded), else ``None``.
     """
 
     __slots__ = (
         "attempts",
+        "dispatch",
         "ended_at",
         "error",
         "kind",
@@ -33,6 +40,7 @@ class StageResult:
         "ready_at",
         "started_at",
         "status",
+        "work",
     )
 
     def __init__(
@@ -46,6 +54,9 @@ class StageResult:
         started_at: float,
         ended_at: float,
         attempts: int = 1,
+        *,
+        dispatch: float = 0.0,
+        work: str | None = None,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -56,6 +67,8 @@ class StageResult:
         self.started_at = started_at
         self.ended_at = ended_at
         self.attempts = attempts
+        self.dispatch = dispatch
+        self.work = work
 
     @property
     def data(self) -> Mapping[str, Any]:
@@ -98,6 +111,14 @@ class StageResult:
         .. versionadded:: 0.10
         """
         return None if self.output is None else self.output.version
+
+    @property
+    def run_time(self) -> float:
+        """Seconds the stage's own code ran: ``duration`` less ``dispatch``.
+
+        .. versionadded:: 0.11
+        """
+        return self.ended_at - self.started_at - self.dispatch
 
     @property
     def wait(self) -> float:

@@ -8,7 +8,7 @@ from typing import Protocol, TypeAlias
 from ._context import StageContext
 from ._types import StageOutput
 
-__all__ = ("StageExecutor", "StageFunction", "StageRunner")
+__all__ = ("StageExecutor", "StageFunction", "StageRunner", "SyncStageExecutor", "SyncStageFunction")
 
 
 class StageExecutor(Protocol):
@@ -25,14 +25,41 @@ class StageExecutor(Protocol):
         ...
 
 
+class SyncStageExecutor(Protocol):
+    """**Protocol:** an object whose plain ``def execute(ctx)`` returns a ``StageOutput``: a sync stage,
+    run off the event loop (in a worker thread, or on the stage's executor).
+
+    .. versionadded:: 0.11
+    """
+
+    def execute(self, ctx: StageContext, /) -> StageOutput:
+        """Do the stage's work (blocking is fine: it never runs on the event loop)."""
+        ...
+
+
 StageFunction: TypeAlias = Callable[[StageContext], Awaitable[StageOutput]]
 """An ``async def fn(ctx) -> StageOutput`` stage.
 
 .. versionadded:: 0.10
 """
 
-StageRunner: TypeAlias = StageFunction | StageExecutor | type[StageExecutor]
-"""What ``with_stage()`` takes: an async stage function, a stage object, or a stage class.
+SyncStageFunction: TypeAlias = Callable[[StageContext], StageOutput]
+"""A plain ``def fn(ctx) -> StageOutput`` stage, run off the event loop.
+
+.. versionadded:: 0.11
+"""
+
+StageRunner: TypeAlias = (
+    StageFunction
+    | SyncStageFunction
+    | StageExecutor
+    | SyncStageExecutor
+    | type[StageExecutor]
+    | type[SyncStageExecutor]
+)
+"""What ``with_stage()`` takes: a stage function, a stage object, or a stage class; async or sync.
 
 .. versionadded:: 0.10
+.. versionchanged:: 0.11
+   Sync stages (a plain function, a plain ``execute``).
 """

@@ -50,6 +50,15 @@ class Greeter:
         return StageOutput.ok(greeting=self.greeting)
 
 
+def generator_fn(ctx: StageContext) -> Any:
+    yield StageOutput.ok()
+
+
+class GeneratorExecute:
+    def execute(self, ctx: StageContext) -> Any:
+        yield StageOutput.ok()
+
+
 class NoExecute:
     """A class without ``execute``."""
 
@@ -326,22 +335,35 @@ class TestDefinitionErrors:
         ("runner", "problem"),
         [
             (NoExecute, "it has no execute() method"),
-            (SyncExecute, "its execute() is not 'async def'"),
-            (sync_fn, "it is a plain (not async) function"),
             (42, "it has no execute() method"),
+            (generator_fn, "it is a generator function (it yields); a stage returns one StageOutput"),
+            (
+                GeneratorExecute,
+                "its execute() is a generator (it yields); a stage returns one StageOutput",
+            ),
         ],
-        ids=["class-without-execute", "sync-execute", "sync-function", "int"],
+        ids=["class-without-execute", "int", "generator-function", "generator-execute"],
     )
     def test_invalid_runner(self, runner: Any, problem: str) -> None:
-        """A runner that cannot run asynchronously raises ``InvalidRunnerError`` saying why."""
+        """A runner that cannot be a stage raises ``InvalidRunnerError`` saying why."""
         with pytest.raises(
             InvalidRunnerError,
             match=exact(
                 f"stage 'a' has invalid runner {runner!r}: {problem}; pass a class or object with "
-                "'async def execute(self, ctx) -> StageOutput', or an 'async def fn(ctx) -> StageOutput'"
+                "'async def execute(self, ctx) -> StageOutput' (or a plain 'def execute', run in a thread), "
+                "or a function 'async def fn(ctx) -> StageOutput' (or a plain 'def fn(ctx)', run in a thread)"
             ),
         ):
             Pipeline().with_stage("a", runner, T)
+
+    @pytest.mark.parametrize(
+        "runner", [SyncExecute, SyncExecute(), sync_fn], ids=["class", "object", "function"]
+    )
+    def test_sync_runners_are_stages(self, runner: Any) -> None:
+        """A plain function and a class or object with a plain ``execute`` are sync stages."""
+        graph = Pipeline().with_stage("a", runner, T).build()
+        assert graph.stage("a").sync is True
+        assert graph.stage("a").executor is None
 
     def test_runner_config_mismatch(self) -> None:
         """A stage class that rejects its config raises ``InvalidRunnerError`` at ``build()``."""

@@ -362,6 +362,7 @@ class TestPipelineStages:
             "conditional",
             "config",
             "retry",
+            "executor",
         ]
 
     async def test_stage_specs_of_a_graph(self) -> None:

@@ -35,22 +35,45 @@ pipeline = (
     .with_stage("shout", shout, StageKind.TRANSFORM, dependencies=("greet",))
 )
 """,
-    "sync_execute": HEADER
+    "sync": HEADER
     + """\
+from concurrent.futures import ThreadPoolExecutor
+
+
 class Greet:
     def execute(self, ctx: StageContext) -> StageOutput:
         return StageOutput.ok()
 
 
-Pipeline().with_stage("greet", Greet, StageKind.TRANSFORM)
-""",
-    "sync_function": HEADER
-    + """\
 def shout(ctx: StageContext) -> StageOutput:
     return StageOutput.ok()
 
 
+pool = ThreadPoolExecutor(2)
+pipeline = (
+    Pipeline()
+    .with_stage("greet", Greet, StageKind.TRANSFORM)
+    .with_stage("object", Greet(), StageKind.TRANSFORM, executor=pool)
+    .with_stage("shout", shout, StageKind.TRANSFORM, executor=pool)
+)
+graph = pipeline.build(executor=pool, max_threads=4, cancel_grace=0.5)
+""",
+    "sync_returns_dict": HEADER
+    + """\
+def shout(ctx: StageContext) -> dict[str, str]:
+    return {}
+
+
 Pipeline().with_stage("shout", shout, StageKind.TRANSFORM)
+""",
+    "sync_execute_returns_dict": HEADER
+    + """\
+class Greet:
+    def execute(self, ctx: StageContext) -> dict[str, str]:
+        return {}
+
+
+Pipeline().with_stage("greet", Greet(), StageKind.TRANSFORM)
 """,
     "returns_dict": HEADER
     + """\
@@ -124,15 +147,19 @@ class TestWithStageTyping:
         """A stage class, a stage object and an async function pass mypy --strict."""
         assert errors["good"] == []
 
+    def test_sync_stages_type_check(self, errors: dict[str, list[str]]) -> None:
+        """A sync function, a class and an object with a plain ``execute``, and ``executor=`` pass."""
+        assert errors["sync"] == []
+
     def test_partial_results_are_run_results(self, errors: dict[str, list[str]]) -> None:
         """A run error's ``results`` is typed ``RunResult``: its timeline needs no isinstance first."""
         assert errors["partial_results"] == []
 
     @pytest.mark.parametrize(
         "snippet",
-        ["sync_execute", "sync_function", "returns_dict", "execute_returns_dict"],
-        ids=["sync-execute", "sync-function", "returns-dict", "execute-returns-dict"],
+        ["sync_returns_dict", "sync_execute_returns_dict", "returns_dict", "execute_returns_dict"],
+        ids=["sync-returns-dict", "sync-execute-returns-dict", "returns-dict", "execute-returns-dict"],
     )
     def test_wrong_stages_are_rejected(self, errors: dict[str, list[str]], snippet: str) -> None:
-        """A sync execute, a sync function and a stage returning something else are arg-type errors."""
+        """A stage, sync or async, returning something other than a ``StageOutput`` is an arg-type error."""
         assert errors[snippet] == ["arg-type"]
