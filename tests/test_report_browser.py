@@ -73,6 +73,7 @@ class TestReportInChromium:
             "llm",
             "3",
             "1",
+            "0",
             "100.0 ms",
             "190.0 ms",
             "198.0 ms",
