@@ -18,6 +18,12 @@ cause                     what was lost
                           nearing it are split, so the other items still go out)
 ========================  =====================================================================
 
+OTLP/HTTP requests go through an ``HttpSession``: once a request has reached the collector it is waited
+for until the collector answers, however long past ``OTEL_EXPORTER_OTLP_TIMEOUT`` (which bounds connecting
+and retrying), because a collector that was frozen and resumes processes a request the client gave up on:
+giving up would count its batch lost although it was delivered. ``shutdown()`` aborts such a request (its
+socket is shut down, so no thread waits on it) and counts its batch lost.
+
 In ``complete`` mode an item that finds the queue full waits for space (the ending span's thread, the
 event loop, blocks) for at most the configured timeout; once a wait has run out, later items are counted
 as ``timeout`` at once until the exporter takes a batch again, so a stalled collector costs one timeout,
@@ -30,6 +36,7 @@ import inspect
 import itertools
 import logging
 import os
+import socket
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +65,7 @@ __all__ = (
     "Books",
     "Cause",
     "Guard",
+    "HttpSession",
     "CountingLogExporter",
     "BoundedLogProcessor",
     "CountingMetricExporter",
@@ -376,11 +384,125 @@ def _shutdown_inner(exporter: object, timeout_millis: float | None) -> None:
         shutdown()
 
 
+_KEEPALIVE = [
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    *(
+        (socket.IPPROTO_TCP, getattr(socket, name), value)
+        for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+        if hasattr(socket, name)
+    ),
+]
+"""TCP keepalive on export connections: a collector host that vanished (no reset ever comes) is noticed
+within about a minute, so waiting for a request's answer without a read timeout cannot hang for good."""
+
+
+class HttpSession:
+    """A ``requests.Session`` for the OTLP/HTTP exporters that waits for answers and can be aborted.
+
+    ``session`` is the session to give the exporter (``OTLPSpanExporter(session=...)``). Its requests
+    connect within the exporter's timeout but then wait for the collector's answer without a read
+    timeout (see the module docs: an answer given up on may still be a delivery). ``abort()`` shuts down
+    the socket of every open connection, which ends a request in flight at once, and makes every later
+    request fail without connecting.
+    """
+
+    def __init__(self) -> None:
+        import requests
+        from requests.adapters import HTTPAdapter
+        from urllib3.connection import HTTPConnection, HTTPSConnection
+        from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+        self._lock = threading.Lock()
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.aborted = False
+        owner = self
+
+        class Connection(HTTPConnection):
+            default_socket_options = [*HTTPConnection.default_socket_options, *_KEEPALIVE]
+
+            def connect(self) -> None:
+                super().connect()
+                owner._opened(self)
+
+        class TlsConnection(HTTPSConnection):
+            default_socket_options = [*HTTPSConnection.default_socket_options, *_KEEPALIVE]
+
+            def connect(self) -> None:
+                super().connect()
+                owner._opened(self)
+
+        class Pool(HTTPConnectionPool):
+            ConnectionCls = Connection
+
+        class TlsPool(HTTPSConnectionPool):
+            ConnectionCls = TlsConnection
+
+        class Adapter(HTTPAdapter):
+            def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+                super().init_poolmanager(*args, **kwargs)
+                self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": TlsPool}
+
+        class Session(requests.Session):
+            def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+                if owner.aborted:
+                    msg = "the export was aborted by shutdown()"
+                    raise requests.exceptions.ConnectionError(msg)
+                timeout = kwargs.get("timeout")
+                if isinstance(timeout, int | float):
+                    kwargs["timeout"] = (timeout, None)  # connect within it; then wait for the answer
+                return super().request(method, url, *args, **kwargs)
+
+        self.session = Session()
+        adapter = Adapter()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def _opened(self, connection: Any) -> None:
+        with self._lock:
+            self._connections.add(connection)
+            aborted = self.aborted
+        if aborted:  # connected while abort() ran: this one is ended too
+            _shut(connection)
+
+    def abort(self) -> None:
+        """End every request in flight now (their sockets shut down) and refuse later ones."""
+        with self._lock:
+            self.aborted = True
+            connections = list(self._connections)
+        for connection in connections:
+            _shut(connection)
+
+    def reset_after_fork(self) -> None:
+        """Forget the parent's pooled connections (sharing one would interleave both processes' requests)."""
+        with self._lock:
+            self._connections = weakref.WeakSet()
+        try:
+            self.session.close()
+        except Exception:
+            logger.debug("stageflow_otel: could not reset the export session after fork", exc_info=True)
+
+
+def _shut(connection: Any) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        return
+    try:
+        # The plain socket's shutdown, also for a TLS socket: a thread may be inside its read right now.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class Guard:
-    """Shared state of one exporter wrapper: aborting, and shutting the inner exporter down once."""
+    """Shared state of one exporter wrapper: aborting, and shutting the inner exporter down once.
+
+    ``session`` is the ``HttpSession`` of an OTLP/HTTP exporter (``None`` for the others): ``abort()``
+    ends its request in flight.
+    """
 
     def __init__(self, inner: object, signal: Signal, accounting: Accounting) -> None:
         self.inner, self.signal, self.accounting = inner, signal, accounting
+        self.session: HttpSession | None = None
         self.aborted = False
         self._shut = False
         self._lock = threading.Lock()
@@ -397,13 +519,8 @@ class Guard:
         # The child inherits the OTLP/HTTP exporter's pooled keep-alive sockets; sharing one connection
         # with the parent would interleave both processes' requests, so the child opens its own.
         self._lock = threading.Lock()
-        session = getattr(self.inner, "_session", None)
-        close = getattr(session, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:
-                logger.debug("stageflow_otel: could not reset the exporter session after fork", exc_info=True)
+        if self.session is not None:
+            self.session.reset_after_fork()
 
     def shutdown(self, timeout_millis: float | None = None) -> None:
         with self._lock:
@@ -416,8 +533,11 @@ class Guard:
             logger.debug("stageflow_otel: %s exporter shutdown failed", self.signal, exc_info=True)
 
     def abort(self) -> None:
-        """Fail every later batch at once and interrupt the one in flight (its retries and its channel)."""
+        """Fail every later batch at once and interrupt the one in flight (its retries, its channel or
+        its HTTP request)."""
         self.aborted = True
+        if self.session is not None:
+            self.session.abort()
         self.shutdown(0)
 
     @property

@@ -14,11 +14,14 @@ point given up on is counted by cause in the telemetry-health counters and ``Tel
 dropping (bounded by ``STAGEFLOW_OTEL_COMPLETE_TIMEOUT``).
 
 ``Telemetry.shutdown(timeout)`` is bounded: the providers shut down in parallel daemon threads; shortly
-before the deadline the exporters are aborted (their retry waits interrupted, gRPC and HTTP alike; later
-batches dropped and counted), so it returns within ``timeout`` plus a few milliseconds even when the
-collector is down. An OTLP/HTTP request already sent is not interrupted: it runs on until its own timeout
-(``OTEL_EXPORTER_OTLP_TIMEOUT``) in the daemon thread left behind; its batch, and whatever is still
-queued, is counted lost (cause ``timeout``) when ``shutdown()`` returns.
+before the deadline the exporters are aborted (their retry waits interrupted, a gRPC call cancelled, an
+OTLP/HTTP request's socket shut down; later batches dropped and counted), so it returns within
+``timeout`` plus a few milliseconds even when the collector is down or hung, with no thread left behind;
+what was in flight or still queued is counted lost (cause ``timeout``).
+
+An OTLP/HTTP request that reached the collector is waited for until the collector answers, even past
+``OTEL_EXPORTER_OTLP_TIMEOUT`` (which bounds connecting and retrying): a collector that was frozen and
+resumes still processes it, so giving up would count a delivered batch as lost.
 
 Example::
 
@@ -83,6 +86,7 @@ from ._export import (
     CountingMetricExporter,
     CountingSpanExporter,
     Guard,
+    HttpSession,
     Signal,
 )
 from ._prometheus import MetricsServer, PrometheusMetricReader, start_metrics_server
@@ -151,17 +155,17 @@ def _default_endpoint(signal: Signal, protocol: str) -> str:
     return "http://localhost:4317" if protocol == "grpc" else f"http://localhost:4318/v1/{signal}"
 
 
-def _otlp_span_exporter(endpoint: str, protocol: str) -> SpanExporter:
+def _otlp_span_exporter(endpoint: str, protocol: str, session: HttpSession | None) -> SpanExporter:
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 
         return GrpcSpanExporter(endpoint=endpoint)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
-    return HttpSpanExporter(endpoint=endpoint)
+    return HttpSpanExporter(endpoint=endpoint, session=_session(session))
 
 
-def _otlp_metric_exporter(endpoint: str, protocol: str) -> MetricExporter:
+def _otlp_metric_exporter(endpoint: str, protocol: str, session: HttpSession | None) -> MetricExporter:
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter as GrpcMetricExporter,
@@ -172,17 +176,27 @@ def _otlp_metric_exporter(endpoint: str, protocol: str) -> MetricExporter:
         OTLPMetricExporter as HttpMetricExporter,
     )
 
-    return HttpMetricExporter(endpoint=endpoint)
+    return HttpMetricExporter(endpoint=endpoint, session=_session(session))
 
 
-def _otlp_log_exporter(endpoint: str, protocol: str) -> LogRecordExporter:
+def _otlp_log_exporter(endpoint: str, protocol: str, session: HttpSession | None) -> LogRecordExporter:
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
 
         return GrpcLogExporter(endpoint=endpoint)
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
 
-    return HttpLogExporter(endpoint=endpoint)
+    return HttpLogExporter(endpoint=endpoint, session=_session(session))
+
+
+def _session(session: HttpSession | None) -> Any:
+    assert session is not None, "an OTLP/HTTP exporter is always given an HttpSession"
+    return session.session
+
+
+def _http_session(name: str, protocol: str) -> HttpSession | None:
+    """A fresh ``HttpSession`` for an OTLP/HTTP exporter, else ``None``."""
+    return HttpSession() if name == "otlp" and protocol == "http/protobuf" else None
 
 
 def _sampler() -> Sampler:
@@ -338,7 +352,8 @@ class Telemetry:
         The ``/metrics`` server stops, the event sink hands its buffer to the logger provider, then the
         three providers shut down in parallel daemon threads. Shortly before the deadline any exporter
         still busy is aborted: its retry waits are interrupted and what it still holds is dropped and
-        counted; an OTLP/HTTP request already sent finishes (or times out) in a thread left behind.
+        counted; an OTLP/HTTP request in flight is ended (its socket shut down) and its batch counted.
+        A collector frozen at that moment that resumes later may still store such a batch.
 
         Returns:
             ``True`` when everything was exported and shut down in time and nothing was lost since the
@@ -535,14 +550,16 @@ def setup(
     )
     endpoint, protocol = _endpoint("traces")
     for name in _exporter_names("traces", endpoint is not None):
+        session = _http_session(name, protocol)
         span_exporter: SpanExporter = (
             ConsoleSpanExporter(formatter=_span_line)
             if name == "console"
-            else _otlp_span_exporter(endpoint or _default_endpoint("traces", protocol), protocol)
+            else _otlp_span_exporter(endpoint or _default_endpoint("traces", protocol), protocol, session)
         )
         span_books = Books(span_queue, partial(_spans_lost, accounting))
         all_books.append(span_books)
         wrapped_spans = CountingSpanExporter(span_exporter, accounting, span_books, max_bytes)
+        wrapped_spans.guard.session = session
         guards.append(wrapped_spans.guard)
         tracer_provider.add_span_processor(BoundedSpanProcessor(wrapped_spans, span_books, accounting))
 
@@ -552,12 +569,14 @@ def setup(
     for name in metric_exporters:
         if name == "prometheus":
             continue
+        session = _http_session(name, protocol)
         metric_exporter: MetricExporter = (
             ConsoleMetricExporter()
             if name == "console"
-            else _otlp_metric_exporter(endpoint or _default_endpoint("metrics", protocol), protocol)
+            else _otlp_metric_exporter(endpoint or _default_endpoint("metrics", protocol), protocol, session)
         )
         wrapped_metrics = CountingMetricExporter(metric_exporter, accounting)
+        wrapped_metrics.guard.session = session
         guards.append(wrapped_metrics.guard)
         readers.append(PeriodicExportingMetricReader(wrapped_metrics))
     port = metrics_port
@@ -577,14 +596,16 @@ def setup(
     )
     endpoint, protocol = _endpoint("logs")
     for name in _exporter_names("logs", endpoint is not None):
+        session = _http_session(name, protocol)
         log_exporter: LogRecordExporter = (
             ConsoleLogRecordExporter(formatter=_log_line)
             if name == "console"
-            else _otlp_log_exporter(endpoint or _default_endpoint("logs", protocol), protocol)
+            else _otlp_log_exporter(endpoint or _default_endpoint("logs", protocol), protocol, session)
         )
         log_books = Books(log_queue, partial(_logs_lost, accounting, sinks))
         all_books.append(log_books)
         wrapped_logs = CountingLogExporter(log_exporter, accounting, log_books, max_bytes)
+        wrapped_logs.guard.session = session
         guards.append(wrapped_logs.guard)
         logger_provider.add_log_record_processor(BoundedLogProcessor(wrapped_logs, log_books))
     sink = OtlpEventSink(

@@ -577,7 +577,9 @@ ENVIRONMENT: Final = (
     EnvironmentVariable(
         "OTEL_EXPORTER_OTLP_TIMEOUT",
         "10",
-        "Export timeout in seconds (headers, TLS, compression: as the SDK).",
+        "Export timeout in seconds (headers, TLS, compression: as the SDK); over OTLP/HTTP it bounds "
+        "connecting and retrying, and a request the collector received is waited for until it answers "
+        "(or `shutdown()` ends it), so a batch is never counted lost and delivered both.",
     ),
     EnvironmentVariable(
         "OTEL_TRACES_EXPORTER", "`otlp` if an endpoint is set, else `none`", "`otlp`, `console` or `none`."

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,7 +25,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-__all__ = ("GrpcReceiver", "HttpReceiver", "OtlpReceiver", "closed_port")
+__all__ = ("FreezableReceiver", "GrpcReceiver", "HttpReceiver", "OtlpReceiver", "closed_port")
 
 
 class OtlpReceiver:
@@ -283,3 +289,93 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def _points(receiver: OtlpReceiver) -> int:
+    total = 0
+    for metric in receiver.iter_metrics():
+        kind = metric.WhichOneof("data")
+        total += len(getattr(metric, kind).data_points) if kind else 0
+    return total
+
+
+def _reached(counts: Callable[[], dict[str, int]], targets: dict[str, int]) -> bool:
+    now = counts()
+    return all(now[k] >= v for k, v in targets.items())
+
+
+def _serve() -> None:
+    """The child of ``FreezableReceiver``: an HTTP receiver answering ``counts`` lines on stdin."""
+    receiver = HttpReceiver()
+    sys.stdout.write(receiver.endpoint + "\n")
+    sys.stdout.flush()
+
+    def counts() -> dict[str, int]:
+        return {
+            "spans": len(receiver.spans()),
+            "log_records": len(receiver.log_records()),
+            "metric_points": _points(receiver),
+        }
+
+    for line in sys.stdin:
+        command, _, argument = line.strip().partition(" ")
+        if command == "await":  # wait until every count reaches its target (10 s at most)
+            targets: dict[str, int] = json.loads(argument)
+            receiver.wait_for(partial(_reached, counts, targets))
+        sys.stdout.write(json.dumps(counts()) + "\n")
+        sys.stdout.flush()
+    receiver.stop()
+
+
+class FreezableReceiver:
+    """An OTLP/HTTP receiver in a child process that ``freeze()`` stops (SIGSTOP) and ``resume()`` resumes.
+
+    Frozen, it reads nothing and answers nothing, as a collector paused by a debugger, a stalled VM or a
+    stopped container does; its kernel still accepts connections and buffers what is sent.
+    """
+
+    protocol = "http/protobuf"
+
+    def __init__(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", "from tests.otel.otlp_receiver import _serve; _serve()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        )
+        assert self._process.stdout is not None
+        self.endpoint = self._process.stdout.readline().strip()
+
+    def freeze(self) -> None:
+        """Stop the receiver process (SIGSTOP)."""
+        os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let the stopped receiver process run again (SIGCONT)."""
+        os.kill(self._process.pid, signal.SIGCONT)
+
+    def counts(self, **at_least: int) -> dict[str, int]:
+        """Spans, log records and metric data points received (``spans``, ``log_records``,
+        ``metric_points``), once each count named in ``at_least`` reaches its value (10 s at most).
+
+        The process must be running.
+        """
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(f"await {json.dumps(at_least)}\n" if at_least else "counts\n")
+        self._process.stdin.flush()
+        counts: dict[str, int] = json.loads(self._process.stdout.readline())
+        return counts
+
+    def stop(self) -> None:
+        """Resume the process if stopped, end it and wait for it."""
+        self.resume()
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
