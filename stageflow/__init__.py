@@ -93,6 +93,7 @@ from ._store import WriteObserver as WriteObserver
 from ._store import current_run_trace_id as current_run_trace_id
 from ._store import reset_run_trace_id as reset_run_trace_id
 from ._store import set_run_trace_id as set_run_trace_id
+from ._terminal import terminal_safe as terminal_safe
 from ._types import Stage as Stage
 from ._types import StageArtifact as StageArtifact
 from ._types import StageEvent as StageEvent
@@ -205,6 +206,7 @@ __all__ = (
     "remove_worker_hook",
     "reset_run_trace_id",
     "set_event_sink",
+    "terminal_safe",
     "set_run_trace_id",
 )
 

@@ -2,7 +2,9 @@
 
 One line per stage on a shared time axis: ``─`` while the stage waited (ready → start), then its run
 (start → end) drawn by status (``█`` ok, ``✗`` failed, ``·`` skipped, ``▒`` cancelled). Stages on the
-critical path are marked ``*``; failures, skips, timeouts and cancellations carry their reason.
+critical path are marked ``*``; failures, skips, timeouts and cancellations carry their reason. Names,
+reasons, messages, the run id and the status are printed through ``terminal_safe``: control characters
+show as escapes, and each stage stays one line.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
+
+from ._terminal import terminal_safe
 
 if TYPE_CHECKING:
     from ._results import RunResult
@@ -120,22 +124,24 @@ def render_timeline(
     total = end - start
     scale = width / total if total > 0 else 0.0
     on_path = set(critical_path)
-    name_width = max([5, *(len(r.name) for r in rows)])
+    shown = {r.name: terminal_safe(r.name) for r in rows}
+    name_width = max([5, *(len(name) for name in shown.values())])
 
     def column(t: float) -> int:
         return min(width, max(0, round((t - start) * scale)))
 
     took = format_seconds(max(total, 0.0))
-    outcome = _paint(status, _COLOR["fail"], color and status == "failed")
+    outcome = _paint(terminal_safe(status), _COLOR["fail"], color and status == "failed")
     lines = [
-        f"pipeline {pipeline!r} · run {run_id} · {outcome} in {took}",
+        f"pipeline {pipeline!r} · run {terminal_safe(run_id)} · {outcome} in {took}",
         f"    {'stage':<{name_width}}  {'0':<{width - len(took)}}{took}  {'wait':>8}  {'run':>8}",
     ]
     for r in rows:
         mark = "*" if r.name in on_path else " "
-        name = _paint(f"{r.name:<{name_width}}", _BOLD, color and r.name in on_path)
+        name = _paint(f"{shown[r.name]:<{name_width}}", _BOLD, color and r.name in on_path)
+        note = terminal_safe(r.note)
         if r.start is None or r.end is None:
-            lines.append(f"  {mark} {name}  {'':<{width}}  {'':>8}  {'':>8}  {r.note or 'not started'}")
+            lines.append(f"  {mark} {name}  {'':<{width}}  {'':>8}  {'':>8}  {note or 'not started'}")
             continue
         ready = r.start if r.ready is None else min(r.ready, r.start)
         a, b = column(ready), column(r.start)
@@ -153,11 +159,11 @@ def render_timeline(
         wait = format_seconds(max(r.start - ready, 0.0))
         ran = format_seconds(max(r.end - r.start, 0.0))
         line = f"  {mark} {name}  {bar}  {wait:>8}  {ran:>8}"
-        if r.note:
-            line += "  " + _paint(r.note, _COLOR.get(r.status, ""), color)
+        if note:
+            line += "  " + _paint(note, _COLOR.get(r.status, ""), color)
         lines.append(line)
     if critical_path:
-        lines.append("  critical path (*): " + " → ".join(critical_path))
+        lines.append("  critical path (*): " + " → ".join(terminal_safe(name) for name in critical_path))
     return "\n".join(lines)
 
 

@@ -39,6 +39,7 @@ from stageflow import (
     StageKind,
     StageOutput,
     __version__,
+    terminal_safe,
 )
 from stageflow.interceptors import (
     BaseInterceptor,
@@ -231,8 +232,8 @@ class BreakerTally:
     def lines(self) -> list[str]:
         """One summary line per stage whose breaker ever moved."""
         return [
-            f"  breaker {stage}: opened {self.opened.get(stage, 0)}x, closed {self.closed.get(stage, 0)}x,"
-            f" now {state.name}"
+            f"  breaker {terminal_safe(stage)}: opened {self.opened.get(stage, 0)}x,"
+            f" closed {self.closed.get(stage, 0)}x, now {state.name}"
             for stage, state in sorted(self.state.items())
         ]
 
@@ -311,9 +312,9 @@ class _Printer:
         if n == 1 or n % self.every == 0 or outcome != "success":
             print(results.timeline(), flush=True)
             if error is not None:
-                print(f"   error: {error}", flush=True)
+                print(f"   error: {terminal_safe(str(error))}", flush=True)
         else:
-            path = " → ".join(results.critical_path)
+            path = " → ".join(terminal_safe(name) for name in results.critical_path)
             print(f"run {str(results.run_id)[:8]}  {outcome:<12} {results.duration * 1000:7.1f} ms  {path}")
 
 
@@ -415,8 +416,8 @@ async def _run(args: argparse.Namespace) -> DemoStats:
     if not args.quiet:
         server = telemetry.metrics_server
         where = f"metrics: {server.url}" if server is not None else "metrics: OTLP only"
-        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        print(f"stageflow demo: pipeline {pipeline.name!r}; {where}; OTLP: {endpoint or 'not configured'}")
+        endpoint = terminal_safe(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "not configured")
+        print(f"stageflow demo: pipeline {pipeline.name!r}; {where}; OTLP: {endpoint}")
         print(pipeline.to_mermaid())
     started = 0
 
@@ -483,7 +484,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m stageflow_
     try:
         asyncio.run(_run(args))
     except DemoError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {terminal_safe(str(exc))}", file=sys.stderr)
         return 1
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import subprocess
 import sys
@@ -13,10 +14,11 @@ from pathlib import Path
 import pytest
 
 import stageflow
+from stageflow import RunRecord, SQLiteRunStore, StageRecord
 from stageflow._cli import main
 from stageflow._timeline import timeline_of_record
 
-from ._runs_store import RECORDS, write_store
+from ._runs_store import RECORDS, T0, write_store
 
 ROOT = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"
@@ -226,3 +228,81 @@ class TestGraph:
         status, _, err = run(capsys, "graph", target)
         assert status == 1
         assert message in err
+
+
+HOSTILE = RunRecord(
+    "eeee0005\x1b]0;owned\x07",
+    "voice\x1b[2J",
+    "failed",
+    T0,
+    T0 + 0.5,
+    (
+        StageRecord("stt\r", "transform", "ok", T0, T0 + 0.25, 0.0, 1),
+        StageRecord(
+            "llm\ncompleted",
+            "agent",
+            "fail",
+            T0 + 0.25,
+            T0 + 0.5,
+            0.0,
+            1,
+            "boom\x1b]52;c;ZXZpbA==\x07\x9b2K",
+            "RuntimeError",
+            ("stt\r",),
+        ),
+    ),
+    ("stt\r", "llm\ncompleted"),
+    "llm\ncompleted: RuntimeError: boom\x1b]52;c;ZXZpbA==\x07\x9b2K",
+)
+
+
+@pytest.fixture(name="hostile_db")
+def _hostile_db(tmp_path: Path) -> str:
+    async def fill() -> None:
+        store = SQLiteRunStore(tmp_path / "hostile.db")
+        await store.record_run(HOSTILE)
+        store.close()
+
+    asyncio.run(fill())
+    return str(tmp_path / "hostile.db")
+
+
+class TestHostileText:
+    def test_list_escapes_control_characters(
+        self, capsys: pytest.CaptureFixture[str], hostile_db: str
+    ) -> None:
+        """``runs list`` prints stored ids, names and paths with control characters escaped."""
+        status, out, _ = run(capsys, "runs", "list", hostile_db)
+        assert (status, out.splitlines()) == (
+            0,
+            [
+                "id                        pipeline      status  start                duration"
+                "  critical path",
+                "eeee0005\\x1b]0;owned\\x07  voice\\x1b[2J  failed  2026-05-28 20:26:40  500.0 ms"
+                "  stt\\r → llm\\ncompleted",
+            ],
+        )
+
+    def test_show_escapes_control_characters(
+        self, capsys: pytest.CaptureFixture[str], hostile_db: str
+    ) -> None:
+        """``runs show --color never`` writes no control character a stage name or message held."""
+        status, out, _ = run(capsys, "runs", "show", hostile_db, "eeee", "--color", "never", "--width", "10")
+        assert (status, out.splitlines()) == (
+            0,
+            [
+                "pipeline 'voice\\x1b[2J' · run eeee0005\\x1b]0;owned\\x07 · failed in 500.0 ms",
+                "    stage           0 500.0 ms      wait       run",
+                "  * stt\\r           █████         0.0 ms  250.0 ms",
+                "  * llm\\ncompleted       ✗✗✗✗✗    0.0 ms  250.0 ms  failed: RuntimeError: "
+                "boom\\x1b]52;c;ZXZpbA==\\x07\\x9b2K",
+                "  critical path (*): stt\\r → llm\\ncompleted",
+                "  error: llm\\ncompleted: RuntimeError: boom\\x1b]52;c;ZXZpbA==\\x07\\x9b2K",
+            ],
+        )
+
+    def test_error_messages_are_escaped(self, capsys: pytest.CaptureFixture[str], hostile_db: str) -> None:
+        """An error message quoting user input keeps control characters escaped on stderr."""
+        status, _, err = run(capsys, "graph", "no_such_module_\x1b[2J:pipeline")
+        assert status == 1
+        assert "\x1b" not in err and "no_such_module_\\x1b[2J" in err

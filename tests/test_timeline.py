@@ -245,3 +245,54 @@ class TestRepr:
             repr(failed)
             == "StageResult(name='x', status=FAIL, wait=0.0 ms, duration=1.50 s, error=ValueError('bad'))"
         )
+
+
+HOSTILE_A = "fetch\x1b[2J\x1b[H"
+HOSTILE_B = "llm\nfake ok row"
+HOSTILE_C = "tts\u202e\x9b31m"
+
+
+def hostile() -> RunResult:
+    return result(
+        {HOSTILE_A: (), HOSTILE_B: (HOSTILE_A,), HOSTILE_C: (HOSTILE_A,)},
+        stage(HOSTILE_A, StageStatus.OK, 100.0, 100.0, 100.5),
+        stage(
+            HOSTILE_C,
+            StageStatus.SKIP,
+            100.5,
+            100.5,
+            100.5,
+            output=StageOutput.skip("muted\x07\x1b]0;owned\x07"),
+        ),
+        stage(
+            HOSTILE_B,
+            StageStatus.FAIL,
+            100.5,
+            100.5,
+            101.0,
+            error=RuntimeError("boom\x1b]52;c;ZXZpbA==\x07\r\n    llm  completed"),
+        ),
+        end=101.0,
+    )
+
+
+class TestHostileText:
+    def test_control_characters_are_escaped_and_rows_stay_lines(self) -> None:
+        """Names, errors and reasons print with ESC, BEL, C1, bidi and newlines escaped, one row per stage."""
+        text = hostile().timeline(width=10, color=False)
+        assert text.splitlines() == [
+            "pipeline 'voice' · run 12345678-1234-5678-1234-567812345678 · failed in 1.00 s",
+            "    stage               0   1.00 s      wait       run",
+            "  * fetch\\x1b[2J\\x1b[H  █████         0.0 ms  500.0 ms",
+            "  * llm\\nfake ok row         ✗✗✗✗✗    0.0 ms  500.0 ms  failed: RuntimeError: "
+            "boom\\x1b]52;c;ZXZpbA==\\x07\\r\\n    llm  completed",
+            "    tts\\u202e\\x9b31m         ·        0.0 ms    0.0 ms  skipped: muted\\x07\\x1b]0;owned\\x07",
+            "  critical path (*): fetch\\x1b[2J\\x1b[H → llm\\nfake ok row",
+        ]
+        assert [c for c in text if not c.isprintable() and c != "\n"] == []
+
+    def test_colour_codes_are_the_only_escape_sequences(self) -> None:
+        """With colour on, the only ESC bytes are the timeline's own colour codes."""
+        text = hostile().timeline(width=10, color=True)
+        assert text.count("\x1b") == text.count("\x1b[0m") * 2
+        assert "\x07" not in text and "\x9b" not in text and "\r" not in text

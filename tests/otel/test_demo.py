@@ -139,6 +139,24 @@ class TestRendering:
             "  breaker tts: opened 1x, closed 0x, now OPEN",
         ]
 
+    def test_printed_names_and_errors_are_escaped(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Run lines, errors and breaker lines print control characters escaped, each on one line."""
+        name = "a\x1b]0;owned\x07\nb"
+        results = RunResult(UUID(int=1), "p", 0.0, {name: ()})
+        results[name] = _result(name, StageStatus.OK, 0.0, 1.0, 0.0)
+        results.ended_at = 1.0
+        printer = _Printer(quiet=False, every=10, order=[name])
+        printer.run(2, results, "success", None)
+        printer.run(3, results, "failure", PipelineFailedError(name, ValueError("x\x1b[2J\ry"), {}, results))
+        tally = BreakerTally()
+        tally(CircuitStateChange(name, "p", CircuitState.CLOSED, CircuitState.OPEN, 0.0))
+        assert capsys.readouterr().out.splitlines() == [
+            "run 00000000  success       1000.0 ms  a\\x1b]0;owned\\x07\\nb",
+            *results.timeline(color=False).splitlines(),
+            "   error: stage 'a\\x1b]0;owned\\x07\\nb' failed: ValueError: x\\x1b[2J\\ry",
+        ]
+        assert tally.lines() == ["  breaker a\\x1b]0;owned\\x07\\nb: opened 1x, closed 0x, now OPEN"]
+
 
 class TestDemoCommand:
     def test_runs_n_runs_and_prints_a_summary(self) -> None:
