@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,11 @@ class RetryPolicy:
             retries only ``StageOutput.retry``. A single class is kept as a one-element tuple.
         sleep: the coroutine used to wait (tests pass a fake).
         random: the source of jitter, returning floats in ``[0, 1)``.
+
+    Raises:
+        TypeError: a field has the wrong type (``initial_delay="1"``); the message names every bad field
+            and its value.
+        ValueError: a field is out of range or not finite (``initial_delay=nan``, ``jitter=2``), likewise.
     """
 
     max_attempts: int = 3
@@ -66,21 +72,40 @@ class RetryPolicy:
     random: Callable[[], float] = field(default=random.random, compare=False)
 
     def __post_init__(self) -> None:
-        problems = []
-        if (
-            isinstance(self.max_attempts, bool)
-            or not isinstance(self.max_attempts, int)
-            or self.max_attempts < 1
+        problems: list[str] = []
+        wrong_type = False
+        attempts = self.max_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            wrong_type = True
+            problems.append(
+                f"max_attempts={attempts!r} (a {type(attempts).__name__}, not an int; use an int >= 1)"
+            )
+        elif attempts < 1:
+            problems.append(f"max_attempts={attempts!r} (use an int >= 1)")
+        for name, low, high, fix in (
+            ("initial_delay", 0.0, math.inf, "use a delay >= 0"),
+            ("multiplier", 1.0, math.inf, "use a multiplier >= 1"),
+            ("max_delay", 0.0, math.inf, "use a delay >= 0"),
+            ("jitter", 0.0, 1.0, "use a fraction in [0, 1]"),
         ):
-            problems.append(f"max_attempts={self.max_attempts!r} (use an int >= 1)")
-        if self.initial_delay < 0:
-            problems.append(f"initial_delay={self.initial_delay!r} (use a delay >= 0)")
-        if self.multiplier < 1:
-            problems.append(f"multiplier={self.multiplier!r} (use a multiplier >= 1)")
-        if self.max_delay < 0:
-            problems.append(f"max_delay={self.max_delay!r} (use a delay >= 0)")
-        if not 0 <= self.jitter <= 1:
-            problems.append(f"jitter={self.jitter!r} (use a fraction in [0, 1])")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                wrong_type = True
+                problems.append(f"{name}={value!r} (a {type(value).__name__}, not a number; {fix})")
+            elif not math.isfinite(value):
+                problems.append(f"{name}={value!r} (not a finite number; {fix})")
+            elif not low <= value <= high:
+                problems.append(f"{name}={value!r} ({fix})")
+        for name in ("sleep", "random"):
+            if not callable(getattr(self, name)):
+                wrong_type = True
+                value = getattr(self, name)
+                kind = (
+                    "a coroutine function taking seconds"
+                    if name == "sleep"
+                    else "a function returning [0, 1)"
+                )
+                problems.append(f"{name}={value!r} (use {kind})")
         retry_on = self.retry_on
         if _is_error_class(retry_on):
             # an exception class is callable too: without this it would be taken as a predicate
@@ -97,7 +122,7 @@ class RetryPolicy:
             )
         if problems:
             msg = "invalid RetryPolicy: " + "; ".join(problems)
-            raise ValueError(msg)
+            raise TypeError(msg) if wrong_type else ValueError(msg)
 
     def should_retry(self, error: BaseException) -> bool:
         """Whether ``error`` is worth another attempt."""

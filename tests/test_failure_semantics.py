@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -556,6 +558,61 @@ class TestRetryPolicy:
             ),
         ):
             RetryPolicy(max_attempts=0, multiplier=0.5, jitter=2)
+
+    @pytest.mark.parametrize(
+        ("fields", "error", "message"),
+        [
+            (
+                {"initial_delay": math.nan},
+                ValueError,
+                "initial_delay=nan (not a finite number; use a delay >= 0)",
+            ),
+            ({"max_delay": math.inf}, ValueError, "max_delay=inf (not a finite number; use a delay >= 0)"),
+            (
+                {"multiplier": -math.inf, "jitter": math.nan},
+                ValueError,
+                "multiplier=-inf (not a finite number; use a multiplier >= 1); "
+                "jitter=nan (not a finite number; use a fraction in [0, 1])",
+            ),
+            ({"initial_delay": "1"}, TypeError, "initial_delay='1' (a str, not a number; use a delay >= 0)"),
+            (
+                {"max_attempts": 2.0, "jitter": None},
+                TypeError,
+                "max_attempts=2.0 (a float, not an int; use an int >= 1); "
+                "jitter=None (a NoneType, not a number; use a fraction in [0, 1])",
+            ),
+            (
+                {"multiplier": True},
+                TypeError,
+                "multiplier=True (a bool, not a number; use a multiplier >= 1)",
+            ),
+            (
+                {"initial_delay": "1", "max_delay": -1},
+                TypeError,
+                "initial_delay='1' (a str, not a number; use a delay >= 0); max_delay=-1 (use a delay >= 0)",
+            ),
+            ({"sleep": 3}, TypeError, "sleep=3 (use a coroutine function taking seconds)"),
+            ({"random": 0.5}, TypeError, "random=0.5 (use a function returning [0, 1))"),
+        ],
+        ids=[
+            "nan",
+            "inf",
+            "several-non-finite",
+            "str",
+            "float-attempts-and-none",
+            "bool",
+            "type-and-range",
+            "sleep",
+            "random",
+        ],
+    )
+    def test_every_field_is_checked(
+        self, fields: dict[str, Any], error: type[Exception], message: str
+    ) -> None:
+        """Each field is checked for type and finite range; the error names every bad field and value."""
+        with pytest.raises(error) as info:
+            RetryPolicy(**fields)
+        assert (type(info.value), str(info.value)) == (error, f"invalid RetryPolicy: {message}")
 
 
 class TestBookkeepingFailure:
