@@ -38,9 +38,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -402,6 +403,82 @@ class Telemetry:
             if isinstance(provider, SdkTracerProvider | SdkMeterProvider | SdkLoggerProvider)
         ]
 
+    def shutdown_on_signals(
+        self,
+        signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+        *,
+        timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        """Flush and shut down when the process receives one of ``signals``, then let the signal act.
+
+        Without it a service stopped with SIGTERM (``docker stop``, Kubernetes, systemd) dies at once and
+        the spans, log records and metric points still queued are lost. With it, the first of
+        ``signals`` starts ``shutdown(timeout)`` in a thread (the main thread goes on meanwhile, so it
+        never waits on a lock it holds itself); once that returns (within ``timeout`` plus a few ms) the
+        previous handlers are put back and the signal goes to the one it had, so the process ends as it
+        would have: killed by SIGTERM, ``KeyboardInterrupt`` for SIGINT, or whatever handler the
+        application had installed (an ignored signal stays ignored). A second signal while flushing
+        skips the rest of the flush.
+
+        Call it from the main thread (Python handles signals there only), after installing the
+        application's own handlers for these signals, if any: they run after the flush.
+
+        Args:
+            signals: the signals to flush on (default SIGTERM and SIGINT).
+            timeout: the shutdown bound in seconds.
+
+        Raises:
+            ValueError: when called from another thread than the main one, or ``timeout`` is negative.
+
+        .. versionadded:: 0.10
+        """
+        if not timeout >= 0:
+            msg = f"shutdown_on_signals(timeout={timeout!r}): the timeout must be a number of seconds >= 0"
+            raise ValueError(msg)
+        if threading.current_thread() is not threading.main_thread():
+            msg = (
+                "shutdown_on_signals() must be called from the main thread: Python runs signal handlers "
+                f"there only (called from {threading.current_thread().name!r})"
+            )
+            raise ValueError(msg)
+        wanted = list(dict.fromkeys(signals))
+        if self.disabled or not wanted:
+            return
+        previous = {sig: _handler(sig) for sig in wanted}
+        state = {"flushing": False}
+
+        def flush_then_deliver(sig: int) -> None:
+            try:
+                self.shutdown(timeout)
+            finally:
+                os.kill(os.getpid(), sig)  # handled below, in the main thread: the signal takes effect
+
+        def handle(sig: int, frame: Any) -> None:
+            if not state["flushing"]:
+                state["flushing"] = True
+                logger.info(
+                    "stageflow_otel: %s received; flushing telemetry (at most %g s) before it takes effect",
+                    signal.Signals(sig).name,
+                    timeout,
+                )
+                threading.Thread(
+                    target=flush_then_deliver, args=(sig,), name="stageflow-otel-signal-shutdown"
+                ).start()
+                return
+            # The flush is over (or a second signal cut it short): the previous handlers again, and this
+            # signal to the one it had.
+            for each, handler in previous.items():
+                if signal.getsignal(each) is handle:  # unless the application replaced it since
+                    signal.signal(each, handler)
+            action = previous[sig]
+            if action == signal.SIG_DFL:
+                os.kill(os.getpid(), sig)
+            elif callable(action):
+                action(sig, frame)
+
+        for sig in wanted:
+            signal.signal(sig, handle)
+
     def _atexit(self) -> None:
         self.shutdown(DEFAULT_SHUTDOWN_TIMEOUT)
 
@@ -414,6 +491,12 @@ class Telemetry:
     def __repr__(self) -> str:
         state = "disabled" if self.disabled else "shut down" if self._shut_down else "running"
         return f"Telemetry({state}, metrics_server={self.metrics_server!r})"
+
+
+def _handler(sig: int) -> Any:
+    """The current handler of ``sig`` (``SIG_DFL`` when it was not installed from Python)."""
+    handler = signal.getsignal(sig)
+    return signal.SIG_DFL if handler is None else handler
 
 
 def _provider_shutdown(provider: Any, millis: float) -> object:
