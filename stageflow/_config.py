@@ -43,11 +43,28 @@ T = TypeVar("T")
 
 
 class ConfigError(StageflowError, ValueError):
-    """A configuration value cannot be converted to the type its key needs."""
+    """A configuration value cannot be converted to the type its key needs.
 
-    def __init__(self, key: str, value: object, expected: str) -> None:
-        self.key, self.value = key, value
-        super().__init__(f"configuration {key!r} = {value!r} is not a valid {expected}; fix or unset it")
+    Attributes:
+        key: the dotted key (``timeout.default``).
+        value: the value as the provider gave it.
+        variable: the environment variable the value came from (``STAGEFLOW_TIMEOUT_DEFAULT``) when the
+            provider is an ``EnvConfigProvider``, else ``None``; the message then names it first.
+
+    .. versionchanged:: 0.10
+       ``variable``.
+    """
+
+    def __init__(self, key: str, value: object, expected: str, variable: str | None = None) -> None:
+        self.key, self.value, self.variable = key, value, variable
+        if variable is None:
+            msg = f"configuration {key!r} = {value!r} is not a valid {expected}; fix or unset it"
+        else:
+            msg = (
+                f"environment variable {variable}={value!r} (configuration {key!r}) is not a valid "
+                f"{expected}; fix or unset {variable}"
+            )
+        super().__init__(msg)
 
 
 class ConfigProvider(Protocol):
@@ -146,4 +163,5 @@ def config_value(provider: ConfigProvider | None, key: str, kind: type[T], defau
     try:
         return convert(raw)  # type: ignore[no-any-return]
     except (TypeError, ValueError):
-        raise ConfigError(key, raw, expected) from None
+        variable = provider.variable(key) if isinstance(provider, EnvConfigProvider) else None
+        raise ConfigError(key, raw, expected, variable) from None

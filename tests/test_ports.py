@@ -24,6 +24,7 @@ from stageflow import (
     StageKind,
     StageOutput,
     StageRecord,
+    TimeoutInterceptor,
 )
 from stageflow._config import config_value
 
@@ -268,6 +269,18 @@ class TestConfigProviders:
             == "configuration 'retry.max_attempts' = 'three' is not a valid int; fix or unset it"
         )
         assert isinstance(info.value, ValueError)
+
+    def test_bad_environment_value_names_the_variable(self) -> None:
+        """A bad value read from the environment is reported by the variable the user set."""
+        provider = EnvConfigProvider(environ={"STAGEFLOW_TIMEOUT_DEFAULT": "5s"})
+        with pytest.raises(ConfigError) as info:
+            TimeoutInterceptor(config=provider)
+        assert (str(info.value), info.value.key, info.value.variable) == (
+            "environment variable STAGEFLOW_TIMEOUT_DEFAULT='5s' (configuration 'timeout.default') is not a "
+            "valid number; fix or unset STAGEFLOW_TIMEOUT_DEFAULT",
+            "timeout.default",
+            "STAGEFLOW_TIMEOUT_DEFAULT",
+        )
 
 
 V1_SCHEMA = """
