@@ -142,11 +142,23 @@ def stage_stats(records: Iterable[RunRecord]) -> list[StageStats]:
     ]
 
 
+_CUT_TAIL = " more characters not shown]"
+
+
 def _cut(text: str, limit: int) -> str:
-    """``text``, or its first ``limit`` characters and a marker saying how many more were left out."""
+    """``text``, or its first ``limit`` characters and a marker saying how many more were left out.
+
+    Text a store already cut ends with the same marker; the new one counts what both left out.
+    """
     if len(text) <= limit:
         return text
-    return f"{text[:limit]}… [{len(text) - limit:,} more characters not shown]"
+    omitted = len(text) - limit
+    if text.endswith(_CUT_TAIL):
+        start = text.rfind("… [")
+        earlier = text[start + 3 : -len(_CUT_TAIL)].replace(",", "")
+        if start >= limit and earlier.isascii() and earlier.isdigit():
+            omitted = start - limit + int(earlier)
+    return f"{text[:limit]}… [{omitted:,}{_CUT_TAIL}"
 
 
 def _cut_stage(s: StageRecord) -> StageRecord:

@@ -192,6 +192,21 @@ class Chromium:
             raise RuntimeError(msg)
         return result["result"].get("value")
 
+    def set_viewport(self, width: int, height: int, *, mobile: bool = False) -> None:
+        """Lay pages out for a screen of ``width`` x ``height`` CSS pixels (``mobile``: as a phone does,
+        honouring the page's ``<meta name="viewport">``), until ``reset_viewport``."""
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=mobile,
+        )
+
+    def reset_viewport(self) -> None:
+        """Back to the browser's own window size."""
+        self.call("Emulation.clearDeviceMetricsOverride")
+
     def screenshot(self, path: Path) -> Path:
         """Save a full-page PNG screenshot of the current page to ``path``."""
         data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]

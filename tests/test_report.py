@@ -504,6 +504,13 @@ class TestReportSize:
         )
         assert (MESSAGE_LIMIT, NAME_LIMIT) == (1000, 200)
 
+    def test_a_message_the_store_cut_counts_everything_left_out(self) -> None:
+        """A message a store cut (with the same marker) is cut again, the marker adding both counts."""
+        stored = "m" * 4096 + "… [995,904 more characters not shown]"
+        cut = bounded(run(stage("a", "fail", error=stored), status="failed", error=stored))
+        shown = "m" * MESSAGE_LIMIT + "… [999,000 more characters not shown]"
+        assert (cut.stages[0].error, cut.error) == (shown, shown)
+
     def test_a_hundred_runs_failing_with_a_megabyte_each(self) -> None:
         """100 failed runs whose stage and run messages are 1 MB each give a page under 1 MB."""
         message = "x" * 1_000_000

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
+from stageflow import (
+    Pipeline,
+    PipelineRunError,
+    RetryPolicy,
+    RunIdentity,
+    SQLiteRunStore,
+    StageContext,
+    StageKind,
+    StageOutput,
+)
 from stageflow._cli import main
 
 from ._chromium import Chromium, chromium_path
@@ -33,6 +46,86 @@ def _report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = folder / "report.html"
     assert main(["report", str(db), "--output", str(out)]) == 0
     return out
+
+
+async def record_assistant_runs(path: Path) -> None:
+    """Run a voice assistant three times into a SQLite store at ``path``: its ``search`` fails once and
+    succeeds on a second attempt; the second run is anonymous (``memory`` and ``personalize`` skipped);
+    the third fails in ``llm`` with a 5,000-character message."""
+    search_fails = deque([True, False, False, False])
+
+    async def ok(ctx: StageContext) -> StageOutput:
+        return StageOutput.ok()
+
+    async def memory(ctx: StageContext) -> StageOutput:
+        if ctx.data.get("anonymous"):
+            return StageOutput.skip(reason="anonymous user: no memory")
+        return StageOutput.ok()
+
+    async def search(ctx: StageContext) -> StageOutput:
+        if search_fails.popleft():
+            raise ConnectionError("web search API returned 503")
+        return StageOutput.ok()
+
+    async def llm(ctx: StageContext) -> StageOutput:
+        if ctx.data.get("refuse"):
+            raise ValueError("model refused: " + "x" * 4985)
+        return StageOutput.ok()
+
+    async def no_wait(seconds: float) -> None:
+        pass
+
+    store = SQLiteRunStore(path)
+    graph = (
+        Pipeline(name="assistant")
+        .with_stage("stt", ok, StageKind.TRANSFORM)
+        .with_stage("enrich", ok, StageKind.ENRICH, dependencies=("stt",))
+        .with_stage("memory", memory, StageKind.ENRICH, dependencies=("stt",))
+        .with_stage(
+            "search", search, StageKind.ENRICH, dependencies=("stt",), retry=RetryPolicy(sleep=no_wait)
+        )
+        .with_stage("personalize", ok, StageKind.ENRICH, dependencies=("memory",), conditional=True)
+        .with_stage("llm", llm, StageKind.AGENT, dependencies=("enrich", "search", "personalize"))
+        .with_stage("guard", ok, StageKind.GUARD, dependencies=("llm",))
+        .with_stage("tts", ok, StageKind.TRANSFORM, dependencies=("guard",))
+        .build(run_store=store)
+    )
+    try:
+        for n, data in enumerate(({}, {"anonymous": True}), start=1):
+            await graph.run(data=data, run_id=RunIdentity(pipeline_run_id=UUID(int=n)))
+        with pytest.raises(PipelineRunError):
+            await graph.run(data={"refuse": True}, run_id=RunIdentity(pipeline_run_id=UUID(int=3)))
+    finally:
+        store.close()
+
+
+@pytest.fixture(name="assistant", scope="module")
+def _assistant(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("assistant")
+    db = folder / "runs.db"
+    asyncio.run(record_assistant_runs(db))
+    out = folder / "report.html"
+    assert main(["report", str(db), "--output", str(out)]) == 0
+    return out
+
+
+CROSSINGS = """
+[...document.querySelectorAll('svg.dag')].flatMap(svg => {
+  const boxes = [...svg.querySelectorAll('g.node')]
+    .map(g => [g.dataset.stage, g.querySelector('rect').getBBox()]);
+  return [...svg.querySelectorAll('path.edge')].map(path => {
+    const length = path.getTotalLength(), crossed = new Set();
+    for (let at = 0; at <= length; at += 0.5) {
+      const p = path.getPointAtLength(at);
+      for (const [name, b] of boxes)
+        if (p.x > b.x + 0.5 && p.x < b.x + b.width - 0.5 && p.y > b.y + 0.5 && p.y < b.y + b.height - 0.5)
+          crossed.add(name);
+    }
+    return [path.dataset.from, path.dataset.to, Math.round(length) > 0, [...crossed]];
+  });
+})
+"""
+"""Per DAG edge on the page: its ends, whether it has a length, and the boxes it passes through."""
 
 
 def count(browser: Chromium, selector: str) -> int:
@@ -118,3 +211,100 @@ class TestReportInChromium:
             line.startswith("exception: ReferenceError: missing is not defined") for line in load.console
         )
         assert load.requests == [page.as_uri(), "http://127.0.0.1:9/x.png"]
+
+
+class TestAssistantReportInChromium:
+    def test_no_edge_passes_through_a_box(self, browser: Chromium, assistant: Path) -> None:
+        """As Chromium lays the DAG out, no edge passes through any box, those it joins included."""
+        assert browser.load(assistant.as_uri()).console == []
+        assert browser.evaluate(CROSSINGS) == [
+            ["stt", "enrich", True, []],
+            ["stt", "memory", True, []],
+            ["stt", "search", True, []],
+            ["memory", "personalize", True, []],
+            ["enrich", "llm", True, []],
+            ["search", "llm", True, []],
+            ["personalize", "llm", True, []],
+            ["llm", "guard", True, []],
+            ["guard", "tts", True, []],
+        ]
+
+    def test_the_known_store_too(self, browser: Chromium, report: Path) -> None:
+        """Both DAGs of the known store are drawn clear of their boxes."""
+        browser.load(report.as_uri())
+        crossings = browser.evaluate(CROSSINGS)
+        assert [(source, target, crossed) for source, target, _, crossed in crossings] == [
+            ("extract", "load", []),
+            ("stt", "memory", []),
+            ("stt", "enrich", []),
+            ("memory", "llm", []),
+            ("enrich", "llm", []),
+            ("llm", "tts", []),
+        ]
+
+    def test_screenshot(self, browser: Chromium, assistant: Path, tmp_path: Path) -> None:
+        """A full-page screenshot of the voice assistant's report is produced."""
+        browser.load(assistant.as_uri())
+        data = browser.screenshot(tmp_path / "assistant.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def test_labels_and_legend_agree_on_colours(self, browser: Chromium, assistant: Path) -> None:
+        """Each label beside a bar has the colour of its status's legend text, each bar its swatch's."""
+        browser.load(assistant.as_uri())
+        colours = browser.evaluate(
+            "[...document.querySelectorAll('text.mark')].map(t => { const status = t.classList[1];"
+            " const legend = document.querySelector('.legend .status-' + status);"
+            " const bar = t.parentNode.querySelector('rect.run'), swatch = legend.previousElementSibling;"
+            " return [status, t.textContent, getComputedStyle(t).fill === getComputedStyle(legend).color,"
+            " getComputedStyle(bar).fill === getComputedStyle(swatch).backgroundColor]; })"
+        )
+        assert colours == [
+            ["fail", "✗ failed", True, True],
+            ["skip", "skipped", True, True],
+            ["skip", "skipped", True, True],
+            ["ok", "2 attempts", True, True],
+        ]
+        assert (
+            browser.evaluate("getComputedStyle(document.querySelector('text.mark.skip')).fill")
+            == "rgb(97, 97, 97)"
+        )
+
+    def test_reasons_and_retries_are_on_the_page(self, browser: Chromium, assistant: Path) -> None:
+        """Skip reasons, retries and failures are visible text under each chart, long messages cut."""
+        browser.load(assistant.as_uri())
+        items = browser.evaluate(
+            "[...document.querySelectorAll('ul.outcomes li')].map(li => "
+            "[li.closest('div.run').id, li.innerText, li.getBoundingClientRect().height > 0])"
+        )
+        message = "ValueError: model refused: " + "x" * 985 + "… [4,000 more characters not shown]"
+        assert items == [
+            ["run-00000000-0000-0000-0000-000000000003", f"llm failed: {message}", True],
+            ["run-00000000-0000-0000-0000-000000000002", "memory skipped: anonymous user: no memory", True],
+            [
+                "run-00000000-0000-0000-0000-000000000002",
+                "personalize skipped: dependency 'memory' was skipped",
+                True,
+            ],
+            ["run-00000000-0000-0000-0000-000000000001", "search ok after 2 attempts", True],
+        ]
+
+    def test_no_horizontal_overflow_on_a_phone(self, browser: Chromium, assistant: Path) -> None:
+        """At a phone's 375 px the page is no wider than the screen: wide tables and drawings scroll in
+        their own box."""
+        browser.set_viewport(375, 812, mobile=True)
+        try:
+            browser.load(assistant.as_uri())
+            widths = browser.evaluate(
+                "[window.innerWidth, document.documentElement.scrollWidth,"
+                " Math.max(...[...document.body.querySelectorAll('*')]"
+                ".filter(e => !e.closest('.scroll') || e.classList.contains('scroll'))"
+                ".map(e => Math.ceil(e.getBoundingClientRect().right)))]"
+            )
+            assert widths[:2] == [375, 375] and widths[2] <= 375
+            scrolled = browser.evaluate(
+                "[...document.querySelectorAll('.scroll')].map(box => "
+                "[box.firstElementChild.tagName.toLowerCase(), box.scrollWidth > box.clientWidth])"
+            )
+            assert scrolled == [["svg", True], ["table", True], ["table", True]] + [["svg", True]] * 3
+        finally:
+            browser.reset_viewport()
