@@ -4,16 +4,17 @@ Usage::
 
     stageflow runs list runs.db                       # id, pipeline, status, start, duration, critical path
     stageflow runs show runs.db 1b2c3d4e              # one run's timeline (an id or a unique prefix)
+    stageflow runs list --store postgresql://u@host/db  # any command reads PostgreSQL too ($STAGEFLOW_STORE)
+    stageflow db migrate postgresql://u@host/db       # create or upgrade a store's schema
     stageflow graph myapp.pipelines:PIPELINE          # the DAG as Mermaid (--format svg for SVG)
     stageflow report runs.db --output report.html     # a self-contained HTML report
 
-``python -m stageflow`` is the same command. Only the standard library is used.
+``python -m stageflow`` is the same command. Only the standard library is used (psycopg for PostgreSQL).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import inspect
 import os
@@ -24,18 +25,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._cli_store import JAEGER_ENV, STORE_ENV, CommandError, find_run, location, migrate_store, read_runs
+from ._events import RecordedEvent
 from ._graph import StageGraph
 from ._pipeline import Pipeline
 from ._store import RunRecord, SQLiteRunStore
 from ._svg import dag_nodes, dag_svg
-from ._terminal import terminal_safe
 from ._timeline import DEFAULT_WIDTH, format_seconds, timeline_of_record, use_color
 
 __all__ = ("CommandError", "console_main", "load_graph", "main", "open_store", "parser")
-
-
-class CommandError(Exception):
-    """A command could not do its work; the message says why and what to do (exit status 1)."""
 
 
 def _version() -> str:
@@ -57,7 +55,7 @@ def open_store(path: str) -> SQLiteRunStore:
         )
         raise CommandError(msg)
     try:
-        return SQLiteRunStore(path)
+        return SQLiteRunStore(path, create=False)
     except sqlite3.DatabaseError as exc:
         msg = f"{path!r} is not a stageflow run store: {exc}"
         raise CommandError(msg) from exc
@@ -65,37 +63,12 @@ def open_store(path: str) -> SQLiteRunStore:
         raise CommandError(str(exc)) from exc
 
 
-def _read(path: str, pipeline: str | None, limit: int) -> list[RunRecord]:
-    store = open_store(path)
-    try:
-        return asyncio.run(store.list_runs(pipeline=pipeline, limit=limit))
-    except sqlite3.DatabaseError as exc:
-        msg = f"{path!r} is not a stageflow run store: {exc}"
-        raise CommandError(msg) from exc
-    finally:
-        store.close()
-
-
-def _find_run(path: str, run_id: str) -> RunRecord:
-    store = open_store(path)
-    try:
-        record = asyncio.run(store.get_run(run_id))
-        if record is not None:
-            return record
-        matches = [r for r in asyncio.run(store.list_runs(limit=sys.maxsize)) if r.run_id.startswith(run_id)]
-    except sqlite3.DatabaseError as exc:
-        msg = f"{path!r} is not a stageflow run store: {exc}"
-        raise CommandError(msg) from exc
-    finally:
-        store.close()
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        msg = f"no run {run_id!r} in {path!r}; `stageflow runs list {path}` lists the runs it holds"
-        raise CommandError(msg)
-    ids = ", ".join(r.run_id for r in matches[:5]) + (", ..." if len(matches) > 5 else "")
-    msg = f"run id prefix {run_id!r} matches {len(matches)} runs in {path!r} ({ids}); give more of it"
-    raise CommandError(msg)
+def _read(args: argparse.Namespace) -> list[RunRecord]:
+    """The runs ``args`` asks for; each stored run that cannot be read is reported and skipped."""
+    records, problems = read_runs(location(args.db, args.store), args.pipeline, args.limit)
+    for problem in problems:
+        print(f"stageflow: warning: {problem}; skipped", file=sys.stderr)
+    return records
 
 
 def load_graph(target: str) -> StageGraph:
@@ -161,20 +134,20 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def _runs_list(args: argparse.Namespace) -> int:
-    records = _read(args.db, args.pipeline, args.limit)
+    records = _read(args)
     if not records:
         which = f" of pipeline {args.pipeline!r}" if args.pipeline else ""
-        print(f"no runs{which} in {args.db!r}")
+        print(f"no runs{which} in {location(args.db, args.store).shown!r}")
         return 0
     rows = [("id", "pipeline", "status", "start", "duration", "critical path")]
     rows += [
         (
-            terminal_safe(r.run_id),
-            terminal_safe(r.pipeline),
-            terminal_safe(r.status),
+            r.run_id,
+            r.pipeline,
+            r.status,
             _local(r.started_at),
             format_seconds(r.duration),
-            " → ".join(terminal_safe(name) for name in r.critical_path),
+            " → ".join(r.critical_path),
         )
         for r in records
     ]
@@ -187,10 +160,38 @@ def _color(choice: str) -> bool:
 
 
 def _runs_show(args: argparse.Namespace) -> int:
-    record = _find_run(args.db, args.run_id)
+    found = find_run(location(args.db, args.store), args.run_id, events=args.events)
+    record = found.record
     print(timeline_of_record(record, width=args.width, color=_color(args.color)))
     if record.error:
-        print(f"  error: {terminal_safe(record.error)}")
+        print(f"  error: {record.error}")
+    for line in _trace_lines(record, args.jaeger_url) + (_event_lines(found.events) if args.events else []):
+        print(line)
+    return 0
+
+
+def _trace_lines(record: RunRecord, jaeger: str | None) -> list[str]:
+    if record.trace_id is None:
+        return []
+    lines = [f"  trace: {record.trace_id}"]
+    if jaeger:
+        lines.append(f"  jaeger: {jaeger.rstrip('/')}/trace/{record.trace_id}")
+    return lines
+
+
+def _event_lines(events: Sequence[RecordedEvent]) -> list[str]:
+    if not events:
+        return ["  events: none stored"]
+    lines = ["  events:"]
+    for event in events:
+        stamp = event.data.get("timestamp")
+        when = _local(stamp) if isinstance(stamp, int | float) else "?"
+        lines.append(f"    {when}  {event.type}")
+    return lines
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    print(migrate_store(location(args.db, args.store).target))
     return 0
 
 
@@ -204,16 +205,16 @@ def _graph(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output}")
     else:
-        sys.stdout.write("\n".join(terminal_safe(line) for line in text.split("\n")))
+        sys.stdout.write(text)
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
     from ._report import render_report
 
-    records = _read(args.db, args.pipeline, args.limit)
+    records = _read(args)
     graphs = [load_graph(target) for target in args.graph]
-    html = render_report(records, graphs=graphs, source=args.db)
+    html = render_report(records, graphs=graphs, source=location(args.db, args.store).shown)
     Path(args.output).write_text(html, encoding="utf-8")
     print(f"wrote {args.output} ({len(records)} runs)")
     return 0
@@ -242,7 +243,8 @@ def parser() -> argparse.ArgumentParser:
     """The command-line parser of ``stageflow``."""
     top = argparse.ArgumentParser(
         prog="stageflow",
-        description="Inspect stageflow runs recorded in a SQLite run store, and draw pipelines.",
+        description="Inspect stageflow runs recorded in a run store (a SQLite file or a PostgreSQL URL), "
+        "and draw pipelines.",
     )
     top.add_argument("--version", action="version", version=f"stageflow {_version()}")
     commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -255,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
         description="A table of the most recent runs: id, pipeline, status, start (local time), duration, "
         "critical path.",
     )
-    listing.add_argument("db", metavar="DB", help="the SQLiteRunStore file")
+    _store_arguments(listing)
     listing.add_argument("--pipeline", help="only runs of this pipeline")
     listing.add_argument("--limit", type=_positive_int, default=20, help="runs to list (default 20)")
     listing.set_defaults(handler=_runs_list)
@@ -263,7 +265,7 @@ def parser() -> argparse.ArgumentParser:
     show = runs_commands.add_parser(
         "show", help="one run's timeline", description="One run's timeline, as RunResult.timeline() draws it."
     )
-    show.add_argument("db", metavar="DB", help="the SQLiteRunStore file")
+    _store_arguments(show)
     show.add_argument("run_id", metavar="RUN_ID", help="the run id, or a prefix of it matching one run")
     show.add_argument(
         "--width", type=_width, default=DEFAULT_WIDTH, help=f"time axis characters (default {DEFAULT_WIDTH})"
@@ -273,6 +275,15 @@ def parser() -> argparse.ArgumentParser:
         choices=("auto", "always", "never"),
         default="auto",
         help="colour the timeline (default auto: only on a terminal, unless NO_COLOR is set)",
+    )
+    show.add_argument(
+        "--events", action="store_true", help="also list the events a DatabaseEventSink stored for the run"
+    )
+    show.add_argument(
+        "--jaeger-url",
+        default=os.environ.get(JAEGER_ENV),
+        metavar="URL",
+        help=f"Jaeger's UI address, to print a link to the run's trace (default ${JAEGER_ENV})",
     )
     show.set_defaults(handler=_runs_show)
 
@@ -293,7 +304,7 @@ def parser() -> argparse.ArgumentParser:
         description="Write one HTML file (no network needed; opens from file://) with every run's Gantt "
         "chart, the DAG, and per-stage p50/p95/p99 duration, wait and critical-path share.",
     )
-    report.add_argument("db", metavar="DB", help="the SQLiteRunStore file")
+    _store_arguments(report)
     report.add_argument("--output", "-o", metavar="FILE", required=True, help="the HTML file to write")
     report.add_argument("--pipeline", help="only runs of this pipeline")
     report.add_argument("--limit", type=_positive_int, default=200, help="most recent runs (default 200)")
@@ -306,7 +317,34 @@ def parser() -> argparse.ArgumentParser:
         "by default each DAG is drawn from the recorded runs",
     )
     report.set_defaults(handler=_report)
+
+    db = commands.add_parser("db", help="create or upgrade a run store's schema")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    migrate = db_commands.add_parser(
+        "migrate",
+        help="create or upgrade the schema",
+        description="Create the run store's schema, or upgrade it to this stageflow's version (a SQLite file "
+        "is created if missing). Stores do this on first use; run it to do it ahead of time, or as a role "
+        "allowed to create tables.",
+    )
+    _store_arguments(migrate)
+    migrate.set_defaults(handler=_migrate)
     return top
+
+
+def _store_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "db",
+        metavar="DB",
+        nargs="?",
+        help=f"the SQLite run store file or a postgresql:// URL (or ${STORE_ENV})",
+    )
+    command.add_argument(
+        "--store",
+        metavar="URL",
+        help="the run store, as DB (a postgresql:// URL keeps its password out of argv "
+        "when given through the environment)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -315,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.handler(args)
     except CommandError as exc:
-        print(f"stageflow: error: {terminal_safe(str(exc))}", file=sys.stderr)
+        print(f"stageflow: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # e.g. `stageflow runs list runs.db | head`
         return 0

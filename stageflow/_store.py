@@ -201,6 +201,10 @@ class InMemoryRunStore:
         runs.sort(key=_newest_first)
         return runs[offset : offset + limit]
 
+    async def pipelines(self) -> list[str]:
+        """The names of the pipelines with stored runs, in order."""
+        return sorted({r.pipeline for r in self._runs.values()})
+
     async def find_runs(self, prefix: str, *, limit: int = 10) -> list[RunRecord]:
         """Runs whose id starts with ``prefix``, in id order, at most ``limit``."""
         check_page(limit, 0)
@@ -799,6 +803,17 @@ class SQLiteRunStore:
             self._read, where, (*params, limit, offset), "ORDER BY started_at DESC, run_id LIMIT ? OFFSET ?"
         )
         return readable(found, problems)
+
+    def _pipelines(self) -> list[str]:
+        with self._lock:
+            return [name for (name,) in self._conn.execute("SELECT DISTINCT pipeline FROM runs ORDER BY pipeline")]
+
+    async def pipelines(self) -> list[str]:
+        """The names of the pipelines with stored runs, in order.
+
+        .. versionadded:: 0.10
+        """
+        return await asyncio.to_thread(self._pipelines)
 
     def write_events(self, rows: Sequence[tuple[str | None, int, str, float, str]]) -> None:
         """Insert event rows (run id, sequence, type, timestamp, JSON data) in one transaction; blocking

@@ -132,12 +132,12 @@ class TestRuns:
         assert "\033[32m" in out
 
     def test_ambiguous_prefix(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
-        """A prefix matching several runs is refused, naming them."""
+        """A prefix matching several runs is refused, naming them in id order."""
         status, _, err = run(capsys, "runs", "show", db, "aaaa")
         assert status == 1
         assert err == (
             f"stageflow: error: run id prefix 'aaaa' matches 2 runs in {db!r} "
-            "(aaaa0002-0000-0000-0000-000000000002, aaaa0001-0000-0000-0000-000000000001); "
+            "(aaaa0001-0000-0000-0000-000000000001, aaaa0002-0000-0000-0000-000000000002); "
             "give more of it\n"
         )
 

@@ -720,6 +720,14 @@ class PostgresRunStore:
         )
         return readable(found, problems)
 
+    async def pipelines(self) -> list[str]:
+        """The names of the pipelines with stored runs, in order."""
+        db = self._db
+        pool = await db.pool()
+        async with pool.connection(timeout=db.connect_timeout) as conn:
+            cur = await conn.execute("SELECT DISTINCT pipeline FROM stageflow_runs ORDER BY pipeline")
+            return [name for (name,) in await cur.fetchall()]
+
     async def events_of(self, run_id: UUID | str) -> list[RecordedEvent]:
         """The events a ``DatabaseEventSink`` stored for this run, in the order they were emitted."""
         db = self._db

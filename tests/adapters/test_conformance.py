@@ -1,0 +1,261 @@
+"""One conformance suite for every run store: in-memory, SQLite and PostgreSQL behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from stageflow import (
+    MAX_MESSAGE_CHARS,
+    InMemoryRunStore,
+    Pipeline,
+    PipelineCancelledError,
+    PipelineFailedError,
+    PostgresRunStore,
+    RunRecord,
+    SQLiteRunStore,
+    StageContext,
+    StageKind,
+    StageOutput,
+    StageRecord,
+    reset_run_trace_id,
+    set_run_trace_id,
+)
+from tests._support import make_ctx
+
+AnyStore = InMemoryRunStore | SQLiteRunStore | PostgresRunStore
+
+T0 = 1_780_000_000.0
+"""2026-05-28 20:26:40 UTC."""
+
+
+def record(
+    run_id: str, start: float, *, pipeline: str = "p", error: str | None = None, **fields: object
+) -> RunRecord:
+    """A two-stage run starting at ``start``."""
+    stages = (
+        StageRecord("a", "transform", "ok", start, start + 0.25, 0.0, 1),
+        StageRecord(
+            "b",
+            "work",
+            "fail" if error else "ok",
+            start + 0.25,
+            start + 0.5,
+            0.125,
+            2,
+            error,
+            "ValueError" if error else None,
+            ("a",),
+        ),
+    )
+    base = RunRecord(
+        run_id, pipeline, "failed" if error else "completed", start, start + 0.5, stages, ("a", "b"), error
+    )
+    return replace(base, **fields)  # type: ignore[arg-type]
+
+
+class TestRecordAndRead:
+    async def test_round_trip_is_exact(self, store: AnyStore) -> None:
+        """Every field of a record, floats included, reads back exactly."""
+        written = record(
+            "r-1", T0 + 0.1234567891, error="b: ValueError: bad", trace_id="0af7651916cd43dd8448eb211c80319c"
+        )
+        await store.record_run(written)
+        assert await store.get_run("r-1") == written
+
+    async def test_unknown_run_is_none(self, store: AnyStore) -> None:
+        """An id that was never recorded reads as None."""
+        await store.record_run(record("r-1", T0))
+        assert await store.get_run("r-2") is None
+
+    async def test_a_second_write_of_a_run_id_changes_nothing(self, store: AnyStore) -> None:
+        """Writes are idempotent: the first record of a run id stays, a retried or other one is ignored."""
+        first = record("r-1", T0)
+        await store.record_run(first)
+        await store.record_run(first)
+        await store.record_run(replace(first, status="failed", error="later", stages=first.stages[:1]))
+        assert await store.get_run("r-1") == first
+        assert await store.list_runs() == [first]
+
+
+class TestListing:
+    async def test_newest_first_then_by_id_with_filters_and_pages(self, store: AnyStore) -> None:
+        """Runs list newest first (ties by id), filter by pipeline, and page with limit and offset."""
+        runs = [
+            record("r-1", T0, pipeline="etl"),
+            record("r-3", T0 + 60),
+            record("r-2", T0 + 60),
+            record("r-4", T0 + 86_400 * 3, pipeline="etl"),
+            record("r-5", T0 + 120),
+        ]
+        for run in runs:
+            await store.record_run(run)
+        ids = [r.run_id for r in await store.list_runs()]
+        assert ids == ["r-4", "r-5", "r-2", "r-3", "r-1"]
+        assert [r.run_id for r in await store.list_runs(pipeline="etl")] == ["r-4", "r-1"]
+        assert [r.run_id for r in await store.list_runs(pipeline="nope")] == []
+        assert [r.run_id for r in await store.list_runs(limit=2)] == ["r-4", "r-5"]
+        assert [r.run_id for r in await store.list_runs(limit=2, offset=2)] == ["r-2", "r-3"]
+        assert [r.run_id for r in await store.list_runs(limit=2, offset=4)] == ["r-1"]
+        assert [r.run_id for r in await store.list_runs(limit=2, offset=5)] == []
+
+    @pytest.mark.parametrize(
+        ("keywords", "message"),
+        [
+            ({"limit": 0}, "limit=0 is invalid; pass a whole number of at least 1"),
+            ({"limit": True}, "limit=True is invalid; pass a whole number of at least 1"),
+            ({"offset": -1}, "offset=-1 is invalid; pass a whole number of at least 0"),
+        ],
+        ids=["limit-0", "limit-bool", "offset-negative"],
+    )
+    async def test_bad_page_is_refused(self, store: AnyStore, keywords: dict[str, int], message: str) -> None:
+        """A limit below 1 or an offset below 0 is refused, naming the value."""
+        with pytest.raises(ValueError) as info:
+            await store.list_runs(limit=keywords.get("limit", 10), offset=keywords.get("offset", 0))
+        assert str(info.value) == message
+
+    async def test_find_by_prefix(self, store: AnyStore) -> None:
+        """Runs are found by id prefix, in id order, up to a limit; % and _ in a prefix are literal."""
+        for run_id in ("ab-2", "ab-1", "abc", "b%", "a_c", "axc"):
+            await store.record_run(record(run_id, T0))
+        assert [r.run_id for r in await store.find_runs("ab")] == ["ab-1", "ab-2", "abc"]
+        assert [r.run_id for r in await store.find_runs("ab", limit=2)] == ["ab-1", "ab-2"]
+        assert [r.run_id for r in await store.find_runs("a_")] == ["a_c"]
+        assert [r.run_id for r in await store.find_runs("b%")] == ["b%"]
+        assert [r.run_id for r in await store.find_runs("zz")] == []
+
+
+HOSTILE = [
+    ("quote", 'it\'s "quoted"', 'it\'s "quoted"'),
+    ("injection", "x'); DROP TABLE runs; --", "x'); DROP TABLE runs; --"),
+    ("pg-injection", "x'); DROP TABLE stageflow_runs; --", "x'); DROP TABLE stageflow_runs; --"),
+    ("unicode", "résumé ✓ 名前 🎉", "résumé ✓ 名前 🎉"),
+    ("backslash", "C:\\new\\table", "C:\\new\\table"),
+    ("nul", "a\x00b", "a\\x00b"),
+    ("lone-surrogate", "bad \udce9 byte", "bad \\udce9 byte"),
+]
+
+
+class TestHostileInput:
+    @pytest.mark.parametrize(("name", "text", "stored"), HOSTILE, ids=[h[0] for h in HOSTILE])
+    async def test_text_reads_back_exactly_or_escaped(
+        self, store: AnyStore, name: str, text: str, stored: str
+    ) -> None:
+        """Hostile names and messages read back exactly; NUL and lone surrogates read back escaped."""
+        written = RunRecord(
+            f"id-{text}",
+            f"pipe-{text}",
+            "failed",
+            T0,
+            T0 + 1,
+            (
+                StageRecord(
+                    f"s-{text}",
+                    "work",
+                    "fail",
+                    T0,
+                    T0 + 1,
+                    0.0,
+                    1,
+                    f"err-{text}",
+                    f"E-{text}",
+                    (f"d-{text}",),
+                ),
+            ),
+            (f"s-{text}",),
+            f"run-{text}",
+        )
+        await store.record_run(written)
+        expected = RunRecord(
+            f"id-{stored}",
+            f"pipe-{stored}",
+            "failed",
+            T0,
+            T0 + 1,
+            (
+                StageRecord(
+                    f"s-{stored}",
+                    "work",
+                    "fail",
+                    T0,
+                    T0 + 1,
+                    0.0,
+                    1,
+                    f"err-{stored}",
+                    f"E-{stored}",
+                    (f"d-{stored}",),
+                ),
+            ),
+            (f"s-{stored}",),
+            f"run-{stored}",
+        )
+        assert await store.get_run(f"id-{stored}") == expected
+        assert await store.list_runs(pipeline=f"pipe-{stored}") == [expected]
+        assert await store.find_runs(f"id-{stored}") == [expected]
+
+    async def test_a_megabyte_message_is_cut_to_the_limit(self, store: AnyStore) -> None:
+        """A 1 MB error keeps its first MAX_MESSAGE_CHARS characters and says how many were cut."""
+        message = "x" * 1_000_000
+        await store.record_run(record("big", T0, error=message))
+        found = await store.get_run("big")
+        assert found is not None
+        cut = "x" * MAX_MESSAGE_CHARS + "… [995,904 more characters not shown]"
+        assert (found.error, found.stages[1].error, MAX_MESSAGE_CHARS) == (cut, cut, 4096)
+
+    async def test_runs_whose_texts_hold_lone_surrogates_are_all_recorded(self, store: AnyStore) -> None:
+        """Eight runs whose error, skip or cancel text holds a lone surrogate are all recorded, escaped."""
+
+        async def fail(ctx: StageContext) -> StageOutput:
+            return StageOutput.fail("bad \udcff input")
+
+        async def raise_(ctx: StageContext) -> StageOutput:
+            raise ValueError("bad \ud800 input")
+
+        async def skip(ctx: StageContext) -> StageOutput:
+            return StageOutput.skip("no \udfff data")
+
+        async def cancel(ctx: StageContext) -> StageOutput:
+            return StageOutput.cancel("stop \udc80 now")
+
+        ids = []
+        for runner in (fail, raise_, skip, cancel) * 2:
+            graph = Pipeline(name="hostile").with_stage("s", runner, StageKind.WORK).build(run_store=store)
+            try:
+                results = await graph.run(make_ctx())
+                ids.append(str(results.run_id))
+            except (PipelineFailedError, PipelineCancelledError) as exc:
+                ids.append(str(exc.results.run_id))
+        runs = {r.run_id: r for r in await store.list_runs(limit=100)}
+        assert sorted(runs) == sorted(ids)
+        assert [runs[i].stages[0].error for i in ids[:4]] == [
+            "bad \\udcff input",
+            "bad \\ud800 input",
+            "no \\udfff data",
+            "stop \\udc80 now",
+        ]
+
+
+class TestConcurrencyAndTraces:
+    async def test_concurrent_writers_lose_nothing(self, store: AnyStore) -> None:
+        """Two hundred concurrent writes, some of them repeats, store each run exactly once."""
+        runs = [record(f"r-{i:03}", T0 + i) for i in range(200)]
+        await asyncio.gather(*(store.record_run(r) for r in runs + runs[::7]))
+        assert await store.list_runs(limit=1000) == runs[::-1]
+
+    async def test_the_trace_id_of_the_current_run_is_kept(self, store: AnyStore) -> None:
+        """A run recorded while a trace id is set keeps it; one without keeps None."""
+
+        async def ok(ctx: StageContext) -> StageOutput:
+            return StageOutput.ok()
+
+        graph = Pipeline(name="traced").with_stage("a", ok, StageKind.WORK).build(run_store=store)
+        token = set_run_trace_id("4bf92f3577b34da6a3ce929d0e0e4736")
+        try:
+            traced = await graph.run(make_ctx())
+        finally:
+            reset_run_trace_id(token)
+        untraced = await graph.run(make_ctx())
+        got = [await store.get_run(r.run_id) for r in (traced, untraced)]
+        assert [g.trace_id if g else "missing" for g in got] == ["4bf92f3577b34da6a3ce929d0e0e4736", None]
