@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ class StageOutput:
                     "events, error, duration_ms, version): pass error= and version= by keyword"
                 )
                 raise TypeError(msg)
+        _refuse_coroutines(self.data)
 
     @classmethod
     def ok(
@@ -170,6 +172,9 @@ class StageOutput:
             payload = {**data, **values}
         else:
             payload = dict(data)
+        for value in payload.values():
+            if type(value) is CoroutineType:
+                _refuse_coroutines(payload)
         if cls is StageOutput:
             # Every stage returns one of these: set the slots directly, skipping the frozen dataclass
             # __init__ (four object.__setattr__ calls; this is about half the cost).
@@ -269,6 +274,21 @@ class _Unset:
 for _name, _default in (("artifacts", list), ("events", list), ("duration_ms", lambda: None)):
     setattr(StageOutput, _name, _Unset(vars(StageOutput)[_name], _default))
 del _name, _default
+
+
+def _refuse_coroutines(data: Mapping[str, Any]) -> None:
+    """Raise ``TypeError`` for the first value of ``data`` that is a coroutine: an ``await`` left out."""
+    for key, value in data.items():
+        if isinstance(value, CoroutineType):
+            name = value.__qualname__
+            value.close()  # it will never be awaited: close it now rather than warn when it is collected
+            call = f"await {name.rpartition('.')[2]}(...)"
+            example = f"{key}={call}" if key.isidentifier() else f"{{{key!r}: {call}}}"
+            msg = (
+                f"StageOutput value {key!r} is a coroutine ({name}), not its result: await it, "
+                f"e.g. StageOutput.ok({example})"
+            )
+            raise TypeError(msg)
 
 
 _new = object.__new__

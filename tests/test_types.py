@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Callable
 from uuid import UUID
 
 import pytest
 
-from stageflow import PipelineTimer, StageOutput, StageStatus
+from stageflow import (
+    Pipeline,
+    PipelineFailedError,
+    PipelineTimer,
+    StageContext,
+    StageKind,
+    StageOutput,
+    StageStatus,
+)
 from stageflow.context import ContextSnapshot, RunIdentity
 
 
@@ -74,6 +84,48 @@ class TestStageOutput:
             str(bad_data.value)
             == "StageOutput data None is not a mapping; pass a dict such as {'key': value}"
         )
+
+
+async def fetch_rows() -> list[int]:
+    return [1, 2]
+
+
+class TestForgottenAwait:
+    async def test_a_stage_returning_a_coroutine_fails_naming_the_key(self) -> None:
+        """``StageOutput.ok(rows=fetch_rows())`` fails the stage with a message naming the key and the fix."""
+
+        async def load(ctx: StageContext) -> StageOutput:
+            return StageOutput.ok(count=2, rows=fetch_rows())
+
+        with pytest.raises(PipelineFailedError) as info:
+            await Pipeline(name="p").with_stage("load", load, StageKind.WORK).build().run()
+        assert (info.value.stage, type(info.value.error), str(info.value.error)) == (
+            "load",
+            TypeError,
+            "StageOutput value 'rows' is a coroutine (fetch_rows), not its result: await it, "
+            "e.g. StageOutput.ok(rows=await fetch_rows(...))",
+        )
+
+    @pytest.mark.parametrize(
+        "build",
+        [
+            lambda c: StageOutput.ok({"my-rows": c}),
+            lambda c: StageOutput(StageStatus.OK, {"my-rows": c}),
+            lambda c: StageOutput.skip("later", {"my-rows": c}),
+            lambda c: StageOutput.fail("no", {"my-rows": c}),
+        ],
+        ids=["ok-mapping", "constructor", "skip", "fail"],
+    )
+    def test_every_constructor_refuses_a_coroutine(self, build: Callable[[object], StageOutput]) -> None:
+        """Every way to build an output refuses a coroutine value and closes it (no never-awaited warning)."""
+        coroutine = fetch_rows()
+        with pytest.raises(TypeError) as info:
+            build(coroutine)
+        assert str(info.value) == (
+            "StageOutput value 'my-rows' is a coroutine (fetch_rows), not its result: await it, "
+            "e.g. StageOutput.ok({'my-rows': await fetch_rows(...)})"
+        )
+        assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
 
 
 class TestRunIdentity:
