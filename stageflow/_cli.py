@@ -25,7 +25,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._cli_store import JAEGER_ENV, STORE_ENV, CommandError, find_run, location, migrate_store, read_runs
+from ._cli_store import (
+    JAEGER_ENV,
+    STORE_ENV,
+    CommandError,
+    Location,
+    find_run,
+    location,
+    migrate_store,
+    pipeline_names,
+    read_runs,
+)
 from ._events import RecordedEvent
 from ._graph import StageGraph
 from ._pipeline import Pipeline
@@ -213,11 +223,25 @@ def _report(args: argparse.Namespace) -> int:
     from ._report import render_report
 
     records = _read(args)
+    if args.pipeline is not None and not records:
+        raise CommandError(_unknown_pipeline(location(args.db, args.store), args.pipeline))
     graphs = [load_graph(target) for target in args.graph]
     html = render_report(records, graphs=graphs, source=location(args.db, args.store).shown)
     Path(args.output).write_text(html, encoding="utf-8")
     print(f"wrote {args.output} ({len(records)} runs)")
     return 0
+
+
+def _unknown_pipeline(where: Location, pipeline: str) -> str:
+    """Why ``--pipeline`` found no runs: the pipelines the store at ``where`` does hold runs of."""
+    path = where.shown
+    names = pipeline_names(where)
+    if not names:
+        return f"no runs of pipeline {pipeline!r} in {path!r}: it holds no runs yet"
+    return (
+        f"no runs of pipeline {pipeline!r} in {path!r}; it holds runs of {', '.join(map(repr, names))}: "
+        "pass one of those to --pipeline, or leave --pipeline out"
+    )
 
 
 def _positive_int(text: str) -> int:

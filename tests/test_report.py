@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stageflow import Pipeline, RunRecord, StageKind, StageOutput, StageRecord
+from stageflow import Pipeline, RunRecord, SQLiteRunStore, StageKind, StageOutput, StageRecord
 from stageflow._cli import main
 from stageflow._report import MESSAGE_LIMIT, NAME_LIMIT, bounded, percentile, render_report, stage_stats
 from stageflow._svg import STATUS_STYLES, DagNode, dag_svg, gantt_svg
@@ -530,3 +530,38 @@ class TestReportSize:
             html.count("… [999,000 more characters not shown]") == 200
         )  # per run: the bar's title, the reason list
         assert html.count("… [999,015 more characters not shown]") == 100  # the run's error
+
+
+class TestReportOfAnUnknownPipeline:
+    def test_fails_naming_the_pipelines_there(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """``--pipeline`` naming no pipeline of the store exits 1 naming those it has, and writes nothing."""
+        db = write_store(tmp_path / "runs.db")
+        out = tmp_path / "report.html"
+        assert main(["report", str(db), "-o", str(out), "--pipeline", "nope"]) == 1
+        assert capsys.readouterr() == (
+            "",
+            f"stageflow: error: no runs of pipeline 'nope' in {str(db)!r}; it holds runs of 'etl', 'voice': "
+            "pass one of those to --pipeline, or leave --pipeline out\n",
+        )
+        assert not out.exists()
+
+    def test_an_empty_store(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """In a store without runs, ``--pipeline`` says the store holds none, and writes nothing."""
+        db = tmp_path / "empty.db"
+        SQLiteRunStore(db).close()
+        out = tmp_path / "report.html"
+        assert main(["report", str(db), "-o", str(out), "--pipeline", "voice"]) == 1
+        assert capsys.readouterr().err == (
+            f"stageflow: error: no runs of pipeline 'voice' in {str(db)!r}: it holds no runs yet\n"
+        )
+        assert not out.exists()
+
+    def test_an_existing_file_is_left_as_it_was(self, tmp_path: Path) -> None:
+        """A report written before is not replaced by an empty one."""
+        db = write_store(tmp_path / "runs.db")
+        out = tmp_path / "report.html"
+        out.write_text("the previous report", encoding="utf-8")
+        assert main(["report", str(db), "-o", str(out), "--pipeline", "Voice"]) == 1
+        assert out.read_text(encoding="utf-8") == "the previous report"
