@@ -28,8 +28,8 @@ from ._errors import CircuitOpenError as CircuitOpenError
 from ._errors import CriticalInterceptorError as CriticalInterceptorError
 from ._errors import CycleError as CycleError
 from ._errors import DuplicateStageError as DuplicateStageError
-from ._errors import InterceptorError as InterceptorError
 from ._errors import ExecutorError as ExecutorError
+from ._errors import InterceptorError as InterceptorError
 from ._errors import InterceptorFailedError as InterceptorFailedError
 from ._errors import InvalidExecutorError as InvalidExecutorError
 from ._errors import InvalidRunnerError as InvalidRunnerError
@@ -63,6 +63,10 @@ from ._events import dropped_event_count as dropped_event_count
 from ._events import get_event_sink as get_event_sink
 from ._events import set_event_sink as set_event_sink
 from ._graph import StageGraph as StageGraph
+from ._monitor import LoopBlock as LoopBlock
+from ._monitor import LoopMonitor as LoopMonitor
+from ._monitor import get_loop_monitor as get_loop_monitor
+from ._monitor import set_loop_monitor as set_loop_monitor
 from ._offload import RemoteStageError as RemoteStageError
 from ._offload import WorkerHook as WorkerHook
 from ._offload import add_worker_hook as add_worker_hook
@@ -141,6 +145,8 @@ __all__ = (
     "InvalidStageNameError",
     "InvalidStageOutputError",
     "LoggingEventSink",
+    "LoopBlock",
+    "LoopMonitor",
     "MalformedRunError",
     "NoOpEventSink",
     "Pipeline",
@@ -203,9 +209,11 @@ __all__ = (
     "get_default_interceptors",
     "error_type_name",
     "get_event_sink",
+    "get_loop_monitor",
     "remove_worker_hook",
     "reset_run_trace_id",
     "set_event_sink",
+    "set_loop_monitor",
     "terminal_safe",
     "set_run_trace_id",
 )

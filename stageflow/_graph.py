@@ -21,6 +21,7 @@ from types import FunctionType, MappingProxyType
 from typing import Any
 from uuid import uuid4
 
+from . import _monitor
 from ._attempts import run_attempts
 from ._context import PipelineContext, StageContext, _stage_context
 from ._entry import entry_context, not_a_context_error
@@ -44,6 +45,7 @@ from ._interceptors import (
     check_chain_depth,
     order_interceptors,
 )
+from ._monitor import LoopBlock
 from ._offload import DEFAULT_CANCEL_GRACE, OffloadedCall, _PoolHolder, default_thread_count
 from ._pipeline import StageInfo, StageSpec, Topology, _mermaid, _validate
 from ._results import RunResult, StageResult
@@ -447,6 +449,7 @@ class _Run:
         "_create_task",
         "_run_id",
         "base_context",
+        "blocked",
         "cancelled_by",
         "done",
         "failures",
@@ -461,6 +464,7 @@ class _Run:
         "sink",
         "stopping",
         "tasks",
+        "watch",
     )
 
     base_context: contextvars.Context  # set by go(), before any stage starts
@@ -487,6 +491,8 @@ class _Run:
         self._create_task = loop.create_task
         self.done: asyncio.Future[None] = loop.create_future()
         self.results = RunResult(run.run_id, graph.name, 0.0, graph._deps_by_name)
+        self.watch = None if _monitor._current is None else _monitor.running_watch()
+        self.blocked: set[str] | None = None  # stages already warned about blocking the loop
 
     @property
     def run_id(self) -> str:
@@ -679,6 +685,9 @@ class _Run:
     def _settle(self, i: int, outcome: object, ctx: StageContext) -> None:
         """End stage ``i`` with ``outcome`` (see the class docstring); raises only ``KeyboardInterrupt``."""
         node = self.nodes[i]
+        watch = self.watch
+        if watch is not None and watch.suspect is not None:
+            watch.settled(self, node)  # a block this stage's code caused, before its closing event
         try:
             self.tasks[i] = None
             ended = _perf()
@@ -857,9 +866,53 @@ class _Run:
             self._stage_event(node, "skipped", reason=output.data["reason"], duration=0.0)
         return output
 
+    def loop_blocked(self, node: _Node, block: LoopBlock) -> None:
+        """Report that ``node``'s code blocked the loop: its event, and one warning per run and stage."""
+        if self.sink is not None:
+            self._stage_event(
+                node,
+                "loop_blocked",
+                duration=block.duration,
+                **{"code.file.path": block.file, "code.line.number": block.line},
+            )
+        if self.blocked is None:
+            self.blocked = set()
+        if node.name in self.blocked:
+            return
+        self.blocked.add(node.name)
+        logger.warning(
+            "stage %r blocked the event loop for %d ms at %s:%s; make it a sync stage to run it in a thread",
+            node.name,
+            round(block.duration * 1000),
+            _shown_path(block.file),
+            block.line,
+        )
+
     def _stage_event(self, node: _Node, outcome: str, **data: Any) -> None:
         """Emit ``stage.{name}.{outcome}`` with the stage's name and kind (only while a sink listens)."""
         self._emit(node.event(outcome), self._event(stage=node.name, kind=node.kind.value, **data), node.name)
+
+
+def _shown_path(path: str | None) -> str | None:
+    """``path`` relative to the working directory when it lies under it (as a person reads it)."""
+    if path is None:
+        return None
+    import os
+
+    here = os.path.join(os.getcwd(), "")
+    return path[len(here) :] if path.startswith(here) else path
+
+
+def stage_of_task(task: asyncio.Task[Any] | None) -> tuple[_Run, _Node] | None:
+    """The run and stage whose task ``task`` is, while it has not ended (for the loop monitor)."""
+    if task is None:
+        return None
+    coro = task.get_coro()
+    frame = getattr(coro, "cr_frame", None)
+    if frame is None or getattr(coro, "cr_code", None) is not _STAGE_CODE:
+        return None
+    found = frame.f_locals
+    return found["self"], found["node"]
 
 
 def _classify(node: _Node, outcome: object) -> tuple[StageStatus, StageOutput | None, BaseException | None]:
@@ -878,6 +931,8 @@ def _classify(node: _Node, outcome: object) -> tuple[StageStatus, StageOutput | 
         return _FAIL, None, outcome
     return _FAIL, None, InvalidStageOutputError(node.name, outcome)
 
+
+_STAGE_CODE = _Run._stage.__code__
 
 _store_writes: set[asyncio.Task[None]] = set()  # writes that outlived their timeout, kept until they end
 
