@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import time
+import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -31,6 +33,33 @@ __all__ = (
 )
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class _NoDefault:
+    """``get_from``'s default when none is given: ``None``, told apart from an explicit ``default=None``."""
+
+    def __repr__(self) -> str:
+        return "None"
+
+
+_NONE: Any = _NoDefault()
+_OK = "ok"  # StageStatus.OK's value (a StrEnum: equal to its value)
+
+
+def _warn_missing_key(reader: str | None, stage: str, key: str, data: Mapping[str, Any]) -> None:
+    keys = sorted(k for k in data if isinstance(k, str))
+    has = f"its keys: {', '.join(map(repr, keys))}" if keys else "it has no keys"
+    close = difflib.get_close_matches(key, keys, n=1)
+    hint = f"Did you mean {close[0]!r}? " if close else ""
+    who = f"stage {reader!r}" if reader else "a stage"
+    warnings.warn(
+        f"{who} read key {key!r} from stage {stage!r}, whose output has no such key ({has}); get_from "
+        f"returns None. {hint}Pass default=... if the key is optional",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 _new = object.__new__
 
 
@@ -148,21 +177,35 @@ class StageInputs:
                 return output.data[key]
         return default
 
-    def get_from(self, stage_name: str, key: str, default: Any = None) -> Any:
+    def get_from(self, stage_name: str, key: str, default: Any = _NONE) -> Any:
         """The value of ``key`` in ``stage_name``'s output, or ``default``.
+
+        When the dependency completed (it was not skipped) without ``key`` and no ``default`` was given,
+        the ``None`` returned is most likely a typo: a ``UserWarning`` names the keys it has (and the
+        closest one). Pass ``default=`` for a key that is optional, or use ``require_from``, which raises.
 
         Raises:
             UndeclaredDependencyError: ``stage_name`` is not a declared dependency.
             TypeError: ``key`` is ``None`` or not a str.
             ValueError: ``key`` is empty.
+
+        .. versionchanged:: 0.10
+           Warns about a missing key read without a default.
         """
         if type(key) is not str or not key:
             _check_key(key)
         self._check(stage_name)
         output = self._prior.get(stage_name)
         if output is None:
+            return None if default is _NONE else default
+        data = output.data
+        if key in data:
+            return data[key]
+        if default is not _NONE:
             return default
-        return output.data.get(key, default)
+        if output.status == _OK:
+            _warn_missing_key(self.stage_name, stage_name, key, data)
+        return None
 
     def require_from(self, stage_name: str, key: str) -> Any:
         """The value of ``key`` in ``stage_name``'s output.

@@ -175,6 +175,56 @@ class TestInputs:
         await graph.run(make_ctx())
         assert seen == {"prior": ["b"], "b": "from b", "get": "from b", "has_b": True}
 
+    async def test_a_missing_key_without_default_warns_naming_the_keys(self) -> None:
+        """``get_from`` of a key the dependency lacks returns ``None`` and warns, naming its keys."""
+
+        async def shout(ctx: StageContext) -> StageOutput:
+            return StageOutput.ok(shouted=ctx.inputs.get_from("greet", "greting"))
+
+        graph = (
+            Pipeline()
+            .with_stage("greet", ok_stage(greeting="hi", name="ann"), T)
+            .with_stage("shout", shout, T, dependencies=("greet",))
+            .build()
+        )
+        with pytest.warns(UserWarning) as caught:
+            results = await graph.run(make_ctx())
+        assert results["shout"].data == {"shouted": None}
+        assert [(str(w.message), w.filename) for w in caught] == [
+            (
+                "stage 'shout' read key 'greting' from stage 'greet', whose output has no such key "
+                "(its keys: 'greeting', 'name'); get_from returns None. Did you mean 'greeting'? "
+                "Pass default=... if the key is optional",
+                __file__,
+            )
+        ]
+
+    async def test_defaults_and_skipped_dependencies_stay_silent(
+        self, recwarn: pytest.WarningsRecorder
+    ) -> None:
+        """An explicit default (even ``None``) or a skipped dependency gives the default, silently."""
+        seen: dict[str, object] = {}
+
+        async def read(ctx: StageContext) -> StageOutput:
+            seen["default"] = ctx.inputs.get_from("a", "nope", "d")
+            seen["none"] = ctx.inputs.get_from("a", "nope", default=None)
+            seen["skipped"] = ctx.inputs.get_from("s", "value")
+            seen["present"] = ctx.inputs.get_from("a", "value")
+            return StageOutput.ok()
+
+        async def skipped(ctx: StageContext) -> StageOutput:
+            return StageOutput.skip("nothing to do")
+
+        graph = (
+            Pipeline()
+            .with_stage("a", ok_stage(value=1), T)
+            .with_stage("s", skipped, T)
+            .with_stage("read", read, T, dependencies=("a", "s"))
+            .build()
+        )
+        await graph.run(make_ctx())
+        assert (seen, list(recwarn)) == ({"default": "d", "none": None, "skipped": None, "present": 1}, [])
+
     async def test_reading_an_undeclared_stage_fails(self) -> None:
         """Reading the output of a stage that is not a dependency raises ``UndeclaredDependencyError``."""
 
