@@ -24,23 +24,30 @@ and retrying), because a collector that was frozen and resumes processes a reque
 giving up would count its batch lost although it was delivered. ``shutdown()`` aborts such a request (its
 socket is shut down, so no thread waits on it) and counts its batch lost.
 
-In ``complete`` mode an item that finds the queue full waits for space (the ending span's thread, the
-event loop, blocks) for at most the configured timeout; once a wait has run out, later items are counted
-as ``timeout`` at once until the exporter takes a batch again, so a stalled collector costs one timeout,
-not one per item.
+In ``complete`` mode an item that finds the queue full waits for space for at most the configured
+timeout; once a wait has run out, later items are counted as ``timeout`` at once until the exporter takes
+a batch again, so a stalled collector costs one timeout, not one per item. On the event loop nothing
+blocks: the item is *parked* (``Books.admit``) and the run that ended it awaits room
+(``Backpressure.room``, which ``TracingInterceptor`` awaits after each span it ends) while the loop
+serves other tasks; the exporter moves parked items into the queue as it takes batches. Off the loop
+(another thread) the caller blocks, as the SDK's own processors would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
 import logging
 import os
 import socket
 import threading
+import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 from opentelemetry import metrics
@@ -61,6 +68,7 @@ from . import semconv
 
 __all__ = (
     "Accounting",
+    "Backpressure",
     "BatchSettings",
     "Books",
     "Cause",
@@ -72,6 +80,8 @@ __all__ = (
     "Signal",
     "CountingSpanExporter",
     "BoundedSpanProcessor",
+    "backpressure_of",
+    "register_backpressure",
     "split",
     "DEFAULT_MAX_BYTES",
 )
@@ -182,13 +192,23 @@ _Lost = Callable[[int, int, "Cause"], None]
 """Count lost items: ``(items, events among them, cause)``."""
 
 
+_Feed = Callable[[], None]
+"""Hands one admitted item to the SDK processor."""
+
+
+def _loop_waiter_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Books:
     """Exact counts of one signal's batch pipeline: items queued, batches in flight, and every loss.
 
     ``admit`` is called for each item before it enters the SDK processor; ``taken`` when the exporter
     receives a batch; ``settled`` when the export returned. ``abandon`` counts what is still queued or in
     flight as lost (``timeout``) when ``shutdown()`` gives up on it, and makes later arrivals count as
-    ``shutdown``.
+    ``shutdown``. In ``complete`` mode items ended on an event loop while the queue is full are parked
+    (``parked``) until ``taken`` makes room, and ``room()`` waits for that without blocking the loop.
     """
 
     def __init__(self, settings: BatchSettings, lost: _Lost) -> None:
@@ -214,18 +234,39 @@ class Books:
         self.closed = False
         self._abandoned = False
         self._stalled = False
+        self._parked: deque[tuple[_Feed, int, float]] = deque()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
-    def admit(self, event: bool = False) -> bool:
-        """Reserve a queue slot for one item; ``False`` (and counted) when it is refused."""
+    @property
+    def parked(self) -> int:
+        """Items parked on an event loop, waiting for queue room (``complete`` mode)."""
+        return len(self._parked)
+
+    def admit(self, event: bool = False, feed: _Feed | None = None) -> bool:
+        """Reserve a queue slot for one item: ``True`` to hand it to the processor now.
+
+        ``False`` when it is refused (and counted), or, in ``complete`` mode on an event loop with the
+        queue full, parked: ``feed`` hands it to the processor once ``taken`` makes room.
+        """
         cause: Cause | None = None
+        expired: list[tuple[_Feed, int, float]] = []
         with self._cond:
             if self.closed:
                 cause = "shutdown"
-            elif self.queued >= self.settings.capacity:
+            elif self._parked or self.queued >= self.settings.capacity:
                 wait = self.settings.wait
                 if wait is None:
                     cause = "queue_full"
-                elif self._stalled or not self._cond.wait_for(self._has_room, wait):
+                elif self._stalled:
+                    cause = "timeout"
+                elif feed is not None and asyncio._get_running_loop() is not None:
+                    if self._parked and time.monotonic() - self._parked[0][2] > wait:
+                        expired = self._expire_locked()  # parked too long with no run awaiting them
+                        cause = "timeout"
+                    else:
+                        self._parked.append((feed, int(event), time.monotonic()))
+                        return False
+                elif not self._cond.wait_for(self._has_room, wait):
                     self._stalled = True
                     cause = "shutdown" if self.closed else "timeout"
                 elif self.closed:  # woken by shutdown, not by room
@@ -233,16 +274,69 @@ class Books:
             if cause is None:
                 self.queued += 1
                 self.queued_events += event
+        if expired:
+            self._lost(len(expired), sum(e for _, e, _ in expired), "timeout")
         if cause is not None:
             self._lost(1, int(event), cause)
             return False
         return True
 
+    async def room(self) -> None:
+        """Wait, without blocking the event loop, until every item parked now is in the queue.
+
+        At most the ``complete`` timeout from the oldest parked item's arrival: then every parked item
+        is counted lost (``timeout``) and later ones are refused at once until the exporter takes a batch.
+        """
+        wait = self.settings.wait
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            if not self._parked or wait is None:
+                return
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((loop, future))
+            remaining = self._parked[0][2] + wait - time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                await future
+        except TimeoutError:
+            self._expire()
+        finally:
+            with self._cond:
+                if (loop, future) in self._waiters:
+                    self._waiters.remove((loop, future))
+
+    def _expire(self) -> None:
+        with self._cond:
+            expired = self._expire_locked()
+        if expired:
+            self._lost(len(expired), sum(e for _, e, _ in expired), "timeout")
+
+    def _expire_locked(self) -> list[tuple[_Feed, int, float]]:
+        """Give up on every parked item (the caller counts them); wake the runs awaiting room."""
+        expired = list(self._parked)
+        self._parked.clear()
+        if expired:
+            self._stalled = True
+        self._wake_locked()
+        return expired
+
+    def _wake_locked(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_loop_waiter_done, future)
+            except RuntimeError:  # that loop is closed: nobody awaits any more
+                pass
+
     def _has_room(self) -> bool:
         return self.closed or self.queued < self.settings.capacity
 
     def taken(self, items: int, events: int) -> int | None:
-        """The exporter received a batch; a token for ``settled`` (``None``: already counted as lost)."""
+        """The exporter received a batch; a token for ``settled`` (``None``: already counted as lost).
+
+        The room it makes goes to parked items first, which are handed to the processor here.
+        """
+        moved: list[_Feed] = []
         with self._cond:
             if self._abandoned:
                 return None
@@ -251,8 +345,20 @@ class Books:
             self._stalled = False
             token = next(self._tokens)
             self._inflight[token] = (items, events)
+            while self._parked and self.queued < self.settings.capacity:
+                feed, event, _ = self._parked.popleft()
+                self.queued += 1
+                self.queued_events += event
+                moved.append(feed)
+            if not self._parked:
+                self._wake_locked()
             self._cond.notify_all()
-            return token
+        for feed in moved:
+            try:
+                feed()
+            except Exception:  # the SDK processor failed to take it: it is lost, never raised here
+                logger.debug("stageflow_otel: a parked item could not be queued", exc_info=True)
+        return token
 
     def settled(self, token: int | None, cause: Cause | None) -> None:
         """The batch of ``token`` was exported (``cause`` ``None``) or lost for ``cause``."""
@@ -275,18 +381,25 @@ class Books:
         self._lost(items, events, cause)
 
     def close(self) -> None:
-        """Refuse (and count as ``shutdown``) every item from now on; wake the waiting ones."""
+        """Refuse (and count as ``shutdown``) every item from now on, parked ones too; wake the waiters."""
         with self._cond:
             self.closed = True
+            parked = list(self._parked)
+            self._parked.clear()
+            self._wake_locked()
             self._cond.notify_all()
+        if parked:
+            self._lost(len(parked), sum(e for _, e, _ in parked), "shutdown")
 
     def abandon(self) -> int:
         """Count everything still queued or in flight as lost (``timeout``); return how many items."""
         with self._cond:
             self.closed = True
             self._abandoned = True
-            items = self.queued + sum(i for i, _ in self._inflight.values())
+            parked = self._expire_locked()
+            items = self.queued + sum(i for i, _ in self._inflight.values()) + len(parked)
             events = self.queued_events + sum(e for _, e in self._inflight.values())
+            events += sum(e for _, e, _ in parked)
             self.queued = self.queued_events = 0
             self._inflight.clear()
             self._cond.notify_all()
@@ -697,7 +810,7 @@ class BoundedSpanProcessor(SpanProcessor):
             return
         if isinstance(span, ReadableSpan) and span.dropped_links:
             self._accounting.links(span.dropped_links)
-        if self._books.admit():
+        if self._books.admit(feed=partial(self._inner.on_end, span)):
             self._inner.on_end(span)
 
     def shutdown(self) -> None:
@@ -723,7 +836,7 @@ class BoundedLogProcessor(LogRecordProcessor):
 
     def on_emit(self, log_record: ReadWriteLogRecord) -> None:
         event = semconv.EVENT_TYPE in (log_record.log_record.attributes or {})
-        if self._books.admit(event):
+        if self._books.admit(event, feed=partial(self._inner.on_emit, log_record)):
             self._inner.on_emit(log_record)
 
     def shutdown(self) -> None:
@@ -732,3 +845,43 @@ class BoundedLogProcessor(LogRecordProcessor):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self._inner.force_flush(timeout_millis)
+
+
+# --------------------------------------------------------------------------- complete mode on the loop
+
+
+class Backpressure:
+    """The runs' side of ``complete`` mode: ``room()`` awaits queue room for what the loop parked.
+
+    One per ``setup()`` in ``complete`` mode, over its span and log record books; found from the tracer
+    provider with ``backpressure_of`` (``TracingInterceptor`` awaits it after each span it ends).
+    """
+
+    def __init__(self, books: Sequence[Books]) -> None:
+        self._books = tuple(books)
+
+    @property
+    def parked(self) -> bool:
+        """Whether any item is parked (read without a lock: a hint, checked again by ``room``)."""
+        return any(books.parked for books in self._books)
+
+    async def room(self) -> None:
+        """Wait until every item parked now is queued (or given up on after the ``complete`` timeout)."""
+        for books in self._books:
+            await books.room()
+
+
+_BACKPRESSURE: weakref.WeakKeyDictionary[object, Backpressure] = weakref.WeakKeyDictionary()
+
+
+def register_backpressure(tracer_provider: object, backpressure: Backpressure) -> None:
+    """Make ``backpressure_of(tracer_provider)`` return ``backpressure``."""
+    _BACKPRESSURE[tracer_provider] = backpressure
+
+
+def backpressure_of(tracer_provider: object) -> Backpressure | None:
+    """The ``Backpressure`` of a ``complete``-mode ``setup()``'s tracer provider, else ``None``."""
+    try:
+        return _BACKPRESSURE.get(tracer_provider)
+    except TypeError:  # not weak-referenceable: never registered
+        return None

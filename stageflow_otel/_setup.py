@@ -78,6 +78,7 @@ from ._content import value_length_limit
 from ._export import (
     DEFAULT_MAX_BYTES,
     Accounting,
+    Backpressure,
     BatchSettings,
     Books,
     BoundedLogProcessor,
@@ -89,6 +90,7 @@ from ._export import (
     Guard,
     HttpSession,
     Signal,
+    register_backpressure,
 )
 from ._prometheus import MetricsServer, PrometheusMetricReader, start_metrics_server
 from ._sink import OtlpEventSink
@@ -589,9 +591,11 @@ def setup(
         metric_readers: extra readers for the meter provider (an ``InMemoryMetricReader`` in tests).
         mode: what happens when an export queue is full. ``"bounded"`` (the default): the span, log
             record or event is dropped and counted (cause ``queue_full``), so the application never waits.
-            ``"complete"``: the thread ending the span or emitting the event (the event loop) waits for
-            queue space, at most ``STAGEFLOW_OTEL_COMPLETE_TIMEOUT`` seconds (10) per stall; what still
-            finds no room is dropped and counted (cause ``timeout``). ``None``: ``STAGEFLOW_OTEL_MODE``.
+            ``"complete"``: the run waits for queue space, at most ``STAGEFLOW_OTEL_COMPLETE_TIMEOUT``
+            seconds (10) per stall, without blocking the event loop (a span ended on the loop is parked
+            and ``TracingInterceptor`` awaits room after each span it ends; another thread ending a span
+            blocks); what still finds no room is dropped and counted (cause ``timeout``). ``None``:
+            ``STAGEFLOW_OTEL_MODE``.
         event_log_records: also export every event as an OTLP log record (for searching events in
             Loki); ``None`` reads ``STAGEFLOW_EVENT_LOG_RECORDS`` (default off: events are span events on
             the run's spans, and counted in ``stageflow.events.emitted``).
@@ -708,6 +712,8 @@ def setup(
         except OSError as exc:
             logger.error("stageflow_otel: cannot serve /metrics on %s:%s: %s", addr, port, exc)
 
+    if wait is not None:
+        register_backpressure(tracer_provider, Backpressure(all_books))
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)

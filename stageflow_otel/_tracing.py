@@ -17,7 +17,9 @@ for a stage that never had one, such as a conditional stage the executor skipped
 event once (``_taxonomy``) and hands it to the run state below, which places it. Because the core emits
 ``stage.{name}.started`` before the stage's interceptors run and ``completed|failed|skipped|cancelled``
 after they return, a stage span starts at its ``started`` event and, while events flow, ends at its
-closing event rather than when the attempt returns (at the later of the two times).
+closing event rather than when the attempt returns (at the later of the two times). A sync stage's
+closing event also puts its dispatch time (``stageflow.stage.dispatch.duration``) and, after a cancelled
+hop, what became of its work (``stageflow.stage.work``: ``stopped`` or ``abandoned``) on its span.
 
 Example::
 
@@ -64,6 +66,7 @@ from ._content import (
     redacted_stacktrace,
     value_length_limit,
 )
+from ._export import Backpressure, backpressure_of
 from ._outcome import (
     Outcome,
     is_api_only,
@@ -159,6 +162,18 @@ def _add_event(span: trace.Span, event: TaxonomyEvent) -> None:
     span.add_event(event.name, event.attributes, event.timestamp)
 
 
+_HOP_ATTRIBUTES = (semconv.STAGE_DISPATCH_DURATION, semconv.STAGE_WORK)
+
+
+def _copy_hop(span: trace.Span, event: TaxonomyEvent) -> None:
+    """A sync stage's closing event says what its hop cost and what became of its work: so does its span."""
+    attributes = event.attributes
+    for key in _HOP_ATTRIBUTES:
+        value = attributes.get(key)
+        if value is not None:
+            span.set_attribute(key, value)
+
+
 class _RunTrace:
     """The per-run state: the run span, its context, every stage span so far, and the span events' router.
 
@@ -223,6 +238,8 @@ class _RunTrace:
                     self.pending.setdefault(stage, []).append(event)
                 return
             _add_event(attempt.span, event)
+            if taxonomy and event.outcome in TERMINAL:
+                _copy_hop(attempt.span, event)
             end = attempt.end_time
             if taxonomy and end is not None and (event.outcome in TERMINAL or event.outcome == "retrying"):
                 del self.open[stage]
@@ -317,6 +334,7 @@ class TracingInterceptor(Interceptor):
         )
         self._hook_failed = False
         self._sdk_failed_once = False
+        self._backpressure: Backpressure | None = None
         if tracer_provider is not None:
             self._resolve()
 
@@ -328,6 +346,7 @@ class TracingInterceptor(Interceptor):
             self._resolved = self._provider is not None
             return None
         tracer = provider.get_tracer(semconv.INSTRUMENTATION_SCOPE, _stageflow_version)
+        self._backpressure = backpressure_of(provider)
         self._resolved = True
         if not isinstance(tracer, trace.NoOpTracer):
             self._tracer = tracer
@@ -406,6 +425,7 @@ class TracingInterceptor(Interceptor):
                 span.end()
             except Exception as exc:
                 self._sdk_failed(exc)
+        await self._room()
         return result
 
     # --------------------------------------------------------------------------------------- stage
@@ -466,7 +486,14 @@ class TracingInterceptor(Interceptor):
         finally:
             otel_context.detach(token)
             self._end_stage(state, attempt, stage, outcome, error, finished, ctx.attempt, first_attempt)
+        await self._room()
         return output
+
+    async def _room(self) -> None:
+        """``complete`` mode (``setup()``): wait, without blocking the loop, for the spans parked on it."""
+        pressure = self._backpressure
+        if pressure is not None and pressure.parked:
+            await pressure.room()
 
     def _end_stage(
         self,

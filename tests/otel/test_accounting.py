@@ -393,6 +393,54 @@ class TestCompleteMode:
             dict.fromkeys(("spans", "log_records", "metric_points", "events"), 0),
         )
 
+    async def test_a_run_waiting_for_queue_room_leaves_the_loop_serving_other_tasks(
+        self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """With a 5-span queue full and a batch held in flight, a run's span is parked and the run awaits
+        room while the loop serves other tasks; released, every span arrives and nothing is lost."""
+        env.setenv("STAGEFLOW_OTEL_MODE", "complete")
+        env.setenv("STAGEFLOW_OTEL_COMPLETE_TIMEOUT", "120")  # no stall may end before the release
+        env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "120")
+        env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "5")
+        env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "5")
+        env.setenv("OTEL_LOGS_EXPORTER", "none")
+        env.setenv("OTEL_METRICS_EXPORTER", "none")
+        telemetry = setup("complete", set_global=False)
+        receiver.hold()
+        try:
+            graph = instrumented(telemetry)
+            pressure = _export.backpressure_of(telemetry.tracer_provider)
+            assert pressure is not None
+            await graph.run(entry(telemetry.event_sink))  # five spans: a full batch, taken and held
+            assert receiver.wait_for(lambda: receiver.held == 1)
+            await graph.run(entry(telemetry.event_sink))  # five more: the queue is full
+            awaiting_room = asyncio.Event()
+            room = pressure.room
+
+            async def noted_room() -> None:
+                awaiting_room.set()
+                await room()
+
+            pressure.room = noted_room  # type: ignore[method-assign]
+            waiting = asyncio.create_task(graph.run(entry(telemetry.event_sink)))
+            async with asyncio.timeout(60):
+                await awaiting_room.wait()  # the third run's first span found no room: the run awaits
+                served = asyncio.Event()
+                asyncio.get_running_loop().call_soon(served.set)
+                await served.wait()  # another task ran while the run waits for room
+                assert (waiting.done(), pressure.parked) == (False, True)
+                receiver.release()
+                await waiting
+            assert telemetry.force_flush(10.0) is True
+            lost = {k: sum(v.values()) for k, v in telemetry.lost.items()}
+        finally:
+            receiver.release()
+            telemetry.shutdown(5.0)
+        assert (len(receiver.spans()), lost) == (
+            15,
+            dict.fromkeys(("spans", "log_records", "metric_points", "events"), 0),
+        )
+
     async def test_a_10000_run_burst_loses_nothing(self, otel_env: pytest.MonkeyPatch) -> None:
         """Complete mode: 10,000 concurrent runs through 256-item queues deliver every span and event."""
         receiver = GrpcReceiver()
