@@ -32,7 +32,10 @@ _SVG_NS = 'xmlns="http://www.w3.org/2000/svg"'
 _NODE_W, _NODE_H, _GAP_X, _GAP_Y, _PAD = 150, 44, 56, 18, 12
 _LANE_GAP = 12
 """The least distance between an edge's lane through a column and a box or another lane there."""
-_ORDER_SWEEPS = 12
+_ORDER_SWEEPS, _PLACE_ROUNDS = 12, 4
+_WORK_BUDGET = 300_000
+"""Segment visits the layout spends improving order and placement: fewer rounds for dense DAGs, whose
+lanes grow with edges times the columns they span."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +147,7 @@ def _crossings(columns: Sequence[Sequence[int]], pos: Sequence[int], nexts: Sequ
 
 
 def _order(
-    columns: list[list[int]], prevs: Sequence[Sequence[int]], nexts: Sequence[Sequence[int]]
+    columns: list[list[int]], prevs: Sequence[Sequence[int]], nexts: Sequence[Sequence[int]], sweeps: int
 ) -> list[list[int]]:
     """Columns reordered by barycenter sweeps, keeping the order with the fewest edge crossings."""
     pos = [0] * len(prevs)
@@ -167,7 +170,7 @@ def _order(
 
     best = [list(c) for c in columns]
     fewest = _crossings(columns, pos, nexts)
-    for _ in range(_ORDER_SWEEPS):
+    for _ in range(sweeps):
         if fewest == 0:
             break
         sweep(range(1, len(columns)), prevs)
@@ -255,7 +258,8 @@ def _layout(nodes: Sequence[DagNode]) -> _Layout:
     columns: list[list[int]] = [[] for _ in range(max(layer, default=0) + 1)]
     for item, k in enumerate(item_layer):
         columns[k].append(item)
-    columns = _order(columns, prevs, nexts)
+    rounds = _WORK_BUDGET // max(sum(len(n) for n in nexts), 1)
+    columns = _order(columns, prevs, nexts, max(1, min(_ORDER_SWEEPS, rounds // 3)))
 
     def gaps(column: Sequence[int]) -> list[float]:
         return [
@@ -278,7 +282,7 @@ def _layout(nodes: Sequence[DagNode]) -> _Layout:
             for item, centre in zip(column, _fit(desired, gaps(column)), strict=True):
                 y[item] = centre
 
-    for _ in range(4):  # pull each item level with its neighbours, down the columns and back up
+    for _ in range(max(1, min(_PLACE_ROUNDS, rounds // 6))):  # level with neighbours: down, then up
         place(range(1, len(columns)), prevs)
         place(range(len(columns) - 2, -1, -1), nexts)
     top = min((y[i] - half[i] for i in range(items)), default=0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stageflow import Pipeline, RunRecord, SQLiteRunStore, StageKind, StageOutput, StageRecord
+from stageflow import Pipeline, RunRecord, SQLiteRunStore, StageKind, StageOutput, StageRecord, _svg
 from stageflow._cli import main
 from stageflow._report import MESSAGE_LIMIT, NAME_LIMIT, bounded, percentile, render_report, stage_stats
 from stageflow._svg import STATUS_STYLES, DagNode, dag_svg, gantt_svg
@@ -345,6 +346,19 @@ class TestDagLayout:
         assert {name: box[0] for name, box in boxes.items()} == {
             name: 12 + 206 * depth_of(name) for name in by_name
         }
+
+    def test_dense_dags_get_fewer_rounds_and_stay_clear(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With the least work budget (one ordering sweep, one placement round) edges still pass clear of
+        every box: lanes, not the ordering, keep them apart."""
+        monkeypatch.setattr(_svg, "_WORK_BUDGET", 1)
+        rng = random.Random(7)
+        dense = [
+            DagNode(f"s{i}", "work", tuple(f"s{j}" for j in rng.sample(range(i), min(i, 4))))
+            for i in range(40)
+        ]
+        for nodes in (ASSISTANT, dense):
+            boxes, edges = drawing(nodes)
+            assert (len(edges), crossings(boxes, edges)) == (sum(len(n.dependencies) for n in nodes), [])
 
     def test_a_cyclic_stored_dag_is_drawn(self) -> None:
         """A cycle (possible only in a damaged store) is drawn with one edge reversed, arrow at its start;
