@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import _renamed
 from ._config import ConfigError as ConfigError
 from ._config import ConfigProvider as ConfigProvider
 from ._config import DictConfigProvider as DictConfigProvider
@@ -225,6 +226,9 @@ _OTEL_INTERCEPTORS = ("LoggingInterceptor", "MetricsInterceptor", "TracingInterc
 _ADAPTERS = {"DatabaseEventSink": "._events_db", "PostgresRunStore": "._postgres"}
 
 
+_renamed.install_module_hints()
+
+
 def __getattr__(name: str) -> Any:
     # stageflow-core 0.9.1 exported these from the top level: they come from stageflow_otel, like
     # ``stageflow.interceptors``'s, and are not in ``__all__`` (a star import must work without the extra).
@@ -238,5 +242,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_ADAPTERS[name], "stageflow.adapters"), name)
         globals()[name] = value
         return value
+    error = _renamed.old_name_error(name)
+    if error is not None:  # stageflow-core 0.9.1's name: say what it is now
+        raise error
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)

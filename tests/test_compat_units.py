@@ -1079,3 +1079,98 @@ class TestContextClasses:
         finally:
             sys.setswitchinterval(interval)
         assert (len(bases), problems) == (300, [])
+
+
+class TestRenamedNames:
+    @pytest.mark.parametrize(
+        ("old", "message"),
+        [
+            (
+                "CycleDetectedError",
+                "CycleDetectedError is CycleError in stageflow: from stageflow import CycleError",
+            ),
+            (
+                "PipelineValidationError",
+                "PipelineValidationError is PipelineDefinitionError in stageflow: "
+                "from stageflow import PipelineDefinitionError",
+            ),
+            (
+                "create_test_stage_context",
+                "create_test_stage_context is stageflow.testing.make_context in stageflow: "
+                "from stageflow.testing import make_context",
+            ),
+            (
+                "WideEventEmitter",
+                "WideEventEmitter is not part of stageflow; README's 'Migrating from stageflow-core' section "
+                "lists what replaces it",
+            ),
+        ],
+        ids=["cycle", "validation", "test-context", "removed"],
+    )
+    def test_importing_an_old_name_names_the_new_one(self, old: str, message: str) -> None:
+        """``from stageflow import <0.9.1 name>`` raises an ``ImportError`` naming what replaces it."""
+        with pytest.raises(ImportError) as info:
+            exec(f"from stageflow import {old}", {})
+        assert (type(info.value), str(info.value)) == (ImportError, f"stageflow-core 0.9.1's {message}")
+
+    def test_every_new_name_exists(self) -> None:
+        """Each old name's replacement is a name stageflow has; no old name is exported."""
+        import importlib
+
+        from stageflow import _renamed
+
+        def resolve(dotted: str) -> object:
+            module, _, attribute = dotted.rpartition(".")
+            if module.startswith("stageflow."):
+                return getattr(importlib.import_module(module), attribute)
+            return getattr(getattr(stageflow, module), attribute) if module else getattr(stageflow, attribute)
+
+        assert sorted({new for new, _ in _renamed.RENAMED.values()}) == [
+            "CircuitBreakerInterceptor",
+            "CircuitOpenError",
+            "CycleError",
+            "PipelineDefinitionError",
+            "PipelineFailedError",
+            "StageGraph.run",
+            "stageflow.testing.make_context",
+        ]
+        assert all(callable(resolve(new)) for new, _ in _renamed.RENAMED.values())
+        assert sorted((set(_renamed.RENAMED) | _renamed.REMOVED) & set(stageflow.__all__)) == []
+
+    @pytest.mark.parametrize(
+        ("module", "message"),
+        [
+            (
+                "stageflow.core",
+                "No module named 'stageflow.core': stageflow-core 0.9.1's inner modules are gone, their "
+                "names are in stageflow itself (from stageflow import Pipeline, StageOutput, StageContext, "
+                "...) and interceptors in stageflow.interceptors (from stageflow.interceptors import "
+                "BaseInterceptor)",
+            ),
+            (
+                "stageflow.pipeline.interceptors",
+                "No module named 'stageflow.pipeline': stageflow-core 0.9.1's inner modules are gone, "
+                "their names are in stageflow itself (from stageflow import Pipeline, StageOutput, "
+                "StageContext, ...) and interceptors in stageflow.interceptors (from stageflow.interceptors "
+                "import BaseInterceptor)",
+            ),
+            (
+                "stageflow.helpers.mocks",
+                "No module named 'stageflow.helpers': stageflow-core 0.9.1's module is not part of "
+                "stageflow; README's 'Migrating from stageflow-core' section lists what replaces it",
+            ),
+            ("stageflow.nothing", "No module named 'stageflow.nothing'"),
+        ],
+        ids=["core", "pipeline-interceptors", "removed", "unknown"],
+    )
+    def test_importing_an_old_module_says_where_its_names_went(self, module: str, message: str) -> None:
+        """Importing one of 0.9.1's modules raises ``ModuleNotFoundError`` saying where its names went."""
+        import importlib
+
+        with pytest.raises(ModuleNotFoundError) as info:
+            importlib.import_module(module)
+        assert str(info.value) == message
+
+    def test_unknown_names_keep_the_usual_errors(self) -> None:
+        """A name 0.9.1 never had stays an ``AttributeError`` (so ``hasattr`` is ``False``)."""
+        assert (hasattr(stageflow, "NoSuchName"), getattr(stageflow, "NoSuchName", 7)) == (False, 7)
