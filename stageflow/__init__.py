@@ -41,6 +41,7 @@ from ._errors import PipelineCancelledError as PipelineCancelledError
 from ._errors import PipelineDefinitionError as PipelineDefinitionError
 from ._errors import PipelineFailedError as PipelineFailedError
 from ._errors import PipelineRunError as PipelineRunError
+from ._errors import RemoteStageError as RemoteStageError
 from ._errors import RetriesExhaustedError as RetriesExhaustedError
 from ._errors import RetryNotConfiguredError as RetryNotConfiguredError
 from ._errors import SelfDependencyError as SelfDependencyError
@@ -68,7 +69,6 @@ from ._monitor import LoopBlock as LoopBlock
 from ._monitor import LoopMonitor as LoopMonitor
 from ._monitor import get_loop_monitor as get_loop_monitor
 from ._monitor import set_loop_monitor as set_loop_monitor
-from ._offload import RemoteStageError as RemoteStageError
 from ._offload import WorkerHook as WorkerHook
 from ._offload import add_worker_hook as add_worker_hook
 from ._offload import remove_worker_hook as remove_worker_hook

@@ -23,6 +23,7 @@
     │   ├── RetriesExhaustedError                     the retry policy ran out of attempts
     │   ├── UndeclaredDependencyError (also KeyError) a stage read the output of a stage it does not depend on
     │   ├── UnpicklableValueError (also TypeError)    an input or output could not cross to another process
+    │   ├── RemoteStageError                          it raised an unpicklable error in another process
     │   └── ExecutorError                             the stage's executor refused the work (shut down, dead)
     └── InterceptorError
         └── CriticalInterceptorError                  the one interceptor error that is not isolated
@@ -61,6 +62,7 @@ __all__ = (
     "PipelineDefinitionError",
     "PipelineFailedError",
     "PipelineRunError",
+    "RemoteStageError",
     "RetriesExhaustedError",
     "RetryNotConfiguredError",
     "SelfDependencyError",
@@ -370,6 +372,25 @@ class UnpicklableValueError(StageError, TypeError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class RemoteStageError(StageError):
+    """A stage raised an exception in another process that could not be brought back as itself.
+
+    Attributes:
+        type_name: the qualified name of the original exception's class.
+        message: its message.
+        remote_traceback: the traceback as the worker formatted it.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (RemoteStageError, (self.type_name, self.message, self.remote_traceback))
 
 
 class ExecutorError(StageError):

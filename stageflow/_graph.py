@@ -54,7 +54,7 @@ from ._snapshot import ContextSnapshot, RunIdentity
 from ._store import RUN_STORE_TIMEOUT, RunRecord, RunStore, StageRecord
 from ._types import StageKind, StageOutput, StageStatus
 
-__all__ = ("StageGraph",)
+__all__ = ("StageGraph", "stage_of_task")
 
 logger = logging.getLogger("stageflow")
 

@@ -15,8 +15,11 @@ stuck stage ends first), a lag over ``threshold`` (50 ms) is a **block**:
 Measurement, on asyncio and on uvloop alike (both run the heartbeat; neither is patched): a block's duration
 is the heartbeat's lag, so it is accurate to one ``interval``; its location is sampled once, when the
 watchdog notices it, so a block that moves between lines is reported where it was at that moment. The busy
-share (``utilization()``, the shape of Node's ``eventloop.utilization``) is estimated per second from the
-loop thread's CPU time and the heartbeat's lag (whichever is larger), since CPython exposes no idle time.
+share (``utilization()``, the shape of Node's ``eventloop.utilization``: the share of the last completed
+second the loop was not waiting for I/O) is an estimate: CPython exposes no idle time, and timing every
+wait would cost each loop iteration, so it is the larger of the loop thread's CPU time and the heartbeat's
+total lag over that second. Blocking that uses no CPU (``time.sleep``) shows through the lag; CPU the
+machine's other processes took from the loop thread does not count as busy.
 
 The core never starts a monitor on its own: ``set_loop_monitor(LoopMonitor())`` watches every event loop that
 runs a pipeline from then on, and ``stageflow_otel.setup()`` does so by default.
@@ -41,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._graph import _Node, _Run
 
-__all__ = ("LoopBlock", "LoopMonitor", "get_loop_monitor", "set_loop_monitor")
+__all__ = ("LoopBlock", "LoopMonitor", "get_loop_monitor", "running_watch", "set_loop_monitor")
 
 logger = logging.getLogger("stageflow")
 
@@ -123,6 +126,7 @@ class _Watch:
         self.window_cpu = time.thread_time()
         self.window_lag = 0.0
         self.utilization = 0.0
+
         self.handle = loop.call_later(self.interval, self.beat)
         self.thread = threading.Thread(target=self.watchdog, name="stageflow-loop-monitor", daemon=True)
         self.thread.start()
@@ -198,9 +202,7 @@ class _Watch:
             if not loop.is_running():
                 self.paused = True
                 continue
-            if self.suspect is not None or self.paused:
-                continue
-            if _perf() - self.expected <= half:
+            if self.suspect is not None or self.paused or _perf() - self.expected <= half:
                 continue
             task = asyncio.current_task(loop)
             frame = sys._current_frames().get(self.thread_id)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from ._errors import (
     ExecutorError,
     InvalidStageOutputError,
+    RemoteStageError,
     UnpicklableStageError,
     UnpicklableValueError,
     describe,
@@ -53,7 +54,6 @@ __all__ = (
     "DEFAULT_CANCEL_GRACE",
     "STOPPED",
     "OffloadedCall",
-    "RemoteStageError",
     "WorkerHook",
     "add_worker_hook",
     "check_picklable",
@@ -145,25 +145,6 @@ def remove_worker_hook(factory: WorkerHookFactory) -> None:
     """Undo ``add_worker_hook(factory)`` (no error if it was not added)."""
     if factory in _hook_factories:
         _hook_factories.remove(factory)
-
-
-class RemoteStageError(Exception):
-    """A stage raised an exception in another process that could not be brought back as itself.
-
-    Attributes:
-        type_name: the qualified name of the original exception's class.
-        message: its message.
-        remote_traceback: the traceback as the worker formatted it.
-    """
-
-    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
-        super().__init__(f"{type_name}: {message}")
-        self.type_name = type_name
-        self.message = message
-        self.remote_traceback = remote_traceback
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (RemoteStageError, (self.type_name, self.message, self.remote_traceback))
 
 
 class _Stop:
