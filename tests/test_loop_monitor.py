@@ -163,7 +163,7 @@ class TestBlame:
         assert blocks == []
 
     def test_uvloop_blames_the_stage_too(self) -> None:
-        uvloop = pytest.importorskip("uvloop", reason="uvloop is installed by the dev extra")
+        import uvloop
         found: list[LoopBlock] = []
         set_loop_monitor(LoopMonitor(on_block=found.append))
         try:
