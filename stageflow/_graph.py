@@ -33,6 +33,7 @@ from ._errors import (
     PipelineFailedError,
     RetryNotConfiguredError,
     StageFailedError,
+    StageTimeoutError,
     describe,
     error_type_name,
 )
@@ -103,6 +104,34 @@ class _Node:
     def event(self, outcome: str) -> str:
         """The stage's event type, e.g. ``stage.llm.completed`` (made only when a sink listens)."""
         return f"stage.{self.name}.{outcome}"
+
+
+class _Deadline:
+    """A stage's ``with_stage(timeout=)``: each attempt fails with ``StageTimeoutError`` past it."""
+
+    __slots__ = ("call", "seconds", "stage")
+
+    def __init__(self, stage: str, seconds: float, call: CallNext) -> None:
+        self.stage = stage
+        self.seconds = seconds
+        self.call = call
+
+    async def __call__(self, ctx: StageContext) -> StageOutput:
+        deadline = asyncio.timeout(self.seconds)
+        try:
+            async with deadline:
+                output = await self.call(ctx)
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise StageTimeoutError(self.stage, self.seconds) from exc
+            raise
+        if deadline.expired():  # the stage swallowed the cancellation and returned: it still timed out
+            raise StageTimeoutError(self.stage, self.seconds)
+        return output
+
+
+def _deadline(info: StageInfo, call: CallNext) -> CallNext:
+    return call if info.timeout is None else _Deadline(info.name, info.timeout, call)
 
 
 def _runner_call(
@@ -194,9 +223,12 @@ class StageGraph:
         nodes = [
             _Node(
                 info,
-                build_stage_chain(info, _runner_call(info, pool, grace), ics)
-                if ics
-                else _runner_call(info, pool, grace),
+                _deadline(
+                    info,
+                    build_stage_chain(info, _runner_call(info, pool, grace), ics)
+                    if ics
+                    else _runner_call(info, pool, grace),
+                ),
                 index,
                 mine,
             )
@@ -216,11 +248,16 @@ class StageGraph:
         self._finished: dict[PipelineContext, RunResult] = {}
         from .interceptors._builtins import TimeoutInterceptor
 
-        # stages whose config sets a timeout nothing enforces: warned about at the first run
+        # stages whose config or class sets a timeout nothing enforces: warned about at the first run
         self._unenforced: tuple[str, ...] = (
             ()
             if any(isinstance(ic, TimeoutInterceptor) for ic in self.interceptors)
-            else tuple(info.name for info in self.stages if "timeout" in info.config)
+            else tuple(
+                info.name
+                for info in self.stages
+                if info.timeout is None
+                and ("timeout" in info.config or getattr(info.runner, "timeout", None) is not None)
+            )
         )
         self._run_chain = build_run_chain(self._execute, self.interceptors)
         self._run_wrapped = self._run_chain != self._execute  # build_run_chain returns _execute as is
@@ -382,8 +419,9 @@ class StageGraph:
         names, self._unenforced = self._unenforced, ()
         warnings.warn(
             f"pipeline {self.name!r} runs without a TimeoutInterceptor, so nothing enforces the "
-            f"config['timeout'] of stage{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}; "
-            "add TimeoutInterceptor() to build(interceptors=[...])",
+            f"timeout (config['timeout'] or a timeout attribute) of stage{'s' if len(names) > 1 else ''} "
+            f"{', '.join(map(repr, names))}; add TimeoutInterceptor() to build(interceptors=[...]), or pass "
+            "with_stage(..., timeout=seconds)",
             UserWarning,
             stacklevel=3,
         )

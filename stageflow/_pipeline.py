@@ -61,6 +61,7 @@ class StageSpec:
     config: Mapping[str, Any] = field(default_factory=dict)
     retry: RetryPolicy | None = None
     executor: Executor | None = None
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
@@ -79,6 +80,7 @@ class StageInfo:
         executor: where a sync stage runs: its own ``executor=``, else ``build(executor=...)``, else
             ``None`` (the graph's own thread pool); always ``None`` for an async stage.
         sync: whether the stage is a plain (not async) function or ``execute``, run off the event loop.
+        timeout: the ``timeout=`` given to ``with_stage``: seconds each attempt may take, or ``None``.
     """
 
     name: str
@@ -91,6 +93,7 @@ class StageInfo:
     retry: RetryPolicy | None = None
     executor: Executor | None = None
     sync: bool = False
+    timeout: float | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # to another process: the read-only config travels as a dict; the executor stays behind
@@ -156,9 +159,10 @@ def _new_spec(
     config: Mapping[str, Any],
     retry: RetryPolicy | None,
     executor: Executor | None = None,
+    timeout: float | None = None,
 ) -> StageSpec:
-    """``StageSpec(name, runner, kind, dependencies, conditional, config, retry, executor)``, faster."""
-    s_name, s_runner, s_kind, s_deps, s_cond, s_config, s_retry, s_executor = _SPEC_SET
+    """``StageSpec(name, runner, kind, dependencies, conditional, config, retry, executor, timeout)``."""
+    s_name, s_runner, s_kind, s_deps, s_cond, s_config, s_retry, s_executor, s_timeout = _SPEC_SET
     spec: StageSpec = _new(StageSpec)
     s_name(spec, name)
     s_runner(spec, runner)
@@ -168,6 +172,7 @@ def _new_spec(
     s_config(spec, config)
     s_retry(spec, retry)
     s_executor(spec, executor)
+    s_timeout(spec, timeout)
     return spec
 
 
@@ -182,9 +187,22 @@ def _new_info(
     retry: RetryPolicy | None,
     executor: Executor | None = None,
     sync: bool = False,
+    timeout: float | None = None,
 ) -> StageInfo:
     """``StageInfo(name, kind, dependencies, conditional, config, runner, pipeline, retry, ...)``, faster."""
-    s_name, s_kind, s_deps, s_cond, s_config, s_runner, s_pipeline, s_retry, s_executor, s_sync = _INFO_SET
+    (
+        s_name,
+        s_kind,
+        s_deps,
+        s_cond,
+        s_config,
+        s_runner,
+        s_pipeline,
+        s_retry,
+        s_executor,
+        s_sync,
+        s_timeout,
+    ) = _INFO_SET
     info: StageInfo = _new(StageInfo)
     s_name(info, name)
     s_kind(info, kind)
@@ -196,6 +214,7 @@ def _new_info(
     s_retry(info, retry)
     s_executor(info, executor)
     s_sync(info, sync)
+    s_timeout(info, timeout)
     return info
 
 
@@ -384,6 +403,7 @@ class Pipeline:
         *,
         retry: RetryPolicy | None = None,
         executor: Executor | None = None,
+        timeout: float | None = None,
     ) -> Pipeline:
         """A new pipeline with one more stage.
 
@@ -403,6 +423,9 @@ class Pipeline:
                 process pool, Dask's ``client.get_executor()``, ``stageflow.adapters.ray.RayExecutor``);
                 default ``build(executor=...)``, else the graph's own thread pool. An async stage runs on
                 the event loop and takes no executor.
+            timeout: seconds each attempt may run before it fails with ``StageTimeoutError`` (enforced by
+                the engine, without an interceptor; a sync stage's work is then stopped or abandoned as on
+                cancellation); ``None`` (the default) for none.
 
         Raises:
             InvalidStageNameError, InvalidStageKindError, InvalidRunnerError, PipelineDefinitionError.
@@ -446,6 +469,14 @@ class Pipeline:
         if config is not None and not isinstance(config, Mapping):
             msg = f"stage {name!r} has config={config!r}; pass a mapping of settings or None"
             raise PipelineDefinitionError(msg)
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            msg = f"stage {name!r} has timeout={timeout!r}; pass seconds as a finite number > 0, or None"
+            raise PipelineDefinitionError(msg)
         if retry is not None and not isinstance(retry, RetryPolicy):
             msg = f"stage {name!r} has retry={retry!r}; pass a RetryPolicy or None"
             raise PipelineDefinitionError(msg)
@@ -458,6 +489,7 @@ class Pipeline:
             {} if config is None else dict(config),
             retry,
             executor,
+            None if timeout is None else float(timeout),
         )
         count = self._count
         names = self._names
@@ -648,7 +680,25 @@ def _built_info(pipeline: str, default: Executor | None, spec: StageSpec) -> Sta
         spec.retry,
         executor,
         sync,
+        spec.timeout,
     )
+
+
+_INTERCEPTOR_KEYS = frozenset({"timeout"})
+"""``config`` keys interceptors read: a stage class gets them only if its constructor takes them."""
+
+
+def _constructor_config(runner: type, config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``config`` without the interceptors' keys that ``runner``'s constructor does not take."""
+    if not _INTERCEPTOR_KEYS.intersection(config):
+        return config
+    try:
+        parameters = inspect.signature(runner).parameters
+    except (TypeError, ValueError):
+        return config
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return config
+    return {k: v for k, v in config.items() if k not in _INTERCEPTOR_KEYS or k in parameters}
 
 
 def _instantiate(spec: StageSpec) -> Any:
@@ -656,7 +706,7 @@ def _instantiate(spec: StageSpec) -> Any:
     if not inspect.isclass(runner):
         return runner
     try:
-        return runner(**spec.config)
+        return runner(**_constructor_config(runner, spec.config))
     except TypeError as exc:
         raise InvalidRunnerError(
             spec.name, runner, f"{runner.__name__}(**{dict(spec.config)!r}) failed: {exc}"

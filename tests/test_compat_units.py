@@ -363,6 +363,7 @@ class TestPipelineStages:
             "config",
             "retry",
             "executor",
+            "timeout",
         ]
 
     async def test_stage_specs_of_a_graph(self) -> None:

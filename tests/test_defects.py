@@ -269,8 +269,9 @@ class TestUnenforcedTimeout:
         with pytest.warns(UserWarning) as record:
             await graph.run(make_ctx())
         assert [str(w.message) for w in record] == [
-            "pipeline 'p' runs without a TimeoutInterceptor, so nothing enforces the config['timeout'] of "
-            "stages 'slow', 'llm'; add TimeoutInterceptor() to build(interceptors=[...])"
+            "pipeline 'p' runs without a TimeoutInterceptor, so nothing enforces the timeout "
+            "(config['timeout'] or a timeout attribute) of stages 'slow', 'llm'; add TimeoutInterceptor() "
+            "to build(interceptors=[...]), or pass with_stage(..., timeout=seconds)"
         ]
         await graph.run(make_ctx())  # filterwarnings = error: a second warning would fail this
 
