@@ -1,10 +1,11 @@
 """Text Gantt charts of runs: ``RunResult.timeline()`` and ``stageflow runs show``.
 
-One line per stage on a shared time axis: ``─`` while the stage waited (ready → start), then its run
-(start → end) drawn by status (``█`` ok, ``✗`` failed, ``·`` skipped, ``▒`` cancelled). Stages on the
-critical path are marked ``*``; failures, skips, timeouts and cancellations carry their reason. Names,
-reasons, messages, the run id and the status are printed through ``terminal_safe``: control characters
-show as escapes, and each stage stays one line.
+One line per stage on a shared time axis: ``─`` while the stage waited (ready → start), ``░`` while a sync
+stage's work went to its executor and back (its dispatch time), then its run (start → end) drawn by status
+(``█`` ok, ``✗`` failed, ``·`` skipped, ``▒`` cancelled); a ``dispatch`` column appears when a stage has
+one. Stages on the critical path are marked ``*``; failures, skips, timeouts and cancellations carry their
+reason. Names, reasons, messages, the run id and the status are printed through ``terminal_safe``:
+control characters show as escapes, and each stage stays one line.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ DEFAULT_WIDTH = 40
 """Characters of the time axis."""
 
 _WAIT = "─"
+_DISPATCH = "░"
 _RUN = {"ok": "█", "fail": "✗", "skip": "·", "cancel": "▒"}
 _RESET = "\033[0m"
 _COLOR = {"ok": "\033[32m", "fail": "\033[31m", "skip": "\033[2m", "cancel": "\033[33m", "wait": "\033[2m"}
@@ -46,7 +48,8 @@ _TIMEOUT_TYPES = frozenset({"StageTimeoutError", "TimeoutError"})
 class TimelineRow:
     """One stage of a timeline. Times are seconds on any clock shared by the run's rows.
 
-    ``start``/``end`` are ``None`` for a stage that never started.
+    ``start``/``end`` are ``None`` for a stage that never started. ``dispatch`` is the part of
+    ``start``→``end`` the stage's work spent going to its executor and back.
     """
 
     name: str
@@ -55,6 +58,7 @@ class TimelineRow:
     start: float | None
     end: float | None
     note: str = ""
+    dispatch: float = 0.0
 
 
 def format_seconds(seconds: float) -> str:
@@ -132,16 +136,19 @@ def render_timeline(
 
     took = format_seconds(max(total, 0.0))
     outcome = _paint(terminal_safe(status), _COLOR["fail"], color and status == "failed")
+    dispatched = any(r.dispatch > 0 for r in rows)
+    extra = f"  {'dispatch':>8}" if dispatched else ""
     lines = [
         f"pipeline {pipeline!r} · run {terminal_safe(run_id)} · {outcome} in {took}",
-        f"    {'stage':<{name_width}}  {'0':<{width - len(took)}}{took}  {'wait':>8}  {'run':>8}",
+        f"    {'stage':<{name_width}}  {'0':<{width - len(took)}}{took}  {'wait':>8}{extra}  {'run':>8}",
     ]
     for r in rows:
         mark = "*" if r.name in on_path else " "
         name = _paint(f"{shown[r.name]:<{name_width}}", _BOLD, color and r.name in on_path)
         note = terminal_safe(r.note)
         if r.start is None or r.end is None:
-            lines.append(f"  {mark} {name}  {'':<{width}}  {'':>8}  {'':>8}  {note or 'not started'}")
+            blank = f"  {'':>8}" if dispatched else ""
+            lines.append(f"  {mark} {name}  {'':<{width}}  {'':>8}{blank}  {'':>8}  {note or 'not started'}")
             continue
         ready = r.start if r.ready is None else min(r.ready, r.start)
         a, b = column(ready), column(r.start)
@@ -150,15 +157,19 @@ def render_timeline(
             b, c = width - 1, width
             a = min(a, b)
         glyph = _RUN.get(r.status, "█")
+        dispatch = min(max(r.dispatch, 0.0), max(r.end - r.start, 0.0))
+        d = min(max(column(r.start + dispatch), b), c - 1) if dispatch > 0 else b
         bar = (
             " " * a
             + _paint(_WAIT * (b - a), _COLOR["wait"], color)
-            + _paint(glyph * (c - b), _COLOR.get(r.status, ""), color)
+            + _paint(_DISPATCH * (d - b), _COLOR["wait"], color)
+            + _paint(glyph * (c - d), _COLOR.get(r.status, ""), color)
             + " " * (width - c)
         )
         wait = format_seconds(max(r.start - ready, 0.0))
-        ran = format_seconds(max(r.end - r.start, 0.0))
-        line = f"  {mark} {name}  {bar}  {wait:>8}  {ran:>8}"
+        ran = format_seconds(max(r.end - r.start - dispatch, 0.0))
+        sent = f"  {format_seconds(dispatch):>8}" if dispatched else ""
+        line = f"  {mark} {name}  {bar}  {wait:>8}{sent}  {ran:>8}"
         if note:
             line += "  " + _paint(note, _COLOR.get(r.status, ""), color)
         lines.append(line)
@@ -180,7 +191,7 @@ def timeline_of_result(results: RunResult, *, width: int = DEFAULT_WIDTH, color:
         error_type = None if r.error is None else type(r.error).__name__
         reason = str(r.data.get("reason") or r.data.get("cancel_reason") or "")
         note = _note(r.status.value, error, error_type, reason)
-        rows.append(TimelineRow(name, r.status.value, r.ready_at, r.started_at, r.ended_at, note))
+        rows.append(TimelineRow(name, r.status.value, r.ready_at, r.started_at, r.ended_at, note, r.dispatch))
     # stages that never started (a failed or cancelled run): every stage the graph declares is drawn
     rows += [TimelineRow(name, "", None, None, None) for name in results._deps if name not in results]
     statuses = {r.status.value for r in results.values()}
@@ -208,6 +219,7 @@ def timeline_of_record(record: RunRecord, *, width: int = DEFAULT_WIDTH, color: 
             s.started_at,
             s.ended_at,
             _note(s.status, s.error, s.error_type, s.error or "" if s.status == "skip" else ""),
+            getattr(s, "dispatch", 0.0),
         )
         for s in record.stages
     ]

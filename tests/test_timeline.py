@@ -71,6 +71,24 @@ class TestTimeline:
             "  critical path (*): memory → llm",
         ]
 
+    def test_dispatch_is_drawn_and_counted_apart_from_wait_and_run(self) -> None:
+        """A sync stage's dispatch time is its own segment (░) and column; run is what is left."""
+        run = result(
+            {"stt": (), "embed": ("stt",)},
+            stage("stt", StageStatus.OK, 100.0, 100.0, 100.2),
+            StageResult(
+                "embed", StageKind.WORK, StageStatus.OK, None, None, 100.2, 100.2, 101.0, dispatch=0.2
+            ),
+            end=101.0,
+        )
+        assert run.timeline(width=20, color=False).splitlines() == [
+            "pipeline 'voice' · run 12345678-1234-5678-1234-567812345678 · completed in 1.00 s",
+            "    stage  0             1.00 s      wait  dispatch       run",
+            "  * stt    ████                    0.0 ms    0.0 ms  200.0 ms",
+            "  * embed      ░░░░████████████    0.0 ms  200.0 ms  600.0 ms",
+            "  critical path (*): stt → embed",
+        ]
+
     def test_failure_skip_timeout_cancel_and_not_started(self) -> None:
         """Each non-ok stage shows its reason; stages that never started come last."""
         run = result(
