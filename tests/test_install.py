@@ -128,3 +128,42 @@ class TestInstall:
         )
         listed = sh(python, "-m", "pip", "list", "--format=freeze", cwd=tmp_path).stdout
         assert f"stageflow-core=={stageflow.__version__}" in listed.splitlines()
+
+
+class TestEditableInstall:
+    def test_mypy_in_the_users_project_finds_the_editable_stageflow(self, tmp_path: Path) -> None:
+        """After README's ``pip install -e``, ``mypy --strict`` in another project reads stageflow's types."""
+        env_dir = tmp_path / "venv"
+        venv.create(env_dir, with_pip=True)
+        python = env_dir / "bin" / "python"
+        sh(python, "-m", "pip", "install", "-q", "-e", ROOT, cwd=tmp_path)
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "app.py").write_text(
+            "from stageflow import Pipeline, StageContext, StageKind, StageOutput\n\n\n"
+            "async def greet(ctx: StageContext) -> StageOutput:\n"
+            '    return StageOutput.ok(greeting="hi")\n\n\n'
+            'pipeline = Pipeline(name="hello").with_stage("greet", greet, StageKind.TRANSFORM)\n'
+            'count: int = StageOutput.ok(greeting="hi")\n'
+        )
+        checked = sh(
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--python-executable",
+            python,
+            "app.py",
+            cwd=project,
+            check=False,
+        )
+        # the one error proves mypy read stageflow's types (a missing module would be import-not-found)
+        assert (checked.returncode, checked.stdout.splitlines()) == (
+            1,
+            [
+                'app.py:9: error: Incompatible types in assignment (expression has type "StageOutput", '
+                'variable has type "int")  [assignment]',
+                "Found 1 error in 1 file (checked 1 source file)",
+            ],
+        )
