@@ -301,8 +301,35 @@ class TestHostileText:
             ],
         )
 
-    def test_error_messages_are_escaped(self, capsys: pytest.CaptureFixture[str], hostile_db: str) -> None:
-        """An error message quoting user input keeps control characters escaped on stderr."""
-        status, _, err = run(capsys, "graph", "no_such_module_\x1b[2J:pipeline")
-        assert status == 1
-        assert "\x1b" not in err and "no_such_module_\\x1b[2J" in err
+    def test_error_messages_are_escaped(
+        self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An error message carrying a module's own text prints its control characters escaped."""
+        (tmp_path / "hostile_import_mod.py").write_text('raise ImportError("needs lib\\x1b]0;owned\\x07")\n')
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        assert run(capsys, "graph", "hostile_import_mod:P") == (
+            1,
+            "",
+            "stageflow: error: cannot import module 'hostile_import_mod' of 'hostile_import_mod:P': "
+            "needs lib\\x1b]0;owned\\x07\n",
+        )
+
+    def test_graph_on_stdout_escapes_control_characters(
+        self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``graph`` writing to the terminal escapes a stage name's ESC; written to a file it is kept."""
+        (tmp_path / "hostile_graph_mod.py").write_text(
+            "from stageflow import Pipeline, StageKind, StageOutput\n"
+            "async def run(ctx): return StageOutput.ok()\n"
+            "P = Pipeline(name='p').with_stage('a\\x1b[2J\\x07', run, StageKind.WORK)\n"
+        )
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        assert run(capsys, "graph", "hostile_graph_mod:P") == (
+            0,
+            'flowchart TD\n    s0["a\\x1b[2J\\x07<br/>work"]\n',
+            "",
+        )
+        run(capsys, "graph", "hostile_graph_mod:P", "-o", str(tmp_path / "g.mmd"))
+        assert (tmp_path / "g.mmd").read_text() == 'flowchart TD\n    s0["a\x1b[2J\x07<br/>work"]\n'
