@@ -41,6 +41,7 @@ from ._graph import StageGraph
 from ._pipeline import Pipeline
 from ._store import RunRecord, SQLiteRunStore
 from ._svg import dag_nodes, dag_svg
+from ._terminal import terminal_safe
 from ._timeline import DEFAULT_WIDTH, format_seconds, timeline_of_record, use_color
 
 __all__ = ("CommandError", "console_main", "load_graph", "main", "open_store", "parser")
@@ -152,12 +153,12 @@ def _runs_list(args: argparse.Namespace) -> int:
     rows = [("id", "pipeline", "status", "start", "duration", "critical path")]
     rows += [
         (
-            r.run_id,
-            r.pipeline,
-            r.status,
+            terminal_safe(r.run_id),
+            terminal_safe(r.pipeline),
+            terminal_safe(r.status),
             _local(r.started_at),
             format_seconds(r.duration),
-            " → ".join(r.critical_path),
+            " → ".join(terminal_safe(name) for name in r.critical_path),
         )
         for r in records
     ]
@@ -174,9 +175,9 @@ def _runs_show(args: argparse.Namespace) -> int:
     record = found.record
     print(timeline_of_record(record, width=args.width, color=_color(args.color)))
     if record.error:
-        print(f"  error: {record.error}")
+        print(f"  error: {terminal_safe(record.error)}")
     for line in _trace_lines(record, args.jaeger_url) + (_event_lines(found.events) if args.events else []):
-        print(line)
+        print(terminal_safe(line))
     return 0
 
 
@@ -215,7 +216,7 @@ def _graph(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output}")
     else:
-        sys.stdout.write(text)
+        sys.stdout.write("\n".join(terminal_safe(line) for line in text.split("\n")))
     return 0
 
 
@@ -377,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.handler(args)
     except CommandError as exc:
-        print(f"stageflow: error: {exc}", file=sys.stderr)
+        print(f"stageflow: error: {terminal_safe(str(exc))}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # e.g. `stageflow runs list runs.db | head`
         return 0
