@@ -3,7 +3,8 @@
 Every instrument is created once, in ``__init__``, with the names, units and explicit bucket boundaries
 of ``semconv``. Stage durations are recorded inside the stage span (this interceptor's priority, 20, puts it
 inside ``TracingInterceptor``'s 10), so exemplars carry the stage's trace and span ids. Run-level
-figures (run duration, errors, skips, critical path) are recorded at the end of the run, inside the run span.
+figures (run duration, errors, skips, critical path, the dispatch time of sync stages) are recorded at the
+end of the run, inside the run span, from its ``RunResult`` (a run cancelled by its caller has none).
 
 Example::
 
@@ -18,6 +19,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,7 +27,15 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.util.types import AttributeValue
 
-from stageflow import PipelineContext, RunResult, StageContext, StageInfo, StageOutput, StageStatus
+from stageflow import (
+    PipelineContext,
+    RunResult,
+    StageContext,
+    StageGraph,
+    StageInfo,
+    StageOutput,
+    StageStatus,
+)
 from stageflow import __version__ as _stageflow_version
 from stageflow.interceptors import (
     CallNext,
@@ -125,6 +135,10 @@ class MetricsInterceptor(Interceptor):
         self._stage_duration = _histogram(meter, semconv.STAGE_DURATION)
         self._wait_duration = _histogram(meter, semconv.STAGE_WAIT_DURATION_METRIC)
         self._critical_duration = _histogram(meter, semconv.STAGE_CRITICAL_PATH_DURATION)
+        self._dispatch_duration = _histogram(meter, semconv.STAGE_DISPATCH_DURATION_METRIC)
+        self._sync_stages: weakref.WeakKeyDictionary[StageGraph, tuple[str, ...]] = (
+            weakref.WeakKeyDictionary()
+        )
         m = semconv.PIPELINE_RUN_ACTIVE
         self._active = meter.create_up_down_counter(m.name, unit=m.unit, description=m.description)
         m = semconv.PIPELINE_RUN_ERRORS
@@ -238,6 +252,8 @@ class MetricsInterceptor(Interceptor):
             try:
                 if outcome is not None:
                     self._record_run(run.pipeline_name, outcome, _perf() - started, results)
+                    if results is not None:
+                        self._record_dispatch(run, results)
             except Exception as exc:
                 self._sdk_failed(exc)
             try:
@@ -269,6 +285,20 @@ class MetricsInterceptor(Interceptor):
                 max(0.0, result.ended_at - result.ready_at),
                 self._base(pipeline, name, result.kind.value),
             )
+
+    def _record_dispatch(self, run: PipelineContext, results: RunResult) -> None:
+        """The dispatch time of each sync stage that ran (its hop to the executor and back)."""
+        graph = run.graph
+        names = self._sync_stages.get(graph)
+        if names is None:
+            names = tuple(info.name for info in graph.stages if info.sync)
+            self._sync_stages[graph] = names
+        for name in names:
+            result = results.get(name)
+            if result is not None and result.attempts > 0:
+                self._dispatch_duration.record(
+                    max(0.0, result.dispatch), self._base(run.pipeline_name, name, result.kind.value)
+                )
 
     # ---------------------------------------------------------------------------- circuit breaker
 

@@ -289,6 +289,7 @@ class Telemetry:
         self._lock = threading.Lock()
         self._shut_down = False
         self._reported = 0
+        self._on_shutdown: list[Callable[[], None]] = []  # the worker hook, the loop monitor
 
     @property
     def export_failures(self) -> Mapping[str, int]:
@@ -367,6 +368,8 @@ class Telemetry:
                 return True
             self._shut_down = True
         atexit.unregister(self._atexit)
+        for stop in self._on_shutdown:
+            stop()
         if self.disabled:
             return True
         start = time.monotonic()
@@ -575,6 +578,7 @@ def setup(
     metric_readers: Sequence[MetricReader] = (),
     mode: Mode | None = None,
     event_log_records: bool | None = None,
+    loop_monitor: bool | None = None,
 ) -> Telemetry:
     """Build tracer, meter and logger providers, the OTLP event sink and ``/metrics`` from ``OTEL_*``.
 
@@ -599,6 +603,12 @@ def setup(
         event_log_records: also export every event as an OTLP log record (for searching events in
             Loki); ``None`` reads ``STAGEFLOW_EVENT_LOG_RECORDS`` (default off: events are span events on
             the run's spans, and counted in ``stageflow.events.emitted``).
+        loop_monitor: watch every event loop that runs a pipeline (``stageflow.LoopMonitor``: loop lag,
+            busy share, blocks blamed on their stage) until ``shutdown()``; ``None`` reads
+            ``STAGEFLOW_LOOP_MONITOR`` (default on).
+
+    Stages sent to another process carry this setup's settings and their stage span's context there
+    (``_worker``): the worker configures its SDK once from them, and what it fails to deliver is counted here.
 
     Returns:
         The ``Telemetry`` handle; call ``shutdown(timeout)`` before exiting (an ``atexit`` hook does it
@@ -732,6 +742,10 @@ def setup(
         _accounting=accounting,
         _global_sink=set_global,
     )
+    from . import _loop, _worker
+
+    _worker.install(telemetry)
+    _loop.install(telemetry, loop_monitor)
     atexit.register(telemetry._atexit)
     return telemetry
 

@@ -52,7 +52,7 @@ DEFAULT_MAX_SERIES = 200
 def _severity(outcome: str) -> tuple[SeverityNumber, str]:
     if outcome == "failed":
         return SeverityNumber.ERROR, "ERROR"
-    if outcome == "cancelled":
+    if outcome in ("cancelled", "loop_blocked"):
         return SeverityNumber.WARN, "WARN"
     return SeverityNumber.INFO, "INFO"
 
@@ -106,6 +106,8 @@ class OtlpEventSink:
       event becomes a span event on the span it belongs to, with its own timestamp, in the core's order:
       ``pipeline.*`` on the run span (``pipeline.created`` too), ``stage.{name}.*`` on that stage's span,
       or on the run span for a stage that never had one (a skipped conditional stage);
+    * **abandoned work**: a stage event saying a sync stage's work was abandoned (its hop was cancelled
+      and the work kept running past the grace period) counts one in ``stageflow.stage.abandoned``;
     * **a counter**: ``stageflow.events.emitted`` by ``event.name``, ``stageflow.pipeline.name`` and,
       for stage events, ``stageflow.stage.name``; at most ``max_series`` distinct pipeline names and
       stage names each at a time, further ones counted as ``_OTHER``, under the same policy as
@@ -196,6 +198,10 @@ class OtlpEventSink:
             option="max_series",
             on_evict=partial(self._forget, 2),
         )
+        metric = semconv.STAGE_ABANDONED
+        self._abandoned_counter = meter.create_counter(
+            metric.name, unit=metric.unit, description=metric.description
+        )
         metric = semconv.EVENTS_EMITTED
         meter.create_observable_counter(
             metric.name, callbacks=[self._observe], unit=metric.unit, description=metric.description
@@ -251,6 +257,8 @@ class OtlpEventSink:
             if self.span_events:
                 route(event)
             self._count(event)
+            if event.attributes.get(semconv.STAGE_WORK) == semconv.WORK_ABANDONED:
+                self._count_abandoned(event)
             if self.log_records:
                 self._buffer_record(event, data)
         except Exception as exc:  # telemetry never breaks a pipeline
@@ -299,6 +307,20 @@ class OtlpEventSink:
                 stage = self._stage_names(stage, now)
             key = (event.name, pipeline, stage)
             self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _count_abandoned(self, event: TaxonomyEvent) -> None:
+        """A sync stage ended while its work kept running: ``stageflow.stage.abandoned``."""
+        attributes: dict[str, AttributeValue] = {}
+        now = _monotonic()
+        with self._count_lock:
+            if event.pipeline is not None:
+                attributes[semconv.PIPELINE_NAME] = self._pipeline_names(event.pipeline, now)
+            if event.stage is not None:
+                attributes[semconv.STAGE_NAME] = self._stage_names(event.stage, now)
+        kind = event.attributes.get(semconv.STAGE_KIND)
+        if kind is not None:
+            attributes[semconv.STAGE_KIND] = kind
+        self._abandoned_counter.add(1, attributes)
 
     def _forget(self, position: int, name: str) -> None:
         """Drop the counts of a name the guard let go (called under ``_count_lock``): memory stays bounded."""

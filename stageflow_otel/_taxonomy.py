@@ -48,8 +48,19 @@ _STAGE_ATTRIBUTES: Mapping[str, str] = {
     "duration": semconv.STAGE_DURATION_ATTRIBUTE,
     "delay": semconv.STAGE_RETRY_DELAY,
     "error": semconv.EXCEPTION_MESSAGE,
+    "dispatch": semconv.STAGE_DISPATCH_DURATION,
+    "work": semconv.STAGE_WORK,
 }
 """Event data key to span event / log record attribute, for ``stage.*`` events."""
+
+_LOOP_BLOCKED_ATTRIBUTES: Mapping[str, str] = {
+    "stage": semconv.STAGE_NAME,
+    "kind": semconv.STAGE_KIND,
+    "duration": semconv.STAGE_LOOP_BLOCK_DURATION,
+    semconv.CODE_FILE_PATH: semconv.CODE_FILE_PATH,
+    semconv.CODE_LINE_NUMBER: semconv.CODE_LINE_NUMBER,
+}
+"""The same for ``stage.{name}.loop_blocked``: its ``duration`` is the block's, not the stage's."""
 
 _PIPELINE_ATTRIBUTES: Mapping[str, str] = {
     "stage": semconv.STAGE_NAME,
@@ -166,6 +177,12 @@ _SHAPES: dict[tuple[str, int | None], _Shape] = {}
 _MAX_SHAPES = 4096
 
 
+def _table(kind: str, is_stage: bool) -> Mapping[str, str]:
+    if kind == "stage.loop_blocked":
+        return _LOOP_BLOCKED_ATTRIBUTES
+    return _STAGE_ATTRIBUTES if is_stage else _PIPELINE_ATTRIBUTES
+
+
 def _shape(type: str, limit: int | None) -> _Shape:
     kind = _kind(type)
     known = kind in semconv.EVENTS
@@ -175,7 +192,7 @@ def _shape(type: str, limit: int | None) -> _Shape:
         semconv.EVENTS.get(kind, semconv.EVENT_OTHER),
         kind.rsplit(".", 1)[-1],
         is_stage,
-        _STAGE_ATTRIBUTES if is_stage else _PIPELINE_ATTRIBUTES,
+        _table(kind, is_stage),
         _REASON.get(kind),
         known,
         clean_text(type, limit),

@@ -29,7 +29,7 @@ def _code(value: str) -> str:
 def _severity(kind: str) -> str:
     if kind.endswith(".failed"):
         return "ERROR"
-    if kind.endswith(".cancelled"):
+    if kind.endswith((".cancelled", ".loop_blocked")):
         return "WARN"
     return "INFO"
 
@@ -232,6 +232,8 @@ def _safety_section() -> list[str]:
         "### What leaves the process",
         "",
         "By default only the structure of a run is exported: pipeline and stage names, kinds, dependencies,",
+    lines += _hops_section()
+    lines += _loop_section()
         "the runner's qualified function name, run ids, attempts, timings, results, `error.type`,",
         "*redacted* error messages, and the reasons given to `StageOutput.skip()` / `StageOutput.cancel()`",
         "(as given, cut to the length limit). Stage inputs, outputs and the data a stage returns never are:",
@@ -248,6 +250,70 @@ def _safety_section() -> list[str]:
         "is hunter2`), `Bearer`/`Basic` credentials, URL user:password (`redis://:pw@host` too), e-mail",
         "addresses, runs of 12+ digits, AWS access key ids, Slack, GitHub and JSON Web Tokens, and",
         "API-key-like tokens; it is a best effort on free text, in time linear in the message's length",
+def _hops_section() -> list[str]:
+    """The "Across threads and processes" section: dispatch time, abandoned work, worker processes."""
+    return [
+        "### Across threads and processes",
+        "",
+        "A sync stage runs in a thread or on an executor (a process pool, Dask, Ray). Its span and its "
+        f"`completed` event carry `{semconv.STAGE_DISPATCH_DURATION}`, the seconds the hop to the executor "
+        "and back added (queueing, pickling, the trip), and `MetricsInterceptor` records it in the "
+        f"`{semconv.STAGE_DISPATCH_DURATION_METRIC.name}` histogram at the end of the run (a run "
+        "cancelled by its caller has no result to take it from). When a hop is cancelled (fail-fast, a "
+        f"timeout, the caller), the span and the `failed`/`cancelled` event carry `{semconv.STAGE_WORK}`: "
+        f"`{semconv.WORK_STOPPED}` (it never started, ended within the grace period or was terminated) or "
+        f"`{semconv.WORK_ABANDONED}` (still running when the grace ran out; its late result is discarded), "
+        f"and the OTLP event sink counts the latter in `{semconv.STAGE_ABANDONED.name}`. The span "
+        "attributes need the event sink `setup()` installs, as span events do.",
+        "",
+        "**One trace across processes.** With `setup()`, every stage sent to another process carries the "
+        "W3C context of its stage span (`traceparent`, `tracestate`, `baggage`) and this process's "
+        "telemetry settings: its resource, the OTLP endpoints, protocols and exporters, queue and batch "
+        "sizes, length and link limits, the sampler, the delivery mode. Never secrets: OTLP headers, "
+        "certificates and client keys are read in the worker from its own environment. The worker "
+        "configures its SDK once per process from those settings (its resource gets a "
+        "`service.instance.id` of its own and `process.pid`; it serves no `/metrics` and sends metrics "
+        "over OTLP only if this process does), attaches the context, so the spans your code opens there "
+        "are children of the stage span, and after the stage flushes its telemetry for at most "
+        f"`{semconv.ENV_WORKER_FLUSH_TIMEOUT}` seconds before the result returns. A worker that already "
+        "has an SDK keeps it (yours, or the one a forked worker inherited). No extra span is opened in "
+        "the worker: the stage span covers the hop and the dispatch time splits it. What a worker "
+        "could not deliver comes back with the result and is added to this process's "
+        f"`{semconv.TELEMETRY_SPANS_DROPPED.name}`, `{semconv.TELEMETRY_LOG_RECORDS_DROPPED.name}` and "
+        f"`{semconv.TELEMETRY_METRIC_POINTS_DROPPED.name}` with the same `{semconv.TELEMETRY_CAUSE}`; what "
+        "it loses after the last stage it ran is counted in its own counters and reported with its next "
+        "stage. The latest `setup()` of a process is the one whose settings travel.",
+        "",
+        "To continue a trace in a process you call yourself (an HTTP service, a queue consumer), put "
+        "`stageflow_otel.inject_context()` in the request's headers and extract them there with "
+        "OpenTelemetry's propagator.",
+        "",
+    ]
+
+
+def _loop_section() -> list[str]:
+    """The "The event loop" section: the loop monitor's metrics and span events."""
+    return [
+        "### The event loop",
+        "",
+        "`setup()` starts the core's `stageflow.LoopMonitor` for the process (`setup(loop_monitor=False)` "
+        f"or `{semconv.ENV_LOOP_MONITOR}=false` leave it off; `shutdown()` stops it). OpenTelemetry has no "
+        "semantic convention for CPython's event loop, so its metrics follow the shape of Node's "
+        f"`nodejs.eventloop.*`: `{semconv.LOOP_LAG.name}` (histogram of how late each 10 ms heartbeat ran: "
+        "the loop's delay, whose percentiles Node reports as `nodejs.eventloop.delay.*` gauges) and "
+        f"`{semconv.LOOP_UTILIZATION.name}` (the loop's busy share over the last completed second, like "
+        "`nodejs.eventloop.utilization`). A block of the loop over the threshold (50 ms) is blamed on the "
+        "stage whose code was running: a `stageflow.stage.loop_blocked` span event on that stage's span "
+        f"with `{semconv.STAGE_LOOP_BLOCK_DURATION}`, `{semconv.CODE_FILE_PATH}` and "
+        f"`{semconv.CODE_LINE_NUMBER}`, the `{semconv.STAGE_LOOP_BLOCK_DURATION_METRIC.name}` histogram by "
+        "pipeline and stage, and one warning per run and stage from the core. The location is sampled once, "
+        "while the loop is stuck, on asyncio and uvloop alike; the duration is exact to the heartbeat's "
+        "10 ms. With several event loops in one process, the lag histogram holds all their heartbeats and "
+        "the busy share is that of the loop that last ran a pipeline.",
+        "",
+    ]
+
+
         "(no pattern backtracks, so a hostile message cannot stall the event loop).",
         "`redact_error=stageflow_otel.redact_error_message_and_pii` opts into masking personal data too:",
         "US social security numbers, phone numbers and IBANs.",

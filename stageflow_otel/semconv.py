@@ -110,6 +110,20 @@ __all__ = (
     "DEFAULT_LINK_LIMIT",
     "ENV_COMPLETE_TIMEOUT",
     "ENV_MAX_EXPORT_BYTES",
+    "ENV_LOOP_MONITOR",
+    "ENV_WORKER_FLUSH_TIMEOUT",
+    "STAGE_DISPATCH_DURATION",
+    "STAGE_DISPATCH_DURATION_METRIC",
+    "STAGE_WORK",
+    "WORK_STOPPED",
+    "WORK_ABANDONED",
+    "STAGE_ABANDONED",
+    "STAGE_LOOP_BLOCK_DURATION",
+    "STAGE_LOOP_BLOCK_DURATION_METRIC",
+    "CODE_FILE_PATH",
+    "CODE_LINE_NUMBER",
+    "LOOP_LAG",
+    "LOOP_UTILIZATION",
     "EnvironmentVariable",
     "Attribute",
     "InstrumentKind",
@@ -151,6 +165,22 @@ STAGE_DURATION_ATTRIBUTE: Final = "stageflow.stage.duration"
 """On stage events that end a stage: its duration in seconds (the metric of the same name is a histogram)."""
 STAGE_RETRY_DELAY: Final = "stageflow.stage.retry.delay"
 """On ``stageflow.stage.retrying`` events: seconds until the next attempt."""
+STAGE_DISPATCH_DURATION: Final = "stageflow.stage.dispatch.duration"
+"""On the span and the ``completed`` event of a sync stage: seconds its work spent getting to its executor
+(thread, process pool, cluster) and back, apart from the time its code ran (the histogram's name too)."""
+STAGE_WORK: Final = "stageflow.stage.work"
+"""On the span and the ``failed``/``cancelled`` event of a sync stage whose hop was cancelled: what became of
+the work, ``stopped`` (it never started, ended within the grace period, or was terminated) or ``abandoned``
+(still running when the grace ran out; its late result is discarded)."""
+WORK_STOPPED: Final = "stopped"
+WORK_ABANDONED: Final = "abandoned"
+STAGE_LOOP_BLOCK_DURATION: Final = "stageflow.stage.loop_block.duration"
+"""On ``stageflow.stage.loop_blocked`` span events: seconds the stage held the event loop (the histogram
+has this name too)."""
+CODE_FILE_PATH: Final = "code.file.path"
+"""OpenTelemetry semconv: the source file a loop block was sampled in."""
+CODE_LINE_NUMBER: Final = "code.line.number"
+"""OpenTelemetry semconv: the line number a loop block was sampled at."""
 PIPELINE_STAGES: Final = "stageflow.pipeline.stages"
 """On ``stageflow.pipeline.created|started`` events: how many stages the graph has."""
 EVENT_NAME: Final = "event.name"
@@ -272,6 +302,26 @@ ATTRIBUTES: Final = (
     Attribute(STAGE_DEPENDENCIES, "string[]", "stage spans", "The stage's dependencies."),
     Attribute(STAGE_WAIT_DURATION, "double", "stage spans", "Seconds from ready to start."),
     Attribute(STAGE_ATTEMPT, "int", "stage spans", "1-based attempt number."),
+    Attribute(
+        STAGE_DISPATCH_DURATION,
+        "double",
+        "sync stage spans, their completed events",
+        "Seconds the hop to the executor and back added (not the stage's own run time).",
+    ),
+    Attribute(
+        STAGE_WORK,
+        "string",
+        "sync stage spans, their failed and cancelled events",
+        f"After a cancelled hop: `{WORK_STOPPED}` or `{WORK_ABANDONED}` (still running, not waited for).",
+    ),
+    Attribute(
+        STAGE_LOOP_BLOCK_DURATION,
+        "double",
+        "loop_blocked events",
+        "Seconds the stage held the event loop in one callback.",
+    ),
+    Attribute(CODE_FILE_PATH, "string", "loop_blocked events", "Source file the block was sampled in."),
+    Attribute(CODE_LINE_NUMBER, "int", "loop_blocked events", "Line the block was sampled at."),
     Attribute(RUN_DURATION, "double", "run span", "The run's duration in seconds (from RunResult)."),
     Attribute(STAGE_SKIP_REASON, "string", "skipped events", "Why the stage was skipped."),
     Attribute(STAGE_CANCEL_REASON, "string", "stage cancelled events", "The stage's cancel reason."),
@@ -352,6 +402,8 @@ class Metric:
         base = self.name.replace(".", "_")
         if self.unit == "s":
             base += "_seconds"
+        elif self.unit == "1":
+            base += "_ratio"
         if self.instrument == "counter":
             base += "_total"
         return base
@@ -395,6 +447,42 @@ STAGE_CRITICAL_PATH_DURATION = Metric(
     "s",
     "Time a stage contributed to its run's critical path (wait plus duration), for stages on it.",
     (PIPELINE_NAME, STAGE_NAME, STAGE_KIND),
+)
+STAGE_DISPATCH_DURATION_METRIC = Metric(
+    STAGE_DISPATCH_DURATION,
+    "histogram",
+    "s",
+    "Time a sync stage's work spent getting to its executor (thread, process, cluster) and back.",
+    (PIPELINE_NAME, STAGE_NAME, STAGE_KIND),
+)
+STAGE_ABANDONED = Metric(
+    "stageflow.stage.abandoned",
+    "counter",
+    "{stage}",
+    "Sync stages cancelled while their work kept running on the executor past the grace period.",
+    (PIPELINE_NAME, STAGE_NAME, STAGE_KIND),
+)
+STAGE_LOOP_BLOCK_DURATION_METRIC = Metric(
+    STAGE_LOOP_BLOCK_DURATION,
+    "histogram",
+    "s",
+    "Blocks of the event loop over the loop monitor's threshold, by the stage whose code ran "
+    "(no stage attributes for code outside any stage).",
+    (PIPELINE_NAME, STAGE_NAME),
+)
+LOOP_LAG = Metric(
+    "stageflow.loop.lag",
+    "histogram",
+    "s",
+    "How late each heartbeat of the loop monitor ran (the event loop's delay).",
+    (),
+)
+LOOP_UTILIZATION = Metric(
+    "stageflow.loop.utilization",
+    "gauge",
+    "1",
+    "Share (0 to 1) of the last completed second the event loop was busy.",
+    (),
 )
 PIPELINE_RUN_ACTIVE = Metric(
     "stageflow.pipeline.run.active",
@@ -475,9 +563,14 @@ METRICS: Final = (
     STAGE_DURATION,
     STAGE_WAIT_DURATION_METRIC,
     STAGE_CRITICAL_PATH_DURATION,
+    STAGE_DISPATCH_DURATION_METRIC,
     PIPELINE_RUN_ACTIVE,
     PIPELINE_RUN_ERRORS,
     STAGE_SKIPS,
+    STAGE_ABANDONED,
+    STAGE_LOOP_BLOCK_DURATION_METRIC,
+    LOOP_LAG,
+    LOOP_UTILIZATION,
     EVENTS_DROPPED,
     EVENTS_EMITTED,
     CIRCUIT_BREAKER_STATE,
@@ -502,6 +595,7 @@ EVENTS: Final = {
     "stage.skipped": "stageflow.stage.skipped",
     "stage.cancelled": "stageflow.stage.cancelled",
     "stage.retrying": "stageflow.stage.retrying",
+    "stage.loop_blocked": "stageflow.stage.loop_blocked",
 }
 """Event kind (``stage.{name}.x`` reduced to ``stage.x``) to static name (span events, log records)."""
 
@@ -553,6 +647,10 @@ ENV_MAX_EXPORT_BYTES: Final = "STAGEFLOW_OTEL_MAX_EXPORT_BYTES"
 """Largest OTLP export request ``setup()`` sends: bigger batches are split, bigger items dropped, counted."""
 ENV_COMPLETE_TIMEOUT: Final = "STAGEFLOW_OTEL_COMPLETE_TIMEOUT"
 """Seconds a ``complete``-mode wait for queue space may last before the item is dropped and counted."""
+ENV_LOOP_MONITOR: Final = "STAGEFLOW_LOOP_MONITOR"
+"""``false``: ``setup()`` leaves the event-loop monitor off (default on: loop lag, busy share, blocks)."""
+ENV_WORKER_FLUSH_TIMEOUT: Final = "STAGEFLOW_OTEL_WORKER_FLUSH_TIMEOUT"
+"""Seconds a worker process waits, after each stage it ran, for its telemetry to be exported."""
 ENV_EVENT_LOG_RECORDS: Final = "STAGEFLOW_EVENT_LOG_RECORDS"
 """``true``: the OTLP event sink also exports every event as an OTLP log record (default: span events)."""
 
@@ -654,8 +752,24 @@ ENVIRONMENT: Final = (
         "`OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`",
         "The same for log records: attributes and every string in the body.",
     ),
+    EnvironmentVariable(
+        ENV_LOOP_MONITOR,
+        "true",
+        "`false`: `setup()` does not start the event-loop monitor (`setup(loop_monitor=...)` wins).",
+    ),
+    EnvironmentVariable(
+        ENV_WORKER_FLUSH_TIMEOUT,
+        "5",
+        "Seconds a worker process gives its telemetry to be exported after each stage, before the "
+        "result returns (see *Across threads and processes*).",
+    ),
     EnvironmentVariable(ENV_PROMETHEUS_HOST, "127.0.0.1", "Address the `/metrics` endpoint binds to."),
     EnvironmentVariable(ENV_PROMETHEUS_PORT, "9464", "Port of the `/metrics` endpoint (`0`: any free port)."),
+    EnvironmentVariable(
+        "STAGEFLOW_OTEL_METRICS_MAX_SERIES",
+        "2000",
+        "Series (label sets) `/metrics` holds at most; a new one evicts the one updated least recently.",
+    ),
     EnvironmentVariable(
         "TRACEPARENT", "", "W3C parent of run spans when no span is current and the run metadata has none."
     ),

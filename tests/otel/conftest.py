@@ -125,9 +125,11 @@ def entry_ctx(metadata: Mapping[str, Any] | None = None) -> StageContext:
 def _otel_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """A monkeypatch with every ``OTEL_*`` variable (and the sink's switch) removed from the environment.
 
-    So the developer's shell cannot leak in.
+    So the developer's shell cannot leak in. ``setup()`` starts no loop monitor here (it is process-wide,
+    and a block it blames on a stage adds an event): tests of the monitor ask for it.
     """
     for name in [n for n in os.environ if n.startswith("OTEL_")]:
         monkeypatch.delenv(name)
     monkeypatch.delenv("STAGEFLOW_EVENT_LOG_RECORDS", raising=False)
+    monkeypatch.setenv("STAGEFLOW_LOOP_MONITOR", "false")
     return monkeypatch

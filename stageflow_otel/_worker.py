@@ -1,0 +1,374 @@
+"""One trace across processes: the worker side of a sync stage sent to another process.
+
+``setup()`` registers a worker hook (``stageflow.add_worker_hook``) for every stage the core sends to
+another process (a ``ProcessPoolExecutor``, Dask's ``client.get_executor()``, Ray). The hook is made on the
+event loop inside the stage's context, where the stage span is current, and travels with the stage:
+
+* **the W3C context** of the stage span (``traceparent``, ``tracestate``, ``baggage``), always with the W3C
+  propagators whatever ``OTEL_PROPAGATORS`` says in either process;
+* **the parent's telemetry settings**: its resource (``service.name`` and every resource attribute), the
+  OTLP endpoints, protocols and exporters, batch sizes and queues, length and link limits, the sampler,
+  the delivery mode and whether events are log records. Never secrets: OTLP headers, certificates and
+  client keys (``OTEL_EXPORTER_OTLP_*HEADERS``, ``*_CERTIFICATE``, ``*_CLIENT_KEY``...) are read in the
+  worker from its own environment, as are compression and per-signal timeouts.
+
+In the worker, before the stage runs (``enter``):
+
+1. the SDK is configured once per worker process from those settings: ``setup()`` with the parent's
+   values (they win over the worker's environment for the variables listed above), installed as the
+   process's global providers, with a ``service.instance.id`` of its own and ``process.pid`` added to the
+   parent's resource, no ``/metrics`` server (metrics go over OTLP when the parent exports them so, else
+   nowhere) and no loop monitor. A process that already has an SDK keeps it: the providers a forked
+   worker inherited from the parent's ``setup()`` (used as they are, losses reported as below), or the
+   user's own (used as they are; their losses are theirs to count);
+2. the extracted context is attached, so the spans the stage's code opens are children of the stage span,
+   with the parent's baggage. No span of our own is opened in the worker: the stage span already covers
+   the hop (its ``stageflow.stage.dispatch.duration`` says how much of it the hop took), a
+   ``stage X (worker)`` span would double the spans of every hop and put the user's spans one level
+   further from their stage; the worker's own resource (``service.instance.id``, ``process.pid``) tells
+   which process ran them.
+
+After the stage (``exit``), the context is detached and the worker's telemetry is flushed, waiting at most
+``STAGEFLOW_OTEL_WORKER_FLUSH_TIMEOUT`` seconds (5), before the result returns. What the worker gave up on
+since its previous report (spans, log records, metric points, by cause) comes back with the result and is
+added, on the event loop, to the parent's ``stageflow.telemetry.*.dropped`` counters with the same
+``cause`` (``returned``), so ``Telemetry.lost``, ``force_flush()`` and ``shutdown()`` of the parent see it.
+Losses a worker has after the last stage it ran (a flush still running when the bound ran out, then
+failing) are counted in its own counters, exported if it can, and reported with its next stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.resources import PROCESS_PID, SERVICE_INSTANCE_ID
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+import stageflow
+
+from . import semconv
+from ._export import Accounting
+
+if TYPE_CHECKING:
+    from ._setup import Telemetry
+
+__all__ = ("WorkerSettings", "WorkerTelemetry", "install")
+
+logger = logging.getLogger("stageflow_otel")
+
+DEFAULT_FLUSH_TIMEOUT = 5.0
+"""Seconds a worker waits for its telemetry to be exported after each stage (``ENV_WORKER_FLUSH_TIMEOUT``)."""
+
+_PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+
+_NOT_PASSED = frozenset(
+    {
+        "OTEL_SDK_DISABLED",
+        "OTEL_SERVICE_NAME",  # in the resource
+        "OTEL_RESOURCE_ATTRIBUTES",  # in the resource
+        semconv.ENV_METRICS_EXPORTER,  # decided below: never the in-process /metrics
+        semconv.ENV_PROMETHEUS_HOST,
+        semconv.ENV_PROMETHEUS_PORT,
+        semconv.ENV_MODE,  # the mode setup() chose
+        semconv.ENV_EVENT_LOG_RECORDS,  # as the parent's sink decided
+        semconv.ENV_LOOP_MONITOR,
+        semconv.ENV_WORKER_FLUSH_TIMEOUT,
+        "TRACEPARENT",  # the stage span is the parent
+        "TRACESTATE",
+    }
+)
+PASSED: tuple[str, ...] = tuple(e.name for e in semconv.ENVIRONMENT if e.name not in _NOT_PASSED)
+"""The environment variables whose parent's values a worker configures its SDK with."""
+_SET_IN_WORKER = (*PASSED, semconv.ENV_METRICS_EXPORTER)
+"""Every variable the worker's ``setup()`` reads from the parent's settings instead of its environment."""
+
+Report = tuple[tuple[str, str, int], ...]
+"""What a worker could not deliver since its previous report: ``(kind, cause, count)`` triples."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """The parent's telemetry settings a worker configures its SDK from (no secrets; picklable)."""
+
+    resource: tuple[tuple[str, AttributeValue], ...]
+    """The parent's resource attributes (``service.name`` among them)."""
+    environment: tuple[tuple[str, str], ...]
+    """The parent's values of ``PASSED`` that are set, and its metric exporters without ``prometheus``."""
+    mode: str
+    """``bounded`` or ``complete``."""
+    event_log_records: bool
+    """Whether events are exported as log records too."""
+    flush_timeout: float
+    """Seconds to wait for the worker's telemetry to be exported after each stage."""
+
+
+def settings_of(telemetry: Telemetry) -> WorkerSettings:
+    """The settings ``telemetry`` was built with, for its workers (read now, in the parent)."""
+    from ._setup import _endpoint, _exporter_names
+    from ._sink import OtlpEventSink
+
+    environment = {name: os.environ[name] for name in PASSED if os.environ.get(name, "").strip()}
+    endpoint, _ = _endpoint("metrics")
+    exporters = [n for n in _exporter_names("metrics", endpoint is not None) if n != "prometheus"]
+    environment[semconv.ENV_METRICS_EXPORTER] = ",".join(exporters) or "none"
+    resource = getattr(telemetry.tracer_provider, "resource", None)
+    attributes = dict(resource.attributes) if resource is not None else {}
+    sink = telemetry.event_sink
+    return WorkerSettings(
+        resource=tuple(attributes.items()),
+        environment=tuple(sorted(environment.items())),
+        mode=telemetry.mode,
+        event_log_records=isinstance(sink, OtlpEventSink) and sink.log_records,
+        flush_timeout=_flush_timeout(),
+    )
+
+
+def _flush_timeout() -> float:
+    raw = os.environ.get(semconv.ENV_WORKER_FLUSH_TIMEOUT, "").strip()
+    if not raw:
+        return DEFAULT_FLUSH_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0.0:
+        logger.warning(
+            "stageflow_otel: %s=%r is not a number of seconds; using %g",
+            semconv.ENV_WORKER_FLUSH_TIMEOUT,
+            raw,
+            DEFAULT_FLUSH_TIMEOUT,
+        )
+        return DEFAULT_FLUSH_TIMEOUT
+    return value
+
+
+# --------------------------------------------------------------------------- the hook
+
+
+class WorkerTelemetry:
+    """The worker hook of one hop: the stage span's W3C context and the parent's settings (picklable).
+
+    Only ``carrier`` and ``settings`` cross to the worker; the parent's loss accounting stays behind on the
+    original object, which ``returned`` reports into.
+    """
+
+    __slots__ = ("_accounting", "_process", "_token", "carrier", "settings")
+
+    def __init__(
+        self, carrier: dict[str, str], settings: WorkerSettings, accounting: Accounting | None = None
+    ) -> None:
+        self.carrier = carrier
+        self.settings = settings
+        self._accounting = accounting
+        self._token: object = None
+        self._process: _Process | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (WorkerTelemetry, (self.carrier, self.settings))
+
+    def enter(self) -> None:
+        """In the worker: configure its SDK once, then make the stage span the current span.
+
+        Never raises: a failure is logged and the stage runs all the same (untraced).
+        """
+        try:
+            self._process = _process(self.settings)
+            self._token = otel_context.attach(_PROPAGATOR.extract(self.carrier))
+        except Exception as exc:
+            logger.error(
+                "stageflow_otel: worker telemetry could not start in process %d: %r", os.getpid(), exc
+            )
+
+    def exit(self, error: BaseException | None) -> Report | None:
+        """In the worker: detach, flush (bounded) and report what it could not deliver since last time."""
+        token, self._token = self._token, None
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        process = self._process
+        if process is None:
+            return None
+        try:
+            return process.flush(self.settings.flush_timeout)
+        except Exception as exc:  # never expected: flush is bounded and guarded
+            logger.error(
+                "stageflow_otel: worker telemetry could not report in process %d: %r", os.getpid(), exc
+            )
+            return None
+
+    def returned(self, report: object) -> None:
+        """On the event loop: add the worker's losses to the parent's counters, with their cause."""
+        accounting = self._accounting
+        if accounting is None or not report:
+            return
+        for kind, cause, count in report:  # type: ignore[attr-defined]
+            accounting.dropped(kind, count, cause)
+
+    def __repr__(self) -> str:
+        return f"WorkerTelemetry(traceparent={self.carrier.get('traceparent')!r})"
+
+
+class _HookFactory:
+    """``factory(stage, ctx)`` for ``stageflow.add_worker_hook``: a ``WorkerTelemetry`` per hop."""
+
+    __slots__ = ("accounting", "settings")
+
+    def __init__(self, settings: WorkerSettings, accounting: Accounting) -> None:
+        self.settings = settings
+        self.accounting = accounting
+
+    def __call__(self, stage: stageflow.StageInfo, ctx: stageflow.StageContext) -> WorkerTelemetry:
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier)
+        return WorkerTelemetry(carrier, self.settings, self.accounting)
+
+
+_installed: _HookFactory | None = None
+_owner: Telemetry | None = None
+"""The ``Telemetry`` of this process's latest ``setup()``: a forked worker inherits it with its providers."""
+
+
+def install(telemetry: Telemetry) -> None:
+    """Make ``telemetry``'s settings travel with every stage sent to another process (the latest
+    ``setup()`` wins); ``telemetry.shutdown()`` takes the hook away again."""
+    global _installed, _owner
+    factory = _HookFactory(settings_of(telemetry), telemetry._accounting)
+    previous, _installed, _owner = _installed, factory, telemetry
+    if previous is not None:
+        stageflow.remove_worker_hook(previous)
+    stageflow.add_worker_hook(factory)
+
+    def uninstall() -> None:
+        global _installed, _owner
+        stageflow.remove_worker_hook(factory)
+        if _installed is factory:
+            _installed = None
+        if _owner is telemetry:
+            _owner = None
+
+    telemetry._on_shutdown.append(uninstall)
+
+
+# --------------------------------------------------------------------------- the worker process
+
+
+class _Process:
+    """This worker process's telemetry: what flushes it and what it reported lost so far."""
+
+    def __init__(self, telemetry: Telemetry | None, provider: SdkTracerProvider | None) -> None:
+        self.pid = os.getpid()
+        self.telemetry = telemetry
+        self.provider = provider
+        self._lock = threading.Lock()
+        # An inherited handle (fork) counts the parent's losses up to the fork: those are the parent's.
+        self._reported = telemetry._accounting.snapshot() if telemetry is not None else {}
+
+    def flush(self, timeout: float) -> Report | None:
+        telemetry = self.telemetry
+        if telemetry is None:
+            if self.provider is not None:
+                try:
+                    self.provider.force_flush(int(timeout * 1000))
+                except Exception as exc:
+                    logger.warning("stageflow_otel: flushing the worker's tracer provider failed: %r", exc)
+            return None
+        try:
+            telemetry.force_flush(timeout)
+        except Exception as exc:  # never expected: force_flush is bounded and guarded
+            logger.warning("stageflow_otel: flushing the worker's telemetry failed: %r", exc)
+        lost = telemetry._accounting.snapshot()
+        report: list[tuple[str, str, int]] = []
+        with self._lock:
+            for kind, causes in lost.items():
+                before = self._reported.get(kind, {})
+                for cause, count in causes.items():
+                    new = count - before.get(cause, 0)
+                    if new > 0:
+                        report.append((kind, cause, new))
+            self._reported = lost
+        return tuple(report)
+
+
+_lock = threading.Lock()
+_state: _Process | None = None
+
+
+def _process(settings: WorkerSettings) -> _Process:
+    """This process's telemetry, configured from ``settings`` the first time (once per process)."""
+    global _state
+    state = _state
+    if state is not None and state.pid == os.getpid():
+        return state
+    with _lock:
+        state = _state
+        if state is None or state.pid != os.getpid():
+            state = _state = _adopt_or_configure(settings)
+    return state
+
+
+def _adopt_or_configure(settings: WorkerSettings) -> _Process:
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, SdkTracerProvider):
+        owner = _owner
+        if owner is not None and owner.tracer_provider is provider:
+            return _Process(owner, None)  # a forked worker: the parent's setup(), with its fork handlers
+        return _Process(None, provider)  # the user's own SDK
+    try:
+        return _Process(_configure(settings), None)
+    except Exception as exc:  # telemetry never breaks a stage: it runs, untraced
+        logger.error(
+            "stageflow_otel: could not configure telemetry in worker process %d: %r", os.getpid(), exc
+        )
+        return _Process(None, None)
+
+
+def _configure(settings: WorkerSettings) -> Telemetry:
+    from ._setup import setup
+
+    resource: dict[str, AttributeValue] = dict(settings.resource)
+    resource[SERVICE_INSTANCE_ID] = str(uuid.uuid4())
+    resource[PROCESS_PID] = os.getpid()
+    with _environment(dict(settings.environment)):
+        return setup(
+            resource_attributes=resource,
+            set_global=True,
+            metrics_port=None,
+            mode=settings.mode,  # type: ignore[arg-type]
+            event_log_records=settings.event_log_records,
+            loop_monitor=False,
+        )
+
+
+_environ_lock = threading.Lock()
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """The parent's values of the variables ``setup()`` reads, for as long as it reads them."""
+    with _environ_lock:
+        saved = {name: os.environ.get(name) for name in _SET_IN_WORKER}
+        try:
+            for name in _SET_IN_WORKER:
+                if name in values:
+                    os.environ[name] = values[name]
+                else:
+                    os.environ.pop(name, None)
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
