@@ -12,7 +12,11 @@ and ``name[]`` filters are prometheus-client's own) and hand the bytes back to t
   larger than ``MAX_REQUEST_HEAD`` bytes gets ``431``;
 * a response must be written within ``write_timeout`` seconds, else the connection is dropped;
 * at most ``max_connections`` connections are open: one more makes the server close the connection that
-  has waited longest for its request head, so a flood of idle connections cannot lock a scraper out.
+  has waited longest for its request head, so a flood of idle connections cannot lock a scraper out;
+* requests for the same page (method, path, query, ``Accept`` and ``Accept-Encoding``) share one
+  rendering: one that arrives while that page is queued or being rendered gets the same bytes. So
+  clients that request a large page and never read it cost one rendering between them, not one each,
+  and a scrape arriving meanwhile waits for at most that one.
 
 Every response closes its connection (``Connection: close``), which Prometheus handles as usual.
 """
@@ -62,6 +66,16 @@ _WORKER_JOIN = 0.1
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _REASONS = {408: "Request Timeout", 400: "Bad Request", 431: "Request Header Fields Too Large"}
+
+_PageKey = tuple[str, ...]
+
+
+def _page_key(environ: dict[str, Any]) -> _PageKey:
+    """What decides a response's bytes: requests with equal keys get the same page."""
+    return tuple(
+        str(environ.get(name, ""))
+        for name in ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "HTTP_ACCEPT", "HTTP_ACCEPT_ENCODING")
+    )
 
 
 class _Connection:
@@ -126,7 +140,10 @@ class HttpServer:
         self._selector.register(listener, selectors.EVENT_READ, None)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._connections: dict[socket.socket, _Connection] = {}
-        self._requests: queue.SimpleQueue[tuple[_Connection, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[tuple[_PageKey, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._pages = threading.Condition(threading.Lock())
+        self._waiting: dict[_PageKey, list[_Connection]] = {}
+        """The connections waiting for each page queued or being rendered."""
         self._ready: queue.SimpleQueue[tuple[_Connection, bytes]] = queue.SimpleQueue()
         self._closing = False
         self._threads = [threading.Thread(target=self._loop, name=name, daemon=True)]
@@ -228,7 +245,16 @@ class HttpServer:
             self._respond(connection, _error_response(400))
             return
         connection.deadline = float("inf")  # the worker owns it now; no read deadline
-        self._requests.put((connection, environ))
+        key = _page_key(environ)
+        with self._pages:
+            waiting = self._waiting.get(key)
+            if waiting is None:
+                self._waiting[key] = [connection]
+            else:
+                waiting.append(connection)  # that page is on its way: this request shares it
+            self._pages.notify_all()
+        if waiting is None:
+            self._requests.put((key, environ))
 
     def _environ(self, head: bytes) -> dict[str, Any] | None:
         try:
@@ -328,13 +354,22 @@ class HttpServer:
             item = self._requests.get()
             if item is None:
                 return
-            connection, environ = item
+            key, environ = item
             response = self._call_app(environ)
-            self._ready.put((connection, response))
+            with self._pages:
+                connections = self._waiting.pop(key, [])
+                self._pages.notify_all()
+            for connection in connections:
+                self._ready.put((connection, response))
             try:
                 self._wake_w.send(b"x")
             except OSError:  # the wake-up pipe is full (the loop wakes anyway) or closed (closing)
                 pass
+
+    def wait_for_waiting(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` requests wait for pages (queued or being rendered), at most ``timeout`` s."""
+        with self._pages:
+            return self._pages.wait_for(lambda: sum(len(c) for c in self._waiting.values()) >= count, timeout)
 
     def _call_app(self, environ: dict[str, Any]) -> bytes:
         started: list[Any] = []

@@ -17,12 +17,17 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
+import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from opentelemetry.sdk.metrics import Counter, Histogram, ObservableCounter, ObservableUpDownCounter
 from opentelemetry.sdk.metrics import UpDownCounter as SdkUpDownCounter
@@ -33,11 +38,15 @@ from opentelemetry.sdk.metrics.export import (
     MetricReader,
     MetricsData,
     NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
     Sum,
 )
 from opentelemetry.sdk.metrics.export import Histogram as HistogramData
 from opentelemetry.sdk.metrics.export import Metric as OtelMetric
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -60,12 +69,16 @@ from ._http import (
 )
 
 __all__ = (
+    "DEFAULT_MAX_SERIES",
+    "ENV_MAX_SERIES",
     "MetricsServer",
     "PrometheusBridge",
     "PrometheusMetricReader",
     "prometheus_name",
     "start_metrics_server",
 )
+
+logger = logging.getLogger("stageflow_otel")
 
 _KNOWN: Mapping[str, semconv.Metric] = {m.name: m for m in semconv.METRICS}
 _INVALID = re.compile(r"[^a-zA-Z0-9_:]")
@@ -141,27 +154,119 @@ def _bounded(text: str) -> str:
     return f"{text[: limit - _HASH_CHARS - 1]}~{digest}"
 
 
+DEFAULT_MAX_SERIES = 2000
+"""Series (label sets; a histogram's buckets count as one) ``/metrics`` holds at most."""
+ENV_MAX_SERIES = "STAGEFLOW_OTEL_METRICS_MAX_SERIES"
+"""The variable ``setup()`` reads ``/metrics``'s ``max_series`` from."""
+
+_Kind = Literal["sum", "gauge", "histogram"]
+_SeriesKey = tuple[str, str, str, tuple[tuple[str, Any], ...]]
+
+
+def _env_max_series() -> int:
+    raw = os.environ.get(ENV_MAX_SERIES, "").strip()
+    if not raw:
+        return DEFAULT_MAX_SERIES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"{ENV_MAX_SERIES}={raw!r}: the most series /metrics holds must be a whole number of at least 1"
+        raise ValueError(msg)
+    return value
+
+
+def _hashable(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass(slots=True)
+class _Series:
+    """One cumulative series: its metric's identity and its point, summed from the SDK's deltas."""
+
+    scope: InstrumentationScope
+    metric: OtelMetric
+    kind: _Kind
+    monotonic: bool
+    point: NumberDataPoint | HistogramDataPoint
+
+
+def _accumulate(
+    old: NumberDataPoint | HistogramDataPoint, new: NumberDataPoint | HistogramDataPoint
+) -> NumberDataPoint | HistogramDataPoint:
+    """``old`` plus the delta ``new`` (same series), keeping ``old``'s start time."""
+    if isinstance(old, HistogramDataPoint) and isinstance(new, HistogramDataPoint):
+        if list(old.explicit_bounds) != list(new.explicit_bounds):
+            return new
+        return HistogramDataPoint(
+            attributes=new.attributes,
+            start_time_unix_nano=old.start_time_unix_nano,
+            time_unix_nano=new.time_unix_nano,
+            count=old.count + new.count,
+            sum=old.sum + new.sum,
+            bucket_counts=[a + b for a, b in zip(old.bucket_counts, new.bucket_counts, strict=True)],
+            explicit_bounds=new.explicit_bounds,
+            min=min(old.min, new.min),
+            max=max(old.max, new.max),
+            exemplars=new.exemplars or old.exemplars,
+        )
+    if isinstance(old, NumberDataPoint) and isinstance(new, NumberDataPoint):
+        return NumberDataPoint(
+            attributes=new.attributes,
+            start_time_unix_nano=old.start_time_unix_nano,
+            time_unix_nano=new.time_unix_nano,
+            value=old.value + new.value,
+            exemplars=new.exemplars or old.exemplars,
+        )
+    return new
+
+
 class PrometheusMetricReader(MetricReader):
-    """A pull ``MetricReader`` (cumulative temporality) whose data ``PrometheusBridge`` renders per scrape.
+    """A pull ``MetricReader`` whose data ``PrometheusBridge`` renders per scrape, with bounded series.
+
+    The SDK hands it deltas (so the SDK forgets a label set once it is read) and the reader keeps the
+    cumulative series Prometheus expects, at most ``max_series`` of them (label sets; a histogram's
+    buckets count as one): a new series beyond that evicts the one updated least recently, whatever
+    the names rotating through, so the page and the memory stay bounded. Evictions are counted in
+    ``series_evicted`` and logged once. An evicted series that comes back starts from zero again,
+    which Prometheus treats as a counter reset.
+
+    Args:
+        max_series: the most series held (and served) at a time; ``None`` reads
+            ``STAGEFLOW_OTEL_METRICS_MAX_SERIES`` (default 2,000).
+
+    Raises:
+        ValueError: ``max_series``, or the variable, is not a whole number of at least 1.
 
     .. versionadded:: 0.10
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_series: int | None = None) -> None:
+        if max_series is None:
+            max_series = _env_max_series()
+        if isinstance(max_series, bool) or not isinstance(max_series, int) or max_series < 1:
+            msg = f"max_series must be an int of at least 1, got {max_series!r}"
+            raise ValueError(msg)
         super().__init__(
             preferred_temporality={
-                Counter: AggregationTemporality.CUMULATIVE,
-                SdkUpDownCounter: AggregationTemporality.CUMULATIVE,
-                Histogram: AggregationTemporality.CUMULATIVE,
-                ObservableCounter: AggregationTemporality.CUMULATIVE,
-                ObservableUpDownCounter: AggregationTemporality.CUMULATIVE,
+                Counter: AggregationTemporality.DELTA,
+                SdkUpDownCounter: AggregationTemporality.DELTA,
+                Histogram: AggregationTemporality.DELTA,
+                ObservableCounter: AggregationTemporality.DELTA,
+                ObservableUpDownCounter: AggregationTemporality.DELTA,
             },
             preferred_aggregation={
                 Histogram: ExplicitBucketHistogramAggregation(list(semconv.DURATION_BUCKETS))
             },
         )
+        self.max_series = max_series
+        self.series_evicted = 0
+        """Series evicted so far to stay within ``max_series``."""
         self._lock = threading.Lock()
         self._latest: MetricsData | None = None
+        self._series: OrderedDict[_SeriesKey, _Series] = OrderedDict()
+        self._resource: Resource | None = None
         self._closed = False
 
     def _receive_metrics(
@@ -169,18 +274,101 @@ class PrometheusMetricReader(MetricReader):
     ) -> None:
         self._latest = metrics_data
 
+    @property
+    def series(self) -> int:
+        """Series held now (at most ``max_series``)."""
+        return len(self._series)
+
     def snapshot(self, timeout_millis: float = 10_000) -> MetricsData | None:
-        """Collect the meter provider now and return what it produced (``None`` after shutdown)."""
+        """Collect the meter provider now; every series held, cumulative (``None`` after shutdown)."""
         with self._lock:
             if self._closed:
                 return None
             self._latest = None
             self.collect(timeout_millis=timeout_millis)
-            return self._latest
+            if self._latest is not None:
+                self._merge(self._latest)
+            return self._cumulative()
+
+    def _merge(self, data: MetricsData) -> None:
+        for resource_metrics in data.resource_metrics:
+            self._resource = resource_metrics.resource
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    self._merge_metric(scope_metrics.scope, metric)
+
+    def _merge_metric(self, scope: InstrumentationScope, metric: OtelMetric) -> None:
+        data = metric.data
+        kind: _Kind
+        if isinstance(data, HistogramData):
+            kind, delta = "histogram", data.aggregation_temporality is AggregationTemporality.DELTA
+        elif isinstance(data, Sum):
+            kind, delta = "sum", data.aggregation_temporality is AggregationTemporality.DELTA
+        elif isinstance(data, Gauge):
+            kind, delta = "gauge", False
+        else:  # exponential histograms have no classic Prometheus form
+            return
+        monotonic = isinstance(data, Sum) and data.is_monotonic
+        for point in data.data_points:
+            assert isinstance(point, NumberDataPoint | HistogramDataPoint)
+            labels = tuple(sorted((k, _hashable(v)) for k, v in (point.attributes or {}).items()))
+            key: _SeriesKey = (scope.name, metric.name, kind, labels)
+            series = self._series.get(key)
+            if series is None:
+                self._make_room(metric.name, point)
+                self._series[key] = _Series(scope, metric, kind, monotonic, point)
+                continue
+            series.metric = metric
+            series.point = _accumulate(series.point, point) if delta else point
+            self._series.move_to_end(key)
+
+    def _make_room(self, name: str, point: NumberDataPoint | HistogramDataPoint) -> None:
+        while len(self._series) >= self.max_series:
+            self._series.popitem(last=False)
+            self.series_evicted += 1
+            if self.series_evicted == 1:
+                logger.warning(
+                    "stageflow_otel: /metrics holds at most %d series; a new series of %s %.300r evicts the "
+                    "one updated least recently (this and every later eviction is counted in "
+                    "PrometheusMetricReader.series_evicted; raise %s to keep more)",
+                    self.max_series,
+                    name,
+                    dict(point.attributes or {}),
+                    ENV_MAX_SERIES,
+                )
+
+    def _cumulative(self) -> MetricsData:
+        """The series held, as cumulative metrics grouped by scope and metric, in a stable order."""
+        by_scope: dict[str, tuple[InstrumentationScope, dict[tuple[str, str], list[_Series]]]] = {}
+        for key in sorted(self._series, key=repr):
+            series = self._series[key]
+            _, metrics = by_scope.setdefault(key[0], (series.scope, {}))
+            metrics.setdefault((key[1], key[2]), []).append(series)
+        scope_metrics = [
+            ScopeMetrics(scope, [_metric(group) for group in metrics.values()], scope.schema_url or "")
+            for scope, metrics in by_scope.values()
+        ]
+        resource = self._resource if self._resource is not None else Resource.get_empty()
+        return MetricsData([ResourceMetrics(resource, scope_metrics, resource.schema_url or "")])
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Stop answering scrapes (at once: a scrape in progress is not waited for)."""
         self._closed = True  # not under the lock, which a slow scrape may hold for seconds
+
+
+def _metric(group: list[_Series]) -> OtelMetric:
+    first = group[0]
+    metric = first.metric
+    data: HistogramData | Sum | Gauge
+    if first.kind == "histogram":
+        points = [s.point for s in group if isinstance(s.point, HistogramDataPoint)]
+        data = HistogramData(points, AggregationTemporality.CUMULATIVE)
+    elif first.kind == "sum":
+        numbers = [s.point for s in group if isinstance(s.point, NumberDataPoint)]
+        data = Sum(numbers, AggregationTemporality.CUMULATIVE, first.monotonic)
+    else:
+        data = Gauge([s.point for s in group if isinstance(s.point, NumberDataPoint)])
+    return OtelMetric(metric.name, metric.description, metric.unit, data)
 
 
 class PrometheusBridge(Collector):
@@ -370,6 +558,17 @@ class MetricsServer:
                 request_timeout=request_timeout,
                 write_timeout=write_timeout,
             )
+        except OSError as exc:
+            registry.unregister(self._bridge)
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            msg = (
+                f"{addr}:{port} is already in use (by another process, or an earlier setup() in this "
+                f"one); serve /metrics on another port with {semconv.ENV_PROMETHEUS_PORT} or "
+                f"setup(metrics_port=...) (0: any free port), or on none with "
+                f"{semconv.ENV_METRICS_EXPORTER}=otlp (or none)"
+            )
+            raise OSError(exc.errno, msg) from exc
         except Exception:
             registry.unregister(self._bridge)
             raise
@@ -433,6 +632,10 @@ def start_metrics_server(
 
     Returns:
         The running ``MetricsServer``; call ``close()`` to stop it.
+
+    Raises:
+        OSError: the address cannot be bound; when the port is in use, the message names it and how to
+            choose another (``setup()`` logs this as an error and runs without ``/metrics``).
 
     .. versionadded:: 0.10
     """

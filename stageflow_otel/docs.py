@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import _http, semconv
+from . import _http, _prometheus, semconv
 
 __all__ = ("END_MARKER", "START_MARKER", "main", "render_reference", "replace_section")
 
@@ -74,11 +74,14 @@ def _delivery() -> list[str]:
         "",
         f"Two delivery modes (`setup(mode=...)`, else `{semconv.ENV_MODE}`): `bounded` (the default) never "
         "makes the application wait: what finds a full queue is dropped and counted (`queue_full`). "
-        "`complete` is for audits and batch jobs that must not lose telemetry: ending a span or emitting "
-        "an event that finds the queue full waits for room (the event loop blocks: runs slow down to the "
-        f"exporter's pace), at most `{semconv.ENV_COMPLETE_TIMEOUT}` seconds per stall; what still finds "
-        "no room is dropped and counted (`timeout`), and until the exporter takes a batch again later "
-        "items do not wait, so a stalled collector costs one timeout, not one per span.",
+        "`complete` is for audits and batch jobs that must not lose telemetry: a span or log record that "
+        f"finds the queue full waits for room, at most `{semconv.ENV_COMPLETE_TIMEOUT}` seconds per stall, "
+        "without blocking the event loop: ended on the loop, it is parked and the run that ended it awaits "
+        "room (`TracingInterceptor` awaits after each span it ends), so runs slow down to the exporter's "
+        "pace while other tasks keep being served (another thread ending a span blocks until there is "
+        "room; event log records, opt-in, still wait on the loop when the sink's own buffer of 10,000 is "
+        "full); what still finds no room is dropped and counted (`timeout`), and until the exporter takes "
+        "a batch again later items do not wait, so a stalled collector costs one timeout, not one per span.",
         "",
         "The defaults are sized for bursts: span and log record queues of 16,384 (the SDK's hold "
         "2,048), batches of 512 (`OTEL_BSP_*`, `OTEL_BLRP_*` below). Measured by "
@@ -125,6 +128,26 @@ def render_reference() -> str:
         "`trace_id` exemplars), and spans and events are recorded (so logs and exemplars carry trace ids)",
         "but only exported when `OTEL_TRACES_EXPORTER` / `OTEL_LOGS_EXPORTER` name `console` or `otlp`.",
         "`OTEL_SDK_DISABLED=true` makes everything a no-op.",
+        "",
+        "A service stopped with SIGTERM (`docker stop`, Kubernetes, systemd) or Ctrl-C dies at once, and "
+        "what is",
+        "still queued for export is lost: the interpreter's exit hooks do not run on a signal. Opt in to a "
+        "flush",
+        "first, from the main thread, after installing your own handlers (if any):",
+        "",
+        "```python",
+        'telemetry = stageflow_otel.setup("checkout")',
+        "telemetry.shutdown_on_signals(timeout=5.0)  # SIGTERM and SIGINT: flush (at most ~5 s), then let "
+        "them act",
+        "```",
+        "",
+        "On the first signal `shutdown(timeout)` runs in a thread while the service goes on; then the signal "
+        "takes",
+        "effect as before (the process ends by SIGTERM, `KeyboardInterrupt` for Ctrl-C, or your handler "
+        "runs). A",
+        "second signal skips the rest of the flush. With `asyncio.run`, call it before the loop starts or "
+        "inside",
+        "it: either way the loop's own Ctrl-C handling still applies after the flush.",
         "",
         "### Spans",
         "",
@@ -209,6 +232,8 @@ def render_reference() -> str:
         )
         lines.append(f"| `{event_type}` | `{name}` | {_severity(kind)} |")
     lines += [f"| any other type | `{semconv.EVENT_OTHER}` | INFO |", "", *_delivery()]
+    lines += _hops_section()
+    lines += _loop_section()
     lines += _safety_section()
     lines += [
         "### Environment variables",
@@ -225,31 +250,6 @@ def render_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _safety_section() -> list[str]:
-    """What leaves the process by default, the length limits and the error redaction hook."""
-    limit = semconv.DEFAULT_VALUE_LENGTH_LIMIT
-    return [
-        "### What leaves the process",
-        "",
-        "By default only the structure of a run is exported: pipeline and stage names, kinds, dependencies,",
-    lines += _hops_section()
-    lines += _loop_section()
-        "the runner's qualified function name, run ids, attempts, timings, results, `error.type`,",
-        "*redacted* error messages, and the reasons given to `StageOutput.skip()` / `StageOutput.cancel()`",
-        "(as given, cut to the length limit). Stage inputs, outputs and the data a stage returns never are:",
-        "`TracingInterceptor(capture_content=...)` is the only way to put output values on spans, and it",
-        "records only what your hook returns. A stage that returns something other than a `StageOutput`",
-        "is reported by the type of what it returned (`stage 'b' returned a dict object; ...`), never its",
-        "value.",
-        "",
-        "Error messages (span status, the `exception` span event, events, `LoggingInterceptor`'s",
-        "`error` field) pass through an `ErrorRedactor` first: `redact_error=` on `TracingInterceptor`,",
-        "`OtlpEventSink` and `LoggingInterceptor`. The default, `redact_error_message`, replaces with",
-        "`[REDACTED]` the value after a credential-like key (`password=`, `pass=`, `PGPASSWORD=`, `token:`,",
-        "`api_key=`, `Authorization:`, `secret`, `cookie`, `session`), a password in prose (`the password",
-        "is hunter2`), `Bearer`/`Basic` credentials, URL user:password (`redis://:pw@host` too), e-mail",
-        "addresses, runs of 12+ digits, AWS access key ids, Slack, GitHub and JSON Web Tokens, and",
-        "API-key-like tokens; it is a best effort on free text, in time linear in the message's length",
 def _hops_section() -> list[str]:
     """The "Across threads and processes" section: dispatch time, abandoned work, worker processes."""
     return [
@@ -314,6 +314,29 @@ def _loop_section() -> list[str]:
     ]
 
 
+def _safety_section() -> list[str]:
+    """What leaves the process by default, the length limits and the error redaction hook."""
+    limit = semconv.DEFAULT_VALUE_LENGTH_LIMIT
+    return [
+        "### What leaves the process",
+        "",
+        "By default only the structure of a run is exported: pipeline and stage names, kinds, dependencies,",
+        "the runner's qualified function name, run ids, attempts, timings, results, `error.type`,",
+        "*redacted* error messages, and the reasons given to `StageOutput.skip()` / `StageOutput.cancel()`",
+        "(as given, cut to the length limit). Stage inputs, outputs and the data a stage returns never are:",
+        "`TracingInterceptor(capture_content=...)` is the only way to put output values on spans, and it",
+        "records only what your hook returns. A stage that returns something other than a `StageOutput`",
+        "is reported by the type of what it returned (`stage 'b' returned a dict object; ...`), never its",
+        "value.",
+        "",
+        "Error messages (span status, the `exception` span event, events, `LoggingInterceptor`'s",
+        "`error` field) pass through an `ErrorRedactor` first: `redact_error=` on `TracingInterceptor`,",
+        "`OtlpEventSink` and `LoggingInterceptor`. The default, `redact_error_message`, replaces with",
+        "`[REDACTED]` the value after a credential-like key (`password=`, `pass=`, `PGPASSWORD=`, `token:`,",
+        "`api_key=`, `Authorization:`, `secret`, `cookie`, `session`), a password in prose (`the password",
+        "is hunter2`), `Bearer`/`Basic` credentials, URL user:password (`redis://:pw@host` too), e-mail",
+        "addresses, runs of 12+ digits, AWS access key ids, Slack, GitHub and JSON Web Tokens, and",
+        "API-key-like tokens; it is a best effort on free text, in time linear in the message's length",
         "(no pattern backtracks, so a hostile message cannot stall the event loop).",
         "`redact_error=stageflow_otel.redact_error_message_and_pii` opts into masking personal data too:",
         "US social security numbers, phone numbers and IBANs.",
@@ -354,9 +377,15 @@ def _loop_section() -> list[str]:
         f"`{semconv.OTHER}` (one warning is",
         "logged). So the first names seen never hold the slots forever, and a burst of new names cannot",
         f"push out names in use. Names longer than {semconv.METRIC_VALUE_LENGTH_LIMIT} characters are "
-        f"always `{semconv.OTHER}`. The SDK keeps",
-        "every series it has seen (cumulative temporality) and caps each instrument at 2,000 attribute",
-        "sets (`otel.metric.overflow=true` past that). 10,000 distinct pipelines give 51 pipeline label",
+        f"always `{semconv.OTHER}`. The SDK caps",
+        "each instrument at 2,000 attribute sets (`otel.metric.overflow=true` past that) and, for OTLP,",
+        "keeps every series it has seen (cumulative temporality). `/metrics` is bounded in total: the SDK",
+        "hands it deltas and `PrometheusMetricReader` keeps the cumulative series, at most",
+        f"{_prometheus.DEFAULT_MAX_SERIES:,} (`{_prometheus.ENV_MAX_SERIES}`, or `max_series=`); a new",
+        "series beyond that evicts the one updated least recently (counted in `series_evicted`, logged",
+        "once), and one that comes back restarts from zero, which Prometheus reads as a counter reset. So",
+        "names rotating through, however slowly, cannot grow the page or the memory. 10,000 distinct",
+        "pipelines give 51 pipeline label",
         f"values (50 names and `{semconv.OTHER}`). `/metrics` serves any label value escaped if it",
         f"holds a lone surrogate and, past {semconv.METRIC_VALUE_LENGTH_LIMIT} characters, cut with `~` and",
         "a 16-digit hash of the whole value.",
@@ -377,8 +406,15 @@ def _loop_section() -> list[str]:
         f"{_http.DEFAULT_WRITE_TIMEOUT:g} s. At most",
         f"{_http.DEFAULT_MAX_CONNECTIONS} connections are open; one more closes the one waiting longest for "
         "its request, so a",
-        "slowloris cannot lock a scraper out. `start_metrics_server(workers=, max_connections=,",
-        "request_timeout=, write_timeout=)` change these. It binds 127.0.0.1 unless told otherwise.",
+        "slowloris cannot lock a scraper out. Requests for the same page that arrive while it is queued",
+        "or being rendered share that rendering: clients that ask for a page and never read it cost one",
+        "rendering between them, and a scrape meanwhile waits for that one alone (their responses are",
+        "written without blocking, each within its write timeout). `start_metrics_server(workers=,",
+        "max_connections=, request_timeout=, write_timeout=)` change these. It binds 127.0.0.1 unless told",
+        "otherwise. If its port is in use, `start_metrics_server` raises an `OSError` naming the address and",
+        f"how to choose another (`{semconv.ENV_PROMETHEUS_PORT}` or `setup(metrics_port=...)`, `0` for any",
+        f"free port, or `{semconv.ENV_METRICS_EXPORTER}=otlp` for none); `setup()` logs that message as an",
+        "error and runs on without `/metrics`.",
         "",
     ]
 

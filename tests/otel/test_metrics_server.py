@@ -10,9 +10,12 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from stageflow_otel import MetricsServer, PrometheusMetricReader, start_metrics_server
 
@@ -175,3 +178,55 @@ class TestOptions:
         """Bad limits are refused before a port is bound, naming the option and the value."""
         with pytest.raises(ValueError, match=f"^{message}$"):
             start_metrics_server(reader, port=0, **{option: value})  # type: ignore[arg-type]
+
+
+class TestClientsThatNeverRead:
+    def test_they_share_one_rendering_with_a_scrape_which_gets_the_whole_page(self) -> None:
+        """Eight clients request a 7 MB page and never read it; a scrape meanwhile joins the same single
+        rendering and reads the whole page while their responses sit unread."""
+        reader = PrometheusMetricReader()
+        provider = MeterProvider(metric_readers=[reader])
+        histogram = provider.get_meter("test").create_histogram("stage.duration", unit="s")
+        for i in range(2000):
+            histogram.record(0.1, {"stage": f"stage-number-{i:05d}", "pipeline": "a-pipeline-name"})
+        rendering, release = threading.Event(), threading.Event()
+        renders: list[int] = []
+
+        class Gate(Collector):
+            """Holds the first rendering until the test has every request waiting for it."""
+
+            def collect(self) -> Iterable[Metric]:
+                renders.append(len(renders) + 1)
+                if len(renders) == 1:
+                    rendering.set()
+                    release.wait(60)
+                return [GaugeMetricFamily("gate", "Renderings so far.", value=len(renders))]
+
+        registry = CollectorRegistry()
+        registry.register(Gate())
+        server = start_metrics_server(reader, port=0, registry=registry, write_timeout=3600)
+        request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n"
+        never_read = []
+        scraped: list[tuple[int, str]] = []
+        try:
+            for _ in range(8):
+                client = socket.socket()
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                client.connect(("127.0.0.1", server.port))
+                client.sendall(request)
+                never_read.append(client)
+            assert rendering.wait(60)
+            scraper = threading.Thread(target=lambda: scraped.append(scrape(server)))
+            scraper.start()
+            assert server._server.wait_for_waiting(9, 60)
+            release.set()
+            scraper.join(60)
+        finally:
+            release.set()
+            for client in never_read:
+                client.close()
+            server.close()
+            provider.shutdown()
+        status, body = scraped[0]
+        series = [line for line in body.splitlines() if line.startswith("stage_duration_seconds_count{")]
+        assert (status, renders, len(series), "gate 1.0" in body) == (200, [1], 2000, True)

@@ -6,6 +6,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
+import errno
 import logging
 import os
 import socket
@@ -74,10 +75,11 @@ class TestDefaults:
             assert (sampled(telemetry), isinstance(telemetry.event_sink, OtlpEventSink)) == (True, True)
         assert telemetry.shutdown(timeout=1.0)
 
-    def test_a_busy_port_is_logged_not_raised(
+    def test_a_busy_port_is_logged_naming_the_port_and_the_fix(
         self, quiet: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """When the /metrics port is taken, setup logs an error and carries on without a server."""
+        """When the /metrics port is taken, setup logs one error saying which port and how to choose
+        another, and carries on without a server."""
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", 0))
             busy.listen()
@@ -86,8 +88,12 @@ class TestDefaults:
                 telemetry = setup("svc", set_global=False, metrics_port=port)
         try:
             assert telemetry.metrics_server is None
-            assert [r.getMessage().split(":")[1] for r in caplog.records] == [
-                " cannot serve /metrics on 127.0.0.1"
+            assert [r.getMessage() for r in caplog.records] == [
+                f"stageflow_otel: cannot serve /metrics on 127.0.0.1:{port}: [Errno {errno.EADDRINUSE}] "
+                f"127.0.0.1:{port} is already in use (by another process, or an earlier setup() in this "
+                "one); serve /metrics on another port with OTEL_EXPORTER_PROMETHEUS_PORT or "
+                "setup(metrics_port=...) (0: any free port), or on none with OTEL_METRICS_EXPORTER=otlp "
+                "(or none)"
             ]
         finally:
             telemetry.shutdown(timeout=1.0)
