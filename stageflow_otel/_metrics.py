@@ -287,7 +287,7 @@ class MetricsInterceptor(Interceptor):
             )
 
     def _record_dispatch(self, run: PipelineContext, results: RunResult) -> None:
-        """The dispatch time of each sync stage that ran (its hop to the executor and back)."""
+        """The dispatch time of each sync stage that completed (its hop to the executor and back)."""
         graph = run.graph
         names = self._sync_stages.get(graph)
         if names is None:
@@ -295,7 +295,7 @@ class MetricsInterceptor(Interceptor):
             self._sync_stages[graph] = names
         for name in names:
             result = results.get(name)
-            if result is not None and result.attempts > 0:
+            if result is not None and result.status is StageStatus.OK:
                 self._dispatch_duration.record(
                     max(0.0, result.dispatch), self._base(run.pipeline_name, name, result.kind.value)
                 )

@@ -452,7 +452,7 @@ STAGE_DISPATCH_DURATION_METRIC = Metric(
     STAGE_DISPATCH_DURATION,
     "histogram",
     "s",
-    "Time a sync stage's work spent getting to its executor (thread, process, cluster) and back.",
+    "Time a completed sync stage's work spent getting to its executor (thread, process, cluster) and back.",
     (PIPELINE_NAME, STAGE_NAME, STAGE_KIND),
 )
 STAGE_ABANDONED = Metric(

@@ -1,0 +1,143 @@
+"""setup() and the loop monitor: lag, busy share and blocks as metrics, a block as its stage's span event."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+import sys
+import time
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import stageflow
+from stageflow import (
+    ContextSnapshot,
+    Pipeline,
+    PipelineTimer,
+    RunIdentity,
+    StageContext,
+    StageInputs,
+    StageKind,
+    StageOutput,
+)
+from stageflow_otel import TracingInterceptor, semconv, setup
+
+from .conftest import metric_points
+
+BLOCK = 0.15
+"""Seconds the blocking stage holds the event loop (three times the monitor's 50 ms threshold)."""
+
+
+def entry(sink: Any) -> StageContext:
+    snapshot = ContextSnapshot(run_id=RunIdentity())
+    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
+
+
+async def block(ctx: StageContext) -> StageOutput:
+    line = sys._getframe().f_lineno + 1
+    time.sleep(BLOCK)  # noqa: ASYNC251 - the mistake the monitor is for: blocking code in an async stage
+    return StageOutput.ok(line=line)
+
+
+class TestLoopMonitorFromSetup:
+    async def test_a_block_is_a_span_event_on_its_stage_and_every_figure_a_metric(
+        self,
+        otel_env: pytest.MonkeyPatch,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+    ) -> None:
+        """The stage that slept on the loop gets a stageflow.stage.loop_blocked span event with the block's
+        duration and code location; the block histogram has it by pipeline and stage; the lag histogram
+        and the busy-share gauge have figures; shutdown() stops the monitor."""
+        otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+        reader = InMemoryMetricReader()
+        telemetry = setup("loops", set_global=False, metric_readers=[reader], loop_monitor=True)
+        try:
+            monitor = stageflow.get_loop_monitor()
+            assert monitor is not None
+            graph = (
+                Pipeline(name="loops")
+                .with_stage("block", block, StageKind.TRANSFORM)
+                .build(interceptors=[TracingInterceptor(tracer_provider)])
+            )
+            results = await graph.run(entry(telemetry.event_sink))
+            blocks = metric_points(reader, semconv.STAGE_LOOP_BLOCK_DURATION_METRIC.name)
+            lags = metric_points(reader, semconv.LOOP_LAG.name)
+            utilization = metric_points(reader, semconv.LOOP_UTILIZATION.name)
+        finally:
+            telemetry.shutdown(5.0)
+        assert stageflow.get_loop_monitor() is None
+        output = results["block"].output
+        assert output is not None
+        (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "stage block"]
+        events = [dict(e.attributes or {}) for e in span.events if e.name == "stageflow.stage.loop_blocked"]
+        assert len(events) == 1
+        (seen,) = events
+        duration = seen.pop(semconv.STAGE_LOOP_BLOCK_DURATION)
+        assert isinstance(duration, float)
+        # the core measures a block as the heartbeat's lag (its accuracy is the core's to test): over the
+        # threshold, and the histogram holds the very value the span event does
+        assert monitor.threshold < duration < BLOCK + 5.0
+        assert seen == {
+            semconv.EVENT_TYPE: "stage.block.loop_blocked",
+            semconv.STAGE_NAME: "block",
+            semconv.STAGE_KIND: "transform",
+            semconv.CODE_FILE_PATH: __file__,
+            semconv.CODE_LINE_NUMBER: output.data["line"],
+        }
+        assert [e.name for e in span.events] == [
+            "stageflow.stage.started",
+            "stageflow.stage.loop_blocked",
+            "stageflow.stage.completed",
+        ]
+        histograms = [
+            (dict(p.attributes or {}), p.count, round(p.sum, 6))
+            for p in blocks
+            if isinstance(p, HistogramDataPoint)
+        ]
+        assert histograms == [({semconv.PIPELINE_NAME: "loops", semconv.STAGE_NAME: "block"}, 1, duration)]
+        (lag,) = lags
+        assert isinstance(lag, HistogramDataPoint)
+        assert (dict(lag.attributes or {}), lag.count >= 1, lag.max >= duration) == (
+            {},
+            True,
+            True,
+        )
+        assert list(lag.explicit_bounds) == list(semconv.DURATION_BUCKETS)
+        (busy,) = utilization
+        assert isinstance(busy, NumberDataPoint)
+        assert (dict(busy.attributes or {}), 0.0 <= busy.value <= 1.0) == ({}, True)
+
+    def test_on_by_default_off_by_the_environment(self, otel_env: pytest.MonkeyPatch) -> None:
+        """Without STAGEFLOW_LOOP_MONITOR setup() starts the monitor; ``false`` leaves it off; the argument
+        wins over the variable."""
+        otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+        seen = []
+        otel_env.delenv("STAGEFLOW_LOOP_MONITOR")
+        for variable, argument in ((None, None), ("false", None), ("false", True), ("true", False)):
+            if variable is not None:
+                otel_env.setenv("STAGEFLOW_LOOP_MONITOR", variable)
+            telemetry = setup("loops", set_global=False, loop_monitor=argument)
+            seen.append(stageflow.get_loop_monitor() is not None)
+            telemetry.shutdown(5.0)
+            assert stageflow.get_loop_monitor() is None
+        assert seen == [True, False, True, False]
+
+    def test_the_latest_setup_owns_the_monitor_until_its_shutdown(self, otel_env: pytest.MonkeyPatch) -> None:
+        """A second setup() replaces the first's monitor; the first's shutdown leaves the second's on."""
+        otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+        first = setup("one", set_global=False, loop_monitor=True)
+        first_monitor = stageflow.get_loop_monitor()
+        second = setup("two", set_global=False, loop_monitor=True)
+        second_monitor = stageflow.get_loop_monitor()
+        first.shutdown(5.0)
+        kept = stageflow.get_loop_monitor()
+        second.shutdown(5.0)
+        assert first_monitor is not None and second_monitor is not None
+        assert first_monitor is not second_monitor
+        assert (kept, stageflow.get_loop_monitor()) == (second_monitor, None)
