@@ -115,6 +115,7 @@ from .interceptors import get_default_interceptors as get_default_interceptors
 if TYPE_CHECKING:
     from .adapters._events_db import DatabaseEventSink as DatabaseEventSink
     from .adapters._postgres import PostgresRunStore as PostgresRunStore
+    from .adapters.ray import RayExecutor as RayExecutor
 
 __version__ = "0.10.0"
 
@@ -158,6 +159,7 @@ __all__ = (
     "PipelineRunError",
     "PipelineTimer",
     "PostgresRunStore",
+    "RayExecutor",
     "RecordedEvent",
     "RemoteStageError",
     "RetriesExhaustedError",
@@ -223,7 +225,7 @@ __all__ = (
 _OTEL_INTERCEPTORS = ("LoggingInterceptor", "MetricsInterceptor", "TracingInterceptor")
 # the adapters that lean on a third-party package load on first use, so ``import stageflow`` stays
 # standard-library only
-_ADAPTERS = {"DatabaseEventSink": "._events_db", "PostgresRunStore": "._postgres"}
+_ADAPTERS = {"DatabaseEventSink": "._events_db", "PostgresRunStore": "._postgres", "RayExecutor": ".ray"}
 
 
 _renamed.install_module_hints()

@@ -9,5 +9,6 @@ from __future__ import annotations
 from ._events_db import DatabaseEventSink as DatabaseEventSink
 from ._postgres import PostgresRunStore as PostgresRunStore
 from ._postgres import SchemaError as SchemaError
+from .ray import RayExecutor as RayExecutor
 
-__all__ = ("DatabaseEventSink", "PostgresRunStore", "SchemaError")
+__all__ = ("DatabaseEventSink", "PostgresRunStore", "RayExecutor", "SchemaError")

@@ -1,0 +1,122 @@
+"""Module-level stages for the Dask and Ray tests: importable in the workers, so they pickle.
+
+Stages that coordinate with the test do it through files in ``config['dir']``: ``started`` (holding the
+worker's pid) when they begin, and they wait for ``release``; ``finished`` when they end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+
+from stageflow import StageContext, StageOutput
+
+__all__ = (
+    "LockedError",
+    "StageBroke",
+    "block_outside_python",
+    "emit_progress",
+    "fail_once_started",
+    "file_exists",
+    "plus_one",
+    "raise_locked",
+    "raise_stage_broke",
+    "report",
+    "return_lock",
+    "source",
+    "wait_for_release",
+)
+
+_POLL = 0.005
+"""Seconds between two looks at a coordination file (in a worker, or on the test's loop)."""
+
+
+def _dir(ctx: StageContext) -> Path:
+    assert ctx.stage is not None
+    return Path(ctx.stage.config["dir"])
+
+
+def report(ctx: StageContext) -> StageOutput:
+    """Where and as what the stage ran: the process, the run identity, the attempt, its input and config."""
+    assert ctx.stage is not None
+    return StageOutput.ok(
+        pid=os.getpid(),
+        run_id=str(ctx.pipeline_run_id),
+        stage=ctx.stage_name,
+        attempt=ctx.attempt,
+        text=ctx.snapshot.input_text,
+        config=dict(ctx.stage.config),
+        stop_requested=ctx.stop_requested,
+    )
+
+
+def source(ctx: StageContext) -> StageOutput:
+    return StageOutput.ok(n=41, pid=os.getpid())
+
+
+def plus_one(ctx: StageContext) -> StageOutput:
+    """``n`` of the dependency ``"source"``, plus one."""
+    return StageOutput.ok(n=ctx.inputs.get_from("source", "n") + 1, pid=os.getpid())
+
+
+def emit_progress(ctx: StageContext) -> StageOutput:
+    ctx.try_emit_event("custom.progress", {"done": 3, "pid": os.getpid()})
+    return StageOutput.ok()
+
+
+class StageBroke(LookupError):
+    """An error of the stage's own type, defined where workers can import it."""
+
+
+def raise_stage_broke(ctx: StageContext) -> StageOutput:
+    raise StageBroke(f"no row for {ctx.snapshot.input_text!r}")
+
+
+class LockedError(Exception):
+    """An exception holding a lock: it cannot be pickled back from a worker."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_locked(ctx: StageContext) -> StageOutput:
+    raise LockedError("the index was locked")
+
+
+def return_lock(ctx: StageContext) -> StageOutput:
+    return StageOutput.ok(text="fine", handle=threading.Lock())
+
+
+def wait_for_release(ctx: StageContext) -> StageOutput:
+    """Write ``started`` (the pid), wait in Python code until ``release`` exists, write ``finished``."""
+    where = _dir(ctx)
+    (where / "started").write_text(str(os.getpid()))
+    while not (where / "release").exists():
+        time.sleep(_POLL)
+    (where / "finished").write_text(str(os.getpid()))
+    return StageOutput.ok(pid=os.getpid())
+
+
+def block_outside_python(ctx: StageContext) -> StageOutput:
+    """Write ``started`` (the pid), then wait on an event nobody sets (Ray's interrupt does not reach it)."""
+    (_dir(ctx) / "started").write_text(str(os.getpid()))
+    threading.Event().wait()  # never returns: only killing the process ends it
+    return StageOutput.ok()
+
+
+async def file_exists(path: Path) -> None:
+    """Return once ``path`` exists: a worker process signals the test through the file system only."""
+    # the writer is another process: no asyncio.Event reaches us, and a stat() does not block the loop
+    while not path.exists():  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(_POLL)
+
+
+async def fail_once_started(ctx: StageContext) -> StageOutput:
+    """An async stage that fails as soon as a sibling wrote ``started``."""
+    await file_exists(_dir(ctx) / "started")
+    msg = "sibling failed"
+    raise RuntimeError(msg)
