@@ -48,7 +48,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from opentelemetry import metrics
 from opentelemetry.context import Context
@@ -74,6 +74,7 @@ __all__ = (
     "Cause",
     "Guard",
     "HttpSession",
+    "Parking",
     "CountingLogExporter",
     "BoundedLogProcessor",
     "CountingMetricExporter",
@@ -850,14 +851,26 @@ class BoundedLogProcessor(LogRecordProcessor):
 # --------------------------------------------------------------------------- complete mode on the loop
 
 
+class Parking(Protocol):
+    """Something the event loop may park items in while the run that made them awaits ``room()``."""
+
+    @property
+    def parked(self) -> int | bool:
+        """Whether (or how many) items are parked now."""
+
+    async def room(self) -> None:
+        """Wait until what is parked now has room (or was given up on)."""
+
+
 class Backpressure:
     """The runs' side of ``complete`` mode: ``room()`` awaits queue room for what the loop parked.
 
-    One per ``setup()`` in ``complete`` mode, over its span and log record books; found from the tracer
-    provider with ``backpressure_of`` (``TracingInterceptor`` awaits it after each span it ends).
+    One per ``setup()`` in ``complete`` mode, over its span and log record books and its event sink's
+    buffer; found from the tracer provider with ``backpressure_of`` (``TracingInterceptor`` awaits it
+    after each span it ends).
     """
 
-    def __init__(self, books: Sequence[Books]) -> None:
+    def __init__(self, books: Sequence[Parking]) -> None:
         self._books = tuple(books)
 
     @property

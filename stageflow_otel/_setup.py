@@ -723,7 +723,7 @@ def setup(
             logger.error("stageflow_otel: cannot serve /metrics on %s:%s: %s", addr, port, exc)
 
     if wait is not None:
-        register_backpressure(tracer_provider, Backpressure(all_books))
+        register_backpressure(tracer_provider, Backpressure([*all_books, sink]))
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)

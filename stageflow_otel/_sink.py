@@ -13,6 +13,7 @@ was the largest share of the export path's cost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -47,6 +48,11 @@ _monotonic = time.monotonic
 
 DEFAULT_MAX_SERIES = 200
 """Default limit of distinct stage names, and of pipeline names, on ``stageflow.events.emitted``."""
+
+
+def _done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _severity(outcome: str) -> tuple[SeverityNumber, str]:
@@ -135,9 +141,11 @@ class OtlpEventSink:
         span_events: put every event on its span (needs ``TracingInterceptor`` on the graph).
         max_series: distinct stage names, and pipeline names, ``stageflow.events.emitted`` keeps apart.
         wait_timeout: ``None`` (the default): an event finding the log record buffer full gets no record
-            (cause ``queue_full``). A number of seconds: ``try_emit`` waits for room that long at most
-            (``setup()``'s ``complete`` mode); once a wait ran out, records are dropped (cause ``timeout``)
-            without waiting until the thread makes room again.
+            (cause ``queue_full``). A number of seconds (``setup()``'s ``complete`` mode): room is waited
+            for that long at most; on an event loop ``try_emit`` never blocks (the event is held over the
+            buffer and ``room()``, which ``TracingInterceptor`` awaits, waits for the thread), elsewhere
+            it blocks. Once a wait ran out, records are dropped (cause ``timeout``) without waiting until
+            the thread makes room again.
         redact_error: the hook each event's ``error`` message passes through, for every view (default
             ``redact_error_message``; ``error_type_only`` leaves the message out, keeping ``error.type``).
 
@@ -234,6 +242,9 @@ class OtlpEventSink:
         self._drop_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._stalled = False
+        self._over_since: float | None = None
+        """When the buffer first went over ``max_buffer`` (events the loop may not wait for)."""
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     @property
     def dropped(self) -> int:
@@ -273,14 +284,26 @@ class OtlpEventSink:
             time.time_ns(),
         )
         cause = semconv.DROP_CAUSE_QUEUE_FULL
+        over = False
         with self._cond:
             if self._wait is not None and not self._closed and len(self._buffer) >= self._max:
-                if self._stalled or not self._cond.wait_for(self._has_room, self._wait):
+                now = time.monotonic()
+                if self._over_since is not None and now - self._over_since > self._wait:
+                    self._stalled = True  # over the buffer for too long, and no run waited it out
+                if self._stalled:
+                    cause = semconv.DROP_CAUSE_TIMEOUT
+                elif asyncio._get_running_loop() is not None:
+                    # Never block the event loop: held over the buffer's size while the run that emitted
+                    # it awaits room (``room()``, from TracingInterceptor through the Backpressure).
+                    over = True
+                    if self._over_since is None:
+                        self._over_since = now
+                elif not self._cond.wait_for(self._has_room, self._wait):
                     self._stalled = True
                     cause = semconv.DROP_CAUSE_TIMEOUT
             if self._closed:
                 cause = semconv.DROP_CAUSE_SHUTDOWN
-            accepted = not self._closed and len(self._buffer) < self._max
+            accepted = not self._closed and (over or len(self._buffer) < self._max)
             if accepted:
                 self._buffer.append(item)
                 self._unfinished += 1
@@ -295,6 +318,43 @@ class OtlpEventSink:
 
     def _has_room(self) -> bool:
         return self._closed or len(self._buffer) < self._max
+
+    @property
+    def parked(self) -> bool:
+        """Whether events wait over the buffer's size for room (``complete`` mode on the event loop)."""
+        return self._over_since is not None
+
+    async def room(self) -> None:
+        """Wait, without blocking the event loop, until the buffer is back within ``max_buffer``.
+
+        At most ``wait_timeout`` from when it went over; then later events find no room at once (they
+        are dropped and counted, cause ``timeout``) until the thread makes room again.
+        """
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            since, wait = self._over_since, self._wait
+            if since is None or wait is None or self._closed:
+                return
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((loop, future))
+        try:
+            async with asyncio.timeout(max(0.0, since + wait - time.monotonic())):
+                await future
+        except TimeoutError:
+            with self._cond:
+                self._stalled = True
+        finally:
+            with self._cond:
+                if (loop, future) in self._waiters:
+                    self._waiters.remove((loop, future))
+
+    def _wake_locked(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_done, future)
+            except RuntimeError:  # that loop is closed: nobody awaits any more
+                pass
 
     def _count(self, event: TaxonomyEvent) -> None:
         stage = event.stage if event.kind.startswith("stage.") else None
@@ -370,6 +430,7 @@ class OtlpEventSink:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._closed = True
+            self._wake_locked()
             self._cond.notify_all()
             thread = self._thread
         if thread is None:
@@ -384,6 +445,8 @@ class OtlpEventSink:
                 batch = list(self._buffer)
                 self._buffer.clear()
                 self._stalled = False
+                self._over_since = None
+                self._wake_locked()
                 self._cond.notify_all()
                 if not batch and self._closed:
                     return

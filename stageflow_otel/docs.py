@@ -78,10 +78,10 @@ def _delivery() -> list[str]:
         f"finds the queue full waits for room, at most `{semconv.ENV_COMPLETE_TIMEOUT}` seconds per stall, "
         "without blocking the event loop: ended on the loop, it is parked and the run that ended it awaits "
         "room (`TracingInterceptor` awaits after each span it ends), so runs slow down to the exporter's "
-        "pace while other tasks keep being served (another thread ending a span blocks until there is "
-        "room; event log records, opt-in, still wait on the loop when the sink's own buffer of 10,000 is "
-        "full); what still finds no room is dropped and counted (`timeout`), and until the exporter takes "
-        "a batch again later items do not wait, so a stalled collector costs one timeout, not one per span.",
+        "pace while other tasks keep being served (events as log records, opt-in, likewise wait for the "
+        "event sink's buffer; another thread ending a span blocks until there is room); what still finds "
+        "no room is dropped and counted (`timeout`), and until the exporter takes a batch again later "
+        "items do not wait, so a stalled collector costs one timeout, not one per span.",
         "",
         "The defaults are sized for bursts: span and log record queues of 16,384 (the SDK's hold "
         "2,048), batches of 512 (`OTEL_BSP_*`, `OTEL_BLRP_*` below). Measured by "

@@ -22,6 +22,8 @@ import threading
 from collections.abc import Iterator, Mapping
 
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from stageflow import (
@@ -37,6 +39,7 @@ from stageflow import (
 )
 from stageflow_otel import (
     MetricsInterceptor,
+    OtlpEventSink,
     Telemetry,
     TracingInterceptor,
     _export,
@@ -440,6 +443,57 @@ class TestCompleteMode:
             15,
             dict.fromkeys(("spans", "log_records", "metric_points", "events"), 0),
         )
+
+    async def test_events_over_the_sink_buffer_leave_the_loop_serving_other_tasks(self) -> None:
+        """With the sink's 2-event buffer full and its thread held by the log processor, one more event
+        emitted on the loop is held over the buffer, not waited for; awaiting room lets other tasks run,
+        and released, every event becomes a record and none is dropped."""
+        entered, gate = threading.Event(), threading.Event()
+        records: list[ReadWriteLogRecord] = []
+
+        class Held(LogRecordProcessor):
+            """Holds the first record until the test releases it, then passes every record on."""
+
+            def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+                entered.set()
+                gate.wait(60)
+                records.append(log_record)
+
+            def shutdown(self) -> None:
+                gate.set()
+
+            def force_flush(self, timeout_millis: int = 30_000) -> bool:
+                return True
+
+        logger_provider = LoggerProvider()
+        logger_provider.add_log_record_processor(Held())
+        sink = OtlpEventSink(
+            logger_provider=logger_provider,
+            meter_provider=MeterProvider(),
+            max_buffer=2,
+            wait_timeout=120.0,
+            log_records=True,
+        )
+        try:
+            sink.try_emit(type="stage.a.started", data={"stage": "a"})  # taken by the thread, held
+            assert await asyncio.to_thread(entered.wait, 60)
+            for stage in ("b", "c", "d"):  # two fill the buffer; the third is held over it
+                sink.try_emit(type="stage.started", data={"stage": stage})
+            assert sink.parked is True
+            waiting = asyncio.create_task(sink.room())
+            served = asyncio.Event()
+            asyncio.get_running_loop().call_soon(served.set)
+            await served.wait()
+            assert waiting.done() is False
+            gate.set()
+            async with asyncio.timeout(60):
+                await waiting
+            assert sink.flush(60.0) is True
+        finally:
+            gate.set()
+            sink.shutdown(10.0)
+            logger_provider.shutdown()
+        assert (len(records), sink.dropped, sink.parked) == (4, 0, False)
 
     async def test_a_10000_run_burst_loses_nothing(self, otel_env: pytest.MonkeyPatch) -> None:
         """Complete mode: 10,000 concurrent runs through 256-item queues deliver every span and event."""
