@@ -556,6 +556,12 @@ class HttpSession:
                 super().init_poolmanager(*args, **kwargs)
                 self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": TlsPool}
 
+            def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+                manager = super().proxy_manager_for(proxy, **kwargs)
+                if not proxy.lower().startswith("socks"):  # SOCKS pools have connections of their own
+                    manager.pool_classes_by_scheme = {"http": Pool, "https": TlsPool}
+                return manager
+
         class Session(requests.Session):
             def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
                 if owner.aborted:

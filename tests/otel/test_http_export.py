@@ -72,12 +72,19 @@ class TestFrozenCollector:
 
 
 class TestShutdownWithAHungRequest:
+    @pytest.mark.parametrize("via_proxy", [False, True], ids=["direct", "through-an-http-proxy"])
     def test_shutdown_ends_the_requests_counts_their_items_and_leaves_no_thread(
-        self, env: pytest.MonkeyPatch, receiver: FreezableReceiver
+        self, env: pytest.MonkeyPatch, receiver: FreezableReceiver, via_proxy: bool
     ) -> None:
-        """With the receiver frozen, shutdown(2) returns False, leaves no thread running and counts every
-        span, record and metric point it could not send as timeout."""
+        """With the receiver (or the HTTP proxy in front of the collector) frozen, shutdown(2) returns
+        False, leaves no thread running and counts every span, record and metric point it could not send
+        as timeout."""
         env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")  # the requests would outlive shutdown's deadline
+        for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            env.delenv(name, raising=False)
+        if via_proxy:  # the frozen process is the proxy: the collector's host is never looked up
+            env.setenv("HTTP_PROXY", receiver.endpoint)
+            env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector.invalid:4318")
         reader = InMemoryMetricReader()
         before = set(threading.enumerate())
         telemetry = setup("hung", set_global=False, metric_readers=[reader])
