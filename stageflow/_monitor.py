@@ -1,10 +1,11 @@
 """The event-loop monitor: loop lag, the loop's busy share, and blocks blamed on the stage that blocked.
 
-A heartbeat callback runs on the loop every ``interval`` (10 ms); its **lag** is how late it ran. A watchdog
-thread polls the heartbeat: when it is overdue by half the ``threshold``, the loop is stuck in one callback,
-and the watchdog samples, once, the task the loop is running and the code location it is at (the innermost
-frame outside the standard library, site-packages and stageflow). When the heartbeat runs again (or the
-stuck stage ends first), a lag over ``threshold`` (50 ms) is a **block**:
+A watchdog thread asks the loop for a heartbeat every ``interval`` (10 ms, through ``call_soon_threadsafe``;
+no timer lives on the loop); the beat's **lag** is how long the loop took to run it. When a beat is overdue
+by half the ``threshold``, the loop is stuck in one callback, and the watchdog samples, once, the task the
+loop is running and the code location it is at (the innermost frame outside the standard library,
+site-packages and stageflow). When the beat runs (or the stuck stage ends first), a lag over ``threshold``
+(50 ms) is a **block**:
 
 * blamed on the stage whose task was running: the stage event ``stage.{name}.loop_blocked`` (before that
   stage's closing event, so it lands on the stage's span in stageflow_otel) and one warning per run and
@@ -12,8 +13,8 @@ stuck stage ends first), a lag over ``threshold`` (50 ms) is a **block**:
   in a thread";
 * handed to ``on_block`` with its ``LoopBlock`` (``stage`` is ``None`` when no stage's code was running).
 
-Measurement, on asyncio and on uvloop alike (both run the heartbeat; neither is patched): a block's duration
-is the heartbeat's lag, so it is accurate to one ``interval``; its location is sampled once, when the
+Measurement, on asyncio and on uvloop alike (neither is patched): a block's duration is the lag of the beat
+in flight, so it may read up to one ``interval`` short; its location is sampled once, when the
 watchdog notices it, so a block that moves between lines is reported where it was at that moment. The busy
 share (``utilization()``, the shape of Node's ``eventloop.utilization``: the share of the last completed
 second the loop was not waiting for I/O) is an estimate: CPython exposes no idle time, and timing every
@@ -32,7 +33,6 @@ import logging
 import math
 import os
 import sys
-import sysconfig
 import threading
 import time
 import weakref
@@ -85,14 +85,15 @@ class _Suspect:
         self.line = line
 
 
-def _library_prefixes() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    found = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
-    found.add(os.path.dirname(os.path.abspath(__file__)))  # stageflow itself
-    return tuple(sorted(os.path.join(p, "") for p in found))
+# the standard library (where ``os`` lives) and stageflow itself; installed packages are told by their folder
+_LIBRARIES = tuple(
+    os.path.join(p, "") for p in (os.path.dirname(os.__file__), os.path.dirname(os.path.abspath(__file__)))
+)
+_PACKAGE_FOLDERS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
 
 
-_LIBRARIES = _library_prefixes()
+def _is_library(path: str) -> bool:
+    return path.startswith(_LIBRARIES) or path.startswith("<") or any(f in path for f in _PACKAGE_FOLDERS)
 
 
 def _location(frame: FrameType | None) -> tuple[str | None, int | None]:
@@ -100,7 +101,7 @@ def _location(frame: FrameType | None) -> tuple[str | None, int | None]:
     innermost = frame
     while frame is not None:
         path = frame.f_code.co_filename
-        if not path.startswith(_LIBRARIES) and not path.startswith("<frozen"):
+        if not _is_library(path):
             return path, frame.f_lineno
         frame = frame.f_back
     if innermost is None:
@@ -109,7 +110,12 @@ def _location(frame: FrameType | None) -> tuple[str | None, int | None]:
 
 
 class _Watch:
-    """The monitor's state for one event loop: its heartbeat, its watchdog thread and a pending block."""
+    """The monitor's state for one event loop: its watchdog thread, the beat in flight and a suspect.
+
+    No timer lives on the loop (a scheduled timer costs every loop iteration a clock read): the watchdog
+    thread asks the loop for a beat with ``call_soon_threadsafe`` every ``interval`` and the beat measures
+    how long the loop took to run it.
+    """
 
     def __init__(self, monitor: LoopMonitor, loop: asyncio.AbstractEventLoop) -> None:
         self.monitor = monitor
@@ -118,7 +124,7 @@ class _Watch:
         self.interval = monitor.interval
         self.threshold = monitor.threshold
         now = _perf()
-        self.expected = now + self.interval
+        self.requested: float | None = None  # when the beat in flight was asked for
         self.suspect: _Suspect | None = None
         self.paused = False
         self.stopped = threading.Event()
@@ -126,26 +132,22 @@ class _Watch:
         self.window_cpu = time.thread_time()
         self.window_lag = 0.0
         self.utilization = 0.0
-
-        self.handle = loop.call_later(self.interval, self.beat)
         self.thread = threading.Thread(target=self.watchdog, name="stageflow-loop-monitor", daemon=True)
         self.thread.start()
 
     def close(self) -> None:
         self.stopped.set()
-        self.handle.cancel()
 
     # ------------------------------------------------------------------ on the loop
 
-    def beat(self) -> None:
+    def beat(self, requested: float) -> None:
         now = _perf()
-        lag = now - self.expected
-        if lag < 0.0:
-            lag = 0.0
+        lag = now - requested
+        self.requested = None
         if self.paused:  # the loop was stopped (between run_until_complete calls): no lag to speak of
             self.paused = False
-            lag = 0.0
             self.suspect = None
+            return
         suspect = self.suspect
         if suspect is not None:
             self.suspect = None
@@ -164,25 +166,20 @@ class _Watch:
             busy = max(cpu - self.window_cpu, self.window_lag)
             self.utilization = min(1.0, busy / span)
             self.window_start, self.window_cpu, self.window_lag = now, cpu, 0.0
-        loop = self.loop_ref()
-        if loop is None or self.stopped.is_set():
-            return
-        self.expected = now + self.interval
-        self.handle = loop.call_later(self.interval, self.beat)
 
     def settled(self, run: _Run, node: _Node) -> None:
         """A stage ends while the watchdog holds a suspect: the block is the stage's if its task ran it."""
-        suspect = self.suspect
-        if suspect is None or suspect.task is None or suspect.task is not asyncio.current_task():
+        suspect, requested = self.suspect, self.requested
+        if suspect is None or requested is None or suspect.task is not asyncio.current_task():
             return
-        lag = _perf() - self.expected
+        lag = _perf() - requested
         if lag <= self.threshold:
             return
         self.suspect = None
         self.monitor._report(lag, suspect, run, node)
 
     def report_after(self, suspect: _Suspect, lag: float) -> None:
-        """The heartbeat is back after a block: blame the stage whose task was running, if it is a stage."""
+        """The loop is back after a block: blame the stage whose task was running, if it is a stage."""
         from ._graph import stage_of_task
 
         found = stage_of_task(suspect.task)
@@ -200,9 +197,19 @@ class _Watch:
             if loop is None or loop.is_closed():
                 return
             if not loop.is_running():
-                self.paused = True
+                if self.requested is not None:
+                    self.paused = True
                 continue
-            if self.suspect is not None or self.paused or _perf() - self.expected <= half:
+            requested = self.requested
+            now = _perf()
+            if requested is None:
+                self.requested = now
+                try:
+                    loop.call_soon_threadsafe(self.beat, now)
+                except RuntimeError:  # closed meanwhile
+                    return
+                continue
+            if self.suspect is not None or self.paused or now - requested <= half:
                 continue
             task = asyncio.current_task(loop)
             frame = sys._current_frames().get(self.thread_id)
