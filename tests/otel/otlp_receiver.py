@@ -48,6 +48,8 @@ class OtlpReceiver:
         self.rejecting = False
         self.rejected = 0
         self.held = 0
+        self.headers: list[tuple[str, dict[str, str]]] = []
+        """The signal and headers of every HTTP request, in arrival order."""
         self._gate = threading.Event()
         self._gate.set()
 
@@ -227,10 +229,12 @@ class _Handler(BaseHTTPRequestHandler):
             body = gzip.decompress(body)
         elif encoding == "deflate":
             body = zlib.decompress(body)
+        kind, request_type, response_type = route
+        with self.server.receiver._cond:
+            self.server.receiver.headers.append((kind, dict(self.headers.items())))
         if not self.server.receiver._accept():
             self.send_error(400, "rejected by the test receiver")
             return
-        kind, request_type, response_type = route
         request = request_type()
         request.ParseFromString(body)
         self.server.receiver._store(kind, request)
