@@ -145,9 +145,8 @@ def render_reference() -> str:
         "takes",
         "effect as before (the process ends by SIGTERM, `KeyboardInterrupt` for Ctrl-C, or your handler "
         "runs). A",
-        "second signal skips the rest of the flush. With `asyncio.run`, call it before the loop starts or "
-        "inside",
-        "it: either way the loop's own Ctrl-C handling still applies after the flush.",
+        "second signal skips the rest of the flush. A service running `asyncio.run(main())` still ends with",
+        "`KeyboardInterrupt` on Ctrl-C, once the flush is done.",
         "",
         "### Spans",
         "",
