@@ -7,7 +7,9 @@ DAG: ``stt → (enrich ∥ memory ∥ search) → personalize → llm → guard 
 - ``search`` calls a flaky web-search API (outage windows and random errors); its circuit breaker opens
   after 3 consecutive failures and lets a trial call through after a recovery timeout. A fallback
   interceptor turns its errors into a skip, so the run goes on without search results.
-- ``memory`` is skipped for anonymous users; ``personalize`` is conditional, so it is skipped with it.
+- ``enrich`` calls a blocking NLP client: a sync stage, run in a worker thread (its dispatch time shows).
+- ``memory`` is skipped for anonymous users; ``personalize`` is conditional, so it is skipped with it. Now
+  and then its cache read blocks the event loop for 60 ms: the loop monitor blames ``memory``.
 - ``guard`` sometimes rejects the reply (``StageOutput.fail``): the run fails.
 - ``tts`` sometimes stalls past its 250 ms timeout: the run fails with ``StageTimeoutError``.
 """
@@ -22,6 +24,8 @@ import os
 import random
 import signal
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -79,7 +83,14 @@ class DemoConfig:
     guard_reject_rate: float = 0.04
     tts_stall_rate: float = 0.03
     anonymous_rate: float = 0.3
+    loop_block_rate: float = 0.02
+    """Share of ``memory`` calls that block the event loop for ``LOOP_BLOCK`` seconds (a sync cache client
+    called from async code: the loop monitor blames the stage)."""
     seed: int | None = None
+
+
+LOOP_BLOCK = 0.06
+"""Seconds a blocking ``memory`` call holds the event loop, whatever the speed (over the 50 ms threshold)."""
 
 
 class _World:
@@ -89,11 +100,22 @@ class _World:
         self.config = config
         self.rng = random.Random(config.seed)
         self.calls = 0
+        # Draws of the sync stage (in worker threads) and of the loop blocks come from rngs of their own, so
+        # the event loop's draws stay in the order a seed gives them.
+        self.thread_rng = random.Random(config.seed)
+        self.thread_rng_lock = threading.Lock()
+        self.block_rng = random.Random(config.seed)
 
     async def latency(self, median_ms: float) -> None:
         # log-normal latencies: a long right tail, as real services have
         seconds = self.rng.lognormvariate(0.0, 0.35) * median_ms / 1000 * self.config.speed
         await asyncio.sleep(seconds)
+
+    def blocking_latency(self, median_ms: float) -> None:
+        """``latency`` for a sync stage: it blocks its worker thread, never the event loop."""
+        with self.thread_rng_lock:
+            factor = self.thread_rng.lognormvariate(0.0, 0.35)
+        time.sleep(factor * median_ms / 1000 * self.config.speed)
 
     def search_down(self) -> bool:
         c = self.config
@@ -125,13 +147,16 @@ def build_demo_pipeline(config: DemoConfig | None = None) -> Pipeline:
         await world.latency(60)
         return StageOutput.ok(transcript="what's the weather in lisbon tomorrow", confidence=0.93)
 
-    async def enrich(ctx: StageContext) -> StageOutput:
-        await world.latency(25)
+    def enrich(ctx: StageContext) -> StageOutput:
+        # a blocking NLP client: a sync stage, so it runs in a worker thread, off the event loop
+        world.blocking_latency(25)
         return StageOutput.ok(intent="weather", entities={"city": "Lisbon", "day": "tomorrow"})
 
     async def memory(ctx: StageContext) -> StageOutput:
         if ctx.data.get("anonymous"):
             return StageOutput.skip(reason="anonymous user: no memory")
+        if world.block_rng.random() < cfg.loop_block_rate:
+            time.sleep(LOOP_BLOCK)  # noqa: ASYNC251 - a sync cache read on the loop: the monitor blames memory
         await world.latency(40)
         return StageOutput.ok(memories=["prefers celsius"])
 

@@ -265,22 +265,23 @@ class OtlpEventSink:
         """Put the event on its span, count it and, with log records on, buffer it for the thread."""
         try:
             event = describe(type, data, self._limit, self._redact)
-            if self.span_events:
-                route(event)
+            context = route(event) if self.span_events else None
             self._count(event)
             if event.attributes.get(semconv.STAGE_WORK) == semconv.WORK_ABANDONED:
                 self._count_abandoned(event)
             if self.log_records:
-                self._buffer_record(event, data)
+                self._buffer_record(event, data, context)
         except Exception as exc:  # telemetry never breaks a pipeline
             self._report(exc)
 
-    def _buffer_record(self, event: TaxonomyEvent, data: dict[str, Any] | None) -> None:
+    def _buffer_record(
+        self, event: TaxonomyEvent, data: dict[str, Any] | None, context: otel_context.Context | None = None
+    ) -> None:
         # A copy: the caller may change or reuse its dict before the thread turns it into a record.
         item: _Item = (
             event,
             None if data is None else dict(data),
-            otel_context.get_current(),
+            otel_context.get_current() if context is None else context,
             time.time_ns(),
         )
         cause = semconv.DROP_CAUSE_QUEUE_FULL

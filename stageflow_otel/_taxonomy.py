@@ -17,6 +17,11 @@ Where a span event goes (``TracingInterceptor`` decides, from the run state):
   interceptor ran): its events go to the run span;
 * an event outside the taxonomy (``ctx.try_emit_event("llm.tokens", ...)``), named ``stageflow.event``:
   the span of the stage it names while that stage has one (a stage's own events), else the run span.
+
+An event is found its run by the run state current where it is emitted; one emitted elsewhere (the loop
+monitor reports ``stage.{name}.loop_blocked`` from its heartbeat, outside the run's context) is found its
+run by its run id among the traced runs in progress (``ACTIVE_RUNS``), and its log record gets the context
+of the span it lands on.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
 
+from opentelemetry import context as otel_context
 from opentelemetry.util.types import AttributeValue
 
 import stageflow
@@ -33,7 +39,7 @@ import stageflow
 from . import semconv
 from ._content import ErrorDetails, ErrorRedactor, clean_text, redact_error_message, redacted_message
 
-__all__ = ("CREATED", "CURRENT_RUN", "EventRoute", "TaxonomyEvent", "describe", "route")
+__all__ = ("ACTIVE_RUNS", "CREATED", "CURRENT_RUN", "EventRoute", "TaxonomyEvent", "describe", "route")
 
 TERMINAL = frozenset({"completed", "failed", "skipped", "cancelled"})
 """Outcomes that end a stage (the last event of its last attempt)."""
@@ -274,6 +280,10 @@ class EventRoute(Protocol):
         """Put ``event`` on the span it belongs to."""
         ...
 
+    def context_of(self, stage: str | None) -> otel_context.Context:
+        """The context of the span an event of ``stage`` (``None``: of the run) is put on."""
+        ...
+
 
 CURRENT_RUN: ContextVar[EventRoute | None] = ContextVar("stageflow_otel.current_run", default=None)
 """The traced run the current context belongs to (set by ``TracingInterceptor`` around the run)."""
@@ -282,11 +292,26 @@ CREATED: ContextVar[TaxonomyEvent | None] = ContextVar("stageflow_otel.created",
 """The last ``pipeline.created`` event seen in this context, for the run span about to start."""
 
 
-def route(event: TaxonomyEvent) -> None:
-    """Hand ``event`` to its run's span events (a no-op for a run that is not traced)."""
+ACTIVE_RUNS: dict[str, EventRoute] = {}
+"""Every traced run in progress by run id (registered by ``TracingInterceptor`` for the run's duration)."""
+
+
+def route(event: TaxonomyEvent) -> otel_context.Context | None:
+    """Hand ``event`` to its run's span events (a no-op for a run that is not traced).
+
+    Returns:
+        ``None`` when the event was emitted in its run's context (or has no traced run); else, for an event
+        emitted elsewhere, the context of the span it was put on (for its log record).
+    """
     if event.kind == "pipeline.created":
         CREATED.set(event)
-        return
+        return None
     run = CURRENT_RUN.get()
     if run is not None and run.run_id == event.run_id:
         run.add(event)
+        return None
+    found = ACTIVE_RUNS.get(event.run_id) if event.run_id is not None else None
+    if found is None:
+        return None
+    found.add(event)
+    return found.context_of(event.stage)

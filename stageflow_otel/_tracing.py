@@ -75,7 +75,7 @@ from ._outcome import (
     outcome_of_run_error,
     run_results,
 )
-from ._taxonomy import CREATED, CURRENT_RUN, TERMINAL, TaxonomyEvent
+from ._taxonomy import ACTIVE_RUNS, CREATED, CURRENT_RUN, TERMINAL, TaxonomyEvent
 
 __all__ = ("ContentHook", "TracingInterceptor", "inject_context")
 
@@ -247,6 +247,13 @@ class _RunTrace:
         except Exception as exc:
             self.on_failure(exc)
 
+    def context_of(self, stage: str | None) -> otel_context.Context:
+        """The context of the span ``stage``'s events go on: its open attempt's, else the run's."""
+        attempt = self.open.get(stage) if stage is not None else None
+        if attempt is None:
+            return self.context
+        return trace.set_span_in_context(attempt.span, self.context)
+
     def start_time(self, stage: str) -> int | None:
         """The start time of ``stage``'s next span: its waiting ``started`` event's, if any."""
         waiting = self.pending.get(stage) if self.routed else None
@@ -398,6 +405,7 @@ class TracingInterceptor(Interceptor):
         state = _RunTrace(run, span, run_context, static, self._sdk_failed)
         state_token = self._state.set(state)
         route_token = CURRENT_RUN.set(state)
+        ACTIVE_RUNS[run_id] = state  # for events emitted outside the run's context (loop blocks)
         outcome: Outcome | None = None
         results: RunResult | None = None
         try:
@@ -413,6 +421,8 @@ class TracingInterceptor(Interceptor):
         finally:
             otel_context.detach(token)
             CURRENT_RUN.reset(route_token)
+            if ACTIVE_RUNS.get(run_id) is state:
+                del ACTIVE_RUNS[run_id]
             self._state.reset(state_token)
             # Guarded: an SDK failure here must not replace the run's own result, error or cancellation.
             try:

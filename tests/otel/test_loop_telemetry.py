@@ -6,10 +6,14 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
+import asyncio
 import sys
 import time
 from typing import Any
 
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -17,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import stageflow
 from stageflow import (
     ContextSnapshot,
+    InMemoryEventSink,
     Pipeline,
     PipelineTimer,
     RunIdentity,
@@ -25,12 +30,29 @@ from stageflow import (
     StageKind,
     StageOutput,
 )
-from stageflow_otel import TracingInterceptor, semconv, setup
+from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv, setup
+from stageflow_otel._loop import LoopTelemetry
 
 from .conftest import metric_points
 
 BLOCK = 0.15
 """Seconds the blocking stage holds the event loop (three times the monitor's 50 ms threshold)."""
+HANG_GUARD = 30.0
+"""Seconds after which a wait counts as a hang (never reached when the code works)."""
+
+
+class Tee:
+    """Hands every event to the recorder, then to the sink under test."""
+
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = sinks
+
+    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        self.try_emit(type=type, data=data)
+
+    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        for sink in self.sinks:
+            sink.try_emit(type=type, data=data)
 
 
 def entry(sink: Any) -> StageContext:
@@ -141,3 +163,62 @@ class TestLoopMonitorFromSetup:
         assert first_monitor is not None and second_monitor is not None
         assert first_monitor is not second_monitor
         assert (kept, stageflow.get_loop_monitor()) == (second_monitor, None)
+
+
+class OnBlock:
+    """A sink that sets ``reported`` when a ``loop_blocked`` event arrives."""
+
+    def __init__(self, reported: asyncio.Event) -> None:
+        self.reported = reported
+
+    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        if type.endswith(".loop_blocked"):
+            self.reported.set()
+
+
+class TestBlockReportedByTheHeartbeat:
+    async def test_a_block_found_after_the_stage_moved_on_still_lands_on_its_span_and_trace(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        meter_provider: MeterProvider,
+        logger_provider: LoggerProvider,
+        log_exporter: InMemoryLogRecordExporter,
+    ) -> None:
+        """A stage that blocks and then awaits is reported by the monitor's heartbeat, outside the run's
+        context: the event still becomes a span event on the stage's span, and its log record carries
+        that span's trace context."""
+        sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider, log_records=True)
+        stream = InMemoryEventSink()
+        reported = asyncio.Event()
+        loop_telemetry = LoopTelemetry(meter_provider)
+
+        async def block_then_wait(ctx: StageContext) -> StageOutput:
+            time.sleep(BLOCK)  # noqa: ASYNC251 - blocks the loop; the heartbeat reports it once this awaits
+            await asyncio.wait_for(reported.wait(), HANG_GUARD)
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="loops")
+            .with_stage("slow", block_then_wait, StageKind.TRANSFORM)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        loop_telemetry.start()
+        try:
+            await graph.run(entry(Tee(stream, sink, OnBlock(reported))))
+        finally:
+            loop_telemetry.stop()
+            assert sink.flush(HANG_GUARD)
+            sink.shutdown(5.0)
+        (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "stage slow"]
+        assert [e.name for e in span.events] == [
+            "stageflow.stage.started",
+            "stageflow.stage.loop_blocked",
+            "stageflow.stage.completed",
+        ]
+        records = [
+            r.log_record
+            for r in log_exporter.get_finished_logs()
+            if (r.log_record.attributes or {}).get(semconv.EVENT_TYPE) == "stage.slow.loop_blocked"
+        ]
+        assert [(r.trace_id, r.span_id) for r in records] == [(span.context.trace_id, span.context.span_id)]

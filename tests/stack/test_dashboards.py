@@ -192,7 +192,14 @@ class TestContent:
         [
             (
                 "stageflow-overview.json",
-                {"Runs/s by result", "Run error ratio", "Run duration p50 / p95 / p99", "Active runs"},
+                {
+                    "Runs/s by result",
+                    "Run error ratio",
+                    "Run duration p50 / p95 / p99",
+                    "Active runs",
+                    "Event loop lag p50 / p99",
+                    "Event loop utilization",
+                },
             ),
             (
                 "stageflow-stages.json",
@@ -204,6 +211,10 @@ class TestContent:
                     "Errors by error type",
                     "Circuit breaker state",
                     "Events/s by stage and event",
+                    "Dispatch time p95",
+                    "Abandoned work (range)",
+                    "Event loop blocks by stage",
+                    "Event loop blocked time by stage",
                 },
             ),
             (
