@@ -1,0 +1,450 @@
+"""Sync stages on a real local Ray through ``stageflow.adapters.ray.RayExecutor``; nothing is mocked.
+
+Ray starts once for the module (``ray.init(num_cpus=2, include_dashboard=False)``); its workers import the
+stages of ``tests/_cluster_stages.py`` from this checkout (``PYTHONPATH`` in the job's runtime environment).
+Stages and tests coordinate through files, never through sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stageflow import (
+    InMemoryEventSink,
+    InvalidExecutorError,
+    Pipeline,
+    PipelineFailedError,
+    RemoteStageError,
+    StageKind,
+    StageStatus,
+    StageTimeoutError,
+    TimeoutInterceptor,
+    UnpicklableValueError,
+)
+from stageflow.adapters.ray import RayExecutor
+
+from . import _cluster_stages as stages
+
+ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'stageflow-core[ray]'")
+
+T = StageKind.TRANSFORM
+BOUND = 120.0
+"""Seconds after which a run that has not ended counts as hung (never reached when all is well)."""
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIME_ENV = {"env_vars": {"PYTHONPATH": str(ROOT)}}
+HIDE_RAY = "import sys; sys.modules['ray'] = None\n"
+
+
+class RecordingRayExecutor(RayExecutor):
+    """A ``RayExecutor`` that remembers the futures stageflow asked it to terminate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.terminated: list[Future[Any]] = []
+
+    def terminate(self, future: Future[Any]) -> bool:
+        self.terminated.append(future)
+        return super().terminate(future)
+
+
+@pytest.fixture(name="ray_executor", scope="module")
+def _ray_executor() -> Iterator[RecordingRayExecutor]:
+    """A local Ray with two CPUs for the module, and a ``RayExecutor`` on it; both shut down after it."""
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, runtime_env=RUNTIME_ENV)
+    except Exception as exc:
+        pytest.skip(f"Ray could not start here: ray.init() raised {type(exc).__name__}: {exc}")
+    try:
+        executor = RecordingRayExecutor()
+        yield executor
+        executor.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def _descendants() -> set[int]:
+    import psutil  # type: ignore[import-untyped]
+
+    return {process.pid for process in psutil.Process().children(recursive=True)}
+
+
+class TestRayExecutor:
+    def test_submit_runs_the_call_as_a_ray_task(self, ray_executor: RayExecutor) -> None:
+        """``submit(fn, *args, **kwargs)`` runs ``fn`` in a Ray worker and returns a concurrent future."""
+        future = ray_executor.submit(divmod, 17, 5)
+        assert isinstance(future, Future)
+        assert future.result(timeout=BOUND) == (3, 2)
+        assert ray_executor.submit(int, "ff", base=16).result(timeout=BOUND) == 255
+        pid = ray_executor.submit(os.getpid).result(timeout=BOUND)
+        assert pid != os.getpid()
+        assert pid in _descendants()
+
+    def test_a_raised_exception_comes_back_as_rays_task_error(self, ray_executor: RayExecutor) -> None:
+        """An exception keeps its type (Ray's ``RayTaskError`` subclasses it) and its message."""
+        error = ray_executor.submit(int, "x").exception(timeout=BOUND)
+        assert isinstance(error, ray.exceptions.RayTaskError)
+        assert isinstance(error, ValueError)
+        assert "ValueError: invalid literal for int() with base 10: 'x'" in str(error)
+
+    def test_an_unpicklable_exception_is_reported_by_ray(self, ray_executor: RayExecutor) -> None:
+        """Called directly, a task raising an exception that cannot be pickled ends with Ray's own error
+        naming the exception and why (stageflow's stages never get there: see ``TestErrors``)."""
+        error = ray_executor.submit(stages.raise_locked, None).exception(timeout=BOUND)
+        assert isinstance(error, ray.exceptions.RayTaskError)
+        assert not isinstance(error, stages.LockedError)
+        assert type(error.cause) is ray.exceptions.RayError
+        assert str(error.cause).startswith(
+            "Exception tests._cluster_stages.LockedError isn't serializable: "
+            "cannot pickle '_thread.lock' object.\nOriginal exception details:\n"
+        )
+
+    def test_a_shut_down_executor_refuses_work(self, ray_executor: RayExecutor) -> None:
+        """After ``shutdown()`` an executor refuses new calls, and ``with_stage`` refuses it."""
+        executor = RayExecutor()
+        executor.shutdown()
+        executor.shutdown()  # a second call does nothing
+        assert ray.is_initialized()  # a Ray the executor found is left running
+        with pytest.raises(RuntimeError, match="^cannot schedule new futures after shutdown$"):
+            executor.submit(os.getpid)
+        with pytest.raises(InvalidExecutorError) as caught:
+            Pipeline("ray").with_stage("source", stages.source, T, executor=executor)
+        assert str(caught.value) == (
+            "stage 'source' has executor=RayExecutor(num_cpus=1, max_retries=0, shut down): it was shut "
+            "down and accepts no work; pass a running executor"
+        )
+
+    def test_terminate_ignores_other_futures(self, ray_executor: RayExecutor) -> None:
+        """``terminate`` answers ``False`` for a future that is not a Ray task's."""
+        assert ray_executor.terminate(Future()) is False
+
+    def test_an_address_while_connected_is_refused(self, ray_executor: RayExecutor) -> None:
+        """Asking for a cluster while this process is connected to Ray says how to proceed."""
+        with pytest.raises(RuntimeError) as caught:
+            RayExecutor(address="auto")
+        assert str(caught.value) == (
+            "RayExecutor(address='auto'): this process is already connected to Ray; pass address=None to "
+            "use that connection, or call ray.shutdown() first"
+        )
+
+    @pytest.mark.parametrize(
+        ("keywords", "error", "message"),
+        [
+            (
+                {"address": ""},
+                TypeError,
+                "RayExecutor(address='') is invalid; pass a Ray address such as 'auto', or None",
+            ),
+            (
+                {"num_cpus": -1},
+                ValueError,
+                "RayExecutor(num_cpus=-1) is invalid; pass the CPUs a task reserves, such as 1",
+            ),
+            (
+                {"num_cpus": True},
+                ValueError,
+                "RayExecutor(num_cpus=True) is invalid; pass the CPUs a task reserves, such as 1",
+            ),
+            (
+                {"max_retries": 1.5},
+                ValueError,
+                "RayExecutor(max_retries=1.5) is invalid; pass an int >= 0, such as 0",
+            ),
+            (
+                {"init_options": ["num_cpus"]},
+                TypeError,
+                "RayExecutor(init_options=['num_cpus']) is invalid; pass a mapping of ray.init() keywords, "
+                "such as {'num_cpus': 4}",
+            ),
+        ],
+        ids=["empty-address", "negative-cpus", "bool-cpus", "float-retries", "list-options"],
+    )
+    def test_bad_arguments_are_refused(
+        self, keywords: dict[str, Any], error: type[Exception], message: str
+    ) -> None:
+        """Each bad argument is refused before Ray is touched, naming the value and the fix."""
+        with pytest.raises(error) as caught:
+            RayExecutor(**keywords)
+        assert str(caught.value) == message
+
+
+class TestWithoutRay:
+    def test_importing_the_adapter_does_not_import_ray(self) -> None:
+        """``import stageflow.adapters.ray`` (and ``stageflow.RayExecutor``) leaves ray unimported."""
+        code = (
+            "import sys, stageflow, stageflow.adapters.ray\n"
+            "stageflow.RayExecutor\n"
+            "print('ray' in sys.modules)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=BOUND)
+        assert (proc.returncode, proc.stdout) == (0, "False\n"), proc.stderr
+
+    def test_constructing_without_ray_names_the_extra(self) -> None:
+        """Without ray installed, ``RayExecutor()`` raises an ImportError naming the install command."""
+        code = HIDE_RAY + (
+            "from stageflow.adapters.ray import RayExecutor\n"
+            "try:\n    RayExecutor()\nexcept ImportError as exc:\n    print(exc)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=BOUND)
+        assert (proc.returncode, proc.stdout) == (
+            0,
+            "RayExecutor needs ray, which is not installed: pip install 'stageflow-core[ray]'\n",
+        ), proc.stderr
+
+
+class TestRouting:
+    async def test_outputs_flow_to_dependents_across_workers(self, ray_executor: RayExecutor) -> None:
+        """Stages routed with ``executor=`` run in Ray workers and read their dependencies' outputs."""
+        graph = (
+            Pipeline("ray")
+            .with_stage("source", stages.source, T, executor=ray_executor)
+            .with_stage("plus", stages.plus_one, T, ("source",), executor=ray_executor)
+            .build()
+        )
+        result = await asyncio.wait_for(graph.run(), BOUND)
+        assert (result["source"].data["n"], result["plus"].data["n"]) == (41, 42)
+        pids = {result["source"].data["pid"], result["plus"].data["pid"]}
+        assert os.getpid() not in pids
+        assert pids <= _descendants()
+
+    async def test_the_graph_default_carries_the_stage_context(self, ray_executor: RayExecutor) -> None:
+        """``build(executor=...)`` sends the stage, its config, the snapshot and the run identity across."""
+        graph = (
+            Pipeline("ray")
+            .with_stage("report", stages.report, T, config={"dir": "unused", "limit": 3})
+            .build(executor=ray_executor)
+        )
+        assert graph.stage("report").executor is ray_executor
+        result = await asyncio.wait_for(graph.run(input_text="hello"), BOUND)
+        data = dict(result["report"].data)
+        assert data.pop("pid") != os.getpid()
+        assert data == {
+            "run_id": str(result.run_id),
+            "stage": "report",
+            "attempt": 1,
+            "text": "hello",
+            "config": {"dir": "unused", "limit": 3},
+            "stop_requested": False,
+        }
+        report = result["report"]
+        assert 0.0 < report.dispatch <= report.ended_at - report.started_at
+        assert report.run_time == report.ended_at - report.started_at - report.dispatch
+
+    async def test_events_emitted_in_a_worker_reach_the_run_sink(self, ray_executor: RayExecutor) -> None:
+        """An event a stage emits in a Ray worker arrives in the run's sink, in order, with the run id."""
+        sink = InMemoryEventSink()
+        graph = Pipeline("ray").with_stage("emit", stages.emit_progress, T).build(executor=ray_executor)
+        result = await asyncio.wait_for(graph.run(event_sink=sink), BOUND)
+        assert [e.type for e in sink.events] == [
+            "pipeline.created",
+            "pipeline.started",
+            "stage.emit.started",
+            "custom.progress",
+            "stage.emit.completed",
+            "pipeline.completed",
+        ]
+        progress = sink.events[3].data
+        run_id = str(result.run_id)
+        assert (progress["run_id"], progress["pipeline_run_id"]) == (run_id, run_id)
+        assert (progress["pipeline"], progress["stage"], progress["done"]) == ("ray", "emit", 3)
+        assert progress["pid"] != os.getpid()
+
+
+class TestErrors:
+    async def test_an_error_keeps_its_type_and_message(self, ray_executor: RayExecutor) -> None:
+        """An exception raised in a Ray worker fails its stage as itself: same type, same message."""
+        graph = Pipeline("ray").with_stage("lookup", stages.raise_stage_broke, T).build(executor=ray_executor)
+        with pytest.raises(PipelineFailedError) as caught:
+            await asyncio.wait_for(graph.run(input_text="k1"), BOUND)
+        error = caught.value.failures["lookup"]
+        assert (type(error), str(error)) == (stages.StageBroke, "no row for 'k1'")
+        assert str(caught.value) == "stage 'lookup' failed: StageBroke: no row for 'k1'"
+
+    async def test_an_unpicklable_exception_comes_back_as_a_remote_error(
+        self, ray_executor: RayExecutor
+    ) -> None:
+        """A stage raising an exception that cannot be pickled fails with ``RemoteStageError`` naming the
+        exception's type and message: stageflow pickles the reply itself, so Ray never sees the exception."""
+        graph = Pipeline("ray").with_stage("index", stages.raise_locked, T).build(executor=ray_executor)
+        with pytest.raises(PipelineFailedError) as caught:
+            await asyncio.wait_for(graph.run(), BOUND)
+        error = caught.value.failures["index"]
+        assert isinstance(error, RemoteStageError)
+        assert (error.type_name, error.message) == (
+            "tests._cluster_stages.LockedError",
+            "the index was locked",
+        )
+        assert str(caught.value) == (
+            "stage 'index' failed: RemoteStageError: tests._cluster_stages.LockedError: the index was locked"
+        )
+        assert "raise LockedError" in error.remote_traceback
+
+    async def test_an_unpicklable_output_names_its_key(self, ray_executor: RayExecutor) -> None:
+        """An output value that cannot be pickled back fails its stage with an error naming the key."""
+        graph = Pipeline("ray").with_stage("open", stages.return_lock, T).build(executor=ray_executor)
+        with pytest.raises(PipelineFailedError) as caught:
+            await asyncio.wait_for(graph.run(), BOUND)
+        error = caught.value.failures["open"]
+        assert isinstance(error, UnpicklableValueError)
+        assert (error.stage, error.what, error.key) == ("open", "output", "'handle'")
+
+
+def _fail_fast_graph(tmp_path: Path, stage: Any, executor: RayExecutor) -> Pipeline:
+    config = {"dir": str(tmp_path)}
+    return (
+        Pipeline("ray")
+        .with_stage("slow", stage, T, config=config, executor=executor)
+        .with_stage("boom", stages.fail_once_started, T, config=config)
+    )
+
+
+class TestCancellation:
+    async def test_a_failing_sibling_stops_the_ray_task(
+        self, ray_executor: RecordingRayExecutor, tmp_path: Path
+    ) -> None:
+        """Fail-fast cancels the Ray task (``ray.cancel``: its Python code is interrupted) within the grace:
+        work "stopped", nothing forced, the worker process lives on."""
+        sink = InMemoryEventSink()
+        graph = _fail_fast_graph(tmp_path, stages.wait_for_release, ray_executor).build(cancel_grace=60.0)
+        before = len(ray_executor.terminated)
+        with pytest.raises(PipelineFailedError) as caught:
+            await asyncio.wait_for(graph.run(event_sink=sink), BOUND)
+        slow = caught.value.results["slow"]
+        assert (slow.status, slow.work, slow.error) == (StageStatus.CANCEL, "stopped", None)
+        assert str(caught.value) == "stage 'boom' failed: RuntimeError: sibling failed"
+        [cancelled] = [e for e in sink.events if e.type == "stage.slow.cancelled"]
+        assert cancelled.data["work"] == "stopped"
+        assert len(ray_executor.terminated) == before
+        assert int((tmp_path / "started").read_text()) in _descendants()
+        assert not (tmp_path / "finished").exists()
+
+    async def test_work_outliving_the_grace_is_terminated(
+        self, ray_executor: RecordingRayExecutor, tmp_path: Path
+    ) -> None:
+        """Work that the cancel cannot reach (blocked outside Python) is force-cancelled once the grace ran
+        out: ``terminate`` kills its worker process and the stage reports its work "stopped"."""
+        graph = _fail_fast_graph(tmp_path, stages.block_outside_python, ray_executor).build(cancel_grace=0.5)
+        before = len(ray_executor.terminated)
+        with pytest.raises(PipelineFailedError) as caught:
+            await asyncio.wait_for(graph.run(), BOUND)
+        slow = caught.value.results["slow"]
+        assert (slow.status, slow.work) == (StageStatus.CANCEL, "stopped")
+        assert len(ray_executor.terminated) == before + 1
+        worker = int((tmp_path / "started").read_text())
+        await asyncio.wait_for(asyncio.to_thread(_wait_gone, worker), BOUND)
+
+    async def test_a_timeout_stops_the_ray_task(self, ray_executor: RayExecutor, tmp_path: Path) -> None:
+        """A ``TimeoutInterceptor`` timeout fails the Ray stage (``StageTimeoutError``), work "stopped"."""
+        graph = (
+            Pipeline("ray")
+            .with_stage("slow", stages.wait_for_release, T, config={"dir": str(tmp_path)})
+            .build(
+                executor=ray_executor,
+                interceptors=[TimeoutInterceptor(default=None, per_stage={"slow": 0.2})],
+                cancel_grace=60.0,
+            )
+        )
+        with pytest.raises(PipelineFailedError) as caught:
+            await asyncio.wait_for(graph.run(), BOUND)
+        slow = caught.value.results["slow"]
+        assert (slow.status, slow.work, type(slow.error)) == (StageStatus.FAIL, "stopped", StageTimeoutError)
+
+
+def _wait_gone(pid: int) -> None:
+    """Return once process ``pid`` is gone."""
+    import psutil
+
+    try:
+        psutil.Process(pid).wait()
+    except psutil.NoSuchProcess:
+        pass
+
+
+class TestDyingCluster:
+    async def test_a_killed_worker_fails_the_stage_and_keeps_finished_results(
+        self, ray_executor: RayExecutor, tmp_path: Path
+    ) -> None:
+        """A Ray worker killed under a running stage fails that stage with Ray's ``WorkerCrashedError``
+        (``max_retries=0``: Ray does not rerun it); the run ends and finished stages keep their results."""
+        graph = (
+            Pipeline("ray")
+            .with_stage("source", stages.source, T)
+            .with_stage("slow", stages.wait_for_release, T, ("source",), config={"dir": str(tmp_path)})
+            .build(executor=ray_executor)
+        )
+        run = asyncio.create_task(graph.run())
+        await asyncio.wait_for(stages.file_exists(tmp_path / "started"), BOUND)
+        os.kill(int((tmp_path / "started").read_text()), signal.SIGKILL)
+        with pytest.raises(PipelineFailedError) as caught:
+            await asyncio.wait_for(run, BOUND)
+        assert isinstance(caught.value.failures["slow"], ray.exceptions.WorkerCrashedError)
+        assert str(caught.value) == (
+            "stage 'slow' failed: WorkerCrashedError: The worker died unexpectedly while executing this "
+            "task. Check python-core-worker-*.log files for more information."
+        )
+        results = caught.value.results
+        assert (results["source"].status, results["source"].data["n"]) == (StageStatus.OK, 41)
+        assert results["slow"].status is StageStatus.FAIL
+
+    def test_ray_shut_down_under_a_running_stage_fails_it(self, tmp_path: Path) -> None:
+        """``ray.shutdown()`` while a stage runs fails the stage with an error saying so (Ray itself would
+        never end the task's future); finished stages keep their results. In a process of its own, with a
+        Ray of its own."""
+        proc = subprocess.run(
+            [sys.executable, "-c", _SHUTDOWN_SCRIPT, str(tmp_path), str(ROOT)],
+            capture_output=True,
+            text=True,
+            timeout=BOUND,
+            cwd=ROOT,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines() == [
+            "ok 41",
+            "fail RuntimeError: Ray was shut down in this process (ray.shutdown()) while the task was "
+            "pending, so its outcome will never arrive; shut the RayExecutor down after the runs that use it",
+            "owned ray stopped: True",
+        ]
+
+
+_SHUTDOWN_SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+import ray
+from stageflow import Pipeline, PipelineFailedError, StageKind
+from stageflow.adapters.ray import RayExecutor
+from tests import _cluster_stages as stages
+
+where, root = Path(sys.argv[1]), sys.argv[2]
+
+async def main():
+    executor = RayExecutor(init_options={"num_cpus": 1, "runtime_env": {"env_vars": {"PYTHONPATH": root}}})
+    graph = (
+        Pipeline("ray")
+        .with_stage("source", stages.source, StageKind.TRANSFORM)
+        .with_stage("slow", stages.wait_for_release, StageKind.TRANSFORM, ("source",),
+                    config={"dir": str(where)})
+        .build(executor=executor)
+    )
+    run = asyncio.create_task(graph.run())
+    await asyncio.wait_for(stages.file_exists(where / "started"), 60)
+    ray.shutdown()
+    try:
+        await asyncio.wait_for(run, 60)
+    except PipelineFailedError as exc:
+        source, slow = exc.results["source"], exc.results["slow"]
+        print(source.status.value, source.data["n"])
+        print(slow.status.value, f"{type(slow.error).__name__}: {slow.error}")
+    executor.shutdown()
+    print("owned ray stopped:", not ray.is_initialized())
+
+asyncio.run(main())
+"""
