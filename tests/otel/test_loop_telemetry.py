@@ -222,3 +222,24 @@ class TestBlockReportedByTheHeartbeat:
             if (r.log_record.attributes or {}).get(semconv.EVENT_TYPE) == "stage.slow.loop_blocked"
         ]
         assert [(r.trace_id, r.span_id) for r in records] == [(span.context.trace_id, span.context.span_id)]
+
+
+class TestBlocksOutsideStages:
+    def test_a_block_no_stage_ran_is_recorded_without_stage_attributes(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """Code outside any stage held the loop: the histogram records the block with no attributes."""
+        loop_telemetry = LoopTelemetry(meter_provider)
+        loop_telemetry.monitor.on_block(stageflow.LoopBlock(0.2, "/app/server.py", 12))  # type: ignore[misc]
+        loop_telemetry.monitor.on_block(  # type: ignore[misc]
+            stageflow.LoopBlock(0.3, "/app/embed.py", 41, "embed", "rag", "run-1")
+        )
+        points = metric_points(metric_reader, semconv.STAGE_LOOP_BLOCK_DURATION_METRIC.name)
+        assert sorted(
+            (sorted((p.attributes or {}).items()), p.count, p.sum)
+            for p in points
+            if isinstance(p, HistogramDataPoint)
+        ) == [
+            ([], 1, 0.2),
+            ([(semconv.PIPELINE_NAME, "rag"), (semconv.STAGE_NAME, "embed")], 1, 0.3),
+        ]

@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
+import logging
 import multiprocessing
 import pickle
 from collections.abc import Iterator
@@ -311,3 +312,33 @@ class TestWhatTravels:
         assert first_hook is not None and second_hook is not None and first_hook is not second_hook
         assert dict(second_hook.settings.resource)["service.name"] == "two"
         assert (kept, _worker._installed) == (second_hook, None)
+
+
+class TestFlushTimeout:
+    @pytest.mark.parametrize(
+        ("raw", "seconds", "warned"), [("", 5.0, False), ("0.5", 0.5, False), ("soon", 5.0, True)]
+    )
+    def test_the_flush_bound_comes_from_the_environment(
+        self,
+        otel_env: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+        raw: str,
+        seconds: float,
+        warned: bool,
+    ) -> None:
+        """STAGEFLOW_OTEL_WORKER_FLUSH_TIMEOUT bounds a worker's flush; a value that is not seconds is
+        reported and the default used."""
+        otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+        otel_env.setenv(semconv.ENV_WORKER_FLUSH_TIMEOUT, raw)
+        with caplog.at_level(logging.WARNING, logger="stageflow_otel"):
+            telemetry = setup("parent-svc", set_global=False)
+        try:
+            assert _worker._installed is not None
+            assert _worker._installed.settings.flush_timeout == seconds
+        finally:
+            telemetry.shutdown(5.0)
+        assert [r.getMessage() for r in caplog.records] == (
+            [f"stageflow_otel: {semconv.ENV_WORKER_FLUSH_TIMEOUT}='soon' is not a number of seconds; using 5"]
+            if warned
+            else []
+        )
