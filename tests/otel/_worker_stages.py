@@ -40,3 +40,35 @@ def install_user_sdk(endpoint: str) -> None:
     provider = TracerProvider(resource=Resource({"service.name": "user-sdk"}))
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)
+
+
+def run_with_global_setup_and_fork(endpoint: str) -> None:
+    """In a fresh interpreter: ``setup()`` with global providers, then a stage in a forked worker, which
+    inherits those providers. Prints, as JSON, the stage's output and the spans the receiver got."""
+    import asyncio
+    import json
+    import multiprocessing
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+
+    from stageflow import Pipeline, StageKind
+    from stageflow.testing import make_context
+    from stageflow_otel import TracingInterceptor, setup
+
+    telemetry = setup("forking-parent", loop_monitor=False)
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    graph = (
+        Pipeline(name="fork")
+        .with_stage("work", traced_work, StageKind.TRANSFORM, executor=pool)
+        .build(interceptors=[TracingInterceptor()])
+    )
+    try:
+        results = asyncio.run(graph.run(make_context()))
+        flushed = telemetry.force_flush(10.0)
+    finally:
+        pool.shutdown(wait=True)
+        telemetry.shutdown(5.0)
+    output = results["work"].output
+    assert output is not None
+    lost = {kind: sum(causes.values()) for kind, causes in telemetry.lost.items()}
+    sys.stdout.write(json.dumps({"output": dict(output.data), "flushed": flushed, "lost": lost}) + "\n")

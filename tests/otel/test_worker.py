@@ -7,12 +7,17 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
+import json
 import logging
 import multiprocessing
+import os
 import pickle
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import baggage
@@ -342,3 +347,38 @@ class TestFlushTimeout:
             if warned
             else []
         )
+
+
+class TestForkedWorkerOfAGlobalSetup:
+    def test_a_forked_worker_keeps_the_providers_it_inherited(
+        self, otel_env: pytest.MonkeyPatch, receiver: HttpReceiver
+    ) -> None:
+        """A process whose ``setup()`` installed global providers forks its worker: the worker exports
+        through the inherited providers (the parent's resource, no worker resource of its own), its spans
+        nest under the stage span, and nothing is lost."""
+        _export_to(otel_env, receiver.endpoint)
+        script = (
+            "from tests.otel._worker_stages import run_with_global_setup_and_fork; "
+            f"run_with_global_setup_and_fork({receiver.endpoint!r})"
+        )
+        root = Path(__file__).resolve().parents[2]
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=HANG_GUARD
+        )
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout.splitlines()[-1])
+        assert (report["flushed"], report["lost"]) == (
+            True,
+            {"spans": 0, "log_records": 0, "metric_points": 0, "events": 0},
+        )
+        assert receiver.wait_for(lambda: len(receiver.spans()) >= 4, HANG_GUARD)
+        by_name = {s.name: s for s in received(receiver)}
+        assert sorted(by_name) == ["pipeline fork", "stage work", "user inner", "user work"]
+        assert by_name["user work"].parent == by_name["stage work"].span_id
+        assert by_name["user work"].trace_id == report["output"]["trace_id"]
+        # The inherited resource, not one of ours (no process.pid); the SDK gives a forked child an
+        # instance id of its own.
+        worker, parent = dict(by_name["user work"].resource), dict(by_name["stage work"].resource)
+        assert worker.pop("service.instance.id") != parent.pop("service.instance.id")
+        assert (worker, "process.pid" in worker) == (parent, False)
+        assert report["output"]["pid"] != os.getpid()
