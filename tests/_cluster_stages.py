@@ -40,7 +40,8 @@ def _dir(ctx: StageContext) -> Path:
 
 
 def report(ctx: StageContext) -> StageOutput:
-    """Where and as what the stage ran: the process, the run identity, the attempt, its input and config."""
+    """Where and as what the stage ran: the process, the run identity, the attempt, its input and config,
+    the run's ``ctx.data`` as it sees it and whether it sees the run itself."""
     assert ctx.stage is not None
     return StageOutput.ok(
         pid=os.getpid(),
@@ -50,6 +51,8 @@ def report(ctx: StageContext) -> StageOutput:
         text=ctx.snapshot.input_text,
         config=dict(ctx.stage.config),
         stop_requested=ctx.stop_requested,
+        run_data=dict(ctx.data),
+        in_run=ctx.pipeline is not None,
     )
 
 

@@ -105,14 +105,15 @@ class TestRouting:
     async def test_the_graph_default_carries_the_stage_context(
         self, dask_executor: Executor, worker_pids: set[int]
     ) -> None:
-        """``build(executor=...)`` sends the stage, its config, the snapshot and the run identity across."""
+        """``build(executor=...)`` sends the stage, its config, the snapshot and the run identity across;
+        not the run's ``ctx.data`` nor the run itself."""
         graph = (
             Pipeline("dask")
             .with_stage("report", stages.report, T, config={"dir": "unused", "limit": 3})
             .build(executor=dask_executor)
         )
         assert graph.stage("report").executor is dask_executor
-        result = await asyncio.wait_for(graph.run(input_text="hello"), BOUND)
+        result = await asyncio.wait_for(graph.run(input_text="hello", data={"token": "t"}), BOUND)
         data = dict(result["report"].data)
         assert data.pop("pid") in worker_pids
         assert data == {
@@ -122,6 +123,8 @@ class TestRouting:
             "text": "hello",
             "config": {"dir": "unused", "limit": 3},
             "stop_requested": False,
+            "run_data": {},
+            "in_run": False,
         }
         report = result["report"]
         assert report.status is StageStatus.OK

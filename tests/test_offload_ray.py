@@ -217,14 +217,15 @@ class TestRouting:
         assert pids <= _descendants()
 
     async def test_the_graph_default_carries_the_stage_context(self, ray_executor: RayExecutor) -> None:
-        """``build(executor=...)`` sends the stage, its config, the snapshot and the run identity across."""
+        """``build(executor=...)`` sends the stage, its config, the snapshot and the run identity across;
+        not the run's ``ctx.data`` nor the run itself."""
         graph = (
             Pipeline("ray")
             .with_stage("report", stages.report, T, config={"dir": "unused", "limit": 3})
             .build(executor=ray_executor)
         )
         assert graph.stage("report").executor is ray_executor
-        result = await asyncio.wait_for(graph.run(input_text="hello"), BOUND)
+        result = await asyncio.wait_for(graph.run(input_text="hello", data={"token": "t"}), BOUND)
         data = dict(result["report"].data)
         assert data.pop("pid") != os.getpid()
         assert data == {
@@ -234,6 +235,8 @@ class TestRouting:
             "text": "hello",
             "config": {"dir": "unused", "limit": 3},
             "stop_requested": False,
+            "run_data": {},
+            "in_run": False,
         }
         report = result["report"]
         assert 0.0 < report.dispatch <= report.ended_at - report.started_at
