@@ -122,7 +122,7 @@ class LoopTelemetry:
 _FALSE = frozenset({"false", "0", "no", "off"})
 
 
-def wanted(argument: bool | None) -> bool:
+def _wanted(argument: bool | None) -> bool:
     """``setup(loop_monitor=...)``, else ``STAGEFLOW_LOOP_MONITOR`` (on unless it says ``false``)."""
     if argument is not None:
         return argument
@@ -132,7 +132,7 @@ def wanted(argument: bool | None) -> bool:
 def install(telemetry: Telemetry, argument: bool | None) -> LoopTelemetry | None:
     """Start the process's loop monitor, recording on ``telemetry``'s meter provider, unless switched off;
     ``telemetry.shutdown()`` stops it."""
-    if not wanted(argument):
+    if not _wanted(argument):
         return None
     loop = LoopTelemetry(telemetry.meter_provider)
     loop.start()

@@ -65,7 +65,7 @@ from ._export import Accounting
 if TYPE_CHECKING:
     from ._setup import Telemetry
 
-__all__ = ("WorkerSettings", "WorkerTelemetry", "install")
+__all__ = ("WorkerSettings", "WorkerTelemetry", "install", "settings_of")
 
 logger = logging.getLogger("stageflow_otel")
 
