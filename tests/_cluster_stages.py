@@ -15,18 +15,22 @@ from pathlib import Path
 from stageflow import StageContext, StageOutput
 
 __all__ = (
+    "HoldsLock",
     "LockedError",
     "StageBroke",
     "block_outside_python",
     "emit_progress",
+    "fail_now",
     "fail_once_started",
     "file_exists",
+    "gate_on_started",
     "plus_one",
     "raise_locked",
     "raise_stage_broke",
     "report",
     "return_lock",
     "source",
+    "touch_ran",
     "wait_for_release",
 )
 
@@ -109,6 +113,33 @@ def block_outside_python(ctx: StageContext) -> StageOutput:
     (_dir(ctx) / "started").write_text(str(os.getpid()))
     threading.Event().wait()  # never returns: only killing the process ends it
     return StageOutput.ok()
+
+
+def touch_ran(ctx: StageContext) -> StageOutput:
+    """Write ``ran-<stage>`` when it runs."""
+    (_dir(ctx) / f"ran-{ctx.stage_name}").touch()
+    return StageOutput.ok()
+
+
+class HoldsLock:
+    """A sync stage class holding a lock: it cannot be sent to another process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def execute(self, ctx: StageContext) -> StageOutput:
+        return StageOutput.ok()
+
+
+async def gate_on_started(ctx: StageContext) -> StageOutput:
+    """An async stage that ends once a sibling wrote ``started``."""
+    await file_exists(_dir(ctx) / "started")
+    return StageOutput.ok()
+
+
+async def fail_now(ctx: StageContext) -> StageOutput:
+    msg = "sibling failed"
+    raise RuntimeError(msg)
 
 
 async def file_exists(path: Path) -> None:

@@ -27,6 +27,7 @@ from stageflow import (
     StageStatus,
     StageTimeoutError,
     TimeoutInterceptor,
+    UnpicklableStageError,
     UnpicklableValueError,
 )
 
@@ -218,6 +219,20 @@ class TestErrors:
             "stage 'open' runs in another process, but its output key 'handle' cannot be pickled "
             "(TypeError: cannot pickle '_thread.lock' object); pass values that pickle between such stages "
             "(str, bytes, numbers, lists, dicts, dataclasses), or run the stage in a thread"
+        )
+
+    def test_a_lambda_is_refused_at_build(self, dask_executor: Executor) -> None:
+        """A stage routed to Dask must pickle: a lambda is refused at ``build()``, naming it and the fix."""
+        pipeline = Pipeline("dask").with_stage("embed", lambda ctx: stages.source(ctx), T)
+        with pytest.raises(UnpicklableStageError) as caught:
+            pipeline.build(executor=dask_executor)
+        assert (caught.value.stage, caught.value.part) == ("embed", "its function (a lambda)")
+        assert str(caught.value) == (
+            "stage 'embed' runs on ClientExecutor, in another process, but its function (a lambda) cannot be "
+            "pickled (AttributeError: Can't pickle local object "
+            "'TestErrors.test_a_lambda_is_refused_at_build.<locals>.<lambda>'); a stage sent to another "
+            "process must pickle: use a module-level function or class, and keep no lambdas, locks or open "
+            "clients in its attributes or config (open them inside the stage, or run it in a thread)"
         )
 
     def test_a_shut_down_executor_is_refused_at_with_stage(self, client: Client) -> None:

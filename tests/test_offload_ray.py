@@ -29,6 +29,7 @@ from stageflow import (
     StageStatus,
     StageTimeoutError,
     TimeoutInterceptor,
+    UnpicklableStageError,
     UnpicklableValueError,
 )
 from stageflow.adapters.ray import RayExecutor
@@ -291,6 +292,18 @@ class TestErrors:
         )
         assert "raise LockedError" in error.remote_traceback
 
+    def test_a_stage_holding_a_lock_is_refused_at_build(self, ray_executor: RayExecutor) -> None:
+        """A stage routed to Ray must pickle: one holding a lock is refused at ``build()``, naming it."""
+        pipeline = Pipeline("ray").with_stage("embed", stages.HoldsLock, T, executor=ray_executor)
+        with pytest.raises(UnpicklableStageError) as caught:
+            pipeline.build()
+        assert str(caught.value) == (
+            "stage 'embed' runs on RecordingRayExecutor, in another process, but attribute 'lock' (lock) "
+            "cannot be pickled (TypeError: cannot pickle '_thread.lock' object); a stage sent to another "
+            "process must pickle: use a module-level function or class, and keep no lambdas, locks or open "
+            "clients in its attributes or config (open them inside the stage, or run it in a thread)"
+        )
+
     async def test_an_unpicklable_output_names_its_key(self, ray_executor: RayExecutor) -> None:
         """An output value that cannot be pickled back fails its stage with an error naming the key."""
         graph = Pipeline("ray").with_stage("open", stages.return_lock, T).build(executor=ray_executor)
@@ -329,6 +342,32 @@ class TestCancellation:
         assert len(ray_executor.terminated) == before
         assert int((tmp_path / "started").read_text()) in _descendants()
         assert not (tmp_path / "finished").exists()
+
+    async def test_a_queued_task_is_dropped(self, ray_executor: RayExecutor, tmp_path: Path) -> None:
+        """A task still queued in Ray when its stage is cancelled is dropped (it never runs): "stopped"."""
+        config = {"dir": str(tmp_path)}
+        whole_node = RayExecutor(num_cpus=2)  # one task at a time on the module's two CPUs
+        graph = (
+            Pipeline("ray")
+            .with_stage("running", stages.wait_for_release, T, config=config, executor=whole_node)
+            .with_stage("gate", stages.gate_on_started, T, config=config)
+            # its task submits before "failing" runs: it comes first among the gate's children
+            .with_stage("queued", stages.touch_ran, T, ("gate",), config=config, executor=whole_node)
+            .with_stage("failing", stages.fail_now, T, ("gate",))
+            .build(cancel_grace=60.0)
+        )
+        try:
+            with pytest.raises(PipelineFailedError) as caught:
+                await asyncio.wait_for(graph.run(), BOUND)
+        finally:
+            whole_node.shutdown()
+        results = caught.value.results
+        assert [(results[n].status, results[n].work) for n in ("running", "queued")] == [
+            (StageStatus.CANCEL, "stopped"),
+            (StageStatus.CANCEL, "stopped"),
+        ]
+        # both ended before the run did: a task that finished at last would have written its file
+        assert sorted(os.listdir(tmp_path)) == ["started"]
 
     async def test_work_outliving_the_grace_is_terminated(
         self, ray_executor: RecordingRayExecutor, tmp_path: Path
