@@ -24,6 +24,7 @@ from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
+import stageflow
 from stageflow import Pipeline, RunResult, StageKind
 from stageflow_otel import TracingInterceptor, _worker, semconv, setup
 
@@ -382,3 +383,39 @@ class TestForkedWorkerOfAGlobalSetup:
         assert worker.pop("service.instance.id") != parent.pop("service.instance.id")
         assert (worker, "process.pid" in worker) == (parent, False)
         assert report["output"]["pid"] != os.getpid()
+
+
+class TestNeverBreaksAStage:
+    async def test_a_worker_whose_sdk_cannot_be_configured_still_runs_the_stage_in_its_context(
+        self, otel_env: pytest.MonkeyPatch
+    ) -> None:
+        """Settings the worker's ``setup()`` refuses (an export batch larger than its queue): the stage
+        runs all the same, with the stage span's context current, and the hop reports nothing."""
+        bad = _worker.WorkerSettings(
+            resource=(("service.name", "parent-svc"),),
+            environment=(("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100"), ("OTEL_BSP_MAX_QUEUE_SIZE", "10")),
+            mode="bounded",
+            event_log_records=False,
+            flush_timeout=1.0,
+        )
+        traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        reports: list[object] = []
+
+        class Recording(_worker.WorkerTelemetry):
+            def returned(self, report: object) -> None:
+                reports.append(report)
+
+        def factory(stage: Any, ctx: Any) -> _worker.WorkerTelemetry:
+            return Recording({"traceparent": traceparent}, bad)
+
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        stageflow.add_worker_hook(factory)
+        try:
+            pipeline = Pipeline(name="hop").with_stage(
+                "work", untraced_work, StageKind.TRANSFORM, executor=pool
+            )
+            output = data(await pipeline.build().run(entry_ctx()))
+        finally:
+            stageflow.remove_worker_hook(factory)
+            pool.shutdown(wait=True)
+        assert (output["span_valid"], reports) == (True, [None])
