@@ -117,12 +117,15 @@ class WorkerSettings:
 
 def settings_of(telemetry: Telemetry) -> WorkerSettings:
     """The settings ``telemetry`` was built with, for its workers (read now, in the parent)."""
-    from ._setup import _endpoint, _exporter_names
+    from ._setup import _endpoint
     from ._sink import OtlpEventSink
 
     environment = {name: os.environ[name] for name in PASSED if os.environ.get(name, "").strip()}
     endpoint, _ = _endpoint("metrics")
-    exporters = [n for n in _exporter_names("metrics", endpoint is not None) if n != "prometheus"]
+    raw = os.environ.get(semconv.ENV_METRICS_EXPORTER, "").strip().lower()
+    named = [n.strip() for n in raw.split(",")] if raw else (["otlp"] if endpoint is not None else [])
+    # What setup() made of them (it warned about the rest): never the in-process /metrics in a worker
+    exporters = [n for n in dict.fromkeys(named) if n in ("otlp", "console")]
     environment[semconv.ENV_METRICS_EXPORTER] = ",".join(exporters) or "none"
     resource = getattr(telemetry.tracer_provider, "resource", None)
     attributes = dict(resource.attributes) if resource is not None else {}
