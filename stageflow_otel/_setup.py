@@ -418,8 +418,9 @@ class Telemetry:
 
         Without it a service stopped with SIGTERM (``docker stop``, Kubernetes, systemd) dies at once and
         the spans, log records and metric points still queued are lost. With it, the first of
-        ``signals`` starts ``shutdown(timeout)`` in a thread (the main thread goes on meanwhile, so it
-        never waits on a lock it holds itself); once that returns (within ``timeout`` plus a few ms) the
+        ``signals`` has a thread this call starts run ``shutdown(timeout)`` (the main thread goes on
+        meanwhile, so it never waits on a lock it holds itself; the thread ends with ``shutdown()``
+        however that is called); once that returns (within ``timeout`` plus a few ms) the
         previous handlers are put back and the signal goes to the one it had, so the process ends as it
         would have: killed by SIGTERM, ``KeyboardInterrupt`` for SIGINT, or whatever handler the
         application had installed (an ignored signal stays ignored). A second signal while flushing
@@ -450,28 +451,38 @@ class Telemetry:
         if self.disabled or not wanted:
             return
         previous = {sig: _handler(sig) for sig in wanted}
-        state = {"flushing": False}
+        received: list[int] = []
+        trigger = threading.Event()
 
-        def flush_then_deliver(sig: int) -> None:
+        def flush_then_deliver() -> None:
+            trigger.wait()
+            if not received:  # shut down otherwise, before any signal: nothing to do
+                return
+            sig = received[0]
+            logger.info(
+                "stageflow_otel: %s received; flushing telemetry (at most %g s) before it takes effect",
+                signal.Signals(sig).name,
+                timeout,
+            )
             try:
                 self.shutdown(timeout)
             finally:
                 os.kill(os.getpid(), sig)  # handled below, in the main thread: the signal takes effect
 
+        # Started now, not in the handler: a handler may run while the main thread holds a lock that
+        # starting a thread (or logging) needs.
+        threading.Thread(
+            target=flush_then_deliver, name="stageflow-otel-signal-shutdown", daemon=True
+        ).start()
+        self._on_shutdown.append(trigger.set)
+
         def handle(sig: int, frame: Any) -> None:
-            if not state["flushing"]:
-                state["flushing"] = True
-                logger.info(
-                    "stageflow_otel: %s received; flushing telemetry (at most %g s) before it takes effect",
-                    signal.Signals(sig).name,
-                    timeout,
-                )
-                threading.Thread(
-                    target=flush_then_deliver, args=(sig,), name="stageflow-otel-signal-shutdown"
-                ).start()
+            if not received and not trigger.is_set():
+                received.append(sig)
+                trigger.set()
                 return
-            # The flush is over (or a second signal cut it short): the previous handlers again, and this
-            # signal to the one it had.
+            # The flush is over, a second signal cuts it short, or the telemetry was shut down without a
+            # signal: the previous handlers again, and this signal to the one it had.
             for each, handler in previous.items():
                 if signal.getsignal(each) is handle:  # unless the application replaced it since
                     signal.signal(each, handler)

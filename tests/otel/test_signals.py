@@ -114,6 +114,39 @@ class TestShutdownOnSignals:
         returncode, _ = stop(process, signal.SIGTERM)
         assert (len(receiver.spans()), returncode) == (0, -signal.SIGTERM)
 
+    def test_after_a_shutdown_without_a_signal_no_thread_is_left_and_a_signal_reaches_its_handler(
+        self, otel_env: pytest.MonkeyPatch
+    ) -> None:
+        """Shut down before any signal, the helper's thread ends, its handlers are restored and a later
+        signal reaches the application's own handler."""
+        otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+        before = set(threading.enumerate())
+        previous = signal.getsignal(signal.SIGUSR1)
+        seen: list[int] = []
+
+        def own(sig: int, frame: object) -> None:
+            seen.append(sig)
+
+        signal.signal(signal.SIGUSR1, own)
+        try:
+            telemetry = setup("signals", set_global=False)
+            telemetry.shutdown_on_signals([signal.SIGUSR1])
+            helper = [t for t in threading.enumerate() if t not in before]
+            assert telemetry.shutdown(1.0) is True
+            for thread in helper:
+                thread.join(60)
+            left = [t.name for t in threading.enumerate() if t not in before]
+            signal.raise_signal(signal.SIGUSR1)  # handlers run before raise_signal returns
+            restored = signal.getsignal(signal.SIGUSR1) is own
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+        assert ([t.name for t in helper], left, seen, restored) == (
+            ["stageflow-otel-signal-shutdown"],
+            [],
+            [signal.SIGUSR1],
+            True,
+        )
+
     def test_it_must_be_called_from_the_main_thread(self, otel_env: pytest.MonkeyPatch) -> None:
         """Called from another thread, it refuses, naming the thread."""
         otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
