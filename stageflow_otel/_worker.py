@@ -95,6 +95,8 @@ PASSED: tuple[str, ...] = tuple(e.name for e in semconv.ENVIRONMENT if e.name no
 _SET_IN_WORKER = (*PASSED, semconv.ENV_METRICS_EXPORTER)
 """Every variable the worker's ``setup()`` reads from the parent's settings instead of its environment."""
 
+_KINDS = frozenset({"spans", "log_records", "metric_points"})
+
 Report = tuple[tuple[str, str, int], ...]
 """What a worker could not deliver since its previous report: ``(kind, cause, count)`` triples."""
 
@@ -214,10 +216,14 @@ class WorkerTelemetry:
     def returned(self, report: object) -> None:
         """On the event loop: add the worker's losses to the parent's counters, with their cause."""
         accounting = self._accounting
-        if accounting is None or not report:
+        if accounting is None or not isinstance(report, tuple):
             return
-        for kind, cause, count in report:  # type: ignore[attr-defined]
-            accounting.dropped(kind, count, cause)
+        for item in report:
+            kind, cause, count = item
+            if kind in _KINDS and cause in semconv.DROP_CAUSES and isinstance(count, int) and count > 0:
+                accounting.dropped(kind, count, cause)
+            else:  # a worker of another version: said, not guessed at
+                logger.error("stageflow_otel: a worker reported a loss it cannot be counted as: %r", item)
 
     def __repr__(self) -> str:
         return f"WorkerTelemetry(traceparent={self.carrier.get('traceparent')!r})"

@@ -27,12 +27,20 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoi
 import stageflow
 from stageflow import Pipeline, RunResult, StageKind
 from stageflow_otel import TracingInterceptor, _worker, semconv, setup
+from stageflow_otel._export import Accounting
 
 from ._worker_stages import install_user_sdk, traced_work, untraced_work
 from .conftest import entry_ctx, metric_points
 from .otlp_receiver import HttpReceiver, closed_port
 
 START_METHODS = ("fork", "spawn")
+SETTINGS = _worker.WorkerSettings(
+    resource=(("service.name", "parent-svc"),),
+    environment=(),
+    mode="bounded",
+    event_log_records=False,
+    flush_timeout=1.0,
+)
 HANG_GUARD = 60.0
 """Seconds after which waiting for the receiver counts as a hang (never reached when it works)."""
 
@@ -252,6 +260,30 @@ class TestLossAccounting:
             "too_large": 0,
         }
         assert points == lost
+
+
+class TestReports:
+    def test_the_parent_counts_what_it_knows_and_names_what_it_does_not(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A report's known kinds and causes are counted; anything else (a worker of another version) is
+        logged with the item, never guessed at."""
+        accounting = Accounting()
+        hook = _worker.WorkerTelemetry({}, SETTINGS, accounting)
+        with caplog.at_level(logging.ERROR, logger="stageflow_otel"):
+            hook.returned((("spans", "export_failed", 2), ("spans", "lost", 1), ("events", "timeout", 1)))
+            hook.returned(None)
+        assert accounting.snapshot()["spans"] == {
+            "queue_full": 0,
+            "export_failed": 2,
+            "timeout": 0,
+            "shutdown": 0,
+            "too_large": 0,
+        }
+        assert [r.getMessage() for r in caplog.records] == [
+            "stageflow_otel: a worker reported a loss it cannot be counted as: ('spans', 'lost', 1)",
+            "stageflow_otel: a worker reported a loss it cannot be counted as: ('events', 'timeout', 1)",
+        ]
 
 
 class TestWhatTravels:
