@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 
 import asyncio
+import logging
 import sys
 import time
 from typing import Any
@@ -242,4 +243,28 @@ class TestBlocksOutsideStages:
         ) == [
             ([], 1, 0.2),
             ([(semconv.PIPELINE_NAME, "rag"), (semconv.STAGE_NAME, "embed")], 1, 0.3),
+        ]
+
+
+class _Broken:
+    def record(self, *args: object) -> None:
+        raise RuntimeError("the SDK broke")
+
+
+class TestSdkFailures:
+    def test_an_sdk_that_raises_never_reaches_the_loop_and_is_logged_once(
+        self, meter_provider: MeterProvider, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Recording lag or a block that raises in the SDK is swallowed; one warning says figures are
+        missing."""
+        loop_telemetry = LoopTelemetry(meter_provider)
+        loop_telemetry._lag = _Broken()  # type: ignore[assignment]
+        loop_telemetry._blocks = _Broken()  # type: ignore[assignment]
+        with caplog.at_level(logging.WARNING, logger="stageflow_otel"):
+            loop_telemetry._on_lag(0.001)
+            loop_telemetry._on_block(stageflow.LoopBlock(0.2, "/app/server.py", 12))
+            loop_telemetry._on_lag(0.002)
+        assert [r.getMessage() for r in caplog.records] == [
+            "stageflow_otel: recording the loop monitor's figures failed: RuntimeError('the SDK broke'); "
+            "some are missing (logged once)"
         ]
