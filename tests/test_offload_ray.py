@@ -32,7 +32,7 @@ from stageflow import (
     UnpicklableStageError,
     UnpicklableValueError,
 )
-from stageflow.adapters.ray import RayExecutor
+from stageflow.adapters.ray import RayExecutor, _RayFuture
 
 from . import _cluster_stages as stages
 
@@ -176,6 +176,67 @@ class TestRayExecutor:
         with pytest.raises(error) as caught:
             RayExecutor(**keywords)
         assert str(caught.value) == message
+
+
+@pytest.mark.usefixtures("ray_executor")  # ray.cancel() would start a Ray of its own
+class TestRayFuture:
+    """How a task's future takes the outcome of Ray's own future of it (``_settle`` runs on Ray's thread)."""
+
+    def _settled(self, outcome: Future[Any]) -> Future[Any]:
+        future = _RayFuture(None, ray)
+        future._settle(outcome)
+        return future
+
+    def test_a_result_is_copied(self) -> None:
+        """The task's value becomes the future's result."""
+        outcome: Future[Any] = Future()
+        outcome.set_result(5)
+        assert self._settled(outcome).result(timeout=0) == 5
+
+    def test_an_exception_is_copied(self) -> None:
+        """The task's exception becomes the future's, the same object."""
+        outcome: Future[Any] = Future()
+        error = ValueError("bad")
+        outcome.set_exception(error)
+        assert self._settled(outcome).exception(timeout=0) is error
+
+    @pytest.mark.parametrize("how", ["task-cancelled-error", "cancelled-future"])
+    def test_a_cancelled_task_cancels_the_future(self, how: str) -> None:
+        """Ray's ``TaskCancelledError``, or a cancelled future, ends the future cancelled."""
+        outcome: Future[Any] = Future()
+        if how == "task-cancelled-error":
+            outcome.set_exception(ray.exceptions.TaskCancelledError())
+        else:
+            outcome.cancel()
+        future = self._settled(outcome)
+        assert future.cancelled()
+        assert future.cancel() is True  # cancelling it again changes nothing
+
+    def test_an_outcome_after_the_future_failed_is_ignored(self) -> None:
+        """A result arriving after the future ended (Ray was shut down first) leaves it as it was."""
+        future = _RayFuture(None, ray)
+        gone = RuntimeError("gone")
+        future._end(gone)
+        outcome: Future[Any] = Future()
+        outcome.set_result(5)
+        future._settle(outcome)
+        future._end(RuntimeError("again"))
+        assert future.exception(timeout=0) is gone
+        assert future.cancel() is False
+
+    def test_a_cancel_ray_refuses_is_logged(self, caplog: pytest.LogCaptureFixture) -> None:
+        """``cancel()`` logs what ``ray.cancel`` raised and answers ``False``: the task may still run."""
+        future = _RayFuture("not a reference", ray)
+        with caplog.at_level("ERROR", logger="stageflow"):
+            assert future.cancel() is False
+        [record] = caplog.records
+        assert record.getMessage().startswith("stageflow: ray.cancel('not a reference') failed: TypeError(")
+
+    def test_terminate_of_an_ended_task_does_nothing(self, ray_executor: RayExecutor) -> None:
+        """``terminate`` of a future whose task ended answers ``True`` without asking Ray."""
+        future = _RayFuture(None, ray)
+        future._end(RuntimeError("ended"))
+        assert ray_executor.terminate(future) is True
 
 
 class TestWithoutRay:
@@ -462,7 +523,7 @@ import asyncio, sys
 from pathlib import Path
 import ray
 from stageflow import Pipeline, PipelineFailedError, StageKind
-from stageflow.adapters.ray import RayExecutor
+from stageflow.adapters.ray import RayExecutor, _RayFuture
 from tests import _cluster_stages as stages
 
 where, root = Path(sys.argv[1]), sys.argv[2]
