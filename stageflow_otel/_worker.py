@@ -30,9 +30,12 @@ In the worker, before the stage runs (``enter``):
 
 After the stage (``exit``), the context is detached and the worker's telemetry is flushed, waiting at most
 ``STAGEFLOW_OTEL_WORKER_FLUSH_TIMEOUT`` seconds (5), before the result returns. What the worker gave up on
-since its previous report (spans, log records, metric points, by cause) comes back with the result and is
-added, on the event loop, to the parent's ``stageflow.telemetry.*.dropped`` counters with the same
-``cause`` (``returned``), so ``Telemetry.lost``, ``force_flush()`` and ``shutdown()`` of the parent see it.
+since its previous report (spans, log records, metric points, by cause; failed export batches by signal;
+span links truncated) comes back with the result and is added, on the event loop, to the parent's
+telemetry-health counters (``stageflow.telemetry.*.dropped`` with the same ``cause``,
+``stageflow.telemetry.export.failures``, ``stageflow.telemetry.links.dropped``; ``returned``), so
+``Telemetry.lost``, ``force_flush()`` and ``shutdown()`` of the parent see it. A worker configured here
+keeps those counters at zero itself, so no loss is counted twice.
 Losses a worker has after the last stage it ran (a flush still running when the bound ran out, then
 failing) are counted in its own counters, exported if it can, and reported with its next stage.
 """
@@ -96,9 +99,13 @@ _SET_IN_WORKER = (*PASSED, semconv.ENV_METRICS_EXPORTER)
 """Every variable the worker's ``setup()`` reads from the parent's settings instead of its environment."""
 
 _KINDS = frozenset({"spans", "log_records", "metric_points"})
+_FAILURES = "export_failures"
+_LINKS = "links"
+_SIGNALS = frozenset({"traces", "metrics", "logs"})
 
 Report = tuple[tuple[str, str, int], ...]
-"""What a worker could not deliver since its previous report: ``(kind, cause, count)`` triples."""
+"""What a worker could not deliver since its previous report: ``(kind, cause, count)`` triples, kind one of
+``spans``, ``log_records``, ``metric_points`` (by cause), ``export_failures`` (by signal) or ``links``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +227,20 @@ class WorkerTelemetry:
             return
         for item in report:
             kind, cause, count = item
-            if kind in _KINDS and cause in semconv.DROP_CAUSES and isinstance(count, int) and count > 0:
+            if not isinstance(count, int) or count <= 0:
+                known = False
+            elif kind in _KINDS and cause in semconv.DROP_CAUSES:
                 accounting.dropped(kind, count, cause)
-            else:  # a worker of another version: said, not guessed at
+                known = True
+            elif kind == _FAILURES and cause in _SIGNALS:
+                for _ in range(count):
+                    accounting.failed(cause)
+                known = True
+            else:
+                known = kind == _LINKS
+                if known:
+                    accounting.links(count)
+            if not known:  # a worker of another version: said, not guessed at
                 logger.error("stageflow_otel: a worker reported a loss it cannot be counted as: %r", item)
 
     def __repr__(self) -> str:
@@ -282,7 +300,7 @@ class _Process:
         self.provider = provider
         self._lock = threading.Lock()
         # An inherited handle (fork) counts the parent's losses up to the fork: those are the parent's.
-        self._reported = telemetry._accounting.snapshot() if telemetry is not None else {}
+        self._reported = _totals(telemetry) if telemetry is not None else {}
 
     def flush(self, timeout: float) -> Report | None:
         telemetry = self.telemetry
@@ -297,17 +315,27 @@ class _Process:
             telemetry.force_flush(timeout)
         except Exception as exc:  # never expected: force_flush is bounded and guarded
             logger.warning("stageflow_otel: flushing the worker's telemetry failed: %r", exc)
-        lost = telemetry._accounting.snapshot()
-        report: list[tuple[str, str, int]] = []
         with self._lock:
-            for kind, causes in lost.items():
-                before = self._reported.get(kind, {})
-                for cause, count in causes.items():
-                    new = count - before.get(cause, 0)
-                    if new > 0:
-                        report.append((kind, cause, new))
-            self._reported = lost
-        return tuple(report)
+            totals = _totals(telemetry)
+            report = tuple(
+                (kind, cause, count - self._reported.get((kind, cause), 0))
+                for (kind, cause), count in totals.items()
+                if count > self._reported.get((kind, cause), 0)
+            )
+            self._reported = totals
+        return report
+
+
+def _totals(telemetry: Telemetry) -> dict[tuple[str, str], int]:
+    """Everything ``telemetry`` counted lost so far, as report keys."""
+    totals = {
+        (kind, cause): count
+        for kind, causes in telemetry._accounting.snapshot().items()
+        for cause, count in causes.items()
+    }
+    totals.update({(_FAILURES, signal): count for signal, count in telemetry.export_failures.items()})
+    totals[(_LINKS, "")] = telemetry.links_dropped
+    return totals
 
 
 _lock = threading.Lock()
@@ -350,7 +378,7 @@ def _configure(settings: WorkerSettings) -> Telemetry:
     resource[SERVICE_INSTANCE_ID] = str(uuid.uuid4())
     resource[PROCESS_PID] = os.getpid()
     with _environment(dict(settings.environment)):
-        return setup(
+        telemetry = setup(
             resource_attributes=resource,
             set_global=True,
             metrics_port=None,
@@ -358,6 +386,16 @@ def _configure(settings: WorkerSettings) -> Telemetry:
             event_log_records=settings.event_log_records,
             loop_monitor=False,
         )
+    _report_only(telemetry._accounting)
+    return telemetry
+
+
+def _report_only(accounting: Accounting) -> None:
+    """Keep counting losses in memory (for the reports) but no longer in the worker's own health metrics:
+    the parent counts them, and a loss must be counted once."""
+    accounting._failure_counter = None
+    accounting._counters = {}
+    accounting._links_counter = None
 
 
 _environ_lock = threading.Lock()

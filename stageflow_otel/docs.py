@@ -280,9 +280,12 @@ def _hops_section() -> list[str]:
         "the worker: the stage span covers the hop and the dispatch time splits it. What a worker "
         "could not deliver comes back with the result and is added to this process's "
         f"`{semconv.TELEMETRY_SPANS_DROPPED.name}`, `{semconv.TELEMETRY_LOG_RECORDS_DROPPED.name}` and "
-        f"`{semconv.TELEMETRY_METRIC_POINTS_DROPPED.name}` with the same `{semconv.TELEMETRY_CAUSE}`; what "
-        "it loses after the last stage it ran is counted in its own counters and reported with its next "
-        "stage. The latest `setup()` of a process is the one whose settings travel.",
+        f"`{semconv.TELEMETRY_METRIC_POINTS_DROPPED.name}` with the same `{semconv.TELEMETRY_CAUSE}`, "
+        f"its failed export batches to `{semconv.TELEMETRY_EXPORT_FAILURES.name}` and its truncated links "
+        f"to `{semconv.TELEMETRY_LINKS_DROPPED.name}`; a worker configured this way keeps its own copies "
+        "of these counters at zero, so nothing is counted twice. What it loses after the last stage it "
+        "ran is reported with its next stage. The latest `setup()` of a process is the one whose settings "
+        "travel.",
         "",
         "To continue a trace in a process you call yourself (an HTTP service, a queue consumer), put "
         "`stageflow_otel.inject_context()` in the request's headers and extract them there with "

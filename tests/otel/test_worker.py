@@ -245,6 +245,7 @@ class TestLossAccounting:
         try:
             await _graph(pool, telemetry.tracer_provider).run(entry_ctx())
             lost = telemetry.lost["spans"]
+            failures = dict(telemetry.export_failures)
             points = {
                 str((p.attributes or {})[semconv.TELEMETRY_CAUSE]): p.value
                 for p in metric_points(reader, semconv.TELEMETRY_SPANS_DROPPED.name)
@@ -260,18 +261,30 @@ class TestLossAccounting:
             "too_large": 0,
         }
         assert points == lost
+        assert failures == {"traces": 1, "metrics": 0, "logs": 0}  # the worker's one failed batch
 
 
 class TestReports:
     def test_the_parent_counts_what_it_knows_and_names_what_it_does_not(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """A report's known kinds and causes are counted; anything else (a worker of another version) is
-        logged with the item, never guessed at."""
+        """A report's known kinds and causes are counted (items lost by cause, failed batches by signal,
+        truncated links); anything else (a worker of another version) is logged with the item, never
+        guessed at."""
         accounting = Accounting()
         hook = _worker.WorkerTelemetry({}, SETTINGS, accounting)
         with caplog.at_level(logging.ERROR, logger="stageflow_otel"):
-            hook.returned((("spans", "export_failed", 2), ("spans", "lost", 1), ("events", "timeout", 1)))
+            hook.returned(
+                (
+                    ("spans", "export_failed", 2),
+                    ("export_failures", "traces", 2),
+                    ("links", "", 3),
+                    ("spans", "lost", 1),
+                    ("events", "timeout", 1),
+                    ("export_failures", "profiles", 1),
+                    ("spans", "timeout", -1),
+                )
+            )
             hook.returned(None)
         assert accounting.snapshot()["spans"] == {
             "queue_full": 0,
@@ -280,10 +293,11 @@ class TestReports:
             "shutdown": 0,
             "too_large": 0,
         }
+        assert (accounting.failures, accounting.links_dropped) == ({"traces": 2, "metrics": 0, "logs": 0}, 3)
         assert [r.getMessage() for r in caplog.records] == [
-            "stageflow_otel: a worker reported a loss it cannot be counted as: ('spans', 'lost', 1)",
-            "stageflow_otel: a worker reported a loss it cannot be counted as: ('events', 'timeout', 1)",
-        ]
+            f"stageflow_otel: a worker reported a loss it cannot be counted as: {item!r}"
+            for item in (("spans", "lost", 1), ("events", "timeout", 1), ("export_failures", "profiles", 1))
+        ] + ["stageflow_otel: a worker reported a loss it cannot be counted as: ('spans', 'timeout', -1)"]
 
 
 class TestWhatTravels:

@@ -15,12 +15,14 @@ from typing import Any
 
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from stageflow_otel import Telemetry, _setup, _worker, semconv, setup
 
+from .conftest import metric_points
 from .otlp_receiver import closed_port
 
 SETTINGS = _worker.WorkerSettings(
@@ -99,7 +101,7 @@ class TestFlushAndReport:
             second = process.flush(5.0)
         finally:
             telemetry.shutdown(0.5)
-        assert (first, second) == ((("spans", "export_failed", 1),), ())
+        assert (first, second) == ((("spans", "export_failed", 1), ("export_failures", "traces", 1)), ())
 
     def test_an_inherited_handle_does_not_report_the_parents_earlier_losses(
         self, otel_env: pytest.MonkeyPatch, state: pytest.MonkeyPatch
@@ -116,7 +118,7 @@ class TestFlushAndReport:
             loud = process.flush(5.0)
         finally:
             telemetry.shutdown(0.5)
-        assert (quiet, loud) == ((), (("spans", "export_failed", 1),))
+        assert (quiet, loud) == ((), (("spans", "export_failed", 1), ("export_failures", "traces", 1)))
 
     def test_a_users_sdk_is_flushed_and_reports_nothing(self, state: pytest.MonkeyPatch) -> None:
         """The user's own provider is flushed (its batch exported) and its losses are not ours to report."""
@@ -196,17 +198,40 @@ class TestConfigure:
         otel_env.setenv("OTEL_BSP_SCHEDULE_DELAY", "42")  # the worker's own: hidden, the parent has none
         otel_env.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=worker-secret")  # read in the worker
         seen: dict[str, Any] = {}
+        reader = InMemoryMetricReader()
+        real_setup = _setup.setup
 
-        def fake_setup(**kwargs: Any) -> Any:
+        def fake_setup(**kwargs: Any) -> Telemetry:
             seen.update(kwargs)
             seen["environment"] = {
                 n: os.environ.get(n) for n in (*_worker._SET_IN_WORKER, "OTEL_EXPORTER_OTLP_HEADERS")
             }
-            return "handle"
+            handle = real_setup(**{**kwargs, "set_global": False, "metric_readers": [reader]})
+            made.append(handle)
+            return handle
 
+        made: list[Telemetry] = []
         otel_env.setattr(_setup, "setup", fake_setup)
-        handle: object = _worker._configure(SETTINGS)
-        assert handle == "handle"
+        telemetry = _worker._configure(SETTINGS)
+        try:
+            # a loss in the worker is reported to the parent, not counted in the worker's own metrics
+            telemetry._accounting.dropped("spans", 3, "queue_full")
+            telemetry._accounting.failed("traces")
+            counted = {
+                p.attributes[semconv.TELEMETRY_CAUSE]: p.value
+                for p in metric_points(reader, semconv.TELEMETRY_SPANS_DROPPED.name)
+                if isinstance(p, NumberDataPoint) and p.attributes
+            }
+            failures = [
+                p.value
+                for p in metric_points(reader, semconv.TELEMETRY_EXPORT_FAILURES.name)
+                if isinstance(p, NumberDataPoint)
+            ]
+            lost = telemetry.lost["spans"]["queue_full"]
+        finally:
+            telemetry.shutdown(0.5)
+        assert made == [telemetry]
+        assert (lost, set(counted.values()), set(failures)) == (3, {0}, {0})
         resource = seen.pop("resource_attributes")
         instance = resource.pop("service.instance.id")
         environment = {k: v for k, v in seen.pop("environment").items() if v is not None}
