@@ -19,8 +19,10 @@ In the worker, before the stage runs (``enter``):
    process's global providers, with a ``service.instance.id`` of its own and ``process.pid`` added to the
    parent's resource, no ``/metrics`` server (metrics go over OTLP when the parent exports them so, else
    nowhere) and no loop monitor. A process that already has an SDK keeps it: the providers a forked
-   worker inherited from the parent's ``setup()`` (used as they are, losses reported as below), or the
-   user's own (used as they are; their losses are theirs to count);
+   worker inherited from the parent's ``setup()`` (used as they are, losses reported as below; their
+   meter provider still holds the parent's figures of the moment of the fork and exports them again,
+   which is why README advises ``spawn`` when metrics go over OTLP), or the user's own (used as they
+   are; their losses are theirs to count);
 2. the extracted context is attached, so the spans the stage's code opens are children of the stage span,
    with the parent's baggage. No span of our own is opened in the worker: the stage span already covers
    the hop (its ``stageflow.stage.dispatch.duration`` says how much of it the hop took), a
@@ -360,7 +362,10 @@ def _adopt_or_configure(settings: WorkerSettings) -> _Process:
     if isinstance(provider, SdkTracerProvider):
         owner = _owner
         if owner is not None and owner.tracer_provider is provider:
-            return _Process(owner, None)  # a forked worker: the parent's setup(), with its fork handlers
+            # a forked worker: the parent's setup(), with its fork handlers; its losses are reported to
+            # the parent, so this copy no longer counts them in its own metrics
+            _report_only(owner._accounting)
+            return _Process(owner, None)
         return _Process(None, provider)  # the user's own SDK
     try:
         return _Process(_configure(settings), None)

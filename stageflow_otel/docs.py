@@ -285,7 +285,10 @@ def _hops_section() -> list[str]:
         f"to `{semconv.TELEMETRY_LINKS_DROPPED.name}`; a worker configured this way keeps its own copies "
         "of these counters at zero, so nothing is counted twice. What it loses after the last stage it "
         "ran is reported with its next stage. The latest `setup()` of a process is the one whose settings "
-        "travel.",
+        "travel. With metrics over OTLP, start process pools with `spawn` or `forkserver` "
+        '(`ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))`): a forked worker '
+        "inherits the parent's meter provider with the figures it held at the fork, and its exports repeat "
+        "them under the worker's own `service.instance.id`, so sums across instances count them twice.",
         "",
         "To continue a trace in a process you call yourself (an HTTP service, a queue consumer), put "
         "`stageflow_otel.inject_context()` in the request's headers and extract them there with "
