@@ -2,7 +2,7 @@
 
 Run it (from the repository root)::
 
-    .venv/bin/python -m tests.benchmarks.offload                  # full run (about a minute)
+    .venv/bin/python -m tests.benchmarks.offload                  # full run (about 20 seconds)
     .venv/bin/python -m tests.benchmarks.offload --quick          # fast smoke run
     .venv/bin/python -m tests.benchmarks.offload --json out.json  # also write the figures as JSON
 
