@@ -500,8 +500,8 @@ class TestDyingCluster:
 
     def test_ray_shut_down_under_a_running_stage_fails_it(self, tmp_path: Path) -> None:
         """``ray.shutdown()`` while a stage runs fails the stage with an error saying so (Ray itself would
-        never end the task's future); finished stages keep their results. In a process of its own, with a
-        Ray of its own."""
+        never end the task's future); finished stages keep their results; the executor then refuses work
+        rather than start a new Ray. In a process of its own, with a Ray of its own."""
         proc = subprocess.run(
             [sys.executable, "-c", _SHUTDOWN_SCRIPT, str(tmp_path), str(ROOT)],
             capture_output=True,
@@ -514,6 +514,8 @@ class TestDyingCluster:
             "ok 41",
             "fail RuntimeError: Ray was shut down in this process (ray.shutdown()) while the task was "
             "pending, so its outcome will never arrive; shut the RayExecutor down after the runs that use it",
+            "Ray was shut down in this process (ray.shutdown()), so this RayExecutor has no cluster; make a "
+            "new RayExecutor",
             "owned ray stopped: True",
         ]
 
@@ -546,6 +548,10 @@ async def main():
         source, slow = exc.results["source"], exc.results["slow"]
         print(source.status.value, source.data["n"])
         print(slow.status.value, f"{type(slow.error).__name__}: {slow.error}")
+    try:
+        executor.submit(sum, ())
+    except RuntimeError as exc:
+        print(exc)
     executor.shutdown()
     print("owned ray stopped:", not ray.is_initialized())
 

@@ -45,6 +45,11 @@ INSTALL_HINT = "pip install 'stageflow-core[ray]'"
 WATCH_INTERVAL = 0.2
 """Seconds between two checks, while tasks are pending, that this process is still connected to Ray."""
 
+_NOT_CONNECTED = (
+    "Ray was shut down in this process (ray.shutdown()), so this RayExecutor has no cluster; make a new "
+    "RayExecutor"
+)
+
 _ORPHANS: list[Any] = []
 """References to the tasks that were pending when this process's Ray was shut down (see ``_watch``)."""
 
@@ -203,12 +208,14 @@ class RayExecutor(Executor):
         """Run ``fn(*args, **kwargs)`` as a Ray task; its future's ``cancel()`` maps to ``ray.cancel``.
 
         Raises:
-            RuntimeError: the executor was shut down.
+            RuntimeError: the executor was shut down, or Ray was (``ray.shutdown()``).
         """
         with self._lock:
             if self._shutdown:
                 msg = "cannot schedule new futures after shutdown"
                 raise RuntimeError(msg)
+            if not self._ray.is_initialized():  # else Ray would quietly start a new local instance
+                raise RuntimeError(_NOT_CONNECTED)
             call = fn if not kwargs else _Bound(fn, kwargs)
             ref = self._task.remote(call, args)
             future = _RayFuture(ref, self._ray)
