@@ -49,8 +49,8 @@ HIDE_RAY = "import sys; sys.modules['ray'] = None\n"
 class RecordingRayExecutor(RayExecutor):
     """A ``RayExecutor`` that remembers the futures stageflow asked it to terminate."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self.terminated: list[Future[Any]] = []
 
     def terminate(self, future: Future[Any]) -> bool:
@@ -60,17 +60,18 @@ class RecordingRayExecutor(RayExecutor):
 
 @pytest.fixture(name="ray_executor", scope="module")
 def _ray_executor() -> Iterator[RecordingRayExecutor]:
-    """A local Ray with two CPUs for the module, and a ``RayExecutor`` on it; both shut down after it."""
+    """A local Ray with two CPUs for the module, started by the executor (as ``ray.init(num_cpus=2,
+    include_dashboard=False)`` would, on 127.0.0.1), and stopped by its ``shutdown()``."""
+    assert not ray.is_initialized()
     try:
-        ray.init(num_cpus=2, include_dashboard=False, runtime_env=RUNTIME_ENV)
+        executor = RecordingRayExecutor(init_options={"num_cpus": 2, "runtime_env": RUNTIME_ENV})
     except Exception as exc:
         pytest.skip(f"Ray could not start here: ray.init() raised {type(exc).__name__}: {exc}")
     try:
-        executor = RecordingRayExecutor()
         yield executor
-        executor.shutdown()
     finally:
-        ray.shutdown()
+        executor.shutdown()
+        assert not ray.is_initialized()
 
 
 def _descendants() -> set[int]:
@@ -80,6 +81,21 @@ def _descendants() -> set[int]:
 
 
 class TestRayExecutor:
+    def test_the_local_ray_listens_on_loopback_only(self, ray_executor: RayExecutor) -> None:
+        """Every server of the Ray the executor started (GCS, raylet, workers) listens on 127.0.0.1 only."""
+        import psutil
+
+        ray_executor.submit(os.getpid).result(timeout=BOUND)  # a worker is up
+        processes = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        listening = {
+            conn.laddr.ip
+            for process in processes
+            for conn in process.net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN
+        }
+        assert listening <= {"127.0.0.1", "::ffff:127.0.0.1"}
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+
     def test_submit_runs_the_call_as_a_ray_task(self, ray_executor: RayExecutor) -> None:
         """``submit(fn, *args, **kwargs)`` runs ``fn`` in a Ray worker and returns a concurrent future."""
         future = ray_executor.submit(divmod, 17, 5)

@@ -69,6 +69,33 @@ def _import_ray() -> Any:
     return ray
 
 
+def _init_on_loopback(ray: Any, options: dict[str, Any]) -> None:
+    """Start a local Ray whose node address is 127.0.0.1, so that its servers listen on loopback only.
+
+    On Linux Ray gives a local instance the machine's routable address, and its servers listen there (or on
+    every interface). With clustering off (what ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` sets when Ray is
+    imported), a local Ray is a single-machine instance on 127.0.0.1; a node address given in ``options``
+    is left alone.
+    """
+    import importlib
+
+    constants: Any = None
+    if "_node_ip_address" not in options:
+        try:
+            constants = importlib.import_module("ray._private.ray_constants")
+        except ImportError:  # a Ray without the switch: it picks its address itself
+            constants = None
+    previous = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if previous is None:
+        ray.init(**options)
+        return
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(**options)
+    finally:
+        constants.ENABLE_RAY_CLUSTER = previous
+
+
 def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     """The body of every Ray task a ``RayExecutor`` submits (module-level, so workers import it)."""
     return fn(*args)
@@ -137,7 +164,7 @@ class RayExecutor(Executor):
     Args:
         address: the Ray cluster to connect to, as ``ray.init(address=...)`` takes it (``"auto"``,
             ``"ray://head:10001"``, ``"head:6379"``). Default: the Ray this process is already connected to,
-            else a new local Ray (``ray.init()`` without the dashboard), which ``shutdown()`` stops.
+            else a new local Ray on 127.0.0.1 without the dashboard, which ``shutdown()`` stops.
         num_cpus: CPUs each task reserves (Ray schedules no more tasks than the cluster has CPUs).
         max_retries: times Ray reruns a task whose worker process died (default 0: a stage's retries are
             its ``RetryPolicy``'s).
@@ -194,7 +221,9 @@ class RayExecutor(Executor):
             options = dict(init_options or {})
             if address is None:
                 options.setdefault("include_dashboard", False)
-            ray.init(address=address, **options)
+                _init_on_loopback(ray, options)
+            else:
+                ray.init(address=address, **options)
             self._owns_ray = True
         self.num_cpus = num_cpus
         self.max_retries = max_retries
