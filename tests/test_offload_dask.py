@@ -163,17 +163,19 @@ class TestCluster:
         assert cluster is not None
         scheduler = cluster.scheduler
         assert scheduler is not None
-        children = psutil.Process().children(recursive=True)
+        worker_pids: dict[str, int] = client.run(os.getpid)
+        workers = [psutil.Process(pid) for pid in worker_pids.values()]
+        nannies = [worker.parent() for worker in workers]
         listening = {
             (conn.laddr.ip, conn.laddr.port)
-            for process in children
+            for process in [*workers, *nannies]
             for conn in process.net_connections(kind="inet")
             if conn.status == psutil.CONN_LISTEN
         }
-        workers = set(client.scheduler_info()["workers"])
-        assert len(workers) == 2
+        addresses = set(client.scheduler_info()["workers"])
+        assert len(addresses) == 2
         assert {ip for ip, _ in listening} == {"127.0.0.1"}
-        assert {f"tcp://127.0.0.1:{port}" for _, port in listening} >= workers
+        assert {f"tcp://127.0.0.1:{port}" for _, port in listening} >= addresses
         assert scheduler.address.startswith("tcp://127.0.0.1:")
         assert {server.getsockname()[0] for server in scheduler.http_server._sockets.values()} == {
             "127.0.0.1"

@@ -86,13 +86,22 @@ class TestRayExecutor:
         import psutil
 
         ray_executor.submit(os.getpid).result(timeout=BOUND)  # a worker is up
-        processes = [psutil.Process(), *psutil.Process().children(recursive=True)]
-        listening = {
-            conn.laddr.ip
-            for process in processes
-            for conn in process.net_connections(kind="inet")
-            if conn.status == psutil.CONN_LISTEN
-        }
+        names: set[str] = set()
+        listening: set[str] = set()
+        for process in psutil.Process().children(recursive=True):
+            try:
+                name, command = process.name(), process.cmdline()
+                if name in {"gcs_server", "raylet"} or (command and command[0].startswith("ray::")):
+                    names.add(name if name in {"gcs_server", "raylet"} else "worker")
+                    listening |= {
+                        conn.laddr.ip
+                        for conn in process.net_connections(kind="inet")
+                        if conn.status == psutil.CONN_LISTEN
+                    }
+            except psutil.NoSuchProcess:  # ended while we looked (a short-lived helper)
+                continue
+        assert names >= {"gcs_server", "raylet", "worker"}
+        assert listening
         assert listening <= {"127.0.0.1", "::ffff:127.0.0.1"}
         assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
 
