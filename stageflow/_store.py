@@ -345,8 +345,9 @@ class RunStoreWrite:
     """Seconds the write took (until it was stored or given up)."""
     dropped: str | None
     """``None`` when the run was stored; else why it was not: ``timeout`` (cancelled at the store's
-    ``record_timeout``), ``unavailable`` (no connection to the database) or ``error`` (the database
-    refused the write)."""
+    ``record_timeout``; a database server may still finish a statement it had already received, which
+    the idempotent write makes harmless), ``unavailable`` (no connection to the database) or ``error``
+    (the database refused the write)."""
 
 
 WriteObserver = Callable[[RunStoreWrite], None]
@@ -806,7 +807,9 @@ class SQLiteRunStore:
 
     def _pipelines(self) -> list[str]:
         with self._lock:
-            return [name for (name,) in self._conn.execute("SELECT DISTINCT pipeline FROM runs ORDER BY pipeline")]
+            return [
+                name for (name,) in self._conn.execute("SELECT DISTINCT pipeline FROM runs ORDER BY pipeline")
+            ]
 
     async def pipelines(self) -> list[str]:
         """The names of the pipelines with stored runs, in order.

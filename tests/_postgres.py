@@ -76,7 +76,7 @@ class PostgresServer:
         """Start (or restart after ``stop``) the server and wait until it accepts connections."""
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.datadir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            "-c fsync=off -c full_page_writes=off -c max_connections=200"
         )
         self.pg_ctl("start", "-w", "-t", "60", "-l", str(self.datadir / "server.log"), "-o", options)
 

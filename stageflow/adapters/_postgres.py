@@ -620,24 +620,32 @@ class PostgresRunStore:
         try:
             stored = storable_record(record)
             day = day_of(stored.started_at)
+            row = (
+                day,
+                stored.run_id,
+                stored.pipeline,
+                stored.status,
+                stored.started_at,
+                stored.ended_at,
+                json.dumps(list(stored.critical_path)),
+                stored.error,
+                stored.trace_id,
+                _stages_json(stored),
+            )
             pool = await db.pool()
-            async with pool.connection(timeout=self.record_timeout) as conn:
-                await db.ensure_day(conn, day)
-                await conn.execute(
-                    _WRITE,
-                    (
-                        day,
-                        stored.run_id,
-                        stored.pipeline,
-                        stored.status,
-                        stored.started_at,
-                        stored.ended_at,
-                        json.dumps(list(stored.critical_path)),
-                        stored.error,
-                        stored.trace_id,
-                        _stages_json(stored),
-                    ),
-                )
+            for attempt in (1, 2):
+                try:
+                    async with pool.connection(timeout=self.record_timeout) as conn:
+                        await db.ensure_day(conn, day)
+                        await conn.execute(_WRITE, row)
+                    break
+                except PoolTimeout:
+                    raise
+                except PsycopgError as exc:
+                    # a pooled connection the server dropped (a restart, an idle timeout) fails at once:
+                    # the write is idempotent, so it is tried once more on a fresh connection
+                    if attempt == 2 or not conn.broken:
+                        raise exc from None
             cause = None
         except asyncio.CancelledError:
             cause = "timeout"
