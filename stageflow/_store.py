@@ -834,7 +834,7 @@ class SQLiteRunStore:
     def _events(self, run_id: str) -> list[RecordedEvent]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT type, data FROM events WHERE run_id = ? ORDER BY timestamp, seq", (run_id,)
+                "SELECT type, data FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
             ).fetchall()
         return [RecordedEvent(t, event_data(d)) for t, d in rows]
 

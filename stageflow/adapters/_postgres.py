@@ -742,7 +742,7 @@ class PostgresRunStore:
         pool = await db.pool()
         async with pool.connection(timeout=db.connect_timeout) as conn:
             cur = await conn.execute(
-                "SELECT type, data FROM stageflow_events WHERE run_id = %s ORDER BY timestamp, seq",
+                "SELECT type, data FROM stageflow_events WHERE run_id = %s ORDER BY seq",
                 (str(run_id),),
             )
             rows = await cur.fetchall()
