@@ -18,6 +18,7 @@ from ._prometheus import start_metrics_server as start_metrics_server
 from ._setup import Telemetry as Telemetry
 from ._setup import setup as setup
 from ._sink import OtlpEventSink as OtlpEventSink
+from ._store import RunStoreMetrics as RunStoreMetrics
 from ._tracing import ContentHook as ContentHook
 from ._tracing import TracingInterceptor as TracingInterceptor
 from ._tracing import inject_context as inject_context
@@ -32,6 +33,7 @@ __all__ = (
     "OtlpEventSink",
     "PrometheusBridge",
     "PrometheusMetricReader",
+    "RunStoreMetrics",
     "Telemetry",
     "TracingInterceptor",
     "add_trace_context",

@@ -315,7 +315,8 @@ def _parser(prog: str = "python -m stageflow_otel demo") -> argparse.ArgumentPar
         "--run-store",
         metavar="FILE",
         default=None,
-        help="record every run in this SQLite run store (see: stageflow runs list FILE)",
+        help="record every run in this SQLite run store (see: stageflow runs list FILE); without it the "
+        "runs are kept in memory, for the run-store metrics",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
     parser.add_argument("--version", action="version", version=f"stageflow_otel {__version__}")
@@ -420,7 +421,11 @@ async def _run(args: argparse.Namespace) -> DemoStats:
         *core,
     ]
     pipeline = build_demo_pipeline(config)
-    store = SQLiteRunStore(args.run_store) if args.run_store else None
+    # the runs are recorded (in memory without --run-store) so the run-store metrics have data
+    store = SQLiteRunStore(
+        args.run_store or ":memory:",
+        observer=stageflow_otel.RunStoreMetrics(meter_provider=telemetry.meter_provider),
+    )
     graph = pipeline.build(interceptors, run_store=store)
     order = list(pipeline.stages)
     printer = _Printer(args.quiet, args.timeline_every, order)

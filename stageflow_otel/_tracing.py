@@ -52,6 +52,8 @@ from stageflow import (
     StageGraph,
     StageInfo,
     StageOutput,
+    reset_run_trace_id,
+    set_run_trace_id,
 )
 from stageflow import __version__ as _stageflow_version
 from stageflow.interceptors import CallNext, Interceptor, RunNext
@@ -399,12 +401,16 @@ class TracingInterceptor(Interceptor):
             # stages.
             run_context = trace.set_span_in_context(span)
             token = otel_context.attach(run_context)
+            span_context = span.get_span_context()
+            # run stores keep the id of a trace that is exported (sampled), so its link leads somewhere
+            trace_id = format(span_context.trace_id, "032x") if span_context.trace_flags.sampled else None
         except Exception as exc:  # C9: the SDK failed to start the span; run untraced
             self._sdk_failed(exc)
             return await call_next(run)
         state = _RunTrace(run, span, run_context, static, self._sdk_failed)
         state_token = self._state.set(state)
         route_token = CURRENT_RUN.set(state)
+        trace_token = set_run_trace_id(trace_id)
         ACTIVE_RUNS[run_id] = state  # for events emitted outside the run's context (loop blocks)
         outcome: Outcome | None = None
         results: RunResult | None = None
@@ -421,6 +427,7 @@ class TracingInterceptor(Interceptor):
         finally:
             otel_context.detach(token)
             CURRENT_RUN.reset(route_token)
+            reset_run_trace_id(trace_token)
             if ACTIVE_RUNS.get(run_id) is state:
                 del ACTIVE_RUNS[run_id]
             self._state.reset(state_token)

@@ -97,6 +97,9 @@ __all__ = (
     "OTEL_SCOPE_LABEL",
     "TELEMETRY_SIGNAL",
     "TELEMETRY_CAUSE",
+    "STORE_KIND",
+    "STORE_WRITE_DURATION",
+    "STORE_RECORDS_DROPPED",
     "DROP_CAUSES",
     "DROP_CAUSE_QUEUE_FULL",
     "DROP_CAUSE_EXPORT_FAILED",
@@ -211,6 +214,9 @@ TELEMETRY_SIGNAL: Final = "signal"
 """Attribute of ``stageflow.telemetry.export.failures``: ``traces``, ``metrics`` or ``logs``."""
 TELEMETRY_CAUSE: Final = "cause"
 """Attribute of the telemetry-health ``*.dropped`` counters: why the items were lost (``DROP_CAUSES``)."""
+
+STORE_KIND: Final = "stageflow.store.kind"
+"""Attribute of the run-store metrics: ``memory``, ``sqlite`` or ``postgresql``."""
 
 DROP_CAUSE_QUEUE_FULL: Final = "queue_full"
 """Lost on arrival: the export queue (or the event sink's buffer) was full."""
@@ -352,8 +358,9 @@ ATTRIBUTES: Final = (
         TELEMETRY_CAUSE,
         "string",
         "telemetry-health dropped counters",
-        "Why items were lost: " + ", ".join(DROP_CAUSES) + ".",
+        "Why items were lost: " + ", ".join(DROP_CAUSES) + "; for run records: timeout, unavailable, error.",
     ),
+    Attribute(STORE_KIND, "string", "run-store metrics", "memory, sqlite or postgresql."),
 )
 
 # --------------------------------------------------------------------------- metrics
@@ -515,6 +522,20 @@ EVENTS_EMITTED = Metric(
     "Events the executor emitted to the OTLP event sink, by static event name.",
     (EVENT_NAME, PIPELINE_NAME, STAGE_NAME),
 )
+STORE_WRITE_DURATION = Metric(
+    "stageflow.store.write.duration",
+    "histogram",
+    "s",
+    "Time a run store took to record a run (stored or given up), from RunStoreMetrics.",
+    (STORE_KIND,),
+)
+STORE_RECORDS_DROPPED = Metric(
+    "stageflow.store.records.dropped",
+    "counter",
+    "{record}",
+    "Runs a run store did not record, by cause (timeout, unavailable, error), from RunStoreMetrics.",
+    (STORE_KIND, TELEMETRY_CAUSE),
+)
 CIRCUIT_BREAKER_STATE = Metric(
     "stageflow.circuit_breaker.state",
     "gauge",
@@ -573,6 +594,8 @@ METRICS: Final = (
     LOOP_UTILIZATION,
     EVENTS_DROPPED,
     EVENTS_EMITTED,
+    STORE_WRITE_DURATION,
+    STORE_RECORDS_DROPPED,
     CIRCUIT_BREAKER_STATE,
     TELEMETRY_EXPORT_FAILURES,
     TELEMETRY_SPANS_DROPPED,

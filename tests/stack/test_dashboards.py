@@ -227,6 +227,8 @@ class TestContent:
                     "Metric points dropped (range)",
                     "Span links truncated (range)",
                     "Telemetry lost/s by signal and cause",
+                    "Run store write duration p50 / p99",
+                    "Run records dropped (range)",
                 },
             ),
         ],
