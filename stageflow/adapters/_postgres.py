@@ -750,6 +750,11 @@ class PostgresRunStore:
 
 
 def _is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached (no connection, or the server went away),
+    as opposed to a database that answered and refused the write (a full disk, a constraint)."""
     from psycopg import OperationalError
 
-    return isinstance(exc, OperationalError)
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate is None:  # raised by the client: the connection failed or broke
+        return isinstance(exc, OperationalError)
+    return str(sqlstate).startswith(("08", "57P"))  # connection exception; operator intervention

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import pwd
 import secrets
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from stageflow import (
     Pipeline,
+    PipelineFailedError,
     PostgresRunStore,
     RunRecord,
     RunStoreWrite,
@@ -329,3 +336,54 @@ class TestSecurity:
             async with pool.connection() as conn:
                 cur = await conn.execute("SELECT count(*) FROM pg_prepared_statements")
                 assert await cur.fetchone() == (0,)
+
+
+@pytest.fixture(name="tiny_tablespace")
+def _tiny_tablespace(postgres: PostgresServer) -> Iterator[str]:
+    """A database whose tables go to a tablespace on a 1 MB file system (root only: it mounts a tmpfs)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting the small file system that stands for a full disk needs root")
+    where = Path(tempfile.mkdtemp(prefix="stageflow-full-"))
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        where.rmdir()
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    owner = pwd.getpwnam("postgres")
+    os.chown(where, owner.pw_uid, owner.pw_gid)
+    url = postgres.create_database("full_disk")
+    admin = postgres.dsn()
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("CREATE TABLESPACE tiny LOCATION {}").format(psycopg.sql.Literal(str(where)))
+            )
+            conn.execute("ALTER DATABASE full_disk SET default_tablespace = tiny")
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS full_disk WITH (FORCE)")
+            conn.execute("DROP TABLESPACE IF EXISTS tiny")
+        subprocess.run(["umount", str(where)], check=False)
+        where.rmdir()
+
+
+class TestFullDisk:
+    async def test_a_full_disk_drops_records_never_runs(self, tiny_tablespace: str) -> None:
+        """Once the database's disk is full, runs still return and each unrecorded run counts as an error."""
+
+        async def fail(ctx: StageContext) -> StageOutput:
+            return StageOutput.fail("x" * 4_000)
+
+        async with PostgresRunStore(tiny_tablespace, record_timeout=10) as store:
+            graph = Pipeline(name="full").with_stage("a", fail, StageKind.WORK).build(run_store=store)
+            returned = 0
+            while store.dropped["error"] < 3 and returned < 5_000:
+                with pytest.raises(PipelineFailedError):
+                    await graph.run(make_ctx())
+                returned += 1
+            stored = len(await store.list_runs(limit=10_000))
+        assert store.dropped["error"] == 3
+        assert (store.dropped["timeout"], store.dropped["unavailable"]) == (0, 0)
+        assert stored + 3 == returned
