@@ -1,0 +1,180 @@
+"""Run store details outside the conformance suite: malformed rows by value, observers, readers, events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from stageflow import (
+    InMemoryRunStore,
+    MalformedRunError,
+    RunRecord,
+    RunStoreWrite,
+    SQLiteRunStore,
+    StageRecord,
+    current_run_trace_id,
+    reset_run_trace_id,
+    set_run_trace_id,
+)
+from stageflow._store import storable_text
+
+T0 = 1_780_000_000.0
+
+
+def record(run_id: str = "r", pipeline: str = "p") -> RunRecord:
+    return RunRecord(
+        run_id,
+        pipeline,
+        "completed",
+        T0,
+        T0 + 1,
+        (StageRecord("a", "work", "ok", T0, T0 + 1, 0.0, 1),),
+        ("a",),
+    )
+
+
+@pytest.fixture(name="sqlite")
+def _sqlite(tmp_path: Path) -> SQLiteRunStore:
+    store = SQLiteRunStore(tmp_path / "runs.db")
+    asyncio.run(store.record_run(record()))
+    return store
+
+
+class TestMalformedRows:
+    @pytest.mark.parametrize(
+        ("table", "column", "value", "problem"),
+        [
+            ("runs", "pipeline", b"p", "TypeError: pipeline is b'p', not text"),
+            ("runs", "started_at", "soon", "TypeError: started_at is 'soon', not a number"),
+            ("stages", "attempts", 1.5, "TypeError: stage attempts is 1.5, not a whole number"),
+            (
+                "runs",
+                "critical_path",
+                '{"a": 1}',
+                "ValueError: critical_path is '{\"a\": 1}', not a list of names",
+            ),
+        ],
+        ids=["text", "number", "whole-number", "names"],
+    )
+    async def test_a_bad_value_is_named(
+        self, sqlite: SQLiteRunStore, table: str, column: str, value: object, problem: str
+    ) -> None:
+        """A value of the wrong type raises MalformedRunError naming the run, the column and the value."""
+        sqlite._conn.execute(f"UPDATE {table} SET {column} = ?", (value,))
+        with pytest.raises(MalformedRunError) as info:
+            await sqlite.get_run("r")
+        assert (info.value.run_id, str(info.value)) == ("r", f"stored run 'r' is malformed: {problem}")
+        sqlite.close()
+
+    async def test_listing_logs_and_skips_without_a_problems_list(
+        self, sqlite: SQLiteRunStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Without ``problems=``, list_runs logs each malformed run and returns the others."""
+        await sqlite.record_run(record("s"))
+        sqlite._conn.execute("UPDATE runs SET status = ? WHERE run_id = 'r'", (b"ok",))
+        with caplog.at_level(logging.WARNING, logger="stageflow"):
+            assert [r.run_id for r in await sqlite.list_runs()] == ["s"]
+        assert [r.getMessage() for r in caplog.records] == [
+            "stageflow: stored run 'r' is malformed: TypeError: status is b'ok', not text; skipped"
+        ]
+        sqlite.close()
+
+
+class TestObservers:
+    async def test_an_observer_that_raises_is_logged_once(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An observer's exception is logged once and never stops a write."""
+
+        def broken(write: RunStoreWrite) -> None:
+            raise RuntimeError("observer down")
+
+        store = SQLiteRunStore(tmp_path / "runs.db", observer=broken)
+        with caplog.at_level(logging.ERROR, logger="stageflow"):
+            await store.record_run(record("r"))
+            await store.record_run(record("s"))
+        assert [r.run_id for r in await store.list_runs()] == ["r", "s"]
+        assert [r.getMessage() for r in caplog.records] == [
+            f"stageflow: run store observer {broken!r} failed and is ignored: RuntimeError('observer down')"
+        ]
+        store.close()
+
+    async def test_each_store_reports_its_kind(self, tmp_path: Path) -> None:
+        """Stored writes report their store kind and no drop."""
+        writes: list[RunStoreWrite] = []
+        memory = InMemoryRunStore(observer=writes.append)
+        sqlite = SQLiteRunStore(tmp_path / "runs.db", observer=writes.append)
+        await memory.record_run(record())
+        await sqlite.record_run(record())
+        sqlite.close()
+        assert [(w.store, w.dropped, w.duration >= 0) for w in writes] == [
+            ("memory", None, True),
+            ("sqlite", None, True),
+        ]
+
+
+class TestReaders:
+    def test_a_reader_never_creates_a_file(self, tmp_path: Path) -> None:
+        """``create=False`` on a missing path raises FileNotFoundError and leaves nothing behind."""
+        with pytest.raises(FileNotFoundError) as info:
+            SQLiteRunStore(tmp_path / "none.db", create=False)
+        assert str(info.value) == f"no run store at {str(tmp_path / 'none.db')!r}: the file does not exist"
+        assert list(tmp_path.iterdir()) == []
+
+    async def test_a_reader_upgrades_an_older_schema(self, tmp_path: Path) -> None:
+        """A version-2 file opened for reading gains the trace id column and the events table."""
+        path = tmp_path / "v2.db"
+        SQLiteRunStore(path).close()
+        with sqlite3.connect(path) as conn:
+            conn.execute("DROP TABLE events")
+            conn.execute("ALTER TABLE runs DROP COLUMN trace_id")
+            conn.execute("PRAGMA user_version = 2")
+        conn.close()
+        reader = SQLiteRunStore(path, create=False)
+        assert reader.schema_version == 3
+        assert await reader.events_of("r") == []
+        reader.close()
+
+    async def test_pipelines_are_listed_once_in_order(self, tmp_path: Path) -> None:
+        """``pipelines()`` names each pipeline with runs once, in order, in both local stores."""
+        memory, sqlite = InMemoryRunStore(), SQLiteRunStore(tmp_path / "runs.db")
+        for store in (memory, sqlite):
+            for run_id, pipeline in (("1", "b"), ("2", "a"), ("3", "b")):
+                await store.record_run(record(run_id, pipeline))
+        assert (await memory.pipelines(), await sqlite.pipelines()) == (["a", "b"], ["a", "b"])
+        sqlite.close()
+
+
+class TestText:
+    @pytest.mark.parametrize(
+        ("text", "stored"),
+        [
+            ("plain", "plain"),
+            ("nul\x00", "nul\\x00"),
+            ("é ok", "é ok"),
+            ("é\x00", "é\\x00"),
+            ("\udc80é", "\\udc80é"),
+        ],
+        ids=["ascii", "ascii-nul", "unicode", "unicode-nul", "surrogate"],
+    )
+    def test_storable_text(self, text: str, stored: str) -> None:
+        """Only NUL and lone surrogates change, written as escapes."""
+        assert storable_text(text) == stored
+
+    def test_trace_id_context(self) -> None:
+        """``set_run_trace_id`` names the current context's trace until reset."""
+        assert current_run_trace_id() is None
+        token = set_run_trace_id("ab" * 16)
+        assert current_run_trace_id() == "ab" * 16
+        reset_run_trace_id(token)
+        assert current_run_trace_id() is None
+
+    def test_bad_timeout_is_refused(self, tmp_path: Path) -> None:
+        """A timeout that is not positive seconds is refused, naming it."""
+        with pytest.raises(ValueError) as info:
+            SQLiteRunStore(tmp_path / "x.db", timeout=0)
+        assert str(info.value) == "SQLiteRunStore timeout=0 is invalid; use seconds > 0"
