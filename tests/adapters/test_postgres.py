@@ -387,3 +387,28 @@ class TestFullDisk:
         assert store.dropped["error"] == 3
         assert (store.dropped["timeout"], store.dropped["unavailable"]) == (0, 0)
         assert stored + 3 == returned
+
+
+class TestIndexes:
+    async def test_an_id_prefix_is_an_index_search(self, pg_url: str) -> None:
+        """The prefix query can search the run id index (text_pattern_ops), never needing a full scan."""
+        async with PostgresRunStore(pg_url) as store:
+            for n in range(50):
+                await store.record_run(record(f"run-{n:03}", epoch(date(2026, 5, 28))))
+            assert [r.run_id for r in await store.find_runs("run-04", limit=3)] == [
+                "run-040",
+                "run-041",
+                "run-042",
+            ]
+        with psycopg.connect(pg_url) as conn:
+            conn.execute("SET enable_seqscan = off")
+            plan = "\n".join(
+                row[0]
+                for row in conn.execute(
+                    "EXPLAIN SELECT run_id FROM stageflow_runs r "
+                    "WHERE r.run_id LIKE %s ORDER BY r.run_id LIMIT 6",
+                    ("run-04%",),
+                )
+            )
+        assert "stageflow_runs_p20260528_run_id_idx" in plan
+        assert "Seq Scan" not in plan
