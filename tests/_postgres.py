@@ -8,6 +8,7 @@ server listens on 127.0.0.1 only, every connection needs the generated password 
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import pwd
@@ -147,7 +148,15 @@ def postgres_server() -> Iterator[PostgresServer]:
             timeout=300,
         )
         pwfile.unlink()
-        server.start()
+        for attempt in range(3):
+            try:
+                server.start()
+                break
+            except subprocess.CalledProcessError:
+                # the free port can be taken between probing and binding it: try another one
+                if attempt == 2:
+                    raise
+                server = dataclasses.replace(server, port=_free_port())
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
