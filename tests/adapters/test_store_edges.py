@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,17 @@ class TestText:
         with pytest.raises(ValueError) as info:
             SQLiteRunStore(tmp_path / "x.db", timeout=0)
         assert str(info.value) == "SQLiteRunStore timeout=0 is invalid; use seconds > 0"
+
+
+class TestWithoutTheExtra:
+    @pytest.mark.parametrize("what", ["PostgresRunStore", "DatabaseEventSink"])
+    def test_the_missing_extra_is_named(self, monkeypatch: pytest.MonkeyPatch, what: str) -> None:
+        """Without psycopg, a PostgreSQL store or sink says which extra to install."""
+        import stageflow
+
+        monkeypatch.setitem(sys.modules, "psycopg", None)
+        with pytest.raises(ImportError) as info:
+            getattr(stageflow, what)("postgresql://u@127.0.0.1/d")
+        assert str(info.value) == (
+            f"{what} needs psycopg 3 and psycopg-pool: pip install 'stageflow-core[postgres]'"
+        )
