@@ -634,8 +634,10 @@ class PostgresRunStore:
             )
             pool = await db.pool()
             for attempt in (1, 2):
+                used: AsyncConnection[Any] | None = None
                 try:
                     async with pool.connection(timeout=self.record_timeout) as conn:
+                        used = conn
                         await db.ensure_day(conn, day)
                         await conn.execute(_WRITE, row)
                     break
@@ -644,7 +646,7 @@ class PostgresRunStore:
                 except PsycopgError as exc:
                     # a pooled connection the server dropped (a restart, an idle timeout) fails at once:
                     # the write is idempotent, so it is tried once more on a fresh connection
-                    if attempt == 2 or not conn.broken:
+                    if attempt == 2 or used is None or not used.broken:
                         raise exc from None
             cause = None
         except asyncio.CancelledError:
