@@ -50,6 +50,8 @@ from ._errors import StageError as StageError
 from ._errors import StageFailedError as StageFailedError
 from ._errors import StageflowError as StageflowError
 from ._errors import StageTimeoutError as StageTimeoutError
+from ._errors import StreamError as StreamError
+from ._errors import StreamInputError as StreamInputError
 from ._errors import UndeclaredDependencyError as UndeclaredDependencyError
 from ._errors import UnknownDependencyError as UnknownDependencyError
 from ._errors import UnpicklableStageError as UnpicklableStageError
@@ -82,6 +84,8 @@ from ._retry import RetryPolicy as RetryPolicy
 from ._runner import StageExecutor as StageExecutor
 from ._runner import StageFunction as StageFunction
 from ._runner import StageRunner as StageRunner
+from ._runner import StreamStageExecutor as StreamStageExecutor
+from ._runner import StreamStageFunction as StreamStageFunction
 from ._runner import SyncStageExecutor as SyncStageExecutor
 from ._runner import SyncStageFunction as SyncStageFunction
 from ._snapshot import ContextSnapshot as ContextSnapshot
@@ -98,6 +102,8 @@ from ._store import WriteObserver as WriteObserver
 from ._store import current_run_trace_id as current_run_trace_id
 from ._store import reset_run_trace_id as reset_run_trace_id
 from ._store import set_run_trace_id as set_run_trace_id
+from ._streams import Streaming as Streaming
+from ._streams import StreamReader as StreamReader
 from ._terminal import terminal_safe as terminal_safe
 from ._types import Stage as Stage
 from ._types import StageArtifact as StageArtifact
@@ -192,6 +198,12 @@ __all__ = (
     "StageSpec",
     "StageStatus",
     "StageTimeoutError",
+    "StreamError",
+    "StreamInputError",
+    "StreamReader",
+    "StreamStageExecutor",
+    "StreamStageFunction",
+    "Streaming",
     "SyncStageExecutor",
     "SyncStageFunction",
     "StageflowError",

@@ -3,7 +3,8 @@
 ``with_stage(retry=)`` (the executor), ``RetryInterceptor`` and ``BaseInterceptor``'s
 ``ErrorAction.RETRY`` all call ``run_attempts``, so whichever of them retried, ``ctx.attempt`` counts the
 attempts, every retry emits one ``stage.{name}.retrying`` event with the same fields, and running out of
-attempts fails the stage with ``RetriesExhaustedError`` ("... after N attempts").
+attempts fails the stage with ``RetriesExhaustedError`` ("... after N attempts"). A streaming stage is
+retried only while it has delivered no chunk.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ async def run_attempts(
         try:
             output = await call(ctx)
         except Exception as exc:
+            stream = ctx._stream
+            if stream is not None and stream.chunks:
+                raise  # a stream that delivered chunks is never retried: its consumers already read them
             verdict = policy.should_retry(exc) if decide is None else await decide(exc)
             if verdict is False:
                 raise

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn, TypedDict, Unpack
 from uuid import UUID
 
-from ._errors import UndeclaredDependencyError
+from ._errors import StreamInputError, UndeclaredDependencyError
 from ._events import emit, get_event_sink
 from ._snapshot import ContextSnapshot, RunIdentity
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._events import EventSink
     from ._graph import StageGraph
     from ._pipeline import StageInfo
+    from ._streams import StreamReader
     from ._types import StageArtifact, StageOutput
 
 __all__ = (
@@ -128,7 +129,7 @@ class StageInputs:
     so ``get_from`` returns the default for keys it did not produce.
     """
 
-    __slots__ = ("_exact", "_prior", "declared_deps", "ports", "snapshot", "stage_name", "strict")
+    __slots__ = ("_exact", "_prior", "_streams", "declared_deps", "ports", "snapshot", "stage_name", "strict")
 
     def __init__(
         self,
@@ -146,11 +147,34 @@ class StageInputs:
         self.stage_name = stage_name
         self.strict = strict
         self._exact = False  # True when the outputs present are exactly the declared ones (the executor's)
+        self._streams: Mapping[str, Any] = _EMPTY  # the streams this stage consumes, by producer
 
     @property
     def prior_outputs(self) -> Mapping[str, StageOutput]:
         """The dependencies' outputs by stage name (read-only)."""
         return MappingProxyType(dict(self._prior))
+
+    def stream(self, stage_name: str) -> StreamReader:
+        """The chunks of ``stage_name``, a streaming dependency this stage declared in ``streams=``.
+
+        ``async for chunk in ctx.inputs.stream("llm"): ...`` reads them in order as they are produced;
+        the loop ends when the producer ends, and raises ``StreamError`` if the producer failed.
+
+        Raises:
+            KeyError: this stage does not consume ``stage_name``'s stream (declare it in ``streams=``).
+
+        .. versionadded:: 0.11
+        """
+        reader = self._streams.get(stage_name)
+        if reader is None:
+            consumed = ", ".join(map(repr, self._streams)) or "none"
+            msg = (
+                f"stage {self.stage_name!r} does not consume the stream of {stage_name!r} (it consumes: "
+                f"{consumed}); declare it with with_stage(..., dependencies=({stage_name!r},), "
+                f"streams=({stage_name!r},))"
+            )
+            raise KeyError(msg)
+        return reader  # type: ignore[no-any-return]
 
     def _check(self, stage_name: str) -> None:
         declared = self.declared_deps
@@ -160,6 +184,13 @@ class StageInputs:
         # (possibly linear) declared lookup; a hand-built one may hold outputs it does not declare
         if self._exact and stage_name in self._prior:
             return
+        if stage_name in self._streams:
+            msg = (
+                f"stage {self.stage_name!r} reads {stage_name!r} as a stream, which has not ended: read its "
+                f"chunks with 'async for chunk in ctx.inputs.stream({stage_name!r})'; its whole output "
+                "exists only once it has ended"
+            )
+            raise StreamInputError(msg)
         if stage_name not in declared:
             raise UndeclaredDependencyError(self.stage_name, stage_name, declared)
 
@@ -737,6 +768,7 @@ class StageContext:
         "_initial_data",
         "_ran",
         "_stop",
+        "_stream",
         "_work",
         "attempt",
         "began_at",
@@ -775,6 +807,7 @@ class StageContext:
         self._stop: Any = None  # a sync stage's stop token while it runs in a thread
         self._dispatch = 0.0  # seconds its attempts spent crossing to an executor and back
         self._work: str | None = None  # "stopped" or "abandoned" after a cancelled executor hop
+        self._stream: Any = None  # a streaming stage's StreamState while it runs
 
     @property
     def stop_requested(self) -> bool:
@@ -924,6 +957,7 @@ def _stage_context(
     inputs.stage_name = stage.name
     inputs.strict = True
     inputs._exact = True
+    inputs._streams = _EMPTY
     ctx: StageContext = _new(StageContext)
     ctx.snapshot = snapshot
     ctx.inputs = inputs
@@ -940,6 +974,7 @@ def _stage_context(
     ctx._stop = None
     ctx._dispatch = 0.0
     ctx._work = None
+    ctx._stream = None
     return ctx
 
 

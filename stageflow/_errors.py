@@ -23,6 +23,8 @@
     │   ├── RetriesExhaustedError                     the retry policy ran out of attempts
     │   ├── UndeclaredDependencyError (also KeyError) a stage read the output of a stage it does not depend on
     │   ├── UnpicklableValueError (also TypeError)    an input or output could not cross to another process
+    │   ├── StreamInputError (also LookupError)      read a streamed dependency's output before it ended
+    │   ├── StreamError                               the stream a stage was reading failed
     │   ├── RemoteStageError                          it raised an unpicklable error in another process
     │   └── ExecutorError                             the stage's executor refused the work (shut down, dead)
     └── InterceptorError
@@ -70,6 +72,8 @@ __all__ = (
     "StageError",
     "StageFailedError",
     "StageTimeoutError",
+    "StreamError",
+    "StreamInputError",
     "StageflowError",
     "UndeclaredDependencyError",
     "UnknownDependencyError",
@@ -391,6 +395,30 @@ class RemoteStageError(StageError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (RemoteStageError, (self.type_name, self.message, self.remote_traceback))
+
+
+class StreamError(StageError):
+    """The stream a stage was reading failed: the producer raised after sending some chunks.
+
+    Attributes:
+        stage: the consumer.
+        producer: the stage whose stream failed.
+        chunks: how many chunks the consumer had read before the error.
+    """
+
+    def __init__(self, stage: str, producer: str, chunks: int, error: BaseException) -> None:
+        self.stage, self.producer, self.chunks = stage, producer, chunks
+        super().__init__(
+            f"stream of stage {producer!r} failed after {chunks} chunk{'s' if chunks != 1 else ''} read by "
+            f"{stage!r}: {type(error).__name__}: {error}"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class StreamInputError(StageError, LookupError):
+    """A stage read the whole output of a dependency it consumes as a stream before that stream ended."""
 
 
 class ExecutorError(StageError):

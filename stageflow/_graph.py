@@ -16,6 +16,7 @@ import logging
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from inspect import CO_COROUTINE
 from types import FunctionType, MappingProxyType
 from typing import Any
@@ -53,6 +54,7 @@ from ._results import RunResult, StageResult
 from ._retry import RetryPolicy
 from ._snapshot import ContextSnapshot, RunIdentity
 from ._store import RUN_STORE_TIMEOUT, RunRecord, RunStore, StageRecord
+from ._streams import Channel, StreamCall, StreamState, per_chunk
 from ._types import StageKind, StageOutput, StageStatus
 
 __all__ = ("StageGraph", "stage_of_task")
@@ -80,6 +82,9 @@ class _Node:
         "kind",
         "name",
         "retry",
+        "stream_children",
+        "stream_deps",
+        "streamy",
     )
 
     def __init__(
@@ -100,6 +105,9 @@ class _Node:
         self.children: Sequence[int] = ()
         self.conditional = info.conditional
         self.retry: RetryPolicy | None = info.retry
+        self.stream_children: tuple[int, ...] = ()  # dependents that consume this stage's stream
+        self.stream_deps: tuple[int, ...] = tuple(index[p] for p in info.streams)  # streams it consumes
+        self.streamy = info.streaming is not None or bool(info.streams)  # a producer or a consumer
 
     def event(self, outcome: str) -> str:
         """The stage's event type, e.g. ``stage.llm.completed`` (made only when a sink listens)."""
@@ -148,6 +156,8 @@ def _runner_call(
         call = execute
     if info.sync:
         return OffloadedCall(info, call, info.executor, pool or _PoolHolder(1, info.pipeline), grace)
+    if info.streaming is not None:
+        return StreamCall(info.name, call, info.streaming)
     return call  # type: ignore[no-any-return]
 
 
@@ -237,12 +247,20 @@ class StageGraph:
         children = _topology[1]
         for node, kids in zip(nodes, children, strict=True):
             node.children = kids  # private and never changed after this: no tuple copy
+        for c, node in enumerate(nodes):  # a stream's consumers are released at its first chunk instead
+            for p in node.stream_deps:
+                producer = nodes[p]
+                producer.children = [k for k in producer.children if k != c]
+                producer.stream_children = (*producer.stream_children, c)
         self._nodes = tuple(nodes)
         self._order = tuple(order)
         self._indegree = [len(n.dep_index) for n in nodes]
         indegree = self._indegree
         self._roots = tuple([i for i in range(len(nodes)) if not indegree[i]])  # in declaration order
         self._deps_by_name: Mapping[str, tuple[str, ...]] = {n.name: n.deps for n in nodes}
+        self._streams_by_name: Mapping[str, tuple[str, ...]] = {
+            info.name: info.streams for info in self.stages if info.streams
+        }
         self._index = index
         self._version: str | None = None
         self._finished: dict[PipelineContext, RunResult] = {}
@@ -501,6 +519,7 @@ class _Run:
         "run",
         "sink",
         "stopping",
+        "streams",
         "tasks",
         "watch",
     )
@@ -528,9 +547,10 @@ class _Run:
         loop = asyncio.get_running_loop()
         self._create_task = loop.create_task
         self.done: asyncio.Future[None] = loop.create_future()
-        self.results = RunResult(run.run_id, graph.name, 0.0, graph._deps_by_name)
+        self.results = RunResult(run.run_id, graph.name, 0.0, graph._deps_by_name, graph._streams_by_name)
         self.watch = None if _monitor._current is None else _monitor.running_watch()
         self.blocked: set[str] | None = None  # stages already warned about blocking the loop
+        self.streams: dict[int, StreamState] | None = None  # the streaming stages that started
 
     @property
     def run_id(self) -> str:
@@ -697,6 +717,8 @@ class _Run:
         else:
             prior = {d: outputs[k] for d, k in zip(deps, node.dep_index, strict=True)}  # type: ignore[misc]
         ctx = _stage_context(self.run, node.info, prior, deps, ready_at, started)
+        if node.streamy:
+            self._open_streams(i, node, ctx)
         if self.sink is not None:
             self._emit(
                 node.event("started"),
@@ -720,12 +742,85 @@ class _Run:
             outcome = exc
         self._settle(i, outcome, ctx)
 
+    def _open_streams(self, i: int, node: _Node, ctx: StageContext) -> None:
+        """Give a streaming stage its channel and a consumer its readers (and only finished outputs)."""
+        if node.info.streaming is not None:
+            consumers = tuple(self.nodes[c].name for c in node.stream_children)
+            channel = Channel(consumers, node.info.streaming.buffer) if consumers else None
+            state = StreamState(channel, partial(self._first_chunk, i, ctx))
+            ctx._stream = state
+            if self.streams is None:
+                self.streams = {}
+            self.streams[i] = state
+        if node.stream_deps:
+            streams = self.streams or {}
+            readers = {}
+            for p in node.stream_deps:
+                producer = self.nodes[p]
+                started = streams.get(p)
+                channel = None if started is None else started.channel
+                if channel is None:  # the producer never ran (skipped): its stream is empty
+                    channel = Channel((node.name,), 1)
+                    channel.close()
+                readers[producer.name] = channel.reader(node.name, producer.name)
+            inputs = ctx.inputs
+            inputs._streams = readers
+            outputs = self.outputs
+            inputs._prior = {
+                d: out
+                for d, k in zip(node.deps, node.dep_index, strict=True)
+                if (out := outputs[k]) is not None
+            }
+
+    @staticmethod
+    def _end_stream(state: StreamState, outcome: object) -> None:
+        """Close a streaming stage's channel: its consumers see the end, or its error where it happened."""
+        channel = state.channel
+        state.on_first = None
+        if channel is None:
+            return
+        if isinstance(outcome, asyncio.CancelledError):
+            channel.close(outcome)
+        elif isinstance(outcome, BaseException):
+            channel.close(outcome)
+        else:
+            channel.close()
+
+    def _first_chunk(self, i: int, ctx: StageContext) -> None:
+        """Stage ``i`` yielded its first chunk: report it and start the stages that consume its stream."""
+        node = self.nodes[i]
+        state: StreamState = ctx._stream
+        if self.sink is not None:
+            assert state.first_at is not None
+            self._stage_event(node, "first_chunk", time_to_first_chunk=state.first_at - ctx.began_at)
+        self._release_streams(node, _perf())
+
+    def _release_streams(self, node: _Node, now: float) -> None:
+        """Count ``node``'s stream as arrived for each of its consumers; start those now ready."""
+        if self.stopping:
+            return
+        remaining = self.remaining
+        for c in node.stream_children:
+            left = remaining[c] - 1
+            remaining[c] = left
+            if not left:
+                child = self.nodes[c]
+                skipped = _skipped_dependency(child, self.outputs) if child.conditional else None
+                if skipped is not None:
+                    out = self._auto_skip(child, skipped, now)
+                    self._release(c, out, self.results[child.name].ended_at)
+                else:
+                    self.tasks[c] = self._create_task(self._stage(c, now), context=self.base_context.copy())
+
     def _settle(self, i: int, outcome: object, ctx: StageContext) -> None:
         """End stage ``i`` with ``outcome`` (see the class docstring); raises only ``KeyboardInterrupt``."""
         node = self.nodes[i]
         watch = self.watch
         if watch is not None and watch.suspect is not None:
             watch.settled(self, node)  # a block this stage's code caused, before its closing event
+        state = ctx._stream
+        if state is not None:
+            self._end_stream(state, outcome)
         try:
             self.tasks[i] = None
             ended = _perf()
@@ -745,9 +840,21 @@ class _Run:
                 result.attempts = attempts
                 result.dispatch = ctx._dispatch
                 result.work = None
+                result.stream = state
                 self.results[node.name] = result
                 if self.sink is not None:
-                    if node.info.sync:
+                    if state is not None:
+                        self._stage_event(
+                            node,
+                            "completed",
+                            duration=ended - started,
+                            wait=started - ready_at,
+                            attempts=attempts,
+                            chunks=state.chunks,
+                            time_to_first_chunk=None if state.first_at is None else state.first_at - started,
+                            time_per_output_chunk=per_chunk(state.chunks, state.first_at, state.last_at),
+                        )
+                    elif node.info.sync:
                         self._stage_event(
                             node,
                             "completed",
@@ -780,6 +887,7 @@ class _Run:
                 attempts,
                 dispatch=ctx._dispatch,
                 work=work,
+                stream=state,
             )
             if status is _OK:  # a StageOutput subclass returned ok: completed, like StageOutput itself
                 assert output is not None
@@ -871,14 +979,7 @@ class _Run:
                         continue
                     child = nodes[c]
                     if child.conditional:
-                        skipped = next(
-                            (
-                                d
-                                for d, k in zip(child.deps, child.dep_index, strict=True)
-                                if outputs[k].status is _SKIP  # type: ignore[union-attr]
-                            ),
-                            None,
-                        )
+                        skipped = _skipped_dependency(child, outputs)
                         if skipped is not None:
                             if stack is None:
                                 stack = []
@@ -886,6 +987,10 @@ class _Run:
                             stack.append((c, out, self.results[child.name].ended_at))
                             continue
                     self.tasks[c] = self._create_task(self._stage(c, ended), context=self.base_context.copy())
+                if nodes[i].stream_children:
+                    state = None if self.streams is None else self.streams.get(i)
+                    if state is None or state.first_at is None:  # it yielded nothing (or never ran)
+                        self._release_streams(nodes[i], ended)
             if not stack:
                 break
             # its own children become ready when it ended, not when ``i`` did
@@ -939,6 +1044,15 @@ def _shown_path(path: str | None) -> str | None:
 
     here = os.path.join(os.getcwd(), "")
     return path[len(here) :] if path.startswith(here) else path
+
+
+def _skipped_dependency(child: _Node, outputs: list[StageOutput | None]) -> str | None:
+    """The first finished dependency of ``child`` that was skipped, if any."""
+    for d, k in zip(child.deps, child.dep_index, strict=True):
+        out = outputs[k]
+        if out is not None and out.status is _SKIP:
+            return d
+    return None
 
 
 def stage_of_task(task: asyncio.Task[Any] | None) -> tuple[_Run, _Node] | None:

@@ -191,6 +191,12 @@ class _Watch:
     # ------------------------------------------------------------------ on the watchdog thread
 
     def watchdog(self) -> None:
+        try:
+            self._watchdog()
+        except Exception as exc:  # never silently: the monitor stops watching this loop
+            logger.error("stageflow: the loop monitor's watchdog failed and stopped: %r", exc, exc_info=exc)
+
+    def _watchdog(self) -> None:
         half = self.threshold / 2
         while not self.stopped.wait(self.interval):
             loop = self.loop_ref()

@@ -27,6 +27,7 @@ from ._errors import (
 from ._offload import DEFAULT_CANCEL_GRACE
 from ._retry import RetryPolicy
 from ._runner import StageRunner
+from ._streams import DEFAULT_STREAMING, Streaming
 from ._types import StageKind, StageOutput
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class StageSpec:
     retry: RetryPolicy | None = None
     executor: Executor | None = None
     timeout: float | None = None
+    stream: Streaming | None = None
+    streams: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
@@ -81,6 +84,9 @@ class StageInfo:
             ``None`` (the graph's own thread pool); always ``None`` for an async stage.
         sync: whether the stage is a plain (not async) function or ``execute``, run off the event loop.
         timeout: the ``timeout=`` given to ``with_stage``: seconds each attempt may take, or ``None``.
+        streaming: how a streaming stage (an async generator) buffers and aggregates its chunks, else
+            ``None``.
+        streams: the dependencies whose streams the stage consumes (it starts at their first chunk).
     """
 
     name: str
@@ -94,6 +100,8 @@ class StageInfo:
     executor: Executor | None = None
     sync: bool = False
     timeout: float | None = None
+    streaming: Streaming | None = None
+    streams: tuple[str, ...] = ()
 
     def __reduce__(self) -> tuple[Any, ...]:
         # to another process: the read-only config travels as a dict; the executor stays behind
@@ -160,9 +168,23 @@ def _new_spec(
     retry: RetryPolicy | None,
     executor: Executor | None = None,
     timeout: float | None = None,
+    stream: Streaming | None = None,
+    streams: tuple[str, ...] = (),
 ) -> StageSpec:
-    """``StageSpec(name, runner, kind, dependencies, conditional, config, retry, executor, timeout)``."""
-    s_name, s_runner, s_kind, s_deps, s_cond, s_config, s_retry, s_executor, s_timeout = _SPEC_SET
+    """``StageSpec(name, runner, kind, dependencies, conditional, config, retry, ...)``, faster."""
+    (
+        s_name,
+        s_runner,
+        s_kind,
+        s_deps,
+        s_cond,
+        s_config,
+        s_retry,
+        s_executor,
+        s_timeout,
+        s_stream,
+        s_streams,
+    ) = _SPEC_SET
     spec: StageSpec = _new(StageSpec)
     s_name(spec, name)
     s_runner(spec, runner)
@@ -173,6 +195,8 @@ def _new_spec(
     s_retry(spec, retry)
     s_executor(spec, executor)
     s_timeout(spec, timeout)
+    s_stream(spec, stream)
+    s_streams(spec, streams)
     return spec
 
 
@@ -188,6 +212,8 @@ def _new_info(
     executor: Executor | None = None,
     sync: bool = False,
     timeout: float | None = None,
+    streaming: Streaming | None = None,
+    streams: tuple[str, ...] = (),
 ) -> StageInfo:
     """``StageInfo(name, kind, dependencies, conditional, config, runner, pipeline, retry, ...)``, faster."""
     (
@@ -202,6 +228,8 @@ def _new_info(
         s_executor,
         s_sync,
         s_timeout,
+        s_streaming,
+        s_streams,
     ) = _INFO_SET
     info: StageInfo = _new(StageInfo)
     s_name(info, name)
@@ -215,6 +243,8 @@ def _new_info(
     s_executor(info, executor)
     s_sync(info, sync)
     s_timeout(info, timeout)
+    s_streaming(info, streaming)
+    s_streams(info, streams)
     return info
 
 
@@ -237,47 +267,56 @@ def _check_kind(name: str, kind: object) -> StageKind:
     raise InvalidStageKindError(name, kind, [f"StageKind.{k.name}" for k in StageKind])
 
 
-def _check_runner(name: str, runner: object) -> bool:
-    """Refuse what cannot be a stage; return whether it is a sync stage (run off the event loop)."""
+_ASYNC, _SYNC, _STREAM = "async", "sync", "stream"
+
+
+def _check_runner(name: str, runner: object) -> str:
+    """Refuse what cannot be a stage; say how it runs: ``"async"`` (on the event loop), ``"sync"`` (off it,
+    in a thread or on an executor) or ``"stream"`` (an async generator: a streaming stage)."""
     if type(runner) is FunctionType:
         flags = runner.__code__.co_flags
         if flags & _CO_COROUTINE:
-            return False  # an ``async def`` function: the common case, decided without inspect's generality
+            return _ASYNC  # an ``async def`` function: the common case, decided without inspect's generality
         if not flags & _CO_GENERATORS:
-            return True  # a plain function: a sync stage
+            return _SYNC  # a plain function: a sync stage
     if inspect.isasyncgenfunction(runner):
-        raise InvalidRunnerError(
-            name, runner, "it is an async generator function (it yields); a stage returns one StageOutput"
-        )
+        return _STREAM
     if inspect.isgeneratorfunction(runner):
         raise InvalidRunnerError(
-            name, runner, "it is a generator function (it yields); a stage returns one StageOutput"
+            name,
+            runner,
+            "it is a generator function (it yields); a stage returns one StageOutput, and a streaming stage "
+            "is an 'async def' that yields",
         )
     if not inspect.isclass(runner) and inspect.iscoroutinefunction(runner):
-        return False  # e.g. a functools.partial of an async function
+        return _ASYNC  # e.g. a functools.partial of an async function
     execute = getattr(runner, "execute", None)
     if execute is None:
         if inspect.isclass(runner) or not callable(runner):
             raise InvalidRunnerError(name, runner, "it has no execute() method")
         call = getattr(type(runner), "__call__", None)  # noqa: B004 - the class's, not the instance's
         if inspect.iscoroutinefunction(call):
-            return False  # an object with ``async def __call__(self, ctx)``
-        if inspect.isasyncgenfunction(call) or inspect.isgeneratorfunction(call):
+            return _ASYNC  # an object with ``async def __call__(self, ctx)``
+        if inspect.isasyncgenfunction(call):
+            return _STREAM
+        if inspect.isgeneratorfunction(call):
             raise InvalidRunnerError(
-                name, runner, "its __call__ is a generator (it yields); a stage returns one StageOutput"
+                name,
+                runner,
+                "its __call__ is a generator (it yields); a stage returns one StageOutput, and a streaming "
+                "stage is an 'async def' that yields",
             )
-        return True  # a callable object or a builtin/partial of a plain function: a sync stage
+        return _SYNC  # a callable object or a builtin/partial of a plain function: a sync stage
     if inspect.isasyncgenfunction(execute):
+        return _STREAM
+    if inspect.isgeneratorfunction(execute):
         raise InvalidRunnerError(
             name,
             runner,
-            "its execute() is an async generator (it yields); a stage returns one StageOutput",
+            "its execute() is a generator (it yields); a stage returns one StageOutput, and a streaming "
+            "stage is an 'async def' that yields",
         )
-    if inspect.isgeneratorfunction(execute):
-        raise InvalidRunnerError(
-            name, runner, "its execute() is a generator (it yields); a stage returns one StageOutput"
-        )
-    return not inspect.iscoroutinefunction(execute)
+    return _ASYNC if inspect.iscoroutinefunction(execute) else _SYNC
 
 
 def _check_executor(name: str | None, executor: object) -> None:
@@ -404,6 +443,8 @@ class Pipeline:
         retry: RetryPolicy | None = None,
         executor: Executor | None = None,
         timeout: float | None = None,
+        stream: Streaming | None = None,
+        streams: Sequence[str] = (),
     ) -> Pipeline:
         """A new pipeline with one more stage.
 
@@ -426,6 +467,11 @@ class Pipeline:
             timeout: seconds each attempt may run before it fails with ``StageTimeoutError`` (enforced by
                 the engine, without an interceptor; a sync stage's work is then stopped or abandoned as on
                 cancellation); ``None`` (the default) for none.
+            stream: how this streaming stage (an async generator that yields chunks) buffers and
+                aggregates them; default ``Streaming()`` (a buffer of 16, the aggregate a list under
+                ``"chunks"``).
+            streams: dependencies whose streams this stage consumes: it starts at their first chunk and
+                reads them with ``ctx.inputs.stream(name)``; each must be among ``dependencies`` and stream.
 
         Raises:
             InvalidStageNameError, InvalidStageKindError, InvalidRunnerError, PipelineDefinitionError.
@@ -438,16 +484,27 @@ class Pipeline:
         if not isinstance(name, str) or not name or (not name.isascii() and _unencodable(name)):
             raise InvalidStageNameError(name)
         stage_kind = kind if type(kind) is StageKind else _check_kind(name, kind)
-        sync = _check_runner(name, runner)
+        how = _check_runner(name, runner)
         if executor is not None:
             _check_executor(name, executor)
-            if not sync:
+            if how != _SYNC:
                 raise InvalidExecutorError(
                     name,
                     executor,
-                    "the stage is async and runs on the event loop, where an executor has nothing to do; "
-                    "make it a plain 'def' (or its execute() a plain 'def') to run it on this executor",
+                    f"the stage is {'a streaming' if how == _STREAM else 'an'} async stage and runs on the "
+                    "event loop, where an executor has nothing to do; make it a plain 'def' (or its "
+                    "execute() a plain 'def') to run it on this executor",
                 )
+        if stream is not None:
+            if not isinstance(stream, Streaming):
+                msg = f"stage {name!r} has stream={stream!r}; pass a stageflow.Streaming(...) or None"
+                raise PipelineDefinitionError(msg)
+            if how != _STREAM:
+                msg = (
+                    f"stage {name!r} has stream={stream!r} but does not stream: make it an 'async def' that "
+                    "yields chunks, or drop stream="
+                )
+                raise PipelineDefinitionError(msg)
         if dependencies is None:  # stageflow-core 0.9.1's default
             dependencies = ()
         elif type(dependencies) is not tuple and (
@@ -463,6 +520,7 @@ class Pipeline:
             if not isinstance(dep, str) or not dep:
                 msg = f"stage {name!r} lists dependency {dep!r}; dependencies are stage names (str)"
                 raise PipelineDefinitionError(msg)
+        consumed = _check_streams(name, streams, deps)
         if type(conditional) is not bool:
             msg = f"stage {name!r} has conditional={conditional!r}; pass True or False"
             raise PipelineDefinitionError(msg)
@@ -490,6 +548,8 @@ class Pipeline:
             retry,
             executor,
             None if timeout is None else float(timeout),
+            stream,
+            consumed,
         )
         count = self._count
         names = self._names
@@ -580,6 +640,8 @@ class Pipeline:
         specs = self._specs()
         order, topology = _validate(specs)
         infos = tuple(map(partial(_built_info, self.name, executor), specs))
+        if any(info.streams for info in infos):
+            _check_stream_producers(infos)
         return StageGraph._built(
             self.name, infos, order, interceptors, run_store, topology, threads=threads, cancel_grace=grace
         )
@@ -661,7 +723,8 @@ def _check_grace(grace: object) -> float:
 def _built_info(pipeline: str, default: Executor | None, spec: StageSpec) -> StageInfo:
     """The ``StageInfo`` of one spec at ``build()``: instantiated, its executor resolved and checked."""
     runner = _instantiate(spec)
-    sync = _check_runner(spec.name, spec.runner)
+    how = _check_runner(spec.name, spec.runner)
+    sync = how == _SYNC
     executor = (spec.executor or default) if sync else None
     config = MappingProxyType(dict(spec.config)) if spec.config else _NO_CONFIG
     if executor is not None:
@@ -681,7 +744,47 @@ def _built_info(pipeline: str, default: Executor | None, spec: StageSpec) -> Sta
         executor,
         sync,
         spec.timeout,
+        (spec.stream or DEFAULT_STREAMING) if how == _STREAM else None,
+        spec.streams,
     )
+
+
+def _check_streams(name: str, streams: object, deps: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``streams=`` of a ``with_stage`` call, checked against its dependencies."""
+    if type(streams) is tuple and not streams:
+        return ()
+    if isinstance(streams, str | bytes) or not isinstance(streams, Iterable):
+        msg = (
+            f"stage {name!r} has streams={streams!r}; pass a sequence of dependency names, "
+            f"e.g. streams=({streams!r},)"
+        )
+        raise PipelineDefinitionError(msg)
+    consumed = tuple(streams)
+    for producer in consumed:
+        if producer not in deps:
+            msg = (
+                f"stage {name!r} consumes the stream of {producer!r}, which is not among its dependencies "
+                f"{deps!r}; add {producer!r} to dependencies"
+            )
+            raise PipelineDefinitionError(msg)
+    if len(set(consumed)) < len(consumed):
+        msg = f"stage {name!r} lists a stream twice in streams={consumed!r}; list each once"
+        raise PipelineDefinitionError(msg)
+    return consumed
+
+
+def _check_stream_producers(infos: Sequence[StageInfo]) -> None:
+    """Refuse, at ``build()``, a consumer of a stage that does not stream."""
+    by_name = {info.name: info for info in infos}
+    for info in infos:
+        for producer in info.streams:
+            if by_name[producer].streaming is None:
+                msg = (
+                    f"stage {info.name!r} consumes the stream of {producer!r}, but {producer!r} does not "
+                    f"stream (it returns one StageOutput); make {producer!r} an 'async def' that yields "
+                    f"chunks, or drop {producer!r} from the streams of {info.name!r}"
+                )
+                raise PipelineDefinitionError(msg)
 
 
 _INTERCEPTOR_KEYS = frozenset({"timeout"})

@@ -40,6 +40,7 @@ class StageResult:
         "ready_at",
         "started_at",
         "status",
+        "stream",
         "work",
     )
 
@@ -57,6 +58,7 @@ class StageResult:
         *,
         dispatch: float = 0.0,
         work: str | None = None,
+        stream: Any = None,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -69,6 +71,7 @@ class StageResult:
         self.attempts = attempts
         self.dispatch = dispatch
         self.work = work
+        self.stream = stream  # a streaming stage's measurements (chunks, first_at, last_at)
 
     @property
     def data(self) -> Mapping[str, Any]:
@@ -113,6 +116,42 @@ class StageResult:
         return None if self.output is None else self.output.version
 
     @property
+    def chunks(self) -> int:
+        """How many chunks a streaming stage yielded (0 for other stages).
+
+        .. versionadded:: 0.11
+        """
+        return 0 if self.stream is None else int(self.stream.chunks)
+
+    @property
+    def first_chunk_at(self) -> float | None:
+        """When a streaming stage yielded its first chunk (``time.perf_counter()`` seconds), else ``None``.
+
+        .. versionadded:: 0.11
+        """
+        return None if self.stream is None else self.stream.first_at
+
+    @property
+    def time_to_first_chunk(self) -> float | None:
+        """Seconds from the stage's start to its first chunk (``None`` if it yielded none or does not stream).
+
+        .. versionadded:: 0.11
+        """
+        first = self.first_chunk_at
+        return None if first is None else first - self.started_at
+
+    @property
+    def time_per_output_chunk(self) -> float | None:
+        """Seconds per chunk after the first: (last chunk - first chunk) / (chunks - 1); ``None`` below two.
+
+        .. versionadded:: 0.11
+        """
+        stream = self.stream
+        if stream is None or stream.first_at is None or stream.last_at is None or stream.chunks < 2:
+            return None
+        return float(stream.last_at - stream.first_at) / float(stream.chunks - 1)
+
+    @property
     def run_time(self) -> float:
         """Seconds the stage's own code ran: ``duration`` less ``dispatch``.
 
@@ -145,10 +184,15 @@ class RunResult(dict[str, StageResult]):
             stage ready). Computed on first access from the DAG and the recorded times.
     """
 
-    __slots__ = ("_critical", "_deps", "ended_at", "pipeline_name", "run_id", "started_at")
+    __slots__ = ("_critical", "_deps", "_streams", "ended_at", "pipeline_name", "run_id", "started_at")
 
     def __init__(
-        self, run_id: UUID, pipeline_name: str, started_at: float, deps: Mapping[str, Sequence[str]]
+        self,
+        run_id: UUID,
+        pipeline_name: str,
+        started_at: float,
+        deps: Mapping[str, Sequence[str]],
+        streams: Mapping[str, Sequence[str]] = _EMPTY,
     ) -> None:
         super().__init__()
         self.run_id = run_id
@@ -156,6 +200,7 @@ class RunResult(dict[str, StageResult]):
         self.started_at = started_at
         self.ended_at = started_at
         self._deps = deps
+        self._streams = streams  # each consumer's streamed dependencies
         self._critical: tuple[str, ...] | None = None
 
     @property
@@ -169,6 +214,60 @@ class RunResult(dict[str, StageResult]):
         if self._critical is None:
             self._critical = critical_path(self, self._deps)
         return self._critical
+
+    @property
+    def first_output_path(self) -> tuple[tuple[str, float], ...]:
+        """Where the run's time to first output went: ``(stage, seconds)`` along the streaming critical path.
+
+        The run's first output is the first chunk of its final stage (the last stage of the critical path)
+        if that stage streams, else its end. Walking back from it, each stage's predecessor is the
+        dependency that made it ready last, counted at its first chunk when the stage consumed its stream,
+        else at its end; each stage's seconds are from its predecessor's point to its own, the first
+        stage's from the run's start, so they add up to ``time_to_first_output``. Empty when the final
+        stage produced nothing (the run failed before it).
+
+        .. versionadded:: 0.11
+        """
+        path = self.critical_path
+        if not path:
+            return ()
+        final = self.get(path[-1])
+        if final is None or final.status is not StageStatus.OK:
+            return ()
+        first = final.first_chunk_at
+        chain: list[tuple[str, float]] = [(final.name, final.ended_at if first is None else first)]
+        current = final.name
+        while True:
+            streamed = self._streams.get(current, ())
+            gate: tuple[str, float] | None = None
+            for dep in self._deps.get(current, ()):
+                result = self.get(dep)
+                if result is None:
+                    continue
+                at = result.first_chunk_at if dep in streamed else None
+                point = result.ended_at if at is None else at
+                if gate is None or point > gate[1]:
+                    gate = (dep, point)
+            if gate is None:
+                break
+            chain.append(gate)
+            current = gate[0]
+        chain.reverse()
+        out: list[tuple[str, float]] = []
+        previous = self.started_at
+        for name, point in chain:
+            out.append((name, point - previous))
+            previous = point
+        return tuple(out)
+
+    @property
+    def time_to_first_output(self) -> float | None:
+        """Seconds from the run's start to its first output (see ``first_output_path``), else ``None``.
+
+        .. versionadded:: 0.11
+        """
+        path = self.first_output_path
+        return sum(seconds for _, seconds in path) if path else None
 
     @property
     def waits(self) -> dict[str, float]:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeAlias
 
 from ._context import StageContext
 from ._types import StageOutput
 
-__all__ = ("StageExecutor", "StageFunction", "StageRunner", "SyncStageExecutor", "SyncStageFunction")
+__all__ = (
+    "StageExecutor",
+    "StageFunction",
+    "StageRunner",
+    "StreamStageExecutor",
+    "StreamStageFunction",
+    "SyncStageExecutor",
+    "SyncStageFunction",
+)
 
 
 class StageExecutor(Protocol):
@@ -37,6 +45,17 @@ class SyncStageExecutor(Protocol):
         ...
 
 
+class StreamStageExecutor(Protocol):
+    """**Protocol:** an object whose ``execute(ctx)`` is an async generator: a streaming stage.
+
+    .. versionadded:: 0.11
+    """
+
+    def execute(self, ctx: StageContext, /) -> AsyncIterator[Any]:
+        """Yield the stage's chunks."""
+        ...
+
+
 StageFunction: TypeAlias = Callable[[StageContext], Awaitable[StageOutput]]
 """An ``async def fn(ctx) -> StageOutput`` stage.
 
@@ -49,17 +68,26 @@ SyncStageFunction: TypeAlias = Callable[[StageContext], StageOutput]
 .. versionadded:: 0.11
 """
 
+StreamStageFunction: TypeAlias = Callable[[StageContext], AsyncIterator[Any]]
+"""An async generator function ``async def fn(ctx): ... yield chunk``: a streaming stage.
+
+.. versionadded:: 0.11
+"""
+
 StageRunner: TypeAlias = (
     StageFunction
     | SyncStageFunction
+    | StreamStageFunction
     | StageExecutor
     | SyncStageExecutor
+    | StreamStageExecutor
     | type[StageExecutor]
     | type[SyncStageExecutor]
+    | type[StreamStageExecutor]
 )
 """What ``with_stage()`` takes: a stage function, a stage object, or a stage class; async or sync.
 
 .. versionadded:: 0.10
 .. versionchanged:: 0.11
-   Sync stages (a plain function, a plain ``execute``).
+   Sync stages (a plain function, a plain ``execute``) and streaming stages (async generators).
 """

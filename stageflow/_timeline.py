@@ -2,10 +2,11 @@
 
 One line per stage on a shared time axis: ``─`` while the stage waited (ready → start), ``░`` while a sync
 stage's work went to its executor and back (its dispatch time), then its run (start → end) drawn by status
-(``█`` ok, ``✗`` failed, ``·`` skipped, ``▒`` cancelled); a ``dispatch`` column appears when a stage has
-one. Stages on the critical path are marked ``*``; failures, skips, timeouts and cancellations carry their
-reason. Names, reasons, messages, the run id and the status are printed through ``terminal_safe``:
-control characters show as escapes, and each stage stays one line.
+(``█`` ok, ``✗`` failed, ``·`` skipped, ``▒`` cancelled), with ``┃`` at a streaming stage's first chunk;
+a ``dispatch`` column appears when a stage has one. Stages on the critical path are marked ``*``;
+failures, skips, timeouts and cancellations carry their reason. Names, reasons, messages, the run id and
+the status are printed through ``terminal_safe``: control characters show as escapes, and each stage
+stays one line.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ DEFAULT_WIDTH = 40
 
 _WAIT = "─"
 _DISPATCH = "░"
+_FIRST = "┃"
 _RUN = {"ok": "█", "fail": "✗", "skip": "·", "cancel": "▒"}
 _RESET = "\033[0m"
 _COLOR = {"ok": "\033[32m", "fail": "\033[31m", "skip": "\033[2m", "cancel": "\033[33m", "wait": "\033[2m"}
@@ -59,6 +61,8 @@ class TimelineRow:
     end: float | None
     note: str = ""
     dispatch: float = 0.0
+    first: float | None = None
+    """A streaming stage's first chunk (marked ``┃`` on its bar), else ``None``."""
 
 
 def format_seconds(seconds: float) -> str:
@@ -159,11 +163,21 @@ def render_timeline(
         glyph = _RUN.get(r.status, "█")
         dispatch = min(max(r.dispatch, 0.0), max(r.end - r.start, 0.0))
         d = min(max(column(r.start + dispatch), b), c - 1) if dispatch > 0 else b
+        painted = _COLOR.get(r.status, "")
+        if r.first is None:
+            run_part = _paint(glyph * (c - d), painted, color)
+        else:  # the first chunk's column, within the run
+            f = min(max(column(r.first), d), c - 1)
+            run_part = (
+                _paint(glyph * (f - d), painted, color)
+                + _paint(_FIRST, _BOLD, color)
+                + _paint(glyph * (c - f - 1), painted, color)
+            )
         bar = (
             " " * a
             + _paint(_WAIT * (b - a), _COLOR["wait"], color)
             + _paint(_DISPATCH * (d - b), _COLOR["wait"], color)
-            + _paint(glyph * (c - d), _COLOR.get(r.status, ""), color)
+            + run_part
             + " " * (width - c)
         )
         wait = format_seconds(max(r.start - ready, 0.0))
@@ -191,7 +205,11 @@ def timeline_of_result(results: RunResult, *, width: int = DEFAULT_WIDTH, color:
         error_type = None if r.error is None else type(r.error).__name__
         reason = str(r.data.get("reason") or r.data.get("cancel_reason") or "")
         note = _note(r.status.value, error, error_type, reason)
-        rows.append(TimelineRow(name, r.status.value, r.ready_at, r.started_at, r.ended_at, note, r.dispatch))
+        rows.append(
+            TimelineRow(
+                name, r.status.value, r.ready_at, r.started_at, r.ended_at, note, r.dispatch, r.first_chunk_at
+            )
+        )
     # stages that never started (a failed or cancelled run): every stage the graph declares is drawn
     rows += [TimelineRow(name, "", None, None, None) for name in results._deps if name not in results]
     statuses = {r.status.value for r in results.values()}

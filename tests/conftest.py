@@ -32,3 +32,15 @@ def _process_sink() -> Iterator[InMemoryEventSink]:
         yield sink
     finally:
         set_event_sink(None)
+
+
+@pytest.fixture(autouse=True)
+def _no_loop_monitor_left_behind() -> Iterator[None]:
+    """Every test starts and ends without a process-wide loop monitor (``setup()`` installs one): a
+    monitor left on by one test would add ``loop_blocked`` events to the exact counts of the next."""
+    from stageflow import get_loop_monitor, set_loop_monitor
+
+    set_loop_monitor(None)
+    yield
+    if get_loop_monitor() is not None:
+        set_loop_monitor(None)

@@ -336,10 +336,15 @@ class TestDefinitionErrors:
         [
             (NoExecute, "it has no execute() method"),
             (42, "it has no execute() method"),
-            (generator_fn, "it is a generator function (it yields); a stage returns one StageOutput"),
+            (
+                generator_fn,
+                "it is a generator function (it yields); a stage returns one StageOutput, and a streaming "
+                "stage is an 'async def' that yields",
+            ),
             (
                 GeneratorExecute,
-                "its execute() is a generator (it yields); a stage returns one StageOutput",
+                "its execute() is a generator (it yields); a stage returns one StageOutput, and a streaming "
+                "stage is an 'async def' that yields",
             ),
         ],
         ids=["class-without-execute", "int", "generator-function", "generator-execute"],

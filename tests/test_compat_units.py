@@ -364,6 +364,8 @@ class TestPipelineStages:
             "retry",
             "executor",
             "timeout",
+            "stream",
+            "streams",
         ]
 
     async def test_stage_specs_of_a_graph(self) -> None:

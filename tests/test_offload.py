@@ -232,9 +232,9 @@ class TestBadInput:
             with pytest.raises(
                 InvalidExecutorError,
                 match=exact(
-                    f"stage 'a' has executor={executor!r}: the stage is async and runs on the event loop, "
-                    "where an executor has nothing to do; make it a plain 'def' (or its execute() a plain "
-                    "'def') to run it on this executor"
+                    f"stage 'a' has executor={executor!r}: the stage is an async stage and runs on the event "
+                    "loop, where an executor has nothing to do; make it a plain 'def' (or its execute() a "
+                    "plain 'def') to run it on this executor"
                 ),
             ):
                 Pipeline().with_stage("a", on_loop, T, executor=executor)
