@@ -165,6 +165,7 @@ class TestBlame:
 
     def test_uvloop_blames_the_stage_too(self) -> None:
         import uvloop
+
         found: list[LoopBlock] = []
         set_loop_monitor(LoopMonitor(on_block=found.append))
         try:
