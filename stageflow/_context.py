@@ -822,6 +822,22 @@ class StageContext:
         stop = self._stop
         return stop is not None and stop.is_set()
 
+    @property
+    def dispatch(self) -> float:
+        """Seconds this sync stage's attempts so far spent going to their executor and back (0.0 otherwise).
+
+        .. versionadded:: 0.11
+        """
+        return self._dispatch
+
+    @property
+    def work(self) -> str | None:
+        """After a cancelled executor hop, ``"stopped"`` or ``"abandoned"``; else ``None``.
+
+        .. versionadded:: 0.11
+        """
+        return self._work
+
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled (to cross to another process), a context keeps what a stage reads: the snapshot, the
         stage, its attempt, its timer and its dependencies' outputs; not the run, its sink or its ports."""

@@ -429,8 +429,15 @@ class ExecutorError(StageError):
         executor: the executor's type name.
     """
 
-    def __init__(self, stage: str, executor: object, problem: BaseException) -> None:
+    def __init__(self, stage: str, executor: object, problem: BaseException, *, lost: bool = False) -> None:
         self.stage, self.executor = stage, type(executor).__name__
+        if lost:
+            super().__init__(
+                f"stage {stage!r} lost its work on its executor {self.executor}: {type(problem).__name__}: "
+                f"{problem}, although the run did not cancel it (its cluster closed or lost the task); "
+                "check that the executor (its cluster) stays up for the whole run"
+            )
+            return
         super().__init__(
             f"stage {stage!r} could not be sent to its executor {self.executor}: "
             f"{type(problem).__name__}: {problem}; pass an executor that is running (a shut-down executor "

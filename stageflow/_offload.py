@@ -148,18 +148,21 @@ def remove_worker_hook(factory: WorkerHookFactory) -> None:
 
 
 class _Stop:
-    """``ctx.stop_requested`` of a stage running in a thread: set when the run no longer wants its result."""
+    """``ctx.stop_requested`` of a stage running in a thread: set when the run no longer wants its result.
 
-    __slots__ = ("_event",)
+    A plain flag (a bool's assignment is atomic): the thread polls it, nothing waits on it.
+    """
+
+    __slots__ = ("_set",)
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._set = False
 
     def set(self) -> None:
-        self._event.set()
+        self._set = True
 
     def is_set(self) -> bool:
-        return self._event.is_set()
+        return self._set
 
 
 # --------------------------------------------------------------------------- checks at build()
@@ -245,7 +248,11 @@ def run_remote(payload: bytes) -> bytes:
     elapsed = 0.0
     try:
         for hook in hooks:
-            hook.enter()
+            try:
+                hook.enter()
+            except Exception as exc:  # a hook never changes the stage's outcome
+                logger.error("stageflow: worker hook %r failed on enter: %r", hook, exc)
+                continue
             entered.append(hook)
         began = _perf()
         try:
@@ -261,11 +268,13 @@ def run_remote(payload: bytes) -> bytes:
     except BaseException as exc:
         error = exc
     reports: list[object] = [None] * len(hooks)
-    for position in range(len(entered) - 1, -1, -1):
+    for hook in reversed(entered):
         try:
-            reports[position] = entered[position].exit(error)
+            reports[hooks.index(hook)] = hook.exit(error)
         except Exception as exc:  # a hook never changes the stage's outcome
-            logger.error("stageflow: worker hook %r failed on exit: %r", entered[position], exc)
+            logger.error("stageflow: worker hook %r failed on exit: %r", hook, exc)
+    if error is not None and not _round_trips(error):
+        error = _remote_error(error)
     reply = (elapsed, output, error, sink.events, reports)
     try:
         return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
@@ -297,6 +306,22 @@ def _reply_without_unpicklable(stage: str, reply: tuple[Any, ...], problem: Exce
     return pickle.dumps((elapsed, output, error, kept_events, kept_reports), protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def _round_trips(error: BaseException) -> bool:
+    """Whether ``error`` pickles and unpickles (an ``__init__`` with more than the message may not)."""
+    try:
+        pickle.loads(pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return False
+    return True
+
+
+def _remote_error(error: BaseException) -> RemoteStageError:
+    import traceback
+
+    text = "".join(traceback.format_exception(error))
+    return RemoteStageError(f"{type(error).__module__}.{type(error).__qualname__}", describe(error), text)
+
+
 def _first_unpicklable_key(output: object) -> tuple[str, str | None]:
     """The first key of ``output`` whose value does not pickle, and why (``repr`` of the key)."""
     data = getattr(output, "data", None)
@@ -313,15 +338,25 @@ def _first_unpicklable_key(output: object) -> tuple[str, str | None]:
     return "'value'", None
 
 
+class _Raised:
+    """A sync stage's exception, brought back with the time it ran (so its dispatch is measured too)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 def _in_thread(fn: Callable[[StageContext], Any], ctx: StageContext) -> tuple[float, Any]:
     began = _perf()
     try:
         output = fn(ctx)
-    finally:
-        elapsed = _perf() - began
+    except Exception as exc:
+        return _perf() - began, _Raised(exc)
+    elapsed = _perf() - began
     if inspect.iscoroutine(output):
         output.close()
-        raise InvalidStageOutputError(ctx.stage_name, output)
+        return elapsed, _Raised(InvalidStageOutputError(ctx.stage_name, output))
     return elapsed, output
 
 
@@ -387,6 +422,8 @@ class OffloadedCall:
         future = self._submit(executor, contextvars.copy_context().run, _in_thread, self.fn, ctx)
         elapsed, output = await self._wait(future, ctx, executor, stop)
         ctx._dispatch += (_perf() - dispatched) - elapsed
+        if type(output) is _Raised:
+            raise output.error
         return output  # type: ignore[no-any-return]
 
     async def _remote(self, ctx: StageContext) -> StageOutput:
@@ -427,6 +464,12 @@ class OffloadedCall:
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if future.cancelled() and task is not None and not task.cancelling():
+                # nobody cancelled this stage: the executor dropped the work (a Dask cluster that closed)
+                raise ExecutorError(
+                    self.stage.name, executor, RuntimeError("the executor cancelled the work"), lost=True
+                ) from None
             ctx._work = await _wind_down(future, executor, stop, self.grace)
             raise
 

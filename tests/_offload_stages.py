@@ -101,3 +101,30 @@ class Scaler:
 
     def execute(self, ctx: StageContext) -> StageOutput:
         return StageOutput.ok(value=ctx.inputs.get_from("src", "n") * self.factor, pid=os.getpid())
+
+
+class NeedsTwoArguments(Exception):
+    """An exception that pickles but cannot be rebuilt: its ``__init__`` needs more than its message."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+def raises_unrebuildable(ctx: StageContext) -> StageOutput:
+    raise NeedsTwoArguments(503, "upstream down")
+
+
+class EnterFails:
+    """A worker hook whose ``enter`` raises."""
+
+    def enter(self) -> None:
+        raise RuntimeError("enter broke")
+
+    def exit(self, error: BaseException | None) -> object:
+        return "exit ran"
+
+    def returned(self, report: object) -> None:
+        EnterFails.reports.append(report)
+
+    reports: list[object] = []

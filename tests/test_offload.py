@@ -38,7 +38,7 @@ from stageflow import (
     remove_worker_hook,
 )
 from stageflow._offload import default_thread_count
-from stageflow.interceptors import TimeoutInterceptor
+from stageflow.interceptors import Interceptor, TimeoutInterceptor
 
 from . import _offload_stages as stages
 from ._support import make_ctx
@@ -136,6 +136,26 @@ class TestThreads:
             for t, keys in async_shape
         ]
         assert sync_shape == expected
+
+    async def test_a_stage_that_raises_still_has_its_dispatch_time(self) -> None:
+        seen: list[float] = []
+
+        def broken(ctx: StageContext) -> StageOutput:
+            raise ValueError("broken")
+
+        class Record(Interceptor):
+            async def intercept_stage(self, stage: Any, ctx: StageContext, call_next: Any) -> StageOutput:
+                try:
+                    return await call_next(ctx)  # type: ignore[no-any-return]
+                finally:
+                    seen.append(ctx.dispatch)
+
+        graph = Pipeline("p").with_stage("a", broken, T).build(interceptors=[Record()])
+        with pytest.raises(PipelineFailedError) as info:
+            await graph.run()
+        assert type(info.value.error) is ValueError
+        assert info.value.results["a"].dispatch > 0.0
+        assert seen == [info.value.results["a"].dispatch]
 
     async def test_dispatch_and_run_time_add_up_to_the_duration(self) -> None:
         """``dispatch`` is positive for a sync stage, zero for an async one; ``run_time`` is the rest."""
@@ -420,6 +440,19 @@ class TestProcesses:
             "stage 'a' runs in another process, but its input from 'src' key 'lock' cannot be pickled"
         )
         assert info.value.results["src"].status is StageStatus.OK
+
+    async def test_an_error_that_pickles_but_cannot_be_rebuilt_is_a_remote_stage_error(
+        self, pool: ProcessPoolExecutor
+    ) -> None:
+        graph = Pipeline("p").with_stage("a", stages.raises_unrebuildable, T, executor=pool).build()
+        with pytest.raises(PipelineFailedError) as info:
+            await graph.run()
+        error = info.value.error
+        assert isinstance(error, RemoteStageError)
+        assert (error.type_name, error.message) == (
+            "tests._offload_stages.NeedsTwoArguments",
+            "503: upstream down",
+        )
 
     async def test_a_coroutine_returned_in_a_worker_fails_the_stage(self, pool: ProcessPoolExecutor) -> None:
         graph = Pipeline("p").with_stage("a", stages.returns_coroutine, T, executor=pool).build()
@@ -763,6 +796,22 @@ class TestWorkerHooks:
             "worker hook factory" in r.getMessage() and "factory broke" in r.getMessage()
             for r in caplog.records
         )
+
+    async def test_a_hook_whose_enter_raises_is_logged_and_skipped(
+        self, pool: ProcessPoolExecutor, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        stages.EnterFails.reports.clear()
+
+        def factory(stage: Any, ctx: StageContext) -> stages.EnterFails:
+            return stages.EnterFails()
+
+        add_worker_hook(factory)
+        try:
+            result = await Pipeline("p").with_stage("a", stages.source, T, executor=pool).build().run()
+        finally:
+            remove_worker_hook(factory)
+        assert result["a"].data == {"n": 41}
+        assert stages.EnterFails.reports == [None]  # its exit never ran: it never entered
 
     def test_a_factory_must_be_callable(self) -> None:
         with pytest.raises(TypeError, match=r"^add_worker_hook\(\) takes a callable factory"):

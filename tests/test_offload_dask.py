@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from stageflow import (
+    ExecutorError,
     InMemoryEventSink,
     InvalidExecutorError,
     Pipeline,
-    PipelineCancelledError,
     PipelineFailedError,
     RemoteStageError,
     StageKind,
@@ -334,8 +334,8 @@ class TestDyingCluster:
         assert (results["slow"].status, results["slow"].work) == (StageStatus.FAIL, None)
 
     async def test_a_closed_cluster_ends_the_run_and_keeps_finished_results(self, tmp_path: Path) -> None:
-        """A cluster closed under a running stage ends the run: Dask cancels the stage's future, so the stage
-        ends cancelled (its work "stopped"), and the stage that had finished keeps its result."""
+        """A cluster closed under a running stage fails that stage with ``ExecutorError`` (Dask cancels its
+        future although the run did not), ends the run, and the stage that had finished keeps its result."""
         cluster = _cluster()
         with _connect(cluster) as client:
             executor = _executor(client)
@@ -348,9 +348,15 @@ class TestDyingCluster:
             run = asyncio.create_task(graph.run())
             await asyncio.wait_for(stages.file_exists(tmp_path / "started"), BOUND)
             await asyncio.to_thread(cluster.close)
-            with pytest.raises(PipelineCancelledError) as caught:
+            with pytest.raises(PipelineFailedError) as caught:
                 await asyncio.wait_for(run, BOUND)
-        assert str(caught.value) == "stage 'slow' cancelled the pipeline: stage task was cancelled"
+        error = caught.value.error
+        assert isinstance(error, ExecutorError)
+        assert str(error) == (
+            "stage 'slow' lost its work on its executor ClientExecutor: RuntimeError: the executor "
+            "cancelled the work, although the run did not cancel it (its cluster closed or lost the task); "
+            "check that the executor (its cluster) stays up for the whole run"
+        )
         results = caught.value.results
         assert (results["source"].status, results["source"].data["n"]) == (StageStatus.OK, 41)
-        assert (results["slow"].status, results["slow"].work) == (StageStatus.CANCEL, "stopped")
+        assert (results["slow"].status, results["slow"].work) == (StageStatus.FAIL, None)
