@@ -102,6 +102,13 @@ def load_graph(target: str) -> StageGraph:
     except ImportError as exc:
         msg = f"cannot import module {module_name!r} of {target!r}: {exc}"
         raise CommandError(msg) from exc
+    except Exception as exc:  # the module itself raised while it was imported
+        msg = (
+            f"importing module {module_name!r} of {target!r} raised {type(exc).__name__}: {exc}; "
+            "fix the module (run 'python -c \"import "
+            f"{module_name}\"' to see the traceback)"
+        )
+        raise CommandError(msg) from exc
     for part in attribute.split("."):
         if not hasattr(value, part):
             found = sorted(k for k, v in vars(value).items() if isinstance(v, Pipeline | StageGraph))

@@ -868,7 +868,10 @@ def _mermaid(specs: Sequence[StageSpec | StageInfo]) -> str:
     ids = {s.name: f"s{i}" for i, s in enumerate(specs)}
     lines = ["flowchart TD"]
     for s in specs:
-        label = f"{s.name}<br/>{s.kind.value}".replace('"', "#quot;")
+        # one line per label: a line break in a name (which would end the Mermaid statement) and quotes
+        # become Mermaid entity codes
+        name = s.name.replace('"', "#quot;").replace("\n", "#10;").replace("\r", "#13;")
+        label = f"{name}<br/>{s.kind.value}"
         shape = f'{{{{"{label}"}}}}' if s.conditional else f'["{label}"]'
         lines.append(f"    {ids[s.name]}{shape}")
     for s in specs:

@@ -315,6 +315,32 @@ class TestHostileText:
             "needs lib\\x1b]0;owned\\x07\n",
         )
 
+    def test_a_line_break_in_a_name_keeps_the_mermaid_label_on_one_line(
+        self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        (tmp_path / "newline_graph_mod.py").write_text(
+            "from stageflow import Pipeline, StageKind, StageOutput\n"
+            "async def run(ctx): return StageOutput.ok()\n"
+            "P = Pipeline(name='p').with_stage('a\\nb\\r\"c', run, StageKind.WORK)\n"
+        )
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        run(capsys, "graph", "newline_graph_mod:P", "-o", str(tmp_path / "g.mmd"))
+        assert (tmp_path / "g.mmd").read_text() == 'flowchart TD\n    s0["a#10;b#13;#quot;c<br/>work"]\n'
+
+    def test_a_module_that_raises_on_import_is_an_error_not_a_traceback(
+        self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        (tmp_path / "raising_mod.py").write_text('raise ValueError("bad setting")\n')
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        assert run(capsys, "graph", "raising_mod:P") == (
+            1,
+            "",
+            "stageflow: error: importing module 'raising_mod' of 'raising_mod:P' raised ValueError: bad "
+            "setting; fix the module (run 'python -c \"import raising_mod\"' to see the traceback)\n",
+        )
+
     def test_graph_on_stdout_escapes_control_characters(
         self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
