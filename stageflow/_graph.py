@@ -653,6 +653,10 @@ class _Run:
                 _stored_note(r),
                 None if r.error is None else error_type_name(r.error),
                 self.graph._deps_by_name[r.name],
+                r.dispatch,
+                r.work,
+                r.chunks,
+                r.time_to_first_chunk,
             )
             for r in results.values()
         )
@@ -665,6 +669,7 @@ class _Run:
             stages,
             results.critical_path,
             error,
+            first_output_path=results.first_output_path,
         )
         await _record_bounded(store, record)
 

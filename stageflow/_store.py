@@ -63,7 +63,7 @@ __all__ = (
 
 logger = logging.getLogger("stageflow")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MAX_MESSAGE_CHARS = 4096
 """Characters of an error message or reason a store keeps; the rest is cut, and the kept text ends with
@@ -99,6 +99,46 @@ class StageRecord:
 
     .. versionadded:: 0.10
     """
+    dispatch: float = 0.0
+    """Seconds a sync stage's work spent going to its executor and back, apart from ``wait`` and the run
+    time (``ended_at - started_at - dispatch``); ``0.0`` for an async stage.
+
+    .. versionadded:: 0.11
+    """
+    work: str | None = None
+    """What became of a sync stage's running work when it was cancelled or timed out: ``stopped`` or
+    ``abandoned``; else ``None``.
+
+    .. versionadded:: 0.11
+    """
+    chunks: int = 0
+    """How many chunks a streaming stage yielded (0 for other stages).
+
+    .. versionadded:: 0.11
+    """
+    time_to_first_chunk: float | None = None
+    """Seconds from a streaming stage's start to its first chunk; ``None`` if it yielded none or does not
+    stream.
+
+    .. versionadded:: 0.11
+    """
+
+    @property
+    def run_time(self) -> float:
+        """Seconds the stage's own code ran: its duration less ``dispatch``.
+
+        .. versionadded:: 0.11
+        """
+        return self.ended_at - self.started_at - self.dispatch
+
+    @property
+    def first_chunk_at(self) -> float | None:
+        """When a streaming stage yielded its first chunk (Unix-epoch seconds), else ``None``.
+
+        .. versionadded:: 0.11
+        """
+        ttfc = self.time_to_first_chunk
+        return None if ttfc is None else self.started_at + ttfc
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +162,30 @@ class RunRecord:
 
     .. versionadded:: 0.10
     """
+    first_output_path: tuple[tuple[str, float], ...] = ()
+    """Where the run's time to first output went: ``(stage, seconds)`` along the streaming critical path,
+    as ``RunResult.first_output_path`` gave it; empty when the run produced no output.
+
+    .. versionadded:: 0.11
+    """
+
+    @property
+    def time_to_first_output(self) -> float | None:
+        """Seconds from the run's start to its first output (the sum of ``first_output_path``), else
+        ``None``.
+
+        .. versionadded:: 0.11
+        """
+        path = self.first_output_path
+        return sum(seconds for _, seconds in path) if path else None
+
+    @property
+    def streamed(self) -> bool:
+        """Whether a stage of the run yielded chunks.
+
+        .. versionadded:: 0.11
+        """
+        return any(s.chunks for s in self.stages)
 
     @property
     def duration(self) -> float:
@@ -281,6 +345,7 @@ def storable_record(record: RunRecord) -> RunRecord:
             error=_message(s.error),
             error_type=None if s.error_type is None else clean(s.error_type),
             dependencies=tuple(clean(d) for d in s.dependencies),
+            work=None if s.work is None else clean(s.work),
         )
         for s in record.stages
     )
@@ -292,6 +357,7 @@ def storable_record(record: RunRecord) -> RunRecord:
         status=clean(record.status),
         stages=stages,
         critical_path=tuple(clean(c) for c in record.critical_path),
+        first_output_path=tuple((clean(name), seconds) for name, seconds in record.first_output_path),
         error=_message(record.error),
         trace_id=None if trace_id is None else clean(trace_id),
     )
@@ -404,7 +470,17 @@ def readable(
 
 
 _COLUMNS = {
-    "runs": ("run_id", "pipeline", "status", "started_at", "ended_at", "critical_path", "error", "trace_id"),
+    "runs": (
+        "run_id",
+        "pipeline",
+        "status",
+        "started_at",
+        "ended_at",
+        "critical_path",
+        "error",
+        "trace_id",
+        "first_output_path",
+    ),
     "stages": (
         "run_id",
         "position",
@@ -418,6 +494,10 @@ _COLUMNS = {
         "error",
         "error_type",
         "dependencies",
+        "dispatch",
+        "work",
+        "chunks",
+        "time_to_first_chunk",
     ),
 }
 
@@ -464,6 +544,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX events_by_run ON events (run_id, timestamp, seq)",
     ),
+    (
+        "ALTER TABLE runs ADD COLUMN first_output_path TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE stages ADD COLUMN dispatch REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE stages ADD COLUMN work TEXT",
+        "ALTER TABLE stages ADD COLUMN chunks INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE stages ADD COLUMN time_to_first_chunk REAL",
+    ),
 )
 
 
@@ -477,7 +564,22 @@ def event_data(stored: object) -> dict[str, Any]:
 
 
 def _stage_record(row: Sequence[Any]) -> StageRecord:
-    name, kind, status, started, ended, wait, attempts, error, error_type, deps = row
+    (
+        name,
+        kind,
+        status,
+        started,
+        ended,
+        wait,
+        attempts,
+        error,
+        error_type,
+        deps,
+        dispatch,
+        work,
+        chunks,
+        ttfc,
+    ) = row
     dependencies = _names(deps, f"stage {name!r} dependencies")
     return StageRecord(
         _text(name, "stage name"),
@@ -490,6 +592,10 @@ def _stage_record(row: Sequence[Any]) -> StageRecord:
         _optional_text(error, "stage error"),
         _optional_text(error_type, "stage error_type"),
         dependencies,
+        _number(dispatch, "stage dispatch"),
+        _optional_text(work, "stage work"),
+        _whole(chunks, "stage chunks"),
+        None if ttfc is None else _number(ttfc, "stage time_to_first_chunk"),
     )
 
 
@@ -526,14 +632,29 @@ def _names(value: object, what: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _path(value: object) -> tuple[tuple[str, float], ...]:
+    steps = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(steps, list) or not all(
+        isinstance(step, list)
+        and len(step) == 2
+        and isinstance(step[0], str)
+        and isinstance(step[1], int | float)
+        and not isinstance(step[1], bool)
+        for step in steps
+    ):
+        msg = f"first_output_path is {value!r}, not a list of [stage, seconds] pairs"
+        raise ValueError(msg)
+    return tuple((name, float(seconds)) for name, seconds in steps)
+
+
 def run_record(row: Sequence[Any], stages: Iterable[Sequence[Any]]) -> RunRecord:
     """A ``RunRecord`` from a run row (run_id, pipeline, status, started_at, ended_at, critical_path,
-    error, trace_id) and its stage rows, every value checked; ``MalformedRunError`` names the run and
-    the bad value."""
+    error, trace_id, first_output_path) and its stage rows, every value checked; ``MalformedRunError``
+    names the run and the bad value."""
     run_id = str(row[0])
 
     def build() -> RunRecord:
-        _, pipeline, status, started_at, ended_at, critical, error, trace_id = row
+        _, pipeline, status, started_at, ended_at, critical, error, trace_id, path = row
         return RunRecord(
             _text(run_id, "run_id"),
             _text(pipeline, "pipeline"),
@@ -544,13 +665,19 @@ def run_record(row: Sequence[Any], stages: Iterable[Sequence[Any]]) -> RunRecord
             _names(critical, "critical_path"),
             _optional_text(error, "error"),
             _optional_text(trace_id, "trace_id"),
+            _path(path),
         )
 
     return read_checked(run_id, build)
 
 
-_RUN_COLUMNS = "run_id, pipeline, status, started_at, ended_at, critical_path, error, trace_id"
-_STAGE_COLUMNS = "name, kind, status, started_at, ended_at, wait, attempts, error, error_type, dependencies"
+_RUN_COLUMNS = (
+    "run_id, pipeline, status, started_at, ended_at, critical_path, error, trace_id, first_output_path"
+)
+_STAGE_COLUMNS = (
+    "name, kind, status, started_at, ended_at, wait, attempts, error, error_type, dependencies, "
+    "dispatch, work, chunks, time_to_first_chunk"
+)
 
 
 class SQLiteRunStore:
@@ -704,7 +831,7 @@ class SQLiteRunStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 inserted = conn.execute(
-                    "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.run_id,
                         record.pipeline,
@@ -714,11 +841,12 @@ class SQLiteRunStore:
                         json.dumps(list(record.critical_path)),
                         record.error,
                         record.trace_id,
+                        json.dumps([list(step) for step in record.first_output_path]),
                     ),
                 ).rowcount
                 if inserted:
                     conn.executemany(
-                        "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [
                             (
                                 record.run_id,
@@ -733,6 +861,10 @@ class SQLiteRunStore:
                                 s.error,
                                 s.error_type,
                                 json.dumps(list(s.dependencies)),
+                                s.dispatch,
+                                s.work,
+                                s.chunks,
+                                s.time_to_first_chunk,
                             )
                             for i, s in enumerate(record.stages)
                         ],

@@ -237,7 +237,8 @@ def timeline_of_record(record: RunRecord, *, width: int = DEFAULT_WIDTH, color: 
             s.started_at,
             s.ended_at,
             _note(s.status, s.error, s.error_type, s.error or "" if s.status == "skip" else ""),
-            getattr(s, "dispatch", 0.0),
+            s.dispatch,
+            s.first_chunk_at,
         )
         for s in record.stages
     ]

@@ -116,6 +116,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) PARTITION BY RANGE (day)""",
         """CREATE INDEX stageflow_events_by_run ON stageflow_events (run_id, timestamp, seq)""",
     ),
+    (  # 3: dispatch time, the fate of a sync stage's work, streaming measurements, time to first output
+        """ALTER TABLE stageflow_runs ADD COLUMN first_output_path jsonb NOT NULL DEFAULT '[]'::jsonb""",
+        """ALTER TABLE stageflow_stages
+            ADD COLUMN dispatch double precision NOT NULL DEFAULT 0,
+            ADD COLUMN work text,
+            ADD COLUMN chunks integer NOT NULL DEFAULT 0,
+            ADD COLUMN time_to_first_chunk double precision""",
+    ),
 )
 
 POSTGRES_SCHEMA_VERSION = len(_MIGRATIONS)
@@ -124,25 +132,32 @@ POSTGRES_SCHEMA_VERSION = len(_MIGRATIONS)
 _WRITE = """
 WITH run AS (
     INSERT INTO stageflow_runs
-        (day, run_id, pipeline, status, started_at, ended_at, critical_path, error, trace_id)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+        (day, run_id, pipeline, status, started_at, ended_at, critical_path, error, trace_id,
+         first_output_path)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT DO NOTHING
     RETURNING day, run_id
 )
 INSERT INTO stageflow_stages
+    (day, run_id, position, name, kind, status, started_at, ended_at, wait, attempts, error, error_type,
+     dependencies, dispatch, work, chunks, time_to_first_chunk)
 SELECT run.day, run.run_id, s.position, s.name, s.kind, s.status, s.started_at, s.ended_at, s.wait,
-       s.attempts, s.error, s.error_type, s.dependencies
+       s.attempts, s.error, s.error_type, s.dependencies, s.dispatch, s.work, s.chunks,
+       s.time_to_first_chunk
 FROM run, jsonb_to_recordset(%s::jsonb) AS s(
     position integer, name text, kind text, status text, started_at double precision,
     ended_at double precision, wait double precision, attempts integer, error text, error_type text,
-    dependencies jsonb
+    dependencies jsonb, dispatch double precision, work text, chunks integer,
+    time_to_first_chunk double precision
 )
 """
 
 _READ = """
 SELECT r.run_id, r.pipeline, r.status, r.started_at, r.ended_at, r.critical_path, r.error, r.trace_id,
+    r.first_output_path,
     (SELECT coalesce(jsonb_agg(jsonb_build_array(s.name, s.kind, s.status, s.started_at, s.ended_at, s.wait,
-                                                 s.attempts, s.error, s.error_type, s.dependencies)
+                                                 s.attempts, s.error, s.error_type, s.dependencies,
+                                                 s.dispatch, s.work, s.chunks, s.time_to_first_chunk)
                                ORDER BY s.position), '[]'::jsonb)
      FROM stageflow_stages s WHERE s.day = r.day AND s.run_id = r.run_id)
 FROM stageflow_runs r
@@ -461,6 +476,10 @@ def _stages_json(record: RunRecord) -> str:
                 "error": s.error,
                 "error_type": s.error_type,
                 "dependencies": list(s.dependencies),
+                "dispatch": s.dispatch,
+                "work": s.work,
+                "chunks": s.chunks,
+                "time_to_first_chunk": s.time_to_first_chunk,
             }
             for i, s in enumerate(record.stages)
         ]
@@ -630,6 +649,7 @@ class PostgresRunStore:
                 json.dumps(list(stored.critical_path)),
                 stored.error,
                 stored.trace_id,
+                json.dumps([list(step) for step in stored.first_output_path]),
                 _stages_json(stored),
             )
             pool = await db.pool()
@@ -675,10 +695,10 @@ class PostgresRunStore:
         found: list[RunRecord | MalformedRunError] = []
         for row in rows:
             try:
-                stages = row[8]
+                stages = row[9]
                 if not isinstance(stages, list):
                     raise MalformedRunError(str(row[0]), f"its stages are {stages!r}")
-                found.append(run_record(row[:8], stages))
+                found.append(run_record(row[:9], stages))
             except MalformedRunError as exc:
                 found.append(exc)
         return found

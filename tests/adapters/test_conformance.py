@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
 
+import stageflow._graph
+import stageflow._streams
 from stageflow import (
     MAX_MESSAGE_CHARS,
     InMemoryRunStore,
@@ -64,6 +67,85 @@ class TestRecordAndRead:
         )
         await store.record_run(written)
         assert await store.get_run("r-1") == written
+
+    async def test_dispatch_work_and_streaming_fields_round_trip(self, store: AnyStore) -> None:
+        """A stage's dispatch, work outcome, chunk count and time to first chunk, and the run's first-output
+        path, read back exactly; a stage without them reads back as 0.0, None, 0 and None."""
+        base = record("r-1", T0)
+        written = replace(
+            base,
+            stages=(
+                replace(base.stages[0], dispatch=0.0123456789, work="abandoned"),
+                replace(base.stages[1], chunks=12, time_to_first_chunk=0.0456789012),
+            ),
+            first_output_path=(("a", 0.25), ("b", 0.0456789012)),
+        )
+        await store.record_run(written)
+        await store.record_run(record("r-2", T0 + 1))
+        got = await store.get_run("r-1")
+        assert got == written
+        assert got is not None and got.time_to_first_output == 0.25 + 0.0456789012
+        assert [(s.dispatch, s.work, s.chunks, s.time_to_first_chunk) for s in got.stages] == [
+            (0.0123456789, "abandoned", 0, None),
+            (0.0, None, 12, 0.0456789012),
+        ]
+        plain = await store.get_run("r-2")
+        assert plain is not None
+        assert [(s.dispatch, s.work, s.chunks, s.time_to_first_chunk) for s in plain.stages] == [
+            (0.0, None, 0, None),
+            (0.0, None, 0, None),
+        ]
+        assert (plain.first_output_path, plain.time_to_first_output, plain.streamed) == ((), None, False)
+        assert [r.run_id for r in await store.list_runs()] == ["r-2", "r-1"]
+        assert (await store.list_runs())[1] == written
+
+    async def test_a_run_records_what_the_engine_measured(
+        self, store: AnyStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A run with a sync stage and two streaming stages is stored with the dispatch time, chunk counts,
+        times to first chunk and first-output path its RunResult has (stage times on a controlled clock)."""
+        now = [1000.0]
+        monkeypatch.setattr(stageflow._graph, "_perf", lambda: now[0])
+        monkeypatch.setattr(stageflow._streams, "_perf", lambda: now[0])
+
+        def stt(ctx: StageContext) -> StageOutput:  # a sync stage: runs in a worker thread
+            return StageOutput.ok(text="hi")
+
+        async def llm(ctx: StageContext) -> AsyncIterator[str]:
+            now[0] += 0.25
+            yield "Hello."
+            await asyncio.sleep(0)
+            for _ in range(2):
+                now[0] += 0.125
+                yield " more"
+
+        async def tts(ctx: StageContext) -> AsyncIterator[bytes]:
+            async for _ in ctx.inputs.stream("llm"):
+                now[0] += 0.0625
+                yield b"audio"
+
+        graph = (
+            Pipeline(name="voice")
+            .with_stage("stt", stt, StageKind.TRANSFORM)
+            .with_stage("llm", llm, StageKind.AGENT, dependencies=("stt",))
+            .with_stage("tts", tts, StageKind.TRANSFORM, dependencies=("llm",), streams=("llm",))
+            .build(run_store=store)
+        )
+        results = await graph.run(make_ctx())
+        stored = await store.get_run(results.run_id)
+        assert stored is not None
+        assert [(s.name, s.chunks, s.time_to_first_chunk, s.work) for s in stored.stages] == [
+            ("stt", 0, None, None),
+            ("llm", 3, 0.25, None),
+            ("tts", 3, 0.0625, None),
+        ]
+        assert stored.stage("stt").dispatch == results["stt"].dispatch > 0
+        assert [s.dispatch for s in stored.stages[1:]] == [0.0, 0.0]
+        assert stored.first_output_path == results.first_output_path
+        assert [name for name, _ in stored.first_output_path] == ["stt", "llm", "tts"]
+        assert [seconds for _, seconds in stored.first_output_path][1:] == [0.25, 0.0625]
+        assert stored.time_to_first_output == results.time_to_first_output
+        assert stored.streamed
 
     async def test_unknown_run_is_none(self, store: AnyStore) -> None:
         """An id that was never recorded reads as None."""

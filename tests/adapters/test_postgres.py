@@ -10,6 +10,7 @@ import secrets
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -68,7 +69,7 @@ class TestSchema:
                 "WHERE relname LIKE 'stageflow%' AND relkind IN ('r', 'p') ORDER BY relname"
             ).fetchall()
             version = conn.execute("SELECT version FROM stageflow_schema").fetchall()
-        assert version == [(POSTGRES_SCHEMA_VERSION,)] == [(2,)]
+        assert version == [(POSTGRES_SCHEMA_VERSION,)] == [(3,)]
         assert tables == [
             ("stageflow_events", "p"),
             ("stageflow_events_p20260528", "r"),
@@ -80,7 +81,7 @@ class TestSchema:
         ]
 
     async def test_an_older_schema_is_migrated_on_first_use(self, pg_url: str) -> None:
-        """A database at schema version 1 (no events table) is brought to version 2; its runs stay."""
+        """A database at schema version 1 (no events table) is brought to version 3; its runs stay."""
         with psycopg.connect(pg_url, autocommit=True) as conn:
             for statement in _MIGRATIONS[0]:
                 conn.execute(statement)
@@ -89,14 +90,58 @@ class TestSchema:
             with pytest.raises(SchemaError) as info:
                 await reader.list_runs()
         assert str(info.value).endswith(
-            "has stageflow schema version 1 and this stageflow reads version 2; upgrade it with "
+            "has stageflow schema version 1 and this stageflow reads version 3; upgrade it with "
             "`stageflow db migrate URL`"
         )
         async with PostgresRunStore(pg_url) as store:
             await store.record_run(record("r", epoch(date(2026, 5, 28))))
             assert [r.run_id for r in await store.list_runs()] == ["r"]
         with psycopg.connect(pg_url) as conn:
-            assert conn.execute("SELECT version FROM stageflow_schema").fetchall() == [(2,)]
+            assert conn.execute("SELECT version FROM stageflow_schema").fetchall() == [(3,)]
+
+    async def test_a_version_2_database_keeps_its_runs_and_gains_the_streaming_columns(
+        self, pg_url: str
+    ) -> None:
+        """Runs written at schema version 2 read back after the migration to version 3 with no dispatch, no
+        work outcome, no chunks and no first output; runs written after it keep all four."""
+        start = epoch(date(2026, 5, 28))
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            for statement in _MIGRATIONS[0] + _MIGRATIONS[1]:
+                conn.execute(statement)
+            conn.execute("UPDATE stageflow_schema SET version = 2")
+            for table in ("stageflow_runs", "stageflow_stages", "stageflow_events"):
+                conn.execute(
+                    f"CREATE TABLE {table}_p20260528 PARTITION OF {table} "
+                    "FOR VALUES FROM ('2026-05-28') TO ('2026-05-29')"
+                )
+            conn.execute(
+                "INSERT INTO stageflow_runs VALUES (%s, 'old', 'p', 'completed', %s, %s, '[]', NULL, NULL)",
+                (date(2026, 5, 28), start, start + 1),
+            )
+            conn.execute(
+                "INSERT INTO stageflow_stages VALUES (%s, 'old', 0, 'a', 'work', 'ok', %s, %s, 0.0, 1, NULL, "
+                "NULL, '[]')",
+                (date(2026, 5, 28), start, start + 1),
+            )
+        streamed = replace(
+            record("new", start),
+            stages=(
+                replace(
+                    record("new", start).stages[0],
+                    dispatch=0.0625,
+                    work="stopped",
+                    chunks=7,
+                    time_to_first_chunk=0.1234567891,
+                ),
+            ),
+            first_output_path=(("a", 0.1234567891),),
+        )
+        async with PostgresRunStore(pg_url) as store:
+            await store.record_run(streamed)
+            assert await store.get_run("old") == record("old", start)
+            assert await store.get_run("new") == streamed
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT version FROM stageflow_schema").fetchall() == [(3,)]
 
     @pytest.mark.parametrize("migrate", [True, False], ids=["migrate", "read-only"])
     async def test_a_foreign_table_of_the_same_name_is_refused(self, pg_url: str, migrate: bool) -> None:
@@ -123,7 +168,7 @@ class TestSchema:
         name = pg_url.rsplit("/", 1)[1]
         assert str(info.value) == (
             f"database postgresql://stageflow@127.0.0.1:{postgres.port}/{name} has stageflow schema "
-            "version 9, newer than 2 which this stageflow understands; upgrade stageflow"
+            "version 9, newer than 3 which this stageflow understands; upgrade stageflow"
         )
 
     async def test_concurrent_first_uses_create_the_schema_once(self, pg_url: str) -> None:
@@ -135,7 +180,7 @@ class TestSchema:
         assert sorted(r.run_id for r in await stores[0].list_runs()) == [f"r{i}" for i in range(8)]
         await asyncio.gather(*(s.aclose() for s in stores))
         with psycopg.connect(pg_url) as conn:
-            assert conn.execute("SELECT version FROM stageflow_schema").fetchall() == [(2,)]
+            assert conn.execute("SELECT version FROM stageflow_schema").fetchall() == [(3,)]
 
 
 class TestRetention:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sqlite3
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from stageflow import (
     reset_run_trace_id,
     set_run_trace_id,
 )
-from stageflow._store import storable_text
+from stageflow._store import _MIGRATIONS, _SCHEMA, storable_text
 
 T0 = 1_780_000_000.0
 
@@ -133,12 +134,50 @@ class TestReaders:
         with sqlite3.connect(path) as conn:
             conn.execute("DROP TABLE events")
             conn.execute("ALTER TABLE runs DROP COLUMN trace_id")
+            conn.execute("ALTER TABLE runs DROP COLUMN first_output_path")
+            for column in ("dispatch", "work", "chunks", "time_to_first_chunk"):
+                conn.execute(f"ALTER TABLE stages DROP COLUMN {column}")
             conn.execute("PRAGMA user_version = 2")
         conn.close()
         reader = SQLiteRunStore(path, create=False)
-        assert reader.schema_version == 3
+        assert reader.schema_version == 4
         assert await reader.events_of("r") == []
         reader.close()
+
+    @pytest.mark.parametrize("create", [True, False], ids=["writer", "reader"])
+    async def test_a_version_3_file_gains_the_streaming_columns_and_keeps_its_runs(
+        self, tmp_path: Path, create: bool
+    ) -> None:
+        """A file written by the version-3 schema is upgraded to version 4 when opened; its runs read back
+        with no dispatch, no work outcome, no chunks and no first output, and new runs keep all four."""
+        path = tmp_path / "v3.db"
+        with sqlite3.connect(path) as conn:
+            for statement in _SCHEMA + _MIGRATIONS[1]:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO runs VALUES ('old', 'p', 'completed', ?, ?, '[\"a\"]', NULL, NULL)", (T0, T0 + 1)
+            )
+            conn.execute(
+                "INSERT INTO stages VALUES ('old', 0, 'a', 'work', 'ok', ?, ?, 0.0, 1, NULL, NULL, '[]')",
+                (T0, T0 + 1),
+            )
+            conn.execute("PRAGMA user_version = 3")
+        conn.close()
+        store = SQLiteRunStore(path, create=create)
+        assert store.schema_version == 4
+        assert await store.get_run("old") == record("old")
+        new = replace(
+            record("new"),
+            stages=(
+                replace(
+                    record().stages[0], dispatch=0.125, work="abandoned", chunks=3, time_to_first_chunk=0.25
+                ),
+            ),
+            first_output_path=(("a", 0.25),),
+        )
+        await store.record_run(new)
+        assert await store.get_run("new") == new
+        store.close()
 
     async def test_pipelines_are_listed_once_in_order(self, tmp_path: Path) -> None:
         """``pipelines()`` names each pipeline with runs once, in order, in both local stores."""
