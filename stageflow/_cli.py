@@ -3,7 +3,8 @@
 Usage::
 
     stageflow runs list runs.db                       # id, pipeline, status, start, duration, critical path
-    stageflow runs show runs.db 1b2c3d4e              # one run's timeline (an id or a unique prefix)
+    stageflow runs show runs.db 1b2c3d4e              # one run's timeline (an id or a unique prefix), its
+                                                      # time to first output, chunks and dispatch
     stageflow runs list --store postgresql://u@host/db  # any command reads PostgreSQL too ($STAGEFLOW_STORE)
     stageflow db migrate postgresql://u@host/db       # create or upgrade a store's schema
     stageflow graph myapp.pipelines:PIPELINE          # the DAG as Mermaid (--format svg for SVG)
@@ -157,7 +158,9 @@ def _runs_list(args: argparse.Namespace) -> int:
         which = f" of pipeline {args.pipeline!r}" if args.pipeline else ""
         print(f"no runs{which} in {location(args.db, args.store).shown!r}")
         return 0
-    rows = [("id", "pipeline", "status", "start", "duration", "critical path")]
+    streamed = any(r.streamed for r in records)
+    first = ("first output",) if streamed else ()
+    rows = [("id", "pipeline", "status", "start", "duration", *first, "critical path")]
     rows += [
         (
             terminal_safe(r.run_id),
@@ -165,12 +168,43 @@ def _runs_list(args: argparse.Namespace) -> int:
             terminal_safe(r.status),
             _local(r.started_at),
             format_seconds(r.duration),
+            *((_first_output(r),) if streamed else ()),
             " → ".join(terminal_safe(name) for name in r.critical_path),
         )
         for r in records
     ]
     print(_table(rows))
     return 0
+
+
+def _first_output(record: RunRecord) -> str:
+    ttfo = record.time_to_first_output
+    return "-" if ttfo is None else format_seconds(ttfo)
+
+
+def _measurement_lines(record: RunRecord) -> list[str]:
+    """What ``runs show`` prints under a run's timeline about streams and sync work: the time to first
+    output with its breakdown (for runs that streamed), each streaming stage's chunks and time to first
+    chunk, and the stages whose work was stopped or abandoned."""
+    lines = []
+    ttfo = record.time_to_first_output
+    if record.streamed and ttfo is not None:
+        steps = " → ".join(f"{name} {format_seconds(seconds)}" for name, seconds in record.first_output_path)
+        lines.append(f"  time to first output: {format_seconds(ttfo)} ({steps})")
+    streams = [
+        f"{s.name} {s.chunks} (first after {format_seconds(s.time_to_first_chunk)})"
+        if s.time_to_first_chunk is not None
+        else f"{s.name} {s.chunks}"
+        for s in record.stages
+        if s.chunks
+    ]
+    if streams:
+        lines.append(f"  chunks: {', '.join(streams)}")
+    for fate in ("stopped", "abandoned"):
+        names = [s.name for s in record.stages if s.work == fate]
+        if names:
+            lines.append(f"  work {fate}: {', '.join(names)}")
+    return lines
 
 
 def _color(choice: str) -> bool:
@@ -183,6 +217,8 @@ def _runs_show(args: argparse.Namespace) -> int:
     print(timeline_of_record(record, width=args.width, color=_color(args.color)))
     if record.error:
         print(f"  error: {terminal_safe(record.error)}")
+    for line in _measurement_lines(record):
+        print(terminal_safe(line))
     for line in _trace_lines(record, args.jaeger_url) + (_event_lines(found.events) if args.events else []):
         print(terminal_safe(line))
     return 0
@@ -287,7 +323,7 @@ def parser() -> argparse.ArgumentParser:
         "list",
         help="a table of the most recent runs",
         description="A table of the most recent runs: id, pipeline, status, start (local time), duration, "
-        "critical path.",
+        "time to first output (when a listed run streamed), critical path.",
     )
     _store_arguments(listing)
     listing.add_argument("--pipeline", help="only runs of this pipeline")

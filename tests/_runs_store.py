@@ -7,7 +7,7 @@ from pathlib import Path
 
 from stageflow import RunRecord, SQLiteRunStore, StageRecord
 
-__all__ = ("RECORDS", "T0", "write_store")
+__all__ = ("RECORDS", "STREAMED", "T0", "write_store")
 
 T0 = 1_780_000_000.0
 """2026-05-28 20:26:40 UTC: the first run's start."""
@@ -70,12 +70,78 @@ RECORDS = (
 """Three runs of ``voice`` (the third failed on a timeout) and one of ``etl`` with a skipped stage."""
 
 
-def write_store(path: Path) -> Path:
-    """Write ``RECORDS`` into a new SQLite run store at ``path``."""
+def _streamed(run_id: str, start: float, ttfc: float, embed: float, *, work: str | None = None) -> RunRecord:
+    """A streaming voice run: ``embed`` is a sync stage (dispatch 0.02 s; ``work`` after a first attempt
+    that timed out), ``llm`` streams 8 chunks, the first after ``ttfc``, and ``tts`` reads llm's stream
+    and yields 4 chunks, the first after 0.01 s."""
+    llm_start = start + 0.05 + embed
+    first = llm_start + ttfc
+    stages = (
+        StageRecord("stt", "transform", "ok", start, start + 0.05, 0.0, 1),
+        StageRecord(
+            "embed",
+            "enrich",
+            "ok",
+            start + 0.05,
+            start + 0.05 + embed,
+            0.0,
+            1 if work is None else 2,
+            dependencies=("stt",),
+            dispatch=0.02,
+            work=work,
+        ),
+        StageRecord(
+            "llm",
+            "agent",
+            "ok",
+            llm_start,
+            llm_start + 0.4,
+            0.0,
+            1,
+            dependencies=("embed",),
+            chunks=8,
+            time_to_first_chunk=ttfc,
+        ),
+        StageRecord(
+            "tts",
+            "transform",
+            "ok",
+            first,
+            llm_start + 0.45,
+            0.0,
+            1,
+            dependencies=("llm",),
+            chunks=4,
+            time_to_first_chunk=0.01,
+        ),
+    )
+    return RunRecord(
+        run_id,
+        "streaming",
+        "completed",
+        start,
+        llm_start + 0.45,
+        stages,
+        ("stt", "embed", "llm", "tts"),
+        first_output_path=(("stt", 0.05), ("embed", embed), ("llm", ttfc), ("tts", 0.01)),
+    )
+
+
+STREAMED = (
+    _streamed("dddd0005-0000-0000-0000-000000000005", T0 + 240, 0.1, 0.06),
+    _streamed("dddd0006-0000-0000-0000-000000000006", T0 + 300, 0.2, 0.1, work="stopped"),
+    _streamed("dddd0007-0000-0000-0000-000000000007", T0 + 360, 0.3, 0.14),
+)
+"""Three runs of ``streaming`` (stt → embed, a sync stage → llm, streaming → tts, reading llm's stream);
+in the second, embed's first attempt timed out (its work stopped) and its second succeeded."""
+
+
+def write_store(path: Path, records: tuple[RunRecord, ...] = RECORDS) -> Path:
+    """Write ``records`` (by default ``RECORDS``) into a new SQLite run store at ``path``."""
 
     async def fill() -> None:
         store = SQLiteRunStore(path)
-        for record in RECORDS:
+        for record in records:
             await store.record_run(record)
         store.close()
 

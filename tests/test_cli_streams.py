@@ -1,0 +1,112 @@
+"""``stageflow runs list`` and ``runs show`` on runs with sync stages and streams: dispatch time, the
+first-chunk mark, chunks, the fate of sync work and the run's time to first output."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stageflow._cli import main
+
+from ._runs_store import RECORDS, STREAMED, write_store
+
+
+@pytest.fixture(name="utc", autouse=True)
+def _utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture(name="db")
+def _db(tmp_path: Path) -> str:
+    return str(write_store(tmp_path / "runs.db", RECORDS + STREAMED))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+class TestShow:
+    def test_dispatch_first_chunk_chunks_and_time_to_first_output(
+        self, capsys: pytest.CaptureFixture[str], db: str
+    ) -> None:
+        """A streaming run's timeline draws embed's dispatch (░, its own column) and the first chunks (┃);
+        under it come the time to first output with its breakdown and each stream's chunks."""
+        assert run(capsys, "runs", "show", db, "dddd0005", "--color", "never", "--width", "28") == (
+            0,
+            "pipeline 'streaming' · run dddd0005-0000-0000-0000-000000000005 · completed in 560.0 ms\n"
+            "    stage  0                   560.0 ms      wait  dispatch       run\n"
+            "  * stt    ██                              0.0 ms    0.0 ms   50.0 ms\n"
+            "  * embed    ░██                           0.0 ms   20.0 ms   40.0 ms\n"
+            "  * llm         █████┃███████████████      0.0 ms    0.0 ms  400.0 ms\n"
+            "  * tts              █┃████████████████    0.0 ms    0.0 ms  350.0 ms\n"
+            "  critical path (*): stt → embed → llm → tts\n"
+            "  time to first output: 220.0 ms (stt 50.0 ms → embed 60.0 ms → llm 100.0 ms → tts 10.0 ms)\n"
+            "  chunks: llm 8 (first after 100.0 ms), tts 4 (first after 10.0 ms)\n",
+            "",
+        )
+
+    def test_work_that_was_stopped_is_named(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
+        """A sync stage whose work was stopped (its first attempt timed out) is listed under the timeline."""
+        status, out, _ = run(capsys, "runs", "show", db, "dddd0006", "--color", "never")
+        assert (status, out.splitlines()[-3:]) == (
+            0,
+            [
+                "  time to first output: 360.0 ms "
+                "(stt 50.0 ms → embed 100.0 ms → llm 200.0 ms → tts 10.0 ms)",
+                "  chunks: llm 8 (first after 200.0 ms), tts 4 (first after 10.0 ms)",
+                "  work stopped: embed",
+            ],
+        )
+
+    def test_a_run_that_did_not_stream_prints_no_measurements(
+        self, capsys: pytest.CaptureFixture[str], db: str
+    ) -> None:
+        """A run without streams or sync work prints its timeline alone, with no dispatch column."""
+        _, out, _ = run(capsys, "runs", "show", db, "aaaa0001", "--color", "never")
+        assert (
+            out.splitlines()[1] == "    stage   0                               150.0 ms      wait       run"
+        )
+        assert out.splitlines()[-1] == "  critical path (*): stt → memory → llm → tts"
+
+
+class TestList:
+    def test_a_first_output_column_when_a_listed_run_streamed(
+        self, capsys: pytest.CaptureFixture[str], db: str
+    ) -> None:
+        """With streaming runs among them, the table gains each run's time to first output ("-" for a run
+        stored without one)."""
+        status, out, _ = run(capsys, "runs", "list", db, "--limit", "5")
+        assert (status, out.splitlines()) == (
+            0,
+            [
+                "id                                    pipeline   status     start                duration"
+                "  first output  critical path",
+                "dddd0007-0000-0000-0000-000000000007  streaming  completed  2026-05-28 20:32:40  640.0 ms"
+                "  500.0 ms      stt → embed → llm → tts",
+                "dddd0006-0000-0000-0000-000000000006  streaming  completed  2026-05-28 20:31:40  600.0 ms"
+                "  360.0 ms      stt → embed → llm → tts",
+                "dddd0005-0000-0000-0000-000000000005  streaming  completed  2026-05-28 20:30:40  560.0 ms"
+                "  220.0 ms      stt → embed → llm → tts",
+                "cccc0004-0000-0000-0000-000000000004  etl        completed  2026-05-28 20:29:40  500.0 ms"
+                "  -             extract → load",
+                "bbbb0003-0000-0000-0000-000000000003  voice      failed     2026-05-28 20:28:40  280.0 ms"
+                "  -             stt → memory → llm",
+            ],
+        )
+
+    def test_no_column_when_no_listed_run_streamed(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
+        """Runs that did not stream list as they always did."""
+        _, out, _ = run(capsys, "runs", "list", db, "--pipeline", "voice", "--limit", "1")
+        assert out.splitlines()[0] == (
+            "id                                    pipeline  status  start                duration"
+            "  critical path"
+        )
