@@ -3,8 +3,17 @@
 Every instrument is created once, in ``__init__``, with the names, units and explicit bucket boundaries
 of ``semconv``. Stage durations are recorded inside the stage span (this interceptor's priority, 20, puts it
 inside ``TracingInterceptor``'s 10), so exemplars carry the stage's trace and span ids. Run-level
-figures (run duration, errors, skips, critical path, the dispatch time of sync stages) are recorded at the
-end of the run, inside the run span, from its ``RunResult`` (a run cancelled by its caller has none).
+figures (run duration, errors, skips, critical path, the dispatch time of sync stages, the time to first
+chunk and per output chunk of streaming stages, the time to first output of runs of pipelines with a
+streaming stage) are recorded at the end of
+the run, inside the run span, from its ``RunResult`` (a run cancelled by its caller has none).
+
+A streaming stage whose ``config`` holds ``gen_ai.operation.name`` (the OpenTelemetry GenAI attribute,
+e.g. ``config={"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+"gen_ai.request.model": "gpt-4o"}``) is a GenAI stage: its time to first chunk is also recorded as
+``gen_ai.client.operation.time_to_first_chunk`` with the GenAI attributes its config declares
+(``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``, ``server.address``,
+``server.port``) and, when the stage did not succeed, ``error.type``.
 
 Example::
 
@@ -136,6 +145,13 @@ class MetricsInterceptor(Interceptor):
         self._wait_duration = _histogram(meter, semconv.STAGE_WAIT_DURATION_METRIC)
         self._critical_duration = _histogram(meter, semconv.STAGE_CRITICAL_PATH_DURATION)
         self._dispatch_duration = _histogram(meter, semconv.STAGE_DISPATCH_DURATION_METRIC)
+        self._first_chunk = _histogram(meter, semconv.STAGE_TIME_TO_FIRST_CHUNK_METRIC)
+        self._per_chunk = _histogram(meter, semconv.STAGE_TIME_PER_OUTPUT_CHUNK_METRIC)
+        self._first_output = _histogram(meter, semconv.PIPELINE_RUN_TIME_TO_FIRST_OUTPUT)
+        self._gen_ai_first_chunk = _histogram(meter, semconv.GEN_AI_TIME_TO_FIRST_CHUNK)
+        self._streaming_stages: weakref.WeakKeyDictionary[
+            StageGraph, tuple[tuple[str, Attributes | None], ...]
+        ] = weakref.WeakKeyDictionary()
         self._sync_stages: weakref.WeakKeyDictionary[StageGraph, tuple[str, ...]] = (
             weakref.WeakKeyDictionary()
         )
@@ -254,6 +270,7 @@ class MetricsInterceptor(Interceptor):
                     self._record_run(run.pipeline_name, outcome, _perf() - started, results)
                     if results is not None:
                         self._record_dispatch(run, results)
+                        self._record_streams(run, results)
             except Exception as exc:
                 self._sdk_failed(exc)
             try:
@@ -299,6 +316,41 @@ class MetricsInterceptor(Interceptor):
                 self._dispatch_duration.record(
                     max(0.0, result.dispatch), self._base(run.pipeline_name, name, result.kind.value)
                 )
+
+    def _record_streams(self, run: PipelineContext, results: RunResult) -> None:
+        """Each streaming stage's time to first chunk and per chunk, and the run's time to first output."""
+        graph = run.graph
+        streaming = self._streaming_stages.get(graph)
+        if streaming is None:
+            streaming = tuple(
+                (info.name, _gen_ai_attributes(info)) for info in graph.stages if info.streaming is not None
+            )
+            self._streaming_stages[graph] = streaming
+        if not streaming:  # a pipeline without streaming stages: its first output is its end
+            return
+        first_output = results.time_to_first_output
+        if first_output is not None:
+            self._first_output.record(
+                max(0.0, first_output), {semconv.PIPELINE_NAME: self._pipelines(run.pipeline_name, self._now)}
+            )
+        for name, gen_ai in streaming:
+            result = results.get(name)
+            if result is None:
+                continue
+            first_chunk = result.time_to_first_chunk
+            if first_chunk is None:  # it yielded nothing (or never ran)
+                continue
+            base = self._base(run.pipeline_name, name, result.kind.value)
+            self._first_chunk.record(max(0.0, first_chunk), base)
+            per_chunk = result.time_per_output_chunk
+            if per_chunk is not None:
+                self._per_chunk.record(max(0.0, per_chunk), base)
+            if gen_ai is not None:
+                attrs = dict(gen_ai)
+                error_type = _stage_error_type(result.status, result.error)
+                if error_type is not None:
+                    attrs[semconv.ERROR_TYPE] = error_type
+                self._gen_ai_first_chunk.record(max(0.0, first_chunk), attrs)
 
     # ---------------------------------------------------------------------------- circuit breaker
 
@@ -375,10 +427,45 @@ def _breaker_states(breaker: CircuitBreakerInterceptor) -> dict[tuple[str, str],
     return {}
 
 
+def _gen_ai_attributes(info: StageInfo) -> Attributes | None:
+    """The GenAI attributes a stage declares in its ``config`` (``None`` without ``gen_ai.operation.name``).
+
+    Strings longer than the metric value limit are ``_OTHER``; ``server.port`` must be an int; values of
+    any other type are left out.
+    """
+    config = info.config
+    if not isinstance(config.get(semconv.GEN_AI_OPERATION_NAME), str):
+        return None
+    attrs: dict[str, AttributeValue] = {}
+    for key in semconv.GEN_AI_ATTRIBUTES:
+        value = config.get(key)
+        if key == semconv.SERVER_PORT:
+            if isinstance(value, int) and not isinstance(value, bool):
+                attrs[key] = value
+        elif isinstance(value, str):
+            attrs[key] = _error_type(value)  # cut and made encodable as any metric attribute value
+    return attrs
+
+
+def _stage_error_type(status: StageStatus, error: BaseException | None) -> str | None:
+    """``error.type`` of a stage that did not succeed (``None`` for one that did or was skipped)."""
+    if status is StageStatus.FAIL:
+        return (
+            semconv.OTHER
+            if error is None
+            else _error_type(outcome_of_error(error).error_type or semconv.OTHER)
+        )
+    if status is StageStatus.CANCEL:
+        return semconv.ERROR_TYPE_CANCELLED
+    return None
+
+
 def _histogram(meter: metrics.Meter, metric: semconv.Metric) -> metrics.Histogram:
     return meter.create_histogram(
         metric.name,
         unit=metric.unit,
         description=metric.description,
-        explicit_bucket_boundaries_advisory=_BUCKETS,
+        explicit_bucket_boundaries_advisory=_BUCKETS
+        if metric.buckets == semconv.DURATION_BUCKETS
+        else list(metric.buckets),
     )

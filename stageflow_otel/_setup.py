@@ -233,9 +233,8 @@ def _sampler() -> Sampler:
 
 
 def _histogram_views() -> list[View]:
-    buckets = list(semconv.DURATION_BUCKETS)
     return [
-        View(instrument_name=m.name, aggregation=ExplicitBucketHistogramAggregation(buckets))
+        View(instrument_name=m.name, aggregation=ExplicitBucketHistogramAggregation(list(m.buckets)))
         for m in semconv.METRICS
         if m.instrument == "histogram"
     ]

@@ -78,7 +78,16 @@ def _body(value: object, limit: int | None = None) -> AnyValue:
     return clean_text(str(value), limit)
 
 
-_SECONDS = ("timestamp", "duration", "wait", "delay", "stages")
+_SECONDS = (
+    "timestamp",
+    "duration",
+    "wait",
+    "delay",
+    "stages",
+    "dispatch",
+    "time_to_first_chunk",
+    "time_per_output_chunk",
+)
 """Event data keys holding seconds (``stages``: each stage's wait and duration in a run summary)."""
 
 

@@ -10,7 +10,8 @@ Where a span event goes (``TracingInterceptor`` decides, from the run state):
 * ``pipeline.*``: the run span; ``pipeline.created`` precedes the run span, so the sink parks it in
   ``CREATED`` (a context variable of the caller's context) and the run span starts at its timestamp;
 * ``stage.{name}.*``: that stage's span; ``started`` precedes the span, so it waits in the run state and
-  the stage span starts at its timestamp; ``completed|failed|skipped|cancelled`` (and a core
+  the stage span starts at its timestamp; a streaming stage's ``first_chunk`` (once per stage, never one
+  per chunk) lands on its open span; ``completed|failed|skipped|cancelled`` (and a core
   ``retrying``, between two attempt spans) follow the attempt, so while events flow the stage span's end
   is deferred to that event (its end time the later of the attempt's end and the event's timestamp);
 * a stage that never had a span (a skipped conditional stage, a stage refused before the tracing
@@ -56,6 +57,9 @@ _STAGE_ATTRIBUTES: Mapping[str, str] = {
     "error": semconv.EXCEPTION_MESSAGE,
     "dispatch": semconv.STAGE_DISPATCH_DURATION,
     "work": semconv.STAGE_WORK,
+    "chunks": semconv.STAGE_CHUNKS,
+    "time_to_first_chunk": semconv.STAGE_TIME_TO_FIRST_CHUNK,
+    "time_per_output_chunk": semconv.STAGE_TIME_PER_OUTPUT_CHUNK,
 }
 """Event data key to span event / log record attribute, for ``stage.*`` events."""
 

@@ -19,7 +19,11 @@ event once (``_taxonomy``) and hands it to the run state below, which places it.
 after they return, a stage span starts at its ``started`` event and, while events flow, ends at its
 closing event rather than when the attempt returns (at the later of the two times). A sync stage's
 closing event also puts its dispatch time (``stageflow.stage.dispatch.duration``) and, after a cancelled
-hop, what became of its work (``stageflow.stage.work``: ``stopped`` or ``abandoned``) on its span.
+hop, what became of its work (``stageflow.stage.work``: ``stopped`` or ``abandoned``) on its span. A
+streaming stage's span gets one ``stageflow.stage.first_chunk`` span event at its first chunk (never one
+per chunk), with ``stageflow.stage.time_to_first_chunk``, which its span carries from then on; its
+closing event adds ``stageflow.stage.chunks`` and ``stageflow.stage.time_per_output_chunk``. The run
+span of a pipeline with a streaming stage carries the run's ``stageflow.run.time_to_first_output``.
 
 Example::
 
@@ -164,13 +168,22 @@ def _add_event(span: trace.Span, event: TaxonomyEvent) -> None:
     span.add_event(event.name, event.attributes, event.timestamp)
 
 
-_HOP_ATTRIBUTES = (semconv.STAGE_DISPATCH_DURATION, semconv.STAGE_WORK)
+_CLOSING_ATTRIBUTES = (
+    semconv.STAGE_DISPATCH_DURATION,
+    semconv.STAGE_WORK,
+    semconv.STAGE_CHUNKS,
+    semconv.STAGE_TIME_TO_FIRST_CHUNK,
+    semconv.STAGE_TIME_PER_OUTPUT_CHUNK,
+)
+_FIRST_CHUNK_ATTRIBUTES = (semconv.STAGE_TIME_TO_FIRST_CHUNK,)
 
 
-def _copy_hop(span: trace.Span, event: TaxonomyEvent) -> None:
-    """A sync stage's closing event says what its hop cost and what became of its work: so does its span."""
+def _copy(span: trace.Span, event: TaxonomyEvent, keys: tuple[str, ...]) -> None:
+    """What a stage's event measured goes on its span too: a sync stage's closing event says what its hop
+    cost and what became of its work; a streaming stage's ``first_chunk`` and closing events say when its
+    first chunk came, how many it yielded and how fast."""
     attributes = event.attributes
-    for key in _HOP_ATTRIBUTES:
+    for key in keys:
         value = attributes.get(key)
         if value is not None:
             span.set_attribute(key, value)
@@ -241,7 +254,9 @@ class _RunTrace:
                 return
             _add_event(attempt.span, event)
             if taxonomy and event.outcome in TERMINAL:
-                _copy_hop(attempt.span, event)
+                _copy(attempt.span, event, _CLOSING_ATTRIBUTES)
+            elif taxonomy and event.outcome == "first_chunk":
+                _copy(attempt.span, event, _FIRST_CHUNK_ATTRIBUTES)
             end = attempt.end_time
             if taxonomy and end is not None and (event.outcome in TERMINAL or event.outcome == "retrying"):
                 del self.open[stage]
@@ -653,4 +668,7 @@ def _end_run(state: _RunTrace, outcome: Outcome, results: RunResult | None, mess
     if results is not None:
         attributes[semconv.RUN_CRITICAL_PATH] = results.critical_path
         attributes[semconv.RUN_DURATION] = results.duration
+        first_output = results.time_to_first_output
+        if first_output is not None and any(i.streaming is not None for i in state.run.graph.stages):
+            attributes[semconv.RUN_TIME_TO_FIRST_OUTPUT] = first_output
     span.set_attributes(attributes)

@@ -189,8 +189,12 @@ def render_reference() -> str:
         )
     lines += [
         "",
-        "Histogram buckets (seconds, every histogram): "
+        "Histogram buckets (seconds, every histogram but the time-to-first ones): "
         + ", ".join(f"{b:g}" for b in semconv.DURATION_BUCKETS)
+        + ". The time to first chunk, per output chunk and to first output histograms (and "
+        f"`{semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name}`) use the GenAI conventions' boundaries, 10 ms to "
+        "82 s doubling: "
+        + ", ".join(f"{b:g}" for b in semconv.FIRST_CHUNK_BUCKETS)
         + ". Labels are the attributes with dots replaced by underscores.",
         "",
         "### Events",
@@ -231,6 +235,7 @@ def render_reference() -> str:
         )
         lines.append(f"| `{event_type}` | `{name}` | {_severity(kind)} |")
     lines += [f"| any other type | `{semconv.EVENT_OTHER}` | INFO |", "", *_delivery()]
+    lines += _streams_section()
     lines += _hops_section()
     lines += _loop_section()
     lines += _safety_section()
@@ -247,6 +252,45 @@ def render_reference() -> str:
         "and per-signal timeout variables, and the batch processors `OTEL_BSP_*` / `OTEL_BLRP_*`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _streams_section() -> list[str]:
+    """The "Streaming stages" section: the first-chunk span event, the attributes, the histograms."""
+    return [
+        "### Streaming stages",
+        "",
+        "A streaming stage (an async generator) is measured by the engine on its monotonic clock. Its span "
+        f"gets **one** `{semconv.EVENTS['stage.first_chunk']}` span event at its first chunk (never one "
+        f"per chunk), with `{semconv.STAGE_TIME_TO_FIRST_CHUNK}`, which the span carries from then on, "
+        "also when the stream fails later; its closing event adds "
+        f"`{semconv.STAGE_CHUNKS}` and `{semconv.STAGE_TIME_PER_OUTPUT_CHUNK}` (two chunks or more) to "
+        "the span (with `OtlpEventSink`, as for every span event). The run span of a pipeline with a "
+        f"streaming stage carries `{semconv.RUN_TIME_TO_FIRST_OUTPUT}`: the first chunk of the final "
+        "stage (or its end), as `RunResult.time_to_first_output` measures it.",
+        "",
+        f"`MetricsInterceptor` records `{semconv.STAGE_TIME_TO_FIRST_CHUNK}` and "
+        f"`{semconv.STAGE_TIME_PER_OUTPUT_CHUNK}` per streaming stage, and "
+        f"`{semconv.PIPELINE_RUN_TIME_TO_FIRST_OUTPUT.name}` per run of a pipeline with a streaming "
+        "stage, at the run's end from its `RunResult` (a run cancelled by its caller has none; its spans "
+        "still carry what was measured). A stage that declares the GenAI operation in its config is a "
+        f"GenAI stage: its time to first chunk is also recorded as "
+        f"`{semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name}`, with the GenAI attributes its config holds "
+        f"(`{semconv.GEN_AI_OPERATION_NAME}` marks it; "
+        + ", ".join(f"`{a}`" for a in semconv.GEN_AI_ATTRIBUTES[1:])
+        + f" are optional; `{semconv.ERROR_TYPE}` when the stage did not succeed):",
+        "",
+        "```python",
+        "pipeline.with_stage(",
+        '    "llm", llm, StageKind.TRANSFORM, dependencies=("stt",),',
+        '    config={"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",',
+        '            "gen_ai.request.model": "gpt-4o-mini"},',
+        ")",
+        "```",
+        "",
+        "A stage class receives its config as constructor keywords, so a class that declares these keys "
+        "takes `**kwargs`.",
+        "",
+    ]
 
 
 def _hops_section() -> list[str]:

@@ -18,6 +18,21 @@ __all__ = (
     "DEFAULT_VALUE_LENGTH_LIMIT",
     "METRIC_VALUE_LENGTH_LIMIT",
     "DURATION_BUCKETS",
+    "FIRST_CHUNK_BUCKETS",
+    "GEN_AI_ATTRIBUTES",
+    "GEN_AI_OPERATION_NAME",
+    "GEN_AI_PROVIDER_NAME",
+    "GEN_AI_REQUEST_MODEL",
+    "GEN_AI_TIME_TO_FIRST_CHUNK",
+    "PIPELINE_RUN_TIME_TO_FIRST_OUTPUT",
+    "RUN_TIME_TO_FIRST_OUTPUT",
+    "SERVER_ADDRESS",
+    "SERVER_PORT",
+    "STAGE_CHUNKS",
+    "STAGE_TIME_PER_OUTPUT_CHUNK",
+    "STAGE_TIME_PER_OUTPUT_CHUNK_METRIC",
+    "STAGE_TIME_TO_FIRST_CHUNK",
+    "STAGE_TIME_TO_FIRST_CHUNK_METRIC",
     "CODE_FUNCTION_NAME",
     "ERROR_TYPE",
     "ERROR_TYPE_CANCELLED",
@@ -184,6 +199,36 @@ CODE_FILE_PATH: Final = "code.file.path"
 """OpenTelemetry semconv: the source file a loop block was sampled in."""
 CODE_LINE_NUMBER: Final = "code.line.number"
 """OpenTelemetry semconv: the line number a loop block was sampled at."""
+STAGE_CHUNKS: Final = "stageflow.stage.chunks"
+"""On the span and the ``completed`` event of a streaming stage: how many chunks it yielded."""
+STAGE_TIME_TO_FIRST_CHUNK: Final = "stageflow.stage.time_to_first_chunk"
+"""On the span, the ``first_chunk`` and the ``completed`` event of a streaming stage: seconds from its start
+to its first chunk, on the engine's monotonic clock (the histogram has this name too)."""
+STAGE_TIME_PER_OUTPUT_CHUNK: Final = "stageflow.stage.time_per_output_chunk"
+"""On the span and the ``completed`` event of a streaming stage that yielded at least two chunks: seconds per
+chunk after the first (the histogram has this name too)."""
+RUN_TIME_TO_FIRST_OUTPUT: Final = "stageflow.run.time_to_first_output"
+"""On the run span of a pipeline with a streaming stage: seconds from the run's start to its first output
+(``RunResult.time_to_first_output``)."""
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+"""OpenTelemetry GenAI semconv: the operation (``chat``, ``text_completion``, ...). A stage that has it in its
+``config`` is a GenAI stage: its time to first chunk is also recorded as ``GEN_AI_TIME_TO_FIRST_CHUNK``."""
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+"""OpenTelemetry GenAI semconv: the model provider (``openai``, ...), read from the stage's ``config``."""
+GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
+"""OpenTelemetry GenAI semconv: the model asked for, read from the stage's ``config``."""
+SERVER_ADDRESS: Final = "server.address"
+"""OpenTelemetry semconv: the GenAI server's host, read from the stage's ``config``."""
+SERVER_PORT: Final = "server.port"
+"""OpenTelemetry semconv: the GenAI server's port, read from the stage's ``config``."""
+GEN_AI_ATTRIBUTES: Final = (
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_PROVIDER_NAME,
+    GEN_AI_REQUEST_MODEL,
+    SERVER_ADDRESS,
+    SERVER_PORT,
+)
+"""The GenAI attributes a stage may declare in its ``config`` (``gen_ai.operation.name`` marks it GenAI)."""
 PIPELINE_STAGES: Final = "stageflow.pipeline.stages"
 """On ``stageflow.pipeline.created|started`` events: how many stages the graph has."""
 EVENT_NAME: Final = "event.name"
@@ -361,6 +406,35 @@ ATTRIBUTES: Final = (
         "Why items were lost: " + ", ".join(DROP_CAUSES) + "; for run records: timeout, unavailable, error.",
     ),
     Attribute(STORE_KIND, "string", "run-store metrics", "memory, sqlite or postgresql."),
+    Attribute(STAGE_CHUNKS, "int", "streaming stage spans, their completed events", "Chunks it yielded."),
+    Attribute(
+        STAGE_TIME_TO_FIRST_CHUNK,
+        "double",
+        "streaming stage spans, their first_chunk and completed events",
+        "Seconds from the stage's start to its first chunk.",
+    ),
+    Attribute(
+        STAGE_TIME_PER_OUTPUT_CHUNK,
+        "double",
+        "streaming stage spans, their completed events (two chunks or more)",
+        "Seconds per chunk after the first.",
+    ),
+    Attribute(
+        RUN_TIME_TO_FIRST_OUTPUT,
+        "double",
+        "run span (pipelines with a streaming stage)",
+        "Seconds from the run's start to its first output (RunResult.time_to_first_output).",
+    ),
+    Attribute(
+        GEN_AI_OPERATION_NAME,
+        "string",
+        "GenAI time-to-first-chunk metric",
+        "From the stage's config; marks a GenAI stage.",
+    ),
+    Attribute(GEN_AI_PROVIDER_NAME, "string", "GenAI time-to-first-chunk metric", "From the stage's config."),
+    Attribute(GEN_AI_REQUEST_MODEL, "string", "GenAI time-to-first-chunk metric", "From the stage's config."),
+    Attribute(SERVER_ADDRESS, "string", "GenAI time-to-first-chunk metric", "From the stage's config."),
+    Attribute(SERVER_PORT, "int", "GenAI time-to-first-chunk metric", "From the stage's config."),
 )
 
 # --------------------------------------------------------------------------- metrics
@@ -390,6 +464,25 @@ DURATION_BUCKETS: Final = (
 )
 """Explicit histogram boundaries, in seconds: 1 ms to 1 h."""
 
+FIRST_CHUNK_BUCKETS: Final = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
+"""Explicit boundaries of the time-to-first-chunk/output histograms, in seconds: 10 ms to 82 s, doubling
+(the OpenTelemetry GenAI conventions' boundaries), fine enough to tell voice latencies apart."""
+
 InstrumentKind = Literal["histogram", "counter", "updowncounter", "gauge"]
 
 
@@ -402,6 +495,8 @@ class Metric:
     unit: str
     description: str
     attributes: tuple[str, ...]
+    buckets: tuple[float, ...] = DURATION_BUCKETS
+    """A histogram's explicit bucket boundaries, in seconds."""
 
     @property
     def prometheus(self) -> str:
@@ -461,6 +556,40 @@ STAGE_DISPATCH_DURATION_METRIC = Metric(
     "s",
     "Time a completed sync stage's work spent getting to its executor (thread, process, cluster) and back.",
     (PIPELINE_NAME, STAGE_NAME, STAGE_KIND),
+)
+STAGE_TIME_TO_FIRST_CHUNK_METRIC = Metric(
+    STAGE_TIME_TO_FIRST_CHUNK,
+    "histogram",
+    "s",
+    "Time from a streaming stage's start to its first chunk.",
+    (PIPELINE_NAME, STAGE_NAME, STAGE_KIND),
+    FIRST_CHUNK_BUCKETS,
+)
+STAGE_TIME_PER_OUTPUT_CHUNK_METRIC = Metric(
+    STAGE_TIME_PER_OUTPUT_CHUNK,
+    "histogram",
+    "s",
+    "Time per chunk after the first, of streaming stages that yielded two chunks or more.",
+    (PIPELINE_NAME, STAGE_NAME, STAGE_KIND),
+    FIRST_CHUNK_BUCKETS,
+)
+PIPELINE_RUN_TIME_TO_FIRST_OUTPUT = Metric(
+    "stageflow.pipeline.run.time_to_first_output",
+    "histogram",
+    "s",
+    "Time from the start of a run of a pipeline with a streaming stage to its first output: the first chunk "
+    "of its final stage, or that stage's end.",
+    (PIPELINE_NAME,),
+    FIRST_CHUNK_BUCKETS,
+)
+GEN_AI_TIME_TO_FIRST_CHUNK = Metric(
+    "gen_ai.client.operation.time_to_first_chunk",
+    "histogram",
+    "s",
+    "Time to the first chunk of GenAI stages (a gen_ai.operation.name in their config), per the GenAI "
+    "conventions.",
+    (*GEN_AI_ATTRIBUTES, ERROR_TYPE),
+    FIRST_CHUNK_BUCKETS,
 )
 STAGE_ABANDONED = Metric(
     "stageflow.stage.abandoned",
@@ -585,6 +714,10 @@ METRICS: Final = (
     STAGE_WAIT_DURATION_METRIC,
     STAGE_CRITICAL_PATH_DURATION,
     STAGE_DISPATCH_DURATION_METRIC,
+    STAGE_TIME_TO_FIRST_CHUNK_METRIC,
+    STAGE_TIME_PER_OUTPUT_CHUNK_METRIC,
+    PIPELINE_RUN_TIME_TO_FIRST_OUTPUT,
+    GEN_AI_TIME_TO_FIRST_CHUNK,
     PIPELINE_RUN_ACTIVE,
     PIPELINE_RUN_ERRORS,
     STAGE_SKIPS,
@@ -618,6 +751,7 @@ EVENTS: Final = {
     "stage.skipped": "stageflow.stage.skipped",
     "stage.cancelled": "stageflow.stage.cancelled",
     "stage.retrying": "stageflow.stage.retrying",
+    "stage.first_chunk": "stageflow.stage.first_chunk",
     "stage.loop_blocked": "stageflow.stage.loop_blocked",
 }
 """Event kind (``stage.{name}.x`` reduced to ``stage.x``) to static name (span events, log records)."""

@@ -1,0 +1,426 @@
+"""Streaming stages through OpenTelemetry: span attributes, one first-chunk span event, and the histograms.
+
+The engine's monotonic clock is replaced by a controlled one, so every time to first chunk, time per chunk
+and time to first output is an exact value.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import stageflow._graph
+import stageflow._streams
+from stageflow import (
+    ContextSnapshot,
+    InMemoryEventSink,
+    Pipeline,
+    PipelineFailedError,
+    PipelineTimer,
+    RunIdentity,
+    RunResult,
+    StageContext,
+    StageInputs,
+    StageOutput,
+    Streaming,
+)
+from stageflow_otel import MetricsInterceptor, OtlpEventSink, TracingInterceptor, semconv
+from stageflow_otel._setup import _histogram_views
+
+from ._stages import T
+from .conftest import metric_points
+
+E = semconv.EVENTS
+
+
+class Clock:
+    """The engine's ``perf_counter``, moved only by the stages."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(name="clock")
+def _clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(stageflow._graph, "_perf", fake)
+    monkeypatch.setattr(stageflow._streams, "_perf", fake)
+    return fake
+
+
+class Tee:
+    """Hands every event to the recorder, then to the sink under test."""
+
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = sinks
+
+    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        self.try_emit(type=type, data=data)
+
+    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        for sink in self.sinks:
+            sink.try_emit(type=type, data=data)
+
+
+@pytest.fixture(name="sink")
+def _sink(meter_provider: MeterProvider, logger_provider: LoggerProvider) -> Iterator[OtlpEventSink]:
+    sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider)
+    yield sink
+    sink.shutdown(timeout=5.0)
+
+
+def entry(sink: Any) -> StageContext:
+    snapshot = ContextSnapshot(run_id=RunIdentity())
+    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
+
+
+def voice(clock: Clock, *, streamed: bool = True, llm_config: dict[str, Any] | None = None) -> Pipeline:
+    """stt (0.5 s) -> llm (first token at 0.25 s, then one every 0.125 s) -> tts (0.0625 s per chunk)."""
+
+    async def stt(ctx: StageContext) -> StageOutput:
+        clock.now += 0.5
+        return StageOutput.ok(text="hi")
+
+    async def llm(ctx: StageContext) -> AsyncIterator[str]:
+        clock.now += 0.25
+        yield "Hello."
+        await asyncio.sleep(0)  # tts starts at this first chunk and speaks it
+        for _ in range(3):
+            clock.now += 0.125
+            yield " more"
+
+    async def tts(ctx: StageContext) -> AsyncIterator[bytes]:
+        if streamed:
+            async for _ in ctx.inputs.stream("llm"):
+                clock.now += 0.0625
+                yield b"audio"
+        else:
+            for _ in ctx.inputs.get_from("llm", "text"):
+                clock.now += 0.0625
+                yield b"audio"
+
+    return (
+        Pipeline("voice")
+        .with_stage("stt", stt, T)
+        .with_stage(
+            "llm", llm, T, dependencies=("stt",), stream=Streaming(key="text"), config=llm_config or {}
+        )
+        .with_stage("tts", tts, T, dependencies=("llm",), streams=("llm",) if streamed else ())
+    )
+
+
+def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
+    return {span.name: span for span in spans}
+
+
+def histograms(reader: InMemoryMetricReader, name: str) -> dict[str | None, HistogramDataPoint]:
+    """The points of histogram ``name`` by stage name (``None`` for points without one)."""
+    out: dict[str | None, HistogramDataPoint] = {}
+    for point in metric_points(reader, name):
+        assert isinstance(point, HistogramDataPoint)
+        stage = (point.attributes or {}).get(semconv.STAGE_NAME)
+        out[None if stage is None else str(stage)] = point
+    return out
+
+
+class TestSpans:
+    async def test_a_streaming_stage_span_has_one_first_chunk_event_and_its_measurements(
+        self,
+        clock: Clock,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        sink: OtlpEventSink,
+    ) -> None:
+        """The llm span gets one first_chunk span event at the core's first_chunk event, and its counts."""
+        stream = InMemoryEventSink()
+        graph = voice(clock).build(interceptors=[TracingInterceptor(tracer_provider)])
+        result = await graph.run(entry(Tee(stream, sink)))
+        spans = by_name(span_exporter.get_finished_spans())
+        llm = spans["stage llm"]
+        assert [(e.name, (e.attributes or {})[semconv.EVENT_TYPE]) for e in llm.events] == [
+            (E["stage.started"], "stage.llm.started"),
+            (E["stage.first_chunk"], "stage.llm.first_chunk"),
+            (E["stage.completed"], "stage.llm.completed"),
+        ]
+        [first] = [e for e in stream.events if e.type == "stage.llm.first_chunk"]
+        timestamp = first.data["timestamp"]
+        assert isinstance(timestamp, float)
+        assert llm.events[1].timestamp == int(timestamp * 1e9)
+        assert dict(llm.events[1].attributes or {}) == {
+            semconv.EVENT_TYPE: "stage.llm.first_chunk",
+            semconv.STAGE_NAME: "llm",
+            semconv.STAGE_KIND: "transform",
+            semconv.STAGE_TIME_TO_FIRST_CHUNK: 0.25,
+        }
+        measured = {
+            k: (llm.attributes or {}).get(k)
+            for k in (
+                semconv.STAGE_CHUNKS,
+                semconv.STAGE_TIME_TO_FIRST_CHUNK,
+                semconv.STAGE_TIME_PER_OUTPUT_CHUNK,
+            )
+        }
+        # between its first and last chunk: tts's 0.0625 s for the first chunk, then 0.125 s per chunk
+        assert measured == {
+            semconv.STAGE_CHUNKS: 4,
+            semconv.STAGE_TIME_TO_FIRST_CHUNK: 0.25,
+            semconv.STAGE_TIME_PER_OUTPUT_CHUNK: 0.145833,  # seconds, to the microsecond
+        }
+        assert result["llm"].time_per_output_chunk == (0.0625 + 3 * 0.125) / 3
+        tts = spans["stage tts"]
+        assert [e.name for e in tts.events].count(E["stage.first_chunk"]) == 1
+        assert (tts.attributes or {})[semconv.STAGE_CHUNKS] == 4
+        assert (tts.attributes or {})[semconv.STAGE_TIME_TO_FIRST_CHUNK] == 0.0625
+        # each later chunk waits for llm's next token: 0.125 s, then 0.0625 s to speak it
+        assert (tts.attributes or {})[semconv.STAGE_TIME_PER_OUTPUT_CHUNK] == 0.1875
+        stt = spans["stage stt"]
+        assert [e.name for e in stt.events] == [E["stage.started"], E["stage.completed"]]
+        assert semconv.STAGE_CHUNKS not in (stt.attributes or {})
+        run = spans["pipeline voice"]
+        # stt 0.5 s, llm's first chunk 0.25 s later, tts's first chunk 0.0625 s after that
+        assert result.first_output_path == (("stt", 0.5), ("llm", 0.25), ("tts", 0.0625))
+        assert (run.attributes or {})[semconv.RUN_TIME_TO_FIRST_OUTPUT] == 0.8125
+
+    async def test_a_thousand_chunks_make_one_span_event(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        sink: OtlpEventSink,
+    ) -> None:
+        """A stream of 1,000 chunks puts exactly one first_chunk event on its span, never one per chunk."""
+
+        async def tokens(ctx: StageContext) -> AsyncIterator[int]:
+            for i in range(1000):
+                yield i
+
+        async def reader(ctx: StageContext) -> StageOutput:
+            n = 0
+            async for _ in ctx.inputs.stream("tokens"):
+                n += 1
+            return StageOutput.ok(n=n)
+
+        graph = (
+            Pipeline("p")
+            .with_stage("tokens", tokens, T, stream=Streaming(collect=False))
+            .with_stage("reader", reader, T, dependencies=("tokens",), streams=("tokens",))
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        await graph.run(entry(sink))
+        span = by_name(span_exporter.get_finished_spans())["stage tokens"]
+        assert [e.name for e in span.events] == [
+            E["stage.started"],
+            E["stage.first_chunk"],
+            E["stage.completed"],
+        ]
+        assert (span.attributes or {})[semconv.STAGE_CHUNKS] == 1000
+
+    async def test_a_stream_failing_after_its_first_chunk_keeps_its_time_to_first_chunk(
+        self,
+        clock: Clock,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        sink: OtlpEventSink,
+    ) -> None:
+        """A stage failing mid-stream has its first_chunk event and time to first chunk, then its failure."""
+
+        async def llm(ctx: StageContext) -> AsyncIterator[str]:
+            clock.now += 0.5
+            yield "Hello"
+            raise RuntimeError("connection reset")
+
+        graph = (
+            Pipeline("p").with_stage("llm", llm, T).build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry(sink))
+        span = by_name(span_exporter.get_finished_spans())["stage llm"]
+        assert [e.name for e in span.events] == [
+            E["stage.started"],
+            E["stage.first_chunk"],
+            "exception",
+            E["stage.failed"],
+        ]
+        assert (span.attributes or {})[semconv.STAGE_TIME_TO_FIRST_CHUNK] == 0.5
+        assert (span.attributes or {})[semconv.STAGE_RESULT] == semconv.RESULT_ERROR
+
+    async def test_a_pipeline_without_streaming_stages_has_no_time_to_first_output(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter, sink: OtlpEventSink
+    ) -> None:
+        """Runs of pipelines that do not stream keep their run span as before: no time to first output."""
+
+        async def ok(ctx: StageContext) -> StageOutput:
+            return StageOutput.ok()
+
+        graph = Pipeline("p").with_stage("a", ok, T).build(interceptors=[TracingInterceptor(tracer_provider)])
+        await graph.run(entry(sink))
+        run = by_name(span_exporter.get_finished_spans())["pipeline p"]
+        assert semconv.RUN_TIME_TO_FIRST_OUTPUT not in (run.attributes or {})
+
+
+class TestHistograms:
+    async def test_time_to_first_chunk_per_chunk_and_first_output_exact(
+        self, clock: Clock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """Each streaming stage's TTFC and time per chunk, and the run's time to first output, are recorded
+        once, with exact values, the voice-latency buckets and no run id."""
+        graph = voice(clock).build(interceptors=[MetricsInterceptor(meter_provider)])
+        await graph.run(entry(None))
+        first = histograms(metric_reader, semconv.STAGE_TIME_TO_FIRST_CHUNK)
+        assert {k: (p.count, p.sum) for k, p in first.items()} == {"llm": (1, 0.25), "tts": (1, 0.0625)}
+        per = histograms(metric_reader, semconv.STAGE_TIME_PER_OUTPUT_CHUNK)
+        assert {k: (p.count, p.sum) for k, p in per.items()} == {
+            "llm": (1, (0.0625 + 3 * 0.125) / 3),
+            "tts": (1, 0.1875),
+        }
+        runs = histograms(metric_reader, semconv.PIPELINE_RUN_TIME_TO_FIRST_OUTPUT.name)
+        assert {k: (p.count, p.sum, dict(p.attributes or {})) for k, p in runs.items()} == {
+            None: (1, 0.8125, {semconv.PIPELINE_NAME: "voice"})
+        }
+        points = [*first.values(), *per.values(), *runs.values()]
+        assert {tuple(p.explicit_bounds) for p in points} == {semconv.FIRST_CHUNK_BUCKETS}
+        # 0.25 s falls in (0.16, 0.32]; 0.0625 s in (0.04, 0.08]
+        assert list(first["llm"].bucket_counts) == [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        assert list(first["tts"].bucket_counts) == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        assert dict(first["llm"].attributes or {}) == {
+            semconv.PIPELINE_NAME: "voice",
+            semconv.STAGE_NAME: "llm",
+            semconv.STAGE_KIND: "transform",
+        }
+        assert metric_points(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name) == []
+
+    async def test_without_consumers_streaming_still_measures_the_first_output_at_the_final_stage(
+        self, clock: Clock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """The same pipeline with tts waiting for the whole reply: its first audio comes after llm's end."""
+        graph = voice(clock, streamed=False).build(interceptors=[MetricsInterceptor(meter_provider)])
+        result: RunResult = await graph.run(entry(None))
+        runs = histograms(metric_reader, semconv.PIPELINE_RUN_TIME_TO_FIRST_OUTPUT.name)
+        # stt 0.5 s, the whole llm reply 0.25 + 3 * 0.125 s, then tts's first chunk 0.0625 s
+        assert result.time_to_first_output == 0.5 + 0.625 + 0.0625
+        assert [(p.count, p.sum) for p in runs.values()] == [(1, 1.1875)]
+
+    async def test_a_gen_ai_stage_also_records_the_gen_ai_time_to_first_chunk(
+        self, clock: Clock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """A stage with gen_ai.operation.name in its config records the GenAI metric with its GenAI
+        attributes only, in the GenAI convention's buckets; values of the wrong type are left out."""
+        config = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "server.address": "api.openai.com",
+            "server.port": "443",  # not an int: left out
+            "temperature": 0.2,
+        }
+        graph = voice(clock, llm_config=config).build(interceptors=[MetricsInterceptor(meter_provider)])
+        await graph.run(entry(None))
+        [point] = metric_points(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name)
+        assert isinstance(point, HistogramDataPoint)
+        assert (point.count, point.sum) == (1, 0.25)
+        assert dict(point.attributes or {}) == {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "server.address": "api.openai.com",
+        }
+        assert tuple(point.explicit_bounds) == (
+            0.01,
+            0.02,
+            0.04,
+            0.08,
+            0.16,
+            0.32,
+            0.64,
+            1.28,
+            2.56,
+            5.12,
+            10.24,
+            20.48,
+            40.96,
+            81.92,
+        )
+
+    async def test_a_gen_ai_stage_failing_mid_stream_records_its_error_type(
+        self, clock: Clock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """A GenAI stream that failed after its first chunk is recorded with error.type and server.port."""
+
+        async def llm(ctx: StageContext) -> AsyncIterator[str]:
+            clock.now += 0.125
+            yield "Hel"
+            raise ConnectionResetError("peer went away")
+
+        graph = (
+            Pipeline("p")
+            .with_stage("llm", llm, T, config={"gen_ai.operation.name": "chat", "server.port": 8443})
+            .build(interceptors=[MetricsInterceptor(meter_provider)])
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry(None))
+        [point] = metric_points(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name)
+        assert isinstance(point, HistogramDataPoint)
+        assert (point.count, point.sum) == (1, 0.125)
+        assert dict(point.attributes or {}) == {
+            "gen_ai.operation.name": "chat",
+            "server.port": 8443,
+            "error.type": "ConnectionResetError",
+        }
+        [first] = metric_points(metric_reader, semconv.STAGE_TIME_TO_FIRST_CHUNK)
+        assert isinstance(first, HistogramDataPoint)
+        assert (first.count, first.sum) == (1, 0.125)
+        assert metric_points(metric_reader, semconv.PIPELINE_RUN_TIME_TO_FIRST_OUTPUT.name) == []
+
+    async def test_a_stream_that_yields_nothing_records_no_time_to_first_chunk(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """No first chunk, no measurement: the histograms stay empty for that stage."""
+
+        async def silent(ctx: StageContext) -> AsyncIterator[str]:
+            return
+            yield  # an async generator that yields nothing
+
+        graph = (
+            Pipeline("p")
+            .with_stage("silent", silent, T)
+            .build(interceptors=[MetricsInterceptor(meter_provider)])
+        )
+        await graph.run(entry(None))
+        assert metric_points(metric_reader, semconv.STAGE_TIME_TO_FIRST_CHUNK) == []
+        assert metric_points(metric_reader, semconv.STAGE_TIME_PER_OUTPUT_CHUNK) == []
+
+    async def test_setup_views_keep_the_voice_latency_buckets(self, clock: Clock) -> None:
+        """Through ``setup()``'s views, the first-chunk histograms keep their buckets, durations theirs."""
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader], views=_histogram_views())
+        try:
+            graph = voice(clock).build(interceptors=[MetricsInterceptor(provider)])
+            await graph.run(entry(None))
+            bounds = {
+                name: {tuple(p.explicit_bounds) for p in metric_points(reader, name)}  # type: ignore[union-attr]
+                for name in (
+                    semconv.STAGE_TIME_TO_FIRST_CHUNK,
+                    semconv.PIPELINE_RUN_TIME_TO_FIRST_OUTPUT.name,
+                    semconv.STAGE_DURATION.name,
+                )
+            }
+        finally:
+            provider.shutdown()
+        assert bounds == {
+            semconv.STAGE_TIME_TO_FIRST_CHUNK: {semconv.FIRST_CHUNK_BUCKETS},
+            semconv.PIPELINE_RUN_TIME_TO_FIRST_OUTPUT.name: {semconv.FIRST_CHUNK_BUCKETS},
+            semconv.STAGE_DURATION.name: {semconv.DURATION_BUCKETS},
+        }
