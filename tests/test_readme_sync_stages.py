@@ -40,7 +40,8 @@ class TestSyncStagesSection:
         ]
 
     def test_the_section_follows_execution_semantics(self) -> None:
-        """Users find it after "Execution semantics" and before "Interceptors"."""
+        """Users find it after "Execution semantics", before "Streaming stages" and "Interceptors"."""
         order = [line[3:] for line in README.splitlines() if line.startswith("## ")]
         assert order.index("Execution semantics") + 1 == order.index(HEADING)
-        assert order.index(HEADING) + 1 == order.index("Interceptors")
+        assert order.index(HEADING) + 1 == order.index("Streaming stages")
+        assert order.index("Streaming stages") + 1 == order.index("Interceptors")

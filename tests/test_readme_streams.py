@@ -1,0 +1,146 @@
+"""README.md's "Streaming stages": its example runs as printed, and what it quotes is what the code does."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from stageflow import (
+    Pipeline,
+    PipelineDefinitionError,
+    PipelineFailedError,
+    StageContext,
+    StageKind,
+    StageOutput,
+    StreamError,
+    Streaming,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+HEADING = "Streaming stages"
+T = StageKind.TRANSFORM
+
+
+def _section() -> str:
+    start = README.index(f"\n## {HEADING}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start : None if end < 0 else end]
+
+
+def _flat() -> str:
+    return " ".join(_section().split())
+
+
+class TestStreamingSection:
+    def test_the_voice_example_prints_what_its_comments_say(self) -> None:
+        """The example, run, prints its comments' values, then a timeline marking first chunks."""
+        [block] = re.findall(r"```python\n(.*?)```", _section(), flags=re.S)
+        proc = subprocess.run(
+            [sys.executable, "-c", block], capture_output=True, text=True, timeout=120, cwd=ROOT, check=True
+        )
+        lines = proc.stdout.splitlines()
+        assert lines[:5] == [
+            "['<audio: You said hello.>', '<audio: What next?>']",
+            "You said hello. What next?",
+            "5 2",
+            "['stt', 'llm', 'tts']",
+            "True",
+        ]
+        rows = {line[4:].split()[0]: line for line in lines[7:11]}
+        assert sorted(rows) == ["llm", "save", "stt", "tts"]
+        assert ["┃" in rows[name] for name in ("stt", "llm", "tts", "save")] == [False, True, True, False]
+        assert lines[11] == "  critical path (*): stt → llm → tts"
+        comments = re.findall(r"print\(.*\)  # (.*)", block)
+        assert comments[:4] == lines[:4]
+        assert comments[4].startswith(f"{lines[4]}: ")
+
+    def test_the_printed_timeline_is_the_examples(self) -> None:
+        """The timeline shown under the example has the example's stages, with the first chunks marked."""
+        [text] = re.findall(r"```text\n(.*?)```", _section(), flags=re.S)
+        lines = text.splitlines()
+        assert lines[0].startswith("pipeline 'voice' · run ")
+        assert [line[4:].split()[0] for line in lines[2:6]] == ["stt", "llm", "tts", "save"]
+        assert ["┃" in line for line in lines[2:6]] == [False, True, True, False]
+        assert lines[6] == "  critical path (*): stt → llm → tts"
+
+    def test_every_streaming_option_is_in_the_table_with_its_default(self) -> None:
+        """The options table lists every ``Streaming`` field, in order, with its default value."""
+        rows = [line.split(" | ") for line in _section().splitlines() if line.startswith("| `")]
+        names = [row[0].strip("| `") for row in rows]
+        assert names == list(Streaming.__dataclass_fields__)
+        defaults = {field: getattr(Streaming(), field) for field in names}
+        assert [row[1].split()[0].strip("`") for row in rows] == [
+            f'"{value}"' if isinstance(value, str) else str(value) for value in defaults.values()
+        ]
+
+    async def test_the_quoted_stream_error_is_the_one_a_consumer_gets(self) -> None:
+        """The ``StreamError`` message README quotes is the one a consumer reading a failed stream gets."""
+
+        async def llm(ctx: StageContext) -> AsyncIterator[str]:
+            yield "a"
+            yield "b"
+            raise ValueError("model crashed")
+
+        async def tts(ctx: StageContext) -> StageOutput:
+            async for _ in ctx.inputs.stream("llm"):
+                pass
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline("p")
+            .with_stage("llm", llm, T)
+            .with_stage("tts", tts, T, dependencies=("llm",), streams=("llm",))
+            .build()
+        )
+        with pytest.raises(PipelineFailedError) as info:
+            await asyncio.wait_for(graph.run(), 30)
+        error = info.value.results["tts"].error
+        assert isinstance(error, StreamError)
+        assert f"`{error}`" in _flat()
+        assert (error.producer, error.chunks, error.__cause__) == ("llm", 2, info.value.error)
+
+    async def test_collect_false_outputs_only_the_chunk_count(self) -> None:
+        """``Streaming(collect=False)`` leaves ``{"chunk_count": n}`` as the output, as the table says."""
+
+        async def llm(ctx: StageContext) -> AsyncIterator[int]:
+            for i in range(3):
+                yield i
+
+        graph = Pipeline("p").with_stage("llm", llm, T, stream=Streaming(collect=False)).build()
+        result = await graph.run()
+        assert dict(result["llm"].data) == {"chunk_count": 3}
+        assert '`{"chunk_count": n}`' in _flat()
+
+    def test_consuming_a_stage_that_does_not_stream_names_both_at_build(self) -> None:
+        """``build()`` refuses a consumer of a stage that does not stream, naming both stages."""
+
+        async def plain(ctx: StageContext) -> StageOutput:
+            return StageOutput.ok()
+
+        pipeline = (
+            Pipeline("p")
+            .with_stage("stt", plain, T)
+            .with_stage("tts", plain, T, dependencies=("stt",), streams=("stt",))
+        )
+        with pytest.raises(
+            PipelineDefinitionError, match="stage 'tts' consumes the stream of 'stt', but 'stt'"
+        ):
+            pipeline.build()
+
+    def test_the_section_follows_sync_stages(self) -> None:
+        """Users find it after "Sync stages and scaling out" and before "Interceptors"."""
+        order = [line[3:] for line in README.splitlines() if line.startswith("## ")]
+        assert order.index("Sync stages and scaling out") + 1 == order.index(HEADING)
+        assert order.index(HEADING) + 1 == order.index("Interceptors")
+
+    def test_the_benchmark_command_exists(self) -> None:
+        """The benchmark the section cites is the module its command names."""
+        assert "`.venv/bin/python -m tests.benchmarks.streams`" in _section()
+        assert (ROOT / "tests" / "benchmarks" / "streams.py").is_file()
