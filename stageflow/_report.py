@@ -1,9 +1,11 @@
 """A self-contained HTML report of stored runs (``stageflow report DB --output FILE.html``).
 
 One file, no scripts, no network: inline CSS and inline SVG only, so it opens from ``file://`` and
-offline. Per pipeline: the DAG, per-stage statistics across the runs (p50/p95/p99 duration and wait,
-retries, critical-path share), a table of the runs, and per run a Gantt chart with what happened to every
-stage that failed, was skipped or cancelled, or took more than one attempt.
+offline. Per pipeline: the DAG, per-stage statistics across the runs (p50/p95/p99 run time and wait,
+retries, critical-path share; dispatch time when a sync stage went to an executor; time to first chunk
+when a stage streamed), the run's time to first output across the runs and where it went (when a run
+streamed), a table of the runs, and per run a Gantt chart with what happened to every stage that failed,
+was skipped or cancelled, or took more than one attempt.
 
 Its size is bounded by the number of runs and stages, not by what they stored: a message (an error, a
 skip or cancel reason) is cut after ``MESSAGE_LIMIT`` characters and any other stored text (names, ids,
@@ -19,14 +21,27 @@ from dataclasses import dataclass, replace
 from html import escape
 
 from ._store import RunRecord, StageRecord
-from ._svg import CRITICAL_STROKE, STATUS_STYLES, WAIT_FILL, DagNode, dag_nodes, dag_svg, gantt_svg
+from ._svg import (
+    CRITICAL_STROKE,
+    DISPATCH_FILL,
+    FIRST_CHUNK_STROKE,
+    STATUS_STYLES,
+    WAIT_FILL,
+    DagNode,
+    dag_nodes,
+    dag_svg,
+    gantt_svg,
+)
 from ._timeline import TimelineRow, format_seconds
 
 __all__ = (
     "MESSAGE_LIMIT",
     "NAME_LIMIT",
+    "FirstOutputStats",
+    "FirstOutputStep",
     "StageStats",
     "bounded",
+    "first_output_stats",
     "percentile",
     "render_report",
     "stage_stats",
@@ -56,6 +71,7 @@ tr.failed td.status, tr.cancelled td.status { font-weight: bold; }
 .error { font-family: monospace; }
 .outcomes { margin: 0.3rem 0; padding-left: 1.2rem; font-size: 0.9rem; }
 .outcomes .message { font-family: monospace; }
+.first-output { margin: 0.3rem 0; font-size: 0.9rem; }
 """
     + f"tr.failed td.status, .error {{ color: {STATUS_STYLES['fail'].text}; }}\n"
     + f"tr.cancelled td.status {{ color: {STATUS_STYLES['cancel'].text}; }}\n"
@@ -101,12 +117,50 @@ class StageStats:
     """Runs whose critical path contains the stage."""
     critical_share: float
     """The stage's wait plus duration on critical paths, as a fraction of those runs' total duration."""
+    run_p50: float = 0.0
+    """Percentiles of the run time: the duration less the dispatch time.
+
+    .. versionadded:: 0.11
+    """
+    run_p95: float = 0.0
+    run_p99: float = 0.0
+    dispatch_p50: float = 0.0
+    """Percentiles of the dispatch time (a sync stage's work going to its executor and back).
+
+    .. versionadded:: 0.11
+    """
+    dispatch_p95: float = 0.0
+    dispatch_p99: float = 0.0
+    dispatched: int = 0
+    """Runs in which the stage's work went to an executor (its dispatch time is above zero).
+
+    .. versionadded:: 0.11
+    """
+    streamed: int = 0
+    """Runs in which the stage yielded at least one chunk.
+
+    .. versionadded:: 0.11
+    """
+    ttfc_p50: float | None = None
+    """Percentiles of the time to first chunk across the runs in which the stage streamed, else ``None``.
+
+    .. versionadded:: 0.11
+    """
+    ttfc_p95: float | None = None
+    ttfc_p99: float | None = None
+
+
+def _percentiles(values: Sequence[float]) -> tuple[float, float, float]:
+    return percentile(values, 50), percentile(values, 95), percentile(values, 99)
 
 
 def stage_stats(records: Iterable[RunRecord]) -> list[StageStats]:
     """Per-stage statistics across ``records`` (runs of one pipeline), in first-seen stage order."""
     durations: dict[str, list[float]] = {}
     waits: dict[str, list[float]] = {}
+    runs: dict[str, list[float]] = {}
+    dispatches: dict[str, list[float]] = {}
+    ttfcs: dict[str, list[float]] = {}
     failures: dict[str, int] = {}
     retried: dict[str, int] = {}
     critical: dict[str, int] = {}
@@ -118,6 +172,10 @@ def stage_stats(records: Iterable[RunRecord]) -> list[StageStats]:
         for s in record.stages:
             durations.setdefault(s.name, []).append(s.ended_at - s.started_at)
             waits.setdefault(s.name, []).append(s.wait)
+            runs.setdefault(s.name, []).append(s.run_time)
+            dispatches.setdefault(s.name, []).append(s.dispatch)
+            if s.chunks and s.time_to_first_chunk is not None:
+                ttfcs.setdefault(s.name, []).append(s.time_to_first_chunk)
             failures[s.name] = failures.get(s.name, 0) + (s.status == "fail")
             retried[s.name] = retried.get(s.name, 0) + (s.attempts > 1)
             if s.name in path:
@@ -137,9 +195,72 @@ def stage_stats(records: Iterable[RunRecord]) -> list[StageStats]:
             percentile(waits[name], 99),
             critical.get(name, 0),
             critical_time.get(name, 0.0) / total if total > 0 else 0.0,
+            *_percentiles(runs[name]),
+            *_percentiles(dispatches[name]),
+            sum(d > 0 for d in dispatches[name]),
+            len(ttfcs.get(name, ())),
+            *(_percentiles(ttfcs[name]) if name in ttfcs else (None, None, None)),
         )
         for name, values in durations.items()
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class FirstOutputStep:
+    """One stage on the runs' first-output paths: the seconds it contributed to the time to first output.
+
+    .. versionadded:: 0.11
+    """
+
+    name: str
+    runs: int
+    """Runs whose first-output path passes through the stage."""
+    p50: float
+    p95: float
+    p99: float
+    share: float
+    """The stage's seconds on those paths, as a fraction of the runs' total time to first output."""
+
+
+@dataclass(frozen=True, slots=True)
+class FirstOutputStats:
+    """The time to first output across a set of runs of one pipeline, and where it went.
+
+    .. versionadded:: 0.11
+    """
+
+    runs: int
+    """Runs that had a first output."""
+    p50: float
+    p95: float
+    p99: float
+    steps: tuple[FirstOutputStep, ...]
+    """The stages on the first-output paths, in the order of the most recent run's path, then first seen."""
+
+
+def first_output_stats(records: Iterable[RunRecord]) -> FirstOutputStats | None:
+    """The time to first output across ``records`` (runs of one pipeline, most recent first) and each
+    stage's part of it; ``None`` when no run had a first output.
+
+    .. versionadded:: 0.11
+    """
+    totals: list[float] = []
+    parts: dict[str, list[float]] = {}
+    for record in records:
+        ttfo = record.time_to_first_output
+        if ttfo is None:
+            continue
+        totals.append(ttfo)
+        for name, seconds in record.first_output_path:
+            parts.setdefault(name, []).append(seconds)
+    if not totals:
+        return None
+    whole = sum(totals)
+    steps = tuple(
+        FirstOutputStep(name, len(values), *_percentiles(values), sum(values) / whole if whole > 0 else 0.0)
+        for name, values in parts.items()
+    )
+    return FirstOutputStats(len(totals), *_percentiles(totals), steps)
 
 
 _CUT_TAIL = " more characters not shown]"
@@ -170,6 +291,7 @@ def _cut_stage(s: StageRecord) -> StageRecord:
         error=None if s.error is None else _cut(s.error, MESSAGE_LIMIT),
         error_type=None if s.error_type is None else _cut(s.error_type, NAME_LIMIT),
         dependencies=tuple(_cut(d, NAME_LIMIT) for d in s.dependencies),
+        work=None if s.work is None else _cut(s.work, NAME_LIMIT),
     )
 
 
@@ -185,6 +307,7 @@ def bounded(record: RunRecord) -> RunRecord:
         status=_cut(record.status, NAME_LIMIT),
         stages=tuple(_cut_stage(s) for s in record.stages),
         critical_path=tuple(_cut(name, NAME_LIMIT) for name in record.critical_path),
+        first_output_path=tuple((_cut(name, NAME_LIMIT), sec) for name, sec in record.first_output_path),
         error=None if record.error is None else _cut(record.error, MESSAGE_LIMIT),
     )
 
@@ -195,7 +318,16 @@ def _message(s: StageRecord) -> str:
 
 def _rows(record: RunRecord) -> list[TimelineRow]:
     rows = [
-        TimelineRow(s.name, s.status, s.started_at - s.wait, s.started_at, s.ended_at, _message(s))
+        TimelineRow(
+            s.name,
+            s.status,
+            s.started_at - s.wait,
+            s.started_at,
+            s.ended_at,
+            _message(s),
+            s.dispatch,
+            s.first_chunk_at,
+        )
         for s in record.stages
     ]
     return sorted(rows, key=lambda r: (r.start or 0.0, r.name))
@@ -207,6 +339,8 @@ def _outcome(s: StageRecord) -> str:
     said = escape(style.label if style else s.status)
     if s.attempts > 1:
         said += f" after {s.attempts} attempts"
+    if s.work is not None:
+        said += f" (its work {escape(s.work)})"
     message = _message(s)
     if message:
         said += f': <span class="message">{escape(message)}</span>'
@@ -220,7 +354,7 @@ def _outcome(s: StageRecord) -> str:
 
 def _outcomes(record: RunRecord) -> list[str]:
     """What happened to every stage of ``record`` that did not simply succeed on its first attempt."""
-    notable = [s for s in record.stages if s.status != "ok" or s.attempts > 1]
+    notable = [s for s in record.stages if s.status != "ok" or s.attempts > 1 or s.work is not None]
     if not notable:
         return []
     return ['<ul class="outcomes">', *(_outcome(s) for s in notable), "</ul>"]
@@ -252,15 +386,73 @@ def _pct(fraction: float) -> str:
     return f"{fraction * 100:.0f}%"
 
 
-def _stats_row(st: StageStats, runs: int) -> str:
-    numbers = (st.duration_p50, st.duration_p95, st.duration_p99, st.wait_p50, st.wait_p95, st.wait_p99)
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else format_seconds(value)
+
+
+def _stats_row(st: StageStats, runs: int, *, dispatched: bool, streamed: bool) -> str:
+    numbers: tuple[float | None, ...] = (
+        st.run_p50,
+        st.run_p95,
+        st.run_p99,
+        st.wait_p50,
+        st.wait_p95,
+        st.wait_p99,
+    )
+    if dispatched:  # "–" for a stage that never went to an executor
+        numbers += (st.dispatch_p50, st.dispatch_p95, st.dispatch_p99) if st.dispatched else (None,) * 3
+    if streamed:
+        numbers += (st.ttfc_p50, st.ttfc_p95, st.ttfc_p99)
     return (
         f'<tr data-stage="{escape(st.name)}"><td>{escape(st.name)}</td><td class="num">{st.runs}</td>'
         f'<td class="num">{st.failures}</td><td class="num">{st.retried}</td>'
-        + "".join(f'<td class="num">{format_seconds(v)}</td>' for v in numbers)
+        + "".join(f'<td class="num">{_seconds(v)}</td>' for v in numbers)
         + f'<td class="num">{st.critical_runs} ({_pct(st.critical_runs / runs)})</td>'
         f'<td class="num">{_pct(st.critical_share)}</td></tr>'
     )
+
+
+def _stats_head(*, dispatched: bool, streamed: bool) -> str:
+    names = ["stage", "runs", "failed", "retried", "run p50", "run p95", "run p99"]
+    names += ["wait p50", "wait p95", "wait p99"]
+    if dispatched:
+        names += ["dispatch p50", "dispatch p95", "dispatch p99"]
+    if streamed:
+        names += ["TTFC p50", "TTFC p95", "TTFC p99"]
+    names += ["on critical path", "share of run time on the critical path"]
+    return "<thead><tr>" + "".join(f"<th>{name}</th>" for name in names) + "</tr></thead>"
+
+
+def _first_output_section(stats: FirstOutputStats) -> list[str]:
+    """The time to first output across the runs, and a table of where it went."""
+    quantiles = ", ".join(
+        f"p{q} {format_seconds(v)}" for q, v in ((50, stats.p50), (95, stats.p95), (99, stats.p99))
+    )
+    rows = [
+        f'<tr data-step="{escape(step.name)}"><td>{escape(step.name)}</td><td class="num">{step.runs}</td>'
+        + "".join(f'<td class="num">{format_seconds(v)}</td>' for v in (step.p50, step.p95, step.p99))
+        + f'<td class="num">{_pct(step.share)}</td></tr>'
+        for step in stats.steps
+    ]
+    return [
+        "<h3>Time to first output</h3>",
+        f"<p class=\"first-output\">From each run's start to its first output (the final stage's first "
+        f"chunk, or its end when it does not stream), across {_count(stats.runs, 'run')}: {quantiles}.</p>",
+        '<div class="scroll"><table class="first-output"><thead><tr><th>stage</th><th>runs</th>'
+        "<th>p50</th><th>p95</th><th>p99</th><th>share of the time to first output</th></tr></thead>"
+        "<tbody>",
+        *rows,
+        "</tbody></table></div>",
+    ]
+
+
+def _first_output_line(record: RunRecord) -> str:
+    """Where one run's time to first output went."""
+    ttfo = record.time_to_first_output
+    if ttfo is None:
+        return ""
+    steps = " → ".join(f"{escape(name)} {format_seconds(sec)}" for name, sec in record.first_output_path)
+    return f'<p class="first-output">Time to first output {format_seconds(ttfo)}: {steps}.</p>'
 
 
 def _scroll(*html: str) -> list[str]:
@@ -274,6 +466,9 @@ def _pipeline_section(index: int, name: str, records: Sequence[RunRecord], graph
     durations = [r.duration for r in records]
     nodes = dag_nodes(graph) if graph is not None else _nodes_from_runs(records)
     source = "as declared" if graph is not None else "as recorded in the runs"
+    dispatched = any(s.dispatch > 0 for r in records for s in r.stages)
+    streamed = any(r.streamed for r in records)
+    first_output = first_output_stats(records) if streamed else None
     out = [
         f'<section class="pipeline" id="{anchor}">',
         f"<h2>Pipeline {escape(name)}</h2>",
@@ -285,24 +480,30 @@ def _pipeline_section(index: int, name: str, records: Sequence[RunRecord], graph
             dag_svg(nodes, title=f"pipeline {name}", highlight=records[0].critical_path, ident=f"dag{index}")
         ),
         "<h3>Stages across the runs</h3>",
-        '<div class="scroll"><table class="stats"><thead><tr><th>stage</th><th>runs</th><th>failed</th>'
-        "<th>retried</th><th>p50</th><th>p95</th><th>p99</th><th>wait p50</th><th>wait p95</th>"
-        "<th>wait p99</th><th>on critical path</th><th>share of run time on the critical path</th></tr>"
-        "</thead><tbody>",
+        '<div class="scroll"><table class="stats">'
+        + _stats_head(dispatched=dispatched, streamed=streamed)
+        + "<tbody>",
     ]
-    out.extend(_stats_row(st, len(records)) for st in stage_stats(records))
+    out.extend(
+        _stats_row(st, len(records), dispatched=dispatched, streamed=streamed) for st in stage_stats(records)
+    )
+    out.append("</tbody></table></div>")
+    if first_output is not None:
+        out += _first_output_section(first_output)
     out += [
-        "</tbody></table></div>",
         "<h3>Runs</h3>",
         '<div class="scroll"><table class="runs"><thead><tr><th>id</th><th>status</th><th>start</th>'
-        "<th>duration</th><th>critical path</th></tr></thead><tbody>",
+        f"<th>duration</th>{'<th>first output</th>' if streamed else ''}<th>critical path</th></tr></thead>"
+        "<tbody>",
     ]
     for r in records:
+        ttfo = r.time_to_first_output
+        first = f'<td class="num">{_seconds(ttfo)}</td>' if streamed else ""
         out.append(
             f'<tr class="{escape(r.status)}">'
             f'<td><a href="#run-{_slug(r.run_id)}">{escape(r.run_id)}</a></td>'
             f'<td class="status">{escape(r.status)}</td><td class="num">{_local(r.started_at)}</td>'
-            f'<td class="num">{format_seconds(r.duration)}</td>'
+            f'<td class="num">{format_seconds(r.duration)}</td>{first}'
             f'<td class="path">{escape(" → ".join(r.critical_path))}</td></tr>'
         )
     out.append("</tbody></table></div>")
@@ -314,6 +515,8 @@ def _pipeline_section(index: int, name: str, records: Sequence[RunRecord], graph
         ]
         if r.error:
             out.append(f'<p class="error">{escape(r.error)}</p>')
+        if r.streamed:
+            out.append(_first_output_line(r))
         out += _scroll(
             gantt_svg(
                 _rows(r),
@@ -322,6 +525,7 @@ def _pipeline_section(index: int, name: str, records: Sequence[RunRecord], graph
                 critical_path=r.critical_path,
                 title=f"run {r.run_id} of {name}",
                 attempts={s.name: s.attempts for s in r.stages},
+                chunks={s.name: s.chunks for s in r.stages if s.chunks},
             )
         )
         out += [*_outcomes(r), "</div>"]
@@ -336,7 +540,11 @@ def _legend() -> str:
         f'{swatch.format(f"background:{style.fill}")}<span class="status-{status}">{style.label}</span>'
         for status, style in STATUS_STYLES.items()
     ]
+    entries.append(f"{swatch.format(f'background:{DISPATCH_FILL}')}dispatch (to the executor and back)")
     entries.append(f"{swatch.format(f'border:2px solid {CRITICAL_STROKE}')}critical path (*)")
+    entries.append(
+        f'<span class="swatch" style="width:3px;background:{FIRST_CHUNK_STROKE}"></span>first chunk (streams)'
+    )
     return '<p class="legend">' + "".join(f"<span>{e}</span>" for e in entries) + "</p>"
 
 

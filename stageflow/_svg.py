@@ -19,6 +19,8 @@ from ._timeline import TimelineRow, format_seconds
 
 __all__ = (
     "CRITICAL_STROKE",
+    "DISPATCH_FILL",
+    "FIRST_CHUNK_STROKE",
     "STATUS_STYLES",
     "WAIT_FILL",
     "DagNode",
@@ -59,6 +61,10 @@ WAIT_FILL = "#b0bec5"
 """The fill of a wait bar (ready → start)."""
 CRITICAL_STROKE = "#e65100"
 """The outline of a stage on the critical path."""
+DISPATCH_FILL = "#546e7a"
+"""The fill of a dispatch bar (a sync stage's work going to its executor and back)."""
+FIRST_CHUNK_STROKE = "#1a237e"
+"""The colour of the mark at a streaming stage's first chunk."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,13 +405,18 @@ def gantt_svg(
     title: str = "",
     width: int = 720,
     attempts: Mapping[str, int] | None = None,
+    chunks: Mapping[str, int] | None = None,
 ) -> str:
-    """A run's Gantt chart as SVG: per stage a wait bar (ready → start) and a run bar (start → end).
+    """A run's Gantt chart as SVG: per stage a wait bar (ready → start), a dispatch bar (a sync stage's
+    work going to its executor and back: start → start + dispatch, ``class="dispatch"``) and a run bar
+    (the rest, to the end).
 
     Run bars are coloured by status (``class="run ok|fail|skip|cancel"``), critical-path stages outlined
-    (``class="... critical"``); each bar's ``<title>`` gives its numbers. A failed, skipped or cancelled
-    stage, and a stage that took more than one attempt (``attempts``: stage name → attempts), gets a
-    label beside its bar (``class="mark fail|skip|cancel|ok"``) in its status's text colour.
+    (``class="... critical"``); each bar's ``<title>`` gives its numbers. A streaming stage's first chunk
+    is a mark across its bar (``class="first-chunk"``; ``chunks``: stage name → chunks yielded). A
+    failed, skipped or cancelled stage, and a stage that took more than one attempt (``attempts``: stage
+    name → attempts), gets a label beside its bar (``class="mark fail|skip|cancel|ok"``) in its status's
+    text colour.
     """
     label_w, row_h, axis_h = 130, 22, 22
     plot_w = width - label_w - _PAD * 2
@@ -414,6 +425,7 @@ def gantt_svg(
     height = axis_h + row_h * max(len(rows), 1) + _PAD * 2
     on_path = set(critical_path)
     tries = attempts or {}
+    yielded = chunks or {}
 
     def x(t: float) -> float:
         return round(label_w + _PAD + max(0.0, min(t - start, total)) * scale, 2)
@@ -456,21 +468,43 @@ def gantt_svg(
                 f"<title>{escape(r.name)} waited {escape(format_seconds(wait))} for its dependencies</title>"
                 "</rect>"
             )
+        dispatch = min(max(r.dispatch, 0.0), max(ran, 0.0))
+        began = r.start + dispatch  # the stage's own code, after its dispatch
+        if dispatch > 0:
+            parts.append(
+                f'<rect class="dispatch" x="{x(r.start)}" y="{y + 3}" '
+                f'width="{max(x(began) - x(r.start), 0.5):.2f}" height="16" fill="{DISPATCH_FILL}">'
+                f"<title>{escape(r.name)}: dispatch {escape(format_seconds(dispatch))} (its work going to "
+                "its executor and back)</title></rect>"
+            )
         n = tries.get(r.name, 1)
         retried = f", {n} attempts" if n > 1 else ""
         note = f"; {r.note}" if r.note else ""
+        sent = f", dispatch {format_seconds(dispatch)}" if dispatch > 0 else ""
+        streamed = ""
+        if r.first is not None:
+            count = yielded.get(r.name, 0)
+            said = f"{count} chunk{'' if count == 1 else 's'}, " if count else ""
+            streamed = f", {said}first after {format_seconds(r.first - r.start)}"
         tip = (
-            f"{r.name}: {r.status}{retried}, ran {format_seconds(ran)} "
-            f"(from {format_seconds(r.start - start)} to {format_seconds(r.end - start)}), "
-            f"waited {format_seconds(wait)}{note}"
+            f"{r.name}: {r.status}{retried}, ran {format_seconds(ran - dispatch)} "
+            f"(from {format_seconds(began - start)} to {format_seconds(r.end - start)}), "
+            f"waited {format_seconds(wait)}{sent}{streamed}{note}"
         )
         style = STATUS_STYLES.get(r.status, STATUS_STYLES["ok"])
         stroke = f' stroke="{CRITICAL_STROKE}" stroke-width="2"' if hot else ""
         parts.append(
-            f'<rect class="run {escape(r.status)}{" critical" if hot else ""}" x="{x(r.start)}" y="{y + 3}" '
-            f'width="{max(x(r.end) - x(r.start), 1.5):.2f}" height="16" rx="2" '
+            f'<rect class="run {escape(r.status)}{" critical" if hot else ""}" x="{x(began)}" y="{y + 3}" '
+            f'width="{max(x(r.end) - x(began), 1.5):.2f}" height="16" rx="2" '
             f'fill="{style.fill}"{stroke}><title>{escape(tip)}</title></rect>'
         )
+        if r.first is not None:
+            fx = x(min(max(r.first, began), r.end))
+            parts.append(
+                f'<line class="first-chunk" x1="{fx:.2f}" y1="{y + 1}" x2="{fx:.2f}" y2="{y + 21}" '
+                f'stroke="{FIRST_CHUNK_STROKE}" stroke-width="2.5"><title>{escape(r.name)}: first chunk '
+                f"after {escape(format_seconds(r.first - r.start))}</title></line>"
+            )
         mark = _mark(r.status, n)
         if mark:
             after = x(r.end) + 4 + 7 * len(mark) <= width - _PAD  # else left of the bar

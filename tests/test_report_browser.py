@@ -25,7 +25,7 @@ from stageflow import (
 from stageflow._cli import main
 
 from ._chromium import Chromium, chromium_path
-from ._runs_store import RECORDS, write_store
+from ._runs_store import RECORDS, STREAMED, write_store
 
 CHROMIUM = chromium_path()
 if CHROMIUM is None and not os.environ.get("CI"):
@@ -306,5 +306,135 @@ class TestAssistantReportInChromium:
                 "[box.firstElementChild.tagName.toLowerCase(), box.scrollWidth > box.clientWidth])"
             )
             assert scrolled == [["svg", True], ["table", True], ["table", True]] + [["svg", True]] * 3
+        finally:
+            browser.reset_viewport()
+
+
+@pytest.fixture(name="streaming", scope="module")
+def _streaming(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("streaming")
+    db = write_store(folder / "runs.db", STREAMED)
+    out = folder / "report.html"
+    assert main(["report", str(db), "--output", str(out)]) == 0
+    return out
+
+
+def cells(browser: Chromium, table: str) -> object:
+    return browser.evaluate(
+        f"[...document.querySelectorAll({table!r})].map(r => [...r.cells].map(c => c.textContent))"
+    )
+
+
+class TestStreamingReportInChromium:
+    def test_dispatch_and_time_to_first_chunk_per_stage(self, browser: Chromium, streaming: Path) -> None:
+        """The stage table shows run time, wait and dispatch apart, and TTFC p50/p95/p99 for the streams."""
+        assert browser.load(streaming.as_uri()).console == []
+        assert cells(browser, "table.stats thead tr") == [
+            [
+                "stage",
+                "runs",
+                "failed",
+                "retried",
+                "run p50",
+                "run p95",
+                "run p99",
+                "wait p50",
+                "wait p95",
+                "wait p99",
+                "dispatch p50",
+                "dispatch p95",
+                "dispatch p99",
+                "TTFC p50",
+                "TTFC p95",
+                "TTFC p99",
+                "on critical path",
+                "share of run time on the critical path",
+            ]
+        ]
+        zero, none = ["0.0 ms"] * 3, ["–"] * 3
+        assert cells(browser, "table.stats tbody tr") == [
+            ["stt", "3", "0", "0", *["50.0 ms"] * 3, *zero, *none, *none, "3 (100%)", "8%"],
+            ["embed", "3", "0", "1", "80.0 ms", "116.0 ms", "119.2 ms", *zero, *["20.0 ms"] * 3, *none]
+            + ["3 (100%)", "17%"],
+            ["llm", "3", "0", "0", *["400.0 ms"] * 3, *zero, *none, "200.0 ms", "290.0 ms", "298.0 ms"]
+            + ["3 (100%)", "67%"],
+            ["tts", "3", "0", "0", "250.0 ms", "340.0 ms", "348.0 ms", *zero, *none, *["10.0 ms"] * 3]
+            + ["3 (100%)", "42%"],
+        ]
+
+    def test_time_to_first_output_across_runs_and_per_run(self, browser: Chromium, streaming: Path) -> None:
+        """The pipeline's time to first output (p50/p95/p99), where it went, and each run's breakdown."""
+        browser.load(streaming.as_uri())
+        assert browser.evaluate("document.querySelector('p.first-output').innerText") == (
+            "From each run's start to its first output (the final stage's first chunk, or its end when it "
+            "does not stream), across 3 runs: p50 360.0 ms, p95 486.0 ms, p99 497.2 ms."
+        )
+        assert cells(browser, "table.first-output tbody tr") == [
+            ["stt", "3", "50.0 ms", "50.0 ms", "50.0 ms", "14%"],
+            ["embed", "3", "100.0 ms", "136.0 ms", "139.2 ms", "28%"],
+            ["llm", "3", "200.0 ms", "290.0 ms", "298.0 ms", "56%"],
+            ["tts", "3", "10.0 ms", "10.0 ms", "10.0 ms", "3%"],
+        ]
+        assert [row[4] for row in cells(browser, "table.runs tbody tr")] == [
+            "500.0 ms",
+            "360.0 ms",
+            "220.0 ms",
+        ]
+        assert browser.evaluate(
+            "[...document.querySelectorAll('div.run p.first-output')].map(p => p.innerText)"
+        ) == [
+            "Time to first output 500.0 ms: stt 50.0 ms → embed 140.0 ms → llm 300.0 ms → tts 10.0 ms.",
+            "Time to first output 360.0 ms: stt 50.0 ms → embed 100.0 ms → llm 200.0 ms → tts 10.0 ms.",
+            "Time to first output 220.0 ms: stt 50.0 ms → embed 60.0 ms → llm 100.0 ms → tts 10.0 ms.",
+        ]
+        assert browser.evaluate(
+            "[...document.querySelectorAll('ul.outcomes li')].map(li => li.innerText)"
+        ) == ["embed ok after 2 attempts (its work stopped)"]
+
+    def test_dispatch_bars_and_first_chunk_marks_on_screen(self, browser: Chromium, streaming: Path) -> None:
+        """Each embed has a dispatch bar right before its run bar, 20 ms of the 566 px axis wide (runs of
+        640, 600 and 560 ms);
+        each first-chunk mark stands inside its stage's run bar, at its time to first chunk."""
+        browser.load(streaming.as_uri())
+        bars = browser.evaluate(
+            "[...document.querySelectorAll('rect.dispatch')].map(d => { const r = d.parentNode"
+            ".querySelector('rect.run').getBBox(), b = d.getBBox();"
+            " return [d.parentNode.dataset.stage, Math.abs(b.x + b.width - r.x) < 0.01,"
+            " Math.round(b.width * 100) / 100, d.querySelector('title').textContent]; })"
+        )
+        assert bars == [
+            ["embed", True, 17.69, "embed: dispatch 20.0 ms (its work going to its executor and back)"],
+            ["embed", True, 18.86, "embed: dispatch 20.0 ms (its work going to its executor and back)"],
+            ["embed", True, 20.21, "embed: dispatch 20.0 ms (its work going to its executor and back)"],
+        ]
+        marks = browser.evaluate(
+            "[...document.querySelectorAll('#run-dddd0007-0000-0000-0000-000000000007 line.first-chunk')]"
+            ".map(l => { const r = l.parentNode.querySelector('rect.run').getBBox(), x = l.x1.baseVal.value;"
+            " return [l.parentNode.dataset.stage, x > r.x && x < r.x + r.width,"
+            " Math.round((x - r.x) * 100) / 100, l.getBoundingClientRect().height > 0]; })"
+        )
+        # 566 px of axis for 640 ms: llm's first chunk 300 ms after its start, tts's 10 ms after its own
+        assert marks == [["llm", True, 265.31, True], ["tts", True, 8.85, True]]
+        llm = "#run-dddd0007-0000-0000-0000-000000000007 g[data-stage=llm] rect.run"
+        assert browser.evaluate(f"document.querySelector({llm!r}).querySelector('title').textContent") == (
+            "llm: ok, ran 400.0 ms (from 190.0 ms to 590.0 ms), waited 0.0 ms, 8 chunks, first after 300.0 ms"
+        )
+
+    def test_screenshot(self, browser: Chromium, streaming: Path) -> None:
+        """A full-page screenshot of the streaming report is produced (kept in $STAGEFLOW_SCREENSHOTS)."""
+        browser.load(streaming.as_uri())
+        folder = Path(os.environ.get("STAGEFLOW_SCREENSHOTS") or streaming.parent)
+        data = browser.screenshot(folder / "streaming-report.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", data[16:24])
+        assert width >= 700 and height >= 1000
+
+    def test_no_horizontal_overflow_on_a_phone(self, browser: Chromium, streaming: Path) -> None:
+        """At 375 px the wider stage table and the first-output table scroll in their own boxes."""
+        browser.set_viewport(375, 812, mobile=True)
+        try:
+            browser.load(streaming.as_uri())
+            widths = browser.evaluate("[window.innerWidth, document.documentElement.scrollWidth]")
+            assert widths == [375, 375]
         finally:
             browser.reset_viewport()
