@@ -141,6 +141,9 @@ class TestStreamingSection:
         assert order.index(HEADING) + 1 == order.index("Interceptors")
 
     def test_the_benchmark_command_exists(self) -> None:
-        """The benchmark the section cites is the module its command names."""
-        assert "`.venv/bin/python -m tests.benchmarks.streams`" in _section()
+        """The benchmark the section and "Performance" cite is the module their command names."""
+        start = README.index("\n## Performance\n")
+        performance = README[start : README.index("\n## ", start + 1)]
+        for text in (_section(), performance):
+            assert "`.venv/bin/python -m tests.benchmarks.streams`" in text
         assert (ROOT / "tests" / "benchmarks" / "streams.py").is_file()
