@@ -4,14 +4,20 @@
 
 DAG: ``stt → (enrich ∥ memory ∥ search) → personalize → llm → guard → tts``
 
+- ``llm``, ``guard`` and ``tts`` stream: ``llm`` yields its reply token by token (a GenAI stage: its
+  config declares ``gen_ai.operation.name``); ``guard`` consumes that stream and passes on each sentence
+  once it checked it; ``tts`` consumes guard's stream and starts speaking at the first sentence, one audio
+  chunk per sentence. Each run is followed by the same pipeline run without streaming (each consumer waits
+  for the whole reply), untraced and unrecorded, and the summary prints the time to first audio both ways.
 - ``search`` calls a flaky web-search API (outage windows and random errors); its circuit breaker opens
   after 3 consecutive failures and lets a trial call through after a recovery timeout. A fallback
   interceptor turns its errors into a skip, so the run goes on without search results.
 - ``enrich`` calls a blocking NLP client: a sync stage, run in a worker thread (its dispatch time shows).
 - ``memory`` is skipped for anonymous users; ``personalize`` is conditional, so it is skipped with it. Now
   and then its cache read blocks the event loop for 60 ms: the loop monitor blames ``memory``.
-- ``guard`` sometimes rejects the reply (``StageOutput.fail``): the run fails.
-- ``tts`` sometimes stalls past its 250 ms timeout: the run fails with ``StageTimeoutError``.
+- ``guard`` sometimes rejects the reply (``StageFailedError`` at its first sentence): the run fails.
+- ``tts`` sometimes stalls past its 600 ms timeout (which bounds its whole stream): the run fails with
+  ``StageTimeoutError``.
 """
 
 from __future__ import annotations
@@ -22,26 +28,30 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opentelemetry._logs import SeverityNumber, get_logger
 
 from stageflow import (
+    NoOpEventSink,
     Pipeline,
     PipelineContext,
     PipelineRunError,
     RunResult,
     SQLiteRunStore,
     StageContext,
+    StageFailedError,
     StageKind,
     StageOutput,
+    Streaming,
     __version__,
     terminal_safe,
 )
@@ -62,6 +72,8 @@ __all__ = (
     "SearchFallback",
     "SearchUnavailableError",
     "BreakerTally",
+    "LLM_CONFIG",
+    "TTS_TIMEOUT",
     "build_demo_pipeline",
     "core_interceptors",
     "console_main",
@@ -137,8 +149,52 @@ class SearchFallback(BaseInterceptor):
         return ErrorAction.FALLBACK if stage_name == "search" else ErrorAction.FAIL
 
 
-def build_demo_pipeline(config: DemoConfig | None = None) -> Pipeline:
-    """The demo's voice-assistant pipeline (stages close over one simulated world)."""
+LLM_CONFIG = {
+    "gen_ai.operation.name": "chat",
+    "gen_ai.provider.name": "simulated",
+    "gen_ai.request.model": "demo-voice-1",
+}
+"""The ``llm`` stage's GenAI attributes: its time to first chunk is also recorded as the GenAI metric."""
+
+TTS_TIMEOUT = 0.6
+"""Seconds (at speed 1) ``tts`` may take, its whole stream: from the first sentence to its last audio."""
+
+ADVICE = " Expect a light breeze in the afternoon. Take a jacket for the evening."
+"""What the assistant says after the forecast (so the reply has several sentences)."""
+
+_TOKEN = re.compile(r"\S+\s*")
+
+
+def _tokens(text: str) -> list[str]:
+    """``text`` as the LLM streams it: word by word, each with its trailing space."""
+    return _TOKEN.findall(text)
+
+
+async def _each(items: Iterable[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+async def _sentences(tokens: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Whole sentences from a stream of tokens (a sentence ends with ``.``, ``!`` or ``?``)."""
+    sentence = ""
+    async for token in tokens:
+        sentence += token
+        if token.rstrip().endswith((".", "!", "?")):
+            yield sentence
+            sentence = ""
+    if sentence:
+        yield sentence
+
+
+def build_demo_pipeline(config: DemoConfig | None = None, *, streaming: bool = True) -> Pipeline:
+    """The demo's voice-assistant pipeline (stages close over one simulated world).
+
+    Args:
+        config: the simulated services' knobs.
+        streaming: ``guard`` and ``tts`` consume their dependency's stream, starting at its first chunk
+            (default); ``False`` builds the same stages, each waiting for the whole reply instead.
+    """
     world = _World(config or DemoConfig())
     cfg = world.config
 
@@ -170,23 +226,37 @@ def build_demo_pipeline(config: DemoConfig | None = None) -> Pipeline:
         await world.latency(10)
         return StageOutput.ok(units="celsius")
 
-    async def llm(ctx: StageContext) -> StageOutput:
-        await world.latency(180)
+    async def llm(ctx: StageContext) -> AsyncIterator[str]:
+        await world.latency(90)  # time to first token
         facts = ctx.inputs.get_from("search", "results", default=[])
-        reply = f"Tomorrow in Lisbon: {facts[0].split(': ')[1]}." if facts else "I couldn't look that up."
-        return StageOutput.ok(reply=reply)
+        forecast = f"Tomorrow in Lisbon: {facts[0].split(': ')[1]}." if facts else "I couldn't look that up."
+        for i, token in enumerate(_tokens(forecast + ADVICE)):
+            if i:
+                await world.latency(12)  # one token after another
+            yield token
 
-    async def guard(ctx: StageContext) -> StageOutput:
-        await world.latency(15)
-        if world.rng.random() < cfg.guard_reject_rate:
-            return StageOutput.fail("reply rejected by content policy")
-        return StageOutput.ok(approved=True)
+    async def guard(ctx: StageContext) -> AsyncIterator[str]:
+        tokens = (
+            ctx.inputs.stream("llm") if streaming else _each(_tokens(ctx.inputs.get_from("llm", "reply")))
+        )
+        rejected = world.rng.random() < cfg.guard_reject_rate
+        async for sentence in _sentences(tokens):
+            await world.latency(5)  # a policy check per sentence
+            if rejected:
+                raise StageFailedError("guard", "reply rejected by content policy")
+            yield sentence
 
-    async def tts(ctx: StageContext) -> StageOutput:
+    async def tts(ctx: StageContext) -> AsyncIterator[int]:
         if world.rng.random() < cfg.tts_stall_rate:
             await asyncio.sleep(1.0 * cfg.speed + 0.3)  # a stalled synthesis call
-        await world.latency(70)
-        return StageOutput.ok(audio_ms=2400)
+        sentences: AsyncIterator[str]
+        if streaming:
+            sentences = ctx.inputs.stream("guard")
+        else:
+            sentences = _sentences(_each(_tokens(ctx.inputs.get_from("guard", "text"))))
+        async for sentence in sentences:
+            await world.latency(35)  # synthesis of the sentence's audio
+            yield 60 * len(sentence)  # milliseconds of audio
 
     return (
         Pipeline(name="voice-assistant")
@@ -195,20 +265,42 @@ def build_demo_pipeline(config: DemoConfig | None = None) -> Pipeline:
         .with_stage("memory", memory, StageKind.ENRICH, dependencies=("stt",))
         .with_stage("search", search, StageKind.ENRICH, dependencies=("stt",))
         .with_stage("personalize", personalize, StageKind.ENRICH, dependencies=("memory",), conditional=True)
-        .with_stage("llm", llm, StageKind.AGENT, dependencies=("enrich", "search", "personalize"))
-        .with_stage("guard", guard, StageKind.GUARD, dependencies=("llm",))
-        .with_stage("tts", tts, StageKind.TRANSFORM, dependencies=("guard",), config={"timeout": 0.25})
+        .with_stage(
+            "llm",
+            llm,
+            StageKind.AGENT,
+            dependencies=("enrich", "search", "personalize"),
+            config=LLM_CONFIG,
+            stream=Streaming(key="reply", reduce="".join),
+        )
+        .with_stage(
+            "guard",
+            guard,
+            StageKind.GUARD,
+            dependencies=("llm",),
+            stream=Streaming(key="text", reduce="".join),
+            streams=("llm",) if streaming else (),
+        )
+        .with_stage(
+            "tts",
+            tts,
+            StageKind.TRANSFORM,
+            dependencies=("guard",),
+            config={"timeout": TTS_TIMEOUT},
+            stream=Streaming(key="audio_ms", reduce=sum),
+            streams=("guard",) if streaming else (),
+        )
     )
 
 
 def core_interceptors(
     config: DemoConfig, breaker_listener: Callable[[CircuitStateChange], object] | None = None
 ) -> tuple[CircuitBreakerInterceptor, list[Interceptor]]:
-    """The demo's core interceptors: search fallback, a breaker and timeouts (tts 250 ms, scaled)."""
+    """The demo's core interceptors: search fallback, a breaker and timeouts (tts 600 ms, scaled)."""
     breaker = CircuitBreakerInterceptor(failure_threshold=3, recovery_timeout=2.0 * max(config.speed, 0.05))
     if breaker_listener is not None:
         breaker.add_listener(breaker_listener)
-    timeout = TimeoutInterceptor(5.0, per_stage={"tts": max(0.25 * config.speed + 0.05, 0.02)})
+    timeout = TimeoutInterceptor(5.0, per_stage={"tts": max(TTS_TIMEOUT * config.speed + 0.05, 0.02)})
     return breaker, [SearchFallback(), breaker, timeout]
 
 
@@ -223,6 +315,10 @@ class DemoStats:
     runs: int = 0
     by_result: dict[str, int] = field(default_factory=dict)
     durations: deque[float] = field(default_factory=lambda: deque(maxlen=DURATION_WINDOW))
+    first_audio: deque[float] = field(default_factory=lambda: deque(maxlen=DURATION_WINDOW))
+    """Time to first audio (``RunResult.time_to_first_output``) of the successful streaming runs."""
+    first_audio_whole: deque[float] = field(default_factory=lambda: deque(maxlen=DURATION_WINDOW))
+    """The same for the successful runs without streaming (each consumer waits for the whole reply)."""
 
     def add(self, result: str, duration: float) -> None:
         """Count one run."""
@@ -230,11 +326,11 @@ class DemoStats:
         self.by_result[result] = self.by_result.get(result, 0) + 1
         self.durations.append(duration)
 
-    def percentile(self, q: float) -> float:
-        """The q-quantile of run durations (nearest rank), in seconds."""
-        if not self.durations:
+    def percentile(self, q: float, values: Iterable[float] | None = None) -> float:
+        """The q-quantile (nearest rank) of ``values``, by default the run durations, in seconds."""
+        ordered = sorted(self.durations if values is None else values)
+        if not ordered:
             return 0.0
-        ordered = sorted(self.durations)
         return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
@@ -421,6 +517,12 @@ async def _run(args: argparse.Namespace) -> DemoStats:
         *core,
     ]
     pipeline = build_demo_pipeline(config)
+    # the same pipeline without streaming, for the time to first audio both ways: untraced, unrecorded,
+    # with a world of its own (so the seeded runs above draw what they drew before)
+    whole = build_demo_pipeline(replace(config, loop_block_rate=0.0), streaming=False).build(
+        core_interceptors(config)[1]
+    )
+    quiet_sink = NoOpEventSink()
     # the runs are recorded (in memory without --run-store) so the run-store metrics have data
     store = SQLiteRunStore(
         args.run_store or ":memory:",
@@ -470,6 +572,23 @@ async def _run(args: argparse.Namespace) -> DemoStats:
             outcome = outcome_of(error)
             stats.add(outcome, results.duration)
             printer.run(stats.runs, results, outcome, error)
+            first_audio = results.time_to_first_output
+            if error is None and first_audio is not None:
+                stats.first_audio.append(first_audio)
+            await _compare(ctx.data)
+
+    async def _compare(data: Any) -> None:
+        """Run the pipeline without streaming on the same input; keep its time to first audio."""
+        ctx = make_context(
+            input_text="what's the weather in lisbon tomorrow", data=dict(data), event_sink=quiet_sink
+        )
+        try:
+            results = await whole.run(ctx)
+        except PipelineRunError:
+            return  # a rejected reply or a stalled synthesis: no audio to time
+        first_audio = results.time_to_first_output
+        if first_audio is not None:
+            stats.first_audio_whole.append(first_audio)
 
     try:
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
@@ -496,6 +615,13 @@ def _summary(stats: DemoStats, tally: BreakerTally, telemetry: Any) -> str:
                 *(stats.percentile(q) * 1000 for q in (0.5, 0.95, 0.99))
             )
         )
+    for label, values in (
+        ("streaming", stats.first_audio),
+        ("without streaming (each stage waits for the whole reply)", stats.first_audio_whole),
+    ):
+        if values:
+            p50, p95, p99 = (stats.percentile(q, values) * 1000 for q in (0.5, 0.95, 0.99))
+            lines.append(f"  first audio  p50 {p50:.1f} ms  p95 {p95:.1f} ms  p99 {p99:.1f} ms  {label}")
     lines.extend(tally.lines())
     failures = dict(telemetry.export_failures)
     if any(failures.values()):

@@ -7,12 +7,14 @@ import re
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 
 from stageflow import (
+    InMemoryEventSink,
     PipelineCancelledError,
     PipelineFailedError,
     RunResult,
@@ -26,10 +28,12 @@ from stageflow.interceptors import CircuitState, CircuitStateChange, TimeoutInte
 from stageflow.testing import make_context
 from stageflow_otel._demo import (
     DURATION_WINDOW,
+    LLM_CONFIG,
     BreakerTally,
     DemoConfig,
     DemoStats,
     _Printer,
+    _summary,
     build_demo_pipeline,
     outcome_of,
 )
@@ -75,7 +79,10 @@ class TestDemoPipeline:
             "guard": StageStatus.OK,
             "tts": StageStatus.OK,
         }
-        assert results["llm"].data["reply"] == "Tomorrow in Lisbon: 21°C, sunny."
+        assert results["llm"].data["reply"] == (
+            "Tomorrow in Lisbon: 21°C, sunny. Expect a light breeze in the afternoon. "
+            "Take a jacket for the evening."
+        )
 
 
 class TestRendering:
@@ -349,3 +356,84 @@ class TestRunStore:
         ).stdout.splitlines()
         assert len(listed) == 7
         assert {line.split()[1] for line in listed[1:]} == {"voice-assistant"}
+
+
+class TestStreamingDemo:
+    CONFIG = DemoConfig(
+        speed=0.0, seed=1, search_error_rate=0, guard_reject_rate=0, tts_stall_rate=0, outage_every=0
+    )
+    """Every simulated latency is one turn of the event loop: the order of events is the scheduler's."""
+
+    async def _events(self, streaming: bool) -> tuple[RunResult, list[str]]:
+        sink = InMemoryEventSink()
+        graph = build_demo_pipeline(self.CONFIG, streaming=streaming).build([TimeoutInterceptor()])
+        results = await graph.run(make_context(data={"anonymous": True}, event_sink=sink))
+        return results, [e.type for e in sink.events if e.type.split(".")[1] in ("llm", "guard", "tts")]
+
+    def test_llm_guard_and_tts_stream_and_only_the_consumers_differ(self) -> None:
+        """llm, guard and tts stream in both forms; with streaming guard reads llm's stream and tts guard's,
+        without it they read the whole reply; llm declares its GenAI operation."""
+        for streaming, streams in ((True, {"guard": ("llm",), "tts": ("guard",)}), (False, {})):
+            graph = build_demo_pipeline(self.CONFIG, streaming=streaming).build()
+            infos = {info.name: info for info in graph.stages}
+            assert [n for n, i in infos.items() if i.streaming is not None] == ["llm", "guard", "tts"]
+            assert {n: i.streams for n, i in infos.items() if i.streams} == streams
+            assert dict(infos["llm"].config) == LLM_CONFIG
+
+    async def test_streaming_tts_speaks_while_the_llm_still_talks(self) -> None:
+        """With streaming, guard starts at llm's first token and tts speaks the first sentence before llm
+        ended; tts yields one audio chunk per sentence."""
+        results, events = await self._events(streaming=True)
+        assert events.index("stage.guard.started") == events.index("stage.llm.first_chunk") + 1
+        assert events.index("stage.tts.first_chunk") < events.index("stage.llm.completed")
+        assert results["tts"].chunks == 3
+        assert results["guard"].data["text"] == results["llm"].data["reply"]
+        assert results["tts"].data["audio_ms"] == 60 * len(results["llm"].data["reply"])
+
+    async def test_without_streaming_each_stage_waits_for_the_whole_reply(self) -> None:
+        """Without streaming, guard starts after llm completed and tts after guard completed; the same
+        reply and audio come out."""
+        results, events = await self._events(streaming=False)
+        assert events == [
+            "stage.llm.started",
+            "stage.llm.first_chunk",
+            "stage.llm.completed",
+            "stage.guard.started",
+            "stage.guard.first_chunk",
+            "stage.guard.completed",
+            "stage.tts.started",
+            "stage.tts.first_chunk",
+            "stage.tts.completed",
+        ]
+        assert (results["llm"].chunks, results["guard"].chunks, results["tts"].chunks) == (
+            18,
+            3,
+            3,
+        )  # 18 words
+        assert results["tts"].data["audio_ms"] == 60 * len(results["llm"].data["reply"])
+
+    async def test_a_rejected_reply_fails_the_run_at_guards_first_sentence(self) -> None:
+        """guard rejects at its first sentence: the run fails with StageFailedError, tts never starts."""
+        config = replace(self.CONFIG, guard_reject_rate=1.0)
+        graph = build_demo_pipeline(config).build([TimeoutInterceptor()])
+        with pytest.raises(PipelineFailedError) as caught:
+            await graph.run(make_context(data={"anonymous": True}))
+        assert (caught.value.stage, type(caught.value.error)) == ("guard", StageFailedError)
+        assert "tts" not in caught.value.results
+        assert outcome_of(caught.value) == "failure"
+
+    def test_the_summary_prints_the_time_to_first_audio_both_ways(self) -> None:
+        """The summary has a first-audio line for the streaming runs and one for the runs without."""
+        stats = DemoStats()
+        stats.add("success", 0.5)
+        stats.first_audio.extend([0.2, 0.3])
+        stats.first_audio_whole.extend([0.4, 0.6])
+
+        class Health:
+            export_failures: dict[str, int] = {}
+
+        assert _summary(stats, BreakerTally(), Health()).splitlines()[-2:] == [
+            "  first audio  p50 200.0 ms  p95 300.0 ms  p99 300.0 ms  streaming",
+            "  first audio  p50 400.0 ms  p95 600.0 ms  p99 600.0 ms  without streaming "
+            "(each stage waits for the whole reply)",
+        ]
