@@ -199,6 +199,7 @@ class TestContent:
                     "Active runs",
                     "Event loop lag p50 / p99",
                     "Event loop utilization",
+                    "Time to first output p50 / p95 / p99",
                 },
             ),
             (
@@ -215,6 +216,7 @@ class TestContent:
                     "Abandoned work (range)",
                     "Event loop blocks by stage",
                     "Event loop blocked time by stage",
+                    "Time to first chunk p50 / p95 / p99",
                 },
             ),
             (
@@ -249,6 +251,34 @@ class TestContent:
         ]
         assert len(targets) == 6
         assert all(t.get("exemplar") is True for t in targets)
+
+    def test_time_to_first_percentiles_use_the_streaming_histograms(self) -> None:
+        """The time-to-first panels query the semconv histograms, p50/p95/p99, with exemplars."""
+        found = {
+            p["title"]: [
+                (t["expr"].split("(")[0], t["expr"].split("(rate(")[1].split("{")[0], t["exemplar"])
+                for t in p["targets"]
+            ]
+            for name in ("stageflow-overview.json", "stageflow-stages.json")
+            for p in iter_panels(ALL[name])
+            if p["title"].startswith("Time to first")
+        }
+        output = semconv.PIPELINE_RUN_TIME_TO_FIRST_OUTPUT.prometheus + "_bucket"
+        chunk = semconv.STAGE_TIME_TO_FIRST_CHUNK_METRIC.prometheus + "_bucket"
+        assert found == {
+            "Time to first output p50 / p95 / p99": [("histogram_quantile", output, True)] * 3,
+            "Time to first chunk p50 / p95 / p99": [("histogram_quantile", chunk, True)] * 3,
+        }
+        quantiles = [
+            t["expr"].split(",")[0]
+            for name in ("stageflow-overview.json", "stageflow-stages.json")
+            for p in iter_panels(ALL[name])
+            if p["title"].startswith("Time to first")
+            for t in p["targets"]
+        ]
+        assert (
+            quantiles == ["histogram_quantile(0.5", "histogram_quantile(0.95", "histogram_quantile(0.99"] * 2
+        )
 
     def test_panel_queries_helper_covers_every_target(self) -> None:
         """panel_queries yields one entry per target of every panel."""
