@@ -764,12 +764,10 @@ class StageContext:
     """
 
     __slots__ = (
-        "_dispatch",
+        "_hop",
         "_initial_data",
         "_ran",
-        "_stop",
         "_stream",
-        "_work",
         "attempt",
         "began_at",
         "event_sink",
@@ -804,9 +802,7 @@ class StageContext:
         self.ready_at = 0.0
         self.began_at = 0.0
         self._ran = False  # whether a run started from this context (its run id is then used up)
-        self._stop: Any = None  # a sync stage's stop token while it runs in a thread
-        self._dispatch = 0.0  # seconds its attempts spent crossing to an executor and back
-        self._work: str | None = None  # "stopped" or "abandoned" after a cancelled executor hop
+        self._hop: Any = None  # a sync stage's Hop (dispatch time, stop flag, work) once it was sent
         self._stream: Any = None  # a streaming stage's StreamState while it runs
 
     @property
@@ -819,8 +815,8 @@ class StageContext:
 
         .. versionadded:: 0.11
         """
-        stop = self._stop
-        return stop is not None and stop.is_set()
+        hop = self._hop
+        return hop is not None and hop.stop
 
     @property
     def dispatch(self) -> float:
@@ -828,7 +824,8 @@ class StageContext:
 
         .. versionadded:: 0.11
         """
-        return self._dispatch
+        hop = self._hop
+        return 0.0 if hop is None else float(hop.dispatch)
 
     @property
     def work(self) -> str | None:
@@ -836,7 +833,8 @@ class StageContext:
 
         .. versionadded:: 0.11
         """
-        return self._work
+        hop = self._hop
+        return None if hop is None else hop.work
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled (to cross to another process), a context keeps what a stage reads: the snapshot, the
@@ -987,9 +985,7 @@ def _stage_context(
     ctx.ready_at = ready_at
     ctx.began_at = began_at
     ctx._ran = False
-    ctx._stop = None
-    ctx._dispatch = 0.0
-    ctx._work = None
+    ctx._hop = None
     ctx._stream = None
     return ctx
 

@@ -843,8 +843,7 @@ class _Run:
                 result.started_at = started
                 result.ended_at = ended
                 result.attempts = attempts
-                result.dispatch = ctx._dispatch
-                result.work = None
+                result._hop = hop = ctx._hop
                 result.stream = state
                 self.results[node.name] = result
                 if self.sink is not None:
@@ -859,14 +858,14 @@ class _Run:
                             time_to_first_chunk=None if state.first_at is None else state.first_at - started,
                             time_per_output_chunk=per_chunk(state.chunks, state.first_at, state.last_at),
                         )
-                    elif node.info.sync:
+                    elif hop is not None:
                         self._stage_event(
                             node,
                             "completed",
                             duration=ended - started,
                             wait=started - ready_at,
                             attempts=attempts,
-                            dispatch=ctx._dispatch,
+                            dispatch=hop.dispatch,
                         )
                     else:
                         self._stage_event(
@@ -879,21 +878,14 @@ class _Run:
                 self._release(i, outcome, ended)
                 return
             status, output, error = _classify(node, outcome)
-            work = ctx._work
-            self.results[node.name] = StageResult(
-                node.name,
-                node.kind,
-                status,
-                output,
-                error,
-                ready_at,
-                started,
-                ended,
-                attempts,
-                dispatch=ctx._dispatch,
-                work=work,
-                stream=state,
+            hop = ctx._hop
+            work = None if hop is None else hop.work
+            result = StageResult(
+                node.name, node.kind, status, output, error, ready_at, started, ended, attempts
             )
+            result._hop = hop
+            result.stream = state
+            self.results[node.name] = result
             if status is _OK:  # a StageOutput subclass returned ok: completed, like StageOutput itself
                 assert output is not None
                 if self.sink is not None:

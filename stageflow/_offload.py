@@ -43,6 +43,7 @@ from ._errors import (
     UnpicklableValueError,
     describe,
 )
+from ._results import Hop
 
 if TYPE_CHECKING:
     from ._context import StageContext
@@ -145,24 +146,6 @@ def remove_worker_hook(factory: WorkerHookFactory) -> None:
     """Undo ``add_worker_hook(factory)`` (no error if it was not added)."""
     if factory in _hook_factories:
         _hook_factories.remove(factory)
-
-
-class _Stop:
-    """``ctx.stop_requested`` of a stage running in a thread: set when the run no longer wants its result.
-
-    A plain flag (a bool's assignment is atomic): the thread polls it, nothing waits on it.
-    """
-
-    __slots__ = ("_set",)
-
-    def __init__(self) -> None:
-        self._set = False
-
-    def set(self) -> None:
-        self._set = True
-
-    def is_set(self) -> bool:
-        return self._set
 
 
 # --------------------------------------------------------------------------- checks at build()
@@ -416,12 +399,14 @@ class OffloadedCall:
 
     async def _thread(self, ctx: StageContext) -> StageOutput:
         executor = self.executor or self.pool.get()
-        stop = _Stop()
-        ctx._stop = stop
+        hop = ctx._hop
+        if hop is None:
+            hop = ctx._hop = Hop()
+        hop.stop = False  # a new attempt
         dispatched = _perf()
         future = self._submit(executor, contextvars.copy_context().run, _in_thread, self.fn, ctx)
-        elapsed, output = await self._wait(future, ctx, executor, stop)
-        ctx._dispatch += (_perf() - dispatched) - elapsed
+        elapsed, output = await self._wait(future, hop, executor, True)
+        hop.dispatch += (_perf() - dispatched) - elapsed
         if type(output) is _Raised:
             raise output.error
         return output  # type: ignore[no-any-return]
@@ -442,11 +427,14 @@ class OffloadedCall:
             payload = pickle.dumps((self.fn, ctx, tuple(hooks)), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise _unpicklable_input(self.stage.name, ctx, hooks, exc) from exc
+        hop = ctx._hop
+        if hop is None:
+            hop = ctx._hop = Hop()
         dispatched = _perf()
         future = self._submit(executor, run_remote, payload)
-        reply = await self._wait(future, ctx, executor, None)
+        reply = await self._wait(future, hop, executor, False)
         elapsed, output, error, events, reports = pickle.loads(reply)
-        ctx._dispatch += (_perf() - dispatched) - elapsed
+        hop.dispatch += (_perf() - dispatched) - elapsed
         for hook, report in zip(hooks, reports, strict=False):
             try:
                 hook.returned(report)
@@ -458,9 +446,7 @@ class OffloadedCall:
             raise error
         return output  # type: ignore[no-any-return]
 
-    async def _wait(
-        self, future: Future[Any], ctx: StageContext, executor: Executor, stop: _Stop | None
-    ) -> Any:
+    async def _wait(self, future: Future[Any], hop: Hop, executor: Executor, in_thread: bool) -> Any:
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -470,16 +456,16 @@ class OffloadedCall:
                 raise ExecutorError(
                     self.stage.name, executor, RuntimeError("the executor cancelled the work"), lost=True
                 ) from None
-            ctx._work = await _wind_down(future, executor, stop, self.grace)
+            hop.work = await _wind_down(future, executor, hop if in_thread else None, self.grace)
             raise
 
 
-async def _wind_down(future: Future[Any], executor: Executor, stop: _Stop | None, grace: float) -> str:
+async def _wind_down(future: Future[Any], executor: Executor, stop: Hop | None, grace: float) -> str:
     """After the stage was cancelled: stop the work if it can be stopped, else abandon it after ``grace``."""
     if future.cancel() or future.cancelled():
         return STOPPED
     if stop is not None:
-        stop.set()
+        stop.stop = True
     if not future.done():
         try:
             await asyncio.wait((asyncio.wrap_future(future),), timeout=grace)

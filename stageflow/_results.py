@@ -9,9 +9,21 @@ from uuid import UUID
 from ._timeline import format_seconds, timeline_of_result
 from ._types import StageArtifact, StageEvent, StageKind, StageOutput, StageStatus
 
-__all__ = ("RunResult", "StageResult", "critical_path")
+__all__ = ("Hop", "RunResult", "StageResult", "critical_path")
 
 _EMPTY: Mapping[str, Any] = {}
+
+
+class Hop:
+    """What the executor hops of one sync stage measured: the dispatch time, what became of cancelled work,
+    and the stop flag its thread polls (``StageContext`` and ``StageResult`` hold it; other stages none)."""
+
+    __slots__ = ("dispatch", "stop", "work")
+
+    def __init__(self, dispatch: float = 0.0, work: str | None = None) -> None:
+        self.dispatch = dispatch
+        self.work = work
+        self.stop = False
 
 
 class StageResult:
@@ -30,8 +42,8 @@ class StageResult:
     """
 
     __slots__ = (
+        "_hop",
         "attempts",
-        "dispatch",
         "ended_at",
         "error",
         "kind",
@@ -41,7 +53,6 @@ class StageResult:
         "started_at",
         "status",
         "stream",
-        "work",
     )
 
     def __init__(
@@ -69,8 +80,7 @@ class StageResult:
         self.started_at = started_at
         self.ended_at = ended_at
         self.attempts = attempts
-        self.dispatch = dispatch
-        self.work = work
+        self._hop = Hop(dispatch, work) if dispatch or work is not None else None
         self.stream = stream  # a streaming stage's measurements (chunks, first_at, last_at)
 
     @property
@@ -114,6 +124,25 @@ class StageResult:
         .. versionadded:: 0.10
         """
         return None if self.output is None else self.output.version
+
+    @property
+    def dispatch(self) -> float:
+        """Seconds a sync stage's work spent going to its executor and back (0.0 for other stages).
+
+        .. versionadded:: 0.11
+        """
+        hop = self._hop
+        return 0.0 if hop is None else hop.dispatch
+
+    @property
+    def work(self) -> str | None:
+        """What became of a sync stage's work when it was cancelled: ``"stopped"``, ``"abandoned"``, else
+        ``None``.
+
+        .. versionadded:: 0.11
+        """
+        hop = self._hop
+        return None if hop is None else hop.work
 
     @property
     def chunks(self) -> int:

@@ -36,6 +36,7 @@ from stageflow import (
     UndeclaredDependencyError,
 )
 from stageflow._pipeline import _new_info, _new_spec
+from stageflow._store import SCHEMA_VERSION
 from stageflow.interceptors import (
     BaseInterceptor,
     CallNext,
@@ -305,7 +306,7 @@ class TestSQLiteStore:
             p.join(60)
         assert sorted(results.get(timeout=5) for _ in procs) == ["ok"] * 4
         store = SQLiteRunStore(path)
-        assert store.schema_version == 3
+        assert store.schema_version == SCHEMA_VERSION
         store.close()
 
     def test_another_process_creating_the_schema_meanwhile_is_no_error(
@@ -334,7 +335,7 @@ class TestSQLiteStore:
         store = SQLiteRunStore(path)
         monkeypatch.undo()
         assert raced == ["armed", "other store created the schema"]
-        assert store.schema_version == 3
+        assert store.schema_version == SCHEMA_VERSION
         store.close()
 
     def test_a_corrupt_file_is_refused_naming_the_path_and_fix(self, tmp_path: Path) -> None:
