@@ -20,6 +20,7 @@ from stageflow import (
     StageOutput,
     StreamError,
     Streaming,
+    StreamInputError,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +118,34 @@ class TestStreamingSection:
         result = await graph.run()
         assert dict(result["llm"].data) == {"chunk_count": 3}
         assert '`{"chunk_count": n}`' in _flat()
+
+    async def test_a_consumer_asking_for_the_aggregate_mid_stream_is_told_to_read_the_stream(self) -> None:
+        """``get_from`` on a stream still running when the consumer started raises ``StreamInputError``."""
+        errors: list[str] = []
+
+        async def llm(ctx: StageContext) -> AsyncIterator[str]:
+            yield "Hi"
+            await asyncio.sleep(0)  # still running when its consumer starts
+            yield "!"
+
+        async def tts(ctx: StageContext) -> StageOutput:
+            try:
+                ctx.inputs.get_from("llm", "reply")
+            except StreamInputError as exc:
+                errors.append(str(exc))
+            heard = [chunk async for chunk in ctx.inputs.stream("llm")]
+            return StageOutput.ok(heard=heard)
+
+        graph = (
+            Pipeline("p")
+            .with_stage("llm", llm, T, stream=Streaming(key="reply", reduce="".join))
+            .with_stage("tts", tts, T, dependencies=("llm",), streams=("llm",))
+            .build()
+        )
+        result = await asyncio.wait_for(graph.run(), 30)
+        assert result["tts"].data == {"heard": ["Hi", "!"]}
+        [error] = errors
+        assert "read its chunks with 'async for chunk in ctx.inputs.stream('llm')'" in error
 
     def test_consuming_a_stage_that_does_not_stream_names_both_at_build(self) -> None:
         """``build()`` refuses a consumer of a stage that does not stream, naming both stages."""
