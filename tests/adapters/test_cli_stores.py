@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from stageflow import PostgresRunStore, RunRecord, SQLiteRunStore
 from stageflow._cli import main
 from stageflow._timeline import timeline_of_record
 from tests._postgres import PostgresServer
-from tests._runs_store import RECORDS, write_store
+from tests._runs_store import RECORDS, STREAMED, write_store
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -175,9 +176,10 @@ class TestPostgres:
     def test_report_equals_the_sqlite_one(
         self, capsys: pytest.CaptureFixture[str], pg_url: str, tmp_path: Path
     ) -> None:
-        """The HTML report of runs read from PostgreSQL is the SQLite one, but for the source it names."""
-        fill_postgres(pg_url)
-        sqlite = str(write_store(tmp_path / "runs.db"))
+        """The HTML report of runs read from PostgreSQL is the SQLite one, but for the source it names and
+        the time it was generated; dispatch, streams and first outputs included."""
+        fill_postgres(pg_url, RECORDS + STREAMED)
+        sqlite = str(write_store(tmp_path / "runs.db", RECORDS + STREAMED))
         assert run(capsys, "report", sqlite, "-o", str(tmp_path / "s.html"))[0] == 0
         assert run(capsys, "report", "--store", pg_url, "-o", str(tmp_path / "p.html"))[0] == 0
         shown = (
@@ -187,9 +189,15 @@ class TestPostgres:
             + "@"
             + pg_url.split("@")[1]
         )
-        from_sqlite = (tmp_path / "s.html").read_text().replace(sqlite, "SOURCE")
-        from_postgres = (tmp_path / "p.html").read_text().replace(shown, "SOURCE")
-        assert "SOURCE" in from_sqlite
+        generated = re.compile(r"generated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+        from_sqlite = generated.sub(
+            "generated NOW", (tmp_path / "s.html").read_text().replace(sqlite, "SOURCE")
+        )
+        from_postgres = generated.sub(
+            "generated NOW", (tmp_path / "p.html").read_text().replace(shown, "SOURCE")
+        )
+        assert "SOURCE" in from_sqlite and "generated NOW" in from_sqlite
+        assert from_sqlite.count('<line class="first-chunk"') == 6
         assert from_postgres == from_sqlite
 
     def test_show_prints_the_trace_and_a_jaeger_link(
@@ -247,10 +255,10 @@ class TestPostgres:
     ) -> None:
         """``db migrate`` creates the schema once, then says it is current."""
         shown = f"postgresql://stageflow@127.0.0.1:{postgres.port}/{pg_url.rsplit('/', 1)[1]}"
-        assert run(capsys, "db", "migrate", pg_url) == (0, f"{shown}: stageflow schema version 0 → 2\n", "")
+        assert run(capsys, "db", "migrate", pg_url) == (0, f"{shown}: stageflow schema version 0 → 3\n", "")
         assert run(capsys, "db", "migrate", "--store", pg_url) == (
             0,
-            f"{shown}: stageflow schema version 2 is current\n",
+            f"{shown}: stageflow schema version 3 is current\n",
             "",
         )
         assert run(capsys, "runs", "list", pg_url) == (0, f"no runs in {shown!r}\n", "")
@@ -262,7 +270,7 @@ class TestPostgres:
         path = tmp_path / "new.db"
         assert run(capsys, "db", "migrate", str(path)) == (
             0,
-            f"created run store {str(path)!r}: schema version 3\n",
+            f"created run store {str(path)!r}: schema version 4\n",
             "",
         )
 
