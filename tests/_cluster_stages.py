@@ -98,19 +98,26 @@ def return_lock(ctx: StageContext) -> StageOutput:
     return StageOutput.ok(text="fine", handle=threading.Lock())
 
 
+def _announce(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` at once: whoever sees the file sees all of it (written aside, renamed)."""
+    aside = path.with_name(path.name + ".part")
+    aside.write_text(text)
+    os.replace(aside, path)
+
+
 def wait_for_release(ctx: StageContext) -> StageOutput:
     """Write ``started`` (the pid), wait in Python code until ``release`` exists, write ``finished``."""
     where = _dir(ctx)
-    (where / "started").write_text(str(os.getpid()))
+    _announce(where / "started", str(os.getpid()))
     while not (where / "release").exists():
         time.sleep(_POLL)
-    (where / "finished").write_text(str(os.getpid()))
+    _announce(where / "finished", str(os.getpid()))
     return StageOutput.ok(pid=os.getpid())
 
 
 def block_outside_python(ctx: StageContext) -> StageOutput:
     """Write ``started`` (the pid), then wait on an event nobody sets (Ray's interrupt does not reach it)."""
-    (_dir(ctx) / "started").write_text(str(os.getpid()))
+    _announce(_dir(ctx) / "started", str(os.getpid()))
     threading.Event().wait()  # never returns: only killing the process ends it
     return StageOutput.ok()
 
