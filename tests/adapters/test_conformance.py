@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor, Future
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -57,6 +59,17 @@ def record(
         run_id, pipeline, "failed" if error else "completed", start, start + 0.5, stages, ("a", "b"), error
     )
     return replace(base, **fields)  # type: ignore[arg-type]
+
+
+class NeverStarts(Executor):
+    """An executor that takes work and never starts it."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return Future()
+
+
+def pending(ctx: StageContext) -> StageOutput:
+    return StageOutput.ok()
 
 
 class TestRecordAndRead:
@@ -146,6 +159,29 @@ class TestRecordAndRead:
         assert [seconds for _, seconds in stored.first_output_path][1:] == [0.25, 0.0625]
         assert stored.time_to_first_output == results.time_to_first_output
         assert stored.streamed
+
+    async def test_a_sync_stage_whose_work_was_stopped_is_stored_so(self, store: AnyStore) -> None:
+        """A sync stage cancelled by a failing sibling before its executor started it is stored cancelled,
+        its work ``stopped``."""
+
+        async def failing(ctx: StageContext) -> StageOutput:
+            raise RuntimeError("sibling failed")
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("pending", pending, StageKind.WORK, executor=NeverStarts())
+            .with_stage("failing", failing, StageKind.WORK)
+            .build(run_store=store, cancel_grace=0)
+        )
+        with pytest.raises(PipelineFailedError) as info:
+            await graph.run(make_ctx())
+        stored = await store.get_run(info.value.results.run_id)
+        assert stored is not None
+        assert [(s.name, s.status, s.work, s.chunks) for s in stored.stages] == [
+            ("failing", "fail", None, 0),
+            ("pending", "cancel", "stopped", 0),
+        ]
+        assert stored.first_output_path == ()
 
     async def test_unknown_run_is_none(self, store: AnyStore) -> None:
         """An id that was never recorded reads as None."""
