@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import subprocess
 import sys
@@ -168,6 +169,19 @@ class TestStreamingSection:
         order = [line[3:] for line in README.splitlines() if line.startswith("## ")]
         assert order.index("Sync stages and scaling out") + 1 == order.index(HEADING)
         assert order.index(HEADING) + 1 == order.index("Interceptors")
+
+    def test_defining_pipelines_gives_with_stages_signature(self) -> None:
+        """ "Defining pipelines" spells ``with_stage``'s parameters and defaults as the code has them."""
+        start = README.index("\n## Defining pipelines\n")
+        text = " ".join(README[start : README.index("\n## ", start + 1)].split())
+        [quoted] = re.findall(r"`with_stage\((name, runner, kind, [^`]*)\)`", text)
+        parameters = list(inspect.signature(Pipeline.with_stage).parameters.values())[1:]
+        spelled = [
+            p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}" for p in parameters
+        ]
+        spelled.insert([p.kind for p in parameters].index(inspect.Parameter.KEYWORD_ONLY), "*")
+        assert quoted == ", ".join(spelled)
+        assert "[Streaming stages](#streaming-stages)" in text
 
     def test_the_benchmark_command_exists(self) -> None:
         """The benchmark the section and "Performance" cite is the module their command names."""
