@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -319,7 +321,7 @@ def _streaming(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def cells(browser: Chromium, table: str) -> object:
+def cells(browser: Chromium, table: str) -> Any:
     return browser.evaluate(
         f"[...document.querySelectorAll({table!r})].map(r => [...r.cells].map(c => c.textContent))"
     )
@@ -438,3 +440,84 @@ class TestStreamingReportInChromium:
             assert widths == [375, 375]
         finally:
             browser.reset_viewport()
+
+
+def embed_sync(ctx: StageContext) -> StageOutput:
+    """A sync stage: the engine runs it in a worker thread."""
+    return StageOutput.ok(vector=[0.5])
+
+
+async def record_streaming_runs(path: Path) -> None:
+    """Record three real runs of stt → embed (sync) → llm (streams 3 chunks) → tts (reads llm's stream)."""
+
+    async def stt(ctx: StageContext) -> StageOutput:
+        return StageOutput.ok(text="hi")
+
+    async def llm(ctx: StageContext) -> AsyncIterator[str]:
+        for token in ("Hello", ",", " world."):
+            yield token
+
+    async def tts(ctx: StageContext) -> AsyncIterator[bytes]:
+        async for token in ctx.inputs.stream("llm"):
+            yield token.encode()
+
+    store = SQLiteRunStore(path)
+    graph = (
+        Pipeline(name="live")
+        .with_stage("stt", stt, StageKind.TRANSFORM)
+        .with_stage("embed", embed_sync, StageKind.ENRICH, dependencies=("stt",))
+        .with_stage("llm", llm, StageKind.AGENT, dependencies=("embed",))
+        .with_stage("tts", tts, StageKind.TRANSFORM, dependencies=("llm",), streams=("llm",))
+        .build(run_store=store)
+    )
+    try:
+        for _ in range(3):
+            await graph.run()
+    finally:
+        store.close()
+
+
+@pytest.fixture(name="live", scope="module")
+def _live(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("live")
+    db = folder / "runs.db"
+    asyncio.run(record_streaming_runs(db))
+    out = folder / "report.html"
+    assert main(["report", str(db), "--output", str(out)]) == 0
+    return out
+
+
+class TestRealStreamingRunsInChromium:
+    def test_what_the_engine_measured_reaches_the_page(self, browser: Chromium, live: Path) -> None:
+        """Runs recorded by the engine show embed's dispatch, llm's and tts's TTFC, a dispatch bar per run,
+        two first-chunk marks per run, and each run's time to first output along stt → embed → llm → tts."""
+        assert browser.load(live.as_uri()).console == []
+        rows = cells(browser, "table.stats tbody tr")
+        time = r"\d+\.\d ms|\d+\.\d\d s"
+        shape = [[re.fullmatch(time, cell) is not None for cell in row[10:16]] for row in rows]
+        assert [row[0] for row in rows] == ["stt", "embed", "llm", "tts"]
+        assert shape == [
+            [False] * 6,  # stt: no dispatch, no stream: "–"
+            [True] * 3 + [False] * 3,  # embed: dispatch, no stream
+            [False] * 3 + [True] * 3,  # llm: streams
+            [False] * 3 + [True] * 3,  # tts: streams
+        ]
+        assert [row[10:13] for row in rows if row[0] in ("stt", "llm", "tts")] == [["–"] * 3] * 3
+        assert [
+            count(browser, s) for s in ("rect.dispatch", "line.first-chunk", "div.run p.first-output")
+        ] == [
+            3,
+            6,
+            3,
+        ]
+        steps = browser.evaluate(
+            "[...document.querySelectorAll('table.first-output tbody tr')].map(r => r.dataset.step)"
+        )
+        assert steps == ["stt", "embed", "llm", "tts"]
+        lines = browser.evaluate(
+            "[...document.querySelectorAll('div.run p.first-output')].map(p => p.innerText)"
+        )
+        pattern = (
+            rf"Time to first output ({time}): stt ({time}) → embed ({time}) → llm ({time}) → tts ({time})\."
+        )
+        assert [re.fullmatch(pattern, line) is not None for line in lines] == [True] * 3
