@@ -156,13 +156,13 @@ class TestRunStores:
         store.close()
 
     def test_sqlite_schema_is_versioned_and_uses_wal(self, tmp_path: Path) -> None:
-        """A new database gets schema version 3 in WAL mode, and reopening it keeps it."""
+        """A new database gets schema version 4 in WAL mode, and reopening it keeps it."""
         path = tmp_path / "v.db"
         store = SQLiteRunStore(path)
-        assert store.schema_version == 3
+        assert store.schema_version == 4
         store.close()
         again = SQLiteRunStore(path)
-        assert again.schema_version == 3
+        assert again.schema_version == 4
         again.close()
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -179,7 +179,7 @@ class TestRunStores:
         conn.commit()
         conn.close()
         store = SQLiteRunStore(path)
-        assert store.schema_version == 3
+        assert store.schema_version == 4
         old = await store.get_run("r")
         assert old is not None and old.stages == (StageRecord("a", "work", "ok", 1.0, 2.0, 0.0, 1),)
         graph = diamond().build(run_store=store)
@@ -203,7 +203,7 @@ class TestRunStores:
         with pytest.raises(RuntimeError) as info:
             SQLiteRunStore(path)
         assert str(info.value) == (
-            f"run store {str(path)!r} has schema version 9, newer than 3 which this stageflow understands; "
+            f"run store {str(path)!r} has schema version 9, newer than 4 which this stageflow understands; "
             "upgrade stageflow or use another file"
         )
 
