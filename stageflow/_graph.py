@@ -767,6 +767,8 @@ class _Run:
                 if channel is None:  # the producer never ran (skipped): its stream is empty
                     channel = Channel((node.name,), 1)
                     channel.close()
+                elif started is not None:
+                    started.readers.append(ctx.inputs)  # given the aggregate at the producer's end
                 readers[producer.name] = channel.reader(node.name, producer.name)
             inputs = ctx.inputs
             inputs._streams = readers
@@ -826,6 +828,8 @@ class _Run:
         state = ctx._stream
         if state is not None:
             self._end_stream(state, outcome)
+        if node.stream_deps:
+            self._detach(node)
         try:
             self.tasks[i] = None
             ended = _perf()
@@ -986,6 +990,9 @@ class _Run:
                     self.tasks[c] = self._create_task(self._stage(c, ended), context=self.base_context.copy())
                 if nodes[i].stream_children:
                     state = None if self.streams is None else self.streams.get(i)
+                    if state is not None:
+                        for inputs in state.readers:  # consumers still running read the aggregate now
+                            inputs._prior[nodes[i].name] = output
                     if state is None or state.first_at is None:  # it yielded nothing (or never ran)
                         self._release_streams(nodes[i], ended)
             if not stack:
@@ -995,8 +1002,20 @@ class _Run:
         if not self.left and not self.done.done():
             self.done.set_result(None)
 
+    def _detach(self, node: _Node) -> None:
+        """Consumer ``node`` ended or was skipped: the streams it read no longer wait for it."""
+        streams = self.streams
+        if streams is None:
+            return
+        for p in node.stream_deps:
+            state = streams.get(p)
+            if state is not None and state.channel is not None:
+                state.channel.detach(node.name)
+
     def _auto_skip(self, node: _Node, dependency: str, ready_at: float) -> StageOutput:
         """Settle a conditional stage that a skipped dependency skips without running."""
+        if node.stream_deps:
+            self._detach(node)
         output = StageOutput.skip(reason=f"dependency {dependency!r} was skipped")
         now = _perf()
         self.results[node.name] = StageResult(

@@ -106,21 +106,34 @@ class _Failure:
 class _Pipe:
     """One consumer's bounded buffer: one writer (the producer), one reader. The end marker always fits."""
 
-    __slots__ = ("getter", "items", "limit", "putter")
+    __slots__ = ("detached", "getter", "items", "limit", "putter")
 
     def __init__(self, limit: int) -> None:
         self.items: deque[Any] = deque()
         self.limit = limit
         self.getter: asyncio.Future[None] | None = None
         self.putter: asyncio.Future[None] | None = None
+        self.detached = False
+
+    def detach(self) -> None:
+        """Its consumer ended: drop what it left unread and never hold the producer for it again."""
+        self.detached = True
+        self.items.clear()
+        putter = self.putter
+        if putter is not None and not putter.done():
+            putter.set_result(None)
 
     async def put(self, item: Any) -> None:
         while len(self.items) >= self.limit:
+            if self.detached:
+                return
             self.putter = asyncio.get_running_loop().create_future()
             try:
                 await self.putter
             finally:
                 self.putter = None
+        if self.detached:
+            return
         self.items.append(item)
         getter = self.getter
         if getter is not None and not getter.done():
@@ -157,6 +170,8 @@ class Channel:
 
     async def send(self, chunk: Any) -> None:
         for pipe in self.pipes.values():
+            if pipe.detached:  # its consumer ended without reading it all
+                continue
             if len(pipe.items) < pipe.limit:  # room: no await, no task switch
                 pipe.items.append(chunk)
                 getter = pipe.getter
@@ -173,6 +188,10 @@ class Channel:
         marker = _END if failure is None else _Failure(failure)
         for pipe in self.pipes.values():
             pipe.end(marker)
+
+    def detach(self, consumer: str) -> None:
+        """``consumer`` ended (or was skipped): the producer no longer waits for room in its buffer."""
+        self.pipes[consumer].detach()
 
     def reader(self, consumer: str, producer: str) -> StreamReader:
         return StreamReader(self.pipes[consumer], consumer, producer)
@@ -223,11 +242,12 @@ class StreamReader:
 class StreamState:
     """One streaming stage's run: its channel, what to do at its first chunk, and what the engine measured."""
 
-    __slots__ = ("channel", "chunks", "first_at", "last_at", "on_first")
+    __slots__ = ("channel", "chunks", "first_at", "last_at", "on_first", "readers")
 
     def __init__(self, channel: Channel | None, on_first: Callable[[], None] | None) -> None:
         self.channel = channel
         self.on_first = on_first
+        self.readers: list[Any] = []  # the StageInputs of the consumers that started before its end
         self.chunks = 0
         self.first_at: float | None = None
         self.last_at: float | None = None

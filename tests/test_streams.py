@@ -604,3 +604,67 @@ class TestMeasurements:
         result = await Pipeline("p").with_stage("llm", llm, T).build().run()
         lines = result.timeline(width=20, color=False).splitlines()
         assert lines[2] == "  * llm    █████┃██████████████    0.0 ms    1.00 s"
+
+
+class TestConsumersThatStopEarly:
+    @pytest.mark.parametrize("how", ["break", "skip"])
+    async def test_a_consumer_that_stops_reading_never_holds_the_producer(self, how: str) -> None:
+        """Regression: the producer waited forever for room in the buffer of a consumer that had ended."""
+
+        async def long(ctx: StageContext) -> AsyncIterator[int]:
+            for i in range(200):
+                yield i
+
+        async def first_only(ctx: StageContext) -> StageOutput:
+            first = None
+            async for chunk in ctx.inputs.stream("llm"):
+                if how == "skip":
+                    return StageOutput.skip(reason="heard enough")
+                first = chunk
+                break
+            return StageOutput.ok(first=first)
+
+        graph = (
+            Pipeline("p")
+            .with_stage("llm", long, T, stream=Streaming(buffer=2))
+            .with_stage("tts", first_only, T, dependencies=("llm",), streams=("llm",))
+            .build()
+        )
+        result = await asyncio.wait_for(graph.run(), 30)
+        assert result["llm"].chunks == 200
+        assert result["tts"].status is (StageStatus.SKIP if how == "skip" else StageStatus.OK)
+
+    async def test_a_skipped_conditional_consumer_never_holds_the_producer(self) -> None:
+        async def skipper(ctx: StageContext) -> StageOutput:
+            return StageOutput.skip(reason="no")
+
+        async def long(ctx: StageContext) -> AsyncIterator[int]:
+            for i in range(100):
+                yield i
+
+        graph = (
+            Pipeline("p")
+            .with_stage("gate", skipper, T)
+            .with_stage("llm", long, T, stream=Streaming(buffer=2))
+            .with_stage("tts", speak, T, dependencies=("llm", "gate"), streams=("llm",), conditional=True)
+            .build()
+        )
+        result = await asyncio.wait_for(graph.run(), 30)
+        assert result["llm"].chunks == 100
+        assert result["tts"].status is StageStatus.SKIP
+
+    async def test_a_consumer_reads_the_whole_output_once_the_stream_ended(self) -> None:
+        """Regression: ``get_from`` kept refusing after the stream it had read had ended."""
+
+        async def tts(ctx: StageContext) -> StageOutput:
+            heard = [chunk async for chunk in ctx.inputs.stream("llm")]  # ends once the producer ended
+            return StageOutput.ok(heard=heard, text=ctx.inputs.get_from("llm", "text"))
+
+        graph = (
+            Pipeline("p")
+            .with_stage("llm", words, T, stream=Streaming(key="text", reduce="".join))
+            .with_stage("tts", tts, T, dependencies=("llm",), streams=("llm",))
+            .build()
+        )
+        result = await graph.run()
+        assert result["tts"].data["text"] == "Hello there. How are you?"
