@@ -59,8 +59,23 @@ class TestMalformedRows:
                 '{"a": 1}',
                 "ValueError: critical_path is '{\"a\": 1}', not a list of names",
             ),
+            ("stages", "dispatch", "soon", "TypeError: stage dispatch is 'soon', not a number"),
+            ("stages", "work", b"stopped", "TypeError: stage work is b'stopped', not text"),
+            ("stages", "chunks", 2.5, "TypeError: stage chunks is 2.5, not a whole number"),
+            (
+                "stages",
+                "time_to_first_chunk",
+                "x",
+                "TypeError: stage time_to_first_chunk is 'x', not a number",
+            ),
+            (
+                "runs",
+                "first_output_path",
+                '[["a"]]',
+                "ValueError: first_output_path is '[[\"a\"]]', not a list of [stage, seconds] pairs",
+            ),
         ],
-        ids=["text", "number", "whole-number", "names"],
+        ids=["text", "number", "whole-number", "names", "dispatch", "work", "chunks", "ttfc", "first-output"],
     )
     async def test_a_bad_value_is_named(
         self, sqlite: SQLiteRunStore, table: str, column: str, value: object, problem: str
