@@ -30,9 +30,8 @@ from typing import Any
 import pytest
 import yaml
 
-from stageflow import StageFailedError
 from stageflow_otel import semconv
-from stageflow_otel._demo import build_demo_pipeline
+from stageflow_otel._demo import ADVICE, LLM_CONFIG, _tokens, build_demo_pipeline
 from tests.otel.otlp_receiver import HttpReceiver
 
 from ._assets import COLLECTOR, load_yaml
@@ -66,10 +65,16 @@ HEX_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 SUMMARY_RUNS = re.compile(r"^(\d+) runs$", re.MULTILINE)
 FALLBACK_STAGES = frozenset({"search"})
 """Stages whose errors the demo's fallback interceptor turns into a skip."""
-RETURNED_FAILURE_TYPE = StageFailedError.__qualname__
-"""The error type logged for an attempt that returned ``StageOutput.fail`` (no exception: no exception
-event), as the demo's guard does. Any other logged failure was raised, even the guard's: its circuit
-breaker opens after three consecutive rejections and then refuses calls by raising ``circuit_open``."""
+STREAMING = frozenset({"llm", "guard", "tts"})
+"""The demo's streaming stages: each span logs one ``first_chunk`` event if the stage yielded a chunk."""
+FIRST_CHUNK = semconv.EVENTS["stage.first_chunk"]
+LLM_CHUNKS = frozenset(
+    len(_tokens(forecast + ADVICE))
+    for forecast in ("Tomorrow in Lisbon: 21°C, sunny.", "I couldn't look that up.")
+)
+"""How many tokens the demo's llm streams: its reply with search results, or without."""
+SENTENCES = 3
+"""Sentences in every reply: guard passes each on, tts speaks each as one audio chunk."""
 LOOP_BLOCKED = semconv.EVENTS["stage.loop_blocked"]
 """A span event any stage span may carry besides its taxonomy (see ``test_events_are_span_logs...``)."""
 DEPENDENCIES = {name: spec.dependencies for name, spec in build_demo_pipeline().stages.items()}
@@ -84,6 +89,8 @@ KEY_SERIES = tuple(
         f'stageflow_stage_wait_duration_seconds_count{{job="{service}"}}',
         f'stageflow_stage_critical_path_duration_seconds_count{{job="{service}"}}',
         f'stageflow_stage_skips_total{{job="{service}"}}',
+        f'stageflow_stage_time_to_first_chunk_seconds_count{{job="{service}"}}',
+        f'stageflow_pipeline_run_time_to_first_output_seconds_count{{job="{service}"}}',
         f'stageflow_circuit_breaker_state{{job="{service}"}}',
         f'traces_span_metrics_calls_total{{job="{service}", status_code="STATUS_CODE_ERROR"}}',
         f'traces_span_metrics_duration_milliseconds_bucket{{job="{service}"}}',
@@ -547,6 +554,54 @@ def _panel_id(item: tuple[str, PanelQuery]) -> str:
     return f"{service}/{query.dashboard.removesuffix('.json')}/{query.panel}/{query.ref_id}"
 
 
+class TestStreamingHistograms:
+    """The streaming histograms reach Prometheus through the collector with their own buckets."""
+
+    @pytest.mark.parametrize(
+        ("family", "by", "expected"),
+        [
+            (
+                semconv.STAGE_TIME_TO_FIRST_CHUNK_METRIC.prometheus,
+                (semconv.prometheus_label(semconv.STAGE_NAME),),
+                {(s,) for s in STREAMING},
+            ),
+            (
+                semconv.STAGE_TIME_PER_OUTPUT_CHUNK_METRIC.prometheus,
+                (semconv.prometheus_label(semconv.STAGE_NAME),),
+                {(s,) for s in STREAMING},
+            ),
+            (
+                semconv.PIPELINE_RUN_TIME_TO_FIRST_OUTPUT.prometheus,
+                (semconv.prometheus_label(semconv.PIPELINE_NAME),),
+                {(PIPELINE,)},
+            ),
+            (
+                semconv.GEN_AI_TIME_TO_FIRST_CHUNK.prometheus,
+                tuple(semconv.prometheus_label(k) for k in LLM_CONFIG),
+                {tuple(LLM_CONFIG.values())},
+            ),
+        ],
+        ids=["time_to_first_chunk", "time_per_output_chunk", "time_to_first_output", "gen_ai"],
+    )
+    @pytest.mark.parametrize("service", SERVICES)
+    def test_histogram_has_the_voice_latency_buckets(
+        self, stack: Stack, service: str, family: str, by: tuple[str, ...], expected: set[tuple[str, ...]]
+    ) -> None:
+        """Each series of the family has exactly the 10 ms to 82 s buckets, and the labels the demo gives."""
+        series: list[dict[str, Any]] = []
+
+        def scraped() -> bool:
+            series[:] = stack.prometheus_api.query(f'{family}_bucket{{job="{service}"}}')
+            return {tuple(s["metric"].get(k, "") for k in by) for s in series} >= expected
+
+        assert wait_until(scraped, timeout=DATA_TIMEOUT, interval=1.0), series
+        bounds: dict[tuple[str, ...], set[float]] = {}
+        for s in series:
+            bounds.setdefault(tuple(s["metric"].get(k, "") for k in by), set()).add(float(s["metric"]["le"]))
+        assert bounds == dict.fromkeys(expected, {*semconv.FIRST_CHUNK_BUCKETS, math.inf})
+        assert not any(semconv.prometheus_label(semconv.RUN_ID) in s["metric"] for s in series)
+
+
 class TestDashboardsOnTheCollectorPath:
     """Every dashboard query returns data for the collector path's jobs (each OTLP service name)."""
 
@@ -730,7 +785,13 @@ class TestJaegerTraces:
             for stage, span_id in run.stage_spans.items():
                 tags = _tags(spans[span_id])
                 got = (tags.get("error"), tags.get("otel.status_code"), tags.get(semconv.ERROR_TYPE))
-                expected = (True, "ERROR", run.failed[stage]) if stage in run.failed else (None, None, None)
+                expected: tuple[object, ...]
+                if stage in run.failed:
+                    expected = (True, "ERROR", run.failed[stage])
+                elif run.outcomes[stage] == "cancelled":  # a producer its failing consumer stopped mid-stream
+                    expected = (True, "ERROR", semconv.ERROR_TYPE_CANCELLED)
+                else:
+                    expected = (None, None, None)
                 if got != expected:
                     wrong.append((trace_id, stage, got, expected))
         assert wrong == []
@@ -738,10 +799,11 @@ class TestJaegerTraces:
     @pytest.mark.parametrize("service", SERVICES)
     def test_events_are_span_logs_of_their_spans(self, finished: Stack, service: str) -> None:
         """Jaeger shows the event taxonomy as span logs, within each span's time: a stage span has its
-        stage's started and closing event; the run span has the run's events and those of stages that
-        never had a span (a conditional stage the executor skipped). A stage span may also log that the
-        stage blocked the event loop (the demo's memory stage does now and then; any stage may on a loaded
-        machine): those are set apart."""
+        stage's started and closing event, and between them, for a streaming stage that yielded, one
+        first_chunk; the run span has the run's events and those of stages that never had a span (a
+        conditional stage the executor skipped). A stage span may also log that the stage blocked the
+        event loop (the demo's memory stage does now and then; any stage may on a loaded machine): those
+        are set apart."""
         closing = {semconv.EVENTS[f"stage.{o}"] for o in ("completed", "failed", "skipped", "cancelled")}
         run_closing = {semconv.EVENTS[f"pipeline.{o}"] for o in ("completed", "failed", "cancelled")}
         wrong = []
@@ -761,11 +823,14 @@ class TestJaegerTraces:
                 ]
                 stage = stage_of.get(span_id)
                 if stage is not None:
+                    middle = events[1:-1]
                     good = (
-                        len(events) == 2
+                        len(events) >= 2
                         and events[0] == (semconv.EVENTS["stage.started"], f"stage.{stage}.started")
-                        and events[1][0] in closing
-                        and events[1][1] == f"stage.{stage}.{str(events[1][0]).rsplit('.', 1)[1]}"
+                        and middle in ([], [(FIRST_CHUNK, f"stage.{stage}.first_chunk")])
+                        and (not middle or stage in STREAMING)
+                        and events[-1][0] in closing
+                        and events[-1][1] == f"stage.{stage}.{str(events[-1][0]).rsplit('.', 1)[1]}"
                     )
                 else:
                     good = (
@@ -795,7 +860,10 @@ class TestJaegerTraces:
                     # The attempt's exception, then the core's verdict: the fallback turns a failed
                     # search into a skip; any other failure fails the stage.
                     outcome = "skipped" if stage in FALLBACK_STAGES else "failed"
-                raised = stage in run.failed and run.failed[stage] != RETURNED_FAILURE_TYPE
+                raised = stage in run.failed  # every failure of the demo's stages is raised
+                # a streaming stage logs its first chunk once, if it yielded one (its span says so)
+                yielded = semconv.STAGE_TIME_TO_FIRST_CHUNK in _tags(spans[span_id])
+                first = [(FIRST_CHUNK, f"stage.{stage}.first_chunk")] if yielded else []
                 # The exception event's time is taken as the attempt unwinds, the closing event's
                 # by the core: their order is not defined, so the exception is counted apart.
                 got = (
@@ -805,6 +873,7 @@ class TestJaegerTraces:
                 expected = (
                     [
                         ("stageflow.stage.started", f"stage.{stage}.started"),
+                        *first,
                         (f"stageflow.stage.{outcome}", f"stage.{stage}.{outcome}"),
                     ],
                     1 if raised else 0,
@@ -816,6 +885,62 @@ class TestJaegerTraces:
             final = f"stageflow.pipeline.{run.run_outcome}"
             if run_events[:2] != expected_run or run_events[-1:] != [final]:
                 wrong.append((trace_id, "run", run_events, [*expected_run, "...", final]))
+        assert wrong == [], json.dumps(wrong[:3], indent=1)
+
+    @pytest.mark.parametrize("service", SERVICES)
+    def test_streaming_stages_log_their_first_chunk_once_with_their_measurements(
+        self, finished: Stack, service: str
+    ) -> None:
+        """A completed streaming stage's span logs one first_chunk, whose time to first chunk its tags
+        repeat with its chunk count (llm's tokens, one per sentence for guard and tts) and time per chunk;
+        llm, which every run reaches only once its dependencies succeeded, always yielded; other stages
+        carry none of it; a successful run's span carries its time to first output."""
+        wrong: list[tuple[object, ...]] = []
+        completed = 0
+        for trace_id, run in _logged_runs(finished.demos[service]).items():
+            spans = {s["spanID"]: s for s in finished.traces[service][trace_id]["spans"]}
+            for stage, span_id in run.stage_spans.items():
+                span = spans[span_id]
+                tags = _tags(span)
+                logs = [_fields(log) for log in span["logs"] if _fields(log).get("event") == FIRST_CHUNK]
+                measured: dict[str, Any] = {
+                    k: tags[k]
+                    for k in (
+                        semconv.STAGE_CHUNKS,
+                        semconv.STAGE_TIME_TO_FIRST_CHUNK,
+                        semconv.STAGE_TIME_PER_OUTPUT_CHUNK,
+                    )
+                    if k in tags
+                }
+                if stage not in STREAMING:
+                    if logs or measured:
+                        wrong.append((trace_id, stage, logs, measured))
+                    continue
+                if run.outcomes[stage] == "completed":
+                    completed += 1
+                    chunks = LLM_CHUNKS if stage == "llm" else {SENTENCES}
+                    good = (
+                        len(logs) == 1
+                        and logs[0][semconv.STAGE_TIME_TO_FIRST_CHUNK]
+                        == measured[semconv.STAGE_TIME_TO_FIRST_CHUNK]
+                        and measured.get(semconv.STAGE_CHUNKS) in chunks
+                        and measured.get(semconv.STAGE_TIME_PER_OUTPUT_CHUNK, 0) > 0
+                        and 0
+                        < measured.get(semconv.STAGE_TIME_TO_FIRST_CHUNK, 0) * 1e6
+                        <= span["duration"] + 1
+                    )
+                else:  # failed or cancelled: a first chunk if it yielded one, its time on the span
+                    good = len(logs) == (1 if semconv.STAGE_TIME_TO_FIRST_CHUNK in measured else 0) and (
+                        stage != "llm" or len(logs) == 1
+                    )
+                if not good:
+                    wrong.append((trace_id, stage, run.outcomes[stage], logs, measured))
+            first_output = _tags(spans[run.run_span]).get(semconv.RUN_TIME_TO_FIRST_OUTPUT)
+            if run.run_outcome == "completed" and not (
+                isinstance(first_output, float) and 0 < first_output * 1e6 <= spans[run.run_span]["duration"]
+            ):
+                wrong.append((trace_id, "run", first_output))
+        assert completed > 0
         assert wrong == [], json.dumps(wrong[:3], indent=1)
 
     def test_service_name_is_the_process_not_a_tag(self, finished: Stack) -> None:
