@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -269,6 +270,54 @@ class TestSpans:
         await graph.run(entry(sink))
         run = by_name(span_exporter.get_finished_spans())["pipeline p"]
         assert semconv.RUN_TIME_TO_FIRST_OUTPUT not in (run.attributes or {})
+
+
+class TestEventViews:
+    async def test_log_records_and_the_event_counter_count_one_first_chunk_per_streaming_stage(
+        self,
+        clock: Clock,
+        meter_provider: MeterProvider,
+        metric_reader: InMemoryMetricReader,
+        logger_provider: LoggerProvider,
+        log_exporter: InMemoryLogRecordExporter,
+    ) -> None:
+        """With log records on, each streaming stage's first chunk is one INFO record whose attributes and
+        body carry its time to first chunk; the closing record carries the chunk count and time per chunk;
+        stageflow.events.emitted counts one first_chunk per streaming stage."""
+        sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider, log_records=True)
+        try:
+            await voice(clock).build().run(entry(sink))
+            assert sink.flush(timeout=5.0)
+        finally:
+            sink.shutdown(timeout=5.0)
+        records = [r.log_record for r in log_exporter.get_finished_logs()]
+        first = [r for r in records if r.event_name == E["stage.first_chunk"]]
+        assert [
+            (
+                dict(r.attributes or {})[semconv.STAGE_NAME],
+                r.severity_text,
+                (r.attributes or {})[semconv.STAGE_TIME_TO_FIRST_CHUNK],
+            )
+            for r in first
+        ] == [("llm", "INFO", 0.25), ("tts", "INFO", 0.0625)]
+        assert [
+            {k: v for k, v in dict(r.body).items() if k == "time_to_first_chunk"}  # type: ignore[arg-type]
+            for r in first
+        ] == [{"time_to_first_chunk": 0.25}, {"time_to_first_chunk": 0.0625}]
+        [closing] = [
+            r
+            for r in records
+            if r.event_name == E["stage.completed"] and (r.attributes or {})[semconv.STAGE_NAME] == "llm"
+        ]
+        assert dict(closing.body)["time_per_output_chunk"] == 0.145833  # type: ignore[arg-type]
+        assert (closing.attributes or {})[semconv.STAGE_CHUNKS] == 4
+        counted = {
+            (p.attributes or {}).get(semconv.STAGE_NAME): p.value
+            for p in metric_points(metric_reader, semconv.EVENTS_EMITTED.name)
+            if isinstance(p, NumberDataPoint)
+            and (p.attributes or {}).get(semconv.EVENT_NAME) == E["stage.first_chunk"]
+        }
+        assert counted == {"llm": 1, "tts": 1}
 
 
 class TestHistograms:
