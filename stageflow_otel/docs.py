@@ -195,7 +195,9 @@ def render_reference() -> str:
         f"`{semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name}`) use the GenAI conventions' boundaries, 10 ms to "
         "82 s doubling: "
         + ", ".join(f"{b:g}" for b in semconv.FIRST_CHUNK_BUCKETS)
-        + ". Labels are the attributes with dots replaced by underscores.",
+        + " (`setup()`'s views set them, and any reader that honours the boundaries an instrument "
+        "advises; a `PrometheusMetricReader` on a provider of your own, without views, gives every "
+        "histogram the duration buckets). Labels are the attributes with dots replaced by underscores.",
         "",
         "### Events",
         "",
