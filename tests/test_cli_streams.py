@@ -3,13 +3,18 @@ first-chunk mark, chunks, the fate of sync work and the run's time to first outp
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+import stageflow._graph
+import stageflow._streams
+from stageflow import Pipeline, RunResult, SQLiteRunStore, StageContext, StageKind, StageOutput
 from stageflow._cli import main
+from stageflow._timeline import format_seconds
 
 from ._runs_store import RECORDS, STREAMED, write_store
 
@@ -110,3 +115,68 @@ class TestList:
             "id                                    pipeline  status  start                duration"
             "  critical path"
         )
+
+
+NOW = [1000.0]
+"""The controlled clock of ``TestARecordedRun``."""
+
+
+def transcribe(ctx: StageContext) -> StageOutput:
+    """A sync stage (the engine runs it in a worker thread) that takes half a second of the clock."""
+    NOW[0] += 0.5
+    return StageOutput.ok(text="hi")
+
+
+class TestARecordedRun:
+    def test_runs_show_draws_what_the_run_result_drew(
+        self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A run recorded by the engine (a sync stage, a stream and its reader; stage times on a controlled
+        clock) shows in ``runs show`` as ``RunResult.timeline()`` drew it, dispatch column and first-chunk
+        marks included, followed by its time to first output and chunks."""
+        now = NOW
+        now[0] = 1000.0
+        monkeypatch.setattr(stageflow._graph, "_perf", lambda: now[0])
+        monkeypatch.setattr(stageflow._streams, "_perf", lambda: now[0])
+
+        async def llm(ctx: StageContext) -> AsyncIterator[str]:
+            now[0] += 0.25
+            yield "Hello."
+            await asyncio.sleep(0)
+            for _ in range(3):
+                now[0] += 0.125
+                yield " more"
+
+        async def tts(ctx: StageContext) -> AsyncIterator[bytes]:
+            async for _ in ctx.inputs.stream("llm"):
+                now[0] += 0.0625
+                yield b"audio"
+
+        async def record() -> RunResult:
+            store = SQLiteRunStore(tmp_path / "runs.db")
+            graph = (
+                Pipeline(name="voice")
+                .with_stage("stt", transcribe, StageKind.TRANSFORM)
+                .with_stage("llm", llm, StageKind.AGENT, dependencies=("stt",))
+                .with_stage("tts", tts, StageKind.TRANSFORM, dependencies=("llm",), streams=("llm",))
+                .build(run_store=store)
+            )
+            try:
+                return await graph.run()
+            finally:
+                store.close()
+
+        result = asyncio.run(record())
+        assert result["stt"].dispatch > 0
+        status, out, _ = run(capsys, "runs", "show", str(tmp_path / "runs.db"), str(result.run_id)[:8])
+        drawn = result.timeline(color=False)
+        assert "dispatch" in drawn.splitlines()[1] and drawn.count("┃") == 2
+        ttfo = format_seconds(result.time_to_first_output or 0.0)
+        steps = " → ".join(f"{name} {format_seconds(seconds)}" for name, seconds in result.first_output_path)
+        assert (status, out) == (
+            0,
+            drawn
+            + f"\n  time to first output: {ttfo} ({steps})"
+            + "\n  chunks: llm 4 (first after 250.0 ms), tts 4 (first after 62.5 ms)\n",
+        )
+        assert [name for name, _ in result.first_output_path] == ["stt", "llm", "tts"]
