@@ -5,8 +5,8 @@ of ``semconv``. Stage durations are recorded inside the stage span (this interce
 inside ``TracingInterceptor``'s 10), so exemplars carry the stage's trace and span ids. Run-level
 figures (run duration, errors, skips, critical path, the dispatch time of sync stages, the time to first
 chunk and per output chunk of streaming stages, the time to first output of runs of pipelines with a
-streaming stage) are recorded at the end of
-the run, inside the run span, from its ``RunResult`` (a run cancelled by its caller has none).
+streaming stage) are recorded at the end of the run, inside the run span, from its ``RunResult`` (a run
+cancelled by its caller has none).
 
 A streaming stage whose ``config`` holds ``gen_ai.operation.name`` (the OpenTelemetry GenAI attribute,
 e.g. ``config={"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
@@ -43,6 +43,7 @@ from stageflow import (
     StageGraph,
     StageInfo,
     StageOutput,
+    StageResult,
     StageStatus,
 )
 from stageflow import __version__ as _stageflow_version
@@ -347,7 +348,7 @@ class MetricsInterceptor(Interceptor):
                 self._per_chunk.record(max(0.0, per_chunk), base)
             if gen_ai is not None:
                 attrs = dict(gen_ai)
-                error_type = _stage_error_type(result.status, result.error)
+                error_type = _stage_error_type(result)
                 if error_type is not None:
                     attrs[semconv.ERROR_TYPE] = error_type
                 self._gen_ai_first_chunk.record(max(0.0, first_chunk), attrs)
@@ -447,15 +448,14 @@ def _gen_ai_attributes(info: StageInfo) -> Attributes | None:
     return attrs
 
 
-def _stage_error_type(status: StageStatus, error: BaseException | None) -> str | None:
-    """``error.type`` of a stage that did not succeed (``None`` for one that did or was skipped)."""
-    if status is StageStatus.FAIL:
-        return (
-            semconv.OTHER
-            if error is None
-            else _error_type(outcome_of_error(error).error_type or semconv.OTHER)
-        )
-    if status is StageStatus.CANCEL:
+def _stage_error_type(result: StageResult) -> str | None:
+    """``error.type`` of a stage that did not succeed: from its error (``cancelled`` for a cancelled
+    task), else from its output (``StageOutput.fail``); ``None`` for one that succeeded or was skipped."""
+    if result.error is not None:
+        return _error_type(outcome_of_error(result.error).error_type or semconv.OTHER)
+    if result.output is not None:
+        return outcome_of_output(result.output).error_type
+    if result.status is StageStatus.CANCEL:  # no output: its task was cancelled (the run stopped it)
         return semconv.ERROR_TYPE_CANCELLED
     return None
 

@@ -433,6 +433,38 @@ class TestHistograms:
         assert (first.count, first.sum) == (1, 0.125)
         assert metric_points(metric_reader, semconv.PIPELINE_RUN_TIME_TO_FIRST_OUTPUT.name) == []
 
+    async def test_a_gen_ai_stream_its_consumer_stopped_is_recorded_as_cancelled(
+        self, clock: Clock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """A GenAI producer cancelled mid-stream by its failing consumer keeps its time to first chunk,
+        recorded with ``error.type`` ``cancelled``."""
+
+        async def llm(ctx: StageContext) -> AsyncIterator[str]:
+            clock.now += 0.25
+            yield "Hello."
+            await asyncio.Event().wait()  # more tokens would come: the run stops first
+
+        async def guard(ctx: StageContext) -> StageOutput:
+            async for _ in ctx.inputs.stream("llm"):
+                raise ValueError("rejected")
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline("p")
+            .with_stage("llm", llm, T, config={"gen_ai.operation.name": "chat"})
+            .with_stage("guard", guard, T, dependencies=("llm",), streams=("llm",))
+            .build(interceptors=[MetricsInterceptor(meter_provider)])
+        )
+        with pytest.raises(PipelineFailedError) as caught:
+            await graph.run(entry(None))
+        assert caught.value.stage == "guard"
+        [point] = metric_points(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name)
+        assert isinstance(point, HistogramDataPoint)
+        assert ((point.count, point.sum), dict(point.attributes or {})) == (
+            (1, 0.25),
+            {"gen_ai.operation.name": "chat", "error.type": semconv.ERROR_TYPE_CANCELLED},
+        )
+
     async def test_a_stream_that_yields_nothing_records_no_time_to_first_chunk(
         self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
     ) -> None:
