@@ -103,12 +103,20 @@ class Scaler:
         return StageOutput.ok(value=ctx.inputs.get_from("src", "n") * self.factor, pid=os.getpid())
 
 
+def _refuse_rebuild(code: int) -> Exception:
+    raise TypeError(f"cannot rebuild the error with code {code}")
+
+
 class NeedsTwoArguments(Exception):
-    """An exception that pickles but cannot be rebuilt: its ``__init__`` needs more than its message."""
+    """An exception that pickles but cannot be rebuilt (as one whose ``__init__`` needs more than its
+    message; its rebuild refuses outright, so a library that patches exception pickling cannot rescue it)."""
 
     def __init__(self, code: int, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_refuse_rebuild, (self.code,))
 
 
 def raises_unrebuildable(ctx: StageContext) -> StageOutput:

@@ -191,23 +191,38 @@ class TestLagAndUtilization:
         assert len(lags) >= 3
         assert all(lag >= 0.0 for lag in lags)
 
-    async def test_utilization_is_the_busy_share_of_the_last_second(self) -> None:
-        """A second of short CPU-bound callbacks reads busier than a second spent waiting."""
+    async def test_utilization_is_the_busy_share_of_each_second(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Each completed second's busy share is the larger of the loop thread's CPU time and the beats' lag,
+        over the second (driven here by a controlled clock, the watchdog stopped)."""
+        import stageflow._monitor as monitor_module
+
+        now, cpu = [100.0], [10.0]
+        monkeypatch.setattr(monitor_module, "_perf", lambda: now[0])
+        monkeypatch.setattr(time, "thread_time", lambda: cpu[0])
         monitor = LoopMonitor()
         assert monitor.utilization() == 0.0
-        async with monitor:
-            window = monitor._last
-            assert window is not None
-            await asyncio.sleep(1.05)  # an idle second: the loop waits for its timer
-            idle = window.utilization
-            started = time.perf_counter()
-            while time.perf_counter() - started < 2.1:  # then two seconds of work in short callbacks
-                for _ in range(200):
-                    sum(range(100))
-                await asyncio.sleep(0)
-            busy = window.utilization
-        assert 0.0 <= idle < 0.5
-        assert idle < busy <= 1.0
+        watch = monitor._watch(asyncio.get_running_loop())
+        watch.close()  # beats are driven by hand below
+        watch.thread.join(10)
+        # second 1: the thread ran 0.3 s of CPU, beats lagged 0.1 s in all: busy 0.3 of 1.0
+        for _ in range(10):
+            requested = now[0]
+            now[0] += 0.01  # each beat ran 10 ms after it was asked for
+            watch.beat(requested)
+            now[0] += 0.09
+        cpu[0] += 0.3
+        now[0] += 0.001
+        watch.beat(now[0])
+        assert monitor.utilization() == pytest.approx(0.3 / 1.001, rel=1e-6)
+        # second 2: a blocking sleep (no CPU) held one beat 0.8 s: busy 0.8 of the second
+        requested = now[0]
+        now[0] += 0.8
+        watch.beat(requested)
+        now[0] += 0.2
+        watch.beat(now[0])
+        assert monitor.utilization() == pytest.approx(0.8, rel=1e-6)
 
     async def test_callbacks_that_raise_are_logged_and_change_nothing(
         self, caplog: pytest.LogCaptureFixture
