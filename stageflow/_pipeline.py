@@ -788,12 +788,19 @@ def _check_stream_producers(infos: Sequence[StageInfo]) -> None:
 
 
 _INTERCEPTOR_KEYS = frozenset({"timeout"})
-"""``config`` keys interceptors read: a stage class gets them only if its constructor takes them."""
+"""``config`` keys interceptors read: a stage class gets them (and dotted keys such as
+``gen_ai.operation.name``) only if its constructor takes them."""
+
+
+def _for_interceptors(key: str) -> bool:
+    """Whether a config key is for interceptors and telemetry: ``timeout``, or a dotted name such as
+    ``gen_ai.operation.name`` (which no constructor parameter can be called)."""
+    return key in _INTERCEPTOR_KEYS or not key.isidentifier()
 
 
 def _constructor_config(runner: type, config: Mapping[str, Any]) -> Mapping[str, Any]:
     """``config`` without the interceptors' keys that ``runner``'s constructor does not take."""
-    if not _INTERCEPTOR_KEYS.intersection(config):
+    if not any(_for_interceptors(k) for k in config):
         return config
     try:
         parameters = inspect.signature(runner).parameters
@@ -801,7 +808,7 @@ def _constructor_config(runner: type, config: Mapping[str, Any]) -> Mapping[str,
         return config
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return config
-    return {k: v for k, v in config.items() if k not in _INTERCEPTOR_KEYS or k in parameters}
+    return {k: v for k, v in config.items() if not _for_interceptors(k) or k in parameters}
 
 
 def _instantiate(spec: StageSpec) -> Any:

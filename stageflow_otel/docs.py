@@ -289,8 +289,8 @@ def _streams_section() -> list[str]:
         ")",
         "```",
         "",
-        "A stage class receives its config as constructor keywords, so a class that declares these keys "
-        "takes `**kwargs`.",
+        "A stage class receives its config as constructor keywords, except dotted keys such as these, which "
+        "its constructor gets only if it takes them (`**kwargs`).",
         "",
     ]
 

@@ -140,6 +140,19 @@ class TestConfigTimeoutOnAClass:
         graph = Pipeline("p").with_stage("a", Takes, T, config={"timeout": 3.0}).build()
         assert graph.stage("a").runner.timeout == 3.0
 
+    def test_dotted_telemetry_keys_are_not_constructor_arguments(self) -> None:
+        class Llm:
+            def __init__(self, model: str) -> None:
+                self.model = model
+
+            async def execute(self, ctx: StageContext) -> StageOutput:
+                return StageOutput.ok()
+
+        config = {"model": "small", "gen_ai.operation.name": "chat"}
+        graph = Pipeline("p").with_stage("llm", Llm, T, config=config).build()
+        assert graph.stage("llm").runner.model == "small"
+        assert graph.stage("llm").config["gen_ai.operation.name"] == "chat"
+
     def test_other_unknown_keys_still_fail_the_build(self) -> None:
         from stageflow import InvalidRunnerError
 
