@@ -50,7 +50,7 @@ from ._interceptors import (
 from ._monitor import LoopBlock
 from ._offload import DEFAULT_CANCEL_GRACE, OffloadedCall, _PoolHolder, default_thread_count
 from ._pipeline import StageInfo, StageSpec, Topology, _mermaid, _validate
-from ._results import RunResult, StageResult
+from ._results import Hop, RunResult, StageResult
 from ._retry import RetryPolicy
 from ._snapshot import ContextSnapshot, RunIdentity
 from ._store import RUN_STORE_TIMEOUT, RunRecord, RunStore, StageRecord
@@ -834,7 +834,7 @@ class _Run:
             self.tasks[i] = None
             ended = _perf()
             ready_at, started, attempts = ctx.ready_at, ctx.began_at, ctx.attempt
-            if type(outcome) is StageOutput and outcome.status is _OK:
+            if (type(outcome) is StageOutput or isinstance(outcome, StageOutput)) and outcome.status is _OK:
                 # ``StageResult(name, kind, OK, outcome, None, ready_at, started, ended, attempts)``,
                 # inlined: this is the one result almost every stage makes
                 result = _new(StageResult)
@@ -851,25 +851,13 @@ class _Run:
                 result.stream = state
                 self.results[node.name] = result
                 if self.sink is not None:
-                    if state is not None:
+                    if hop is None and state is None:
                         self._stage_event(
                             node,
                             "completed",
                             duration=ended - started,
                             wait=started - ready_at,
                             attempts=attempts,
-                            chunks=state.chunks,
-                            time_to_first_chunk=None if state.first_at is None else state.first_at - started,
-                            time_per_output_chunk=per_chunk(state.chunks, state.first_at, state.last_at),
-                        )
-                    elif hop is not None:
-                        self._stage_event(
-                            node,
-                            "completed",
-                            duration=ended - started,
-                            wait=started - ready_at,
-                            attempts=attempts,
-                            dispatch=hop.dispatch,
                         )
                     else:
                         self._stage_event(
@@ -878,30 +866,19 @@ class _Run:
                             duration=ended - started,
                             wait=started - ready_at,
                             attempts=attempts,
+                            **_offloaded_or_streamed(hop, state, started),
                         )
                 self._release(i, outcome, ended)
                 return
             status, output, error = _classify(node, outcome)
             hop = ctx._hop
-            work = None if hop is None else hop.work
+            work = None if hop is None or hop.work is None else {"work": hop.work}
             result = StageResult(
                 node.name, node.kind, status, output, error, ready_at, started, ended, attempts
             )
             result._hop = hop
             result.stream = state
             self.results[node.name] = result
-            if status is _OK:  # a StageOutput subclass returned ok: completed, like StageOutput itself
-                assert output is not None
-                if self.sink is not None:
-                    self._stage_event(
-                        node,
-                        "completed",
-                        duration=ended - started,
-                        wait=started - ready_at,
-                        attempts=attempts,
-                    )
-                self._release(i, output, ended)
-                return
             if status is _SKIP:
                 assert output is not None
                 if self.sink is not None:
@@ -912,25 +889,15 @@ class _Run:
             elif status is _FAIL:
                 assert error is not None
                 if self.sink is not None:
-                    if work is None:
-                        self._stage_event(
-                            node,
-                            "failed",
-                            duration=ended - started,
-                            error=describe(error),
-                            error_type=error_type_name(error),
-                            attempts=attempts,
-                        )
-                    else:
-                        self._stage_event(
-                            node,
-                            "failed",
-                            duration=ended - started,
-                            error=describe(error),
-                            error_type=error_type_name(error),
-                            attempts=attempts,
-                            work=work,
-                        )
+                    self._stage_event(
+                        node,
+                        "failed",
+                        duration=ended - started,
+                        error=describe(error),
+                        error_type=error_type_name(error),
+                        attempts=attempts,
+                        **(work or {}),
+                    )
                 self.failures[node.name] = error
                 if isinstance(error, Exception):
                     self._stop()
@@ -945,10 +912,7 @@ class _Run:
                 self._stop()
             else:  # its task was cancelled
                 if self.sink is not None:
-                    if work is None:
-                        self._stage_event(node, "cancelled", duration=ended - started)
-                    else:
-                        self._stage_event(node, "cancelled", duration=ended - started, work=work)
+                    self._stage_event(node, "cancelled", duration=ended - started, **(work or {}))
                 if not self.stopping:  # cancelled on its own, not by the run: the run ends as cancelled
                     self.cancelled_by = (node.name, "stage task was cancelled")
                     self._stop()
@@ -1062,6 +1026,18 @@ def _shown_path(path: str | None) -> str | None:
     return path[len(here) :] if path.startswith(here) else path
 
 
+def _offloaded_or_streamed(hop: Hop | None, state: StreamState | None, started: float) -> dict[str, Any]:
+    """The ``completed`` event's measurements of a sync stage (dispatch) or a streaming one (chunks)."""
+    extra: dict[str, Any] = {}
+    if hop is not None:
+        extra["dispatch"] = hop.dispatch
+    if state is not None:
+        extra["chunks"] = state.chunks
+        extra["time_to_first_chunk"] = None if state.first_at is None else state.first_at - started
+        extra["time_per_output_chunk"] = per_chunk(state.chunks, state.first_at, state.last_at)
+    return extra
+
+
 def _skipped_dependency(child: _Node, outputs: list[StageOutput | None]) -> str | None:
     """The first finished dependency of ``child`` that was skipped, if any."""
     for d, k in zip(child.deps, child.dep_index, strict=True):
@@ -1087,7 +1063,7 @@ def _classify(node: _Node, outcome: object) -> tuple[StageStatus, StageOutput | 
     """A stage's final status, output and error from its outcome (anything but a plain OK output)."""
     if isinstance(outcome, StageOutput):
         status = outcome.status
-        if status is _OK or status is _SKIP or status is _CANCEL:
+        if status is _SKIP or status is _CANCEL:  # an ok output settled before it got here
             return status, outcome, None
         if status is _FAIL:
             return _FAIL, outcome, StageFailedError(node.name, outcome.error or "Unknown error")
