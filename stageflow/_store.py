@@ -59,6 +59,7 @@ __all__ = (
     "set_run_trace_id",
     "storable_record",
     "storable_text",
+    "the_one",
 )
 
 logger = logging.getLogger("stageflow")
@@ -467,6 +468,15 @@ def readable(
         else:
             out.append(record)
     return out
+
+
+def the_one(found: Sequence[RunRecord | MalformedRunError]) -> RunRecord | None:
+    """The run a lookup by id found, or ``None``; a malformed one raises its ``MalformedRunError``."""
+    if not found:
+        return None
+    if isinstance(found[0], MalformedRunError):
+        raise found[0]
+    return found[0]
 
 
 _COLUMNS = {
@@ -907,12 +917,7 @@ class SQLiteRunStore:
         Raises:
             MalformedRunError: the run's stored row cannot be read back.
         """
-        found = await asyncio.to_thread(self._read, "WHERE run_id = ?", (str(run_id),), "")
-        if not found:
-            return None
-        if isinstance(found[0], MalformedRunError):
-            raise found[0]
-        return found[0]
+        return the_one(await asyncio.to_thread(self._read, "WHERE run_id = ?", (str(run_id),), ""))
 
     async def list_runs(
         self,

@@ -44,6 +44,7 @@ from stageflow._store import (
     readable,
     run_record,
     storable_record,
+    the_one,
 )
 
 if TYPE_CHECKING:
@@ -709,12 +710,7 @@ class PostgresRunStore:
         Raises:
             MalformedRunError: the run's stored row cannot be read back.
         """
-        found = await self._query(_READ + "WHERE r.run_id = %s LIMIT 1", (str(run_id),))
-        if not found:
-            return None
-        if isinstance(found[0], MalformedRunError):
-            raise found[0]
-        return found[0]
+        return the_one(await self._query(_READ + "WHERE r.run_id = %s LIMIT 1", (str(run_id),)))
 
     async def list_runs(
         self,
