@@ -14,8 +14,9 @@ site-packages and stageflow). When the beat runs (or the stuck stage ends first)
 * handed to ``on_block`` with its ``LoopBlock`` (``stage`` is ``None`` when no stage's code was running).
 
 Measurement, on asyncio and on uvloop alike (neither is patched): a block's duration is the lag of the beat
-in flight, so it may read up to one ``interval`` short; its location is sampled once, when the
-watchdog notices it, so a block that moves between lines is reported where it was at that moment. The busy
+in flight, so it may read short by up to one ``interval`` plus the time the watchdog thread takes to wake
+(about 12 ms short for a 150 ms block on a loaded machine); its location is sampled once, when the watchdog
+notices it, so a block that moves between lines is reported where it was at that moment. The busy
 share (``utilization()``, the shape of Node's ``eventloop.utilization``: the share of the last completed
 second the loop was not waiting for I/O) is an estimate: CPython exposes no idle time, and timing every
 wait would cost each loop iteration, so it is the larger of the loop thread's CPU time and the heartbeat's
