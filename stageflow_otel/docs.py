@@ -354,13 +354,16 @@ def _loop_section() -> list[str]:
         f"`nodejs.eventloop.*`: `{semconv.LOOP_LAG.name}` (histogram of how late each 10 ms heartbeat ran: "
         "the loop's delay, whose percentiles Node reports as `nodejs.eventloop.delay.*` gauges) and "
         f"`{semconv.LOOP_UTILIZATION.name}` (the loop's busy share over the last completed second, like "
-        "`nodejs.eventloop.utilization`). A block of the loop over the threshold (50 ms) is blamed on the "
+        "`nodejs.eventloop.utilization`; estimated as the larger of the loop thread's CPU time and the "
+        "heartbeats' lag, since CPython exposes no idle time). A block of the loop over the threshold "
+        "(50 ms) is blamed on the "
         "stage whose code was running: a `stageflow.stage.loop_blocked` span event on that stage's span "
         f"with `{semconv.STAGE_LOOP_BLOCK_DURATION}`, `{semconv.CODE_FILE_PATH}` and "
         f"`{semconv.CODE_LINE_NUMBER}`, the `{semconv.STAGE_LOOP_BLOCK_DURATION_METRIC.name}` histogram by "
         "pipeline and stage, and one warning per run and stage from the core. The location is sampled once, "
-        "while the loop is stuck, on asyncio and uvloop alike; the duration is exact to the heartbeat's "
-        "10 ms. With several event loops in one process, the lag histogram holds all their heartbeats and "
+        "while the loop is stuck, on asyncio and uvloop alike; the duration may read short by up to the "
+        "10 ms heartbeat plus the watchdog thread's wake-up time. With several event loops in one "
+        "process, the lag histogram holds all their heartbeats and "
         "the busy share is that of the loop that last ran a pipeline.",
         "",
     ]
