@@ -49,6 +49,13 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return status, out, err
 
 
+def importable_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str) -> None:
+    """Write module ``name`` into ``tmp_path`` and import it from there (the CLI's working directory)."""
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
 class TestHelpAndVersion:
     @pytest.mark.parametrize(
         "argv",
@@ -305,9 +312,9 @@ class TestHostileText:
         self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """An error message carrying a module's own text prints its control characters escaped."""
-        (tmp_path / "hostile_import_mod.py").write_text('raise ImportError("needs lib\\x1b]0;owned\\x07")\n')
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.syspath_prepend(str(tmp_path))
+        importable_module(
+            tmp_path, monkeypatch, "hostile_import_mod", 'raise ImportError("needs lib\\x1b]0;owned\\x07")\n'
+        )
         assert run(capsys, "graph", "hostile_import_mod:P") == (
             1,
             "",
@@ -318,22 +325,21 @@ class TestHostileText:
     def test_a_line_break_in_a_name_keeps_the_mermaid_label_on_one_line(
         self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        (tmp_path / "newline_graph_mod.py").write_text(
+        importable_module(
+            tmp_path,
+            monkeypatch,
+            "newline_graph_mod",
             "from stageflow import Pipeline, StageKind, StageOutput\n"
             "async def run(ctx): return StageOutput.ok()\n"
-            "P = Pipeline(name='p').with_stage('a\\nb\\r\"c', run, StageKind.WORK)\n"
+            "P = Pipeline(name='p').with_stage('a\\nb\\r\"c', run, StageKind.WORK)\n",
         )
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.syspath_prepend(str(tmp_path))
         run(capsys, "graph", "newline_graph_mod:P", "-o", str(tmp_path / "g.mmd"))
         assert (tmp_path / "g.mmd").read_text() == 'flowchart TD\n    s0["a#10;b#13;#quot;c<br/>work"]\n'
 
     def test_a_module_that_raises_on_import_is_an_error_not_a_traceback(
         self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        (tmp_path / "raising_mod.py").write_text('raise ValueError("bad setting")\n')
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.syspath_prepend(str(tmp_path))
+        importable_module(tmp_path, monkeypatch, "raising_mod", 'raise ValueError("bad setting")\n')
         assert run(capsys, "graph", "raising_mod:P") == (
             1,
             "",
@@ -345,13 +351,14 @@ class TestHostileText:
         self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """``graph`` writing to the terminal escapes a stage name's ESC; written to a file it is kept."""
-        (tmp_path / "hostile_graph_mod.py").write_text(
+        importable_module(
+            tmp_path,
+            monkeypatch,
+            "hostile_graph_mod",
             "from stageflow import Pipeline, StageKind, StageOutput\n"
             "async def run(ctx): return StageOutput.ok()\n"
-            "P = Pipeline(name='p').with_stage('a\\x1b[2J\\x07', run, StageKind.WORK)\n"
+            "P = Pipeline(name='p').with_stage('a\\x1b[2J\\x07', run, StageKind.WORK)\n",
         )
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.syspath_prepend(str(tmp_path))
         assert run(capsys, "graph", "hostile_graph_mod:P") == (
             0,
             'flowchart TD\n    s0["a\\x1b[2J\\x07<br/>work"]\n',
