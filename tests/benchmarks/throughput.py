@@ -305,7 +305,8 @@ def _telemetry_trial(
 
     def trial(rate: float) -> Trial:
         receiver.take()  # forget anything left from an earlier trial
-        telemetry = stageflow_otel.setup("throughput-benchmark", set_global=False)
+        # no loop monitor: its load-dependent loop_blocked events would upset the exact event count
+        telemetry = stageflow_otel.setup("throughput-benchmark", set_global=False, loop_monitor=False)
         sink = telemetry.event_sink
         if log_records:
             sink.log_records = True  # type: ignore[attr-defined]
