@@ -1,8 +1,8 @@
-"""``python -m stageflow``: the ``stageflow`` command (see ``stageflow._cli``)."""
+"""``python -m stageflow``: the ``stageflow`` command (see ``stageflow.views._cli``)."""
 
 from __future__ import annotations
 
-from ._cli import main
+from .views._cli import main
 
 __all__ = ()
 

@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from ._timeline import format_seconds, timeline_of_result
 from ._types import StageArtifact, StageEvent, StageKind, StageOutput, StageStatus
 
 __all__ = ("Hop", "RunResult", "StageResult", "critical_path")
@@ -194,6 +193,8 @@ class StageResult:
         return self.started_at - self.ready_at
 
     def __repr__(self) -> str:
+        from .views._timeline import format_seconds  # a view: loaded when first drawn
+
         err = f", error={self.error!r}" if self.error is not None else ""
         wait, took = format_seconds(max(self.wait, 0.0)), format_seconds(max(self.duration, 0.0))
         return (
@@ -320,6 +321,8 @@ class RunResult(dict[str, StageResult]):
 
         .. versionadded:: 0.10
         """
+        from .views._timeline import timeline_of_result  # a view: loaded when first drawn
+
         return timeline_of_result(self, width=width, color=color)
 
 

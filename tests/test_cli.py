@@ -15,8 +15,8 @@ import pytest
 
 import stageflow
 from stageflow import RunRecord, SQLiteRunStore, StageRecord
-from stageflow._cli import main
-from stageflow._timeline import timeline_of_record
+from stageflow.views._cli import main
+from stageflow.views._timeline import timeline_of_record
 
 from ._runs_store import RECORDS, T0, write_store
 

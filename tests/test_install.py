@@ -73,7 +73,7 @@ class TestInstall:
             "stageflow",
             "stageflow_otel",
         }
-        assert "stageflow = stageflow._cli:console_main" in scripts
+        assert "stageflow = stageflow.views._cli:console_main" in scripts
         assert "stageflow-demo = stageflow_otel._demo:console_main" in scripts
 
     def test_fresh_venv_without_then_with_the_extra(self, dist: Path, tmp_path: Path) -> None:

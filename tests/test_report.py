@@ -15,11 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stageflow import Pipeline, RunRecord, SQLiteRunStore, StageKind, StageOutput, StageRecord, _svg
-from stageflow._cli import main
-from stageflow._report import MESSAGE_LIMIT, NAME_LIMIT, bounded, percentile, render_report, stage_stats
-from stageflow._svg import STATUS_STYLES, DagNode, dag_svg, gantt_svg
-from stageflow._timeline import TimelineRow
+from stageflow import Pipeline, RunRecord, SQLiteRunStore, StageKind, StageOutput, StageRecord
+from stageflow.views import _svg
+from stageflow.views._cli import main
+from stageflow.views._report import MESSAGE_LIMIT, NAME_LIMIT, bounded, percentile, render_report, stage_stats
+from stageflow.views._svg import STATUS_STYLES, DagNode, dag_svg, gantt_svg
+from stageflow.views._timeline import TimelineRow
 
 from ._runs_store import RECORDS, T0, write_store
 

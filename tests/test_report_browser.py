@@ -24,7 +24,7 @@ from stageflow import (
     StageKind,
     StageOutput,
 )
-from stageflow._cli import main
+from stageflow.views._cli import main
 
 from ._chromium import Chromium, chromium_path
 from ._runs_store import RECORDS, STREAMED, write_store

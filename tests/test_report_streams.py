@@ -7,7 +7,7 @@ import re
 from dataclasses import replace
 
 from stageflow import RunRecord, StageRecord
-from stageflow._report import (
+from stageflow.views._report import (
     FirstOutputStats,
     FirstOutputStep,
     bounded,
@@ -15,8 +15,8 @@ from stageflow._report import (
     render_report,
     stage_stats,
 )
-from stageflow._svg import gantt_svg
-from stageflow._timeline import TimelineRow
+from stageflow.views._svg import gantt_svg
+from stageflow.views._timeline import TimelineRow
 
 from ._runs_store import RECORDS, STREAMED
 

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from stageflow import PostgresRunStore, RunRecord, SQLiteRunStore
-from stageflow._cli import main
-from stageflow._timeline import timeline_of_record
+from stageflow.views._cli import main
+from stageflow.views._timeline import timeline_of_record
 from tests._postgres import PostgresServer
 from tests._runs_store import RECORDS, STREAMED, write_store
 

@@ -20,7 +20,7 @@ from stageflow import (
     StageKind,
     StageOutput,
 )
-from stageflow._cli import main
+from stageflow.views._cli import main
 from tests._support import make_ctx
 
 

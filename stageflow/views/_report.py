@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from html import escape
 
-from ._store import RunRecord, StageRecord
+from stageflow._store import RunRecord, StageRecord
+
 from ._svg import (
     CRITICAL_STROKE,
     DISPATCH_FILL,

@@ -26,6 +26,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stageflow._events import RecordedEvent
+from stageflow._graph import StageGraph
+from stageflow._pipeline import Pipeline
+from stageflow._store import RunRecord, SQLiteRunStore
+from stageflow._terminal import terminal_safe
+
 from ._cli_store import (
     JAEGER_ENV,
     STORE_ENV,
@@ -37,19 +43,14 @@ from ._cli_store import (
     pipeline_names,
     read_runs,
 )
-from ._events import RecordedEvent
-from ._graph import StageGraph
-from ._pipeline import Pipeline
-from ._store import RunRecord, SQLiteRunStore
 from ._svg import dag_nodes, dag_svg
-from ._terminal import terminal_safe
 from ._timeline import DEFAULT_WIDTH, format_seconds, timeline_of_record, use_color
 
 __all__ = ("CommandError", "console_main", "load_graph", "main", "open_store", "parser")
 
 
 def _version() -> str:
-    from . import __version__
+    from stageflow import __version__
 
     return __version__
 

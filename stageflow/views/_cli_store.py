@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._events import RecordedEvent
-from ._store import MalformedRunError, RunRecord, SQLiteRunStore
+from stageflow._events import RecordedEvent
+from stageflow._store import MalformedRunError, RunRecord, SQLiteRunStore
 
 if TYPE_CHECKING:
-    from .adapters._postgres import PostgresRunStore
+    from stageflow.adapters._postgres import PostgresRunStore
 
 __all__ = (
     "JAEGER_ENV",
@@ -86,7 +86,7 @@ def location(db: str | None, store: str | None) -> Location:
 def _shown(target: str) -> str:
     if not is_url(target):
         return target
-    from .adapters._postgres import mask_dsn
+    from stageflow.adapters._postgres import mask_dsn
 
     return mask_dsn(target)
 
@@ -123,7 +123,7 @@ async def _use(use: Callable[[_Store], Awaitable[_T]], store: _Store) -> _T:
 
 async def _with_postgres(where: Location, use: Callable[[_Store], Awaitable[_T]]) -> _T:
     try:
-        from .adapters._postgres import PostgresRunStore, SchemaError, scrub
+        from stageflow.adapters._postgres import PostgresRunStore, SchemaError, scrub
     except ImportError as exc:  # pragma: no cover - the package itself imports only the standard library
         raise CommandError(str(exc)) from None
     try:
@@ -133,7 +133,7 @@ async def _with_postgres(where: Location, use: Callable[[_Store], Awaitable[_T]]
     from psycopg import Error as PsycopgError
     from psycopg_pool import PoolTimeout
 
-    from .adapters._postgres import _password_of
+    from stageflow.adapters._postgres import _password_of
 
     password = _password_of(where.target)
     try:
@@ -242,7 +242,7 @@ def migrate_store(target: str) -> str:
         version = store.schema_version
         store.close()
         return f"{'upgraded' if existed else 'created'} run store {where.shown!r}: schema version {version}"
-    from .adapters._postgres import POSTGRES_SCHEMA_VERSION
+    from stageflow.adapters._postgres import POSTGRES_SCHEMA_VERSION
 
     async def run(store: _Store) -> int:
         before: int = await store.migrate()

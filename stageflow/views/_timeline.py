@@ -17,11 +17,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
-from ._terminal import terminal_safe
+from stageflow._terminal import terminal_safe
 
 if TYPE_CHECKING:
-    from ._results import RunResult
-    from ._store import RunRecord
+    from stageflow._results import RunResult
+    from stageflow._store import RunRecord
 
 __all__ = (
     "DEFAULT_WIDTH",
