@@ -7,16 +7,18 @@ Shared by the tracing, metrics and logging interceptors so the three signals alw
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, TypeAlias
 
 from stageflow import (
     CircuitOpenError,
     PipelineCancelledError,
+    PipelineContext,
     PipelineFailedError,
     PipelineRunError,
     RetriesExhaustedError,
     RunResult,
+    StageContext,
     StageFailedError,
     StageOutput,
     StageResult,
@@ -24,12 +26,17 @@ from stageflow import (
     StageTimeoutError,
     error_type_name,
 )
+from stageflow.interceptors import CallNext, RunNext
 
 from . import semconv
 
 __all__ = (
     "Outcome",
+    "RunEnd",
+    "StageEnd",
     "is_api_only",
+    "observe_run",
+    "observe_stage",
     "outcome_of_error",
     "outcome_of_output",
     "outcome_of_run_error",
@@ -109,3 +116,57 @@ def is_api_only(provider: object) -> bool:
     """Whether ``provider`` is one of the API's no-op or proxy providers (no SDK behind it)."""
     module = type(provider).__module__
     return module.startswith(("opentelemetry.trace", "opentelemetry.metrics", "opentelemetry._logs"))
+
+
+StageEnd: TypeAlias = Callable[["Outcome | None", "Exception | None", "StageOutput | None"], None]
+"""Told how a stage attempt ended: its outcome (``None`` when it returned something else than a
+``StageOutput``, which the core reports), the exception it raised, the output it returned."""
+
+RunEnd: TypeAlias = Callable[[Outcome, "RunResult | None"], None]
+"""Told how a run ended: its outcome and its (possibly partial) results."""
+
+
+async def observe_stage(
+    ctx: StageContext, call_next: CallNext, ended: StageEnd, failed: Callable[[Exception], None]
+) -> StageOutput:
+    """Await ``call_next(ctx)`` and tell ``ended`` how the attempt ended; the one scaffold around span work.
+
+    ``ended`` runs exactly once, whatever happened (a return, an exception, a cancellation); an exception
+    it raises goes to ``failed`` and never replaces the stage's output, error or cancellation.
+    """
+    try:
+        output = await call_next(ctx)
+    except asyncio.CancelledError as exc:
+        _tell(ended, failed, outcome_of_error(exc), None, None)
+        raise
+    except Exception as exc:
+        _tell(ended, failed, outcome_of_error(exc), exc, None)
+        raise
+    if isinstance(output, StageOutput):
+        _tell(ended, failed, outcome_of_output(output), None, output)
+    else:  # not a StageOutput: the core reports it; nothing to classify here
+        _tell(ended, failed, None, None, None)
+    return output
+
+
+async def observe_run(
+    run: PipelineContext, call_next: RunNext, ended: RunEnd, failed: Callable[[Exception], None]
+) -> RunResult:
+    """Await ``call_next(run)`` and tell ``ended`` how the run ended (the run's twin of ``observe_stage``)."""
+    try:
+        result = await call_next(run)
+    except asyncio.CancelledError as exc:
+        _tell(ended, failed, outcome_of_error(exc), None)
+        raise
+    except Exception as exc:
+        _tell(ended, failed, outcome_of_run_error(exc), run_results(exc))
+        raise
+    _tell(ended, failed, SUCCESS, result if isinstance(result, RunResult) else None)
+    return result
+
+
+def _tell(ended: Callable[..., None], failed: Callable[[Exception], None], *args: object) -> None:
+    try:
+        ended(*args)
+    except Exception as exc:  # C9: telemetry never changes an outcome
+        failed(exc)

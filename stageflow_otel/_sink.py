@@ -1,10 +1,11 @@
-"""The OTLP event sink: the event taxonomy onto span events and a counter; OTLP log records opt-in.
+"""The OTLP event sink: the event taxonomy onto a counter; OTLP log records opt-in. It only exports.
 
-``try_emit`` runs on the event loop. It describes the event once (``_taxonomy.describe``), puts it on its
-span as a span event (through the run state ``TracingInterceptor`` registers; see ``_taxonomy``), counts
-it for ``stageflow.events.emitted``, and, only when log records are switched on, captures the current
+``try_emit`` runs on the event loop. It describes the event once (``_taxonomy.describe``), counts it for
+``stageflow.events.emitted``, and, only when log records are switched on, captures the current
 OpenTelemetry context and appends to a bounded buffer that a daemon thread turns into log records, so
-neither a slow log processor nor an unreachable collector can stall a pipeline.
+neither a slow log processor nor an unreachable collector can stall a pipeline. Span events are the
+tracing side's: ``TracingInterceptor`` receives a traced run's events itself, puts each on its span and
+hands the described event on to this sink (``_export``), so an event is described once.
 
 Span events rather than log records by default: they travel in the span export the run pays for anyway,
 while a log record per event (13 per 5-stage run) more than doubled the records to encode and export and
@@ -34,7 +35,7 @@ import stageflow
 from . import semconv
 from ._content import ErrorRedactor, clean_text, redact_error_message, value_length_limit
 from ._guard import NameGuard
-from ._taxonomy import TaxonomyEvent, describe, route
+from ._taxonomy import TaxonomyEvent, describe
 
 __all__ = ("OtlpEventSink",)
 
@@ -111,16 +112,14 @@ def _env_log_records() -> bool:
 
 
 class OtlpEventSink:
-    """An ``EventSink`` mapping the event taxonomy onto span events and a counter, log records opt-in.
+    """An ``EventSink`` exporting the event taxonomy as a counter, log records opt-in.
 
     Every event gets a static name (``stageflow.stage.completed``; see ``semconv.EVENTS``), keeps the
     event's type (``stage.llm.completed``) in ``stageflow.event.type`` and its data as ``stageflow.*``
-    attributes. Then:
+    attributes. Span events are not this sink's: ``TracingInterceptor`` puts every event of a traced run
+    on its span whatever the run's sink, and hands the events of a run whose sink is this one over
+    already described. Then:
 
-    * **span events** (``span_events``, on by default): with ``TracingInterceptor`` on the graph, the
-      event becomes a span event on the span it belongs to, with its own timestamp, in the core's order:
-      ``pipeline.*`` on the run span (``pipeline.created`` too), ``stage.{name}.*`` on that stage's span,
-      or on the run span for a stage that never had one (a skipped conditional stage);
     * **abandoned work**: a stage event saying a sync stage's work was abandoned (its hop was cancelled
       and the work kept running past the grace period) counts one in ``stageflow.stage.abandoned``;
     * **a counter**: ``stageflow.events.emitted`` by ``event.name``, ``stageflow.pipeline.name`` and,
@@ -131,8 +130,8 @@ class OtlpEventSink:
     * **log records** (``log_records``, off by default; ``STAGEFLOW_EVENT_LOG_RECORDS=true`` or
       ``setup(event_log_records=True)`` turn them on): an OTLP log record per event, with the span
       event's name and attributes plus ``stageflow.run.id`` and ``stageflow.pipeline.name`` (which a span
-      event takes from its span), the whole event data as body, and the trace context current when the
-      event is emitted (the run span; the caller's context for ``pipeline.created``). Severity:
+      event takes from its span), the whole event data as body, and the trace context of the span the
+      event went on (of a traced run; else the context current when the event is emitted). Severity:
       ``*.failed`` ERROR, ``*.cancelled`` WARN, else INFO.
 
     ``try_emit`` never blocks and never raises. Log records go through a buffer of ``max_buffer`` events
@@ -147,7 +146,8 @@ class OtlpEventSink:
         max_buffer: events held at most while the log record thread catches up.
         log_records: export every event as an OTLP log record too; ``None`` reads
             ``STAGEFLOW_EVENT_LOG_RECORDS`` (``true`` turns them on; default off).
-        span_events: put every event on its span (needs ``TracingInterceptor`` on the graph).
+        span_events: let ``TracingInterceptor`` put the events of the runs this sink is given on their
+            spans (``False`` keeps them off the spans; the spans still end at the core's events).
         max_series: distinct stage names, and pipeline names, ``stageflow.events.emitted`` keeps apart.
         wait_timeout: ``None`` (the default): an event finding the log record buffer full gets no record
             (cause ``queue_full``). A number of seconds (``setup()``'s ``complete`` mode): room is waited
@@ -187,7 +187,7 @@ class OtlpEventSink:
         self.log_records: bool = _env_log_records() if log_records is None else log_records
         """Whether every event is also exported as an OTLP log record."""
         self.span_events: bool = span_events
-        """Whether every event is put on its span."""
+        """Whether ``TracingInterceptor`` puts the events of this sink's runs on their spans."""
         self._logger = get_logger(
             semconv.INSTRUMENTATION_SCOPE, stageflow.__version__, logger_provider=logger_provider
         )
@@ -271,10 +271,33 @@ class OtlpEventSink:
         self.try_emit(type=type, data=data)
 
     def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        """Put the event on its span, count it and, with log records on, buffer it for the thread."""
+        """Count the event and, with log records on, buffer it for the thread."""
         try:
-            event = describe(type, data, self._limit, self._redact)
-            context = route(event) if self.span_events else None
+            self._export(describe(type, data, self._limit, self._redact), data)
+        except Exception as exc:  # telemetry never breaks a pipeline
+            self._report(exc)
+
+    def _describes_like(self, limit: int | None, redact: ErrorRedactor) -> bool:
+        """Whether an event described with ``limit`` and ``redact`` is what this sink would describe."""
+        return limit == self._limit and redact is self._redact
+
+    def _export(
+        self,
+        event: TaxonomyEvent,
+        data: dict[str, Any] | None,
+        context: otel_context.Context | None = None,
+    ) -> None:
+        """Export one event already described (by the run's tracing side): count it, buffer its record.
+
+        Args:
+            event: the event as ``describe`` made it (with this sink's limit and redaction hook).
+            data: the event's data as the core built it (the log record's body).
+            context: the trace context of the log record (the span the event went on); default the
+                current context.
+
+        Never raises. A run traced by ``TracingInterceptor`` hands its events here, described once.
+        """
+        try:
             self._count(event)
             if event.attributes.get(semconv.STAGE_WORK) == semconv.WORK_ABANDONED:
                 self._count_abandoned(event)

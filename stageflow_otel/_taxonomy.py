@@ -1,38 +1,19 @@
 """The event taxonomy as OpenTelemetry sees it: one description of each core event, shared by every view.
 
-``OtlpEventSink.try_emit`` describes each event once (``describe``); that one ``TaxonomyEvent`` becomes a
-span event (``route``, through the run state ``TracingInterceptor`` registers in ``CURRENT_RUN``), one
-increment of ``stageflow.events.emitted`` and, when log records are switched on, an OTLP log record. So
-the views carry the same static name and the same attributes, in the core's order, by construction.
-
-Where a span event goes (``TracingInterceptor`` decides, from the run state):
-
-* ``pipeline.*``: the run span; ``pipeline.created`` precedes the run span, so the sink parks it in
-  ``CREATED`` (a context variable of the caller's context) and the run span starts at its timestamp;
-* ``stage.{name}.*``: that stage's span; ``started`` precedes the span, so it waits in the run state and
-  the stage span starts at its timestamp; a streaming stage's ``first_chunk`` (once per stage, never one
-  per chunk) lands on its open span; ``completed|failed|skipped|cancelled`` (and a core
-  ``retrying``, between two attempt spans) follow the attempt, so while events flow the stage span's end
-  is deferred to that event (its end time the later of the attempt's end and the event's timestamp);
-* a stage that never had a span (a skipped conditional stage, a stage refused before the tracing
-  interceptor ran): its events go to the run span;
-* an event outside the taxonomy (``ctx.try_emit_event("llm.tokens", ...)``), named ``stageflow.event``:
-  the span of the stage it names while that stage has one (a stage's own events), else the run span.
-
-An event is found its run by the run state current where it is emitted; one emitted elsewhere (the loop
-monitor reports ``stage.{name}.loop_blocked`` from its heartbeat, outside the run's context) is found its
-run by its run id among the traced runs in progress (``ACTIVE_RUNS``), and its log record gets the context
-of the span it lands on.
+Each event of a traced run is described once (``describe``) by the run's tracing state
+(``TracingInterceptor``, which receives the run's events itself): that one ``TaxonomyEvent`` becomes a
+span event on its span and, handed to an ``OtlpEventSink``, one increment of ``stageflow.events.emitted``
+and, when log records are switched on, an OTLP log record. So the views carry the same static name and the
+same attributes, in the core's order, by construction. An ``OtlpEventSink`` of an untraced run describes
+the events it is given itself.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry.util.types import AttributeValue
 
 import stageflow
@@ -40,7 +21,7 @@ import stageflow
 from . import semconv
 from ._content import ErrorDetails, ErrorRedactor, clean_text, redact_error_message, redacted_message
 
-__all__ = ("ACTIVE_RUNS", "CREATED", "CURRENT_RUN", "EventRoute", "TaxonomyEvent", "describe", "route")
+__all__ = ("TERMINAL", "TaxonomyEvent", "describe")
 
 TERMINAL = frozenset({"completed", "failed", "skipped", "cancelled"})
 """Outcomes that end a stage (the last event of its last attempt)."""
@@ -273,49 +254,3 @@ def describe(
         attributes,
         message,
     )
-
-
-class EventRoute(Protocol):
-    """A run's receiver of span events (``TracingInterceptor``'s run state)."""
-
-    run_id: str
-
-    def add(self, event: TaxonomyEvent) -> None:
-        """Put ``event`` on the span it belongs to."""
-        ...
-
-    def context_of(self, stage: str | None) -> otel_context.Context:
-        """The context of the span an event of ``stage`` (``None``: of the run) is put on."""
-        ...
-
-
-CURRENT_RUN: ContextVar[EventRoute | None] = ContextVar("stageflow_otel.current_run", default=None)
-"""The traced run the current context belongs to (set by ``TracingInterceptor`` around the run)."""
-
-CREATED: ContextVar[TaxonomyEvent | None] = ContextVar("stageflow_otel.created", default=None)
-"""The last ``pipeline.created`` event seen in this context, for the run span about to start."""
-
-
-ACTIVE_RUNS: dict[str, EventRoute] = {}
-"""Every traced run in progress by run id (registered by ``TracingInterceptor`` for the run's duration)."""
-
-
-def route(event: TaxonomyEvent) -> otel_context.Context | None:
-    """Hand ``event`` to its run's span events (a no-op for a run that is not traced).
-
-    Returns:
-        ``None`` when the event was emitted in its run's context (or has no traced run); else, for an event
-        emitted elsewhere, the context of the span it was put on (for its log record).
-    """
-    if event.kind == "pipeline.created":
-        CREATED.set(event)
-        return None
-    run = CURRENT_RUN.get()
-    if run is not None and run.run_id == event.run_id:
-        run.add(event)
-        return None
-    found = ACTIVE_RUNS.get(event.run_id) if event.run_id is not None else None
-    if found is None:
-        return None
-    found.add(event)
-    return found.context_of(event.stage)

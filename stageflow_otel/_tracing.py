@@ -10,20 +10,24 @@ Spans are started with ``Tracer.start_span`` and an explicit parent context; a s
 around ``call_next``, inside one coroutine frame, so ``execute()`` sees its stage span as the current span
 and spans it opens become that span's children, also when stages run concurrently.
 
-Span events: every event of the run's event stream, when the run's sink is an ``OtlpEventSink`` (the one
-``setup()`` installs), becomes a span event on the span it belongs to, with the event's own timestamp, in
-the stream's order: ``pipeline.*`` on the run span, ``stage.{name}.*`` on that stage's span (the run span
-for a stage that never had one, such as a conditional stage the executor skipped). The sink describes each
-event once (``_taxonomy``) and hands it to the run state below, which places it. Because the core emits
-``stage.{name}.started`` before the stage's interceptors run and ``completed|failed|skipped|cancelled``
-after they return, a stage span starts at its ``started`` event and, while events flow, ends at its
-closing event rather than when the attempt returns (at the later of the two times). A sync stage's
-closing event also puts its dispatch time (``stageflow.stage.dispatch.duration``) and, after a cancelled
-hop, what became of its work (``stageflow.stage.work``: ``stopped`` or ``abandoned``) on its span. A
-streaming stage's span gets one ``stageflow.stage.first_chunk`` span event at its first chunk (never one
-per chunk), with ``stageflow.stage.time_to_first_chunk``, which its span carries from then on; its
-closing event adds ``stageflow.stage.chunks`` and ``stageflow.stage.time_per_output_chunk``. The run
-span of a pipeline with a streaming stage carries the run's ``stageflow.run.time_to_first_output``.
+Span events: the tracing side receives every event of a traced run itself (for the run, the run's sink
+is wrapped: each event goes on its span, then on to the sink the run was given, whatever sink that is),
+and puts it on the span it belongs to as a span event, with the event's own timestamp, in the stream's
+order: ``pipeline.*`` on the run span, ``stage.{name}.*`` on that stage's span (the run span for a stage
+that never had one, such as a conditional stage the executor skipped). The run span starts with its
+``pipeline.created`` event, each stage span with its ``started`` event, and ends at its closing event
+(``completed|failed|skipped|cancelled``, or ``retrying`` between two attempts) at the later of that
+event's time and the attempt's return: one owner opens, annotates and ends every span. A closing event
+whose result differs from how the attempt ended (an interceptor outside the span fell back: ``skipped``)
+decides the span's result. A sync stage's closing event also puts its dispatch time
+(``stageflow.stage.dispatch.duration``) and, after a cancelled hop, what became of its work
+(``stageflow.stage.work``: ``stopped`` or ``abandoned``) on its span. A streaming stage's span gets one
+``stageflow.stage.first_chunk`` span event at its first chunk (never one per chunk), with
+``stageflow.stage.time_to_first_chunk``, which its span carries from then on; its closing event adds
+``stageflow.stage.chunks`` and ``stageflow.stage.time_per_output_chunk``. The run span of a pipeline with a
+streaming stage carries the run's ``stageflow.run.time_to_first_output``. When the run's sink is an
+``OtlpEventSink``, it is handed each event as described here (counted, and a log record if switched on);
+``OtlpEventSink(span_events=False)`` keeps its runs' events off the spans.
 
 Example::
 
@@ -34,7 +38,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -50,6 +53,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from stageflow import (
+    EventSink,
     PipelineContext,
     RunResult,
     StageContext,
@@ -73,15 +77,9 @@ from ._content import (
     value_length_limit,
 )
 from ._export import Backpressure, backpressure_of
-from ._outcome import (
-    Outcome,
-    is_api_only,
-    outcome_of_error,
-    outcome_of_output,
-    outcome_of_run_error,
-    run_results,
-)
-from ._taxonomy import ACTIVE_RUNS, CREATED, CURRENT_RUN, TERMINAL, TaxonomyEvent
+from ._outcome import Outcome, is_api_only, observe_run, observe_stage
+from ._sink import OtlpEventSink
+from ._taxonomy import TERMINAL, TaxonomyEvent, describe
 
 __all__ = ("ContentHook", "TracingInterceptor", "inject_context")
 
@@ -97,7 +95,6 @@ values that are safe to export: nothing of the output is captured unless the hoo
 _W3C = TraceContextTextMapPropagator()
 _INTERNAL = SpanKind.INTERNAL
 _LINK_ATTRS: Mapping[str, AttributeValue] = {semconv.LINK_TYPE: semconv.LINK_TYPE_DEPENDENCY}
-_SUCCESS = Outcome(semconv.RESULT_SUCCESS)
 
 
 def inject_context(carrier: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
@@ -155,13 +152,21 @@ def _function_name(runner: object) -> str | None:
 
 
 class _StageSpan:
-    """A stage attempt's span; ``end_time`` is set once the attempt returned and its end was deferred."""
+    """A stage attempt's span: open from the stage's ``started`` event to its closing event.
 
-    __slots__ = ("end_time", "span")
+    ``end_time`` is set when the attempt returned, ``outcome`` to how it ended as the attempt saw it; the
+    core's closing event (``completed|failed|skipped|cancelled``, or ``retrying`` between attempts) ends
+    the span, and a closing event whose result differs (an interceptor outside the span fell back: a skip)
+    decides the span's result.
+    """
 
-    def __init__(self, span: trace.Span) -> None:
+    __slots__ = ("end_time", "name", "outcome", "span")
+
+    def __init__(self, span: trace.Span, name: str) -> None:
         self.span = span
+        self.name = name
         self.end_time: int | None = None
+        self.outcome: Outcome | None = None
 
 
 def _add_event(span: trace.Span, event: TaxonomyEvent) -> None:
@@ -176,6 +181,7 @@ _CLOSING_ATTRIBUTES = (
     semconv.STAGE_TIME_PER_OUTPUT_CHUNK,
 )
 _FIRST_CHUNK_ATTRIBUTES = (semconv.STAGE_TIME_TO_FIRST_CHUNK,)
+_ERROR_RESULTS = frozenset({semconv.RESULT_FAILURE, semconv.RESULT_ERROR, semconv.RESULT_TIMEOUT})
 
 
 def _copy(span: trace.Span, event: TaxonomyEvent, keys: tuple[str, ...]) -> None:
@@ -190,79 +196,124 @@ def _copy(span: trace.Span, event: TaxonomyEvent, keys: tuple[str, ...]) -> None
 
 
 class _RunTrace:
-    """The per-run state: the run span, its context, every stage span so far, and the span events' router.
+    """The per-run state: the run span, its context, every stage span so far, and the run's events.
 
-    ``add`` is called by the OTLP event sink, on the event loop, for each of this run's events in the
-    core's order (see the module docs for where each goes). ``routed`` turns true with the first event:
-    from then on stage spans wait for their closing event to end.
+    The run's sink is wrapped (``_TracedSink``) so every event of the run comes here first, on the event
+    loop, in the core's order (see the module docs for where each goes), then goes on to the run's sink.
     """
 
     __slots__ = (
         "context",
-        "on_failure",
+        "exporter",
+        "interceptor",
         "open",
         "pending",
-        "routed",
         "run",
         "run_id",
         "span",
+        "span_events",
         "stage_spans",
         "static",
     )
 
     def __init__(
         self,
+        interceptor: TracingInterceptor,
         run: PipelineContext,
         span: trace.Span,
         context: otel_context.Context,
         static: Mapping[str, _StageStatic],
-        on_failure: Callable[[Exception], None],
+        sink: EventSink,
     ) -> None:
+        self.interceptor = interceptor
         self.run = run
         self.run_id = str(run.run_id)
         self.span = span
         self.context = context
         self.static = static
-        self.on_failure = on_failure
         self.stage_spans: dict[str, trace.SpanContext] = {}
-        self.routed = False
         self.open: dict[str, _StageSpan] = {}
         """The span of each stage's current (or last, not yet ended) attempt."""
         self.pending: dict[str, list[TaxonomyEvent]] = {}
         """Events of stages with no span yet (``started``), for the span about to start."""
+        otlp = sink if isinstance(sink, OtlpEventSink) else None
+        self.span_events = otlp is None or otlp.span_events
+        self.exporter = (
+            otlp
+            if otlp is not None and otlp._describes_like(interceptor._limit, interceptor._redact)
+            else None
+        )
+        """The run's OTLP event sink when it can take the events as described here (described once)."""
+
+    def on_event(self, type: str, data: dict[str, Any] | None) -> bool:
+        """Take one event of the run; ``True`` when the run's OTLP event sink got it too (never raises)."""
+        try:
+            event = describe(type, data, self.interceptor._limit, self.interceptor._redact)
+            self.add(event)
+            exporter = self.exporter
+            if exporter is None:
+                return False
+            context = self.context_of(event.stage) if exporter.log_records else None
+            exporter._export(event, data, context)
+            return True
+        except Exception as exc:
+            self.interceptor._sdk_failed(exc)
+            return False
+
+    def _put(self, span: trace.Span, event: TaxonomyEvent) -> None:
+        if self.span_events:
+            _add_event(span, event)
 
     def add(self, event: TaxonomyEvent) -> None:
-        """Put one event of this run on its span (never raises: the sink guards the call too)."""
-        self.routed = True
-        try:
-            stage = event.stage
-            if stage is None or event.kind.startswith("pipeline."):
-                _add_event(self.span, event)
-                return
-            attempt = self.open.get(stage)
-            # stage.{name}.* types: the taxonomy (and custom types shaped like it, which never close a span)
-            taxonomy = event.kind.startswith("stage.")
-            if attempt is None:
-                if not taxonomy:  # another event naming a stage that has no span: the run's
-                    _add_event(self.span, event)
-                elif event.outcome in TERMINAL:  # the stage never had a span: its events go to the run span
-                    for waiting in self.pending.pop(stage, ()):
-                        _add_event(self.span, waiting)
-                    _add_event(self.span, event)
-                else:
-                    self.pending.setdefault(stage, []).append(event)
-                return
-            _add_event(attempt.span, event)
-            if taxonomy and event.outcome in TERMINAL:
-                _copy(attempt.span, event, _CLOSING_ATTRIBUTES)
-            elif taxonomy and event.outcome == "first_chunk":
-                _copy(attempt.span, event, _FIRST_CHUNK_ATTRIBUTES)
-            end = attempt.end_time
-            if taxonomy and end is not None and (event.outcome in TERMINAL or event.outcome == "retrying"):
-                del self.open[stage]
-                attempt.span.end(max(end, event.timestamp))
-        except Exception as exc:
-            self.on_failure(exc)
+        """Put one event of this run on its span; end the stage span it closes."""
+        stage = event.stage
+        if stage is None or event.kind.startswith("pipeline."):
+            self._put(self.span, event)
+            return
+        attempt = self.open.get(stage)
+        # stage.{name}.* types: the taxonomy (and custom types shaped like it, which never close a span)
+        taxonomy = event.kind.startswith("stage.")
+        if attempt is None:
+            if not taxonomy:  # another event naming a stage that has no span: the run's
+                self._put(self.span, event)
+            elif event.outcome in TERMINAL:  # the stage never had a span: its events go to the run span
+                for waiting in self.pending.pop(stage, ()):
+                    self._put(self.span, waiting)
+                self._put(self.span, event)
+            else:
+                self.pending.setdefault(stage, []).append(event)
+            return
+        span = attempt.span
+        self._put(span, event)
+        if not taxonomy:
+            return
+        closing = event.outcome in TERMINAL
+        if closing:
+            _copy(span, event, _CLOSING_ATTRIBUTES)
+        elif event.outcome == "first_chunk":
+            _copy(span, event, _FIRST_CHUNK_ATTRIBUTES)
+        end = attempt.end_time
+        if end is not None and (closing or event.outcome == "retrying"):
+            del self.open[stage]
+            self._end(attempt, event if closing else None, max(end, event.timestamp))
+
+    def _end(self, attempt: _StageSpan, closing: TaxonomyEvent | None, end: int | None) -> None:
+        """Record how the attempt ended (the core's closing event decides a different result) and end it."""
+        span = attempt.span
+        outcome = attempt.outcome
+        result = None if closing is None else closing.attributes.get(semconv.STAGE_RESULT)
+        if isinstance(result, str) and (outcome is None or outcome.result != result):
+            # settled otherwise than the attempt ended (a fallback outside this span: a skip)
+            attributes: dict[str, AttributeValue] = {semconv.STAGE_RESULT: result}
+            assert closing is not None
+            error_type = closing.attributes.get(semconv.ERROR_TYPE)
+            if result in _ERROR_RESULTS:
+                attributes[semconv.ERROR_TYPE] = error_type if error_type is not None else semconv.OTHER
+                span.set_status(Status(StatusCode.ERROR, closing.message))
+            span.set_attributes(attributes)
+        elif outcome is not None:
+            self.interceptor._end_stage_outcome(span, self.run.pipeline_name, attempt.name, outcome)
+        span.end(end)
 
     def context_of(self, stage: str | None) -> otel_context.Context:
         """The context of the span ``stage``'s events go on: its open attempt's, else the run's."""
@@ -273,38 +324,69 @@ class _RunTrace:
 
     def start_time(self, stage: str) -> int | None:
         """The start time of ``stage``'s next span: its waiting ``started`` event's, if any."""
-        waiting = self.pending.get(stage) if self.routed else None
+        waiting = self.pending.get(stage)
         return min(waiting[0].timestamp, time.time_ns()) if waiting else None
 
     def opened(self, stage: str, span: trace.Span) -> _StageSpan:
         """Register ``stage``'s new attempt span and give it the stage's waiting events."""
-        attempt = _StageSpan(span)
+        attempt = _StageSpan(span, stage)
         self.open[stage] = attempt
-        try:
-            for waiting in self.pending.pop(stage, ()):
-                _add_event(span, waiting)
-        except Exception as exc:
-            self.on_failure(exc)
+        for waiting in self.pending.pop(stage, ()):
+            self._put(span, waiting)
         return attempt
-
-    def returned(self, stage: str, attempt: _StageSpan) -> None:
-        """The attempt returned: end its span now, or (while events flow) at its closing event."""
-        if self.routed and self.open.get(stage) is attempt:
-            attempt.end_time = time.time_ns()
-            return
-        if self.open.get(stage) is attempt:
-            del self.open[stage]
-        attempt.span.end()
 
     def close(self) -> None:
         """At the run's end: events that never found their span go to the run span; end every span left."""
         for events in self.pending.values():
             for event in events:
-                _add_event(self.span, event)
+                self._put(self.span, event)
         self.pending.clear()
-        for attempt in self.open.values():
-            attempt.span.end(attempt.end_time)
-        self.open.clear()
+        attempts, self.open = list(self.open.values()), {}
+        for attempt in attempts:
+            self._end(attempt, None, attempt.end_time)
+
+
+class _TracedSink:
+    """A traced run's sink: every event goes on its span first, then on to the sink the run was given.
+
+    Attributes other than the two emit methods are the wrapped sink's, so code reading the run's sink
+    (``ctx.event_sink.events`` of a recording sink) keeps working.
+    """
+
+    __slots__ = ("_state", "inner")
+
+    def __init__(self, state: _RunTrace, inner: EventSink) -> None:
+        self._state = state
+        self.inner = inner
+        """The sink the run was given."""
+
+    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        """Put the event on its span, then hand it to the run's sink (whose failures the core isolates)."""
+        state = self._state
+        if state.on_event(type, data):
+            return
+        if state.interceptor._state.get(None) is state:
+            self.inner.try_emit(type=type, data=data)
+            return
+        # emitted outside the run's context (the loop monitor's heartbeat reports a block): the run's sink
+        # sees the context of the span the event went on, as it would inside the run
+        stage = None if data is None else data.get("stage")
+        token = otel_context.attach(state.context_of(stage if isinstance(stage, str) else None))
+        try:
+            self.inner.try_emit(type=type, data=data)
+        finally:
+            otel_context.detach(token)
+
+    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        """``try_emit``'s awaitable twin: the run's sink's ``emit`` is awaited."""
+        if not self._state.on_event(type, data):
+            await self.inner.emit(type=type, data=data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return f"_TracedSink({self.inner!r})"
 
 
 class TracingInterceptor(Interceptor):
@@ -379,7 +461,8 @@ class TracingInterceptor(Interceptor):
     # ----------------------------------------------------------------------------------------- run
 
     async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
-        """Open the run span, make it current for the run (so stage tasks inherit it) and close it."""
+        """Open the run span, make it current for the run (so stage tasks inherit it), take the run's events
+        (its sink is wrapped for the run) and close the span."""
         tracer = self._tracer
         if tracer is None and (self._resolved or (tracer := self._resolve()) is None):
             return await call_next(run)
@@ -389,16 +472,21 @@ class TracingInterceptor(Interceptor):
             static = {info.name: _StageStatic(info, self._limit) for info in graph.stages}
             self._statics[graph] = static
         run_id = str(run.run_id)
-        created = CREATED.get()
-        if created is not None:
-            CREATED.set(None)
-            if created.run_id != run_id:
-                created = None
+        sink = run.event_sink
         try:
-            parent = _parent_context(run)
+            # the core emitted pipeline.created to the run's sink before any interceptor ran: the run
+            # span starts there, and carries the same event, described from the same data
+            created_data = {
+                "run_id": run_id,
+                "pipeline": run.pipeline_name,
+                "timestamp": time.time(),
+                "stages": len(graph.stages),
+                "version": graph.version,
+            }
+            created = describe("pipeline.created", created_data, self._limit, self._redact)
             span = tracer.start_span(
                 clean_text(semconv.SPAN_PIPELINE_PREFIX + run.pipeline_name, self._limit),
-                context=parent,
+                context=_parent_context(run),
                 kind=_INTERNAL,
                 attributes={
                     semconv.PIPELINE_NAME: run.pipeline_name,
@@ -407,14 +495,14 @@ class TracingInterceptor(Interceptor):
                 },
                 record_exception=False,
                 set_status_on_exception=False,
-                # the run begins with its pipeline.created event, which precedes this span
-                start_time=None if created is None else min(created.timestamp, time.time_ns()),
+                start_time=created.timestamp,
             )
-            if created is not None:
-                _add_event(span, created)
             # Built on the current context, not the extracted one, so ambient values (baggage) reach the
             # stages.
             run_context = trace.set_span_in_context(span)
+            state = _RunTrace(self, run, span, run_context, static, sink)
+            if state.span_events:
+                _add_event(span, created)
             token = otel_context.attach(run_context)
             span_context = span.get_span_context()
             # run stores keep the id of a trace that is exported (sampled), so its link leads somewhere
@@ -422,41 +510,23 @@ class TracingInterceptor(Interceptor):
         except Exception as exc:  # C9: the SDK failed to start the span; run untraced
             self._sdk_failed(exc)
             return await call_next(run)
-        state = _RunTrace(run, span, run_context, static, self._sdk_failed)
         state_token = self._state.set(state)
-        route_token = CURRENT_RUN.set(state)
         trace_token = set_run_trace_id(trace_id)
-        ACTIVE_RUNS[run_id] = state  # for events emitted outside the run's context (loop blocks)
-        outcome: Outcome | None = None
-        results: RunResult | None = None
-        try:
-            result = await call_next(run)
-        except asyncio.CancelledError as exc:
-            outcome = outcome_of_error(exc)
-            raise
-        except Exception as exc:
-            outcome, results = outcome_of_run_error(exc), run_results(exc)
-            raise
-        else:
-            outcome, results = _SUCCESS, result
-        finally:
+        run.event_sink = _TracedSink(state, sink)
+
+        def ended(outcome: Outcome, results: RunResult | None) -> None:
             otel_context.detach(token)
-            CURRENT_RUN.reset(route_token)
             reset_run_trace_id(trace_token)
-            if ACTIVE_RUNS.get(run_id) is state:
-                del ACTIVE_RUNS[run_id]
             self._state.reset(state_token)
+            run.event_sink = sink
             # Guarded: an SDK failure here must not replace the run's own result, error or cancellation.
             try:
                 state.close()
-                if outcome is not None:
-                    self._end_run(state, outcome, results)
-            except Exception as exc:
-                self._sdk_failed(exc)
-            try:
+                self._end_run(state, outcome, results)
+            finally:
                 span.end()
-            except Exception as exc:
-                self._sdk_failed(exc)
+
+        result = await observe_run(run, call_next, ended, self._sdk_failed)
         await self._room()
         return result
 
@@ -501,23 +571,22 @@ class TracingInterceptor(Interceptor):
             self._sdk_failed(exc)
             return await call_next(ctx)
         first_attempt = ctx.attempt
-        outcome: Outcome | None = None
-        error: Exception | None = None
-        finished: StageOutput | None = None
-        try:
-            output = await call_next(ctx)
-        except asyncio.CancelledError as exc:
-            outcome = outcome_of_error(exc)
-            raise
-        except Exception as exc:
-            outcome, error = outcome_of_error(exc), exc
-            raise
-        else:
-            if isinstance(output, StageOutput):
-                outcome, finished = outcome_of_output(output), output
-        finally:
+
+        def ended(outcome: Outcome | None, error: Exception | None, output: StageOutput | None) -> None:
             otel_context.detach(token)
-            self._end_stage(state, attempt, stage, outcome, error, finished, ctx.attempt, first_attempt)
+            try:
+                attempt.outcome = outcome
+                if error is not None:
+                    self._exception_event(span, stage, outcome, error)
+                if self._capture is not None and output is not None:
+                    self._capture_content(span, stage, output)
+                if ctx.attempt != first_attempt:  # retried inside the span (RetryInterceptor): the last
+                    span.set_attribute(semconv.STAGE_ATTEMPT, ctx.attempt)
+            finally:
+                # the core's closing event ends the span; until it comes, the attempt's end is kept
+                attempt.end_time = time.time_ns()
+
+        output = await observe_stage(ctx, call_next, ended, self._sdk_failed)
         await self._room()
         return output
 
@@ -527,33 +596,6 @@ class TracingInterceptor(Interceptor):
         if pressure is not None and pressure.parked:
             await pressure.room()
 
-    def _end_stage(
-        self,
-        state: _RunTrace,
-        stage_span: _StageSpan,
-        stage: StageInfo,
-        outcome: Outcome | None,
-        error: Exception | None,
-        output: StageOutput | None,
-        attempt: int,
-        first_attempt: int,
-    ) -> None:
-        """Record how the attempt ended and end its span; an SDK failure is logged, never raised (C9)."""
-        span = stage_span.span
-        try:
-            if outcome is not None:
-                self._end_stage_outcome(span, stage, outcome, error)
-            if self._capture is not None and isinstance(output, StageOutput):
-                self._capture_content(span, stage, output)
-            if attempt != first_attempt:  # retried inside the span (RetryInterceptor): the last attempt
-                span.set_attribute(semconv.STAGE_ATTEMPT, attempt)
-        except Exception as exc:
-            self._sdk_failed(exc)
-        try:
-            state.returned(stage.name, stage_span)
-        except Exception as exc:
-            self._sdk_failed(exc)
-
     def _message(self, outcome: Outcome, pipeline: str, stage: str | None) -> str | None:
         """The outcome's description as it may be exported: redacted, cut and encodable."""
         if not outcome.description:
@@ -562,24 +604,27 @@ class TracingInterceptor(Interceptor):
         details = ErrorDetails(outcome.error_type, outcome.description, pipeline, stage)
         return redacted_message(self._redact, details, self._limit)
 
-    def _end_stage_outcome(
-        self, span: trace.Span, stage: StageInfo, outcome: Outcome, error: Exception | None
+    def _exception_event(
+        self, span: trace.Span, stage: StageInfo, outcome: Outcome | None, error: Exception
     ) -> None:
+        """The ``exception`` span event of an attempt that raised (whatever the stage's outcome)."""
+        message = None if outcome is None else self._message(outcome, stage.pipeline, stage.name)
+        # Not span.record_exception: its message and stack trace would bypass the redaction hook.
+        event: dict[str, AttributeValue] = {
+            semconv.EXCEPTION_TYPE: clean_text(_qualified_name(error), self._limit),
+            semconv.EXCEPTION_STACKTRACE: redacted_stacktrace(
+                error, message, self._limit, source_lines=self._source_lines
+            ),
+        }
+        if message is not None:
+            event[semconv.EXCEPTION_MESSAGE] = message
+        span.add_event(semconv.EXCEPTION_EVENT, event)
+
+    def _end_stage_outcome(self, span: trace.Span, pipeline: str, stage: str, outcome: Outcome) -> None:
         if outcome.error_type is None:
             span.set_attribute(semconv.STAGE_RESULT, outcome.result)
             return
-        message = self._message(outcome, stage.pipeline, stage.name)
-        if error is not None:
-            # Not span.record_exception: its message and stack trace would bypass the redaction hook.
-            event: dict[str, AttributeValue] = {
-                semconv.EXCEPTION_TYPE: clean_text(_qualified_name(error), self._limit),
-                semconv.EXCEPTION_STACKTRACE: redacted_stacktrace(
-                    error, message, self._limit, source_lines=self._source_lines
-                ),
-            }
-            if message is not None:
-                event[semconv.EXCEPTION_MESSAGE] = message
-            span.add_event(semconv.EXCEPTION_EVENT, event)
+        message = self._message(outcome, pipeline, stage)
         span.set_attributes(
             {
                 semconv.STAGE_RESULT: outcome.result,

@@ -268,7 +268,11 @@ class TestFailures:
             "stageflow.stage.result": "error",
             "error.type": "RuntimeError",
         }
-        assert [e.name for e in stage.events] == ["exception"]
+        assert [e.name for e in stage.events] == [
+            semconv.EVENTS["stage.started"],
+            "exception",
+            semconv.EVENTS["stage.failed"],
+        ]
         assert run.status.status_code is StatusCode.ERROR
         assert {k: (run.attributes or {})[k] for k in ("stageflow.run.result", "error.type")} == {
             "stageflow.run.result": "error",
@@ -520,12 +524,12 @@ class TestSkips:
         assert (span.attributes or {})["stageflow.stage.result"] == "skip"
         assert span.status.status_code is StatusCode.UNSET
 
-    async def test_conditional_skip_has_no_span_and_no_event_without_a_sink(
+    async def test_conditional_skip_has_no_span_and_its_events_go_on_the_run_span(
         self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
     ) -> None:
-        """A conditional stage the executor skips has no span; without an event sink no span event either.
+        """A conditional stage the executor skips has no span; its event is on the run span, with no sink.
 
-        Span events come from the run's event stream only (``OtlpEventSink``; see test_span_events.py).
+        A traced run's events are span events whatever sink the run was given (none here).
         """
         graph = (
             Pipeline(name="p")
@@ -536,7 +540,15 @@ class TestSkips:
         await graph.run(entry_ctx())
         spans = span_exporter.get_finished_spans()
         assert dump_spans(spans) == ["pipeline p", "  stage s"]
-        assert [list(s.events) for s in spans] == [[], []]
+        assert [[str((e.attributes or {})[semconv.EVENT_TYPE]) for e in s.events] for s in spans] == [
+            ["stage.s.started", "stage.s.skipped"],
+            [
+                "pipeline.created",
+                "pipeline.started",
+                "stage.cond.skipped",
+                "pipeline.completed",
+            ],
+        ]
 
 
 class TestContextPropagation:
