@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from contextvars import ContextVar
@@ -36,7 +35,7 @@ from ._content import (
     redacted_message,
     value_length_limit,
 )
-from ._outcome import Outcome, outcome_of_error, outcome_of_output, outcome_of_run_error
+from ._outcome import Outcome, observe_run, observe_stage
 
 __all__ = ("LoggingInterceptor", "add_trace_context")
 
@@ -53,7 +52,6 @@ _RUN_FINISHED = {
     semconv.RESULT_SUCCESS: _EV["pipeline.completed"],
     semconv.RESULT_CANCELLATION: _EV["pipeline.cancelled"],
 }
-_SUCCESS = Outcome(semconv.RESULT_SUCCESS)
 
 
 _where: ContextVar[tuple[str, str, str | None] | None] = ContextVar(
@@ -151,6 +149,11 @@ class LoggingInterceptor(Interceptor):
         self._limit = value_length_limit("logrecord")
         self._failed = False
 
+    def _failed_once(self, exc: Exception) -> None:
+        if not self._failed:
+            self._failed = True
+            _logger.warning("stageflow_otel: LoggingInterceptor's logger raised %r (logged once)", exc)
+
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
         span_context = trace.get_current_span().get_span_context()
         if span_context.is_valid:
@@ -159,9 +162,7 @@ class LoggingInterceptor(Interceptor):
         try:
             getattr(self._log, level)(event, **fields)
         except Exception as exc:  # C9: a broken logger never breaks the pipeline
-            if not self._failed:
-                self._failed = True
-                _logger.warning("stageflow_otel: LoggingInterceptor's logger raised %r (logged once)", exc)
+            self._failed_once(exc)
 
     async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
         """Log ``stageflow.pipeline.started`` and how the run finished."""
@@ -169,18 +170,12 @@ class LoggingInterceptor(Interceptor):
         self._emit("info", _EV["pipeline.started"], dict(base))
         started = _perf()
         token = _where.set((base[semconv.LOG_RUN_ID], run.pipeline_name, None))
-        try:
-            result = await call_next(run)
-        except asyncio.CancelledError as exc:
-            self._finished(_RUN_FINISHED, _EV["pipeline.failed"], base, outcome_of_error(exc), started)
-            raise
-        except Exception as exc:
-            self._finished(_RUN_FINISHED, _EV["pipeline.failed"], base, outcome_of_run_error(exc), started)
-            raise
-        finally:
+
+        def ended(outcome: Outcome, results: RunResult | None) -> None:
             _where.reset(token)
-        self._finished(_RUN_FINISHED, _EV["pipeline.failed"], base, _SUCCESS, started)
-        return result
+            self._finished(_RUN_FINISHED, _EV["pipeline.failed"], base, outcome, started)
+
+        return await observe_run(run, call_next, ended, self._failed_once)
 
     async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
         """Log ``stageflow.stage.started`` and how the stage attempt finished."""
@@ -196,19 +191,13 @@ class LoggingInterceptor(Interceptor):
         self._emit("info", _EV["stage.started"], started_fields)
         started = _perf()
         token = _where.set((base[semconv.LOG_RUN_ID], stage.pipeline, stage.name))
-        try:
-            output = await call_next(ctx)
-        except asyncio.CancelledError as exc:
-            self._finished(_STAGE_FINISHED, _EV["stage.failed"], base, outcome_of_error(exc), started)
-            raise
-        except Exception as exc:
-            self._finished(_STAGE_FINISHED, _EV["stage.failed"], base, outcome_of_error(exc), started)
-            raise
-        finally:
+
+        def ended(outcome: Outcome | None, error: Exception | None, output: StageOutput | None) -> None:
             _where.reset(token)
-        if isinstance(output, StageOutput):
-            self._finished(_STAGE_FINISHED, _EV["stage.failed"], base, outcome_of_output(output), started)
-        return output
+            if outcome is not None:
+                self._finished(_STAGE_FINISHED, _EV["stage.failed"], base, outcome, started)
+
+        return await observe_stage(ctx, call_next, ended, self._failed_once)
 
     def _finished(
         self,

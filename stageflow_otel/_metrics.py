@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -58,14 +57,7 @@ from stageflow.interceptors import (
 from . import semconv
 from ._content import clean_text
 from ._guard import NameGuard as _NameGuard
-from ._outcome import (
-    Outcome,
-    is_api_only,
-    outcome_of_error,
-    outcome_of_output,
-    outcome_of_run_error,
-    run_results,
-)
+from ._outcome import Outcome, is_api_only, observe_run, observe_stage, outcome_of_error, outcome_of_output
 
 __all__ = ("MetricsInterceptor",)
 
@@ -82,7 +74,6 @@ _monotonic = time.monotonic
 
 _perf = time.perf_counter
 _BUCKETS = list(semconv.DURATION_BUCKETS)
-_SUCCESS = Outcome(semconv.RESULT_SUCCESS)
 
 Attributes = Mapping[str, AttributeValue]
 
@@ -206,17 +197,12 @@ class MetricsInterceptor(Interceptor):
             except Exception as exc:  # C9: the SDK's failure never reaches the stage
                 self._sdk_failed(exc)
         started = _perf()
-        try:
-            output = await call_next(ctx)
-        except asyncio.CancelledError as exc:
-            self._record_stage(base, outcome_of_error(exc), _perf() - started)
-            raise
-        except Exception as exc:
-            self._record_stage(base, outcome_of_error(exc), _perf() - started)
-            raise
-        if isinstance(output, StageOutput):
-            self._record_stage(base, outcome_of_output(output), _perf() - started)
-        return output
+
+        def ended(outcome: Outcome | None, error: Exception | None, output: StageOutput | None) -> None:
+            if outcome is not None:
+                self._record_stage(base, outcome, _perf() - started)
+
+        return await observe_stage(ctx, call_next, ended, self._sdk_failed)
 
     def _record_stage(self, base: Attributes, outcome: Outcome, duration: float) -> None:
         attrs = dict(base)
@@ -252,33 +238,17 @@ class MetricsInterceptor(Interceptor):
             self._sdk_failed(exc)
             return await call_next(run)
         started = _perf()
-        outcome: Outcome | None = None
-        results: RunResult | None = None
-        try:
-            result = await call_next(run)
-        except asyncio.CancelledError as exc:
-            outcome = outcome_of_error(exc)
-            raise
-        except Exception as exc:
-            outcome, results = outcome_of_run_error(exc), run_results(exc)
-            raise
-        else:
-            outcome, results = _SUCCESS, result
-        finally:
-            # Guarded: an SDK failure here must not replace the run's own result, error or cancellation.
+
+        def ended(outcome: Outcome, results: RunResult | None) -> None:
             try:
-                if outcome is not None:
-                    self._record_run(run.pipeline_name, outcome, _perf() - started, results)
-                    if results is not None:
-                        self._record_dispatch(run, results)
-                        self._record_streams(run, results)
-            except Exception as exc:
-                self._sdk_failed(exc)
-            try:
+                self._record_run(run.pipeline_name, outcome, _perf() - started, results)
+                if results is not None:
+                    self._record_dispatch(run, results)
+                    self._record_streams(run, results)
+            finally:
                 self._active.add(-1, pipeline_attrs)
-            except Exception as exc:
-                self._sdk_failed(exc)
-        return result
+
+        return await observe_run(run, call_next, ended, self._sdk_failed)
 
     def _record_run(
         self, pipeline: str, outcome: Outcome, duration: float, results: RunResult | None
