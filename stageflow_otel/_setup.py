@@ -92,6 +92,7 @@ from ._export import (
     Signal,
     register_backpressure,
 )
+from ._otlp import grpc_span_exporter, http_span_exporter
 from ._prometheus import MetricsServer, PrometheusMetricReader, start_metrics_server
 from ._sink import OtlpEventSink
 
@@ -160,12 +161,8 @@ def _default_endpoint(signal: Signal, protocol: str) -> str:
 
 def _otlp_span_exporter(endpoint: str, protocol: str, session: HttpSession | None) -> SpanExporter:
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
-
-        return GrpcSpanExporter(endpoint=endpoint)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-
-    return HttpSpanExporter(endpoint=endpoint, session=_session(session))
+        return grpc_span_exporter(endpoint)
+    return http_span_exporter(endpoint, _session(session))
 
 
 def _otlp_metric_exporter(endpoint: str, protocol: str, session: HttpSession | None) -> MetricExporter:
