@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import _renamed
+from ._compat import create_stage_context as create_stage_context
+from ._compat import create_stage_inputs as create_stage_inputs
+from ._compat import install_module_hints
 from ._config import ConfigError as ConfigError
 from ._config import ConfigProvider as ConfigProvider
 from ._config import DictConfigProvider as DictConfigProvider
@@ -23,8 +25,6 @@ from ._context import PipelineContext as PipelineContext
 from ._context import PipelineTimer as PipelineTimer
 from ._context import StageContext as StageContext
 from ._context import StageInputs as StageInputs
-from ._context import create_stage_context as create_stage_context
-from ._context import create_stage_inputs as create_stage_inputs
 from ._errors import CircuitOpenError as CircuitOpenError
 from ._errors import CriticalInterceptorError as CriticalInterceptorError
 from ._errors import CycleError as CycleError
@@ -240,7 +240,7 @@ _OTEL_INTERCEPTORS = ("LoggingInterceptor", "MetricsInterceptor", "TracingInterc
 _ADAPTERS = {"DatabaseEventSink": "._events_db", "PostgresRunStore": "._postgres", "RayExecutor": ".ray"}
 
 
-_renamed.install_module_hints()
+install_module_hints()
 
 
 def __getattr__(name: str) -> Any:
@@ -256,7 +256,9 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_ADAPTERS[name], "stageflow.adapters"), name)
         globals()[name] = value
         return value
-    error = _renamed.old_name_error(name)
+    from ._renamed import old_name_error
+
+    error = old_name_error(name)
     if error is not None:  # stageflow-core 0.9.1's name: say what it is now
         raise error
     msg = f"module {__name__!r} has no attribute {name!r}"

@@ -2,17 +2,13 @@
 
 ``from stageflow import CycleDetectedError`` and ``import stageflow.core`` would otherwise fail with a
 bare ``ImportError``; these name the replacement (``CycleError``; ``from stageflow import ...``) instead.
-Nothing here is importable under the old names: this module only words the errors.
+Nothing here is importable under the old names: this module only words the errors. It is loaded when one
+of those names is asked for (``stageflow.__getattr__`` and the finder in ``stageflow._compat``).
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
-from importlib.machinery import ModuleSpec
-from types import ModuleType
-
-__all__ = ("install_module_hints", "old_name_error")
+__all__ = ("module_message", "old_name_error")
 
 _MIGRATING = "README's 'Migrating from stageflow-core' section lists what replaces it"
 
@@ -122,7 +118,9 @@ def old_name_error(name: str) -> ImportError | None:
     return ImportError(msg, name="stageflow")
 
 
-def _module_message(fullname: str) -> str | None:
+def module_message(fullname: str) -> str | None:
+    """The error message for ``import fullname`` when it is one of 0.9.1's modules, else ``None``."""
+
     def within(module: str) -> bool:
         return fullname == module or fullname.startswith(module + ".")
 
@@ -138,22 +136,3 @@ def _module_message(fullname: str) -> str | None:
             + _MIGRATING
         )
     return None
-
-
-class _OldModuleFinder:
-    """Consulted last, after every real finder missed: words the error for 0.9.1's module names."""
-
-    @staticmethod
-    def find_spec(
-        fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
-    ) -> ModuleSpec | None:
-        message = _module_message(fullname)
-        if message is not None:
-            raise ModuleNotFoundError(message, name=fullname)
-        return None
-
-
-def install_module_hints() -> None:
-    """Append the finder for 0.9.1's module names to ``sys.meta_path`` (once)."""
-    if not any(type(finder) is _OldModuleFinder for finder in sys.meta_path):
-        sys.meta_path.append(_OldModuleFinder())

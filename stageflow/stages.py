@@ -9,7 +9,8 @@ Example::
 
 from __future__ import annotations
 
-from ._context import PipelineContext, StageContext, StageInputs, create_stage_inputs
+from ._compat import create_stage_inputs
+from ._context import PipelineContext, StageContext, StageInputs
 from ._errors import UndeclaredDependencyError
 from ._results import StageResult
 from ._types import Stage, StageKind, StageOutput, StageStatus
