@@ -1,4 +1,8 @@
-"""stageflow-core 0.9.1's public API, item by item, with exact values (see README "Migrating")."""
+"""stageflow-core 0.9.1's public API, item by item, with exact values (see README "Migrating").
+
+The sections follow ``stageflow/_compat.py`` (the context mixins, the factories, the mixins themselves,
+the finder and ``_renamed``'s tables), then the 0.9.1 behaviour the engine's own types keep.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from stageflow import (
     TimeoutInterceptor,
     UndeclaredDependencyError,
     UnifiedStageSpec,
+    _compat,
     clear_event_sink,
     create_stage_context,
     create_stage_inputs,
@@ -80,6 +85,9 @@ def compat_context(**extra: Any) -> PipelineContext:
         execution_mode="practice",
         **extra,
     )
+
+
+# ---------------------------------------------------------------------------- _compat: PipelineContextCompat
 
 
 class TestPipelineContext:
@@ -336,6 +344,396 @@ class TestPipelineContext:
         assert seen == [(USR, SES, "chat_fast", "pipeline", "p", False)]
 
 
+# ------------------------------------------------------------------------------- _compat: StageContextCompat
+
+
+class TestStageContext:
+    def test_stage_context_started_at_and_now(self) -> None:
+        """``StageContext.started_at`` is its timer's start; ``now()`` is UTC."""
+        ctx = make_ctx()
+        assert ctx.started_at == ctx.timer.started_at
+        assert (StageContext.now().tzinfo, ctx.now().tzinfo) == (UTC, UTC)
+
+    def test_stage_context_to_dict(self) -> None:
+        """``StageContext.to_dict`` is the snapshot's dict plus the stage name and start time."""
+        snapshot = full_snapshot()
+        timer = PipelineTimer()
+        ctx = StageContext(snapshot, StageInputs(snapshot), "llm", timer)
+        assert ctx.to_dict() == {
+            **snapshot.to_dict(),
+            "stage_name": "llm",
+            "started_at": timer.started_at.isoformat(),
+        }
+
+    def test_as_pipeline_context(self) -> None:
+        """``as_pipeline_context`` carries the snapshot's ids and the sink, and copies what it is given."""
+        snapshot, sink = full_snapshot(), InMemoryEventSink()
+        ctx = StageContext(snapshot, StageInputs(snapshot), "llm", PipelineTimer(), sink)
+        data, conf = {"d": 1}, {"c": 2}
+        run = ctx.as_pipeline_context(data=data, configuration=conf, service="voice", db="db")
+        assert (run.pipeline_run_id, run.user_id, run.topology, run.execution_mode, run.event_sink) == (
+            RUN,
+            USR,
+            "chat_fast",
+            "practice",
+            sink,
+        )
+        assert (run.data, run.configuration, run.service, run.db) == ({"d": 1}, {"c": 2}, "voice", "db")
+        assert (run.data is not data, run.configuration is not conf) == (True, True)
+        plain = ctx.as_pipeline_context()
+        assert (plain.data, plain.configuration, plain.service, plain.db) == ({}, {}, "pipeline", None)
+
+    def test_record_stage_event_on_a_stage_context(self) -> None:
+        """``StageContext.record_stage_event`` emits ``stage.{status}`` with the stage and context names."""
+        sink = InMemoryEventSink()
+        snapshot = full_snapshot()
+        StageContext(snapshot, StageInputs(snapshot), "entry", PipelineTimer(), sink).record_stage_event(
+            "llm", "completed", tokens=3
+        )
+        assert [(e.type, dict(e.data)) for e in sink.events] == [
+            (
+                "stage.completed",
+                {
+                    "pipeline_run_id": str(RUN),
+                    "request_id": str(REQ),
+                    "execution_mode": "practice",
+                    "stage": "llm",
+                    "status": "completed",
+                    "stage_name": "entry",
+                    "tokens": 3,
+                },
+            )
+        ]
+
+    async def test_record_stage_event_during_a_run(self, sink: InMemoryEventSink) -> None:
+        """In a stage, ``record_stage_event`` goes to the run's sink with the run's tags."""
+
+        async def stage(ctx: StageContext) -> StageOutput:
+            ctx.record_stage_event("s", "progress", n=1)
+            return StageOutput.ok()
+
+        ctx = make_ctx(sink=sink)
+        await Pipeline(name="p").with_stage("s", stage, T).build().run(ctx)
+        [event] = sink.of_type("stage.progress")
+        data = dict(event.data)
+        data.pop("timestamp")
+        assert data == {
+            "run_id": str(ctx.snapshot.pipeline_run_id),
+            "pipeline": "p",
+            "pipeline_run_id": str(ctx.snapshot.pipeline_run_id),
+            "request_id": None,
+            "execution_mode": None,
+            "topology": None,
+            "service": "pipeline",
+            "stage": "s",
+            "status": "progress",
+            "stage_name": "s",
+            "n": 1,
+        }
+
+
+# ------------------------------------------------------------------------------ _compat: PipelineTimerCompat
+
+
+class TestPipelineTimer:
+    def test_timer_started_at_is_utc(self) -> None:
+        """``PipelineTimer.started_at`` is ``pipeline_start_ms`` in UTC; ``perf_start`` is monotonic."""
+        timer = PipelineTimer()
+        assert timer.started_at == datetime.fromtimestamp(timer.pipeline_start_ms / 1000, UTC)
+        assert timer.started_at.tzinfo is UTC
+        assert isinstance(timer.perf_start, float)
+        assert abs(timer.to_wall(timer.perf_start) * 1000 - timer.pipeline_start_ms) < 1
+
+
+# ---------------------------------------------------------------------------------------- _compat: factories
+
+
+class TestFactories:
+    def test_create_stage_inputs(self) -> None:
+        """``create_stage_inputs`` keeps its arguments; declared dependencies become a frozenset."""
+        snapshot = ContextSnapshot()
+        prior = {"a": StageOutput.ok(k=1)}
+        inputs = create_stage_inputs(
+            snapshot, prior_outputs=prior, ports="ports", declared_deps=["a"], stage_name="b", strict=False
+        )
+        assert (inputs.snapshot, dict(inputs.prior_outputs), inputs.ports, inputs.declared_deps) == (
+            snapshot,
+            prior,
+            "ports",
+            frozenset({"a"}),
+        )
+        assert (inputs.stage_name, inputs.strict, inputs.get_from("zzz", "k", 5)) == ("b", False, 5)
+
+    @pytest.mark.parametrize("declared", [None, [], frozenset()], ids=["none", "empty-list", "empty-set"])
+    def test_create_stage_inputs_without_declared_deps_reads_any_stage(self, declared: Any) -> None:
+        """As in 0.9.1, no (or empty) declared dependencies mean any stage may be read."""
+        inputs = create_stage_inputs(
+            ContextSnapshot(), prior_outputs={"a": StageOutput.ok(k=1)}, declared_deps=declared
+        )
+        assert (inputs.declared_deps, inputs.get_from("a", "k"), inputs.get_from("b", "k", 0)) == (None, 1, 0)
+
+    def test_create_stage_inputs_strict_rejects_undeclared(self) -> None:
+        """With declared dependencies, reading another stage raises with 0.9.1's attributes set."""
+        inputs = create_stage_inputs(ContextSnapshot(), declared_deps={"a"}, stage_name="b")
+        with pytest.raises(UndeclaredDependencyError) as caught:
+            inputs.get_from("c", "k")
+        assert (caught.value.stage_name, caught.value.accessing_stage, caught.value.declared_deps) == (
+            "c",
+            "b",
+            frozenset({"a"}),
+        )
+        assert (caught.value.stage, caught.value.wanted) == ("b", "c")
+
+    def test_create_stage_context(self) -> None:
+        """``create_stage_context`` makes the ``StageContext`` of its arguments."""
+        snapshot, timer, sink = ContextSnapshot(), PipelineTimer(), InMemoryEventSink()
+        inputs = create_stage_inputs(snapshot)
+        ctx = create_stage_context(snapshot, inputs, "entry", timer, sink)
+        assert (ctx.snapshot, ctx.inputs, ctx.stage_name, ctx.timer, ctx.event_sink) == (
+            snapshot,
+            inputs,
+            "entry",
+            timer,
+            sink,
+        )
+        assert create_stage_context(snapshot, inputs, "entry", timer).event_sink is None
+
+
+# ---------------------------------------------------------------------------------------- _compat itself
+
+
+PIPELINE_CONTEXT_091 = {
+    "pipeline_run_id",
+    "request_id",
+    "session_id",
+    "user_id",
+    "org_id",
+    "interaction_id",
+    "topology",
+    "execution_mode",
+    "service",
+    "configuration",
+    "db",
+    "canceled",
+    "artifacts",
+    "parent_run_id",
+    "parent_stage_id",
+    "correlation_id",
+    "is_child_run",
+    "is_canceled",
+    "mark_canceled",
+    "set_stage_metadata",
+    "get_stage_metadata",
+    "now",
+    "to_dict",
+    "record_stage_event",
+    "try_emit_event",
+}
+"""0.9.1's ``PipelineContext`` members beyond what a stage sees (README "Migrating")."""
+
+STAGE_CONTEXT_091 = {
+    "pipeline_run_id",
+    "request_id",
+    "execution_mode",
+    "started_at",
+    "now",
+    "to_dict",
+    "as_pipeline_context",
+    "record_stage_event",
+    "try_emit_event",
+}
+"""0.9.1's ``StageContext`` members beyond what a stage sees."""
+
+
+def public_members(cls: type) -> set[str]:
+    return {name for name in vars(cls) if not name.startswith("_")}
+
+
+class TestMixins:
+    def test_each_context_class_inherits_its_mixin(self) -> None:
+        """The public context classes inherit 0.9.1's surface from ``stageflow._compat``'s mixins."""
+        assert (PipelineContext.__bases__, StageContext.__bases__, PipelineTimer.__bases__) == (
+            (_compat.PipelineContextCompat,),
+            (_compat.StageContextCompat,),
+            (_compat.PipelineTimerCompat,),
+        )
+
+    def test_the_091_members_are_defined_once_in_the_mixins(self) -> None:
+        """Each 0.9.1 member is defined by its mixin, and none by the class a stage sees."""
+        pairs = [
+            (_compat.PipelineContextCompat, PipelineContext, PIPELINE_CONTEXT_091),
+            (_compat.StageContextCompat, StageContext, STAGE_CONTEXT_091),
+            (_compat.PipelineTimerCompat, PipelineTimer, {"started_at"}),
+        ]
+        for mixin, cls, members in pairs:
+            assert public_members(mixin) == members, mixin.__name__
+            assert public_members(cls) & members == set(), cls.__name__
+
+    def test_the_factories_are_one_object_on_every_path(self) -> None:
+        """``create_stage_inputs`` and ``create_stage_context`` are ``_compat``'s, from every import path."""
+        assert (stageflow.create_stage_inputs, stageflow.stages.create_stage_inputs) == (
+            _compat.create_stage_inputs,
+            _compat.create_stage_inputs,
+        )
+        assert stageflow.create_stage_context is _compat.create_stage_context
+
+
+# ------------------------------------------------- _compat's finder and _renamed: 0.9.1's names and modules
+
+
+V091_TOP_LEVEL = (
+    "Stage StageKind StageStatus StageOutput StageContext StageArtifact StageEvent StageError StageResult "
+    "create_stage_context PipelineTimer Pipeline UnifiedStageSpec StageGraph StageSpec PipelineContext "
+    "BaseInterceptor InterceptorResult ErrorAction CircuitBreakerInterceptor TimeoutInterceptor "
+    "get_default_interceptors EventSink NoOpEventSink LoggingEventSink get_event_sink set_event_sink "
+    "clear_event_sink RunStore ConfigProvider StageInputs create_stage_inputs"
+).split()
+"""The names stageflow-core 0.9.1 exports from ``stageflow`` that stageflow also has."""
+
+
+class TestImportPaths:
+    def test_top_level_names(self) -> None:
+        """Every shared 0.9.1 top-level name is in ``stageflow.__all__``."""
+        assert [n for n in V091_TOP_LEVEL if n not in stageflow.__all__] == []
+
+    def test_interceptors_are_the_same_objects(self) -> None:
+        """The interceptor names at the top level are ``stageflow.interceptors``'s."""
+        import stageflow.interceptors as interceptors
+
+        names = ["BaseInterceptor", "InterceptorResult", "ErrorAction", "CircuitBreakerInterceptor"]
+        names += ["TimeoutInterceptor", "get_default_interceptors"]
+        assert [getattr(stageflow, n) is getattr(interceptors, n) for n in names] == [True] * len(names)
+
+    def test_otel_interceptors_from_the_top_level(self) -> None:
+        """``from stageflow import TracingInterceptor`` gives stageflow_otel's, outside ``__all__``."""
+        stageflow_otel = pytest.importorskip("stageflow_otel")
+        from stageflow import LoggingInterceptor, MetricsInterceptor, TracingInterceptor
+
+        assert (TracingInterceptor, MetricsInterceptor, LoggingInterceptor) == (
+            stageflow_otel.TracingInterceptor,
+            stageflow_otel.MetricsInterceptor,
+            stageflow_otel.LoggingInterceptor,
+        )
+        assert {"TracingInterceptor", "MetricsInterceptor", "LoggingInterceptor"} & set(
+            stageflow.__all__
+        ) == set()
+
+    def test_unknown_top_level_attribute(self) -> None:
+        """An unknown attribute of ``stageflow`` raises a plain AttributeError."""
+        with pytest.raises(AttributeError, match="^module 'stageflow' has no attribute 'Nope'$"):
+            stageflow.Nope  # noqa: B018
+
+    def test_stages_module(self) -> None:
+        """``stageflow.stages`` exports 0.9.1's context, result, error and factory names."""
+        assert (
+            stageflow.stages.PipelineContext,
+            stageflow.stages.StageResult,
+            stageflow.stages.UndeclaredDependencyError,
+            stageflow.stages.create_stage_inputs,
+        ) == (PipelineContext, stageflow.StageResult, UndeclaredDependencyError, create_stage_inputs)
+        assert {"PipelineContext", "StageResult", "UndeclaredDependencyError", "create_stage_inputs"} <= set(
+            stageflow.stages.__all__
+        )
+
+
+class TestRenamedNames:
+    @pytest.mark.parametrize(
+        ("old", "message"),
+        [
+            (
+                "CycleDetectedError",
+                "CycleDetectedError is CycleError in stageflow: from stageflow import CycleError",
+            ),
+            (
+                "PipelineValidationError",
+                "PipelineValidationError is PipelineDefinitionError in stageflow: "
+                "from stageflow import PipelineDefinitionError",
+            ),
+            (
+                "create_test_stage_context",
+                "create_test_stage_context is stageflow.testing.make_context in stageflow: "
+                "from stageflow.testing import make_context",
+            ),
+            (
+                "WideEventEmitter",
+                "WideEventEmitter is not part of stageflow; README's 'Migrating from stageflow-core' section "
+                "lists what replaces it",
+            ),
+        ],
+        ids=["cycle", "validation", "test-context", "removed"],
+    )
+    def test_importing_an_old_name_names_the_new_one(self, old: str, message: str) -> None:
+        """``from stageflow import <0.9.1 name>`` raises an ``ImportError`` naming what replaces it."""
+        with pytest.raises(ImportError) as info:
+            exec(f"from stageflow import {old}", {})
+        assert (type(info.value), str(info.value)) == (ImportError, f"stageflow-core 0.9.1's {message}")
+
+    def test_every_new_name_exists(self) -> None:
+        """Each old name's replacement is a name stageflow has; no old name is exported."""
+        import importlib
+
+        from stageflow import _renamed
+
+        def resolve(dotted: str) -> object:
+            module, _, attribute = dotted.rpartition(".")
+            if module.startswith("stageflow."):
+                return getattr(importlib.import_module(module), attribute)
+            return getattr(getattr(stageflow, module), attribute) if module else getattr(stageflow, attribute)
+
+        assert sorted({new for new, _ in _renamed.RENAMED.values()}) == [
+            "CircuitBreakerInterceptor",
+            "CircuitOpenError",
+            "CycleError",
+            "PipelineDefinitionError",
+            "PipelineFailedError",
+            "StageGraph.run",
+            "stageflow.testing.make_context",
+        ]
+        assert all(callable(resolve(new)) for new, _ in _renamed.RENAMED.values())
+        assert sorted((set(_renamed.RENAMED) | _renamed.REMOVED) & set(stageflow.__all__)) == []
+
+    @pytest.mark.parametrize(
+        ("module", "message"),
+        [
+            (
+                "stageflow.core",
+                "No module named 'stageflow.core': stageflow-core 0.9.1's inner modules are gone, their "
+                "names are in stageflow itself (from stageflow import Pipeline, StageOutput, StageContext, "
+                "...) and interceptors in stageflow.interceptors (from stageflow.interceptors import "
+                "BaseInterceptor)",
+            ),
+            (
+                "stageflow.pipeline.interceptors",
+                "No module named 'stageflow.pipeline': stageflow-core 0.9.1's inner modules are gone, "
+                "their names are in stageflow itself (from stageflow import Pipeline, StageOutput, "
+                "StageContext, ...) and interceptors in stageflow.interceptors (from stageflow.interceptors "
+                "import BaseInterceptor)",
+            ),
+            (
+                "stageflow.helpers.mocks",
+                "No module named 'stageflow.helpers': stageflow-core 0.9.1's module is not part of "
+                "stageflow; README's 'Migrating from stageflow-core' section lists what replaces it",
+            ),
+            ("stageflow.nothing", "No module named 'stageflow.nothing'"),
+        ],
+        ids=["core", "pipeline-interceptors", "removed", "unknown"],
+    )
+    def test_importing_an_old_module_says_where_its_names_went(self, module: str, message: str) -> None:
+        """Importing one of 0.9.1's modules raises ``ModuleNotFoundError`` saying where its names went."""
+        import importlib
+
+        with pytest.raises(ModuleNotFoundError) as info:
+            importlib.import_module(module)
+        assert str(info.value) == message
+
+    def test_unknown_names_keep_the_usual_errors(self) -> None:
+        """A name 0.9.1 never had stays an ``AttributeError`` (so ``hasattr`` is ``False``)."""
+        assert (hasattr(stageflow, "NoSuchName"), getattr(stageflow, "NoSuchName", 7)) == (False, 7)
+
+
+# --------------------------------------------- 0.9.1 behaviour the engine's own types keep (outside _compat)
+
+
 class TestPipelineStages:
     def test_stages_is_an_ordered_read_only_mapping(self) -> None:
         """``Pipeline.stages`` maps names to specs in order and cannot be changed."""
@@ -528,7 +926,7 @@ class TestStatusStrings:
         assert StageStatus("fail") is StageStatus.FAIL
 
 
-class TestEventsAndInputs:
+class TestEventsAndInputKeys:
     def test_clear_event_sink(self) -> None:
         """``clear_event_sink`` puts the no-op sink back."""
         set_event_sink(InMemoryEventSink())
@@ -558,55 +956,6 @@ class TestEventsAndInputs:
             False,
             False,
         )
-
-    def test_create_stage_inputs(self) -> None:
-        """``create_stage_inputs`` keeps its arguments; declared dependencies become a frozenset."""
-        snapshot = ContextSnapshot()
-        prior = {"a": StageOutput.ok(k=1)}
-        inputs = create_stage_inputs(
-            snapshot, prior_outputs=prior, ports="ports", declared_deps=["a"], stage_name="b", strict=False
-        )
-        assert (inputs.snapshot, dict(inputs.prior_outputs), inputs.ports, inputs.declared_deps) == (
-            snapshot,
-            prior,
-            "ports",
-            frozenset({"a"}),
-        )
-        assert (inputs.stage_name, inputs.strict, inputs.get_from("zzz", "k", 5)) == ("b", False, 5)
-
-    @pytest.mark.parametrize("declared", [None, [], frozenset()], ids=["none", "empty-list", "empty-set"])
-    def test_create_stage_inputs_without_declared_deps_reads_any_stage(self, declared: Any) -> None:
-        """As in 0.9.1, no (or empty) declared dependencies mean any stage may be read."""
-        inputs = create_stage_inputs(
-            ContextSnapshot(), prior_outputs={"a": StageOutput.ok(k=1)}, declared_deps=declared
-        )
-        assert (inputs.declared_deps, inputs.get_from("a", "k"), inputs.get_from("b", "k", 0)) == (None, 1, 0)
-
-    def test_create_stage_inputs_strict_rejects_undeclared(self) -> None:
-        """With declared dependencies, reading another stage raises with 0.9.1's attributes set."""
-        inputs = create_stage_inputs(ContextSnapshot(), declared_deps={"a"}, stage_name="b")
-        with pytest.raises(UndeclaredDependencyError) as caught:
-            inputs.get_from("c", "k")
-        assert (caught.value.stage_name, caught.value.accessing_stage, caught.value.declared_deps) == (
-            "c",
-            "b",
-            frozenset({"a"}),
-        )
-        assert (caught.value.stage, caught.value.wanted) == ("b", "c")
-
-    def test_create_stage_context(self) -> None:
-        """``create_stage_context`` makes the ``StageContext`` of its arguments."""
-        snapshot, timer, sink = ContextSnapshot(), PipelineTimer(), InMemoryEventSink()
-        inputs = create_stage_inputs(snapshot)
-        ctx = create_stage_context(snapshot, inputs, "entry", timer, sink)
-        assert (ctx.snapshot, ctx.inputs, ctx.stage_name, ctx.timer, ctx.event_sink) == (
-            snapshot,
-            inputs,
-            "entry",
-            timer,
-            sink,
-        )
-        assert create_stage_context(snapshot, inputs, "entry", timer).event_sink is None
 
     @pytest.mark.parametrize(
         ("key", "error", "message"),
@@ -650,7 +999,7 @@ class TestEventsAndInputs:
         assert (inputs.get(Key.K), inputs.get_from("a", Key.K), inputs.require_from("a", Key.K)) == (1, 1, 1)
 
 
-class TestContexts:
+class TestSnapshot:
     def test_snapshot_ids(self) -> None:
         """``ContextSnapshot`` reads every id of its ``RunIdentity``."""
         snap = full_snapshot()
@@ -693,172 +1042,6 @@ class TestContexts:
             "created_at": "2026-01-02T03:04:05+00:00",
             **identity,
         }
-
-    def test_timer_started_at_is_utc(self) -> None:
-        """``PipelineTimer.started_at`` is ``pipeline_start_ms`` in UTC; ``perf_start`` is monotonic."""
-        timer = PipelineTimer()
-        assert timer.started_at == datetime.fromtimestamp(timer.pipeline_start_ms / 1000, UTC)
-        assert timer.started_at.tzinfo is UTC
-        assert isinstance(timer.perf_start, float)
-        assert abs(timer.to_wall(timer.perf_start) * 1000 - timer.pipeline_start_ms) < 1
-
-    def test_stage_context_started_at_and_now(self) -> None:
-        """``StageContext.started_at`` is its timer's start; ``now()`` is UTC."""
-        ctx = make_ctx()
-        assert ctx.started_at == ctx.timer.started_at
-        assert (StageContext.now().tzinfo, ctx.now().tzinfo) == (UTC, UTC)
-
-    async def test_began_at_is_the_stage_start(self) -> None:
-        """During a run ``began_at`` is the stage's ``time.perf_counter()`` start, as its result records."""
-        seen: list[float] = []
-
-        async def stage(ctx: StageContext) -> StageOutput:
-            seen.append(ctx.began_at)
-            return StageOutput.ok()
-
-        results = await Pipeline().with_stage("s", stage, T).build().run(make_ctx())
-        assert seen == [results["s"].started_at]
-
-    def test_stage_context_to_dict(self) -> None:
-        """``StageContext.to_dict`` is the snapshot's dict plus the stage name and start time."""
-        snapshot = full_snapshot()
-        timer = PipelineTimer()
-        ctx = StageContext(snapshot, StageInputs(snapshot), "llm", timer)
-        assert ctx.to_dict() == {
-            **snapshot.to_dict(),
-            "stage_name": "llm",
-            "started_at": timer.started_at.isoformat(),
-        }
-
-    def test_as_pipeline_context(self) -> None:
-        """``as_pipeline_context`` carries the snapshot's ids and the sink, and copies what it is given."""
-        snapshot, sink = full_snapshot(), InMemoryEventSink()
-        ctx = StageContext(snapshot, StageInputs(snapshot), "llm", PipelineTimer(), sink)
-        data, conf = {"d": 1}, {"c": 2}
-        run = ctx.as_pipeline_context(data=data, configuration=conf, service="voice", db="db")
-        assert (run.pipeline_run_id, run.user_id, run.topology, run.execution_mode, run.event_sink) == (
-            RUN,
-            USR,
-            "chat_fast",
-            "practice",
-            sink,
-        )
-        assert (run.data, run.configuration, run.service, run.db) == ({"d": 1}, {"c": 2}, "voice", "db")
-        assert (run.data is not data, run.configuration is not conf) == (True, True)
-        plain = ctx.as_pipeline_context()
-        assert (plain.data, plain.configuration, plain.service, plain.db) == ({}, {}, "pipeline", None)
-
-    def test_record_stage_event_on_a_stage_context(self) -> None:
-        """``StageContext.record_stage_event`` emits ``stage.{status}`` with the stage and context names."""
-        sink = InMemoryEventSink()
-        snapshot = full_snapshot()
-        StageContext(snapshot, StageInputs(snapshot), "entry", PipelineTimer(), sink).record_stage_event(
-            "llm", "completed", tokens=3
-        )
-        assert [(e.type, dict(e.data)) for e in sink.events] == [
-            (
-                "stage.completed",
-                {
-                    "pipeline_run_id": str(RUN),
-                    "request_id": str(REQ),
-                    "execution_mode": "practice",
-                    "stage": "llm",
-                    "status": "completed",
-                    "stage_name": "entry",
-                    "tokens": 3,
-                },
-            )
-        ]
-
-    async def test_record_stage_event_during_a_run(self, sink: InMemoryEventSink) -> None:
-        """In a stage, ``record_stage_event`` goes to the run's sink with the run's tags."""
-
-        async def stage(ctx: StageContext) -> StageOutput:
-            ctx.record_stage_event("s", "progress", n=1)
-            return StageOutput.ok()
-
-        ctx = make_ctx(sink=sink)
-        await Pipeline(name="p").with_stage("s", stage, T).build().run(ctx)
-        [event] = sink.of_type("stage.progress")
-        data = dict(event.data)
-        data.pop("timestamp")
-        assert data == {
-            "run_id": str(ctx.snapshot.pipeline_run_id),
-            "pipeline": "p",
-            "pipeline_run_id": str(ctx.snapshot.pipeline_run_id),
-            "request_id": None,
-            "execution_mode": None,
-            "topology": None,
-            "service": "pipeline",
-            "stage": "s",
-            "status": "progress",
-            "stage_name": "s",
-            "n": 1,
-        }
-
-    def test_timeout_default_ms(self) -> None:
-        """``TimeoutInterceptor.DEFAULT_TIMEOUT_MS`` is 0.9.1's 30000 and sets the default (per subclass)."""
-
-        class Quick(TimeoutInterceptor):
-            DEFAULT_TIMEOUT_MS = 1500
-
-        assert (TimeoutInterceptor.DEFAULT_TIMEOUT_MS, TimeoutInterceptor().default) == (30000, 30.0)
-        assert (Quick().default, Quick(2.0).default) == (1.5, 2.0)
-
-
-V091_TOP_LEVEL = (
-    "Stage StageKind StageStatus StageOutput StageContext StageArtifact StageEvent StageError StageResult "
-    "create_stage_context PipelineTimer Pipeline UnifiedStageSpec StageGraph StageSpec PipelineContext "
-    "BaseInterceptor InterceptorResult ErrorAction CircuitBreakerInterceptor TimeoutInterceptor "
-    "get_default_interceptors EventSink NoOpEventSink LoggingEventSink get_event_sink set_event_sink "
-    "clear_event_sink RunStore ConfigProvider StageInputs create_stage_inputs"
-).split()
-"""The names stageflow-core 0.9.1 exports from ``stageflow`` that stageflow also has."""
-
-
-class TestImportPaths:
-    def test_top_level_names(self) -> None:
-        """Every shared 0.9.1 top-level name is in ``stageflow.__all__``."""
-        assert [n for n in V091_TOP_LEVEL if n not in stageflow.__all__] == []
-
-    def test_interceptors_are_the_same_objects(self) -> None:
-        """The interceptor names at the top level are ``stageflow.interceptors``'s."""
-        import stageflow.interceptors as interceptors
-
-        names = ["BaseInterceptor", "InterceptorResult", "ErrorAction", "CircuitBreakerInterceptor"]
-        names += ["TimeoutInterceptor", "get_default_interceptors"]
-        assert [getattr(stageflow, n) is getattr(interceptors, n) for n in names] == [True] * len(names)
-
-    def test_otel_interceptors_from_the_top_level(self) -> None:
-        """``from stageflow import TracingInterceptor`` gives stageflow_otel's, outside ``__all__``."""
-        stageflow_otel = pytest.importorskip("stageflow_otel")
-        from stageflow import LoggingInterceptor, MetricsInterceptor, TracingInterceptor
-
-        assert (TracingInterceptor, MetricsInterceptor, LoggingInterceptor) == (
-            stageflow_otel.TracingInterceptor,
-            stageflow_otel.MetricsInterceptor,
-            stageflow_otel.LoggingInterceptor,
-        )
-        assert {"TracingInterceptor", "MetricsInterceptor", "LoggingInterceptor"} & set(
-            stageflow.__all__
-        ) == set()
-
-    def test_unknown_top_level_attribute(self) -> None:
-        """An unknown attribute of ``stageflow`` raises a plain AttributeError."""
-        with pytest.raises(AttributeError, match="^module 'stageflow' has no attribute 'Nope'$"):
-            stageflow.Nope  # noqa: B018
-
-    def test_stages_module(self) -> None:
-        """``stageflow.stages`` exports 0.9.1's context, result, error and factory names."""
-        assert (
-            stageflow.stages.PipelineContext,
-            stageflow.stages.StageResult,
-            stageflow.stages.UndeclaredDependencyError,
-            stageflow.stages.create_stage_inputs,
-        ) == (PipelineContext, stageflow.StageResult, UndeclaredDependencyError, create_stage_inputs)
-        assert {"PipelineContext", "StageResult", "UndeclaredDependencyError", "create_stage_inputs"} <= set(
-            stageflow.stages.__all__
-        )
 
 
 class TestMigrationDifferences:
@@ -980,6 +1163,15 @@ class TestSmallSignatures:
             "error, duration_ms, version): pass error= and version= by keyword"
         )
 
+    def test_timeout_default_ms(self) -> None:
+        """``TimeoutInterceptor.DEFAULT_TIMEOUT_MS`` is 0.9.1's 30000 and sets the default (per subclass)."""
+
+        class Quick(TimeoutInterceptor):
+            DEFAULT_TIMEOUT_MS = 1500
+
+        assert (TimeoutInterceptor.DEFAULT_TIMEOUT_MS, TimeoutInterceptor().default) == (30000, 30.0)
+        assert (Quick().default, Quick(2.0).default) == (1.5, 2.0)
+
 
 Op = tuple[str, int, int, str]
 """("extend", pipeline index, unused, name) or ("compose", left index, right index, unused)."""
@@ -1083,97 +1275,13 @@ class TestContextClasses:
             sys.setswitchinterval(interval)
         assert (len(bases), problems) == (300, [])
 
+    async def test_began_at_is_the_stage_start(self) -> None:
+        """During a run ``began_at`` is the stage's ``time.perf_counter()`` start, as its result records."""
+        seen: list[float] = []
 
-class TestRenamedNames:
-    @pytest.mark.parametrize(
-        ("old", "message"),
-        [
-            (
-                "CycleDetectedError",
-                "CycleDetectedError is CycleError in stageflow: from stageflow import CycleError",
-            ),
-            (
-                "PipelineValidationError",
-                "PipelineValidationError is PipelineDefinitionError in stageflow: "
-                "from stageflow import PipelineDefinitionError",
-            ),
-            (
-                "create_test_stage_context",
-                "create_test_stage_context is stageflow.testing.make_context in stageflow: "
-                "from stageflow.testing import make_context",
-            ),
-            (
-                "WideEventEmitter",
-                "WideEventEmitter is not part of stageflow; README's 'Migrating from stageflow-core' section "
-                "lists what replaces it",
-            ),
-        ],
-        ids=["cycle", "validation", "test-context", "removed"],
-    )
-    def test_importing_an_old_name_names_the_new_one(self, old: str, message: str) -> None:
-        """``from stageflow import <0.9.1 name>`` raises an ``ImportError`` naming what replaces it."""
-        with pytest.raises(ImportError) as info:
-            exec(f"from stageflow import {old}", {})
-        assert (type(info.value), str(info.value)) == (ImportError, f"stageflow-core 0.9.1's {message}")
+        async def stage(ctx: StageContext) -> StageOutput:
+            seen.append(ctx.began_at)
+            return StageOutput.ok()
 
-    def test_every_new_name_exists(self) -> None:
-        """Each old name's replacement is a name stageflow has; no old name is exported."""
-        import importlib
-
-        from stageflow import _renamed
-
-        def resolve(dotted: str) -> object:
-            module, _, attribute = dotted.rpartition(".")
-            if module.startswith("stageflow."):
-                return getattr(importlib.import_module(module), attribute)
-            return getattr(getattr(stageflow, module), attribute) if module else getattr(stageflow, attribute)
-
-        assert sorted({new for new, _ in _renamed.RENAMED.values()}) == [
-            "CircuitBreakerInterceptor",
-            "CircuitOpenError",
-            "CycleError",
-            "PipelineDefinitionError",
-            "PipelineFailedError",
-            "StageGraph.run",
-            "stageflow.testing.make_context",
-        ]
-        assert all(callable(resolve(new)) for new, _ in _renamed.RENAMED.values())
-        assert sorted((set(_renamed.RENAMED) | _renamed.REMOVED) & set(stageflow.__all__)) == []
-
-    @pytest.mark.parametrize(
-        ("module", "message"),
-        [
-            (
-                "stageflow.core",
-                "No module named 'stageflow.core': stageflow-core 0.9.1's inner modules are gone, their "
-                "names are in stageflow itself (from stageflow import Pipeline, StageOutput, StageContext, "
-                "...) and interceptors in stageflow.interceptors (from stageflow.interceptors import "
-                "BaseInterceptor)",
-            ),
-            (
-                "stageflow.pipeline.interceptors",
-                "No module named 'stageflow.pipeline': stageflow-core 0.9.1's inner modules are gone, "
-                "their names are in stageflow itself (from stageflow import Pipeline, StageOutput, "
-                "StageContext, ...) and interceptors in stageflow.interceptors (from stageflow.interceptors "
-                "import BaseInterceptor)",
-            ),
-            (
-                "stageflow.helpers.mocks",
-                "No module named 'stageflow.helpers': stageflow-core 0.9.1's module is not part of "
-                "stageflow; README's 'Migrating from stageflow-core' section lists what replaces it",
-            ),
-            ("stageflow.nothing", "No module named 'stageflow.nothing'"),
-        ],
-        ids=["core", "pipeline-interceptors", "removed", "unknown"],
-    )
-    def test_importing_an_old_module_says_where_its_names_went(self, module: str, message: str) -> None:
-        """Importing one of 0.9.1's modules raises ``ModuleNotFoundError`` saying where its names went."""
-        import importlib
-
-        with pytest.raises(ModuleNotFoundError) as info:
-            importlib.import_module(module)
-        assert str(info.value) == message
-
-    def test_unknown_names_keep_the_usual_errors(self) -> None:
-        """A name 0.9.1 never had stays an ``AttributeError`` (so ``hasattr`` is ``False``)."""
-        assert (hasattr(stageflow, "NoSuchName"), getattr(stageflow, "NoSuchName", 7)) == (False, 7)
+        results = await Pipeline().with_stage("s", stage, T).build().run(make_ctx())
+        assert seen == [results["s"].started_at]
