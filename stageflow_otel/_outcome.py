@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple, TypeAlias
 
 from stageflow import (
-    CircuitOpenError,
     PipelineCancelledError,
     PipelineContext,
     PipelineFailedError,
@@ -83,9 +82,7 @@ def outcome_of_error(exc: BaseException) -> Outcome:
     if isinstance(exc, asyncio.CancelledError):
         return CANCELLED
     if isinstance(exc, StageTimeoutError):
-        return Outcome(semconv.RESULT_TIMEOUT, semconv.ERROR_TYPE_TIMEOUT, str(exc))
-    if isinstance(exc, CircuitOpenError):
-        return Outcome(semconv.RESULT_ERROR, semconv.ERROR_TYPE_CIRCUIT_OPEN, str(exc))
+        return Outcome(semconv.RESULT_TIMEOUT, error_type_name(exc), str(exc))
     if isinstance(exc, StageFailedError | RetriesExhaustedError):
         return Outcome(semconv.RESULT_FAILURE, error_type_name(exc), str(exc))
     # the core's derivation, also in its stage events' ``error_type``: spans, metrics, logs and span

@@ -69,10 +69,6 @@ _REASON = {
     "pipeline.cancelled": semconv.RUN_CANCEL_REASON,
 }
 
-_ERROR_TYPES: Mapping[str, str] = {
-    stageflow.StageTimeoutError.__name__: semconv.ERROR_TYPE_TIMEOUT,
-    stageflow.CircuitOpenError.__name__: semconv.ERROR_TYPE_CIRCUIT_OPEN,
-}
 _FAILURE_TYPES = frozenset({stageflow.StageFailedError.__name__, stageflow.RetriesExhaustedError.__name__})
 
 _RESULTS = {
@@ -234,7 +230,7 @@ def describe(
     if reason_attribute is not None and isinstance(reason := data.get("reason"), str):
         attributes[reason_attribute] = clean_text(reason, limit)
     if isinstance(error_type, str) and error_type:
-        attributes[semconv.ERROR_TYPE] = clean_text(_ERROR_TYPES.get(error_type, error_type), limit)
+        attributes[semconv.ERROR_TYPE] = clean_text(error_type, limit)
     result = _result(outcome, error_type) if known else None
     if result is not None:
         attributes[semconv.STAGE_RESULT if is_stage else semconv.RUN_RESULT] = result

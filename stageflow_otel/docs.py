@@ -170,7 +170,10 @@ def render_reference() -> str:
         "",
         f"`{semconv.RUN_RESULT}` and `{semconv.STAGE_RESULT}` take the values "
         + ", ".join(f"`{r}`" for r in semconv.RESULTS)
-        + f"; `{semconv.ERROR_TYPE}` is set only on failure (`{semconv.OTHER}` when unknown).",
+        + f"; `{semconv.ERROR_TYPE}` is set only on failure: the exception's class name "
+        f"(`stageflow.error_type_name`), `{semconv.ERROR_TYPE_CANCELLED}` for a cancelled task, "
+        f"`{semconv.ERROR_TYPE_RETRY_REQUESTED}` for a `StageOutput.retry` attempt (`{semconv.OTHER}` "
+        "when unknown).",
         "",
         "### Metrics",
         "",
@@ -201,28 +204,32 @@ def render_reference() -> str:
         "",
         "### Events",
         "",
-        "`OtlpEventSink` (the sink `setup()` installs) maps every executor event onto the trace: each "
-        "event is a **span event** on the span it belongs to, with the event's own timestamp, in the "
-        "order the executor emitted them. `pipeline.*` events are on the run span (`pipeline.created` "
-        "too: the run span starts at its time), `stage.{name}.*` events on that stage's span (the span "
-        "starts at `started` and ends at the event that closes the attempt: `completed`, `failed`, "
-        "`skipped`, `cancelled`, or a `retrying` between two attempts), and the events of a stage that "
-        "never had a span (a conditional stage the executor skipped) on the run span. An event outside "
+        "`TracingInterceptor` puts every event of a traced run on the trace, whatever event sink the run "
+        "was given (none too): each event is a **span event** on the span it belongs to, with the event's "
+        "own timestamp, in the order the executor emitted them. `pipeline.*` events are on the run span "
+        "(the run span starts with its own `pipeline.created` span event, made as it starts), "
+        "`stage.{name}.*` events on that stage's span (the span starts at `started` and ends at the event "
+        "that closes the attempt: `completed`, `failed`, `skipped`, `cancelled`, or a `retrying` between "
+        "two attempts; that event's result wins, so a stage an interceptor fell back from is a `skip` "
+        "span), and the events of a stage that never had a span (a conditional stage the executor "
+        "skipped) on the run span. An event outside "
         f"the taxonomy (a stage's `ctx.try_emit_event(...)`) is named `{semconv.EVENT_OTHER}` and goes on "
         "the span of the stage it names, else the run span. Each has a static "
         f"name, the event's type (such as `stage.llm.completed`) in `{semconv.EVENT_TYPE}`, and the "
         "event data as `stageflow.*` attributes (stage, kind, attempt, wait, duration, reason, "
-        f"`{semconv.ERROR_TYPE}` and the redacted message in `{semconv.EXCEPTION_MESSAGE}`); durations, "
+        f"`{semconv.ERROR_TYPE}`: the exception's class name, and the redacted message in "
+        f"`{semconv.EXCEPTION_MESSAGE}`); durations, "
         "waits and retry delays are seconds rounded to the microsecond, in the log records' body too. "
-        "Span events need `TracingInterceptor` on the graph. Every event is also counted in "
-        f"`{semconv.EVENTS_EMITTED.name}` by `{semconv.EVENT_NAME}`, pipeline and stage.",
+        "`OtlpEventSink` (the sink `setup()` installs) only exports: it counts every event in "
+        f"`{semconv.EVENTS_EMITTED.name}` by `{semconv.EVENT_NAME}`, pipeline and stage, and "
+        "`OtlpEventSink(span_events=False)` keeps its runs' events off the spans.",
         "",
         "**Log records are opt-in**: `STAGEFLOW_EVENT_LOG_RECORDS=true` (or "
         "`setup(event_log_records=True)`, or `OtlpEventSink(log_records=True)`) also exports every event "
         "as an OTLP log record, for searching events in Loki: the same name and attributes as the span "
         f"event plus `{semconv.RUN_ID}` and `{semconv.PIPELINE_NAME}` (which the span event takes from "
-        "its span), the event data as body, the severity below, and the trace context current when the "
-        "event was emitted (the run span; for `pipeline.created` the caller's context). The sink never "
+        "its span), the event data as body, the severity below, and the trace context of the span the "
+        "event went on (for an untraced run, the context current when it was emitted). The sink never "
         "blocks the event loop; a log record that finds the sink's buffer full is dropped and counted in "
         f"`{semconv.EVENTS_DROPPED.name}`.",
         "",

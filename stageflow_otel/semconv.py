@@ -36,9 +36,7 @@ __all__ = (
     "CODE_FUNCTION_NAME",
     "ERROR_TYPE",
     "ERROR_TYPE_CANCELLED",
-    "ERROR_TYPE_CIRCUIT_OPEN",
     "ERROR_TYPE_RETRY_REQUESTED",
-    "ERROR_TYPE_TIMEOUT",
     "EVENTS",
     "EVENTS_EMITTED",
     "EVENT_NAME",
@@ -282,15 +280,13 @@ DROP_CAUSES: Final = (
 )
 """Values of ``cause`` on the telemetry-health ``*.dropped`` counters."""
 
-ERROR_TYPE_TIMEOUT: Final = "timeout"
-"""``error.type`` of a stage that raised ``StageTimeoutError`` (and of its run)."""
-ERROR_TYPE_CIRCUIT_OPEN: Final = "circuit_open"
-"""``error.type`` of a stage refused by an open circuit breaker (``CircuitOpenError``)."""
 ERROR_TYPE_CANCELLED: Final = "cancelled"
 """``error.type`` of a stage or run whose task was cancelled (``asyncio.CancelledError``)."""
 ERROR_TYPE_RETRY_REQUESTED: Final = "retry_requested"
 """``error.type`` of an attempt that returned ``StageOutput.retry`` (another attempt may follow)."""
-# Any other failure uses the exception's class name (``StageFailedError`` for ``StageOutput.fail``).
+# Any other failure uses the exception's class name (``StageFailedError`` for ``StageOutput.fail``,
+# ``StageTimeoutError`` for a timeout, ``CircuitOpenError`` for a call an open breaker refused), qualified
+# when nested (``Client.QuotaError``), as ``stageflow.error_type_name`` gives it.
 
 DEFAULT_VALUE_LENGTH_LIMIT: Final = 4096
 """Characters kept of a string value (attributes, span names, status descriptions, log record bodies)

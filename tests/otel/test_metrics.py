@@ -132,7 +132,7 @@ class TestStageMetrics:
         with pytest.raises(PipelineFailedError):
             await graph.run(entry_ctx())
         assert set(histograms(metric_reader, semconv.STAGE_DURATION.name)) == {
-            stage_attrs("slow", **{"stageflow.stage.result": "timeout", "error.type": "timeout"})
+            stage_attrs("slow", **{"stageflow.stage.result": "timeout", "error.type": "StageTimeoutError"})
         }
 
     async def test_exemplars_carry_stage_span(

@@ -11,10 +11,14 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from stageflow import (
+    BaseInterceptor,
     ContextSnapshot,
+    ErrorAction,
     Pipeline,
+    PipelineContext,
     PipelineFailedError,
     PipelineTimer,
     RunIdentity,
@@ -82,3 +86,51 @@ class TestNestedErrorType:
             if (e.attributes or {}).get(semconv.ERROR_TYPE) is not None
         }
         assert span_event_types == {"Client.QuotaError"}
+
+
+class _FallBack(BaseInterceptor):
+    """Turns any failure into the base class's fallback (a skip), outside the tracing interceptor."""
+
+    name = "fall_back"
+    priority = 5
+
+    async def on_error(self, stage_name: str, error: Exception, ctx: PipelineContext) -> ErrorAction:
+        return ErrorAction.FALLBACK
+
+
+async def flaky(ctx: StageContext) -> StageOutput:
+    raise ConnectionError("search is down")
+
+
+class TestFallback:
+    async def test_a_stage_an_interceptor_fell_back_from_is_a_skip_span(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """The core settled the stage as a skip: its span says ``skip`` with no error, like its events."""
+        graph = (
+            Pipeline(name="p")
+            .with_stage("search", flaky, StageKind.ENRICH)
+            .build(interceptors=[TracingInterceptor(tracer_provider), _FallBack()])
+        )
+        snapshot = ContextSnapshot(run_id=RunIdentity())
+        await graph.run(StageContext(snapshot, StageInputs(snapshot), "entry", PipelineTimer()))
+        spans = {s.name: s for s in span_exporter.get_finished_spans()}
+        stage, run = spans["stage search"], spans["pipeline p"]
+        assert stage.status.status_code is StatusCode.UNSET
+        assert {k: v for k, v in (stage.attributes or {}).items() if k in RESULT_KEYS} == {
+            semconv.STAGE_RESULT: semconv.RESULT_SKIP
+        }
+        # what the stage raised stays visible, next to the events that say how it ended
+        assert [(e.name, (e.attributes or {}).get(semconv.EVENT_TYPE)) for e in stage.events] == [
+            (semconv.EVENTS["stage.started"], "stage.search.started"),
+            (semconv.EXCEPTION_EVENT, None),
+            (semconv.EVENTS["stage.skipped"], "stage.search.skipped"),
+        ]
+        assert (stage.events[2].attributes or {})[semconv.STAGE_RESULT] == semconv.RESULT_SKIP
+        assert run.status.status_code is StatusCode.UNSET
+        assert {k: v for k, v in (run.attributes or {}).items() if k in RESULT_KEYS} == {
+            semconv.RUN_RESULT: semconv.RESULT_SUCCESS
+        }
+
+
+RESULT_KEYS = frozenset({semconv.STAGE_RESULT, semconv.RUN_RESULT, semconv.ERROR_TYPE})

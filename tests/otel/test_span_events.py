@@ -595,13 +595,13 @@ class TestTimeout:
             failed[semconv.STAGE_RESULT],
             failed[semconv.EXCEPTION_MESSAGE],
         ) == (
-            semconv.ERROR_TYPE_TIMEOUT,
+            "StageTimeoutError",
             semconv.RESULT_TIMEOUT,
             "stage 't' timed out after 0.01 s",
         )
         run_failed = attrs(by_name(spans)["pipeline p"], 2)
         assert (run_failed[semconv.ERROR_TYPE], run_failed[semconv.RUN_RESULT]) == (
-            semconv.ERROR_TYPE_TIMEOUT,
+            "StageTimeoutError",
             semconv.RESULT_TIMEOUT,
         )
         assert counts(metric_reader)[E["stage.failed"], "p", "t"] == 1

@@ -307,7 +307,7 @@ class TestFailures:
     async def test_timeout(
         self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
     ) -> None:
-        """A ``StageTimeoutError`` is recorded as result and ``error.type`` ``timeout``."""
+        """A ``StageTimeoutError`` is result ``timeout`` with its class name as ``error.type``."""
         never = asyncio.Event()
 
         async def slow(ctx: StageContext) -> StageOutput:
@@ -329,13 +329,13 @@ class TestFailures:
             assert span.status.status_code is StatusCode.ERROR
             assert {k: (span.attributes or {})[k] for k in (key, "error.type")} == {
                 key: "timeout",
-                "error.type": "timeout",
+                "error.type": "StageTimeoutError",
             }
 
     async def test_circuit_open(
         self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
     ) -> None:
-        """A call refused by an open circuit breaker has ``error.type`` ``circuit_open``."""
+        """A call refused by an open circuit breaker has ``error.type`` ``CircuitOpenError``."""
         breaker = CircuitBreakerInterceptor(failure_threshold=1, recovery_timeout=3600)
         graph = (
             Pipeline(name="p")
@@ -351,7 +351,7 @@ class TestFailures:
         )
         assert [(s.attributes or {})["error.type"] for s in (first, second)] == [
             "RuntimeError",
-            "circuit_open",
+            "CircuitOpenError",
         ]
         assert (second.attributes or {})["stageflow.stage.result"] == "error"
 
