@@ -134,15 +134,32 @@ def _kind(type: str) -> str:
     return type
 
 
+_NAMES: dict[tuple[tuple[str, ...], int | None], tuple[str, ...]] = {}
+"""Lists of names (a stage's dependencies) as attribute values, by value: the same ones recur each run."""
+_MAX_NAMES = 4096
+
+
 def _attribute(value: object, limit: int | None) -> AttributeValue | None:
     if isinstance(value, str):
+        if value.isascii() and (limit is None or len(value) <= limit):
+            return value
         return clean_text(value, limit)
     if isinstance(value, float):  # durations, waits, delays: seconds, rounded to the microsecond
         return round(value, 6)
-    if isinstance(value, bool | int):
+    if isinstance(value, int):  # bool too
         return value
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return tuple(clean_text(v, limit) for v in value)
+    if isinstance(value, (list, tuple)):
+        items = tuple(value)
+        if not all(isinstance(v, str) for v in items):
+            return None
+        key = (items, limit)
+        names = _NAMES.get(key)
+        if names is not None:
+            return names
+        names = tuple(clean_text(v, limit) for v in items)
+        if len(_NAMES) < _MAX_NAMES:
+            _NAMES[key] = names
+        return names
     return None
 
 

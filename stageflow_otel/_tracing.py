@@ -79,6 +79,7 @@ from ._content import (
 from ._export import Backpressure, backpressure_of
 from ._outcome import Outcome, is_api_only, observe_run, observe_stage
 from ._sink import OtlpEventSink
+from ._span import RecordedSpan, StageSpans
 from ._taxonomy import TERMINAL, TaxonomyEvent, describe
 
 __all__ = ("ContentHook", "TracingInterceptor", "inject_context")
@@ -126,13 +127,14 @@ class _StageStatic:
     def __init__(self, info: StageInfo, limit: int | None = None) -> None:
         self.span_name = clean_text(semconv.SPAN_STAGE_PREFIX + info.name, limit)
         self.dependencies = tuple(dict.fromkeys(info.dependencies))
+        # clean once here: spans are recorded with these values as they are (``_span``)
         attributes: dict[str, AttributeValue] = {
-            semconv.PIPELINE_NAME: info.pipeline,
-            semconv.STAGE_NAME: info.name,
-            semconv.STAGE_KIND: info.kind.value,
+            semconv.PIPELINE_NAME: clean_text(info.pipeline, limit),
+            semconv.STAGE_NAME: clean_text(info.name, limit),
+            semconv.STAGE_KIND: clean_text(info.kind.value, limit),
         }
         if self.dependencies:
-            attributes[semconv.STAGE_DEPENDENCIES] = self.dependencies
+            attributes[semconv.STAGE_DEPENDENCIES] = tuple(clean_text(d, limit) for d in self.dependencies)
         function = _function_name(info.runner)
         if function:
             attributes[semconv.CODE_FUNCTION_NAME] = clean_text(function, limit)
@@ -170,7 +172,10 @@ class _StageSpan:
 
 
 def _add_event(span: trace.Span, event: TaxonomyEvent) -> None:
-    span.add_event(event.name, event.attributes, event.timestamp)
+    if type(span) is RecordedSpan:  # the taxonomy's attributes are clean: no second pass
+        span.put_event(event.name, event.attributes, event.timestamp)
+    else:
+        span.add_event(event.name, event.attributes, event.timestamp)
 
 
 _CLOSING_ATTRIBUTES = (
@@ -211,6 +216,7 @@ class _RunTrace:
         "run",
         "run_id",
         "span",
+        "span_context",
         "span_events",
         "stage_spans",
         "static",
@@ -229,6 +235,7 @@ class _RunTrace:
         self.run = run
         self.run_id = str(run.run_id)
         self.span = span
+        self.span_context = span.get_span_context()
         self.context = context
         self.static = static
         self.stage_spans: dict[str, trace.SpanContext] = {}
@@ -433,6 +440,7 @@ class TracingInterceptor(Interceptor):
         self._redact = redact_error
         self._limit = value_length_limit("span")
         self._tracer: Tracer | None = None
+        self._spans: StageSpans | None = None
         self._resolved = False
         self._state: ContextVar[_RunTrace | None] = ContextVar(f"stageflow_otel.tracing.{id(self)}")
         self._statics: weakref.WeakKeyDictionary[StageGraph, dict[str, _StageStatic]] = (
@@ -455,6 +463,7 @@ class TracingInterceptor(Interceptor):
         self._backpressure = backpressure_of(provider)
         self._resolved = True
         if not isinstance(tracer, trace.NoOpTracer):
+            self._spans = StageSpans.of(tracer)
             self._tracer = tracer
         return self._tracer
 
@@ -500,6 +509,10 @@ class TracingInterceptor(Interceptor):
             # Built on the current context, not the extracted one, so ambient values (baggage) reach the
             # stages.
             run_context = trace.set_span_in_context(span)
+            if not span.is_recording():
+                # head sampling dropped the run: its stages (and the spans they open) follow the run
+                # span's decision without spans of their own; its events go to its sink as they are
+                return await self._untraced(run, call_next, run_context)
             state = _RunTrace(self, run, span, run_context, static, sink)
             if state.span_events:
                 _add_event(span, created)
@@ -530,6 +543,16 @@ class TracingInterceptor(Interceptor):
         await self._room()
         return result
 
+    async def _untraced(
+        self, run: PipelineContext, call_next: RunNext, run_context: otel_context.Context
+    ) -> RunResult:
+        """Run a run head sampling dropped under its non-recording span (user spans follow suit)."""
+        token = otel_context.attach(run_context)
+        try:
+            return await call_next(run)
+        finally:
+            otel_context.detach(token)
+
     # --------------------------------------------------------------------------------------- stage
 
     async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
@@ -550,18 +573,30 @@ class TracingInterceptor(Interceptor):
         attributes[semconv.RUN_ID] = state.run_id
         attributes[semconv.STAGE_ATTEMPT] = ctx.attempt
         attributes[semconv.STAGE_WAIT_DURATION] = max(0.0, ctx.began_at - ctx.ready_at)
-        assert self._tracer is not None
         try:
-            span = self._tracer.start_span(
-                static.span_name,
-                context=state.context,
-                kind=_INTERNAL,
-                attributes=attributes,
-                links=links,
-                record_exception=False,
-                set_status_on_exception=False,
-                start_time=state.start_time(stage.name),
-            )
+            start_time = state.start_time(stage.name)
+            spans_of = self._spans
+            if spans_of is not None:
+                span: trace.Span = spans_of.start(
+                    static.span_name,
+                    state.context,
+                    state.span_context,
+                    attributes,
+                    links,
+                    time.time_ns() if start_time is None else start_time,
+                )
+            else:
+                assert self._tracer is not None
+                span = self._tracer.start_span(
+                    static.span_name,
+                    context=state.context,
+                    kind=_INTERNAL,
+                    attributes=attributes,
+                    links=links,
+                    record_exception=False,
+                    set_status_on_exception=False,
+                    start_time=start_time,
+                )
             attempt = state.opened(stage.name, span)
             spans[stage.name] = span.get_span_context()
             # On the current context, not the run's: values set around this span (baggage by an outer
