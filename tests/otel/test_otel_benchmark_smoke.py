@@ -18,6 +18,7 @@ async def test_every_variant_is_measured_and_reported() -> None:
         "bare",
         "empty x2",
         "no-sdk",
+        "dropped",
         "t+m",
         "full",
         "floor",
@@ -30,3 +31,5 @@ async def test_every_variant_is_measured_and_reported() -> None:
     text = otel.report(figures, 4)
     assert "events as span events / as log records (cost over t+m):" in text
     assert "ratio t+m+events overhead / SDK floor with events:" in text
+    assert "ratio default telemetry (t+m, events as span events) overhead / SDK floor with events:" in text
+    assert "tracing, head sampling drops the run" in text
