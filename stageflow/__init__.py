@@ -56,6 +56,7 @@ from ._errors import UndeclaredDependencyError as UndeclaredDependencyError
 from ._errors import UnknownDependencyError as UnknownDependencyError
 from ._errors import UnpicklableStageError as UnpicklableStageError
 from ._errors import UnpicklableValueError as UnpicklableValueError
+from ._errors import error_category as error_category
 from ._errors import error_type_name as error_type_name
 from ._events import EventSink as EventSink
 from ._events import InMemoryEventSink as InMemoryEventSink
@@ -105,6 +106,7 @@ from ._store import set_run_trace_id as set_run_trace_id
 from ._streams import Streaming as Streaming
 from ._streams import StreamReader as StreamReader
 from ._terminal import terminal_safe as terminal_safe
+from ._types import OutcomeCategory as OutcomeCategory
 from ._types import Stage as Stage
 from ._types import StageArtifact as StageArtifact
 from ._types import StageEvent as StageEvent
@@ -157,6 +159,7 @@ __all__ = (
     "LoopMonitor",
     "MalformedRunError",
     "NoOpEventSink",
+    "OutcomeCategory",
     "Pipeline",
     "PipelineCancelledError",
     "PipelineContext",
@@ -222,6 +225,7 @@ __all__ = (
     "current_run_trace_id",
     "dropped_event_count",
     "get_default_interceptors",
+    "error_category",
     "error_type_name",
     "get_event_sink",
     "get_loop_monitor",

@@ -35,14 +35,22 @@
             └── CircuitOpenError                      CircuitBreakerInterceptor
 
 ``asyncio.CancelledError`` is never wrapped or swallowed by stageflow.
+
+Every class has a ``category`` (an ``OutcomeCategory``) that its subclasses inherit: ``StageTimeoutError``
+is a timeout, ``StageFailedError`` and ``RetriesExhaustedError`` are failures, ``PipelineCancelledError`` a
+cancellation, a ``PipelineFailedError`` its failing stage's category, every other class an error.
+``error_category(exc)`` reads it for any exception.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
+
+from ._types import OutcomeCategory
 
 if TYPE_CHECKING:
     from ._results import RunResult
@@ -80,6 +88,7 @@ __all__ = (
     "UnpicklableStageError",
     "UnpicklableValueError",
     "describe",
+    "error_category",
     "error_type_name",
 )
 
@@ -101,6 +110,21 @@ def error_type_name(error: BaseException) -> str:
     return type(error).__qualname__
 
 
+def error_category(error: BaseException) -> OutcomeCategory:
+    """The outcome category of ``error``: what every report of a stage or run that ended with it shows.
+
+    ``asyncio.CancelledError`` is ``CANCELLATION``; an exception with a ``category`` attribute that is an
+    ``OutcomeCategory`` (every ``StageflowError``, and any exception class of yours that sets one) is that
+    category; anything else is ``ERROR``.
+
+    .. versionadded:: 0.11
+    """
+    if isinstance(error, asyncio.CancelledError):
+        return OutcomeCategory.CANCELLATION
+    category = getattr(error, "category", None)
+    return category if isinstance(category, OutcomeCategory) else OutcomeCategory.ERROR
+
+
 def _known(names: Iterable[str], limit: int = 20) -> str:
     ordered = sorted(names)
     if not ordered:
@@ -112,7 +136,17 @@ def _known(names: Iterable[str], limit: int = 20) -> str:
 
 
 class StageflowError(Exception):
-    """Base class of every exception stageflow raises on purpose."""
+    """Base class of every exception stageflow raises on purpose.
+
+    Attributes:
+        category: the ``OutcomeCategory`` of a stage or run that ended with this error (``ERROR`` unless
+            the class says otherwise; subclasses inherit their parent's). ``error_category()`` reads it.
+
+    .. versionchanged:: 0.11
+       ``category``.
+    """
+
+    category: OutcomeCategory = OutcomeCategory.ERROR
 
 
 # --------------------------------------------------------------------------- definition errors
@@ -276,6 +310,8 @@ class PipelineRunError(StageflowError):
     Attributes:
         stage: the stage that ended the run.
         results: the ``RunResult`` of every stage that finished or was cancelled.
+        category: the run's ``OutcomeCategory`` (also ``results.category``): the failing stage's
+            category for ``PipelineFailedError``, ``CANCELLATION`` for ``PipelineCancelledError``.
     """
 
     stage: str
@@ -290,6 +326,8 @@ class PipelineFailedError(PipelineRunError):
         error: that stage's error (also ``__cause__``).
         failures: every stage that failed before the run stopped, in order, with its error.
         results: the partial results (``RunResult``).
+        category: the failing stage's category (``error_category(error)``): ``FAILURE``, ``ERROR`` or
+            ``TIMEOUT``.
     """
 
     def __init__(
@@ -300,6 +338,7 @@ class PipelineFailedError(PipelineRunError):
         results: RunResult,
     ) -> None:
         self.stage, self.error, self.failures, self.results = stage, error, failures, results
+        self.category = error_category(error)  # the failing stage's
         super().__init__(f"stage {stage!r} failed: {type(error).__name__}: {describe(error)}")
 
 
@@ -310,7 +349,10 @@ class PipelineCancelledError(PipelineRunError):
         stage: the stage that cancelled the run.
         reason: the reason it gave.
         results: the partial results (``RunResult``).
+        category: ``CANCELLATION``.
     """
+
+    category = OutcomeCategory.CANCELLATION
 
     def __init__(self, stage: str, reason: str, results: RunResult) -> None:
         self.stage, self.reason, self.results = stage, reason, results
@@ -325,7 +367,9 @@ class StageError(StageflowError):
 
 
 class StageFailedError(StageError):
-    """The stage returned ``StageOutput.fail(error)``."""
+    """The stage returned ``StageOutput.fail(error)``. Its category is ``FAILURE``."""
+
+    category = OutcomeCategory.FAILURE
 
     def __init__(self, stage: str, message: str) -> None:
         self.stage, self.message = stage, message
@@ -466,7 +510,7 @@ class RetryNotConfiguredError(StageError):
 
 
 class RetriesExhaustedError(StageError):
-    """Every attempt the retry policy allowed failed in a retryable way.
+    """Every attempt the retry policy allowed failed in a retryable way. Its category is ``FAILURE``.
 
     Attributes:
         stage: the stage.
@@ -474,6 +518,8 @@ class RetriesExhaustedError(StageError):
         last_error: the last attempt's exception (also ``__cause__``), or ``None`` when the last attempt
             returned ``StageOutput.retry``.
     """
+
+    category = OutcomeCategory.FAILURE
 
     def __init__(
         self, stage: str, attempts: int, message: str | None, *, error: BaseException | None = None
@@ -558,7 +604,9 @@ class StageBlockedError(CriticalInterceptorError):
 
 
 class StageTimeoutError(CriticalInterceptorError, TimeoutError):
-    """A stage ran longer than its timeout."""
+    """A stage ran longer than its timeout. Its category is ``TIMEOUT``."""
+
+    category = OutcomeCategory.TIMEOUT
 
     def __init__(self, stage: str, timeout: float) -> None:
         self.stage, self.timeout = stage, timeout

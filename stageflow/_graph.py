@@ -36,6 +36,7 @@ from ._errors import (
     StageFailedError,
     StageTimeoutError,
     describe,
+    error_category,
     error_type_name,
 )
 from ._events import EventSink, NoOpEventSink, emit, report_once, resolve_sink
@@ -55,7 +56,7 @@ from ._retry import RetryPolicy
 from ._snapshot import ContextSnapshot, RunIdentity
 from ._store import RUN_STORE_TIMEOUT, RunRecord, RunStore, StageRecord
 from ._streams import Channel, StreamCall, StreamState, per_chunk
-from ._types import StageKind, StageOutput, StageStatus
+from ._types import OutcomeCategory, StageKind, StageOutput, StageStatus
 
 __all__ = ("StageGraph", "stage_of_task")
 
@@ -67,6 +68,9 @@ _OK = StageStatus.OK
 _SKIP = StageStatus.SKIP
 _FAIL = StageStatus.FAIL
 _CANCEL = StageStatus.CANCEL
+_SUCCESS = OutcomeCategory.SUCCESS.value
+_SKIPPED = OutcomeCategory.SKIP.value
+_CANCELLED = OutcomeCategory.CANCELLATION.value
 _NO_OUTPUTS: Mapping[str, StageOutput] = MappingProxyType({})
 _new = object.__new__
 
@@ -601,6 +605,7 @@ class _Run:
                 cancelled = await self._stop_running() or cancelled
             if cancelled is not None:  # the caller's cancellation wins, also over a stage's failure
                 results.ended_at = _perf()
+                results.category = OutcomeCategory.CANCELLATION
                 if self.sink is not None:
                     self._emit("pipeline.cancelled", self._summary(reason="cancelled by caller"))
                 await self._record("cancelled", "cancelled by caller")
@@ -611,6 +616,7 @@ class _Run:
                 stage, error = next(iter(self.failures.items()))
             else:  # a sink raised on pipeline.started
                 stage, error = "", self.fatal  # type: ignore[assignment]
+            results.category = error_category(error)
             if self.sink is not None:
                 self._emit(
                     "pipeline.failed",
@@ -622,6 +628,7 @@ class _Run:
             raise PipelineFailedError(stage, error, dict(self.failures), results) from error
         if self.cancelled_by is not None:
             stage, reason = self.cancelled_by
+            results.category = OutcomeCategory.CANCELLATION
             if self.sink is not None:
                 self._emit("pipeline.cancelled", self._summary(stage=stage, reason=reason))
             await self._record("cancelled", f"{stage}: {reason}")
@@ -677,6 +684,7 @@ class _Run:
         results = self.results
         return self._event(
             duration=results.duration,
+            category=results.category.value,
             critical_path=list(results.critical_path),
             stages={
                 name: {"status": r.status.value, "wait": r.wait, "duration": r.duration}
@@ -858,6 +866,7 @@ class _Run:
                             duration=ended - started,
                             wait=started - ready_at,
                             attempts=attempts,
+                            category=_SUCCESS,
                         )
                     else:
                         self._stage_event(
@@ -866,6 +875,7 @@ class _Run:
                             duration=ended - started,
                             wait=started - ready_at,
                             attempts=attempts,
+                            category=_SUCCESS,
                             **_offloaded_or_streamed(hop, state, started),
                         )
                 self._release(i, outcome, ended)
@@ -883,7 +893,11 @@ class _Run:
                 assert output is not None
                 if self.sink is not None:
                     self._stage_event(
-                        node, "skipped", duration=ended - started, reason=output.data.get("reason", "")
+                        node,
+                        "skipped",
+                        duration=ended - started,
+                        reason=output.data.get("reason", ""),
+                        category=_SKIPPED,
                     )
                 self._release(i, output, ended)
             elif status is _FAIL:
@@ -896,6 +910,7 @@ class _Run:
                         error=describe(error),
                         error_type=error_type_name(error),
                         attempts=attempts,
+                        category=error_category(error).value,
                         **(work or {}),
                     )
                 self.failures[node.name] = error
@@ -906,13 +921,17 @@ class _Run:
             elif output is not None:  # returned StageOutput.cancel: the run stops without an error
                 reason = str(output.data.get("cancel_reason", ""))
                 if self.sink is not None:
-                    self._stage_event(node, "cancelled", duration=ended - started, reason=reason)
+                    self._stage_event(
+                        node, "cancelled", duration=ended - started, reason=reason, category=_CANCELLED
+                    )
                 if self.cancelled_by is None and not self.failures:
                     self.cancelled_by = (node.name, reason)
                 self._stop()
             else:  # its task was cancelled
                 if self.sink is not None:
-                    self._stage_event(node, "cancelled", duration=ended - started, **(work or {}))
+                    self._stage_event(
+                        node, "cancelled", duration=ended - started, category=_CANCELLED, **(work or {})
+                    )
                 if not self.stopping:  # cancelled on its own, not by the run: the run ends as cancelled
                     self.cancelled_by = (node.name, "stage task was cancelled")
                     self._stop()
@@ -986,7 +1005,7 @@ class _Run:
             node.name, node.kind, _SKIP, output, None, ready_at, now, now, 0
         )
         if self.sink is not None:
-            self._stage_event(node, "skipped", reason=output.data["reason"], duration=0.0)
+            self._stage_event(node, "skipped", reason=output.data["reason"], duration=0.0, category=_SKIPPED)
         return output
 
     def loop_blocked(self, node: _Node, block: LoopBlock) -> None:

@@ -6,11 +6,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from ._types import StageArtifact, StageEvent, StageKind, StageOutput, StageStatus
+from ._errors import error_category
+from ._types import OutcomeCategory, StageArtifact, StageEvent, StageKind, StageOutput, StageStatus
 
 __all__ = ("Hop", "RunResult", "StageResult", "critical_path")
 
 _EMPTY: Mapping[str, Any] = {}
+_CATEGORY: Mapping[StageStatus, OutcomeCategory] = {
+    StageStatus.OK: OutcomeCategory.SUCCESS,
+    StageStatus.SKIP: OutcomeCategory.SKIP,
+    StageStatus.CANCEL: OutcomeCategory.CANCELLATION,
+}
+"""The category of every final status but ``FAIL`` (whose category is its error's)."""
 
 
 class Hop:
@@ -192,6 +199,21 @@ class StageResult:
         """Seconds from ready (dependencies resolved) to start."""
         return self.started_at - self.ready_at
 
+    @property
+    def category(self) -> OutcomeCategory:
+        """The stage's outcome category: what every report of this stage shows.
+
+        ``OK`` is ``SUCCESS``; ``SKIP`` is ``SKIP`` (a stage's own skip, a conditional skip and an
+        interceptor's fallback alike: ``data["reason"]`` says which); ``CANCEL`` is ``CANCELLATION``;
+        ``FAIL`` is ``error_category(error)``: ``FAILURE`` for ``StageOutput.fail`` and exhausted retries,
+        ``TIMEOUT`` for a ``StageTimeoutError``, else ``ERROR``.
+
+        .. versionadded:: 0.11
+        """
+        return _CATEGORY.get(self.status) or (
+            OutcomeCategory.FAILURE if self.error is None else error_category(self.error)
+        )
+
     def __repr__(self) -> str:
         from .views._timeline import format_seconds  # a view: loaded when first drawn
 
@@ -209,12 +231,24 @@ class RunResult(dict[str, StageResult]):
         run_id: the run id.
         pipeline_name: the pipeline's name.
         started_at, ended_at: the run's ``time.perf_counter()`` bounds.
+        category: the run's ``OutcomeCategory``: ``SUCCESS`` when it completed, its first failing
+            stage's category when it failed (``PipelineFailedError.results``), ``CANCELLATION`` when it
+            was cancelled (``PipelineCancelledError.results``). Set by the executor as the run ends.
         critical_path: the stages, in order, whose durations and waits add up to the run's duration: the
             last stage to finish, then repeatedly the dependency that finished last (the one that made the
             stage ready). Computed on first access from the DAG and the recorded times.
     """
 
-    __slots__ = ("_critical", "_deps", "_streams", "ended_at", "pipeline_name", "run_id", "started_at")
+    __slots__ = (
+        "_critical",
+        "_deps",
+        "_streams",
+        "category",
+        "ended_at",
+        "pipeline_name",
+        "run_id",
+        "started_at",
+    )
 
     def __init__(
         self,
@@ -229,6 +263,7 @@ class RunResult(dict[str, StageResult]):
         self.pipeline_name = pipeline_name
         self.started_at = started_at
         self.ended_at = started_at
+        self.category = OutcomeCategory.SUCCESS
         self._deps = deps
         self._streams = streams  # each consumer's streamed dependencies
         self._critical: tuple[str, ...] | None = None

@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from ._context import StageContext
 
-__all__ = ("Stage", "StageArtifact", "StageEvent", "StageKind", "StageOutput", "StageStatus")
+__all__ = (
+    "OutcomeCategory",
+    "Stage",
+    "StageArtifact",
+    "StageEvent",
+    "StageKind",
+    "StageOutput",
+    "StageStatus",
+)
 
 
 class StageKind(StrEnum):
@@ -61,6 +69,33 @@ class StageStatus(StrEnum):
 
 _LEGACY_STATUS: dict[str, StageStatus] = {"completed": StageStatus.OK, "failed": StageStatus.FAIL}
 """stageflow-core 0.9.1's interceptor status strings, and the status each one equals."""
+
+
+class OutcomeCategory(StrEnum):
+    """What kind of outcome a stage or a run had: the one classification every report reads.
+
+    ``StageResult.category``, ``RunResult.category``, ``PipelineRunError.category``, the ``category`` of
+    every stage-ended and run-ended event, and stageflow_otel's ``stageflow.run.result`` all use these
+    values; an error's category is ``error_category(error)`` (the ``category`` of stageflow's error
+    classes, inherited by their subclasses).
+
+    .. versionadded:: 0.11
+    """
+
+    SUCCESS = "success"
+    """The stage returned ``StageOutput.ok``; the run completed."""
+    FAILURE = "failure"
+    """The stage reported failure itself: ``StageOutput.fail`` (``StageFailedError``) or retries ran out
+    (``RetriesExhaustedError``)."""
+    ERROR = "error"
+    """The stage (or an interceptor, or stageflow on its behalf) raised any other exception."""
+    TIMEOUT = "timeout"
+    """The stage ran past its timeout (``StageTimeoutError`` or a subclass)."""
+    CANCELLATION = "cancellation"
+    """The stage returned ``StageOutput.cancel`` or was cancelled; the run was cancelled."""
+    SKIP = "skip"
+    """The stage did not do its work: it returned ``StageOutput.skip``, a skipped dependency skipped a
+    conditional stage, or an interceptor's fallback finished it (the result's ``reason`` says which)."""
 
 
 def _utc_now() -> datetime:
