@@ -49,3 +49,20 @@ def test_format_report(report: dict[str, Any]) -> None:
     text = burst.format_report(report)
     assert text.splitlines()[1] == "  largest lossless burst: 20 runs"
     assert "complete / bounded:" in text
+
+
+def test_a_tiny_burst_reaches_jaeger_through_the_shipped_collector() -> None:
+    """Twenty runs over each protocol: 11 spans a run (run, 5 stages, 5 of the stages' own) all in Jaeger."""
+    from tests.stack._stack import stack_binary
+
+    stack_binary("otelcol"), stack_binary("jaeger")  # skips (fails in CI) when the stack is not built
+    report = burst.run_jaeger(20)
+    rows = [
+        (b["protocol"], b["produced"], b["in_jaeger"], b["spans_lost"], b["lossless"])
+        for b in report["bursts"]
+    ]
+    assert rows == [("grpc", 220, 220, 0, True), ("http/protobuf", 220, 220, 0, True)]
+    assert burst.JAEGER_SPANS_PER_RUN == 11
+    text = burst.format_jaeger(report).splitlines()
+    assert text[1].split(";")[:2] == ["  grpc           220 of 220 spans in Jaeger", " nothing lost"]
+    json.dumps(report)

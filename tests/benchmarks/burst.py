@@ -5,6 +5,7 @@ Run it (from the repository root)::
     .venv/bin/python -m tests.benchmarks.burst             # search the largest lossless burst (minutes)
     .venv/bin/python -m tests.benchmarks.burst --quick     # the 1,000-run burst and complete mode only
     .venv/bin/python -m tests.benchmarks.burst --json out.json
+    .venv/bin/python -m tests.benchmarks.burst --jaeger 5000   # through the real collector to Jaeger
 
 A *burst* of N starts N concurrent runs of the 5-stage diamond (``a -> b, c, d -> e``) at once
 (``asyncio.gather``) with full telemetry: ``stageflow_otel.setup()`` with its defaults (but the loop
@@ -23,6 +24,15 @@ run. The search
 doubles N from ``start`` until a burst loses something, then bisects to ``precision``. Then the
 ``complete`` mode (``STAGEFLOW_OTEL_MODE=complete``) runs ``complete_runs`` concurrent runs, which must
 be lossless, and reports its duration next to the bounded mode's and the bare graph's at the same N.
+
+``--jaeger N`` is the burst as a user sees it: N concurrent runs of the diamond whose every stage opens
+one span of its own (11 spans a run), in a fresh process with ``setup()``'s defaults (only the service
+name and the OTLP endpoint and protocol set), exporting to the shipped collector config
+(``collector/otelcol.yaml``), which forwards to a real Jaeger (``collector/jaeger/config.yaml``), both
+built by ``collector/build-stack.sh`` and started on free loopback ports (``tests/benchmarks/_stack.py``);
+once over OTLP/gRPC, once over OTLP/HTTP. After ``force_flush()`` the burst is lossless when Jaeger holds
+every span and nothing was counted lost; either way it reports whether Jaeger's spans plus the counted
+losses make up every span produced.
 """
 
 from __future__ import annotations
@@ -43,7 +53,19 @@ from typing import Any
 from stageflow import EventSink, StageGraph
 from tests.benchmarks.throughput import EVENTS_PER_RUN, SPANS_PER_RUN, Receiver, _entry, diamond
 
-__all__ = ("EVENTS_PER_RUN", "SPANS_PER_RUN", "Burst", "Settings", "format_report", "main", "run_benchmark")
+__all__ = (
+    "EVENTS_PER_RUN",
+    "JAEGER_SPANS_PER_RUN",
+    "SPANS_PER_RUN",
+    "Burst",
+    "JaegerBurst",
+    "Settings",
+    "format_jaeger",
+    "format_report",
+    "main",
+    "run_benchmark",
+    "run_jaeger",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +161,25 @@ def _burst_process(conn: Connection, variant: str, runs: int, environment: dict[
             _telemetry_burst(loop, result)
     finally:
         loop.close()
-    result.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result.peak_rss_mib = _peak_rss_mib()
     conn.send(asdict(result))
     conn.close()
+
+
+def _peak_rss_mib() -> float:
+    """This process's own peak resident memory (MiB).
+
+    ``VmHWM``, not ``getrusage``'s ``ru_maxrss``: Linux keeps the latter across ``execve``, so a child
+    spawned by a parent that once held more would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _idle_telemetry() -> None:
@@ -318,6 +356,151 @@ def _causes(lost: dict[str, dict[str, int]]) -> str:
     return ", ".join(parts) or "nothing counted"
 
 
+# --------------------------------------------------------------------------- to Jaeger, as a user would
+
+USER_SPANS_PER_RUN = 5
+"""Each stage of the Jaeger burst opens one span of its own."""
+JAEGER_SPANS_PER_RUN = SPANS_PER_RUN + USER_SPANS_PER_RUN
+
+
+@dataclass(slots=True)
+class JaegerBurst:
+    """One burst exported through the shipped collector to Jaeger, with ``setup()``'s defaults."""
+
+    protocol: str
+    runs: int
+    produced: int = 0
+    """Spans ended in the process (``JAEGER_SPANS_PER_RUN`` per run)."""
+    in_jaeger: int = 0
+    """Spans of the burst's service that Jaeger holds once the flow settled."""
+    lost: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+    """From the first run's start to the end of ``force_flush()``."""
+    burst_seconds: float = 0.0
+    """From the first run's start to the last run's end."""
+    peak_rss_mib: float = 0.0
+    flushed: bool = True
+
+    @property
+    def spans_lost(self) -> int:
+        return sum(self.lost.get("spans", {}).values())
+
+    @property
+    def lossless(self) -> bool:
+        return self.flushed and self.spans_lost == 0 and self.in_jaeger == self.produced
+
+    @property
+    def exact(self) -> bool:
+        """Every span reached Jaeger or was counted lost."""
+        return self.in_jaeger + self.spans_lost == self.produced
+
+
+def _user_diamond(tracer: Any) -> Any:
+    """The 5-stage diamond whose every stage opens one span of its own."""
+    from stageflow import Pipeline, StageContext, StageKind, StageOutput
+
+    async def body(ctx: StageContext) -> StageOutput:
+        with tracer.start_as_current_span("user work"):
+            return StageOutput.ok(x=1)
+
+    t = StageKind.TRANSFORM
+    return (
+        Pipeline(name="burst")
+        .with_stage("a", body, t)
+        .with_stage("b", body, t, dependencies=("a",))
+        .with_stage("c", body, t, dependencies=("a",))
+        .with_stage("d", body, t, dependencies=("a",))
+        .with_stage("e", body, t, dependencies=("b", "c", "d"))
+    )
+
+
+def _jaeger_process(conn: Connection, protocol: str, runs: int, environment: dict[str, str]) -> None:
+    os.environ.update(environment)
+    from opentelemetry import trace
+
+    import stageflow_otel
+
+    result = JaegerBurst(protocol, runs, produced=JAEGER_SPANS_PER_RUN * runs)
+    telemetry = stageflow_otel.setup()  # every default; the service name comes from OTEL_SERVICE_NAME
+    graph = _user_diamond(trace.get_tracer("burst.user")).build(
+        interceptors=[
+            stageflow_otel.TracingInterceptor(telemetry.tracer_provider),
+            stageflow_otel.MetricsInterceptor(telemetry.meter_provider),
+        ]
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        start = time.perf_counter()
+        loop.run_until_complete(_all(graph, telemetry.event_sink, runs))
+        result.burst_seconds = time.perf_counter() - start
+        result.flushed = telemetry.force_flush(timeout=300.0)
+        result.seconds = time.perf_counter() - start
+        result.lost = {kind: dict(causes) for kind, causes in telemetry.lost.items()}
+    finally:
+        telemetry.shutdown(timeout=30.0)
+        loop.close()
+    result.peak_rss_mib = _peak_rss_mib()
+    conn.send(asdict(result))
+    conn.close()
+
+
+def jaeger_burst(stack: Any, protocol: str, runs: int) -> JaegerBurst:
+    """``runs`` concurrent runs in a fresh process exporting to ``stack``'s collector over ``protocol``."""
+    service = f"burst-{protocol.split('/')[0]}-{runs}-{time.time_ns()}"
+    environment = {
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": stack.grpc if protocol == "grpc" else stack.http,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+    }
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_jaeger_process, args=(child, protocol, runs, environment))
+    process.start()
+    child.close()
+    try:
+        data = parent.recv()
+    finally:
+        process.join(60)
+        parent.close()
+    result = JaegerBurst(**data)
+    result.in_jaeger = stack.settled_spans(service, result.produced, traces=runs + 100)
+    return result
+
+
+def run_jaeger(runs: int, protocols: Sequence[str] = ("grpc", "http/protobuf")) -> dict[str, Any]:
+    """The burst of ``runs`` runs to Jaeger over each protocol; the JSON-able report."""
+    from tests.benchmarks._stack import JaegerStack
+
+    stack = JaegerStack()
+    try:
+        results = [jaeger_burst(stack, protocol, runs) for protocol in protocols]
+    finally:
+        stack.stop()
+    return {
+        "runs": runs,
+        "bursts": [
+            asdict(r) | {"lossless": r.lossless, "exact": r.exact, "spans_lost": r.spans_lost}
+            for r in results
+        ],
+    }
+
+
+def format_jaeger(report: dict[str, Any]) -> str:
+    """The Jaeger bursts as text."""
+    lines = [
+        f"{report['runs']} concurrent 5-stage runs, a span of their own in each stage, setup() defaults, "
+        "through the shipped collector to Jaeger:"
+    ]
+    for b in report["bursts"]:
+        verdict = "nothing lost" if b["lossless"] else f"lost {b['spans_lost']} ({_causes(b['lost'])})"
+        lines.append(
+            f"  {b['protocol']:<14} {b['in_jaeger']} of {b['produced']} spans in Jaeger; {verdict}; "
+            f"counted exactly: {b['exact']}; burst {b['burst_seconds']:.2f} s, flushed after "
+            f"{b['seconds']:.2f} s; peak {b['peak_rss_mib']:.0f} MiB"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the search and print the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -325,7 +508,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--start", type=int, help="first burst size")
     parser.add_argument("--complete-runs", type=int, help="runs of the complete-mode trial")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    parser.add_argument(
+        "--jaeger",
+        type=int,
+        metavar="RUNS",
+        help="instead: RUNS runs, a span of their own in each stage, through the collector to Jaeger",
+    )
     args = parser.parse_args(argv)
+    if args.jaeger is not None:
+        report = run_jaeger(args.jaeger)
+        print(format_jaeger(report))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as out:
+                json.dump(report, out, indent=2)
+        return 0
     settings = Settings.quick() if args.quick else Settings()
     changes: dict[str, Any] = {}
     if args.start is not None:
