@@ -148,6 +148,12 @@ class RecordedSpan(trace.Span, ReadableSpan):
     ) -> None:
         limits = owner._limits
         max_links = limits.max_links
+        max_attributes = limits.max_span_attributes
+        dropped = 0
+        if max_attributes is not None and len(attributes) > max_attributes:
+            # as the SDK inserting them one by one: the oldest go
+            dropped = len(attributes) - max_attributes
+            attributes = dict(list(attributes.items())[dropped:])
         ReadableSpan.__init__(
             self,
             name=name,
@@ -167,7 +173,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
             instrumentation_scope=owner._scope,
         )
         self._owner = owner
-        self._dropped_attributes = 0
+        self._dropped_attributes = dropped
 
     # --------------------------------------------------------------------------- ReadableSpan
 

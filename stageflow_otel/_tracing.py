@@ -353,6 +353,23 @@ class _RunTrace:
             self._end(attempt, None, attempt.end_time)
 
 
+_failed_sinks: weakref.WeakSet[object] = weakref.WeakSet()
+_failed_sink_ids: set[int] = set()
+
+
+def _sink_failed(sink: object, exc: Exception) -> None:
+    """Log once per sink that a run's sink raised (the sink, not each run's wrapper of it)."""
+    try:
+        if sink in _failed_sinks:
+            return
+        _failed_sinks.add(sink)
+    except TypeError:  # not weak-referenceable: once per id
+        if id(sink) in _failed_sink_ids:
+            return
+        _failed_sink_ids.add(id(sink))
+    logger.error("stageflow_otel: event sink %r failed and is ignored: %r", sink, exc)
+
+
 class _TracedSink:
     """A traced run's sink: every event goes on its span first, then on to the sink the run was given.
 
@@ -372,22 +389,27 @@ class _TracedSink:
         state = self._state
         if state.on_event(type, data):
             return
-        if state.interceptor._state.get(None) is state:
-            self.inner.try_emit(type=type, data=data)
-            return
-        # emitted outside the run's context (the loop monitor's heartbeat reports a block): the run's sink
-        # sees the context of the span the event went on, as it would inside the run
-        stage = None if data is None else data.get("stage")
-        token = otel_context.attach(state.context_of(stage if isinstance(stage, str) else None))
+        token = None
+        if state.interceptor._state.get(None) is not state:
+            # emitted outside the run's context (the loop monitor's heartbeat reports a block): the run's
+            # sink sees the context of the span the event went on, as it would inside the run
+            stage = None if data is None else data.get("stage")
+            token = otel_context.attach(state.context_of(stage if isinstance(stage, str) else None))
         try:
             self.inner.try_emit(type=type, data=data)
+        except Exception as exc:  # the run's sink never affects the run (nor this run's spans)
+            _sink_failed(self.inner, exc)
         finally:
-            otel_context.detach(token)
+            if token is not None:
+                otel_context.detach(token)
 
     async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
         """``try_emit``'s awaitable twin: the run's sink's ``emit`` is awaited."""
         if not self._state.on_event(type, data):
-            await self.inner.emit(type=type, data=data)
+            try:
+                await self.inner.emit(type=type, data=data)
+            except Exception as exc:
+                _sink_failed(self.inner, exc)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
