@@ -1,6 +1,8 @@
 """How a stage or a run ended, in the ``stageflow.*.result`` / ``error.type`` vocabulary of ``semconv``.
 
-Shared by the tracing, metrics and logging interceptors so the three signals always agree. Also holds the
+Read from the core's outcome (``stageflow.error_category``, ``PipelineRunError.category``,
+``error_type_name``), never re-derived: shared by the tracing, metrics and logging interceptors so the three
+signals agree with each other and with the core's events. Also holds the
 "is a real SDK configured?" test the fast paths use.
 """
 
@@ -15,14 +17,13 @@ from stageflow import (
     PipelineContext,
     PipelineFailedError,
     PipelineRunError,
-    RetriesExhaustedError,
     RunResult,
     StageContext,
     StageFailedError,
     StageOutput,
     StageResult,
     StageStatus,
-    StageTimeoutError,
+    error_category,
     error_type_name,
 )
 from stageflow.interceptors import CallNext, RunNext
@@ -78,23 +79,18 @@ def outcome_of_output(output: StageOutput) -> Outcome:
 
 
 def outcome_of_error(exc: BaseException) -> Outcome:
-    """The outcome of a stage (or run) that raised ``exc``."""
+    """The outcome of a stage (or run) that raised ``exc``: the core's category (``error_category``) and
+    the core's name for the error (``error_type_name``), so every signal agrees with the core's events."""
     if isinstance(exc, asyncio.CancelledError):
         return CANCELLED
-    if isinstance(exc, StageTimeoutError):
-        return Outcome(semconv.RESULT_TIMEOUT, error_type_name(exc), str(exc))
-    if isinstance(exc, StageFailedError | RetriesExhaustedError):
-        return Outcome(semconv.RESULT_FAILURE, error_type_name(exc), str(exc))
-    # the core's derivation, also in its stage events' ``error_type``: spans, metrics, logs and span
-    # events built from events all name a nested ``Client.QuotaError`` the same way
-    return Outcome(semconv.RESULT_ERROR, error_type_name(exc) or semconv.OTHER, str(exc))
+    return Outcome(error_category(exc).value, error_type_name(exc) or semconv.OTHER, str(exc))
 
 
 def outcome_of_run_error(exc: BaseException) -> Outcome:
-    """The outcome of a run that raised ``exc``: a failed run takes its first failing stage's outcome."""
+    """The outcome of a run that raised ``exc``: its ``category`` (a failed run's is its first failing
+    stage's), with that stage's error type."""
     if isinstance(exc, PipelineFailedError):
-        inner = outcome_of_error(exc.error)
-        return Outcome(inner.result, inner.error_type, str(exc))
+        return Outcome(exc.category.value, outcome_of_error(exc.error).error_type, str(exc))
     if isinstance(exc, PipelineCancelledError):
         return CANCELLATION
     return outcome_of_error(exc)

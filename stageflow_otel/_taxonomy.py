@@ -16,8 +16,6 @@ from typing import Any
 
 from opentelemetry.util.types import AttributeValue
 
-import stageflow
-
 from . import semconv
 from ._content import ErrorDetails, ErrorRedactor, clean_text, redact_error_message, redacted_message
 
@@ -69,13 +67,14 @@ _REASON = {
     "pipeline.cancelled": semconv.RUN_CANCEL_REASON,
 }
 
-_FAILURE_TYPES = frozenset({stageflow.StageFailedError.__name__, stageflow.RetriesExhaustedError.__name__})
-
 _RESULTS = {
     "completed": semconv.RESULT_SUCCESS,
+    "failed": semconv.RESULT_ERROR,
     "skipped": semconv.RESULT_SKIP,
     "cancelled": semconv.RESULT_CANCELLATION,
 }
+"""The result of a closing event that carries no ``category`` (one a caller emitted with a taxonomy type)."""
+_CATEGORIES = frozenset(semconv.RESULTS)
 
 
 class TaxonomyEvent:
@@ -163,14 +162,12 @@ def _attribute(value: object, limit: int | None) -> AttributeValue | None:
     return None
 
 
-def _result(outcome: str, error_type: object) -> str | None:
-    if outcome == "failed":
-        if error_type in _FAILURE_TYPES:
-            return semconv.RESULT_FAILURE
-        if error_type == stageflow.StageTimeoutError.__name__:
-            return semconv.RESULT_TIMEOUT
-        return semconv.RESULT_ERROR
-    return _RESULTS.get(outcome)
+def _result(outcome: str, category: object) -> str | None:
+    """A closing event's result: the core's ``category`` it carries, never re-derived."""
+    result = _RESULTS.get(outcome)
+    if result is not None and isinstance(category, str) and category in _CATEGORIES:
+        return category
+    return result
 
 
 _Shape = tuple[str, str, str, bool, Mapping[str, str], "str | None", bool, str]
@@ -248,7 +245,7 @@ def describe(
         attributes[reason_attribute] = clean_text(reason, limit)
     if isinstance(error_type, str) and error_type:
         attributes[semconv.ERROR_TYPE] = clean_text(error_type, limit)
-    result = _result(outcome, error_type) if known else None
+    result = _result(outcome, data.get("category")) if known else None
     if result is not None:
         attributes[semconv.STAGE_RESULT if is_stage else semconv.RUN_RESULT] = result
     stage = data.get("stage")

@@ -26,6 +26,7 @@ from stageflow import (
     StageInputs,
     StageKind,
     StageOutput,
+    StageTimeoutError,
     error_type_name,
 )
 from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
@@ -134,3 +135,67 @@ class TestFallback:
 
 
 RESULT_KEYS = frozenset({semconv.STAGE_RESULT, semconv.RUN_RESULT, semconv.ERROR_TYPE})
+
+
+class ProviderTimeoutError(StageTimeoutError):
+    """A timeout of the user's own, a subclass of the core's."""
+
+
+async def provider_timed_out(ctx: StageContext) -> StageOutput:
+    raise ProviderTimeoutError("llm", 2.0)
+
+
+class TestTimeoutSubclass:
+    async def test_a_subclass_of_stage_timeout_error_is_a_timeout_on_spans_and_events_alike(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        logger_provider: LoggerProvider,
+        log_exporter: InMemoryLogRecordExporter,
+        meter_provider: MeterProvider,
+    ) -> None:
+        """Span, span events and log records all say result ``timeout`` and the subclass's name."""
+        sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider, log_records=True)
+        graph = (
+            Pipeline(name="p")
+            .with_stage("llm", provider_timed_out, StageKind.WORK)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        snapshot = ContextSnapshot(run_id=RunIdentity())
+        with pytest.raises(PipelineFailedError):
+            await graph.run(StageContext(snapshot, StageInputs(snapshot), "entry", PipelineTimer(), sink))
+        assert sink.flush(timeout=5.0)
+        sink.shutdown(timeout=5.0)
+        expected = (semconv.RESULT_TIMEOUT, "ProviderTimeoutError")
+        spans = {s.name: s for s in span_exporter.get_finished_spans()}
+        stage, run = spans["stage llm"], spans["pipeline p"]
+        assert (
+            (stage.attributes or {})[semconv.STAGE_RESULT],
+            (stage.attributes or {})[semconv.ERROR_TYPE],
+        ) == (expected)
+        assert (
+            (run.attributes or {})[semconv.RUN_RESULT],
+            (run.attributes or {})[semconv.ERROR_TYPE],
+        ) == expected
+        closing = {
+            str((e.attributes or {})[semconv.EVENT_TYPE]): e.attributes or {}
+            for s in (stage, run)
+            for e in s.events
+            if e.name != semconv.EXCEPTION_EVENT
+        }
+        assert (
+            closing["stage.llm.failed"][semconv.STAGE_RESULT],
+            closing["stage.llm.failed"][semconv.ERROR_TYPE],
+        ) == expected
+        assert (
+            closing["pipeline.failed"][semconv.RUN_RESULT],
+            closing["pipeline.failed"][semconv.ERROR_TYPE],
+        ) == expected
+        records = {
+            str((r.log_record.attributes or {})[semconv.EVENT_TYPE]): r.log_record.attributes or {}
+            for r in log_exporter.get_finished_logs()
+        }
+        assert (
+            records["stage.llm.failed"][semconv.STAGE_RESULT],
+            records["stage.llm.failed"][semconv.ERROR_TYPE],
+        ) == expected
