@@ -75,11 +75,10 @@ __all__ = (
     "Guard",
     "HttpSession",
     "Parking",
-    "CountingLogExporter",
+    "CountingExporter",
     "BoundedLogProcessor",
     "CountingMetricExporter",
     "Signal",
-    "CountingSpanExporter",
     "BoundedSpanProcessor",
     "backpressure_of",
     "register_backpressure",
@@ -419,7 +418,7 @@ _T = TypeVar("_T")
 
 
 def split(
-    items: Sequence[_T], estimate: Callable[[_T], int], size: Callable[[_T], int], limit: int
+    items: Sequence[_T], limit: int, *, estimate: Callable[[_T], int], size: Callable[[_T], int]
 ) -> tuple[list[Sequence[_T]], list[_T]]:
     """``items`` as batches whose encoding fits in ``limit`` bytes, and the items too large alone.
 
@@ -666,86 +665,86 @@ class Guard:
         return "timeout" if self.aborted else "export_failed"
 
 
-class CountingSpanExporter(SpanExporter):
-    """Settles every span batch in ``books``: exported, or lost and counted."""
-
-    def __init__(
-        self, inner: SpanExporter, accounting: Accounting, books: Books, max_bytes: int = DEFAULT_MAX_BYTES
-    ) -> None:
-        self.guard = Guard(inner, "traces", accounting)
-        self._inner = inner
-        self._books = books
-        self.max_bytes = max_bytes
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        token = self._books.taken(len(spans), 0)
-        chunks, oversized = split(spans, _span_estimate, _span_size, self.max_bytes)
-        self._books.lose(token, len(oversized), 0, "too_large")
-        ok = True
-        for chunk in chunks:
-            result = SpanExportResult.FAILURE
-            if not self.guard.aborted:
-                try:
-                    result = self._inner.export(chunk)
-                except Exception:
-                    logger.debug("stageflow_otel: span export raised", exc_info=True)
-            if result is not SpanExportResult.SUCCESS:
-                ok = False
-                self.guard.accounting.failed("traces")
-                self._books.lose(token, len(chunk), 0, self.guard.failure_cause)
-        self._books.settled(token, None)
-        return SpanExportResult.SUCCESS if ok and not oversized else SpanExportResult.FAILURE
-
-    def shutdown(self, timeout_millis: float = 30_000) -> None:
-        self.guard.shutdown(timeout_millis)
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._inner.force_flush(timeout_millis)
+def _events_in(batch: Sequence[Any]) -> int:
+    """How many log records of ``batch`` are events (0 for spans: their events travel inside them)."""
+    return sum(
+        1
+        for r in batch
+        if isinstance(r, ReadableLogRecord) and semconv.EVENT_TYPE in (r.log_record.attributes or {})
+    )
 
 
-def _events_in(batch: Sequence[ReadableLogRecord]) -> int:
-    return sum(1 for r in batch if semconv.EVENT_TYPE in (r.log_record.attributes or {}))
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """What differs between exporting spans and exporting log records."""
+
+    signal: Signal
+    success: Any
+    failure: Any
+    estimate: Callable[[Any], int]
+    size: Callable[[Any], int]
 
 
-class CountingLogExporter(LogRecordExporter):
-    """Settles every log record batch in ``books``: exported, or lost and counted."""
+_SPANS = _Kind("traces", SpanExportResult.SUCCESS, SpanExportResult.FAILURE, _span_estimate, _span_size)
+_LOG_RECORDS = _Kind(
+    "logs", LogRecordExportResult.SUCCESS, LogRecordExportResult.FAILURE, _record_estimate, _record_size
+)
+
+
+class CountingExporter(SpanExporter, LogRecordExporter):
+    """Settles every span or log record batch in ``books``: exported, or lost and counted by cause.
+
+    A batch whose encoding would pass ``max_bytes`` goes out in several requests, and an item too
+    large alone is counted ``too_large``: the exporter's own exact split when it has one (a ``requests``
+    method, as ``_otlp``'s span exporters: ``requests(items, limit) -> (requests, too large)``), else
+    ``split`` on estimated sizes.
+    """
 
     def __init__(
         self,
-        inner: LogRecordExporter,
+        inner: SpanExporter | LogRecordExporter,
+        signal: Literal["traces", "logs"],
         accounting: Accounting,
         books: Books,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
-        self.guard = Guard(inner, "logs", accounting)
-        self._inner = inner
+        self.guard = Guard(inner, signal, accounting)
+        self._inner: Any = inner
+        self._kind = _SPANS if signal == "traces" else _LOG_RECORDS
         self._books = books
         self.max_bytes = max_bytes
+        requests = getattr(inner, "requests", None)
+        self._requests: Callable[[Sequence[Any], int], tuple[list[Sequence[Any]], list[Any]]] = (
+            requests
+            if callable(requests)
+            else partial(split, estimate=self._kind.estimate, size=self._kind.size)
+        )
 
-    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+    def export(self, batch: Sequence[Any]) -> Any:
+        kind = self._kind
         token = self._books.taken(len(batch), _events_in(batch))
-        chunks, oversized = split(batch, _record_estimate, _record_size, self.max_bytes)
+        chunks, oversized = self._requests(batch, self.max_bytes)
         self._books.lose(token, len(oversized), _events_in(oversized), "too_large")
         ok = True
         for chunk in chunks:
-            result = LogRecordExportResult.FAILURE
+            result = kind.failure
             if not self.guard.aborted:
                 try:
                     result = self._inner.export(chunk)
                 except Exception:
-                    logger.debug("stageflow_otel: log export raised", exc_info=True)
-            if result is not LogRecordExportResult.SUCCESS:
+                    logger.debug("stageflow_otel: %s export raised", kind.signal, exc_info=True)
+            if result is not kind.success:
                 ok = False
-                self.guard.accounting.failed("logs")
+                self.guard.accounting.failed(kind.signal)
                 self._books.lose(token, len(chunk), _events_in(chunk), self.guard.failure_cause)
         self._books.settled(token, None)
-        return LogRecordExportResult.SUCCESS if ok and not oversized else LogRecordExportResult.FAILURE
+        return kind.success if ok and not oversized else kind.failure
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         self.guard.shutdown(timeout_millis)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._inner.force_flush(timeout_millis)
+        return bool(self._inner.force_flush(timeout_millis))
 
 
 def _points(metrics_data: MetricsData) -> int:
@@ -798,7 +797,7 @@ class BoundedSpanProcessor(SpanProcessor):
     Also counts the links each ended span lost to the span limits (``stageflow.telemetry.links.dropped``).
     """
 
-    def __init__(self, exporter: CountingSpanExporter, books: Books, accounting: Accounting) -> None:
+    def __init__(self, exporter: CountingExporter, books: Books, accounting: Accounting) -> None:
         self._books = books
         self._accounting = accounting
         settings = books.settings
@@ -831,7 +830,7 @@ class BoundedSpanProcessor(SpanProcessor):
 class BoundedLogProcessor(LogRecordProcessor):
     """A ``BatchLogRecordProcessor`` whose queue is bounded exactly by ``books`` (no silent drop)."""
 
-    def __init__(self, exporter: CountingLogExporter, books: Books) -> None:
+    def __init__(self, exporter: CountingExporter, books: Books) -> None:
         self._books = books
         settings = books.settings
         self._inner = BatchLogRecordProcessor(

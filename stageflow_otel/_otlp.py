@@ -25,7 +25,14 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-__all__ = ("encode_attributes", "encode_spans", "grpc_span_exporter", "http_span_exporter")
+__all__ = (
+    "EncodedSpans",
+    "encode_attributes",
+    "encode_requests",
+    "encode_spans",
+    "grpc_span_exporter",
+    "http_span_exporter",
+)
 
 logger = logging.getLogger("stageflow_otel")
 
@@ -210,17 +217,17 @@ def _members(groups: list[tuple[Any, list[Any]]], key: Any) -> list[Any]:
     return found
 
 
-def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
-    """The serialized ``ExportTraceServiceRequest`` of ``spans``, as the SDK's encoder would build it."""
+def _request(pieces: Sequence[tuple[ReadableSpan, bytes]]) -> bytes:
+    """The request of already encoded spans: grouped by resource, then scope, in order of appearance."""
     groups: list[tuple[Any, list[Any]]] = []
-    for span in spans:
-        _members(_members(groups, span.resource), span.instrumentation_scope or None).append(_span(span))
+    for span, encoded in pieces:
+        _members(_members(groups, span.resource), span.instrumentation_scope or None).append(encoded)
     request: list[bytes] = []
     for resource, scopes in groups:
         body = [_field(b"\x0a", encode_attributes(b"\x0a", resource.attributes))]
-        for scope, encoded in scopes:
+        for scope, spans in scopes:
             scope_body = [_field(b"\x0a", _scope(scope))]
-            scope_body.extend(_field(b"\x12", span) for span in encoded)
+            scope_body.extend(_field(b"\x12", span) for span in spans)
             if scope is not None and scope.schema_url:
                 scope_body.append(_field(b"\x1a", scope.schema_url.encode("utf-8")))
             body.append(_field(b"\x12", b"".join(scope_body)))
@@ -228,6 +235,56 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
             body.append(_field(b"\x1a", resource.schema_url.encode("utf-8")))
         request.append(_field(b"\x0a", b"".join(body)))
     return b"".join(request)
+
+
+def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
+    """The serialized ``ExportTraceServiceRequest`` of ``spans``, as the SDK's encoder would build it."""
+    if isinstance(spans, EncodedSpans):
+        return spans.data
+    return _request([(span, _span(span)) for span in spans])
+
+
+class EncodedSpans(Sequence[ReadableSpan]):
+    """Spans and their encoded request: a sequence of the spans, so any exporter can take it, whose
+    ``data`` the exporters here send as it is."""
+
+    __slots__ = ("data", "spans")
+
+    def __init__(self, spans: Sequence[ReadableSpan], data: bytes) -> None:
+        self.spans, self.data = spans, data
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.spans[index]
+
+
+def encode_requests(
+    spans: Sequence[ReadableSpan], limit: int
+) -> tuple[list[EncodedSpans], list[ReadableSpan]]:
+    """``spans`` encoded as requests of at most ``limit`` bytes each, and the spans too large alone.
+
+    Each span is encoded once; sizes are exact, so a batch under the limit (the usual case) costs
+    nothing more than its encoding.
+    """
+    pieces = [(span, _span(span)) for span in spans]
+    requests: list[EncodedSpans] = []
+    oversized: list[ReadableSpan] = []
+    pending = [pieces]
+    while pending:
+        chunk = pending.pop()
+        if not chunk:
+            continue
+        data = _request(chunk)
+        if len(data) <= limit:
+            requests.append(EncodedSpans([span for span, _ in chunk], data))
+        elif len(chunk) == 1:
+            oversized.append(chunk[0][0])
+        else:
+            half = len(chunk) // 2
+            pending += [chunk[half:], chunk[:half]]  # the first half is taken next: order is kept
+    return requests, oversized
 
 
 # --------------------------------------------------------------------------- the OTLP span exporters
@@ -247,6 +304,8 @@ def grpc_span_exporter(endpoint: str) -> SpanExporter:
         return OTLPSpanExporter(endpoint=endpoint)
 
     class GrpcSpanExporter(OTLPSpanExporter):
+        requests = staticmethod(encode_requests)
+
         def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
             request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(encode_spans(data))
             return request
@@ -263,6 +322,8 @@ def http_span_exporter(endpoint: str, session: Any) -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     class HttpSpanExporter(OTLPSpanExporter):
+        requests = staticmethod(encode_requests)
+
         def __init__(self) -> None:
             super().__init__(endpoint=endpoint, session=session)
             parts = ("_client", "_metrics", "_max_request_size", "_shutdown")

@@ -84,9 +84,8 @@ from ._export import (
     BoundedLogProcessor,
     BoundedSpanProcessor,
     Cause,
-    CountingLogExporter,
+    CountingExporter,
     CountingMetricExporter,
-    CountingSpanExporter,
     Guard,
     HttpSession,
     Signal,
@@ -662,7 +661,7 @@ def setup(
         )
         span_books = Books(span_queue, partial(_spans_lost, accounting))
         all_books.append(span_books)
-        wrapped_spans = CountingSpanExporter(span_exporter, accounting, span_books, max_bytes)
+        wrapped_spans = CountingExporter(span_exporter, "traces", accounting, span_books, max_bytes)
         wrapped_spans.guard.session = session
         guards.append(wrapped_spans.guard)
         tracer_provider.add_span_processor(BoundedSpanProcessor(wrapped_spans, span_books, accounting))
@@ -708,7 +707,7 @@ def setup(
         )
         log_books = Books(log_queue, partial(_logs_lost, accounting, sinks))
         all_books.append(log_books)
-        wrapped_logs = CountingLogExporter(log_exporter, accounting, log_books, max_bytes)
+        wrapped_logs = CountingExporter(log_exporter, "logs", accounting, log_books, max_bytes)
         wrapped_logs.guard.session = session
         guards.append(wrapped_logs.guard)
         logger_provider.add_log_record_processor(BoundedLogProcessor(wrapped_logs, log_books))

@@ -740,3 +740,69 @@ class TestBooks:
         waiter.join(5.0)
         assert (results, lost) == ([False], [(1, 1, "shutdown")])
         assert (books.abandon(), lost[1:]) == (1, [(1, 0, "timeout")])
+
+
+class _Recording:
+    """An exporter that records the batches it was given (and, with ``own_split``, splits them itself)."""
+
+    def __init__(self, own_split: bool) -> None:
+        self.batches: list[list[str]] = []
+        self.split_calls: list[tuple[int, int]] = []
+        if own_split:
+            self.requests = self._requests
+
+    def _requests(self, items: list[object], limit: int) -> tuple[list[list[object]], list[object]]:
+        self.split_calls.append((len(items), limit))
+        return [items[:1], items[1:2]], items[2:]
+
+    def export(self, batch: list[object]) -> object:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.batches.append([getattr(s, "name", "?") for s in batch])
+        return SpanExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        pass
+
+
+class TestOneCountingExporter:
+    def _spans(self, n: int) -> list[object]:
+        from opentelemetry.sdk.trace import ReadableSpan
+
+        return [ReadableSpan(name=str(i)) for i in range(n)]
+
+    def test_an_exporter_that_splits_itself_is_trusted_with_the_split_and_its_too_large_counted(self) -> None:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        from stageflow_otel._export import Accounting, BatchSettings, Books, CountingExporter
+
+        accounting = Accounting()
+        books = Books(
+            BatchSettings(capacity=10, batch_size=5, delay_millis=1),
+            lambda n, e, c: accounting.dropped("spans", n, c),
+        )
+        inner = _Recording(own_split=True)
+        for _ in range(4):
+            assert books.admit()
+        exporter = CountingExporter(inner, "traces", accounting, books, max_bytes=1234)  # type: ignore[arg-type]
+        assert exporter.export(self._spans(4)) is SpanExportResult.FAILURE  # two were too large
+        assert (inner.split_calls, inner.batches) == ([(4, 1234)], [["0"], ["1"]])
+        assert accounting.snapshot()["spans"]["too_large"] == 2 and books.queued == 0
+
+    def test_any_other_exporter_gets_the_estimated_split(self) -> None:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        from stageflow_otel._export import Accounting, BatchSettings, Books, CountingExporter
+
+        accounting = Accounting()
+        books = Books(
+            BatchSettings(capacity=10, batch_size=5, delay_millis=1),
+            lambda n, e, c: accounting.dropped("spans", n, c),
+        )
+        inner = _Recording(own_split=False)
+        exporter = CountingExporter(inner, "traces", accounting, books)  # type: ignore[arg-type]
+        assert exporter.export(self._spans(3)) is SpanExportResult.SUCCESS
+        assert inner.batches == [["0", "1", "2"]] and accounting.everything() == 0

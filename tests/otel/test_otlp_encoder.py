@@ -27,7 +27,13 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 import stageflow_otel
 from stageflow_otel import _otlp
-from stageflow_otel._otlp import encode_spans, grpc_span_exporter, http_span_exporter
+from stageflow_otel._otlp import (
+    EncodedSpans,
+    encode_requests,
+    encode_spans,
+    grpc_span_exporter,
+    http_span_exporter,
+)
 
 from .otlp_receiver import GrpcReceiver, HttpReceiver, OtlpReceiver
 
@@ -253,6 +259,29 @@ class TestBytesAsTheSdkEncodes:
         spans = [_span(attributes={f"k{i}": f"v{i}", "same": "s"}) for i in range(10)]
         assert encode_spans(spans) == _sdk(spans)
         assert 0 < len(_otlp._KV_CACHE) <= 4
+
+
+class TestRequests:
+    def test_a_batch_under_the_limit_is_one_request(self) -> None:
+        spans = [_span(str(i), {"i": i}) for i in range(20)]
+        requests, oversized = encode_requests(spans, 1 << 20)
+        assert (len(requests), oversized) == (1, [])
+        assert list(requests[0]) == spans and requests[0].data == _sdk(spans)
+        assert encode_spans(requests[0]) is requests[0].data  # sent as it is
+
+    def test_split_in_order_under_the_limit_with_the_oversized_apart(self) -> None:
+        spans = [_span(str(i), {"pad": "x" * (2000 if i != 7 else 9000)}) for i in range(20)]
+        limit = 8 * 1024
+        requests, oversized = encode_requests(spans, limit)
+        assert oversized == [spans[7]]
+        assert [s.name for r in requests for s in r] == [str(i) for i in range(20) if i != 7]
+        assert all(len(r.data) <= limit for r in requests) and len(requests) >= 5
+        assert [r.data for r in requests] == [_sdk(list(r)) for r in requests]
+
+    def test_encoded_spans_is_a_sequence_of_its_spans(self) -> None:
+        spans = [_span("1"), _span("2")]
+        encoded = EncodedSpans(spans, b"x")
+        assert (len(encoded), encoded[1], list(encoded), encoded[:1]) == (2, spans[1], spans, spans[:1])
 
 
 def _exported(
