@@ -17,10 +17,6 @@ from typing import TYPE_CHECKING, Any
 from ._compat import create_stage_context as create_stage_context
 from ._compat import create_stage_inputs as create_stage_inputs
 from ._compat import install_module_hints
-from ._config import ConfigError as ConfigError
-from ._config import ConfigProvider as ConfigProvider
-from ._config import DictConfigProvider as DictConfigProvider
-from ._config import EnvConfigProvider as EnvConfigProvider
 from ._context import PipelineContext as PipelineContext
 from ._context import PipelineTimer as PipelineTimer
 from ._context import StageContext as StageContext
@@ -67,20 +63,10 @@ from ._events import clear_event_sink as clear_event_sink
 from ._events import dropped_event_count as dropped_event_count
 from ._events import get_event_sink as get_event_sink
 from ._events import set_event_sink as set_event_sink
-from ._graph import StageGraph as StageGraph
-from ._monitor import LoopBlock as LoopBlock
-from ._monitor import LoopMonitor as LoopMonitor
-from ._monitor import get_loop_monitor as get_loop_monitor
-from ._monitor import set_loop_monitor as set_loop_monitor
-from ._offload import WorkerHook as WorkerHook
-from ._offload import add_worker_hook as add_worker_hook
-from ._offload import remove_worker_hook as remove_worker_hook
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import StageInfo as StageInfo
 from ._pipeline import StageSpec as StageSpec
 from ._pipeline import UnifiedStageSpec as UnifiedStageSpec
-from ._results import RunResult as RunResult
-from ._results import StageResult as StageResult
 from ._retry import RetryPolicy as RetryPolicy
 from ._runner import StageExecutor as StageExecutor
 from ._runner import StageFunction as StageFunction
@@ -91,21 +77,8 @@ from ._runner import SyncStageExecutor as SyncStageExecutor
 from ._runner import SyncStageFunction as SyncStageFunction
 from ._snapshot import ContextSnapshot as ContextSnapshot
 from ._snapshot import RunIdentity as RunIdentity
-from ._store import MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS
-from ._store import InMemoryRunStore as InMemoryRunStore
-from ._store import MalformedRunError as MalformedRunError
-from ._store import RunRecord as RunRecord
-from ._store import RunStore as RunStore
-from ._store import RunStoreWrite as RunStoreWrite
-from ._store import SQLiteRunStore as SQLiteRunStore
-from ._store import StageRecord as StageRecord
-from ._store import WriteObserver as WriteObserver
-from ._store import current_run_trace_id as current_run_trace_id
-from ._store import reset_run_trace_id as reset_run_trace_id
-from ._store import set_run_trace_id as set_run_trace_id
 from ._streams import Streaming as Streaming
 from ._streams import StreamReader as StreamReader
-from ._terminal import terminal_safe as terminal_safe
 from ._types import OutcomeCategory as OutcomeCategory
 from ._types import Stage as Stage
 from ._types import StageArtifact as StageArtifact
@@ -113,17 +86,44 @@ from ._types import StageEvent as StageEvent
 from ._types import StageKind as StageKind
 from ._types import StageOutput as StageOutput
 from ._types import StageStatus as StageStatus
-from .interceptors import BaseInterceptor as BaseInterceptor
-from .interceptors import CircuitBreakerInterceptor as CircuitBreakerInterceptor
-from .interceptors import ErrorAction as ErrorAction
-from .interceptors import InterceptorResult as InterceptorResult
-from .interceptors import TimeoutInterceptor as TimeoutInterceptor
-from .interceptors import get_default_interceptors as get_default_interceptors
 
 if TYPE_CHECKING:
+    from ._config import ConfigError as ConfigError
+    from ._config import ConfigProvider as ConfigProvider
+    from ._config import DictConfigProvider as DictConfigProvider
+    from ._config import EnvConfigProvider as EnvConfigProvider
+    from ._graph import StageGraph as StageGraph
+    from ._monitor import LoopBlock as LoopBlock
+    from ._monitor import LoopMonitor as LoopMonitor
+    from ._monitor import get_loop_monitor as get_loop_monitor
+    from ._monitor import set_loop_monitor as set_loop_monitor
+    from ._offload import WorkerHook as WorkerHook
+    from ._offload import add_worker_hook as add_worker_hook
+    from ._offload import remove_worker_hook as remove_worker_hook
+    from ._results import RunResult as RunResult
+    from ._results import StageResult as StageResult
+    from ._store import MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS
+    from ._store import InMemoryRunStore as InMemoryRunStore
+    from ._store import MalformedRunError as MalformedRunError
+    from ._store import RunRecord as RunRecord
+    from ._store import RunStore as RunStore
+    from ._store import RunStoreWrite as RunStoreWrite
+    from ._store import SQLiteRunStore as SQLiteRunStore
+    from ._store import StageRecord as StageRecord
+    from ._store import WriteObserver as WriteObserver
+    from ._store import current_run_trace_id as current_run_trace_id
+    from ._store import reset_run_trace_id as reset_run_trace_id
+    from ._store import set_run_trace_id as set_run_trace_id
+    from ._terminal import terminal_safe as terminal_safe
     from .adapters._events_db import DatabaseEventSink as DatabaseEventSink
     from .adapters._postgres import PostgresRunStore as PostgresRunStore
     from .adapters.ray import RayExecutor as RayExecutor
+    from .interceptors import BaseInterceptor as BaseInterceptor
+    from .interceptors import CircuitBreakerInterceptor as CircuitBreakerInterceptor
+    from .interceptors import ErrorAction as ErrorAction
+    from .interceptors import InterceptorResult as InterceptorResult
+    from .interceptors import TimeoutInterceptor as TimeoutInterceptor
+    from .interceptors import get_default_interceptors as get_default_interceptors
 
 __version__ = "0.10.0"
 
@@ -239,9 +239,47 @@ __all__ = (
 
 
 _OTEL_INTERCEPTORS = ("LoggingInterceptor", "MetricsInterceptor", "TracingInterceptor")
-# the adapters that lean on a third-party package load on first use, so ``import stageflow`` stays
-# standard-library only
-_ADAPTERS = {"DatabaseEventSink": "._events_db", "PostgresRunStore": "._postgres", "RayExecutor": ".ray"}
+# Loaded on first use, so ``import stageflow`` stays cheap: what a run needs beyond defining its pipeline
+# (the graph, results, stores, the loop monitor, configuration, the built-in interceptors), and the
+# adapters that lean on a third-party package (``import stageflow`` stays standard-library only).
+_LAZY = {
+    "ConfigError": "stageflow._config",
+    "ConfigProvider": "stageflow._config",
+    "DictConfigProvider": "stageflow._config",
+    "EnvConfigProvider": "stageflow._config",
+    "StageGraph": "stageflow._graph",
+    "LoopBlock": "stageflow._monitor",
+    "LoopMonitor": "stageflow._monitor",
+    "get_loop_monitor": "stageflow._monitor",
+    "set_loop_monitor": "stageflow._monitor",
+    "WorkerHook": "stageflow._offload",
+    "add_worker_hook": "stageflow._offload",
+    "remove_worker_hook": "stageflow._offload",
+    "RunResult": "stageflow._results",
+    "StageResult": "stageflow._results",
+    "MAX_MESSAGE_CHARS": "stageflow._store",
+    "InMemoryRunStore": "stageflow._store",
+    "MalformedRunError": "stageflow._store",
+    "RunRecord": "stageflow._store",
+    "RunStore": "stageflow._store",
+    "RunStoreWrite": "stageflow._store",
+    "SQLiteRunStore": "stageflow._store",
+    "StageRecord": "stageflow._store",
+    "WriteObserver": "stageflow._store",
+    "current_run_trace_id": "stageflow._store",
+    "reset_run_trace_id": "stageflow._store",
+    "set_run_trace_id": "stageflow._store",
+    "terminal_safe": "stageflow._terminal",
+    "BaseInterceptor": "stageflow.interceptors",
+    "CircuitBreakerInterceptor": "stageflow.interceptors",
+    "ErrorAction": "stageflow.interceptors",
+    "InterceptorResult": "stageflow.interceptors",
+    "TimeoutInterceptor": "stageflow.interceptors",
+    "get_default_interceptors": "stageflow.interceptors",
+    "DatabaseEventSink": "stageflow.adapters._events_db",
+    "PostgresRunStore": "stageflow.adapters._postgres",
+    "RayExecutor": "stageflow.adapters.ray",
+}
 
 
 install_module_hints()
@@ -254,16 +292,18 @@ def __getattr__(name: str) -> Any:
         from . import interceptors
 
         return getattr(interceptors, name)
-    if name in _ADAPTERS:
-        import importlib
+    module = _LAZY.get(name)
+    if module is not None:
+        from importlib import import_module
 
-        value = getattr(importlib.import_module(_ADAPTERS[name], "stageflow.adapters"), name)
+        value = getattr(import_module(module), name)
         globals()[name] = value
         return value
-    from ._renamed import old_name_error
+    if not name.startswith("_"):  # a submodule being imported, or a probe for a dunder: no 0.9.1 name
+        from ._renamed import old_name_error
 
-    error = old_name_error(name)
-    if error is not None:  # stageflow-core 0.9.1's name: say what it is now
-        raise error
+        error = old_name_error(name)
+        if error is not None:  # stageflow-core 0.9.1's name: say what it is now
+            raise error
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)

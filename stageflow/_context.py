@@ -6,7 +6,6 @@ factories) is in ``stageflow._compat``, whose mixins they inherit.
 
 from __future__ import annotations
 
-import difflib
 import time
 import warnings
 from collections.abc import Collection, Mapping
@@ -46,7 +45,9 @@ _OK = "ok"  # StageStatus.OK's value (a StrEnum: equal to its value)
 def _warn_missing_key(reader: str | None, stage: str, key: str, data: Mapping[str, Any]) -> None:
     keys = sorted(k for k in data if isinstance(k, str))
     has = f"its keys: {', '.join(map(repr, keys))}" if keys else "it has no keys"
-    close = difflib.get_close_matches(key, keys, n=1)
+    from difflib import get_close_matches  # only when a read missed
+
+    close = get_close_matches(key, keys, n=1)
     hint = f"Did you mean {close[0]!r}? " if close else ""
     who = f"stage {reader!r}" if reader else "a stage"
     warnings.warn(

@@ -45,7 +45,6 @@ cancellation, a ``PipelineFailedError`` its failing stage's category, every othe
 from __future__ import annotations
 
 import asyncio
-import difflib
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -205,7 +204,9 @@ class UnknownDependencyError(PipelineDefinitionError):
     def __init__(self, stage: str, missing: str, known: Iterable[str]) -> None:
         self.stage, self.missing = stage, missing
         known = list(known)
-        close = difflib.get_close_matches(missing, known, n=1)
+        from difflib import get_close_matches  # loaded when a definition is wrong
+
+        close = get_close_matches(missing, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         super().__init__(
             f"stage {stage!r} depends on unknown stage {missing!r}; {hint}"

@@ -8,7 +8,6 @@ and ``pipeline.completed|failed|cancelled`` through ``EventSink.try_emit``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
@@ -189,7 +188,9 @@ class LoggingEventSink:
                     del line["error"]
                 else:
                     line["error"] = error
-            self.logger.log(self.level, "%s", json.dumps(line, default=str))
+            from json import dumps  # loaded by the first event this sink logs
+
+            self.logger.log(self.level, "%s", dumps(line, default=str))
 
     def _redacted(self, message: str) -> str | None:
         assert self.redact_error is not None

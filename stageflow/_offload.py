@@ -44,6 +44,7 @@ from ._errors import (
     describe,
 )
 from ._results import Hop
+from ._runner import DEFAULT_CANCEL_GRACE
 
 if TYPE_CHECKING:
     from ._context import StageContext
@@ -68,9 +69,6 @@ __all__ = (
 logger = logging.getLogger("stageflow")
 
 _perf = time.perf_counter
-
-DEFAULT_CANCEL_GRACE = 1.0
-"""Seconds a cancelled stage waits for work already running on an executor before abandoning it."""
 
 STOPPED = "stopped"
 ABANDONED = "abandoned"

@@ -24,9 +24,8 @@ from ._errors import (
     UnknownDependencyError,
     _unencodable,
 )
-from ._offload import DEFAULT_CANCEL_GRACE
 from ._retry import RetryPolicy
-from ._runner import StageRunner
+from ._runner import DEFAULT_CANCEL_GRACE, StageRunner
 from ._streams import DEFAULT_STREAMING, Streaming
 from ._types import StageKind, StageOutput
 

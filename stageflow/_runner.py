@@ -1,4 +1,5 @@
-"""The static type of a stage runner: what ``Pipeline.with_stage()`` accepts, as a type checker sees it."""
+"""The static type of a stage runner: what ``Pipeline.with_stage()`` accepts, as a type checker sees it;
+and how long a cancelled stage waits for the work it handed to an executor."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from ._context import StageContext
 from ._types import StageOutput
 
 __all__ = (
+    "DEFAULT_CANCEL_GRACE",
     "StageExecutor",
     "StageFunction",
     "StageRunner",
@@ -17,6 +19,9 @@ __all__ = (
     "SyncStageExecutor",
     "SyncStageFunction",
 )
+
+DEFAULT_CANCEL_GRACE = 1.0
+"""Seconds a cancelled stage waits for work already running on an executor before abandoning it."""
 
 
 class StageExecutor(Protocol):

@@ -1,0 +1,140 @@
+"""``import stageflow`` loads what defining a pipeline needs; views, 0.9.1's name tables, the run-time
+machinery and heavy standard-library modules load on first use (see tests/benchmarks/imports.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import stageflow
+import stageflow.interceptors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NOT_ON_IMPORT = (
+    # views: never loaded by the engine
+    "stageflow.views",
+    "stageflow.views._cli",
+    "stageflow.views._cli_store",
+    "stageflow.views._report",
+    "stageflow.views._svg",
+    "stageflow.views._timeline",
+    "stageflow._terminal",
+    # 0.9.1's renamed and removed names: loaded when one is asked for
+    "stageflow._renamed",
+    # what only a built graph, a store, a monitor or an interceptor needs
+    "stageflow._graph",
+    "stageflow._store",
+    "stageflow._monitor",
+    "stageflow._offload",
+    "stageflow._config",
+    "stageflow.interceptors",
+    "stageflow.adapters",
+    # standard-library modules only some paths use
+    "sqlite3",
+    "pathlib",
+    "pickle",
+    "json",
+    "difflib",
+    "hashlib",
+)
+
+
+def run_python(code: str) -> Any:
+    """Run ``code`` in a fresh interpreter that imports this checkout's stageflow; its JSON output."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, timeout=120
+    )
+    return json.loads(proc.stdout)
+
+
+class TestImportStageflow:
+    def test_loads_no_view_compat_table_or_run_time_module(self) -> None:
+        """After ``import stageflow`` none of the lazily loaded modules is in ``sys.modules``."""
+        loaded = run_python(
+            "import sys; import stageflow; "
+            f"found = [m for m in {list(NOT_ON_IMPORT)!r} if m in sys.modules]; "
+            "import json; print(json.dumps(found))"
+        )
+        assert loaded == []
+
+    def test_defining_and_running_a_pipeline_leaves_the_views_and_tables_alone(self) -> None:
+        """A run loads the graph, not the views or 0.9.1's tables; ``timeline()`` loads its renderer then."""
+        code = """
+import asyncio, json, sys
+from stageflow import Pipeline, StageKind, StageOutput
+
+async def hello(ctx):
+    return StageOutput.ok(greeting="hi")
+
+async def main():
+    graph = Pipeline(name="p").with_stage("hello", hello, StageKind.TRANSFORM).build()
+    results.append(await graph.run(input_text="x"))
+
+# (not returned from main: asyncio.run reprs its main task, result included, when it restores SIGINT)
+results = []
+asyncio.run(main())
+[result] = results
+seen = lambda: [m for m in ("stageflow._graph", "stageflow.views._timeline", "stageflow._renamed")
+                if m in sys.modules]
+ran = seen()
+result.timeline(color=False)
+print(json.dumps([ran, seen()]))
+"""
+        assert run_python(code) == [
+            ["stageflow._graph"],
+            ["stageflow._graph", "stageflow.views._timeline"],
+        ]
+
+    def test_a_missing_module_elsewhere_does_not_load_the_tables(self) -> None:
+        """The finder for 0.9.1's modules looks at ``stageflow.*`` names only; those load the tables."""
+        code = """
+import json, sys
+import stageflow
+try:
+    import no_such_module_anywhere
+except ImportError:
+    pass
+other = "stageflow._renamed" in sys.modules
+try:
+    import stageflow.core
+except ImportError as exc:
+    message = str(exc)
+print(json.dumps([other, "stageflow._renamed" in sys.modules, message.split(":")[0]]))
+"""
+        assert run_python(code) == [False, True, "No module named 'stageflow.core'"]
+
+
+LAZY = [name for name in stageflow.__all__ if name in stageflow._LAZY]
+
+
+class TestLazyNames:
+    def test_the_lazy_names_are_in_all(self) -> None:
+        """Every lazily loaded public name is exported; none is a 0.9.1 leftover."""
+        assert set(stageflow._LAZY) <= set(stageflow.__all__)
+        assert len(LAZY) == len(stageflow._LAZY) == 36
+
+    @pytest.mark.parametrize("name", LAZY)
+    def test_each_resolves_to_its_modules_object(self, name: str) -> None:
+        """``stageflow.X`` is the object its module defines, and stays in the module once read."""
+        import importlib
+
+        value = getattr(stageflow, name)
+        module = importlib.import_module(stageflow._LAZY[name])
+        assert value is getattr(module, name)
+        assert vars(stageflow)[name] is value
+
+    def test_an_unknown_name_is_an_attribute_error(self) -> None:
+        """A name that is neither exported nor 0.9.1's raises the usual ``AttributeError``."""
+        with pytest.raises(AttributeError, match="module 'stageflow' has no attribute 'Nope'"):
+            stageflow.Nope  # noqa: B018
+
+    def test_interceptors_module_names(self) -> None:
+        """``stageflow.interceptors`` exports the built-ins, the same objects ``stageflow`` re-exports."""
+        assert stageflow.interceptors.TimeoutInterceptor is stageflow.TimeoutInterceptor
+        assert stageflow.interceptors.BaseInterceptor is stageflow.BaseInterceptor
