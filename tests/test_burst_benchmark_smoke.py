@@ -63,6 +63,10 @@ def test_a_tiny_burst_reaches_jaeger_through_the_shipped_collector() -> None:
     ]
     assert rows == [("grpc", 220, 220, 0, True), ("http/protobuf", 220, 220, 0, True)]
     assert burst.JAEGER_SPANS_PER_RUN == 11
+    memory = report["span_memory"]
+    assert (memory["spans"], memory["queue_spans"]) == (11_000, 16_384 + 512)
+    assert memory["queue_mib"] == memory["bytes_per_span"] * memory["queue_spans"] / 2**20 > 0
     text = burst.format_jaeger(report).splitlines()
     assert text[1].split(";")[:2] == ["  grpc           220 of 220 spans in Jaeger", " nothing lost"]
+    assert text[3].startswith("  a queued span of this burst holds ")
     json.dumps(report)

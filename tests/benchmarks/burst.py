@@ -467,6 +467,66 @@ def jaeger_burst(stack: Any, protocol: str, runs: int) -> JaegerBurst:
     return result
 
 
+def _span_memory_process(conn: Connection, runs: int) -> None:
+    import gc
+    import tracemalloc
+
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+
+    import stageflow_otel
+
+    held: list[ReadableSpan] = []
+
+    class Hold(SpanProcessor):
+        """Keeps every ended span, as the export queue does while the exporter lags."""
+
+        def on_end(self, span: ReadableSpan) -> None:
+            held.append(span)
+
+    provider = TracerProvider()
+    provider.add_span_processor(Hold())
+    sink = stageflow_otel.OtlpEventSink()
+    graph = _user_diamond(provider.get_tracer("burst.user")).build(
+        interceptors=[stageflow_otel.TracingInterceptor(provider)]
+    )
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(_all(graph, sink, 10))  # warm: caches and interned names
+    held.clear()
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    loop.run_until_complete(_all(graph, sink, runs))
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    loop.close()
+    conn.send(((after - before) / len(held), len(held)))
+    conn.close()
+
+
+def span_memory(runs: int = 1000) -> dict[str, float]:
+    """Memory each ended span of the Jaeger burst holds while it waits in an export queue (bytes), and
+    what ``setup()``'s default span queue therefore holds at most (MiB), measured in a fresh process."""
+    from stageflow_otel import _setup
+
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_span_memory_process, args=(child, runs))
+    process.start()
+    child.close()
+    try:
+        per_span, spans = parent.recv()
+    finally:
+        process.join(60)
+        parent.close()
+    capacity = _setup.SPAN_QUEUE.capacity + _setup.SPAN_QUEUE.batch_size
+    return {
+        "bytes_per_span": per_span,
+        "spans": spans,
+        "queue_spans": capacity,
+        "queue_mib": per_span * capacity / 2**20,
+    }
+
+
 def run_jaeger(runs: int, protocols: Sequence[str] = ("grpc", "http/protobuf")) -> dict[str, Any]:
     """The burst of ``runs`` runs to Jaeger over each protocol; the JSON-able report."""
     from tests.benchmarks._stack import JaegerStack
@@ -478,6 +538,7 @@ def run_jaeger(runs: int, protocols: Sequence[str] = ("grpc", "http/protobuf")) 
         stack.stop()
     return {
         "runs": runs,
+        "span_memory": span_memory(),
         "bursts": [
             asdict(r) | {"lossless": r.lossless, "exact": r.exact, "spans_lost": r.spans_lost}
             for r in results
@@ -498,6 +559,13 @@ def format_jaeger(report: dict[str, Any]) -> str:
             f"counted exactly: {b['exact']}; burst {b['burst_seconds']:.2f} s, flushed after "
             f"{b['seconds']:.2f} s; peak {b['peak_rss_mib']:.0f} MiB"
         )
+    memory = report["span_memory"]
+    lines.append(
+        f"  a queued span of this burst holds {memory['bytes_per_span']:,.0f} B "
+        f"(over {memory['spans']} spans): "
+        f"the default span queue ({memory['queue_spans']:,} with the batch in flight) holds at most "
+        f"{memory['queue_mib']:.0f} MiB"
+    )
     return "\n".join(lines)
 
 
