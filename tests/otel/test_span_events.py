@@ -687,3 +687,23 @@ class TestCustomEvents:
             semconv.STAGE_NAME: "c",
         }
         assert counts(metric_reader)[semconv.EVENT_OTHER, "p", None] == 2
+
+    async def test_a_stage_event_recorded_the_0_9_1_way_is_on_its_stages_span(
+        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """``ctx.pipeline.record_stage_event`` (stageflow-core 0.9.1's) reaches the span of the stage it names,
+        with no sink given to the run."""
+
+        async def progress(ctx: StageContext) -> StageOutput:
+            assert ctx.pipeline is not None
+            ctx.pipeline.record_stage_event(stage="c", status="progress", payload={"pct": 50})
+            return StageOutput.ok()
+
+        graph = traced(Pipeline(name="p").with_stage("c", progress, T), tracer_provider)
+        snapshot = ContextSnapshot(run_id=RunIdentity())
+        await graph.run(StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer()))
+        assert span_events(span_exporter.get_finished_spans())["stage c"] == [
+            (E["stage.started"], "stage.c.started"),
+            (semconv.EVENT_OTHER, "stage.c.progress"),
+            (E["stage.completed"], "stage.c.completed"),
+        ]
