@@ -156,6 +156,8 @@ class MetricsInterceptor(Interceptor):
         self._meter = meter
         self._sdk_failed_once = False
         self._stage_attrs: dict[tuple[str, str, str], dict[str, AttributeValue]] = {}
+        # a stage's attributes with each result, keyed by the id of its base attributes (kept alive here)
+        self._finished_attrs: dict[int, tuple[Attributes, dict[str, Attributes]]] = {}
         self._circuit_states: dict[tuple[str, str], int] = {}
         self._circuit_lock = threading.Lock()
         self._circuit_gauge: Any = None
@@ -181,6 +183,7 @@ class MetricsInterceptor(Interceptor):
             }
             if len(self._stage_attrs) >= 4 * self._max_stage_series:
                 self._stage_attrs.clear()  # names were evicted meanwhile: drop their stale entries
+                self._finished_attrs.clear()
             self._stage_attrs[key] = attrs
         return attrs
 
@@ -205,9 +208,21 @@ class MetricsInterceptor(Interceptor):
         return await observe_stage(ctx, call_next, ended, self._sdk_failed)
 
     def _record_stage(self, base: Attributes, outcome: Outcome, duration: float) -> None:
-        attrs = dict(base)
-        attrs[semconv.STAGE_RESULT] = outcome.result
-        if outcome.error_type is not None:
+        attrs: Attributes | None = None
+        if outcome.error_type is None:  # success, skip, cancellation: one cached dict per stage and result
+            finished = self._finished_attrs.get(id(base))
+            if finished is not None and finished[0] is base:
+                attrs = finished[1].get(outcome.result)
+            else:
+                finished = (base, {})
+                self._finished_attrs[id(base)] = finished
+            if attrs is None:
+                attrs = dict(base)
+                attrs[semconv.STAGE_RESULT] = outcome.result
+                finished[1][outcome.result] = attrs
+        else:
+            attrs = dict(base)
+            attrs[semconv.STAGE_RESULT] = outcome.result
             attrs[semconv.ERROR_TYPE] = _error_type(outcome.error_type)
         try:
             self._stage_duration.record(duration, attrs)

@@ -644,7 +644,9 @@ class TracingInterceptor(Interceptor):
                 attempt.end_time = time.time_ns()
 
         output = await observe_stage(ctx, call_next, ended, self._sdk_failed)
-        await self._room()
+        pressure = self._backpressure
+        if pressure is not None and pressure.parked:  # inline: no coroutine per stage when not parked
+            await pressure.room()
         return output
 
     async def _room(self) -> None:
