@@ -1,4 +1,4 @@
-"""Helpers shared by the core tests: entry contexts and tiny stage factories."""
+"""Helpers shared by the tests: entry contexts, tiny stage factories and a sink that tees events."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from stageflow import EventSink, PipelineTimer, StageContext, StageOutput
 from stageflow.context import ContextSnapshot, RunIdentity
 from stageflow.stages import StageInputs
 
-__all__ = ("StageFn", "make_ctx", "ok_stage", "recording_stage")
+__all__ = ("StageFn", "Tee", "make_ctx", "ok_stage", "recording_stage")
 
 StageFn = Callable[[StageContext], Awaitable[StageOutput]]
 """An ``async def fn(ctx) -> StageOutput`` stage."""
@@ -53,3 +53,18 @@ def recording_stage(log: list[str], name: str, *, yields: int = 0) -> StageFn:
         return StageOutput.ok({name: True})
 
     return stage
+
+
+class Tee:
+    """Hands every event to each sink in turn: put a recorder first, and it keeps the data the core built
+    before the sink under test sees it."""
+
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = sinks
+
+    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        self.try_emit(type=type, data=data)
+
+    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
+        for sink in self.sinks:
+            sink.try_emit(type=type, data=data)

@@ -21,21 +21,7 @@ from stageflow import (
     StageOutput,
 )
 from stageflow.views._cli import main
-from tests._support import make_ctx
-
-
-class Tee:
-    """Hands every event to an in-memory sink and to the database sink."""
-
-    def __init__(self, *sinks: Any) -> None:
-        self.sinks = sinks
-
-    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        self.try_emit(type=type, data=data)
-
-    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        for sink in self.sinks:
-            sink.try_emit(type=type, data=data)
+from tests._support import Tee, make_ctx
 
 
 async def ok(ctx: StageContext) -> StageOutput:

@@ -24,9 +24,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from stageflow import ContextSnapshot, PipelineTimer, RunIdentity, StageContext, StageInputs
+from stageflow import ContextSnapshot, EventSink, PipelineTimer, RunIdentity, StageContext, StageInputs
+from stageflow_otel import OtlpEventSink
 
-__all__ = ("dump_spans", "entry_ctx", "metric_points")
+__all__ = ("by_name", "dump_spans", "entry_ctx", "metric_points", "span_event")
 
 
 def dump_spans(spans: Sequence[ReadableSpan]) -> list[str]:
@@ -54,6 +55,20 @@ def dump_spans(spans: Sequence[ReadableSpan]) -> list[str]:
 
     walk(None, 0)
     return lines
+
+
+def by_name(spans: Sequence[ReadableSpan]) -> dict[str, ReadableSpan]:
+    """The spans by name (names must be unique)."""
+    named = {s.name: s for s in spans}
+    assert len(named) == len(spans)
+    return named
+
+
+def span_event(span: ReadableSpan, name: str) -> dict[str, Any]:
+    """The attributes of the one event called ``name`` on ``span`` (fails when it has none or several)."""
+    found = [dict(e.attributes or {}) for e in span.events if e.name == name]
+    assert len(found) == 1, (name, [e.name for e in span.events])
+    return found[0]
 
 
 def metric_points(reader: InMemoryMetricReader, name: str) -> list[DataPointT]:
@@ -115,10 +130,11 @@ def _logger_provider(log_exporter: InMemoryLogRecordExporter) -> Iterator[Logger
     provider.shutdown()
 
 
-def entry_ctx(metadata: Mapping[str, Any] | None = None) -> StageContext:
-    """An entry ``StageContext`` for ``StageGraph.run()`` with a fresh run id and the given metadata."""
+def entry_ctx(metadata: Mapping[str, Any] | None = None, *, sink: EventSink | None = None) -> StageContext:
+    """An entry ``StageContext`` for ``StageGraph.run()`` with a fresh run id, the given metadata, and
+    ``sink`` as the run's event sink (``None``: the process sink)."""
     snapshot = ContextSnapshot(run_id=RunIdentity(), metadata=dict(metadata or {}))
-    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer())
+    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
 
 
 @pytest.fixture(name="otel_env")
@@ -133,3 +149,12 @@ def _otel_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.delenv("STAGEFLOW_EVENT_LOG_RECORDS", raising=False)
     monkeypatch.setenv("STAGEFLOW_LOOP_MONITOR", "false")
     return monkeypatch
+
+
+@pytest.fixture(name="sink")
+def _otlp_sink(meter_provider: MeterProvider, logger_provider: LoggerProvider) -> Iterator[OtlpEventSink]:
+    """The ``OtlpEventSink`` under test, with its defaults (span events on, log records off), on the
+    fresh providers; in this folder it takes the place of the suite's in-memory ``sink``."""
+    sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider)
+    yield sink
+    sink.shutdown(timeout=5.0)

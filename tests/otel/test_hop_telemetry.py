@@ -9,69 +9,27 @@ pytest.importorskip("opentelemetry.sdk")
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from typing import Any
 
-from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from stageflow import (
-    ContextSnapshot,
     InMemoryEventSink,
     Pipeline,
     PipelineFailedError,
-    PipelineTimer,
-    RunIdentity,
     StageContext,
-    StageInputs,
     StageKind,
     StageOutput,
 )
 from stageflow_otel import MetricsInterceptor, OtlpEventSink, TracingInterceptor, semconv
+from tests._support import Tee
 
-from .conftest import metric_points
+from .conftest import by_name, entry_ctx, metric_points, span_event
 
 HANG_GUARD = 30.0
 """Seconds after which a wait counts as a hang (never reached when the code works)."""
-
-
-class Tee:
-    """Hands every event to the recorder (the core's data as emitted), then to the sink under test."""
-
-    def __init__(self, *sinks: Any) -> None:
-        self.sinks = sinks
-
-    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        self.try_emit(type=type, data=data)
-
-    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        for sink in self.sinks:
-            sink.try_emit(type=type, data=data)
-
-
-@pytest.fixture(name="sink")
-def _sink(meter_provider: MeterProvider, logger_provider: LoggerProvider) -> Iterator[OtlpEventSink]:
-    sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider)
-    yield sink
-    sink.shutdown(timeout=5.0)
-
-
-def entry(sink: Any) -> StageContext:
-    snapshot = ContextSnapshot(run_id=RunIdentity())
-    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
-
-
-def by_name(spans: Any) -> dict[str, ReadableSpan]:
-    return {s.name: s for s in spans}
-
-
-def event(span: ReadableSpan, name: str) -> dict[str, Any]:
-    found = [dict(e.attributes or {}) for e in span.events if e.name == name]
-    assert len(found) == 1, (name, [e.name for e in span.events])
-    return found[0]
 
 
 async def fetch(ctx: StageContext) -> StageOutput:
@@ -100,18 +58,18 @@ class TestDispatch:
             .build(interceptors=[TracingInterceptor(tracer_provider), MetricsInterceptor(meter_provider)])
         )
         stream = InMemoryEventSink()
-        results = await graph.run(entry(Tee(stream, sink)))
+        results = await graph.run(entry_ctx(sink=Tee(stream, sink)))
         dispatch = results["parse"].dispatch
         assert dispatch > 0.0
         assert [e.data["dispatch"] for e in stream.of_type("stage.parse.completed")] == [dispatch]
         spans = by_name(span_exporter.get_finished_spans())
         parse_span, fetch_span = spans["stage parse"], spans["stage fetch"]
         assert (parse_span.attributes or {})[semconv.STAGE_DISPATCH_DURATION] == round(dispatch, 6)
-        assert event(parse_span, "stageflow.stage.completed")[semconv.STAGE_DISPATCH_DURATION] == round(
+        assert span_event(parse_span, "stageflow.stage.completed")[semconv.STAGE_DISPATCH_DURATION] == round(
             dispatch, 6
         )
         assert semconv.STAGE_DISPATCH_DURATION not in (fetch_span.attributes or {})
-        assert semconv.STAGE_DISPATCH_DURATION not in event(fetch_span, "stageflow.stage.completed")
+        assert semconv.STAGE_DISPATCH_DURATION not in span_event(fetch_span, "stageflow.stage.completed")
         points = metric_points(metric_reader, semconv.STAGE_DISPATCH_DURATION_METRIC.name)
         assert [
             (dict(p.attributes or {}), p.count, p.sum) for p in points if isinstance(p, HistogramDataPoint)
@@ -180,14 +138,14 @@ class TestCancelledWork:
         stream = InMemoryEventSink()
         try:
             with pytest.raises(PipelineFailedError) as raised:
-                await graph.run(entry(Tee(stream, sink)))
+                await graph.run(entry_ctx(sink=Tee(stream, sink)))
         finally:
             slow.release.set()
         assert raised.value.results["slow"].work == work
         assert [e.data["work"] for e in stream.of_type("stage.slow.cancelled")] == [work]
         span = by_name(span_exporter.get_finished_spans())["stage slow"]
         assert (span.attributes or {})[semconv.STAGE_WORK] == work
-        assert event(span, "stageflow.stage.cancelled")[semconv.STAGE_WORK] == work
+        assert span_event(span, "stageflow.stage.cancelled")[semconv.STAGE_WORK] == work
         counted = [
             (dict(p.attributes or {}), p.value)
             for p in metric_points(metric_reader, semconv.STAGE_ABANDONED.name)

@@ -21,44 +21,22 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import stageflow
 from stageflow import (
-    ContextSnapshot,
     InMemoryEventSink,
     Pipeline,
-    PipelineTimer,
-    RunIdentity,
     StageContext,
-    StageInputs,
     StageKind,
     StageOutput,
 )
 from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv, setup
 from stageflow_otel._loop import LoopTelemetry
+from tests._support import Tee
 
-from .conftest import metric_points
+from .conftest import entry_ctx, metric_points
 
 BLOCK = 0.15
 """Seconds the blocking stage holds the event loop (three times the monitor's 50 ms threshold)."""
 HANG_GUARD = 30.0
 """Seconds after which a wait counts as a hang (never reached when the code works)."""
-
-
-class Tee:
-    """Hands every event to the recorder, then to the sink under test."""
-
-    def __init__(self, *sinks: Any) -> None:
-        self.sinks = sinks
-
-    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        self.try_emit(type=type, data=data)
-
-    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        for sink in self.sinks:
-            sink.try_emit(type=type, data=data)
-
-
-def entry(sink: Any) -> StageContext:
-    snapshot = ContextSnapshot(run_id=RunIdentity())
-    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
 
 
 async def block(ctx: StageContext) -> StageOutput:
@@ -88,7 +66,7 @@ class TestLoopMonitorFromSetup:
                 .with_stage("block", block, StageKind.TRANSFORM)
                 .build(interceptors=[TracingInterceptor(tracer_provider)])
             )
-            results = await graph.run(entry(telemetry.event_sink))
+            results = await graph.run(entry_ctx(sink=telemetry.event_sink))
             blocks = metric_points(reader, semconv.STAGE_LOOP_BLOCK_DURATION_METRIC.name)
             lags = metric_points(reader, semconv.LOOP_LAG.name)
             utilization = metric_points(reader, semconv.LOOP_UTILIZATION.name)
@@ -206,7 +184,7 @@ class TestBlockReportedByTheHeartbeat:
         )
         loop_telemetry.start()
         try:
-            await graph.run(entry(Tee(stream, sink, OnBlock(reported))))
+            await graph.run(entry_ctx(sink=Tee(stream, sink, OnBlock(reported))))
         finally:
             loop_telemetry.stop()
             assert sink.flush(HANG_GUARD)

@@ -16,21 +16,17 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from stageflow import (
-    ContextSnapshot,
     EventSink,
     Pipeline,
-    PipelineTimer,
-    RunIdentity,
     RunResult,
     StageContext,
     StageGraph,
-    StageInputs,
     StageKind,
     StageOutput,
 )
 from stageflow_otel import MetricsInterceptor, Telemetry, TracingInterceptor, semconv, setup
 
-from .conftest import metric_points
+from .conftest import entry_ctx, metric_points
 from .otlp_receiver import GrpcReceiver, HttpReceiver, OtlpReceiver, closed_port
 
 RUNS = 6
@@ -63,12 +59,6 @@ def diamond(fn: StageFn = quick) -> Pipeline:
     )
 
 
-def entry(sink: EventSink | None) -> StageContext:
-    """An entry context with a fresh run id, reporting to ``sink``."""
-    snapshot = ContextSnapshot(run_id=RunIdentity())
-    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
-
-
 def instrumented(telemetry: Telemetry, stage: StageFn = quick) -> StageGraph:
     """The diamond built with the tracing and metrics interceptors on ``telemetry``'s providers."""
     return diamond(stage).build(
@@ -81,7 +71,7 @@ def instrumented(telemetry: Telemetry, stage: StageFn = quick) -> StageGraph:
 
 async def run_concurrently(graph: StageGraph, sink: EventSink | None, n: int = RUNS) -> list[RunResult]:
     """``n`` concurrent runs of ``graph``."""
-    return await asyncio.gather(*(graph.run(entry(sink)) for _ in range(n)))
+    return await asyncio.gather(*(graph.run(entry_ctx(sink=sink)) for _ in range(n)))
 
 
 @pytest.fixture(name="receiver", params=["grpc", "http"], ids=["grpc", "http-protobuf"])

@@ -19,20 +19,15 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoi
 from opentelemetry.sdk.trace import TracerProvider
 
 from stageflow import (
-    ContextSnapshot,
     Pipeline,
     PipelineFailedError,
-    PipelineTimer,
-    RunIdentity,
-    StageContext,
-    StageInputs,
     StageKind,
 )
 from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
 from stageflow_otel.semconv import EVENTS
 
 from ._stages import boom, ok
-from .conftest import metric_points
+from .conftest import entry_ctx, metric_points
 
 
 @pytest.fixture(name="event_sink")
@@ -41,12 +36,6 @@ def _event_sink(logger_provider: LoggerProvider, meter_provider: MeterProvider) 
     sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider, log_records=True)
     yield sink
     sink.shutdown(timeout=5.0)
-
-
-def entry(sink: OtlpEventSink) -> StageContext:
-    """An entry context with a fresh run id, reporting to ``sink``."""
-    snapshot = ContextSnapshot(run_id=RunIdentity())
-    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
 
 
 def records(sink: OtlpEventSink, exporter: InMemoryLogRecordExporter) -> list[tuple[str, str, str]]:
@@ -68,7 +57,7 @@ class TestEventRecords:
     ) -> None:
         """Each event is a record with a static name, the seed's string in an attribute, at INFO."""
         graph = Pipeline(name="p").with_stage("greet", ok, StageKind.TRANSFORM).build()
-        await graph.run(entry(event_sink))
+        await graph.run(entry_ctx(sink=event_sink))
         assert records(event_sink, log_exporter) == [
             ("stageflow.pipeline.created", "pipeline.created", "INFO"),
             ("stageflow.pipeline.started", "pipeline.started", "INFO"),
@@ -83,7 +72,7 @@ class TestEventRecords:
         """stage.x.failed and pipeline.failed are ERROR records carrying error.type and the message."""
         graph = Pipeline(name="p").with_stage("bad", boom, StageKind.TRANSFORM).build()
         with pytest.raises(PipelineFailedError):
-            await graph.run(entry(event_sink))
+            await graph.run(entry_ctx(sink=event_sink))
         assert sink_failed(event_sink, log_exporter) == [
             (EVENTS["stage.failed"], SeverityNumber.ERROR, "RuntimeError", "kaput", "bad", "error"),
             (EVENTS["pipeline.failed"], SeverityNumber.ERROR, "RuntimeError", "kaput", "bad", "error"),
@@ -206,7 +195,7 @@ class TestTraceContext:
         )
         tracer = tracer_provider.get_tracer("test")
         with tracer.start_as_current_span("caller") as caller:
-            await graph.run(entry(event_sink))
+            await graph.run(entry_ctx(sink=event_sink))
         assert event_sink.flush(timeout=5.0)
         caller_ctx = caller.get_span_context()
         by_name = {
@@ -349,7 +338,9 @@ class TestFailureIsolation:
         graph = Pipeline(name="p").with_stage("greet", ok, StageKind.TRANSFORM).build()
         try:
             with caplog.at_level(logging.ERROR, logger="stageflow_otel"):
-                results = await asyncio.gather(graph.run(entry(sink)), graph.run(entry(sink)))
+                results = await asyncio.gather(
+                    graph.run(entry_ctx(sink=sink)), graph.run(entry_ctx(sink=sink))
+                )
                 assert sink.flush(timeout=5.0)
         finally:
             sink.shutdown(timeout=5.0)

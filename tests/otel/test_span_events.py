@@ -11,8 +11,7 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 
 import asyncio
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
@@ -22,60 +21,30 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from stageflow import (
-    ContextSnapshot,
     InMemoryEventSink,
     Pipeline,
     PipelineCancelledError,
     PipelineFailedError,
-    PipelineTimer,
     RecordedEvent,
     RetryPolicy,
-    RunIdentity,
     StageContext,
     StageGraph,
-    StageInputs,
     StageKind,
     StageOutput,
 )
 from stageflow.interceptors import Interceptor, RetryInterceptor, TimeoutInterceptor
 from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
+from tests._support import Tee
 
 from ._stages import T, boom, fail, ok, skip
-from .conftest import metric_points
+from .conftest import by_name, entry_ctx, metric_points
 
 E = semconv.EVENTS
-
-
-class Tee:
-    """Hands every event to each sink in turn (the recorder first: it keeps the data the core built)."""
-
-    def __init__(self, *sinks: Any) -> None:
-        self.sinks = sinks
-
-    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        self.try_emit(type=type, data=data)
-
-    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        for sink in self.sinks:
-            sink.try_emit(type=type, data=data)
-
-
-@pytest.fixture(name="sink")
-def _sink(meter_provider: MeterProvider, logger_provider: LoggerProvider) -> Iterator[OtlpEventSink]:
-    """The sink under test, with its defaults (span events on, log records off)."""
-    sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider)
-    yield sink
-    sink.shutdown(timeout=5.0)
 
 
 @pytest.fixture(name="stream")
 def _stream() -> InMemoryEventSink:
     return InMemoryEventSink()
-
-
-def entry(sink: Any) -> StageContext:
-    snapshot = ContextSnapshot(run_id=RunIdentity())
-    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
 
 
 def traced(pipeline: Pipeline, provider: TracerProvider, *more: Interceptor) -> StageGraph:
@@ -142,10 +111,6 @@ def counts(reader: InMemoryMetricReader) -> dict[tuple[object, ...], int | float
     }
 
 
-def by_name(spans: Sequence[ReadableSpan]) -> dict[str, ReadableSpan]:
-    return {s.name: s for s in spans}
-
-
 def attrs(span: ReadableSpan, index: int) -> dict[str, object]:
     return dict(span.events[index].attributes or {})
 
@@ -167,7 +132,7 @@ class TestSuccess:
             tracer_provider,
         )
         for _ in range(2):
-            await graph.run(entry(Tee(stream, sink)))
+            await graph.run(entry_ctx(sink=Tee(stream, sink)))
         spans = span_exporter.get_finished_spans()
         assert span_events(spans[:3]) == {
             "pipeline demo": [
@@ -243,7 +208,7 @@ class TestSuccess:
             tracer_provider,
         )
         with pytest.raises(PipelineFailedError):
-            await graph.run(entry(sink))
+            await graph.run(entry_ctx(sink=sink))
         assert sink.flush(timeout=5.0)
         spans = span_exporter.get_finished_spans()
         run_id = str((by_name(spans)["pipeline demo"].attributes or {})[semconv.RUN_ID])
@@ -271,7 +236,7 @@ class TestSuccess:
         self, sink: OtlpEventSink, metric_reader: InMemoryMetricReader
     ) -> None:
         """No run span to carry them: nothing is put on spans, and the counter still counts every event."""
-        await Pipeline(name="p").with_stage("a", ok, T).build().run(entry(sink))
+        await Pipeline(name="p").with_stage("a", ok, T).build().run(entry_ctx(sink=sink))
         assert counts(metric_reader) == {
             (E["pipeline.created"], "p", None): 1,
             (E["pipeline.started"], "p", None): 1,
@@ -288,7 +253,7 @@ class TestSuccess:
     ) -> None:
         """``span_events=False``: spans carry no events, and stage spans end when their attempt returns."""
         sink = OtlpEventSink(meter_provider=meter_provider, span_events=False)
-        await traced(Pipeline(name="p").with_stage("a", ok, T), tracer_provider).run(entry(sink))
+        await traced(Pipeline(name="p").with_stage("a", ok, T), tracer_provider).run(entry_ctx(sink=sink))
         assert span_events(span_exporter.get_finished_spans()) == {"stage a": [], "pipeline p": []}
 
 
@@ -304,7 +269,7 @@ class TestFailure:
         """stage.x.failed follows the SDK's exception event on the stage span; pipeline.failed on the run."""
         graph = traced(Pipeline(name="p").with_stage("x", boom, T), tracer_provider)
         with pytest.raises(PipelineFailedError):
-            await graph.run(entry(Tee(stream, sink)))
+            await graph.run(entry_ctx(sink=Tee(stream, sink)))
         spans = span_exporter.get_finished_spans()
         assert span_events(spans) == {
             "stage x": [
@@ -348,7 +313,9 @@ class TestFailure:
     ) -> None:
         """StageOutput.fail: a failure result with StageFailedError as error.type."""
         with pytest.raises(PipelineFailedError):
-            await traced(Pipeline(name="p").with_stage("f", fail, T), tracer_provider).run(entry(sink))
+            await traced(Pipeline(name="p").with_stage("f", fail, T), tracer_provider).run(
+                entry_ctx(sink=sink)
+            )
         failed = attrs(by_name(span_exporter.get_finished_spans())["stage f"], 1)
         assert (
             failed[semconv.ERROR_TYPE],
@@ -377,7 +344,7 @@ class TestSkips:
             .with_stage("cond", ok, StageKind.GUARD, dependencies=("s",), conditional=True),
             tracer_provider,
         )
-        await graph.run(entry(Tee(stream, sink)))
+        await graph.run(entry_ctx(sink=Tee(stream, sink)))
         spans = span_exporter.get_finished_spans()
         assert span_events(spans) == {
             "stage s": [(E["stage.started"], "stage.s.started"), (E["stage.skipped"], "stage.s.skipped")],
@@ -427,7 +394,7 @@ class TestCancellation:
         """stage.c.cancelled with its reason on the stage span, pipeline.cancelled on the run span."""
         with pytest.raises(PipelineCancelledError):
             await traced(Pipeline(name="p").with_stage("c", cancel, T), tracer_provider).run(
-                entry(Tee(stream, sink))
+                entry_ctx(sink=Tee(stream, sink))
             )
         spans = span_exporter.get_finished_spans()
         check_against_stream(spans, stream)
@@ -462,7 +429,9 @@ class TestCancellation:
             return StageOutput.ok()
 
         task = asyncio.create_task(
-            traced(Pipeline(name="p").with_stage("w", wait, T), tracer_provider).run(entry(Tee(stream, sink)))
+            traced(Pipeline(name="p").with_stage("w", wait, T), tracer_provider).run(
+                entry_ctx(sink=Tee(stream, sink))
+            )
         )
         await started.wait()
         task.cancel()
@@ -506,7 +475,7 @@ class TestRetry:
 
         policy = RetryPolicy(max_attempts=3, jitter=0.0, sleep=_no_sleep)
         graph = traced(Pipeline(name="p").with_stage("r", flaky, T, retry=policy), tracer_provider)
-        await graph.run(entry(Tee(stream, sink)))
+        await graph.run(entry_ctx(sink=Tee(stream, sink)))
         spans = [s for s in span_exporter.get_finished_spans() if s.name == "stage r"]
         assert [
             [(e.name, (e.attributes or {}).get(semconv.EVENT_TYPE)) for e in s.events] for s in spans
@@ -552,7 +521,7 @@ class TestRetry:
 
         retry = RetryInterceptor(RetryPolicy(max_attempts=3, jitter=0.0, sleep=_no_sleep))
         await traced(Pipeline(name="p").with_stage("r", flaky, T), tracer_provider, retry).run(
-            entry(Tee(stream, sink))
+            entry_ctx(sink=Tee(stream, sink))
         )
         spans = span_exporter.get_finished_spans()
         assert span_events(spans)["stage r"] == [
@@ -586,7 +555,7 @@ class TestTimeout:
             TimeoutInterceptor(per_stage={"t": 0.01}),
         )
         with pytest.raises(PipelineFailedError):
-            await graph.run(entry(Tee(stream, sink)))
+            await graph.run(entry_ctx(sink=Tee(stream, sink)))
         spans = span_exporter.get_finished_spans()
         check_against_stream(spans, stream)
         failed = attrs(by_name(spans)["stage t"], 2)
@@ -665,7 +634,7 @@ class TestCustomEvents:
             return StageOutput.ok()
 
         await traced(Pipeline(name="p").with_stage("c", chatty, T), tracer_provider).run(
-            entry(Tee(stream, sink))
+            entry_ctx(sink=Tee(stream, sink))
         )
         spans = span_exporter.get_finished_spans()
         assert span_events(spans) == {

@@ -11,36 +11,33 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import stageflow._graph
 import stageflow._streams
 from stageflow import (
-    ContextSnapshot,
     InMemoryEventSink,
     Pipeline,
     PipelineFailedError,
-    PipelineTimer,
-    RunIdentity,
     RunResult,
     StageContext,
-    StageInputs,
     StageOutput,
     Streaming,
 )
 from stageflow_otel import MetricsInterceptor, OtlpEventSink, TracingInterceptor, semconv
 from stageflow_otel._setup import _histogram_views
+from tests._support import Tee
 
 from ._stages import T
-from .conftest import metric_points
+from .conftest import by_name, entry_ctx, metric_points
 
 E = semconv.EVENTS
 
@@ -61,32 +58,6 @@ def _clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     monkeypatch.setattr(stageflow._graph, "_perf", fake)
     monkeypatch.setattr(stageflow._streams, "_perf", fake)
     return fake
-
-
-class Tee:
-    """Hands every event to the recorder, then to the sink under test."""
-
-    def __init__(self, *sinks: Any) -> None:
-        self.sinks = sinks
-
-    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        self.try_emit(type=type, data=data)
-
-    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        for sink in self.sinks:
-            sink.try_emit(type=type, data=data)
-
-
-@pytest.fixture(name="sink")
-def _sink(meter_provider: MeterProvider, logger_provider: LoggerProvider) -> Iterator[OtlpEventSink]:
-    sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider)
-    yield sink
-    sink.shutdown(timeout=5.0)
-
-
-def entry(sink: Any) -> StageContext:
-    snapshot = ContextSnapshot(run_id=RunIdentity())
-    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
 
 
 def voice(clock: Clock, *, streamed: bool = True, llm_config: dict[str, Any] | None = None) -> Pipeline:
@@ -124,10 +95,6 @@ def voice(clock: Clock, *, streamed: bool = True, llm_config: dict[str, Any] | N
     )
 
 
-def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
-    return {span.name: span for span in spans}
-
-
 def histograms(reader: InMemoryMetricReader, name: str) -> dict[str | None, HistogramDataPoint]:
     """The points of histogram ``name`` by stage name (``None`` for points without one)."""
     out: dict[str | None, HistogramDataPoint] = {}
@@ -149,7 +116,7 @@ class TestSpans:
         """The llm span gets one first_chunk span event at the core's first_chunk event, and its counts."""
         stream = InMemoryEventSink()
         graph = voice(clock).build(interceptors=[TracingInterceptor(tracer_provider)])
-        result = await graph.run(entry(Tee(stream, sink)))
+        result = await graph.run(entry_ctx(sink=Tee(stream, sink)))
         spans = by_name(span_exporter.get_finished_spans())
         llm = spans["stage llm"]
         assert [(e.name, (e.attributes or {})[semconv.EVENT_TYPE]) for e in llm.events] == [
@@ -220,7 +187,7 @@ class TestSpans:
             .with_stage("reader", reader, T, dependencies=("tokens",), streams=("tokens",))
             .build(interceptors=[TracingInterceptor(tracer_provider)])
         )
-        await graph.run(entry(sink))
+        await graph.run(entry_ctx(sink=sink))
         span = by_name(span_exporter.get_finished_spans())["stage tokens"]
         assert [e.name for e in span.events] == [
             E["stage.started"],
@@ -247,7 +214,7 @@ class TestSpans:
             Pipeline("p").with_stage("llm", llm, T).build(interceptors=[TracingInterceptor(tracer_provider)])
         )
         with pytest.raises(PipelineFailedError):
-            await graph.run(entry(sink))
+            await graph.run(entry_ctx(sink=sink))
         span = by_name(span_exporter.get_finished_spans())["stage llm"]
         assert [e.name for e in span.events] == [
             E["stage.started"],
@@ -267,7 +234,7 @@ class TestSpans:
             return StageOutput.ok()
 
         graph = Pipeline("p").with_stage("a", ok, T).build(interceptors=[TracingInterceptor(tracer_provider)])
-        await graph.run(entry(sink))
+        await graph.run(entry_ctx(sink=sink))
         run = by_name(span_exporter.get_finished_spans())["pipeline p"]
         assert semconv.RUN_TIME_TO_FIRST_OUTPUT not in (run.attributes or {})
 
@@ -286,7 +253,7 @@ class TestEventViews:
         stageflow.events.emitted counts one first_chunk per streaming stage."""
         sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider, log_records=True)
         try:
-            await voice(clock).build().run(entry(sink))
+            await voice(clock).build().run(entry_ctx(sink=sink))
             assert sink.flush(timeout=5.0)
         finally:
             sink.shutdown(timeout=5.0)
@@ -327,7 +294,7 @@ class TestHistograms:
         """Each streaming stage's TTFC and time per chunk, and the run's time to first output, are recorded
         once, with exact values, the voice-latency buckets and no run id."""
         graph = voice(clock).build(interceptors=[MetricsInterceptor(meter_provider)])
-        await graph.run(entry(None))
+        await graph.run(entry_ctx())
         first = histograms(metric_reader, semconv.STAGE_TIME_TO_FIRST_CHUNK)
         assert {k: (p.count, p.sum) for k, p in first.items()} == {"llm": (1, 0.25), "tts": (1, 0.0625)}
         per = histograms(metric_reader, semconv.STAGE_TIME_PER_OUTPUT_CHUNK)
@@ -356,7 +323,7 @@ class TestHistograms:
     ) -> None:
         """The same pipeline with tts waiting for the whole reply: its first audio comes after llm's end."""
         graph = voice(clock, streamed=False).build(interceptors=[MetricsInterceptor(meter_provider)])
-        result: RunResult = await graph.run(entry(None))
+        result: RunResult = await graph.run(entry_ctx())
         runs = histograms(metric_reader, semconv.PIPELINE_RUN_TIME_TO_FIRST_OUTPUT.name)
         # stt 0.5 s, the whole llm reply 0.25 + 3 * 0.125 s, then tts's first chunk 0.0625 s
         assert result.time_to_first_output == 0.5 + 0.625 + 0.0625
@@ -376,7 +343,7 @@ class TestHistograms:
             "temperature": 0.2,
         }
         graph = voice(clock, llm_config=config).build(interceptors=[MetricsInterceptor(meter_provider)])
-        await graph.run(entry(None))
+        await graph.run(entry_ctx())
         [point] = metric_points(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name)
         assert isinstance(point, HistogramDataPoint)
         assert (point.count, point.sum) == (1, 0.25)
@@ -419,7 +386,7 @@ class TestHistograms:
             .build(interceptors=[MetricsInterceptor(meter_provider)])
         )
         with pytest.raises(PipelineFailedError):
-            await graph.run(entry(None))
+            await graph.run(entry_ctx())
         [point] = metric_points(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name)
         assert isinstance(point, HistogramDataPoint)
         assert (point.count, point.sum) == (1, 0.125)
@@ -456,7 +423,7 @@ class TestHistograms:
             .build(interceptors=[MetricsInterceptor(meter_provider)])
         )
         with pytest.raises(PipelineFailedError) as caught:
-            await graph.run(entry(None))
+            await graph.run(entry_ctx())
         assert caught.value.stage == "guard"
         [point] = metric_points(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name)
         assert isinstance(point, HistogramDataPoint)
@@ -479,7 +446,7 @@ class TestHistograms:
             .with_stage("silent", silent, T)
             .build(interceptors=[MetricsInterceptor(meter_provider)])
         )
-        await graph.run(entry(None))
+        await graph.run(entry_ctx())
         assert metric_points(metric_reader, semconv.STAGE_TIME_TO_FIRST_CHUNK) == []
         assert metric_points(metric_reader, semconv.STAGE_TIME_PER_OUTPUT_CHUNK) == []
 
@@ -489,7 +456,7 @@ class TestHistograms:
         provider = MeterProvider(metric_readers=[reader], views=_histogram_views())
         try:
             graph = voice(clock).build(interceptors=[MetricsInterceptor(provider)])
-            await graph.run(entry(None))
+            await graph.run(entry_ctx())
             bounds = {
                 name: {tuple(p.explicit_bounds) for p in metric_points(reader, name)}  # type: ignore[union-attr]
                 for name in (

@@ -41,14 +41,7 @@ from stageflow.interceptors import (
 from stageflow_otel import TracingInterceptor, inject_context, semconv
 
 from ._stages import T, boom, diamond, fail, ok, skip
-from .conftest import dump_spans, entry_ctx
-
-
-def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
-    """The finished spans by name (names must be unique)."""
-    named = {s.name: s for s in spans}
-    assert len(named) == len(spans)
-    return named
+from .conftest import by_name, dump_spans, entry_ctx
 
 
 def attrs(span: ReadableSpan, *drop: str) -> dict[str, AttributeValue]:
