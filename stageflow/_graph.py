@@ -664,6 +664,7 @@ class _Run:
                 r.work,
                 r.chunks,
                 r.time_to_first_chunk,
+                r.category,
             )
             for r in results.values()
         )
@@ -677,6 +678,8 @@ class _Run:
             results.critical_path,
             error,
             first_output_path=results.first_output_path,
+            category=results.category,
+            not_started=results.not_started,
         )
         await _record_bounded(store, record)
 

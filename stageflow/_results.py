@@ -335,6 +335,15 @@ class RunResult(dict[str, StageResult]):
         return sum(seconds for _, seconds in path) if path else None
 
     @property
+    def not_started(self) -> tuple[str, ...]:
+        """The declared stages that never started (a dependency failed, or the run stopped first), in
+        declaration order: they have no ``StageResult``.
+
+        .. versionadded:: 0.11
+        """
+        return tuple(name for name in self._deps if name not in self)
+
+    @property
     def waits(self) -> dict[str, float]:
         """Each stage's wait (ready to start), in seconds."""
         return {name: r.wait for name, r in self.items()}

@@ -36,6 +36,7 @@ from uuid import UUID
 
 from ._errors import StageflowError
 from ._events import RecordedEvent
+from ._types import OutcomeCategory
 
 __all__ = (
     "MAX_MESSAGE_CHARS",
@@ -64,7 +65,7 @@ __all__ = (
 
 logger = logging.getLogger("stageflow")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MAX_MESSAGE_CHARS = 4096
 """Characters of an error message or reason a store keeps; the rest is cut, and the kept text ends with
@@ -123,6 +124,14 @@ class StageRecord:
 
     .. versionadded:: 0.11
     """
+    category: str | None = None
+    """The stage's outcome category as the engine classified it (``StageResult.category``): ``success``,
+    ``failure``, ``error``, ``timeout``, ``cancellation`` or ``skip`` (conditional skips and interceptor
+    fallbacks alike: the reason kept in ``error`` says which). Read back as an ``OutcomeCategory``; ``None``
+    only in a record made without one.
+
+    .. versionadded:: 0.11
+    """
 
     @property
     def run_time(self) -> float:
@@ -166,6 +175,20 @@ class RunRecord:
     first_output_path: tuple[tuple[str, float], ...] = ()
     """Where the run's time to first output went: ``(stage, seconds)`` along the streaming critical path,
     as ``RunResult.first_output_path`` gave it; empty when the run produced no output.
+
+    .. versionadded:: 0.11
+    """
+    category: str | None = None
+    """The run's outcome category (``RunResult.category``): ``success`` for a completed run,
+    ``cancellation`` for a cancelled one, and for a failed run its first failing stage's category
+    (``failure``, ``error`` or ``timeout``). Read back as an ``OutcomeCategory``; ``None`` only in a record
+    made without one.
+
+    .. versionadded:: 0.11
+    """
+    not_started: tuple[str, ...] = ()
+    """The declared stages that never started (a dependency failed, or the run stopped first), in
+    declaration order: they have no ``StageRecord``.
 
     .. versionadded:: 0.11
     """
@@ -347,6 +370,7 @@ def storable_record(record: RunRecord) -> RunRecord:
             error_type=None if s.error_type is None else clean(s.error_type),
             dependencies=tuple(clean(d) for d in s.dependencies),
             work=None if s.work is None else clean(s.work),
+            category=_stored_category(s.category),
         )
         for s in record.stages
     )
@@ -361,7 +385,20 @@ def storable_record(record: RunRecord) -> RunRecord:
         first_output_path=tuple((clean(name), seconds) for name, seconds in record.first_output_path),
         error=_message(record.error),
         trace_id=None if trace_id is None else clean(trace_id),
+        category=_stored_category(record.category),
+        not_started=tuple(clean(name) for name in record.not_started),
     )
+
+
+def _stored_category(category: str | None) -> str | None:
+    """A category as stores keep it: an ``OutcomeCategory`` (what every store reads back), or text made
+    storable when it is none (a read then reports the record malformed)."""
+    if category is None:
+        return None
+    try:
+        return OutcomeCategory(category)
+    except ValueError:
+        return storable_text(str(category))
 
 
 # --------------------------------------------------------------------------------------- trace id
@@ -490,6 +527,8 @@ _COLUMNS = {
         "error",
         "trace_id",
         "first_output_path",
+        "category",
+        "not_started",
     ),
     "stages": (
         "run_id",
@@ -508,8 +547,31 @@ _COLUMNS = {
         "work",
         "chunks",
         "time_to_first_chunk",
+        "category",
     ),
 }
+
+LEGACY_STAGE_CATEGORY = """CASE status
+    WHEN 'ok' THEN 'success' WHEN 'skip' THEN 'skip' WHEN 'cancel' THEN 'cancellation'
+    ELSE CASE
+        WHEN error_type = 'StageTimeoutError' THEN 'timeout'
+        WHEN error_type IN ('StageFailedError', 'RetriesExhaustedError') THEN 'failure'
+        ELSE 'error'
+    END
+END"""
+"""SQL giving a stage row stored before categories were (its status and error type name) its category: the
+migration's one-time backfill, shared by the SQLite and PostgreSQL stores."""
+
+LEGACY_RUN_CATEGORY = """CASE status
+    WHEN 'completed' THEN 'success' WHEN 'cancelled' THEN 'cancellation'
+    ELSE coalesce(
+        (SELECT s.category FROM {stages} s
+         WHERE s.run_id = runs.run_id AND s.status = 'fail' ORDER BY s.position LIMIT 1),
+        'error'
+    )
+END"""
+"""SQL giving a run row stored before categories were its category (its first failing stage's, by
+position); ``{stages}`` is the stage table's name."""
 
 _SCHEMA = (
     """CREATE TABLE runs (
@@ -561,6 +623,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE stages ADD COLUMN chunks INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE stages ADD COLUMN time_to_first_chunk REAL",
     ),
+    (
+        "ALTER TABLE runs ADD COLUMN category TEXT",
+        "ALTER TABLE runs ADD COLUMN not_started TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE stages ADD COLUMN category TEXT",
+        # rows recorded before the engine stored categories get the one their status and error type name;
+        # from this version on the engine's own category is stored and nothing derives it
+        f"UPDATE stages SET category = {LEGACY_STAGE_CATEGORY}",
+        f"UPDATE runs SET category = {LEGACY_RUN_CATEGORY.format(stages='stages')}",
+    ),
 )
 
 
@@ -589,6 +660,7 @@ def _stage_record(row: Sequence[Any]) -> StageRecord:
         work,
         chunks,
         ttfc,
+        category,
     ) = row
     dependencies = _names(deps, f"stage {name!r} dependencies")
     return StageRecord(
@@ -606,6 +678,7 @@ def _stage_record(row: Sequence[Any]) -> StageRecord:
         _optional_text(work, "stage work"),
         _whole(chunks, "stage chunks"),
         None if ttfc is None else _number(ttfc, "stage time_to_first_chunk"),
+        _category(category, f"stage {name!r} category"),
     )
 
 
@@ -634,6 +707,16 @@ def _whole(value: object, what: str) -> int:
     return value
 
 
+def _category(value: object, what: str) -> OutcomeCategory | None:
+    if value is None:
+        return None
+    try:
+        return OutcomeCategory(_text(value, what))
+    except ValueError:
+        msg = f"{what} is {value!r}, not one of {', '.join(c.value for c in OutcomeCategory)}"
+        raise ValueError(msg) from None
+
+
 def _names(value: object, what: str) -> tuple[str, ...]:
     names = json.loads(value) if isinstance(value, str) else value
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -659,12 +742,12 @@ def _path(value: object) -> tuple[tuple[str, float], ...]:
 
 def run_record(row: Sequence[Any], stages: Iterable[Sequence[Any]]) -> RunRecord:
     """A ``RunRecord`` from a run row (run_id, pipeline, status, started_at, ended_at, critical_path,
-    error, trace_id, first_output_path) and its stage rows, every value checked; ``MalformedRunError``
-    names the run and the bad value."""
+    error, trace_id, first_output_path, category, not_started) and its stage rows, every value checked;
+    ``MalformedRunError`` names the run and the bad value."""
     run_id = str(row[0])
 
     def build() -> RunRecord:
-        _, pipeline, status, started_at, ended_at, critical, error, trace_id, path = row
+        _, pipeline, status, started_at, ended_at, critical, error, trace_id, path, category, unstarted = row
         return RunRecord(
             _text(run_id, "run_id"),
             _text(pipeline, "pipeline"),
@@ -676,17 +759,20 @@ def run_record(row: Sequence[Any], stages: Iterable[Sequence[Any]]) -> RunRecord
             _optional_text(error, "error"),
             _optional_text(trace_id, "trace_id"),
             _path(path),
+            _category(category, "category"),
+            _names(unstarted, "not_started"),
         )
 
     return read_checked(run_id, build)
 
 
 _RUN_COLUMNS = (
-    "run_id, pipeline, status, started_at, ended_at, critical_path, error, trace_id, first_output_path"
+    "run_id, pipeline, status, started_at, ended_at, critical_path, error, trace_id, first_output_path, "
+    "category, not_started"
 )
 _STAGE_COLUMNS = (
     "name, kind, status, started_at, ended_at, wait, attempts, error, error_type, dependencies, "
-    "dispatch, work, chunks, time_to_first_chunk"
+    "dispatch, work, chunks, time_to_first_chunk, category"
 )
 
 
@@ -841,7 +927,7 @@ class SQLiteRunStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 inserted = conn.execute(
-                    "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.run_id,
                         record.pipeline,
@@ -852,11 +938,13 @@ class SQLiteRunStore:
                         record.error,
                         record.trace_id,
                         json.dumps([list(step) for step in record.first_output_path]),
+                        None if record.category is None else str(record.category),
+                        json.dumps(list(record.not_started)),
                     ),
                 ).rowcount
                 if inserted:
                     conn.executemany(
-                        "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [
                             (
                                 record.run_id,
@@ -875,6 +963,7 @@ class SQLiteRunStore:
                                 s.work,
                                 s.chunks,
                                 s.time_to_first_chunk,
+                                None if s.category is None else str(s.category),
                             )
                             for i, s in enumerate(record.stages)
                         ],

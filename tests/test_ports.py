@@ -156,13 +156,13 @@ class TestRunStores:
         store.close()
 
     def test_sqlite_schema_is_versioned_and_uses_wal(self, tmp_path: Path) -> None:
-        """A new database gets schema version 4 in WAL mode, and reopening it keeps it."""
+        """A new database gets schema version 5 in WAL mode, and reopening it keeps it."""
         path = tmp_path / "v.db"
         store = SQLiteRunStore(path)
-        assert store.schema_version == 4
+        assert store.schema_version == 5
         store.close()
         again = SQLiteRunStore(path)
-        assert again.schema_version == 4
+        assert again.schema_version == 5
         again.close()
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -179,9 +179,10 @@ class TestRunStores:
         conn.commit()
         conn.close()
         store = SQLiteRunStore(path)
-        assert store.schema_version == 4
+        assert store.schema_version == 5
         old = await store.get_run("r")
-        assert old is not None and old.stages == (StageRecord("a", "work", "ok", 1.0, 2.0, 0.0, 1),)
+        assert old is not None
+        assert old.stages == (StageRecord("a", "work", "ok", 1.0, 2.0, 0.0, 1, category="success"),)
         graph = diamond().build(run_store=store)
         results = await graph.run(make_ctx())
         new = await store.get_run(results.run_id)
@@ -203,7 +204,7 @@ class TestRunStores:
         with pytest.raises(RuntimeError) as info:
             SQLiteRunStore(path)
         assert str(info.value) == (
-            f"run store {str(path)!r} has schema version 9, newer than 4 which this stageflow understands; "
+            f"run store {str(path)!r} has schema version 9, newer than 5 which this stageflow understands; "
             "upgrade stageflow or use another file"
         )
 

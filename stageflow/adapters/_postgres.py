@@ -34,6 +34,8 @@ from uuid import UUID
 from stageflow._errors import StageflowError
 from stageflow._events import RecordedEvent
 from stageflow._store import (
+    LEGACY_RUN_CATEGORY,
+    LEGACY_STAGE_CATEGORY,
     RUN_STORE_TIMEOUT,
     MalformedRunError,
     RunRecord,
@@ -125,6 +127,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             ADD COLUMN chunks integer NOT NULL DEFAULT 0,
             ADD COLUMN time_to_first_chunk double precision""",
     ),
+    (  # 4: the outcome category of each stage and run, and the stages that never started
+        """ALTER TABLE stageflow_runs
+            ADD COLUMN category text,
+            ADD COLUMN not_started jsonb NOT NULL DEFAULT '[]'::jsonb""",
+        """ALTER TABLE stageflow_stages ADD COLUMN category text""",
+        # rows recorded before the engine stored categories get the one their status and error type name
+        f"""UPDATE stageflow_stages SET category = {LEGACY_STAGE_CATEGORY}""",
+        f"""UPDATE stageflow_runs AS runs
+            SET category = {LEGACY_RUN_CATEGORY.format(stages="stageflow_stages")}""",
+    ),
 )
 
 POSTGRES_SCHEMA_VERSION = len(_MIGRATIONS)
@@ -134,31 +146,32 @@ _WRITE = """
 WITH run AS (
     INSERT INTO stageflow_runs
         (day, run_id, pipeline, status, started_at, ended_at, critical_path, error, trace_id,
-         first_output_path)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+         first_output_path, category, not_started)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT DO NOTHING
     RETURNING day, run_id
 )
 INSERT INTO stageflow_stages
     (day, run_id, position, name, kind, status, started_at, ended_at, wait, attempts, error, error_type,
-     dependencies, dispatch, work, chunks, time_to_first_chunk)
+     dependencies, dispatch, work, chunks, time_to_first_chunk, category)
 SELECT run.day, run.run_id, s.position, s.name, s.kind, s.status, s.started_at, s.ended_at, s.wait,
        s.attempts, s.error, s.error_type, s.dependencies, s.dispatch, s.work, s.chunks,
-       s.time_to_first_chunk
+       s.time_to_first_chunk, s.category
 FROM run, jsonb_to_recordset(%s::jsonb) AS s(
     position integer, name text, kind text, status text, started_at double precision,
     ended_at double precision, wait double precision, attempts integer, error text, error_type text,
     dependencies jsonb, dispatch double precision, work text, chunks integer,
-    time_to_first_chunk double precision
+    time_to_first_chunk double precision, category text
 )
 """
 
 _READ = """
 SELECT r.run_id, r.pipeline, r.status, r.started_at, r.ended_at, r.critical_path, r.error, r.trace_id,
-    r.first_output_path,
+    r.first_output_path, r.category, r.not_started,
     (SELECT coalesce(jsonb_agg(jsonb_build_array(s.name, s.kind, s.status, s.started_at, s.ended_at, s.wait,
                                                  s.attempts, s.error, s.error_type, s.dependencies,
-                                                 s.dispatch, s.work, s.chunks, s.time_to_first_chunk)
+                                                 s.dispatch, s.work, s.chunks, s.time_to_first_chunk,
+                                                 s.category)
                                ORDER BY s.position), '[]'::jsonb)
      FROM stageflow_stages s WHERE s.day = r.day AND s.run_id = r.run_id)
 FROM stageflow_runs r
@@ -481,10 +494,16 @@ def _stages_json(record: RunRecord) -> str:
                 "work": s.work,
                 "chunks": s.chunks,
                 "time_to_first_chunk": s.time_to_first_chunk,
+                "category": _text_of(s.category),
             }
             for i, s in enumerate(record.stages)
         ]
     )
+
+
+def _text_of(category: str | None) -> str | None:
+    """A category as plain text (psycopg would write an enum by its member name)."""
+    return None if category is None else str(category)
 
 
 def _escape_like(prefix: str) -> str:
@@ -651,6 +670,8 @@ class PostgresRunStore:
                 stored.error,
                 stored.trace_id,
                 json.dumps([list(step) for step in stored.first_output_path]),
+                _text_of(stored.category),
+                json.dumps(list(stored.not_started)),
                 _stages_json(stored),
             )
             pool = await db.pool()
@@ -696,10 +717,10 @@ class PostgresRunStore:
         found: list[RunRecord | MalformedRunError] = []
         for row in rows:
             try:
-                stages = row[9]
+                stages = row[11]
                 if not isinstance(stages, list):
                     raise MalformedRunError(str(row[0]), f"its stages are {stages!r}")
-                found.append(run_record(row[:9], stages))
+                found.append(run_record(row[:11], stages))
             except MalformedRunError as exc:
                 found.append(exc)
         return found

@@ -255,10 +255,10 @@ class TestPostgres:
     ) -> None:
         """``db migrate`` creates the schema once, then says it is current."""
         shown = f"postgresql://stageflow@127.0.0.1:{postgres.port}/{pg_url.rsplit('/', 1)[1]}"
-        assert run(capsys, "db", "migrate", pg_url) == (0, f"{shown}: stageflow schema version 0 → 3\n", "")
+        assert run(capsys, "db", "migrate", pg_url) == (0, f"{shown}: stageflow schema version 0 → 4\n", "")
         assert run(capsys, "db", "migrate", "--store", pg_url) == (
             0,
-            f"{shown}: stageflow schema version 3 is current\n",
+            f"{shown}: stageflow schema version 4 is current\n",
             "",
         )
         assert run(capsys, "runs", "list", pg_url) == (0, f"no runs in {shown!r}\n", "")
@@ -270,7 +270,7 @@ class TestPostgres:
         path = tmp_path / "new.db"
         assert run(capsys, "db", "migrate", str(path)) == (
             0,
-            f"created run store {str(path)!r}: schema version 4\n",
+            f"created run store {str(path)!r}: schema version 5\n",
             "",
         )
 

@@ -15,8 +15,10 @@ import stageflow._streams
 from stageflow import (
     MAX_MESSAGE_CHARS,
     InMemoryRunStore,
+    OutcomeCategory,
     Pipeline,
     PipelineCancelledError,
+    PipelineContext,
     PipelineFailedError,
     PostgresRunStore,
     RunRecord,
@@ -28,6 +30,7 @@ from stageflow import (
     reset_run_trace_id,
     set_run_trace_id,
 )
+from stageflow.interceptors import BaseInterceptor, ErrorAction, TimeoutInterceptor
 from tests._support import make_ctx
 
 AnyStore = InMemoryRunStore | SQLiteRunStore | PostgresRunStore
@@ -182,6 +185,89 @@ class TestRecordAndRead:
             ("pending", "cancel", "stopped", 0),
         ]
         assert stored.first_output_path == ()
+
+    async def test_categories_and_stages_never_started_round_trip(self, store: AnyStore) -> None:
+        """Each stage's category, the run's, and the stages that never started read back exactly, the
+        categories as ``OutcomeCategory`` values; a record without them reads back without them."""
+        base = record("r-1", T0, error="b: StageTimeoutError: late")
+        written = replace(
+            base,
+            stages=(
+                replace(base.stages[0], category="skip"),
+                replace(base.stages[1], category=OutcomeCategory.TIMEOUT),
+            ),
+            category="timeout",
+            not_started=("c", "d"),
+        )
+        await store.record_run(written)
+        await store.record_run(record("r-2", T0 + 1))
+        got = await store.get_run("r-1")
+        assert got == written
+        assert got is not None
+        assert [type(c) for c in (got.category, *(s.category for s in got.stages))] == [OutcomeCategory] * 3
+        assert (got.category, got.not_started) == (OutcomeCategory.TIMEOUT, ("c", "d"))
+        plain = await store.get_run("r-2")
+        assert plain is not None
+        assert (plain.category, plain.not_started, [s.category for s in plain.stages]) == (
+            None,
+            (),
+            [None] * 2,
+        )
+
+    async def test_a_run_records_the_engine_categories_and_the_stages_never_started(
+        self, store: AnyStore
+    ) -> None:
+        """A failed run is stored with each stage's category and the run's as its RunResult has them (a
+        fallback and a conditional skip are skips, a timed-out stage a timeout), and the stages that
+        never started, in declaration order."""
+
+        async def ok(ctx: StageContext) -> StageOutput:
+            return StageOutput.ok()
+
+        async def skipped(ctx: StageContext) -> StageOutput:
+            return StageOutput.skip(reason="nothing to do")
+
+        async def broken(ctx: StageContext) -> StageOutput:
+            raise ConnectionError("503")
+
+        async def slow(ctx: StageContext) -> StageOutput:
+            await asyncio.Event().wait()
+            return StageOutput.ok()
+
+        class Fallback(BaseInterceptor):
+            name = "fallback"
+
+            async def on_error(self, stage_name: str, error: Exception, ctx: PipelineContext) -> ErrorAction:
+                return ErrorAction.FALLBACK if stage_name == "search" else ErrorAction.FAIL
+
+        graph = (
+            Pipeline(name="p")
+            .with_stage("a", ok, StageKind.WORK)
+            .with_stage("memory", skipped, StageKind.WORK, dependencies=("a",))
+            .with_stage("personal", ok, StageKind.WORK, dependencies=("memory",), conditional=True)
+            .with_stage("search", broken, StageKind.WORK, dependencies=("a",))
+            .with_stage("slow", slow, StageKind.WORK, dependencies=("search", "personal"))
+            .with_stage("after", ok, StageKind.WORK, dependencies=("slow",))
+            .with_stage("last", ok, StageKind.WORK, dependencies=("after",))
+            .build([Fallback(), TimeoutInterceptor(5.0, per_stage={"slow": 0.01})], run_store=store)
+        )
+        with pytest.raises(PipelineFailedError) as info:
+            await graph.run(make_ctx())
+        results = info.value.results
+        stored = await store.get_run(results.run_id)
+        assert stored is not None
+        assert {s.name: s.category for s in stored.stages} == {
+            name: r.category for name, r in results.items()
+        }
+        assert {s.name: str(s.category) for s in stored.stages} == {
+            "a": "success",
+            "memory": "skip",
+            "personal": "skip",
+            "search": "skip",
+            "slow": "timeout",
+        }
+        assert (stored.category, stored.not_started) == (OutcomeCategory.TIMEOUT, ("after", "last"))
+        assert stored.category == results.category == info.value.category
 
     async def test_unknown_run_is_none(self, store: AnyStore) -> None:
         """An id that was never recorded reads as None."""

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from stageflow import (
+    OutcomeCategory,
     Pipeline,
     PipelineFailedError,
     PostgresRunStore,
@@ -69,7 +70,7 @@ class TestSchema:
                 "WHERE relname LIKE 'stageflow%' AND relkind IN ('r', 'p') ORDER BY relname"
             ).fetchall()
             version = conn.execute("SELECT version FROM stageflow_schema").fetchall()
-        assert version == [(POSTGRES_SCHEMA_VERSION,)] == [(3,)]
+        assert version == [(POSTGRES_SCHEMA_VERSION,)] == [(4,)]
         assert tables == [
             ("stageflow_events", "p"),
             ("stageflow_events_p20260528", "r"),
@@ -81,7 +82,7 @@ class TestSchema:
         ]
 
     async def test_an_older_schema_is_migrated_on_first_use(self, pg_url: str) -> None:
-        """A database at schema version 1 (no events table) is brought to version 3; its runs stay."""
+        """A database at schema version 1 (no events table) is brought to version 4; its runs stay."""
         with psycopg.connect(pg_url, autocommit=True) as conn:
             for statement in _MIGRATIONS[0]:
                 conn.execute(statement)
@@ -90,19 +91,19 @@ class TestSchema:
             with pytest.raises(SchemaError) as info:
                 await reader.list_runs()
         assert str(info.value).endswith(
-            "has stageflow schema version 1 and this stageflow reads version 3; upgrade it with "
+            "has stageflow schema version 1 and this stageflow reads version 4; upgrade it with "
             "`stageflow db migrate URL`"
         )
         async with PostgresRunStore(pg_url) as store:
             await store.record_run(record("r", epoch(date(2026, 5, 28))))
             assert [r.run_id for r in await store.list_runs()] == ["r"]
         with psycopg.connect(pg_url) as conn:
-            assert conn.execute("SELECT version FROM stageflow_schema").fetchall() == [(3,)]
+            assert conn.execute("SELECT version FROM stageflow_schema").fetchall() == [(4,)]
 
     async def test_a_version_2_database_keeps_its_runs_and_gains_the_streaming_columns(
         self, pg_url: str
     ) -> None:
-        """Runs written at schema version 2 read back after the migration to version 3 with no dispatch, no
+        """Runs written at schema version 2 read back after the migration to version 4 with no dispatch, no
         work outcome, no chunks and no first output; runs written after it keep all four."""
         start = epoch(date(2026, 5, 28))
         with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -138,10 +139,92 @@ class TestSchema:
         )
         async with PostgresRunStore(pg_url) as store:
             await store.record_run(streamed)
-            assert await store.get_run("old") == record("old", start)
+            old = record("old", start)
+            assert await store.get_run("old") == replace(
+                old, stages=(replace(old.stages[0], category="success"),), category="success"
+            )
             assert await store.get_run("new") == streamed
         with psycopg.connect(pg_url) as conn:
-            assert conn.execute("SELECT version FROM stageflow_schema").fetchall() == [(3,)]
+            assert conn.execute("SELECT version FROM stageflow_schema").fetchall() == [(4,)]
+
+    async def test_a_version_3_database_gains_categories_from_its_rows(self, pg_url: str) -> None:
+        """The migration to version 4 gives each stored stage the category its status and error type name
+        and each run its first failing stage's (success for a completed run, cancellation for a cancelled
+        one, error for a failed one without a failed stage); runs written after it keep the engine's."""
+        day = date(2026, 5, 28)
+        start = epoch(day)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            for statement in _MIGRATIONS[0] + _MIGRATIONS[1] + _MIGRATIONS[2]:
+                conn.execute(statement)
+            conn.execute("UPDATE stageflow_schema SET version = 3")
+            for table in ("stageflow_runs", "stageflow_stages", "stageflow_events"):
+                conn.execute(
+                    f"CREATE TABLE {table}_p20260528 PARTITION OF {table} "
+                    "FOR VALUES FROM ('2026-05-28') TO ('2026-05-29')"
+                )
+            runs = [
+                ("done", "completed"),
+                ("stopped", "cancelled"),
+                ("timed-out", "failed"),
+                ("refused", "failed"),
+                ("sink-broke", "failed"),
+            ]
+            for run_id, status in runs:
+                conn.execute(
+                    "INSERT INTO stageflow_runs (day, run_id, pipeline, status, started_at, ended_at, "
+                    "critical_path) VALUES (%s, %s, 'p', %s, %s, %s, '[]')",
+                    (day, run_id, status, start, start + 1),
+                )
+            stages = [
+                ("done", "ok", None),
+                ("done", "skip", None),
+                ("stopped", "cancel", None),
+                ("timed-out", "ok", None),
+                ("timed-out", "fail", "StageTimeoutError"),
+                ("timed-out", "fail", "StageFailedError"),
+                ("refused", "fail", "StageFailedError"),
+                ("refused", "fail", "RetriesExhaustedError"),
+                ("refused", "fail", "ValueError"),
+                ("refused", "fail", "TimeoutError"),
+            ]
+            for position, (run_id, status, error_type) in enumerate(stages):
+                conn.execute(
+                    "INSERT INTO stageflow_stages (day, run_id, position, name, kind, status, started_at, "
+                    "ended_at, wait, attempts, error_type, dependencies) "
+                    "VALUES (%s, %s, %s, %s, 'work', %s, %s, %s, 0.0, 1, %s, '[]')",
+                    (day, run_id, position, f"s{position}", status, start, start + 1, error_type),
+                )
+        new = replace(
+            record("new", start),
+            stages=(replace(record("new", start).stages[0], category=OutcomeCategory.TIMEOUT),),
+            category=OutcomeCategory.TIMEOUT,
+            not_started=("b",),
+        )
+        async with PostgresRunStore(pg_url) as store:
+            read = {r.run_id: r for r in await store.list_runs()}
+            await store.record_run(new)
+            assert await store.get_run("new") == new
+        assert {run_id: (r.category, r.not_started) for run_id, r in read.items()} == {
+            "done": ("success", ()),
+            "stopped": ("cancellation", ()),
+            "timed-out": ("timeout", ()),
+            "refused": ("failure", ()),
+            "sink-broke": ("error", ()),
+        }
+        assert [s.category for r in runs for s in read[r[0]].stages] == [
+            "success",
+            "skip",
+            "cancellation",
+            "success",
+            "timeout",
+            "failure",
+            "failure",
+            "failure",
+            "error",
+            "error",
+        ]
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT version FROM stageflow_schema").fetchall() == [(4,)]
 
     @pytest.mark.parametrize("migrate", [True, False], ids=["migrate", "read-only"])
     async def test_a_foreign_table_of_the_same_name_is_refused(self, pg_url: str, migrate: bool) -> None:
@@ -168,7 +251,7 @@ class TestSchema:
         name = pg_url.rsplit("/", 1)[1]
         assert str(info.value) == (
             f"database postgresql://stageflow@127.0.0.1:{postgres.port}/{name} has stageflow schema "
-            "version 9, newer than 3 which this stageflow understands; upgrade stageflow"
+            "version 9, newer than 4 which this stageflow understands; upgrade stageflow"
         )
 
     async def test_concurrent_first_uses_create_the_schema_once(self, pg_url: str) -> None:
@@ -180,7 +263,7 @@ class TestSchema:
         assert sorted(r.run_id for r in await stores[0].list_runs()) == [f"r{i}" for i in range(8)]
         await asyncio.gather(*(s.aclose() for s in stores))
         with psycopg.connect(pg_url) as conn:
-            assert conn.execute("SELECT version FROM stageflow_schema").fetchall() == [(3,)]
+            assert conn.execute("SELECT version FROM stageflow_schema").fetchall() == [(4,)]
 
 
 class TestRetention:

@@ -14,6 +14,7 @@ import pytest
 from stageflow import (
     InMemoryRunStore,
     MalformedRunError,
+    OutcomeCategory,
     RunRecord,
     RunStoreWrite,
     SQLiteRunStore,
@@ -74,8 +75,35 @@ class TestMalformedRows:
                 '[["a"]]',
                 "ValueError: first_output_path is '[[\"a\"]]', not a list of [stage, seconds] pairs",
             ),
+            (
+                "stages",
+                "category",
+                "oops",
+                "ValueError: stage 'a' category is 'oops', not one of success, failure, error, timeout, "
+                "cancellation, skip",
+            ),
+            ("runs", "category", b"timeout", "TypeError: category is b'timeout', not text"),
+            (
+                "runs",
+                "not_started",
+                '"b"',
+                "ValueError: not_started is '\"b\"', not a list of names",
+            ),
         ],
-        ids=["text", "number", "whole-number", "names", "dispatch", "work", "chunks", "ttfc", "first-output"],
+        ids=[
+            "text",
+            "number",
+            "whole-number",
+            "names",
+            "dispatch",
+            "work",
+            "chunks",
+            "ttfc",
+            "first-output",
+            "stage-category",
+            "run-category",
+            "not-started",
+        ],
     )
     async def test_a_bad_value_is_named(
         self, sqlite: SQLiteRunStore, table: str, column: str, value: object, problem: str
@@ -149,13 +177,14 @@ class TestReaders:
         with sqlite3.connect(path) as conn:
             conn.execute("DROP TABLE events")
             conn.execute("ALTER TABLE runs DROP COLUMN trace_id")
-            conn.execute("ALTER TABLE runs DROP COLUMN first_output_path")
-            for column in ("dispatch", "work", "chunks", "time_to_first_chunk"):
+            for column in ("first_output_path", "category", "not_started"):
+                conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+            for column in ("dispatch", "work", "chunks", "time_to_first_chunk", "category"):
                 conn.execute(f"ALTER TABLE stages DROP COLUMN {column}")
             conn.execute("PRAGMA user_version = 2")
         conn.close()
         reader = SQLiteRunStore(path, create=False)
-        assert reader.schema_version == 4
+        assert reader.schema_version == 5
         assert await reader.events_of("r") == []
         reader.close()
 
@@ -163,7 +192,7 @@ class TestReaders:
     async def test_a_version_3_file_gains_the_streaming_columns_and_keeps_its_runs(
         self, tmp_path: Path, create: bool
     ) -> None:
-        """A file written by the version-3 schema is upgraded to version 4 when opened; its runs read back
+        """A file written by the version-3 schema is upgraded to version 5 when opened; its runs read back
         with no dispatch, no work outcome, no chunks and no first output, and new runs keep all four."""
         path = tmp_path / "v3.db"
         with sqlite3.connect(path) as conn:
@@ -179,8 +208,12 @@ class TestReaders:
             conn.execute("PRAGMA user_version = 3")
         conn.close()
         store = SQLiteRunStore(path, create=create)
-        assert store.schema_version == 4
-        assert await store.get_run("old") == record("old")
+        assert store.schema_version == 5
+        assert await store.get_run("old") == replace(
+            record("old"),
+            stages=(replace(record("old").stages[0], category="success"),),
+            category="success",
+        )
         new = replace(
             record("new"),
             stages=(
@@ -189,6 +222,83 @@ class TestReaders:
                 ),
             ),
             first_output_path=(("a", 0.25),),
+        )
+        await store.record_run(new)
+        assert await store.get_run("new") == new
+        store.close()
+
+    @pytest.mark.parametrize("create", [True, False], ids=["writer", "reader"])
+    async def test_a_version_4_file_gains_categories_from_its_rows(
+        self, tmp_path: Path, create: bool
+    ) -> None:
+        """A file written by the version-4 schema is upgraded to version 5 when opened: each stored stage
+        gets the category its status and error type name, each run its first failing stage's (success for
+        a completed run, cancellation for a cancelled one, error for a failed one without a failed stage),
+        and no run lists stages that never started; runs written afterwards keep the engine's categories."""
+        path = tmp_path / "v4.db"
+        with sqlite3.connect(path) as conn:
+            for statement in _SCHEMA + _MIGRATIONS[1] + _MIGRATIONS[2]:
+                conn.execute(statement)
+            runs = [
+                ("done", "completed"),
+                ("stopped", "cancelled"),
+                ("timed-out", "failed"),
+                ("refused", "failed"),
+                ("sink-broke", "failed"),
+            ]
+            for run_id, status in runs:
+                conn.execute(
+                    "INSERT INTO runs VALUES (?, 'p', ?, ?, ?, '[]', NULL, NULL, '[]')",
+                    (run_id, status, T0, T0 + 1),
+                )
+            stages = [
+                ("done", "ok", None),
+                ("done", "skip", None),
+                ("stopped", "cancel", None),
+                ("timed-out", "ok", None),
+                ("timed-out", "fail", "StageTimeoutError"),
+                ("timed-out", "fail", "StageFailedError"),
+                ("refused", "fail", "StageFailedError"),
+                ("refused", "fail", "RetriesExhaustedError"),
+                ("refused", "fail", "ValueError"),
+                ("refused", "fail", "TimeoutError"),
+            ]
+            for position, (run_id, status, error_type) in enumerate(stages):
+                conn.execute(
+                    "INSERT INTO stages VALUES (?, ?, ?, 'work', ?, ?, ?, 0.0, 1, NULL, ?, '[]', 0, NULL, 0, "
+                    "NULL)",
+                    (run_id, position, f"s{position}", status, T0, T0 + 1, error_type),
+                )
+            conn.execute("PRAGMA user_version = 4")
+        conn.close()
+        store = SQLiteRunStore(path, create=create)
+        assert store.schema_version == 5
+        read = {r.run_id: r for r in await store.list_runs()}
+        assert {run_id: (r.category, r.not_started) for run_id, r in read.items()} == {
+            "done": ("success", ()),
+            "stopped": ("cancellation", ()),
+            "timed-out": ("timeout", ()),
+            "refused": ("failure", ()),
+            "sink-broke": ("error", ()),
+        }
+        assert [s.category for r in runs for s in read[r[0]].stages] == [
+            "success",
+            "skip",
+            "cancellation",
+            "success",
+            "timeout",
+            "failure",
+            "failure",
+            "failure",
+            "error",
+            "error",
+        ]
+        assert all(type(s.category) is OutcomeCategory for r in read.values() for s in r.stages)
+        new = replace(
+            record("new"),
+            stages=(replace(record().stages[0], category=OutcomeCategory.SKIP),),
+            category=OutcomeCategory.SUCCESS,
+            not_started=("b", "c"),
         )
         await store.record_run(new)
         assert await store.get_run("new") == new
