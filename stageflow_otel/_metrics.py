@@ -2,7 +2,10 @@
 
 Every instrument is created once, in ``__init__``, with the names, units and explicit bucket boundaries
 of ``semconv``. Stage durations are recorded inside the stage span (this interceptor's priority, 20, puts it
-inside ``TracingInterceptor``'s 10), so exemplars carry the stage's trace and span ids. Run-level
+inside ``TracingInterceptor``'s 10), so exemplars carry the stage's trace and span ids; an attempt that
+raised waits for the run's end instead (inside the run span), where ``stageflow.stage.result`` takes the
+stage's settled category: ``skip`` when an interceptor outside this one fell back, as every other view
+says. Run-level
 figures (run duration, errors, skips, critical path, the dispatch time of sync stages, the time to first
 chunk and per output chunk of streaming stages, the time to first output of runs of pipelines with a
 streaming stage) are recorded at the end of the run, inside the run span, from its ``RunResult`` (a run
@@ -30,6 +33,7 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
+from uuid import UUID
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
@@ -57,7 +61,15 @@ from stageflow.interceptors import (
 from . import semconv
 from ._content import clean_text
 from ._guard import NameGuard as _NameGuard
-from ._outcome import Outcome, is_api_only, observe_run, observe_stage, outcome_of_error, outcome_of_output
+from ._outcome import (
+    SKIP,
+    Outcome,
+    is_api_only,
+    observe_run,
+    observe_stage,
+    outcome_of_error,
+    outcome_of_output,
+)
 
 __all__ = ("MetricsInterceptor",)
 
@@ -76,6 +88,8 @@ _perf = time.perf_counter
 _BUCKETS = list(semconv.DURATION_BUCKETS)
 
 Attributes = Mapping[str, AttributeValue]
+_Raised = tuple[Attributes, Outcome, float]
+"""A stage attempt that raised, waiting for the run's end: its attributes, outcome and duration."""
 
 
 class MetricsInterceptor(Interceptor):
@@ -158,6 +172,8 @@ class MetricsInterceptor(Interceptor):
         self._stage_attrs: dict[tuple[str, str, str], dict[str, AttributeValue]] = {}
         # a stage's attributes with each result, keyed by the id of its base attributes (kept alive here)
         self._finished_attrs: dict[int, tuple[Attributes, dict[str, Attributes]]] = {}
+        self._raised: dict[UUID, dict[str, _Raised]] = {}
+        """Per measured run, each stage's last attempt that raised: recorded when the run ends."""
         self._circuit_states: dict[tuple[str, str], int] = {}
         self._circuit_lock = threading.Lock()
         self._circuit_gauge: Any = None
@@ -202,8 +218,20 @@ class MetricsInterceptor(Interceptor):
         started = _perf()
 
         def ended(outcome: Outcome | None, error: Exception | None, output: StageOutput | None) -> None:
-            if outcome is not None:
-                self._record_stage(base, outcome, _perf() - started)
+            if outcome is None:
+                return
+            duration = _perf() - started
+            run = ctx.pipeline
+            raised = None if error is None or run is None else self._raised.get(run.run_id)
+            if raised is None:
+                self._record_stage(base, outcome, duration)
+                return
+            # how the stage settles is known at the run's end: an interceptor outside this one may fall
+            # back (a skip); an earlier attempt of a retried stage was not its last, so it is recorded now
+            earlier = raised.get(stage.name)
+            if earlier is not None:
+                self._record_stage(*earlier)
+            raised[stage.name] = (base, outcome, duration)
 
         return await observe_stage(ctx, call_next, ended, self._sdk_failed)
 
@@ -253,9 +281,13 @@ class MetricsInterceptor(Interceptor):
             self._sdk_failed(exc)
             return await call_next(run)
         started = _perf()
+        raised: dict[str, _Raised] = {}
+        self._raised[run.run_id] = raised
 
         def ended(outcome: Outcome, results: RunResult | None) -> None:
             try:
+                self._raised.pop(run.run_id, None)
+                self._record_raised(raised, results)
                 self._record_run(run.pipeline_name, outcome, _perf() - started, results)
                 if results is not None:
                     self._record_dispatch(run, results)
@@ -264,6 +296,14 @@ class MetricsInterceptor(Interceptor):
                 self._active.add(-1, pipeline_attrs)
 
         return await observe_run(run, call_next, ended, self._sdk_failed)
+
+    def _record_raised(self, raised: Mapping[str, _Raised], results: RunResult | None) -> None:
+        """The attempts that raised, each with its stage's settled result: a skip (an interceptor outside
+        fell back) records as ``skip``, anything else as the attempt ended."""
+        for name, (base, outcome, duration) in raised.items():
+            result = None if results is None else results.get(name)
+            settled = SKIP if result is not None and result.status is StageStatus.SKIP else outcome
+            self._record_stage(base, settled, duration)
 
     def _record_run(
         self, pipeline: str, outcome: Outcome, duration: float, results: RunResult | None

@@ -15,8 +15,22 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from stageflow import Pipeline, PipelineFailedError, StageContext, StageKind, StageOutput, StageRunner
-from stageflow.interceptors import CircuitBreakerInterceptor, TimeoutInterceptor
+from stageflow import (
+    Pipeline,
+    PipelineContext,
+    PipelineFailedError,
+    RetryPolicy,
+    StageContext,
+    StageKind,
+    StageOutput,
+    StageRunner,
+)
+from stageflow.interceptors import (
+    BaseInterceptor,
+    CircuitBreakerInterceptor,
+    ErrorAction,
+    TimeoutInterceptor,
+)
 from stageflow_otel import MetricsInterceptor, TracingInterceptor, semconv
 
 from ._stages import T, boom, diamond, fail, ok, skip
@@ -160,6 +174,69 @@ class TestStageMetrics:
             exemplar = point.exemplars[0]
             seen[stage] = (exemplar.trace_id, exemplar.span_id)
         assert seen == {name: (s.context.trace_id, s.context.span_id) for name, s in spans.items()}
+
+
+class _FallBack(BaseInterceptor):
+    """Turns any error into ``BaseInterceptor.fallback``'s skip, outside the metrics interceptor."""
+
+    name = "fall_back"
+    priority = 5
+
+    async def on_error(self, stage_name: str, error: Exception, ctx: PipelineContext) -> ErrorAction:
+        return ErrorAction.FALLBACK
+
+
+class TestSettledStageResults:
+    async def test_an_attempt_an_outer_interceptor_fell_back_from_is_a_skip(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        meter_provider: MeterProvider,
+        metric_reader: InMemoryMetricReader,
+    ) -> None:
+        """The stage settled as a skip: its duration says ``skip`` without ``error.type``, as its span and
+        events do; the point is recorded in the run's trace."""
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("x", boom, T)
+            .build(
+                interceptors=[
+                    _FallBack(),
+                    TracingInterceptor(tracer_provider),
+                    MetricsInterceptor(meter_provider),
+                ]
+            )
+        )
+        await graph.run(entry_ctx())
+        points = histograms(metric_reader, semconv.STAGE_DURATION.name)
+        assert set(points) == {stage_attrs("x", **{"stageflow.stage.result": "skip"})}
+        (trace_id,) = {s.context.trace_id for s in span_exporter.get_finished_spans()}
+        assert [e.trace_id for p in points.values() for e in p.exemplars] == [trace_id]
+        assert sums(metric_reader, semconv.STAGE_SKIPS.name) == {stage_attrs("x"): 1}
+
+    async def test_each_retried_attempt_keeps_its_own_result(
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    ) -> None:
+        """Two attempts that raised and a third that succeeded record two errors and a success."""
+        calls = []
+
+        async def flaky(ctx: StageContext) -> StageOutput:
+            calls.append(ctx.attempt)
+            if len(calls) < 3:
+                raise ConnectionError("try again")
+            return StageOutput.ok()
+
+        graph = (
+            Pipeline(name="demo")
+            .with_stage("x", flaky, T, retry=RetryPolicy(max_attempts=3, initial_delay=0.0, jitter=0.0))
+            .build(interceptors=[MetricsInterceptor(meter_provider)])
+        )
+        await graph.run(entry_ctx())
+        counts = {
+            dict(attrs)["stageflow.stage.result"]: point.count
+            for attrs, point in histograms(metric_reader, semconv.STAGE_DURATION.name).items()
+        }
+        assert (calls, counts) == ([1, 2, 3], {"error": 2, "success": 1})
 
 
 class TestRunMetrics:
