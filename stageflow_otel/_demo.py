@@ -42,6 +42,7 @@ from opentelemetry._logs import SeverityNumber, get_logger
 
 from stageflow import (
     NoOpEventSink,
+    OutcomeCategory,
     Pipeline,
     PipelineContext,
     PipelineRunError,
@@ -53,6 +54,7 @@ from stageflow import (
     StageOutput,
     Streaming,
     __version__,
+    error_category,
     terminal_safe,
 )
 from stageflow.interceptors import (
@@ -79,6 +81,7 @@ __all__ = (
     "console_main",
     "main",
     "outcome_of",
+    "run_said",
 )
 
 
@@ -359,23 +362,21 @@ class BreakerTally:
         ]
 
 
-def outcome_of(exc: BaseException | None) -> str:
-    """The run result vocabulary (success, failure, error, timeout, cancellation) for a run's exception."""
-    if exc is None:
-        return "success"
-    from stageflow import PipelineCancelledError, PipelineFailedError, StageFailedError, StageTimeoutError
+def outcome_of(exc: BaseException | None) -> OutcomeCategory:
+    """A run's outcome category (the ``stageflow.run.result`` vocabulary) as the core gives it:
+    ``success`` without an exception, else ``stageflow.error_category(exc)`` (a ``PipelineRunError``'s
+    own ``category``)."""
+    return OutcomeCategory.SUCCESS if exc is None else error_category(exc)
 
-    if isinstance(exc, PipelineCancelledError):
-        return "cancellation"
-    if isinstance(exc, PipelineFailedError):
-        if isinstance(exc.error, StageTimeoutError):
-            return "timeout"
-        if isinstance(exc.error, StageFailedError):
-            return "failure"
-        return "error"
-    if isinstance(exc, PipelineRunError):
-        return "error"
-    return "error"
+
+_RUN_STATUS = {OutcomeCategory.SUCCESS: "completed", OutcomeCategory.CANCELLATION: "cancelled"}
+
+
+def run_said(result: str) -> str:
+    """What the demo calls a run, as ``stageflow runs list/show`` and the report do: ``completed``,
+    ``cancelled``, or ``failed`` with its result beside it (``failed (timeout)``)."""
+    status = _RUN_STATUS.get(OutcomeCategory(result))
+    return status if status is not None else f"failed ({result})"
 
 
 # --------------------------------------------------------------------------- the command
@@ -437,7 +438,8 @@ class _Printer:
                 print(f"   error: {terminal_safe(str(error))}", flush=True)
         else:
             path = " → ".join(terminal_safe(name) for name in results.critical_path)
-            print(f"run {str(results.run_id)[:8]}  {outcome:<12} {results.duration * 1000:7.1f} ms  {path}")
+            said = run_said(outcome)
+            print(f"run {str(results.run_id)[:8]}  {said:<18} {results.duration * 1000:7.1f} ms  {path}")
 
 
 class _OtelLogHandler(logging.Handler):
@@ -605,7 +607,7 @@ async def _run(args: argparse.Namespace) -> DemoStats:
 def _summary(stats: DemoStats, tally: BreakerTally, telemetry: Any) -> str:
     lines = ["", f"{stats.runs} runs"]
     lines.extend(
-        f"  {result:<12} {stats.by_result[result]:6d}"
+        f"  {run_said(result):<18} {stats.by_result[result]:6d}"
         for result in ("success", "failure", "error", "timeout", "cancellation")
         if stats.by_result.get(result)
     )

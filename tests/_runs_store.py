@@ -15,9 +15,29 @@ T0 = 1_780_000_000.0
 
 def _voice(run_id: str, start: float, llm: float, *, fail: bool = False) -> RunRecord:
     stages: tuple[StageRecord, ...] = (
-        StageRecord("stt", "transform", "ok", start, start + 0.03, 0.0, 1),
-        StageRecord("memory", "enrich", "ok", start + 0.03, start + 0.07, 0.0, 1, dependencies=("stt",)),
-        StageRecord("enrich", "enrich", "ok", start + 0.03, start + 0.05, 0.0, 1, dependencies=("stt",)),
+        StageRecord("stt", "transform", "ok", start, start + 0.03, 0.0, 1, category="success"),
+        StageRecord(
+            "memory",
+            "enrich",
+            "ok",
+            start + 0.03,
+            start + 0.07,
+            0.0,
+            1,
+            dependencies=("stt",),
+            category="success",
+        ),
+        StageRecord(
+            "enrich",
+            "enrich",
+            "ok",
+            start + 0.03,
+            start + 0.05,
+            0.0,
+            1,
+            dependencies=("stt",),
+            category="success",
+        ),
         StageRecord(
             "llm",
             "agent",
@@ -29,12 +49,21 @@ def _voice(run_id: str, start: float, llm: float, *, fail: bool = False) -> RunR
             "stage 'llm' timed out after 0.2 s" if fail else None,
             "StageTimeoutError" if fail else None,
             ("memory", "enrich"),
+            category="timeout" if fail else "success",
         ),
     )
     if not fail:
         stages += (
             StageRecord(
-                "tts", "transform", "ok", start + 0.08 + llm, start + 0.1 + llm, 0.0, 1, dependencies=("llm",)
+                "tts",
+                "transform",
+                "ok",
+                start + 0.08 + llm,
+                start + 0.1 + llm,
+                0.0,
+                1,
+                dependencies=("llm",),
+                category="success",
             ),
         )
     end = stages[-1].ended_at
@@ -47,6 +76,8 @@ def _voice(run_id: str, start: float, llm: float, *, fail: bool = False) -> RunR
         stages,
         ("stt", "memory", "llm") if fail else ("stt", "memory", "llm", "tts"),
         "llm: StageTimeoutError: stage 'llm' timed out after 0.2 s" if fail else None,
+        category="timeout" if fail else "success",
+        not_started=("tts",) if fail else (),
     )
 
 
@@ -61,13 +92,25 @@ RECORDS = (
         T0 + 180,
         T0 + 180.5,
         (
-            StageRecord("extract", "work", "ok", T0 + 180, T0 + 180.25, 0.0, 1),
-            StageRecord("load", "work", "skip", T0 + 180.25, T0 + 180.5, 0.0, 1, dependencies=("extract",)),
+            StageRecord("extract", "work", "ok", T0 + 180, T0 + 180.25, 0.0, 1, category="success"),
+            StageRecord(
+                "load",
+                "work",
+                "skip",
+                T0 + 180.25,
+                T0 + 180.5,
+                0.0,
+                1,
+                dependencies=("extract",),
+                category="skip",
+            ),
         ),
         ("extract", "load"),
+        category="success",
     ),
 )
-"""Three runs of ``voice`` (the third failed on a timeout) and one of ``etl`` with a skipped stage."""
+"""Three runs of ``voice`` (the third failed on a timeout: tts never started) and one of ``etl`` with a
+skipped stage; every stage and run with the category the engine gives it."""
 
 
 def _streamed(run_id: str, start: float, ttfc: float, embed: float, *, work: str | None = None) -> RunRecord:
@@ -77,7 +120,7 @@ def _streamed(run_id: str, start: float, ttfc: float, embed: float, *, work: str
     llm_start = start + 0.05 + embed
     first = llm_start + ttfc
     stages = (
-        StageRecord("stt", "transform", "ok", start, start + 0.05, 0.0, 1),
+        StageRecord("stt", "transform", "ok", start, start + 0.05, 0.0, 1, category="success"),
         StageRecord(
             "embed",
             "enrich",
@@ -89,6 +132,7 @@ def _streamed(run_id: str, start: float, ttfc: float, embed: float, *, work: str
             dependencies=("stt",),
             dispatch=0.02,
             work=work,
+            category="success",
         ),
         StageRecord(
             "llm",
@@ -101,6 +145,7 @@ def _streamed(run_id: str, start: float, ttfc: float, embed: float, *, work: str
             dependencies=("embed",),
             chunks=8,
             time_to_first_chunk=ttfc,
+            category="success",
         ),
         StageRecord(
             "tts",
@@ -113,6 +158,7 @@ def _streamed(run_id: str, start: float, ttfc: float, embed: float, *, work: str
             dependencies=("llm",),
             chunks=4,
             time_to_first_chunk=0.01,
+            category="success",
         ),
     )
     return RunRecord(
@@ -124,6 +170,7 @@ def _streamed(run_id: str, start: float, ttfc: float, embed: float, *, work: str
         stages,
         ("stt", "embed", "llm", "tts"),
         first_output_path=(("stt", 0.05), ("embed", embed), ("llm", ttfc), ("tts", 0.01)),
+        category="success",
     )
 
 

@@ -95,16 +95,16 @@ class TestRuns:
         status, out, _ = run(capsys, "runs", "list", db)
         assert status == 0
         assert out.splitlines() == [
-            "id                                    pipeline  status     start                duration"
-            "  critical path",
-            "cccc0004-0000-0000-0000-000000000004  etl       completed  2026-05-28 20:29:40  500.0 ms"
-            "  extract → load",
-            "bbbb0003-0000-0000-0000-000000000003  voice     failed     2026-05-28 20:28:40  280.0 ms"
-            "  stt → memory → llm",
-            "aaaa0002-0000-0000-0000-000000000002  voice     completed  2026-05-28 20:27:40  200.0 ms"
-            "  stt → memory → llm → tts",
-            "aaaa0001-0000-0000-0000-000000000001  voice     completed  2026-05-28 20:26:40  150.0 ms"
-            "  stt → memory → llm → tts",
+            "id                                    pipeline  status     result   start                "
+            "duration  critical path",
+            "cccc0004-0000-0000-0000-000000000004  etl       completed  success  2026-05-28 20:29:40  "
+            "500.0 ms  extract → load",
+            "bbbb0003-0000-0000-0000-000000000003  voice     failed     timeout  2026-05-28 20:28:40  "
+            "280.0 ms  stt → memory → llm",
+            "aaaa0002-0000-0000-0000-000000000002  voice     completed  success  2026-05-28 20:27:40  "
+            "200.0 ms  stt → memory → llm → tts",
+            "aaaa0001-0000-0000-0000-000000000001  voice     completed  success  2026-05-28 20:26:40  "
+            "150.0 ms  stt → memory → llm → tts",
         ]
 
     def test_list_one_pipeline_with_a_limit(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
@@ -283,9 +283,9 @@ class TestHostileText:
         assert (status, out.splitlines()) == (
             0,
             [
-                "id                        pipeline      status  start                duration"
+                "id                        pipeline      status  result  start                duration"
                 "  critical path",
-                "eeee0005\\x1b]0;owned\\x07  voice\\x1b[2J  failed  2026-05-28 20:26:40  500.0 ms"
+                "eeee0005\\x1b]0;owned\\x07  voice\\x1b[2J  failed  -       2026-05-28 20:26:40  500.0 ms"
                 "  stt\\r → llm\\ncompleted",
             ],
         )

@@ -93,18 +93,18 @@ class TestList:
         assert (status, out.splitlines()) == (
             0,
             [
-                "id                                    pipeline   status     start                duration"
-                "  first output  critical path",
-                "dddd0007-0000-0000-0000-000000000007  streaming  completed  2026-05-28 20:32:40  640.0 ms"
-                "  500.0 ms      stt → embed → llm → tts",
-                "dddd0006-0000-0000-0000-000000000006  streaming  completed  2026-05-28 20:31:40  600.0 ms"
-                "  360.0 ms      stt → embed → llm → tts",
-                "dddd0005-0000-0000-0000-000000000005  streaming  completed  2026-05-28 20:30:40  560.0 ms"
-                "  220.0 ms      stt → embed → llm → tts",
-                "cccc0004-0000-0000-0000-000000000004  etl        completed  2026-05-28 20:29:40  500.0 ms"
-                "  -             extract → load",
-                "bbbb0003-0000-0000-0000-000000000003  voice      failed     2026-05-28 20:28:40  280.0 ms"
-                "  -             stt → memory → llm",
+                "id                                    pipeline   status     result   start                "
+                "duration  first output  critical path",
+                "dddd0007-0000-0000-0000-000000000007  streaming  completed  success  2026-05-28 20:32:40  "
+                "640.0 ms  500.0 ms      stt → embed → llm → tts",
+                "dddd0006-0000-0000-0000-000000000006  streaming  completed  success  2026-05-28 20:31:40  "
+                "600.0 ms  360.0 ms      stt → embed → llm → tts",
+                "dddd0005-0000-0000-0000-000000000005  streaming  completed  success  2026-05-28 20:30:40  "
+                "560.0 ms  220.0 ms      stt → embed → llm → tts",
+                "cccc0004-0000-0000-0000-000000000004  etl        completed  success  2026-05-28 20:29:40  "
+                "500.0 ms  -             extract → load",
+                "bbbb0003-0000-0000-0000-000000000003  voice      failed     timeout  2026-05-28 20:28:40  "
+                "280.0 ms  -             stt → memory → llm",
             ],
         )
 
@@ -112,7 +112,7 @@ class TestList:
         """Runs that did not stream list as they always did."""
         _, out, _ = run(capsys, "runs", "list", db, "--pipeline", "voice", "--limit", "1")
         assert out.splitlines()[0] == (
-            "id                                    pipeline  status  start                duration"
+            "id                                    pipeline  status  result   start                duration"
             "  critical path"
         )
 

@@ -143,7 +143,7 @@ class TestReportPage:
         html = render_report([RECORDS[2]])
         assert (
             "<title>llm: fail, ran 200.0 ms (from 80.0 ms to 280.0 ms), waited 10.0 ms; "
-            "StageTimeoutError: stage &#x27;llm&#x27; timed out after 0.2 s</title>"
+            "timed out: stage &#x27;llm&#x27; timed out after 0.2 s</title>"
         ) in html
         assert "<title>llm waited 10.0 ms for its dependencies</title>" in html
 
@@ -490,8 +490,10 @@ class TestStatusesInTheReport:
         ]
         assert [(s.name, s.retried) for s in stage_stats(records)] == [("a", 2), ("b", 0)]
         html = render_report(records)
-        cells = re.findall(r'<tr data-stage="a"><td>a</td>((?:<td class="num">[^<]*</td>){3})', html)
-        assert cells == ['<td class="num">3</td><td class="num">0</td><td class="num">2</td>']
+        cells = re.findall(r'<tr data-stage="a"><td>a</td>((?:<td class="num">[^<]*</td>){4})', html)
+        assert cells == [
+            '<td class="num">3</td><td class="num">0</td><td class="num">0</td><td class="num">2</td>'
+        ]
 
 
 class TestReportSize:

@@ -156,7 +156,7 @@ class TestReportInChromium:
         assert count(browser, failed) == 1
         assert browser.evaluate(f"document.querySelector({failed!r}).querySelector('title').textContent") == (
             "llm: fail, ran 200.0 ms (from 80.0 ms to 280.0 ms), waited 10.0 ms; "
-            "StageTimeoutError: stage 'llm' timed out after 0.2 s"
+            "timed out: stage 'llm' timed out after 0.2 s"
         )
         assert count(browser, "rect.run.skip") == 1
         assert count(browser, "#pipeline-voice g.node.critical") == 3  # the latest voice run's path
@@ -168,6 +168,7 @@ class TestReportInChromium:
             "llm",
             "3",
             "1",
+            "0",
             "0",
             "100.0 ms",
             "190.0 ms",
@@ -261,7 +262,7 @@ class TestAssistantReportInChromium:
             " getComputedStyle(bar).fill === getComputedStyle(swatch).backgroundColor]; })"
         )
         assert colours == [
-            ["fail", "✗ failed", True, True],
+            ["fail", "✗ error", True, True],
             ["skip", "skipped", True, True],
             ["skip", "skipped", True, True],
             ["ok", "2 attempts", True, True],
@@ -272,7 +273,8 @@ class TestAssistantReportInChromium:
         )
 
     def test_reasons_and_retries_are_on_the_page(self, browser: Chromium, assistant: Path) -> None:
-        """Skip reasons, retries and failures are visible text under each chart, long messages cut."""
+        """Skip reasons, retries, failures and stages that never started are visible text under each chart,
+        long messages cut."""
         browser.load(assistant.as_uri())
         items = browser.evaluate(
             "[...document.querySelectorAll('ul.outcomes li')].map(li => "
@@ -280,7 +282,9 @@ class TestAssistantReportInChromium:
         )
         message = "ValueError: model refused: " + "x" * 985 + "… [4,000 more characters not shown]"
         assert items == [
-            ["run-00000000-0000-0000-0000-000000000003", f"llm failed: {message}", True],
+            ["run-00000000-0000-0000-0000-000000000003", f"llm error: {message}", True],
+            ["run-00000000-0000-0000-0000-000000000003", "guard not started", True],
+            ["run-00000000-0000-0000-0000-000000000003", "tts not started", True],
             ["run-00000000-0000-0000-0000-000000000002", "memory skipped: anonymous user: no memory", True],
             [
                 "run-00000000-0000-0000-0000-000000000002",
@@ -336,6 +340,7 @@ class TestStreamingReportInChromium:
                 "stage",
                 "runs",
                 "failed",
+                "skipped",
                 "retried",
                 "run p50",
                 "run p95",
@@ -355,12 +360,12 @@ class TestStreamingReportInChromium:
         ]
         zero, none = ["0.0 ms"] * 3, ["–"] * 3
         assert cells(browser, "table.stats tbody tr") == [
-            ["stt", "3", "0", "0", *["50.0 ms"] * 3, *zero, *none, *none, "3 (100%)", "8%"],
-            ["embed", "3", "0", "1", "80.0 ms", "116.0 ms", "119.2 ms", *zero, *["20.0 ms"] * 3, *none]
+            ["stt", "3", "0", "0", "0", *["50.0 ms"] * 3, *zero, *none, *none, "3 (100%)", "8%"],
+            ["embed", "3", "0", "0", "1", "80.0 ms", "116.0 ms", "119.2 ms", *zero, *["20.0 ms"] * 3, *none]
             + ["3 (100%)", "17%"],
-            ["llm", "3", "0", "0", *["400.0 ms"] * 3, *zero, *none, "200.0 ms", "290.0 ms", "298.0 ms"]
+            ["llm", "3", "0", "0", "0", *["400.0 ms"] * 3, *zero, *none, "200.0 ms", "290.0 ms", "298.0 ms"]
             + ["3 (100%)", "67%"],
-            ["tts", "3", "0", "0", "250.0 ms", "340.0 ms", "348.0 ms", *zero, *none, *["10.0 ms"] * 3]
+            ["tts", "3", "0", "0", "0", "250.0 ms", "340.0 ms", "348.0 ms", *zero, *none, *["10.0 ms"] * 3]
             + ["3 (100%)", "42%"],
         ]
 
@@ -377,7 +382,7 @@ class TestStreamingReportInChromium:
             ["llm", "3", "200.0 ms", "290.0 ms", "298.0 ms", "56%"],
             ["tts", "3", "10.0 ms", "10.0 ms", "10.0 ms", "3%"],
         ]
-        assert [row[4] for row in cells(browser, "table.runs tbody tr")] == [
+        assert [row[5] for row in cells(browser, "table.runs tbody tr")] == [
             "500.0 ms",
             "360.0 ms",
             "220.0 ms",
@@ -494,7 +499,7 @@ class TestRealStreamingRunsInChromium:
         assert browser.load(live.as_uri()).console == []
         rows = cells(browser, "table.stats tbody tr")
         time = r"\d+\.\d ms|\d+\.\d\d s"
-        shape = [[re.fullmatch(time, cell) is not None for cell in row[10:16]] for row in rows]
+        shape = [[re.fullmatch(time, cell) is not None for cell in row[11:17]] for row in rows]
         assert [row[0] for row in rows] == ["stt", "embed", "llm", "tts"]
         assert shape == [
             [False] * 6,  # stt: no dispatch, no stream: "–"
@@ -502,7 +507,7 @@ class TestRealStreamingRunsInChromium:
             [False] * 3 + [True] * 3,  # llm: streams
             [False] * 3 + [True] * 3,  # tts: streams
         ]
-        assert [row[10:13] for row in rows if row[0] in ("stt", "llm", "tts")] == [["–"] * 3] * 3
+        assert [row[11:14] for row in rows if row[0] in ("stt", "llm", "tts")] == [["–"] * 3] * 3
         assert [
             count(browser, s) for s in ("rect.dispatch", "line.first-chunk", "div.run p.first-output")
         ] == [

@@ -107,6 +107,7 @@ class TestPage:
             "stage",
             "runs",
             "failed",
+            "skipped",
             "retried",
             "run p50",
             "run p95",

@@ -10,6 +10,7 @@ import pytest
 
 from stageflow import (
     InMemoryRunStore,
+    OutcomeCategory,
     Pipeline,
     PipelineCancelledError,
     PipelineFailedError,
@@ -28,9 +29,16 @@ from stageflow.views._timeline import format_seconds, timeline_of_record, use_co
 RUN_ID = UUID("12345678-1234-5678-1234-567812345678")
 
 
-def result(deps: dict[str, tuple[str, ...]], *stages: StageResult, end: float) -> RunResult:
+def result(
+    deps: dict[str, tuple[str, ...]],
+    *stages: StageResult,
+    end: float,
+    category: OutcomeCategory = OutcomeCategory.SUCCESS,
+) -> RunResult:
+    """A run of ``voice`` from 100.0 to ``end`` with ``stages``, which the executor gave ``category``."""
     run = RunResult(RUN_ID, "voice", 100.0, deps)
     run.ended_at = end
+    run.category = category
     for stage in stages:
         run[stage.name] = stage
     return run
@@ -99,9 +107,10 @@ class TestTimeline:
             stage("f", StageStatus.FAIL, 100.01, 100.01, 100.016, error=StageFailedError("f", "boom")),
             stage("c", StageStatus.CANCEL, 100.01, 100.012, 100.02, error=asyncio.CancelledError()),
             end=100.02,
+            category=OutcomeCategory.TIMEOUT,
         )
         assert run.timeline(width=10, color=False).splitlines() == [
-            "pipeline 'voice' · run 12345678-1234-5678-1234-567812345678 · failed in 20.0 ms",
+            "pipeline 'voice' · run 12345678-1234-5678-1234-567812345678 · failed (timeout) in 20.0 ms",
             "    stage  0  20.0 ms      wait       run",
             "  * a      █████         0.0 ms   10.0 ms",
             "    f           ✗✗✗      0.0 ms    6.0 ms  failed: StageFailedError: boom",
@@ -150,9 +159,9 @@ class TestTimeline:
         partial = exc.value.results
         assert isinstance(partial, RunResult)
         lines = partial.timeline(color=False).splitlines()
-        assert lines[0].endswith(" · failed in " + format_seconds(partial.duration))
+        assert lines[0].endswith(" · failed (error) in " + format_seconds(partial.duration))
         assert [line.split()[0:2] for line in lines[2:5]] == [["*", "a"], ["*", "b"], ["c", "not"]]
-        assert lines[3].endswith("failed: ValueError: bad input")
+        assert lines[3].endswith("error: ValueError: bad input")
 
 
 class TestRecordTimeline:
@@ -166,13 +175,25 @@ class TestRecordTimeline:
             1000.4,
             (
                 StageRecord("stt", "transform", "ok", 1000.0, 1000.2, 0.0, 1),
-                StageRecord("llm", "agent", "fail", 1000.3, 1000.4, 0.1, 2, "late", "StageTimeoutError"),
+                StageRecord(
+                    "llm",
+                    "agent",
+                    "fail",
+                    1000.3,
+                    1000.4,
+                    0.1,
+                    2,
+                    "late",
+                    "StageTimeoutError",
+                    category="timeout",
+                ),
             ),
             ("stt", "llm"),
             "llm: late",
+            category="timeout",
         )
         assert timeline_of_record(record, width=10).splitlines() == [
-            "pipeline 'voice' · run r1 · failed in 400.0 ms",
+            "pipeline 'voice' · run r1 · failed (timeout) in 400.0 ms",
             "    stage  0 400.0 ms      wait       run",
             "  * stt    █████         0.0 ms  200.0 ms",
             "  * llm         ──✗✗✗  100.0 ms  100.0 ms  timed out: late",
@@ -291,6 +312,7 @@ def hostile() -> RunResult:
             error=RuntimeError("boom\x1b]52;c;ZXZpbA==\x07\r\n    llm  completed"),
         ),
         end=101.0,
+        category=OutcomeCategory.ERROR,
     )
 
 
@@ -299,10 +321,10 @@ class TestHostileText:
         """Names, errors and reasons print with ESC, BEL, C1, bidi and newlines escaped, one row per stage."""
         text = hostile().timeline(width=10, color=False)
         assert text.splitlines() == [
-            "pipeline 'voice' · run 12345678-1234-5678-1234-567812345678 · failed in 1.00 s",
+            "pipeline 'voice' · run 12345678-1234-5678-1234-567812345678 · failed (error) in 1.00 s",
             "    stage               0   1.00 s      wait       run",
             "  * fetch\\x1b[2J\\x1b[H  █████         0.0 ms  500.0 ms",
-            "  * llm\\nfake ok row         ✗✗✗✗✗    0.0 ms  500.0 ms  failed: RuntimeError: "
+            "  * llm\\nfake ok row         ✗✗✗✗✗    0.0 ms  500.0 ms  error: RuntimeError: "
             "boom\\x1b]52;c;ZXZpbA==\\x07\\r\\n    llm  completed",
             "    tts\\u202e\\x9b31m         ·        0.0 ms    0.0 ms  skipped: muted\\x07\\x1b]0;owned\\x07",
             "  critical path (*): fetch\\x1b[2J\\x1b[H → llm\\nfake ok row",

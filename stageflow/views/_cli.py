@@ -2,7 +2,8 @@
 
 Usage::
 
-    stageflow runs list runs.db                       # id, pipeline, status, start, duration, critical path
+    stageflow runs list runs.db                       # id, pipeline, status, result, start, duration,
+                                                      # critical path
     stageflow runs show runs.db 1b2c3d4e              # one run's timeline (an id or a unique prefix), its
                                                       # time to first output, chunks and dispatch
     stageflow runs list --store postgresql://u@host/db  # any command reads PostgreSQL too ($STAGEFLOW_STORE)
@@ -161,12 +162,13 @@ def _runs_list(args: argparse.Namespace) -> int:
         return 0
     streamed = any(r.streamed for r in records)
     first = ("first output",) if streamed else ()
-    rows = [("id", "pipeline", "status", "start", "duration", *first, "critical path")]
+    rows = [("id", "pipeline", "status", "result", "start", "duration", *first, "critical path")]
     rows += [
         (
             terminal_safe(r.run_id),
             terminal_safe(r.pipeline),
             terminal_safe(r.status),
+            "-" if r.category is None else terminal_safe(str(r.category)),
             _local(r.started_at),
             format_seconds(r.duration),
             *((_first_output(r),) if streamed else ()),
@@ -323,8 +325,9 @@ def parser() -> argparse.ArgumentParser:
     listing = runs_commands.add_parser(
         "list",
         help="a table of the most recent runs",
-        description="A table of the most recent runs: id, pipeline, status, start (local time), duration, "
-        "time to first output (when a listed run streamed), critical path.",
+        description="A table of the most recent runs: id, pipeline, status, result (the outcome category: "
+        "success, failure, error, timeout or cancellation), start (local time), duration, time to first "
+        "output (when a listed run streamed), critical path.",
     )
     _store_arguments(listing)
     listing.add_argument("--pipeline", help="only runs of this pipeline")

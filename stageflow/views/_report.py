@@ -33,7 +33,14 @@ from ._svg import (
     dag_svg,
     gantt_svg,
 )
-from ._timeline import TimelineRow, format_seconds
+from ._timeline import (
+    TimelineRow,
+    format_seconds,
+    outcome_detail,
+    outcome_word,
+    record_rows,
+    run_outcome,
+)
 
 __all__ = (
     "MESSAGE_LIMIT",
@@ -73,6 +80,7 @@ tr.failed td.status, tr.cancelled td.status { font-weight: bold; }
 .outcomes { margin: 0.3rem 0; padding-left: 1.2rem; font-size: 0.9rem; }
 .outcomes .message { font-family: monospace; }
 .first-output { margin: 0.3rem 0; font-size: 0.9rem; }
+.not-started { color: #616161; }
 """
     + f"tr.failed td.status, .error {{ color: {STATUS_STYLES['fail'].text}; }}\n"
     + f"tr.cancelled td.status {{ color: {STATUS_STYLES['cancel'].text}; }}\n"
@@ -104,34 +112,41 @@ class StageStats:
 
     name: str
     runs: int
-    """Runs in which the stage started."""
+    """Runs in which the stage started (skipped ones included: see ``skipped``)."""
     failures: int
     retried: int
     """Runs in which the stage took more than one attempt."""
-    duration_p50: float
-    duration_p95: float
-    duration_p99: float
-    wait_p50: float
-    wait_p95: float
-    wait_p99: float
+    duration_p50: float | None
+    """Percentiles of the duration, like every percentile here over the runs in which the stage ran:
+    started and was not skipped (a skip, conditional or a fallback, takes no time worth counting). ``None``
+    when it was skipped in every run.
+
+    .. versionchanged:: 0.11
+        Over the runs in which the stage ran; skipped runs counted before.
+    """
+    duration_p95: float | None
+    duration_p99: float | None
+    wait_p50: float | None
+    wait_p95: float | None
+    wait_p99: float | None
     critical_runs: int
     """Runs whose critical path contains the stage."""
     critical_share: float
     """The stage's wait plus duration on critical paths, as a fraction of those runs' total duration."""
-    run_p50: float = 0.0
+    run_p50: float | None = None
     """Percentiles of the run time: the duration less the dispatch time.
 
     .. versionadded:: 0.11
     """
-    run_p95: float = 0.0
-    run_p99: float = 0.0
-    dispatch_p50: float = 0.0
+    run_p95: float | None = None
+    run_p99: float | None = None
+    dispatch_p50: float | None = None
     """Percentiles of the dispatch time (a sync stage's work going to its executor and back).
 
     .. versionadded:: 0.11
     """
-    dispatch_p95: float = 0.0
-    dispatch_p99: float = 0.0
+    dispatch_p95: float | None = None
+    dispatch_p99: float | None = None
     dispatched: int = 0
     """Runs in which the stage's work went to an executor (its dispatch time is above zero).
 
@@ -149,14 +164,29 @@ class StageStats:
     """
     ttfc_p95: float | None = None
     ttfc_p99: float | None = None
+    skipped: int = 0
+    """Runs in which the stage was skipped: conditionally, or by an interceptor's fallback (its reason
+    says which).
+
+    .. versionadded:: 0.11
+    """
 
 
 def _percentiles(values: Sequence[float]) -> tuple[float, float, float]:
     return percentile(values, 50), percentile(values, 95), percentile(values, 99)
 
 
+def _maybe_percentiles(values: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    return _percentiles(values) if values else (None, None, None)
+
+
 def stage_stats(records: Iterable[RunRecord]) -> list[StageStats]:
-    """Per-stage statistics across ``records`` (runs of one pipeline), in first-seen stage order."""
+    """Per-stage statistics across ``records`` (runs of one pipeline), in first-seen stage order.
+
+    Times are over the runs in which each stage ran (``StageStats.duration_p50``); skips are counted.
+    """
+    started: dict[str, int] = {}
+    skipped: dict[str, int] = {}
     durations: dict[str, list[float]] = {}
     waits: dict[str, list[float]] = {}
     runs: dict[str, list[float]] = {}
@@ -171,39 +201,47 @@ def stage_stats(records: Iterable[RunRecord]) -> list[StageStats]:
         total += record.duration
         path = set(record.critical_path)
         for s in record.stages:
+            started[s.name] = started.get(s.name, 0) + 1
+            failures[s.name] = failures.get(s.name, 0) + (s.status == "fail")
+            retried[s.name] = retried.get(s.name, 0) + (s.attempts > 1)
+            if s.name in path:
+                critical[s.name] = critical.get(s.name, 0) + 1
+                critical_time[s.name] = critical_time.get(s.name, 0.0) + s.wait + s.ended_at - s.started_at
+            if _skipped(s):
+                skipped[s.name] = skipped.get(s.name, 0) + 1
+                continue
             durations.setdefault(s.name, []).append(s.ended_at - s.started_at)
             waits.setdefault(s.name, []).append(s.wait)
             runs.setdefault(s.name, []).append(s.run_time)
             dispatches.setdefault(s.name, []).append(s.dispatch)
             if s.chunks and s.time_to_first_chunk is not None:
                 ttfcs.setdefault(s.name, []).append(s.time_to_first_chunk)
-            failures[s.name] = failures.get(s.name, 0) + (s.status == "fail")
-            retried[s.name] = retried.get(s.name, 0) + (s.attempts > 1)
-            if s.name in path:
-                critical[s.name] = critical.get(s.name, 0) + 1
-                critical_time[s.name] = critical_time.get(s.name, 0.0) + s.wait + s.ended_at - s.started_at
     return [
         StageStats(
             name,
-            len(values),
+            count,
             failures[name],
             retried[name],
-            percentile(values, 50),
-            percentile(values, 95),
-            percentile(values, 99),
-            percentile(waits[name], 50),
-            percentile(waits[name], 95),
-            percentile(waits[name], 99),
+            *_maybe_percentiles(durations.get(name, ())),
+            *_maybe_percentiles(waits.get(name, ())),
             critical.get(name, 0),
             critical_time.get(name, 0.0) / total if total > 0 else 0.0,
-            *_percentiles(runs[name]),
-            *_percentiles(dispatches[name]),
-            sum(d > 0 for d in dispatches[name]),
+            *_maybe_percentiles(runs.get(name, ())),
+            *_maybe_percentiles(dispatches.get(name, ())),
+            sum(d > 0 for d in dispatches.get(name, ())),
             len(ttfcs.get(name, ())),
-            *(_percentiles(ttfcs[name]) if name in ttfcs else (None, None, None)),
+            *_maybe_percentiles(ttfcs.get(name, ())),
+            skipped.get(name, 0),
         )
-        for name, values in durations.items()
+        for name, count in started.items()
     ]
+
+
+def _skipped(stage: StageRecord) -> bool:
+    """Whether the stage was skipped (its category, or its status in a record made without one)."""
+    if stage.category is not None:
+        return str(stage.category) == "skip"
+    return stage.status == "skip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,39 +348,26 @@ def bounded(record: RunRecord) -> RunRecord:
         critical_path=tuple(_cut(name, NAME_LIMIT) for name in record.critical_path),
         first_output_path=tuple((_cut(name, NAME_LIMIT), sec) for name, sec in record.first_output_path),
         error=None if record.error is None else _cut(record.error, MESSAGE_LIMIT),
+        category=None if record.category is None else _cut(str(record.category), NAME_LIMIT),
+        not_started=tuple(_cut(name, NAME_LIMIT) for name in record.not_started),
     )
 
 
-def _message(s: StageRecord) -> str:
-    return f"{s.error_type}: {s.error}" if s.error_type else (s.error or "")
-
-
 def _rows(record: RunRecord) -> list[TimelineRow]:
-    rows = [
-        TimelineRow(
-            s.name,
-            s.status,
-            s.started_at - s.wait,
-            s.started_at,
-            s.ended_at,
-            _message(s),
-            s.dispatch,
-            s.first_chunk_at,
-        )
-        for s in record.stages
-    ]
-    return sorted(rows, key=lambda r: (r.start or 0.0, r.name))
+    """The Gantt chart's rows: the stages by start, then the stages that never started."""
+    rows = sorted(record_rows(record), key=lambda r: (r.start or 0.0, r.name))
+    return rows + [TimelineRow(name, "", None, None, None) for name in record.not_started]
 
 
 def _outcome(s: StageRecord) -> str:
     """One line on a stage that failed, was skipped or cancelled, or took more than one attempt."""
     style = STATUS_STYLES.get(s.status)
-    said = escape(style.label if style else s.status)
+    said = escape(outcome_word(s.category, s.status) or (style.label if style else s.status))
     if s.attempts > 1:
         said += f" after {s.attempts} attempts"
     if s.work is not None:
         said += f" (its work {escape(s.work)})"
-    message = _message(s)
+    message = outcome_detail(s.category, s.status, s.error, s.error_type)
     if message:
         said += f': <span class="message">{escape(message)}</span>'
     elif s.status in ("skip", "cancel"):
@@ -354,11 +379,21 @@ def _outcome(s: StageRecord) -> str:
 
 
 def _outcomes(record: RunRecord) -> list[str]:
-    """What happened to every stage of ``record`` that did not simply succeed on its first attempt."""
+    """What happened to every stage of ``record`` that did not simply succeed on its first attempt, and
+    the stages that never started."""
     notable = [s for s in record.stages if s.status != "ok" or s.attempts > 1 or s.work is not None]
-    if not notable:
+    if not notable and not record.not_started:
         return []
-    return ['<ul class="outcomes">', *(_outcome(s) for s in notable), "</ul>"]
+    return [
+        '<ul class="outcomes">',
+        *(_outcome(s) for s in notable),
+        *(
+            f'<li data-stage="{escape(name)}"><strong>{escape(name)}</strong> '
+            '<span class="not-started">not started</span></li>'
+            for name in record.not_started
+        ),
+        "</ul>",
+    ]
 
 
 def _nodes_from_runs(records: Sequence[RunRecord]) -> list[DagNode]:
@@ -406,7 +441,8 @@ def _stats_row(st: StageStats, runs: int, *, dispatched: bool, streamed: bool) -
         numbers += (st.ttfc_p50, st.ttfc_p95, st.ttfc_p99)
     return (
         f'<tr data-stage="{escape(st.name)}"><td>{escape(st.name)}</td><td class="num">{st.runs}</td>'
-        f'<td class="num">{st.failures}</td><td class="num">{st.retried}</td>'
+        f'<td class="num">{st.failures}</td><td class="num">{st.skipped}</td>'
+        f'<td class="num">{st.retried}</td>'
         + "".join(f'<td class="num">{_seconds(v)}</td>' for v in numbers)
         + f'<td class="num">{st.critical_runs} ({_pct(st.critical_runs / runs)})</td>'
         f'<td class="num">{_pct(st.critical_share)}</td></tr>'
@@ -414,7 +450,7 @@ def _stats_row(st: StageStats, runs: int, *, dispatched: bool, streamed: bool) -
 
 
 def _stats_head(*, dispatched: bool, streamed: bool) -> str:
-    names = ["stage", "runs", "failed", "retried", "run p50", "run p95", "run p99"]
+    names = ["stage", "runs", "failed", "skipped", "retried", "run p50", "run p95", "run p99"]
     names += ["wait p50", "wait p95", "wait p99"]
     if dispatched:
         names += ["dispatch p50", "dispatch p95", "dispatch p99"]
@@ -493,7 +529,8 @@ def _pipeline_section(index: int, name: str, records: Sequence[RunRecord], graph
         out += _first_output_section(first_output)
     out += [
         "<h3>Runs</h3>",
-        '<div class="scroll"><table class="runs"><thead><tr><th>id</th><th>status</th><th>start</th>'
+        '<div class="scroll"><table class="runs"><thead><tr><th>id</th><th>status</th><th>result</th>'
+        "<th>start</th>"
         f"<th>duration</th>{'<th>first output</th>' if streamed else ''}<th>critical path</th></tr></thead>"
         "<tbody>",
     ]
@@ -503,7 +540,8 @@ def _pipeline_section(index: int, name: str, records: Sequence[RunRecord], graph
         out.append(
             f'<tr class="{escape(r.status)}">'
             f'<td><a href="#run-{_slug(r.run_id)}">{escape(r.run_id)}</a></td>'
-            f'<td class="status">{escape(r.status)}</td><td class="num">{_local(r.started_at)}</td>'
+            f'<td class="status">{escape(r.status)}</td><td class="result">{escape(r.category or "")}</td>'
+            f'<td class="num">{_local(r.started_at)}</td>'
             f'<td class="num">{format_seconds(r.duration)}</td>{first}'
             f'<td class="path">{escape(" → ".join(r.critical_path))}</td></tr>'
         )
@@ -511,7 +549,8 @@ def _pipeline_section(index: int, name: str, records: Sequence[RunRecord], graph
     for r in records:
         out += [
             f'<div class="run" id="run-{_slug(r.run_id)}">',
-            f"<h3>Run {escape(r.run_id)} · {escape(r.status)} in {format_seconds(r.duration)} · "
+            f"<h3>Run {escape(r.run_id)} · {escape(run_outcome(r.status, r.category))} in "
+            f"{format_seconds(r.duration)} · "
             f"{_local(r.started_at)}</h3>",
         ]
         if r.error:

@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from ._timeline import TimelineRow, format_seconds
+from ._timeline import TimelineRow, format_seconds, outcome_word
 
 __all__ = (
     "CRITICAL_STROKE",
@@ -416,7 +416,7 @@ def gantt_svg(
     is a mark across its bar (``class="first-chunk"``; ``chunks``: stage name → chunks yielded). A
     failed, skipped or cancelled stage, and a stage that took more than one attempt (``attempts``: stage
     name → attempts), gets a label beside its bar (``class="mark fail|skip|cancel|ok"``) in its status's
-    text colour.
+    text colour, worded by its outcome category (``✗ timed out``).
     """
     label_w, row_h, axis_h = 130, 22, 22
     plot_w = width - label_w - _PAD * 2
@@ -505,7 +505,7 @@ def gantt_svg(
                 f'stroke="{FIRST_CHUNK_STROKE}" stroke-width="2.5"><title>{escape(r.name)}: first chunk '
                 f"after {escape(format_seconds(r.first - r.start))}</title></line>"
             )
-        mark = _mark(r.status, n)
+        mark = _mark(r.status, r.category, n)
         if mark:
             after = x(r.end) + 4 + 7 * len(mark) <= width - _PAD  # else left of the bar
             mx, anchor = (x(r.end) + 4, "start") if after else (x(r.start) - 4, "end")
@@ -518,9 +518,11 @@ def gantt_svg(
     return "\n".join(parts) + "\n"
 
 
-def _mark(status: str, attempts: int) -> str:
-    """The label beside a run bar: ``✗ failed``, ``skipped``, ``cancelled``, ``N attempts``, or none."""
-    label = {"fail": "✗ failed", "skip": "skipped", "cancel": "cancelled"}.get(status, "")
+def _mark(status: str, category: str | None, attempts: int) -> str:
+    """The label beside a run bar: ``✗`` and the outcome's word for a failed stage (``✗ failed``,
+    ``✗ error``, ``✗ timed out``), ``skipped``, ``cancelled``, ``N attempts``, or none."""
+    word = outcome_word(category, status)
+    label = f"✗ {word}" if status == "fail" else word
     if attempts <= 1:
         return label
     return f"{label} after {attempts} attempts" if label else f"{attempts} attempts"

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
+from stageflow._errors import error_type_name
 from stageflow._terminal import terminal_safe
 
 if TYPE_CHECKING:
@@ -27,7 +28,12 @@ __all__ = (
     "DEFAULT_WIDTH",
     "TimelineRow",
     "format_seconds",
+    "outcome_detail",
+    "outcome_note",
+    "outcome_word",
+    "record_rows",
     "render_timeline",
+    "run_outcome",
     "timeline_of_record",
     "timeline_of_result",
     "use_color",
@@ -43,7 +49,6 @@ _RUN = {"ok": "█", "fail": "✗", "skip": "·", "cancel": "▒"}
 _RESET = "\033[0m"
 _COLOR = {"ok": "\033[32m", "fail": "\033[31m", "skip": "\033[2m", "cancel": "\033[33m", "wait": "\033[2m"}
 _BOLD = "\033[1m"
-_TIMEOUT_TYPES = frozenset({"StageTimeoutError", "TimeoutError"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,10 @@ class TimelineRow:
     dispatch: float = 0.0
     first: float | None = None
     """A streaming stage's first chunk (marked ``┃`` on its bar), else ``None``."""
+    category: str | None = None
+    """The stage's outcome category (``StageResult.category``, ``StageRecord.category``); it picks the word
+    that says what happened (``outcome_word``). ``None`` for a stage that never started, or a record made
+    without one (then the status picks it)."""
 
 
 def format_seconds(seconds: float) -> str:
@@ -85,17 +94,61 @@ def _paint(text: str, code: str, color: bool) -> str:
     return f"{code}{text}{_RESET}" if color and text else text
 
 
-def _note(status: str, error: str | None, error_type: str | None, reason: str) -> str:
-    if status == "fail":
-        if error_type in _TIMEOUT_TYPES:
-            return f"timed out: {error}"
-        return f"failed: {error_type}: {error}" if error_type else f"failed: {error}"
-    if status == "skip":
-        return f"skipped: {reason}" if reason else "skipped"
-    if status == "cancel":
-        detail = reason or error or ""
-        return f"cancelled: {detail}" if detail else "cancelled"
-    return ""
+_WORDS = {
+    "success": "",
+    "failure": "failed",
+    "error": "error",
+    "timeout": "timed out",
+    "cancellation": "cancelled",
+    "skip": "skipped",
+}
+_STATUS_WORDS = {"ok": "", "fail": "failed", "skip": "skipped", "cancel": "cancelled"}
+
+
+def outcome_word(category: str | None, status: str) -> str:
+    """What every view calls a stage's outcome: by its category ``failed`` (failure), ``error``,
+    ``timed out``, ``cancelled``, ``skipped`` (conditional skips and fallbacks alike), or nothing for a
+    success; by its status when it has no category (a record made without one)."""
+    if category is not None and str(category) in _WORDS:
+        return _WORDS[str(category)]
+    return _STATUS_WORDS.get(status, status)
+
+
+def outcome_detail(category: str | None, status: str, error: str | None, error_type: str | None) -> str:
+    """What every view says after ``outcome_word``: ``Type: message`` for a failure or an error, the
+    message of a timeout, the reason of a skip or a cancellation (``error`` holds it), else nothing."""
+    if not error:
+        return ""
+    word = outcome_word(category, status)
+    if word in ("failed", "error") and error_type:
+        return f"{error_type}: {error}"
+    return error if word else ""
+
+
+def outcome_note(category: str | None, status: str, error: str | None, error_type: str | None) -> str:
+    """``outcome_word`` and ``outcome_detail`` as the timelines print them: ``timed out: late``."""
+    word = outcome_word(category, status)
+    detail = outcome_detail(category, status, error, error_type)
+    return f"{word}: {detail}" if word and detail else word
+
+
+_RUN_STATUS = {
+    "success": "completed",
+    "cancellation": "cancelled",
+    "failure": "failed",
+    "error": "failed",
+    "timeout": "failed",
+}
+"""A run's status by its category (``RunResult`` has no status of its own: it is what the category says)."""
+
+
+def run_outcome(status: str, result: str | None) -> str:
+    """What every view calls a run: its status, and for a failed run its result beside it
+    (``failed (timeout)``); a completed run's result is always ``success`` and a cancelled one's
+    ``cancellation``, so theirs are not repeated."""
+    if status == "failed" and result is not None:
+        return f"{status} ({result})"
+    return status
 
 
 def render_timeline(
@@ -109,6 +162,7 @@ def render_timeline(
     critical_path: Sequence[str],
     width: int = DEFAULT_WIDTH,
     color: bool = False,
+    result: str | None = None,
 ) -> str:
     """The text Gantt chart of one run.
 
@@ -116,6 +170,8 @@ def render_timeline(
         pipeline: the pipeline's name.
         run_id: the run id.
         status: how the run ended (``completed``, ``failed``, ``cancelled``).
+        result: the run's outcome category; a failed run's (``failure``, ``error`` or ``timeout``) is
+            shown beside its status: ``failed (timeout)``.
         start: the run's start, on the rows' clock.
         end: the run's end, on the rows' clock.
         rows: the stages, in the order to draw them.
@@ -139,7 +195,8 @@ def render_timeline(
         return min(width, max(0, round((t - start) * scale)))
 
     took = format_seconds(max(total, 0.0))
-    outcome = _paint(terminal_safe(status), _COLOR["fail"], color and status == "failed")
+    said = run_outcome(status, result)
+    outcome = _paint(terminal_safe(said), _COLOR["fail"], color and status == "failed")
     dispatched = any(r.dispatch > 0 for r in rows)
     extra = f"  {'dispatch':>8}" if dispatched else ""
     lines = [
@@ -201,23 +258,32 @@ def timeline_of_result(results: RunResult, *, width: int = DEFAULT_WIDTH, color:
     """The timeline of a ``RunResult`` (see ``RunResult.timeline``)."""
     rows: list[TimelineRow] = []
     for name, r in results.items():
-        error = None if r.error is None else str(r.error)
-        error_type = None if r.error is None else type(r.error).__name__
-        reason = str(r.data.get("reason") or r.data.get("cancel_reason") or "")
-        note = _note(r.status.value, error, error_type, reason)
+        if r.error is not None:
+            error: str | None = str(r.error)
+        else:
+            error = str(r.data.get("reason") or r.data.get("cancel_reason") or "") or None
+        error_type = None if r.error is None else error_type_name(r.error)
+        note = outcome_note(r.category, r.status.value, error, error_type)
         rows.append(
             TimelineRow(
-                name, r.status.value, r.ready_at, r.started_at, r.ended_at, note, r.dispatch, r.first_chunk_at
+                name,
+                r.status.value,
+                r.ready_at,
+                r.started_at,
+                r.ended_at,
+                note,
+                r.dispatch,
+                r.first_chunk_at,
+                r.category,
             )
         )
     # stages that never started (a failed or cancelled run): every stage the graph declares is drawn
-    rows += [TimelineRow(name, "", None, None, None) for name in results._deps if name not in results]
-    statuses = {r.status.value for r in results.values()}
-    status = "failed" if "fail" in statuses else "cancelled" if "cancel" in statuses else "completed"
+    rows += [TimelineRow(name, "", None, None, None) for name in results.not_started]
     return render_timeline(
         pipeline=results.pipeline_name,
         run_id=str(results.run_id),
-        status=status,
+        status=_RUN_STATUS[results.category],
+        result=results.category,
         start=results.started_at,
         end=results.ended_at,
         rows=_ordered(rows),
@@ -227,25 +293,32 @@ def timeline_of_result(results: RunResult, *, width: int = DEFAULT_WIDTH, color:
     )
 
 
-def timeline_of_record(record: RunRecord, *, width: int = DEFAULT_WIDTH, color: bool = False) -> str:
-    """The timeline of a stored ``RunRecord`` (``stageflow runs show``)."""
-    rows = [
+def record_rows(record: RunRecord) -> list[TimelineRow]:
+    """The rows of the stages a ``RunRecord`` holds, noted as ``outcome_note`` says (in stored order)."""
+    return [
         TimelineRow(
             s.name,
             s.status,
             s.started_at - s.wait,
             s.started_at,
             s.ended_at,
-            _note(s.status, s.error, s.error_type, s.error or "" if s.status == "skip" else ""),
+            outcome_note(s.category, s.status, s.error, s.error_type),
             s.dispatch,
             s.first_chunk_at,
+            s.category,
         )
         for s in record.stages
     ]
+
+
+def timeline_of_record(record: RunRecord, *, width: int = DEFAULT_WIDTH, color: bool = False) -> str:
+    """The timeline of a stored ``RunRecord`` (``stageflow runs show``)."""
+    rows = [*record_rows(record), *(TimelineRow(name, "", None, None, None) for name in record.not_started)]
     return render_timeline(
         pipeline=record.pipeline,
         run_id=record.run_id,
         status=record.status,
+        result=record.category,
         start=record.started_at,
         end=record.ended_at,
         rows=_ordered(rows),

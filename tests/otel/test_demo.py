@@ -97,7 +97,7 @@ class TestRendering:
         printer.run(2, results, "success", None)
         assert capsys.readouterr().out.splitlines() == [
             *results.timeline(color=False).splitlines(),
-            "run 00000000  success       1000.0 ms  a → b",
+            "run 00000000  completed           1000.0 ms  a → b",
         ]
 
     @pytest.mark.parametrize(
@@ -158,7 +158,7 @@ class TestRendering:
         tally = BreakerTally()
         tally(CircuitStateChange(name, "p", CircuitState.CLOSED, CircuitState.OPEN, 0.0))
         assert capsys.readouterr().out.splitlines() == [
-            "run 00000000  success       1000.0 ms  a\\x1b]0;owned\\x07\\nb",
+            "run 00000000  completed           1000.0 ms  a\\x1b]0;owned\\x07\\nb",
             *results.timeline(color=False).splitlines(),
             "   error: stage 'a\\x1b]0;owned\\x07\\nb' failed: ValueError: x\\x1b[2J\\ry",
         ]
@@ -192,7 +192,15 @@ class TestDemoCommand:
         )
         lines = proc.stdout.splitlines()
         assert "40 runs" in lines
-        counts = [int(m.group(2)) for line in lines if (m := re.fullmatch(r"  (\w+) +(\d+)", line))]
+        counts = [
+            int(m.group(2))
+            for line in lines
+            if (
+                m := re.fullmatch(
+                    r"  (completed|failed \((?:failure|error|timeout)\)|cancelled) +(\d+)", line
+                )
+            )
+        ]
         assert sum(counts) == 40
         assert any(
             re.fullmatch(r"  duration     p50 [\d.]+ ms  p95 [\d.]+ ms  p99 [\d.]+ ms", x) for x in lines

@@ -1,6 +1,10 @@
-"""Spans and event records derive a failed stage's ``error.type`` the same way (the core's derivation)."""
+"""Every reporter says the same of each outcome: spans, span events, metrics, event data and the demo's
+summary read the core's category (the README's table of what each view shows); spans and event records
+name a failed stage's ``error.type`` the same way (the core's derivation)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 
@@ -9,7 +13,8 @@ pytest.importorskip("opentelemetry.sdk")
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -29,8 +34,13 @@ from stageflow import (
     StageTimeoutError,
     error_type_name,
 )
-from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
+from stageflow._events import InMemoryEventSink
+from stageflow_otel import MetricsInterceptor, OtlpEventSink, TracingInterceptor, semconv
+from stageflow_otel._demo import BreakerTally, DemoStats, _summary, outcome_of
 from stageflow_otel._outcome import outcome_of_error
+from tests._outcome_cases import CASES, EXPECTED, build_case, run_case
+
+from .conftest import metric_points
 
 
 class Client:
@@ -199,3 +209,203 @@ class TestTimeoutSubclass:
             records["stage.llm.failed"][semconv.STAGE_RESULT],
             records["stage.llm.failed"][semconv.ERROR_TYPE],
         ) == expected
+
+
+@dataclass(frozen=True, slots=True)
+class SpanSays:
+    """What the OpenTelemetry side says of one case's stage ``s`` and its run."""
+
+    stage_result: str | None
+    """``stageflow.stage.result`` on ``s``'s span (``None``: ``s`` had no span)."""
+    stage_error_type: str | None
+    stage_status: str
+    """``s``'s span status (``UNSET``, ``ERROR``); ``-`` without a span."""
+    closing_event: str
+    """The span event that closed ``s``, and the span it is on (``stage`` or ``run``)."""
+    event_result: str | None
+    """``stageflow.stage.result`` on that span event."""
+    run_result: str | None
+    run_error_type: str | None
+    run_status: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventSays:
+    """What the events say of one case's stage ``s`` and its run."""
+
+    stage_event: str
+    category: str | None
+    error_type: str | None
+    run_event: str
+    run_category: str | None
+    run_error_type: str | None
+
+
+SPANS: dict[str, SpanSays] = {
+    "success": SpanSays(
+        "success", None, "UNSET", "stage: stageflow.stage.completed", "success", "success", None, "UNSET"
+    ),
+    "failure": SpanSays(
+        "failure",
+        "StageFailedError",
+        "ERROR",
+        "stage: stageflow.stage.failed",
+        "failure",
+        "failure",
+        "StageFailedError",
+        "ERROR",
+    ),
+    "error": SpanSays(
+        "error",
+        "ValueError",
+        "ERROR",
+        "stage: stageflow.stage.failed",
+        "error",
+        "error",
+        "ValueError",
+        "ERROR",
+    ),
+    "timeout": SpanSays(
+        "timeout",
+        "StageTimeoutError",
+        "ERROR",
+        "stage: stageflow.stage.failed",
+        "timeout",
+        "timeout",
+        "StageTimeoutError",
+        "ERROR",
+    ),
+    "cancel": SpanSays(
+        "cancellation",
+        None,
+        "UNSET",
+        "stage: stageflow.stage.cancelled",
+        "cancellation",
+        "cancellation",
+        None,
+        "UNSET",
+    ),
+    "skip": SpanSays(
+        "skip", None, "UNSET", "stage: stageflow.stage.skipped", "skip", "success", None, "UNSET"
+    ),
+    "conditional-skip": SpanSays(
+        None, None, "-", "run: stageflow.stage.skipped", "skip", "success", None, "UNSET"
+    ),
+    "fallback": SpanSays(
+        "skip", None, "UNSET", "stage: stageflow.stage.skipped", "skip", "success", None, "UNSET"
+    ),
+}
+"""The README's table, for spans and span events."""
+
+
+EVENTS: dict[str, EventSays] = {
+    "success": EventSays("stage.s.completed", "success", None, "pipeline.completed", "success", None),
+    "failure": EventSays(
+        "stage.s.failed", "failure", "StageFailedError", "pipeline.failed", "failure", "StageFailedError"
+    ),
+    "error": EventSays("stage.s.failed", "error", "ValueError", "pipeline.failed", "error", "ValueError"),
+    "timeout": EventSays(
+        "stage.s.failed", "timeout", "StageTimeoutError", "pipeline.failed", "timeout", "StageTimeoutError"
+    ),
+    "cancel": EventSays(
+        "stage.s.cancelled", "cancellation", None, "pipeline.cancelled", "cancellation", None
+    ),
+    "skip": EventSays("stage.s.skipped", "skip", None, "pipeline.completed", "success", None),
+    "conditional-skip": EventSays("stage.s.skipped", "skip", None, "pipeline.completed", "success", None),
+    "fallback": EventSays("stage.s.skipped", "skip", None, "pipeline.completed", "success", None),
+}
+"""The README's table, for event data."""
+
+
+def _closing(span: ReadableSpan) -> list[Event]:
+    return [
+        e
+        for e in span.events
+        if (e.attributes or {}).get(semconv.EVENT_TYPE, "").startswith("stage.s.")  # type: ignore[union-attr]
+        and e.name != "stageflow.stage.started"
+    ]
+
+
+@pytest.mark.parametrize("case", CASES)
+class TestEveryReporterAgrees:
+    async def test_spans_span_events_metrics_events_and_the_demo(
+        self,
+        case: str,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        meter_provider: MeterProvider,
+        metric_reader: InMemoryMetricReader,
+    ) -> None:
+        """One run of the case, traced and measured: its spans, span events, metrics, events and the demo's
+        summary say what the README's table says, and what ``StageResult.category`` says."""
+        expected = EXPECTED[case]
+        sink = InMemoryEventSink()
+        graph = build_case(case, [TracingInterceptor(tracer_provider), MetricsInterceptor(meter_provider)])
+        ran = await run_case(graph, sink)
+        assert ran.results["s"].category == expected.category
+
+        ended = [e for e in sink.events if e.type.startswith("stage.s.") and not e.type.endswith("started")]
+        (run_ended,) = [
+            e
+            for e in sink.events
+            if e.type in ("pipeline.completed", "pipeline.failed", "pipeline.cancelled")
+        ]
+        (stage_ended,) = ended
+        assert (
+            EventSays(
+                stage_ended.type,
+                stage_ended.data.get("category"),
+                stage_ended.data.get("error_type"),
+                run_ended.type,
+                run_ended.data.get("category"),
+                run_ended.data.get("error_type"),
+            )
+            == EVENTS[case]
+        )
+
+        spans = span_exporter.get_finished_spans()
+        (run_span,) = [s for s in spans if s.name == "pipeline case-" + case]
+        stage_spans = [s for s in spans if s.name == "stage s"]
+        attributes = dict(stage_spans[0].attributes or {}) if stage_spans else {}
+        on_stage = [e for s in stage_spans for e in _closing(s)]
+        closing = on_stage or _closing(run_span)
+        (event,) = closing
+        run_attributes = dict(run_span.attributes or {})
+        assert (
+            SpanSays(
+                attributes.get(semconv.STAGE_RESULT),  # type: ignore[arg-type]
+                attributes.get(semconv.ERROR_TYPE),  # type: ignore[arg-type]
+                stage_spans[0].status.status_code.name if stage_spans else "-",
+                f"{'stage' if on_stage else 'run'}: {event.name}",
+                (event.attributes or {}).get(semconv.STAGE_RESULT),  # type: ignore[arg-type]
+                run_attributes.get(semconv.RUN_RESULT),  # type: ignore[arg-type]
+                run_attributes.get(semconv.ERROR_TYPE),  # type: ignore[arg-type]
+                run_span.status.status_code.name,
+            )
+            == SPANS[case]
+        )
+
+        durations = {
+            (p.attributes or {}).get(semconv.STAGE_RESULT)
+            for p in metric_points(metric_reader, semconv.STAGE_DURATION.name)
+            if (p.attributes or {}).get(semconv.STAGE_NAME) == "s"
+        }
+        skips = [
+            p.value  # type: ignore[union-attr]
+            for p in metric_points(metric_reader, semconv.STAGE_SKIPS.name)
+            if (p.attributes or {}).get(semconv.STAGE_NAME) == "s"
+        ]
+        assert (durations, sum(skips)) == (
+            set() if case == "conditional-skip" else {expected.category},
+            int(expected.category == "skip"),
+        )
+
+        stats = DemoStats()
+        stats.add(outcome_of(ran.error), ran.results.duration)
+
+        class Health:
+            export_failures: dict[str, int] = {}
+
+        assert (
+            _summary(stats, BreakerTally(), Health()).splitlines()[2] == f"  {expected.run_said:<18}      1"
+        )
