@@ -384,9 +384,10 @@ class TestEveryReporterAgrees:
             )
             == SPANS[case]
         )
+        assert (event.attributes or {}).get(semconv.ERROR_TYPE) == expected.error_type
 
         durations = {
-            (p.attributes or {}).get(semconv.STAGE_RESULT)
+            ((p.attributes or {}).get(semconv.STAGE_RESULT), (p.attributes or {}).get(semconv.ERROR_TYPE))
             for p in metric_points(metric_reader, semconv.STAGE_DURATION.name)
             if (p.attributes or {}).get(semconv.STAGE_NAME) == "s"
         }
@@ -396,8 +397,21 @@ class TestEveryReporterAgrees:
             if (p.attributes or {}).get(semconv.STAGE_NAME) == "s"
         ]
         assert (durations, sum(skips)) == (
-            set() if case == "conditional-skip" else {expected.category},
+            set() if case == "conditional-skip" else {(expected.category, expected.error_type)},
             int(expected.category == "skip"),
+        )
+
+        runs = {
+            (p.attributes or {}).get(semconv.RUN_RESULT): (p.attributes or {}).get(semconv.ERROR_TYPE)
+            for p in metric_points(metric_reader, semconv.PIPELINE_RUN_DURATION.name)
+        }
+        errors = sum(
+            p.value  # type: ignore[union-attr]
+            for p in metric_points(metric_reader, semconv.PIPELINE_RUN_ERRORS.name)
+        )
+        assert (runs, errors) == (
+            {expected.run_category: EVENTS[case].run_error_type},
+            int(expected.run_category != "success"),
         )
 
         stats = DemoStats()
