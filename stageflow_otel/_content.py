@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from . import semconv
+from . import _settings
 
 __all__ = (
     "ErrorDetails",
@@ -45,8 +45,6 @@ __all__ = (
 )
 
 logger = logging.getLogger("stageflow_otel")
-
-_UNSET = "unset"
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,23 +337,10 @@ def redacted_stacktrace(
 
 
 def value_length_limit(signal: Literal["span", "logrecord"]) -> int | None:
-    """The string length limit for ``signal`` from the environment (``None``: unlimited, by ``unset``).
+    """The string length limit for ``signal`` from ``os.environ`` (``None``: unlimited, by ``unset``).
 
     ``OTEL_{SPAN,LOGRECORD}_ATTRIBUTE_VALUE_LENGTH_LIMIT`` wins over ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``;
     without either the limit is ``semconv.DEFAULT_VALUE_LENGTH_LIMIT``. A value that is not a
-    non-negative integer (or ``unset``) is logged and ignored.
+    non-negative integer (or ``unset``) is logged and ignored (``_settings.value_length_limit``).
     """
-    for name in (f"OTEL_{signal.upper()}_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"):
-        raw = os.environ.get(name, "").strip().lower()
-        if not raw:
-            continue
-        if raw == _UNSET:
-            return None
-        try:
-            value = int(raw)
-        except ValueError:
-            value = -1
-        if value >= 0:
-            return value
-        logger.warning("stageflow_otel: %s=%r is not a non-negative integer; ignored", name, os.environ[name])
-    return semconv.DEFAULT_VALUE_LENGTH_LIMIT
+    return _settings.value_length_limit(signal, os.environ)

@@ -22,7 +22,6 @@ record with an empty context: no exemplar points at an unrelated (or long ended)
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -39,7 +38,7 @@ from . import semconv
 from ._guard import NameGuard
 
 if TYPE_CHECKING:
-    from ._setup import Telemetry
+    from ._telemetry import Telemetry
 
 __all__ = ("LoopTelemetry", "install")
 
@@ -119,20 +118,10 @@ class LoopTelemetry:
             )
 
 
-_FALSE = frozenset({"false", "0", "no", "off"})
-
-
-def _wanted(argument: bool | None) -> bool:
-    """``setup(loop_monitor=...)``, else ``STAGEFLOW_LOOP_MONITOR`` (on unless it says ``false``)."""
-    if argument is not None:
-        return argument
-    return os.environ.get(semconv.ENV_LOOP_MONITOR, "").strip().lower() not in _FALSE
-
-
-def install(telemetry: Telemetry, argument: bool | None) -> LoopTelemetry | None:
-    """Start the process's loop monitor, recording on ``telemetry``'s meter provider, unless switched off;
-    ``telemetry.shutdown()`` stops it."""
-    if not _wanted(argument):
+def install(telemetry: Telemetry, wanted: bool) -> LoopTelemetry | None:
+    """Start the process's loop monitor, recording on ``telemetry``'s meter provider, if ``wanted``
+    (``setup(loop_monitor=...)``, else ``STAGEFLOW_LOOP_MONITOR``); ``telemetry.shutdown()`` stops it."""
+    if not wanted:
         return None
     loop = LoopTelemetry(telemetry.meter_provider)
     loop.start()

@@ -58,7 +58,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
-from . import semconv
+from . import _settings, semconv
 from ._content import clean_text
 from ._http import (
     DEFAULT_MAX_CONNECTIONS,
@@ -67,6 +67,7 @@ from ._http import (
     DEFAULT_WRITE_TIMEOUT,
     HttpServer,
 )
+from ._settings import DEFAULT_MAX_SERIES, ENV_MAX_SERIES
 
 __all__ = (
     "DEFAULT_MAX_SERIES",
@@ -154,27 +155,8 @@ def _bounded(text: str) -> str:
     return f"{text[: limit - _HASH_CHARS - 1]}~{digest}"
 
 
-DEFAULT_MAX_SERIES = 2000
-"""Series (label sets; a histogram's buckets count as one) ``/metrics`` holds at most."""
-ENV_MAX_SERIES = "STAGEFLOW_OTEL_METRICS_MAX_SERIES"
-"""The variable ``setup()`` reads ``/metrics``'s ``max_series`` from."""
-
 _Kind = Literal["sum", "gauge", "histogram"]
 _SeriesKey = tuple[str, str, str, tuple[tuple[str, Any], ...]]
-
-
-def _env_max_series() -> int:
-    raw = os.environ.get(ENV_MAX_SERIES, "").strip()
-    if not raw:
-        return DEFAULT_MAX_SERIES
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        msg = f"{ENV_MAX_SERIES}={raw!r}: the most series /metrics holds must be a whole number of at least 1"
-        raise ValueError(msg)
-    return value
 
 
 def _hashable(value: object) -> object:
@@ -244,7 +226,7 @@ class PrometheusMetricReader(MetricReader):
 
     def __init__(self, *, max_series: int | None = None) -> None:
         if max_series is None:
-            max_series = _env_max_series()
+            max_series = _settings.max_series(os.environ)
         if isinstance(max_series, bool) or not isinstance(max_series, int) or max_series < 1:
             msg = f"max_series must be an int of at least 1, got {max_series!r}"
             raise ValueError(msg)

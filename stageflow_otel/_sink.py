@@ -23,7 +23,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry import context as otel_context
 from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger
@@ -33,8 +33,9 @@ from opentelemetry.util.types import AnyValue, AttributeValue
 import stageflow
 
 from . import semconv
-from ._content import ErrorRedactor, clean_text, redact_error_message, value_length_limit
+from ._content import ErrorRedactor, clean_text, redact_error_message
 from ._guard import NameGuard
+from ._settings import event_length_limit, event_log_records
 from ._taxonomy import TaxonomyEvent, describe
 
 __all__ = ("OtlpEventSink",)
@@ -43,7 +44,6 @@ logger = logging.getLogger("stageflow_otel")
 
 _Item = tuple[TaxonomyEvent, "dict[str, Any] | None", otel_context.Context, int]
 
-_TRUE = frozenset({"true", "1", "yes", "on"})
 
 _monotonic = time.monotonic
 
@@ -101,16 +101,6 @@ def _rounded(value: object) -> object:
     return value
 
 
-def _limit() -> int | None:
-    """The string length limit of the event views: the smaller of the span and log record limits."""
-    limits = [n for n in (value_length_limit("span"), value_length_limit("logrecord")) if n is not None]
-    return min(limits) if limits else None
-
-
-def _env_log_records() -> bool:
-    return os.environ.get(semconv.ENV_EVENT_LOG_RECORDS, "").strip().lower() in _TRUE
-
-
 class OtlpEventSink:
     """An ``EventSink`` exporting the event taxonomy as a counter, log records opt-in.
 
@@ -157,6 +147,8 @@ class OtlpEventSink:
             the thread makes room again.
         redact_error: the hook each event's ``error`` message passes through, for every view (default
             ``redact_error_message``; ``error_type_only`` leaves the message out, keeping ``error.type``).
+        value_length_limit: characters kept of every string (``None``: unlimited); ``"environment"``
+            (the default): the smaller of the span and log record limits described below.
 
     Every string of an event (attributes and log record body) is cut to the span or log record attribute
     value length limit, whichever is smaller (``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT``,
@@ -177,6 +169,7 @@ class OtlpEventSink:
         max_series: int = DEFAULT_MAX_SERIES,
         wait_timeout: float | None = None,
         redact_error: ErrorRedactor = redact_error_message,
+        value_length_limit: int | None | Literal["environment"] = "environment",
     ) -> None:
         if max_buffer < 1:
             msg = f"max_buffer must be at least 1, got {max_buffer!r}"
@@ -184,7 +177,7 @@ class OtlpEventSink:
         if max_series < 1:
             msg = f"max_series must be at least 1, got {max_series!r}"
             raise ValueError(msg)
-        self.log_records: bool = _env_log_records() if log_records is None else log_records
+        self.log_records: bool = event_log_records(os.environ) if log_records is None else log_records
         """Whether every event is also exported as an OTLP log record."""
         self.span_events: bool = span_events
         """Whether ``TracingInterceptor`` puts the events of this sink's runs on their spans."""
@@ -226,7 +219,9 @@ class OtlpEventSink:
         self._max = max_buffer
         self._wait = wait_timeout
         self._redact = redact_error
-        self._limit = _limit()
+        self._limit = (
+            event_length_limit(os.environ) if value_length_limit == "environment" else value_length_limit
+        )
         self._closed = False
         self._dropped = 0
         self._by_cause: dict[str, int] = dict.fromkeys(semconv.DROP_CAUSES, 0)
@@ -347,7 +342,7 @@ class OtlpEventSink:
                     self._thread.start()
                 self._cond.notify_all()
         if not accepted:
-            self._count_dropped(1, cause)
+            self.count_dropped(1, cause)
 
     def _has_room(self) -> bool:
         return self._closed or len(self._buffer) < self._max
@@ -433,7 +428,7 @@ class OtlpEventSink:
             observations.append(Observation(count, attributes))
         return observations
 
-    def _count_dropped(self, count: int, cause: str) -> None:
+    def count_dropped(self, count: int, cause: str) -> None:
         """Count ``count`` events lost for ``cause`` (thread-safe; never raises).
 
         ``setup()``'s export path calls it for the log records it gives up on after this sink handed

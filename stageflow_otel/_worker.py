@@ -6,16 +6,20 @@ event loop inside the stage's context, where the stage span is current, and trav
 
 * **the W3C context** of the stage span (``traceparent``, ``tracestate``, ``baggage``), always with the W3C
   propagators whatever ``OTEL_PROPAGATORS`` says in either process;
-* **the parent's telemetry settings**: its resource (``service.name`` and every resource attribute), the
-  OTLP endpoints, protocols and exporters, batch sizes and queues, length and link limits, the sampler,
-  the delivery mode and whether events are log records. Never secrets: OTLP headers, certificates and
-  client keys (``OTEL_EXPORTER_OTLP_*HEADERS``, ``*_CERTIFICATE``, ``*_CLIENT_KEY``...) are read in the
-  worker from its own environment, as are compression and per-signal timeouts.
+* **the parent's telemetry settings**: its resource (``service.name`` and every resource attribute), and
+  the parent's values of the variables its ``Settings`` were read from (``Settings.environment``): the
+  OTLP endpoints, protocols and exporters, batch sizes and queues, length and link limits, the delivery
+  mode and whether events are log records. Never secrets: OTLP headers, certificates and client keys
+  (``OTEL_EXPORTER_OTLP_*HEADERS``, ``*_CERTIFICATE``, ``*_CLIENT_KEY``...) are read in the worker from
+  its own environment by its SDK, as is everything else the SDK reads itself
+  (``_settings.SDK_VARIABLES``: the sampler, whose default follows the stage span's sampling decision,
+  OTLP compression and timeouts, the metric export interval).
 
 In the worker, before the stage runs (``enter``):
 
-1. the SDK is configured once per worker process from those settings: ``setup()`` with the parent's
-   values (they win over the worker's environment for the variables listed above), installed as the
+1. the SDK is configured once per worker process from those settings: ``setup()``'s ``build()`` with
+   ``Settings`` read from the parent's values (they win over the worker's environment for the variables
+   that travel, which ``os.environ`` never sees), installed as the
    process's global providers, with a ``service.instance.id`` of its own and ``process.pid`` added to the
    parent's resource, no ``/metrics`` server (metrics go over OTLP when the parent exports them so, else
    nowhere) and no loop monitor. A process that already has an SDK keeps it: the providers a forked
@@ -48,8 +52,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,24 +69,22 @@ import stageflow
 
 from . import semconv
 from ._export import Accounting
+from ._settings import SDK_VARIABLES, Settings
+from ._sink import OtlpEventSink
 
 if TYPE_CHECKING:
-    from ._setup import Telemetry
+    from ._telemetry import Telemetry
 
-__all__ = ("WorkerSettings", "WorkerTelemetry", "install", "settings_of")
+__all__ = ("WorkerSettings", "WorkerTelemetry", "install", "settings_of", "worker_settings")
 
 logger = logging.getLogger("stageflow_otel")
-
-DEFAULT_FLUSH_TIMEOUT = 5.0
-"""Seconds a worker waits for its telemetry to be exported after each stage (``ENV_WORKER_FLUSH_TIMEOUT``)."""
 
 _PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 
 _NOT_PASSED = frozenset(
     {
         "OTEL_SDK_DISABLED",
-        "OTEL_SERVICE_NAME",  # in the resource
-        "OTEL_RESOURCE_ATTRIBUTES",  # in the resource
+        *SDK_VARIABLES,  # the resource travels as such; the sampler, timeouts, intervals: the worker's SDK
         semconv.ENV_METRICS_EXPORTER,  # decided below: never the in-process /metrics
         semconv.ENV_PROMETHEUS_HOST,
         semconv.ENV_PROMETHEUS_PORT,
@@ -126,17 +127,11 @@ class WorkerSettings:
     """Seconds to wait for the worker's telemetry to be exported after each stage."""
 
 
-def settings_of(telemetry: Telemetry) -> WorkerSettings:
-    """The settings ``telemetry`` was built with, for its workers (read now, in the parent)."""
-    from ._setup import _endpoint
-    from ._sink import OtlpEventSink
-
-    environment = {name: os.environ[name] for name in PASSED if os.environ.get(name, "").strip()}
-    endpoint, _ = _endpoint("metrics")
-    raw = os.environ.get(semconv.ENV_METRICS_EXPORTER, "").strip().lower()
-    named = [n.strip() for n in raw.split(",")] if raw else (["otlp"] if endpoint is not None else [])
-    # What setup() made of them (it warned about the rest): never the in-process /metrics in a worker
-    exporters = [n for n in dict.fromkeys(named) if n in ("otlp", "console")]
+def settings_of(telemetry: Telemetry, settings: Settings) -> WorkerSettings:
+    """What ``telemetry``, built from ``settings``, gives its workers (no secrets: ``PASSED`` only)."""
+    environment = {name: value for name, value in settings.environment if name in PASSED}
+    # What setup() made of the metric exporters: never the in-process /metrics in a worker
+    exporters = [n for n in settings.metrics.exporters if n in ("otlp", "console")]
     environment[semconv.ENV_METRICS_EXPORTER] = ",".join(exporters) or "none"
     resource = getattr(telemetry.tracer_provider, "resource", None)
     attributes = dict(resource.attributes) if resource is not None else {}
@@ -146,27 +141,8 @@ def settings_of(telemetry: Telemetry) -> WorkerSettings:
         environment=tuple(sorted(environment.items())),
         mode=telemetry.mode,
         event_log_records=isinstance(sink, OtlpEventSink) and sink.log_records,
-        flush_timeout=_flush_timeout(),
+        flush_timeout=settings.worker_flush_timeout,
     )
-
-
-def _flush_timeout() -> float:
-    raw = os.environ.get(semconv.ENV_WORKER_FLUSH_TIMEOUT, "").strip()
-    if not raw:
-        return DEFAULT_FLUSH_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0.0:
-        logger.warning(
-            "stageflow_otel: %s=%r is not a number of seconds; using %g",
-            semconv.ENV_WORKER_FLUSH_TIMEOUT,
-            raw,
-            DEFAULT_FLUSH_TIMEOUT,
-        )
-        return DEFAULT_FLUSH_TIMEOUT
-    return value
 
 
 # --------------------------------------------------------------------------- the hook
@@ -269,11 +245,11 @@ _owner: Telemetry | None = None
 """The ``Telemetry`` of this process's latest ``setup()``: a forked worker inherits it with its providers."""
 
 
-def install(telemetry: Telemetry) -> None:
+def install(telemetry: Telemetry, settings: Settings) -> None:
     """Make ``telemetry``'s settings travel with every stage sent to another process (the latest
     ``setup()`` wins); ``telemetry.shutdown()`` takes the hook away again."""
     global _installed, _owner
-    factory = _HookFactory(settings_of(telemetry), telemetry._accounting)
+    factory = _HookFactory(settings_of(telemetry, settings), telemetry._accounting)
     previous, _installed, _owner = _installed, factory, telemetry
     if previous is not None:
         stageflow.remove_worker_hook(previous)
@@ -377,22 +353,29 @@ def _adopt_or_configure(settings: WorkerSettings) -> _Process:
 
 
 def _configure(settings: WorkerSettings) -> Telemetry:
-    from ._setup import setup
+    from ._setup import build
 
     resource: dict[str, AttributeValue] = dict(settings.resource)
     resource[SERVICE_INSTANCE_ID] = str(uuid.uuid4())
     resource[PROCESS_PID] = os.getpid()
-    with _environment(dict(settings.environment)):
-        telemetry = setup(
-            resource_attributes=resource,
-            set_global=True,
-            metrics_port=None,
-            mode=settings.mode,  # type: ignore[arg-type]
-            event_log_records=settings.event_log_records,
-            loop_monitor=False,
-        )
+    telemetry = build(
+        worker_settings(settings, os.environ),
+        resource_attributes=resource,
+        set_global=True,
+        metrics_port=None,
+        mode=settings.mode,  # type: ignore[arg-type]
+        event_log_records=settings.event_log_records,
+        loop_monitor=False,
+    )
     _report_only(telemetry._accounting)
     return telemetry
+
+
+def worker_settings(settings: WorkerSettings, environ: Mapping[str, str]) -> Settings:
+    """The worker's ``Settings``: the parent's values of the variables that travel, the worker's own
+    ``environ`` for every other one (its values of the travelling variables hidden)."""
+    own = {name: value for name, value in environ.items() if name not in _SET_IN_WORKER}
+    return Settings.from_environ({**own, **dict(settings.environment)})
 
 
 def _report_only(accounting: Accounting) -> None:
@@ -401,26 +384,3 @@ def _report_only(accounting: Accounting) -> None:
     accounting._failure_counter = None
     accounting._counters = {}
     accounting._links_counter = None
-
-
-_environ_lock = threading.Lock()
-
-
-@contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """The parent's values of the variables ``setup()`` reads, for as long as it reads them."""
-    with _environ_lock:
-        saved = {name: os.environ.get(name) for name in _SET_IN_WORKER}
-        try:
-            for name in _SET_IN_WORKER:
-                if name in values:
-                    os.environ[name] = values[name]
-                else:
-                    os.environ.pop(name, None)
-            yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value

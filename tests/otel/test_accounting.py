@@ -45,7 +45,7 @@ from stageflow_otel import (
     Telemetry,
     TracingInterceptor,
     _export,
-    _setup,
+    _settings,
     semconv,
     setup,
 )
@@ -607,7 +607,7 @@ class TestDocumentedDefaults:
         """The environment table's OTEL_BSP_* / OTEL_BLRP_* defaults are the ones setup() applies."""
         documented = {e.name: e.default for e in semconv.ENVIRONMENT}
         expected: dict[str, str] = {}
-        for prefix, settings in (("BSP", _setup.SPAN_QUEUE), ("BLRP", _setup.LOG_QUEUE)):
+        for prefix, settings in (("BSP", _settings.SPAN_QUEUE), ("BLRP", _settings.LOG_QUEUE)):
             expected |= {
                 f"OTEL_{prefix}_MAX_QUEUE_SIZE": str(settings.capacity),
                 f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE": str(settings.batch_size),

@@ -22,7 +22,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoi
 from opentelemetry.sdk.trace import TracerProvider
 
 from stageflow import NoOpEventSink
-from stageflow_otel import OtlpEventSink, Telemetry, _setup, semconv, setup
+from stageflow_otel import OtlpEventSink, Telemetry, semconv, setup
+from stageflow_otel._settings import Settings
 
 from .conftest import metric_points
 from .otlp_receiver import HttpReceiver
@@ -222,7 +223,7 @@ class TestProtocol:
         quiet.setenv(variable, value)
         quiet.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
         caplog.set_level(logging.WARNING)
-        assert _setup._endpoint("traces")[1] == value.lower()
+        assert Settings.from_environ().traces.protocol == value.lower()
         assert caplog.records == []
 
 

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from stageflow_otel import Telemetry, _setup, _worker, semconv, setup
+from stageflow_otel._settings import Settings
 
 from .conftest import metric_points
 from .otlp_receiver import closed_port
@@ -192,26 +193,28 @@ class TestConfigure:
     def test_setup_runs_with_the_parents_settings_and_a_resource_of_its_own(
         self, otel_env: pytest.MonkeyPatch
     ) -> None:
-        """The worker's ``setup()`` sees the parent's variables (the worker's own values of them hidden),
-        the parent's resource plus an instance id and pid of its own, global providers, no /metrics and
-        no loop monitor; the environment is as it was afterwards."""
+        """The worker's set-up reads the parent's variables (the worker's own values of them hidden) and
+        its own for the rest, gets the parent's resource plus an instance id and pid of its own, global
+        providers, no /metrics and no loop monitor; ``os.environ`` is never changed."""
         otel_env.setenv("OTEL_BSP_SCHEDULE_DELAY", "42")  # the worker's own: hidden, the parent has none
+        otel_env.setenv("OTEL_BLRP_SCHEDULE_DELAY", "43")  # the worker's own: hidden, the parent has none
         otel_env.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=worker-secret")  # read in the worker
+        otel_env.setenv("OTEL_EXPORTER_PROMETHEUS_PORT", "9999")  # does not travel: the worker's own
+        before = dict(os.environ)
         seen: dict[str, Any] = {}
         reader = InMemoryMetricReader()
-        real_setup = _setup.setup
+        real_build = _setup.build
 
-        def fake_setup(**kwargs: Any) -> Telemetry:
+        def fake_build(settings: Settings, **kwargs: Any) -> Telemetry:
             seen.update(kwargs)
-            seen["environment"] = {
-                n: os.environ.get(n) for n in (*_worker._SET_IN_WORKER, "OTEL_EXPORTER_OTLP_HEADERS")
-            }
-            handle = real_setup(**{**kwargs, "set_global": False, "metric_readers": [reader]})
+            seen["settings"] = settings
+            seen["environ"] = dict(os.environ)
+            handle = real_build(settings, **{**kwargs, "set_global": False, "metric_readers": [reader]})
             made.append(handle)
             return handle
 
         made: list[Telemetry] = []
-        otel_env.setattr(_setup, "setup", fake_setup)
+        otel_env.setattr(_setup, "build", fake_build)
         telemetry = _worker._configure(SETTINGS)
         try:
             # a loss in the worker is reported to the parent, not counted in the worker's own metrics
@@ -234,7 +237,8 @@ class TestConfigure:
         assert (lost, set(counted.values()), set(failures)) == (3, {0}, {0})
         resource = seen.pop("resource_attributes")
         instance = resource.pop("service.instance.id")
-        environment = {k: v for k, v in seen.pop("environment").items() if v is not None}
+        settings = seen.pop("settings")
+        assert (seen.pop("environ"), dict(os.environ)) == (before, before)
         assert (resource, len(instance), seen) == (
             {"service.name": "parent-svc", "deployment.environment.name": "test", "process.pid": os.getpid()},
             36,
@@ -246,14 +250,27 @@ class TestConfigure:
                 "loop_monitor": False,
             },
         )
-        assert environment == {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
-            "OTEL_BSP_MAX_QUEUE_SIZE": "1000",
-            "OTEL_METRICS_EXPORTER": "none",
-            "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=worker-secret",
-        }
-        assert (os.environ.get("OTEL_BSP_SCHEDULE_DELAY"), os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")) == (
-            "42",
-            None,
+        assert (
+            settings.environment,
+            settings.traces.endpoint,
+            settings.span_queue.capacity,
+            settings.span_queue.delay_millis,
+            settings.log_queue.delay_millis,
+            settings.metrics.exporters,
+            settings.prometheus_port,
+        ) == (
+            (
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "1000"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+                ("OTEL_EXPORTER_PROMETHEUS_PORT", "9999"),
+                ("OTEL_METRICS_EXPORTER", "none"),
+                ("STAGEFLOW_LOOP_MONITOR", "false"),
+            ),
+            "http://127.0.0.1:4318/v1/traces",
+            1000,
+            5000,
+            1000,
+            (),
+            9999,
         )
         assert semconv.ENV_WORKER_FLUSH_TIMEOUT not in _worker.PASSED
