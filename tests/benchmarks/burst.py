@@ -506,7 +506,7 @@ def _span_memory_process(conn: Connection, runs: int) -> None:
 def span_memory(runs: int = 1000) -> dict[str, float]:
     """Memory each ended span of the Jaeger burst holds while it waits in an export queue (bytes), and
     what ``setup()``'s default span queue therefore holds at most (MiB), measured in a fresh process."""
-    from stageflow_otel import _setup
+    from stageflow_otel import _settings
 
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
@@ -518,7 +518,7 @@ def span_memory(runs: int = 1000) -> dict[str, float]:
     finally:
         process.join(60)
         parent.close()
-    capacity = _setup.SPAN_QUEUE.capacity + _setup.SPAN_QUEUE.batch_size
+    capacity = _settings.SPAN_QUEUE.capacity + _settings.SPAN_QUEUE.batch_size
     return {
         "bytes_per_span": per_span,
         "spans": spans,
