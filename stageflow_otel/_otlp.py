@@ -101,7 +101,17 @@ def _key_value(key: str, value: Any) -> bytes:
 
 _KV_CACHE: dict[tuple[bytes, str, type, object], bytes] = {}
 _KV_CACHE_SIZE = 8192
-_SCALARS = (str, bool, int)  # floats vary (durations) and 0.0 == -0.0 would share bytes
+_EXACT = (str, bool, int)
+
+
+def _cacheable(kind: type, value: Any) -> bool:
+    """Whether equal values of ``kind`` always encode alike: not 0.0 and -0.0 (equal, and they hash
+    alike), nor tuples holding them; strings, booleans, ints and tuples of strings do."""
+    if kind in _EXACT:
+        return True
+    if kind is float:
+        return bool(value)  # 0.0 == -0.0; NaN is never found again, which is harmless
+    return kind is tuple and all(type(v) is str for v in value)
 
 
 def encode_attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
@@ -112,7 +122,7 @@ def encode_attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes
     cache = _KV_CACHE
     for key, value in attributes.items():
         kind = type(value)
-        cacheable = kind in _SCALARS
+        cacheable = _cacheable(kind, value)
         if cacheable:
             found = cache.get((tag, key, kind, value))
             if found is not None:

@@ -142,6 +142,13 @@ class TestBytesAsTheSdkEncodes:
         """0.0 and -0.0 are equal (and hash alike): each span still gets its own value's bytes."""
         spans = [_span(attributes={"k": 0.0}), _span(attributes={"k": -0.0}), _span(attributes={"k": 1})]
         spans.append(_span(attributes={"k": True}))  # True == 1 as well
+        spans += [_span(attributes={"k": (0.0, "x")}), _span(attributes={"k": (-0.0, "x")})]
+        spans += [
+            _span(attributes={"k": 2.5}),
+            _span(attributes={"k": 2.5}),
+            _span(attributes={"k": (1, True)}),
+        ]
+        spans.append(_span(attributes={"k": (True, True)}))
         assert encode_spans(spans) == _sdk(spans)
 
     def test_a_value_out_of_int64_range_is_left_out_as_the_sdk_does(
