@@ -374,9 +374,9 @@ def parser() -> argparse.ArgumentParser:
         "report",
         help="write a self-contained HTML report of stored runs",
         description="Write one HTML file (no network needed; opens from file://) with every run's Gantt "
-        "chart, the DAG, and per-stage p50/p95/p99 run time, wait, dispatch time (sync stages), time to "
-        "first chunk (streaming stages) and critical-path share, and the runs' time to first output when "
-        "they streamed.",
+        "chart, the DAG, and per-stage failures, skips, retries, p50/p95/p99 run time, wait, dispatch time "
+        "(sync stages) and time to first chunk (streaming stages) over the runs in which the stage ran, and "
+        "critical-path share, and the runs' time to first output when they streamed.",
     )
     _store_arguments(report)
     report.add_argument("--output", "-o", metavar="FILE", required=True, help="the HTML file to write")
