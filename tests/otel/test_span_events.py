@@ -660,8 +660,8 @@ class TestCustomEvents:
     async def test_a_stage_event_recorded_the_0_9_1_way_is_on_its_stages_span(
         self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
     ) -> None:
-        """``ctx.pipeline.record_stage_event`` (stageflow-core 0.9.1's) reaches the span of the stage it names,
-        with no sink given to the run."""
+        """``ctx.pipeline.record_stage_event`` (stageflow-core 0.9.1's) reaches the span of the stage it
+        names, with no sink given to the run."""
 
         async def progress(ctx: StageContext) -> StageOutput:
             assert ctx.pipeline is not None
@@ -669,8 +669,7 @@ class TestCustomEvents:
             return StageOutput.ok()
 
         graph = traced(Pipeline(name="p").with_stage("c", progress, T), tracer_provider)
-        snapshot = ContextSnapshot(run_id=RunIdentity())
-        await graph.run(StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer()))
+        await graph.run(entry_ctx())
         assert span_events(span_exporter.get_finished_spans())["stage c"] == [
             (E["stage.started"], "stage.c.started"),
             (semconv.EVENT_OTHER, "stage.c.progress"),
