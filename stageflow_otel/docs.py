@@ -317,7 +317,8 @@ def _hops_section() -> list[str]:
         f"`{semconv.WORK_STOPPED}` (it never started, ended within the grace period or was terminated) or "
         f"`{semconv.WORK_ABANDONED}` (still running when the grace ran out; its late result is discarded), "
         f"and the OTLP event sink counts the latter in `{semconv.STAGE_ABANDONED.name}`. The span "
-        "attributes need the event sink `setup()` installs, as span events do.",
+        "takes these attributes from the stage's events, which the tracing side receives whatever sink "
+        "the run was given.",
         "",
         "**One trace across processes.** With `setup()`, every stage sent to another process carries the "
         "W3C context of its stage span (`traceparent`, `tracestate`, `baggage`) and this process's "
