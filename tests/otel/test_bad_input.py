@@ -25,12 +25,6 @@ from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
 from .conftest import entry_ctx, metric_points
 
 
-def entry(sink: Any) -> StageContext:
-    ctx = entry_ctx()
-    ctx.event_sink = sink
-    return ctx
-
-
 T = StageKind.TRANSFORM
 CUSTOM_EVENTS = 10_000
 
@@ -86,8 +80,10 @@ class TestSamplers:
         provider = provider_with(exporter, sampler=ALWAYS_OFF)
         pipeline = Pipeline(name="p").with_stage("a", user_span_in(provider), T)
         plain, traced = InMemoryEventSink(), InMemoryEventSink()
-        expected = await pipeline.build().run(entry(plain))
-        results = await pipeline.build(interceptors=[TracingInterceptor(provider)]).run(entry(traced))
+        expected = await pipeline.build().run(entry_ctx(sink=plain))
+        results = await pipeline.build(interceptors=[TracingInterceptor(provider)]).run(
+            entry_ctx(sink=traced)
+        )
         assert exporter.get_finished_spans() == ()
         assert results["a"].status is expected["a"].status
         assert results["a"].output is not None and results["a"].output.data["sampled"] is False
@@ -127,8 +123,8 @@ class TestSinks:
             .build(interceptors=[TracingInterceptor(tracer_provider)])
         )
         with caplog.at_level(logging.ERROR):
-            results = await graph.run(entry(sink))
-            again = await graph.run(entry(sink))
+            results = await graph.run(entry_ctx(sink=sink))
+            again = await graph.run(entry_ctx(sink=sink))
         assert results["a"].output is not None and again["a"].output is not None
         assert sink.calls == 10
         spans = {s.name: s for s in span_exporter.get_finished_spans()}
@@ -163,7 +159,7 @@ class TestFloods:
         graph = (
             Pipeline(name="p").with_stage("a", chatty, T).build(interceptors=[TracingInterceptor(provider)])
         )
-        results = await graph.run(entry(sink))
+        results = await graph.run(entry_ctx(sink=sink))
         assert results["a"].output is not None
         spans = {s.name: s for s in span_exporter.get_finished_spans()}
         stage = spans["stage a"]
