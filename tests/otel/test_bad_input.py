@@ -24,7 +24,6 @@ from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
 
 from .conftest import entry_ctx, metric_points
 
-
 T = StageKind.TRANSFORM
 CUSTOM_EVENTS = 10_000
 
