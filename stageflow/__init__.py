@@ -67,7 +67,6 @@ from ._pipeline import Pipeline as Pipeline
 from ._pipeline import StageInfo as StageInfo
 from ._pipeline import StageSpec as StageSpec
 from ._pipeline import UnifiedStageSpec as UnifiedStageSpec
-from ._retry import RetryPolicy as RetryPolicy
 from ._runner import StageExecutor as StageExecutor
 from ._runner import StageFunction as StageFunction
 from ._runner import StageRunner as StageRunner
@@ -77,8 +76,6 @@ from ._runner import SyncStageExecutor as SyncStageExecutor
 from ._runner import SyncStageFunction as SyncStageFunction
 from ._snapshot import ContextSnapshot as ContextSnapshot
 from ._snapshot import RunIdentity as RunIdentity
-from ._streams import Streaming as Streaming
-from ._streams import StreamReader as StreamReader
 from ._types import OutcomeCategory as OutcomeCategory
 from ._types import Stage as Stage
 from ._types import StageArtifact as StageArtifact
@@ -102,6 +99,7 @@ if TYPE_CHECKING:
     from ._offload import remove_worker_hook as remove_worker_hook
     from ._results import RunResult as RunResult
     from ._results import StageResult as StageResult
+    from ._retry import RetryPolicy as RetryPolicy
     from ._store import MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS
     from ._store import InMemoryRunStore as InMemoryRunStore
     from ._store import MalformedRunError as MalformedRunError
@@ -114,6 +112,8 @@ if TYPE_CHECKING:
     from ._store import current_run_trace_id as current_run_trace_id
     from ._store import reset_run_trace_id as reset_run_trace_id
     from ._store import set_run_trace_id as set_run_trace_id
+    from ._streams import Streaming as Streaming
+    from ._streams import StreamReader as StreamReader
     from ._terminal import terminal_safe as terminal_safe
     from .adapters._events_db import DatabaseEventSink as DatabaseEventSink
     from .adapters._postgres import PostgresRunStore as PostgresRunStore
@@ -243,6 +243,9 @@ _OTEL_INTERCEPTORS = ("LoggingInterceptor", "MetricsInterceptor", "TracingInterc
 # (the graph, results, stores, the loop monitor, configuration, the built-in interceptors), and the
 # adapters that lean on a third-party package (``import stageflow`` stays standard-library only).
 _LAZY = {
+    "RetryPolicy": "stageflow._retry",
+    "Streaming": "stageflow._streams",
+    "StreamReader": "stageflow._streams",
     "ConfigError": "stageflow._config",
     "ConfigProvider": "stageflow._config",
     "DictConfigProvider": "stageflow._config",

@@ -44,7 +44,6 @@ cancellation, a ``PipelineFailedError`` its failing stage's category, every othe
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -118,8 +117,11 @@ def error_category(error: BaseException) -> OutcomeCategory:
 
     .. versionadded:: 0.11
     """
-    if isinstance(error, asyncio.CancelledError):
-        return OutcomeCategory.CANCELLATION
+    if not isinstance(error, Exception):  # only then can it be a CancelledError (a BaseException)
+        from asyncio import CancelledError
+
+        if isinstance(error, CancelledError):
+            return OutcomeCategory.CANCELLATION
     category = getattr(error, "category", None)
     return category if isinstance(category, OutcomeCategory) else OutcomeCategory.ERROR
 

@@ -7,13 +7,15 @@ and ``pipeline.completed|failed|cancelled`` through ``EventSink.try_emit``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = (
     "EventSink",
@@ -40,6 +42,19 @@ _pending: dict[int, set[asyncio.Task[None]]] = {}
 """In-flight emit tasks by ``id(sink)``; an entry lives only while it has tasks, and each task keeps its
 sink alive, so an id is never reused while its entry exists."""
 _dropped = 0
+
+
+def _load_running_loop() -> asyncio.AbstractEventLoop:
+    """``asyncio.get_running_loop()``, importing asyncio on the first emit (``import stageflow`` does not)
+    and putting its function in ``_running_loop``'s place, so later emits call it directly."""
+    global _running_loop
+    from asyncio import get_running_loop
+
+    _running_loop = get_running_loop
+    return get_running_loop()
+
+
+_running_loop: Callable[[], asyncio.AbstractEventLoop] = _load_running_loop
 _dropped_by_sink: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
 _reported: dict[str, weakref.WeakSet[object]] = {}
 
@@ -78,7 +93,7 @@ def _spawn(sink: object, coro: Coroutine[Any, Any, None]) -> None:
         _drop(sink, coro, f"has {MAX_PENDING_EMITS} emits in flight")
         return
     try:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = _running_loop().create_task(coro)
     except RuntimeError:
         _drop(sink, coro, "was called outside an event loop")
         return

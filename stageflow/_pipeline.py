@@ -24,9 +24,7 @@ from ._errors import (
     UnknownDependencyError,
     _unencodable,
 )
-from ._retry import RetryPolicy
 from ._runner import DEFAULT_CANCEL_GRACE, StageRunner
-from ._streams import DEFAULT_STREAMING, Streaming
 from ._types import StageKind, StageOutput
 
 if TYPE_CHECKING:
@@ -35,7 +33,9 @@ if TYPE_CHECKING:
     from ._context import StageContext
     from ._graph import StageGraph
     from ._interceptors import Interceptor
+    from ._retry import RetryPolicy
     from ._store import RunStore
+    from ._streams import Streaming
 
 __all__ = ("Pipeline", "StageInfo", "StageSpec", "UnifiedStageSpec")
 
@@ -495,6 +495,8 @@ class Pipeline:
                     "execute() a plain 'def') to run it on this executor",
                 )
         if stream is not None:
+            from ._streams import Streaming  # loaded by the first stage that sets stream=
+
             if not isinstance(stream, Streaming):
                 msg = f"stage {name!r} has stream={stream!r}; pass a stageflow.Streaming(...) or None"
                 raise PipelineDefinitionError(msg)
@@ -534,9 +536,12 @@ class Pipeline:
         ):
             msg = f"stage {name!r} has timeout={timeout!r}; pass seconds as a finite number > 0, or None"
             raise PipelineDefinitionError(msg)
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            msg = f"stage {name!r} has retry={retry!r}; pass a RetryPolicy or None"
-            raise PipelineDefinitionError(msg)
+        if retry is not None:
+            from ._retry import RetryPolicy  # loaded by the first stage that sets retry=
+
+            if not isinstance(retry, RetryPolicy):
+                msg = f"stage {name!r} has retry={retry!r}; pass a RetryPolicy or None"
+                raise PipelineDefinitionError(msg)
         spec = _new_spec(
             name,
             runner,
@@ -719,6 +724,13 @@ def _check_grace(grace: object) -> float:
     return float(grace)
 
 
+def _streaming(stream: Streaming | None) -> Streaming:
+    """A streaming stage's ``Streaming``: its own, else the default."""
+    from ._streams import DEFAULT_STREAMING
+
+    return stream or DEFAULT_STREAMING
+
+
 def _built_info(pipeline: str, default: Executor | None, spec: StageSpec) -> StageInfo:
     """The ``StageInfo`` of one spec at ``build()``: instantiated, its executor resolved and checked."""
     runner = _instantiate(spec)
@@ -743,7 +755,7 @@ def _built_info(pipeline: str, default: Executor | None, spec: StageSpec) -> Sta
         executor,
         sync,
         spec.timeout,
-        (spec.stream or DEFAULT_STREAMING) if how == _STREAM else None,
+        _streaming(spec.stream) if how == _STREAM else None,
         spec.streams,
     )
 
