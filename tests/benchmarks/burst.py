@@ -37,10 +37,7 @@ losses make up every span produced.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import multiprocessing
 import os
 import resource
 import sys
@@ -51,7 +48,10 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from stageflow import EventSink, StageGraph
-from tests.benchmarks.throughput import EVENTS_PER_RUN, SPANS_PER_RUN, Receiver, _entry, diamond
+from stageflow.testing import make_context
+from tests.benchmarks import _common
+from tests.benchmarks._common import in_child
+from tests.benchmarks.throughput import EVENTS_PER_RUN, SPANS_PER_RUN, Receiver, diamond
 
 __all__ = (
     "EVENTS_PER_RUN",
@@ -190,7 +190,7 @@ def _idle_telemetry() -> None:
 
 
 async def _all(graph: StageGraph, sink: EventSink | None, runs: int) -> None:
-    await asyncio.gather(*(graph.run(_entry(sink)) for _ in range(runs)))
+    await asyncio.gather(*(graph.run(make_context(event_sink=sink)) for _ in range(runs)))
 
 
 def _telemetry_burst(loop: asyncio.AbstractEventLoop, result: Burst) -> None:
@@ -229,17 +229,7 @@ def burst(variant: str, runs: int, receiver: Receiver) -> Burst:
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
         "OTEL_METRIC_EXPORT_INTERVAL": "600000",
     }
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_burst_process, args=(child, variant, runs, environment))
-    process.start()
-    child.close()
-    try:
-        data = parent.recv()
-    finally:
-        process.join(60)
-        parent.close()
-    result = Burst(**data)
+    result = Burst(**in_child(_burst_process, variant, runs, environment))
     result.spans, result.span_events, result.log_records = receiver.take()
     return result
 
@@ -452,17 +442,7 @@ def jaeger_burst(stack: Any, protocol: str, runs: int) -> JaegerBurst:
         "OTEL_EXPORTER_OTLP_ENDPOINT": stack.grpc if protocol == "grpc" else stack.http,
         "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
     }
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_jaeger_process, args=(child, protocol, runs, environment))
-    process.start()
-    child.close()
-    try:
-        data = parent.recv()
-    finally:
-        process.join(60)
-        parent.close()
-    result = JaegerBurst(**data)
+    result = JaegerBurst(**in_child(_jaeger_process, protocol, runs, environment))
     result.in_jaeger = stack.settled_spans(service, result.produced, traces=runs + 100)
     return result
 
@@ -508,16 +488,7 @@ def span_memory(runs: int = 1000) -> dict[str, float]:
     what ``setup()``'s default span queue therefore holds at most (MiB), measured in a fresh process."""
     from stageflow_otel import _settings
 
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_span_memory_process, args=(child, runs))
-    process.start()
-    child.close()
-    try:
-        per_span, spans = parent.recv()
-    finally:
-        process.join(60)
-        parent.close()
+    per_span, spans = in_child(_span_memory_process, runs)
     capacity = _settings.SPAN_QUEUE.capacity + _settings.SPAN_QUEUE.batch_size
     return {
         "bytes_per_span": per_span,
@@ -571,11 +542,9 @@ def format_jaeger(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the search and print the report."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="the 1,000-run burst and complete mode only")
+    parser = _common.parser(__doc__, quick="the 1,000-run burst and complete mode only")
     parser.add_argument("--start", type=int, help="first burst size")
     parser.add_argument("--complete-runs", type=int, help="runs of the complete-mode trial")
-    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     parser.add_argument(
         "--jaeger",
         type=int,
@@ -585,11 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jaeger is not None:
         report = run_jaeger(args.jaeger)
-        print(format_jaeger(report))
-        if args.json:
-            with open(args.json, "w", encoding="utf-8") as out:
-                json.dump(report, out, indent=2)
-        return 0
+        return _common.publish(format_jaeger(report), report, args.json)
     settings = Settings.quick() if args.quick else Settings()
     changes: dict[str, Any] = {}
     if args.start is not None:
@@ -598,12 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         changes["complete_runs"] = args.complete_runs
     if changes:
         settings = Settings(**(asdict(settings) | changes))
-    report = run_benchmark(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-    print(format_report(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(report, out, indent=2)
-    return 0
+    report = run_benchmark(settings, log=_common.log)
+    return _common.publish(format_report(report), report, args.json)
 
 
 if __name__ == "__main__":

@@ -38,11 +38,9 @@ figures across runs.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import gc
-import json
 import math
 import os
 import platform
@@ -56,17 +54,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from stageflow import (
-    ContextSnapshot,
     Pipeline,
-    PipelineTimer,
-    RunIdentity,
     StageContext,
     StageGraph,
-    StageInputs,
     StageKind,
     StageOutput,
 )
 from stageflow.interceptors import CallNext, Interceptor, StageInfo
+from stageflow.testing import make_context
+from tests.benchmarks import _common
 
 __all__ = (
     "SHAPES",
@@ -170,16 +166,6 @@ def build_pipeline(deps: Deps, runner: Any = our_stage) -> Pipeline:
     return pipeline
 
 
-def entry_context() -> StageContext:
-    snapshot = ContextSnapshot(run_id=RunIdentity())
-    return StageContext(
-        snapshot=snapshot,
-        inputs=StageInputs(snapshot=snapshot),
-        stage_name="pipeline_entry",
-        timer=PipelineTimer(),
-    )
-
-
 # --------------------------------------------------------------------------- baseline
 
 
@@ -273,7 +259,7 @@ class _Ours:
         self.contexts: list[StageContext] = []
 
     def prepare(self, count: int) -> None:
-        self.contexts = [entry_context() for _ in range(count * self.runs)]
+        self.contexts = [make_context() for _ in range(count * self.runs)]
 
     def __call__(self) -> Awaitable[object]:
         return self.graph.run(self.contexts.pop())
@@ -491,7 +477,7 @@ async def bench_memory(settings: Settings) -> dict[str, Any]:
         .with_stage("e", our_stage, StageKind.TRANSFORM, dependencies=("b", "c", "d"))
     )
     graph = pipeline.build()
-    contexts = [entry_context() for _ in range(runs)]
+    contexts = [make_context() for _ in range(runs)]
 
     async def baseline_held_stage(futures: list[asyncio.Future[Any]], i: int, ds: tuple[int, ...]) -> None:
         inputs = {d: await futures[d] for d in ds}
@@ -726,9 +712,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller batches")
-    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    parser = _common.parser(__doc__, quick="fewer repetitions, smaller batches")
     parser.add_argument(
         "--clock",
         choices=sorted(CLOCKS),
@@ -737,13 +721,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = dataclasses.replace(Settings.quick() if args.quick else Settings(), clock=args.clock)
-    report = run_benchmarks(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    print(format_report(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-    return 0
+    report = run_benchmarks(settings, log=_common.log)
+    return _common.publish(format_report(report), report, args.json)
 
 
 if __name__ == "__main__":

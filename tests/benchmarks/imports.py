@@ -25,7 +25,6 @@ the ratios, not absolute figures.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -36,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.benchmarks import _common
 
 __all__ = (
     "BASELINE_VERSION",
@@ -216,9 +217,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, measure and print the report."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    parser = _common.parser(__doc__, quick="fewer repetitions")
     parser.add_argument(
         "--ours", metavar="DIR", type=Path, default=REPOSITORY, help="the checkout to measure"
     )
@@ -231,14 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings,
         ours=args.ours,
         baseline=args.baseline,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+        log=_common.log,
     )
-    print(format_report(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(report, out, indent=2)
-            out.write("\n")
-    return 0
+    return _common.publish(format_report(report), report, args.json)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,8 @@ disturbed by other processes. Every run gets a fresh entry context, made before 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import json
 import multiprocessing
 import os
 import platform
@@ -48,6 +46,7 @@ from typing import Any
 
 from stageflow import Pipeline, StageContext, StageGraph, StageKind, StageOutput
 from tests._support import make_ctx
+from tests.benchmarks import _common
 
 __all__ = ("TARGET", "Settings", "format_report", "hop", "main", "run_benchmark")
 
@@ -327,17 +326,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, measure and print the report."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller samples")
-    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
-    args = parser.parse_args(argv)
+    args = _common.parser(__doc__, quick="fewer repetitions, smaller samples").parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
-    report = run_benchmark(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-    print(format_report(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(report, out, indent=2)
-    return 0
+    report = run_benchmark(settings, log=_common.log)
+    return _common.publish(format_report(report), report, args.json)
 
 
 if __name__ == "__main__":

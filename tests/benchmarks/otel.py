@@ -69,18 +69,15 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Tracer
 
 from stageflow import (
-    ContextSnapshot,
     EventSink,
     Pipeline,
-    PipelineTimer,
-    RunIdentity,
     StageContext,
     StageGraph,
-    StageInputs,
     StageKind,
     StageOutput,
 )
 from stageflow.interceptors import CallNext, Interceptor, StageInfo
+from stageflow.testing import make_context
 from stageflow_otel import LoggingInterceptor, MetricsInterceptor, OtlpEventSink, TracingInterceptor, semconv
 
 __all__ = ("main",)
@@ -131,13 +128,8 @@ def _fanout(stages: int) -> Pipeline:
     return p.with_stage("join", _body, StageKind.TRANSFORM, dependencies=tuple(middle))
 
 
-def _entry(sink: EventSink | None = None) -> StageContext:
-    snapshot = ContextSnapshot(run_id=RunIdentity())
-    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), sink)
-
-
 def _graph_sample(graph: StageGraph, runs: int, sink: EventSink | None = None) -> Sample:
-    ctx = _entry(sink)
+    ctx = make_context(event_sink=sink)
     stages = len(graph.stages)
 
     async def sample() -> float:

@@ -26,9 +26,7 @@ across machines.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import statistics
@@ -44,6 +42,7 @@ import psycopg
 
 from stageflow import DatabaseEventSink, PostgresRunStore, RunRecord, SQLiteRunStore, StageRecord
 from tests._postgres import postgres_server
+from tests.benchmarks import _common
 
 __all__ = ("Settings", "run_benchmark")
 
@@ -264,18 +263,10 @@ def _table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.benchmarks.store", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="a fast smoke run")
-    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    args = parser.parse_args(argv)
+    args = _common.parser(__doc__, quick="a fast smoke run").parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
     report = run_benchmark(settings)
-    print(_table(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return 0
+    return _common.publish(_table(report), report, args.json)
 
 
 if __name__ == "__main__":

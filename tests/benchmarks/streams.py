@@ -33,10 +33,8 @@ runs made back to back. On a shared 2-core machine compare ratios, not absolute 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import json
 import os
 import platform
 import resource
@@ -51,6 +49,7 @@ from typing import Any
 
 from stageflow import Pipeline, StageContext, StageGraph, StageKind, StageOutput, Streaming
 from tests._support import make_ctx
+from tests.benchmarks import _common
 
 __all__ = ("TARGET", "Settings", "format_report", "main", "run_benchmark")
 
@@ -373,18 +372,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, measure and print the report."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions and chunks")
-    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
-    args = parser.parse_args(argv)
+    args = _common.parser(__doc__, quick="fewer repetitions and chunks").parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
-    report = run_benchmark(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-    print(format_report(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(report, out, indent=2)
-            out.write("\n")
-    return 0
+    report = run_benchmark(settings, log=_common.log)
+    return _common.publish(format_report(report), report, args.json)
 
 
 if __name__ == "__main__":

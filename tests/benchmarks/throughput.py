@@ -37,33 +37,30 @@ figures are the steadier ones. Compare ratios, not absolute figures across runs.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import inspect
-import json
 import multiprocessing
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
+from unittest import mock
 
 from stageflow import (
-    ContextSnapshot,
     EventSink,
     Pipeline,
-    PipelineTimer,
-    RunIdentity,
     StageContext,
     StageGraph,
-    StageInputs,
     StageKind,
     StageOutput,
 )
+from stageflow.testing import make_context
+from tests.benchmarks import _common
 
 __all__ = ("Settings", "main", "run_benchmark")
 
@@ -158,11 +155,6 @@ def diamond() -> Pipeline:
     )
 
 
-def _entry(sink: EventSink | None) -> StageContext:
-    snapshot = ContextSnapshot(run_id=RunIdentity())
-    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), sink)
-
-
 async def paced(graph: StageGraph, sink: EventSink | None, rate: float, duration: float) -> Trial:
     """Start ``rate * duration`` runs at ``rate`` per second and wait for all of them."""
     runs = max(1, round(rate * duration))
@@ -175,7 +167,7 @@ async def paced(graph: StageGraph, sink: EventSink | None, rate: float, duration
         now = time.perf_counter()
         due = min(runs, int((now - start) / interval) + 1)
         while started < due:
-            tasks.append(create_task(graph.run(_entry(sink))))
+            tasks.append(create_task(graph.run(make_context(event_sink=sink))))
             started += 1
         if started < runs:
             await asyncio.sleep(max(0.0, start + started * interval - time.perf_counter()))
@@ -264,20 +256,6 @@ class Receiver:
         self._conn.close()
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 # --------------------------------------------------------------------------- trials
 
 
@@ -358,7 +336,7 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] | None = None) 
     }
     has_switch = "log_records" in inspect.signature(stageflow_otel.OtlpEventSink).parameters
     try:
-        with _environment(environment):
+        with mock.patch.dict(os.environ, environment):
             plans: list[tuple[str, Callable[[float], Trial]]] = [
                 ("bare", _bare_trial(loop, settings)),
                 ("telemetry", _telemetry_trial(loop, receiver, settings, log_records=False)),
@@ -462,12 +440,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the search and print the report."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="short trials, coarse search")
+    parser = _common.parser(__doc__, quick="short trials, coarse search")
     parser.add_argument("--duration", type=float, help="seconds per trial")
     parser.add_argument("--start", type=float, help="first rate tried, runs/s")
     parser.add_argument("--no-log-records", action="store_true", help="skip the log records variant")
-    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     args = parser.parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
     changes: dict[str, Any] = {}
@@ -479,12 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         changes["log_records"] = False
     if changes:
         settings = Settings(**(asdict(settings) | changes))
-    report = run_benchmark(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-    print(format_report(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(report, out, indent=2)
-    return 0
+    report = run_benchmark(settings, log=_common.log)
+    return _common.publish(format_report(report), report, args.json)
 
 
 if __name__ == "__main__":
