@@ -226,6 +226,21 @@ def describe(
         attribute = table.get(key)
         if attribute is None:
             continue
+        # the common types inline (a call per value is most of an event's cost), the rest in _attribute
+        cls = value.__class__
+        if cls is float:
+            attributes[attribute] = round(value, 6)
+            continue
+        if cls is str and key != "error":
+            attributes[attribute] = (
+                value
+                if value.isascii() and (limit is None or len(value) <= limit)
+                else clean_text(value, limit)
+            )
+            continue
+        if cls is int:
+            attributes[attribute] = value
+            continue
         if key == "error":
             if not isinstance(value, str) or not value:
                 continue
