@@ -192,16 +192,19 @@ class Settings:
         env = os.environ if environ is None else environ
         if _flag(env, "OTEL_SDK_DISABLED", False):
             return cls(sdk_disabled=True)  # nothing else is used, so nothing else can be wrong
+        # the variables several settings fall back on: read (and a bad value logged) once
+        protocol = _protocol(env, "OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+        length_limit = _length(env, "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", semconv.DEFAULT_VALUE_LENGTH_LIMIT)
         return cls(
             sdk_disabled=False,
-            traces=_signal(env, "traces"),
-            metrics=_signal(env, "metrics"),
-            logs=_signal(env, "logs"),
+            traces=_signal(env, "traces", protocol),
+            metrics=_signal(env, "metrics", protocol),
+            logs=_signal(env, "logs", protocol),
             span_queue=_queue(env, "BSP", SPAN_QUEUE),
             log_queue=_queue(env, "BLRP", LOG_QUEUE),
             link_limit=_positive_int(env, "OTEL_SPAN_LINK_COUNT_LIMIT", semconv.DEFAULT_LINK_LIMIT),
-            span_length_limit=value_length_limit("span", env),
-            log_record_length_limit=value_length_limit("logrecord", env),
+            span_length_limit=_length_limit(env, "span", length_limit),
+            log_record_length_limit=_length_limit(env, "logrecord", length_limit),
             mode=_mode(env),
             complete_timeout=_seconds(env, semconv.ENV_COMPLETE_TIMEOUT, DEFAULT_COMPLETE_TIMEOUT),
             event_log_records=event_log_records(env),
@@ -338,19 +341,28 @@ def value_length_limit(signal: Literal["span", "logrecord"], env: Mapping[str, s
     without either the limit is ``semconv.DEFAULT_VALUE_LENGTH_LIMIT``. A value that is not a
     non-negative integer (or ``unset``) is logged and ignored.
     """
-    for name in (f"OTEL_{signal.upper()}_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"):
-        raw = _text(env, name)
-        if not raw:
-            continue
-        if raw.lower() == _UNSET:
-            return None
-        value = _int_at_least(0)(raw)
-        if value is not None:
-            return value
-        logger.warning(
-            "stageflow_otel: %s=%r is not a non-negative integer or 'unset'; ignored", name, env[name]
-        )
-    return semconv.DEFAULT_VALUE_LENGTH_LIMIT
+    general = _length(env, "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", semconv.DEFAULT_VALUE_LENGTH_LIMIT)
+    return _length_limit(env, signal, general)
+
+
+def _length_limit(
+    env: Mapping[str, str], signal: Literal["span", "logrecord"], general: int | None
+) -> int | None:
+    return _length(env, f"OTEL_{signal.upper()}_ATTRIBUTE_VALUE_LENGTH_LIMIT", general)
+
+
+def _length(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    """A length limit: a non-negative integer, ``unset`` (``None``: unlimited), else ``default``."""
+    raw = _text(env, name)
+    if not raw:
+        return default
+    if raw.lower() == _UNSET:
+        return None
+    value = _int_at_least(0)(raw)
+    if value is None:
+        logger.warning("stageflow_otel: %s=%r is not a non-negative integer or 'unset'; ignored", name, raw)
+        return default
+    return value
 
 
 def event_length_limit(env: Mapping[str, str]) -> int | None:
@@ -364,22 +376,22 @@ def _smaller(*limits: int | None) -> int | None:
     return min(known) if known else None
 
 
-def _protocol(env: Mapping[str, str], signal: Signal) -> Protocol:
-    for name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
-        raw = _text(env, name)
-        if not raw:
-            continue
-        lowered = raw.lower()
-        for protocol in _PROTOCOLS:
-            if lowered == protocol:
-                return protocol
-        logger.warning(
-            "stageflow_otel: %s=%r is not 'grpc' or 'http/protobuf'; ignored (OTLP over http/protobuf "
-            "unless another variable says otherwise)",
-            name,
-            raw,
-        )
-    return "http/protobuf"
+def _protocol(env: Mapping[str, str], name: str) -> Protocol | None:
+    """The protocol ``name`` says, ``None`` when unset or unusable (logged)."""
+    raw = _text(env, name)
+    if not raw:
+        return None
+    lowered = raw.lower()
+    for protocol in _PROTOCOLS:
+        if lowered == protocol:
+            return protocol
+    logger.warning(
+        "stageflow_otel: %s=%r is not 'grpc' or 'http/protobuf'; ignored (OTLP over http/protobuf "
+        "unless another variable says otherwise)",
+        name,
+        raw,
+    )
+    return None
 
 
 def _endpoint(env: Mapping[str, str], signal: Signal, protocol: Protocol) -> str | None:
@@ -417,8 +429,8 @@ def _exporters(env: Mapping[str, str], signal: Signal, has_endpoint: bool) -> tu
     return tuple(n for n in dict.fromkeys(names) if n != "none")
 
 
-def _signal(env: Mapping[str, str], signal: Signal) -> SignalSettings:
-    protocol = _protocol(env, signal)
+def _signal(env: Mapping[str, str], signal: Signal, general: Protocol) -> SignalSettings:
+    protocol = _protocol(env, f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL") or general
     endpoint = _endpoint(env, signal, protocol)
     return SignalSettings(signal, _exporters(env, signal, endpoint is not None), endpoint, protocol)
 
