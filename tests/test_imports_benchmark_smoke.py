@@ -52,6 +52,8 @@ class TestImportsBenchmark:
             report["ratio_median"] <= imports.TARGET,
         )
         assert report["meta"]["settings"] == {"reps": 2, "warmup": 1}
+        assert report["asyncio"]["own_modules"][0] == "asyncio" and report["asyncio"]["min_ms"] > 0
+        assert report["ratio_asyncio"] == pytest.approx(report["asyncio"]["median_ms"] / them["median_ms"])
 
     def test_a_directory_without_the_package_is_refused(self, tmp_path: Path) -> None:
         """A baseline directory that does not hold stageflow would measure something else: refused."""
@@ -63,7 +65,9 @@ class TestImportsBenchmark:
     ) -> None:
         """The text names both packages and the ratio; ``--json`` writes the document without measuring."""
         text = imports.format_report(report)
-        assert "this checkout" in text and "stageflow-core 0.9.1" in text
+        assert (
+            "this checkout" in text and "stageflow-core 0.9.1" in text and "asyncio (for reference)" in text
+        )
         assert f"ours / 0.9.1: {report['ratio_median']:.2f} (medians" in text
         monkeypatch.setattr(imports, "run_benchmark", lambda settings, **kw: report)
         out = tmp_path / "imports.json"

@@ -13,7 +13,8 @@ stageflow and for stageflow-core 0.9.1 (installed from PyPI with ``pip install -
 names). Each sample is one new ``python`` process whose ``sys.path`` starts with the package's directory;
 it reads ``time.perf_counter()`` around the import statement only (the interpreter's own start-up is
 the same for both and left out) and reports the time, how many modules the import added to
-``sys.modules`` and how many of them are the package's own.
+``sys.modules`` and how many of them are the package's own. ``import asyncio`` alone is measured the same
+way, for reference: stageflow imports it when the first run starts, 0.9.1 on import.
 
 Method: a few warm-up processes of each first (they write the bytecode caches, even when
 ``PYTHONDONTWRITEBYTECODE`` is set, so both packages import from ``.pyc`` files as installed ones do),
@@ -63,12 +64,12 @@ _PROBE = """\
 import sys, time
 before = set(sys.modules)
 started = time.perf_counter()
-import stageflow
+import {module}
 took = time.perf_counter() - started
 added = set(sys.modules) - before
-own = sorted(m for m in added if m == "stageflow" or m.startswith("stageflow."))
+own = sorted(m for m in added if m == "{module}" or m.startswith("{module}."))
 import json
-print(json.dumps({"seconds": took, "modules": len(added), "own": own, "file": stageflow.__file__}))
+print(json.dumps({{"seconds": took, "modules": len(added), "own": own, "file": {module}.__file__}}))
 """
 
 
@@ -109,8 +110,12 @@ def install_baseline(target: Path) -> Path:
     return target
 
 
-def measure_once(where: Path) -> dict[str, Any]:
-    """One fresh interpreter importing the ``stageflow`` found first in ``where``: its probe's figures."""
+def measure_once(where: Path, module: str = "stageflow") -> dict[str, Any]:
+    """One fresh interpreter importing the ``module`` found first in ``where``: its probe's figures.
+
+    Raises:
+        RuntimeError: ``import stageflow`` found a stageflow outside ``where``.
+    """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(where)
     env.pop("PYTHONSTARTUP", None)
@@ -118,7 +123,7 @@ def measure_once(where: Path) -> dict[str, Any]:
     # warm-up writes ours)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE],
+        [sys.executable, "-c", _PROBE.format(module=module)],
         capture_output=True,
         text=True,
         check=True,
@@ -127,7 +132,7 @@ def measure_once(where: Path) -> dict[str, Any]:
         timeout=120,
     )
     probe: dict[str, Any] = json.loads(proc.stdout)
-    if not Path(probe["file"]).resolve().is_relative_to(where.resolve()):
+    if module == "stageflow" and not Path(probe["file"]).resolve().is_relative_to(where.resolve()):
         msg = f"'import stageflow' with {where} first on sys.path loaded {probe['file']}"
         raise RuntimeError(msg)
     return probe
@@ -159,15 +164,16 @@ def run_benchmark(
     for _ in range(settings.warmup):
         measure_once(ours)
         measure_once(theirs)
-    samples: dict[str, list[dict[str, Any]]] = {"ours": [], "baseline": []}
+    samples: dict[str, list[dict[str, Any]]] = {"ours": [], "baseline": [], "asyncio": []}
     ratios = []
     for rep in range(settings.reps):
         order = [("ours", ours), ("baseline", theirs)]
         for name, where in order if rep % 2 == 0 else reversed(order):
             samples[name].append(measure_once(where))
         ratios.append(samples["ours"][-1]["seconds"] / samples["baseline"][-1]["seconds"])
+        samples["asyncio"].append(measure_once(ours, "asyncio"))
         say(f"rep {rep + 1}/{settings.reps}: ratio {ratios[-1]:.2f}")
-    us, them = _summary(samples["ours"]), _summary(samples["baseline"])
+    us, them, reference = (_summary(samples[name]) for name in ("ours", "baseline", "asyncio"))
     ratio = us["median_ms"] / them["median_ms"]
     return {
         "meta": {
@@ -180,6 +186,8 @@ def run_benchmark(
         },
         "ours": us,
         "baseline": them,
+        "asyncio": reference,
+        "ratio_asyncio": reference["median_ms"] / them["median_ms"],
         "ratio_median": ratio,
         "ratio_min": us["min_ms"] / them["min_ms"],
         "ratio_paired_median": statistics.median(ratios),
@@ -208,6 +216,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"  {'':<26} {'median':>9} {'min':>9}  modules  (own)",
             row("stageflow", report["ours"]) + f"  {ours}",
             row(f"stageflow-core {version}", report["baseline"]),
+            row("asyncio (for reference)", report["asyncio"])
+            + f"  {report['ratio_asyncio']:.2f} of {version}'s",
             f"  ours / {version}: {report['ratio_median']:.2f} (medians; target <= {report['target']:.2f}: "
             f"{verdict}), {report['ratio_min']:.2f} (minimums), {report['ratio_paired_median']:.2f} "
             "(median of back-to-back pairs)",
