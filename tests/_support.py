@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stageflow import EventSink, PipelineTimer, StageContext, StageOutput
 from stageflow.context import ContextSnapshot, RunIdentity
 from stageflow.stages import StageInputs
 
-__all__ = ("StageFn", "Tee", "make_ctx", "ok_stage", "recording_stage")
+__all__ = ("StageFn", "Tee", "local_dask_cluster", "make_ctx", "ok_stage", "recording_stage")
+
+if TYPE_CHECKING:
+    from distributed import LocalCluster
 
 StageFn = Callable[[StageContext], Awaitable[StageOutput]]
 """An ``async def fn(ctx) -> StageOutput`` stage."""
@@ -68,3 +71,21 @@ class Tee:
     def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
         for sink in self.sinks:
             sink.try_emit(type=type, data=data)
+
+
+def local_dask_cluster(workers: int) -> LocalCluster:
+    """``workers`` single-threaded Dask worker processes on 127.0.0.1, no dashboard.
+
+    Without a dashboard the scheduler still serves its HTTP routes (health, metrics), on 127.0.0.1:8787 by
+    default; a free port lets two clusters (and anything else on 8787) coexist.
+    """
+    from distributed import LocalCluster
+
+    return LocalCluster(  # type: ignore[no-untyped-call]
+        n_workers=workers,
+        processes=True,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    )

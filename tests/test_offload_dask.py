@@ -32,6 +32,7 @@ from stageflow import (
 )
 
 from . import _cluster_stages as stages
+from ._support import local_dask_cluster
 
 pytest.importorskip("distributed", reason="needs the dask extra: pip install 'stageflow-core[dask]'")
 
@@ -44,19 +45,8 @@ BOUND = 120.0
 
 
 def _cluster() -> LocalCluster:
-    """Two single-threaded worker processes on 127.0.0.1, no dashboard.
-
-    Without a dashboard the scheduler still serves its HTTP routes (health, metrics), on 127.0.0.1:8787 by
-    default; a free port lets two clusters (and anything else on 8787) coexist.
-    """
-    return LocalCluster(  # type: ignore[no-untyped-call]
-        n_workers=2,
-        processes=True,
-        threads_per_worker=1,
-        host="127.0.0.1",
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-    )
+    """Two single-threaded worker processes on 127.0.0.1, no dashboard."""
+    return local_dask_cluster(2)
 
 
 def _connect(cluster: LocalCluster) -> Client:

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from stageflow import Pipeline, StageContext, StageGraph, StageKind, StageOutput
-from tests._support import make_ctx
+from tests._support import local_dask_cluster, make_ctx
 from tests.benchmarks import _common
 
 __all__ = ("TARGET", "Settings", "format_report", "hop", "main", "run_benchmark")
@@ -211,18 +211,10 @@ async def _processes(settings: Settings, log: Callable[[str], None]) -> dict[str
 
 
 async def _dask(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     n = max(1, settings.hops // 4)
-    cluster = await asyncio.to_thread(
-        LocalCluster,
-        n_workers=1,
-        processes=True,
-        threads_per_worker=1,
-        host="127.0.0.1",
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-    )
+    cluster = await asyncio.to_thread(local_dask_cluster, 1)
     try:
         client = await asyncio.to_thread(Client, cluster)
         try:

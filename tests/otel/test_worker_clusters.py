@@ -15,6 +15,7 @@ from pathlib import Path
 
 from stageflow import Pipeline, RunResult, StageKind
 from stageflow_otel import TracingInterceptor, setup
+from tests._support import local_dask_cluster
 
 from ._worker_stages import traced_work
 from .conftest import entry_ctx
@@ -30,14 +31,7 @@ def _dask_executor() -> Iterator[Executor]:
     distributed = pytest.importorskip("distributed")
     saved = {k: os.environ.pop(k) for k in [n for n in os.environ if n.startswith("OTEL_")]}
     try:
-        cluster = distributed.LocalCluster(
-            n_workers=1,
-            processes=True,
-            threads_per_worker=1,
-            host="127.0.0.1",
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        )
+        cluster = local_dask_cluster(1)
     finally:
         os.environ.update(saved)
     with cluster, distributed.Client(cluster) as client:

@@ -36,6 +36,7 @@ import pytest
 from stageflow import Pipeline, RunResult, StageContext, StageKind, StageOutput
 from stageflow.testing import make_context
 from stageflow_otel import TracingInterceptor, inject_context, semconv, setup
+from tests._support import local_dask_cluster
 from tests.otel._worker_stages import traced_work
 from tests.otel.otlp_receiver import HttpReceiver
 
@@ -222,14 +223,7 @@ class TestOneTracePerRun:
         # The Dask cluster starts before the OTEL_* settings exist: its worker learns them from the stage.
         for name in [n for n in os.environ if n.startswith(("OTEL_", "STAGEFLOW_"))]:
             monkeypatch.delenv(name)
-        cluster = distributed.LocalCluster(
-            n_workers=1,
-            processes=True,
-            threads_per_worker=1,
-            host="127.0.0.1",
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        )
+        cluster = local_dask_cluster(1)
         client = distributed.Client(cluster)
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", consumers.collector_otlp)
