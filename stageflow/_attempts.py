@@ -10,13 +10,12 @@ retried only while it has delivered no chunk.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._errors import InvalidStageOutputError, RetriesExhaustedError, describe, error_type_name
-from ._events import NoOpEventSink, emit
+from ._reporting import STAGE_RETRYING, stage_event_type
 from ._types import StageOutput, StageStatus
 
 if TYPE_CHECKING:
@@ -123,11 +122,9 @@ async def _retrying(
             except Exception as exc:  # a listener never affects the stage
                 logger.error("stageflow: retry listener %r failed: %r", listener, exc)
     run = ctx.pipeline
-    if run is not None and not isinstance(run.event_sink, NoOpEventSink):
+    reporter = None if run is None else run._run_reporter()
+    if reporter is not None and reporter.sink is not None:
         data = {
-            "run_id": str(run.run_id),
-            "pipeline": run.pipeline_name,
-            "timestamp": time.time(),
             "stage": stage.name,
             "kind": stage.kind.value,
             "attempt": ctx.attempt,
@@ -136,6 +133,6 @@ async def _retrying(
         }
         if error_type is not None:
             data["error_type"] = error_type
-        emit(run.event_sink, f"stage.{stage.name}.retrying", data)
+        reporter.event(stage_event_type(stage.name, STAGE_RETRYING), data)
     await policy.sleep(delay)
     ctx.attempt += 1

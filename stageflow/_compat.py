@@ -19,14 +19,14 @@ this module holds what only programs written for 0.9.1 use:
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypedDict
 from uuid import UUID
 
-from ._events import emit, get_event_sink
+from ._events import get_event_sink
+from ._reporting import RunReporter
 from ._snapshot import ContextSnapshot, RunIdentity
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from ._context import PipelineContext, PipelineTimer, StageContext, StageInputs
     from ._events import EventSink
+    from ._pipeline import StageInfo
     from ._types import StageArtifact, StageOutput
 
 __all__ = (
@@ -149,6 +150,7 @@ class PipelineContextCompat:
 
     # set by PipelineContext.__init__
     _extras: _Extras | None
+    _run_reporter: Callable[[], RunReporter]
     snapshot: ContextSnapshot
     run_id: UUID
     pipeline_name: str
@@ -376,11 +378,15 @@ class PipelineContextCompat:
     ) -> None:
         """Emit ``stage.{stage}.{status}`` to the run's sink with the ids, labels and a UTC ISO timestamp.
 
-        The event's data: ``request_id``, ``session_id``, ``user_id``, ``org_id``, ``service``,
-        ``stage``, ``status``, ``timestamp``, ``topology``, ``execution_mode``, then ``payload``'s items,
-        then ``pipeline_run_id``.
+        The event's data: the envelope's ``run_id`` and ``pipeline``, then 0.9.1's ``request_id``,
+        ``session_id``, ``user_id``, ``org_id``, ``service``, ``stage``, ``status``, ``timestamp`` (0.9.1's
+        UTC ISO text in place of the envelope's float), ``topology``, ``execution_mode``, then ``payload``'s
+        items, then ``pipeline_run_id``.
+
+        .. versionchanged:: 0.11
+           ``run_id`` and ``pipeline``, as in every other event.
         """
-        data: dict[str, Any] = {
+        legacy: dict[str, Any] = {
             "request_id": _uuid_str(self.request_id),
             "session_id": _uuid_str(self.session_id),
             "user_id": _uuid_str(self.user_id),
@@ -394,7 +400,7 @@ class PipelineContextCompat:
             **(payload or {}),
             "pipeline_run_id": str(self.run_id),
         }
-        emit(self.event_sink, f"stage.{stage}.{status}", data)
+        self._run_reporter().custom(f"stage.{stage}.{status}", None, legacy)
 
     def try_emit_event(self, type: str, data: Mapping[str, Any] | None = None) -> None:
         """Emit a custom event to the run's sink, tagged with the run's ids and labels.
@@ -402,22 +408,15 @@ class PipelineContextCompat:
         The event's data: ``run_id`` (also as ``pipeline_run_id``), ``pipeline``, ``timestamp`` (Unix
         seconds), ``request_id``, ``execution_mode``, ``topology``, ``service``, then ``data``'s items.
         """
-        run_id = str(self.run_id)
-        emit(
-            self.event_sink,
-            type,
-            {
-                "run_id": run_id,
-                "pipeline": self.pipeline_name,
-                "timestamp": time.time(),
-                "pipeline_run_id": run_id,
-                "request_id": _uuid_str(self.request_id),
-                "execution_mode": self.execution_mode,
-                "topology": self.topology,
-                "service": self.service,
-                **(data or {}),
-            },
-        )
+        reporter = self._run_reporter()
+        legacy = {
+            "pipeline_run_id": reporter.run_id,
+            "request_id": _uuid_str(self.request_id),
+            "execution_mode": self.execution_mode,
+            "topology": self.topology,
+            "service": self.service,
+        }
+        reporter.custom(type, data, legacy)
 
 
 # --------------------------------------------------------------------------- StageContext
@@ -434,6 +433,7 @@ class StageContextCompat:
 
     # set by StageContext.__init__
     snapshot: ContextSnapshot
+    stage: StageInfo | None
     stage_name: str
     timer: PipelineTimer
     event_sink: EventSink | None
@@ -511,22 +511,30 @@ class StageContextCompat:
         """Emit a custom event to the run's sink, tagged with the run's ids and the stage name.
 
         During a run, see ``PipelineContext.try_emit_event``; ``stage`` is this stage's name unless
-        ``data`` has one. Outside a run (an entry context), the data is ``pipeline_run_id``,
-        ``request_id``, ``execution_mode``, ``stage``, then ``data``'s items.
+        ``data`` has one. Outside a run (an entry context, or a stage's context in another process), the
+        data is the envelope (``run_id``, ``pipeline``: the stage's pipeline, else ``None``,
+        ``timestamp``), then ``pipeline_run_id``, ``request_id``, ``execution_mode``, ``stage``, then
+        ``data``'s items.
+
+        .. versionchanged:: 0.11
+           The envelope outside a run too.
         """
         if self.pipeline is None:
             snapshot = self.snapshot
-            emit(
+            run_id = str(snapshot.run_id.pipeline_run_id)
+            reporter = RunReporter(
                 get_event_sink() if self.event_sink is None else self.event_sink,
-                type,
-                {
-                    "pipeline_run_id": str(snapshot.run_id.pipeline_run_id),
-                    "request_id": _uuid_str(snapshot.run_id.request_id),
-                    "execution_mode": snapshot.execution_mode,
-                    "stage": self.stage_name,
-                    **(data or {}),
-                },
+                None,
+                run_id,
+                None if self.stage is None else self.stage.pipeline,
             )
+            legacy = {
+                "pipeline_run_id": run_id,
+                "request_id": _uuid_str(snapshot.run_id.request_id),
+                "execution_mode": snapshot.execution_mode,
+                "stage": self.stage_name,
+            }
+            reporter.custom(type, data, legacy)
         else:
             self.pipeline.try_emit_event(type, {"stage": self.stage_name, **(data or {})})
 

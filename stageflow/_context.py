@@ -16,6 +16,7 @@ from uuid import UUID
 from ._compat import PipelineContextCompat, PipelineTimerCompat, StageContextCompat
 from ._errors import StreamInputError, UndeclaredDependencyError
 from ._events import get_event_sink
+from ._reporting import RunReporter
 from ._snapshot import ContextSnapshot
 
 if TYPE_CHECKING:
@@ -302,6 +303,7 @@ class PipelineContext(PipelineContextCompat):
 
     __slots__ = (
         "_graph",
+        "_reporter",
         "data",
         "event_sink",
         "pipeline_name",
@@ -329,11 +331,20 @@ class PipelineContext(PipelineContextCompat):
         self.snapshot = snapshot
         self.run_id: UUID = snapshot.run_id.pipeline_run_id
         self._graph = graph
+        self._reporter: RunReporter | None = None  # the run's, set by the run that made this context
         self.pipeline_name: str = self.service if graph is None else graph.name
         self.event_sink: EventSink = get_event_sink() if event_sink is None else event_sink
         self.timer = PipelineTimer() if timer is None else timer
         self.data: dict[str, Any] = {} if data is None else data
         self.ports = ports
+
+    def _run_reporter(self) -> RunReporter:
+        """The run's reporter (its events reach the run's sink and observers), or one for this context's
+        sink when no run made it."""
+        reporter = self._reporter
+        if reporter is None or reporter.given is not self.event_sink:
+            reporter = RunReporter(self.event_sink, None, str(self.run_id), self.pipeline_name)
+        return reporter
 
     @property
     def graph(self) -> StageGraph:

@@ -39,7 +39,7 @@ from ._errors import (
     error_category,
     error_type_name,
 )
-from ._events import EventSink, NoOpEventSink, emit, report_once, resolve_sink
+from ._events import EventSink, resolve_sink
 from ._interceptors import (
     CallNext,
     Interceptor,
@@ -51,10 +51,25 @@ from ._interceptors import (
 from ._monitor import LoopBlock
 from ._offload import DEFAULT_CANCEL_GRACE, OffloadedCall, _PoolHolder, default_thread_count
 from ._pipeline import StageInfo, StageSpec, Topology, _mermaid, _validate
+from ._reporting import (
+    PIPELINE_CREATED,
+    PIPELINE_STARTED,
+    RUN_ENDED,
+    STAGE_CANCELLED,
+    STAGE_COMPLETED,
+    STAGE_FAILED,
+    STAGE_FIRST_CHUNK,
+    STAGE_LOOP_BLOCKED,
+    STAGE_SKIPPED,
+    STAGE_STARTED,
+    current_reporter,
+    reporter_for,
+    stage_event_type,
+)
 from ._results import Hop, RunResult, StageResult
 from ._retry import RetryPolicy
 from ._snapshot import ContextSnapshot, RunIdentity
-from ._store import RUN_STORE_TIMEOUT, RunRecord, RunStore, StageRecord
+from ._store import RunStore
 from ._streams import Channel, StreamCall, StreamState, per_chunk
 from ._types import OutcomeCategory, StageKind, StageOutput, StageStatus
 
@@ -63,7 +78,6 @@ __all__ = ("StageGraph", "stage_of_task")
 logger = logging.getLogger("stageflow")
 
 _perf = time.perf_counter
-_wall = time.time
 _OK = StageStatus.OK
 _SKIP = StageStatus.SKIP
 _FAIL = StageStatus.FAIL
@@ -112,10 +126,6 @@ class _Node:
         self.stream_children: tuple[int, ...] = ()  # dependents that consume this stage's stream
         self.stream_deps: tuple[int, ...] = tuple(index[p] for p in info.streams)  # streams it consumes
         self.streamy = info.streaming is not None or bool(info.streams)  # a producer or a consumer
-
-    def event(self, outcome: str) -> str:
-        """The stage's event type, e.g. ``stage.llm.completed`` (made only when a sink listens)."""
-        return f"stage.{self.name}.{outcome}"
 
 
 class _Deadline:
@@ -403,18 +413,9 @@ class StageGraph:
             data=ctx.data if ctx.pipeline is None else dict(ctx.data),
             ports=ctx.inputs.ports,
         )
-        if not isinstance(sink, NoOpEventSink):
-            emit(
-                sink,
-                "pipeline.created",
-                {
-                    "run_id": str(run.run_id),
-                    "pipeline": self.name,
-                    "timestamp": _wall(),
-                    "stages": len(self.stages),
-                    "version": self.version,
-                },
-            )
+        reporter = run._reporter = reporter_for(sink, self.run_store, run.run_id, self.name)
+        if reporter is not None and reporter.sink is not None:
+            reporter.event(PIPELINE_CREATED, {"stages": len(self.stages), "version": self.version})
         if not self._run_wrapped:
             return await _Run(self, run).go()  # no run interceptors: skip a coroutine layer
         try:
@@ -487,16 +488,6 @@ def _checked_order(stages: Sequence[StageInfo], order: Sequence[int]) -> tuple[t
     return order, topology
 
 
-def _stored_note(result: StageResult) -> str | None:
-    """What a run store keeps as a stage's ``error``: its error, else the reason it skipped or cancelled."""
-    if result.error is not None:
-        return describe(result.error)
-    if result.status is _SKIP or result.status is _CANCEL:
-        reason = result.data.get("reason" if result.status is _SKIP else "cancel_reason")
-        return str(reason) if reason else None
-    return None
-
-
 class _Run:
     """The state of one run.
 
@@ -512,6 +503,7 @@ class _Run:
         "blocked",
         "cancelled_by",
         "done",
+        "events",
         "failures",
         "fatal",
         "graph",
@@ -519,9 +511,9 @@ class _Run:
         "nodes",
         "outputs",
         "remaining",
+        "reporter",
         "results",
         "run",
-        "sink",
         "stopping",
         "streams",
         "tasks",
@@ -545,9 +537,12 @@ class _Run:
         # ``asyncio.TaskGroup``, the run stops, is reported and recorded, and ``run()`` re-raises it
         self.fatal: BaseException | None = None
         self.cancelled_by: tuple[str, str] | None = None
-        sink: EventSink = run.event_sink
-        self.sink: EventSink | None = None if isinstance(sink, NoOpEventSink) else sink
-        self._run_id: str | None = None
+        # made by run() for pipeline.created; made again if a run interceptor gave the run another sink
+        reporter = self.reporter = run._reporter = current_reporter(
+            run._reporter, run.event_sink, graph.run_store, run.run_id, graph.name
+        )
+        # the reporter when the run has a sink: every event's data is built only then
+        self.events = None if reporter is None or reporter.sink is None else reporter
         loop = asyncio.get_running_loop()
         self._create_task = loop.create_task
         self.done: asyncio.Future[None] = loop.create_future()
@@ -558,19 +553,15 @@ class _Run:
 
     @property
     def run_id(self) -> str:
-        """The run id as text (for events and records; not made unless one needs it)."""
-        if self._run_id is None:
-            self._run_id = str(self.run.run_id)
-        return self._run_id
+        """The run id as text (for the loop monitor's reports)."""
+        reporter = self.reporter
+        return str(self.run.run_id) if reporter is None else reporter.run_id
 
-    def _event(self, **data: Any) -> dict[str, Any]:
-        return {"run_id": self.run_id, "pipeline": self.graph.name, "timestamp": _wall(), **data}
-
-    def _emit(self, type: str, data: dict[str, Any], stage: str | None = None) -> None:
+    def _emit(self, type: str, data: Mapping[str, Any], stage: str | None = None) -> None:
         """Emit one event; a sink raising a ``BaseException`` (``emit`` logs ``Exception``s) ends the run."""
-        assert self.sink is not None
+        assert self.events is not None
         try:
-            emit(self.sink, type, data)
+            self.events.event(type, data)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
@@ -587,15 +578,15 @@ class _Run:
         results = self.results
         started = _perf()
         results.started_at = started
-        if self.sink is not None:
-            self._emit("pipeline.started", self._event(stages=len(self.nodes)))
+        if self.events is not None:
+            self._emit(PIPELINE_STARTED, {"stages": len(self.nodes)})
         # Stage tasks start from the context the run interceptors set up, each in its own copy, never
         # from the context of the stage that happened to finish last.
         self.base_context = contextvars.copy_context()
+        cancelled: asyncio.CancelledError | None = None
         if self.left and self.fatal is None:
             for i in self.graph._roots:
                 self._start(i, started)
-            cancelled: asyncio.CancelledError | None = None
             try:
                 await self.done
             except asyncio.CancelledError as exc:
@@ -603,98 +594,54 @@ class _Run:
             if cancelled is not None or self.stopping:
                 self.stopping = True
                 cancelled = await self._stop_running() or cancelled
-            if cancelled is not None:  # the caller's cancellation wins, also over a stage's failure
-                results.ended_at = _perf()
-                results.category = OutcomeCategory.CANCELLATION
-                if self.sink is not None:
-                    self._emit("pipeline.cancelled", self._summary(reason="cancelled by caller"))
-                await self._record("cancelled", "cancelled by caller")
-                raise cancelled
+        return await self._end(cancelled)
+
+    async def _end(self, cancelled: asyncio.CancelledError | None) -> RunResult:
+        """End the run (the run's twin of ``_settle``): its category, its one run-ended event, its one
+        record, then its result or the exception ``run()`` raises.
+
+        The caller's cancellation wins over everything, a stage's failure over a stage's cancel; a
+        ``BaseException`` that stopped the run (``fatal``, also one a sink raised on the run-ended event)
+        is re-raised itself.
+        """
+        results = self.results
         results.ended_at = _perf()
-        if self.failures or self.fatal is not None:
+        error: BaseException | None = None
+        extra: dict[str, Any]
+        if cancelled is not None:
+            status, category, note = "cancelled", OutcomeCategory.CANCELLATION, "cancelled by caller"
+            extra = {"reason": note}
+        elif self.failures or self.fatal is not None:
             if self.failures:
                 stage, error = next(iter(self.failures.items()))
             else:  # a sink raised on pipeline.started
-                stage, error = "", self.fatal  # type: ignore[assignment]
-            results.category = error_category(error)
-            if self.sink is not None:
-                self._emit(
-                    "pipeline.failed",
-                    self._summary(stage=stage, error=describe(error), error_type=error_type_name(error)),
-                )
-            await self._record("failed", f"{stage}: {error_type_name(error)}: {describe(error)}")
-            if self.fatal is not None:
-                raise self.fatal
+                stage, error = "", self.fatal
+            assert error is not None
+            status, category = "failed", error_category(error)
+            kind, message = error_type_name(error), describe(error)
+            note = f"{stage}: {kind}: {message}"
+            extra = {"stage": stage, "error": message, "error_type": kind}
+        elif self.cancelled_by is not None:
+            stage, reason = self.cancelled_by
+            status, category, note = "cancelled", OutcomeCategory.CANCELLATION, f"{stage}: {reason}"
+            extra = {"stage": stage, "reason": reason}
+        else:
+            status, category, note, extra = "completed", OutcomeCategory.SUCCESS, None, {}
+        results.category = category
+        reporter = self.reporter
+        if reporter is not None:
+            if self.events is not None:
+                self._emit(RUN_ENDED[status], reporter.summary(results, extra))
+            await reporter.record(status, note, results, self.graph._deps_by_name, self.run.timer.to_wall)
+        if cancelled is not None:
+            raise cancelled
+        if self.fatal is not None:
+            raise self.fatal
+        if error is not None:
             raise PipelineFailedError(stage, error, dict(self.failures), results) from error
         if self.cancelled_by is not None:
-            stage, reason = self.cancelled_by
-            results.category = OutcomeCategory.CANCELLATION
-            if self.sink is not None:
-                self._emit("pipeline.cancelled", self._summary(stage=stage, reason=reason))
-            await self._record("cancelled", f"{stage}: {reason}")
-            if self.fatal is not None:
-                raise self.fatal
             raise PipelineCancelledError(stage, reason, results)
-        if self.sink is not None:
-            self._emit("pipeline.completed", self._summary())
-        await self._record("completed", None)
-        if self.fatal is not None:  # a sink raised on pipeline.completed
-            raise self.fatal
         return results
-
-    async def _record(self, status: str, error: str | None) -> None:
-        store = self.graph.run_store
-        if store is None:
-            return
-        results = self.results
-        wall = self.run.timer.to_wall
-        stages = tuple(
-            StageRecord(
-                r.name,
-                r.kind.value,
-                r.status.value,
-                wall(r.started_at),
-                wall(r.ended_at),
-                r.wait,
-                r.attempts,
-                _stored_note(r),
-                None if r.error is None else error_type_name(r.error),
-                self.graph._deps_by_name[r.name],
-                r.dispatch,
-                r.work,
-                r.chunks,
-                r.time_to_first_chunk,
-                r.category,
-            )
-            for r in results.values()
-        )
-        record = RunRecord(
-            self.run_id,
-            self.graph.name,
-            status,
-            wall(results.started_at),
-            wall(results.ended_at),
-            stages,
-            results.critical_path,
-            error,
-            first_output_path=results.first_output_path,
-            category=results.category,
-            not_started=results.not_started,
-        )
-        await _record_bounded(store, record)
-
-    def _summary(self, **extra: Any) -> dict[str, Any]:
-        results = self.results
-        return self._event(
-            duration=results.duration,
-            category=results.category.value,
-            critical_path=list(results.critical_path),
-            stages={
-                name: {"status": r.status.value, "wait": r.wait, "duration": r.duration}
-                for name, r in results.items()
-            },
-            **extra,
-        )
 
     async def _stop_running(self) -> asyncio.CancelledError | None:
         """Cancel and await every running stage; the caller's cancellation if it came meanwhile."""
@@ -735,14 +682,8 @@ class _Run:
         ctx = _stage_context(self.run, node.info, prior, deps, ready_at, started)
         if node.streamy:
             self._open_streams(i, node, ctx)
-        if self.sink is not None:
-            self._emit(
-                node.event("started"),
-                self._event(
-                    stage=node.name, kind=node.kind.value, wait=started - ready_at, dependencies=list(deps)
-                ),
-                node.name,
-            )
+        if self.events is not None:
+            self._stage_event(node, STAGE_STARTED, wait=started - ready_at, dependencies=list(deps))
         outcome: object
         try:
             if node.retry is None:
@@ -808,9 +749,9 @@ class _Run:
         """Stage ``i`` yielded its first chunk: report it and start the stages that consume its stream."""
         node = self.nodes[i]
         state: StreamState = ctx._stream
-        if self.sink is not None:
+        if self.events is not None:
             assert state.first_at is not None
-            self._stage_event(node, "first_chunk", time_to_first_chunk=state.first_at - ctx.began_at)
+            self._stage_event(node, STAGE_FIRST_CHUNK, time_to_first_chunk=state.first_at - ctx.began_at)
         self._release_streams(node, _perf())
 
     def _release_streams(self, node: _Node, now: float) -> None:
@@ -861,11 +802,11 @@ class _Run:
                 result._hop = hop = ctx._hop
                 result.stream = state
                 self.results[node.name] = result
-                if self.sink is not None:
+                if self.events is not None:
                     if hop is None and state is None:
                         self._stage_event(
                             node,
-                            "completed",
+                            STAGE_COMPLETED,
                             duration=ended - started,
                             wait=started - ready_at,
                             attempts=attempts,
@@ -874,7 +815,7 @@ class _Run:
                     else:
                         self._stage_event(
                             node,
-                            "completed",
+                            STAGE_COMPLETED,
                             duration=ended - started,
                             wait=started - ready_at,
                             attempts=attempts,
@@ -894,10 +835,10 @@ class _Run:
             self.results[node.name] = result
             if status is _SKIP:
                 assert output is not None
-                if self.sink is not None:
+                if self.events is not None:
                     self._stage_event(
                         node,
-                        "skipped",
+                        STAGE_SKIPPED,
                         duration=ended - started,
                         reason=output.data.get("reason", ""),
                         category=_SKIPPED,
@@ -905,10 +846,10 @@ class _Run:
                 self._release(i, output, ended)
             elif status is _FAIL:
                 assert error is not None
-                if self.sink is not None:
+                if self.events is not None:
                     self._stage_event(
                         node,
-                        "failed",
+                        STAGE_FAILED,
                         duration=ended - started,
                         error=describe(error),
                         error_type=error_type_name(error),
@@ -923,17 +864,17 @@ class _Run:
                     self._fatal(error)
             elif output is not None:  # returned StageOutput.cancel: the run stops without an error
                 reason = str(output.data.get("cancel_reason", ""))
-                if self.sink is not None:
+                if self.events is not None:
                     self._stage_event(
-                        node, "cancelled", duration=ended - started, reason=reason, category=_CANCELLED
+                        node, STAGE_CANCELLED, duration=ended - started, reason=reason, category=_CANCELLED
                     )
                 if self.cancelled_by is None and not self.failures:
                     self.cancelled_by = (node.name, reason)
                 self._stop()
             else:  # its task was cancelled
-                if self.sink is not None:
+                if self.events is not None:
                     self._stage_event(
-                        node, "cancelled", duration=ended - started, category=_CANCELLED, **(work or {})
+                        node, STAGE_CANCELLED, duration=ended - started, category=_CANCELLED, **(work or {})
                     )
                 if not self.stopping:  # cancelled on its own, not by the run: the run ends as cancelled
                     self.cancelled_by = (node.name, "stage task was cancelled")
@@ -1007,16 +948,18 @@ class _Run:
         self.results[node.name] = StageResult(
             node.name, node.kind, _SKIP, output, None, ready_at, now, now, 0
         )
-        if self.sink is not None:
-            self._stage_event(node, "skipped", reason=output.data["reason"], duration=0.0, category=_SKIPPED)
+        if self.events is not None:
+            self._stage_event(
+                node, STAGE_SKIPPED, reason=output.data["reason"], duration=0.0, category=_SKIPPED
+            )
         return output
 
     def loop_blocked(self, node: _Node, block: LoopBlock) -> None:
         """Report that ``node``'s code blocked the loop: its event, and one warning per run and stage."""
-        if self.sink is not None:
+        if self.events is not None:
             self._stage_event(
                 node,
-                "loop_blocked",
+                STAGE_LOOP_BLOCKED,
                 duration=block.duration,
                 **{"code.file.path": block.file, "code.line.number": block.line},
             )
@@ -1035,7 +978,11 @@ class _Run:
 
     def _stage_event(self, node: _Node, outcome: str, **data: Any) -> None:
         """Emit ``stage.{name}.{outcome}`` with the stage's name and kind (only while a sink listens)."""
-        self._emit(node.event(outcome), self._event(stage=node.name, kind=node.kind.value, **data), node.name)
+        self._emit(
+            stage_event_type(node.name, outcome),
+            {"stage": node.name, "kind": node.kind.value, **data},
+            node.name,
+        )
 
 
 def _shown_path(path: str | None) -> str | None:
@@ -1099,43 +1046,3 @@ def _classify(node: _Node, outcome: object) -> tuple[StageStatus, StageOutput | 
 
 
 _STAGE_CODE = _Run._stage.__code__
-
-_store_writes: set[asyncio.Task[None]] = set()  # writes that outlived their timeout, kept until they end
-
-
-async def _record_bounded(store: RunStore, record: RunRecord) -> None:
-    """``await store.record_run(record)``, bounded by the store's ``record_timeout`` (default
-    ``RUN_STORE_TIMEOUT``). A store that raises or overruns is logged once and otherwise ignored: the
-    run's outcome never changes and ``run()`` never waits longer than the bound."""
-    timeout = getattr(store, "record_timeout", RUN_STORE_TIMEOUT)
-    try:
-        task = asyncio.ensure_future(store.record_run(record))
-    except Exception as exc:
-        report_once("run store", store, exc)
-        return
-    try:
-        done, _ = await asyncio.wait((task,), timeout=timeout)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    if not done:
-        task.cancel()  # a store that ignores the cancellation runs on, unawaited: the run does not wait
-        _store_writes.add(task)
-        task.add_done_callback(_store_writes.discard)
-        report_once(
-            "run store",
-            store,
-            TimeoutError(
-                f"record_run did not finish within {timeout:g} s; run {record.run_id} was not recorded"
-            ),
-        )
-        return
-    if task.cancelled():
-        return
-    failure = task.exception()
-    if failure is None:
-        return
-    if isinstance(failure, Exception):
-        report_once("run store", store, failure)
-        return
-    raise failure

@@ -321,6 +321,10 @@ class TestProgram091:
 
 
 PROGRAM = Path(__file__).with_name("compat_program_091.py")
+CHECKOUT = Path(__file__).resolve().parents[1]
+"""The stageflow under test: this checkout's, whichever one the environment has installed."""
+RUN_ID = "10000000-0000-4000-8000-000000000000"
+"""The run id the program gives its contexts."""
 
 
 @pytest.fixture(name="stageflow_core_091", scope="session")
@@ -346,10 +350,10 @@ def _stageflow_core_091(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_program(pythonpath: Path | None) -> tuple[str, dict[str, Any]]:
-    """Run the 0.9.1 program (under 0.9.1 when ``pythonpath`` holds it): the stageflow it used, its output."""
+    """Run the 0.9.1 program under 0.9.1 (in ``pythonpath``) or, given ``None``, under this checkout's
+    stageflow: the stageflow it used, its output."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
+    env["PYTHONPATH"] = str(CHECKOUT if pythonpath is None else pythonpath)
     where = subprocess.run(
         [sys.executable, "-c", "import stageflow; print(stageflow.__file__)"],
         capture_output=True,
@@ -365,6 +369,28 @@ def run_program(pythonpath: Path | None) -> tuple[str, dict[str, Any]]:
     return where, observed
 
 
+def added_on_top(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split the keys our events add on top of 0.9.1's (the envelope: ``run_id``, ``pipeline``,
+    ``timestamp``) out of the event observations: ``ours`` without them, and what was added where."""
+    ours = dict(ours)
+    added: dict[str, Any] = {}
+    kind, keys = ours["record_stage_event"]
+    added["record_stage_event"] = [k for k in keys if k not in theirs["record_stage_event"][1]]
+    ours["record_stage_event"] = [kind, [k for k in keys if k in theirs["record_stage_event"][1]]]
+    data, their_data = ours["record_stage_event_data"], theirs["record_stage_event_data"]
+    added["record_stage_event_data"] = {k: v for k, v in data.items() if k not in their_data}
+    ours["record_stage_event_data"] = {k: v for k, v in data.items() if k in their_data}
+    events = []
+    added["stage_ctx_record"] = []
+    for (kind, data), (_, their_data) in zip(
+        ours["stage_ctx_record"], theirs["stage_ctx_record"], strict=True
+    ):
+        events.append([kind, {k: v for k, v in data.items() if k in their_data}])
+        added["stage_ctx_record"].append({k: v for k, v in data.items() if k not in their_data})
+    ours["stage_ctx_record"] = events
+    return ours, added
+
+
 class TestAgainst091Itself:
     def test_same_observations_under_both_packages(self, stageflow_core_091: Path) -> None:
         """The 0.9.1 program prints exactly the same observations under 0.9.1 and under this stageflow."""
@@ -372,7 +398,17 @@ class TestAgainst091Itself:
         where_ours, ours = run_program(None)
         assert where_091.startswith(str(stageflow_core_091))
         assert not where_ours.startswith(str(stageflow_core_091))
-        assert ours == theirs
+        ours, added = added_on_top(ours, theirs)
+        assert ours == theirs  # 0.9.1's keys and values, in 0.9.1's order
+        [stage_ctx_added] = added.pop("stage_ctx_record")
+        assert isinstance(stage_ctx_added.pop("timestamp"), float)
+        assert (added, stage_ctx_added) == (
+            {
+                "record_stage_event": ["run_id", "pipeline"],
+                "record_stage_event_data": {"run_id": RUN_ID, "pipeline": "voice"},
+            },
+            {"run_id": RUN_ID, "pipeline": None},
+        )
         assert "<missing>" not in json.dumps(ours)
         assert (ours["results"]["reply"]["data"], ours["fail_default"], ours["timeout_default_ms"]) == (
             {"reply": "HELLO", "user": "40000000-0000-4000-8000-000000000000"},

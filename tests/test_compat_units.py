@@ -279,7 +279,8 @@ class TestPipelineContext:
         }
 
     def test_record_stage_event(self) -> None:
-        """``record_stage_event`` emits ``stage.{stage}.{status}`` with ids, labels and a UTC timestamp."""
+        """``record_stage_event`` emits ``stage.{stage}.{status}`` with the envelope's ``run_id`` and
+        ``pipeline`` first, then 0.9.1's ids, labels and UTC timestamp."""
         sink = InMemoryEventSink()
         compat_context(event_sink=sink, service="voice").record_stage_event(
             stage="llm", status="started", payload={"model": "m"}
@@ -290,6 +291,8 @@ class TestPipelineContext:
         assert (event.type, data) == (
             "stage.llm.started",
             {
+                "run_id": str(RUN),
+                "pipeline": "voice",
                 "request_id": str(REQ),
                 "session_id": str(SES),
                 "user_id": str(USR),
@@ -390,10 +393,14 @@ class TestStageContext:
         StageContext(snapshot, StageInputs(snapshot), "entry", PipelineTimer(), sink).record_stage_event(
             "llm", "completed", tokens=3
         )
-        assert [(e.type, dict(e.data)) for e in sink.events] == [
+        [event] = sink.events
+        assert isinstance(event.data["timestamp"], float)
+        assert [(e.type, {k: v for k, v in e.data.items() if k != "timestamp"}) for e in sink.events] == [
             (
                 "stage.completed",
                 {
+                    "run_id": str(RUN),
+                    "pipeline": None,
                     "pipeline_run_id": str(RUN),
                     "request_id": str(REQ),
                     "execution_mode": "practice",
