@@ -22,18 +22,19 @@ observers pays nothing for the seam; an observer that raises is logged once and 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._errors import describe, error_type_name
 from ._events import EventSink, NoOpEventSink, emit, report_once
-from ._store import RUN_STORE_TIMEOUT, RunRecord, RunStore, StageRecord
 from ._types import StageStatus
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ._results import RunResult, StageResult
+    from ._store import RunRecord, RunStore
 
 __all__ = (
     "PIPELINE_CANCELLED",
@@ -201,6 +202,8 @@ class RunReporter:
         store = self.store
         if store is None:
             return
+        from ._store import RunRecord, StageRecord  # a store is loaded: so is its module
+
         stages = tuple(
             StageRecord(
                 r.name,
@@ -280,6 +283,10 @@ async def record_bounded(store: RunStore, record: RunRecord) -> None:
     """``await store.record_run(record)``, bounded by the store's ``record_timeout`` (default
     ``RUN_STORE_TIMEOUT``). A store that raises or overruns is logged once and otherwise ignored: the
     run's outcome never changes and ``run()`` never waits longer than the bound."""
+    import asyncio
+
+    from ._store import RUN_STORE_TIMEOUT
+
     timeout = getattr(store, "record_timeout", RUN_STORE_TIMEOUT)
     try:
         task = asyncio.ensure_future(store.record_run(record))
