@@ -27,6 +27,7 @@ def test_every_variant_is_searched(report: dict[str, Any]) -> None:
     for variant in report["variants"]:
         assert len(variant["trials"]) == 1
         assert variant["cost_cpu_us_per_run"] > 0 and variant["cost_ratio_to_bare"] > 0
+        assert 0 < variant["cost_loop_cpu_us_per_run"] <= variant["cost_cpu_us_per_run"]
         trial = variant["trials"][0]
         assert trial["rate"] == 25.0
         assert trial["runs"] == 5
@@ -62,3 +63,8 @@ def test_format_report(report: dict[str, Any]) -> None:
     text = throughput.format_report(report)
     assert text.splitlines()[0].startswith("zero-loss throughput")
     assert "ratio to bare" in text
+    cost = text.splitlines().index("CPU per run at 25 runs/s (median of the interleaved cost trials):")
+    assert all(
+        "(event loop thread " in line and ", other threads " in line
+        for line in text.splitlines()[cost + 1 : cost + 5]
+    )

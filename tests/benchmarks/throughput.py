@@ -119,6 +119,9 @@ class Trial:
     cpu_us_per_run: float = 0.0
     """This process's CPU time (every thread: the loop and the exporters) per run, over the runs and the
     flush: the figure least disturbed by other processes' load."""
+    loop_cpu_us_per_run: float = 0.0
+    """The part of it the event loop's thread spent (the rest: the export threads, which take the
+    interpreter lock from the loop)."""
 
     @property
     def passed(self) -> bool:
@@ -263,9 +266,10 @@ def _bare_trial(loop: asyncio.AbstractEventLoop, settings: Settings) -> Callable
     graph = diamond().build()
 
     def trial(rate: float) -> Trial:
-        cpu = time.process_time()
+        cpu, own = time.process_time(), time.thread_time()
         result = loop.run_until_complete(paced(graph, None, rate, settings.duration))
         result.cpu_us_per_run = (time.process_time() - cpu) / result.runs * 1e6
+        result.loop_cpu_us_per_run = (time.thread_time() - own) / result.runs * 1e6
         return result
 
     return trial
@@ -297,10 +301,11 @@ def _telemetry_trial(
             ]
         )
         try:
-            cpu = time.process_time()
+            cpu, own = time.process_time(), time.thread_time()
             result = loop.run_until_complete(paced(graph, sink, rate, settings.duration))
             flushed = telemetry.force_flush(timeout=30.0)
             result.cpu_us_per_run = (time.process_time() - cpu) / result.runs * 1e6
+            result.loop_cpu_us_per_run = (time.thread_time() - own) / result.runs * 1e6
             result.spans, result.span_events, result.log_records = receiver.take()
             dropped = getattr(sink, "dropped", 0) + telemetry.spans_dropped
             result.dropped = dropped + sum(telemetry.export_failures.values())
@@ -369,9 +374,12 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] | None = None) 
             # The cost of a run, at one rate every variant sustains, interleaved: the comparison that
             # depends least on how much of the machine the process gets.
             costs: dict[str, list[float]] = {name: [] for name, _ in plans}
+            loop_costs: dict[str, list[float]] = {name: [] for name, _ in plans}
             for _ in range(settings.cost_reps):
                 for name, trial in plans:
-                    costs[name].append(trial(settings.cost_rate).cpu_us_per_run)
+                    cost = trial(settings.cost_rate)
+                    costs[name].append(cost.cpu_us_per_run)
+                    loop_costs[name].append(cost.loop_cpu_us_per_run)
     finally:
         loop.close()
         receiver.close()
@@ -389,6 +397,7 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] | None = None) 
                 "cpu_ratio_to_bare": _best_cpu(v) / bare_cpu if bare_cpu else 0.0,
                 "cost_cpu_us_per_run": statistics.median(costs[v.name]),
                 "cost_ratio_to_bare": statistics.median(costs[v.name]) / bare_cost,
+                "cost_loop_cpu_us_per_run": statistics.median(loop_costs[v.name]),
                 "trials": [asdict(t) | {"passed": t.passed} for t in v.trials],
             }
             for v in variants
@@ -416,6 +425,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"CPU per run at {rate:g} runs/s (median of the interleaved cost trials):")
     lines.extend(
         f"  {v['name']:<26} {v['cost_cpu_us_per_run']:8.0f} µs/run   {v['cost_ratio_to_bare']:.2f}x bare"
+        f"   (event loop thread {v['cost_loop_cpu_us_per_run']:.0f}, "
+        f"other threads {v['cost_cpu_us_per_run'] - v['cost_loop_cpu_us_per_run']:.0f})"
         for v in report["variants"]
     )
     lines.append("trials (requested -> achieved runs/s, spans / span events / log records, dropped):")

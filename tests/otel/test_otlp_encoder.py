@@ -83,7 +83,8 @@ def _fresh_cache() -> Iterator[None]:
 class TestBytesAsTheSdkEncodes:
     def test_stageflow_spans_with_events_and_links(self) -> None:
         """Spans of a traced 5-stage run with the event sink: run and stage spans, span events, links."""
-        from tests.benchmarks.throughput import _entry, diamond
+        from stageflow.testing import make_context
+        from tests.benchmarks.throughput import diamond
 
         provider = TracerProvider(resource=RESOURCE)
         memory = InMemorySpanExporter()
@@ -93,7 +94,7 @@ class TestBytesAsTheSdkEncodes:
 
         async def runs() -> None:
             for _ in range(3):
-                await graph.run(_entry(sink))
+                await graph.run(make_context(event_sink=sink))
 
         asyncio.run(runs())
         spans = memory.get_finished_spans()
