@@ -112,6 +112,44 @@ print(json.dumps([other, "stageflow._renamed" in sys.modules, message.split(":")
 """
         assert run_python(code) == [False, True, "No module named 'stageflow.core'"]
 
+    @pytest.mark.parametrize("first", ["outside", "inside"], ids=["outside-a-loop-first", "in-a-loop-first"])
+    def test_the_first_emit_binds_the_running_loop_lookup(self, first: str) -> None:
+        """A sink's default ``try_emit`` imports asyncio on its first call, outside a loop or in one, and
+        from then on calls ``asyncio.get_running_loop`` itself: dropped outside a loop, spawned inside."""
+        code = f"""
+import json, sys
+from stageflow import EventSink, dropped_event_count
+from stageflow import _events
+
+class Kept(EventSink):
+    def __init__(self):
+        self.types = []
+
+    async def emit(self, *, type, data):
+        self.types.append(type)
+
+def outside(sink):
+    sink.try_emit(type="outside", data=None)
+
+def inside(sink):
+    import asyncio
+
+    async def main():
+        sink.try_emit(type="inside", data=None)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+
+before = [_events._running_loop.__name__, "asyncio" in sys.modules]
+sink = Kept()
+{first}(sink)
+{"inside" if first == "outside" else "outside"}(sink)
+import asyncio
+print(json.dumps(before + [_events._running_loop is asyncio.get_running_loop, sink.types,
+                           dropped_event_count(sink)]))
+"""
+        assert run_python(code) == ["_load_running_loop", False, True, ["inside"], 1]
+
 
 LAZY = [name for name in stageflow.__all__ if name in stageflow._LAZY]
 
