@@ -1,7 +1,9 @@
 """What a stage sees: its inputs, its context, the run's context and the run's timer.
 
 stageflow-core 0.9.1's surface of these classes (keyword constructor, ids as attributes, emitters,
-factories) is in ``stageflow._compat``, whose mixins they inherit.
+factories) is in ``stageflow._compat``, whose mixins they inherit. The module runs past 500 lines because
+each of these four classes documents every attribute a stage reads, and the executor's fast constructor
+of a stage's context sits next to the classes it fills.
 """
 
 from __future__ import annotations
