@@ -11,7 +11,7 @@ pytest.importorskip("opentelemetry.sdk")
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import (
@@ -26,6 +26,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from stageflow import ContextSnapshot, EventSink, PipelineTimer, RunIdentity, StageContext, StageInputs
 from stageflow_otel import OtlpEventSink
+
+if TYPE_CHECKING:
+    from .otlp_receiver import OtlpReceiver
 
 __all__ = ("by_name", "dump_spans", "entry_ctx", "metric_points", "span_event")
 
@@ -158,3 +161,14 @@ def _otlp_sink(meter_provider: MeterProvider, logger_provider: LoggerProvider) -
     sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider)
     yield sink
     sink.shutdown(timeout=5.0)
+
+
+@pytest.fixture(name="receiver", params=["grpc", "http"], ids=["grpc", "http-protobuf"])
+def _receiver(request: pytest.FixtureRequest) -> Iterator[OtlpReceiver]:
+    """A running OTLP receiver of each protocol (gRPC keeps gRPC's default 4 MiB message limit), stopped
+    at teardown. A file that needs one kind of receiver defines its own ``receiver``."""
+    from .otlp_receiver import GrpcReceiver, HttpReceiver
+
+    receiver: OtlpReceiver = GrpcReceiver() if request.param == "grpc" else HttpReceiver()
+    yield receiver
+    receiver.stop()

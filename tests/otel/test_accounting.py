@@ -21,7 +21,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
@@ -52,7 +52,7 @@ from stageflow_otel import (
 
 from ._stages import T, diamond, ok
 from .conftest import metric_points
-from .otlp_receiver import GrpcReceiver, HttpReceiver, OtlpReceiver
+from .otlp_receiver import GrpcReceiver, OtlpReceiver
 
 SPANS_PER_RUN = 5
 EVENTS_PER_RUN = 11
@@ -112,14 +112,6 @@ def data_points(metric: Metric) -> int:
     kind = metric.WhichOneof("data")
     assert kind is not None
     return len(getattr(metric, kind).data_points)
-
-
-@pytest.fixture(name="receiver", params=["grpc", "http"], ids=["grpc", "http-protobuf"])
-def _receiver(request: pytest.FixtureRequest) -> Iterator[OtlpReceiver]:
-    """A running OTLP receiver of each protocol, stopped at teardown."""
-    receiver: OtlpReceiver = GrpcReceiver() if request.param == "grpc" else HttpReceiver()
-    yield receiver
-    receiver.stop()
 
 
 @pytest.fixture(name="env")

@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -47,7 +46,7 @@ from stageflow_otel import (
 )
 
 from .conftest import entry_ctx as _entry_ctx
-from .otlp_receiver import GrpcReceiver, HttpReceiver, OtlpReceiver
+from .otlp_receiver import OtlpReceiver
 
 W = StageKind.WORK
 GOOD_RUNS = 20
@@ -95,14 +94,6 @@ def attributes(items: Any) -> dict[str, Any]:
 def body_map(value: AnyValue) -> dict[str, str]:
     """The string entries of an OTLP kvlist body."""
     return {kv.key: kv.value.string_value for kv in value.kvlist_value.values}
-
-
-@pytest.fixture(name="receiver", params=["grpc", "http"], ids=["grpc", "http-protobuf"])
-def _receiver(request: pytest.FixtureRequest) -> Iterator[OtlpReceiver]:
-    """A running OTLP receiver (gRPC keeps gRPC's default 4 MiB message limit), stopped at teardown."""
-    receiver: OtlpReceiver = GrpcReceiver() if request.param == "grpc" else HttpReceiver()
-    yield receiver
-    receiver.stop()
 
 
 @pytest.fixture(name="exporting")

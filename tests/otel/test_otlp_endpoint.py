@@ -27,7 +27,7 @@ from stageflow import (
 from stageflow_otel import MetricsInterceptor, Telemetry, TracingInterceptor, semconv, setup
 
 from .conftest import entry_ctx, metric_points
-from .otlp_receiver import GrpcReceiver, HttpReceiver, OtlpReceiver, closed_port
+from .otlp_receiver import OtlpReceiver, closed_port
 
 RUNS = 6
 STAGES = ("a", "b", "c", "d")
@@ -72,14 +72,6 @@ def instrumented(telemetry: Telemetry, stage: StageFn = quick) -> StageGraph:
 async def run_concurrently(graph: StageGraph, sink: EventSink | None, n: int = RUNS) -> list[RunResult]:
     """``n`` concurrent runs of ``graph``."""
     return await asyncio.gather(*(graph.run(entry_ctx(sink=sink)) for _ in range(n)))
-
-
-@pytest.fixture(name="receiver", params=["grpc", "http"], ids=["grpc", "http-protobuf"])
-def _receiver(request: pytest.FixtureRequest) -> Iterator[OtlpReceiver]:
-    """A running OTLP receiver of each protocol, stopped at teardown."""
-    receiver: OtlpReceiver = GrpcReceiver() if request.param == "grpc" else HttpReceiver()
-    yield receiver
-    receiver.stop()
 
 
 @pytest.fixture(name="telemetry")
