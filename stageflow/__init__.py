@@ -21,6 +21,9 @@ from ._context import PipelineContext as PipelineContext
 from ._context import PipelineTimer as PipelineTimer
 from ._context import StageContext as StageContext
 from ._context import StageInputs as StageInputs
+from ._dag import StageInfo as StageInfo
+from ._dag import StageSpec as StageSpec
+from ._dag import UnifiedStageSpec as UnifiedStageSpec
 from ._errors import CircuitOpenError as CircuitOpenError
 from ._errors import CriticalInterceptorError as CriticalInterceptorError
 from ._errors import CycleError as CycleError
@@ -64,9 +67,6 @@ from ._events import dropped_event_count as dropped_event_count
 from ._events import get_event_sink as get_event_sink
 from ._events import set_event_sink as set_event_sink
 from ._pipeline import Pipeline as Pipeline
-from ._pipeline import StageInfo as StageInfo
-from ._pipeline import StageSpec as StageSpec
-from ._pipeline import UnifiedStageSpec as UnifiedStageSpec
 from ._runner import StageExecutor as StageExecutor
 from ._runner import StageFunction as StageFunction
 from ._runner import StageRunner as StageRunner

@@ -20,7 +20,7 @@ from ._types import StageOutput, StageStatus
 
 if TYPE_CHECKING:
     from ._context import StageContext
-    from ._pipeline import StageInfo
+    from ._dag import StageInfo
     from ._retry import RetryPolicy
 
 __all__ = ("RetryAttempt", "run_attempts")

@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from ._context import PipelineContext, PipelineTimer, StageContext, StageInputs
+    from ._dag import StageInfo
     from ._events import EventSink
-    from ._pipeline import StageInfo
     from ._types import StageArtifact, StageOutput
 
 __all__ = (

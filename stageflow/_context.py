@@ -23,9 +23,9 @@ from ._snapshot import ContextSnapshot
 
 if TYPE_CHECKING:
     from ._compat import PipelineContextKeywords
+    from ._dag import StageInfo
     from ._events import EventSink
     from ._graph import StageGraph
-    from ._pipeline import StageInfo
     from ._streams import StreamReader
     from ._types import StageOutput
 

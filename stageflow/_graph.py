@@ -25,6 +25,7 @@ from uuid import uuid4
 from . import _monitor
 from ._attempts import run_attempts
 from ._context import PipelineContext, StageContext, _stage_context
+from ._dag import StageInfo, StageSpec, Topology, mermaid, validate
 from ._entry import entry_context, not_a_context_error
 from ._errors import (
     InterceptorError,
@@ -50,7 +51,6 @@ from ._interceptors import (
 )
 from ._monitor import LoopBlock
 from ._offload import DEFAULT_CANCEL_GRACE, OffloadedCall, _PoolHolder, default_thread_count
-from ._pipeline import StageInfo, StageSpec, Topology, _mermaid, _validate
 from ._reporting import (
     PIPELINE_CREATED,
     PIPELINE_STARTED,
@@ -346,7 +346,7 @@ class StageGraph:
 
     def to_mermaid(self) -> str:
         """The DAG as a Mermaid flowchart."""
-        return _mermaid(self.stages)
+        return mermaid(self.stages)
 
     def __repr__(self) -> str:
         return f"StageGraph(name={self.name!r}, stages={len(self.stages)})"
@@ -467,7 +467,7 @@ def _checked_order(stages: Sequence[StageInfo], order: Sequence[int]) -> tuple[t
                 "build graphs with Pipeline.build()"
             )
             raise PipelineDefinitionError(msg)
-    topology = _validate(stages)[1]  # type: ignore[arg-type]  # duplicate, unknown and cyclic dependencies
+    topology = validate(stages)[1]  # duplicate, unknown and cyclic dependencies
     order = tuple(order)
     position = {i: p for p, i in enumerate(order)}
     if sorted(order) != list(range(len(stages))):

@@ -45,7 +45,7 @@ from ._retry import RetryPolicy
 from ._types import StageOutput, StageStatus
 
 if TYPE_CHECKING:
-    from ._pipeline import StageInfo
+    from ._dag import StageInfo
 
 __all__ = (
     "BaseInterceptor",

@@ -48,7 +48,7 @@ from ._runner import DEFAULT_CANCEL_GRACE
 
 if TYPE_CHECKING:
     from ._context import StageContext
-    from ._pipeline import StageInfo
+    from ._dag import StageInfo
     from ._types import StageOutput
 
 __all__ = (

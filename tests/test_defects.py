@@ -35,7 +35,7 @@ from stageflow import (
     StageTimeoutError,
     UndeclaredDependencyError,
 )
-from stageflow._pipeline import _new_info, _new_spec
+from stageflow._dag import _new_info, _new_spec
 from stageflow._store import SCHEMA_VERSION
 from stageflow.interceptors import (
     BaseInterceptor,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from stageflow._dag import StageInfo
 from stageflow._interceptors import (
     BaseInterceptor,
     CallNext,
@@ -30,7 +31,6 @@ from stageflow._interceptors import (
     InterceptorResult,
     RunNext,
 )
-from stageflow._pipeline import StageInfo
 from stageflow.interceptors._builtins import (
     CircuitBreakerInterceptor,
     CircuitState,

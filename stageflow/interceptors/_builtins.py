@@ -20,9 +20,9 @@ from typing import Any
 from stageflow._attempts import RetryAttempt, run_attempts
 from stageflow._config import ConfigProvider, config_value
 from stageflow._context import StageContext
+from stageflow._dag import StageInfo
 from stageflow._errors import CircuitOpenError, StageTimeoutError
 from stageflow._interceptors import CallNext, Interceptor
-from stageflow._pipeline import StageInfo
 from stageflow._retry import RetryPolicy
 from stageflow._types import StageOutput, StageStatus
 
