@@ -4,13 +4,18 @@ in a fresh child process (so one variant's threads, caches and peak memory canno
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
+import os
+import platform
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
-__all__ = ("in_child", "log", "parser", "publish")
+__all__ = ("in_child", "log", "meta", "parser", "publish", "timed")
 
 
 def parser(doc: str | None, *, quick: str) -> argparse.ArgumentParser:
@@ -35,6 +40,39 @@ def publish(text: str, report: Any, path: str | None) -> int:
             json.dump(report, out, indent=2)
             out.write("\n")
     return 0
+
+
+def meta(settings: Any, **more: Any) -> dict[str, Any]:
+    """A report's ``meta``: the Python, platform and CPU count it was measured on, the settings
+    (a dataclass) and ``more``."""
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "settings": asdict(settings),
+        **more,
+    }
+
+
+async def timed(
+    sample: Callable[[], Awaitable[object]], count: int, clock: Callable[[], float] = time.process_time
+) -> float:
+    """Seconds per call of ``sample``, over ``count`` calls, with the GC collected first and then disabled.
+
+    A sample with a ``prepare(count)`` method gets it called first, before the clock starts.
+    """
+    prepare = getattr(sample, "prepare", None)
+    if prepare is not None:
+        prepare(count)
+    gc.collect()
+    gc.disable()
+    try:
+        start = clock()
+        for _ in range(count):
+            await sample()
+        return (clock() - start) / count
+    finally:
+        gc.enable()
 
 
 def in_child(target: Callable[..., None], *args: Any) -> Any:

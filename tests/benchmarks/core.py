@@ -42,15 +42,12 @@ import asyncio
 import dataclasses
 import gc
 import math
-import os
-import platform
 import random
 import statistics
-import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from stageflow import (
@@ -196,25 +193,6 @@ Sample = Callable[[], Awaitable[object]]
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
-async def _timed(sample: Sample, count: int, clock: Callable[[], float]) -> float:
-    """Seconds per call of ``sample``, over ``count`` calls, with the GC collected first and then disabled.
-
-    A sample with a ``prepare(count)`` method gets it called first, before the clock starts.
-    """
-    prepare = getattr(sample, "prepare", None)
-    if prepare is not None:
-        prepare(count)
-    gc.collect()
-    gc.disable()
-    try:
-        start = clock()
-        for _ in range(count):
-            await sample()
-        return (clock() - start) / count
-    finally:
-        gc.enable()
-
-
 class Samples(dict[str, list[float]]):
     """Seconds per call of each variant, one figure per repetition (repetition ``i`` of every variant ran
     back to back, so figures with the same index are paired)."""
@@ -242,7 +220,7 @@ async def interleaved(variants: dict[str, Sample], count: int, settings: Setting
     samples = Samples({name: [] for name in variants})
     for _ in range(settings.reps):
         for name, sample in variants.items():
-            samples[name].append(await _timed(sample, count, clock))
+            samples[name].append(await _common.timed(sample, count, clock))
     return samples
 
 
@@ -621,15 +599,12 @@ async def _run_all(settings: Settings, log: Callable[[str], None]) -> dict[str, 
     log("interceptors ...")
     interceptor_rows, note = await bench_interceptors(settings)
     report: dict[str, Any] = {
-        "meta": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "settings": asdict(settings),
-            "method": f"{settings.clock} time, interleaved ours/baseline, medians over {settings.reps} reps "
+        "meta": _common.meta(
+            settings,
+            method=f"{settings.clock} time, interleaved ours/baseline, medians over {settings.reps} reps "
             "(ratios and deltas: medians of the per-rep pairs), gc.collect() before and gc disabled "
             "during every timed sample",
-        },
+        ),
         "shapes": shapes,
         "scaling": scaling(shapes),
         "diamond": diamond,

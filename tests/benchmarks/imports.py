@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,14 +175,7 @@ def run_benchmark(
     us, them, reference = (_summary(samples[name]) for name in ("ours", "baseline", "asyncio"))
     ratio = us["median_ms"] / them["median_ms"]
     return {
-        "meta": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "settings": asdict(settings),
-            "baseline_version": BASELINE_VERSION,
-            "ours": str(ours),
-        },
+        "meta": _common.meta(settings, baseline_version=BASELINE_VERSION, ours=str(ours)),
         "ours": us,
         "baseline": them,
         "asyncio": reference,

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -44,7 +43,7 @@ import time
 import tracemalloc
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from stageflow import Pipeline, StageContext, StageGraph, StageKind, StageOutput, Streaming
@@ -172,21 +171,6 @@ def bare_pipe(
 # --------------------------------------------------------------------------- timing
 
 
-async def _timed(sample: Callable[[], Awaitable[object]], count: int) -> float:
-    prepare = getattr(sample, "prepare", None)
-    if prepare is not None:
-        prepare(count)
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.process_time()
-        for _ in range(count):
-            await sample()
-        return (time.process_time() - start) / count
-    finally:
-        gc.enable()
-
-
 async def bench_per_chunk(settings: Settings) -> dict[str, Any]:
     chunks = settings.chunks
     variants: dict[str, Callable[[], Awaitable[object]]] = {
@@ -196,11 +180,11 @@ async def bench_per_chunk(settings: Settings) -> dict[str, Any]:
         "graph_collect": _Graph(streaming_graph(chunks, Streaming())),
     }
     for sample in variants.values():  # warm-up
-        await _timed(sample, 1)
+        await _common.timed(sample, 1)
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(settings.reps):
         for name, sample in variants.items():
-            samples[name].append(await _timed(sample, 1))
+            samples[name].append(await _common.timed(sample, 1))
 
     def ratio(name: str) -> float:
         return statistics.median(a / b for a, b in zip(samples[name], samples["bare"], strict=True))
@@ -326,12 +310,7 @@ async def _run_all(settings: Settings, log: Callable[[str], None]) -> dict[str, 
     log(f"memory over {settings.memory_chunks:,} chunks with a slow consumer ...")
     memory = await bench_memory(settings)
     return {
-        "meta": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "settings": asdict(settings),
-        },
+        "meta": _common.meta(settings),
         "per_chunk": per_chunk,
         "memory": memory,
     }
