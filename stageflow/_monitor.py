@@ -43,7 +43,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._graph import _Node, _Run
+    from ._scheduler import _Node, _Run
 
 __all__ = ("LoopBlock", "LoopMonitor", "get_loop_monitor", "running_watch", "set_loop_monitor")
 
@@ -181,7 +181,7 @@ class _Watch:
 
     def report_after(self, suspect: _Suspect, lag: float) -> None:
         """The loop is back after a block: blame the stage whose task was running, if it is a stage."""
-        from ._graph import stage_of_task
+        from ._scheduler import stage_of_task
 
         found = stage_of_task(suspect.task)
         if found is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import stageflow._graph
+import stageflow._scheduler
 import stageflow._streams
 from stageflow import Pipeline, RunResult, SQLiteRunStore, StageContext, StageKind, StageOutput
 from stageflow.views._cli import main
@@ -136,7 +136,7 @@ class TestARecordedRun:
         marks included, followed by its time to first output and chunks."""
         now = NOW
         now[0] = 1000.0
-        monkeypatch.setattr(stageflow._graph, "_perf", lambda: now[0])
+        monkeypatch.setattr(stageflow._scheduler, "_perf", lambda: now[0])
         monkeypatch.setattr(stageflow._streams, "_perf", lambda: now[0])
 
         async def llm(ctx: StageContext) -> AsyncIterator[str]:

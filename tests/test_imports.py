@@ -29,6 +29,7 @@ NOT_ON_IMPORT = (
     "stageflow._renamed",
     # what only a built graph, a store, a monitor or an interceptor needs
     "stageflow._graph",
+    "stageflow._scheduler",
     "stageflow._store",
     "stageflow._monitor",
     "stageflow._offload",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-import stageflow._graph
+import stageflow._scheduler
 import stageflow._streams
 from stageflow import (
     CycleError,
@@ -519,7 +519,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(stageflow._graph, "_perf", fake)
+    monkeypatch.setattr(stageflow._scheduler, "_perf", fake)
     monkeypatch.setattr(stageflow._streams, "_perf", fake)
     return fake
 

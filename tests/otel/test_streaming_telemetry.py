@@ -21,7 +21,7 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import stageflow._graph
+import stageflow._scheduler
 import stageflow._streams
 from stageflow import (
     InMemoryEventSink,
@@ -55,7 +55,7 @@ class Clock:
 @pytest.fixture(name="clock")
 def _clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(stageflow._graph, "_perf", fake)
+    monkeypatch.setattr(stageflow._scheduler, "_perf", fake)
     monkeypatch.setattr(stageflow._streams, "_perf", fake)
     return fake
 
