@@ -153,6 +153,18 @@ class Accounting:
             self.links_dropped += count
         self._add(self._links_counter, count, None)
 
+    def unbind(self) -> None:
+        """Stop counting in the telemetry-health metrics; the totals are still kept (a worker process's
+        losses are counted by its parent, once)."""
+        self._failure_counter = None
+        self._counters = {}
+        self._links_counter = None
+
+    def failures_by_signal(self) -> dict[str, int]:
+        """A copy of the failed export batches by signal."""
+        with self._lock:
+            return dict(self.failures)
+
     def total(self, kind: str) -> int:
         """Items of ``kind`` lost so far, all causes."""
         with self._lock:

@@ -93,8 +93,7 @@ class Telemetry:
     @property
     def export_failures(self) -> Mapping[str, int]:
         """Failed export batches so far, by signal (``traces``, ``metrics``, ``logs``)."""
-        with self._accounting._lock:
-            return dict(self._accounting.failures)
+        return self._accounting.failures_by_signal()
 
     @property
     def spans_dropped(self) -> int:

@@ -308,7 +308,8 @@ def _totals(telemetry: Telemetry) -> dict[tuple[str, str], int]:
     """Everything ``telemetry`` counted lost so far, as report keys."""
     totals = {
         (kind, cause): count
-        for kind, causes in telemetry._accounting.snapshot().items()
+        for kind, causes in telemetry.lost.items()
+        if kind != "events"  # the parent's event sink counts events; a worker emits none
         for cause, count in causes.items()
     }
     totals.update({(_FAILURES, signal): count for signal, count in telemetry.export_failures.items()})
@@ -381,6 +382,4 @@ def worker_settings(settings: WorkerSettings, environ: Mapping[str, str]) -> Set
 def _report_only(accounting: Accounting) -> None:
     """Keep counting losses in memory (for the reports) but no longer in the worker's own health metrics:
     the parent counts them, and a loss must be counted once."""
-    accounting._failure_counter = None
-    accounting._counters = {}
-    accounting._links_counter = None
+    accounting.unbind()
