@@ -10,7 +10,7 @@ from stageflow import EventSink, PipelineTimer, StageContext, StageOutput
 from stageflow.context import ContextSnapshot, RunIdentity
 from stageflow.stages import StageInputs
 
-__all__ = ("StageFn", "Tee", "local_dask_cluster", "make_ctx", "ok_stage", "recording_stage")
+__all__ = ("FakeClock", "StageFn", "Tee", "local_dask_cluster", "make_ctx", "ok_stage", "recording_stage")
 
 if TYPE_CHECKING:
     from distributed import LocalCluster
@@ -89,3 +89,13 @@ def local_dask_cluster(workers: int) -> LocalCluster:
         dashboard_address=None,
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
     )
+
+
+class FakeClock:
+    """A clock tests move by hand: ``clock.now += 0.5``."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

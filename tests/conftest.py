@@ -8,7 +8,7 @@ import pytest
 
 from stageflow import InMemoryEventSink, StageContext, set_event_sink
 
-from ._support import make_ctx
+from ._support import FakeClock, make_ctx
 
 
 @pytest.fixture(name="sink")
@@ -44,3 +44,15 @@ def _no_loop_monitor_left_behind() -> Iterator[None]:
     yield
     if get_loop_monitor() is not None:
         set_loop_monitor(None)
+
+
+@pytest.fixture(name="clock")
+def _clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The engine's ``perf_counter`` (stage timings and stream measurements), moved only by the test."""
+    import stageflow._scheduler
+    import stageflow._streams
+
+    fake = FakeClock()
+    monkeypatch.setattr(stageflow._scheduler, "_perf", fake)
+    monkeypatch.setattr(stageflow._streams, "_perf", fake)
+    return fake

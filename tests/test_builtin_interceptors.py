@@ -36,19 +36,9 @@ from stageflow.interceptors import (
     get_default_interceptors,
 )
 
-from ._support import make_ctx
+from ._support import FakeClock, make_ctx
 
 W = StageKind.WORK
-
-
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeSleep:

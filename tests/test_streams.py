@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 
-import stageflow._scheduler
-import stageflow._streams
 from stageflow import (
     CycleError,
     InMemoryEventSink,
@@ -28,7 +26,7 @@ from stageflow import (
     StreamInputError,
 )
 
-from ._support import make_ctx
+from ._support import FakeClock, make_ctx
 
 T = StageKind.TRANSFORM
 
@@ -506,22 +504,6 @@ class TestBuild:
         with pytest.raises(error) as info:
             Streaming(**kwargs)
         assert str(info.value) == message
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(stageflow._scheduler, "_perf", fake)
-    monkeypatch.setattr(stageflow._streams, "_perf", fake)
-    return fake
 
 
 class TestMeasurements:

@@ -26,25 +26,16 @@ from stageflow_otel import (
 from stageflow_otel import _metrics as metrics_module
 from stageflow_otel import _sink as sink_module
 from stageflow_otel._guard import NameGuard
+from tests._support import FakeClock
 
 from ._stages import T, ok
 from .conftest import entry_ctx, metric_points
 
 
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(name="clock")
-def _clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+def _clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """The guards' clock (the interceptor's and the event sink's), under the test's control."""
-    clock = Clock()
+    clock = FakeClock()
     monkeypatch.setattr(metrics_module, "_monotonic", clock)
     monkeypatch.setattr(sink_module, "_monotonic", clock)
     return clock
@@ -73,7 +64,7 @@ def stages_by_name(reader: InMemoryMetricReader) -> dict[object, int]:
 
 class TestPipelineGuard:
     async def test_pipeline_names_past_the_limit_are_other(
-        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: Clock
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: FakeClock
     ) -> None:
         """Pipelines past ``max_pipeline_series`` are recorded as ``_OTHER`` on every metric."""
         metrics = MetricsInterceptor(meter_provider, max_pipeline_series=2)
@@ -93,7 +84,7 @@ class TestPipelineGuard:
         assert stage_pipelines == {"p1", "p2", "_OTHER"}
 
     async def test_ten_thousand_pipelines_make_fifty_one_series(
-        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: Clock
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: FakeClock
     ) -> None:
         """With the defaults, 10,000 distinct pipelines give 50 named run series and ``_OTHER``."""
         metrics = MetricsInterceptor(meter_provider)
@@ -103,7 +94,7 @@ class TestPipelineGuard:
         assert (len(counts), counts["_OTHER"], counts["pipeline-00049"]) == (51, 9_950, 1)
 
     async def test_an_idle_name_gives_its_slot_to_a_new_one(
-        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: Clock
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: FakeClock
     ) -> None:
         """The least recently used name loses its slot once idle for ``series_idle_timeout`` seconds."""
         metrics = MetricsInterceptor(meter_provider, max_pipeline_series=2, series_idle_timeout=600)
@@ -118,7 +109,7 @@ class TestPipelineGuard:
         assert runs_by_pipeline(metric_reader) == {"first": 2, "second": 1, "third": 1, "_OTHER": 2}
 
     async def test_a_burst_of_new_names_evicts_no_name_in_use(
-        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: Clock
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: FakeClock
     ) -> None:
         """Names in use keep their slots however many new names arrive."""
         metrics = MetricsInterceptor(meter_provider, max_pipeline_series=2, series_idle_timeout=600)
@@ -133,7 +124,7 @@ class TestPipelineGuard:
 
 class TestStageGuard:
     async def test_the_first_stage_names_do_not_hold_their_slots_forever(
-        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: Clock
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: FakeClock
     ) -> None:
         """A stage name unused for the idle timeout gives its slot to a new stage name."""
         metrics = MetricsInterceptor(meter_provider, max_stage_series=1, series_idle_timeout=60)
@@ -144,7 +135,7 @@ class TestStageGuard:
         assert stages_by_name(metric_reader) == {"old": 1, "_OTHER": 1, "new": 1}
 
     async def test_a_name_past_the_length_limit_is_other(
-        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: Clock
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: FakeClock
     ) -> None:
         """Pipeline and stage names longer than 256 characters are recorded as ``_OTHER``."""
         metrics = MetricsInterceptor(meter_provider)
@@ -180,7 +171,7 @@ class TestGuardUnderRaces:
 
 class TestEventCounterGuard:
     async def test_an_idle_name_gives_its_slot_and_its_counts_to_a_new_one(
-        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: Clock
+        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader, clock: FakeClock
     ) -> None:
         """``stageflow.events.emitted`` frees an idle stage name's slot (and drops its counts) after 600 s."""
         sink = OtlpEventSink(meter_provider=meter_provider, max_series=1, span_events=False)

@@ -21,8 +21,6 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import stageflow._scheduler
-import stageflow._streams
 from stageflow import (
     InMemoryEventSink,
     Pipeline,
@@ -34,7 +32,7 @@ from stageflow import (
 )
 from stageflow_otel import MetricsInterceptor, OtlpEventSink, TracingInterceptor, semconv
 from stageflow_otel._setup import _histogram_views
-from tests._support import Tee
+from tests._support import FakeClock, Tee
 
 from ._stages import T
 from .conftest import by_name, entry_ctx, metric_points
@@ -42,25 +40,7 @@ from .conftest import by_name, entry_ctx, metric_points
 E = semconv.EVENTS
 
 
-class Clock:
-    """The engine's ``perf_counter``, moved only by the stages."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(name="clock")
-def _clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(stageflow._scheduler, "_perf", fake)
-    monkeypatch.setattr(stageflow._streams, "_perf", fake)
-    return fake
-
-
-def voice(clock: Clock, *, streamed: bool = True, llm_config: dict[str, Any] | None = None) -> Pipeline:
+def voice(clock: FakeClock, *, streamed: bool = True, llm_config: dict[str, Any] | None = None) -> Pipeline:
     """stt (0.5 s) -> llm (first token at 0.25 s, then one every 0.125 s) -> tts (0.0625 s per chunk)."""
 
     async def stt(ctx: StageContext) -> StageOutput:
@@ -108,7 +88,7 @@ def histograms(reader: InMemoryMetricReader, name: str) -> dict[str | None, Hist
 class TestSpans:
     async def test_a_streaming_stage_span_has_one_first_chunk_event_and_its_measurements(
         self,
-        clock: Clock,
+        clock: FakeClock,
         tracer_provider: TracerProvider,
         span_exporter: InMemorySpanExporter,
         sink: OtlpEventSink,
@@ -198,7 +178,7 @@ class TestSpans:
 
     async def test_a_stream_failing_after_its_first_chunk_keeps_its_time_to_first_chunk(
         self,
-        clock: Clock,
+        clock: FakeClock,
         tracer_provider: TracerProvider,
         span_exporter: InMemorySpanExporter,
         sink: OtlpEventSink,
@@ -242,7 +222,7 @@ class TestSpans:
 class TestEventViews:
     async def test_log_records_and_the_event_counter_count_one_first_chunk_per_streaming_stage(
         self,
-        clock: Clock,
+        clock: FakeClock,
         meter_provider: MeterProvider,
         metric_reader: InMemoryMetricReader,
         logger_provider: LoggerProvider,
@@ -289,7 +269,7 @@ class TestEventViews:
 
 class TestHistograms:
     async def test_time_to_first_chunk_per_chunk_and_first_output_exact(
-        self, clock: Clock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+        self, clock: FakeClock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
     ) -> None:
         """Each streaming stage's TTFC and time per chunk, and the run's time to first output, are recorded
         once, with exact values, the voice-latency buckets and no run id."""
@@ -319,7 +299,7 @@ class TestHistograms:
         assert metric_points(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name) == []
 
     async def test_without_consumers_streaming_still_measures_the_first_output_at_the_final_stage(
-        self, clock: Clock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+        self, clock: FakeClock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
     ) -> None:
         """The same pipeline with tts waiting for the whole reply: its first audio comes after llm's end."""
         graph = voice(clock, streamed=False).build(interceptors=[MetricsInterceptor(meter_provider)])
@@ -330,7 +310,7 @@ class TestHistograms:
         assert [(p.count, p.sum) for p in runs.values()] == [(1, 1.1875)]
 
     async def test_a_gen_ai_stage_also_records_the_gen_ai_time_to_first_chunk(
-        self, clock: Clock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+        self, clock: FakeClock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
     ) -> None:
         """A stage with gen_ai.operation.name in its config records the GenAI metric with its GenAI
         attributes only, in the GenAI convention's buckets; values of the wrong type are left out."""
@@ -371,7 +351,7 @@ class TestHistograms:
         )
 
     async def test_a_gen_ai_stage_failing_mid_stream_records_its_error_type(
-        self, clock: Clock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+        self, clock: FakeClock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
     ) -> None:
         """A GenAI stream that failed after its first chunk is recorded with error.type and server.port."""
 
@@ -401,7 +381,7 @@ class TestHistograms:
         assert metric_points(metric_reader, semconv.PIPELINE_RUN_TIME_TO_FIRST_OUTPUT.name) == []
 
     async def test_a_gen_ai_stream_its_consumer_stopped_is_recorded_as_cancelled(
-        self, clock: Clock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+        self, clock: FakeClock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
     ) -> None:
         """A GenAI producer cancelled mid-stream by its failing consumer keeps its time to first chunk,
         recorded with ``error.type`` ``cancelled``."""
@@ -450,7 +430,7 @@ class TestHistograms:
         assert metric_points(metric_reader, semconv.STAGE_TIME_TO_FIRST_CHUNK) == []
         assert metric_points(metric_reader, semconv.STAGE_TIME_PER_OUTPUT_CHUNK) == []
 
-    async def test_setup_views_keep_the_voice_latency_buckets(self, clock: Clock) -> None:
+    async def test_setup_views_keep_the_voice_latency_buckets(self, clock: FakeClock) -> None:
         """Through ``setup()``'s views, the first-chunk histograms keep their buckets, durations theirs."""
         reader = InMemoryMetricReader()
         provider = MeterProvider(metric_readers=[reader], views=_histogram_views())
