@@ -43,7 +43,7 @@ from opentelemetry.util import types
 from . import semconv
 from ._content import clean_text
 
-__all__ = ("StageSpans",)
+__all__ = ("RecordedSpan", "StageSpans")
 
 logger = logging.getLogger("stageflow_otel")
 
