@@ -240,7 +240,8 @@ __all__ = (
 
 _OTEL_INTERCEPTORS = ("LoggingInterceptor", "MetricsInterceptor", "TracingInterceptor")
 # Loaded on first use, so ``import stageflow`` stays cheap: what a run needs beyond defining its pipeline
-# (the graph, results, stores, the loop monitor, configuration, the built-in interceptors), and the
+# (the graph, results, stores, the loop monitor, configuration, retry policies, streams, the built-in
+# interceptors), and the
 # adapters that lean on a third-party package (``import stageflow`` stays standard-library only).
 _LAZY = {
     "RetryPolicy": "stageflow._retry",
@@ -286,6 +287,10 @@ _LAZY = {
 
 
 install_module_hints()
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))  # the names loaded on first use too
 
 
 def __getattr__(name: str) -> Any:

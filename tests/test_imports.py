@@ -171,6 +171,12 @@ class TestLazyNames:
         assert value is getattr(module, name)
         assert vars(stageflow)[name] is value
 
+    def test_dir_lists_them_before_they_load(self) -> None:
+        """``dir(stageflow)`` (what completion shows) lists every exported name, loaded or not."""
+        names = run_python("import json, stageflow; print(json.dumps(dir(stageflow)))")
+        assert set(stageflow.__all__) <= set(names)
+        assert {"StageGraph", "SQLiteRunStore", "Pipeline", "__version__"} <= set(names)
+
     def test_an_unknown_name_is_an_attribute_error(self) -> None:
         """A name that is neither exported nor 0.9.1's raises the usual ``AttributeError``."""
         with pytest.raises(AttributeError, match="module 'stageflow' has no attribute 'Nope'"):
