@@ -10,7 +10,14 @@ import dataclasses
 import logging
 import operator
 
-from stageflow_otel import semconv
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import Link
+
+import stageflow
+from stageflow_otel import OtlpEventSink, semconv
 from stageflow_otel._export import BatchSettings
 from stageflow_otel._settings import (
     RUN_VARIABLES,
@@ -18,6 +25,7 @@ from stageflow_otel._settings import (
     Settings,
     SignalSettings,
 )
+from stageflow_otel._setup import build
 
 LOG_PROTOCOL = (
     "stageflow_otel: {}={!r} is not 'grpc' or 'http/protobuf'; ignored (OTLP over http/protobuf "
@@ -347,3 +355,100 @@ class TestEnvironment:
             settings.metrics,
             settings.logs,
         ]
+
+
+class TestBuild:
+    def test_build_uses_the_settings_it_is_given_not_the_environment(
+        self, otel_env: pytest.MonkeyPatch
+    ) -> None:
+        """``build(settings)`` takes mode, log records, /metrics, link and length limits from ``settings``
+        though ``os.environ`` says otherwise."""
+        otel_env.setenv("STAGEFLOW_EVENT_LOG_RECORDS", "false")
+        otel_env.setenv("STAGEFLOW_OTEL_MODE", "bounded")
+        otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+        otel_env.setenv("OTEL_SPAN_LINK_COUNT_LIMIT", "50")
+        settings = Settings.from_environ(
+            {
+                "STAGEFLOW_EVENT_LOG_RECORDS": "true",
+                "STAGEFLOW_OTEL_MODE": "complete",
+                "OTEL_EXPORTER_PROMETHEUS_PORT": "0",
+                "STAGEFLOW_LOOP_MONITOR": "false",
+                "OTEL_SPAN_LINK_COUNT_LIMIT": "2",
+                "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "10",
+            }
+        )
+        telemetry = build(settings, set_global=False)
+        try:
+            tracer = telemetry.tracer_provider.get_tracer("t")
+            linked = [tracer.start_span(f"l{i}").get_span_context() for i in range(3)]
+            span = tracer.start_span("s", links=[Link(c) for c in linked], attributes={"a": "x" * 20})
+            span.end()
+            assert isinstance(span, ReadableSpan)
+            sink = telemetry.event_sink
+            assert isinstance(sink, OtlpEventSink)
+            server = telemetry.metrics_server
+            assert (
+                telemetry.mode,
+                sink.log_records,
+                server is not None and server.addr,
+                len(span.links),
+                (span.attributes or {})["a"],
+                stageflow.get_loop_monitor(),
+            ) == ("complete", True, "127.0.0.1", 2, "x" * 10, None)
+        finally:
+            telemetry.shutdown(5.0)
+
+    def test_a_disabled_sdk_builds_no_ops(self) -> None:
+        """``Settings(sdk_disabled=True)`` builds the disabled handle."""
+        telemetry = build(Settings(sdk_disabled=True), set_global=False)
+        assert (telemetry.disabled, type(telemetry.event_sink)) == (True, stageflow.NoOpEventSink)
+
+
+class TestSinkLengthLimit:
+    @pytest.mark.parametrize(
+        ("limit", "expected"), [(5, "abcde"), (None, "abcdefghij")], ids=["5", "unlimited"]
+    )
+    def test_the_sinks_limit_may_be_given(
+        self,
+        otel_env: pytest.MonkeyPatch,
+        meter_provider: MeterProvider,
+        logger_provider: LoggerProvider,
+        log_exporter: InMemoryLogRecordExporter,
+        limit: int | None,
+        expected: str,
+    ) -> None:
+        """``OtlpEventSink(value_length_limit=...)`` cuts every string at that limit (``None``: never),
+        whatever the environment says."""
+        otel_env.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "3")
+        sink = OtlpEventSink(
+            logger_provider=logger_provider,
+            meter_provider=meter_provider,
+            log_records=True,
+            value_length_limit=limit,
+        )
+        try:
+            sink.try_emit(type="pipeline.started", data={"pipeline": "abcdefghij"})
+            assert sink.flush(5.0)
+        finally:
+            sink.shutdown(5.0)
+        (record,) = log_exporter.get_finished_logs()
+        assert (record.log_record.attributes or {})[semconv.PIPELINE_NAME] == expected
+
+    def test_by_default_the_sink_reads_the_environment(
+        self,
+        otel_env: pytest.MonkeyPatch,
+        meter_provider: MeterProvider,
+        logger_provider: LoggerProvider,
+        log_exporter: InMemoryLogRecordExporter,
+    ) -> None:
+        """Without ``value_length_limit`` the sink cuts at the smaller of the span and log record limits."""
+        otel_env.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "4")
+        otel_env.setenv("OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT", "6")
+        sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider, log_records=True)
+        try:
+            sink.try_emit(type="pipeline.started", data={"pipeline": "abcdefghij"})
+            assert sink.flush(5.0)
+        finally:
+            sink.shutdown(5.0)
+        (record,) = log_exporter.get_finished_logs()
+        assert (record.log_record.attributes or {})[semconv.PIPELINE_NAME] == "abcd"
