@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from stageflow import Pipeline, PipelineFailedError, StageContext, StageKind, StageOutput
 from stageflow_otel import LoggingInterceptor, MetricsInterceptor, TracingInterceptor, add_trace_context
 
-from ._stages import T, boom, ok
+from ._stages import T, boom, fail, ok, skip
 from .conftest import entry_ctx
 
 VOLATILE = ("duration", "wait")
@@ -52,6 +52,23 @@ def json_logger(sink: ListLogger, *, trace_context: bool = False) -> Any:
     return structlog.wrap_logger(
         sink, processors=processors, wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)
     )
+
+
+async def logged_run(name: str, stage: Any, *, fails: bool = False) -> list[dict[str, Any]]:
+    """The JSON lines of one run of pipeline ``demo`` whose one stage ``name`` runs ``stage``, logged by
+    ``LoggingInterceptor`` alone; with ``fails`` the run must raise ``PipelineFailedError``."""
+    sink = ListLogger()
+    graph = (
+        Pipeline(name="demo")
+        .with_stage(name, stage, T)
+        .build(interceptors=[LoggingInterceptor(json_logger(sink))])
+    )
+    if fails:
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx())
+    else:
+        await graph.run(entry_ctx())
+    return sink.records()
 
 
 def ids(span: ReadableSpan) -> dict[str, str]:
@@ -108,14 +125,7 @@ class TestLoggingInterceptor:
 
     async def test_timing_fields(self) -> None:
         """Start lines carry the stage's wait and finish lines the duration, in seconds."""
-        sink = ListLogger()
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("a", ok, T)
-            .build(interceptors=[LoggingInterceptor(json_logger(sink))])
-        )
-        await graph.run(entry_ctx())
-        started, finished = sink.records()[1:3]
+        started, finished = (await logged_run("a", ok))[1:3]
         assert (isinstance(started["wait"], float), started["wait"] >= 0) == (True, True)
         assert (isinstance(finished["duration"], float), finished["duration"] >= 0) == (True, True)
         # rounded to the microsecond
@@ -126,15 +136,7 @@ class TestLoggingInterceptor:
 
     async def test_failure_line(self) -> None:
         """A failing stage logs at error level with status, ``error`` and ``error_type``."""
-        sink = ListLogger()
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("x", boom, T)
-            .build(interceptors=[LoggingInterceptor(json_logger(sink))])
-        )
-        with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx())
-        records = [stable(r) for r in sink.records()]
+        records = [stable(r) for r in await logged_run("x", boom, fails=True)]
         assert [(r["event"], r["level"], r.get("status"), r.get("error_type")) for r in records] == [
             ("stageflow.pipeline.started", "info", None, None),
             ("stageflow.stage.started", "info", None, None),
@@ -146,19 +148,7 @@ class TestLoggingInterceptor:
 
     async def test_fail_output_line(self) -> None:
         """A stage returning ``StageOutput.fail`` logs a failure with its message."""
-
-        async def fail(ctx: StageContext) -> StageOutput:
-            return StageOutput.fail("bad input")
-
-        sink = ListLogger()
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("f", fail, T)
-            .build(interceptors=[LoggingInterceptor(json_logger(sink))])
-        )
-        with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx())
-        line = sink.records()[2]
+        line = (await logged_run("f", fail, fails=True))[2]
         assert {k: line[k] for k in ("event", "level", "status", "error", "error_type")} == {
             "event": "stageflow.stage.failed",
             "level": "error",
@@ -169,18 +159,7 @@ class TestLoggingInterceptor:
 
     async def test_skip_line(self) -> None:
         """A stage that skips itself logs ``stageflow.stage.skipped`` with status ``skip``."""
-
-        async def skip(ctx: StageContext) -> StageOutput:
-            return StageOutput.skip("nothing to do")
-
-        sink = ListLogger()
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("s", skip, T)
-            .build(interceptors=[LoggingInterceptor(json_logger(sink))])
-        )
-        await graph.run(entry_ctx())
-        assert [(r["event"], r.get("status")) for r in sink.records()][2] == (
+        assert [(r["event"], r.get("status")) for r in await logged_run("s", skip)][2] == (
             "stageflow.stage.skipped",
             "skip",
         )
