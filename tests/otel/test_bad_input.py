@@ -9,13 +9,22 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
+import asyncio
+import collections
 import logging
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, Sampler, SamplingResult
 
@@ -172,3 +181,47 @@ class TestFloods:
         }
         assert emitted[semconv.EVENT_OTHER] == CUSTOM_EVENTS
         sink.shutdown(timeout=5.0)
+
+
+class BlockingExporter(SpanExporter):
+    """An exporter that blocks until released (a collector that never answers), then keeps the spans."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.entered.set()
+        self.release.wait(HANG_GUARD)
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+HANG_GUARD = 30.0
+
+
+class TestExporters:
+    async def test_an_exporter_that_blocks_never_blocks_a_run(self) -> None:
+        """Runs finish while the user's batch exporter is stuck; once it answers, every span arrives."""
+        exporter = BlockingExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=1))
+        graph = (
+            Pipeline(name="p")
+            .with_stage("a", user_span_in(provider), T)
+            .build(interceptors=[TracingInterceptor(provider)])
+        )
+        await graph.run(entry_ctx())
+        assert await asyncio.to_thread(exporter.entered.wait, HANG_GUARD)  # the export thread is stuck
+        for _ in range(20):
+            results = await graph.run(entry_ctx())
+            assert results["a"].output is not None
+        exporter.release.set()
+        assert provider.force_flush(int(HANG_GUARD * 1000))
+        provider.shutdown()
+        assert sorted(collections.Counter(s.name for s in exporter.spans).items()) == [
+            ("pipeline p", 21),
+            ("stage a", 21),
+            ("user work", 21),
+        ]
