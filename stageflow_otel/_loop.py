@@ -13,7 +13,8 @@ CPython's event loop; the instruments follow the shape of Node's ``nodejs.eventl
   the pipeline and stage whose code held the loop (no stage attributes for code outside any stage).
 
 The stage's span gets the block as a ``stageflow.stage.loop_blocked`` span event from the core's
-``stage.{name}.loop_blocked`` event, through the OTLP event sink (``_taxonomy``).
+``stage.{name}.loop_blocked`` event, which ``TracingInterceptor`` receives as it receives every event of
+the run (``_tracing``), even though the monitor reports it from outside the run's context.
 
 The callbacks run on the event loop inside whatever context the heartbeat was scheduled in, so they
 record with an empty context: no exemplar points at an unrelated (or long ended) span.
