@@ -6,6 +6,7 @@ Nothing here sleeps to coordinate: ``wait_until`` polls a condition that depends
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,14 +18,17 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import yaml
 
 from ._assets import COLLECTOR, load_yaml
+
+if TYPE_CHECKING:
+    from tests.otel.otlp_receiver import HttpReceiver
 
 __all__ = (
     "Child",
@@ -32,6 +36,7 @@ __all__ = (
     "PrometheusError",
     "free_port",
     "listening_sockets",
+    "shipped_collector",
     "wait_until",
     "write_prometheus_config",
 )
@@ -316,3 +321,53 @@ def listening_sockets(pid: int) -> list[tuple[str, str, int]]:
             if fields[3] == state and fields[9] in inodes:
                 found.append((protocol, *_address(fields[1])))
     return found
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except OSError:
+        return 0
+
+
+@contextlib.contextmanager
+def shipped_collector(directory: Path) -> Iterator[tuple[dict[str, int], HttpReceiver]]:
+    """The collector built by ``collector/build-stack.sh`` running the shipped ``collector/otelcol.yaml``
+    with its endpoints on free loopback ports, Jaeger and Loki replaced by local OTLP receivers (Loki's
+    serving its ``/otlp`` path); yields those ports (``grpc``, ``http``, ``health``, ``prometheus``,
+    ``telemetry``) and the Loki stand-in, once the collector is healthy."""
+    from tests.otel.otlp_receiver import GrpcReceiver, HttpReceiver
+
+    from ._stack import rewrite_endpoints, stack_binary
+
+    binary = stack_binary("otelcol")
+    ports = {name: free_port() for name in ("grpc", "http", "health", "prometheus", "telemetry")}
+    jaeger, loki = GrpcReceiver(), HttpReceiver(base_path="/otlp")
+    jaeger_port = int(jaeger.endpoint.rsplit(":", 1)[1])
+    loki_port = int(loki.endpoint.rsplit(":", 1)[1].split("/")[0])
+    local = "127.0.0.1"
+    config: dict[str, Any] = rewrite_endpoints(
+        load_yaml(COLLECTOR / "otelcol.yaml"),
+        {
+            ("0.0.0.0", 4317): (local, ports["grpc"]),
+            ("0.0.0.0", 4318): (local, ports["http"]),
+            ("0.0.0.0", 13133): (local, ports["health"]),
+            ("0.0.0.0", 8889): (local, ports["prometheus"]),
+            ("jaeger", 4317): (local, jaeger_port),
+            ("loki", 3100): (local, loki_port),
+        },
+    )
+    readers = config["service"]["telemetry"]["metrics"]["readers"]
+    readers[0]["pull"]["exporter"]["prometheus"] = {"host": local, "port": ports["telemetry"]}
+    path = directory / "otelcol.yaml"
+    path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
+    child = Child("otelcol", [binary, f"--config={path}"], directory / "otelcol.log")
+    try:
+        health = f"http://{local}:{ports['health']}/"
+        assert wait_until(lambda: _status(health) == 200, timeout=60), child.output()
+        yield ports, loki
+    finally:
+        child.stop(30.0)
+        jaeger.stop()
+        loki.stop()

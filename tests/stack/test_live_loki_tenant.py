@@ -12,66 +12,23 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-import json
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 
-from tests.otel.otlp_receiver import GrpcReceiver, HttpReceiver
+from tests.otel.otlp_receiver import HttpReceiver
 
-from ._assets import COLLECTOR, load_yaml
-from ._live import Child, free_port, wait_until
-from ._stack import rewrite_endpoints, stack_binary
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return int(response.status)
-    except OSError:
-        return 0
+from ._live import shipped_collector
 
 
 @pytest.fixture(name="stack", scope="module")
 def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, HttpReceiver]]:
     """The shipped collector config on loopback ports; yields its OTLP/HTTP port and the Loki stand-in."""
-    binary = stack_binary("otelcol")
-    directory: Path = tmp_path_factory.mktemp("loki-tenant")
-    ports = {name: free_port() for name in ("grpc", "http", "health", "prometheus", "telemetry")}
-    jaeger, loki = GrpcReceiver(), HttpReceiver(base_path="/otlp")
-    jaeger_port = int(jaeger.endpoint.rsplit(":", 1)[1])
-    loki_port = int(loki.endpoint.rsplit(":", 1)[1].split("/")[0])
-    local = "127.0.0.1"
-    config: dict[str, Any] = rewrite_endpoints(
-        load_yaml(COLLECTOR / "otelcol.yaml"),
-        {
-            ("0.0.0.0", 4317): (local, ports["grpc"]),
-            ("0.0.0.0", 4318): (local, ports["http"]),
-            ("0.0.0.0", 13133): (local, ports["health"]),
-            ("0.0.0.0", 8889): (local, ports["prometheus"]),
-            ("jaeger", 4317): (local, jaeger_port),
-            ("loki", 3100): (local, loki_port),
-        },
-    )
-    readers = config["service"]["telemetry"]["metrics"]["readers"]
-    readers[0]["pull"]["exporter"]["prometheus"] = {"host": local, "port": ports["telemetry"]}
-    path = directory / "otelcol.yaml"
-    path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
-    child = Child("otelcol", [binary, f"--config={path}"], directory / "otelcol.log")
-    try:
-        health = f"http://{local}:{ports['health']}/"
-        assert wait_until(lambda: _status(health) == 200, timeout=60), child.output()
+    with shipped_collector(tmp_path_factory.mktemp("loki-tenant")) as (ports, loki):
         yield ports["http"], loki
-    finally:
-        child.stop(30.0)
-        jaeger.stop()
-        loki.stop()
 
 
 def test_log_records_reach_loki_with_grafanas_tenant(stack: tuple[int, HttpReceiver]) -> None:

@@ -13,11 +13,9 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-import json
 import re
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -25,11 +23,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from stageflow_otel import semconv
-from tests.otel.otlp_receiver import GrpcReceiver, HttpReceiver
 
-from ._assets import COLLECTOR, load_yaml
-from ._live import Child, free_port, wait_until
-from ._stack import rewrite_endpoints, stack_binary
+from ._live import shipped_collector, wait_until
 
 SPANS = 2_500
 LIMIT = 2_000
@@ -47,37 +42,8 @@ def _get(url: str) -> tuple[int, str]:
 @pytest.fixture(name="collector", scope="module")
 def _collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     """The shipped collector config running on free loopback ports; yields those ports."""
-    binary = stack_binary("otelcol")
-    directory: Path = tmp_path_factory.mktemp("spanmetrics-bound")
-    ports = {name: free_port() for name in ("grpc", "http", "health", "prometheus", "telemetry")}
-    jaeger, loki = GrpcReceiver(), HttpReceiver(base_path="/otlp")
-    jaeger_port = int(jaeger.endpoint.rsplit(":", 1)[1])
-    loki_port = int(loki.endpoint.rsplit(":", 1)[1].split("/")[0])
-    local = "127.0.0.1"
-    config = rewrite_endpoints(
-        load_yaml(COLLECTOR / "otelcol.yaml"),
-        {
-            ("0.0.0.0", 4317): (local, ports["grpc"]),
-            ("0.0.0.0", 4318): (local, ports["http"]),
-            ("0.0.0.0", 13133): (local, ports["health"]),
-            ("0.0.0.0", 8889): (local, ports["prometheus"]),
-            ("jaeger", 4317): (local, jaeger_port),
-            ("loki", 3100): (local, loki_port),
-        },
-    )
-    readers = config["service"]["telemetry"]["metrics"]["readers"]
-    readers[0]["pull"]["exporter"]["prometheus"] = {"host": local, "port": ports["telemetry"]}
-    path = directory / "otelcol.yaml"
-    path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
-    child = Child("otelcol", [binary, f"--config={path}"], directory / "otelcol.log")
-    try:
-        health = f"http://{local}:{ports['health']}/"
-        assert wait_until(lambda: _get(health)[0] == 200, timeout=60), child.output()
+    with shipped_collector(tmp_path_factory.mktemp("spanmetrics-bound")) as (ports, _):
         yield ports
-    finally:
-        child.stop(30.0)
-        jaeger.stop()
-        loki.stop()
 
 
 def test_spanmetrics_keeps_2000_dimension_sets_and_an_overflow_series(collector: dict[str, int]) -> None:
