@@ -25,8 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics
@@ -37,9 +36,6 @@ import stageflow
 
 from . import semconv
 from ._guard import NameGuard
-
-if TYPE_CHECKING:
-    from ._telemetry import Telemetry
 
 __all__ = ("LoopTelemetry", "install")
 
@@ -119,12 +115,12 @@ class LoopTelemetry:
             )
 
 
-def install(telemetry: Telemetry, wanted: bool) -> LoopTelemetry | None:
-    """Start the process's loop monitor, recording on ``telemetry``'s meter provider, if ``wanted``
-    (``setup(loop_monitor=...)``, else ``STAGEFLOW_LOOP_MONITOR``); ``telemetry.shutdown()`` stops it."""
+def install(meter_provider: MeterProvider, wanted: bool) -> Callable[[], None] | None:
+    """Start the process's loop monitor, recording on ``meter_provider``, if ``wanted``
+    (``setup(loop_monitor=...)``, else ``STAGEFLOW_LOOP_MONITOR``); returns what stops it
+    (``Telemetry.shutdown()`` calls it)."""
     if not wanted:
         return None
-    loop = LoopTelemetry(telemetry.meter_provider)
+    loop = LoopTelemetry(meter_provider)
     loop.start()
-    telemetry._on_shutdown.append(loop.stop)
-    return loop
+    return loop.stop

@@ -181,8 +181,13 @@ def build(
     mode: Mode | None = None,
     event_log_records: bool | None = None,
     loop_monitor: bool | None = None,
+    count_losses: bool = True,
 ) -> Telemetry:
-    """``setup()`` from ``settings`` rather than the environment (a worker process sets up so)."""
+    """``setup()`` from ``settings`` rather than the environment (a worker process sets up so).
+
+    ``count_losses=False`` keeps the telemetry-health counters at zero (the losses are still in
+    ``Telemetry.lost``): a worker's are counted by its parent, and a loss must be counted once.
+    """
     if settings.sdk_disabled:
         return _disabled()
     chosen = _mode(mode, settings.mode)
@@ -212,6 +217,8 @@ def build(
         metric_readers=readers, resource=resource, views=_histogram_views(), shutdown_on_exit=False
     )
     accounting.bind(meter_provider)
+    if not count_losses:
+        accounting.unbind()  # after bind: the series still exist, at zero
     logger_provider = SdkLoggerProvider(
         resource=resource, log_record_limits=_log_record_limits(settings), shutdown_on_exit=False
     )
@@ -243,8 +250,11 @@ def build(
         _accounting=accounting,
         _global_sink=set_global,
     )
-    _worker.install(telemetry, settings)
-    _loop.install(telemetry, settings.loop_monitor if loop_monitor is None else loop_monitor)
+    stops = (
+        _worker.install(telemetry, settings, accounting),
+        _loop.install(meter_provider, settings.loop_monitor if loop_monitor is None else loop_monitor),
+    )
+    telemetry._on_shutdown.extend(stop for stop in stops if stop is not None)  # its builder hands them over
     atexit.register(telemetry._atexit)
     return telemetry
 

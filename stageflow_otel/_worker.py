@@ -52,7 +52,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -228,11 +228,13 @@ class WorkerTelemetry:
 class _HookFactory:
     """``factory(stage, ctx)`` for ``stageflow.add_worker_hook``: a ``WorkerTelemetry`` per hop."""
 
-    __slots__ = ("accounting", "settings")
+    __slots__ = ("accounting", "settings", "telemetry")
 
-    def __init__(self, settings: WorkerSettings, accounting: Accounting) -> None:
+    def __init__(self, settings: WorkerSettings, accounting: Accounting, telemetry: Telemetry) -> None:
         self.settings = settings
         self.accounting = accounting
+        self.telemetry = telemetry
+        """The handle of the ``setup()`` that installed it: a forked worker inherits it with its providers."""
 
     def __call__(self, stage: stageflow.StageInfo, ctx: stageflow.StageContext) -> WorkerTelemetry:
         carrier: dict[str, str] = {}
@@ -241,29 +243,27 @@ class _HookFactory:
 
 
 _installed: _HookFactory | None = None
-_owner: Telemetry | None = None
-"""The ``Telemetry`` of this process's latest ``setup()``: a forked worker inherits it with its providers."""
+"""The hook of this process's latest ``setup()``, until its ``shutdown()``."""
 
 
-def install(telemetry: Telemetry, settings: Settings) -> None:
+def install(telemetry: Telemetry, settings: Settings, accounting: Accounting) -> Callable[[], None]:
     """Make ``telemetry``'s settings travel with every stage sent to another process (the latest
-    ``setup()`` wins); ``telemetry.shutdown()`` takes the hook away again."""
-    global _installed, _owner
-    factory = _HookFactory(settings_of(telemetry, settings), telemetry._accounting)
-    previous, _installed, _owner = _installed, factory, telemetry
+    ``setup()`` wins), what its workers lose counted in ``accounting``; returns what takes the hook away
+    again (``telemetry.shutdown()`` calls it)."""
+    global _installed
+    factory = _HookFactory(settings_of(telemetry, settings), accounting, telemetry)
+    previous, _installed = _installed, factory
     if previous is not None:
         stageflow.remove_worker_hook(previous)
     stageflow.add_worker_hook(factory)
 
     def uninstall() -> None:
-        global _installed, _owner
+        global _installed
         stageflow.remove_worker_hook(factory)
         if _installed is factory:
             _installed = None
-        if _owner is telemetry:
-            _owner = None
 
-    telemetry._on_shutdown.append(uninstall)
+    return uninstall
 
 
 # --------------------------------------------------------------------------- the worker process
@@ -337,12 +337,12 @@ def _process(settings: WorkerSettings) -> _Process:
 def _adopt_or_configure(settings: WorkerSettings) -> _Process:
     provider = trace.get_tracer_provider()
     if isinstance(provider, SdkTracerProvider):
-        owner = _owner
-        if owner is not None and owner.tracer_provider is provider:
+        owner = _installed
+        if owner is not None and owner.telemetry.tracer_provider is provider:
             # a forked worker: the parent's setup(), with its fork handlers; its losses are reported to
-            # the parent, so this copy no longer counts them in its own metrics
-            _report_only(owner._accounting)
-            return _Process(owner, None)
+            # the parent, so this copy no longer counts them in its own metrics (a loss counts once)
+            owner.accounting.unbind()
+            return _Process(owner.telemetry, None)
         return _Process(None, provider)  # the user's own SDK
     try:
         return _Process(_configure(settings), None)
@@ -367,8 +367,8 @@ def _configure(settings: WorkerSettings) -> Telemetry:
         mode=settings.mode,  # type: ignore[arg-type]
         event_log_records=settings.event_log_records,
         loop_monitor=False,
+        count_losses=False,  # the parent counts them, and a loss must be counted once
     )
-    _report_only(telemetry._accounting)
     return telemetry
 
 
@@ -377,9 +377,3 @@ def worker_settings(settings: WorkerSettings, environ: Mapping[str, str]) -> Set
     ``environ`` for every other one (its values of the travelling variables hidden)."""
     own = {name: value for name, value in environ.items() if name not in _SET_IN_WORKER}
     return Settings.from_environ({**own, **dict(settings.environment)})
-
-
-def _report_only(accounting: Accounting) -> None:
-    """Keep counting losses in memory (for the reports) but no longer in the worker's own health metrics:
-    the parent counts them, and a loss must be counted once."""
-    accounting.unbind()

@@ -43,7 +43,7 @@ SETTINGS = _worker.WorkerSettings(
 def _state(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """This process's worker state and owner, restored after the test."""
     monkeypatch.setattr(_worker, "_state", None)
-    monkeypatch.setattr(_worker, "_owner", None)
+    monkeypatch.setattr(_worker, "_installed", None)
     yield monkeypatch
 
 
@@ -147,7 +147,6 @@ class TestAdoptOrConfigure:
         otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
         telemetry = setup("owner", set_global=False)
         try:
-            state.setattr(_worker, "_owner", telemetry)
             state.setattr(trace, "get_tracer_provider", lambda: telemetry.tracer_provider)
             adopted = _worker._adopt_or_configure(SETTINGS)
         finally:
@@ -248,6 +247,7 @@ class TestConfigure:
                 "mode": "complete",
                 "event_log_records": True,
                 "loop_monitor": False,
+                "count_losses": False,
             },
         )
         assert (
