@@ -9,7 +9,7 @@ from uuid import UUID
 from ._errors import error_category
 from ._types import OutcomeCategory, StageArtifact, StageEvent, StageKind, StageOutput, StageStatus
 
-__all__ = ("Hop", "RunResult", "StageResult", "critical_path")
+__all__ = ("Hop", "RunResult", "StageResult", "critical_path", "format_seconds")
 
 _EMPTY: Mapping[str, Any] = {}
 _CATEGORY: Mapping[StageStatus, OutcomeCategory] = {
@@ -18,6 +18,13 @@ _CATEGORY: Mapping[StageStatus, OutcomeCategory] = {
     StageStatus.CANCEL: OutcomeCategory.CANCELLATION,
 }
 """The category of every final status but ``FAIL`` (whose category is its error's)."""
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration rounded for people: ``0.4 ms``, ``12.3 ms``, ``1.25 s`` (reprs, timelines, reports)."""
+    if seconds < 1.0:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"
 
 
 class Hop:
@@ -215,8 +222,6 @@ class StageResult:
         )
 
     def __repr__(self) -> str:
-        from .views._timeline import format_seconds  # a view: loaded when first drawn
-
         err = f", error={self.error!r}" if self.error is not None else ""
         wait, took = format_seconds(max(self.wait, 0.0)), format_seconds(max(self.duration, 0.0))
         return (

@@ -13,8 +13,8 @@ import pytest
 import stageflow._scheduler
 import stageflow._streams
 from stageflow import Pipeline, RunResult, SQLiteRunStore, StageContext, StageKind, StageOutput
+from stageflow._results import format_seconds
 from stageflow.views._cli import main
-from stageflow.views._timeline import format_seconds
 
 from ._runs_store import RECORDS, STREAMED, write_store
 

@@ -68,7 +68,8 @@ class TestImportStageflow:
         assert loaded == []
 
     def test_defining_and_running_a_pipeline_leaves_the_views_and_tables_alone(self) -> None:
-        """A run loads the graph, not the views or 0.9.1's tables; ``timeline()`` loads its renderer then."""
+        """A run (and a result's repr) loads the graph, not the views or 0.9.1's tables; ``timeline()``
+        loads its renderer then."""
         code = """
 import asyncio, json, sys
 from stageflow import Pipeline, StageKind, StageOutput
@@ -78,12 +79,10 @@ async def hello(ctx):
 
 async def main():
     graph = Pipeline(name="p").with_stage("hello", hello, StageKind.TRANSFORM).build()
-    results.append(await graph.run(input_text="x"))
+    return await graph.run(input_text="x")
 
-# (not returned from main: asyncio.run reprs its main task, result included, when it restores SIGINT)
-results = []
-asyncio.run(main())
-[result] = results
+result = asyncio.run(main())  # which reprs its main task, the result included, when it restores SIGINT
+repr(result["hello"])
 seen = lambda: [m for m in ("stageflow._graph", "stageflow.views._timeline", "stageflow._renamed")
                 if m in sys.modules]
 ran = seen()

@@ -24,7 +24,8 @@ from stageflow import (
     StageStatus,
     StageTimeoutError,
 )
-from stageflow.views._timeline import format_seconds, timeline_of_record, use_color
+from stageflow._results import format_seconds
+from stageflow.views._timeline import timeline_of_record, use_color
 
 RUN_ID = UUID("12345678-1234-5678-1234-567812345678")
 

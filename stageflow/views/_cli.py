@@ -30,6 +30,7 @@ from typing import Any
 from stageflow._events import RecordedEvent
 from stageflow._graph import StageGraph
 from stageflow._pipeline import Pipeline
+from stageflow._results import format_seconds
 from stageflow._store import RunRecord, SQLiteRunStore
 from stageflow._terminal import terminal_safe
 
@@ -45,7 +46,7 @@ from ._cli_store import (
     read_runs,
 )
 from ._svg import dag_nodes, dag_svg
-from ._timeline import DEFAULT_WIDTH, format_seconds, timeline_of_record, use_color
+from ._timeline import DEFAULT_WIDTH, timeline_of_record, use_color
 
 __all__ = ("CommandError", "console_main", "load_graph", "main", "open_store", "parser")
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from html import escape
 
+from stageflow._results import format_seconds
 from stageflow._store import RunRecord, StageRecord
 
 from ._svg import (
@@ -35,7 +36,6 @@ from ._svg import (
 )
 from ._timeline import (
     TimelineRow,
-    format_seconds,
     outcome_detail,
     outcome_word,
     record_rows,

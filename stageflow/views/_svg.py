@@ -15,7 +15,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from ._timeline import TimelineRow, format_seconds, outcome_word
+from stageflow._results import format_seconds
+
+from ._timeline import TimelineRow, outcome_word
 
 __all__ = (
     "CRITICAL_STROKE",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 from stageflow._errors import error_type_name
+from stageflow._results import format_seconds
 from stageflow._terminal import terminal_safe
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = (
     "DEFAULT_WIDTH",
     "TimelineRow",
-    "format_seconds",
     "outcome_detail",
     "outcome_note",
     "outcome_word",
@@ -72,13 +72,6 @@ class TimelineRow:
     """The stage's outcome category (``StageResult.category``, ``StageRecord.category``); it picks the word
     that says what happened (``outcome_word``). ``None`` for a stage that never started, or a record made
     without one (then the status picks it)."""
-
-
-def format_seconds(seconds: float) -> str:
-    """A duration rounded for people: ``0.4 ms``, ``12.3 ms``, ``1.25 s``."""
-    if seconds < 1.0:
-        return f"{seconds * 1000:.1f} ms"
-    return f"{seconds:.2f} s"
 
 
 def use_color(stream: IO[str] | None = None) -> bool:
