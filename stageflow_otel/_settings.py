@@ -37,6 +37,7 @@ __all__ = (
     "DEFAULT_PROMETHEUS_PORT",
     "ENV_MAX_SERIES",
     "LOG_QUEUE",
+    "RUN_VARIABLES",
     "SDK_VARIABLES",
     "SIGNALS",
     "SPAN_QUEUE",

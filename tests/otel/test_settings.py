@@ -13,7 +13,7 @@ import operator
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.trace import Link
 
 import stageflow
@@ -397,6 +397,21 @@ class TestBuild:
             ) == ("complete", True, "127.0.0.1", 2, "x" * 10, None)
         finally:
             telemetry.shutdown(5.0)
+
+    def test_the_sdk_reads_the_sampler_itself(self, otel_env: pytest.MonkeyPatch) -> None:
+        """No sampler of ours: the tracer provider has the one the SDK made of ``OTEL_TRACES_SAMPLER``
+        and ``OTEL_TRACES_SAMPLER_ARG``."""
+        otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+        otel_env.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+        otel_env.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+        telemetry = build(Settings.from_environ(), set_global=False)
+        try:
+            provider = telemetry.tracer_provider
+            assert isinstance(provider, TracerProvider)
+            description = provider.sampler.get_description()
+        finally:
+            telemetry.shutdown(5.0)
+        assert description.startswith("ParentBased{root:TraceIdRatioBased{0.25}")
 
     def test_a_disabled_sdk_builds_no_ops(self) -> None:
         """``Settings(sdk_disabled=True)`` builds the disabled handle."""
