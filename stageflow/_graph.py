@@ -29,12 +29,13 @@ from ._interceptors import (
     check_chain_depth,
     order_interceptors,
 )
-from ._offload import DEFAULT_CANCEL_GRACE, _PoolHolder, default_thread_count
+from ._offload import _PoolHolder, default_thread_count
 from ._reporting import (
     PIPELINE_CREATED,
     reporter_for,
 )
 from ._results import RunResult
+from ._runner import DEFAULT_CANCEL_GRACE
 from ._scheduler import _Node, _Run, deadline_call, runner_call
 from ._snapshot import ContextSnapshot, RunIdentity
 from ._store import RunStore

@@ -44,7 +44,6 @@ from ._errors import (
     describe,
 )
 from ._results import Hop
-from ._runner import DEFAULT_CANCEL_GRACE
 
 if TYPE_CHECKING:
     from ._context import StageContext
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 
 __all__ = (
     "ABANDONED",
-    "DEFAULT_CANCEL_GRACE",
     "STOPPED",
     "OffloadedCall",
     "WorkerHook",

@@ -39,7 +39,7 @@ from ._interceptors import (
     CallNext,
 )
 from ._monitor import LoopBlock
-from ._offload import DEFAULT_CANCEL_GRACE, OffloadedCall, _PoolHolder
+from ._offload import OffloadedCall, _PoolHolder
 from ._reporting import (
     PIPELINE_STARTED,
     RUN_ENDED,
@@ -55,6 +55,7 @@ from ._reporting import (
 )
 from ._results import Hop, RunResult, StageResult
 from ._retry import RetryPolicy
+from ._runner import DEFAULT_CANCEL_GRACE
 from ._streams import Channel, StreamCall, StreamState, per_chunk
 from ._types import OutcomeCategory, StageKind, StageOutput, StageStatus
 
