@@ -40,9 +40,9 @@ from tests._support import local_dask_cluster
 from tests.otel._worker_stages import traced_work
 from tests.otel.otlp_receiver import HttpReceiver
 
-from ._live import Child, free_port, wait_until
+from ._live import Child, wait_until
 from ._stack import JaegerAPI, stack_binary
-from .test_live_stack import _collector_config, _healthy, _jaeger_config, _write
+from .test_live_stack import STACK_PORTS, _collector_config, _free_ports, _healthy, _jaeger_config, _write
 
 distributed = pytest.importorskip("distributed")
 
@@ -84,26 +84,7 @@ class Consumers:
 def _consumers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consumers]:
     jaeger_bin, collector_bin = stack_binary("jaeger"), stack_binary("otelcol")
     directory = tmp_path_factory.mktemp("live-cross-process")
-    names = [
-        "jaeger_otlp_grpc",
-        "jaeger_otlp_http",
-        "jaeger_health",
-        "jaeger_query",
-        "jaeger_query_grpc",
-        "jaeger_telemetry",
-        "collector_otlp_grpc",
-        "collector_otlp_http",
-        "collector_health",
-        "collector_prometheus",
-        "collector_telemetry",
-        "prometheus",
-        "service",
-    ]
-    ports: dict[str, int] = {}
-    while len(ports) < len(names):
-        port = free_port()
-        if port not in ports.values():
-            ports[names[len(ports)]] = port
+    ports = _free_ports([*STACK_PORTS, "service"])
     loki = HttpReceiver(base_path="/otlp")  # the collector's logs pipeline needs a receiver; none is sent
     loki_port = int(loki.endpoint.rsplit(":", 1)[1].split("/")[0])
     started = time.time()

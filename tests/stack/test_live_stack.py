@@ -154,7 +154,25 @@ def _failure(message: str, *children: Child) -> str:
     return f"{message}\n{logs}"
 
 
+STACK_PORTS = (
+    "jaeger_otlp_grpc",
+    "jaeger_otlp_http",
+    "jaeger_health",
+    "jaeger_query",
+    "jaeger_query_grpc",
+    "jaeger_telemetry",
+    "collector_otlp_grpc",
+    "collector_otlp_http",
+    "collector_health",
+    "collector_prometheus",
+    "collector_telemetry",
+    "prometheus",
+)
+"""The loopback ports Jaeger, the collector and Prometheus listen on in a live stack."""
+
+
 def _free_ports(names: Sequence[str]) -> dict[str, int]:
+    """A distinct free port for each of ``names``."""
     ports: dict[str, int] = {}
     while len(ports) < len(names):
         port = free_port()
@@ -305,23 +323,7 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     jaeger_bin, collector_bin = stack_binary("jaeger"), stack_binary("otelcol")
     prometheus_bin = stack_binary("prometheus")
     directory = tmp_path_factory.mktemp("live-stack")
-    ports = _free_ports(
-        [
-            "jaeger_otlp_grpc",
-            "jaeger_otlp_http",
-            "jaeger_health",
-            "jaeger_query",
-            "jaeger_query_grpc",
-            "jaeger_telemetry",
-            "collector_otlp_grpc",
-            "collector_otlp_http",
-            "collector_health",
-            "collector_prometheus",
-            "collector_telemetry",
-            "prometheus",
-            "demo_metrics",
-        ]
-    )
+    ports = _free_ports([*STACK_PORTS, "demo_metrics"])
     loki = HttpReceiver(base_path="/otlp")
     loki_port = int(loki.endpoint.rsplit(":", 1)[1].split("/")[0])
     started = time.time()
