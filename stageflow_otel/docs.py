@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import _http, _prometheus, semconv
+from . import _http, _prometheus, _settings, semconv
 
 __all__ = ("END_MARKER", "START_MARKER", "main", "render_reference", "replace_section")
 
@@ -255,10 +255,18 @@ def render_reference() -> str:
         "|---|---|---|",
     ]
     lines += [f"| `{e.name}` | {e.default or '(unset)'} | {e.description} |" for e in semconv.ENVIRONMENT]
+    sdk_read = [f"`{e.name}`" for e in semconv.ENVIRONMENT if e.name in _settings.SDK_VARIABLES]
     lines += [
         "",
         "The OTLP exporters also honour their own `OTEL_EXPORTER_OTLP_*` headers, certificate, compression "
         "and per-signal timeout variables, and the batch processors `OTEL_BSP_*` / `OTEL_BLRP_*`.",
+        "",
+        "`setup()` reads these variables once, when it is called, and checks each: a value it cannot use "
+        "is logged with the variable, the value and what it must be, and the default applies; an export "
+        "batch larger than its queue and an unusable "
+        f"`{_settings.ENV_MAX_SERIES}` raise `ValueError` naming the fix. The OpenTelemetry SDK reads "
+        f"{', '.join(sdk_read[:-1])} and {sdk_read[-1]} itself, and `TracingInterceptor` reads "
+        "`TRACEPARENT` and `TRACESTATE` at each run.",
     ]
     return "\n".join(lines) + "\n"
 
