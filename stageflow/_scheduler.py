@@ -442,26 +442,38 @@ class _Run:
                 child = self.nodes[c]
                 skipped = _skipped_dependency(child, self.outputs) if child.conditional else None
                 if skipped is not None:
-                    out = self._auto_skip(child, skipped, now)
+                    out = self._auto_skip(c, skipped, now)
                     self._release(c, out, self.results[child.name].ended_at)
                 else:
                     self.tasks[c] = self._create_task(self._stage(c, now), context=self.base_context.copy())
 
-    def _settle(self, i: int, outcome: object, ctx: StageContext) -> None:
-        """End stage ``i`` with ``outcome`` (see the class docstring); raises only ``KeyboardInterrupt``."""
+    def _settle(self, i: int, outcome: object, ctx: StageContext | None, ready_at: float = 0.0) -> None:
+        """End stage ``i`` with ``outcome`` (see the class docstring); raises only ``KeyboardInterrupt``.
+
+        ``ctx`` is ``None`` for a stage that never started (a conditional stage that a skipped dependency
+        skips, ready at ``ready_at``): it starts and ends now after no attempt, and ``_release``, which
+        found it ready, releases its dependents.
+        """
         node = self.nodes[i]
-        watch = self.watch
-        if watch is not None and watch.suspect is not None:
-            watch.settled(self, node)  # a block this stage's code caused, before its closing event
-        state = ctx._stream
-        if state is not None:
-            self._end_stream(state, outcome)
+        if ctx is None:
+            state = hop = None
+        else:
+            watch = self.watch
+            if watch is not None and watch.suspect is not None:
+                watch.settled(self, node)  # a block this stage's code caused, before its closing event
+            state = ctx._stream
+            if state is not None:
+                self._end_stream(state, outcome)
+            hop = ctx._hop
         if node.stream_deps:
             self._detach(node)
         try:
             self.tasks[i] = None
             ended = _perf()
-            ready_at, started, attempts = ctx.ready_at, ctx.began_at, ctx.attempt
+            if ctx is None:
+                started, attempts = ended, 0
+            else:
+                ready_at, started, attempts = ctx.ready_at, ctx.began_at, ctx.attempt
             if (type(outcome) is StageOutput or isinstance(outcome, StageOutput)) and outcome.status is _OK:
                 # ``StageResult(name, kind, OK, outcome, None, ready_at, started, ended, attempts)``,
                 # inlined: this is the one result almost every stage makes
@@ -475,7 +487,7 @@ class _Run:
                 result.started_at = started
                 result.ended_at = ended
                 result.attempts = attempts
-                result._hop = hop = ctx._hop
+                result._hop = hop
                 result.stream = state
                 self.results[node.name] = result
                 if self.events is not None:
@@ -501,7 +513,6 @@ class _Run:
                 self._release(i, outcome, ended)
                 return
             status, output, error = _classify(node, outcome)
-            hop = ctx._hop
             work = None if hop is None or hop.work is None else {"work": hop.work}
             result = StageResult(
                 node.name, node.kind, status, output, error, ready_at, started, ended, attempts
@@ -519,7 +530,8 @@ class _Run:
                         reason=output.data.get("reason", ""),
                         category=_SKIPPED,
                     )
-                self._release(i, output, ended)
+                if ctx is not None:
+                    self._release(i, output, ended)
             elif status is _FAIL:
                 assert error is not None
                 if self.events is not None:
@@ -587,7 +599,7 @@ class _Run:
                         if skipped is not None:
                             if stack is None:
                                 stack = []
-                            out = self._auto_skip(child, skipped, ended)
+                            out = self._auto_skip(c, skipped, ended)
                             stack.append((c, out, self.results[child.name].ended_at))
                             continue
                     self.tasks[c] = self._create_task(self._stage(c, ended), context=self.base_context.copy())
@@ -615,19 +627,10 @@ class _Run:
             if state is not None and state.channel is not None:
                 state.channel.detach(node.name)
 
-    def _auto_skip(self, node: _Node, dependency: str, ready_at: float) -> StageOutput:
-        """Settle a conditional stage that a skipped dependency skips without running."""
-        if node.stream_deps:
-            self._detach(node)
+    def _auto_skip(self, i: int, dependency: str, ready_at: float) -> StageOutput:
+        """Settle conditional stage ``i``, which a skipped dependency skips without running; its output."""
         output = StageOutput.skip(reason=f"dependency {dependency!r} was skipped")
-        now = _perf()
-        self.results[node.name] = StageResult(
-            node.name, node.kind, _SKIP, output, None, ready_at, now, now, 0
-        )
-        if self.events is not None:
-            self._stage_event(
-                node, STAGE_SKIPPED, reason=output.data["reason"], duration=0.0, category=_SKIPPED
-            )
+        self._settle(i, output, None, ready_at)
         return output
 
     def loop_blocked(self, node: _Node, block: LoopBlock) -> None:
