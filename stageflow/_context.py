@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ._dag import StageInfo
     from ._events import EventSink
     from ._graph import StageGraph
+    from ._results import RunResult
     from ._streams import StreamReader
     from ._types import StageOutput
 
@@ -306,6 +307,7 @@ class PipelineContext(PipelineContextCompat):
     __slots__ = (
         "_graph",
         "_reporter",
+        "_result",
         "data",
         "event_sink",
         "pipeline_name",
@@ -334,6 +336,7 @@ class PipelineContext(PipelineContextCompat):
         self.run_id: UUID = snapshot.run_id.pipeline_run_id
         self._graph = graph
         self._reporter: RunReporter | None = None  # the run's, set by the run that made this context
+        self._result: RunResult | None = None  # the run's result, kept for run() past its interceptors
         self.pipeline_name: str = self.service if graph is None else graph.name
         self.event_sink: EventSink = get_event_sink() if event_sink is None else event_sink
         self.timer = PipelineTimer() if timer is None else timer

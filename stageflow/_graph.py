@@ -147,7 +147,6 @@ class StageGraph:
         }
         self._index = index
         self._version: str | None = None
-        self._finished: dict[PipelineContext, RunResult] = {}
         from .interceptors._builtins import TimeoutInterceptor
 
         # stages whose config or class sets a timeout nothing enforces: warned about at the first run
@@ -288,10 +287,8 @@ class StageGraph:
             reporter.event(PIPELINE_CREATED, {"stages": len(self.stages), "version": self.version})
         if not self._run_wrapped:
             return await _Run(self, run).go()  # no run interceptors: skip a coroutine layer
-        try:
-            out = await self._run_chain(run)
-        finally:
-            results = self._finished.pop(run, None)
+        out = await self._run_chain(run)
+        results = run._result  # the run's own result, whatever the interceptors returned
         if isinstance(out, RunResult):
             return out
         if results is None:
@@ -319,9 +316,10 @@ class StageGraph:
             stacklevel=3,
         )
 
-    async def _execute(self, run: PipelineContext) -> RunResult:
-        results = await _Run(self, run).go()
-        self._finished[run] = results  # what run() returns if an interceptor loses it
+    @staticmethod
+    async def _execute(run: PipelineContext) -> RunResult:
+        """The innermost call of the run chain: run the pipeline; the run context keeps its result."""
+        results = run._result = await _Run(run.graph, run).go()
         return results
 
 
