@@ -71,47 +71,49 @@ class StageGraph:
     ) -> None:
         stages = tuple(stages)
         order, topology = _checked_order(stages, order)  # built by hand: validate like build() does
-        self._setup(name, stages, order, interceptors, run_store, topology, max_threads, cancel_grace)
+        self._compile(name, stages, order, topology, interceptors, run_store, max_threads, cancel_grace)
 
     @classmethod
-    def _built(
+    def _from_validated(
         cls,
         name: str,
         stages: tuple[StageInfo, ...],
         order: Sequence[int],
+        topology: Topology,
         interceptors: Iterable[Interceptor],
         run_store: RunStore | None,
-        topology: Topology,
         *,
-        threads: int | None,
+        max_threads: int | None,
         cancel_grace: float,
     ) -> StageGraph:
-        """The graph ``Pipeline.build()`` validated, with the adjacency it computed while validating."""
+        """The named constructor of ``Pipeline.build()``: the stages it validated, with the order and the
+        topology it computed while validating (so nothing is checked twice)."""
         graph = cls.__new__(cls)
-        graph._setup(name, stages, order, interceptors, run_store, topology, threads, cancel_grace)
+        graph._compile(name, stages, order, topology, interceptors, run_store, max_threads, cancel_grace)
         return graph
 
-    def _setup(
+    def _compile(
         self,
         name: str,
         stages: tuple[StageInfo, ...],
         order: Sequence[int],
+        topology: Topology,
         interceptors: Iterable[Interceptor],
         run_store: RunStore | None,
-        _topology: Topology,
-        threads: int | None,
+        max_threads: int | None,
         cancel_grace: float,
     ) -> None:
+        """Set up the graph: each stage's call wrapped once by its interceptors and deadline, the
+        adjacency the scheduler walks, and the run chain."""
         self.name = name
         self.run_store = run_store
         self.stages = stages
         self.interceptors = order_interceptors(list(interceptors))
         check_chain_depth(self.interceptors)
-        self._pool = _PoolHolder(threads or default_thread_count(), name)
+        self._pool = _PoolHolder(max_threads or default_thread_count(), name)
         self._cancel_grace = cancel_grace
         index = {info.name: i for i, info in enumerate(self.stages)}
-        # ``Pipeline.build()`` passes the adjacency it computed while validating.
-        dep_index: Sequence[tuple[int, ...] | None] = _topology[0]
+        dep_index: Sequence[tuple[int, ...] | None] = topology[0]
         ics = self.interceptors
         pool, grace = self._pool, cancel_grace
         nodes = [
@@ -128,7 +130,7 @@ class StageGraph:
             )
             for info, mine in zip(self.stages, dep_index, strict=True)
         ]
-        children = _topology[1]
+        children = topology[1]
         for node, kids in zip(nodes, children, strict=True):
             node.children = kids  # private and never changed after this: no tuple copy
         for c, node in enumerate(nodes):  # a stream's consumers are released at its first chunk instead
@@ -147,12 +149,11 @@ class StageGraph:
         }
         self._index = index
         self._version: str | None = None
-        from .interceptors._builtins import TimeoutInterceptor
-
-        # stages whose config or class sets a timeout nothing enforces: warned about at the first run
+        # stages whose config or class sets a timeout that no interceptor enforces (``Interceptor.enforces``):
+        # warned about at the first run
         self._unenforced: tuple[str, ...] = (
             ()
-            if any(isinstance(ic, TimeoutInterceptor) for ic in self.interceptors)
+            if any("timeout" in ic.enforces for ic in self.interceptors)
             else tuple(
                 info.name
                 for info in self.stages

@@ -88,14 +88,22 @@ class Interceptor:
             (the default) fails the stage with ``InterceptorFailedError`` (fail closed: a crashed guard
             never lets the stage run); ``True`` logs it and bypasses the interceptor. Telemetry
             interceptors (stageflow_otel's) are fail-open.
+        enforces: the stage settings, by ``config`` key, that this interceptor enforces
+            (``TimeoutInterceptor``: ``frozenset({"timeout"})``). A graph in which a stage sets a timeout
+            (``config["timeout"]`` or a ``timeout`` attribute) that none of its interceptors enforces warns
+            at its first run; an interceptor of yours that enforces timeouts declares it here.
 
     .. versionadded:: 0.10
+
+    .. versionchanged:: 0.11
+       ``enforces``.
     """
 
     name: str = "interceptor"
     priority: int = 100
     isolated: bool = True
     fail_open: bool = False
+    enforces: frozenset[str] = frozenset()
 
     async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
         """Wrap one stage attempt; must return ``await call_next(ctx)`` or another ``StageOutput``."""

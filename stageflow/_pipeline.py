@@ -445,8 +445,15 @@ class Pipeline:
         infos = tuple(map(partial(_built_info, self.name, executor), specs))
         if any(info.streams for info in infos):
             _check_stream_producers(infos)
-        return StageGraph._built(
-            self.name, infos, order, interceptors, run_store, topology, threads=threads, cancel_grace=grace
+        return StageGraph._from_validated(
+            self.name,
+            infos,
+            order,
+            topology,
+            interceptors,
+            run_store,
+            max_threads=threads,
+            cancel_grace=grace,
         )
 
     def to_mermaid(self) -> str:

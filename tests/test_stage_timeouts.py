@@ -20,7 +20,7 @@ from stageflow import (
     StageStatus,
     StageTimeoutError,
 )
-from stageflow.interceptors import TimeoutInterceptor
+from stageflow.interceptors import Interceptor, TimeoutInterceptor
 
 from ._support import make_ctx
 
@@ -172,6 +172,39 @@ class TestConfigTimeoutOnAClass:
     async def test_with_stage_timeout_is_enforced_so_nothing_warns(self) -> None:
         graph = Pipeline("p").with_stage("patient", Patient, T, timeout=5).build()
         await graph.run()  # filterwarnings = error: a warning would fail this
+
+    async def test_an_interceptor_that_enforces_timeouts_silences_the_warning(self) -> None:
+        """An interceptor of the user's own that declares ``enforces = {"timeout"}`` enforces them."""
+
+        class Deadlines(Interceptor):
+            name = "deadlines"
+            enforces = frozenset({"timeout"})
+
+        graph = Pipeline("p").with_stage("patient", Patient, T).build([Deadlines()])
+        await graph.run()  # filterwarnings = error: a warning would fail this
+
+    async def test_an_interceptor_enforcing_something_else_still_warns(self) -> None:
+        """Only an interceptor that enforces ``timeout`` counts: one that enforces another key warns."""
+
+        class Budgets(Interceptor):
+            name = "budgets"
+            enforces = frozenset({"budget"})
+
+        graph = Pipeline("p").with_stage("patient", Patient, T).build([Budgets()])
+        with pytest.warns(UserWarning, match="nothing enforces the timeout"):
+            await graph.run()
+
+    def test_what_the_builtins_enforce(self) -> None:
+        """``TimeoutInterceptor`` (and a subclass) enforces timeouts; the base interceptor nothing."""
+
+        class Mine(TimeoutInterceptor):
+            pass
+
+        assert (TimeoutInterceptor().enforces, Mine().enforces, Interceptor.enforces) == (
+            frozenset({"timeout"}),
+            frozenset({"timeout"}),
+            frozenset(),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,7 @@ class TimeoutInterceptor(Interceptor):
 
     name = "timeout"
     priority = 50
+    enforces = frozenset({"timeout"})
     isolated = False  # never raises on its own: called without the isolation guard
     DEFAULT_TIMEOUT_MS: int = 30_000
     """The default timeout, in milliseconds, when neither ``default`` nor ``timeout.default`` is given
