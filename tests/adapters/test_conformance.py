@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import stageflow._graph
+import stageflow._scheduler
 import stageflow._streams
 from stageflow import (
     MAX_MESSAGE_CHARS,
@@ -121,7 +121,7 @@ class TestRecordAndRead:
         """A run with a sync stage and two streaming stages is stored with the dispatch time, chunk counts,
         times to first chunk and first-output path its RunResult has (stage times on a controlled clock)."""
         now = [1000.0]
-        monkeypatch.setattr(stageflow._graph, "_perf", lambda: now[0])
+        monkeypatch.setattr(stageflow._scheduler, "_perf", lambda: now[0])
         monkeypatch.setattr(stageflow._streams, "_perf", lambda: now[0])
 
         def stt(ctx: StageContext) -> StageOutput:  # a sync stage: runs in a worker thread
