@@ -10,7 +10,7 @@ import asyncio
 import os
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -22,16 +22,15 @@ from stageflow import (
     InvalidExecutorError,
     Pipeline,
     PipelineFailedError,
-    RemoteStageError,
     StageKind,
     StageStatus,
     StageTimeoutError,
     TimeoutInterceptor,
     UnpicklableStageError,
-    UnpicklableValueError,
 )
 
 from . import _cluster_stages as stages
+from ._cluster_cases import BOUND, ClusterCases
 from ._support import local_dask_cluster
 
 pytest.importorskip("distributed", reason="needs the dask extra: pip install 'stageflow-core[dask]'")
@@ -40,8 +39,6 @@ import dask
 from distributed import Client, LocalCluster
 
 T = StageKind.TRANSFORM
-BOUND = 120.0
-"""Seconds after which a run that has not ended counts as hung (never reached when all is well)."""
 
 
 def _cluster() -> LocalCluster:
@@ -76,72 +73,19 @@ def _worker_pids(client: Client) -> set[int]:
     return set(pids.values())
 
 
-class TestRouting:
-    async def test_outputs_flow_to_dependents_across_workers(
-        self, dask_executor: Executor, worker_pids: set[int]
-    ) -> None:
-        """Stages routed with ``executor=`` run in the workers and read their dependencies' outputs."""
-        graph = (
-            Pipeline("dask")
-            .with_stage("source", stages.source, T, executor=dask_executor)
-            .with_stage("plus", stages.plus_one, T, ("source",), executor=dask_executor)
-            .build()
-        )
-        result = await asyncio.wait_for(graph.run(), BOUND)
-        assert (result["source"].data["n"], result["plus"].data["n"]) == (41, 42)
-        pids = {result["source"].data["pid"], result["plus"].data["pid"]}
-        assert pids <= worker_pids
-        assert os.getpid() not in pids
+class TestAcrossTheCluster(ClusterCases):
+    name = "dask"
 
-    async def test_the_graph_default_carries_the_stage_context(
-        self, dask_executor: Executor, worker_pids: set[int]
-    ) -> None:
-        """``build(executor=...)`` sends the stage, its config, the snapshot and the run identity across;
-        not the run's ``ctx.data`` nor the run itself."""
-        graph = (
-            Pipeline("dask")
-            .with_stage("report", stages.report, T, config={"dir": "unused", "limit": 3})
-            .build(executor=dask_executor)
-        )
-        assert graph.stage("report").executor is dask_executor
-        result = await asyncio.wait_for(graph.run(input_text="hello", data={"token": "t"}), BOUND)
-        data = dict(result["report"].data)
-        assert data.pop("pid") in worker_pids
-        assert data == {
-            "run_id": str(result.run_id),
-            "stage": "report",
-            "attempt": 1,
-            "text": "hello",
-            "config": {"dir": "unused", "limit": 3},
-            "stop_requested": False,
-            "run_data": {},
-            "in_run": False,
-        }
-        report = result["report"]
-        assert report.status is StageStatus.OK
-        assert 0.0 < report.dispatch <= report.ended_at - report.started_at
-        assert report.run_time == report.ended_at - report.started_at - report.dispatch
 
-    async def test_events_emitted_in_a_worker_reach_the_run_sink(
-        self, dask_executor: Executor, worker_pids: set[int]
-    ) -> None:
-        """An event a stage emits in a worker arrives in the run's sink, in order, with the run id."""
-        sink = InMemoryEventSink()
-        graph = Pipeline("dask").with_stage("emit", stages.emit_progress, T).build(executor=dask_executor)
-        result = await asyncio.wait_for(graph.run(event_sink=sink), BOUND)
-        assert [e.type for e in sink.events] == [
-            "pipeline.created",
-            "pipeline.started",
-            "stage.emit.started",
-            "custom.progress",
-            "stage.emit.completed",
-            "pipeline.completed",
-        ]
-        progress = sink.events[3].data
-        run_id = str(result.run_id)
-        assert (progress["run_id"], progress["pipeline_run_id"]) == (run_id, run_id)
-        assert (progress["pipeline"], progress["stage"], progress["done"]) == ("dask", "emit", 3)
-        assert progress["pid"] in worker_pids
+@pytest.fixture(name="cluster_executor")
+def _cluster_executor(dask_executor: Executor) -> Executor:
+    return dask_executor
+
+
+@pytest.fixture(name="in_worker")
+def _in_worker(worker_pids: set[int]) -> Callable[[int], bool]:
+    """A pid is a worker's when it is one of the cluster's worker processes."""
+    return worker_pids.__contains__
 
 
 class TestCluster:
@@ -173,46 +117,6 @@ class TestCluster:
 
 
 class TestErrors:
-    async def test_an_error_keeps_its_type_and_message(self, dask_executor: Executor) -> None:
-        """An exception raised in a worker fails its stage as itself: same type, same message."""
-        graph = (
-            Pipeline("dask").with_stage("lookup", stages.raise_stage_broke, T).build(executor=dask_executor)
-        )
-        with pytest.raises(PipelineFailedError) as caught:
-            await asyncio.wait_for(graph.run(input_text="k1"), BOUND)
-        error = caught.value.failures["lookup"]
-        assert (type(error), str(error)) == (stages.StageBroke, "no row for 'k1'")
-        assert str(caught.value) == "stage 'lookup' failed: StageBroke: no row for 'k1'"
-
-    async def test_an_unpicklable_exception_comes_back_as_a_remote_error(
-        self, dask_executor: Executor
-    ) -> None:
-        """An exception that cannot be pickled back fails its stage with ``RemoteStageError``, named."""
-        graph = Pipeline("dask").with_stage("index", stages.raise_locked, T).build(executor=dask_executor)
-        with pytest.raises(PipelineFailedError) as caught:
-            await asyncio.wait_for(graph.run(), BOUND)
-        error = caught.value.failures["index"]
-        assert isinstance(error, RemoteStageError)
-        assert (error.type_name, error.message) == (
-            "tests._cluster_stages.LockedError",
-            "the index was locked",
-        )
-        assert "raise LockedError" in error.remote_traceback
-
-    async def test_an_unpicklable_output_names_its_key(self, dask_executor: Executor) -> None:
-        """An output value that cannot be pickled back fails its stage with an error naming the key."""
-        graph = Pipeline("dask").with_stage("open", stages.return_lock, T).build(executor=dask_executor)
-        with pytest.raises(PipelineFailedError) as caught:
-            await asyncio.wait_for(graph.run(), BOUND)
-        error = caught.value.failures["open"]
-        assert isinstance(error, UnpicklableValueError)
-        assert (error.stage, error.what, error.key) == ("open", "output", "'handle'")
-        assert str(error) == (
-            "stage 'open' runs in another process, but its output key 'handle' cannot be pickled "
-            "(TypeError: cannot pickle '_thread.lock' object); pass values that pickle between such stages "
-            "(str, bytes, numbers, lists, dicts, dataclasses), or run the stage in a thread"
-        )
-
     def test_a_lambda_is_refused_at_build(self, dask_executor: Executor) -> None:
         """A stage routed to Dask must pickle: a lambda is refused at ``build()``, naming it and the fix."""
         pipeline = Pipeline("dask").with_stage("embed", lambda ctx: stages.source(ctx), T)

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -24,23 +24,20 @@ from stageflow import (
     InvalidExecutorError,
     Pipeline,
     PipelineFailedError,
-    RemoteStageError,
     StageKind,
     StageStatus,
     StageTimeoutError,
     TimeoutInterceptor,
     UnpicklableStageError,
-    UnpicklableValueError,
 )
 from stageflow.adapters.ray import RayExecutor, _RayFuture
 
 from . import _cluster_stages as stages
+from ._cluster_cases import BOUND, ClusterCases
 
 ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'stageflow-core[ray]'")
 
 T = StageKind.TRANSFORM
-BOUND = 120.0
-"""Seconds after which a run that has not ended counts as hung (never reached when all is well)."""
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_ENV = {"env_vars": {"PYTHONPATH": str(ROOT)}}
 HIDE_RAY = "import sys; sys.modules['ray'] = None\n"
@@ -288,96 +285,22 @@ class TestWithoutRay:
         ), proc.stderr
 
 
-class TestRouting:
-    async def test_outputs_flow_to_dependents_across_workers(self, ray_executor: RayExecutor) -> None:
-        """Stages routed with ``executor=`` run in Ray workers and read their dependencies' outputs."""
-        graph = (
-            Pipeline("ray")
-            .with_stage("source", stages.source, T, executor=ray_executor)
-            .with_stage("plus", stages.plus_one, T, ("source",), executor=ray_executor)
-            .build()
-        )
-        result = await asyncio.wait_for(graph.run(), BOUND)
-        assert (result["source"].data["n"], result["plus"].data["n"]) == (41, 42)
-        pids = {result["source"].data["pid"], result["plus"].data["pid"]}
-        assert os.getpid() not in pids
-        assert pids <= _descendants()
+class TestAcrossTheCluster(ClusterCases):
+    name = "ray"
 
-    async def test_the_graph_default_carries_the_stage_context(self, ray_executor: RayExecutor) -> None:
-        """``build(executor=...)`` sends the stage, its config, the snapshot and the run identity across;
-        not the run's ``ctx.data`` nor the run itself."""
-        graph = (
-            Pipeline("ray")
-            .with_stage("report", stages.report, T, config={"dir": "unused", "limit": 3})
-            .build(executor=ray_executor)
-        )
-        assert graph.stage("report").executor is ray_executor
-        result = await asyncio.wait_for(graph.run(input_text="hello", data={"token": "t"}), BOUND)
-        data = dict(result["report"].data)
-        assert data.pop("pid") != os.getpid()
-        assert data == {
-            "run_id": str(result.run_id),
-            "stage": "report",
-            "attempt": 1,
-            "text": "hello",
-            "config": {"dir": "unused", "limit": 3},
-            "stop_requested": False,
-            "run_data": {},
-            "in_run": False,
-        }
-        report = result["report"]
-        assert 0.0 < report.dispatch <= report.ended_at - report.started_at
-        assert report.run_time == report.ended_at - report.started_at - report.dispatch
 
-    async def test_events_emitted_in_a_worker_reach_the_run_sink(self, ray_executor: RayExecutor) -> None:
-        """An event a stage emits in a Ray worker arrives in the run's sink, in order, with the run id."""
-        sink = InMemoryEventSink()
-        graph = Pipeline("ray").with_stage("emit", stages.emit_progress, T).build(executor=ray_executor)
-        result = await asyncio.wait_for(graph.run(event_sink=sink), BOUND)
-        assert [e.type for e in sink.events] == [
-            "pipeline.created",
-            "pipeline.started",
-            "stage.emit.started",
-            "custom.progress",
-            "stage.emit.completed",
-            "pipeline.completed",
-        ]
-        progress = sink.events[3].data
-        run_id = str(result.run_id)
-        assert (progress["run_id"], progress["pipeline_run_id"]) == (run_id, run_id)
-        assert (progress["pipeline"], progress["stage"], progress["done"]) == ("ray", "emit", 3)
-        assert progress["pid"] != os.getpid()
+@pytest.fixture(name="cluster_executor")
+def _cluster_executor(ray_executor: RayExecutor) -> RayExecutor:
+    return ray_executor
+
+
+@pytest.fixture(name="in_worker")
+def _in_worker() -> Callable[[int], bool]:
+    """A pid is a worker's when it is a process Ray started under this one (never this one)."""
+    return lambda pid: pid != os.getpid() and pid in _descendants()
 
 
 class TestErrors:
-    async def test_an_error_keeps_its_type_and_message(self, ray_executor: RayExecutor) -> None:
-        """An exception raised in a Ray worker fails its stage as itself: same type, same message."""
-        graph = Pipeline("ray").with_stage("lookup", stages.raise_stage_broke, T).build(executor=ray_executor)
-        with pytest.raises(PipelineFailedError) as caught:
-            await asyncio.wait_for(graph.run(input_text="k1"), BOUND)
-        error = caught.value.failures["lookup"]
-        assert (type(error), str(error)) == (stages.StageBroke, "no row for 'k1'")
-        assert str(caught.value) == "stage 'lookup' failed: StageBroke: no row for 'k1'"
-
-    async def test_an_unpicklable_exception_comes_back_as_a_remote_error(
-        self, ray_executor: RayExecutor
-    ) -> None:
-        """A stage raising an exception that cannot be pickled fails with ``RemoteStageError`` naming the
-        exception's type and message: stageflow pickles the reply itself, so Ray never sees the exception."""
-        graph = Pipeline("ray").with_stage("index", stages.raise_locked, T).build(executor=ray_executor)
-        with pytest.raises(PipelineFailedError) as caught:
-            await asyncio.wait_for(graph.run(), BOUND)
-        error = caught.value.failures["index"]
-        assert isinstance(error, RemoteStageError)
-        assert (error.type_name, error.message) == (
-            "tests._cluster_stages.LockedError",
-            "the index was locked",
-        )
-        assert str(caught.value) == (
-            "stage 'index' failed: RemoteStageError: tests._cluster_stages.LockedError: the index was locked"
-        )
-        assert "raise LockedError" in error.remote_traceback
-
     def test_a_stage_holding_a_lock_is_refused_at_build(self, ray_executor: RayExecutor) -> None:
         """A stage routed to Ray must pickle: one holding a lock is refused at ``build()``, naming it."""
         pipeline = Pipeline("ray").with_stage("embed", stages.HoldsLock, T, executor=ray_executor)
@@ -389,15 +312,6 @@ class TestErrors:
             "process must pickle: use a module-level function or class, and keep no lambdas, locks or open "
             "clients in its attributes or config (open them inside the stage, or run it in a thread)"
         )
-
-    async def test_an_unpicklable_output_names_its_key(self, ray_executor: RayExecutor) -> None:
-        """An output value that cannot be pickled back fails its stage with an error naming the key."""
-        graph = Pipeline("ray").with_stage("open", stages.return_lock, T).build(executor=ray_executor)
-        with pytest.raises(PipelineFailedError) as caught:
-            await asyncio.wait_for(graph.run(), BOUND)
-        error = caught.value.failures["open"]
-        assert isinstance(error, UnpicklableValueError)
-        assert (error.stage, error.what, error.key) == ("open", "output", "'handle'")
 
 
 def _fail_fast_graph(tmp_path: Path, stage: Any, executor: RayExecutor) -> Pipeline:
