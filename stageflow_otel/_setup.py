@@ -63,7 +63,6 @@ from . import _loop, _worker, semconv
 from ._export import (
     Accounting,
     Backpressure,
-    BatchSettings,
     Books,
     BoundedLogProcessor,
     BoundedSpanProcessor,
@@ -193,11 +192,9 @@ def build(
     chosen = _mode(mode, settings.mode)
     wait = settings.complete_timeout if chosen == "complete" else None
     accounting = Accounting()
-    exports = _Exports(accounting, settings.max_export_bytes)
+    exports = _Exports(accounting, settings, wait)
     for signal in SIGNALS:
-        exports.add(
-            settings.signal(signal), settings.log_queue if signal == "logs" else settings.span_queue, wait
-        )
+        exports.add(settings.signal(signal))
     port = metrics_port
     if port is None and "prometheus" in settings.metrics.exporters:
         port = settings.prometheus_port
@@ -263,9 +260,11 @@ class _Exports:
     """The export pipelines of the three signals, built before their providers: processors and readers
     to add, with the guards and books ``Telemetry`` flushes, aborts and settles."""
 
-    def __init__(self, accounting: Accounting, max_bytes: int) -> None:
+    def __init__(self, accounting: Accounting, settings: Settings, wait: float | None) -> None:
         self.accounting = accounting
-        self.max_bytes = max_bytes
+        self.max_bytes = settings.max_export_bytes
+        self.span_queue = replace(settings.span_queue, wait=wait)
+        self.log_queue = replace(settings.log_queue, wait=wait)
         self.span_processors: list[SpanProcessor] = []
         self.readers: list[MetricReader] = []
         self.log_processors: list[LogRecordProcessor] = []
@@ -274,30 +273,29 @@ class _Exports:
         self.events_lost: list[Callable[[int, Cause], None]] = []
         """Told how many events a lost log record batch carried (the event sink, once built)."""
 
-    def add(self, settings: SignalSettings, queue: BatchSettings, wait: float | None) -> None:
+    def add(self, settings: SignalSettings) -> None:
         """One pipeline per exporter ``settings`` names (``prometheus`` is the reader ``build()`` adds)."""
-        queue = replace(queue, wait=wait)
         for name in settings.exporters:
             if name == "prometheus":
                 continue
             session = HttpSession() if name == "otlp" and settings.protocol == "http/protobuf" else None
             exporter = _console(settings.signal) if name == "console" else _otlp(settings, session)
-            guard = self._pipeline(settings.signal, exporter, queue)
+            guard = self._pipeline(settings.signal, exporter)
             guard.session = session
             self.guards.append(guard)
 
-    def _pipeline(self, signal: str, exporter: Any, queue: BatchSettings) -> Guard:
+    def _pipeline(self, signal: str, exporter: Any) -> Guard:
         if signal == "metrics":
             metric_exporter = CountingMetricExporter(exporter, self.accounting)
             self.readers.append(PeriodicExportingMetricReader(metric_exporter))
             return metric_exporter.guard
         if signal == "traces":
-            books = Books(queue, self._spans_lost)
+            books = Books(self.span_queue, self._spans_lost)
             span_exporter = CountingExporter(exporter, "traces", self.accounting, books, self.max_bytes)
             self.span_processors.append(BoundedSpanProcessor(span_exporter, books, self.accounting))
             self.books.append(books)
             return span_exporter.guard
-        books = Books(queue, self._logs_lost)
+        books = Books(self.log_queue, self._logs_lost)
         log_exporter = CountingExporter(exporter, "logs", self.accounting, books, self.max_bytes)
         self.log_processors.append(BoundedLogProcessor(log_exporter, books))
         self.books.append(books)

@@ -419,6 +419,17 @@ class TestBuild:
         assert (telemetry.disabled, type(telemetry.event_sink)) == (True, stageflow.NoOpEventSink)
 
 
+def pipeline_name_recorded(sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter) -> object:
+    """The pipeline name of the log record ``sink`` makes of an event of pipeline ``abcdefghij``."""
+    try:
+        sink.try_emit(type="pipeline.started", data={"pipeline": "abcdefghij"})
+        assert sink.flush(5.0)
+    finally:
+        sink.shutdown(5.0)
+    (record,) = log_exporter.get_finished_logs()
+    return (record.log_record.attributes or {})[semconv.PIPELINE_NAME]
+
+
 class TestSinkLengthLimit:
     @pytest.mark.parametrize(
         ("limit", "expected"), [(5, "abcde"), (None, "abcdefghij")], ids=["5", "unlimited"]
@@ -441,13 +452,7 @@ class TestSinkLengthLimit:
             log_records=True,
             value_length_limit=limit,
         )
-        try:
-            sink.try_emit(type="pipeline.started", data={"pipeline": "abcdefghij"})
-            assert sink.flush(5.0)
-        finally:
-            sink.shutdown(5.0)
-        (record,) = log_exporter.get_finished_logs()
-        assert (record.log_record.attributes or {})[semconv.PIPELINE_NAME] == expected
+        assert pipeline_name_recorded(sink, log_exporter) == expected
 
     def test_by_default_the_sink_reads_the_environment(
         self,
@@ -460,10 +465,4 @@ class TestSinkLengthLimit:
         otel_env.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "4")
         otel_env.setenv("OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT", "6")
         sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider, log_records=True)
-        try:
-            sink.try_emit(type="pipeline.started", data={"pipeline": "abcdefghij"})
-            assert sink.flush(5.0)
-        finally:
-            sink.shutdown(5.0)
-        (record,) = log_exporter.get_finished_logs()
-        assert (record.log_record.attributes or {})[semconv.PIPELINE_NAME] == "abcd"
+        assert pipeline_name_recorded(sink, log_exporter) == "abcd"
