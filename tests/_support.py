@@ -10,7 +10,16 @@ from stageflow import EventSink, PipelineTimer, StageContext, StageOutput
 from stageflow.context import ContextSnapshot, RunIdentity
 from stageflow.stages import StageInputs
 
-__all__ = ("FakeClock", "StageFn", "Tee", "local_dask_cluster", "make_ctx", "ok_stage", "recording_stage")
+__all__ = (
+    "FakeClock",
+    "FakeSleep",
+    "StageFn",
+    "Tee",
+    "local_dask_cluster",
+    "make_ctx",
+    "ok_stage",
+    "recording_stage",
+)
 
 if TYPE_CHECKING:
     from distributed import LocalCluster
@@ -99,3 +108,13 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class FakeSleep:
+    """Records requested delays instead of sleeping (for ``sleep=`` parameters)."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)

@@ -36,19 +36,9 @@ from stageflow.interceptors import (
     get_default_interceptors,
 )
 
-from ._support import FakeClock, make_ctx
+from ._support import FakeClock, FakeSleep, make_ctx
 
 W = StageKind.WORK
-
-
-class FakeSleep:
-    """Records requested delays instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
 
 
 async def hang(ctx: StageContext) -> StageOutput:

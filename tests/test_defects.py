@@ -46,17 +46,9 @@ from stageflow.interceptors import (
     TimeoutInterceptor,
 )
 
-from ._support import make_ctx, ok_stage
+from ._support import FakeSleep, make_ctx, ok_stage
 
 W = StageKind.WORK
-
-
-class FakeSleep:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
 
 
 # --------------------------------------------------------------------------- leaks and wrong answers

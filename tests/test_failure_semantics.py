@@ -29,7 +29,7 @@ from stageflow import (
     StageStatus,
 )
 
-from ._support import StageFn, make_ctx, ok_stage
+from ._support import FakeSleep, StageFn, make_ctx, ok_stage
 
 W = StageKind.WORK
 
@@ -46,16 +46,6 @@ def never_called(log: list[str], name: str) -> StageFn:
 
 async def boom(ctx: StageContext) -> StageOutput:
     raise RuntimeError("kaput")
-
-
-class FakeSleep:
-    """A ``RetryPolicy.sleep`` that records the delays instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
 
 
 class TestFailFast:
