@@ -40,6 +40,9 @@ Every class has a ``category`` (an ``OutcomeCategory``) that its subclasses inhe
 is a timeout, ``StageFailedError`` and ``RetriesExhaustedError`` are failures, ``PipelineCancelledError`` a
 cancellation, a ``PipelineFailedError`` its failing stage's category, every other class an error.
 ``error_category(exc)`` reads it for any exception.
+
+It is over 500 lines because the tree is kept whole in one module (as httpx keeps its own): each class
+builds its message from its fields, says how to fix the cause, and pickles across a process hop.
 """
 
 from __future__ import annotations

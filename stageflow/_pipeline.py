@@ -2,6 +2,9 @@
 
 The stage descriptions it produces (``StageSpec``, ``StageInfo``) and the DAG checks are in ``_dag``;
 ``build()`` hands them to ``StageGraph`` (loaded then: the builder imports the graph, never the reverse).
+It is over 500 lines because every check ``with_stage()`` and ``build()`` make on what a user passes (names,
+kinds, runners, executors, streams, config) lives here, next to the one call that takes it, with its
+message.
 """
 
 from __future__ import annotations

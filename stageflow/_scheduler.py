@@ -169,7 +169,9 @@ class _Run:
 
     Every stage ends in ``_settle``: the one place that turns a stage's outcome (a ``StageOutput``, an
     exception, or whatever ``execute`` returned instead) into its ``StageResult``, emits its stage event,
-    records its timing and releases its dependents (or stops the run).
+    records its timing and releases its dependents (or stops the run); a conditional stage a skipped
+    dependency skips too. Every run ends in ``_end``: the one place that gives the run its category, its
+    run-ended event and its record, then returns its ``RunResult`` or raises.
     """
 
     __slots__ = (
