@@ -93,7 +93,14 @@ def _delivery() -> list[str]:
         "at any size: the log record queue fills first). A burst's peak memory over the same burst "
         "without telemetry: 31 MiB at 1,000 runs, 110 MiB at 8,000. In `complete` mode a 10,000-run "
         "burst lost nothing and took 56.9 s, 1.26x the `bounded` mode's 45.1 s (which lost nothing "
-        "either that time): waiting runs await room while the event loop serves the others.",
+        "either that time): waiting runs await room while the event loop serves the others. As a "
+        "user meets it (`python -m tests.benchmarks.burst --jaeger 5000`: 5,000 concurrent runs whose "
+        "every stage opens a span of its own, 55,000 spans, `setup()`'s defaults, through the shipped "
+        "collector config to a real Jaeger, 2026-12-06): every span reached Jaeger over OTLP/gRPC and "
+        "over OTLP/HTTP, and so they did at 20,000 runs (220,000 spans) with the export encoder of this "
+        "release (before it, 2,114 spans of the HTTP burst were counted `queue_full`). Memory: a queued "
+        "span of that burst holds about 2.4 KB (stage spans with their events and links, and the "
+        "stages' own), so the span queue (16,384 plus the batch in flight) holds at most about 40 MiB.",
         "",
         "After `os.fork()` the child's telemetry works: it starts with empty queues and its own export "
         "threads and connections (what the parent had queued stays the parent's to deliver).",
