@@ -27,7 +27,9 @@ from ._interceptors import (
     build_run_chain,
     build_stage_chain,
     check_chain_depth,
+    hooked_sink,
     order_interceptors,
+    run_sink_hooks,
 )
 from ._offload import _PoolHolder, default_thread_count
 from ._reporting import (
@@ -161,6 +163,7 @@ class StageGraph:
                 and ("timeout" in info.config or getattr(info.runner, "timeout", None) is not None)
             )
         )
+        self._sink_hooks = run_sink_hooks(self.interceptors)
         self._run_chain = build_run_chain(self._execute, self.interceptors)
         self._run_wrapped = self._run_chain != self._execute  # build_run_chain returns _execute as is
 
@@ -283,6 +286,8 @@ class StageGraph:
             data=ctx.data if ctx.pipeline is None else dict(ctx.data),
             ports=ctx.inputs.ports,
         )
+        if self._sink_hooks:  # an interceptor receives the run's events itself (a tracer)
+            sink = run.event_sink = hooked_sink(self._sink_hooks, run, sink)
         reporter = run._reporter = reporter_for(sink, self.run_store, run.run_id, self.name)
         if reporter is not None and reporter.sink is not None:
             reporter.event(PIPELINE_CREATED, {"stages": len(self.stages), "version": self.version})

@@ -46,6 +46,7 @@ from ._types import StageOutput, StageStatus
 
 if TYPE_CHECKING:
     from ._dag import StageInfo
+    from ._events import EventSink
 
 __all__ = (
     "BaseInterceptor",
@@ -55,9 +56,11 @@ __all__ = (
     "InterceptorResult",
     "RunNext",
     "build_run_chain",
+    "hooked_sink",
     "build_stage_chain",
     "check_chain_depth",
     "order_interceptors",
+    "run_sink_hooks",
 )
 
 logger = logging.getLogger("stageflow")
@@ -112,6 +115,22 @@ class Interceptor:
     async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
         """Wrap one run; must return ``await call_next(run)``."""
         return await call_next(run)
+
+    def run_sink(self, run: PipelineContext, sink: EventSink) -> EventSink:
+        """The sink ``run``'s events go to, given the one it would use: override it to receive every event
+        of the run yourself (return a sink that takes each event, then hands it to ``sink``).
+
+        Called once per run by ``StageGraph.run()``, before the run's first event (``pipeline.created``)
+        and before any ``intercept_run``, in the caller's context; the outermost interceptor's sink sees
+        each event first. Only interceptors that override it are called, so a graph without one pays
+        nothing; one that raises is logged and the run keeps the sink it had.
+
+        Returns:
+            ``sink`` itself by default.
+
+        .. versionadded:: 0.11
+        """
+        return sink
 
 
 class ErrorAction(Enum):
@@ -423,6 +442,25 @@ def build_stage_chain(stage: StageInfo, call: CallNext, ordered: Sequence[Interc
         else:
             chained = _Direct(ic, stage, chained).__call__
     return chained
+
+
+def run_sink_hooks(
+    ordered: Sequence[Interceptor],
+) -> tuple[Callable[[PipelineContext, EventSink], EventSink], ...]:
+    """The ``run_sink`` of each interceptor that overrides it, innermost first (folded once per graph)."""
+    return tuple(ic.run_sink for ic in reversed(ordered) if _overrides(ic, "run_sink"))
+
+
+def hooked_sink(
+    hooks: Sequence[Callable[[PipelineContext, EventSink], EventSink]], run: PipelineContext, sink: EventSink
+) -> EventSink:
+    """``sink`` as the interceptors' ``run_sink`` hooks give it for ``run``; a hook that raises is skipped."""
+    for hook in hooks:
+        try:
+            sink = hook(run, sink)
+        except Exception:
+            logger.exception("stageflow: %r's run_sink failed; the run keeps its event sink", hook)
+    return sink
 
 
 def build_run_chain(call: RunNext, ordered: Sequence[Interceptor]) -> RunNext:

@@ -10,12 +10,13 @@ Spans are started with ``Tracer.start_span`` and an explicit parent context; a s
 around ``call_next``, inside one coroutine frame, so ``execute()`` sees its stage span as the current span
 and spans it opens become that span's children, also when stages run concurrently.
 
-Span events: the tracing side receives every event of a traced run itself (for the run, the run's sink
-is wrapped: each event goes on its span, then on to the sink the run was given, whatever sink that is),
+Span events: the tracing side receives every event of a traced run itself (``run_sink``: the run span
+starts before the run's first event, and each event goes on its span, then on to the sink the run was
+given, whatever sink that is),
 and puts it on the span it belongs to as a span event, with the event's own timestamp, in the stream's
 order: ``pipeline.*`` on the run span, ``stage.{name}.*`` on that stage's span (the run span for a stage
-that never had one, such as a conditional stage the executor skipped). The run span starts with its
-``pipeline.created`` event, each stage span with its ``started`` event, and ends at its closing event
+that never had one, such as a conditional stage the executor skipped). Each stage span starts with its
+``started`` event, and ends at its closing event
 (``completed|failed|skipped|cancelled``, or ``retrying`` between two attempts) at the later of that
 event's time and the attempt's return: one owner opens, annotates and ends every span. A closing event
 whose result differs from how the attempt ended (an interceptor outside the span fell back: ``skipped``)
@@ -203,8 +204,8 @@ def _copy(span: trace.Span, event: TaxonomyEvent, keys: tuple[str, ...]) -> None
 class _RunTrace:
     """The per-run state: the run span, its context, every stage span so far, and the run's events.
 
-    The run's sink is wrapped (``_TracedSink``) so every event of the run comes here first, on the event
-    loop, in the core's order (see the module docs for where each goes), then goes on to the run's sink.
+    The run's sink is wrapped (``_TracedSink``, from ``run_sink``) so every event of the run comes here
+    first, in the core's order (see the module docs for where each goes), then goes on to the run's sink.
     """
 
     __slots__ = (
@@ -465,6 +466,10 @@ class TracingInterceptor(Interceptor):
         self._spans: StageSpans | None = None
         self._resolved = False
         self._state: ContextVar[_RunTrace | None] = ContextVar(f"stageflow_otel.tracing.{id(self)}")
+        self._prepared: ContextVar[_RunTrace | None] = ContextVar(
+            f"stageflow_otel.tracing.prepared.{id(self)}", default=None
+        )
+        """The run ``run_sink`` started a span for, until its ``intercept_run`` takes it."""
         self._statics: weakref.WeakKeyDictionary[StageGraph, dict[str, _StageStatic]] = (
             weakref.WeakKeyDictionary()
         )
@@ -491,30 +496,19 @@ class TracingInterceptor(Interceptor):
 
     # ----------------------------------------------------------------------------------------- run
 
-    async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
-        """Open the run span, make it current for the run (so stage tasks inherit it), take the run's events
-        (its sink is wrapped for the run) and close the span."""
+    def run_sink(self, run: PipelineContext, sink: EventSink) -> EventSink:
+        """Start the run span and take the run's events, from its first (``pipeline.created``) on: each
+        goes on its span, then on to ``sink``. A run head sampling drops (or no SDK) keeps ``sink``."""
+        self._prepared.set(None)
         tracer = self._tracer
         if tracer is None and (self._resolved or (tracer := self._resolve()) is None):
-            return await call_next(run)
+            return sink
         graph = run.graph
         static = self._statics.get(graph)
         if static is None:
             static = {info.name: _StageStatic(info, self._limit) for info in graph.stages}
             self._statics[graph] = static
-        run_id = str(run.run_id)
-        sink = run.event_sink
         try:
-            # the core emitted pipeline.created to the run's sink before any interceptor ran: the run
-            # span starts there, and carries the same event, described from the same data
-            created_data = {
-                "run_id": run_id,
-                "pipeline": run.pipeline_name,
-                "timestamp": time.time(),
-                "stages": len(graph.stages),
-                "version": graph.version,
-            }
-            created = describe("pipeline.created", created_data, self._limit, self._redact)
             span = tracer.start_span(
                 clean_text(semconv.SPAN_PIPELINE_PREFIX + run.pipeline_name, self._limit),
                 context=_parent_context(run),
@@ -522,38 +516,47 @@ class TracingInterceptor(Interceptor):
                 attributes={
                     semconv.PIPELINE_NAME: run.pipeline_name,
                     semconv.PIPELINE_VERSION: graph.version,
-                    semconv.RUN_ID: run_id,
+                    semconv.RUN_ID: str(run.run_id),
                 },
                 record_exception=False,
                 set_status_on_exception=False,
-                start_time=created.timestamp,
             )
             # Built on the current context, not the extracted one, so ambient values (baggage) reach the
             # stages.
-            run_context = trace.set_span_in_context(span)
-            if not span.is_recording():
-                # head sampling dropped the run: its stages (and the spans they open) follow the run
-                # span's decision without spans of their own; its events go to its sink as they are
-                return await self._untraced(run, call_next, run_context)
-            state = _RunTrace(self, run, span, run_context, static, sink)
-            if state.span_events:
-                _add_event(span, created)
-            token = otel_context.attach(run_context)
-            span_context = span.get_span_context()
+            state = _RunTrace(self, run, span, trace.set_span_in_context(span), static, sink)
+        except Exception as exc:  # C9: the SDK failed to start the span; run untraced
+            self._sdk_failed(exc)
+            return sink
+        self._prepared.set(state)
+        # head sampling dropped the run: its stages (and the spans they open) follow the run span's
+        # decision without spans of their own, and its events go to its sink as they are
+        return _TracedSink(state, sink) if span.is_recording() else sink
+
+    async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
+        """Make the run span (started by ``run_sink``) current for the run, so stage tasks inherit it, and
+        end it with the run's outcome."""
+        state = self._prepared.get(None)
+        if state is None or state.run is not run:  # no SDK, or it failed to start the span
+            return await call_next(run)
+        self._prepared.set(None)
+        span = state.span
+        if not span.is_recording():
+            return await self._untraced(run, call_next, state.context)
+        try:
+            token = otel_context.attach(state.context)
+            span_context = state.span_context
             # run stores keep the id of a trace that is exported (sampled), so its link leads somewhere
             trace_id = format(span_context.trace_id, "032x") if span_context.trace_flags.sampled else None
-        except Exception as exc:  # C9: the SDK failed to start the span; run untraced
+        except Exception as exc:  # C9: never expected; run untraced
             self._sdk_failed(exc)
             return await call_next(run)
         state_token = self._state.set(state)
         trace_token = set_run_trace_id(trace_id)
-        run.event_sink = _TracedSink(state, sink)
 
         def ended(outcome: Outcome, results: RunResult | None) -> None:
             otel_context.detach(token)
             reset_run_trace_id(trace_token)
             self._state.reset(state_token)
-            run.event_sink = sink
             # Guarded: an SDK failure here must not replace the run's own result, error or cancellation.
             try:
                 state.close()

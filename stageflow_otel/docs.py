@@ -214,7 +214,7 @@ def render_reference() -> str:
         "`TracingInterceptor` puts every event of a traced run on the trace, whatever event sink the run "
         "was given (none too): each event is a **span event** on the span it belongs to, with the event's "
         "own timestamp, in the order the executor emitted them. `pipeline.*` events are on the run span "
-        "(the run span starts with its own `pipeline.created` span event, made as it starts), "
+        "(`pipeline.created` too: the run span starts just before it), "
         "`stage.{name}.*` events on that stage's span (the span starts at `started` and ends at the event "
         "that closes the attempt: `completed`, `failed`, `skipped`, `cancelled`, or a `retrying` between "
         "two attempts; that event's result wins, so a stage an interceptor fell back from is a `skip` "

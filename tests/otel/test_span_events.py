@@ -82,18 +82,9 @@ def check_against_stream(spans: Sequence[ReadableSpan], stream: InMemoryEventSin
             assert span.start_time <= event.timestamp <= span.end_time, (span.name, event.name)
             placed.append((event.timestamp, str((event.attributes or {})[semconv.EVENT_TYPE]), position))
             position += 1
-    # pipeline.created reached the run's sink before the tracing side took the run's events: the run span
-    # carries its own record of it, made as the run span starts, a moment later
-    created = sorted(t for t, ty, _ in placed if ty == "pipeline.created")
-    streamed = sorted(ns(e) for e in stream.events if e.type == "pipeline.created")
-    assert len(created) == len(streamed)
-    assert all(ours >= theirs for ours, theirs in zip(created, streamed, strict=True))
-    assert sorted((t, ty) for t, ty, _ in placed if ty != "pipeline.created") == sorted(
-        (ns(e), e.type) for e in stream.events if e.type != "pipeline.created"
-    )
+    assert sorted((t, ty) for t, ty, _ in placed) == sorted((ns(e), e.type) for e in stream.events)
     # within each span, the events keep the stream's order
     order = {(ns(e), e.type): i for i, e in enumerate(stream.events)}
-    order.update({(t, "pipeline.created"): -1 for t in created})
     for span in spans:
         indexes = [
             order[e.timestamp, str((e.attributes or {})[semconv.EVENT_TYPE])]
@@ -179,9 +170,11 @@ class TestSuccess:
                 semconv.STAGE_RESULT: semconv.RESULT_SUCCESS,
             },
         ]
-        # the run span starts with pipeline.created, a stage span with its started event and ends with
-        # its closing event
-        assert run.start_time == run.events[0].timestamp >= ns(stream.events[0])
+        # the run span starts just before pipeline.created (its first span event), a stage span with its
+        # started event and ends with its closing event
+        assert run.start_time is not None and run.start_time <= run.events[0].timestamp == ns(
+            stream.events[0]
+        )
         assert (a.start_time, a.end_time) == (ns(stream.events[2]), ns(stream.events[3]))
         assert counts(metric_reader) == {
             (E["pipeline.created"], "demo", None): 2,
@@ -227,9 +220,7 @@ class TestSuccess:
             for r in log_exporter.get_finished_logs()
         ]
         assert len(from_logs) == 7
-        # the run span's pipeline.created is its own record, made a moment after the core's
-        assert [x[:2] for x in sorted(from_spans, key=lambda x: x[2])] == [x[:2] for x in from_logs]
-        assert sorted(from_spans, key=lambda x: x[2])[1:] == from_logs[1:]
+        assert sorted(from_spans, key=lambda x: x[2]) == from_logs
         sink.shutdown(timeout=5.0)
 
     async def test_without_the_tracing_interceptor_events_are_still_counted(
