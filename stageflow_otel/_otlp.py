@@ -1,4 +1,4 @@
-"""OTLP trace requests encoded straight to protobuf bytes, without building protobuf objects.
+"""OTLP trace and log requests encoded straight to protobuf bytes, without building protobuf objects.
 
 The SDK's encoder (``opentelemetry-exporter-otlp-proto-common``) builds one protobuf object per span,
 attribute, value, event and link, then serializes them: about 20 object constructions for a stage span,
@@ -17,20 +17,28 @@ over when full.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 __all__ = (
-    "EncodedSpans",
+    "Encoded",
     "encode_attributes",
+    "encode_log_requests",
+    "encode_logs",
     "encode_requests",
     "encode_spans",
+    "grpc_log_exporter",
     "grpc_span_exporter",
+    "http_log_exporter",
     "http_span_exporter",
 )
 
@@ -227,17 +235,18 @@ def _members(groups: list[tuple[Any, list[Any]]], key: Any) -> list[Any]:
     return found
 
 
-def _request(pieces: Sequence[tuple[ReadableSpan, bytes]]) -> bytes:
-    """The request of already encoded spans: grouped by resource, then scope, in order of appearance."""
+def _request(pieces: Sequence[tuple[Any, bytes]]) -> bytes:
+    """The request of already encoded spans or log records (``ResourceSpans`` and ``ResourceLogs`` have
+    the same shape): grouped by resource, then scope, in order of first appearance."""
     groups: list[tuple[Any, list[Any]]] = []
-    for span, encoded in pieces:
-        _members(_members(groups, span.resource), span.instrumentation_scope or None).append(encoded)
+    for item, encoded in pieces:
+        _members(_members(groups, item.resource), item.instrumentation_scope or None).append(encoded)
     request: list[bytes] = []
     for resource, scopes in groups:
         body = [_field(b"\x0a", encode_attributes(b"\x0a", resource.attributes))]
-        for scope, spans in scopes:
+        for scope, items in scopes:
             scope_body = [_field(b"\x0a", _scope(scope))]
-            scope_body.extend(_field(b"\x12", span) for span in spans)
+            scope_body.extend(_field(b"\x12", item) for item in items)
             if scope is not None and scope.schema_url:
                 scope_body.append(_field(b"\x1a", scope.schema_url.encode("utf-8")))
             body.append(_field(b"\x12", b"".join(scope_body)))
@@ -247,40 +256,70 @@ def _request(pieces: Sequence[tuple[ReadableSpan, bytes]]) -> bytes:
     return b"".join(request)
 
 
+def _log_record(record: ReadableLogRecord) -> bytes:
+    api = record.log_record
+    parts = []
+    if api.timestamp:
+        parts.append(b"\x09" + _pack_fixed64(api.timestamp))
+    severity = getattr(api.severity_number, "value", None)
+    if severity:
+        parts.append(b"\x10" + _varint(severity))
+    if api.severity_text:
+        parts.append(_field(b"\x1a", api.severity_text.encode("utf-8")))
+    parts.append(_field(b"\x2a", _value(api.body)))
+    parts.append(encode_attributes(b"\x32", api.attributes))
+    if record.dropped_attributes:
+        parts.append(b"\x38" + _varint(record.dropped_attributes))
+    flags = int(api.trace_flags) if api.trace_flags is not None else 0
+    if flags:
+        parts.append(b"\x45" + _pack_fixed32(flags))
+    if api.trace_id:
+        parts.append(b"\x4a\x10" + api.trace_id.to_bytes(16, "big"))
+    if api.span_id:
+        parts.append(b"\x52\x08" + api.span_id.to_bytes(8, "big"))
+    if api.observed_timestamp:
+        parts.append(b"\x59" + _pack_fixed64(api.observed_timestamp))
+    if api.event_name:
+        parts.append(_field(b"\x62", api.event_name.encode("utf-8")))
+    return b"".join(parts)
+
+
+class Encoded(Sequence[Any]):
+    """Spans or log records and their encoded request: a sequence of the items, so any exporter can
+    take it, whose ``data`` the exporters here send as it is."""
+
+    __slots__ = ("data", "items")
+
+    def __init__(self, items: Sequence[Any], data: bytes) -> None:
+        self.items, self.data = items, data
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.items[index]
+
+
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """The serialized ``ExportTraceServiceRequest`` of ``spans``, as the SDK's encoder would build it."""
-    if isinstance(spans, EncodedSpans):
+    if isinstance(spans, Encoded):
         return spans.data
     return _request([(span, _span(span)) for span in spans])
 
 
-class EncodedSpans(Sequence[ReadableSpan]):
-    """Spans and their encoded request: a sequence of the spans, so any exporter can take it, whose
-    ``data`` the exporters here send as it is."""
-
-    __slots__ = ("data", "spans")
-
-    def __init__(self, spans: Sequence[ReadableSpan], data: bytes) -> None:
-        self.spans, self.data = spans, data
-
-    def __len__(self) -> int:
-        return len(self.spans)
-
-    def __getitem__(self, index: Any) -> Any:
-        return self.spans[index]
+def encode_logs(records: Sequence[ReadableLogRecord]) -> bytes:
+    """The serialized ``ExportLogsServiceRequest`` of ``records``, as the SDK's encoder would build it."""
+    if isinstance(records, Encoded):
+        return records.data
+    return _request([(record, _log_record(record)) for record in records])
 
 
-def encode_requests(
-    spans: Sequence[ReadableSpan], limit: int
-) -> tuple[list[EncodedSpans], list[ReadableSpan]]:
-    """``spans`` encoded as requests of at most ``limit`` bytes each, and the spans too large alone.
-
-    Each span is encoded once; sizes are exact, so a batch under the limit (the usual case) costs
-    nothing more than its encoding.
-    """
-    pieces = [(span, _span(span)) for span in spans]
-    requests: list[EncodedSpans] = []
-    oversized: list[ReadableSpan] = []
+def _requests(
+    items: Sequence[Any], limit: int, encode: Callable[[Any], bytes]
+) -> tuple[list[Encoded], list[Any]]:
+    pieces = [(item, encode(item)) for item in items]
+    requests: list[Encoded] = []
+    oversized: list[Any] = []
     pending = [pieces]
     while pending:
         chunk = pending.pop()
@@ -288,7 +327,7 @@ def encode_requests(
             continue
         data = _request(chunk)
         if len(data) <= limit:
-            requests.append(EncodedSpans([span for span, _ in chunk], data))
+            requests.append(Encoded([item for item, _ in chunk], data))
         elif len(chunk) == 1:
             oversized.append(chunk[0][0])
         else:
@@ -297,76 +336,154 @@ def encode_requests(
     return requests, oversized
 
 
-# --------------------------------------------------------------------------- the OTLP span exporters
+def encode_requests(spans: Sequence[ReadableSpan], limit: int) -> tuple[list[Encoded], list[ReadableSpan]]:
+    """``spans`` encoded as requests of at most ``limit`` bytes each, and the spans too large alone.
+
+    Each span is encoded once; sizes are exact, so a batch under the limit (the usual case) costs
+    nothing more than its encoding.
+    """
+    return _requests(spans, limit, _span)
 
 
-def grpc_span_exporter(endpoint: str) -> SpanExporter:
-    """The SDK's OTLP/gRPC span exporter (its settings, channel, retries), encoding with ``encode_spans``.
+def encode_log_requests(
+    records: Sequence[ReadableLogRecord], limit: int
+) -> tuple[list[Encoded], list[ReadableLogRecord]]:
+    """``records`` encoded as requests of at most ``limit`` bytes each, and the records too large alone."""
+    return _requests(records, limit, _log_record)
+
+
+# --------------------------------------------------------------------------- the OTLP exporters
+
+
+@dataclass(frozen=True, slots=True)
+class _Signal:
+    """Where a signal's SDK exporters and request type live, and how this module encodes it."""
+
+    grpc: str
+    http: str
+    request: str
+    encode: Callable[[Any], bytes]
+    requests: Callable[[Any, int], tuple[list[Encoded], list[Any]]]
+    name: str
+
+
+_TRACES = _Signal(
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter:OTLPSpanExporter",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter:OTLPSpanExporter",
+    "opentelemetry.proto.collector.trace.v1.trace_service_pb2:ExportTraceServiceRequest",
+    encode_spans,
+    encode_requests,
+    "span",
+)
+_LOGS = _Signal(
+    "opentelemetry.exporter.otlp.proto.grpc._log_exporter:OTLPLogExporter",
+    "opentelemetry.exporter.otlp.proto.http._log_exporter:OTLPLogExporter",
+    "opentelemetry.proto.collector.logs.v1.logs_service_pb2:ExportLogsServiceRequest",
+    encode_logs,
+    encode_log_requests,
+    "log record",
+)
+
+
+def _load(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _grpc(signal: _Signal, endpoint: str) -> Any:
+    """The SDK's OTLP/gRPC exporter of ``signal`` (its settings, channel, retries) on this encoder.
 
     The SDK exporter takes its request from ``_translate_data``, the hook each signal's exporter
-    implements; here it parses the bytes ``encode_spans`` wrote (one C call, about 1 µs a span) instead of
+    implements; here it parses the bytes this module wrote (one C call, about 1 µs an item) instead of
     building the request object by object. Where an SDK release lacks that hook, its own exporter is used.
     """
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    sdk, request_type = _load(signal.grpc), _load(signal.request)
+    if not callable(getattr(sdk, "_translate_data", None)):
+        return sdk(endpoint=endpoint)
 
-    if not callable(getattr(OTLPSpanExporter, "_translate_data", None)):
-        return OTLPSpanExporter(endpoint=endpoint)
+    class GrpcExporter(sdk):  # type: ignore[misc, valid-type]
+        requests = staticmethod(signal.requests)
 
-    class GrpcSpanExporter(OTLPSpanExporter):
-        requests = staticmethod(encode_requests)
+        def _translate_data(self, data: Sequence[Any]) -> Any:
+            return request_type.FromString(signal.encode(data))
 
-        def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
-            request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(encode_spans(data))
-            return request
-
-    return GrpcSpanExporter(endpoint=endpoint)
+    return GrpcExporter(endpoint=endpoint)
 
 
-def http_span_exporter(endpoint: str, session: Any) -> SpanExporter:
-    """The SDK's OTLP/HTTP span exporter (its settings, client, retries), sending ``encode_spans``'s bytes.
+def _http(signal: _Signal, endpoint: str, session: Any) -> Any:
+    """The SDK's OTLP/HTTP exporter of ``signal`` (its settings, client, retries) sending this module's bytes.
 
     Its ``export`` is the SDK's with the encoder swapped: the same shutdown check, size limit, export
     metrics and HTTP client. Where an SDK release lacks those parts, its own ``export`` runs.
     """
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    sdk = _load(signal.http)
+    success, failure = (
+        (SpanExportResult.SUCCESS, SpanExportResult.FAILURE)
+        if signal is _TRACES
+        else (LogRecordExportResult.SUCCESS, LogRecordExportResult.FAILURE)
+    )
 
-    class HttpSpanExporter(OTLPSpanExporter):
-        requests = staticmethod(encode_requests)
+    class HttpExporter(sdk):  # type: ignore[misc, valid-type]
+        requests = staticmethod(signal.requests)
 
         def __init__(self) -> None:
             super().__init__(endpoint=endpoint, session=session)
             parts = ("_client", "_metrics", "_max_request_size", "_shutdown")
             self.direct = all(hasattr(self, name) for name in parts)
 
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        def export(self, batch: Sequence[Any]) -> Any:
             if not self.direct:
-                return super().export(spans)
+                return super().export(batch)
             if self._shutdown:
                 logger.warning("Exporter already shutdown, ignoring batch")
-                return SpanExportResult.FAILURE
-            with self._metrics.export_operation(len(spans)) as result:
+                return failure
+            with self._metrics.export_operation(len(batch)) as result:
                 try:
-                    data = encode_spans(spans)
+                    data = signal.encode(batch)
                 except Exception as error:
-                    logger.error("Failed to encode span batch: %s", error)
+                    logger.error("Failed to encode %s batch: %s", signal.name, error)
                     result.error = error
-                    return SpanExportResult.FAILURE
+                    return failure
                 limit = self._max_request_size
                 if limit > 0 and len(data) > limit:
                     logger.warning(
-                        "Dropping span batch: serialized size %d bytes exceeds max_request_size %d bytes.",
+                        "Dropping %s batch: serialized size %d bytes exceeds max_request_size %d bytes.",
+                        signal.name,
                         len(data),
                         limit,
                     )
-                    result.error = ValueError(f"a span request of {len(data)} bytes is over {limit}")
-                    return SpanExportResult.FAILURE
+                    result.error = ValueError(f"a {signal.name} request of {len(data)} bytes is over {limit}")
+                    return failure
                 answer = self._client.export(data)
                 if not answer.success:
                     result.error = answer.error
                     if answer.status_code is not None:
                         result.error_attrs = {"http.response.status_code": answer.status_code}
-                    return SpanExportResult.FAILURE
-            return SpanExportResult.SUCCESS
+                    return failure
+            return success
 
-    return HttpSpanExporter()
+    return HttpExporter()
+
+
+def grpc_span_exporter(endpoint: str) -> SpanExporter:
+    """The SDK's OTLP/gRPC span exporter, encoding with ``encode_spans``."""
+    exporter: SpanExporter = _grpc(_TRACES, endpoint)
+    return exporter
+
+
+def http_span_exporter(endpoint: str, session: Any) -> SpanExporter:
+    """The SDK's OTLP/HTTP span exporter, sending ``encode_spans``'s bytes."""
+    exporter: SpanExporter = _http(_TRACES, endpoint, session)
+    return exporter
+
+
+def grpc_log_exporter(endpoint: str) -> LogRecordExporter:
+    """The SDK's OTLP/gRPC log record exporter, encoding with ``encode_logs``."""
+    exporter: LogRecordExporter = _grpc(_LOGS, endpoint)
+    return exporter
+
+
+def http_log_exporter(endpoint: str, session: Any) -> LogRecordExporter:
+    """The SDK's OTLP/HTTP log record exporter, sending ``encode_logs``'s bytes."""
+    exporter: LogRecordExporter = _http(_LOGS, endpoint, session)
+    return exporter

@@ -90,11 +90,12 @@ _OTLP_EXPORTERS: Final[Mapping[tuple[str, str], str]] = {
     ("traces", "http/protobuf"): "stageflow_otel._otlp:http_span_exporter",
     ("metrics", "grpc"): "opentelemetry.exporter.otlp.proto.grpc.metric_exporter:OTLPMetricExporter",
     ("metrics", "http/protobuf"): "opentelemetry.exporter.otlp.proto.http.metric_exporter:OTLPMetricExporter",
-    ("logs", "grpc"): "opentelemetry.exporter.otlp.proto.grpc._log_exporter:OTLPLogExporter",
-    ("logs", "http/protobuf"): "opentelemetry.exporter.otlp.proto.http._log_exporter:OTLPLogExporter",
+    ("logs", "grpc"): "stageflow_otel._otlp:grpc_log_exporter",
+    ("logs", "http/protobuf"): "stageflow_otel._otlp:http_log_exporter",
 }
 """Each signal's OTLP exporter (a class or factory taking ``endpoint`` and, over HTTP, ``session``) by
-protocol, imported when first used (gRPC is heavy to import); spans go through ``_otlp``'s encoder."""
+protocol, imported when first used (gRPC is heavy to import); spans and log records go through
+``_otlp``'s encoder."""
 
 
 def setup(
