@@ -74,6 +74,7 @@ _CANCEL = StageStatus.CANCEL
 _SUCCESS = OutcomeCategory.SUCCESS.value
 _SKIPPED = OutcomeCategory.SKIP.value
 _CANCELLED = OutcomeCategory.CANCELLATION.value
+_NO_DATA: Mapping[str, Any] = MappingProxyType({})
 _NO_OUTPUTS: Mapping[str, StageOutput] = MappingProxyType({})
 _new = object.__new__
 
@@ -493,25 +494,17 @@ class _Run:
                 result.stream = state
                 self.results[node.name] = result
                 if self.events is not None:
-                    if hop is None and state is None:
-                        self._stage_event(
-                            node,
-                            STAGE_COMPLETED,
-                            duration=ended - started,
-                            wait=started - ready_at,
-                            attempts=attempts,
-                            category=_SUCCESS,
-                        )
-                    else:
-                        self._stage_event(
-                            node,
-                            STAGE_COMPLETED,
-                            duration=ended - started,
-                            wait=started - ready_at,
-                            attempts=attempts,
-                            category=_SUCCESS,
-                            **_offloaded_or_streamed(hop, state, started),
-                        )
+                    self._stage_event(
+                        node,
+                        STAGE_COMPLETED,
+                        duration=ended - started,
+                        wait=started - ready_at,
+                        attempts=attempts,
+                        category=_SUCCESS,
+                        **(
+                            _NO_DATA if hop is None and state is None else _hop_or_stream(hop, state, started)
+                        ),
+                    )
                 self._release(i, outcome, ended)
                 return
             status, output, error = _classify(node, outcome)
@@ -676,7 +669,7 @@ def _shown_path(path: str | None) -> str | None:
     return path[len(here) :] if path.startswith(here) else path
 
 
-def _offloaded_or_streamed(hop: Hop | None, state: StreamState | None, started: float) -> dict[str, Any]:
+def _hop_or_stream(hop: Hop | None, state: StreamState | None, started: float) -> dict[str, Any]:
     """The ``completed`` event's measurements of a sync stage (dispatch) or a streaming one (chunks)."""
     extra: dict[str, Any] = {}
     if hop is not None:

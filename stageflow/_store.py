@@ -17,6 +17,10 @@ Records are written once: a second write of the same run id changes nothing. Bef
 every text in it is made storable the same way by every store (``storable_record``): a lone surrogate
 becomes the escape ``\\udXXX`` and a NUL character ``\\x00``, and an error message or reason longer than
 ``MAX_MESSAGE_CHARS`` characters keeps its beginning and says how many characters were cut.
+
+It is over 500 lines because the port, the record types, their validation and both stores that need
+no extra (in memory, SQLite with its schema migrations) are read together: each store keeps the port's
+semantics the types define.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ Example::
     graph = pipeline.build(run_store=store)
     ...
     await store.aclose()
+
+It is over 500 lines because the schema, its migrations, the partition retention and the one-statement
+write are one unit that must change together.
 """
 
 from __future__ import annotations

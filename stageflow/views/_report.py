@@ -10,6 +10,9 @@ was skipped or cancelled, or took more than one attempt.
 Its size is bounded by the number of runs and stages, not by what they stored: a message (an error, a
 skip or cancel reason) is cut after ``MESSAGE_LIMIT`` characters and any other stored text (names, ids,
 kinds, error types) after ``NAME_LIMIT``, each with a visible marker saying how much was left out.
+
+It is over 500 lines because the report is one self-contained document: its statistics, sections and
+inline styles are generated together so that the page stays consistent.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ and from ``file://``. Hovering any box shows its numbers through an SVG ``<title
 
 The DAG is laid out in layers (Sugiyama style): one column per dependency depth, and every edge that
 spans several columns gets a lane in each column it passes, so no edge is ever drawn across a box.
+
+It is over 500 lines because the layered layout and the two drawings share their geometry and escaping
+helpers; splitting them would spread one coordinate system over modules.
 """
 
 from __future__ import annotations
