@@ -166,7 +166,7 @@ class RunReporter:
         """Emit one event of the run. A sink's ``Exception`` is logged once; a ``BaseException`` is raised."""
         sink = self.sink
         if sink is not None:
-            emit(sink, type, {"run_id": self.run_id, "pipeline": self.pipeline, "timestamp": _wall(), **data})
+            emit(sink, type, envelope(self.run_id, self.pipeline, data))
 
     def custom(
         self, type: str, data: Mapping[str, Any] | None, legacy: Mapping[str, Any] | None = None

@@ -185,3 +185,33 @@ class TestLazyNames:
         """``stageflow.interceptors`` exports the built-ins, the same objects ``stageflow`` re-exports."""
         assert stageflow.interceptors.TimeoutInterceptor is stageflow.TimeoutInterceptor
         assert stageflow.interceptors.BaseInterceptor is stageflow.BaseInterceptor
+
+
+def _imported(module: str) -> set[str]:
+    """The ``stageflow`` modules ``stageflow/<module>.py`` imports, at any level, ``TYPE_CHECKING`` too."""
+    import ast
+
+    tree = ast.parse((ROOT / "stageflow" / f"{module}.py").read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("stageflow."):
+            found.add(node.module.removeprefix("stageflow."))
+    return found
+
+
+class TestLayering:
+    def test_the_dag_module_imports_no_builder_graph_scheduler_or_interceptor(self) -> None:
+        """``_dag`` is the bottom layer: the builder, the graph and the interceptors import it."""
+        assert _imported("_dag") & {"_pipeline", "_graph", "_scheduler", "_interceptors"} == set()
+
+    def test_the_graph_and_scheduler_never_import_the_builder(self) -> None:
+        """The builder imports the graph (in ``build()``); the graph and its scheduler never the builder."""
+        assert (_imported("_graph") | _imported("_scheduler")) & {"_pipeline"} == set()
+        assert {"_dag", "_scheduler"} <= _imported("_graph")
+
+    def test_the_builder_interceptors_and_graph_take_the_dag_types_from_one_module(self) -> None:
+        """``StageInfo`` comes from ``_dag`` to every module that names it."""
+        users = ("_pipeline", "_graph", "_scheduler", "_interceptors", "interceptors/_builtins")
+        assert [m for m in users if "_dag" not in _imported(m)] == []
