@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from stageflow import EventSink, PipelineTimer, StageContext, StageOutput
 from stageflow.context import ContextSnapshot, RunIdentity
 from stageflow.stages import StageInputs
@@ -15,6 +17,7 @@ __all__ = (
     "FakeSleep",
     "StageFn",
     "Tee",
+    "run_cli",
     "local_dask_cluster",
     "make_ctx",
     "ok_stage",
@@ -118,3 +121,15 @@ class FakeSleep:
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``stageflow ARGV`` in process: (exit status, stdout, stderr)."""
+    from stageflow.views._cli import main
+
+    try:
+        status = main(list(argv))
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err

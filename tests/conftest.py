@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -56,3 +57,13 @@ def _clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     monkeypatch.setattr(stageflow._scheduler, "_perf", fake)
     monkeypatch.setattr(stageflow._streams, "_perf", fake)
     return fake
+
+
+@pytest.fixture(name="utc")
+def _utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time is UTC while the test runs (``TZ=UTC``, then ``time.tzset()``); restored afterwards."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()

@@ -6,47 +6,31 @@ import asyncio
 import importlib
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import stageflow
 from stageflow import RunRecord, SQLiteRunStore, StageRecord
-from stageflow.views._cli import main
 from stageflow.views._timeline import timeline_of_record
 
 from ._runs_store import RECORDS, T0, write_store
+from ._support import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-@pytest.fixture(name="utc", autouse=True)
-def _utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("TZ", "UTC")
+@pytest.fixture(autouse=True)
+def _utc_and_colour(utc: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local time is UTC and ``NO_COLOR`` unset."""
     monkeypatch.delenv("NO_COLOR", raising=False)
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 @pytest.fixture(name="db")
 def _db(tmp_path: Path) -> str:
     return str(write_store(tmp_path / "runs.db"))
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``stageflow ARGV`` in process: (exit status, stdout, stderr)."""
-    try:
-        status = main(list(argv))
-    except SystemExit as exc:
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def importable_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str) -> None:
@@ -64,17 +48,17 @@ class TestHelpAndVersion:
     )
     def test_help_exits_0(self, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
         """``--help`` prints usage and exits 0 on every command."""
-        status, out, _ = run(capsys, *argv, "--help")
+        status, out, _ = run_cli(capsys, *argv, "--help")
         assert status == 0
         assert out.startswith("usage: stageflow")
 
     def test_version(self, capsys: pytest.CaptureFixture[str]) -> None:
         """``--version`` prints the package version."""
-        assert run(capsys, "--version") == (0, f"stageflow {stageflow.__version__}\n", "")
+        assert run_cli(capsys, "--version") == (0, f"stageflow {stageflow.__version__}\n", "")
 
     def test_no_command_is_a_usage_error(self, capsys: pytest.CaptureFixture[str]) -> None:
         """Without a command the usage goes to stderr with status 2."""
-        status, _, err = run(capsys)
+        status, _, err = run_cli(capsys)
         assert status == 2
         assert "the following arguments are required: COMMAND" in err
 
@@ -92,7 +76,7 @@ class TestHelpAndVersion:
 class TestRuns:
     def test_list(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
         """``runs list`` prints the most recent runs first as a table."""
-        status, out, _ = run(capsys, "runs", "list", db)
+        status, out, _ = run_cli(capsys, "runs", "list", db)
         assert status == 0
         assert out.splitlines() == [
             "id                                    pipeline  status     result   start                "
@@ -109,7 +93,7 @@ class TestRuns:
 
     def test_list_one_pipeline_with_a_limit(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
         """``--pipeline`` and ``--limit`` narrow the table."""
-        _, out, _ = run(capsys, "runs", "list", db, "--pipeline", "voice", "--limit", "1")
+        _, out, _ = run_cli(capsys, "runs", "list", db, "--pipeline", "voice", "--limit", "1")
         assert [line.split()[0] for line in out.splitlines()] == [
             "id",
             "bbbb0003-0000-0000-0000-000000000003",
@@ -117,7 +101,7 @@ class TestRuns:
 
     def test_list_of_an_empty_store(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
         """A pipeline without runs says so."""
-        assert run(capsys, "runs", "list", db, "--pipeline", "nope") == (
+        assert run_cli(capsys, "runs", "list", db, "--pipeline", "nope") == (
             0,
             f"no runs of pipeline 'nope' in {db!r}\n",
             "",
@@ -125,7 +109,7 @@ class TestRuns:
 
     def test_show_by_prefix(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
         """``runs show`` draws the run's timeline and its error; a unique id prefix is enough."""
-        status, out, _ = run(capsys, "runs", "show", db, "bbbb", "--color", "never")
+        status, out, _ = run_cli(capsys, "runs", "show", db, "bbbb", "--color", "never")
         assert status == 0
         assert out == timeline_of_record(RECORDS[2]) + (
             "\n  error: llm: StageTimeoutError: stage 'llm' timed out after 0.2 s\n"
@@ -134,13 +118,15 @@ class TestRuns:
 
     def test_show_in_colour(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
         """``--color always`` colours the timeline like ``RunResult.timeline(color=True)``."""
-        _, out, _ = run(capsys, "runs", "show", db, RECORDS[0].run_id, "--color", "always", "--width", "20")
+        _, out, _ = run_cli(
+            capsys, "runs", "show", db, RECORDS[0].run_id, "--color", "always", "--width", "20"
+        )
         assert out == timeline_of_record(RECORDS[0], width=20, color=True) + "\n"
         assert "\033[32m" in out
 
     def test_ambiguous_prefix(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
         """A prefix matching several runs is refused, naming them in id order."""
-        status, _, err = run(capsys, "runs", "show", db, "aaaa")
+        status, _, err = run_cli(capsys, "runs", "show", db, "aaaa")
         assert status == 1
         assert err == (
             f"stageflow: error: run id prefix 'aaaa' matches 2 runs in {db!r} "
@@ -150,7 +136,7 @@ class TestRuns:
 
     def test_unknown_run(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
         """An unknown run id names the command that lists the runs."""
-        assert run(capsys, "runs", "show", db, "zzz") == (
+        assert run_cli(capsys, "runs", "show", db, "zzz") == (
             1,
             "",
             f"stageflow: error: no run 'zzz' in {db!r}; `stageflow runs list {db}` lists the runs it holds\n",
@@ -159,7 +145,7 @@ class TestRuns:
     def test_missing_store_is_not_created(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         """A path that does not exist is an error, and no database is created there."""
         missing = tmp_path / "nope.db"
-        status, _, err = run(capsys, "runs", "list", str(missing))
+        status, _, err = run_cli(capsys, "runs", "list", str(missing))
         assert status == 1
         assert err.startswith(f"stageflow: error: no run store at {str(missing)!r}: the file does not exist")
         assert not missing.exists()
@@ -168,7 +154,7 @@ class TestRuns:
         """A file that is not SQLite is reported as such."""
         text = tmp_path / "notes.txt"
         text.write_text("hello, this is not a database at all" * 10)
-        status, _, err = run(capsys, "runs", "list", str(text))
+        status, _, err = run_cli(capsys, "runs", "list", str(text))
         assert status == 1
         assert err == (
             f"stageflow: error: run store {str(text)!r} is not a stageflow run store: it is not a readable "
@@ -179,7 +165,7 @@ class TestRuns:
     @pytest.mark.parametrize(("value", "message"), [("0", "at least 1"), ("x", "at least 1")], ids=["0", "x"])
     def test_bad_limit(self, capsys: pytest.CaptureFixture[str], db: str, value: str, message: str) -> None:
         """A limit that is not a positive whole number is a usage error."""
-        status, _, err = run(capsys, "runs", "list", db, "--limit", value)
+        status, _, err = run_cli(capsys, "runs", "list", db, "--limit", value)
         assert status == 2
         assert f"argument --limit: must be a whole number of {message}, got {value!r}" in err
 
@@ -189,12 +175,12 @@ class TestGraph:
         """``graph MODULE:PIPELINE`` prints the pipeline's Mermaid flowchart."""
         monkeypatch.chdir(ROOT)
         pipeline = importlib.import_module("examples.voice_pipeline").PIPELINE
-        assert run(capsys, "graph", "examples.voice_pipeline:PIPELINE") == (0, pipeline.to_mermaid(), "")
+        assert run_cli(capsys, "graph", "examples.voice_pipeline:PIPELINE") == (0, pipeline.to_mermaid(), "")
 
     def test_svg_of_a_factory(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         """A function returning a pipeline works too; ``--format svg -o`` writes a valid SVG file."""
         out_file = tmp_path / "demo.svg"
-        status, out, _ = run(
+        status, out, _ = run_cli(
             capsys,
             "graph",
             "stageflow_otel._demo:build_demo_pipeline",
@@ -232,7 +218,7 @@ class TestGraph:
     ) -> None:
         """A target that is not a pipeline gets an error saying what is wrong."""
         monkeypatch.chdir(ROOT)
-        status, _, err = run(capsys, "graph", target)
+        status, _, err = run_cli(capsys, "graph", target)
         assert status == 1
         assert message in err
 
@@ -279,7 +265,7 @@ class TestHostileText:
         self, capsys: pytest.CaptureFixture[str], hostile_db: str
     ) -> None:
         """``runs list`` prints stored ids, names and paths with control characters escaped."""
-        status, out, _ = run(capsys, "runs", "list", hostile_db)
+        status, out, _ = run_cli(capsys, "runs", "list", hostile_db)
         assert (status, out.splitlines()) == (
             0,
             [
@@ -294,7 +280,9 @@ class TestHostileText:
         self, capsys: pytest.CaptureFixture[str], hostile_db: str
     ) -> None:
         """``runs show --color never`` writes no control character a stage name or message held."""
-        status, out, _ = run(capsys, "runs", "show", hostile_db, "eeee", "--color", "never", "--width", "10")
+        status, out, _ = run_cli(
+            capsys, "runs", "show", hostile_db, "eeee", "--color", "never", "--width", "10"
+        )
         assert (status, out.splitlines()) == (
             0,
             [
@@ -315,7 +303,7 @@ class TestHostileText:
         importable_module(
             tmp_path, monkeypatch, "hostile_import_mod", 'raise ImportError("needs lib\\x1b]0;owned\\x07")\n'
         )
-        assert run(capsys, "graph", "hostile_import_mod:P") == (
+        assert run_cli(capsys, "graph", "hostile_import_mod:P") == (
             1,
             "",
             "stageflow: error: cannot import module 'hostile_import_mod' of 'hostile_import_mod:P': "
@@ -333,14 +321,14 @@ class TestHostileText:
             "async def run(ctx): return StageOutput.ok()\n"
             "P = Pipeline(name='p').with_stage('a\\nb\\r\"c', run, StageKind.WORK)\n",
         )
-        run(capsys, "graph", "newline_graph_mod:P", "-o", str(tmp_path / "g.mmd"))
+        run_cli(capsys, "graph", "newline_graph_mod:P", "-o", str(tmp_path / "g.mmd"))
         assert (tmp_path / "g.mmd").read_text() == 'flowchart TD\n    s0["a#10;b#13;#quot;c<br/>work"]\n'
 
     def test_a_module_that_raises_on_import_is_an_error_not_a_traceback(
         self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         importable_module(tmp_path, monkeypatch, "raising_mod", 'raise ValueError("bad setting")\n')
-        assert run(capsys, "graph", "raising_mod:P") == (
+        assert run_cli(capsys, "graph", "raising_mod:P") == (
             1,
             "",
             "stageflow: error: importing module 'raising_mod' of 'raising_mod:P' raised ValueError: bad "
@@ -359,10 +347,10 @@ class TestHostileText:
             "async def run(ctx): return StageOutput.ok()\n"
             "P = Pipeline(name='p').with_stage('a\\x1b[2J\\x07', run, StageKind.WORK)\n",
         )
-        assert run(capsys, "graph", "hostile_graph_mod:P") == (
+        assert run_cli(capsys, "graph", "hostile_graph_mod:P") == (
             0,
             'flowchart TD\n    s0["a\\x1b[2J\\x07<br/>work"]\n',
             "",
         )
-        run(capsys, "graph", "hostile_graph_mod:P", "-o", str(tmp_path / "g.mmd"))
+        run_cli(capsys, "graph", "hostile_graph_mod:P", "-o", str(tmp_path / "g.mmd"))
         assert (tmp_path / "g.mmd").read_text() == 'flowchart TD\n    s0["a\x1b[2J\x07<br/>work"]\n'

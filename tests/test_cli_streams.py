@@ -4,8 +4,7 @@ first-chunk mark, chunks, the fate of sync work and the run's time to first outp
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,29 +13,16 @@ import stageflow._scheduler
 import stageflow._streams
 from stageflow import Pipeline, RunResult, SQLiteRunStore, StageContext, StageKind, StageOutput
 from stageflow._results import format_seconds
-from stageflow.views._cli import main
 
 from ._runs_store import RECORDS, STREAMED, write_store
+from ._support import run_cli
 
-
-@pytest.fixture(name="utc", autouse=True)
-def _utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")
 
 
 @pytest.fixture(name="db")
 def _db(tmp_path: Path) -> str:
     return str(write_store(tmp_path / "runs.db", RECORDS + STREAMED))
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 class TestShow:
@@ -45,7 +31,7 @@ class TestShow:
     ) -> None:
         """A streaming run's timeline draws embed's dispatch (░, its own column) and the first chunks (┃);
         under it come the time to first output with its breakdown and each stream's chunks."""
-        assert run(capsys, "runs", "show", db, "dddd0005", "--color", "never", "--width", "28") == (
+        assert run_cli(capsys, "runs", "show", db, "dddd0005", "--color", "never", "--width", "28") == (
             0,
             "pipeline 'streaming' · run dddd0005-0000-0000-0000-000000000005 · completed in 560.0 ms\n"
             "    stage  0                   560.0 ms      wait  dispatch       run\n"
@@ -61,7 +47,7 @@ class TestShow:
 
     def test_work_that_was_stopped_is_named(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
         """A sync stage whose work was stopped (its first attempt timed out) is listed under the timeline."""
-        status, out, _ = run(capsys, "runs", "show", db, "dddd0006", "--color", "never")
+        status, out, _ = run_cli(capsys, "runs", "show", db, "dddd0006", "--color", "never")
         assert (status, out.splitlines()[-3:]) == (
             0,
             [
@@ -76,7 +62,7 @@ class TestShow:
         self, capsys: pytest.CaptureFixture[str], db: str
     ) -> None:
         """A run without streams or sync work prints its timeline alone, with no dispatch column."""
-        _, out, _ = run(capsys, "runs", "show", db, "aaaa0001", "--color", "never")
+        _, out, _ = run_cli(capsys, "runs", "show", db, "aaaa0001", "--color", "never")
         assert (
             out.splitlines()[1] == "    stage   0                               150.0 ms      wait       run"
         )
@@ -89,7 +75,7 @@ class TestList:
     ) -> None:
         """With streaming runs among them, the table gains each run's time to first output ("-" for a run
         stored without one)."""
-        status, out, _ = run(capsys, "runs", "list", db, "--limit", "5")
+        status, out, _ = run_cli(capsys, "runs", "list", db, "--limit", "5")
         assert (status, out.splitlines()) == (
             0,
             [
@@ -110,7 +96,7 @@ class TestList:
 
     def test_no_column_when_no_listed_run_streamed(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
         """Runs that did not stream list as they always did."""
-        _, out, _ = run(capsys, "runs", "list", db, "--pipeline", "voice", "--limit", "1")
+        _, out, _ = run_cli(capsys, "runs", "list", db, "--pipeline", "voice", "--limit", "1")
         assert out.splitlines()[0] == (
             "id                                    pipeline  status  result   start                duration"
             "  critical path"
@@ -168,7 +154,7 @@ class TestARecordedRun:
 
         result = asyncio.run(record())
         assert result["stt"].dispatch > 0
-        status, out, _ = run(capsys, "runs", "show", str(tmp_path / "runs.db"), str(result.run_id)[:8])
+        status, out, _ = run_cli(capsys, "runs", "show", str(tmp_path / "runs.db"), str(result.run_id)[:8])
         drawn = result.timeline(color=False)
         assert "dispatch" in drawn.splitlines()[1] and drawn.count("┃") == 2
         ttfo = format_seconds(result.time_to_first_output or 0.0)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,33 +12,19 @@ import psycopg
 import pytest
 
 from stageflow import PostgresRunStore, RunRecord, SQLiteRunStore
-from stageflow.views._cli import main
 from stageflow.views._timeline import timeline_of_record
 from tests._postgres import PostgresServer
 from tests._runs_store import RECORDS, STREAMED, write_store
+from tests._support import run_cli
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
-@pytest.fixture(name="utc", autouse=True)
-def _utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("TZ", "UTC")
+@pytest.fixture(autouse=True)
+def _utc_and_no_store(utc: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local time is UTC; no store or Jaeger address comes from the environment."""
     monkeypatch.delenv("STAGEFLOW_STORE", raising=False)
     monkeypatch.delenv("STAGEFLOW_JAEGER_URL", raising=False)
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``stageflow ARGV`` in process: (exit status, stdout, stderr)."""
-    try:
-        status = main(list(argv))
-    except SystemExit as exc:
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def fill_postgres(url: str, records: tuple[RunRecord, ...] = RECORDS) -> None:
@@ -71,7 +55,7 @@ class TestSQLiteReadsWriteNothing:
         db = str(write_store(stores / "runs.db"))
         before = sorted(p.name for p in stores.iterdir())
         out = tmp_path / "report.html"
-        status, _, err = run(capsys, *[a.replace("{out}", str(out)).replace("{db}", db) for a in argv])
+        status, _, err = run_cli(capsys, *[a.replace("{out}", str(out)).replace("{db}", db) for a in argv])
         assert (status, err) == (0, "")
         assert (before, sorted(p.name for p in stores.iterdir())) == (["runs.db"], ["runs.db"])
 
@@ -81,7 +65,7 @@ class TestSQLiteReadsWriteNothing:
         """An empty file is no run store: the command says so and writes no schema into it."""
         empty = tmp_path / "empty.db"
         empty.touch()
-        status, _, err = run(capsys, "runs", "list", str(empty))
+        status, _, err = run_cli(capsys, "runs", "list", str(empty))
         assert status == 1
         assert err == (
             f"stageflow: error: run store {str(empty)!r} is not a stageflow run store: it holds no tables; "
@@ -125,7 +109,7 @@ class TestMalformedRows:
         self, capsys: pytest.CaptureFixture[str], broken: str
     ) -> None:
         """``runs list`` names the malformed run on stderr and lists the others."""
-        status, out, err = run(capsys, "runs", "list", broken)
+        status, out, err = run_cli(capsys, "runs", "list", broken)
         assert status == 0
         assert [line.split()[0] for line in out.splitlines()[1:]] == [
             "cccc0004-0000-0000-0000-000000000004",
@@ -141,7 +125,7 @@ class TestMalformedRows:
         self, capsys: pytest.CaptureFixture[str], broken: str
     ) -> None:
         """``runs show`` of the malformed run says what is wrong with it, without a traceback."""
-        assert run(capsys, "runs", "show", broken, "aaaa0002") == (
+        assert run_cli(capsys, "runs", "show", broken, "aaaa0002") == (
             1,
             "",
             "stageflow: error: stored run 'aaaa0002-0000-0000-0000-000000000002' is malformed: "
@@ -154,7 +138,7 @@ class TestMalformedRows:
     ) -> None:
         """``report`` writes the other runs and names the malformed one."""
         out_file = tmp_path / "r.html"
-        status, out, err = run(capsys, "report", broken, "-o", str(out_file))
+        status, out, err = run_cli(capsys, "report", broken, "-o", str(out_file))
         assert (status, out) == (0, f"wrote {out_file} (3 runs)\n")
         assert err.startswith(
             "stageflow: warning: stored run 'aaaa0002-0000-0000-0000-000000000002' is malformed"
@@ -168,10 +152,10 @@ class TestPostgres:
         """``--store URL`` and ``$STAGEFLOW_STORE`` list what the SQLite file of the same runs lists."""
         fill_postgres(pg_url)
         sqlite = str(write_store(tmp_path / "runs.db"))
-        expected = run(capsys, "runs", "list", sqlite)
-        assert run(capsys, "runs", "list", "--store", pg_url) == expected
+        expected = run_cli(capsys, "runs", "list", sqlite)
+        assert run_cli(capsys, "runs", "list", "--store", pg_url) == expected
         monkeypatch.setenv("STAGEFLOW_STORE", pg_url)
-        assert run(capsys, "runs", "list") == expected
+        assert run_cli(capsys, "runs", "list") == expected
 
     def test_report_equals_the_sqlite_one(
         self, capsys: pytest.CaptureFixture[str], pg_url: str, tmp_path: Path
@@ -180,8 +164,8 @@ class TestPostgres:
         the time it was generated; dispatch, streams and first outputs included."""
         fill_postgres(pg_url, RECORDS + STREAMED)
         sqlite = str(write_store(tmp_path / "runs.db", RECORDS + STREAMED))
-        assert run(capsys, "report", sqlite, "-o", str(tmp_path / "s.html"))[0] == 0
-        assert run(capsys, "report", "--store", pg_url, "-o", str(tmp_path / "p.html"))[0] == 0
+        assert run_cli(capsys, "report", sqlite, "-o", str(tmp_path / "s.html"))[0] == 0
+        assert run_cli(capsys, "report", "--store", pg_url, "-o", str(tmp_path / "p.html"))[0] == 0
         shown = (
             pg_url.split("@")[0].split(":")[0]
             + "://"
@@ -207,7 +191,7 @@ class TestPostgres:
         record = replace(RECORDS[0], trace_id=TRACE)
         fill_postgres(pg_url, (record,))
         timeline = timeline_of_record(record, width=20)
-        assert run(
+        assert run_cli(
             capsys, "runs", "show", "aaaa", "--store", pg_url, "--width", "20", "--color", "never"
         ) == (
             0,
@@ -215,7 +199,7 @@ class TestPostgres:
             "",
         )
         monkeypatch.setenv("STAGEFLOW_JAEGER_URL", "http://127.0.0.1:16686/")
-        assert run(
+        assert run_cli(
             capsys, "runs", "show", "aaaa", "--store", pg_url, "--width", "20", "--color", "never"
         ) == (
             0,
@@ -228,7 +212,7 @@ class TestPostgres:
     ) -> None:
         """A wrong password is a one-line error that shows neither the given nor the real password."""
         wrong = pg_url.replace(postgres.password, "Wr0ng-S3cret")
-        status, out, err = run(capsys, "runs", "list", wrong)
+        status, out, err = run_cli(capsys, "runs", "list", wrong)
         assert (status, out) == (1, "")
         assert err.startswith(
             f"stageflow: error: cannot connect to postgresql://stageflow@127.0.0.1:{postgres.port}/"
@@ -239,7 +223,7 @@ class TestPostgres:
         self, capsys: pytest.CaptureFixture[str], postgres: PostgresServer, pg_url: str
     ) -> None:
         """A read command on a database without stageflow's schema says to migrate, and creates no table."""
-        status, _, err = run(capsys, "runs", "list", pg_url)
+        status, _, err = run_cli(capsys, "runs", "list", pg_url)
         name = pg_url.rsplit("/", 1)[1]
         assert (status, err) == (
             1,
@@ -255,20 +239,24 @@ class TestPostgres:
     ) -> None:
         """``db migrate`` creates the schema once, then says it is current."""
         shown = f"postgresql://stageflow@127.0.0.1:{postgres.port}/{pg_url.rsplit('/', 1)[1]}"
-        assert run(capsys, "db", "migrate", pg_url) == (0, f"{shown}: stageflow schema version 0 → 4\n", "")
-        assert run(capsys, "db", "migrate", "--store", pg_url) == (
+        assert run_cli(capsys, "db", "migrate", pg_url) == (
+            0,
+            f"{shown}: stageflow schema version 0 → 4\n",
+            "",
+        )
+        assert run_cli(capsys, "db", "migrate", "--store", pg_url) == (
             0,
             f"{shown}: stageflow schema version 4 is current\n",
             "",
         )
-        assert run(capsys, "runs", "list", pg_url) == (0, f"no runs in {shown!r}\n", "")
+        assert run_cli(capsys, "runs", "list", pg_url) == (0, f"no runs in {shown!r}\n", "")
 
     def test_db_migrate_creates_a_sqlite_store(
         self, capsys: pytest.CaptureFixture[str], tmp_path: Path
     ) -> None:
         """``db migrate PATH`` creates a SQLite run store with the current schema."""
         path = tmp_path / "new.db"
-        assert run(capsys, "db", "migrate", str(path)) == (
+        assert run_cli(capsys, "db", "migrate", str(path)) == (
             0,
             f"created run store {str(path)!r}: schema version 5\n",
             "",
@@ -276,13 +264,13 @@ class TestPostgres:
 
     def test_the_store_given_twice_or_never(self, capsys: pytest.CaptureFixture[str]) -> None:
         """A store given both as DB and --store, or not at all, is an error that says what to pass."""
-        assert run(capsys, "runs", "list", "a.db", "--store", "postgresql://u:hunter2@h/d") == (
+        assert run_cli(capsys, "runs", "list", "a.db", "--store", "postgresql://u:hunter2@h/d") == (
             1,
             "",
             "stageflow: error: give the run store once: as DB ('a.db') or as --store ('postgresql://u@h/d'), "
             "not both\n",
         )
-        assert run(capsys, "runs", "list") == (
+        assert run_cli(capsys, "runs", "list") == (
             1,
             "",
             "stageflow: error: no run store given: pass a SQLite file or a postgresql:// URL as DB or "
