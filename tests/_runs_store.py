@@ -7,7 +7,22 @@ from pathlib import Path
 
 from stageflow import RunRecord, SQLiteRunStore, StageRecord
 
-__all__ = ("RECORDS", "STREAMED", "T0", "write_store")
+__all__ = ("RECORDS", "STATS_COLUMNS", "STREAMED", "T0", "write_store")
+
+STATS_COLUMNS = (
+    "stage",
+    "runs",
+    "failed",
+    "skipped",
+    "retried",
+    "run p50",
+    "run p95",
+    "run p99",
+    "wait p50",
+    "wait p95",
+    "wait p99",
+)
+"""The first columns of the report's stage table, whatever the runs measured."""
 
 T0 = 1_780_000_000.0
 """2026-05-28 20:26:40 UTC: the first run's start."""

@@ -27,7 +27,7 @@ from stageflow import (
 from stageflow.views._cli import main
 
 from ._chromium import Chromium, chromium_path
-from ._runs_store import RECORDS, STREAMED, write_store
+from ._runs_store import RECORDS, STATS_COLUMNS, STREAMED, write_store
 
 CHROMIUM = chromium_path()
 if CHROMIUM is None and not os.environ.get("CI"):
@@ -337,17 +337,7 @@ class TestStreamingReportInChromium:
         assert browser.load(streaming.as_uri()).console == []
         assert cells(browser, "table.stats thead tr") == [
             [
-                "stage",
-                "runs",
-                "failed",
-                "skipped",
-                "retried",
-                "run p50",
-                "run p95",
-                "run p99",
-                "wait p50",
-                "wait p95",
-                "wait p99",
+                *STATS_COLUMNS,
                 "dispatch p50",
                 "dispatch p95",
                 "dispatch p99",

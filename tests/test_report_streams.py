@@ -18,7 +18,7 @@ from stageflow.views._report import (
 from stageflow.views._svg import gantt_svg
 from stageflow.views._timeline import TimelineRow
 
-from ._runs_store import RECORDS, STREAMED
+from ._runs_store import RECORDS, STATS_COLUMNS, STREAMED
 
 T = 1000.0
 
@@ -104,17 +104,7 @@ class TestPage:
         head = re.search(r'<table class="stats"><thead><tr>(.*?)</tr>', html)
         assert head is not None
         assert re.findall(r"<th>(.*?)</th>", head.group(1)) == [
-            "stage",
-            "runs",
-            "failed",
-            "skipped",
-            "retried",
-            "run p50",
-            "run p95",
-            "run p99",
-            "wait p50",
-            "wait p95",
-            "wait p99",
+            *STATS_COLUMNS,
             "on critical path",
             "share of run time on the critical path",
         ]
