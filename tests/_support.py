@@ -17,11 +17,12 @@ __all__ = (
     "FakeSleep",
     "StageFn",
     "Tee",
-    "run_cli",
+    "cancel_once_started",
     "local_dask_cluster",
     "make_ctx",
     "ok_stage",
     "recording_stage",
+    "run_cli",
 )
 
 if TYPE_CHECKING:
@@ -133,3 +134,14 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
         status = int(exc.code or 0)
     out, err = capsys.readouterr()
     return status, out, err
+
+
+async def cancel_once_started(run: Awaitable[object], started: asyncio.Event) -> None:
+    """Start ``run`` as a task, cancel it once ``started`` is set, and check that it ends cancelled, the
+    way a caller cancels a run under way (all within 5 s: a hang fails the test)."""
+    task = asyncio.ensure_future(run)
+    async with asyncio.timeout(5):
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

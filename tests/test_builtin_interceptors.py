@@ -36,7 +36,7 @@ from stageflow.interceptors import (
     get_default_interceptors,
 )
 
-from ._support import FakeClock, FakeSleep, make_ctx
+from ._support import FakeClock, FakeSleep, cancel_once_started, make_ctx
 
 W = StageKind.WORK
 
@@ -317,11 +317,7 @@ class TestCircuitBreakerInterceptor:
             await graph.run(make_ctx())
         clock.now += 5
         mode[0] = "block"
-        task = asyncio.create_task(graph.run(make_ctx()))
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_once_started(graph.run(make_ctx()), started)
         assert breaker.state("svc", "p") is CircuitState.HALF_OPEN
         mode[0] = "ok"
         results = await graph.run(make_ctx())

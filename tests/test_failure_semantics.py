@@ -29,7 +29,7 @@ from stageflow import (
     StageStatus,
 )
 
-from ._support import FakeSleep, StageFn, make_ctx, ok_stage
+from ._support import FakeSleep, StageFn, cancel_once_started, make_ctx, ok_stage
 
 W = StageKind.WORK
 
@@ -332,14 +332,9 @@ class TestExternalCancellation:
             .build()
         )
         before = asyncio.all_tasks()
-        task = asyncio.create_task(graph.run(make_ctx()))
-        async with asyncio.timeout(5):
-            await started.wait()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            for _ in range(3):
-                await asyncio.sleep(0)
+        await cancel_once_started(graph.run(make_ctx()), started)
+        for _ in range(3):
+            await asyncio.sleep(0)
         assert ran == []
         assert asyncio.all_tasks() == before
 
@@ -511,12 +506,7 @@ class TestRetry:
             return StageOutput.retry("again")
 
         graph = Pipeline().with_stage("a", flaky, W, retry=RetryPolicy(sleep=hang_sleep)).build()
-        task = asyncio.create_task(graph.run(make_ctx()))
-        async with asyncio.timeout(5):
-            await in_backoff.wait()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+        await cancel_once_started(graph.run(make_ctx()), in_backoff)
 
 
 class TestRetryPolicy:

@@ -34,7 +34,7 @@ from stageflow.interceptors import (
     RunNext,
 )
 
-from ._support import make_ctx, ok_stage
+from ._support import cancel_once_started, make_ctx, ok_stage
 
 W = StageKind.WORK
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset")
@@ -375,12 +375,7 @@ class TestBaseInterceptor:
             return StageOutput.ok()
 
         graph = Pipeline().with_stage("s", hang, W).build(interceptors=[Watch()])
-        task = asyncio.create_task(graph.run(make_ctx()))
-        async with asyncio.timeout(5):
-            await started.wait()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+        await cancel_once_started(graph.run(make_ctx()), started)
         assert log == []
 
 

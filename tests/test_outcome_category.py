@@ -36,7 +36,7 @@ from stageflow import (
     error_category,
 )
 
-from ._support import make_ctx, ok_stage
+from ._support import cancel_once_started, make_ctx, ok_stage
 
 E = StageKind.ENRICH
 C = OutcomeCategory
@@ -393,13 +393,9 @@ class TestRunsReportOneCategory:
             await asyncio.Event().wait()
             return StageOutput.ok()
 
-        task = asyncio.ensure_future(
-            Pipeline().with_stage("waits", waits, E).build().run(make_ctx(sink=sink))
+        await cancel_once_started(
+            Pipeline().with_stage("waits", waits, E).build().run(make_ctx(sink=sink)), started
         )
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
         assert (_ended(sink, "waits")["category"], _run_ended(sink)[0], _run_ended(sink)[1]["category"]) == (
             "cancellation",
             "pipeline.cancelled",

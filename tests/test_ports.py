@@ -28,7 +28,7 @@ from stageflow import (
 )
 from stageflow._config import config_value
 
-from ._support import make_ctx
+from ._support import cancel_once_started, make_ctx
 
 W = StageKind.WORK
 
@@ -128,11 +128,7 @@ class TestRunStores:
 
         by_caller = Pipeline(name="c").with_stage("w", wait_forever, W).build(run_store=sqlite_store)
         ctx = make_ctx()
-        task = asyncio.create_task(by_caller.run(ctx))
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_once_started(by_caller.run(ctx), started)
         record = await sqlite_store.get_run(ctx.snapshot.pipeline_run_id)
         assert record is not None
         assert shape(record) == ("c", "cancelled", [("w", "work", "cancel", 1, None, None)])

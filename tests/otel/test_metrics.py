@@ -32,6 +32,7 @@ from stageflow.interceptors import (
     TimeoutInterceptor,
 )
 from stageflow_otel import MetricsInterceptor, TracingInterceptor, semconv
+from tests._support import cancel_once_started
 
 from ._stages import T, boom, diamond, fail, ok, skip
 from .conftest import entry_ctx, metric_points
@@ -309,11 +310,7 @@ class TestRunMetrics:
             .with_stage("hang", hang, T)
             .build(interceptors=[MetricsInterceptor(meter_provider)])
         )
-        task = asyncio.create_task(graph.run(entry_ctx()))
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_once_started(graph.run(entry_ctx()), started)
         pipeline = frozenset({("stageflow.pipeline.name", "demo")})
         assert sums(metric_reader, semconv.PIPELINE_RUN_ACTIVE.name) == {pipeline: 0}
         assert sums(metric_reader, semconv.PIPELINE_RUN_ERRORS.name) == {

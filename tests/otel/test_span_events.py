@@ -34,7 +34,7 @@ from stageflow import (
 )
 from stageflow.interceptors import Interceptor, RetryInterceptor, TimeoutInterceptor
 from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
-from tests._support import Tee
+from tests._support import Tee, cancel_once_started
 
 from ._stages import T, boom, fail, ok, skip
 from .conftest import by_name, entry_ctx, metric_points
@@ -419,15 +419,12 @@ class TestCancellation:
             await asyncio.Event().wait()
             return StageOutput.ok()
 
-        task = asyncio.create_task(
+        await cancel_once_started(
             traced(Pipeline(name="p").with_stage("w", wait, T), tracer_provider).run(
                 entry_ctx(sink=Tee(stream, sink))
-            )
+            ),
+            started,
         )
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
         spans = span_exporter.get_finished_spans()
         assert span_events(spans) == {
             "stage w": [(E["stage.started"], "stage.w.started"), (E["stage.cancelled"], "stage.w.cancelled")],

@@ -39,6 +39,7 @@ from stageflow.interceptors import (
     TimeoutInterceptor,
 )
 from stageflow_otel import TracingInterceptor, inject_context, semconv
+from tests._support import cancel_once_started
 
 from ._stages import T, boom, diamond, fail, ok, skip
 from .conftest import by_name, dump_spans, entry_ctx
@@ -396,11 +397,7 @@ class TestFailures:
             .with_stage("hang", hang, T)
             .build(interceptors=[TracingInterceptor(tracer_provider)])
         )
-        task = asyncio.create_task(graph.run(entry_ctx()))
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_once_started(graph.run(entry_ctx()), started)
         spans = by_name(span_exporter.get_finished_spans())
         assert dump_spans(tuple(spans.values())) == ["pipeline p", "  stage hang"]
         run = spans["pipeline p"]
