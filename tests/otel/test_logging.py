@@ -71,6 +71,18 @@ async def logged_run(name: str, stage: Any, *, fails: bool = False) -> list[dict
     return sink.records()
 
 
+def talking(sink: ListLogger) -> Pipeline:
+    """Pipeline ``demo`` whose one stage ``talk`` logs ``hello`` through a user logger with the
+    trace-context processor, writing into ``sink``."""
+    log = json_logger(sink, trace_context=True)
+
+    async def talk(ctx: StageContext) -> StageOutput:
+        log.info("hello")
+        return StageOutput.ok()
+
+    return Pipeline(name="demo").with_stage("talk", talk, T)
+
+
 def ids(span: ReadableSpan) -> dict[str, str]:
     """A span's ids as the log fields carry them."""
     return {"trace_id": f"{span.context.trace_id:032x}", "span_id": f"{span.context.span_id:016x}"}
@@ -268,17 +280,7 @@ class TestAddTraceContext:
     ) -> None:
         """A user logger with the processor tags lines written in ``execute()`` with the stage span."""
         sink = ListLogger()
-        log = json_logger(sink, trace_context=True)
-
-        async def talk(ctx: StageContext) -> StageOutput:
-            log.info("hello")
-            return StageOutput.ok()
-
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("talk", talk, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = talking(sink).build(interceptors=[TracingInterceptor(tracer_provider)])
         results = await graph.run(entry_ctx())
         span = next(s for s in span_exporter.get_finished_spans() if s.name == "stage talk")
         assert sink.records() == [
@@ -295,17 +297,7 @@ class TestAddTraceContext:
     async def test_run_and_stage_without_tracing(self) -> None:
         """With LoggingInterceptor and no tracing, user lines still carry the run id and stage name."""
         sink = ListLogger()
-        log = json_logger(sink, trace_context=True)
-
-        async def talk(ctx: StageContext) -> StageOutput:
-            log.info("hello")
-            return StageOutput.ok()
-
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("talk", talk, T)
-            .build(interceptors=[LoggingInterceptor(json_logger(ListLogger()))])
-        )
+        graph = talking(sink).build(interceptors=[LoggingInterceptor(json_logger(ListLogger()))])
         first, second = await graph.run(entry_ctx()), await graph.run(entry_ctx())
         assert sink.records() == [
             {"event": "hello", "level": "info", "run_id": str(r.run_id), "pipeline": "demo", "stage": "talk"}
