@@ -29,14 +29,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from stageflow import (
-    ContextSnapshot,
-    EventSink,
     Pipeline,
-    PipelineTimer,
-    RunIdentity,
     StageContext,
     StageGraph,
-    StageInputs,
     StageOutput,
 )
 from stageflow_otel import (
@@ -51,7 +46,7 @@ from stageflow_otel import (
 )
 
 from ._stages import T, diamond, ok
-from .conftest import metric_points
+from .conftest import entry_ctx, metric_points
 from .otlp_receiver import GrpcReceiver, OtlpReceiver
 
 SPANS_PER_RUN = 5
@@ -89,13 +84,7 @@ DIAMOND_EVENTS = frozenset(
 async def run(telemetry: Telemetry, runs: int) -> None:
     """``runs`` concurrent runs of the instrumented diamond, reporting to ``telemetry``'s sink."""
     graph = instrumented(telemetry)
-    await asyncio.gather(*(graph.run(entry(telemetry.event_sink)) for _ in range(runs)))
-
-
-def entry(sink: EventSink) -> StageContext:
-    """An entry context with a fresh run id, reporting to ``sink``."""
-    snapshot = ContextSnapshot(run_id=RunIdentity())
-    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
+    await asyncio.gather(*(graph.run(entry_ctx(sink=telemetry.event_sink)) for _ in range(runs)))
 
 
 def counted(reader: InMemoryMetricReader, metric: semconv.Metric) -> dict[str, int]:
@@ -310,7 +299,7 @@ class TestDependencyLinks:
         telemetry = setup("links", set_global=False, metric_readers=[reader])
         try:
             graph = fan_in(300).build(interceptors=[TracingInterceptor(telemetry.tracer_provider)])
-            await graph.run(entry(telemetry.event_sink))
+            await graph.run(entry_ctx(sink=telemetry.event_sink))
             assert telemetry.force_flush(10.0) is True
             join = next(s for s in receiver.spans() if s.name == "stage join")
             links_counter = [
@@ -435,9 +424,9 @@ class TestCompleteMode:
             graph = instrumented(telemetry)
             pressure = _export.backpressure_of(telemetry.tracer_provider)
             assert pressure is not None
-            await graph.run(entry(telemetry.event_sink))  # five spans: a full batch, taken and held
+            await graph.run(entry_ctx(sink=telemetry.event_sink))  # five spans: a full batch, taken and held
             assert receiver.wait_for(lambda: receiver.held == 1)
-            await graph.run(entry(telemetry.event_sink))  # five more: the queue is full
+            await graph.run(entry_ctx(sink=telemetry.event_sink))  # five more: the queue is full
             awaiting_room = asyncio.Event()
             room = pressure.room
 
@@ -446,7 +435,7 @@ class TestCompleteMode:
                 await room()
 
             pressure.room = noted_room  # type: ignore[method-assign]
-            waiting = asyncio.create_task(graph.run(entry(telemetry.event_sink)))
+            waiting = asyncio.create_task(graph.run(entry_ctx(sink=telemetry.event_sink)))
             async with asyncio.timeout(60):
                 await awaiting_room.wait()  # the third run's first span found no room: the run awaits
                 served = asyncio.Event()
@@ -535,7 +524,9 @@ class TestCompleteMode:
                 .build(interceptors=[TracingInterceptor(telemetry.tracer_provider)])
             )
             try:
-                await asyncio.gather(*(graph.run(entry(telemetry.event_sink)) for _ in range(10_000)))
+                await asyncio.gather(
+                    *(graph.run(entry_ctx(sink=telemetry.event_sink)) for _ in range(10_000))
+                )
                 assert telemetry.force_flush(60.0) is True
                 totals = {k: sum(v.values()) for k, v in telemetry.lost.items()}
             finally:
@@ -572,7 +563,7 @@ class TestTooLarge:
         )
         try:
             outcomes = await asyncio.gather(
-                failing.run(entry(telemetry.event_sink)), run(telemetry, 10), return_exceptions=True
+                failing.run(entry_ctx(sink=telemetry.event_sink)), run(telemetry, 10), return_exceptions=True
             )
             assert telemetry.force_flush(10.0) is False
             lost = telemetry.lost

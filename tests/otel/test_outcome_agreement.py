@@ -20,15 +20,11 @@ from opentelemetry.trace import StatusCode
 
 from stageflow import (
     BaseInterceptor,
-    ContextSnapshot,
     ErrorAction,
     Pipeline,
     PipelineContext,
     PipelineFailedError,
-    PipelineTimer,
-    RunIdentity,
     StageContext,
-    StageInputs,
     StageKind,
     StageOutput,
     StageTimeoutError,
@@ -40,7 +36,7 @@ from stageflow_otel._demo import BreakerTally, DemoStats, _summary, outcome_of
 from stageflow_otel._outcome import outcome_of_error
 from tests._outcome_cases import CASES, EXPECTED, build_case, run_case
 
-from .conftest import metric_points
+from .conftest import entry_ctx, metric_points
 
 
 class Client:
@@ -74,10 +70,8 @@ class TestNestedErrorType:
             .with_stage("q", over_quota, StageKind.WORK)
             .build(interceptors=[TracingInterceptor(tracer_provider)])
         )
-        snapshot = ContextSnapshot(run_id=RunIdentity())
-        ctx = StageContext(snapshot, StageInputs(snapshot), "entry", PipelineTimer(), event_sink=sink)
         with pytest.raises(PipelineFailedError):
-            await graph.run(ctx)
+            await graph.run(entry_ctx(sink=sink))
         assert sink.flush(timeout=5.0)
         sink.shutdown(timeout=5.0)
         (stage_span,) = [
@@ -123,8 +117,7 @@ class TestFallback:
             .with_stage("search", flaky, StageKind.ENRICH)
             .build(interceptors=[TracingInterceptor(tracer_provider), _FallBack()])
         )
-        snapshot = ContextSnapshot(run_id=RunIdentity())
-        await graph.run(StageContext(snapshot, StageInputs(snapshot), "entry", PipelineTimer()))
+        await graph.run(entry_ctx())
         spans = {s.name: s for s in span_exporter.get_finished_spans()}
         stage, run = spans["stage search"], spans["pipeline p"]
         assert stage.status.status_code is StatusCode.UNSET
@@ -171,9 +164,8 @@ class TestTimeoutSubclass:
             .with_stage("llm", provider_timed_out, StageKind.WORK)
             .build(interceptors=[TracingInterceptor(tracer_provider)])
         )
-        snapshot = ContextSnapshot(run_id=RunIdentity())
         with pytest.raises(PipelineFailedError):
-            await graph.run(StageContext(snapshot, StageInputs(snapshot), "entry", PipelineTimer(), sink))
+            await graph.run(entry_ctx(sink=sink))
         assert sink.flush(timeout=5.0)
         sink.shutdown(timeout=5.0)
         expected = (semconv.RESULT_TIMEOUT, "ProviderTimeoutError")

@@ -21,12 +21,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from stageflow import (
-    ContextSnapshot,
     Pipeline,
-    PipelineTimer,
-    RunIdentity,
     StageContext,
-    StageInputs,
     StageKind,
     StageOutput,
 )
@@ -39,6 +35,8 @@ from stageflow_otel import (
     start_metrics_server,
 )
 from stageflow_otel._prometheus import prometheus_name
+
+from .conftest import entry_ctx
 
 
 @pytest.fixture(name="reader")
@@ -76,12 +74,6 @@ def scrape(server: MetricsServer) -> list[Sample]:
 async def ok(ctx: StageContext) -> StageOutput:
     """A stage that succeeds."""
     return StageOutput.ok(done=True)
-
-
-def entry() -> StageContext:
-    """An entry context with a fresh run id."""
-    snapshot = ContextSnapshot(run_id=RunIdentity())
-    return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer())
 
 
 class TestNames:
@@ -126,7 +118,7 @@ class TestSamples:
             .with_stage("greet", ok, StageKind.TRANSFORM)
             .build(interceptors=[TracingInterceptor(tracer_provider), MetricsInterceptor(provider)])
         )
-        await graph.run(entry())
+        await graph.run(entry_ctx())
         samples = scrape(server)
         buckets = [s for s in samples if s.name == semconv.STAGE_DURATION.prometheus + "_bucket"]
         assert [s.labels["le"] for s in buckets] == [*(repr(b) for b in semconv.DURATION_BUCKETS), "+Inf"]
