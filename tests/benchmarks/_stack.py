@@ -17,9 +17,15 @@ from typing import Any
 import yaml
 
 from tests.otel.otlp_receiver import HttpReceiver
-from tests.stack._assets import COLLECTOR, load_yaml
-from tests.stack._live import Child, free_port, wait_until
-from tests.stack._stack import JaegerAPI, rewrite_endpoints, stack_paths
+from tests.stack._live import Child, wait_until
+from tests.stack._stack import (
+    STACK_PORTS,
+    JaegerAPI,
+    collector_config,
+    free_ports,
+    jaeger_config,
+    stack_paths,
+)
 
 __all__ = ("JaegerStack", "StackMissing")
 
@@ -28,10 +34,6 @@ READY_TIMEOUT = 60.0
 
 class StackMissing(RuntimeError):
     """A binary of the stack is not built (run ``collector/build-stack.sh``)."""
-
-
-def _local(port: int) -> tuple[str, int]:
-    return ("127.0.0.1", port)
 
 
 def _healthy(url: str) -> bool:
@@ -55,76 +57,25 @@ class JaegerStack:
         if missing:
             raise StackMissing(f"not built: {', '.join(missing)} (run collector/build-stack.sh)")
         self._directory = Path(tempfile.mkdtemp(prefix="stageflow-bench-stack-"))
-        names = (
-            "jaeger_grpc",
-            "jaeger_http",
-            "jaeger_health",
-            "jaeger_query",
-            "jaeger_query_grpc",
-            "jaeger_telemetry",
-            "prometheus",
-            "grpc",
-            "http",
-            "health",
-            "collector_prometheus",
-            "collector_telemetry",
-        )
-        ports = {name: free_port() for name in names}
+        ports = free_ports(STACK_PORTS)
         self._loki = HttpReceiver(base_path="/otlp")
         loki_port = int(self._loki.endpoint.rsplit(":", 1)[1].split("/")[0])
         self._children: list[Child] = []
         try:
-            jaeger = self._write("jaeger.yaml", self._jaeger_config(ports))
+            jaeger = self._write("jaeger.yaml", jaeger_config(ports))
             env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{ports['jaeger_grpc']}"
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{ports['jaeger_otlp_grpc']}"
             self._start("jaeger", [str(binaries["jaeger"]), "--config", str(jaeger)], env)
             self._ready(f"http://127.0.0.1:{ports['jaeger_health']}/status")
-            collector = self._write("otelcol.yaml", self._collector_config(ports, loki_port))
+            collector = self._write("otelcol.yaml", collector_config(ports, loki_port))
             self._start("otelcol", [str(binaries["otelcol"]), f"--config={collector}"], None)
-            self._ready(f"http://127.0.0.1:{ports['health']}/")
+            self._ready(f"http://127.0.0.1:{ports['collector_health']}/")
         except BaseException:
             self.stop()
             raise
-        self.grpc = f"http://127.0.0.1:{ports['grpc']}"
-        self.http = f"http://127.0.0.1:{ports['http']}"
+        self.grpc = f"http://127.0.0.1:{ports['collector_otlp_grpc']}"
+        self.http = f"http://127.0.0.1:{ports['collector_otlp_http']}"
         self.jaeger = JaegerAPI(f"http://127.0.0.1:{ports['jaeger_query']}", timeout=120.0)
-
-    @staticmethod
-    def _jaeger_config(ports: dict[str, int]) -> dict[str, Any]:
-        config: dict[str, Any] = rewrite_endpoints(
-            load_yaml(COLLECTOR / "jaeger" / "config.yaml"),
-            {
-                ("0.0.0.0", 4317): _local(ports["jaeger_grpc"]),
-                ("0.0.0.0", 4318): _local(ports["jaeger_http"]),
-                ("0.0.0.0", 13133): _local(ports["jaeger_health"]),
-                ("prometheus", 9090): _local(ports["prometheus"]),
-            },
-        )
-        query = config["extensions"]["jaeger_query"]
-        query["http"] = {"endpoint": f"127.0.0.1:{ports['jaeger_query']}"}
-        query["grpc"] = {"endpoint": f"127.0.0.1:{ports['jaeger_query_grpc']}"}
-        reader = {
-            "pull": {"exporter": {"prometheus": {"host": "127.0.0.1", "port": ports["jaeger_telemetry"]}}}
-        }
-        config["service"]["telemetry"] = {"metrics": {"readers": [reader]}}
-        return config
-
-    @staticmethod
-    def _collector_config(ports: dict[str, int], loki_port: int) -> dict[str, Any]:
-        config: dict[str, Any] = rewrite_endpoints(
-            load_yaml(COLLECTOR / "otelcol.yaml"),
-            {
-                ("0.0.0.0", 4317): _local(ports["grpc"]),
-                ("0.0.0.0", 4318): _local(ports["http"]),
-                ("0.0.0.0", 13133): _local(ports["health"]),
-                ("0.0.0.0", 8889): _local(ports["collector_prometheus"]),
-                ("jaeger", 4317): _local(ports["jaeger_grpc"]),
-                ("loki", 3100): _local(loki_port),
-            },
-        )
-        reader = config["service"]["telemetry"]["metrics"]["readers"][0]
-        reader["pull"]["exporter"]["prometheus"] = {"host": "127.0.0.1", "port": ports["collector_telemetry"]}
-        return config
 
     def _write(self, name: str, config: dict[str, Any]) -> Path:
         path = self._directory / name

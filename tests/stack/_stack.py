@@ -27,14 +27,19 @@ from typing import Any
 
 import pytest
 
-from ._assets import COLLECTOR
+from ._assets import COLLECTOR, load_yaml
+from ._live import free_port
 
 __all__ = (
     "BUILD_SCRIPT",
+    "STACK_PORTS",
     "Address",
     "JaegerAPI",
     "JaegerError",
+    "collector_config",
+    "free_ports",
     "in_ci",
+    "jaeger_config",
     "rewrite_endpoints",
     "stack_binary",
     "stack_built",
@@ -181,3 +186,91 @@ class JaegerAPI:
         }
         found: dict[str, Any] = self._get(f"/api/metrics/{metric}", params)
         return found
+
+
+STACK_PORTS = (
+    "jaeger_otlp_grpc",
+    "jaeger_otlp_http",
+    "jaeger_health",
+    "jaeger_query",
+    "jaeger_query_grpc",
+    "jaeger_telemetry",
+    "collector_otlp_grpc",
+    "collector_otlp_http",
+    "collector_health",
+    "collector_prometheus",
+    "collector_telemetry",
+    "prometheus",
+)
+"""The loopback ports Jaeger, the collector and Prometheus listen on in a live stack."""
+
+
+def free_ports(names: Sequence[str]) -> dict[str, int]:
+    """A distinct free port for each of ``names``."""
+    ports: dict[str, int] = {}
+    while len(ports) < len(names):
+        port = free_port()
+        if port not in ports.values():
+            ports[names[len(ports)]] = port
+    return ports
+
+
+def _local(port: int) -> Address:
+    return ("127.0.0.1", port)
+
+
+def jaeger_config(ports: dict[str, int]) -> dict[str, Any]:
+    """collector/jaeger/config.yaml on free ports; its query and telemetry listeners pinned likewise."""
+    shipped = load_yaml(COLLECTOR / "jaeger" / "config.yaml")
+    config: dict[str, Any] = rewrite_endpoints(
+        shipped,
+        {
+            ("0.0.0.0", 4317): _local(ports["jaeger_otlp_grpc"]),
+            ("0.0.0.0", 4318): _local(ports["jaeger_otlp_http"]),
+            ("0.0.0.0", 13133): _local(ports["jaeger_health"]),
+            ("prometheus", 9090): _local(ports["prometheus"]),
+        },
+    )
+    # Listeners the shipped file leaves at their defaults (0.0.0.0:16686 and :16685, :8888 in the
+    # container): set to free loopback ports, endpoints only.
+    query = config["extensions"]["jaeger_query"]
+    query["http"] = {"endpoint": f"127.0.0.1:{ports['jaeger_query']}"}
+    query["grpc"] = {"endpoint": f"127.0.0.1:{ports['jaeger_query_grpc']}"}
+    config["service"]["telemetry"] = _telemetry(ports["jaeger_telemetry"])
+    assert without_endpoints(_drop_added(config)) == without_endpoints(shipped)
+    return config
+
+
+def _telemetry(port: int) -> dict[str, Any]:
+    reader = {"pull": {"exporter": {"prometheus": {"host": "127.0.0.1", "port": port}}}}
+    return {"metrics": {"readers": [reader]}}
+
+
+def _drop_added(jaeger: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = copy.deepcopy(jaeger)
+    del config["extensions"]["jaeger_query"]["http"], config["extensions"]["jaeger_query"]["grpc"]
+    del config["service"]["telemetry"]
+    return config
+
+
+def collector_config(ports: dict[str, int], loki_port: int) -> dict[str, Any]:
+    """collector/otelcol.yaml with the compose hosts and container listeners on free loopback ports."""
+    shipped = load_yaml(COLLECTOR / "otelcol.yaml")
+    config: dict[str, Any] = rewrite_endpoints(
+        shipped,
+        {
+            ("0.0.0.0", 4317): _local(ports["collector_otlp_grpc"]),
+            ("0.0.0.0", 4318): _local(ports["collector_otlp_http"]),
+            ("0.0.0.0", 13133): _local(ports["collector_health"]),
+            ("0.0.0.0", 8889): _local(ports["collector_prometheus"]),
+            ("jaeger", 4317): _local(ports["jaeger_otlp_grpc"]),
+            ("loki", 3100): _local(loki_port),
+        },
+    )
+    readers = config["service"]["telemetry"]["metrics"]["readers"]
+    assert [r["pull"]["exporter"]["prometheus"] for r in readers] == [{"host": "0.0.0.0", "port": 8888}]
+    readers[0]["pull"]["exporter"]["prometheus"] = {"host": "127.0.0.1", "port": ports["collector_telemetry"]}
+    compared = json.loads(json.dumps(config))
+    compared["service"]["telemetry"] = shipped["service"]["telemetry"]
+    assert without_endpoints(compared) == without_endpoints(shipped)
+    return config

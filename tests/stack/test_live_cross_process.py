@@ -41,8 +41,8 @@ from tests.otel._worker_stages import traced_work
 from tests.otel.otlp_receiver import HttpReceiver
 
 from ._live import Child, wait_until
-from ._stack import JaegerAPI, stack_binary
-from .test_live_stack import STACK_PORTS, _collector_config, _free_ports, _healthy, _jaeger_config, _write
+from ._stack import STACK_PORTS, JaegerAPI, collector_config, free_ports, jaeger_config, stack_binary
+from .test_live_stack import _healthy, _write
 
 distributed = pytest.importorskip("distributed")
 
@@ -84,7 +84,7 @@ class Consumers:
 def _consumers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consumers]:
     jaeger_bin, collector_bin = stack_binary("jaeger"), stack_binary("otelcol")
     directory = tmp_path_factory.mktemp("live-cross-process")
-    ports = _free_ports([*STACK_PORTS, "service"])
+    ports = free_ports([*STACK_PORTS, "service"])
     loki = HttpReceiver(base_path="/otlp")  # the collector's logs pipeline needs a receiver; none is sent
     loki_port = int(loki.endpoint.rsplit(":", 1)[1].split("/")[0])
     started = time.time()
@@ -92,7 +92,7 @@ def _consumers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consumers]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGEFLOW_"))}
     try:
         jaeger_env = dict(clean, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{ports['jaeger_otlp_grpc']}")
-        config = _write(directory, "jaeger.yaml", _jaeger_config(ports))
+        config = _write(directory, "jaeger.yaml", jaeger_config(ports))
         children.append(
             Child("jaeger", [jaeger_bin, "--config", str(config)], directory / "jaeger.log", jaeger_env)
         )
@@ -101,7 +101,7 @@ def _consumers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consumers]:
             lambda: _healthy(jaeger_health) or not children[0].running(), timeout=READY_TIMEOUT
         ):
             pytest.fail(f"Jaeger not healthy within {READY_TIMEOUT} s:\n{children[0].output()}")
-        config = _write(directory, "otelcol.yaml", _collector_config(ports, loki_port))
+        config = _write(directory, "otelcol.yaml", collector_config(ports, loki_port))
         collector = Child("otelcol", [collector_bin, f"--config={config}"], directory / "otelcol.log", clean)
         children.append(collector)
         collector_health = f"http://127.0.0.1:{ports['collector_health']}/"

@@ -15,14 +15,13 @@ Waiting is bounded polling of those APIs for data to arrive, never a fixed sleep
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,15 @@ from stageflow_otel._demo import ADVICE, LLM_CONFIG, _tokens, build_demo_pipelin
 from tests.otel.otlp_receiver import HttpReceiver
 
 from ._assets import COLLECTOR, load_yaml
-from ._live import Child, PrometheusAPI, free_port, listening_sockets, wait_until
-from ._stack import Address, JaegerAPI, rewrite_endpoints, stack_binary, without_endpoints
+from ._live import Child, PrometheusAPI, listening_sockets, wait_until
+from ._stack import (
+    STACK_PORTS,
+    JaegerAPI,
+    collector_config,
+    free_ports,
+    jaeger_config,
+    stack_binary,
+)
 from .dashboards import PanelQuery, panel_queries, resolve, variable_queries
 
 PIPELINE = "voice-assistant"
@@ -154,94 +160,6 @@ def _failure(message: str, *children: Child) -> str:
     return f"{message}\n{logs}"
 
 
-STACK_PORTS = (
-    "jaeger_otlp_grpc",
-    "jaeger_otlp_http",
-    "jaeger_health",
-    "jaeger_query",
-    "jaeger_query_grpc",
-    "jaeger_telemetry",
-    "collector_otlp_grpc",
-    "collector_otlp_http",
-    "collector_health",
-    "collector_prometheus",
-    "collector_telemetry",
-    "prometheus",
-)
-"""The loopback ports Jaeger, the collector and Prometheus listen on in a live stack."""
-
-
-def _free_ports(names: Sequence[str]) -> dict[str, int]:
-    """A distinct free port for each of ``names``."""
-    ports: dict[str, int] = {}
-    while len(ports) < len(names):
-        port = free_port()
-        if port not in ports.values():
-            ports[names[len(ports)]] = port
-    return ports
-
-
-def _local(port: int) -> Address:
-    return ("127.0.0.1", port)
-
-
-def _jaeger_config(ports: dict[str, int]) -> dict[str, Any]:
-    """collector/jaeger/config.yaml on free ports; its query and telemetry listeners pinned likewise."""
-    shipped = load_yaml(COLLECTOR / "jaeger" / "config.yaml")
-    config: dict[str, Any] = rewrite_endpoints(
-        shipped,
-        {
-            ("0.0.0.0", 4317): _local(ports["jaeger_otlp_grpc"]),
-            ("0.0.0.0", 4318): _local(ports["jaeger_otlp_http"]),
-            ("0.0.0.0", 13133): _local(ports["jaeger_health"]),
-            ("prometheus", 9090): _local(ports["prometheus"]),
-        },
-    )
-    # Listeners the shipped file leaves at their defaults (0.0.0.0:16686 and :16685, :8888 in the
-    # container): set to free loopback ports, endpoints only.
-    query = config["extensions"]["jaeger_query"]
-    query["http"] = {"endpoint": f"127.0.0.1:{ports['jaeger_query']}"}
-    query["grpc"] = {"endpoint": f"127.0.0.1:{ports['jaeger_query_grpc']}"}
-    config["service"]["telemetry"] = _telemetry(ports["jaeger_telemetry"])
-    assert without_endpoints(_drop_added(config)) == without_endpoints(shipped)
-    return config
-
-
-def _telemetry(port: int) -> dict[str, Any]:
-    reader = {"pull": {"exporter": {"prometheus": {"host": "127.0.0.1", "port": port}}}}
-    return {"metrics": {"readers": [reader]}}
-
-
-def _drop_added(jaeger: dict[str, Any]) -> dict[str, Any]:
-    config: dict[str, Any] = copy.deepcopy(jaeger)
-    del config["extensions"]["jaeger_query"]["http"], config["extensions"]["jaeger_query"]["grpc"]
-    del config["service"]["telemetry"]
-    return config
-
-
-def _collector_config(ports: dict[str, int], loki_port: int) -> dict[str, Any]:
-    """collector/otelcol.yaml with the compose hosts and container listeners on free loopback ports."""
-    shipped = load_yaml(COLLECTOR / "otelcol.yaml")
-    config: dict[str, Any] = rewrite_endpoints(
-        shipped,
-        {
-            ("0.0.0.0", 4317): _local(ports["collector_otlp_grpc"]),
-            ("0.0.0.0", 4318): _local(ports["collector_otlp_http"]),
-            ("0.0.0.0", 13133): _local(ports["collector_health"]),
-            ("0.0.0.0", 8889): _local(ports["collector_prometheus"]),
-            ("jaeger", 4317): _local(ports["jaeger_otlp_grpc"]),
-            ("loki", 3100): _local(loki_port),
-        },
-    )
-    readers = config["service"]["telemetry"]["metrics"]["readers"]
-    assert [r["pull"]["exporter"]["prometheus"] for r in readers] == [{"host": "0.0.0.0", "port": 8888}]
-    readers[0]["pull"]["exporter"]["prometheus"] = {"host": "127.0.0.1", "port": ports["collector_telemetry"]}
-    compared = json.loads(json.dumps(config))
-    compared["service"]["telemetry"] = shipped["service"]["telemetry"]
-    assert without_endpoints(compared) == without_endpoints(shipped)
-    return config
-
-
 def _prometheus_config(directory: Path, ports: dict[str, int]) -> Path:
     """collector/prometheus.yml with every scrape job's compose target mapped; scrapes every 3 s.
 
@@ -323,7 +241,7 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     jaeger_bin, collector_bin = stack_binary("jaeger"), stack_binary("otelcol")
     prometheus_bin = stack_binary("prometheus")
     directory = tmp_path_factory.mktemp("live-stack")
-    ports = _free_ports([*STACK_PORTS, "demo_metrics"])
+    ports = free_ports([*STACK_PORTS, "demo_metrics"])
     loki = HttpReceiver(base_path="/otlp")
     loki_port = int(loki.endpoint.rsplit(":", 1)[1].split("/")[0])
     started = time.time()
@@ -344,13 +262,13 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             cwd=directory,
         )
         children.append(prometheus)
-        jaeger_config = _write(directory, "jaeger.yaml", _jaeger_config(ports))
+        jaeger_file = _write(directory, "jaeger.yaml", jaeger_config(ports))
         # Jaeger traces its own Prometheus queries to the SDK's default endpoint, localhost:4317: in
         # its container that is its own OTLP receiver, here a free port.
         jaeger_env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         jaeger_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{ports['jaeger_otlp_grpc']}"
         jaeger = Child(
-            "jaeger", [jaeger_bin, "--config", str(jaeger_config)], directory / "jaeger.log", jaeger_env
+            "jaeger", [jaeger_bin, "--config", str(jaeger_file)], directory / "jaeger.log", jaeger_env
         )
         children.append(jaeger)
         prometheus_api = PrometheusAPI(f"http://127.0.0.1:{ports['prometheus']}")
@@ -363,10 +281,8 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             timeout=READY_TIMEOUT,
         ):
             pytest.fail(_failure(f"Prometheus or Jaeger not ready within {READY_TIMEOUT} s", *children))
-        collector_config = _write(directory, "otelcol.yaml", _collector_config(ports, loki_port))
-        collector = Child(
-            "otelcol", [collector_bin, f"--config={collector_config}"], directory / "otelcol.log"
-        )
+        collector_file = _write(directory, "otelcol.yaml", collector_config(ports, loki_port))
+        collector = Child("otelcol", [collector_bin, f"--config={collector_file}"], directory / "otelcol.log")
         children.append(collector)
         collector_health = f"http://127.0.0.1:{ports['collector_health']}/"
         if not wait_until(
