@@ -36,14 +36,10 @@ from stageflow.interceptors import (
     get_default_interceptors,
 )
 
+from ._stages import hang
 from ._support import FakeClock, FakeSleep, cancel_once_started, make_ctx
 
 W = StageKind.WORK
-
-
-async def hang(ctx: StageContext) -> StageOutput:
-    await asyncio.Event().wait()
-    raise AssertionError("unreachable")
 
 
 async def ok(ctx: StageContext) -> StageOutput:

@@ -27,17 +27,10 @@ from stageflow import (
     set_event_sink,
 )
 
+from ._stages import boom, skip
 from ._support import make_ctx, ok_stage
 
 E = StageKind.ENRICH
-
-
-async def boom(ctx: StageContext) -> StageOutput:
-    raise RuntimeError("kaput")
-
-
-async def skipper(ctx: StageContext) -> StageOutput:
-    return StageOutput.skip("nothing to do")
 
 
 class HangingSink(EventSink):
@@ -109,7 +102,7 @@ class TestSequences:
         """A skip emits ``stage.x.skipped``; a conditional dependent is skipped without starting."""
         graph = (
             Pipeline()
-            .with_stage("a", skipper, E)
+            .with_stage("a", skip, E)
             .with_stage("c", ok_stage(), E, dependencies=("a",), conditional=True)
             .with_stage("d", ok_stage(), E, dependencies=("c",))
             .build()

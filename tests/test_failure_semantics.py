@@ -29,6 +29,7 @@ from stageflow import (
     StageStatus,
 )
 
+from ._stages import boom
 from ._support import FakeSleep, StageFn, cancel_once_started, make_ctx, ok_stage
 
 W = StageKind.WORK
@@ -42,10 +43,6 @@ def never_called(log: list[str], name: str) -> StageFn:
         return StageOutput.ok()
 
     return stage
-
-
-async def boom(ctx: StageContext) -> StageOutput:
-    raise RuntimeError("kaput")
 
 
 class TestFailFast:

@@ -36,6 +36,7 @@ from stageflow import (
     error_category,
 )
 
+from ._stages import boom
 from ._support import cancel_once_started, make_ctx, ok_stage
 
 E = StageKind.ENRICH
@@ -207,10 +208,6 @@ class Refuse(BaseInterceptor):
         if stage_name == "guarded":
             return InterceptorResult(stage_ran=False, result=StageOutput.skip("refused, fallback used"))
         return None
-
-
-async def boom(ctx: StageContext) -> StageOutput:
-    raise RuntimeError("kaput")
 
 
 class TestRunsReportOneCategory:

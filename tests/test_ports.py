@@ -28,6 +28,7 @@ from stageflow import (
 )
 from stageflow._config import config_value
 
+from ._stages import boom
 from ._support import cancel_once_started, make_ctx
 
 W = StageKind.WORK
@@ -35,10 +36,6 @@ W = StageKind.WORK
 
 async def ok(ctx: StageContext) -> StageOutput:
     return StageOutput.ok()
-
-
-async def boom(ctx: StageContext) -> StageOutput:
-    raise RuntimeError("kaput")
 
 
 async def stop(ctx: StageContext) -> StageOutput:

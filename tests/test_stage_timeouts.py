@@ -22,14 +22,10 @@ from stageflow import (
 )
 from stageflow.interceptors import Interceptor, TimeoutInterceptor
 
+from ._stages import hang
 from ._support import make_ctx
 
 T = StageKind.TRANSFORM
-
-
-async def forever(ctx: StageContext) -> StageOutput:
-    await asyncio.Event().wait()
-    return StageOutput.ok()
 
 
 class Transcribe:
@@ -51,7 +47,7 @@ class Patient:
 
 class TestWithStageTimeout:
     async def test_an_async_stage_times_out_without_an_interceptor(self) -> None:
-        graph = Pipeline("p").with_stage("slow", forever, T, timeout=0.01).build()
+        graph = Pipeline("p").with_stage("slow", hang, T, timeout=0.01).build()
         with pytest.raises(PipelineFailedError) as info:
             await graph.run()
         assert isinstance(info.value.error, StageTimeoutError)
@@ -109,7 +105,7 @@ class TestWithStageTimeout:
     @pytest.mark.parametrize("value", [0, -1, float("nan"), float("inf"), "1", True])
     def test_a_bad_timeout_is_refused_at_with_stage(self, value: object) -> None:
         with pytest.raises(PipelineDefinitionError) as info:
-            Pipeline("p").with_stage("a", forever, T, timeout=value)  # type: ignore[arg-type]
+            Pipeline("p").with_stage("a", hang, T, timeout=value)  # type: ignore[arg-type]
         assert (
             str(info.value)
             == f"stage 'a' has timeout={value!r}; pass seconds as a finite number > 0, or None"

@@ -44,8 +44,8 @@ from stageflow_otel import (
     semconv,
     setup,
 )
+from tests._stages import T, diamond, ok
 
-from ._stages import T, diamond, ok
 from .conftest import entry_ctx, metric_points
 from .otlp_receiver import GrpcReceiver, OtlpReceiver
 

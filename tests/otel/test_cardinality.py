@@ -26,9 +26,9 @@ from stageflow_otel import (
 from stageflow_otel import _metrics as metrics_module
 from stageflow_otel import _sink as sink_module
 from stageflow_otel._guard import NameGuard
+from tests._stages import T, ok
 from tests._support import FakeClock
 
-from ._stages import T, ok
 from .conftest import entry_ctx, metric_points
 
 

@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from stageflow import Pipeline, PipelineFailedError, StageContext, StageKind, StageOutput
 from stageflow_otel import LoggingInterceptor, MetricsInterceptor, TracingInterceptor, add_trace_context
+from tests._stages import T, boom, fail, ok, skip
 
-from ._stages import T, boom, fail, ok, skip
 from .conftest import entry_ctx
 
 VOLATILE = ("duration", "wait")

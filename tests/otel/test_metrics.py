@@ -32,9 +32,9 @@ from stageflow.interceptors import (
     TimeoutInterceptor,
 )
 from stageflow_otel import MetricsInterceptor, TracingInterceptor, semconv
+from tests._stages import T, boom, diamond, fail, ok, skip
 from tests._support import cancel_once_started
 
-from ._stages import T, boom, diamond, fail, ok, skip
 from .conftest import entry_ctx, metric_points
 
 Attrs = frozenset[tuple[str, object]]

@@ -33,7 +33,7 @@ SERVICE = textwrap.dedent(
     import asyncio, sys
     import stageflow_otel
     from stageflow_otel import TracingInterceptor
-    from tests.otel._stages import diamond
+    from tests._stages import diamond
 
     telemetry = stageflow_otel.setup("signalled", set_global=False)
     if sys.argv[1] == "helper":

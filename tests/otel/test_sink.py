@@ -25,8 +25,8 @@ from stageflow import (
 )
 from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
 from stageflow_otel.semconv import EVENTS
+from tests._stages import boom, ok
 
-from ._stages import boom, ok
 from .conftest import entry_ctx, metric_points
 
 

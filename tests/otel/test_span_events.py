@@ -34,9 +34,9 @@ from stageflow import (
 )
 from stageflow.interceptors import Interceptor, RetryInterceptor, TimeoutInterceptor
 from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
+from tests._stages import T, boom, fail, ok, skip
 from tests._support import Tee, cancel_once_started
 
-from ._stages import T, boom, fail, ok, skip
 from .conftest import by_name, entry_ctx, metric_points
 
 E = semconv.EVENTS

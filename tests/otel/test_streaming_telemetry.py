@@ -32,9 +32,9 @@ from stageflow import (
 )
 from stageflow_otel import MetricsInterceptor, OtlpEventSink, TracingInterceptor, semconv
 from stageflow_otel._setup import _histogram_views
+from tests._stages import T
 from tests._support import FakeClock, Tee
 
-from ._stages import T
 from .conftest import by_name, entry_ctx, metric_points
 
 E = semconv.EVENTS

@@ -39,9 +39,9 @@ from stageflow.interceptors import (
     TimeoutInterceptor,
 )
 from stageflow_otel import TracingInterceptor, inject_context, semconv
+from tests._stages import T, boom, diamond, fail, ok, skip
 from tests._support import cancel_once_started
 
-from ._stages import T, boom, diamond, fail, ok, skip
 from .conftest import by_name, dump_spans, entry_ctx
 
 

@@ -1,10 +1,12 @@
-"""Tiny stages and pipelines shared by the OpenTelemetry tests."""
+"""Tiny stages and pipelines shared by the tests."""
 
 from __future__ import annotations
 
+import asyncio
+
 from stageflow import Pipeline, StageContext, StageKind, StageOutput
 
-__all__ = ("T", "boom", "diamond", "fail", "ok", "skip")
+__all__ = ("T", "boom", "diamond", "fail", "hang", "ok", "skip")
 
 T = StageKind.TRANSFORM
 
@@ -27,6 +29,12 @@ async def fail(ctx: StageContext) -> StageOutput:
 async def skip(ctx: StageContext) -> StageOutput:
     """A stage that skips itself."""
     return StageOutput.skip("nothing to do")
+
+
+async def hang(ctx: StageContext) -> StageOutput:
+    """A stage that waits until it is cancelled."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
 
 
 def diamond() -> Pipeline:
