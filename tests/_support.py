@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ __all__ = (
     "FakeSleep",
     "StageFn",
     "Tee",
+    "VAR",
     "cancel_once_started",
     "local_dask_cluster",
     "make_ctx",
@@ -27,6 +29,9 @@ __all__ = (
 
 if TYPE_CHECKING:
     from distributed import LocalCluster
+
+VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset")
+"""A context variable the tests set and read across stages, threads and interceptors."""
 
 StageFn = Callable[[StageContext], Awaitable[StageOutput]]
 """An ``async def fn(ctx) -> StageOutput`` stage."""

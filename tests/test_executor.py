@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 
 import pytest
 
@@ -18,10 +17,9 @@ from stageflow import (
     UndeclaredDependencyError,
 )
 
-from ._support import StageFn, make_ctx, ok_stage, recording_stage
+from ._support import VAR, StageFn, make_ctx, ok_stage, recording_stage
 
 T = StageKind.TRANSFORM
-VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset")
 
 
 class TestOrder:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 
 import pytest
@@ -34,10 +33,9 @@ from stageflow.interceptors import (
     RunNext,
 )
 
-from ._support import cancel_once_started, make_ctx, ok_stage
+from ._support import VAR, cancel_once_started, make_ctx, ok_stage
 
 W = StageKind.WORK
-VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset")
 
 
 class Around(Interceptor):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import multiprocessing
 import os
@@ -41,10 +40,9 @@ from stageflow._offload import default_thread_count
 from stageflow.interceptors import Interceptor, TimeoutInterceptor
 
 from . import _offload_stages as stages
-from ._support import make_ctx
+from ._support import VAR, make_ctx
 
 T = StageKind.TRANSFORM
-VAR: contextvars.ContextVar[str] = contextvars.ContextVar("offload_test_var", default="unset")
 
 
 def exact(message: str) -> str:
