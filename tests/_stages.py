@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
-from stageflow import Pipeline, StageContext, StageKind, StageOutput
+from stageflow import Pipeline, StageContext, StageKind, StageOutput, Streaming
 
-__all__ = ("T", "boom", "diamond", "fail", "hang", "ok", "skip")
+from ._support import FakeClock
+
+__all__ = ("T", "boom", "diamond", "fail", "hang", "ok", "skip", "voice")
 
 T = StageKind.TRANSFORM
 
@@ -45,4 +49,48 @@ def diamond() -> Pipeline:
         .with_stage("b", ok, T, dependencies=("a",))
         .with_stage("c", ok, StageKind.ENRICH, dependencies=("a",))
         .with_stage("d", ok, T, dependencies=("b", "c"))
+    )
+
+
+def voice(
+    clock: FakeClock,
+    *,
+    token: float = 0.125,
+    audio: float = 0.0625,
+    streamed: bool = True,
+    llm_config: dict[str, Any] | None = None,
+) -> Pipeline:
+    """Pipeline ``voice`` on a hand-moved clock: stt (0.5 s) -> llm (first token at 0.25 s, then three
+    more ``token`` s apart, collected as ``text``) -> tts (``audio`` s per chunk it speaks: each token as
+    it streams, or, not ``streamed``, each of the collected tokens once llm ended)."""
+
+    async def stt(ctx: StageContext) -> StageOutput:
+        clock.now += 0.5
+        return StageOutput.ok(text="hi")
+
+    async def llm(ctx: StageContext) -> AsyncIterator[str]:
+        clock.now += 0.25
+        yield "Hello."
+        await asyncio.sleep(0)  # tts starts at this first chunk and speaks it
+        for _ in range(3):
+            clock.now += token
+            yield " more"
+
+    async def tts(ctx: StageContext) -> AsyncIterator[bytes]:
+        if streamed:
+            async for _ in ctx.inputs.stream("llm"):
+                clock.now += audio
+                yield b"audio"
+        else:
+            for _ in ctx.inputs.get_from("llm", "text"):
+                clock.now += audio
+                yield b"audio"
+
+    return (
+        Pipeline("voice")
+        .with_stage("stt", stt, T)
+        .with_stage(
+            "llm", llm, T, dependencies=("stt",), stream=Streaming(key="text"), config=llm_config or {}
+        )
+        .with_stage("tts", tts, T, dependencies=("llm",), streams=("llm",) if streamed else ())
     )

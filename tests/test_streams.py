@@ -26,6 +26,7 @@ from stageflow import (
     StreamInputError,
 )
 
+from ._stages import voice
 from ._support import FakeClock, make_ctx
 
 T = StageKind.TRANSFORM
@@ -508,31 +509,8 @@ class TestBuild:
 
 class TestMeasurements:
     async def test_time_to_first_chunk_and_per_chunk_on_a_controlled_clock(self, clock: FakeClock) -> None:
-        async def stt(ctx: StageContext) -> StageOutput:
-            clock.now += 0.5
-            return StageOutput.ok(text="hi")
-
-        async def llm(ctx: StageContext) -> AsyncIterator[str]:
-            clock.now += 0.25
-            yield "Hello."
-            await asyncio.sleep(0)  # tts starts at this first chunk and speaks it
-            for _ in range(3):
-                clock.now += 0.1
-                yield " more"
-
-        async def tts(ctx: StageContext) -> AsyncIterator[bytes]:
-            async for _ in ctx.inputs.stream("llm"):
-                clock.now += 0.05
-                yield b"audio"
-
         sink = InMemoryEventSink()
-        graph = (
-            Pipeline("voice")
-            .with_stage("stt", stt, T)
-            .with_stage("llm", llm, T, dependencies=("stt",))
-            .with_stage("tts", tts, T, dependencies=("llm",), streams=("llm",))
-            .build()
-        )
+        graph = voice(clock, token=0.1, audio=0.05).build()
         result = await graph.run(make_ctx(sink=sink))
         llm_result = result["llm"]
         assert llm_result.chunks == 4

@@ -12,7 +12,6 @@ pytest.importorskip("opentelemetry.sdk")
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
@@ -32,47 +31,12 @@ from stageflow import (
 )
 from stageflow_otel import MetricsInterceptor, OtlpEventSink, TracingInterceptor, semconv
 from stageflow_otel._setup import _histogram_views
-from tests._stages import T
+from tests._stages import T, voice
 from tests._support import FakeClock, Tee
 
 from .conftest import by_name, entry_ctx, metric_points
 
 E = semconv.EVENTS
-
-
-def voice(clock: FakeClock, *, streamed: bool = True, llm_config: dict[str, Any] | None = None) -> Pipeline:
-    """stt (0.5 s) -> llm (first token at 0.25 s, then one every 0.125 s) -> tts (0.0625 s per chunk)."""
-
-    async def stt(ctx: StageContext) -> StageOutput:
-        clock.now += 0.5
-        return StageOutput.ok(text="hi")
-
-    async def llm(ctx: StageContext) -> AsyncIterator[str]:
-        clock.now += 0.25
-        yield "Hello."
-        await asyncio.sleep(0)  # tts starts at this first chunk and speaks it
-        for _ in range(3):
-            clock.now += 0.125
-            yield " more"
-
-    async def tts(ctx: StageContext) -> AsyncIterator[bytes]:
-        if streamed:
-            async for _ in ctx.inputs.stream("llm"):
-                clock.now += 0.0625
-                yield b"audio"
-        else:
-            for _ in ctx.inputs.get_from("llm", "text"):
-                clock.now += 0.0625
-                yield b"audio"
-
-    return (
-        Pipeline("voice")
-        .with_stage("stt", stt, T)
-        .with_stage(
-            "llm", llm, T, dependencies=("stt",), stream=Streaming(key="text"), config=llm_config or {}
-        )
-        .with_stage("tts", tts, T, dependencies=("llm",), streams=("llm",) if streamed else ())
-    )
 
 
 def histograms(reader: InMemoryMetricReader, name: str) -> dict[str | None, HistogramDataPoint]:
