@@ -365,7 +365,7 @@ class TestExporters:
             try:
                 assert exporter.export([_span(attributes={"big": "x" * 100})]) is SpanExportResult.FAILURE
             finally:
-                exporter.shutdown()  # type: ignore[no-untyped-call]
+                exporter.shutdown()
         finally:
             receiver.stop()
         assert receiver.headers == []
