@@ -1,5 +1,8 @@
 """The demo: a voice-assistant pipeline with realistic latencies and failures, fully instrumented.
 
+It runs past 500 lines because the demo is one story a reader follows top to bottom: its stages, their
+simulated services, the interceptors and the summary it prints.
+
 ``python -m stageflow_otel demo [--runs N]`` (also the ``stageflow-demo`` console script).
 
 DAG: ``stt → (enrich ∥ memory ∥ search) → personalize → llm → guard → tts``

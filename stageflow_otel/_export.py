@@ -1,5 +1,8 @@
 """The export path ``setup()`` builds: bounded batch queues and exporters whose every loss is counted.
 
+It runs past 500 lines because the loss accounting is one ledger: the queue books, the processor and exporter
+wrappers that settle each batch and the HTTP session share its invariants and are read together.
+
 For spans and log records, a ``_Books`` keeps the exact count of what sits in the SDK batch processor's
 queue and what is in flight in its exporter. The processor wrappers admit an item only while the queue
 holds fewer than its capacity (the SDK queue is made longer than that, so the SDK never drops on its own)

@@ -1,5 +1,8 @@
 """The OTLP event sink: the event taxonomy onto a counter; OTLP log records opt-in. It only exports.
 
+It runs past 500 lines because its bounded buffer, the daemon thread that drains it and the drop accounting by
+cause must be read as one piece.
+
 ``try_emit`` runs on the event loop. It describes the event once (``_taxonomy.describe``), counts it for
 ``stageflow.events.emitted``, and, only when log records are switched on, captures the current
 OpenTelemetry context and appends to a bounded buffer that a daemon thread turns into log records, so

@@ -1,5 +1,8 @@
 """``TracingInterceptor``: one span per run and per stage attempt, with dependency links.
 
+It runs past 500 lines because a run's span tree, its span events and the W3C context rules are one owner's
+job: splitting them would bring back a second owner of the same spans.
+
 Span tree of a run::
 
     pipeline {name}            INTERNAL; parent = ambient span, else snapshot.metadata["traceparent"],

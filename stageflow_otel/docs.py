@@ -1,5 +1,8 @@
 """The README's telemetry reference, rendered from ``semconv`` so the docs cannot drift from the code.
 
+It runs past 500 lines because it holds the reference's prose next to the tables it renders from ``semconv``,
+so a name and its explanation change together.
+
 Usage::
 
     python -m stageflow_otel.docs            # rewrite README.md between the telemetry markers

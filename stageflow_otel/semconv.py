@@ -1,5 +1,8 @@
 """Every telemetry name stageflow_otel emits: spans, attributes, metrics, events, and their Prometheus names.
 
+It runs past 500 lines because it is the one registry of names: every name with its one-line meaning, which
+the docs render.
+
 Interceptors, the OTLP event sink, the ``/metrics`` endpoint, the dashboards, the collector configuration
 and the README's telemetry reference all take their names from here (tests check the assets against it).
 Durations are in seconds. Run ids appear only on spans, logs and events, never as metric attributes.
