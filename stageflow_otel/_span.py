@@ -1,14 +1,16 @@
-"""Stage spans recorded by stageflow and handed to the SDK's own span processors.
+"""Run and stage spans recorded by stageflow and handed to the SDK's own span processors.
 
 Why not ``Tracer.start_span``: the SDK's span re-validates every attribute of every span, event and link
 (``BoundedAttributes``) and takes a lock per call. A stage span's attributes are built and cleaned once per
 graph (``_tracing._StageStatic``), its events once by the taxonomy (``_taxonomy.describe``), so that work is
-the largest share of telemetry's cost on the event loop and buys nothing. ``StageSpans`` starts a stage span
-the way the SDK's tracer does, through the provider's own parts:
+the largest share of telemetry's cost on the event loop and buys nothing; a run span's likewise (its name,
+pipeline name and version once per graph). ``StageSpans`` starts a run or stage span the way the SDK's
+tracer does, through the provider's own parts:
 
 * the tracer's **sampler** decides (``should_sample`` with the span's name, kind, attributes and links);
   a span it drops is a ``NonRecordingSpan`` with a fresh span id, so spans opened under it follow suit;
-* the tracer's **id generator** gives the span id, the parent's trace id is kept;
+* the tracer's **id generator** gives the span id (and a root span's trace id), a parent's trace id
+  is kept;
 * the tracer's **span processors** get ``on_start`` when the span starts and ``on_end`` when it ends, with
   the span itself (an SDK ``ReadableSpan``), so batch processors, exporters and the user's own
   processors see what they would see from the SDK;
@@ -91,6 +93,11 @@ class StageSpans:
         limits = getattr(tracer, "_span_limits", None)
         self._limits: SpanLimits = limits if isinstance(limits, SpanLimits) else SpanLimits()
 
+    @property
+    def attribute_length(self) -> int | None:
+        """The span attribute value length limit: clean values are cut to it."""
+        return self._limits.max_span_attribute_length
+
     @classmethod
     def of(cls, tracer: trace.Tracer) -> StageSpans | None:
         """The stage span starter of an SDK ``tracer``; ``None`` for any other tracer."""
@@ -101,17 +108,23 @@ class StageSpans:
     def start(
         self,
         name: str,
-        parent: otel_context.Context,
-        parent_span: SpanContext,
+        parent: otel_context.Context | None,
+        parent_span: SpanContext | None,
         attributes: dict[str, types.AttributeValue],
         links: Sequence[Link],
         start_time: int,
     ) -> trace.Span:
-        """Start a stage span under ``parent_span`` (the run span, whose context ``parent`` holds).
+        """Start a span under ``parent_span`` (whose context ``parent`` holds; ``None``: the current one).
 
+        A stage span's parent is its run span; a run span's is the span its context holds, if valid
+        (local or remote), else none: a root span with a fresh trace id, as the SDK's tracer does.
         ``attributes`` must be clean attribute values (they are kept as given); ``links`` likewise.
         """
-        trace_id = parent_span.trace_id
+        if parent_span is None or not parent_span.is_valid:
+            parent_span = None
+            trace_id = self._ids.generate_trace_id()
+        else:
+            trace_id = parent_span.trace_id
         result = self._sampler.should_sample(parent, trace_id, name, _INTERNAL, attributes, links)
         decision = result.decision
         context = SpanContext(
@@ -134,14 +147,14 @@ class StageSpans:
 
 
 class RecordedSpan(trace.Span, ReadableSpan):
-    """A stage span: recording while the stage runs, handed to the span processors when it ends."""
+    """A run or stage span: recording until it ends, then handed to the span processors."""
 
     def __init__(
         self,
         owner: StageSpans,
         name: str,
         context: SpanContext,
-        parent: SpanContext,
+        parent: SpanContext | None,
         attributes: dict[str, types.AttributeValue],
         links: Sequence[Link],
         start_time: int,

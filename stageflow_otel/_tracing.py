@@ -476,6 +476,10 @@ class TracingInterceptor(Interceptor):
         self._statics: weakref.WeakKeyDictionary[StageGraph, dict[str, _StageStatic]] = (
             weakref.WeakKeyDictionary()
         )
+        self._run_heads: weakref.WeakKeyDictionary[StageGraph, tuple[int | None, str, str, str]] = (
+            weakref.WeakKeyDictionary()
+        )
+        """Per graph: the attribute length limit, then its run span's name, pipeline name and version."""
         self._hook_failed = False
         self._sdk_failed_once = False
         self._backpressure: Backpressure | None = None
@@ -512,18 +516,43 @@ class TracingInterceptor(Interceptor):
             static = {info.name: _StageStatic(info, self._limit) for info in graph.stages}
             self._statics[graph] = static
         try:
-            span = tracer.start_span(
-                clean_text(semconv.SPAN_PIPELINE_PREFIX + run.pipeline_name, self._limit),
-                context=_parent_context(run),
-                kind=_INTERNAL,
-                attributes={
-                    semconv.PIPELINE_NAME: run.pipeline_name,
-                    semconv.PIPELINE_VERSION: graph.version,
-                    semconv.RUN_ID: str(run.run_id),
-                },
-                record_exception=False,
-                set_status_on_exception=False,
-            )
+            parent = _parent_context(run)
+            spans_of = self._spans
+            if spans_of is not None:  # recorded here, as stage spans are: no second pass over its values
+                limit = spans_of.attribute_length
+                head = self._run_heads.get(graph)
+                if head is None or head[0] != limit:
+                    head = self._run_heads[graph] = (
+                        limit,
+                        clean_text(semconv.SPAN_PIPELINE_PREFIX + run.pipeline_name, self._limit),
+                        clean_text(run.pipeline_name, limit),
+                        clean_text(graph.version, limit),
+                    )
+                span = spans_of.start(
+                    head[1],
+                    parent,
+                    trace.get_current_span(parent).get_span_context(),
+                    {
+                        semconv.PIPELINE_NAME: head[2],
+                        semconv.PIPELINE_VERSION: head[3],
+                        semconv.RUN_ID: clean_text(str(run.run_id), limit),
+                    },
+                    (),
+                    time.time_ns(),
+                )
+            else:
+                span = tracer.start_span(
+                    clean_text(semconv.SPAN_PIPELINE_PREFIX + run.pipeline_name, self._limit),
+                    context=parent,
+                    kind=_INTERNAL,
+                    attributes={
+                        semconv.PIPELINE_NAME: run.pipeline_name,
+                        semconv.PIPELINE_VERSION: graph.version,
+                        semconv.RUN_ID: str(run.run_id),
+                    },
+                    record_exception=False,
+                    set_status_on_exception=False,
+                )
             # Built on the current context, not the extracted one, so ambient values (baggage) reach the
             # stages.
             state = _RunTrace(self, run, span, trace.set_span_in_context(span), static, sink)
