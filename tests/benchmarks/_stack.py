@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from tests.otel.otlp_receiver import HttpReceiver
-from tests.stack._live import Child, wait_until
+from tests.stack._live import Child, healthy, wait_until
 from tests.stack._stack import (
     STACK_PORTS,
     JaegerAPI,
@@ -34,16 +34,6 @@ READY_TIMEOUT = 60.0
 
 class StackMissing(RuntimeError):
     """A binary of the stack is not built (run ``collector/build-stack.sh``)."""
-
-
-def _healthy(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status) == 200
-    except OSError:
-        return False
 
 
 class JaegerStack:
@@ -87,7 +77,7 @@ class JaegerStack:
 
     def _ready(self, url: str) -> None:
         if not wait_until(
-            lambda: _healthy(url) or not all(c.running() for c in self._children), timeout=READY_TIMEOUT
+            lambda: healthy(url) or not all(c.running() for c in self._children), timeout=READY_TIMEOUT
         ) or not all(c.running() for c in self._children):
             logs = "\n".join(f"--- {c.name}:\n{c.output()}" for c in self._children)
             raise RuntimeError(f"the stack did not become healthy ({url})\n{logs}")

@@ -5,6 +5,7 @@ name a failed stage's ``error.type`` the same way (the core's derivation)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -48,6 +49,27 @@ async def over_quota(ctx: StageContext) -> StageOutput:
     raise Client.QuotaError("quota exceeded")
 
 
+async def failing_run(
+    name: str,
+    stage: Any,
+    tracer_provider: TracerProvider,
+    logger_provider: LoggerProvider,
+    meter_provider: MeterProvider,
+) -> None:
+    """One traced run of pipeline ``p`` whose one WORK stage ``name`` fails, its events going to an OTLP
+    sink with log records on; the sink is flushed and shut down."""
+    sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider, log_records=True)
+    graph = (
+        Pipeline(name="p")
+        .with_stage(name, stage, StageKind.WORK)
+        .build(interceptors=[TracingInterceptor(tracer_provider)])
+    )
+    with pytest.raises(PipelineFailedError):
+        await graph.run(entry_ctx(sink=sink))
+    assert sink.flush(timeout=5.0)
+    sink.shutdown(timeout=5.0)
+
+
 class TestNestedErrorType:
     def test_the_otel_outcome_uses_the_core_derivation(self) -> None:
         """``outcome_of_error`` names an error by ``stageflow.error_type_name``: the qualified name."""
@@ -64,16 +86,7 @@ class TestNestedErrorType:
         meter_provider: MeterProvider,
     ) -> None:
         """The stage span, its span events and the stage.failed record all say ``Client.QuotaError``."""
-        sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider, log_records=True)
-        graph = (
-            Pipeline(name="p")
-            .with_stage("q", over_quota, StageKind.WORK)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
-        with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx(sink=sink))
-        assert sink.flush(timeout=5.0)
-        sink.shutdown(timeout=5.0)
+        await failing_run("q", over_quota, tracer_provider, logger_provider, meter_provider)
         (stage_span,) = [
             s for s in span_exporter.get_finished_spans() if s.name == semconv.SPAN_STAGE_PREFIX + "q"
         ]
@@ -158,16 +171,7 @@ class TestTimeoutSubclass:
         meter_provider: MeterProvider,
     ) -> None:
         """Span, span events and log records all say result ``timeout`` and the subclass's name."""
-        sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider, log_records=True)
-        graph = (
-            Pipeline(name="p")
-            .with_stage("llm", provider_timed_out, StageKind.WORK)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
-        with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx(sink=sink))
-        assert sink.flush(timeout=5.0)
-        sink.shutdown(timeout=5.0)
+        await failing_run("llm", provider_timed_out, tracer_provider, logger_provider, meter_provider)
         expected = (semconv.RESULT_TIMEOUT, "ProviderTimeoutError")
         spans = {s.name: s for s in span_exporter.get_finished_spans()}
         stage, run = spans["stage llm"], spans["pipeline p"]

@@ -35,6 +35,7 @@ __all__ = (
     "PrometheusAPI",
     "PrometheusError",
     "free_port",
+    "healthy",
     "listening_sockets",
     "shipped_collector",
     "wait_until",
@@ -323,12 +324,13 @@ def listening_sockets(pid: int) -> list[tuple[str, str, int]]:
     return found
 
 
-def _status(url: str) -> int:
+def healthy(url: str) -> bool:
+    """Whether ``url`` answers 200 (within 2 s)."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return int(response.status)
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status) == 200
     except OSError:
-        return 0
+        return False
 
 
 @contextlib.contextmanager
@@ -365,7 +367,7 @@ def shipped_collector(directory: Path) -> Iterator[tuple[dict[str, int], HttpRec
     child = Child("otelcol", [binary, f"--config={path}"], directory / "otelcol.log")
     try:
         health = f"http://{local}:{ports['health']}/"
-        assert wait_until(lambda: _status(health) == 200, timeout=60), child.output()
+        assert wait_until(lambda: healthy(health), timeout=60), child.output()
         yield ports, loki
     finally:
         child.stop(30.0)

@@ -40,9 +40,9 @@ from tests._support import local_dask_cluster
 from tests.otel._worker_stages import traced_work
 from tests.otel.otlp_receiver import HttpReceiver
 
-from ._live import Child, wait_until
+from ._live import Child, healthy, wait_until
 from ._stack import STACK_PORTS, JaegerAPI, collector_config, free_ports, jaeger_config, stack_binary
-from .test_live_stack import _healthy, _write
+from .test_live_stack import _write
 
 distributed = pytest.importorskip("distributed")
 
@@ -97,16 +97,14 @@ def _consumers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consumers]:
             Child("jaeger", [jaeger_bin, "--config", str(config)], directory / "jaeger.log", jaeger_env)
         )
         jaeger_health = f"http://127.0.0.1:{ports['jaeger_health']}/status"
-        if not wait_until(
-            lambda: _healthy(jaeger_health) or not children[0].running(), timeout=READY_TIMEOUT
-        ):
+        if not wait_until(lambda: healthy(jaeger_health) or not children[0].running(), timeout=READY_TIMEOUT):
             pytest.fail(f"Jaeger not healthy within {READY_TIMEOUT} s:\n{children[0].output()}")
         config = _write(directory, "otelcol.yaml", collector_config(ports, loki_port))
         collector = Child("otelcol", [collector_bin, f"--config={config}"], directory / "otelcol.log", clean)
         children.append(collector)
         collector_health = f"http://127.0.0.1:{ports['collector_health']}/"
         if not wait_until(
-            lambda: _healthy(collector_health) or not collector.running(), timeout=READY_TIMEOUT
+            lambda: healthy(collector_health) or not collector.running(), timeout=READY_TIMEOUT
         ):
             pytest.fail(f"the collector not healthy within {READY_TIMEOUT} s:\n{collector.output()}")
         collector_otlp = f"http://127.0.0.1:{ports['collector_otlp_http']}"
@@ -128,7 +126,7 @@ def _consumers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consumers]:
         children.append(service)
         service_url = f"http://127.0.0.1:{ports['service']}"
         if not wait_until(
-            lambda: _healthy(f"{service_url}/health") or not service.running(), timeout=READY_TIMEOUT
+            lambda: healthy(f"{service_url}/health") or not service.running(), timeout=READY_TIMEOUT
         ):
             pytest.fail(f"the traced service not up within {READY_TIMEOUT} s:\n{service.output()}")
         yield Consumers(

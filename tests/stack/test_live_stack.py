@@ -34,7 +34,7 @@ from stageflow_otel._demo import ADVICE, LLM_CONFIG, _tokens, build_demo_pipelin
 from tests.otel.otlp_receiver import HttpReceiver
 
 from ._assets import COLLECTOR, load_yaml
-from ._live import Child, PrometheusAPI, listening_sockets, wait_until
+from ._live import Child, PrometheusAPI, healthy, listening_sockets, wait_until
 from ._stack import (
     STACK_PORTS,
     JaegerAPI,
@@ -191,16 +191,6 @@ def _write(directory: Path, name: str, config: dict[str, Any]) -> Path:
     return path
 
 
-def _healthy(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status) == 200
-    except OSError:
-        return False
-
-
 def _start_demo(directory: Path, service: str, env: dict[str, str], metrics_port: int | None) -> Demo:
     log_file = directory / f"{service}.jsonl"
     argv = [sys.executable, "-m", "stageflow_otel", "demo", *DEMO_ARGS, "--log-file", str(log_file)]
@@ -276,7 +266,7 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # As compose orders it: the collector starts once Jaeger is healthy.
         if not wait_until(
             lambda: (
-                (prometheus_api.ready() and _healthy(jaeger_health)) or not all(c.running() for c in children)
+                (prometheus_api.ready() and healthy(jaeger_health)) or not all(c.running() for c in children)
             ),
             timeout=READY_TIMEOUT,
         ):
@@ -286,7 +276,7 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         children.append(collector)
         collector_health = f"http://127.0.0.1:{ports['collector_health']}/"
         if not wait_until(
-            lambda: _healthy(collector_health) or not collector.running(), timeout=READY_TIMEOUT
+            lambda: healthy(collector_health) or not collector.running(), timeout=READY_TIMEOUT
         ):
             pytest.fail(_failure(f"the collector not healthy within {READY_TIMEOUT} s", *children))
         grpc_env = _demo_env(
