@@ -729,11 +729,7 @@ class PostgresRunStore:
         return found
 
     async def get_run(self, run_id: UUID | str) -> RunRecord | None:
-        """The run with this id, or ``None``.
-
-        Raises:
-            MalformedRunError: the run's stored row cannot be read back.
-        """
+        """As ``SQLiteRunStore.get_run``: the run with this id, or ``None``; a malformed row raises."""
         return the_one(await self._query(_READ + "WHERE r.run_id = %s LIMIT 1", (str(run_id),)))
 
     async def list_runs(
@@ -744,14 +740,7 @@ class PostgresRunStore:
         offset: int = 0,
         problems: list[MalformedRunError] | None = None,
     ) -> list[RunRecord]:
-        """The most recently started runs first (ties by run id), optionally of one pipeline.
-
-        Args:
-            pipeline: only runs of this pipeline.
-            limit: at most this many runs.
-            offset: skip this many runs first (the next page starts at ``offset + limit``).
-            problems: a list to append each malformed run to; without it they are logged and skipped.
-        """
+        """As ``SQLiteRunStore.list_runs`` (same arguments, order and paging), in one query."""
         check_page(limit, offset)
         where, params = ("", ()) if pipeline is None else ("WHERE r.pipeline = %s ", (pipeline,))
         found = await self._query(

@@ -33,6 +33,7 @@ from stageflow.adapters import SchemaError
 from stageflow.adapters._postgres import _MIGRATIONS, POSTGRES_SCHEMA_VERSION
 from tests._postgres import PostgresServer
 from tests._support import make_ctx
+from tests.adapters import _version4 as version4
 
 
 def record(run_id: str, start: float) -> RunRecord:
@@ -162,32 +163,13 @@ class TestSchema:
                     f"CREATE TABLE {table}_p20260528 PARTITION OF {table} "
                     "FOR VALUES FROM ('2026-05-28') TO ('2026-05-29')"
                 )
-            runs = [
-                ("done", "completed"),
-                ("stopped", "cancelled"),
-                ("timed-out", "failed"),
-                ("refused", "failed"),
-                ("sink-broke", "failed"),
-            ]
-            for run_id, status in runs:
+            for run_id, status in version4.RUNS:
                 conn.execute(
                     "INSERT INTO stageflow_runs (day, run_id, pipeline, status, started_at, ended_at, "
                     "critical_path) VALUES (%s, %s, 'p', %s, %s, %s, '[]')",
                     (day, run_id, status, start, start + 1),
                 )
-            stages = [
-                ("done", "ok", None),
-                ("done", "skip", None),
-                ("stopped", "cancel", None),
-                ("timed-out", "ok", None),
-                ("timed-out", "fail", "StageTimeoutError"),
-                ("timed-out", "fail", "StageFailedError"),
-                ("refused", "fail", "StageFailedError"),
-                ("refused", "fail", "RetriesExhaustedError"),
-                ("refused", "fail", "ValueError"),
-                ("refused", "fail", "TimeoutError"),
-            ]
-            for position, (run_id, status, error_type) in enumerate(stages):
+            for position, (run_id, status, error_type) in enumerate(version4.STAGES):
                 conn.execute(
                     "INSERT INTO stageflow_stages (day, run_id, position, name, kind, status, started_at, "
                     "ended_at, wait, attempts, error_type, dependencies) "
@@ -204,25 +186,8 @@ class TestSchema:
             read = {r.run_id: r for r in await store.list_runs()}
             await store.record_run(new)
             assert await store.get_run("new") == new
-        assert {run_id: (r.category, r.not_started) for run_id, r in read.items()} == {
-            "done": ("success", ()),
-            "stopped": ("cancellation", ()),
-            "timed-out": ("timeout", ()),
-            "refused": ("failure", ()),
-            "sink-broke": ("error", ()),
-        }
-        assert [s.category for r in runs for s in read[r[0]].stages] == [
-            "success",
-            "skip",
-            "cancellation",
-            "success",
-            "timeout",
-            "failure",
-            "failure",
-            "failure",
-            "error",
-            "error",
-        ]
+        assert {run_id: (r.category, r.not_started) for run_id, r in read.items()} == version4.RUN_CATEGORIES
+        assert [s.category for r in version4.RUNS for s in read[r[0]].stages] == version4.STAGE_CATEGORIES
         with psycopg.connect(pg_url) as conn:
             assert conn.execute("SELECT version FROM stageflow_schema").fetchall() == [(4,)]
 

@@ -24,6 +24,7 @@ from stageflow import (
     set_run_trace_id,
 )
 from stageflow._store import _MIGRATIONS, _SCHEMA, storable_text
+from tests.adapters import _version4 as version4
 
 T0 = 1_780_000_000.0
 
@@ -239,31 +240,12 @@ class TestReaders:
         with sqlite3.connect(path) as conn:
             for statement in _SCHEMA + _MIGRATIONS[1] + _MIGRATIONS[2]:
                 conn.execute(statement)
-            runs = [
-                ("done", "completed"),
-                ("stopped", "cancelled"),
-                ("timed-out", "failed"),
-                ("refused", "failed"),
-                ("sink-broke", "failed"),
-            ]
-            for run_id, status in runs:
+            for run_id, status in version4.RUNS:
                 conn.execute(
                     "INSERT INTO runs VALUES (?, 'p', ?, ?, ?, '[]', NULL, NULL, '[]')",
                     (run_id, status, T0, T0 + 1),
                 )
-            stages = [
-                ("done", "ok", None),
-                ("done", "skip", None),
-                ("stopped", "cancel", None),
-                ("timed-out", "ok", None),
-                ("timed-out", "fail", "StageTimeoutError"),
-                ("timed-out", "fail", "StageFailedError"),
-                ("refused", "fail", "StageFailedError"),
-                ("refused", "fail", "RetriesExhaustedError"),
-                ("refused", "fail", "ValueError"),
-                ("refused", "fail", "TimeoutError"),
-            ]
-            for position, (run_id, status, error_type) in enumerate(stages):
+            for position, (run_id, status, error_type) in enumerate(version4.STAGES):
                 conn.execute(
                     "INSERT INTO stages VALUES (?, ?, ?, 'work', ?, ?, ?, 0.0, 1, NULL, ?, '[]', 0, NULL, 0, "
                     "NULL)",
@@ -274,25 +256,8 @@ class TestReaders:
         store = SQLiteRunStore(path, create=create)
         assert store.schema_version == 5
         read = {r.run_id: r for r in await store.list_runs()}
-        assert {run_id: (r.category, r.not_started) for run_id, r in read.items()} == {
-            "done": ("success", ()),
-            "stopped": ("cancellation", ()),
-            "timed-out": ("timeout", ()),
-            "refused": ("failure", ()),
-            "sink-broke": ("error", ()),
-        }
-        assert [s.category for r in runs for s in read[r[0]].stages] == [
-            "success",
-            "skip",
-            "cancellation",
-            "success",
-            "timeout",
-            "failure",
-            "failure",
-            "failure",
-            "error",
-            "error",
-        ]
+        assert {run_id: (r.category, r.not_started) for run_id, r in read.items()} == version4.RUN_CATEGORIES
+        assert [s.category for r in version4.RUNS for s in read[r[0]].stages] == version4.STAGE_CATEGORIES
         assert all(type(s.category) is OutcomeCategory for r in read.values() for s in r.stages)
         new = replace(
             record("new"),
