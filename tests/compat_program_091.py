@@ -52,6 +52,20 @@ INT = UUID("60000000-0000-4000-8000-000000000000")
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
+class Ids(typing.TypedDict):
+    """The run's ids, as the keywords of both ``RunIdentity`` and ``PipelineContext``."""
+
+    pipeline_run_id: UUID
+    request_id: UUID
+    session_id: UUID
+    user_id: UUID
+    org_id: UUID
+    interaction_id: UUID
+
+
+IDS = Ids(pipeline_run_id=RUN, request_id=REQ, session_id=SES, user_id=USR, org_id=ORG, interaction_id=INT)
+
+
 class Sink(EventSink):
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any]]] = []
@@ -130,15 +144,7 @@ class Auth(BaseInterceptor):
 
 def snapshot() -> ContextSnapshot:
     return ContextSnapshot(
-        run_id=RunIdentity(
-            pipeline_run_id=RUN,
-            request_id=REQ,
-            session_id=SES,
-            user_id=USR,
-            org_id=ORG,
-            interaction_id=INT,
-            created_at=CREATED,
-        ),
+        run_id=RunIdentity(**IDS, created_at=CREATED),
         input_text="hello",
         topology="voice_fast",
         execution_mode="practice",
@@ -234,12 +240,7 @@ async def run_pipeline(seen: dict[str, Any]) -> None:
 async def pipeline_context(seen: dict[str, Any]) -> None:
     sink = Sink()
     ctx = PipelineContext(
-        pipeline_run_id=RUN,
-        request_id=REQ,
-        session_id=SES,
-        user_id=USR,
-        org_id=ORG,
-        interaction_id=INT,
+        **IDS,
         topology="chat_fast",
         execution_mode="doc_edit",
         service="voice",

@@ -51,15 +51,9 @@ from stageflow.context import ContextSnapshot, RunIdentity
 from stageflow.stages import StageInputs
 
 from ._support import make_ctx, ok_stage
+from .compat_program_091 import CREATED, IDS, INT, ORG, REQ, RUN, SES, USR
 
 T = StageKind.TRANSFORM
-RUN = UUID("10000000-0000-4000-8000-000000000000")
-REQ = UUID("20000000-0000-4000-8000-000000000000")
-SES = UUID("30000000-0000-4000-8000-000000000000")
-USR = UUID("40000000-0000-4000-8000-000000000000")
-ORG = UUID("50000000-0000-4000-8000-000000000000")
-INT = UUID("60000000-0000-4000-8000-000000000000")
-CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def full_snapshot() -> ContextSnapshot:
@@ -75,12 +69,7 @@ def full_snapshot() -> ContextSnapshot:
 
 def compat_context(**extra: Any) -> PipelineContext:
     return PipelineContext(
-        pipeline_run_id=RUN,
-        request_id=REQ,
-        session_id=SES,
-        user_id=USR,
-        org_id=ORG,
-        interaction_id=INT,
+        **IDS,
         topology="chat_fast",
         execution_mode="practice",
         **extra,
