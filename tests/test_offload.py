@@ -9,7 +9,7 @@ import os
 import pickle
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -521,6 +521,27 @@ class TestPicklingAtBuild:
         assert abs(copy.timer.perf_start - ctx.timer.perf_start) < 1.0
 
 
+def stuck_stage(started: threading.Event, release: threading.Event) -> Callable[[StageContext], StageOutput]:
+    """A sync stage that sets ``started``, then blocks until ``release`` is set (two minutes at most)."""
+
+    def stuck(ctx: StageContext) -> StageOutput:
+        started.set()
+        release.wait(120)
+        return StageOutput.ok()
+
+    return stuck
+
+
+def failing_after(started: threading.Event) -> Callable[[StageContext], Awaitable[StageOutput]]:
+    """A stage that raises ``RuntimeError("sibling failed")`` once ``started`` is set."""
+
+    async def failing(ctx: StageContext) -> StageOutput:
+        await asyncio.to_thread(started.wait)
+        raise RuntimeError("sibling failed")
+
+    return failing
+
+
 class TestCancellation:
     async def test_a_thread_that_checks_stop_requested_is_stopped(self) -> None:
         """Fail-fast cancels the sync stage; it sees ``stop_requested`` and returns: its work was stopped."""
@@ -534,9 +555,7 @@ class TestCancellation:
             saw_stop.set()
             return StageOutput.ok(late=True)
 
-        async def failing(ctx: StageContext) -> StageOutput:
-            await asyncio.to_thread(started.wait)
-            raise RuntimeError("sibling failed")
+        failing = failing_after(started)
 
         sink = InMemoryEventSink()
         graph = (
@@ -558,15 +577,7 @@ class TestCancellation:
         """The run ends without waiting for it; the thread runs on until released, its result discarded."""
         started = threading.Event()
         release = threading.Event()
-
-        def stuck(ctx: StageContext) -> StageOutput:
-            started.set()
-            release.wait(120)
-            return StageOutput.ok()
-
-        async def failing(ctx: StageContext) -> StageOutput:
-            await asyncio.to_thread(started.wait)
-            raise RuntimeError("sibling failed")
+        stuck, failing = stuck_stage(started, release), failing_after(started)
 
         graph = (
             Pipeline("p")
@@ -585,11 +596,7 @@ class TestCancellation:
     async def test_a_timeout_reports_the_work_on_the_failed_stage(self) -> None:
         started = threading.Event()
         release = threading.Event()
-
-        def stuck(ctx: StageContext) -> StageOutput:
-            started.set()
-            release.wait(120)
-            return StageOutput.ok()
+        stuck = stuck_stage(started, release)
 
         sink = InMemoryEventSink()
         graph = (
@@ -684,15 +691,7 @@ class TestCancellation:
                 return True
 
         started = threading.Event()
-
-        def stuck(ctx: StageContext) -> StageOutput:
-            started.set()
-            release.wait(120)
-            return StageOutput.ok()
-
-        async def failing(ctx: StageContext) -> StageOutput:
-            await asyncio.to_thread(started.wait)
-            raise RuntimeError("sibling failed")
+        stuck, failing = stuck_stage(started, release), failing_after(started)
 
         with Terminating(1) as executor:
             graph = (
