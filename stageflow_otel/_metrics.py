@@ -27,7 +27,9 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import threading
 import time
 import weakref
@@ -36,6 +38,7 @@ from typing import Any
 from uuid import UUID
 
 from opentelemetry import metrics
+from opentelemetry.context import Context, get_current
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.util.types import AttributeValue
 
@@ -146,10 +149,10 @@ class MetricsInterceptor(Interceptor):
         self._enabled: bool | None = None
         if meter_provider is not None:
             self._enabled = not is_api_only(meter_provider) and not isinstance(meter, metrics.NoOpMeter)
-        self._run_duration = _histogram(meter, semconv.PIPELINE_RUN_DURATION)
-        self._stage_duration = _histogram(meter, semconv.STAGE_DURATION)
-        self._wait_duration = _histogram(meter, semconv.STAGE_WAIT_DURATION_METRIC)
-        self._critical_duration = _histogram(meter, semconv.STAGE_CRITICAL_PATH_DURATION)
+        self._run_duration = _Direct(_histogram(meter, semconv.PIPELINE_RUN_DURATION))
+        self._stage_duration = _Direct(_histogram(meter, semconv.STAGE_DURATION))
+        self._wait_duration = _Direct(_histogram(meter, semconv.STAGE_WAIT_DURATION_METRIC))
+        self._critical_duration = _Direct(_histogram(meter, semconv.STAGE_CRITICAL_PATH_DURATION))
         self._dispatch_duration = _histogram(meter, semconv.STAGE_DISPATCH_DURATION_METRIC)
         self._first_chunk = _histogram(meter, semconv.STAGE_TIME_TO_FIRST_CHUNK_METRIC)
         self._per_chunk = _histogram(meter, semconv.STAGE_TIME_PER_OUTPUT_CHUNK_METRIC)
@@ -162,7 +165,7 @@ class MetricsInterceptor(Interceptor):
             weakref.WeakKeyDictionary()
         )
         m = semconv.PIPELINE_RUN_ACTIVE
-        self._active = meter.create_up_down_counter(m.name, unit=m.unit, description=m.description)
+        self._active = _Direct(meter.create_up_down_counter(m.name, unit=m.unit, description=m.description))
         m = semconv.PIPELINE_RUN_ERRORS
         self._run_errors = meter.create_counter(m.name, unit=m.unit, description=m.description)
         m = semconv.STAGE_SKIPS
@@ -483,6 +486,80 @@ def _stage_error_type(result: StageResult) -> str | None:
     if result.status is StageStatus.CANCEL:  # no output: its task was cancelled (the run stopped it)
         return semconv.ERROR_TYPE_CANCELLED
     return None
+
+
+def _direct_parts() -> tuple[type, type, type] | None:
+    """The SDK's measurement and its histogram and up-down counter classes, if they are what ``_Direct``
+    was written against (else ``None``: every instrument is called through its public method)."""
+    try:
+        from opentelemetry.sdk.metrics._internal.instrument import Histogram, UpDownCounter
+        from opentelemetry.sdk.metrics._internal.measurement import Measurement
+    except ImportError:
+        return None
+    names = tuple(f.name for f in dataclasses.fields(Measurement))
+    if names != ("value", "time_unix_nano", "instrument", "context", "attributes"):
+        return None
+    return Measurement, Histogram, UpDownCounter
+
+
+_DIRECT = _direct_parts()
+_new = object.__new__
+_set = object.__setattr__
+
+
+class _Direct:
+    """A histogram's ``record`` or an up-down counter's ``add``, handed to the SDK's measurement consumer
+    directly, as the SDK's own method does, but without its second pass over the attributes.
+
+    The SDK copies and re-checks every measurement's attributes (``Measurement.__post_init__``); the
+    interceptor's are clean already (string keys and values, the names bounded by the guards) and cached,
+    so that pass is a large share of a measured stage's cost and changes nothing. What the SDK would warn
+    about or ignore (a value that is negative or not finite, a disabled meter) and any instrument that is
+    not the SDK's (a proxy, a no-op, another SDK version) goes through the public method.
+    """
+
+    __slots__ = ("_consumer", "_instrument", "record_public")
+
+    def __init__(self, instrument: Any) -> None:
+        self._instrument = instrument
+        parts = _DIRECT
+        kind = type(instrument)
+        consumer = getattr(instrument, "_measurement_consumer", None)
+        direct = parts is not None and issubclass(kind, parts[1:]) and consumer is not None
+        self._consumer = consumer if direct else None
+        self.record_public = getattr(instrument, "record", None) or instrument.add
+
+    def record(
+        self, amount: float, attributes: Mapping[str, AttributeValue], context: Context | None = None
+    ) -> None:
+        """``Histogram.record`` of a value with clean ``attributes`` (not copied: never mutate them)."""
+        consumer = self._consumer
+        if consumer is None or not amount >= 0.0 or amount == math.inf or not self._instrument._is_enabled():
+            self.record_public(amount, attributes, context)
+            return
+        self._consume(consumer, amount, attributes, context)
+
+    def add(
+        self, amount: int, attributes: Mapping[str, AttributeValue], context: Context | None = None
+    ) -> None:
+        """``UpDownCounter.add`` of a whole number with clean ``attributes`` (not copied)."""
+        consumer = self._consumer
+        if consumer is None or not self._instrument._is_enabled():
+            self.record_public(amount, attributes, context)
+            return
+        self._consume(consumer, amount, attributes, context)
+
+    def _consume(
+        self, consumer: Any, amount: float, attributes: Mapping[str, AttributeValue], context: Context | None
+    ) -> None:
+        assert _DIRECT is not None
+        measurement: Any = _new(_DIRECT[0])
+        _set(measurement, "value", amount)
+        _set(measurement, "time_unix_nano", time.time_ns())
+        _set(measurement, "instrument", self._instrument)
+        _set(measurement, "context", context or get_current())
+        _set(measurement, "attributes", attributes)
+        consumer.consume_measurement(measurement)
 
 
 def _histogram(meter: metrics.Meter, metric: semconv.Metric) -> metrics.Histogram:
