@@ -12,10 +12,15 @@ import platform
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ("in_child", "log", "meta", "parser", "publish", "timed")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = ("in_child", "log", "meta", "parser", "publish", "timed", "with_options")
+
+_S = TypeVar("_S", bound="DataclassInstance")
 
 
 def parser(doc: str | None, *, quick: str) -> argparse.ArgumentParser:
@@ -25,6 +30,12 @@ def parser(doc: str | None, *, quick: str) -> argparse.ArgumentParser:
     parsed.add_argument("--quick", action="store_true", help=quick)
     parsed.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
     return parsed
+
+
+def with_options(settings: _S, **options: Any) -> _S:
+    """``settings`` (a dataclass) with each of ``options`` that is not ``None`` in place of its field."""
+    given = {name: value for name, value in options.items() if value is not None}
+    return replace(settings, **given) if given else settings
 
 
 def log(line: str) -> None:

@@ -555,14 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jaeger is not None:
         report = run_jaeger(args.jaeger)
         return _common.publish(format_jaeger(report), report, args.json)
-    settings = Settings.quick() if args.quick else Settings()
-    changes: dict[str, Any] = {}
-    if args.start is not None:
-        changes["start"] = args.start
-    if args.complete_runs is not None:
-        changes["complete_runs"] = args.complete_runs
-    if changes:
-        settings = Settings(**(asdict(settings) | changes))
+    settings = _common.with_options(
+        Settings.quick() if args.quick else Settings(), start=args.start, complete_runs=args.complete_runs
+    )
     report = run_benchmark(settings, log=_common.log)
     return _common.publish(format_report(report), report, args.json)
 

@@ -456,16 +456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--start", type=float, help="first rate tried, runs/s")
     parser.add_argument("--no-log-records", action="store_true", help="skip the log records variant")
     args = parser.parse_args(argv)
-    settings = Settings.quick() if args.quick else Settings()
-    changes: dict[str, Any] = {}
-    if args.duration is not None:
-        changes["duration"] = args.duration
-    if args.start is not None:
-        changes["start"] = args.start
-    if args.no_log_records:
-        changes["log_records"] = False
-    if changes:
-        settings = Settings(**(asdict(settings) | changes))
+    settings = _common.with_options(
+        Settings.quick() if args.quick else Settings(),
+        duration=args.duration,
+        start=args.start,
+        log_records=False if args.no_log_records else None,
+    )
     report = run_benchmark(settings, log=_common.log)
     return _common.publish(format_report(report), report, args.json)
 
