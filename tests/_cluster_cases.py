@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import Callable
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -20,6 +21,7 @@ from stageflow import (
     Pipeline,
     PipelineFailedError,
     RemoteStageError,
+    RunResult,
     StageKind,
     StageStatus,
     UnpicklableValueError,
@@ -27,11 +29,25 @@ from stageflow import (
 
 from . import _cluster_stages as stages
 
-__all__ = ("BOUND", "ClusterCases")
+__all__ = ("BOUND", "ClusterCases", "start_slow_run")
 
 T = StageKind.TRANSFORM
 BOUND = 120.0
 """Seconds after which a run that has not ended counts as hung (never reached when all is well)."""
+
+
+async def start_slow_run(name: str, executor: Executor, folder: Path) -> asyncio.Task[RunResult]:
+    """Start a run of ``source`` then ``slow`` (``wait_for_release`` in ``folder``) on ``executor``;
+    return its task once ``slow`` has started in a worker (``folder / "started"`` holds the worker's pid)."""
+    graph = (
+        Pipeline(name)
+        .with_stage("source", stages.source, T)
+        .with_stage("slow", stages.wait_for_release, T, ("source",), config={"dir": str(folder)})
+        .build(executor=executor)
+    )
+    run = asyncio.create_task(graph.run())
+    await asyncio.wait_for(stages.file_exists(folder / "started"), BOUND)
+    return run
 
 
 class ClusterCases:

@@ -30,7 +30,7 @@ from stageflow import (
 )
 
 from . import _cluster_stages as stages
-from ._cluster_cases import BOUND, ClusterCases
+from ._cluster_cases import BOUND, ClusterCases, start_slow_run
 from ._support import local_dask_cluster
 
 pytest.importorskip("distributed", reason="needs the dask extra: pip install 'stageflow-core[dask]'")
@@ -204,15 +204,7 @@ class TestDyingCluster:
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
             cluster = _cluster()
         with cluster, _connect(cluster) as client:
-            executor = _executor(client)
-            graph = (
-                Pipeline("dask")
-                .with_stage("source", stages.source, T)
-                .with_stage("slow", stages.wait_for_release, T, ("source",), config={"dir": str(tmp_path)})
-                .build(executor=executor)
-            )
-            run = asyncio.create_task(graph.run())
-            await asyncio.wait_for(stages.file_exists(tmp_path / "started"), BOUND)
+            run = await start_slow_run("dask", _executor(client), tmp_path)
             os.kill(int((tmp_path / "started").read_text()), signal.SIGKILL)
             with pytest.raises(PipelineFailedError) as caught:
                 await asyncio.wait_for(run, BOUND)
@@ -232,15 +224,7 @@ class TestDyingCluster:
         future although the run did not), ends the run, and the stage that had finished keeps its result."""
         cluster = _cluster()
         with _connect(cluster) as client:
-            executor = _executor(client)
-            graph = (
-                Pipeline("dask")
-                .with_stage("source", stages.source, T)
-                .with_stage("slow", stages.wait_for_release, T, ("source",), config={"dir": str(tmp_path)})
-                .build(executor=executor)
-            )
-            run = asyncio.create_task(graph.run())
-            await asyncio.wait_for(stages.file_exists(tmp_path / "started"), BOUND)
+            run = await start_slow_run("dask", _executor(client), tmp_path)
             await asyncio.to_thread(cluster.close)
             with pytest.raises(PipelineFailedError) as caught:
                 await asyncio.wait_for(run, BOUND)

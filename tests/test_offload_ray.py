@@ -33,7 +33,7 @@ from stageflow import (
 from stageflow.adapters.ray import RayExecutor, _RayFuture
 
 from . import _cluster_stages as stages
-from ._cluster_cases import BOUND, ClusterCases
+from ._cluster_cases import BOUND, ClusterCases, start_slow_run
 
 ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'stageflow-core[ray]'")
 
@@ -417,14 +417,7 @@ class TestDyingCluster:
     ) -> None:
         """A Ray worker killed under a running stage fails that stage with Ray's ``WorkerCrashedError``
         (``max_retries=0``: Ray does not rerun it); the run ends and finished stages keep their results."""
-        graph = (
-            Pipeline("ray")
-            .with_stage("source", stages.source, T)
-            .with_stage("slow", stages.wait_for_release, T, ("source",), config={"dir": str(tmp_path)})
-            .build(executor=ray_executor)
-        )
-        run = asyncio.create_task(graph.run())
-        await asyncio.wait_for(stages.file_exists(tmp_path / "started"), BOUND)
+        run = await start_slow_run("ray", ray_executor, tmp_path)
         os.kill(int((tmp_path / "started").read_text()), signal.SIGKILL)
         with pytest.raises(PipelineFailedError) as caught:
             await asyncio.wait_for(run, BOUND)
