@@ -7,7 +7,7 @@ import os
 import re
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -101,14 +101,18 @@ async def record_assistant_runs(path: Path) -> None:
         store.close()
 
 
-@pytest.fixture(name="assistant", scope="module")
-def _assistant(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("assistant")
+def report_of(folder: Path, record: Callable[[Path], Coroutine[Any, Any, None]]) -> Path:
+    """The report ``stageflow report`` writes of the runs ``record`` stores in ``folder / "runs.db"``."""
     db = folder / "runs.db"
-    asyncio.run(record_assistant_runs(db))
+    asyncio.run(record(db))
     out = folder / "report.html"
     assert main(["report", str(db), "--output", str(out)]) == 0
     return out
+
+
+@pytest.fixture(name="assistant", scope="module")
+def _assistant(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return report_of(tmp_path_factory.mktemp("assistant"), record_assistant_runs)
 
 
 CROSSINGS = """
@@ -474,12 +478,7 @@ async def record_streaming_runs(path: Path) -> None:
 
 @pytest.fixture(name="live", scope="module")
 def _live(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("live")
-    db = folder / "runs.db"
-    asyncio.run(record_streaming_runs(db))
-    out = folder / "report.html"
-    assert main(["report", str(db), "--output", str(out)]) == 0
-    return out
+    return report_of(tmp_path_factory.mktemp("live"), record_streaming_runs)
 
 
 class TestRealStreamingRunsInChromium:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import html
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -219,6 +220,20 @@ async def over_quota(ctx: StageContext) -> StageOutput:
     raise Client.QuotaError("quota exceeded")
 
 
+def failed_and_stored(
+    path: Path, name: str, runner: Callable[[StageContext], Awaitable[StageOutput]], kind: StageKind
+) -> tuple[PipelineFailedError, RunRecord]:
+    """Run a one-stage pipeline that fails, recorded in a SQLite store at ``path``: its error and record."""
+    store = SQLiteRunStore(path)
+    graph = Pipeline(name="p").with_stage(name, runner, kind).build(run_store=store)
+    with pytest.raises(PipelineFailedError) as info:
+        asyncio.run(graph.run(make_ctx()))
+    record = asyncio.run(store.get_run(info.value.results.run_id))
+    store.close()
+    assert record is not None
+    return info.value, record
+
+
 class TestTheCategoryDecidesTheWords:
     def test_a_timeout_subclass_is_a_timeout_in_every_view(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -226,15 +241,9 @@ class TestTheCategoryDecidesTheWords:
         """A ``StageTimeoutError`` subclass reads ``timed out`` in ``timeline()``, ``runs show``, the runs
         list and the report: the views go by the category, not by the error's class name."""
         path = tmp_path / "runs.db"
-        store = SQLiteRunStore(path)
-        graph = Pipeline(name="p").with_stage("llm", llm_times_out, StageKind.AGENT).build(run_store=store)
-        with pytest.raises(PipelineFailedError) as info:
-            asyncio.run(graph.run(make_ctx()))
-        record = asyncio.run(store.get_run(info.value.results.run_id))
-        store.close()
-        assert record is not None
+        error, record = failed_and_stored(path, "llm", llm_times_out, StageKind.AGENT)
         note = "timed out: stage 'llm' timed out after 0.5 s"
-        assert note_of(stage_line(info.value.results.timeline(color=False), "llm")) == note
+        assert note_of(stage_line(error.results.timeline(color=False), "llm")) == note
         shown = cli(capsys, "runs", "show", str(path), record.run_id, "--color", "never")
         assert shown.splitlines()[0].endswith(
             " · failed (timeout) in " + shown.splitlines()[0].split(" in ")[-1]
@@ -250,15 +259,9 @@ class TestTheCategoryDecidesTheWords:
     ) -> None:
         """``timeline()`` names an error by its qualified name, as the store, ``runs show`` and events do."""
         path = tmp_path / "runs.db"
-        store = SQLiteRunStore(path)
-        graph = Pipeline(name="p").with_stage("q", over_quota, StageKind.WORK).build(run_store=store)
-        with pytest.raises(PipelineFailedError) as info:
-            asyncio.run(graph.run(make_ctx()))
-        record = asyncio.run(store.get_run(info.value.results.run_id))
-        store.close()
-        assert record is not None
+        error, record = failed_and_stored(path, "q", over_quota, StageKind.WORK)
         note = "error: Client.QuotaError: quota exceeded"
-        assert note_of(stage_line(info.value.results.timeline(color=False), "q")) == note
+        assert note_of(stage_line(error.results.timeline(color=False), "q")) == note
         assert note_of(stage_line(cli(capsys, "runs", "show", str(path), record.run_id), "q")) == note
 
 
