@@ -54,6 +54,8 @@ from ._support import make_ctx, ok_stage
 from .compat_program_091 import CREATED, IDS, INT, ORG, REQ, RUN, SES, USR
 
 T = StageKind.TRANSFORM
+ID_STRINGS = {key: str(value) for key, value in IDS.items()}
+"""The run's ids as ``to_dict`` writes them."""
 
 
 def full_snapshot() -> ContextSnapshot:
@@ -245,12 +247,7 @@ class TestPipelineContext:
         """``to_dict`` has 0.9.1's keys; parent ids appear only when set."""
         ctx = compat_context(data={"x": 1}, artifacts=[StageArtifact("a", {})])
         expected: dict[str, Any] = {
-            "pipeline_run_id": str(RUN),
-            "request_id": str(REQ),
-            "session_id": str(SES),
-            "user_id": str(USR),
-            "org_id": str(ORG),
-            "interaction_id": str(INT),
+            **ID_STRINGS,
             "topology": "chat_fast",
             "execution_mode": "practice",
             "service": "pipeline",
@@ -1017,14 +1014,7 @@ class TestSnapshot:
                 return {"n": 1}
 
         snap = dataclasses.replace(full_snapshot(), enrichments=Bundle(), conversation=["m"])
-        identity = {
-            "pipeline_run_id": str(RUN),
-            "request_id": str(REQ),
-            "session_id": str(SES),
-            "user_id": str(USR),
-            "org_id": str(ORG),
-            "interaction_id": str(INT),
-        }
+        identity = ID_STRINGS
         assert snap.to_dict() == {
             "run_id": {**identity, "created_at": CREATED.isoformat()},
             "input_text": "hi",
