@@ -10,7 +10,7 @@ from stageflow import Pipeline, StageContext, StageKind, StageOutput, Streaming
 
 from ._support import FakeClock
 
-__all__ = ("T", "boom", "diamond", "fail", "hang", "ok", "skip", "voice")
+__all__ = ("T", "boom", "diamond", "fail", "hang", "ok", "skip", "sync_voice", "voice")
 
 T = StageKind.TRANSFORM
 
@@ -93,4 +93,34 @@ def voice(
             "llm", llm, T, dependencies=("stt",), stream=Streaming(key="text"), config=llm_config or {}
         )
         .with_stage("tts", tts, T, dependencies=("llm",), streams=("llm",) if streamed else ())
+    )
+
+
+def sync_voice(clock: FakeClock, *, stt_seconds: float = 0.0, more: int) -> Pipeline:
+    """Pipeline ``voice`` on a hand-moved clock: a sync stt (the engine runs it in a worker thread;
+    ``stt_seconds`` long) -> llm, an agent (first chunk at 0.25 s, then ``more`` chunks 0.125 s apart) ->
+    tts (0.0625 s per chunk it reads from llm's stream)."""
+
+    def stt(ctx: StageContext) -> StageOutput:
+        clock.now += stt_seconds
+        return StageOutput.ok(text="hi")
+
+    async def llm(ctx: StageContext) -> AsyncIterator[str]:
+        clock.now += 0.25
+        yield "Hello."
+        await asyncio.sleep(0)
+        for _ in range(more):
+            clock.now += 0.125
+            yield " more"
+
+    async def tts(ctx: StageContext) -> AsyncIterator[bytes]:
+        async for _ in ctx.inputs.stream("llm"):
+            clock.now += 0.0625
+            yield b"audio"
+
+    return (
+        Pipeline(name="voice")
+        .with_stage("stt", stt, StageKind.TRANSFORM)
+        .with_stage("llm", llm, StageKind.AGENT, dependencies=("stt",))
+        .with_stage("tts", tts, StageKind.TRANSFORM, dependencies=("llm",), streams=("llm",))
     )

@@ -4,18 +4,16 @@ first-chunk mark, chunks, the fate of sync work and the run's time to first outp
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-import stageflow._scheduler
-import stageflow._streams
-from stageflow import Pipeline, RunResult, SQLiteRunStore, StageContext, StageKind, StageOutput
+from stageflow import RunResult, SQLiteRunStore
 from stageflow._results import format_seconds
 
 from ._runs_store import RECORDS, STREAMED, write_store
-from ._support import run_cli
+from ._stages import sync_voice
+from ._support import FakeClock, run_cli
 
 pytestmark = pytest.mark.usefixtures("utc")
 
@@ -103,50 +101,17 @@ class TestList:
         )
 
 
-NOW = [1000.0]
-"""The controlled clock of ``TestARecordedRun``."""
-
-
-def transcribe(ctx: StageContext) -> StageOutput:
-    """A sync stage (the engine runs it in a worker thread) that takes half a second of the clock."""
-    NOW[0] += 0.5
-    return StageOutput.ok(text="hi")
-
-
 class TestARecordedRun:
     def test_runs_show_draws_what_the_run_result_drew(
-        self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, capsys: pytest.CaptureFixture[str], tmp_path: Path, clock: FakeClock
     ) -> None:
         """A run recorded by the engine (a sync stage, a stream and its reader; stage times on a controlled
         clock) shows in ``runs show`` as ``RunResult.timeline()`` drew it, dispatch column and first-chunk
         marks included, followed by its time to first output and chunks."""
-        now = NOW
-        now[0] = 1000.0
-        monkeypatch.setattr(stageflow._scheduler, "_perf", lambda: now[0])
-        monkeypatch.setattr(stageflow._streams, "_perf", lambda: now[0])
-
-        async def llm(ctx: StageContext) -> AsyncIterator[str]:
-            now[0] += 0.25
-            yield "Hello."
-            await asyncio.sleep(0)
-            for _ in range(3):
-                now[0] += 0.125
-                yield " more"
-
-        async def tts(ctx: StageContext) -> AsyncIterator[bytes]:
-            async for _ in ctx.inputs.stream("llm"):
-                now[0] += 0.0625
-                yield b"audio"
 
         async def record() -> RunResult:
             store = SQLiteRunStore(tmp_path / "runs.db")
-            graph = (
-                Pipeline(name="voice")
-                .with_stage("stt", transcribe, StageKind.TRANSFORM)
-                .with_stage("llm", llm, StageKind.AGENT, dependencies=("stt",))
-                .with_stage("tts", tts, StageKind.TRANSFORM, dependencies=("llm",), streams=("llm",))
-                .build(run_store=store)
-            )
+            graph = sync_voice(clock, stt_seconds=0.5, more=3).build(run_store=store)
             try:
                 return await graph.run()
             finally:

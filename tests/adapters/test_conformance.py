@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from concurrent.futures import Executor, Future
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-import stageflow._scheduler
-import stageflow._streams
 from stageflow import (
     MAX_MESSAGE_CHARS,
     InMemoryRunStore,
@@ -31,7 +28,8 @@ from stageflow import (
     set_run_trace_id,
 )
 from stageflow.interceptors import BaseInterceptor, ErrorAction, TimeoutInterceptor
-from tests._support import make_ctx
+from tests._stages import sync_voice
+from tests._support import FakeClock, make_ctx
 
 AnyStore = InMemoryRunStore | SQLiteRunStore | PostgresRunStore
 
@@ -115,38 +113,10 @@ class TestRecordAndRead:
         assert [r.run_id for r in await store.list_runs()] == ["r-2", "r-1"]
         assert (await store.list_runs())[1] == written
 
-    async def test_a_run_records_what_the_engine_measured(
-        self, store: AnyStore, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    async def test_a_run_records_what_the_engine_measured(self, store: AnyStore, clock: FakeClock) -> None:
         """A run with a sync stage and two streaming stages is stored with the dispatch time, chunk counts,
         times to first chunk and first-output path its RunResult has (stage times on a controlled clock)."""
-        now = [1000.0]
-        monkeypatch.setattr(stageflow._scheduler, "_perf", lambda: now[0])
-        monkeypatch.setattr(stageflow._streams, "_perf", lambda: now[0])
-
-        def stt(ctx: StageContext) -> StageOutput:  # a sync stage: runs in a worker thread
-            return StageOutput.ok(text="hi")
-
-        async def llm(ctx: StageContext) -> AsyncIterator[str]:
-            now[0] += 0.25
-            yield "Hello."
-            await asyncio.sleep(0)
-            for _ in range(2):
-                now[0] += 0.125
-                yield " more"
-
-        async def tts(ctx: StageContext) -> AsyncIterator[bytes]:
-            async for _ in ctx.inputs.stream("llm"):
-                now[0] += 0.0625
-                yield b"audio"
-
-        graph = (
-            Pipeline(name="voice")
-            .with_stage("stt", stt, StageKind.TRANSFORM)
-            .with_stage("llm", llm, StageKind.AGENT, dependencies=("stt",))
-            .with_stage("tts", tts, StageKind.TRANSFORM, dependencies=("llm",), streams=("llm",))
-            .build(run_store=store)
-        )
+        graph = sync_voice(clock, more=2).build(run_store=store)
         results = await graph.run(make_ctx())
         stored = await store.get_run(results.run_id)
         assert stored is not None
