@@ -11,14 +11,14 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-__all__ = ("in_child", "log", "meta", "parser", "publish", "timed", "with_options")
+__all__ = ("in_child", "log", "meta", "parser", "publish", "run_main", "timed", "with_options")
 
 _S = TypeVar("_S", bound="DataclassInstance")
 
@@ -36,6 +36,22 @@ def with_options(settings: _S, **options: Any) -> _S:
     """``settings`` (a dataclass) with each of ``options`` that is not ``None`` in place of its field."""
     given = {name: value for name, value in options.items() if value is not None}
     return replace(settings, **given) if given else settings
+
+
+def run_main(
+    argv: Sequence[str] | None,
+    doc: str | None,
+    *,
+    quick: str,
+    settings: Any,
+    measure: Callable[..., Any],
+    text: Callable[[Any], str],
+) -> int:
+    """``main()`` of a benchmark without options of its own: parse ``argv``, ``measure`` with
+    ``settings.quick()`` (``--quick``) or ``settings()``, progress on stderr; print ``text`` of the report."""
+    args = parser(doc, quick=quick).parse_args(argv)
+    report = measure(settings.quick() if args.quick else settings(), log=log)
+    return publish(text(report), report, args.json)
 
 
 def log(line: str) -> None:

@@ -351,10 +351,14 @@ def format_report(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, measure and print the report."""
-    args = _common.parser(__doc__, quick="fewer repetitions and chunks").parse_args(argv)
-    settings = Settings.quick() if args.quick else Settings()
-    report = run_benchmark(settings, log=_common.log)
-    return _common.publish(format_report(report), report, args.json)
+    return _common.run_main(
+        argv,
+        __doc__,
+        quick="fewer repetitions and chunks",
+        settings=Settings,
+        measure=run_benchmark,
+        text=format_report,
+    )
 
 
 if __name__ == "__main__":
