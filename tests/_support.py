@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ __all__ = (
     "Tee",
     "VAR",
     "cancel_once_started",
+    "exact",
     "local_dask_cluster",
     "make_ctx",
     "ok_stage",
@@ -35,6 +37,11 @@ VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset"
 
 StageFn = Callable[[StageContext], Awaitable[StageOutput]]
 """An ``async def fn(ctx) -> StageOutput`` stage."""
+
+
+def exact(message: str) -> str:
+    """A ``match=`` pattern that accepts exactly ``message``."""
+    return f"^{re.escape(message)}$"
 
 
 def make_ctx(

@@ -27,14 +27,9 @@ from stageflow import (
 )
 from stageflow.interceptors import Interceptor
 
-from ._support import make_ctx, ok_stage
+from ._support import exact, make_ctx, ok_stage
 
 T = StageKind.TRANSFORM
-
-
-def exact(message: str) -> str:
-    """A ``match=`` pattern that accepts exactly ``message``."""
-    return f"^{re.escape(message)}$"
 
 
 class Greeter:

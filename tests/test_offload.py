@@ -7,7 +7,6 @@ import logging
 import multiprocessing
 import os
 import pickle
-import re
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -40,13 +39,9 @@ from stageflow._offload import default_thread_count
 from stageflow.interceptors import Interceptor, TimeoutInterceptor
 
 from . import _offload_stages as stages
-from ._support import VAR, make_ctx
+from ._support import VAR, exact, make_ctx
 
 T = StageKind.TRANSFORM
-
-
-def exact(message: str) -> str:
-    return f"^{re.escape(message)}$"
 
 
 @pytest.fixture(scope="module")
