@@ -124,6 +124,13 @@ class TestEveryViewAgrees:
         )
 
 
+def memory_cells(page: str) -> list[str]:
+    """The numbers of the ``memory`` row of a report's stage table."""
+    row = re.search(r'<tr data-stage="memory">(.*?)</tr>', page)
+    assert row is not None
+    return re.findall(r'<td class="num">([^<]*)</td>', row.group(1))
+
+
 class TestSkippedRunsInTheStatistics:
     def runs(self) -> list[RunRecord]:
         """Five runs of ``memory``: it ran 40, 30 and 50 ms, and was skipped twice (anonymous users, in
@@ -176,9 +183,7 @@ class TestSkippedRunsInTheStatistics:
             None,
             None,
         )
-        row = re.search(r'<tr data-stage="memory">(.*?)</tr>', render_report(skipped))
-        assert row is not None
-        assert re.findall(r'<td class="num">([^<]*)</td>', row.group(1))[:6] == ["2", "0", "2", "0", "–", "–"]
+        assert memory_cells(render_report(skipped))[:6] == ["2", "0", "2", "0", "–", "–"]
 
     def test_the_stage_table_has_a_skipped_column(self) -> None:
         """The report's stage table counts each stage's skips in a column of its own, after ``failed``."""
@@ -192,15 +197,7 @@ class TestSkippedRunsInTheStatistics:
             "skipped",
             "retried",
         ]
-        row = re.search(r'<tr data-stage="memory">(.*?)</tr>', page)
-        assert row is not None
-        assert re.findall(r'<td class="num">([^<]*)</td>', row.group(1))[:5] == [
-            "5",
-            "0",
-            "2",
-            "0",
-            "40.0 ms",
-        ]
+        assert memory_cells(page)[:5] == ["5", "0", "2", "0", "40.0 ms"]
 
 
 class LlmTimeout(StageTimeoutError):
