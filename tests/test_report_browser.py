@@ -50,8 +50,8 @@ def _report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-async def record_assistant_runs(path: Path) -> None:
-    """Run a voice assistant three times into a SQLite store at ``path``: its ``search`` fails once and
+async def record_assistant_runs(store: SQLiteRunStore) -> None:
+    """Run a voice assistant three times into ``store``: its ``search`` fails once and
     succeeds on a second attempt; the second run is anonymous (``memory`` and ``personalize`` skipped);
     the third fails in ``llm`` with a 5,000-character message."""
     search_fails = deque([True, False, False, False])
@@ -77,7 +77,6 @@ async def record_assistant_runs(path: Path) -> None:
     async def no_wait(seconds: float) -> None:
         pass
 
-    store = SQLiteRunStore(path)
     graph = (
         Pipeline(name="assistant")
         .with_stage("stt", ok, StageKind.TRANSFORM)
@@ -92,19 +91,20 @@ async def record_assistant_runs(path: Path) -> None:
         .with_stage("tts", ok, StageKind.TRANSFORM, dependencies=("guard",))
         .build(run_store=store)
     )
-    try:
-        for n, data in enumerate(({}, {"anonymous": True}), start=1):
-            await graph.run(data=data, run_id=RunIdentity(pipeline_run_id=UUID(int=n)))
-        with pytest.raises(PipelineRunError):
-            await graph.run(data={"refuse": True}, run_id=RunIdentity(pipeline_run_id=UUID(int=3)))
-    finally:
-        store.close()
+    for n, data in enumerate(({}, {"anonymous": True}), start=1):
+        await graph.run(data=data, run_id=RunIdentity(pipeline_run_id=UUID(int=n)))
+    with pytest.raises(PipelineRunError):
+        await graph.run(data={"refuse": True}, run_id=RunIdentity(pipeline_run_id=UUID(int=3)))
 
 
-def report_of(folder: Path, record: Callable[[Path], Coroutine[Any, Any, None]]) -> Path:
+def report_of(folder: Path, record: Callable[[SQLiteRunStore], Coroutine[Any, Any, None]]) -> Path:
     """The report ``stageflow report`` writes of the runs ``record`` stores in ``folder / "runs.db"``."""
     db = folder / "runs.db"
-    asyncio.run(record(db))
+    store = SQLiteRunStore(db)
+    try:
+        asyncio.run(record(store))
+    finally:
+        store.close()
     out = folder / "report.html"
     assert main(["report", str(db), "--output", str(out)]) == 0
     return out
@@ -446,8 +446,9 @@ def embed_sync(ctx: StageContext) -> StageOutput:
     return StageOutput.ok(vector=[0.5])
 
 
-async def record_streaming_runs(path: Path) -> None:
-    """Record three real runs of stt → embed (sync) → llm (streams 3 chunks) → tts (reads llm's stream)."""
+async def record_streaming_runs(store: SQLiteRunStore) -> None:
+    """Record into ``store`` three real runs of stt → embed (sync) → llm (streams 3 chunks) → tts (reads
+    llm's stream)."""
 
     async def stt(ctx: StageContext) -> StageOutput:
         return StageOutput.ok(text="hi")
@@ -460,7 +461,6 @@ async def record_streaming_runs(path: Path) -> None:
         async for token in ctx.inputs.stream("llm"):
             yield token.encode()
 
-    store = SQLiteRunStore(path)
     graph = (
         Pipeline(name="live")
         .with_stage("stt", stt, StageKind.TRANSFORM)
@@ -469,11 +469,8 @@ async def record_streaming_runs(path: Path) -> None:
         .with_stage("tts", tts, StageKind.TRANSFORM, dependencies=("llm",), streams=("llm",))
         .build(run_store=store)
     )
-    try:
-        for _ in range(3):
-            await graph.run()
-    finally:
-        store.close()
+    for _ in range(3):
+        await graph.run()
 
 
 @pytest.fixture(name="live", scope="module")
