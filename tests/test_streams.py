@@ -32,6 +32,15 @@ from ._support import FakeClock, make_ctx
 T = StageKind.TRANSFORM
 
 
+def llm_to_tts(llm: Any, tts: Any, *, stream: Streaming | None = None) -> Pipeline:
+    """Pipeline ``p``: stage ``llm`` (with ``stream``), whose stream stage ``tts`` reads."""
+    return (
+        Pipeline("p")
+        .with_stage("llm", llm, T, stream=stream)
+        .with_stage("tts", tts, T, dependencies=("llm",), streams=("llm",))
+    )
+
+
 async def words(ctx: StageContext) -> AsyncIterator[str]:
     for word in ("Hello", " there.", " How", " are", " you?"):
         await asyncio.sleep(0)
@@ -153,12 +162,7 @@ class TestEdges:
         assert result["captions"].data == {"heard": expected}
 
     async def test_a_stream_with_no_chunk_releases_its_consumers_at_its_end(self) -> None:
-        graph = (
-            Pipeline("p")
-            .with_stage("llm", nothing, T)
-            .with_stage("tts", speak, T, dependencies=("llm",), streams=("llm",))
-            .build()
-        )
+        graph = llm_to_tts(nothing, speak).build()
         result = await graph.run()
         assert result["tts"].data == {"heard": []}
         assert result["llm"].time_to_first_chunk is None
@@ -215,12 +219,7 @@ class TestEdges:
             hold.set()
             return out
 
-        graph = (
-            Pipeline("p")
-            .with_stage("llm", llm, T)
-            .with_stage("tts", impatient_then_release, T, dependencies=("llm",), streams=("llm",))
-            .build()
-        )
+        graph = llm_to_tts(llm, impatient_then_release).build()
         result = await graph.run()
         assert result["tts"].data["error"] == (
             "stage 'tts' reads 'llm' as a stream, which has not ended: read its chunks with "
@@ -294,12 +293,7 @@ class TestFailures:
                 seen.append(chunk)  # noqa: PERF401 - each chunk as it arrives, before the error
             return StageOutput.ok()
 
-        graph = (
-            Pipeline("p")
-            .with_stage("llm", llm, T)
-            .with_stage("tts", tts, T, dependencies=("llm",), streams=("llm",))
-            .build()
-        )
+        graph = llm_to_tts(llm, tts).build()
         with pytest.raises(PipelineFailedError) as info:
             await graph.run()
         assert info.value.stage == "llm"
@@ -380,12 +374,7 @@ class TestCancellation:
                 started.set()
             return StageOutput.ok()
 
-        graph = (
-            Pipeline("p")
-            .with_stage("llm", llm, T)
-            .with_stage("tts", tts, T, dependencies=("llm",), streams=("llm",))
-            .build()
-        )
+        graph = llm_to_tts(llm, tts).build()
         task = asyncio.ensure_future(graph.run())
         await started.wait()
         at_cancel = len(produced)
@@ -425,11 +414,7 @@ class TestBuild:
         async def plain(ctx: StageContext) -> StageOutput:
             return StageOutput.ok()
 
-        pipeline = (
-            Pipeline("p")
-            .with_stage("llm", plain, T)
-            .with_stage("tts", speak, T, dependencies=("llm",), streams=("llm",))
-        )
+        pipeline = llm_to_tts(plain, speak)
         with pytest.raises(PipelineDefinitionError) as info:
             pipeline.build()
         assert str(info.value) == (
@@ -584,12 +569,7 @@ class TestConsumersThatStopEarly:
                 break
             return StageOutput.ok(first=first)
 
-        graph = (
-            Pipeline("p")
-            .with_stage("llm", long, T, stream=Streaming(buffer=2))
-            .with_stage("tts", first_only, T, dependencies=("llm",), streams=("llm",))
-            .build()
-        )
+        graph = llm_to_tts(long, first_only, stream=Streaming(buffer=2)).build()
         result = await asyncio.wait_for(graph.run(), 30)
         assert result["llm"].chunks == 200
         assert result["tts"].status is (StageStatus.SKIP if how == "skip" else StageStatus.OK)
@@ -620,11 +600,6 @@ class TestConsumersThatStopEarly:
             heard = [chunk async for chunk in ctx.inputs.stream("llm")]  # ends once the producer ended
             return StageOutput.ok(heard=heard, text=ctx.inputs.get_from("llm", "text"))
 
-        graph = (
-            Pipeline("p")
-            .with_stage("llm", words, T, stream=Streaming(key="text", reduce="".join))
-            .with_stage("tts", tts, T, dependencies=("llm",), streams=("llm",))
-            .build()
-        )
+        graph = llm_to_tts(words, tts, stream=Streaming(key="text", reduce="".join)).build()
         result = await graph.run()
         assert result["tts"].data["text"] == "Hello there. How are you?"
