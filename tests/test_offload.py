@@ -334,6 +334,14 @@ class TestBadInput:
         assert graph.stage("a").sync is False
 
 
+async def error_of(stage: Callable[[StageContext], StageOutput], pool: Executor) -> BaseException:
+    """The error a run of ``stage`` alone, on ``pool``, fails with."""
+    graph = Pipeline("p").with_stage("a", stage, T, executor=pool).build()
+    with pytest.raises(PipelineFailedError) as info:
+        await graph.run()
+    return info.value.error
+
+
 class TestProcesses:
     async def test_a_stage_runs_in_another_process_with_its_context(self, pool: ProcessPoolExecutor) -> None:
         """Snapshot, run identity, attempt, config and its dependencies' outputs cross; outputs come back."""
@@ -385,19 +393,14 @@ class TestProcesses:
         )
 
     async def test_an_error_keeps_its_type_and_message(self, pool: ProcessPoolExecutor) -> None:
-        graph = Pipeline("p").with_stage("a", stages.raises_value_error, T, executor=pool).build()
-        with pytest.raises(PipelineFailedError) as info:
-            await graph.run()
-        assert type(info.value.error) is ValueError
-        assert str(info.value.error) == "bad input in a"
+        error = await error_of(stages.raises_value_error, pool)
+        assert type(error) is ValueError
+        assert str(error) == "bad input in a"
 
     async def test_an_unpicklable_error_comes_back_as_a_remote_stage_error(
         self, pool: ProcessPoolExecutor
     ) -> None:
-        graph = Pipeline("p").with_stage("a", stages.raises_unpicklable, T, executor=pool).build()
-        with pytest.raises(PipelineFailedError) as info:
-            await graph.run()
-        error = info.value.error
+        error = await error_of(stages.raises_unpicklable, pool)
         assert isinstance(error, RemoteStageError)
         assert (error.type_name, error.message) == ("tests._offload_stages.UnpicklableError", "held a lock")
         assert str(error) == "tests._offload_stages.UnpicklableError: held a lock"
@@ -406,11 +409,9 @@ class TestProcesses:
     async def test_an_unpicklable_output_fails_the_stage_naming_its_key(
         self, pool: ProcessPoolExecutor
     ) -> None:
-        graph = Pipeline("p").with_stage("a", stages.returns_lock, T, executor=pool).build()
-        with pytest.raises(PipelineFailedError) as info:
-            await graph.run()
-        assert isinstance(info.value.error, UnpicklableValueError)
-        assert str(info.value.error) == (
+        error = await error_of(stages.returns_lock, pool)
+        assert isinstance(error, UnpicklableValueError)
+        assert str(error) == (
             "stage 'a' runs in another process, but its output key 'lock' cannot be pickled (TypeError: "
             "cannot pickle '_thread.lock' object); pass values that pickle between such stages (str, bytes, "
             "numbers, lists, dicts, dataclasses), or run the stage in a thread"
@@ -437,10 +438,7 @@ class TestProcesses:
     async def test_an_error_that_pickles_but_cannot_be_rebuilt_is_a_remote_stage_error(
         self, pool: ProcessPoolExecutor
     ) -> None:
-        graph = Pipeline("p").with_stage("a", stages.raises_unrebuildable, T, executor=pool).build()
-        with pytest.raises(PipelineFailedError) as info:
-            await graph.run()
-        error = info.value.error
+        error = await error_of(stages.raises_unrebuildable, pool)
         assert isinstance(error, RemoteStageError)
         assert (error.type_name, error.message) == (
             "tests._offload_stages.NeedsTwoArguments",
@@ -448,11 +446,9 @@ class TestProcesses:
         )
 
     async def test_a_coroutine_returned_in_a_worker_fails_the_stage(self, pool: ProcessPoolExecutor) -> None:
-        graph = Pipeline("p").with_stage("a", stages.returns_coroutine, T, executor=pool).build()
-        with pytest.raises(PipelineFailedError) as info:
-            await graph.run()
-        assert isinstance(info.value.error, InvalidStageOutputError)
-        assert "returned a coroutine object" in str(info.value.error)
+        error = await error_of(stages.returns_coroutine, pool)
+        assert isinstance(error, InvalidStageOutputError)
+        assert "returned a coroutine object" in str(error)
 
 
 class TestPicklingAtBuild:
