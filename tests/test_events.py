@@ -61,21 +61,23 @@ class RaisingSink:
 CHAIN = (
     Pipeline(name="chain").with_stage("a", ok_stage(), E).with_stage("b", ok_stage(), E, dependencies=("a",))
 )
+CHAIN_EVENTS = [
+    "pipeline.created",
+    "pipeline.started",
+    "stage.a.started",
+    "stage.a.completed",
+    "stage.b.started",
+    "stage.b.completed",
+    "pipeline.completed",
+]
+"""The events of a successful ``CHAIN`` run, in order."""
 
 
 class TestSequences:
     async def test_success(self, sink: InMemoryEventSink) -> None:
         """A successful run emits created, started, each stage's started/completed and completed."""
         await CHAIN.build().run(make_ctx(sink=sink))
-        assert sink.types == [
-            "pipeline.created",
-            "pipeline.started",
-            "stage.a.started",
-            "stage.a.completed",
-            "stage.b.started",
-            "stage.b.completed",
-            "pipeline.completed",
-        ]
+        assert sink.types == CHAIN_EVENTS
 
     async def test_failure(self, sink: InMemoryEventSink) -> None:
         """A failing stage emits ``stage.x.failed`` then ``pipeline.failed``; its dependents emit nothing."""
@@ -272,15 +274,7 @@ class TestFailingSinks:
         sink.release.set()
         for _ in range(5):
             await asyncio.sleep(0)
-        assert sink.emitted == [
-            "pipeline.created",
-            "pipeline.started",
-            "stage.a.started",
-            "stage.a.completed",
-            "stage.b.started",
-            "stage.b.completed",
-            "pipeline.completed",
-        ]
+        assert sink.emitted == CHAIN_EVENTS
 
     async def test_failing_background_emit_is_logged(self, caplog: pytest.LogCaptureFixture) -> None:
         """An ``emit`` that raises in the background is logged, and the run completes."""
