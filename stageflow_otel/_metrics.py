@@ -1,5 +1,8 @@
 """``MetricsInterceptor``: run and stage histograms, counters and the circuit breaker gauge.
 
+It runs past 500 lines because every signal the interceptor records, and the direct measurement path that
+skips the SDK's second attribute pass, share one set of cached attributes and must be read together.
+
 Every instrument is created once, in ``__init__``, with the names, units and explicit bucket boundaries
 of ``semconv``. Stage durations are recorded inside the stage span (this interceptor's priority, 20, puts it
 inside ``TracingInterceptor``'s 10), so exemplars carry the stage's trace and span ids; an attempt that
