@@ -133,6 +133,10 @@ class TestQueueFull:
             await run(telemetry, 8)  # 40 spans and 88 records: one full batch of each, taken and held
             assert receiver.wait_for(lambda: receiver.held == 2)
             await run(telemetry, 12)  # 60 spans and 132 records: the queues take 40 and 88
+            # the sink's thread hands records to the log queue after the runs end: all of them must have met
+            # the full queue before the held batch is released and the exporter makes room again
+            assert isinstance(telemetry.event_sink, OtlpEventSink)
+            assert telemetry.event_sink.flush(10.0) is True
             receiver.release()
             assert telemetry.force_flush(10.0) is False
             # this telemetry's records of the diamond's events: a record another process or an earlier
