@@ -344,7 +344,7 @@ class PipelineContext(PipelineContextCompat):
         self.ports = ports
 
     def _run_reporter(self) -> RunReporter:
-        """The run's reporter (its events reach the run's sink and observers), or one for this context's
+        """The run's reporter (its events reach the run's sink), or one for this context's
         sink when no run made it."""
         reporter = self._reporter
         if reporter is None or reporter.given is not self.event_sink:

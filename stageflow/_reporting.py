@@ -9,15 +9,11 @@ through a ``RunReporter``, and so does the run's one store write. stageflow-core
 0.9.1's keys on top of the envelope (``legacy=``): where 0.9.1 had a key (``record_stage_event``'s ISO
 ``timestamp``), its value is 0.9.1's.
 
-A run gets a reporter only when it has somewhere to report to (a sink that is not a ``NoOpEventSink``, a
-run store, or an observer): otherwise ``reporter_for()`` returns ``None`` and the executor builds no event
+A run gets a reporter only when it has somewhere to report to (a sink that is not a ``NoOpEventSink`` or a
+run store): otherwise ``reporter_for()`` returns ``None`` and the executor builds no event
 data at all, which keeps the run's fast path free. ``StageGraph.run()`` makes it for ``pipeline.created``;
-the run makes it again (``current_reporter()``) if a run interceptor gave the run another sink meanwhile.
-
-Observers: ``reporter_for(..., observers=(fn, ...))`` gives the run's reporter callables that receive
-``(type, data)`` of every event of that run, after the sink (an interceptor that traces the run can be
-one). They are folded into the sink once, when the reporter is made (``_Fanout``), so a run without
-observers pays nothing for the seam; an observer that raises is logged once and never affects the run.
+the run makes it again (``current_reporter()``) if a run interceptor gave the run another sink meanwhile
+(``Interceptor.run_sink``, the way an interceptor that traces the run receives its events).
 """
 
 from __future__ import annotations
@@ -51,7 +47,6 @@ __all__ = (
     "STAGE_RETRYING",
     "STAGE_SKIPPED",
     "STAGE_STARTED",
-    "EventObserver",
     "RunReporter",
     "current_reporter",
     "envelope",
@@ -87,9 +82,6 @@ RUN_ENDED: Mapping[str, str] = {
 }
 """The run-ended event type of each status a run store records."""
 
-EventObserver = Callable[[str, dict[str, Any]], object]
-"""A per-run observer: called with ``(type, data)`` of every event of the run, after the sink."""
-
 
 def stage_event_type(stage: str, outcome: str) -> str:
     """The event type of one stage's ``outcome``, e.g. ``stage.llm.completed``."""
@@ -115,28 +107,6 @@ def envelope(
     return event
 
 
-class _Fanout:
-    """The run's sink and its observers as one sink (made only when the run has observers)."""
-
-    __slots__ = ("observers", "sink")
-
-    def __init__(self, sink: EventSink | None, observers: tuple[EventObserver, ...]) -> None:
-        self.sink = sink
-        self.observers = observers
-
-    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        self.try_emit(type=type, data=data)
-
-    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        if self.sink is not None:
-            emit(self.sink, type, data or {})
-        for observer in self.observers:
-            try:
-                observer(type, data or {})
-            except Exception as exc:  # an observer never affects the run
-                report_once("event observer", observer, exc)
-
-
 class RunReporter:
     """Everything one run reports: its events (through the one envelope) and its run record.
 
@@ -152,12 +122,11 @@ class RunReporter:
         store: RunStore | None,
         run_id: str,
         pipeline: str | None,
-        observers: tuple[EventObserver, ...] = (),
     ) -> None:
         self.given = sink  # the sink it was made for (a run interceptor may give the run another)
         if isinstance(sink, NoOpEventSink):
             sink = None
-        self.sink: EventSink | None = _Fanout(sink, observers) if observers else sink
+        self.sink: EventSink | None = sink
         self.store = store
         self.run_id = run_id
         self.pipeline = pipeline
@@ -245,12 +214,11 @@ def reporter_for(
     store: RunStore | None,
     run_id: object,
     pipeline: str | None,
-    observers: tuple[EventObserver, ...] = (),
 ) -> RunReporter | None:
-    """The reporter of one run, or ``None`` when it has no sink (but the no-op one), store or observer."""
-    if store is None and not observers and (sink is None or isinstance(sink, NoOpEventSink)):
+    """The reporter of one run, or ``None`` when it has no sink (but the no-op one) and no store."""
+    if store is None and (sink is None or isinstance(sink, NoOpEventSink)):
         return None
-    return RunReporter(sink, store, str(run_id), pipeline, observers)
+    return RunReporter(sink, store, str(run_id), pipeline)
 
 
 def current_reporter(

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
-from typing import Any
-
-import pytest
 
 from stageflow import (
     InMemoryEventSink,
@@ -18,7 +14,7 @@ from stageflow import (
     StageKind,
     StageOutput,
 )
-from stageflow._reporting import RunReporter, envelope, reporter_for
+from stageflow._reporting import envelope, reporter_for
 
 from ._support import make_ctx, ok_stage
 
@@ -164,40 +160,6 @@ class TestEveryEventCarriesTheRun:
             "stage": "pipeline_entry",
             "n": 1,
         }
-
-
-class TestObservers:
-    def test_observer_sees_every_event_after_the_sink(self) -> None:
-        """An observer receives each event the sink received, with the same data."""
-        sink = InMemoryEventSink()
-        seen: list[tuple[str, dict[str, Any]]] = []
-        reporter = RunReporter(sink, None, "r", "p", observers=(lambda t, d: seen.append((t, d)),))
-        reporter.event("pipeline.started", {"stages": 1})
-        reporter.custom("note", {"n": 1})
-        assert [(e.type, dict(e.data)) for e in sink.events] == seen
-        assert [t for t, _ in seen] == ["pipeline.started", "note"]
-
-    def test_observer_without_a_sink(self) -> None:
-        """A run with an observer but only the no-op sink still reports to the observer."""
-        seen: list[str] = []
-        reporter = reporter_for(NoOpEventSink(), None, "r", "p", observers=(lambda t, d: seen.append(t),))
-        assert reporter is not None
-        reporter.event("pipeline.started", {})
-        assert seen == ["pipeline.started"]
-
-    def test_raising_observer_is_logged_once(self, caplog: pytest.LogCaptureFixture) -> None:
-        """An observer that raises is logged once and the next observer still runs."""
-        seen: list[str] = []
-
-        def broken(type: str, data: dict[str, Any]) -> None:
-            raise RuntimeError("observer down")
-
-        reporter = RunReporter(None, None, "r", "p", observers=(broken, lambda t, d: seen.append(t)))
-        with caplog.at_level(logging.ERROR, logger="stageflow"):
-            reporter.event("a", {})
-            reporter.event("b", {})
-        assert seen == ["a", "b"]
-        assert [r.getMessage().count("observer down") for r in caplog.records] == [1]
 
 
 class TestRecord:
