@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import re
-from collections.abc import Awaitable, Callable, Mapping
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -22,6 +24,7 @@ __all__ = (
     "VAR",
     "cancel_once_started",
     "exact",
+    "killed_if_running",
     "local_dask_cluster",
     "make_ctx",
     "ok_stage",
@@ -157,3 +160,15 @@ async def cancel_once_started(run: Awaitable[object], started: asyncio.Event) ->
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+@contextlib.contextmanager
+def killed_if_running(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """``proc`` for the block; if it still runs when the block is left (a failed assertion, a timeout), it is
+    killed and reaped, so no child process outlives the test."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

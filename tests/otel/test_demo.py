@@ -37,10 +37,25 @@ from stageflow_otel._demo import (
     build_demo_pipeline,
     outcome_of,
 )
+from tests._support import killed_if_running
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
 
 _NO_RESULTS = RunResult(UUID(int=0), "p", 0.0, {})
+
+
+def _quiet_demo(runs: str, *more: str) -> subprocess.CompletedProcess[str]:
+    """``python -m stageflow_otel demo --runs RUNS --quiet`` (fast, seeded, metrics on any free port) with
+    ``more`` arguments; fails unless it exits 0."""
+    return subprocess.run(
+        [sys.executable, "-m", "stageflow_otel", "demo", "--runs", runs, "--speed", "0.02", "--seed", "3"]
+        + ["--metrics-port", "0", "--quiet", *more],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+        check=True,
+    )
 
 
 def _result(name: str, status: StageStatus, start: float, end: float, ready: float) -> StageResult:
@@ -168,29 +183,7 @@ class TestRendering:
 class TestDemoCommand:
     def test_runs_n_runs_and_prints_a_summary(self) -> None:
         """`demo --runs 40` runs forty instrumented runs and prints how they ended."""
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "stageflow_otel",
-                "demo",
-                "--runs",
-                "40",
-                "--speed",
-                "0.02",
-                "--seed",
-                "3",
-                "--metrics-port",
-                "0",
-                "--quiet",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=ENV,
-            check=True,
-        )
-        lines = proc.stdout.splitlines()
+        lines = _quiet_demo("40").stdout.splitlines()
         assert "40 runs" in lines
         counts = [
             int(m.group(2))
@@ -208,14 +201,15 @@ class TestDemoCommand:
 
     def test_sigterm_stops_a_continuous_demo_cleanly(self) -> None:
         """A continuous demo stops on SIGTERM, prints its summary and exits 0."""
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stageflow_otel", "demo", "--speed", "0.02", "--metrics-port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=ENV,
-        )
-        try:
+        with killed_if_running(
+            subprocess.Popen(
+                [sys.executable, "-m", "stageflow_otel", "demo", "--speed", "0.02", "--metrics-port", "0"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=ENV,
+            )
+        ) as proc:
             assert proc.stdout is not None
             first = proc.stdout.readline()
             assert first.startswith("stageflow demo: pipeline 'voice-assistant'; metrics: http://127.0.0.1:")
@@ -224,10 +218,6 @@ class TestDemoCommand:
                     break
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         assert proc.returncode == 0, err
         assert re.search(r"^\d+ runs$", out, flags=re.M)
 
@@ -331,30 +321,7 @@ class TestRunStore:
     def test_runs_are_recorded_for_the_stageflow_command(self, tmp_path: Path) -> None:
         """``--run-store FILE`` records every run, which ``stageflow runs list`` then lists."""
         db = tmp_path / "runs.db"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "stageflow_otel",
-                "demo",
-                "--runs",
-                "6",
-                "--speed",
-                "0.02",
-                "--seed",
-                "3",
-                "--metrics-port",
-                "0",
-                "--quiet",
-                "--run-store",
-                str(db),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=ENV,
-            check=True,
-        )
+        _quiet_demo("6", "--run-store", str(db))
         listed = subprocess.run(
             [sys.executable, "-m", "stageflow", "runs", "list", str(db), "--limit", "100"],
             capture_output=True,

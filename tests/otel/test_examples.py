@@ -15,9 +15,25 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from tests._support import killed_if_running
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "instrument.py"
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+
+
+def run_script(**env: str) -> subprocess.CompletedProcess[str]:
+    """Runs the script (metrics on any free port) with ``env`` added to the environment without ``OTEL_*``;
+    fails unless it exits 0."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--metrics-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**ENV, **env},
+        check=True,
+    )
 
 
 def log_lines(stdout: str) -> list[dict[str, object]]:
@@ -34,15 +50,7 @@ def console_spans(stdout: str) -> list[str]:
 class TestInstrumentExample:
     def test_logs_timeline_metrics_and_console_spans(self) -> None:
         """With console spans the script logs with trace and run context, and prints timeline and metrics."""
-        proc = subprocess.run(
-            [sys.executable, str(SCRIPT), "--metrics-port", "0"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-            env={**ENV, "OTEL_TRACES_EXPORTER": "console"},
-            check=True,
-        )
+        proc = run_script(OTEL_TRACES_EXPORTER="console")
         lines = log_lines(proc.stdout)
         mine = [line for line in lines if line["event"] == "retrieving"]
         assert [(line["query"], line["stage"], line["pipeline"]) for line in mine] == [
@@ -80,15 +88,7 @@ class TestInstrumentExample:
 
     def test_console_log_records_are_one_json_line_each(self) -> None:
         """With event log records on the console, each record is one JSON line, its seconds rounded."""
-        proc = subprocess.run(
-            [sys.executable, str(SCRIPT), "--metrics-port", "0"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-            env={**ENV, "OTEL_LOGS_EXPORTER": "console", "STAGEFLOW_EVENT_LOG_RECORDS": "true"},
-            check=True,
-        )
+        proc = run_script(OTEL_LOGS_EXPORTER="console", STAGEFLOW_EVENT_LOG_RECORDS="true")
         records = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith('{"body": ')]
         run = [
             "stageflow.pipeline.created",
@@ -109,29 +109,22 @@ class TestInstrumentExample:
 
     def test_default_exports_no_spans(self) -> None:
         """Without OTEL_* variables no span is printed: they are recorded, not exported."""
-        proc = subprocess.run(
-            [sys.executable, str(SCRIPT), "--metrics-port", "0"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-            env=ENV,
-            check=True,
-        )
+        proc = run_script()
         assert '"name": "stage answer"' not in proc.stdout
         assert all("trace_id" in line for line in log_lines(proc.stdout))
 
     def test_serve_keeps_metrics_up_until_interrupted(self) -> None:
         """``--serve`` keeps /metrics scrapeable after the runs and exits 0 on Ctrl-C."""
-        proc = subprocess.Popen(
-            [sys.executable, str(SCRIPT), "--metrics-port", "0", "--serve"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env=ENV,
-        )
-        try:
+        with killed_if_running(
+            subprocess.Popen(
+                [sys.executable, str(SCRIPT), "--metrics-port", "0", "--serve"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+                env=ENV,
+            )
+        ) as proc:
             assert proc.stdout is not None
             url = ""
             for line in proc.stdout:
@@ -144,10 +137,6 @@ class TestInstrumentExample:
             assert "stageflow_pipeline_run_duration_seconds_count{" in body
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         assert proc.returncode == 0, err
 
 
