@@ -15,17 +15,14 @@ from stageflow import (
     PipelineDefinitionError,
     PipelineFailedError,
     StageContext,
-    StageKind,
     StageOutput,
     StageStatus,
     StageTimeoutError,
 )
 from stageflow.interceptors import Interceptor, TimeoutInterceptor
 
-from ._stages import hang
+from ._stages import T, hang
 from ._support import make_ctx
-
-T = StageKind.TRANSFORM
 
 
 class Transcribe:
@@ -36,13 +33,27 @@ class Transcribe:
         return StageOutput.ok()
 
 
-class Patient:
+class Done:
+    """A stage class that succeeds at once; the tests' subclasses add what they are about."""
+
+    async def execute(self, ctx: StageContext) -> StageOutput:
+        return StageOutput.ok()
+
+
+class Patient(Done):
     """A stage class with a ``timeout`` attribute."""
 
     timeout = 0.05
 
-    async def execute(self, ctx: StageContext) -> StageOutput:
-        return StageOutput.ok()
+
+def enforcing(key: str) -> Interceptor:
+    """An interceptor of the user's own that declares it enforces the config key ``key``."""
+
+    class Enforcing(Interceptor):
+        name = "enforcing"
+        enforces = frozenset({key})
+
+    return Enforcing()
 
 
 class TestWithStageTimeout:
@@ -126,23 +137,17 @@ class TestConfigTimeoutOnAClass:
         assert str(info.value.error) == "stage 'stt' timed out after 0.01 s"
 
     def test_a_class_that_takes_timeout_still_gets_it(self) -> None:
-        class Takes:
+        class Takes(Done):
             def __init__(self, timeout: float) -> None:
                 self.timeout = timeout
-
-            async def execute(self, ctx: StageContext) -> StageOutput:
-                return StageOutput.ok()
 
         graph = Pipeline("p").with_stage("a", Takes, T, config={"timeout": 3.0}).build()
         assert graph.stage("a").runner.timeout == 3.0
 
     def test_dotted_telemetry_keys_are_not_constructor_arguments(self) -> None:
-        class Llm:
+        class Llm(Done):
             def __init__(self, model: str) -> None:
                 self.model = model
-
-            async def execute(self, ctx: StageContext) -> StageOutput:
-                return StageOutput.ok()
 
         config = {"model": "small", "gen_ai.operation.name": "chat"}
         graph = Pipeline("p").with_stage("llm", Llm, T, config=config).build()
@@ -171,22 +176,12 @@ class TestConfigTimeoutOnAClass:
 
     async def test_an_interceptor_that_enforces_timeouts_silences_the_warning(self) -> None:
         """An interceptor of the user's own that declares ``enforces = {"timeout"}`` enforces them."""
-
-        class Deadlines(Interceptor):
-            name = "deadlines"
-            enforces = frozenset({"timeout"})
-
-        graph = Pipeline("p").with_stage("patient", Patient, T).build([Deadlines()])
+        graph = Pipeline("p").with_stage("patient", Patient, T).build([enforcing("timeout")])
         await graph.run()  # filterwarnings = error: a warning would fail this
 
     async def test_an_interceptor_enforcing_something_else_still_warns(self) -> None:
         """Only an interceptor that enforces ``timeout`` counts: one that enforces another key warns."""
-
-        class Budgets(Interceptor):
-            name = "budgets"
-            enforces = frozenset({"budget"})
-
-        graph = Pipeline("p").with_stage("patient", Patient, T).build([Budgets()])
+        graph = Pipeline("p").with_stage("patient", Patient, T).build([enforcing("budget")])
         with pytest.warns(UserWarning, match="nothing enforces the timeout"):
             await graph.run()
 
