@@ -135,39 +135,44 @@ class TestDunderAll:
             stageflow.interceptors.Nope  # noqa: B018
 
 
-ERROR_TREE = [
-    (PipelineDefinitionError, (StageflowError, ValueError)),
-    (InvalidStageNameError, (PipelineDefinitionError,)),
-    (DuplicateStageError, (PipelineDefinitionError,)),
-    (UnknownDependencyError, (PipelineDefinitionError,)),
-    (SelfDependencyError, (PipelineDefinitionError,)),
-    (CycleError, (PipelineDefinitionError,)),
-    (InvalidStageKindError, (PipelineDefinitionError,)),
-    (InvalidRunnerError, (PipelineDefinitionError, TypeError)),
-    (InvalidExecutorError, (PipelineDefinitionError, TypeError)),
-    (UnpicklableStageError, (PipelineDefinitionError,)),
-    (PipelineRunError, (StageflowError,)),
-    (PipelineFailedError, (PipelineRunError,)),
-    (PipelineCancelledError, (PipelineRunError,)),
-    (StageError, (StageflowError,)),
-    (StageFailedError, (StageError,)),
-    (InvalidStageOutputError, (StageError, TypeError)),
-    (RetryNotConfiguredError, (StageError,)),
-    (RetriesExhaustedError, (StageError,)),
-    (UndeclaredDependencyError, (StageError, KeyError)),
-    (UnpicklableValueError, (StageError, TypeError)),
-    (StreamError, (StageError,)),
-    (StreamInputError, (StageError, LookupError)),
-    (RemoteStageError, (StageError,)),
-    (ExecutorError, (StageError,)),
-    (InterceptorError, (StageflowError,)),
-    (CriticalInterceptorError, (InterceptorError,)),
-    (InterceptorFailedError, (CriticalInterceptorError,)),
-    (StageBlockedError, (CriticalInterceptorError,)),
-    (StageTimeoutError, (CriticalInterceptorError, TimeoutError)),
-    (CircuitOpenError, (CriticalInterceptorError,)),
-    (StageflowError, (Exception,)),
+ERROR_CHILDREN: list[tuple[tuple[type[BaseException], ...], list[type[BaseException]]]] = [
+    ((Exception,), [StageflowError]),
+    ((StageflowError,), [PipelineRunError, StageError, InterceptorError]),
+    ((StageflowError, ValueError), [PipelineDefinitionError]),
+    (
+        (PipelineDefinitionError,),
+        [
+            InvalidStageNameError,
+            DuplicateStageError,
+            UnknownDependencyError,
+            SelfDependencyError,
+            CycleError,
+            InvalidStageKindError,
+            UnpicklableStageError,
+        ],
+    ),
+    ((PipelineDefinitionError, TypeError), [InvalidRunnerError, InvalidExecutorError]),
+    ((PipelineRunError,), [PipelineFailedError, PipelineCancelledError]),
+    (
+        (StageError,),
+        [
+            StageFailedError,
+            RetryNotConfiguredError,
+            RetriesExhaustedError,
+            StreamError,
+            RemoteStageError,
+            ExecutorError,
+        ],
+    ),
+    ((StageError, TypeError), [InvalidStageOutputError, UnpicklableValueError]),
+    ((StageError, KeyError), [UndeclaredDependencyError]),
+    ((StageError, LookupError), [StreamInputError]),
+    ((InterceptorError,), [CriticalInterceptorError]),
+    ((CriticalInterceptorError,), [InterceptorFailedError, StageBlockedError, CircuitOpenError]),
+    ((CriticalInterceptorError, TimeoutError), [StageTimeoutError]),
 ]
+"""The documented error tree, parent by parent: the exact ``__bases__`` and the classes that have them."""
+ERROR_TREE = [(cls, bases) for bases, classes in ERROR_CHILDREN for cls in classes]
 
 
 class TestErrorTree:
