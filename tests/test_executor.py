@@ -11,68 +11,46 @@ from stageflow import (
     Pipeline,
     PipelineFailedError,
     StageContext,
-    StageKind,
     StageOutput,
     StageStatus,
     UndeclaredDependencyError,
 )
 
+from ._stages import T
 from ._support import VAR, StageFn, make_ctx, ok_stage, recording_stage
 
-T = StageKind.TRANSFORM
+
+async def run_recorded(*stages: tuple[str, int, tuple[str, ...]]) -> tuple[list[str], list[str]]:
+    """Run the stages ``(name, yields, dependencies)``, added in this order, each a ``recording_stage``:
+    the order they ended in, and the order of the run's results."""
+    log: list[str] = []
+    pipeline = Pipeline()
+    for name, yields, dependencies in stages:
+        pipeline = pipeline.with_stage(name, recording_stage(log, name, yields=yields), T, dependencies)
+    results = await pipeline.build().run(make_ctx())
+    return log, list(results)
 
 
 class TestOrder:
     async def test_independent_stages_start_in_declaration_order(self) -> None:
         """Stages without dependencies start in the order they were added."""
-        log: list[str] = []
-        graph = (
-            Pipeline()
-            .with_stage("first", recording_stage(log, "first"), T)
-            .with_stage("second", recording_stage(log, "second"), T)
-            .with_stage("third", recording_stage(log, "third"), T)
-            .build()
-        )
-        await graph.run(make_ctx())
+        log, _ = await run_recorded(("first", 0, ()), ("second", 0, ()), ("third", 0, ()))
         assert log == ["first", "second", "third"]
 
     async def test_chain_runs_in_dependency_order(self) -> None:
         """Stages of a chain run one after another, whatever order they were added in."""
-        log: list[str] = []
-        graph = (
-            Pipeline()
-            .with_stage("tts", recording_stage(log, "tts"), T, dependencies=("llm",))
-            .with_stage("llm", recording_stage(log, "llm", yields=3), T, dependencies=("stt",))
-            .with_stage("stt", recording_stage(log, "stt", yields=5), T)
-            .build()
-        )
-        results = await graph.run(make_ctx())
+        log, results = await run_recorded(("tts", 0, ("llm",)), ("llm", 3, ("stt",)), ("stt", 5, ()))
         assert log == ["stt", "llm", "tts"]
-        assert list(results) == ["stt", "llm", "tts"]
+        assert results == ["stt", "llm", "tts"]
 
     async def test_join_waits_for_every_dependency(self) -> None:
         """A stage with several dependencies starts only after the slowest one finished."""
-        log: list[str] = []
-        graph = (
-            Pipeline()
-            .with_stage("fast", recording_stage(log, "fast"), T)
-            .with_stage("slow", recording_stage(log, "slow", yields=10), T)
-            .with_stage("join", recording_stage(log, "join"), T, dependencies=("fast", "slow"))
-            .build()
-        )
-        await graph.run(make_ctx())
+        log, _ = await run_recorded(("fast", 0, ()), ("slow", 10, ()), ("join", 0, ("fast", "slow")))
         assert log == ["fast", "slow", "join"]
 
     async def test_repeated_dependency_counts_once(self) -> None:
         """A dependency listed twice is waited for once and the stage runs once."""
-        log: list[str] = []
-        graph = (
-            Pipeline()
-            .with_stage("a", recording_stage(log, "a"), T)
-            .with_stage("b", recording_stage(log, "b"), T, dependencies=("a", "a"))
-            .build()
-        )
-        await graph.run(make_ctx())
+        log, _ = await run_recorded(("a", 0, ()), ("b", 0, ("a", "a")))
         assert log == ["a", "b"]
 
     async def test_empty_pipeline(self, sink: InMemoryEventSink) -> None:
@@ -367,54 +345,51 @@ class TestConcurrentRuns:
         assert len({r.run_id for r in all_results}) == runs
 
 
+def setting_var(value: str, done: asyncio.Event, release: asyncio.Event | None = None) -> StageFn:
+    """A stage that sets ``VAR`` to ``value``, then sets ``done``; given ``release``, it waits for that before
+    it ends."""
+
+    async def stage(ctx: StageContext) -> StageOutput:
+        VAR.set(value)
+        done.set()
+        if release is not None:
+            await release.wait()
+        return StageOutput.ok()
+
+    return stage
+
+
+async def seen_by_b(dependencies: tuple[str, ...]) -> list[str]:
+    """Run stage ``a``, which sets ``VAR``, and stage ``b`` (with ``dependencies``), which reads it once ``a``
+    has set it: the values ``b`` read."""
+    a_set = asyncio.Event()
+    seen: list[str] = []
+
+    async def b(ctx: StageContext) -> StageOutput:
+        await a_set.wait()
+        seen.append(VAR.get())
+        return StageOutput.ok()
+
+    graph = Pipeline().with_stage("a", setting_var("a", a_set), T).with_stage("b", b, T, dependencies).build()
+    async with asyncio.timeout(5):
+        await graph.run(make_ctx())
+    return seen
+
+
 class TestContextVars:
     async def test_parallel_stages_do_not_share_contextvars(self) -> None:
         """A contextvar set by one stage is invisible to a stage running in parallel."""
-        a_set = asyncio.Event()
-        seen: list[str] = []
-
-        async def a(ctx: StageContext) -> StageOutput:
-            VAR.set("a")
-            a_set.set()
-            return StageOutput.ok()
-
-        async def b(ctx: StageContext) -> StageOutput:
-            await a_set.wait()
-            seen.append(VAR.get())
-            return StageOutput.ok()
-
-        graph = Pipeline().with_stage("a", a, T).with_stage("b", b, T).build()
-        async with asyncio.timeout(5):
-            await graph.run(make_ctx())
-        assert seen == ["unset"]
+        assert await seen_by_b(()) == ["unset"]
 
     async def test_dependent_does_not_inherit_the_finishing_stages_context(self) -> None:
         """A stage started when a dependency finished does not see contextvars that dependency set."""
-        seen: list[str] = []
-
-        async def a(ctx: StageContext) -> StageOutput:
-            VAR.set("a")
-            return StageOutput.ok()
-
-        async def b(ctx: StageContext) -> StageOutput:
-            seen.append(VAR.get())
-            return StageOutput.ok()
-
-        graph = Pipeline().with_stage("a", a, T).with_stage("b", b, T, dependencies=("a",)).build()
-        await graph.run(make_ctx())
-        assert seen == ["unset"]
+        assert await seen_by_b(("a",)) == ["unset"]
 
     async def test_stage_started_after_a_sibling_set_a_var(self) -> None:
         """A stage whose task starts after a running sibling set a contextvar does not see it."""
         sibling_set = asyncio.Event()
         release = asyncio.Event()
         seen: list[str] = []
-
-        async def sibling(ctx: StageContext) -> StageOutput:
-            VAR.set("sibling")
-            sibling_set.set()
-            await release.wait()
-            return StageOutput.ok()
 
         async def gate(ctx: StageContext) -> StageOutput:
             await sibling_set.wait()
@@ -427,7 +402,7 @@ class TestContextVars:
 
         graph = (
             Pipeline()
-            .with_stage("sibling", sibling, T)
+            .with_stage("sibling", setting_var("sibling", sibling_set, release), T)
             .with_stage("gate", gate, T)
             .with_stage("late", late, T, dependencies=("gate",))
             .build()
