@@ -139,6 +139,20 @@ def _known(names: Iterable[str], limit: int = 20) -> str:
     return shown
 
 
+def _rebuild(cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]) -> BaseException:
+    """Unpickle a stageflow exception without calling its ``__init__`` (whose signature is not ``args``)."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+def _reduce_without_init(error: BaseException) -> tuple[object, ...]:
+    """The ``__reduce__`` of an exception whose ``__init__`` does not take its ``args``: pickled as its
+    ``args`` and attributes, unpickled by ``_rebuild``."""
+    return (_rebuild, (type(error), error.args, error.__dict__))
+
+
 class StageflowError(Exception):
     """Base class of every exception stageflow raises on purpose.
 
@@ -265,8 +279,7 @@ class InvalidRunnerError(PipelineDefinitionError, TypeError):
             "function 'async def fn(ctx) -> StageOutput' (or a plain 'def fn(ctx)', run in a thread)"
         )
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), self.args, self.__dict__))
+    __reduce__ = _reduce_without_init
 
 
 class InvalidExecutorError(PipelineDefinitionError, TypeError):
@@ -297,14 +310,6 @@ class UnpicklableStageError(PipelineDefinitionError):
             "module-level function or class, and keep no lambdas, locks or open clients in its attributes or "
             "config (open them inside the stage, or run it in a thread)"
         )
-
-
-def _rebuild(cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]) -> BaseException:
-    """Unpickle a stageflow exception without calling its ``__init__`` (whose signature is not ``args``)."""
-    error = cls.__new__(cls)
-    error.args = args
-    error.__dict__.update(state)
-    return error
 
 
 # --------------------------------------------------------------------------- run errors
@@ -424,8 +429,7 @@ class UnpicklableValueError(StageError, TypeError):
             "dataclasses), or run the stage in a thread"
         )
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), self.args, self.__dict__))
+    __reduce__ = _reduce_without_init
 
 
 class RemoteStageError(StageError):
@@ -463,8 +467,7 @@ class StreamError(StageError):
             f"{stage!r}: {type(error).__name__}: {error}"
         )
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), self.args, self.__dict__))
+    __reduce__ = _reduce_without_init
 
 
 class StreamInputError(StageError, LookupError):
@@ -494,8 +497,7 @@ class ExecutorError(StageError):
             "cannot be restarted: make a new one)"
         )
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), self.args, self.__dict__))
+    __reduce__ = _reduce_without_init
 
 
 def _type_name(value: object) -> str:
