@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from uuid import uuid4
 
+from ._checks import check_instances
 from ._context import PipelineContext, StageContext
 from ._dag import StageInfo, StageSpec, Topology, mermaid, validate
 from ._entry import entry_context, not_a_context_error
@@ -75,25 +76,6 @@ class StageGraph:
         order, topology = _checked_order(stages, order)  # built by hand: validate like build() does
         self._compile(name, stages, order, topology, interceptors, run_store, max_threads, cancel_grace)
 
-    @classmethod
-    def _from_validated(
-        cls,
-        name: str,
-        stages: tuple[StageInfo, ...],
-        order: Sequence[int],
-        topology: Topology,
-        interceptors: Iterable[Interceptor],
-        run_store: RunStore | None,
-        *,
-        max_threads: int | None,
-        cancel_grace: float,
-    ) -> StageGraph:
-        """The named constructor of ``Pipeline.build()``: the stages it validated, with the order and the
-        topology it computed while validating (so nothing is checked twice)."""
-        graph = cls.__new__(cls)
-        graph._compile(name, stages, order, topology, interceptors, run_store, max_threads, cancel_grace)
-        return graph
-
     def _compile(
         self,
         name: str,
@@ -104,9 +86,12 @@ class StageGraph:
         run_store: RunStore | None,
         max_threads: int | None,
         cancel_grace: float,
-    ) -> None:
-        """Set up the graph: each stage's call wrapped once by its interceptors and deadline, the
-        adjacency the scheduler walks, and the run chain."""
+    ) -> StageGraph:
+        """Set up the graph, and return it: each stage's call wrapped once by its interceptors and deadline,
+        the adjacency the scheduler walks, and the run chain.
+
+        ``Pipeline.build()`` calls it on a graph made without ``__init__``, with the stages it validated and
+        the order and topology it computed while validating (so nothing is checked twice)."""
         self.name = name
         self.run_store = run_store
         self.stages = stages
@@ -166,6 +151,7 @@ class StageGraph:
         self._sink_hooks = run_sink_hooks(self.interceptors)
         self._run_chain = build_run_chain(self._execute, self.interceptors)
         self._run_wrapped = self._run_chain != self._execute  # build_run_chain returns _execute as is
+        return self
 
     @property
     def version(self) -> str:
@@ -334,13 +320,12 @@ def _fresh_run_id(snapshot: ContextSnapshot) -> ContextSnapshot:
 
 
 def _checked_order(stages: Sequence[StageInfo], order: Sequence[int]) -> tuple[tuple[int, ...], Topology]:
-    for info in stages:
-        if not isinstance(info, StageInfo):
-            msg = (
-                f"StageGraph stages must be StageInfo objects, got {info!r}; "
-                "build graphs with Pipeline.build()"
-            )
-            raise PipelineDefinitionError(msg)
+    check_instances(
+        stages,
+        StageInfo,
+        PipelineDefinitionError,
+        "StageGraph stages must be StageInfo objects, got {!r}; build graphs with Pipeline.build()",
+    )
     topology = validate(stages)[1]  # duplicate, unknown and cyclic dependencies
     order = tuple(order)
     position = {i: p for p, i in enumerate(order)}

@@ -31,6 +31,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
 
 from ._attempts import run_attempts
+from ._checks import check_instances
 from ._context import PipelineContext, StageContext
 from ._errors import (
     CriticalInterceptorError,
@@ -362,13 +363,13 @@ def _overrides(interceptor: Interceptor, method: str) -> bool:
 
 def order_interceptors(interceptors: Sequence[Interceptor]) -> tuple[Interceptor, ...]:
     """Interceptors sorted by priority (stable: equal priorities keep their given order)."""
-    for ic in interceptors:
-        if not isinstance(ic, Interceptor):
-            msg = (
-                f"interceptor {ic!r} is not an Interceptor; subclass stageflow.interceptors.Interceptor "
-                "or BaseInterceptor"
-            )
-            raise TypeError(msg)
+    check_instances(
+        interceptors,
+        Interceptor,
+        TypeError,
+        "interceptor {!r} is not an Interceptor; subclass stageflow.interceptors.Interceptor "
+        "or BaseInterceptor",
+    )
     return tuple(sorted(interceptors, key=lambda ic: ic.priority))
 
 

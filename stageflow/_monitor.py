@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import sys
 import threading
@@ -41,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from ._checks import finite_number
 
 if TYPE_CHECKING:
     from ._scheduler import _Node, _Run
@@ -249,12 +250,7 @@ class LoopMonitor:
         on_block: Callable[[LoopBlock], object] | None = None,
     ) -> None:
         for name, value in (("threshold", threshold), ("interval", interval)):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
+            if not finite_number(value) or value <= 0:
                 msg = f"LoopMonitor({name}={value!r}) is invalid; pass seconds as a finite number > 0"
                 raise ValueError(msg)
         if interval > threshold / 2:

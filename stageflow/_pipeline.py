@@ -10,7 +10,6 @@ message.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from itertools import count as _counter
@@ -18,6 +17,7 @@ from itertools import islice
 from types import FunctionType, MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from ._checks import finite_number
 from ._dag import _NO_CONFIG, StageInfo, StageSpec, _new_info, _new_spec, mermaid, validate
 from ._errors import (
     DuplicateStageError,
@@ -80,15 +80,8 @@ def _check_runner(name: str, runner: object) -> str:
             return _ASYNC  # an ``async def`` function: the common case, decided without inspect's generality
         if not flags & _CO_GENERATORS:
             return _SYNC  # a plain function: a sync stage
-    if inspect.isasyncgenfunction(runner):
+    if _streams(name, runner, runner, "it is a generator function"):
         return _STREAM
-    if inspect.isgeneratorfunction(runner):
-        raise InvalidRunnerError(
-            name,
-            runner,
-            "it is a generator function (it yields); a stage returns one StageOutput, and a streaming stage "
-            "is an 'async def' that yields",
-        )
     if not inspect.isclass(runner) and inspect.iscoroutinefunction(runner):
         return _ASYNC  # e.g. a functools.partial of an async function
     execute = getattr(runner, "execute", None)
@@ -98,26 +91,27 @@ def _check_runner(name: str, runner: object) -> str:
         call = getattr(type(runner), "__call__", None)  # noqa: B004 - the class's, not the instance's
         if inspect.iscoroutinefunction(call):
             return _ASYNC  # an object with ``async def __call__(self, ctx)``
-        if inspect.isasyncgenfunction(call):
+        if _streams(name, runner, call, "its __call__ is a generator"):
             return _STREAM
-        if inspect.isgeneratorfunction(call):
-            raise InvalidRunnerError(
-                name,
-                runner,
-                "its __call__ is a generator (it yields); a stage returns one StageOutput, and a streaming "
-                "stage is an 'async def' that yields",
-            )
         return _SYNC  # a callable object or a builtin/partial of a plain function: a sync stage
-    if inspect.isasyncgenfunction(execute):
+    if _streams(name, runner, execute, "its execute() is a generator"):
         return _STREAM
-    if inspect.isgeneratorfunction(execute):
+    return _ASYNC if inspect.iscoroutinefunction(execute) else _SYNC
+
+
+def _streams(name: str, runner: object, function: object, generator: str) -> bool:
+    """Whether ``function`` (``runner`` itself, its ``__call__`` or its ``execute``) is an async generator
+    function: a streaming stage. Refuse a plain generator function, which ``generator`` names."""
+    if inspect.isasyncgenfunction(function):
+        return True
+    if inspect.isgeneratorfunction(function):
         raise InvalidRunnerError(
             name,
             runner,
-            "its execute() is a generator (it yields); a stage returns one StageOutput, and a streaming "
-            "stage is an 'async def' that yields",
+            f"{generator} (it yields); a stage returns one StageOutput, and a streaming stage is an "
+            "'async def' that yields",
         )
-    return _ASYNC if inspect.iscoroutinefunction(execute) else _SYNC
+    return False
 
 
 def _check_executor(name: str | None, executor: object) -> None:
@@ -330,12 +324,7 @@ class Pipeline:
         if config is not None and not isinstance(config, Mapping):
             msg = f"stage {name!r} has config={config!r}; pass a mapping of settings or None"
             raise PipelineDefinitionError(msg)
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or timeout <= 0
-        ):
+        if timeout is not None and (not finite_number(timeout) or timeout <= 0):
             msg = f"stage {name!r} has timeout={timeout!r}; pass seconds as a finite number > 0, or None"
             raise PipelineDefinitionError(msg)
         if retry is not None:
@@ -448,16 +437,8 @@ class Pipeline:
         infos = tuple(map(partial(_built_info, self.name, executor), specs))
         if any(info.streams for info in infos):
             _check_stream_producers(infos)
-        return StageGraph._from_validated(
-            self.name,
-            infos,
-            order,
-            topology,
-            interceptors,
-            run_store,
-            max_threads=threads,
-            cancel_grace=grace,
-        )
+        graph: StageGraph = object.__new__(StageGraph)  # validated above: compiled without __init__'s checks
+        return graph._compile(self.name, infos, order, topology, interceptors, run_store, threads, grace)
 
     def to_mermaid(self) -> str:
         """The DAG as a Mermaid flowchart (validated like ``build()``, without instantiating stages)."""
@@ -487,7 +468,7 @@ def _check_threads(max_threads: object) -> int:
 
 
 def _check_grace(grace: object) -> float:
-    if isinstance(grace, bool) or not isinstance(grace, int | float) or not math.isfinite(grace) or grace < 0:
+    if not finite_number(grace) or grace < 0:
         msg = f"build(cancel_grace={grace!r}) is invalid; pass seconds as a finite number >= 0, such as 1.0"
         raise PipelineDefinitionError(msg)
     return float(grace)

@@ -27,12 +27,13 @@ lock wait or a C call, does not see it). Ray cannot say at once which it was, so
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, TypeVar
+
+from stageflow._checks import finite_number
 
 __all__ = ("RayExecutor",)
 
@@ -190,12 +191,7 @@ class RayExecutor(Executor):
         if address is not None and (not isinstance(address, str) or not address):
             msg = f"RayExecutor(address={address!r}) is invalid; pass a Ray address such as 'auto', or None"
             raise TypeError(msg)
-        if (
-            isinstance(num_cpus, bool)
-            or not isinstance(num_cpus, int | float)
-            or not math.isfinite(num_cpus)
-            or num_cpus < 0
-        ):
+        if not finite_number(num_cpus) or num_cpus < 0:
             msg = f"RayExecutor(num_cpus={num_cpus!r}) is invalid; pass the CPUs a task reserves, such as 1"
             raise ValueError(msg)
         if type(max_retries) is not int or max_retries < 0:
