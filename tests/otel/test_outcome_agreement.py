@@ -4,6 +4,7 @@ name a failed stage's ``error.type`` the same way (the core's derivation)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
@@ -49,25 +50,37 @@ async def over_quota(ctx: StageContext) -> StageOutput:
     raise Client.QuotaError("quota exceeded")
 
 
-async def failing_run(
-    name: str,
-    stage: Any,
+FailingRun = Callable[[str, Any], Awaitable[tuple[Sequence[ReadableSpan], Sequence[ReadableLogRecord]]]]
+
+
+@pytest.fixture(name="failing_run")
+def _failing_run(
     tracer_provider: TracerProvider,
+    span_exporter: InMemorySpanExporter,
     logger_provider: LoggerProvider,
+    log_exporter: InMemoryLogRecordExporter,
     meter_provider: MeterProvider,
-) -> None:
-    """One traced run of pipeline ``p`` whose one WORK stage ``name`` fails, its events going to an OTLP
-    sink with log records on; the sink is flushed and shut down."""
-    sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider, log_records=True)
-    graph = (
-        Pipeline(name="p")
-        .with_stage(name, stage, StageKind.WORK)
-        .build(interceptors=[TracingInterceptor(tracer_provider)])
-    )
-    with pytest.raises(PipelineFailedError):
-        await graph.run(entry_ctx(sink=sink))
-    assert sink.flush(timeout=5.0)
-    sink.shutdown(timeout=5.0)
+) -> FailingRun:
+    """``spans, records = await failing_run(name, stage)``: one traced run of pipeline ``p`` whose one WORK
+    stage ``name`` fails, its events going to an OTLP sink with log records on; the sink is flushed and shut
+    down. It gives the finished spans and log records."""
+
+    async def failing_run(
+        name: str, stage: Any
+    ) -> tuple[Sequence[ReadableSpan], Sequence[ReadableLogRecord]]:
+        sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider, log_records=True)
+        graph = (
+            Pipeline(name="p")
+            .with_stage(name, stage, StageKind.WORK)
+            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        )
+        with pytest.raises(PipelineFailedError):
+            await graph.run(entry_ctx(sink=sink))
+        assert sink.flush(timeout=5.0)
+        sink.shutdown(timeout=5.0)
+        return span_exporter.get_finished_spans(), log_exporter.get_finished_logs()
+
+    return failing_run
 
 
 class TestNestedErrorType:
@@ -79,27 +92,21 @@ class TestNestedErrorType:
 
     async def test_span_and_event_record_agree(
         self,
-        tracer_provider: TracerProvider,
-        span_exporter: InMemorySpanExporter,
-        logger_provider: LoggerProvider,
-        log_exporter: InMemoryLogRecordExporter,
-        meter_provider: MeterProvider,
+        failing_run: FailingRun,
     ) -> None:
         """The stage span, its span events and the stage.failed record all say ``Client.QuotaError``."""
-        await failing_run("q", over_quota, tracer_provider, logger_provider, meter_provider)
-        (stage_span,) = [
-            s for s in span_exporter.get_finished_spans() if s.name == semconv.SPAN_STAGE_PREFIX + "q"
-        ]
+        spans, logs = await failing_run("q", over_quota)
+        (stage_span,) = [s for s in spans if s.name == semconv.SPAN_STAGE_PREFIX + "q"]
         failed = [
             dict(r.log_record.attributes or {})
-            for r in log_exporter.get_finished_logs()
+            for r in logs
             if (r.log_record.attributes or {}).get(semconv.EVENT_TYPE) == "stage.q.failed"
         ]
         assert [a.get(semconv.ERROR_TYPE) for a in failed] == ["Client.QuotaError"]
         assert (stage_span.attributes or {}).get(semconv.ERROR_TYPE) == "Client.QuotaError"
         span_event_types = {
             (e.attributes or {}).get(semconv.ERROR_TYPE)
-            for s in span_exporter.get_finished_spans()
+            for s in spans
             for e in s.events
             if (e.attributes or {}).get(semconv.ERROR_TYPE) is not None
         }
@@ -164,16 +171,12 @@ async def provider_timed_out(ctx: StageContext) -> StageOutput:
 class TestTimeoutSubclass:
     async def test_a_subclass_of_stage_timeout_error_is_a_timeout_on_spans_and_events_alike(
         self,
-        tracer_provider: TracerProvider,
-        span_exporter: InMemorySpanExporter,
-        logger_provider: LoggerProvider,
-        log_exporter: InMemoryLogRecordExporter,
-        meter_provider: MeterProvider,
+        failing_run: FailingRun,
     ) -> None:
         """Span, span events and log records all say result ``timeout`` and the subclass's name."""
-        await failing_run("llm", provider_timed_out, tracer_provider, logger_provider, meter_provider)
+        finished, logs = await failing_run("llm", provider_timed_out)
         expected = (semconv.RESULT_TIMEOUT, "ProviderTimeoutError")
-        spans = {s.name: s for s in span_exporter.get_finished_spans()}
+        spans = {s.name: s for s in finished}
         stage, run = spans["stage llm"], spans["pipeline p"]
         assert (
             (stage.attributes or {})[semconv.STAGE_RESULT],
@@ -199,7 +202,7 @@ class TestTimeoutSubclass:
         ) == expected
         records = {
             str((r.log_record.attributes or {})[semconv.EVENT_TYPE]): r.log_record.attributes or {}
-            for r in log_exporter.get_finished_logs()
+            for r in logs
         }
         assert (
             records["stage.llm.failed"][semconv.STAGE_RESULT],
