@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from stageflow import Pipeline, StageContext, StageKind, StageOutput, Streaming
 
 from ._support import FakeClock
 
-__all__ = ("T", "boom", "diamond", "fail", "hang", "ok", "skip", "sync_voice", "voice")
+__all__ = ("T", "boom", "diamond", "fail", "hang", "hang_once_started", "ok", "skip", "sync_voice", "voice")
 
 T = StageKind.TRANSFORM
 
@@ -124,3 +124,13 @@ def sync_voice(clock: FakeClock, *, stt_seconds: float = 0.0, more: int) -> Pipe
         .with_stage("llm", llm, StageKind.AGENT, dependencies=("stt",))
         .with_stage("tts", tts, StageKind.TRANSFORM, dependencies=("llm",), streams=("llm",))
     )
+
+
+def hang_once_started(started: asyncio.Event) -> Callable[[StageContext], Awaitable[StageOutput]]:
+    """A stage that sets ``started``, then waits until it is cancelled (for a caller to cancel the run)."""
+
+    async def hang_started(ctx: StageContext) -> StageOutput:
+        started.set()
+        return await hang(ctx)
+
+    return hang_started

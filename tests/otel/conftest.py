@@ -172,3 +172,11 @@ def _receiver(request: pytest.FixtureRequest) -> Iterator[OtlpReceiver]:
     receiver: OtlpReceiver = GrpcReceiver() if request.param == "grpc" else HttpReceiver()
     yield receiver
     receiver.stop()
+
+
+@pytest.fixture(name="log_sink")
+def _log_sink(meter_provider: MeterProvider, logger_provider: LoggerProvider) -> Iterator[OtlpEventSink]:
+    """An ``OtlpEventSink`` with log records on (and span events), on the fresh providers."""
+    sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider, log_records=True)
+    yield sink
+    sink.shutdown(timeout=5.0)

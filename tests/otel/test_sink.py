@@ -9,7 +9,6 @@ pytest.importorskip("opentelemetry.sdk")
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
 
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
@@ -30,14 +29,6 @@ from tests._stages import boom, ok
 from .conftest import entry_ctx, metric_points
 
 
-@pytest.fixture(name="event_sink")
-def _event_sink(logger_provider: LoggerProvider, meter_provider: MeterProvider) -> Iterator[OtlpEventSink]:
-    """An OTLP event sink with log records on, writing to the in-memory logger provider."""
-    sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider, log_records=True)
-    yield sink
-    sink.shutdown(timeout=5.0)
-
-
 def records(sink: OtlpEventSink, exporter: InMemoryLogRecordExporter) -> list[tuple[str, str, str]]:
     """``(event name, stageflow.event.type, severity)`` of every record, once the sink drained."""
     assert sink.flush(timeout=5.0)
@@ -53,12 +44,12 @@ def records(sink: OtlpEventSink, exporter: InMemoryLogRecordExporter) -> list[tu
 
 class TestEventRecords:
     async def test_a_successful_run_becomes_static_event_names(
-        self, event_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
+        self, log_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
     ) -> None:
         """Each event is a record with a static name, the seed's string in an attribute, at INFO."""
         graph = Pipeline(name="p").with_stage("greet", ok, StageKind.TRANSFORM).build()
-        await graph.run(entry_ctx(sink=event_sink))
-        assert records(event_sink, log_exporter) == [
+        await graph.run(entry_ctx(sink=log_sink))
+        assert records(log_sink, log_exporter) == [
             ("stageflow.pipeline.created", "pipeline.created", "INFO"),
             ("stageflow.pipeline.started", "pipeline.started", "INFO"),
             ("stageflow.stage.started", "stage.greet.started", "INFO"),
@@ -67,23 +58,23 @@ class TestEventRecords:
         ]
 
     async def test_failures_are_errors_with_error_type_and_message(
-        self, event_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
+        self, log_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
     ) -> None:
         """stage.x.failed and pipeline.failed are ERROR records carrying error.type and the message."""
         graph = Pipeline(name="p").with_stage("bad", boom, StageKind.TRANSFORM).build()
         with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx(sink=event_sink))
-        assert sink_failed(event_sink, log_exporter) == [
+            await graph.run(entry_ctx(sink=log_sink))
+        assert sink_failed(log_sink, log_exporter) == [
             (EVENTS["stage.failed"], SeverityNumber.ERROR, "RuntimeError", "kaput", "bad", "error"),
             (EVENTS["pipeline.failed"], SeverityNumber.ERROR, "RuntimeError", "kaput", "bad", "error"),
         ]
 
     def test_cancelled_events_are_warnings(
-        self, event_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
+        self, log_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
     ) -> None:
         """Cancelled events are WARN, with the cancellation result."""
-        event_sink.try_emit(type="stage.a.b.cancelled", data={"stage": "a.b", "reason": "stop"})
-        assert event_sink.flush(timeout=5.0)
+        log_sink.try_emit(type="stage.a.b.cancelled", data={"stage": "a.b", "reason": "stop"})
+        assert log_sink.flush(timeout=5.0)
         (record,) = [r.log_record for r in log_exporter.get_finished_logs()]
         assert (record.event_name, record.severity_number, dict(record.attributes or {})) == (
             EVENTS["stage.cancelled"],
@@ -97,14 +88,14 @@ class TestEventRecords:
         )
 
     def test_seconds_are_rounded_to_the_microsecond(
-        self, event_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
+        self, log_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
     ) -> None:
         """Durations, waits and timestamps are rounded in attributes and body; other numbers are kept."""
-        event_sink.try_emit(
+        log_sink.try_emit(
             type="stage.a.completed",
             data={"stage": "a", "duration": 0.005551484000534401, "wait": 5.0726000040413055e-05},
         )
-        event_sink.try_emit(
+        log_sink.try_emit(
             type="pipeline.completed",
             data={
                 "timestamp": 1796121945.3077588,
@@ -113,7 +104,7 @@ class TestEventRecords:
                 "score": 0.123456789,
             },
         )
-        assert event_sink.flush(timeout=5.0)
+        assert log_sink.flush(timeout=5.0)
         stage, run = [r.log_record for r in log_exporter.get_finished_logs()]
         assert (dict(stage.attributes or {}), stage.body) == (
             {
@@ -136,11 +127,11 @@ class TestEventRecords:
         )
 
     def test_unknown_types_keep_their_string_under_a_generic_name(
-        self, event_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
+        self, log_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
     ) -> None:
         """An event outside the taxonomy is named stageflow.event and keeps its data as the body."""
-        event_sink.try_emit(type="custom.thing", data={"n": 1, "nested": {"k": [1, 2]}, "obj": object})
-        assert event_sink.flush(timeout=5.0)
+        log_sink.try_emit(type="custom.thing", data={"n": 1, "nested": {"k": [1, 2]}, "obj": object})
+        assert log_sink.flush(timeout=5.0)
         (record,) = [r.log_record for r in log_exporter.get_finished_logs()]
         assert (record.event_name, record.body) == (
             semconv.EVENT_OTHER,
@@ -148,13 +139,11 @@ class TestEventRecords:
         )
 
     async def test_emit_is_try_emit(
-        self, event_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
+        self, log_sink: OtlpEventSink, log_exporter: InMemoryLogRecordExporter
     ) -> None:
         """The awaitable ``emit`` records the event like ``try_emit``."""
-        await event_sink.emit(type="pipeline.started", data={"run_id": "r1", "pipeline": "p"})
-        assert records(event_sink, log_exporter) == [
-            ("stageflow.pipeline.started", "pipeline.started", "INFO")
-        ]
+        await log_sink.emit(type="pipeline.started", data={"run_id": "r1", "pipeline": "p"})
+        assert records(log_sink, log_exporter) == [("stageflow.pipeline.started", "pipeline.started", "INFO")]
 
 
 def sink_failed(
@@ -183,7 +172,7 @@ def sink_failed(
 class TestTraceContext:
     async def test_every_event_carries_the_run_span_under_the_callers(
         self,
-        event_sink: OtlpEventSink,
+        log_sink: OtlpEventSink,
         log_exporter: InMemoryLogRecordExporter,
         tracer_provider: TracerProvider,
     ) -> None:
@@ -195,8 +184,8 @@ class TestTraceContext:
         )
         tracer = tracer_provider.get_tracer("test")
         with tracer.start_as_current_span("caller") as caller:
-            await graph.run(entry_ctx(sink=event_sink))
-        assert event_sink.flush(timeout=5.0)
+            await graph.run(entry_ctx(sink=log_sink))
+        assert log_sink.flush(timeout=5.0)
         caller_ctx = caller.get_span_context()
         by_name = {
             str(r.log_record.event_name): (r.log_record.trace_id, r.log_record.span_id)
@@ -209,15 +198,15 @@ class TestTraceContext:
 
     def test_try_emit_captures_the_context_current_at_the_call(
         self,
-        event_sink: OtlpEventSink,
+        log_sink: OtlpEventSink,
         log_exporter: InMemoryLogRecordExporter,
         tracer_provider: TracerProvider,
     ) -> None:
         """The record's trace and span ids are those current when try_emit ran, not when it was written."""
         with tracer_provider.get_tracer("test").start_as_current_span("s") as span:
-            event_sink.try_emit(type="pipeline.started", data={})
-        event_sink.try_emit(type="pipeline.completed", data={})
-        assert event_sink.flush(timeout=5.0)
+            log_sink.try_emit(type="pipeline.started", data={})
+        log_sink.try_emit(type="pipeline.completed", data={})
+        assert log_sink.flush(timeout=5.0)
         ids = [(r.log_record.trace_id, r.log_record.span_id) for r in log_exporter.get_finished_logs()]
         context = span.get_span_context()
         assert ids == [(context.trace_id, context.span_id), (0, 0)]
@@ -300,12 +289,12 @@ class TestBoundedBuffer:
             sink.shutdown(timeout=5.0)
             provider.shutdown()
 
-    def test_events_after_shutdown_are_dropped_and_counted(self, event_sink: OtlpEventSink) -> None:
+    def test_events_after_shutdown_are_dropped_and_counted(self, log_sink: OtlpEventSink) -> None:
         """A shut-down sink accepts nothing more and counts what it refused."""
-        event_sink.try_emit(type="pipeline.created", data={})
-        assert event_sink.shutdown(timeout=5.0)
-        event_sink.try_emit(type="pipeline.started", data={})
-        assert event_sink.dropped == 1
+        log_sink.try_emit(type="pipeline.created", data={})
+        assert log_sink.shutdown(timeout=5.0)
+        log_sink.try_emit(type="pipeline.started", data={})
+        assert log_sink.dropped == 1
 
     def test_max_buffer_must_be_positive(self) -> None:
         """A zero buffer is rejected with the bad value in the message."""

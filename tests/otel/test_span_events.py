@@ -13,7 +13,6 @@ pytest.importorskip("opentelemetry.sdk")
 import asyncio
 from collections.abc import Sequence
 
-from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
@@ -34,7 +33,7 @@ from stageflow import (
 )
 from stageflow.interceptors import Interceptor, RetryInterceptor, TimeoutInterceptor
 from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
-from tests._stages import T, boom, fail, ok, skip
+from tests._stages import T, boom, fail, hang, hang_once_started, ok, skip
 from tests._support import Tee, cancel_once_started
 
 from .conftest import by_name, entry_ctx, metric_points
@@ -190,19 +189,17 @@ class TestSuccess:
         self,
         tracer_provider: TracerProvider,
         span_exporter: InMemorySpanExporter,
-        meter_provider: MeterProvider,
-        logger_provider: LoggerProvider,
+        log_sink: OtlpEventSink,
         log_exporter: InMemoryLogRecordExporter,
     ) -> None:
         """With log records on, each record has its span event's name and attributes, plus the run."""
-        sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider, log_records=True)
         graph = traced(
             Pipeline(name="demo").with_stage("a", ok, T).with_stage("b", boom, T, dependencies=("a",)),
             tracer_provider,
         )
         with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx(sink=sink))
-        assert sink.flush(timeout=5.0)
+            await graph.run(entry_ctx(sink=log_sink))
+        assert log_sink.flush(timeout=5.0)
         spans = span_exporter.get_finished_spans()
         run_id = str((by_name(spans)["pipeline demo"].attributes or {})[semconv.RUN_ID])
         from_spans = [
@@ -221,7 +218,6 @@ class TestSuccess:
         ]
         assert len(from_logs) == 7
         assert sorted(from_spans, key=lambda x: x[2]) == from_logs
-        sink.shutdown(timeout=5.0)
 
     async def test_without_the_tracing_interceptor_events_are_still_counted(
         self, sink: OtlpEventSink, metric_reader: InMemoryMetricReader
@@ -413,14 +409,8 @@ class TestCancellation:
     ) -> None:
         """The run task cancelled while its stage waits: stage.w.cancelled on w's span, then the run's."""
         started = asyncio.Event()
-
-        async def wait(ctx: StageContext) -> StageOutput:
-            started.set()
-            await asyncio.Event().wait()
-            return StageOutput.ok()
-
         await cancel_once_started(
-            traced(Pipeline(name="p").with_stage("w", wait, T), tracer_provider).run(
+            traced(Pipeline(name="p").with_stage("w", hang_once_started(started), T), tracer_provider).run(
                 entry_ctx(sink=Tee(stream, sink))
             ),
             started,
@@ -532,10 +522,6 @@ class TestTimeout:
         metric_reader: InMemoryMetricReader,
     ) -> None:
         """StageTimeoutError: stage.t.failed with error.type timeout and result timeout, on t's span."""
-
-        async def hang(ctx: StageContext) -> StageOutput:
-            await asyncio.Event().wait()
-            return StageOutput.ok()
 
         graph = traced(
             Pipeline(name="p").with_stage("t", hang, T),
