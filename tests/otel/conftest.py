@@ -24,13 +24,24 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from stageflow import ContextSnapshot, EventSink, PipelineTimer, RunIdentity, StageContext, StageInputs
+from stageflow import (
+    ContextSnapshot,
+    EventSink,
+    Pipeline,
+    PipelineTimer,
+    RunIdentity,
+    StageContext,
+    StageGraph,
+    StageInputs,
+    StageKind,
+)
+from stageflow.interceptors import Interceptor
 from stageflow_otel import OtlpEventSink
 
 if TYPE_CHECKING:
     from .otlp_receiver import OtlpReceiver
 
-__all__ = ("by_name", "dump_spans", "entry_ctx", "metric_points", "span_event")
+__all__ = ("by_name", "dump_spans", "entry_ctx", "metric_points", "one_stage_graph", "span_event")
 
 
 def dump_spans(spans: Sequence[ReadableSpan]) -> list[str]:
@@ -138,6 +149,23 @@ def entry_ctx(metadata: Mapping[str, Any] | None = None, *, sink: EventSink | No
     ``sink`` as the run's event sink (``None``: the process sink)."""
     snapshot = ContextSnapshot(run_id=RunIdentity(), metadata=dict(metadata or {}))
     return StageContext(snapshot, StageInputs(snapshot), "pipeline_entry", PipelineTimer(), event_sink=sink)
+
+
+def one_stage_graph(
+    pipeline: str,
+    name: str,
+    stage: Any,
+    *interceptors: Interceptor,
+    kind: StageKind = StageKind.TRANSFORM,
+    **options: Any,
+) -> StageGraph:
+    """Pipeline ``pipeline`` of the one stage ``name`` running ``stage`` (a ``kind`` stage, ``options``
+    going to ``with_stage``), built with ``interceptors``."""
+    return (
+        Pipeline(name=pipeline)
+        .with_stage(name, stage, kind, **options)
+        .build(interceptors=list(interceptors))
+    )
 
 
 @pytest.fixture(name="otel_env")

@@ -46,7 +46,7 @@ from stageflow_otel import (
 )
 from tests._stages import T, diamond, ok
 
-from .conftest import entry_ctx, metric_points
+from .conftest import entry_ctx, metric_points, one_stage_graph
 from .otlp_receiver import GrpcReceiver, OtlpReceiver
 
 SPANS_PER_RUN = 5
@@ -522,11 +522,7 @@ class TestCompleteMode:
                 otel_env.setenv(f"OTEL_{prefix}_MAX_QUEUE_SIZE", "256")
                 otel_env.setenv(f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE", "128")
             telemetry = setup("complete", set_global=False)
-            graph = (
-                Pipeline(name="one")
-                .with_stage("a", ok, T)
-                .build(interceptors=[TracingInterceptor(telemetry.tracer_provider)])
-            )
+            graph = one_stage_graph("one", "a", ok, TracingInterceptor(telemetry.tracer_provider))
             try:
                 await asyncio.gather(
                     *(graph.run(entry_ctx(sink=telemetry.event_sink)) for _ in range(10_000))
@@ -560,11 +556,7 @@ class TestTooLarge:
         env.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "1000000")  # let the message through whole
         env.setenv("STAGEFLOW_OTEL_MAX_EXPORT_BYTES", str(256 * 1024))
         telemetry = setup("big", set_global=False)
-        failing = (
-            Pipeline(name="big")
-            .with_stage("big", huge_failure, T)
-            .build(interceptors=[TracingInterceptor(telemetry.tracer_provider)])
-        )
+        failing = one_stage_graph("big", "big", huge_failure, TracingInterceptor(telemetry.tracer_provider))
         try:
             outcomes = await asyncio.gather(
                 failing.run(entry_ctx(sink=telemetry.event_sink)), run(telemetry, 10), return_exceptions=True

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, Sampler, Samp
 from stageflow import InMemoryEventSink, Pipeline, StageContext, StageKind, StageOutput
 from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
 
-from .conftest import entry_ctx, metric_points
+from .conftest import entry_ctx, metric_points, one_stage_graph
 
 T = StageKind.TRANSFORM
 CUSTOM_EVENTS = 10_000
@@ -125,11 +125,7 @@ class TestSinks:
         """The tracing side takes each event before the run's sink: spans are whole, the sink's
         failure is logged once."""
         sink = RaisingSink()
-        graph = (
-            Pipeline(name="p")
-            .with_stage("a", user_span_in(tracer_provider), T)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = one_stage_graph("p", "a", user_span_in(tracer_provider), TracingInterceptor(tracer_provider))
         with caplog.at_level(logging.ERROR):
             results = await graph.run(entry_ctx(sink=sink))
             again = await graph.run(entry_ctx(sink=sink))
@@ -204,11 +200,7 @@ class TestExporters:
         exporter = BlockingExporter()
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=1))
-        graph = (
-            Pipeline(name="p")
-            .with_stage("a", user_span_in(provider), T)
-            .build(interceptors=[TracingInterceptor(provider)])
-        )
+        graph = one_stage_graph("p", "a", user_span_in(provider), TracingInterceptor(provider))
         await graph.run(entry_ctx())
         assert await asyncio.to_thread(exporter.entered.wait, HANG_GUARD)  # the export thread is stuck
         for _ in range(20):

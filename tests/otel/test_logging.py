@@ -21,7 +21,7 @@ from stageflow import Pipeline, PipelineFailedError, StageContext, StageKind, St
 from stageflow_otel import LoggingInterceptor, MetricsInterceptor, TracingInterceptor, add_trace_context
 from tests._stages import T, boom, fail, ok, skip
 
-from .conftest import entry_ctx
+from .conftest import entry_ctx, one_stage_graph
 
 VOLATILE = ("duration", "wait")
 
@@ -58,11 +58,7 @@ async def logged_run(name: str, stage: Any, *, fails: bool = False) -> list[dict
     """The JSON lines of one run of pipeline ``demo`` whose one stage ``name`` runs ``stage``, logged by
     ``LoggingInterceptor`` alone; with ``fails`` the run must raise ``PipelineFailedError``."""
     sink = ListLogger()
-    graph = (
-        Pipeline(name="demo")
-        .with_stage(name, stage, T)
-        .build(interceptors=[LoggingInterceptor(json_logger(sink))])
-    )
+    graph = one_stage_graph("demo", name, stage, LoggingInterceptor(json_logger(sink)))
     if fails:
         with pytest.raises(PipelineFailedError):
             await graph.run(entry_ctx())
@@ -319,11 +315,7 @@ class TestAddTraceContext:
                 log.info("run begins")
                 return await call_next(run)
 
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("a", ok, T)
-            .build(interceptors=[LoggingInterceptor(json_logger(ListLogger())), Announce()])
-        )
+        graph = one_stage_graph("demo", "a", ok, LoggingInterceptor(json_logger(ListLogger())), Announce())
         results = await graph.run(entry_ctx())
         assert sink.records() == [
             {"event": "run begins", "level": "info", "run_id": str(results.run_id), "pipeline": "demo"}

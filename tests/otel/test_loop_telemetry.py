@@ -22,16 +22,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import stageflow
 from stageflow import (
     InMemoryEventSink,
-    Pipeline,
     StageContext,
-    StageKind,
     StageOutput,
 )
 from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv, setup
 from stageflow_otel._loop import LoopTelemetry
 from tests._support import Tee
 
-from .conftest import entry_ctx, metric_points
+from .conftest import entry_ctx, metric_points, one_stage_graph
 
 BLOCK = 0.15
 """Seconds the blocking stage holds the event loop (three times the monitor's 50 ms threshold)."""
@@ -61,11 +59,7 @@ class TestLoopMonitorFromSetup:
         try:
             monitor = stageflow.get_loop_monitor()
             assert monitor is not None
-            graph = (
-                Pipeline(name="loops")
-                .with_stage("block", block, StageKind.TRANSFORM)
-                .build(interceptors=[TracingInterceptor(tracer_provider)])
-            )
+            graph = one_stage_graph("loops", "block", block, TracingInterceptor(tracer_provider))
             results = await graph.run(entry_ctx(sink=telemetry.event_sink))
             blocks = metric_points(reader, semconv.STAGE_LOOP_BLOCK_DURATION_METRIC.name)
             lags = metric_points(reader, semconv.LOOP_LAG.name)
@@ -177,11 +171,7 @@ class TestBlockReportedByTheHeartbeat:
             await asyncio.wait_for(reported.wait(), HANG_GUARD)
             return StageOutput.ok()
 
-        graph = (
-            Pipeline(name="loops")
-            .with_stage("slow", block_then_wait, StageKind.TRANSFORM)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = one_stage_graph("loops", "slow", block_then_wait, TracingInterceptor(tracer_provider))
         loop_telemetry.start()
         try:
             await graph.run(entry_ctx(sink=Tee(stream, sink, OnBlock(reported))))

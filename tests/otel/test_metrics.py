@@ -35,7 +35,7 @@ from stageflow_otel import MetricsInterceptor, TracingInterceptor, semconv
 from tests._stages import T, boom, diamond, fail, ok, skip
 from tests._support import cancel_once_started
 
-from .conftest import entry_ctx, metric_points
+from .conftest import entry_ctx, metric_points, one_stage_graph
 
 Attrs = frozenset[tuple[str, object]]
 
@@ -118,11 +118,7 @@ class TestStageMetrics:
         error_type: str,
     ) -> None:
         """A failed stage's duration carries its result and ``error.type``."""
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("x", runner, T)
-            .build(interceptors=[MetricsInterceptor(meter_provider)])
-        )
+        graph = one_stage_graph("demo", "x", runner, MetricsInterceptor(meter_provider))
         with pytest.raises(PipelineFailedError):
             await graph.run(entry_ctx())
         assert set(histograms(metric_reader, semconv.STAGE_DURATION.name)) == {
@@ -139,10 +135,8 @@ class TestStageMetrics:
             await never.wait()
             return StageOutput.ok()
 
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("slow", slow, T)
-            .build(interceptors=[MetricsInterceptor(meter_provider), TimeoutInterceptor(0.01)])
+        graph = one_stage_graph(
+            "demo", "slow", slow, MetricsInterceptor(meter_provider), TimeoutInterceptor(0.01)
         )
         with pytest.raises(PipelineFailedError):
             await graph.run(entry_ctx())
@@ -227,10 +221,12 @@ class TestSettledStageResults:
                 raise ConnectionError("try again")
             return StageOutput.ok()
 
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("x", flaky, T, retry=RetryPolicy(max_attempts=3, initial_delay=0.0, jitter=0.0))
-            .build(interceptors=[MetricsInterceptor(meter_provider)])
+        graph = one_stage_graph(
+            "demo",
+            "x",
+            flaky,
+            MetricsInterceptor(meter_provider),
+            retry=RetryPolicy(max_attempts=3, initial_delay=0.0, jitter=0.0),
         )
         await graph.run(entry_ctx())
         counts = {
@@ -253,11 +249,7 @@ class TestRunMetrics:
             seen_active.append(sums(metric_reader, semconv.PIPELINE_RUN_ACTIVE.name))
             return StageOutput.ok()
 
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("look", look, T)
-            .build(interceptors=[MetricsInterceptor(meter_provider)])
-        )
+        graph = one_stage_graph("demo", "look", look, MetricsInterceptor(meter_provider))
         await graph.run(entry_ctx())
         pipeline = frozenset({("stageflow.pipeline.name", "demo")})
         assert seen_active == [{pipeline: 1}]
@@ -275,11 +267,7 @@ class TestRunMetrics:
         self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
     ) -> None:
         """A failed run is counted in run errors with its result and ``error.type``."""
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("x", boom, T)
-            .build(interceptors=[MetricsInterceptor(meter_provider)])
-        )
+        graph = one_stage_graph("demo", "x", boom, MetricsInterceptor(meter_provider))
         for _ in range(2):
             with pytest.raises(PipelineFailedError):
                 await graph.run(entry_ctx())
@@ -305,11 +293,7 @@ class TestRunMetrics:
             await never.wait()
             return StageOutput.ok()
 
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("hang", hang, T)
-            .build(interceptors=[MetricsInterceptor(meter_provider)])
-        )
+        graph = one_stage_graph("demo", "hang", hang, MetricsInterceptor(meter_provider))
         await cancel_once_started(graph.run(entry_ctx()), started)
         pipeline = frozenset({("stageflow.pipeline.name", "demo")})
         assert sums(metric_reader, semconv.PIPELINE_RUN_ACTIVE.name) == {pipeline: 0}

@@ -23,7 +23,6 @@ from opentelemetry.trace import StatusCode
 from stageflow import (
     BaseInterceptor,
     ErrorAction,
-    Pipeline,
     PipelineContext,
     PipelineFailedError,
     StageContext,
@@ -38,7 +37,7 @@ from stageflow_otel._demo import BreakerTally, DemoStats, _summary, outcome_of
 from stageflow_otel._outcome import outcome_of_error
 from tests._outcome_cases import CASES, EXPECTED, build_case, run_case
 
-from .conftest import entry_ctx, metric_points
+from .conftest import entry_ctx, metric_points, one_stage_graph
 
 
 class Client:
@@ -69,11 +68,7 @@ def _failing_run(
         name: str, stage: Any
     ) -> tuple[Sequence[ReadableSpan], Sequence[ReadableLogRecord]]:
         sink = OtlpEventSink(logger_provider=logger_provider, meter_provider=meter_provider, log_records=True)
-        graph = (
-            Pipeline(name="p")
-            .with_stage(name, stage, StageKind.WORK)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = one_stage_graph("p", name, stage, TracingInterceptor(tracer_provider), kind=StageKind.WORK)
         with pytest.raises(PipelineFailedError):
             await graph.run(entry_ctx(sink=sink))
         assert sink.flush(timeout=5.0)
@@ -132,10 +127,8 @@ class TestFallback:
         self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
     ) -> None:
         """The core settled the stage as a skip: its span says ``skip`` with no error, like its events."""
-        graph = (
-            Pipeline(name="p")
-            .with_stage("search", flaky, StageKind.ENRICH)
-            .build(interceptors=[TracingInterceptor(tracer_provider), _FallBack()])
+        graph = one_stage_graph(
+            "p", "search", flaky, TracingInterceptor(tracer_provider), _FallBack(), kind=StageKind.ENRICH
         )
         await graph.run(entry_ctx())
         spans = {s.name: s for s in span_exporter.get_finished_spans()}

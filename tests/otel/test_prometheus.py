@@ -21,9 +21,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from stageflow import (
-    Pipeline,
     StageContext,
-    StageKind,
     StageOutput,
 )
 from stageflow_otel import (
@@ -36,7 +34,7 @@ from stageflow_otel import (
 )
 from stageflow_otel._prometheus import prometheus_name
 
-from .conftest import entry_ctx
+from .conftest import entry_ctx, one_stage_graph
 
 
 @pytest.fixture(name="reader")
@@ -113,10 +111,8 @@ class TestSamples:
         span_exporter: InMemorySpanExporter,
     ) -> None:
         """Stage durations carry underscore labels, the semconv buckets, and an exemplar of the stage span."""
-        graph = (
-            Pipeline(name="p")
-            .with_stage("greet", ok, StageKind.TRANSFORM)
-            .build(interceptors=[TracingInterceptor(tracer_provider), MetricsInterceptor(provider)])
+        graph = one_stage_graph(
+            "p", "greet", ok, TracingInterceptor(tracer_provider), MetricsInterceptor(provider)
         )
         await graph.run(entry_ctx())
         samples = scrape(server)

@@ -21,7 +21,7 @@ from stageflow import Pipeline, PipelineFailedError, StageContext, StageKind, St
 from stageflow.interceptors import Interceptor
 from stageflow_otel import MetricsInterceptor, TracingInterceptor
 
-from .conftest import entry_ctx
+from .conftest import entry_ctx, one_stage_graph
 
 T = StageKind.TRANSFORM
 
@@ -150,10 +150,8 @@ class TestSdkFailures:
             calls += 1
             raise error
 
-        graph = (
-            Pipeline(name="p")
-            .with_stage("a", boom, T)
-            .build(interceptors=interceptors(raising_tracer_provider("end"), raising_meter_provider))
+        graph = one_stage_graph(
+            "p", "a", boom, *interceptors(raising_tracer_provider("end"), raising_meter_provider)
         )
         caplog.set_level(logging.WARNING)
         with pytest.raises(PipelineFailedError) as exc_info:
@@ -179,10 +177,8 @@ class TestSdkFailures:
             await never.wait()
             return StageOutput.ok()
 
-        graph = (
-            Pipeline(name="p")
-            .with_stage("a", waits, T)
-            .build(interceptors=interceptors(raising_tracer_provider("end"), raising_meter_provider))
+        graph = one_stage_graph(
+            "p", "a", waits, *interceptors(raising_tracer_provider("end"), raising_meter_provider)
         )
         caplog.set_level(logging.WARNING)
         task = asyncio.create_task(graph.run(entry_ctx()))

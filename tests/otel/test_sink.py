@@ -26,7 +26,7 @@ from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
 from stageflow_otel.semconv import EVENTS
 from tests._stages import boom, ok
 
-from .conftest import entry_ctx, metric_points
+from .conftest import entry_ctx, metric_points, one_stage_graph
 
 
 def records(sink: OtlpEventSink, exporter: InMemoryLogRecordExporter) -> list[tuple[str, str, str]]:
@@ -177,11 +177,7 @@ class TestTraceContext:
         tracer_provider: TracerProvider,
     ) -> None:
         """Under a caller span, every event, pipeline.created too, carries the run span (its child)."""
-        graph = (
-            Pipeline(name="p")
-            .with_stage("greet", ok, StageKind.TRANSFORM)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = one_stage_graph("p", "greet", ok, TracingInterceptor(tracer_provider))
         tracer = tracer_provider.get_tracer("test")
         with tracer.start_as_current_span("caller") as caller:
             await graph.run(entry_ctx(sink=log_sink))

@@ -42,7 +42,7 @@ from stageflow_otel import TracingInterceptor, inject_context, semconv
 from tests._stages import T, boom, diamond, fail, ok, skip
 from tests._support import cancel_once_started
 
-from .conftest import by_name, dump_spans, entry_ctx
+from .conftest import by_name, dump_spans, entry_ctx, one_stage_graph
 
 
 def attrs(span: ReadableSpan, *drop: str) -> dict[str, AttributeValue]:
@@ -139,11 +139,7 @@ class TestSpanTree:
             async def execute(self, ctx: StageContext) -> StageOutput:
                 return StageOutput.ok()
 
-        graph = (
-            Pipeline(name="p")
-            .with_stage("greet", Greet, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = one_stage_graph("p", "greet", Greet, TracingInterceptor(tracer_provider))
         await graph.run(entry_ctx())
         span = by_name(span_exporter.get_finished_spans())["stage greet"]
         assert (span.attributes or {})["code.function.name"] == f"{__name__}.{Greet.__qualname__}.execute"
@@ -152,11 +148,7 @@ class TestSpanTree:
         self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
     ) -> None:
         """Span names are the semconv prefixes followed by the pipeline or stage name."""
-        graph = (
-            Pipeline(name="p")
-            .with_stage("a", ok, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = one_stage_graph("p", "a", ok, TracingInterceptor(tracer_provider))
         await graph.run(entry_ctx())
         assert sorted(s.name for s in span_exporter.get_finished_spans()) == [
             semconv.SPAN_PIPELINE_PREFIX + "p",
@@ -200,11 +192,7 @@ class TestRunParent:
             seen.append(baggage.get_baggage("tenant"))
             return StageOutput.ok()
 
-        graph = (
-            Pipeline(name="p")
-            .with_stage("r", read, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = one_stage_graph("p", "r", read, TracingInterceptor(tracer_provider))
         token = otel_context.attach(baggage.set_baggage("tenant", "t1"))
         try:
             await graph.run(entry_ctx({"traceparent": "00-" + "a1" * 16 + "-" + "b2" * 8 + "-01"}))
@@ -279,11 +267,7 @@ class TestFailures:
         self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
     ) -> None:
         """``StageOutput.fail`` makes the stage span an error although the stage did not raise."""
-        graph = (
-            Pipeline(name="p")
-            .with_stage("f", fail, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = one_stage_graph("p", "f", fail, TracingInterceptor(tracer_provider))
         with pytest.raises(PipelineFailedError):
             await graph.run(entry_ctx())
         spans = by_name(span_exporter.get_finished_spans())
@@ -308,10 +292,8 @@ class TestFailures:
             await never.wait()
             return StageOutput.ok()
 
-        graph = (
-            Pipeline(name="p")
-            .with_stage("slow", slow, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider), TimeoutInterceptor(0.01)])
+        graph = one_stage_graph(
+            "p", "slow", slow, TracingInterceptor(tracer_provider), TimeoutInterceptor(0.01)
         )
         with pytest.raises(PipelineFailedError):
             await graph.run(entry_ctx())
@@ -331,11 +313,7 @@ class TestFailures:
     ) -> None:
         """A call refused by an open circuit breaker has ``error.type`` ``CircuitOpenError``."""
         breaker = CircuitBreakerInterceptor(failure_threshold=1, recovery_timeout=3600)
-        graph = (
-            Pipeline(name="p")
-            .with_stage("boom", boom, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider), breaker])
-        )
+        graph = one_stage_graph("p", "boom", boom, TracingInterceptor(tracer_provider), breaker)
         for _ in range(2):
             with pytest.raises(PipelineFailedError):
                 await graph.run(entry_ctx())
@@ -392,11 +370,7 @@ class TestFailures:
             await never.wait()
             return StageOutput.ok()
 
-        graph = (
-            Pipeline(name="p")
-            .with_stage("hang", hang, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = one_stage_graph("p", "hang", hang, TracingInterceptor(tracer_provider))
         await cancel_once_started(graph.run(entry_ctx()), started)
         spans = by_name(span_exporter.get_finished_spans())
         assert dump_spans(tuple(spans.values())) == ["pipeline p", "  stage hang"]
@@ -415,11 +389,7 @@ class TestFailures:
         async def stop(ctx: StageContext) -> StageOutput:
             return StageOutput.cancel("enough")
 
-        graph = (
-            Pipeline(name="p")
-            .with_stage("stop", stop, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = one_stage_graph("p", "stop", stop, TracingInterceptor(tracer_provider))
         with pytest.raises(PipelineCancelledError):
             await graph.run(entry_ctx())
         spans = by_name(span_exporter.get_finished_spans())
@@ -482,11 +452,7 @@ class TestFailures:
             return None
 
         retry = RetryInterceptor(RetryPolicy(max_attempts=3, initial_delay=0.0, jitter=0.0, sleep=no_sleep))
-        graph = (
-            Pipeline(name="p")
-            .with_stage("flaky", flaky, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider), retry])
-        )
+        graph = one_stage_graph("p", "flaky", flaky, TracingInterceptor(tracer_provider), retry)
         await graph.run(entry_ctx())
         (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "stage flaky"]
         assert {
@@ -504,11 +470,7 @@ class TestSkips:
         self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
     ) -> None:
         """A stage returning ``StageOutput.skip`` has result ``skip`` and no error."""
-        graph = (
-            Pipeline(name="p")
-            .with_stage("s", skip, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = one_stage_graph("p", "s", skip, TracingInterceptor(tracer_provider))
         await graph.run(entry_ctx())
         span = by_name(span_exporter.get_finished_spans())["stage s"]
         assert (span.attributes or {})["stageflow.stage.result"] == "skip"
@@ -713,11 +675,7 @@ class TestContextPropagation:
             carriers.append(inject_context())
             return StageOutput.ok()
 
-        graph = (
-            Pipeline(name="p")
-            .with_stage("out", call_out, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = one_stage_graph("p", "out", call_out, TracingInterceptor(tracer_provider))
         await graph.run(entry_ctx())
         span = by_name(span_exporter.get_finished_spans())["stage out"]
         ids = f"{span.context.trace_id:032x}-{span.context.span_id:016x}"
@@ -741,11 +699,7 @@ class TestContentCapture:
         async def secret(ctx: StageContext) -> StageOutput:
             return StageOutput.ok(password="hunter2")
 
-        graph = (
-            Pipeline(name="p")
-            .with_stage("s", secret, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = one_stage_graph("p", "s", secret, TracingInterceptor(tracer_provider))
         await graph.run(entry_ctx())
         span = by_name(span_exporter.get_finished_spans())["stage s"]
         assert [k for k in span.attributes or {} if k.startswith(semconv.STAGE_OUTPUT_PREFIX)] == []
@@ -762,11 +716,7 @@ class TestContentCapture:
         async def text(ctx: StageContext) -> StageOutput:
             return StageOutput.ok(text="hello")
 
-        graph = (
-            Pipeline(name="p")
-            .with_stage("t", text, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider, capture_content=hook)])
-        )
+        graph = one_stage_graph("p", "t", text, TracingInterceptor(tracer_provider, capture_content=hook))
         await graph.run(entry_ctx())
         span = by_name(span_exporter.get_finished_spans())["stage t"]
         assert (span.attributes or {})["stageflow.stage.output.length"] == 5
