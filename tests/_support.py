@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import importlib
 import re
 import subprocess
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -27,6 +28,7 @@ __all__ = (
     "killed_if_running",
     "local_dask_cluster",
     "make_ctx",
+    "missing_names",
     "ok_stage",
     "recording_stage",
     "run_cli",
@@ -172,3 +174,13 @@ def killed_if_running(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def missing_names(table: Mapping[str, Iterable[str]]) -> list[str]:
+    """``module.name`` for every name of ``table`` (names by module) that its module does not have."""
+    return [
+        f"{module}.{name}"
+        for module, names in table.items()
+        for name in names
+        if not hasattr(importlib.import_module(module), name)
+    ]

@@ -37,24 +37,17 @@ from stageflow_otel._prometheus import prometheus_name
 from .conftest import entry_ctx, one_stage_graph
 
 
-@pytest.fixture(name="reader")
+@pytest.fixture(name="metric_reader")
 def _reader() -> PrometheusMetricReader:
-    """A fresh Prometheus bridge reader."""
+    """A fresh Prometheus bridge reader, here in place of the in-memory one: ``meter_provider`` (a fresh
+    meter provider, shut down at teardown) is read by it."""
     return PrometheusMetricReader()
 
 
-@pytest.fixture(name="provider")
-def _provider(reader: PrometheusMetricReader) -> Iterator[MeterProvider]:
-    """A meter provider read by ``reader``."""
-    provider = MeterProvider(metric_readers=[reader])
-    yield provider
-    provider.shutdown()
-
-
 @pytest.fixture(name="server")
-def _server(reader: PrometheusMetricReader, provider: MeterProvider) -> Iterator[MetricsServer]:
+def _server(metric_reader: PrometheusMetricReader, meter_provider: MeterProvider) -> Iterator[MetricsServer]:
     """``/metrics`` on a free 127.0.0.1 port, closed at teardown."""
-    server = start_metrics_server(reader, port=0)
+    server = start_metrics_server(metric_reader, port=0)
     yield server
     server.close()
 
@@ -83,10 +76,10 @@ class TestNames:
         )
 
     def test_every_semconv_metric_is_served_under_its_prometheus_series(
-        self, provider: MeterProvider, server: MetricsServer
+        self, meter_provider: MeterProvider, server: MetricsServer
     ) -> None:
         """One value recorded per semconv metric shows up under exactly the names dashboards query."""
-        meter = provider.get_meter(semconv.INSTRUMENTATION_SCOPE)
+        meter = meter_provider.get_meter(semconv.INSTRUMENTATION_SCOPE)
         for m in semconv.METRICS:
             if m.instrument == "histogram":
                 meter.create_histogram(m.name, unit=m.unit).record(0.2)
@@ -105,14 +98,14 @@ class TestNames:
 class TestSamples:
     async def test_stage_histogram_has_labels_buckets_and_trace_exemplars(
         self,
-        provider: MeterProvider,
+        meter_provider: MeterProvider,
         server: MetricsServer,
         tracer_provider: TracerProvider,
         span_exporter: InMemorySpanExporter,
     ) -> None:
         """Stage durations carry underscore labels, the semconv buckets, and an exemplar of the stage span."""
         graph = one_stage_graph(
-            "p", "greet", ok, TracingInterceptor(tracer_provider), MetricsInterceptor(provider)
+            "p", "greet", ok, TracingInterceptor(tracer_provider), MetricsInterceptor(meter_provider)
         )
         await graph.run(entry_ctx())
         samples = scrape(server)
@@ -132,10 +125,10 @@ class TestSamples:
         ]
 
     def test_points_with_different_attributes_share_a_label_set(
-        self, provider: MeterProvider, server: MetricsServer
+        self, meter_provider: MeterProvider, server: MetricsServer
     ) -> None:
         """error.type present on one point only becomes an empty label on the others (Prometheus: absent)."""
-        counter = provider.get_meter("t").create_counter(semconv.PIPELINE_RUN_ERRORS.name, unit="{run}")
+        counter = meter_provider.get_meter("t").create_counter(semconv.PIPELINE_RUN_ERRORS.name, unit="{run}")
         counter.add(1, {semconv.PIPELINE_NAME: "p"})
         counter.add(2, {semconv.PIPELINE_NAME: "p", semconv.ERROR_TYPE: "timeout"})
         values = {
@@ -156,12 +149,12 @@ class TestServer:
         )
 
     def test_an_injected_registry_is_served_and_released_on_close(
-        self, reader: PrometheusMetricReader, provider: MeterProvider
+        self, metric_reader: PrometheusMetricReader, meter_provider: MeterProvider
     ) -> None:
         """The bridge registers on the given registry and unregisters on (idempotent) close."""
         registry = CollectorRegistry()
-        provider.get_meter("t").create_counter("x.y", unit="s").add(3)
-        server = start_metrics_server(reader, port=0, registry=registry)
+        meter_provider.get_meter("t").create_counter("x.y", unit="s").add(3)
+        server = start_metrics_server(metric_reader, port=0, registry=registry)
         try:
             assert [s.value for s in scrape(server) if s.name == "x_y_seconds_total"] == [3.0]
         finally:
@@ -170,7 +163,7 @@ class TestServer:
         assert list(registry.collect()) == []
 
     def test_a_busy_port_raises_naming_it_and_how_to_choose_another(
-        self, reader: PrometheusMetricReader
+        self, metric_reader: PrometheusMetricReader
     ) -> None:
         """start_metrics_server on a port in use raises an OSError that names the port and the fix."""
         registry = CollectorRegistry()
@@ -179,7 +172,7 @@ class TestServer:
             busy.listen()
             port = busy.getsockname()[1]
             with pytest.raises(OSError) as caught:
-                start_metrics_server(reader, port=port, registry=registry)
+                start_metrics_server(metric_reader, port=port, registry=registry)
         assert (caught.value.errno, caught.value.strerror, list(registry.collect())) == (
             errno.EADDRINUSE,
             f"127.0.0.1:{port} is already in use (by another process, or an earlier setup() in this one); "
@@ -189,11 +182,11 @@ class TestServer:
         )
 
     def test_after_reader_shutdown_the_scrape_is_empty(
-        self, reader: PrometheusMetricReader, provider: MeterProvider, server: MetricsServer
+        self, metric_reader: PrometheusMetricReader, meter_provider: MeterProvider, server: MetricsServer
     ) -> None:
         """A shut-down meter provider yields an empty, still valid, scrape."""
-        provider.get_meter("t").create_counter("c").add(1)
-        provider.shutdown()
+        meter_provider.get_meter("t").create_counter("c").add(1)
+        meter_provider.shutdown()
         assert scrape(server) == []
 
 
@@ -255,10 +248,10 @@ class TestSeriesBound:
         assert (points, reader.series_evicted) == ({"busy": 6, "new4": 1, "new5": 1}, 4)
 
     def test_counters_and_histograms_stay_cumulative_across_scrapes(
-        self, reader: PrometheusMetricReader, provider: MeterProvider, server: MetricsServer
+        self, metric_reader: PrometheusMetricReader, meter_provider: MeterProvider, server: MetricsServer
     ) -> None:
         """Added over three scrapes, a counter shows the running total and a histogram every bucket count."""
-        meter = provider.get_meter("t")
+        meter = meter_provider.get_meter("t")
         counter = meter.create_counter("runs")
         histogram = meter.create_histogram("took", unit="s")
         for value, seconds in ((2, 0.002), (3, 0.2), (4, 7.0)):
