@@ -58,18 +58,16 @@ class RaisingSink:
         raise OSError("disk full")
 
 
+def run_events(*stage_events: str, end: str = "completed") -> list[str]:
+    """The event types of a run, in order: created, started, then ``stage.<e>`` for each of ``stage_events``
+    (``"a.started"`` and so on), then ``pipeline.<end>``."""
+    return ["pipeline.created", "pipeline.started", *(f"stage.{e}" for e in stage_events), f"pipeline.{end}"]
+
+
 CHAIN = (
     Pipeline(name="chain").with_stage("a", ok_stage(), E).with_stage("b", ok_stage(), E, dependencies=("a",))
 )
-CHAIN_EVENTS = [
-    "pipeline.created",
-    "pipeline.started",
-    "stage.a.started",
-    "stage.a.completed",
-    "stage.b.started",
-    "stage.b.completed",
-    "pipeline.completed",
-]
+CHAIN_EVENTS = run_events("a.started", "a.completed", "b.started", "b.completed")
 """The events of a successful ``CHAIN`` run, in order."""
 
 
@@ -90,15 +88,9 @@ class TestSequences:
         )
         with pytest.raises(PipelineFailedError):
             await graph.run(make_ctx(sink=sink))
-        assert sink.types == [
-            "pipeline.created",
-            "pipeline.started",
-            "stage.a.started",
-            "stage.a.completed",
-            "stage.boom.started",
-            "stage.boom.failed",
-            "pipeline.failed",
-        ]
+        assert sink.types == run_events(
+            "a.started", "a.completed", "boom.started", "boom.failed", end="failed"
+        )
 
     async def test_skip(self, sink: InMemoryEventSink) -> None:
         """A skip emits ``stage.x.skipped``; a conditional dependent is skipped without starting."""
@@ -110,16 +102,7 @@ class TestSequences:
             .build()
         )
         await graph.run(make_ctx(sink=sink))
-        assert sink.types == [
-            "pipeline.created",
-            "pipeline.started",
-            "stage.a.started",
-            "stage.a.skipped",
-            "stage.c.skipped",
-            "stage.d.started",
-            "stage.d.completed",
-            "pipeline.completed",
-        ]
+        assert sink.types == run_events("a.started", "a.skipped", "c.skipped", "d.started", "d.completed")
         assert sink.of_type("stage.a.skipped")[0].data["reason"] == "nothing to do"
         conditional = sink.of_type("stage.c.skipped")[0].data
         assert (conditional["reason"], conditional["duration"]) == ("dependency 'a' was skipped", 0.0)
@@ -138,13 +121,7 @@ class TestSequences:
         )
         with pytest.raises(PipelineCancelledError):
             await graph.run(make_ctx(sink=sink))
-        assert sink.types == [
-            "pipeline.created",
-            "pipeline.started",
-            "stage.stop.started",
-            "stage.stop.cancelled",
-            "pipeline.cancelled",
-        ]
+        assert sink.types == run_events("stop.started", "stop.cancelled", end="cancelled")
         assert sink.events[-2].data["reason"] == "done early"
 
     async def test_retry(self, sink: InMemoryEventSink) -> None:
@@ -160,15 +137,7 @@ class TestSequences:
 
         policy = RetryPolicy(initial_delay=0.5, jitter=0, sleep=no_sleep)
         await Pipeline().with_stage("a", flaky, E, retry=policy).build().run(make_ctx(sink=sink))
-        assert sink.types == [
-            "pipeline.created",
-            "pipeline.started",
-            "stage.a.started",
-            "stage.a.retrying",
-            "stage.a.retrying",
-            "stage.a.completed",
-            "pipeline.completed",
-        ]
+        assert sink.types == run_events("a.started", "a.retrying", "a.retrying", "a.completed")
         assert [
             (e.data["attempt"], e.data["delay"], e.data["error"]) for e in sink.of_type("stage.a.retrying")
         ] == [
@@ -372,15 +341,7 @@ class TestShippedSinks:
             await CHAIN.build().run(make_ctx(sink=LoggingEventSink()))
         records = [r for r in caplog.records if r.name == "stageflow.events"]
         lines = [json.loads(r.getMessage()) for r in records]
-        assert [line["type"] for line in lines] == [
-            "pipeline.created",
-            "pipeline.started",
-            "stage.a.started",
-            "stage.a.completed",
-            "stage.b.started",
-            "stage.b.completed",
-            "pipeline.completed",
-        ]
+        assert [line["type"] for line in lines] == CHAIN_EVENTS
         assert {line["pipeline"] for line in lines} == {"chain"}
         assert {r.levelno for r in records} == {logging.INFO}
 
