@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from stageflow import EventSink, PipelineTimer, StageContext, StageOutput
+from stageflow import EventSink, PipelineContext, PipelineTimer, StageContext, StageOutput, StageResult
 from stageflow.context import ContextSnapshot, RunIdentity
+from stageflow.interceptors import BaseInterceptor, InterceptorResult
 from stageflow.stages import StageInputs
 
 __all__ = (
+    "AuthInterceptor",
     "FakeClock",
     "FakeSleep",
     "StageFn",
@@ -184,3 +186,19 @@ def missing_names(table: Mapping[str, Iterable[str]]) -> list[str]:
         for name in names
         if not hasattr(importlib.import_module(module), name)
     ]
+
+
+class AuthInterceptor(BaseInterceptor):
+    """The README's example interceptor (stageflow-core 0.9.1's too), verbatim: it blocks each stage unless
+    the run's ``data["authenticated"]`` is set."""
+
+    name = "auth"
+    priority = 5  # Lower = runs first
+
+    async def before(self, stage_name: str, ctx: PipelineContext) -> InterceptorResult | None:
+        if not ctx.data.get("authenticated"):
+            return InterceptorResult(stage_ran=False, error="Not authenticated")
+        return None
+
+    async def after(self, stage_name: str, result: StageResult, ctx: PipelineContext) -> None:
+        pass

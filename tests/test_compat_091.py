@@ -45,6 +45,8 @@ from stageflow import (
 from stageflow.context import ContextSnapshot, RunIdentity
 from stageflow.stages import UndeclaredDependencyError
 
+from ._support import AuthInterceptor
+
 USER = UUID("00000000-0000-4000-8000-000000000001")
 ORG = UUID("00000000-0000-4000-8000-000000000002")
 
@@ -123,21 +125,6 @@ class AuditInterceptor(BaseInterceptor):
             self.completed.append(stage_name)
         elif result.status == "failed":
             self.failed.append(stage_name)
-
-
-class AuthInterceptor(BaseInterceptor):
-    """The 0.9.1 README's interceptor."""
-
-    name = "auth"
-    priority = 5
-
-    async def before(self, stage_name: str, ctx: PipelineContext) -> InterceptorResult | None:
-        if not ctx.data.get("authenticated"):
-            return InterceptorResult(stage_ran=False, error="Not authenticated")
-        return None
-
-    async def after(self, stage_name: str, result: StageResult, ctx: PipelineContext) -> None:
-        pass
 
 
 def entry_context(*, sink: EventSink | None = None) -> StageContext:

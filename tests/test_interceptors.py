@@ -33,7 +33,7 @@ from stageflow.interceptors import (
     RunNext,
 )
 
-from ._support import VAR, cancel_once_started, make_ctx, ok_stage
+from ._support import VAR, AuthInterceptor, cancel_once_started, make_ctx, ok_stage
 
 W = StageKind.WORK
 
@@ -72,20 +72,6 @@ def logging_stage(log: list[str]) -> CallNext:
         return StageOutput.ok(n=1)
 
     return stage
-
-
-# The seed README's example, verbatim.
-class AuthInterceptor(BaseInterceptor):
-    name = "auth"
-    priority = 5  # Lower = runs first
-
-    async def before(self, stage_name: str, ctx: PipelineContext) -> InterceptorResult | None:
-        if not ctx.data.get("authenticated"):
-            return InterceptorResult(stage_ran=False, error="Not authenticated")
-        return None
-
-    async def after(self, stage_name: str, result: StageResult, ctx: PipelineContext) -> None:
-        pass
 
 
 class TestOrdering:
