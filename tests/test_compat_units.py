@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
@@ -67,6 +68,13 @@ def full_snapshot() -> ContextSnapshot:
         metadata={"k": "v"},
         created_at=CREATED,
     )
+
+
+def type_error_of(call: Callable[[], object]) -> str:
+    """The message of the ``TypeError`` that ``call()`` raises."""
+    with pytest.raises(TypeError) as caught:
+        call()
+    return str(caught.value)
 
 
 def compat_context(**extra: Any) -> PipelineContext:
@@ -196,9 +204,9 @@ class TestPipelineContext:
 
     def test_snapshot_and_id_keywords_do_not_mix(self) -> None:
         """Ids next to a snapshot are refused, naming the keywords and the fix."""
-        with pytest.raises(TypeError) as caught:
-            PipelineContext(snapshot=ContextSnapshot(), user_id=USR, topology="t")
-        assert str(caught.value) == (
+        assert type_error_of(
+            lambda: PipelineContext(snapshot=ContextSnapshot(), user_id=USR, topology="t")
+        ) == (
             "PipelineContext got snapshot= together with user_id=, topology=; the ids, topology and "
             "execution_mode come from the snapshot (its RunIdentity): pass either the snapshot or those "
             "keywords"
@@ -206,9 +214,7 @@ class TestPipelineContext:
 
     def test_unknown_keyword(self) -> None:
         """A keyword neither form has is refused, listing the ones there are."""
-        with pytest.raises(TypeError) as caught:
-            PipelineContext(user=USR)  # type: ignore[call-arg]
-        assert str(caught.value) == (
+        assert type_error_of(lambda: PipelineContext(user=USR)) == (  # type: ignore[call-arg]
             "PipelineContext() got an unexpected keyword argument 'user'; it takes snapshot, graph, "
             "event_sink, timer, data, pipeline_run_id, request_id, session_id, user_id, org_id, "
             "interaction_id, topology, configuration, execution_mode, service, db, canceled, artifacts, "

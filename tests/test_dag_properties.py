@@ -102,10 +102,7 @@ class TestRandomDags:
     @given(dag=dags())
     def test_topological_order(self, dag: Dag) -> None:
         """``topological_order`` lists every stage once, after all of its dependencies."""
-        pipeline = Pipeline()
-        for name, deps in dag.items():
-            pipeline = pipeline.with_stage(name, _noop, StageKind.WORK, dependencies=deps)
-        order = pipeline.build().topological_order
+        order = pipeline_of(dag).build().topological_order
         assert sorted(order) == sorted(dag)
         position = {name: i for i, name in enumerate(order)}
         assert all(position[d] < position[name] for name, deps in dag.items() for d in deps)
@@ -113,6 +110,14 @@ class TestRandomDags:
 
 async def _noop(ctx: StageContext) -> StageOutput:
     return StageOutput.ok()
+
+
+def pipeline_of(dag: Dag) -> Pipeline:
+    """A pipeline of no-op stages wired as ``dag`` says."""
+    pipeline = Pipeline()
+    for name, deps in dag.items():
+        pipeline = pipeline.with_stage(name, _noop, StageKind.WORK, dependencies=deps)
+    return pipeline
 
 
 @st.composite
@@ -134,11 +139,8 @@ class TestRandomCycles:
     @given(dag=cyclic())
     def test_cycle_is_real(self, dag: Dag) -> None:
         """A graph with a cycle raises ``CycleError`` whose ``cycle`` is a real cycle of the graph."""
-        pipeline = Pipeline()
-        for name, deps in dag.items():
-            pipeline = pipeline.with_stage(name, _noop, StageKind.WORK, dependencies=deps)
         with pytest.raises(CycleError) as info:
-            pipeline.build()
+            pipeline_of(dag).build()
         cycle = info.value.cycle
         assert len(cycle) >= 3
         assert cycle[0] == cycle[-1]
