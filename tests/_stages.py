@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 from stageflow import Pipeline, StageContext, StageKind, StageOutput, Streaming
 
 from ._support import FakeClock
 
-__all__ = ("T", "boom", "diamond", "fail", "hang", "hang_once_started", "ok", "skip", "sync_voice", "voice")
+__all__ = (
+    "E",
+    "R",
+    "T",
+    "W",
+    "boom",
+    "chain",
+    "diamond",
+    "fail",
+    "hang",
+    "hang_once_started",
+    "ok",
+    "skip",
+    "sync_voice",
+    "voice",
+)
 
 T = StageKind.TRANSFORM
+W = StageKind.WORK
+E = StageKind.ENRICH
+R = StageKind.ROUTE
 
 
 async def ok(ctx: StageContext) -> StageOutput:
@@ -41,10 +59,28 @@ async def hang(ctx: StageContext) -> StageOutput:
     raise AssertionError("unreachable")
 
 
-def diamond() -> Pipeline:
-    """a -> (b, c) -> d, with d fanning in from both."""
+def chain(
+    *stages: tuple[str, Any],
+    kind: StageKind = T,
+    name: str = "pipeline",
+    conditional: Collection[str] = (),
+) -> Pipeline:
+    """Pipeline ``name`` of the ``(stage name, runner)`` pairs, each of kind ``kind`` and depending on the
+    stage before it; the stages named in ``conditional`` are conditional."""
+    pipeline = Pipeline(name)
+    before: tuple[str, ...] = ()
+    for stage, runner in stages:
+        pipeline = pipeline.with_stage(
+            stage, runner, kind, dependencies=before, conditional=stage in conditional
+        )
+        before = (stage,)
+    return pipeline
+
+
+def diamond(name: str = "demo") -> Pipeline:
+    """Pipeline ``name``: a -> (b, c) -> d, with d fanning in from both."""
     return (
-        Pipeline(name="demo")
+        Pipeline(name=name)
         .with_stage("a", ok, T)
         .with_stage("b", ok, T, dependencies=("a",))
         .with_stage("c", ok, StageKind.ENRICH, dependencies=("a",))

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from stageflow import EventSink, PipelineContext, PipelineTimer, StageContext, StageOutput, StageResult
+from stageflow import (
+    EventSink,
+    PipelineContext,
+    PipelineFailedError,
+    PipelineTimer,
+    StageContext,
+    StageOutput,
+    StageResult,
+)
 from stageflow.context import ContextSnapshot, RunIdentity
 from stageflow.interceptors import BaseInterceptor, InterceptorResult
 from stageflow.stages import StageInputs
@@ -26,14 +34,18 @@ __all__ = (
     "Tee",
     "VAR",
     "cancel_once_started",
+    "cli_error",
     "exact",
     "killed_if_running",
     "local_dask_cluster",
     "make_ctx",
     "missing_names",
     "ok_stage",
+    "output_stage",
+    "raising_stage",
     "recording_stage",
     "run_cli",
+    "run_fails",
 )
 
 if TYPE_CHECKING:
@@ -74,6 +86,24 @@ def ok_stage(**values: Any) -> StageFn:
 
     async def stage(ctx: StageContext) -> StageOutput:
         return StageOutput.ok(**values)
+
+    return stage
+
+
+def output_stage(make: Callable[..., StageOutput], *args: Any, **kwargs: Any) -> StageFn:
+    """A stage function that returns ``make(*args, **kwargs)``: ``output_stage(StageOutput.skip, "why")``."""
+
+    async def stage(ctx: StageContext) -> StageOutput:
+        return make(*args, **kwargs)
+
+    return stage
+
+
+def raising_stage(error_type: type[BaseException], *args: Any) -> StageFn:
+    """A stage function that raises ``error_type(*args)``."""
+
+    async def stage(ctx: StageContext) -> StageOutput:
+        raise error_type(*args)
 
     return stage
 
@@ -153,6 +183,20 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
         status = int(exc.code or 0)
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def cli_error(capsys: pytest.CaptureFixture[str], *argv: str, status: int = 1) -> str:
+    """``stageflow ARGV`` in process, which must exit with ``status``: its stderr."""
+    got, _, err = run_cli(capsys, *argv)
+    assert got == status
+    return err
+
+
+async def run_fails(run: Awaitable[object]) -> PipelineFailedError:
+    """Await ``run``, which must raise ``PipelineFailedError`` (or a subclass): that error."""
+    with pytest.raises(PipelineFailedError) as info:
+        await run
+    return info.value
 
 
 async def cancel_once_started(run: Awaitable[object], started: asyncio.Event) -> None:

@@ -18,7 +18,7 @@ from stageflow import (
     RetriesExhaustedError,
     RetryPolicy,
     StageContext,
-    StageKind,
+    StageGraph,
     StageOutput,
     StageResult,
     StageStatus,
@@ -36,20 +36,19 @@ from stageflow.interceptors import (
     get_default_interceptors,
 )
 
-from ._stages import hang
-from ._support import FakeClock, FakeSleep, cancel_once_started, make_ctx
-
-W = StageKind.WORK
-
-
-async def ok(ctx: StageContext) -> StageOutput:
-    return StageOutput.ok(done=True)
+from ._stages import W, hang, ok
+from ._support import FakeClock, FakeSleep, StageFn, cancel_once_started, make_ctx, output_stage, run_fails
 
 
 async def run_error(graph_run: Awaitable[object]) -> BaseException:
-    with pytest.raises(PipelineFailedError) as info:
-        await graph_run
-    return info.value.error
+    return (await run_fails(graph_run)).error
+
+
+async def retried_error(body: StageFn, policy: RetryPolicy) -> BaseException:
+    """The error stage ``s`` (``body``) fails with under ``RetryInterceptor(policy)``."""
+    return await run_error(
+        Pipeline().with_stage("s", body, W).build([RetryInterceptor(policy)]).run(make_ctx())
+    )
 
 
 class TestTimeoutInterceptor:
@@ -173,6 +172,21 @@ def breaker_graph(
     return once
 
 
+async def due_for_a_trial(body: StageFn, mode: list[str]) -> tuple[CircuitBreakerInterceptor, StageGraph]:
+    """Stage ``svc`` running ``body`` behind a breaker (threshold 1, recovery 5 s): a first run, with ``mode``
+    ``["raise"]``, opens it; the recovery timeout then passes and ``mode`` becomes ``["block"]``, so the
+    next run is the trial call."""
+    clock = FakeClock()
+    breaker = CircuitBreakerInterceptor(failure_threshold=1, recovery_timeout=5, clock=clock)
+    graph = Pipeline(name="p").with_stage("svc", body, W).build([breaker])
+    mode[:] = ["raise"]
+    with pytest.raises(PipelineFailedError):
+        await graph.run(make_ctx())
+    clock.now += 5
+    mode[:] = ["block"]
+    return breaker, graph
+
+
 class TestCircuitBreakerInterceptor:
     async def test_opens_after_threshold_consecutive_failures(self) -> None:
         """Three consecutive failures (raised or returned) open the breaker, and it reports the change."""
@@ -264,10 +278,8 @@ class TestCircuitBreakerInterceptor:
 
     async def test_exactly_one_trial_call(self) -> None:
         """While the trial call runs, a concurrent call is refused; the trial's success then closes it."""
-        clock = FakeClock()
-        breaker = CircuitBreakerInterceptor(failure_threshold=1, recovery_timeout=5, clock=clock)
         trial_started, release = asyncio.Event(), asyncio.Event()
-        mode = ["raise"]
+        mode: list[str] = []
 
         async def body(ctx: StageContext) -> StageOutput:
             if mode[0] == "raise":
@@ -276,11 +288,7 @@ class TestCircuitBreakerInterceptor:
             await release.wait()
             return StageOutput.ok()
 
-        graph = Pipeline(name="p").with_stage("svc", body, W).build([breaker])
-        with pytest.raises(PipelineFailedError):
-            await graph.run(make_ctx())
-        clock.now += 5
-        mode[0] = "block"
+        breaker, graph = await due_for_a_trial(body, mode)
         trial = asyncio.create_task(graph.run(make_ctx()))
         async with asyncio.timeout(5):
             await trial_started.wait()
@@ -295,10 +303,8 @@ class TestCircuitBreakerInterceptor:
 
     async def test_cancelled_trial_leaves_half_open_for_the_next_call(self) -> None:
         """A cancelled trial call does not decide the state; the next call becomes the trial."""
-        clock = FakeClock()
-        breaker = CircuitBreakerInterceptor(failure_threshold=1, recovery_timeout=5, clock=clock)
         started = asyncio.Event()
-        mode = ["raise"]
+        mode: list[str] = []
 
         async def body(ctx: StageContext) -> StageOutput:
             if mode[0] == "raise":
@@ -308,11 +314,7 @@ class TestCircuitBreakerInterceptor:
                 await asyncio.Event().wait()
             return StageOutput.ok()
 
-        graph = Pipeline(name="p").with_stage("svc", body, W).build([breaker])
-        with pytest.raises(PipelineFailedError):
-            await graph.run(make_ctx())
-        clock.now += 5
-        mode[0] = "block"
+        breaker, graph = await due_for_a_trial(body, mode)
         await cancel_once_started(graph.run(make_ctx()), started)
         assert breaker.state("svc", "p") is CircuitState.HALF_OPEN
         mode[0] = "ok"
@@ -417,8 +419,7 @@ class TestRetryInterceptor:
             raise ConnectionError(f"try {ctx.attempt}")
 
         policy = RetryPolicy(max_attempts=2, initial_delay=1, jitter=0, sleep=sleep)
-        graph = Pipeline().with_stage("s", body, W).build([RetryInterceptor(policy)])
-        error = await run_error(graph.run(make_ctx()))
+        error = await retried_error(body, policy)
         assert type(error) is RetriesExhaustedError
         assert str(error) == (
             "stage 's' failed after 2 attempts (last: ConnectionError: try 2); "
@@ -431,13 +432,8 @@ class TestRetryInterceptor:
 
     async def test_retry_output_exhausted(self) -> None:
         """A stage that keeps returning StageOutput.retry fails with RetriesExhaustedError."""
-
-        async def body(ctx: StageContext) -> StageOutput:
-            return StageOutput.retry("rate limited")
-
         policy = RetryPolicy(max_attempts=3, initial_delay=0.5, multiplier=3, jitter=0, sleep=FakeSleep())
-        graph = Pipeline().with_stage("s", body, W).build([RetryInterceptor(policy)])
-        error = await run_error(graph.run(make_ctx()))
+        error = await retried_error(output_stage(StageOutput.retry, "rate limited"), policy)
         assert type(error) is RetriesExhaustedError
         assert str(error) == (
             "stage 's' still asked to retry after 3 attempts (last: 'rate limited'); "
@@ -454,8 +450,7 @@ class TestRetryInterceptor:
             raise ValueError("bad input")
 
         policy = RetryPolicy(retry_on=(ConnectionError,), sleep=FakeSleep())
-        graph = Pipeline().with_stage("s", body, W).build([RetryInterceptor(policy)])
-        error = await run_error(graph.run(make_ctx()))
+        error = await retried_error(body, policy)
         assert type(error) is ValueError
         assert calls == [1]
 

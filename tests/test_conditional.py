@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from stageflow import (
-    InMemoryEventSink,
-    Pipeline,
-    StageContext,
-    StageKind,
-    StageOutput,
-    StageStatus,
-)
+import pytest
 
+from stageflow import InMemoryEventSink, Pipeline, StageContext, StageOutput, StageStatus
+
+from ._stages import R, chain
 from ._support import StageFn, make_ctx, ok_stage
-
-R = StageKind.ROUTE
 
 
 async def skipper(ctx: StageContext) -> StageOutput:
@@ -84,41 +78,37 @@ class TestSkip:
         results = await graph.run(make_ctx())
         assert (results["c"].status, dict(results["c"].data)) == (StageStatus.OK, {"v": 1})
 
-    async def test_any_skipped_dependency_skips(self) -> None:
-        """One skipped dependency among several skips a conditional stage; the reason names it."""
+    @pytest.mark.parametrize(
+        ("first", "second", "dependencies", "reason"),
+        [
+            (("ok", ok_stage()), ("skipped", skipper), ("ok", "skipped"), "dependency 'skipped' was skipped"),
+            (("p", skipper), ("q", skipper), ("q", "p"), "dependency 'q' was skipped"),
+        ],
+        ids=["any-skipped-dependency-skips", "the-first-declared-is-named"],
+    )
+    async def test_a_skipped_dependency_skips_and_is_named(
+        self,
+        first: tuple[str, StageFn],
+        second: tuple[str, StageFn],
+        dependencies: tuple[str, ...],
+        reason: str,
+    ) -> None:
+        """One skipped dependency among several skips a conditional stage, and the reason names it; with
+        several skipped dependencies the reason names the first one declared."""
         graph = (
             Pipeline()
-            .with_stage("ok", ok_stage(), R)
-            .with_stage("skipped", skipper, R)
-            .with_stage("c", ok_stage(), R, dependencies=("ok", "skipped"), conditional=True)
+            .with_stage(*first, R)
+            .with_stage(*second, R)
+            .with_stage("c", ok_stage(), R, dependencies=dependencies, conditional=True)
             .build()
         )
         results = await graph.run(make_ctx())
-        assert dict(results["c"].data) == {"reason": "dependency 'skipped' was skipped"}
-
-    async def test_first_skipped_dependency_in_declaration_order_is_named(self) -> None:
-        """With several skipped dependencies the reason names the first one declared."""
-        graph = (
-            Pipeline()
-            .with_stage("p", skipper, R)
-            .with_stage("q", skipper, R)
-            .with_stage("c", ok_stage(), R, dependencies=("q", "p"), conditional=True)
-            .build()
-        )
-        results = await graph.run(make_ctx())
-        assert dict(results["c"].data) == {"reason": "dependency 'q' was skipped"}
+        assert dict(results["c"].data) == {"reason": reason}
 
     async def test_skip_propagates_through_conditional_stages_only(self) -> None:
         """Skips propagate transitively through conditional stages and stop at a non-conditional one."""
-        graph = (
-            Pipeline()
-            .with_stage("a", skipper, R)
-            .with_stage("b", ok_stage(), R, dependencies=("a",), conditional=True)
-            .with_stage("c", ok_stage(), R, dependencies=("b",), conditional=True)
-            .with_stage("d", ok_stage(), R, dependencies=("c",))
-            .with_stage("e", ok_stage(), R, dependencies=("d",), conditional=True)
-            .build()
-        )
+        stages = [("a", skipper), *((name, ok_stage()) for name in "bcde")]
+        graph = chain(*stages, kind=R, conditional={"b", "c", "e"}).build()
         results = await graph.run(make_ctx())
         assert {n: r.status.value for n, r in results.items()} == {
             "a": "skip",

@@ -20,41 +20,28 @@ from stageflow import (
     PipelineFailedError,
     RunRecord,
     SQLiteRunStore,
-    StageContext,
-    StageKind,
     StageOutput,
     StageRecord,
     TimeoutInterceptor,
 )
 from stageflow._config import config_value
 
-from ._stages import boom
-from ._support import cancel_once_started, make_ctx
-
-W = StageKind.WORK
-
-
-async def ok(ctx: StageContext) -> StageOutput:
-    return StageOutput.ok()
-
-
-async def stop(ctx: StageContext) -> StageOutput:
-    return StageOutput.cancel("user hung up")
-
-
-def diamond(name: str = "diamond") -> Pipeline:
-    return (
-        Pipeline(name=name)
-        .with_stage("a", ok, StageKind.TRANSFORM)
-        .with_stage("b", ok, StageKind.ENRICH, dependencies=("a",))
-        .with_stage("c", ok, StageKind.ENRICH, dependencies=("a",))
-        .with_stage("d", ok, StageKind.TRANSFORM, dependencies=("b", "c"))
-    )
+from ._stages import W, boom, diamond, hang_once_started, ok
+from ._support import cancel_once_started, make_ctx, output_stage
 
 
 @pytest.fixture(name="sqlite_store")
 def _sqlite_store(tmp_path: Path) -> SQLiteRunStore:
     return SQLiteRunStore(tmp_path / "runs.db")
+
+
+def write_sqlite(path: Path, *scripts: str) -> None:
+    """A SQLite database at ``path`` as ``scripts`` leave it, run in turn and committed."""
+    conn = sqlite3.connect(path)
+    for script in scripts:
+        conn.executescript(script)
+    conn.commit()
+    conn.close()
 
 
 def shape(record: RunRecord) -> tuple[str, str, list[tuple[str, str, str, int, str | None, str | None]]]:
@@ -76,7 +63,7 @@ class TestRunStores:
         assert record is not None
         assert record.run_id == str(results.run_id)
         assert shape(record) == (
-            "diamond",
+            "demo",
             "completed",
             [(name, results[name].kind.value, "ok", 1, None, None) for name in results],
         )
@@ -109,7 +96,11 @@ class TestRunStores:
 
     async def test_cancelled_runs_are_recorded(self, sqlite_store: SQLiteRunStore) -> None:
         """Runs cancelled by a stage or by the caller are recorded as cancelled with the reason."""
-        by_stage = Pipeline(name="c").with_stage("stop", stop, W).build(run_store=sqlite_store)
+        by_stage = (
+            Pipeline(name="c")
+            .with_stage("stop", output_stage(StageOutput.cancel, "user hung up"), W)
+            .build(run_store=sqlite_store)
+        )
         ctx = make_ctx()
         with pytest.raises(PipelineCancelledError):
             await by_stage.run(ctx)
@@ -117,13 +108,9 @@ class TestRunStores:
         assert record is not None and (record.status, record.error) == ("cancelled", "stop: user hung up")
 
         started = asyncio.Event()
-
-        async def wait_forever(ctx: StageContext) -> StageOutput:
-            started.set()
-            await asyncio.Event().wait()
-            raise AssertionError("unreachable")
-
-        by_caller = Pipeline(name="c").with_stage("w", wait_forever, W).build(run_store=sqlite_store)
+        by_caller = (
+            Pipeline(name="c").with_stage("w", hang_once_started(started), W).build(run_store=sqlite_store)
+        )
         ctx = make_ctx()
         await cancel_once_started(by_caller.run(ctx), started)
         record = await sqlite_store.get_run(ctx.snapshot.pipeline_run_id)
@@ -165,12 +152,12 @@ class TestRunStores:
         """A version-1 database gains the dependencies and trace id columns; its old runs read back with
         neither."""
         path = tmp_path / "v1.db"
-        conn = sqlite3.connect(path)
-        conn.executescript(V1_SCHEMA)
-        conn.execute("INSERT INTO runs VALUES ('r', 'p', 'completed', 1.0, 2.0, '[\"a\"]', NULL)")
-        conn.execute("INSERT INTO stages VALUES ('r', 0, 'a', 'work', 'ok', 1.0, 2.0, 0.0, 1, NULL, NULL)")
-        conn.commit()
-        conn.close()
+        write_sqlite(
+            path,
+            V1_SCHEMA,
+            "INSERT INTO runs VALUES ('r', 'p', 'completed', 1.0, 2.0, '[\"a\"]', NULL)",
+            "INSERT INTO stages VALUES ('r', 0, 'a', 'work', 'ok', 1.0, 2.0, 0.0, 1, NULL, NULL)",
+        )
         store = SQLiteRunStore(path)
         assert store.schema_version == 5
         old = await store.get_run("r")
@@ -191,9 +178,7 @@ class TestRunStores:
     def test_newer_schema_is_refused(self, tmp_path: Path) -> None:
         """A database written by a newer schema is refused with a clear message."""
         path = tmp_path / "new.db"
-        conn = sqlite3.connect(path)
-        conn.execute("PRAGMA user_version = 9")
-        conn.close()
+        write_sqlite(path, "PRAGMA user_version = 9")
         with pytest.raises(RuntimeError) as info:
             SQLiteRunStore(path)
         assert str(info.value) == (

@@ -11,18 +11,12 @@ from stageflow import (
     Pipeline,
     RetryPolicy,
     StageContext,
-    StageKind,
     StageOutput,
 )
 from stageflow._reporting import envelope, reporter_for
 
-from ._support import make_ctx, ok_stage
-
-E = StageKind.ENRICH
-
-
-async def no_sleep(delay: float) -> None:
-    return None
+from ._stages import E
+from ._support import FakeSleep, make_ctx, ok_stage
 
 
 class TestEnvelope:
@@ -92,7 +86,7 @@ class TestEveryEventCarriesTheRun:
         async def skipper(ctx: StageContext) -> StageOutput:
             return StageOutput.skip("nothing")
 
-        policy = RetryPolicy(max_attempts=2, initial_delay=0.0, jitter=0.0, sleep=no_sleep)
+        policy = RetryPolicy(max_attempts=2, initial_delay=0.0, jitter=0.0, sleep=FakeSleep())
         pipeline = (
             Pipeline(name="every")
             .with_stage("a", flaky, E, retry=policy)

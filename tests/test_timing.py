@@ -6,11 +6,10 @@ import asyncio
 
 import pytest
 
-from stageflow import Pipeline, RunResult, StageContext, StageKind, StageOutput
+from stageflow import Pipeline, RunResult, StageContext, StageOutput
 
+from ._stages import W, chain, skip
 from ._support import StageFn, make_ctx, ok_stage
-
-W = StageKind.WORK
 
 
 def finishes_after(other: asyncio.Event, mine: asyncio.Event | None = None) -> StageFn:
@@ -69,17 +68,8 @@ class TestTimes:
 
     async def test_auto_skipped_stage_times(self) -> None:
         """Timing invariants also hold across auto-skipped conditional stages."""
-
-        async def skip(ctx: StageContext) -> StageOutput:
-            return StageOutput.skip("no")
-
-        pipeline = (
-            Pipeline()
-            .with_stage("a", skip, W)
-            .with_stage("b", ok_stage(), W, dependencies=("a",), conditional=True)
-            .with_stage("c", ok_stage(), W, dependencies=("b",), conditional=True)
-            .with_stage("d", ok_stage(), W, dependencies=("c",))
-        )
+        stages = [("a", skip), *((name, ok_stage()) for name in "bcd")]
+        pipeline = chain(*stages, kind=W, conditional={"b", "c"})
         results = await pipeline.build().run(make_ctx())
         assert_timing_invariants(results, {s.name: s.dependencies for s in pipeline.stages.values()})
         assert results.critical_path == ("a", "b", "c", "d")
