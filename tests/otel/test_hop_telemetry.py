@@ -15,14 +15,8 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from stageflow import (
-    InMemoryEventSink,
-    Pipeline,
-    PipelineFailedError,
-    StageContext,
-    StageKind,
-    StageOutput,
-)
+from stageflow import InMemoryEventSink, Pipeline, PipelineFailedError, StageContext, StageKind, StageOutput
+from stageflow.interceptors import Interceptor
 from stageflow_otel import MetricsInterceptor, OtlpEventSink, TracingInterceptor, semconv
 from tests._support import Tee
 
@@ -30,6 +24,12 @@ from .conftest import by_name, entry_ctx, metric_points, span_event
 
 HANG_GUARD = 30.0
 """Seconds after which a wait counts as a hang (never reached when the code works)."""
+
+
+@pytest.fixture(name="interceptors")
+def _interceptors(tracer_provider: TracerProvider, meter_provider: MeterProvider) -> list[Interceptor]:
+    """A tracing and a metrics interceptor on the fresh providers."""
+    return [TracingInterceptor(tracer_provider), MetricsInterceptor(meter_provider)]
 
 
 async def fetch(ctx: StageContext) -> StageOutput:
@@ -43,9 +43,8 @@ def parse(ctx: StageContext) -> StageOutput:
 class TestDispatch:
     async def test_dispatch_time_is_on_the_span_the_event_and_the_histogram(
         self,
-        tracer_provider: TracerProvider,
+        interceptors: list[Interceptor],
         span_exporter: InMemorySpanExporter,
-        meter_provider: MeterProvider,
         metric_reader: InMemoryMetricReader,
         sink: OtlpEventSink,
     ) -> None:
@@ -55,7 +54,7 @@ class TestDispatch:
             Pipeline(name="hops")
             .with_stage("fetch", fetch, StageKind.ENRICH)
             .with_stage("parse", parse, StageKind.TRANSFORM, dependencies=("fetch",))
-            .build(interceptors=[TracingInterceptor(tracer_provider), MetricsInterceptor(meter_provider)])
+            .build(interceptors=interceptors)
         )
         stream = InMemoryEventSink()
         results = await graph.run(entry_ctx(sink=Tee(stream, sink)))
@@ -110,9 +109,8 @@ class TestCancelledWork:
     @pytest.mark.parametrize(("stoppable", "work"), [(False, "abandoned"), (True, "stopped")])
     async def test_what_became_of_the_work_is_on_the_span_the_event_and_the_counter(
         self,
-        tracer_provider: TracerProvider,
+        interceptors: list[Interceptor],
         span_exporter: InMemorySpanExporter,
-        meter_provider: MeterProvider,
         metric_reader: InMemoryMetricReader,
         sink: OtlpEventSink,
         stoppable: bool,
@@ -131,7 +129,7 @@ class TestCancelledWork:
             .with_stage("slow", slow, StageKind.TRANSFORM)
             .with_stage("fail", fail, StageKind.GUARD)
             .build(
-                interceptors=[TracingInterceptor(tracer_provider), MetricsInterceptor(meter_provider)],
+                interceptors=interceptors,
                 cancel_grace=0.05 if not stoppable else HANG_GUARD,
             )
         )
