@@ -70,17 +70,28 @@ VALID = [
 ]
 """``(variable, value, field, value read)``: one valid value of every variable."""
 
+
+def not_positive(default: int) -> str:
+    """The message tail for a value that is not a positive integer: ``default`` is used instead."""
+    return f"is not a positive integer; using {default}"
+
+
+def not_seconds(default: int) -> str:
+    """The message tail for a value that is not a number of seconds: ``default`` is used instead."""
+    return f"is not a number of seconds; using {default}"
+
+
 INVALID = [
     ("OTEL_SDK_DISABLED", "maybe", "sdk_disabled", "is not true or false; using false"),
     ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "traces.protocol", None),
     ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "udp", "logs.protocol", None),
-    ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "span_queue.capacity", "is not a positive integer; using 16384"),
-    ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "-1", "span_queue.batch_size", "is not a positive integer; using 512"),
-    ("OTEL_BSP_SCHEDULE_DELAY", "soon", "span_queue.delay_millis", "is not a positive integer; using 5000"),
-    ("OTEL_BLRP_MAX_QUEUE_SIZE", "1e3", "log_queue.capacity", "is not a positive integer; using 16384"),
-    ("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "x", "log_queue.batch_size", "is not a positive integer; using 512"),
-    ("OTEL_BLRP_SCHEDULE_DELAY", "1.5", "log_queue.delay_millis", "is not a positive integer; using 1000"),
-    ("OTEL_SPAN_LINK_COUNT_LIMIT", "many", "link_limit", "is not a positive integer; using 1024"),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "span_queue.capacity", not_positive(16384)),
+    ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "-1", "span_queue.batch_size", not_positive(512)),
+    ("OTEL_BSP_SCHEDULE_DELAY", "soon", "span_queue.delay_millis", not_positive(5000)),
+    ("OTEL_BLRP_MAX_QUEUE_SIZE", "1e3", "log_queue.capacity", not_positive(16384)),
+    ("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "x", "log_queue.batch_size", not_positive(512)),
+    ("OTEL_BLRP_SCHEDULE_DELAY", "1.5", "log_queue.delay_millis", not_positive(1000)),
+    ("OTEL_SPAN_LINK_COUNT_LIMIT", "many", "link_limit", not_positive(1024)),
     (
         "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
         "-5",
@@ -88,21 +99,11 @@ INVALID = [
         "is not a non-negative integer or 'unset'; ignored",
     ),
     ("STAGEFLOW_OTEL_MODE", "fast", "mode", None),
-    ("STAGEFLOW_OTEL_COMPLETE_TIMEOUT", "soon", "complete_timeout", "is not a number of seconds; using 10"),
+    ("STAGEFLOW_OTEL_COMPLETE_TIMEOUT", "soon", "complete_timeout", not_seconds(10)),
     ("STAGEFLOW_EVENT_LOG_RECORDS", "sometimes", "event_log_records", "is not true or false; using false"),
-    (
-        "STAGEFLOW_OTEL_MAX_EXPORT_BYTES",
-        "4MiB",
-        "max_export_bytes",
-        "is not a positive integer; using 4194304",
-    ),
+    ("STAGEFLOW_OTEL_MAX_EXPORT_BYTES", "4MiB", "max_export_bytes", not_positive(4194304)),
     ("STAGEFLOW_LOOP_MONITOR", "maybe", "loop_monitor", "is not true or false; using true"),
-    (
-        "STAGEFLOW_OTEL_WORKER_FLUSH_TIMEOUT",
-        "-1",
-        "worker_flush_timeout",
-        "is not a number of seconds; using 5",
-    ),
+    ("STAGEFLOW_OTEL_WORKER_FLUSH_TIMEOUT", "-1", "worker_flush_timeout", not_seconds(5)),
     ("OTEL_EXPORTER_PROMETHEUS_PORT", "65536", "prometheus_port", "is not a port (0 to 65535); using 9464"),
 ]
 """``(variable, bad value, field, message tail)``: the message is ``stageflow_otel: NAME='value' {tail}``
