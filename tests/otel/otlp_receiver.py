@@ -133,43 +133,36 @@ class OtlpReceiver:
         raise NotImplementedError
 
 
-class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
+class _Export:
+    """The one method of every OTLP/gRPC service: keep the request of ``kind`` unless the receiver rejects
+    it, and answer with an empty ``response``."""
+
+    kind: str
+    response: type[Any]
+
     def __init__(self, receiver: OtlpReceiver) -> None:
         self.receiver = receiver
 
-    def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
         if not self.receiver._accept():
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rejected by the test receiver")
-        self.receiver._store("traces", request)
-        return trace_service_pb2.ExportTraceServiceResponse()
+        self.receiver._store(self.kind, request)
+        return self.response()
 
 
-class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, receiver: OtlpReceiver) -> None:
-        self.receiver = receiver
-
-    def Export(
-        self, request: metrics_service_pb2.ExportMetricsServiceRequest, context: grpc.ServicerContext
-    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
-        if not self.receiver._accept():
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rejected by the test receiver")
-        self.receiver._store("metrics", request)
-        return metrics_service_pb2.ExportMetricsServiceResponse()
+class _Traces(_Export, trace_service_pb2_grpc.TraceServiceServicer):
+    kind = "traces"
+    response = trace_service_pb2.ExportTraceServiceResponse
 
 
-class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
-    def __init__(self, receiver: OtlpReceiver) -> None:
-        self.receiver = receiver
+class _Metrics(_Export, metrics_service_pb2_grpc.MetricsServiceServicer):
+    kind = "metrics"
+    response = metrics_service_pb2.ExportMetricsServiceResponse
 
-    def Export(
-        self, request: logs_service_pb2.ExportLogsServiceRequest, context: grpc.ServicerContext
-    ) -> logs_service_pb2.ExportLogsServiceResponse:
-        if not self.receiver._accept():
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rejected by the test receiver")
-        self.receiver._store("logs", request)
-        return logs_service_pb2.ExportLogsServiceResponse()
+
+class _Logs(_Export, logs_service_pb2_grpc.LogsServiceServicer):
+    kind = "logs"
+    response = logs_service_pb2.ExportLogsServiceResponse
 
 
 class GrpcReceiver(OtlpReceiver):
