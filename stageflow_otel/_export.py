@@ -42,7 +42,6 @@ import asyncio
 import inspect
 import itertools
 import logging
-import os
 import socket
 import threading
 import time
@@ -51,7 +50,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from opentelemetry import metrics
 from opentelemetry.context import Context
@@ -68,6 +67,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 import stageflow
 
 from . import semconv
+from ._threads import LoopWaiters, reinit_after_fork
 
 __all__ = (
     "Accounting",
@@ -211,11 +211,6 @@ _Feed = Callable[[], None]
 """Hands one admitted item to the SDK processor."""
 
 
-def _loop_waiter_done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 class Books:
     """Exact counts of one signal's batch pipeline: items queued, batches in flight, and every loss.
 
@@ -230,14 +225,7 @@ class Books:
         self.settings = settings
         self._lost = lost
         self._init_state()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._init_state)
-
-            def after_in_child() -> None:
-                if (reinit := ref()) is not None:
-                    reinit()
-
-            os.register_at_fork(after_in_child=after_in_child)
+        reinit_after_fork(self._init_state)
 
     def _init_state(self) -> None:
         # In a forked child the parent's queue is the parent's to export (the SDK clears its own copy).
@@ -250,7 +238,7 @@ class Books:
         self._abandoned = False
         self._stalled = False
         self._parked: deque[tuple[_Feed, int, float]] = deque()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiters = LoopWaiters()
 
     @property
     def parked(self) -> int:
@@ -307,8 +295,7 @@ class Books:
         with self._cond:
             if not self._parked or wait is None:
                 return
-            future: asyncio.Future[None] = loop.create_future()
-            self._waiters.append((loop, future))
+            future = self._waiters.add(loop)
             remaining = self._parked[0][2] + wait - time.monotonic()
         try:
             async with asyncio.timeout(max(0.0, remaining)):
@@ -317,8 +304,7 @@ class Books:
             self._expire()
         finally:
             with self._cond:
-                if (loop, future) in self._waiters:
-                    self._waiters.remove((loop, future))
+                self._waiters.discard(loop, future)
 
     def _expire(self) -> None:
         with self._cond:
@@ -332,16 +318,8 @@ class Books:
         self._parked.clear()
         if expired:
             self._stalled = True
-        self._wake_locked()
+        self._waiters.wake()
         return expired
-
-    def _wake_locked(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for loop, future in waiters:
-            try:
-                loop.call_soon_threadsafe(_loop_waiter_done, future)
-            except RuntimeError:  # that loop is closed: nobody awaits any more
-                pass
 
     def _has_room(self) -> bool:
         return self.closed or self.queued < self.settings.capacity
@@ -366,7 +344,7 @@ class Books:
                 self.queued_events += event
                 moved.append(feed)
             if not self._parked:
-                self._wake_locked()
+                self._waiters.wake()
             self._cond.notify_all()
         for feed in moved:
             try:
@@ -401,7 +379,7 @@ class Books:
             self.closed = True
             parked = list(self._parked)
             self._parked.clear()
-            self._wake_locked()
+            self._waiters.wake()
             self._cond.notify_all()
         if parked:
             self._lost(len(parked), sum(e for _, e, _ in parked), "shutdown")
@@ -640,14 +618,7 @@ class Guard:
         self.aborted = False
         self._shut = False
         self._lock = threading.Lock()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._after_fork)
-
-            def after_in_child() -> None:
-                if (reinit := ref()) is not None:
-                    reinit()
-
-            os.register_at_fork(after_in_child=after_in_child)
+        reinit_after_fork(self._after_fork)
 
     def _after_fork(self) -> None:
         # The child inherits the OTLP/HTTP exporter's pooled keep-alive sockets; sharing one connection
@@ -694,16 +665,13 @@ class _Kind:
     """What differs between exporting spans and exporting log records."""
 
     signal: Signal
-    success: Any
-    failure: Any
+    result: type[SpanExportResult] | type[LogRecordExportResult]
     estimate: Callable[[Any], int]
     size: Callable[[Any], int]
 
 
-_SPANS = _Kind("traces", SpanExportResult.SUCCESS, SpanExportResult.FAILURE, _span_estimate, _span_size)
-_LOG_RECORDS = _Kind(
-    "logs", LogRecordExportResult.SUCCESS, LogRecordExportResult.FAILURE, _record_estimate, _record_size
-)
+_SPANS = _Kind("traces", SpanExportResult, _span_estimate, _span_size)
+_LOG_RECORDS = _Kind("logs", LogRecordExportResult, _record_estimate, _record_size)
 
 
 class CountingExporter(SpanExporter, LogRecordExporter):
@@ -737,23 +705,24 @@ class CountingExporter(SpanExporter, LogRecordExporter):
 
     def export(self, batch: Sequence[Any]) -> Any:
         kind = self._kind
+        success, failure = kind.result.SUCCESS, kind.result.FAILURE
         token = self._books.taken(len(batch), _events_in(batch))
         chunks, oversized = self._requests(batch, self.max_bytes)
         self._books.lose(token, len(oversized), _events_in(oversized), "too_large")
         ok = True
         for chunk in chunks:
-            result = kind.failure
+            result = failure
             if not self.guard.aborted:
                 try:
                     result = self._inner.export(chunk)
                 except Exception:
                     logger.debug("stageflow_otel: %s export raised", kind.signal, exc_info=True)
-            if result is not kind.success:
+            if result is not success:
                 ok = False
                 self.guard.accounting.failed(kind.signal)
                 self._books.lose(token, len(chunk), _events_in(chunk), self.guard.failure_cause)
         self._books.settled(token, None)
-        return kind.success if ok and not oversized else kind.failure
+        return success if ok and not oversized else failure
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         self.guard.shutdown(timeout_millis)
@@ -806,22 +775,40 @@ class CountingMetricExporter(MetricExporter):
 # --------------------------------------------------------------------------- processor wrappers
 
 
-class BoundedSpanProcessor(SpanProcessor):
+_Batch = TypeVar("_Batch", BatchSpanProcessor, BatchLogRecordProcessor)
+
+
+class _Bounded(Generic[_Batch]):
+    """The SDK's batch processor ``batch`` feeding ``exporter``, its queue bounded exactly by ``books``
+    (no silent drop): what both bounded processors share."""
+
+    def __init__(self, batch: type[_Batch], exporter: CountingExporter, books: Books) -> None:
+        self._books = books
+        settings = books.settings
+        self._inner: _Batch = batch(
+            exporter,
+            max_queue_size=settings.capacity + settings.batch_size,
+            schedule_delay_millis=settings.delay_millis,
+            max_export_batch_size=settings.batch_size,
+        )
+
+    def shutdown(self) -> None:
+        self._books.close()
+        self._inner.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class BoundedSpanProcessor(_Bounded[BatchSpanProcessor], SpanProcessor):
     """A ``BatchSpanProcessor`` whose queue is bounded exactly by ``books`` (no silent drop).
 
     Also counts the links each ended span lost to the span limits (``stageflow.telemetry.links.dropped``).
     """
 
     def __init__(self, exporter: CountingExporter, books: Books, accounting: Accounting) -> None:
-        self._books = books
+        super().__init__(BatchSpanProcessor, exporter, books)
         self._accounting = accounting
-        settings = books.settings
-        self._inner = BatchSpanProcessor(
-            exporter,
-            max_queue_size=settings.capacity + settings.batch_size,
-            schedule_delay_millis=settings.delay_millis,
-            max_export_batch_size=settings.batch_size,
-        )
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         return None
@@ -834,38 +821,17 @@ class BoundedSpanProcessor(SpanProcessor):
         if self._books.admit(feed=partial(self._inner.on_end, span)):
             self._inner.on_end(span)
 
-    def shutdown(self) -> None:
-        self._books.close()
-        self._inner.shutdown()  # type: ignore[no-untyped-call]
 
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._inner.force_flush(timeout_millis)
-
-
-class BoundedLogProcessor(LogRecordProcessor):
+class BoundedLogProcessor(_Bounded[BatchLogRecordProcessor], LogRecordProcessor):
     """A ``BatchLogRecordProcessor`` whose queue is bounded exactly by ``books`` (no silent drop)."""
 
     def __init__(self, exporter: CountingExporter, books: Books) -> None:
-        self._books = books
-        settings = books.settings
-        self._inner = BatchLogRecordProcessor(
-            exporter,
-            max_queue_size=settings.capacity + settings.batch_size,
-            schedule_delay_millis=settings.delay_millis,
-            max_export_batch_size=settings.batch_size,
-        )
+        super().__init__(BatchLogRecordProcessor, exporter, books)
 
     def on_emit(self, log_record: ReadWriteLogRecord) -> None:
         event = semconv.EVENT_TYPE in (log_record.log_record.attributes or {})
         if self._books.admit(event, feed=partial(self._inner.on_emit, log_record)):
             self._inner.on_emit(log_record)
-
-    def shutdown(self) -> None:
-        self._books.close()
-        self._inner.shutdown()  # type: ignore[no-untyped-call]
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._inner.force_flush(timeout_millis)
 
 
 # --------------------------------------------------------------------------- complete mode on the loop

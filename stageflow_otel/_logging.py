@@ -25,7 +25,7 @@ from opentelemetry import trace
 from structlog.typing import EventDict, WrappedLogger
 
 from stageflow import PipelineContext, RunResult, StageContext, StageInfo, StageOutput
-from stageflow.interceptors import CallNext, Interceptor, RunNext
+from stageflow.interceptors import CallNext, RunNext
 
 from . import semconv
 from ._content import (
@@ -35,11 +35,11 @@ from ._content import (
     redacted_message,
     value_length_limit,
 )
-from ._outcome import Outcome, observe_run, observe_stage
+from ._once import LogOnce
+from ._outcome import Outcome, TelemetryInterceptor, observe_run, observe_stage
 
 __all__ = ("LoggingInterceptor", "add_trace_context")
 
-_logger = logging.getLogger("stageflow_otel")
 _perf = time.perf_counter
 
 _EV = semconv.EVENTS
@@ -122,7 +122,7 @@ def _default_logger() -> Any:
     )
 
 
-class LoggingInterceptor(Interceptor):
+class LoggingInterceptor(TelemetryInterceptor):
     """Log one structured line when each run and each stage attempt starts and when it finishes.
 
     Stage lines carry ``run_id``, ``pipeline``, ``stage``, ``kind``, ``attempt``, ``trace_id`` and
@@ -140,19 +140,12 @@ class LoggingInterceptor(Interceptor):
 
     name = "logging"
     priority = 30
-    isolated = False  # never raises on its own: called without the isolation guard
-    fail_open = True  # telemetry: if it ever failed before the stage, bypassing it is safe
 
     def __init__(self, logger: Any = None, *, redact_error: ErrorRedactor = redact_error_message) -> None:
         self._log = logger if logger is not None else _default_logger()
         self._redact = redact_error
         self._limit = value_length_limit("logrecord")
-        self._failed = False
-
-    def _failed_once(self, exc: Exception) -> None:
-        if not self._failed:
-            self._failed = True
-            _logger.warning("stageflow_otel: LoggingInterceptor's logger raised %r (logged once)", exc)
+        self._failed_once = LogOnce("stageflow_otel: LoggingInterceptor's logger raised %r (logged once)")
 
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
         span_context = trace.get_current_span().get_span_context()

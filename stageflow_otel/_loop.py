@@ -22,7 +22,6 @@ record with an empty context: no exemplar points at an unrelated (or long ended)
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,10 +35,9 @@ import stageflow
 
 from . import semconv
 from ._guard import NameGuard
+from ._once import LogOnce
 
 __all__ = ("LoopTelemetry", "install")
-
-logger = logging.getLogger("stageflow_otel")
 
 _EMPTY = otel_context.Context()
 
@@ -69,7 +67,9 @@ class LoopTelemetry:
         self._names_lock = threading.Lock()  # loops of several threads may report blocks at once
         self.monitor = stageflow.LoopMonitor(on_lag=self._on_lag, on_block=self._on_block)
         self._started = False
-        self._failed_once = False
+        self._failed = LogOnce(
+            "stageflow_otel: recording the loop monitor's figures failed: %r; some are missing (logged once)"
+        )
 
     def start(self) -> None:
         """Make this monitor the process's (``stageflow.set_loop_monitor``)."""
@@ -104,15 +104,6 @@ class LoopTelemetry:
 
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self.monitor.utilization())]
-
-    def _failed(self, exc: Exception) -> None:
-        if not self._failed_once:
-            self._failed_once = True
-            logger.warning(
-                "stageflow_otel: recording the loop monitor's figures failed: %r; some are missing "
-                "(logged once)",
-                exc,
-            )
 
 
 def install(meter_provider: MeterProvider, wanted: bool) -> Callable[[], None] | None:

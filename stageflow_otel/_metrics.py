@@ -31,7 +31,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import threading
 import time
@@ -60,16 +59,17 @@ from stageflow.interceptors import (
     CallNext,
     CircuitBreakerInterceptor,
     CircuitStateChange,
-    Interceptor,
     RunNext,
 )
 
 from . import semconv
 from ._content import clean_text
 from ._guard import NameGuard as _NameGuard
+from ._once import LogOnce
 from ._outcome import (
     SKIP,
     Outcome,
+    TelemetryInterceptor,
     is_api_only,
     observe_run,
     observe_stage,
@@ -78,8 +78,6 @@ from ._outcome import (
 )
 
 __all__ = ("MetricsInterceptor",)
-
-logger = logging.getLogger("stageflow_otel")
 
 DEFAULT_MAX_STAGE_SERIES = semconv.DEFAULT_MAX_STAGE_NAMES
 """Default limit of distinct stage names on metric attributes."""
@@ -98,7 +96,7 @@ _Raised = tuple[Attributes, Outcome, float]
 """A stage attempt that raised, waiting for the run's end: its attributes, outcome and duration."""
 
 
-class MetricsInterceptor(Interceptor):
+class MetricsInterceptor(TelemetryInterceptor):
     """Record run and stage metrics (priority 20: inside ``TracingInterceptor``'s spans).
 
     Args:
@@ -121,8 +119,6 @@ class MetricsInterceptor(Interceptor):
 
     name = "metrics"
     priority = 20
-    isolated = False  # never raises on its own: called without the isolation guard
-    fail_open = True  # telemetry: if it ever failed before the stage, bypassing it is safe
 
     def __init__(
         self,
@@ -174,7 +170,10 @@ class MetricsInterceptor(Interceptor):
         m = semconv.STAGE_SKIPS
         self._skips = meter.create_counter(m.name, unit=m.unit, description=m.description)
         self._meter = meter
-        self._sdk_failed_once = False
+        self._sdk_failed = LogOnce(
+            "stageflow_otel: MetricsInterceptor: the OpenTelemetry SDK raised %r; some measurements are "
+            "missing, the pipeline is unaffected (logged once)"
+        )
         self._stage_attrs: dict[tuple[str, str, str], dict[str, AttributeValue]] = {}
         # a stage's attributes with each result, keyed by the id of its base attributes (kept alive here)
         self._finished_attrs: dict[int, tuple[Attributes, dict[str, Attributes]]] = {}
@@ -262,15 +261,6 @@ class MetricsInterceptor(Interceptor):
             self._stage_duration.record(duration, attrs)
         except Exception as exc:  # C9: never replaces the stage's output, error or cancellation
             self._sdk_failed(exc)
-
-    def _sdk_failed(self, exc: Exception) -> None:
-        if not self._sdk_failed_once:
-            self._sdk_failed_once = True
-            logger.warning(
-                "stageflow_otel: MetricsInterceptor: the OpenTelemetry SDK raised %r; some measurements "
-                "are missing, the pipeline is unaffected (logged once)",
-                exc,
-            )
 
     # ----------------------------------------------------------------------------------------- run
 

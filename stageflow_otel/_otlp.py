@@ -22,7 +22,7 @@ import logging
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
@@ -467,23 +467,19 @@ def _http(signal: _Signal, endpoint: str, session: Any) -> Any:
 
 def grpc_span_exporter(endpoint: str) -> SpanExporter:
     """The SDK's OTLP/gRPC span exporter, encoding with ``encode_spans``."""
-    exporter: SpanExporter = _grpc(_TRACES, endpoint)
-    return exporter
+    return cast(SpanExporter, _grpc(_TRACES, endpoint))
 
 
 def http_span_exporter(endpoint: str, session: Any) -> SpanExporter:
     """The SDK's OTLP/HTTP span exporter, sending ``encode_spans``'s bytes."""
-    exporter: SpanExporter = _http(_TRACES, endpoint, session)
-    return exporter
+    return cast(SpanExporter, _http(_TRACES, endpoint, session))
 
 
 def grpc_log_exporter(endpoint: str) -> LogRecordExporter:
     """The SDK's OTLP/gRPC log record exporter, encoding with ``encode_logs``."""
-    exporter: LogRecordExporter = _grpc(_LOGS, endpoint)
-    return exporter
+    return cast(LogRecordExporter, _grpc(_LOGS, endpoint))
 
 
 def http_log_exporter(endpoint: str, session: Any) -> LogRecordExporter:
     """The SDK's OTLP/HTTP log record exporter, sending ``encode_logs``'s bytes."""
-    exporter: LogRecordExporter = _http(_LOGS, endpoint, session)
-    return exporter
+    return cast(LogRecordExporter, _http(_LOGS, endpoint, session))

@@ -22,7 +22,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 from functools import partial
@@ -38,12 +37,12 @@ import stageflow
 from . import semconv
 from ._content import ErrorRedactor, clean_text, redact_error_message
 from ._guard import NameGuard
+from ._once import LogOnce
 from ._settings import event_length_limit, event_log_records
 from ._taxonomy import TaxonomyEvent, describe
+from ._threads import LoopWaiters, reinit_after_fork
 
 __all__ = ("OtlpEventSink",)
-
-logger = logging.getLogger("stageflow_otel")
 
 _Item = tuple[TaxonomyEvent, "dict[str, Any] | None", otel_context.Context, int]
 
@@ -52,11 +51,6 @@ _monotonic = time.monotonic
 
 DEFAULT_MAX_SERIES = 200
 """Default limit of distinct stage names, and of pipeline names, on ``stageflow.events.emitted``."""
-
-
-def _done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _severity(outcome: str) -> tuple[SeverityNumber, str]:
@@ -197,19 +191,15 @@ class OtlpEventSink:
         # Counted on the loop in a dict, reported when a reader collects: exact, and a dict update per
         # event instead of an SDK measurement.
         self._counts: dict[tuple[str, str | None, str | None], int] = {}
-        self._pipeline_names = NameGuard(
-            "pipeline",
-            max_series,
-            semconv.DEFAULT_NAME_IDLE_TIMEOUT,
-            option="max_series",
-            on_evict=partial(self._forget, 1),
-        )
-        self._stage_names = NameGuard(
-            "stage",
-            max_series,
-            semconv.DEFAULT_NAME_IDLE_TIMEOUT,
-            option="max_series",
-            on_evict=partial(self._forget, 2),
+        self._pipeline_names, self._stage_names = (
+            NameGuard(
+                what,
+                max_series,
+                semconv.DEFAULT_NAME_IDLE_TIMEOUT,
+                option="max_series",
+                on_evict=partial(self._forget, position),  # the names' place in the keys of ``_counts``
+            )
+            for position, what in ((1, "pipeline"), (2, "stage"))
         )
         metric = semconv.STAGE_ABANDONED
         self._abandoned_counter = meter.create_counter(
@@ -228,16 +218,11 @@ class OtlpEventSink:
         self._closed = False
         self._dropped = 0
         self._by_cause: dict[str, int] = dict.fromkeys(semconv.DROP_CAUSES, 0)
-        self._failed_once = False
+        self._report = LogOnce(
+            "stageflow_otel: the OTLP event sink failed (further failures not logged): %r", logging.ERROR
+        )
         self._init_threading()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._init_threading)
-
-            def after_in_child() -> None:
-                if (reinit := ref()) is not None:
-                    reinit()
-
-            os.register_at_fork(after_in_child=after_in_child)
+        reinit_after_fork(self._init_threading)
 
     def _init_threading(self) -> None:
         # After fork() the child has no drain thread and copies of the parent's locks; the parent's
@@ -251,7 +236,7 @@ class OtlpEventSink:
         self._stalled = False
         self._over_since: float | None = None
         """When the buffer first went over ``max_buffer`` (events the loop may not wait for)."""
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiters = LoopWaiters()
 
     @property
     def dropped(self) -> int:
@@ -366,8 +351,7 @@ class OtlpEventSink:
             since, wait = self._over_since, self._wait
             if since is None or wait is None or self._closed:
                 return
-            future: asyncio.Future[None] = loop.create_future()
-            self._waiters.append((loop, future))
+            future = self._waiters.add(loop)
         try:
             async with asyncio.timeout(max(0.0, since + wait - time.monotonic())):
                 await future
@@ -376,16 +360,7 @@ class OtlpEventSink:
                 self._stalled = True
         finally:
             with self._cond:
-                if (loop, future) in self._waiters:
-                    self._waiters.remove((loop, future))
-
-    def _wake_locked(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for loop, future in waiters:
-            try:
-                loop.call_soon_threadsafe(_done, future)
-            except RuntimeError:  # that loop is closed: nobody awaits any more
-                pass
+                self._waiters.discard(loop, future)
 
     def _count(self, event: TaxonomyEvent) -> None:
         stage = event.stage if event.kind.startswith("stage.") else None
@@ -461,7 +436,7 @@ class OtlpEventSink:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._closed = True
-            self._wake_locked()
+            self._waiters.wake()
             self._cond.notify_all()
             thread = self._thread
         if thread is None:
@@ -477,7 +452,7 @@ class OtlpEventSink:
                 self._buffer.clear()
                 self._stalled = False
                 self._over_since = None
-                self._wake_locked()
+                self._waiters.wake()
                 self._cond.notify_all()
                 if not batch and self._closed:
                     return
@@ -518,11 +493,6 @@ class OtlpEventSink:
             attributes=attributes,
             event_name=event.name,
         )
-
-    def _report(self, exc: Exception) -> None:
-        if not self._failed_once:
-            self._failed_once = True
-            logger.error("stageflow_otel: the OTLP event sink failed (further failures not logged): %r", exc)
 
     def __repr__(self) -> str:
         return (

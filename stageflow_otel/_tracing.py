@@ -68,7 +68,7 @@ from stageflow import (
     set_run_trace_id,
 )
 from stageflow import __version__ as _stageflow_version
-from stageflow.interceptors import CallNext, Interceptor, RunNext
+from stageflow.interceptors import CallNext, RunNext
 
 from . import semconv
 from ._content import (
@@ -81,7 +81,8 @@ from ._content import (
     value_length_limit,
 )
 from ._export import Backpressure, backpressure_of
-from ._outcome import Outcome, is_api_only, observe_run, observe_stage
+from ._once import LogOnce
+from ._outcome import Outcome, TelemetryInterceptor, is_api_only, observe_run, observe_stage
 from ._sink import OtlpEventSink
 from ._span import RecordedSpan, StageSpans
 from ._taxonomy import TERMINAL, TaxonomyEvent, describe
@@ -422,7 +423,7 @@ class _TracedSink:
         return f"_TracedSink({self.inner!r})"
 
 
-class TracingInterceptor(Interceptor):
+class TracingInterceptor(TelemetryInterceptor):
     """Trace every run and every stage attempt (priority 10: outermost of the OTel interceptors).
 
     Args:
@@ -449,8 +450,6 @@ class TracingInterceptor(Interceptor):
 
     name = "tracing"
     priority = 10
-    isolated = False  # never raises on its own: called without the isolation guard
-    fail_open = True  # telemetry: if it ever failed before the stage, bypassing it is safe
 
     def __init__(
         self,
@@ -480,8 +479,13 @@ class TracingInterceptor(Interceptor):
             weakref.WeakKeyDictionary()
         )
         """Per graph: the attribute length limit, then its run span's name, pipeline name and version."""
-        self._hook_failed = False
-        self._sdk_failed_once = False
+        self._hook_failed = LogOnce(
+            "stageflow_otel: capture_content hook raised %r; content not recorded (logged once)"
+        )
+        self._sdk_failed = LogOnce(
+            "stageflow_otel: TracingInterceptor: the OpenTelemetry SDK raised %r; the affected spans are "
+            "incomplete or missing, the pipeline is unaffected (logged once)"
+        )
         self._backpressure: Backpressure | None = None
         if tracer_provider is not None:
             self._resolve()
@@ -734,15 +738,6 @@ class TracingInterceptor(Interceptor):
             outcome = outcome._replace(error_type=clean_text(outcome.error_type, self._limit))
         _end_run(state, outcome, results, message)
 
-    def _sdk_failed(self, exc: Exception) -> None:
-        if not self._sdk_failed_once:
-            self._sdk_failed_once = True
-            logger.warning(
-                "stageflow_otel: TracingInterceptor: the OpenTelemetry SDK raised %r; the affected spans "
-                "are incomplete or missing, the pipeline is unaffected (logged once)",
-                exc,
-            )
-
     def _capture_content(self, span: trace.Span, stage: StageInfo, output: StageOutput) -> None:
         assert self._capture is not None
         try:
@@ -755,12 +750,7 @@ class TracingInterceptor(Interceptor):
                     }
                 )
         except Exception as exc:  # C9: a broken hook never breaks the pipeline
-            if not self._hook_failed:
-                self._hook_failed = True
-                logger.warning(
-                    "stageflow_otel: capture_content hook raised %r; content not recorded (logged once)",
-                    exc,
-                )
+            self._hook_failed(exc)
 
 
 def _clean_value(value: AttributeValue, limit: int | None) -> AttributeValue:
