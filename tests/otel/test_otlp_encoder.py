@@ -35,7 +35,7 @@ from stageflow_otel._otlp import (
     http_span_exporter,
 )
 
-from .otlp_receiver import GrpcReceiver, HttpReceiver, OtlpReceiver
+from .otlp_receiver import HttpReceiver, OtlpReceiver
 
 RESOURCE = Resource({"service.name": "encoder", "service.instance.id": "i-1"})
 SCOPE = InstrumentationScope("stageflow", "1.2.3")
@@ -303,72 +303,56 @@ def _exported(
         return list(receiver.traces)
 
 
+@pytest.fixture(name="http_receiver")
+def _http_receiver() -> Iterator[HttpReceiver]:
+    """An OTLP/HTTP receiver, stopped at teardown."""
+    receiver = HttpReceiver()
+    yield receiver
+    receiver.stop()
+
+
+def _http_exporter(receiver: OtlpReceiver) -> Any:
+    """The HTTP span exporter, on a session of its own, sending to ``receiver``."""
+    import requests
+
+    return http_span_exporter(f"{receiver.endpoint}/v1/traces", requests.Session())
+
+
 class TestExporters:
-    def test_grpc_delivers_the_sdk_encoding(self) -> None:
-        receiver = GrpcReceiver()
-        try:
-            spans = [_span(str(i), {"i": i, "s": "x"}) for i in range(5)]
+    def test_each_protocol_delivers_the_sdk_encoding(self, receiver: OtlpReceiver) -> None:
+        spans = [_span(str(i), {"i": i, "s": "x"}) for i in range(5)]
+        if receiver.protocol == "grpc":
             exporter = grpc_span_exporter(receiver.endpoint)
             assert getattr(exporter, "requests", None) is not None  # the exact split of this encoder
-            requests = _exported(receiver, exporter, spans)
-        finally:
-            receiver.stop()
+        else:
+            exporter = _http_exporter(receiver)
+            assert getattr(exporter, "direct", False) is True
+        requests = _exported(receiver, exporter, spans)
         assert [r.SerializeToString() for r in requests] == [_sdk(spans)]
 
-    def test_http_delivers_the_sdk_encoding(self) -> None:
-        import requests
-
-        receiver = HttpReceiver()
+    def test_http_rejection_is_a_failed_export(self, http_receiver: HttpReceiver) -> None:
+        http_receiver.rejecting = True
+        exporter = _http_exporter(http_receiver)
         try:
-            spans = [_span(str(i), {"i": i, "s": "x"}) for i in range(5)]
-            exporter = http_span_exporter(f"{receiver.endpoint}/v1/traces", requests.Session())
-            assert getattr(exporter, "direct", False) is True
-            requests_seen = _exported(receiver, exporter, spans)
-        finally:
-            receiver.stop()
-        assert [r.SerializeToString() for r in requests_seen] == [_sdk(spans)]
-
-    def test_http_rejection_is_a_failed_export(self) -> None:
-        import requests
-
-        receiver = HttpReceiver()
-        receiver.rejecting = True
-        try:
-            exporter = http_span_exporter(f"{receiver.endpoint}/v1/traces", requests.Session())
-            try:
-                assert exporter.export([_span()]) is SpanExportResult.FAILURE
-            finally:
-                exporter.shutdown()
-        finally:
-            receiver.stop()
-        assert receiver.rejected == 1
-
-    def test_http_after_shutdown_fails_without_sending(self) -> None:
-        import requests
-
-        receiver = HttpReceiver()
-        try:
-            exporter = http_span_exporter(f"{receiver.endpoint}/v1/traces", requests.Session())
-            exporter.shutdown()
             assert exporter.export([_span()]) is SpanExportResult.FAILURE
         finally:
-            receiver.stop()
-        assert receiver.headers == []
+            exporter.shutdown()
+        assert http_receiver.rejected == 1
 
-    def test_http_over_the_request_size_limit_is_not_sent(self) -> None:
-        import requests
+    def test_http_after_shutdown_fails_without_sending(self, http_receiver: HttpReceiver) -> None:
+        exporter = _http_exporter(http_receiver)
+        exporter.shutdown()
+        assert exporter.export([_span()]) is SpanExportResult.FAILURE
+        assert http_receiver.headers == []
 
-        receiver = HttpReceiver()
+    def test_http_over_the_request_size_limit_is_not_sent(self, http_receiver: HttpReceiver) -> None:
+        exporter = _http_exporter(http_receiver)
+        exporter._max_request_size = 64
         try:
-            exporter = http_span_exporter(f"{receiver.endpoint}/v1/traces", requests.Session())
-            exporter._max_request_size = 64  # type: ignore[attr-defined]
-            try:
-                assert exporter.export([_span(attributes={"big": "x" * 100})]) is SpanExportResult.FAILURE
-            finally:
-                exporter.shutdown()
+            assert exporter.export([_span(attributes={"big": "x" * 100})]) is SpanExportResult.FAILURE
         finally:
-            receiver.stop()
-        assert receiver.headers == []
+            exporter.shutdown()
+        assert http_receiver.headers == []
 
 
 def _records(emit: list[dict[str, Any]], scope: str = "stageflow") -> list[Any]:
@@ -460,24 +444,19 @@ class TestLogRecords:
         assert [r for req in requests for r in req] == [r for i, r in enumerate(records) if i != 2]
         assert [req.data for req in requests] == [_sdk_logs(list(req)) for req in requests]
 
-    @pytest.mark.parametrize("transport", ["grpc", "http"])
-    def test_exporters_deliver_the_sdk_encoding(self, transport: str) -> None:
+    def test_exporters_deliver_the_sdk_encoding(self, receiver: OtlpReceiver) -> None:
         import requests as http
         from opentelemetry.sdk._logs.export import LogRecordExportResult
 
         records = _records([{"body": f"r{i}", "attributes": {"i": i}} for i in range(4)])
-        receiver: OtlpReceiver = GrpcReceiver() if transport == "grpc" else HttpReceiver()
+        exporter = (
+            _otlp.grpc_log_exporter(receiver.endpoint)
+            if receiver.protocol == "grpc"
+            else _otlp.http_log_exporter(f"{receiver.endpoint}/v1/logs", http.Session())
+        )
         try:
-            exporter = (
-                _otlp.grpc_log_exporter(receiver.endpoint)
-                if transport == "grpc"
-                else _otlp.http_log_exporter(f"{receiver.endpoint}/v1/logs", http.Session())
-            )
-            try:
-                assert exporter.export(records) is LogRecordExportResult.SUCCESS
-            finally:
-                exporter.shutdown()  # type: ignore[no-untyped-call]
+            assert exporter.export(records) is LogRecordExportResult.SUCCESS
         finally:
-            receiver.stop()
+            exporter.shutdown()  # type: ignore[no-untyped-call]
         with receiver._cond:
             assert [r.SerializeToString() for r in receiver.logs] == [_sdk_logs(records)]

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from stageflow import (
@@ -74,6 +75,20 @@ async def run_concurrently(graph: StageGraph, sink: EventSink | None, n: int = R
     return await asyncio.gather(*(graph.run(entry_ctx(sink=sink)) for _ in range(n)))
 
 
+async def run_and_flush(telemetry: Telemetry) -> list[RunResult]:
+    """``RUNS`` concurrent runs of the instrumented diamond, to ``telemetry``'s event sink; its telemetry is
+    then flushed."""
+    results = await run_concurrently(instrumented(telemetry), telemetry.event_sink)
+    assert telemetry.force_flush(timeout=10.0)
+    return results
+
+
+def every_span(receiver: OtlpReceiver) -> list[Span]:
+    """The spans of ``RUNS`` runs of the diamond, once all of them arrived."""
+    assert receiver.wait_for(lambda: len(receiver.spans()) >= RUNS * (1 + len(STAGES)))
+    return receiver.spans()
+
+
 @pytest.fixture(name="telemetry")
 def _telemetry(receiver: OtlpReceiver, otel_env: pytest.MonkeyPatch) -> Iterator[Telemetry]:
     """setup() configured only through OTEL_* variables to export to ``receiver``."""
@@ -117,11 +132,8 @@ class TestOtlpExport:
         self, telemetry: Telemetry, receiver: OtlpReceiver
     ) -> None:
         """N concurrent runs arrive as N run spans, each with one span per stage, in its own trace."""
-        results = await run_concurrently(instrumented(telemetry), telemetry.event_sink)
-        assert telemetry.force_flush(timeout=10.0)
-        assert receiver.wait_for(lambda: len(receiver.spans()) >= RUNS * (1 + len(STAGES)))
-
-        spans = receiver.spans()
+        results = await run_and_flush(telemetry)
+        spans = every_span(receiver)
         runs = [s for s in spans if s.name == "pipeline demo"]
         run_ids = Counter(a.value.string_value for s in runs for a in s.attributes if a.key == semconv.RUN_ID)
         assert run_ids == Counter({str(r.run_id): 1 for r in results})
@@ -137,14 +149,12 @@ class TestOtlpExport:
         self, telemetry: Telemetry, receiver: OtlpReceiver
     ) -> None:
         """By default every event travels as a span event on its span, in order, and no log record is sent."""
-        results = await run_concurrently(instrumented(telemetry), telemetry.event_sink)
-        assert telemetry.force_flush(timeout=10.0)
-        assert receiver.wait_for(lambda: len(receiver.spans()) >= RUNS * (1 + len(STAGES)))
+        results = await run_and_flush(telemetry)
         names = {
             (_attributes(s.attributes)[semconv.RUN_ID], s.name): [
                 (e.name, _attributes(e.attributes)[semconv.EVENT_TYPE]) for e in s.events
             ]
-            for s in receiver.spans()
+            for s in every_span(receiver)
         }
         expected = {}
         for result in results:
@@ -172,8 +182,7 @@ class TestOtlpExport:
         """With log records on, every event after pipeline.created is also a log record in its run's trace,
         with the run span's id, the span event's name and its attributes plus the run id and pipeline."""
         telemetry = telemetry_with_log_records
-        await run_concurrently(instrumented(telemetry), telemetry.event_sink)
-        assert telemetry.force_flush(timeout=10.0)
+        await run_and_flush(telemetry)
         per_run = 2 + 2 * len(STAGES) + 1
         assert receiver.wait_for(lambda: len(receiver.log_records()) >= RUNS * per_run)
 
@@ -216,8 +225,7 @@ class TestOtlpExport:
 
     async def test_metrics_and_resource_arrive(self, telemetry: Telemetry, receiver: OtlpReceiver) -> None:
         """Run and stage histograms arrive under their semconv names, with the env-configured resource."""
-        await run_concurrently(instrumented(telemetry), telemetry.event_sink)
-        assert telemetry.force_flush(timeout=10.0)
+        await run_and_flush(telemetry)
         wanted = {semconv.PIPELINE_RUN_DURATION.name, semconv.STAGE_DURATION.name}
         assert receiver.wait_for(lambda: wanted <= receiver.metric_names())
         stage = next(m for m in receiver.iter_metrics() if m.name == semconv.STAGE_DURATION.name)
