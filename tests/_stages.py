@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
@@ -12,6 +13,7 @@ from ._support import FakeClock
 
 __all__ = (
     "E",
+    "Hanging",
     "R",
     "T",
     "W",
@@ -170,3 +172,27 @@ def hang_once_started(started: asyncio.Event) -> Callable[[StageContext], Awaita
         return await hang(ctx)
 
     return hang_started
+
+
+class Hanging:
+    """A stage that waits until it is cancelled, then cleans up: ``started[name]`` is set once stage ``name``
+    waits; its cleanup sets ``cleaning[name]``, awaits (a cleanup that itself awaits), waits for ``release``
+    if one is given, and then adds the stage's name to ``cleaned``."""
+
+    def __init__(self, release: asyncio.Event | None = None) -> None:
+        self.started: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.cleaning: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.cleaned: list[str] = []
+        self.release = release
+
+    async def __call__(self, ctx: StageContext) -> StageOutput:
+        self.started[ctx.stage_name].set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.cleaning[ctx.stage_name].set()
+            await asyncio.sleep(0)
+            if self.release is not None:
+                await self.release.wait()
+            self.cleaned.append(ctx.stage_name)
+        raise AssertionError("unreachable")

@@ -19,6 +19,7 @@ from stageflow import (
     PipelineFailedError,
     PipelineTimer,
     StageContext,
+    StageGraph,
     StageOutput,
     StageResult,
 )
@@ -36,6 +37,7 @@ __all__ = (
     "cancel_once_started",
     "cli_error",
     "exact",
+    "failed_run",
     "killed_if_running",
     "local_dask_cluster",
     "make_ctx",
@@ -246,3 +248,10 @@ class AuthInterceptor(BaseInterceptor):
 
     async def after(self, stage_name: str, result: StageResult, ctx: PipelineContext) -> None:
         pass
+
+
+async def failed_run(graph: StageGraph, ctx: StageContext | None = None) -> PipelineFailedError:
+    """Run ``graph`` (from ``ctx``, or else a fresh ``make_ctx()``), which must fail: its run error."""
+    with pytest.raises(PipelineFailedError) as info:
+        await graph.run(make_ctx() if ctx is None else ctx)
+    return info.value

@@ -17,7 +17,7 @@ from stageflow import (
 )
 
 from ._stages import T
-from ._support import VAR, StageFn, make_ctx, ok_stage, recording_stage
+from ._support import VAR, StageFn, failed_run, make_ctx, ok_stage, recording_stage
 
 
 async def run_recorded(*stages: tuple[str, int, tuple[str, ...]]) -> tuple[list[str], list[str]]:
@@ -214,9 +214,7 @@ class TestInputs:
             .with_stage("c", c, T, dependencies=("b",))
             .build()
         )
-        with pytest.raises(PipelineFailedError) as info:
-            await graph.run(make_ctx())
-        error = info.value.error
+        error = (await failed_run(graph)).error
         assert isinstance(error, UndeclaredDependencyError)
         assert str(error) == (
             "stage 'c' read the output of 'a', which is not among its dependencies ('b'); "

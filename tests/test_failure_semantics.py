@@ -24,15 +24,20 @@ from stageflow import (
     SQLiteRunStore,
     StageContext,
     StageFailedError,
+    StageGraph,
     StageKind,
     StageOutput,
     StageStatus,
 )
 
-from ._stages import boom
-from ._support import FakeSleep, StageFn, cancel_once_started, make_ctx, ok_stage
+from ._stages import Hanging, boom
+from ._support import FakeSleep, StageFn, cancel_once_started, exact, failed_run, make_ctx, ok_stage
 
 W = StageKind.WORK
+INVALID_OUTPUT = (
+    "stage 'a' returned a dict object; execute() must return a StageOutput, e.g. StageOutput.ok(key=value)"
+)
+"""What ``InvalidStageOutputError`` says of stage ``a`` returning a dict."""
 
 
 def never_called(log: list[str], name: str) -> StageFn:
@@ -43,6 +48,17 @@ def never_called(log: list[str], name: str) -> StageFn:
         return StageOutput.ok()
 
     return stage
+
+
+async def cancelled_run(
+    graph: StageGraph, message: str, sink: InMemoryEventSink | None = None
+) -> PipelineCancelledError:
+    """Run ``graph`` (reporting to ``sink``), which must end within 5 s with ``PipelineCancelledError``
+    reading exactly ``message``: that error."""
+    async with asyncio.timeout(5):
+        with pytest.raises(PipelineCancelledError, match=exact(message)) as info:
+            await graph.run(make_ctx(sink=sink))
+    return info.value
 
 
 class TestFailFast:
@@ -98,27 +114,17 @@ class TestFailFast:
 
     async def test_running_sibling_is_cancelled_and_awaited(self) -> None:
         """A failure cancels running siblings and waits for their cleanup before ``run()`` raises."""
-        sibling_started = asyncio.Event()
-        cleanup: list[str] = []
-
-        async def sibling(ctx: StageContext) -> StageOutput:
-            sibling_started.set()
-            try:
-                await asyncio.Event().wait()
-            finally:
-                await asyncio.sleep(0)  # cleanup that itself awaits still completes
-                cleanup.append("sibling finally")
-            return StageOutput.ok()
+        sibling = Hanging()  # its cleanup itself awaits, and still completes
 
         async def failing(ctx: StageContext) -> StageOutput:
-            await sibling_started.wait()
+            await sibling.started["sibling"].wait()
             raise RuntimeError("kaput")
 
         graph = Pipeline().with_stage("sibling", sibling, W).with_stage("failing", failing, W).build()
         async with asyncio.timeout(5):
             with pytest.raises(PipelineFailedError) as info:
                 await graph.run(make_ctx())
-        assert cleanup == ["sibling finally"]
+        assert sibling.cleaned == ["sibling"]
         assert {n: r.status for n, r in info.value.results.items()} == {
             "failing": StageStatus.FAIL,
             "sibling": StageStatus.CANCEL,
@@ -150,16 +156,11 @@ class TestFailFast:
             return {"x": 1}  # type: ignore[return-value]
 
         graph = Pipeline().with_stage("a", bad, W, retry=RetryPolicy(sleep=FakeSleep())).build()
-        with pytest.raises(PipelineFailedError) as info:
-            await graph.run(make_ctx())
-        error = info.value.error
-        assert isinstance(error, InvalidStageOutputError)
-        assert str(error) == (
-            "stage 'a' returned a dict object; execute() must return a StageOutput, "
-            "e.g. StageOutput.ok(key=value)"
-        )
+        failure = await failed_run(graph)
+        assert isinstance(failure.error, InvalidStageOutputError)
+        assert str(failure.error) == INVALID_OUTPUT
         assert calls == [1]
-        assert info.value.results["a"].output is None
+        assert failure.results["a"].output is None
 
     async def test_invalid_output_value_reaches_no_event_or_store(self, tmp_path: Path) -> None:
         """Only the type of a non-``StageOutput`` return reaches events and the store, never its repr."""
@@ -179,16 +180,12 @@ class TestFailFast:
         record = await store.get_run(ctx.snapshot.pipeline_run_id)
         store.close()
         assert record is not None
-        expected = (
-            "stage 'a' returned a dict object; execute() must return a StageOutput, "
-            "e.g. StageOutput.ok(key=value)"
-        )
         assert (record.stage("a").error, record.error) == (
-            expected,
-            f"a: InvalidStageOutputError: {expected}",
+            INVALID_OUTPUT,
+            f"a: InvalidStageOutputError: {INVALID_OUTPUT}",
         )
-        assert str(info.value) == f"stage 'a' failed: InvalidStageOutputError: {expected}"
-        assert [e.data["error"] for e in sink.events if "error" in e.data] == [expected, expected]
+        assert str(info.value) == f"stage 'a' failed: InvalidStageOutputError: {INVALID_OUTPUT}"
+        assert [e.data["error"] for e in sink.events if "error" in e.data] == [INVALID_OUTPUT, INVALID_OUTPUT]
         assert "sk-live" not in repr([e.data for e in sink.events])
 
 
@@ -196,19 +193,10 @@ class TestStageCancel:
     async def test_cancel_output_cancels_the_run(self, sink: InMemoryEventSink) -> None:
         """``StageOutput.cancel(reason)`` ends the run with ``PipelineCancelledError`` and partial results."""
         ran: list[str] = []
-        sibling_started = asyncio.Event()
-        cleanup: list[str] = []
-
-        async def sibling(ctx: StageContext) -> StageOutput:
-            sibling_started.set()
-            try:
-                await asyncio.Event().wait()
-            finally:
-                cleanup.append("sibling")
-            return StageOutput.ok()
+        sibling = Hanging()
 
         async def stop(ctx: StageContext) -> StageOutput:
-            await sibling_started.wait()
+            await sibling.started["sibling"].wait()
             return StageOutput.cancel("user hung up")
 
         graph = (
@@ -218,18 +206,14 @@ class TestStageCancel:
             .with_stage("after", never_called(ran, "after"), W, dependencies=("stop",))
             .build()
         )
-        async with asyncio.timeout(5):
-            with pytest.raises(
-                PipelineCancelledError, match=r"^stage 'stop' cancelled the pipeline: user hung up$"
-            ) as info:
-                await graph.run(make_ctx(sink=sink))
-        assert (info.value.stage, info.value.reason) == ("stop", "user hung up")
-        assert {n: r.status for n, r in info.value.results.items()} == {
+        cancelled = await cancelled_run(graph, "stage 'stop' cancelled the pipeline: user hung up", sink)
+        assert (cancelled.stage, cancelled.reason) == ("stop", "user hung up")
+        assert {n: r.status for n, r in cancelled.results.items()} == {
             "stop": StageStatus.CANCEL,
             "sibling": StageStatus.CANCEL,
         }
         assert ran == []
-        assert cleanup == ["sibling"]
+        assert sibling.cleaned == ["sibling"]
         assert sink.of_type("pipeline.cancelled")[0].data["reason"] == "user hung up"
         assert sink.of_type("pipeline.cancelled")[0].data["stage"] == "stop"
 
@@ -237,18 +221,8 @@ class TestStageCancel:
 class TestExternalCancellation:
     async def test_cancelling_the_caller_cancels_every_stage(self, sink: InMemoryEventSink) -> None:
         """Cancelling the task awaiting ``run()`` cancels and awaits every running stage, leaving no task."""
-        started = {"a": asyncio.Event(), "b": asyncio.Event()}
-        cleanup: list[str] = []
+        hang = Hanging()
         ran: list[str] = []
-
-        async def hang(ctx: StageContext) -> StageOutput:
-            started[ctx.stage_name].set()
-            try:
-                await asyncio.Event().wait()
-            finally:
-                cleanup.append(ctx.stage_name)
-            return StageOutput.ok()
-
         graph = (
             Pipeline()
             .with_stage("a", hang, W)
@@ -259,12 +233,12 @@ class TestExternalCancellation:
         before = asyncio.all_tasks()
         task = asyncio.create_task(graph.run(make_ctx(sink=sink)))
         async with asyncio.timeout(5):
-            await started["a"].wait()
-            await started["b"].wait()
+            await hang.started["a"].wait()
+            await hang.started["b"].wait()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        assert sorted(cleanup) == ["a", "b"]
+        assert sorted(hang.cleaned) == ["a", "b"]
         assert ran == []
         assert asyncio.all_tasks() == before
         assert sink.types[-1] == "pipeline.cancelled"
@@ -277,28 +251,15 @@ class TestExternalCancellation:
 
     async def test_cancelled_again_while_stopping(self) -> None:
         """A second cancellation while stages clean up still waits for them and leaves no task behind."""
-        started = asyncio.Event()
-        in_cleanup = asyncio.Event()
         release = asyncio.Event()
-        cleanup: list[str] = []
-
-        async def slow_cleanup(ctx: StageContext) -> StageOutput:
-            started.set()
-            try:
-                await asyncio.Event().wait()
-            finally:
-                in_cleanup.set()
-                await release.wait()
-                cleanup.append("done")
-            return StageOutput.ok()
-
+        slow_cleanup = Hanging(release)
         graph = Pipeline().with_stage("a", slow_cleanup, W).build()
         before = asyncio.all_tasks()
         task = asyncio.create_task(graph.run(make_ctx()))
         async with asyncio.timeout(5):
-            await started.wait()
+            await slow_cleanup.started["a"].wait()
             task.cancel()
-            await in_cleanup.wait()
+            await slow_cleanup.cleaning["a"].wait()
             task.cancel()
             for _ in range(3):
                 await asyncio.sleep(0)
@@ -306,7 +267,7 @@ class TestExternalCancellation:
             release.set()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        assert cleanup == ["done"]
+        assert slow_cleanup.cleaned == ["a"]
         assert asyncio.all_tasks() == before
 
     async def test_stage_swallowing_cancellation_starts_no_new_stage(self) -> None:
@@ -348,12 +309,8 @@ class TestExternalCancellation:
             .with_stage("b", never_called(ran, "b"), W, dependencies=("a",))
             .build()
         )
-        async with asyncio.timeout(5):
-            with pytest.raises(
-                PipelineCancelledError, match=r"^stage 'a' cancelled the pipeline: stage task was cancelled$"
-            ) as info:
-                await graph.run(make_ctx())
-        assert info.value.results["a"].status is StageStatus.CANCEL
+        cancelled = await cancelled_run(graph, "stage 'a' cancelled the pipeline: stage task was cancelled")
+        assert cancelled.results["a"].status is StageStatus.CANCEL
         assert ran == []
 
 
@@ -387,10 +344,8 @@ class TestRetry:
             return StageOutput.retry(f"flaky {ctx.attempt}")
 
         policy = RetryPolicy(max_attempts=3, initial_delay=1.0, multiplier=3, jitter=0, sleep=sleep)
-        graph = Pipeline().with_stage("a", flaky, W, retry=policy).build()
-        with pytest.raises(PipelineFailedError) as info:
-            await graph.run(make_ctx())
-        error = info.value.error
+        failure = await failed_run(Pipeline().with_stage("a", flaky, W, retry=policy).build())
+        error = failure.error
         assert isinstance(error, RetriesExhaustedError)
         assert str(error) == (
             "stage 'a' still asked to retry after 3 attempts (last: 'flaky 3'); "
@@ -399,7 +354,7 @@ class TestRetry:
         assert (error.stage, error.attempts) == ("a", 3)
         assert attempts == [1, 2, 3]
         assert sleep.delays == [1.0, 3.0]
-        assert info.value.results["a"].attempts == 3
+        assert failure.results["a"].attempts == 3
 
     async def test_retry_without_policy(self) -> None:
         """``StageOutput.retry`` without a retry policy fails with ``RetryNotConfiguredError``."""
@@ -656,20 +611,11 @@ class TestCancelledDuringCleanup:
         """Cancelling the caller while fail-fast waits for a slow sibling still emits and records the end."""
         from stageflow import InMemoryEventSink, InMemoryRunStore, Pipeline, StageKind
 
-        cleaning, release = asyncio.Event(), asyncio.Event()
-        sibling_started = asyncio.Event()
-
-        async def slow(ctx: StageContext) -> StageOutput:
-            try:
-                sibling_started.set()
-                await asyncio.Event().wait()
-            finally:
-                cleaning.set()
-                await release.wait()  # a slow cleanup that outlives the first cancellation
-            raise AssertionError("unreachable")
+        release = asyncio.Event()
+        slow = Hanging(release)  # a slow cleanup that outlives the first cancellation
 
         async def boom(ctx: StageContext) -> StageOutput:
-            await sibling_started.wait()
+            await slow.started["slow"].wait()
             raise RuntimeError("kaput")
 
         sink, store = InMemoryEventSink(), InMemoryRunStore()
@@ -678,7 +624,7 @@ class TestCancelledDuringCleanup:
         ).build(run_store=store)
         ctx = make_ctx(sink=sink)
         task = asyncio.create_task(graph.run(ctx))
-        await cleaning.wait()
+        await slow.cleaning["slow"].wait()
         task.cancel()
         await asyncio.sleep(0)
         release.set()

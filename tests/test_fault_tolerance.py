@@ -42,6 +42,7 @@ from stageflow.interceptors import (
     RunNext,
 )
 
+from ._stages import Hanging
 from ._support import make_ctx, ok_stage
 
 W = StageKind.WORK
@@ -317,18 +318,10 @@ class TestBaseException:
     async def test_a_stage_raising_it_ends_the_run_like_a_task_group(self, error: BaseException) -> None:
         """Siblings are cancelled and awaited, the run is reported and recorded, the error re-raised."""
         sink, store = InMemoryEventSink(), InMemoryRunStore()
-        sibling_started, sibling_done = asyncio.Event(), asyncio.Event()
-
-        async def sibling(ctx: StageContext) -> StageOutput:
-            sibling_started.set()
-            try:
-                await asyncio.Event().wait()
-            finally:
-                sibling_done.set()
-            return StageOutput.ok()  # pragma: no cover - cancelled
+        sibling = Hanging()
 
         async def bad(ctx: StageContext) -> StageOutput:
-            await sibling_started.wait()
+            await sibling.started["sib"].wait()
             raise error
 
         graph = (
@@ -338,7 +331,7 @@ class TestBaseException:
         with pytest.raises(type(error)) as info:
             await no_hang(graph.run(ctx))
         assert info.value is error
-        assert sibling_done.is_set()
+        assert sibling.cleaned == ["sib"]
         assert sink.types[-1] == "pipeline.failed"
         assert sink.of_type("pipeline.failed")[0].data["stage"] == "bad"
         assert sink.of_type("stage.sib.cancelled")
