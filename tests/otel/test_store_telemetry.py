@@ -18,6 +18,9 @@ from tests._support import make_ctx
 
 from .conftest import metric_points
 
+CAUSES = ("error", "timeout", "unavailable")
+"""Why a run store drops records, as ``stageflow.store.records.dropped`` counts them (sorted)."""
+
 
 async def ok(ctx: StageContext) -> StageOutput:
     return StageOutput.ok()
@@ -77,11 +80,6 @@ class TestRunStoreMetrics:
             (dict(p.attributes or {})["stageflow.store.kind"], dict(p.attributes or {})["cause"], p.value)
             for p in dropped
             if isinstance(p, NumberDataPoint)
-        ) == [
-            ("memory", "error", 0),
-            ("memory", "timeout", 0),
-            ("memory", "unavailable", 0),
-            ("postgresql", "error", 0),
-            ("postgresql", "timeout", 2),
-            ("postgresql", "unavailable", 0),
+        ) == [("memory", cause, 0) for cause in CAUSES] + [
+            ("postgresql", cause, 2 if cause == "timeout" else 0) for cause in CAUSES
         ]
