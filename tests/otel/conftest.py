@@ -36,7 +36,7 @@ from stageflow import (
     StageKind,
 )
 from stageflow.interceptors import Interceptor
-from stageflow_otel import OtlpEventSink
+from stageflow_otel import MetricsInterceptor, OtlpEventSink, TracingInterceptor
 
 if TYPE_CHECKING:
     from .otlp_receiver import OtlpReceiver
@@ -208,3 +208,9 @@ def _log_sink(meter_provider: MeterProvider, logger_provider: LoggerProvider) ->
     sink = OtlpEventSink(meter_provider=meter_provider, logger_provider=logger_provider, log_records=True)
     yield sink
     sink.shutdown(timeout=5.0)
+
+
+@pytest.fixture(name="interceptors")
+def _interceptors(tracer_provider: TracerProvider, meter_provider: MeterProvider) -> list[Interceptor]:
+    """A tracing and a metrics interceptor on the fresh providers."""
+    return [TracingInterceptor(tracer_provider), MetricsInterceptor(meter_provider)]

@@ -10,26 +10,18 @@ pytest.importorskip("opentelemetry.sdk")
 import asyncio
 import threading
 
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from stageflow import InMemoryEventSink, Pipeline, PipelineFailedError, StageContext, StageKind, StageOutput
 from stageflow.interceptors import Interceptor
-from stageflow_otel import MetricsInterceptor, OtlpEventSink, TracingInterceptor, semconv
+from stageflow_otel import OtlpEventSink, semconv
 from tests._support import Tee
 
 from .conftest import by_name, entry_ctx, metric_points, span_event
 
 HANG_GUARD = 30.0
 """Seconds after which a wait counts as a hang (never reached when the code works)."""
-
-
-@pytest.fixture(name="interceptors")
-def _interceptors(tracer_provider: TracerProvider, meter_provider: MeterProvider) -> list[Interceptor]:
-    """A tracing and a metrics interceptor on the fresh providers."""
-    return [TracingInterceptor(tracer_provider), MetricsInterceptor(meter_provider)]
 
 
 async def fetch(ctx: StageContext) -> StageOutput:

@@ -12,7 +12,6 @@ import logging
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from stageflow import (
@@ -20,6 +19,7 @@ from stageflow import (
     PipelineContext,
     PipelineFailedError,
     RetryPolicy,
+    RunResult,
     StageContext,
     StageKind,
     StageOutput,
@@ -29,9 +29,10 @@ from stageflow.interceptors import (
     BaseInterceptor,
     CircuitBreakerInterceptor,
     ErrorAction,
+    Interceptor,
     TimeoutInterceptor,
 )
-from stageflow_otel import MetricsInterceptor, TracingInterceptor, semconv
+from stageflow_otel import MetricsInterceptor, semconv
 from tests._stages import T, boom, diamond, fail, ok, skip
 from tests._support import cancel_once_started
 
@@ -68,37 +69,46 @@ def stage_attrs(stage: str, kind: str = "transform", **extra: str) -> Attrs:
     )
 
 
+async def run_diamond(*interceptors: Interceptor) -> RunResult:
+    """One run of the diamond pipeline ``demo`` built with ``interceptors``."""
+    return await diamond().build(interceptors=list(interceptors)).run(entry_ctx())
+
+
+def chain(c: StageRunner = ok) -> Pipeline:
+    """Pipeline ``demo``: a -> b -> c -> d, every stage ``ok`` but ``c``, which runs ``c``."""
+    pipeline = Pipeline(name="demo").with_stage("a", ok, T)
+    for name, previous in (("b", "a"), ("c", "b"), ("d", "c")):
+        pipeline = pipeline.with_stage(name, c if name == "c" else ok, T, dependencies=(previous,))
+    return pipeline
+
+
 class TestStageMetrics:
     """Stage duration and wait histograms."""
 
-    async def test_stage_duration_points(
-        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+    @pytest.mark.parametrize(
+        ("metric", "result"),
+        [
+            (semconv.STAGE_DURATION.name, {"stageflow.stage.result": "success"}),
+            (semconv.STAGE_WAIT_DURATION_METRIC.name, {}),
+        ],
+        ids=["duration", "wait"],
+    )
+    async def test_stage_duration_and_wait_points(
+        self,
+        meter_provider: MeterProvider,
+        metric_reader: InMemoryMetricReader,
+        metric: str,
+        result: dict[str, str],
     ) -> None:
-        """Each stage records one duration with pipeline, name, kind and result, in the semconv buckets."""
-        graph = diamond().build(interceptors=[MetricsInterceptor(meter_provider)])
-        await graph.run(entry_ctx())
-        points = histograms(metric_reader, semconv.STAGE_DURATION.name)
+        """Each stage records one duration with pipeline, name, kind and result, and its wait once, without
+        a result attribute; both in the semconv buckets."""
+        await run_diamond(MetricsInterceptor(meter_provider))
+        points = histograms(metric_reader, metric)
         assert set(points) == {
-            stage_attrs("a", **{"stageflow.stage.result": "success"}),
-            stage_attrs("b", **{"stageflow.stage.result": "success"}),
-            stage_attrs("c", "enrich", **{"stageflow.stage.result": "success"}),
-            stage_attrs("d", **{"stageflow.stage.result": "success"}),
-        }
-        assert {p.count for p in points.values()} == {1}
-        assert {tuple(p.explicit_bounds) for p in points.values()} == {semconv.DURATION_BUCKETS}
-
-    async def test_wait_duration_points(
-        self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
-    ) -> None:
-        """Each stage records its wait once, without a result attribute."""
-        graph = diamond().build(interceptors=[MetricsInterceptor(meter_provider)])
-        await graph.run(entry_ctx())
-        points = histograms(metric_reader, semconv.STAGE_WAIT_DURATION_METRIC.name)
-        assert set(points) == {
-            stage_attrs("a"),
-            stage_attrs("b"),
-            stage_attrs("c", "enrich"),
-            stage_attrs("d"),
+            stage_attrs("a", **result),
+            stage_attrs("b", **result),
+            stage_attrs("c", "enrich", **result),
+            stage_attrs("d", **result),
         }
         assert {(p.count, tuple(p.explicit_bounds)) for p in points.values()} == {
             (1, semconv.DURATION_BUCKETS)
@@ -146,16 +156,12 @@ class TestStageMetrics:
 
     async def test_exemplars_carry_stage_span(
         self,
-        tracer_provider: TracerProvider,
+        interceptors: list[Interceptor],
         span_exporter: InMemorySpanExporter,
-        meter_provider: MeterProvider,
         metric_reader: InMemoryMetricReader,
     ) -> None:
         """Stage durations are recorded inside the stage span, so exemplars carry its trace and span id."""
-        graph = diamond().build(
-            interceptors=[MetricsInterceptor(meter_provider), TracingInterceptor(tracer_provider)]
-        )
-        await graph.run(entry_ctx())
+        await run_diamond(*interceptors)
         spans = {
             (s.attributes or {})["stageflow.stage.name"]: s
             for s in span_exporter.get_finished_spans()
@@ -184,25 +190,13 @@ class _FallBack(BaseInterceptor):
 class TestSettledStageResults:
     async def test_an_attempt_an_outer_interceptor_fell_back_from_is_a_skip(
         self,
-        tracer_provider: TracerProvider,
+        interceptors: list[Interceptor],
         span_exporter: InMemorySpanExporter,
-        meter_provider: MeterProvider,
         metric_reader: InMemoryMetricReader,
     ) -> None:
         """The stage settled as a skip: its duration says ``skip`` without ``error.type``, as its span and
         events do; the point is recorded in the run's trace."""
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("x", boom, T)
-            .build(
-                interceptors=[
-                    _FallBack(),
-                    TracingInterceptor(tracer_provider),
-                    MetricsInterceptor(meter_provider),
-                ]
-            )
-        )
-        await graph.run(entry_ctx())
+        await one_stage_graph("demo", "x", boom, _FallBack(), *interceptors).run(entry_ctx())
         points = histograms(metric_reader, semconv.STAGE_DURATION.name)
         assert set(points) == {stage_attrs("x", **{"stageflow.stage.result": "skip"})}
         (trace_id,) = {s.context.trace_id for s in span_exporter.get_finished_spans()}
@@ -305,8 +299,7 @@ class TestRunMetrics:
         self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
     ) -> None:
         """Only stages on the run's critical path record a critical-path duration of wait plus duration."""
-        graph = diamond().build(interceptors=[MetricsInterceptor(meter_provider)])
-        result = await graph.run(entry_ctx())
+        result = await run_diamond(MetricsInterceptor(meter_provider))
         points = histograms(metric_reader, semconv.STAGE_CRITICAL_PATH_DURATION.name)
         kinds = {"a": "transform", "b": "transform", "c": "enrich", "d": "transform"}
         assert set(points) == {stage_attrs(name, kinds[name]) for name in result.critical_path}
@@ -340,14 +333,7 @@ class TestCardinality:
     ) -> None:
         """Stage names past ``max_stage_series`` are recorded as ``_OTHER``, with one warning."""
         caplog.set_level(logging.WARNING, logger="stageflow_otel")
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("a", ok, T)
-            .with_stage("b", ok, T, dependencies=("a",))
-            .with_stage("c", ok, T, dependencies=("b",))
-            .with_stage("d", ok, T, dependencies=("c",))
-            .build(interceptors=[MetricsInterceptor(meter_provider, max_stage_series=2)])
-        )
+        graph = chain().build(interceptors=[MetricsInterceptor(meter_provider, max_stage_series=2)])
         await graph.run(entry_ctx())
         await graph.run(entry_ctx())
         points = histograms(metric_reader, semconv.STAGE_DURATION.name)
@@ -420,14 +406,7 @@ class TestCircuitBreakerGauge:
         breaker = CircuitBreakerInterceptor(failure_threshold=1, recovery_timeout=3600)
         metrics = MetricsInterceptor(meter_provider, max_stage_series=1)
         metrics.observe_circuit_breaker(breaker)
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("a", ok, T)
-            .with_stage("b", ok, T, dependencies=("a",))
-            .with_stage("c", boom, T, dependencies=("b",))
-            .with_stage("d", ok, T, dependencies=("c",))
-            .build(interceptors=[metrics, breaker])
-        )
+        graph = chain(c=boom).build(interceptors=[metrics, breaker])
         with pytest.raises(PipelineFailedError):
             await graph.run(entry_ctx())
         assert sums(metric_reader, semconv.CIRCUIT_BREAKER_STATE.name) == {
