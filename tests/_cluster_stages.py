@@ -14,10 +14,12 @@ from pathlib import Path
 
 from stageflow import StageContext, StageOutput
 
+from ._offload_stages import Holder, UnpicklableError, returns_lock, where
+
 __all__ = (
-    "HoldsLock",
-    "LockedError",
+    "Holder",
     "StageBroke",
+    "UnpicklableError",
     "block_outside_python",
     "emit_progress",
     "fail_now",
@@ -28,7 +30,7 @@ __all__ = (
     "raise_locked",
     "raise_stage_broke",
     "report",
-    "return_lock",
+    "returns_lock",
     "source",
     "touch_ran",
     "wait_for_release",
@@ -44,16 +46,10 @@ def _dir(ctx: StageContext) -> Path:
 
 
 def report(ctx: StageContext) -> StageOutput:
-    """Where and as what the stage ran: the process, the run identity, the attempt, its input and config,
-    the run's ``ctx.data`` as it sees it and whether it sees the run itself."""
-    assert ctx.stage is not None
+    """Where and as what the stage ran (what ``where`` reports: the process, the run identity, the attempt,
+    its input and config), plus the run's ``ctx.data`` as it sees it and whether it sees the run itself."""
     return StageOutput.ok(
-        pid=os.getpid(),
-        run_id=str(ctx.pipeline_run_id),
-        stage=ctx.stage_name,
-        attempt=ctx.attempt,
-        text=ctx.snapshot.input_text,
-        config=dict(ctx.stage.config),
+        **where(ctx).data,
         stop_requested=ctx.stop_requested,
         run_data=dict(ctx.data),
         in_run=ctx.pipeline is not None,
@@ -82,20 +78,8 @@ def raise_stage_broke(ctx: StageContext) -> StageOutput:
     raise StageBroke(f"no row for {ctx.snapshot.input_text!r}")
 
 
-class LockedError(Exception):
-    """An exception holding a lock: it cannot be pickled back from a worker."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.lock = threading.Lock()
-
-
 def raise_locked(ctx: StageContext) -> StageOutput:
-    raise LockedError("the index was locked")
-
-
-def return_lock(ctx: StageContext) -> StageOutput:
-    return StageOutput.ok(text="fine", handle=threading.Lock())
+    raise UnpicklableError("the index was locked")
 
 
 def _announce(path: Path, text: str) -> None:
@@ -126,16 +110,6 @@ def touch_ran(ctx: StageContext) -> StageOutput:
     """Write ``ran-<stage>`` when it runs."""
     (_dir(ctx) / f"ran-{ctx.stage_name}").touch()
     return StageOutput.ok()
-
-
-class HoldsLock:
-    """A sync stage class holding a lock: it cannot be sent to another process."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-
-    def execute(self, ctx: StageContext) -> StageOutput:
-        return StageOutput.ok()
 
 
 async def gate_on_started(ctx: StageContext) -> StageOutput:

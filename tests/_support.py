@@ -28,6 +28,7 @@ from stageflow.interceptors import BaseInterceptor, InterceptorResult
 from stageflow.stages import StageInputs
 
 __all__ = (
+    "MUST_PICKLE",
     "AuthInterceptor",
     "FakeClock",
     "FakeSleep",
@@ -58,6 +59,12 @@ VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset"
 
 StageFn = Callable[[StageContext], Awaitable[StageOutput]]
 """An ``async def fn(ctx) -> StageOutput`` stage."""
+
+MUST_PICKLE = (
+    "a stage sent to another process must pickle: use a module-level function or class, and keep no lambdas, "
+    "locks or open clients in its attributes or config (open them inside the stage, or run it in a thread)"
+)
+"""How every ``UnpicklableStageError`` message ends: the fix."""
 
 
 def exact(message: str) -> str:

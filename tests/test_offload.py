@@ -39,7 +39,8 @@ from stageflow._offload import default_thread_count
 from stageflow.interceptors import Interceptor, TimeoutInterceptor
 
 from . import _offload_stages as stages
-from ._support import VAR, exact, make_ctx
+from ._stages import chain
+from ._support import MUST_PICKLE, VAR, exact, make_ctx, run_fails
 
 T = StageKind.TRANSFORM
 
@@ -114,13 +115,7 @@ class TestThreads:
         shapes = []
         for runner in (twin, sync_twin):
             sink = InMemoryEventSink()
-            graph = (
-                Pipeline("p")
-                .with_stage("a", runner, T)
-                .with_stage("b", runner, T, dependencies=("a",))
-                .build()
-            )
-            result = await graph.run(make_ctx(sink=sink))
+            result = await chain(("a", runner), ("b", runner), name="p").build().run(make_ctx(sink=sink))
             shapes.append([(e.type, sorted(e.data)) for e in sink.events])
             assert result.critical_path == ("a", "b")
         async_shape, sync_shape = shapes
@@ -156,13 +151,7 @@ class TestThreads:
         async def on_loop(ctx: StageContext) -> StageOutput:
             return StageOutput.ok()
 
-        graph = (
-            Pipeline("p")
-            .with_stage("sync", where_thread, T)
-            .with_stage("async", on_loop, T, dependencies=("sync",))
-            .build()
-        )
-        result = await graph.run()
+        result = await chain(("sync", where_thread), ("async", on_loop), name="p").build().run()
         sync, loop_stage = result["sync"], result["async"]
         assert sync.dispatch > 0.0
         assert sync.run_time == sync.ended_at - sync.started_at - sync.dispatch
@@ -461,11 +450,7 @@ class TestPicklingAtBuild:
             "stage 'embed' runs on ProcessPoolExecutor, in another process, but its function (a lambda) "
             "cannot be pickled ("
         )
-        assert message.endswith(
-            "a stage sent to another process must pickle: use a module-level function or class, and keep no "
-            "lambdas, locks or open clients in its attributes or config (open them inside the stage, or run "
-            "it in a thread)"
-        )
+        assert message.endswith(MUST_PICKLE)
         assert info.value.part == "its function (a lambda)"
 
     def test_a_nested_function_is_refused(self, pool: ProcessPoolExecutor) -> None:
@@ -596,12 +581,11 @@ class TestCancellation:
             .build(interceptors=[TimeoutInterceptor()], cancel_grace=0)
         )
         try:
-            with pytest.raises(PipelineFailedError) as info:
-                await graph.run(make_ctx(sink=sink))
+            error = await run_fails(graph.run(make_ctx(sink=sink)))
         finally:
             release.set()
-        assert isinstance(info.value.error, StageTimeoutError)
-        assert info.value.results["stuck"].work == "abandoned"
+        assert isinstance(error.error, StageTimeoutError)
+        assert error.results["stuck"].work == "abandoned"
         failed = [e for e in sink.events if e.type == "stage.stuck.failed"]
         assert [(e.data["error_type"], e.data["work"]) for e in failed] == [
             ("StageTimeoutError", "abandoned")

@@ -10,7 +10,7 @@ import asyncio
 import os
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -18,27 +18,21 @@ import pytest
 
 from stageflow import (
     ExecutorError,
-    InMemoryEventSink,
     InvalidExecutorError,
     Pipeline,
-    PipelineFailedError,
-    StageKind,
     StageStatus,
-    StageTimeoutError,
-    TimeoutInterceptor,
     UnpicklableStageError,
 )
 
+from . import _cluster_cases as cases
 from . import _cluster_stages as stages
-from ._cluster_cases import BOUND, ClusterCases, start_slow_run
-from ._support import local_dask_cluster
+from ._stages import T
+from ._support import MUST_PICKLE, local_dask_cluster, run_fails
 
 pytest.importorskip("distributed", reason="needs the dask extra: pip install 'stageflow-core[dask]'")
 
 import dask
 from distributed import Client, LocalCluster
-
-T = StageKind.TRANSFORM
 
 
 def _cluster() -> LocalCluster:
@@ -73,19 +67,14 @@ def _worker_pids(client: Client) -> set[int]:
     return set(pids.values())
 
 
-class TestAcrossTheCluster(ClusterCases):
+class TestAcrossTheCluster(cases.ClusterCases):
     name = "dask"
 
 
-@pytest.fixture(name="cluster_executor")
-def _cluster_executor(dask_executor: Executor) -> Executor:
-    return dask_executor
-
-
-@pytest.fixture(name="in_worker")
-def _in_worker(worker_pids: set[int]) -> Callable[[int], bool]:
-    """A pid is a worker's when it is one of the cluster's worker processes."""
-    return worker_pids.__contains__
+@pytest.fixture(name="cluster")
+def _cluster_under_test(dask_executor: Executor, worker_pids: set[int]) -> cases.Cluster:
+    """The Dask executor; a pid is a worker's when it is one of the cluster's worker processes."""
+    return cases.Cluster(dask_executor, worker_pids.__contains__)
 
 
 class TestCluster:
@@ -126,9 +115,7 @@ class TestErrors:
         assert str(caught.value) == (
             "stage 'embed' runs on ClientExecutor, in another process, but its function (a lambda) cannot be "
             "pickled (AttributeError: Can't pickle local object "
-            "'TestErrors.test_a_lambda_is_refused_at_build.<locals>.<lambda>'); a stage sent to another "
-            "process must pickle: use a module-level function or class, and keep no lambdas, locks or open "
-            "clients in its attributes or config (open them inside the stage, or run it in a thread)"
+            "'TestErrors.test_a_lambda_is_refused_at_build.<locals>.<lambda>'); " + MUST_PICKLE
         )
 
     def test_a_shut_down_executor_is_refused_at_with_stage(self, client: Client) -> None:
@@ -143,15 +130,6 @@ class TestErrors:
         )
 
 
-def _slow_graph(tmp_path: Path, executor: Executor, *, fail_fast: bool) -> Pipeline:
-    pipeline = Pipeline("dask").with_stage(
-        "slow", stages.wait_for_release, T, config={"dir": str(tmp_path)}, executor=executor
-    )
-    if fail_fast:
-        pipeline = pipeline.with_stage("boom", stages.fail_once_started, T, config={"dir": str(tmp_path)})
-    return pipeline
-
-
 class TestCancellation:
     """Dask's executor future never reports "running", so ``future.cancel()`` always succeeds: the stage
     reports its work stopped at once, and Dask releases the task. A task already running keeps its worker
@@ -161,38 +139,21 @@ class TestCancellation:
         self, dask_executor: Executor, tmp_path: Path
     ) -> None:
         """Fail-fast cancels the Dask stage: cancelled, work "stopped", and the event says so."""
-        sink = InMemoryEventSink()
-        graph = _slow_graph(tmp_path, dask_executor, fail_fast=True).build()
+        graph = cases.slow_beside_boom("dask", tmp_path, stages.wait_for_release, dask_executor).build()
         try:
-            with pytest.raises(PipelineFailedError) as caught:
-                await asyncio.wait_for(graph.run(event_sink=sink), BOUND)
-            slow = caught.value.results["slow"]
-            assert (slow.status, slow.work, slow.error) == (StageStatus.CANCEL, "stopped", None)
-            assert str(caught.value) == "stage 'boom' failed: RuntimeError: sibling failed"
-            [cancelled] = [e for e in sink.events if e.type == "stage.slow.cancelled"]
-            assert cancelled.data["work"] == "stopped"
+            await cases.fail_fast_stops(graph)
         finally:
             (tmp_path / "release").touch()
         # the task that was already running goes on in its worker thread until it returns
-        await asyncio.wait_for(stages.file_exists(tmp_path / "finished"), BOUND)
+        await asyncio.wait_for(stages.file_exists(tmp_path / "finished"), cases.BOUND)
 
     async def test_a_timeout_stops_the_dask_stage(self, dask_executor: Executor, tmp_path: Path) -> None:
         """A ``TimeoutInterceptor`` timeout fails the Dask stage (``StageTimeoutError``), work "stopped"."""
-        graph = _slow_graph(tmp_path, dask_executor, fail_fast=False).build(
-            interceptors=[TimeoutInterceptor(default=None, per_stage={"slow": 0.2})]
-        )
         try:
-            with pytest.raises(PipelineFailedError) as caught:
-                await asyncio.wait_for(graph.run(), BOUND)
-            slow = caught.value.results["slow"]
-            assert (slow.status, slow.work, type(slow.error)) == (
-                StageStatus.FAIL,
-                "stopped",
-                StageTimeoutError,
-            )
+            await cases.a_timeout_stops_slow("dask", tmp_path, executor=dask_executor)
         finally:
             (tmp_path / "release").touch()
-        await asyncio.wait_for(stages.file_exists(tmp_path / "finished"), BOUND)
+        await asyncio.wait_for(stages.file_exists(tmp_path / "finished"), cases.BOUND)
 
 
 class TestDyingCluster:
@@ -204,18 +165,17 @@ class TestDyingCluster:
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
             cluster = _cluster()
         with cluster, _connect(cluster) as client:
-            run = await start_slow_run("dask", _executor(client), tmp_path)
+            run = await cases.start_slow_run("dask", _executor(client), tmp_path)
             os.kill(int((tmp_path / "started").read_text()), signal.SIGKILL)
-            with pytest.raises(PipelineFailedError) as caught:
-                await asyncio.wait_for(run, BOUND)
-        error = caught.value.failures["slow"]
+            caught = await run_fails(asyncio.wait_for(run, cases.BOUND))
+        error = caught.failures["slow"]
         assert type(error).__name__ == "KilledWorker"
         assert re.fullmatch(
             r"stage 'slow' failed: KilledWorker: Attempted to run task 'run_remote-[0-9a-f]+' on 1 different "
             r"workers, but all those workers died while running it\. .+",
-            str(caught.value),
+            str(caught),
         )
-        results = caught.value.results
+        results = caught.results
         assert (results["source"].status, results["source"].data["n"]) == (StageStatus.OK, 41)
         assert (results["slow"].status, results["slow"].work) == (StageStatus.FAIL, None)
 
@@ -224,17 +184,16 @@ class TestDyingCluster:
         future although the run did not), ends the run, and the stage that had finished keeps its result."""
         cluster = _cluster()
         with _connect(cluster) as client:
-            run = await start_slow_run("dask", _executor(client), tmp_path)
+            run = await cases.start_slow_run("dask", _executor(client), tmp_path)
             await asyncio.to_thread(cluster.close)
-            with pytest.raises(PipelineFailedError) as caught:
-                await asyncio.wait_for(run, BOUND)
-        error = caught.value.error
+            caught = await run_fails(asyncio.wait_for(run, cases.BOUND))
+        error = caught.error
         assert isinstance(error, ExecutorError)
         assert str(error) == (
             "stage 'slow' lost its work on its executor ClientExecutor: RuntimeError: the executor "
             "cancelled the work, although the run did not cancel it (its cluster closed or lost the task); "
             "check that the executor (its cluster) stays up for the whole run"
         )
-        results = caught.value.results
+        results = caught.results
         assert (results["source"].status, results["source"].data["n"]) == (StageStatus.OK, 41)
         assert (results["slow"].status, results["slow"].work) == (StageStatus.FAIL, None)

@@ -28,7 +28,6 @@ from stageflow import (
     StageContext,
     StageFailedError,
     StageflowError,
-    StageKind,
     StageOutput,
     StageResult,
     StageStatus,
@@ -36,10 +35,9 @@ from stageflow import (
     error_category,
 )
 
-from ._stages import boom
-from ._support import cancel_once_started, make_ctx, ok_stage
+from ._stages import E, boom, chain, hang_once_started, skip
+from ._support import FakeSleep, cancel_once_started, make_ctx, ok_stage
 
-E = StageKind.ENRICH
 C = OutcomeCategory
 
 ENDED = ("completed", "failed", "skipped", "cancelled")
@@ -230,15 +228,7 @@ class TestRunsReportOneCategory:
 
     async def test_own_skip_and_conditional_skip(self, sink: InMemoryEventSink) -> None:
         """A stage's own skip and a conditional skip are both SKIP; the run still succeeds."""
-
-        async def skipper(ctx: StageContext) -> StageOutput:
-            return StageOutput.skip("nothing to do")
-
-        pipeline = (
-            Pipeline()
-            .with_stage("a", skipper, E)
-            .with_stage("c", ok_stage(), E, dependencies=("a",), conditional=True)
-        )
+        pipeline = chain(("a", skip), ("c", ok_stage()), kind=E, conditional={"c"})
         results = await pipeline.build().run(make_ctx(sink=sink))
         assert [(n, r.category, _ended(sink, n)["category"]) for n, r in results.items()] == [
             ("a", C.SKIP, "skip"),
@@ -297,10 +287,7 @@ class TestRunsReportOneCategory:
         async def again(ctx: StageContext) -> StageOutput:
             return StageOutput.retry("again")
 
-        async def no_sleep(delay: float) -> None:
-            return None
-
-        policy = RetryPolicy(max_attempts=2, initial_delay=0.0, jitter=0.0, sleep=no_sleep)
+        policy = RetryPolicy(max_attempts=2, initial_delay=0.0, jitter=0.0, sleep=FakeSleep())
         for stage, pipeline in (
             ("fails", Pipeline().with_stage("fails", fails, E)),
             ("again", Pipeline().with_stage("again", again, E, retry=policy)),
@@ -332,11 +319,7 @@ class TestRunsReportOneCategory:
     async def test_cancel_output_and_stopped_sibling(self, sink: InMemoryEventSink) -> None:
         """A stage's cancel and a sibling the run stopped are CANCELLATION, and so is the run."""
         started = asyncio.Event()
-
-        async def waits(ctx: StageContext) -> StageOutput:
-            started.set()
-            await asyncio.Event().wait()
-            return StageOutput.ok()
+        waits = hang_once_started(started)
 
         async def stop(ctx: StageContext) -> StageOutput:
             await started.wait()
@@ -358,18 +341,15 @@ class TestRunsReportOneCategory:
     async def test_failed_run_takes_first_failing_stage(self, sink: InMemoryEventSink) -> None:
         """A failed run's category is its first failing stage's, while stopped siblings are cancellations."""
         started = asyncio.Event()
-
-        async def waits(ctx: StageContext) -> StageOutput:
-            started.set()
-            await asyncio.Event().wait()
-            return StageOutput.ok()
+        waits = hang_once_started(started)
 
         async def times_out(ctx: StageContext) -> StageOutput:
             await started.wait()
             raise SlowQueryError
 
         error = await _fail_run(
-            Pipeline().with_stage("waits", waits, E).with_stage("query", times_out, E), sink
+            Pipeline().with_stage("waits", waits, E).with_stage("query", times_out, E),
+            sink,
         )
         assert [(n, r.category) for n, r in error.results.items()] == [
             ("query", C.TIMEOUT),
@@ -384,14 +364,11 @@ class TestRunsReportOneCategory:
     async def test_caller_cancellation(self, sink: InMemoryEventSink) -> None:
         """Cancelling the caller ends the run as a CANCELLATION in its pipeline.cancelled event."""
         started = asyncio.Event()
-
-        async def waits(ctx: StageContext) -> StageOutput:
-            started.set()
-            await asyncio.Event().wait()
-            return StageOutput.ok()
+        waits = hang_once_started(started)
 
         await cancel_once_started(
-            Pipeline().with_stage("waits", waits, E).build().run(make_ctx(sink=sink)), started
+            Pipeline().with_stage("waits", waits, E).build().run(make_ctx(sink=sink)),
+            started,
         )
         assert (_ended(sink, "waits")["category"], _run_ended(sink)[0], _run_ended(sink)[1]["category"]) == (
             "cancellation",

@@ -27,7 +27,7 @@ from stageflow import (
 )
 
 from ._stages import voice
-from ._support import FakeClock, make_ctx
+from ._support import FakeClock, exact, make_ctx
 
 T = StageKind.TRANSFORM
 
@@ -487,9 +487,8 @@ class TestBuild:
     def test_bad_streaming_settings(
         self, kwargs: dict[str, Any], error: type[Exception], message: str
     ) -> None:
-        with pytest.raises(error) as info:
+        with pytest.raises(error, match=exact(message)):
             Streaming(**kwargs)
-        assert str(info.value) == message
 
 
 class TestMeasurements:

@@ -21,15 +21,14 @@ from stageflow import (
     RunRecord,
     SQLiteRunStore,
     StageContext,
-    StageKind,
     StageOutput,
     StageRecord,
     reset_run_trace_id,
     set_run_trace_id,
 )
 from stageflow.interceptors import BaseInterceptor, ErrorAction, TimeoutInterceptor
-from tests._stages import sync_voice
-from tests._support import FakeClock, make_ctx
+from tests._stages import W, hang, ok, skip, sync_voice
+from tests._support import FakeClock, make_ctx, output_stage, raising_stage
 
 AnyStore = InMemoryRunStore | SQLiteRunStore | PostgresRunStore
 
@@ -142,8 +141,8 @@ class TestRecordAndRead:
 
         graph = (
             Pipeline(name="p")
-            .with_stage("pending", pending, StageKind.WORK, executor=NeverStarts())
-            .with_stage("failing", failing, StageKind.WORK)
+            .with_stage("pending", pending, W, executor=NeverStarts())
+            .with_stage("failing", failing, W)
             .build(run_store=store, cancel_grace=0)
         )
         with pytest.raises(PipelineFailedError) as info:
@@ -191,19 +190,6 @@ class TestRecordAndRead:
         fallback and a conditional skip are skips, a timed-out stage a timeout), and the stages that
         never started, in declaration order."""
 
-        async def ok(ctx: StageContext) -> StageOutput:
-            return StageOutput.ok()
-
-        async def skipped(ctx: StageContext) -> StageOutput:
-            return StageOutput.skip(reason="nothing to do")
-
-        async def broken(ctx: StageContext) -> StageOutput:
-            raise ConnectionError("503")
-
-        async def slow(ctx: StageContext) -> StageOutput:
-            await asyncio.Event().wait()
-            return StageOutput.ok()
-
         class Fallback(BaseInterceptor):
             name = "fallback"
 
@@ -212,13 +198,13 @@ class TestRecordAndRead:
 
         graph = (
             Pipeline(name="p")
-            .with_stage("a", ok, StageKind.WORK)
-            .with_stage("memory", skipped, StageKind.WORK, dependencies=("a",))
-            .with_stage("personal", ok, StageKind.WORK, dependencies=("memory",), conditional=True)
-            .with_stage("search", broken, StageKind.WORK, dependencies=("a",))
-            .with_stage("slow", slow, StageKind.WORK, dependencies=("search", "personal"))
-            .with_stage("after", ok, StageKind.WORK, dependencies=("slow",))
-            .with_stage("last", ok, StageKind.WORK, dependencies=("after",))
+            .with_stage("a", ok, W)
+            .with_stage("memory", skip, W, dependencies=("a",))
+            .with_stage("personal", ok, W, dependencies=("memory",), conditional=True)
+            .with_stage("search", raising_stage(ConnectionError, "503"), W, dependencies=("a",))
+            .with_stage("slow", hang, W, dependencies=("search", "personal"))
+            .with_stage("after", ok, W, dependencies=("slow",))
+            .with_stage("last", ok, W, dependencies=("after",))
             .build([Fallback(), TimeoutInterceptor(5.0, per_stage={"slow": 0.01})], run_store=store)
         )
         with pytest.raises(PipelineFailedError) as info:
@@ -302,69 +288,36 @@ class TestListing:
 
 
 HOSTILE = [
-    ("quote", 'it\'s "quoted"', 'it\'s "quoted"'),
-    ("injection", "x'); DROP TABLE runs; --", "x'); DROP TABLE runs; --"),
-    ("pg-injection", "x'); DROP TABLE stageflow_runs; --", "x'); DROP TABLE stageflow_runs; --"),
-    ("unicode", "résumé ✓ 名前 🎉", "résumé ✓ 名前 🎉"),
-    ("backslash", "C:\\new\\table", "C:\\new\\table"),
-    ("nul", "a\x00b", "a\\x00b"),
-    ("lone-surrogate", "bad \udce9 byte", "bad \\udce9 byte"),
+    pytest.param('it\'s "quoted"', 'it\'s "quoted"', id="quote"),
+    pytest.param("x'); DROP TABLE runs; --", "x'); DROP TABLE runs; --", id="injection"),
+    pytest.param(
+        "x'); DROP TABLE stageflow_runs; --", "x'); DROP TABLE stageflow_runs; --", id="pg-injection"
+    ),
+    pytest.param("résumé ✓ 名前 🎉", "résumé ✓ 名前 🎉", id="unicode"),
+    pytest.param("C:\\new\\table", "C:\\new\\table", id="backslash"),
+    pytest.param("a\x00b", "a\\x00b", id="nul"),
+    pytest.param("bad \udce9 byte", "bad \\udce9 byte", id="lone-surrogate"),
 ]
+"""``(text, stored)``: a text, and how it reads back."""
+
+
+def hostile_record(text: str) -> RunRecord:
+    """A failed one-stage run whose every name and message holds ``text``."""
+    stage = StageRecord(
+        f"s-{text}", "work", "fail", T0, T0 + 1, 0.0, 1, f"err-{text}", f"E-{text}", (f"d-{text}",)
+    )
+    return RunRecord(
+        f"id-{text}", f"pipe-{text}", "failed", T0, T0 + 1, (stage,), (f"s-{text}",), f"run-{text}"
+    )
 
 
 class TestHostileInput:
-    @pytest.mark.parametrize(("name", "text", "stored"), HOSTILE, ids=[h[0] for h in HOSTILE])
-    async def test_text_reads_back_exactly_or_escaped(
-        self, store: AnyStore, name: str, text: str, stored: str
-    ) -> None:
+    @pytest.mark.parametrize(("text", "stored"), HOSTILE)
+    async def test_text_reads_back_exactly_or_escaped(self, store: AnyStore, text: str, stored: str) -> None:
         """Hostile names and messages read back exactly; NUL and lone surrogates read back escaped."""
-        written = RunRecord(
-            f"id-{text}",
-            f"pipe-{text}",
-            "failed",
-            T0,
-            T0 + 1,
-            (
-                StageRecord(
-                    f"s-{text}",
-                    "work",
-                    "fail",
-                    T0,
-                    T0 + 1,
-                    0.0,
-                    1,
-                    f"err-{text}",
-                    f"E-{text}",
-                    (f"d-{text}",),
-                ),
-            ),
-            (f"s-{text}",),
-            f"run-{text}",
-        )
+        written = hostile_record(text)
         await store.record_run(written)
-        expected = RunRecord(
-            f"id-{stored}",
-            f"pipe-{stored}",
-            "failed",
-            T0,
-            T0 + 1,
-            (
-                StageRecord(
-                    f"s-{stored}",
-                    "work",
-                    "fail",
-                    T0,
-                    T0 + 1,
-                    0.0,
-                    1,
-                    f"err-{stored}",
-                    f"E-{stored}",
-                    (f"d-{stored}",),
-                ),
-            ),
-            (f"s-{stored}",),
-            f"run-{stored}",
-        )
+        expected = hostile_record(stored)
         assert await store.get_run(f"id-{stored}") == expected
         assert await store.list_runs(pipeline=f"pipe-{stored}") == [expected]
         assert await store.find_runs(f"id-{stored}") == [expected]
@@ -380,22 +333,15 @@ class TestHostileInput:
 
     async def test_runs_whose_texts_hold_lone_surrogates_are_all_recorded(self, store: AnyStore) -> None:
         """Eight runs whose error, skip or cancel text holds a lone surrogate are all recorded, escaped."""
-
-        async def fail(ctx: StageContext) -> StageOutput:
-            return StageOutput.fail("bad \udcff input")
-
-        async def raise_(ctx: StageContext) -> StageOutput:
-            raise ValueError("bad \ud800 input")
-
-        async def skip(ctx: StageContext) -> StageOutput:
-            return StageOutput.skip("no \udfff data")
-
-        async def cancel(ctx: StageContext) -> StageOutput:
-            return StageOutput.cancel("stop \udc80 now")
-
+        runners = (
+            output_stage(StageOutput.fail, "bad \udcff input"),
+            raising_stage(ValueError, "bad \ud800 input"),
+            output_stage(StageOutput.skip, "no \udfff data"),
+            output_stage(StageOutput.cancel, "stop \udc80 now"),
+        )
         ids = []
-        for runner in (fail, raise_, skip, cancel) * 2:
-            graph = Pipeline(name="hostile").with_stage("s", runner, StageKind.WORK).build(run_store=store)
+        for runner in runners * 2:
+            graph = Pipeline(name="hostile").with_stage("s", runner, W).build(run_store=store)
             try:
                 results = await graph.run(make_ctx())
                 ids.append(str(results.run_id))
@@ -420,11 +366,7 @@ class TestConcurrencyAndTraces:
 
     async def test_the_trace_id_of_the_current_run_is_kept(self, store: AnyStore) -> None:
         """A run recorded while a trace id is set keeps it; one without keeps None."""
-
-        async def ok(ctx: StageContext) -> StageOutput:
-            return StageOutput.ok()
-
-        graph = Pipeline(name="traced").with_stage("a", ok, StageKind.WORK).build(run_store=store)
+        graph = Pipeline(name="traced").with_stage("a", ok, W).build(run_store=store)
         token = set_run_trace_id("4bf92f3577b34da6a3ce929d0e0e4736")
         try:
             traced = await graph.run(make_ctx())
