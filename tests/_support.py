@@ -35,6 +35,7 @@ __all__ = (
     "StageFn",
     "Tee",
     "VAR",
+    "bypassed",
     "cancel_once_started",
     "cli_error",
     "exact",
@@ -262,3 +263,8 @@ async def failed_run(graph: StageGraph, ctx: StageContext | None = None) -> Pipe
     with pytest.raises(PipelineFailedError) as info:
         await graph.run(make_ctx() if ctx is None else ctx)
     return info.value
+
+
+def bypassed(interceptor: str, error: str) -> str:
+    """What the core logs when ``interceptor`` raised ``error`` (its repr) in stage ``s`` and was bypassed."""
+    return f"stageflow: interceptor '{interceptor}' raised in stage 's' and was bypassed: {error}"

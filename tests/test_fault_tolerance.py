@@ -43,7 +43,7 @@ from stageflow.interceptors import (
 )
 
 from ._stages import Hanging
-from ._support import make_ctx, ok_stage
+from ._support import bypassed, make_ctx, ok_stage
 
 W = StageKind.WORK
 T = TypeVar("T")
@@ -147,8 +147,7 @@ class TestFailClosed:
             results = await graph.run(make_ctx())
         assert dict(results["s"].data) == {"v": 1}
         assert [r.getMessage() for r in caplog.records] == [
-            "stageflow: interceptor 'telemetry' raised in stage 's' and was bypassed: "
-            "RuntimeError('exporter gone')"
+            bypassed("telemetry", "RuntimeError('exporter gone')")
         ]
 
     async def test_a_run_interceptor_failing_before_the_run_stops_it(self) -> None:

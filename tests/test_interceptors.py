@@ -19,7 +19,6 @@ from stageflow import (
     StageBlockedError,
     StageContext,
     StageInfo,
-    StageKind,
     StageOutput,
     StageResult,
     StageStatus,
@@ -33,9 +32,8 @@ from stageflow.interceptors import (
     RunNext,
 )
 
-from ._support import VAR, AuthInterceptor, cancel_once_started, make_ctx, ok_stage
-
-W = StageKind.WORK
+from ._stages import Hanging, W
+from ._support import VAR, AuthInterceptor, bypassed, cancel_once_started, make_ctx, ok_stage
 
 
 class Around(Interceptor):
@@ -98,15 +96,12 @@ class TestOrdering:
         interceptors = [Around("first", 1, log), Around("second", 1, log), Around("third", 1, log)]
         graph = Pipeline().with_stage("s", logging_stage(log), W).build(interceptors=interceptors)
         await graph.run(make_ctx())
-        assert log == [
-            "first:before:s",
-            "second:before:s",
-            "third:before:s",
+        before, stage, after = log[:3], log[3], log[4:]  # the onion: in, the stage, and out again
+        assert (before, stage, after) == (
+            ["first:before:s", "second:before:s", "third:before:s"],
             "execute:s",
-            "third:after:s",
-            "second:after:s",
-            "first:after:s",
-        ]
+            ["third:after:s", "second:after:s", "first:after:s"],
+        )
 
     async def test_wraps_every_stage(self) -> None:
         """An interceptor wraps each stage, in dependency order."""
@@ -391,7 +386,7 @@ class TestIsolation:
             (
                 "stageflow",
                 logging.ERROR,
-                "stageflow: interceptor 'buggy' raised in stage 's' and was bypassed: ValueError('oops')",
+                bypassed("buggy", "ValueError('oops')"),
             )
         ]
 
@@ -410,9 +405,7 @@ class TestIsolation:
             results = await graph.run(make_ctx())
         assert log == ["execute:s"]
         assert dict(results["s"].data) == {"n": 1}
-        assert [r.getMessage() for r in caplog.records] == [
-            "stageflow: interceptor 'buggy' raised in stage 's' and was bypassed: RuntimeError('after bug')"
-        ]
+        assert [r.getMessage() for r in caplog.records] == [bypassed("buggy", "RuntimeError('after bug')")]
 
     async def test_stage_error_passes_through_unchanged(self, caplog: pytest.LogCaptureFixture) -> None:
         """A stage's exception passes through interceptors unchanged and is not logged as a bug."""
@@ -509,63 +502,50 @@ class TestIsolation:
         assert seen == ["PipelineFailedError"]
 
 
+class BrokenOnCancel(Interceptor):
+    """Raises when the stage it wraps is cancelled."""
+
+    async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
+        try:
+            return await call_next(ctx)
+        except asyncio.CancelledError:
+            raise RuntimeError("telemetry backend down") from None
+
+
+class OwnDeadline(Interceptor):
+    """Times out the call it wraps itself, after 0.01 s."""
+
+    async def intercept_stage(self, stage: StageInfo, ctx: StageContext, call_next: CallNext) -> StageOutput:
+        async with asyncio.timeout(0.01):
+            return await call_next(ctx)
+
+
 class TestIsolationWithCancellation:
     async def test_interceptor_failing_on_a_cancelled_stage_does_not_run_it_again(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
         """An interceptor that raises while the caller cancels the stage is logged; the stage runs once."""
-        started = asyncio.Event()
-        runs: list[int] = []
-
-        class BrokenOnCancel(Interceptor):
-            async def intercept_stage(
-                self, stage: StageInfo, ctx: StageContext, call_next: CallNext
-            ) -> StageOutput:
-                try:
-                    return await call_next(ctx)
-                except asyncio.CancelledError:
-                    raise RuntimeError("telemetry backend down") from None
-
-        async def body(ctx: StageContext) -> StageOutput:
-            runs.append(1)
-            started.set()
-            await asyncio.Event().wait()
-            raise AssertionError("unreachable")
-
-        graph = Pipeline().with_stage("s", body, StageKind.WORK).build([BrokenOnCancel()])
+        body = Hanging()
+        graph = Pipeline().with_stage("s", body, W).build([BrokenOnCancel()])
         with caplog.at_level(logging.ERROR, logger="stageflow"):
             task = asyncio.create_task(graph.run(make_ctx()))
-            await started.wait()
+            await body.started["s"].wait()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(task, 5)  # a stage run again would wait forever: TimeoutError
-        assert runs == [1]
+        assert body.cleaned == ["s"]
         assert [r.getMessage() for r in caplog.records] == [
-            "stageflow: interceptor 'interceptor' raised in stage 's' and was bypassed: "
-            "RuntimeError('telemetry backend down')"
+            bypassed("interceptor", "RuntimeError('telemetry backend down')")
         ]
 
     async def test_interceptor_ending_its_own_cancellation_fails_the_stage_with_its_error(self) -> None:
         """An interceptor that times out its inner call itself fails the stage with its error, once."""
-        runs: list[int] = []
-
-        class OwnDeadline(Interceptor):
-            async def intercept_stage(
-                self, stage: StageInfo, ctx: StageContext, call_next: CallNext
-            ) -> StageOutput:
-                async with asyncio.timeout(0.01):
-                    return await call_next(ctx)
-
-        async def body(ctx: StageContext) -> StageOutput:
-            runs.append(1)
-            await asyncio.Event().wait()
-            raise AssertionError("unreachable")
-
-        graph = Pipeline().with_stage("s", body, StageKind.WORK).build([OwnDeadline()])
+        body = Hanging()
+        graph = Pipeline().with_stage("s", body, W).build([OwnDeadline()])
         with pytest.raises(PipelineFailedError) as info:
             await asyncio.wait_for(graph.run(make_ctx()), 5)
         assert type(info.value.error) is TimeoutError
-        assert runs == [1]
+        assert body.cleaned == ["s"]
 
 
 class TestNotIsolated:
@@ -635,9 +615,7 @@ class TestNotIsolated:
             results = await graph.run(make_ctx())
         assert dict(results["s"].data) == {"v": 1}
         assert order == ["inner before", "body sees run-wide", "inner after"]
-        assert [r.getMessage() for r in caplog.records] == [
-            "stageflow: interceptor 'interceptor' raised in stage 's' and was bypassed: KeyError('bug')"
-        ]
+        assert [r.getMessage() for r in caplog.records] == [bypassed("interceptor", "KeyError('bug')")]
 
     def test_built_in_interceptors_are_not_isolated(self) -> None:
         """The core's built-in interceptors promise not to raise on their own."""
