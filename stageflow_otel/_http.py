@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -42,6 +43,7 @@ __all__ = (
     "DEFAULT_WRITE_TIMEOUT",
     "MAX_REQUEST_HEAD",
     "HttpServer",
+    "ServerLimits",
 )
 
 logger = logging.getLogger("stageflow_otel")
@@ -99,25 +101,48 @@ def _error_response(status: int) -> bytes:
     return head.encode("latin-1") + body
 
 
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """The server's bounds (see the module docstring); each is checked when the limits are made.
+
+    Raises:
+        ValueError: ``workers`` or ``max_connections`` is not an int of at least 1, or a timeout is not a
+            number of seconds > 0.
+    """
+
+    workers: int = DEFAULT_WORKERS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        for option, value in (("workers", self.workers), ("max_connections", self.max_connections)):
+            if not isinstance(value, int) or value < 1:
+                msg = f"{option} must be an int of at least 1, got {value!r}"
+                raise ValueError(msg)
+        for option, seconds in (
+            ("request_timeout", self.request_timeout),
+            ("write_timeout", self.write_timeout),
+        ):
+            if not seconds > 0:
+                msg = f"{option} must be a number of seconds > 0, got {seconds!r}"
+                raise ValueError(msg)
+
+
 class HttpServer:
-    """Serve ``app`` on ``(addr, port)`` from ``1 + workers`` daemon threads; ``close()`` stops it."""
+    """Serve ``app`` on ``(addr, port)`` from ``1 + limits.workers`` daemon threads; ``close()`` stops it."""
 
     def __init__(
         self,
         app: WsgiApp,
         addr: str,
         port: int,
+        limits: ServerLimits,
         *,
-        workers: int = DEFAULT_WORKERS,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         name: str = "stageflow-otel-metrics-server",
     ) -> None:
         self._app = app
-        self._max_connections = max_connections
-        self._request_timeout = request_timeout
-        self._write_timeout = write_timeout
+        self._limits = limits
         family, _, _, _, sockaddr = socket.getaddrinfo(
             addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
@@ -149,7 +174,7 @@ class HttpServer:
         self._threads = [threading.Thread(target=self._loop, name=name, daemon=True)]
         self._threads += [
             threading.Thread(target=self._work, name=f"{name}-worker-{i + 1}", daemon=True)
-            for i in range(workers)
+            for i in range(limits.workers)
         ]
         for thread in self._threads:
             thread.start()
@@ -192,9 +217,9 @@ class HttpServer:
                 logger.debug("stageflow_otel: /metrics accept failed: %r", exc)
                 return
             sock.setblocking(False)
-            if len(self._connections) >= self._max_connections:
+            if len(self._connections) >= self._limits.max_connections:
                 self._evict_one()
-            connection = _Connection(sock, time.monotonic(), self._request_timeout)
+            connection = _Connection(sock, time.monotonic(), self._limits.request_timeout)
             self._connections[sock] = connection
             self._selector.register(sock, selectors.EVENT_READ, connection)
 
@@ -294,7 +319,7 @@ class HttpServer:
 
     def _respond(self, connection: _Connection, response: bytes) -> None:
         connection.out = memoryview(response)
-        connection.deadline = time.monotonic() + self._write_timeout
+        connection.deadline = time.monotonic() + self._limits.write_timeout
         try:
             self._selector.modify(connection.sock, selectors.EVENT_WRITE, connection)
         except (KeyError, ValueError, OSError):

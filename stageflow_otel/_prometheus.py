@@ -69,6 +69,7 @@ from ._http import (
     DEFAULT_WORKERS,
     DEFAULT_WRITE_TIMEOUT,
     HttpServer,
+    ServerLimits,
 )
 from ._settings import DEFAULT_MAX_SERIES, ENV_MAX_SERIES
 
@@ -521,28 +522,13 @@ class MetricsServer:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     ) -> None:
-        for option, value in (("workers", workers), ("max_connections", max_connections)):
-            if not isinstance(value, int) or value < 1:
-                msg = f"{option} must be an int of at least 1, got {value!r}"
-                raise ValueError(msg)
-        for option, seconds in (("request_timeout", request_timeout), ("write_timeout", write_timeout)):
-            if not seconds > 0:
-                msg = f"{option} must be a number of seconds > 0, got {seconds!r}"
-                raise ValueError(msg)
+        limits = ServerLimits(workers, max_connections, request_timeout, write_timeout)
         self.reader = reader
         self.registry = registry
         self._bridge = PrometheusBridge(reader)
         registry.register(self._bridge)
         try:
-            self._server = HttpServer(
-                make_wsgi_app(registry),
-                addr,
-                port,
-                workers=workers,
-                max_connections=max_connections,
-                request_timeout=request_timeout,
-                write_timeout=write_timeout,
-            )
+            self._server = HttpServer(make_wsgi_app(registry), addr, port, limits)
         except OSError as exc:
             registry.unregister(self._bridge)
             if exc.errno != errno.EADDRINUSE:

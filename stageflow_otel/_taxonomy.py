@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.util.types import AttributeValue
@@ -77,53 +78,28 @@ _RESULTS = {
 _CATEGORIES = frozenset(semconv.RESULTS)
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class TaxonomyEvent:
     """One core event, described once for the span event, the counter and the log record."""
 
-    __slots__ = (
-        "attributes",
-        "kind",
-        "message",
-        "name",
-        "outcome",
-        "pipeline",
-        "run_id",
-        "stage",
-        "timestamp",
-        "type",
-    )
-
-    def __init__(
-        self,
-        type: str,
-        kind: str,
-        name: str,
-        outcome: str,
-        stage: str | None,
-        run_id: str | None,
-        pipeline: str | None,
-        timestamp: int,
-        attributes: dict[str, AttributeValue],
-        message: str | None = None,
-    ) -> None:
-        self.type = type
-        """The seed's event string (``stage.llm.completed``)."""
-        self.kind = kind
-        """The taxonomy kind (``stage.completed``); the type itself outside the taxonomy."""
-        self.name = name
-        """The static event name (``stageflow.stage.completed``)."""
-        self.outcome = outcome
-        """The kind's last part (``completed``)."""
-        self.stage = stage
-        """The stage of a ``stage.*`` event (also of other events that name one), else ``None``."""
-        self.run_id = run_id
-        self.pipeline = pipeline
-        self.timestamp = timestamp
-        """The event's own time, ns since the epoch (its ``timestamp``, else when it was described)."""
-        self.attributes = attributes
-        """The attributes every view carries (log records add the run id and pipeline name)."""
-        self.message = message
-        """The event's ``error`` message as exported (redacted, cut, encodable); ``None`` if left out."""
+    type: str
+    """The seed's event string (``stage.llm.completed``)."""
+    kind: str
+    """The taxonomy kind (``stage.completed``); the type itself outside the taxonomy."""
+    name: str
+    """The static event name (``stageflow.stage.completed``)."""
+    outcome: str
+    """The kind's last part (``completed``)."""
+    stage: str | None
+    """The stage of a ``stage.*`` event (also of other events that name one), else ``None``."""
+    run_id: str | None
+    pipeline: str | None
+    timestamp: int
+    """The event's own time, ns since the epoch (its ``timestamp``, else when it was described)."""
+    attributes: dict[str, AttributeValue]
+    """The attributes every view carries (log records add the run id and pipeline name)."""
+    message: str | None = None
+    """The event's ``error`` message as exported (redacted, cut, encodable); ``None`` if left out."""
 
 
 def _kind(type: str) -> str:
