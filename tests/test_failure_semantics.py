@@ -461,16 +461,16 @@ class TestRetry:
         await cancel_once_started(graph.run(make_ctx()), in_backoff)
 
 
+DELAYS = {1: 0.1, 2: 0.2, 3: 0.4, 4: 0.5, 10: 0.5}
+"""The delay before each retry attempt, starting at 0.1 s, doubling, capped at 0.5 s, without jitter."""
+
+
 class TestRetryPolicy:
-    @pytest.mark.parametrize(
-        ("attempt", "expected"),
-        [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.5), (10, 0.5)],
-        ids=["1", "2", "3", "4", "10"],
-    )
-    def test_delay_without_jitter(self, attempt: int, expected: float) -> None:
+    @pytest.mark.parametrize("attempt", DELAYS, ids=str)
+    def test_delay_without_jitter(self, attempt: int) -> None:
         """Delays grow by ``multiplier`` per attempt and are capped at ``max_delay``."""
         policy = RetryPolicy(initial_delay=0.1, multiplier=2, max_delay=0.5, jitter=0)
-        assert policy.delay(attempt) == pytest.approx(expected)
+        assert policy.delay(attempt) == pytest.approx(DELAYS[attempt])
 
     @pytest.mark.parametrize(
         ("draw", "expected"), [(0.0, 0.75), (0.5, 1.0), (1.0, 1.25)], ids=["low", "mid", "high"]
