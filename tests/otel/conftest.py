@@ -41,7 +41,15 @@ from stageflow_otel import MetricsInterceptor, OtlpEventSink, TracingInterceptor
 if TYPE_CHECKING:
     from .otlp_receiver import OtlpReceiver
 
-__all__ = ("by_name", "dump_spans", "entry_ctx", "metric_points", "one_stage_graph", "span_event")
+__all__ = (
+    "by_name",
+    "diamond_of",
+    "dump_spans",
+    "entry_ctx",
+    "metric_points",
+    "one_stage_graph",
+    "span_event",
+)
 
 
 def dump_spans(spans: Sequence[ReadableSpan]) -> list[str]:
@@ -165,6 +173,17 @@ def one_stage_graph(
         Pipeline(name=pipeline)
         .with_stage(name, stage, kind, **options)
         .build(interceptors=list(interceptors))
+    )
+
+
+def diamond_of(fn: Any) -> Pipeline:
+    """Pipeline ``demo``: ``a -> (b, c) -> d``, every stage running ``fn``, b and c ENRICH stages."""
+    return (
+        Pipeline(name="demo")
+        .with_stage("a", fn, StageKind.TRANSFORM)
+        .with_stage("b", fn, StageKind.ENRICH, dependencies=("a",))
+        .with_stage("c", fn, StageKind.ENRICH, dependencies=("a",))
+        .with_stage("d", fn, StageKind.TRANSFORM, dependencies=("b", "c"))
     )
 
 

@@ -33,7 +33,7 @@ from stageflow.interceptors import (
     TimeoutInterceptor,
 )
 from stageflow_otel import MetricsInterceptor, semconv
-from tests._stages import T, boom, diamond, fail, ok, skip
+from tests._stages import T, boom, chain, diamond, fail, hang, hang_once_started, ok, skip
 from tests._support import cancel_once_started
 
 from .conftest import entry_ctx, metric_points, one_stage_graph
@@ -72,14 +72,6 @@ def stage_attrs(stage: str, kind: str = "transform", **extra: str) -> Attrs:
 async def run_diamond(*interceptors: Interceptor) -> RunResult:
     """One run of the diamond pipeline ``demo`` built with ``interceptors``."""
     return await diamond().build(interceptors=list(interceptors)).run(entry_ctx())
-
-
-def chain(c: StageRunner = ok) -> Pipeline:
-    """Pipeline ``demo``: a -> b -> c -> d, every stage ``ok`` but ``c``, which runs ``c``."""
-    pipeline = Pipeline(name="demo").with_stage("a", ok, T)
-    for name, previous in (("b", "a"), ("c", "b"), ("d", "c")):
-        pipeline = pipeline.with_stage(name, c if name == "c" else ok, T, dependencies=(previous,))
-    return pipeline
 
 
 class TestStageMetrics:
@@ -139,14 +131,8 @@ class TestStageMetrics:
         self, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
     ) -> None:
         """A timed-out stage records result and ``error.type`` ``timeout``."""
-        never = asyncio.Event()
-
-        async def slow(ctx: StageContext) -> StageOutput:
-            await never.wait()
-            return StageOutput.ok()
-
         graph = one_stage_graph(
-            "demo", "slow", slow, MetricsInterceptor(meter_provider), TimeoutInterceptor(0.01)
+            "demo", "slow", hang, MetricsInterceptor(meter_provider), TimeoutInterceptor(0.01)
         )
         with pytest.raises(PipelineFailedError):
             await graph.run(entry_ctx())
@@ -280,14 +266,10 @@ class TestRunMetrics:
     ) -> None:
         """A run whose caller is cancelled is no longer active and counts as a ``cancelled`` error."""
         started = asyncio.Event()
-        never = asyncio.Event()
 
-        async def hang(ctx: StageContext) -> StageOutput:
-            started.set()
-            await never.wait()
-            return StageOutput.ok()
-
-        graph = one_stage_graph("demo", "hang", hang, MetricsInterceptor(meter_provider))
+        graph = one_stage_graph(
+            "demo", "hang", hang_once_started(started), MetricsInterceptor(meter_provider)
+        )
         await cancel_once_started(graph.run(entry_ctx()), started)
         pipeline = frozenset({("stageflow.pipeline.name", "demo")})
         assert sums(metric_reader, semconv.PIPELINE_RUN_ACTIVE.name) == {pipeline: 0}
@@ -333,7 +315,9 @@ class TestCardinality:
     ) -> None:
         """Stage names past ``max_stage_series`` are recorded as ``_OTHER``, with one warning."""
         caplog.set_level(logging.WARNING, logger="stageflow_otel")
-        graph = chain().build(interceptors=[MetricsInterceptor(meter_provider, max_stage_series=2)])
+        graph = chain(("a", ok), ("b", ok), ("c", ok), ("d", ok), name="demo").build(
+            interceptors=[MetricsInterceptor(meter_provider, max_stage_series=2)]
+        )
         await graph.run(entry_ctx())
         await graph.run(entry_ctx())
         points = histograms(metric_reader, semconv.STAGE_DURATION.name)
@@ -406,7 +390,9 @@ class TestCircuitBreakerGauge:
         breaker = CircuitBreakerInterceptor(failure_threshold=1, recovery_timeout=3600)
         metrics = MetricsInterceptor(meter_provider, max_stage_series=1)
         metrics.observe_circuit_breaker(breaker)
-        graph = chain(c=boom).build(interceptors=[metrics, breaker])
+        graph = chain(("a", ok), ("b", ok), ("c", boom), ("d", ok), name="demo").build(
+            interceptors=[metrics, breaker]
+        )
         with pytest.raises(PipelineFailedError):
             await graph.run(entry_ctx())
         assert sums(metric_reader, semconv.CIRCUIT_BREAKER_STATE.name) == {

@@ -18,16 +18,14 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoi
 
 from stageflow import (
     EventSink,
-    Pipeline,
     RunResult,
     StageContext,
     StageGraph,
-    StageKind,
     StageOutput,
 )
 from stageflow_otel import MetricsInterceptor, Telemetry, TracingInterceptor, semconv, setup
 
-from .conftest import entry_ctx, metric_points
+from .conftest import diamond_of, entry_ctx, metric_points
 from .otlp_receiver import OtlpReceiver, closed_port
 
 RUNS = 6
@@ -49,20 +47,9 @@ async def slow(ctx: StageContext) -> StageOutput:
 StageFn = Callable[[StageContext], Awaitable[StageOutput]]
 
 
-def diamond(fn: StageFn = quick) -> Pipeline:
-    """``a -> (b, c) -> d``, every stage running ``fn``."""
-    return (
-        Pipeline(name="demo")
-        .with_stage("a", fn, StageKind.TRANSFORM)
-        .with_stage("b", fn, StageKind.ENRICH, dependencies=("a",))
-        .with_stage("c", fn, StageKind.ENRICH, dependencies=("a",))
-        .with_stage("d", fn, StageKind.TRANSFORM, dependencies=("b", "c"))
-    )
-
-
 def instrumented(telemetry: Telemetry, stage: StageFn = quick) -> StageGraph:
     """The diamond built with the tracing and metrics interceptors on ``telemetry``'s providers."""
-    return diamond(stage).build(
+    return diamond_of(stage).build(
         interceptors=[
             TracingInterceptor(telemetry.tracer_provider),
             MetricsInterceptor(telemetry.meter_provider),
@@ -259,7 +246,7 @@ class TestCollectorDown:
         down.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
         telemetry = setup("down", set_global=False)
         try:
-            bare, traced = diamond(slow).build(), instrumented(telemetry, slow)
+            bare, traced = diamond_of(slow).build(), instrumented(telemetry, slow)
 
             async def timed(graph: StageGraph, sink: EventSink | None) -> float:
                 start = time.perf_counter()

@@ -27,6 +27,7 @@ from stageflow import (
     RetryPolicy,
     RunResult,
     StageContext,
+    StageGraph,
     StageInfo,
     StageKind,
     StageOutput,
@@ -39,10 +40,10 @@ from stageflow.interceptors import (
     TimeoutInterceptor,
 )
 from stageflow_otel import TracingInterceptor, inject_context, semconv
-from tests._stages import T, boom, diamond, fail, ok, skip
+from tests._stages import T, boom, diamond, fail, hang, hang_once_started, ok, skip
 from tests._support import cancel_once_started
 
-from .conftest import by_name, dump_spans, entry_ctx, one_stage_graph
+from .conftest import by_name, diamond_of, dump_spans, entry_ctx, one_stage_graph
 
 
 def attrs(span: ReadableSpan, *drop: str) -> dict[str, AttributeValue]:
@@ -50,16 +51,57 @@ def attrs(span: ReadableSpan, *drop: str) -> dict[str, AttributeValue]:
     return {k: v for k, v in (span.attributes or {}).items() if k not in drop}
 
 
+def ending(span: ReadableSpan) -> tuple[StatusCode, AttributeValue, AttributeValue | None]:
+    """How a stage or run span ended: its status code, its result (which must be set) and its
+    ``error.type`` (``None``: not set)."""
+    attributes = span.attributes or {}
+    result = "stageflow.run.result" if span.name.startswith("pipeline ") else "stageflow.stage.result"
+    return span.status.status_code, attributes[result], attributes.get("error.type")
+
+
+class Traced:
+    """Pipelines built with a ``TracingInterceptor`` on the test's tracer provider, and the spans they
+    ended."""
+
+    def __init__(self, provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
+        self.provider = provider
+        self.exporter = exporter
+        self.interceptor = TracingInterceptor(provider)
+
+    def build(self, pipeline: Pipeline) -> StageGraph:
+        """``pipeline`` built with the tracing interceptor."""
+        return pipeline.build(interceptors=[self.interceptor])
+
+    def finished(self) -> tuple[ReadableSpan, ...]:
+        """The spans ended so far, in the order they ended."""
+        return self.exporter.get_finished_spans()
+
+    def spans(self) -> dict[str, ReadableSpan]:
+        """The spans ended so far by name (names must be unique)."""
+        return by_name(self.finished())
+
+    async def failed(
+        self, graph: StageGraph, error: type[Exception] = PipelineFailedError
+    ) -> dict[str, ReadableSpan]:
+        """The spans by name of one run of ``graph``, which must raise ``error``."""
+        with pytest.raises(error):
+            await graph.run(entry_ctx())
+        return self.spans()
+
+
+@pytest.fixture(name="traced")
+def _traced(tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter) -> Traced:
+    return Traced(tracer_provider, span_exporter)
+
+
 class TestSpanTree:
     """The run span, the stage spans under it and their dependency links."""
 
-    async def test_tree_with_links(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_tree_with_links(self, traced: Traced) -> None:
         """Every stage span is a child of the run span and links to each dependency's span."""
-        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        graph = traced.build(diamond())
         await graph.run(entry_ctx())
-        assert dump_spans(span_exporter.get_finished_spans()) == [
+        assert dump_spans(traced.finished()) == [
             "pipeline demo",
             "  stage a",
             "  stage b [links: stage a]",
@@ -67,36 +109,30 @@ class TestSpanTree:
             "  stage d [links: stage b, stage c]",
         ]
 
-    async def test_one_trace_internal_kind(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_one_trace_internal_kind(self, traced: Traced) -> None:
         """All spans of a run share one trace id and are INTERNAL."""
-        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        graph = traced.build(diamond())
         await graph.run(entry_ctx())
-        spans = span_exporter.get_finished_spans()
+        spans = traced.finished()
         assert {s.context.trace_id for s in spans} == {spans[0].context.trace_id}
         assert {s.kind for s in spans} == {SpanKind.INTERNAL}
 
-    async def test_link_attributes(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_link_attributes(self, traced: Traced) -> None:
         """Each dependency link carries ``stageflow.link.type=dependency``."""
-        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        graph = traced.build(diamond())
         await graph.run(entry_ctx())
-        d = by_name(span_exporter.get_finished_spans())["stage d"]
+        d = traced.spans()["stage d"]
         assert [dict(link.attributes or {}) for link in d.links] == [
             {"stageflow.link.type": "dependency"},
             {"stageflow.link.type": "dependency"},
         ]
 
-    async def test_run_span_attributes(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_run_span_attributes(self, traced: Traced) -> None:
         """The run span carries the pipeline, version, run id, result, critical path and duration."""
-        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        graph = traced.build(diamond())
         ctx = entry_ctx()
         result = await graph.run(ctx)
-        run = by_name(span_exporter.get_finished_spans())["pipeline demo"]
+        run = traced.spans()["pipeline demo"]
         duration = (run.attributes or {})["stageflow.run.duration"]
         assert isinstance(duration, float) and duration >= 0.0
         assert attrs(run, "stageflow.run.duration") == {
@@ -108,14 +144,12 @@ class TestSpanTree:
         }
         assert run.status.status_code is StatusCode.UNSET
 
-    async def test_stage_span_attributes(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_stage_span_attributes(self, traced: Traced) -> None:
         """A stage span carries the stage's static attributes, attempt, wait and result, and no error."""
-        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        graph = traced.build(diamond())
         ctx = entry_ctx()
         await graph.run(ctx)
-        c = by_name(span_exporter.get_finished_spans())["stage c"]
+        c = traced.spans()["stage c"]
         wait = (c.attributes or {})["stageflow.stage.wait.duration"]
         assert isinstance(wait, float) and wait >= 0.0
         assert attrs(c, "stageflow.stage.wait.duration") == {
@@ -130,27 +164,23 @@ class TestSpanTree:
         }
         assert c.status.status_code is StatusCode.UNSET
 
-    async def test_stage_object_function_name(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_stage_object_function_name(self, traced: Traced) -> None:
         """A stage object's span names its ``execute`` method in ``code.function.name``."""
 
         class Greet:
             async def execute(self, ctx: StageContext) -> StageOutput:
                 return StageOutput.ok()
 
-        graph = one_stage_graph("p", "greet", Greet, TracingInterceptor(tracer_provider))
+        graph = one_stage_graph("p", "greet", Greet, traced.interceptor)
         await graph.run(entry_ctx())
-        span = by_name(span_exporter.get_finished_spans())["stage greet"]
+        span = traced.spans()["stage greet"]
         assert (span.attributes or {})["code.function.name"] == f"{__name__}.{Greet.__qualname__}.execute"
 
-    async def test_names_come_from_semconv(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_names_come_from_semconv(self, traced: Traced) -> None:
         """Span names are the semconv prefixes followed by the pipeline or stage name."""
-        graph = one_stage_graph("p", "a", ok, TracingInterceptor(tracer_provider))
+        graph = one_stage_graph("p", "a", ok, traced.interceptor)
         await graph.run(entry_ctx())
-        assert sorted(s.name for s in span_exporter.get_finished_spans()) == [
+        assert sorted(s.name for s in traced.finished()) == [
             semconv.SPAN_PIPELINE_PREFIX + "p",
             semconv.SPAN_STAGE_PREFIX + "a",
         ]
@@ -159,32 +189,26 @@ class TestSpanTree:
 class TestRunParent:
     """Where the run span's parent comes from."""
 
-    async def test_ambient_span(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_ambient_span(self, traced: Traced) -> None:
         """A span current when ``run()`` is called is the run span's parent."""
-        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
-        tracer = tracer_provider.get_tracer("test")
+        graph = traced.build(diamond())
+        tracer = traced.provider.get_tracer("test")
         with tracer.start_as_current_span("request"):
             await graph.run(entry_ctx({"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}))
-        assert dump_spans(span_exporter.get_finished_spans())[:2] == ["request", "  pipeline demo"]
+        assert dump_spans(traced.finished())[:2] == ["request", "  pipeline demo"]
 
-    async def test_traceparent_in_metadata(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_traceparent_in_metadata(self, traced: Traced) -> None:
         """Without a current span, ``snapshot.metadata["traceparent"]`` gives the parent."""
-        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        graph = traced.build(diamond())
         await graph.run(entry_ctx({"traceparent": "00-" + "a1" * 16 + "-" + "b2" * 8 + "-01"}))
-        run = by_name(span_exporter.get_finished_spans())["pipeline demo"]
+        run = traced.spans()["pipeline demo"]
         assert run.parent is not None and run.parent.is_remote
         assert (format(run.context.trace_id, "032x"), format(run.parent.span_id, "016x")) == (
             "a1" * 16,
             "b2" * 8,
         )
 
-    async def test_extracted_parent_keeps_ambient_baggage(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_extracted_parent_keeps_ambient_baggage(self, traced: Traced) -> None:
         """With a parent from ``traceparent``, ambient values such as baggage still reach the stages."""
         seen: list[object] = []
 
@@ -192,133 +216,86 @@ class TestRunParent:
             seen.append(baggage.get_baggage("tenant"))
             return StageOutput.ok()
 
-        graph = one_stage_graph("p", "r", read, TracingInterceptor(tracer_provider))
+        graph = one_stage_graph("p", "r", read, traced.interceptor)
         token = otel_context.attach(baggage.set_baggage("tenant", "t1"))
         try:
             await graph.run(entry_ctx({"traceparent": "00-" + "a1" * 16 + "-" + "b2" * 8 + "-01"}))
         finally:
             otel_context.detach(token)
         assert seen == ["t1"]
-        run = by_name(span_exporter.get_finished_spans())["pipeline p"]
+        run = traced.spans()["pipeline p"]
         assert format(run.context.trace_id, "032x") == "a1" * 16
 
     async def test_traceparent_env(
         self,
-        tracer_provider: TracerProvider,
-        span_exporter: InMemorySpanExporter,
+        traced: Traced,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Without a current span or metadata, the ``TRACEPARENT`` environment variable gives the parent."""
         monkeypatch.setenv("TRACEPARENT", "00-" + "c3" * 16 + "-" + "d4" * 8 + "-01")
-        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        graph = traced.build(diamond())
         await graph.run(entry_ctx())
-        run = by_name(span_exporter.get_finished_spans())["pipeline demo"]
+        run = traced.spans()["pipeline demo"]
         assert run.parent is not None
         assert (format(run.context.trace_id, "032x"), format(run.parent.span_id, "016x")) == (
             "c3" * 16,
             "d4" * 8,
         )
 
-    async def test_invalid_traceparent_starts_new_trace(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_invalid_traceparent_starts_new_trace(self, traced: Traced) -> None:
         """A malformed ``traceparent`` is ignored: the run span is a root."""
-        graph = diamond().build(interceptors=[TracingInterceptor(tracer_provider)])
+        graph = traced.build(diamond())
         await graph.run(entry_ctx({"traceparent": "garbage"}))
-        assert by_name(span_exporter.get_finished_spans())["pipeline demo"].parent is None
+        assert traced.spans()["pipeline demo"].parent is None
 
 
 class TestFailures:
     """Error status, ``error.type`` and results for every way a stage can end badly."""
 
-    async def test_raising_stage(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_raising_stage(self, traced: Traced) -> None:
         """A raising stage's span is ERROR with the class name and an exception event; so is the run."""
-        graph = (
-            Pipeline(name="p")
-            .with_stage("a", ok, T)
-            .with_stage("boom", boom, T, dependencies=("a",))
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
+        graph = traced.build(
+            Pipeline(name="p").with_stage("a", ok, T).with_stage("boom", boom, T, dependencies=("a",))
         )
-        with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx())
-        spans = by_name(span_exporter.get_finished_spans())
+        spans = await traced.failed(graph)
         stage, run = spans["stage boom"], spans["pipeline p"]
-        assert (stage.status.status_code, stage.status.description) == (StatusCode.ERROR, "kaput")
-        assert {k: (stage.attributes or {})[k] for k in ("stageflow.stage.result", "error.type")} == {
-            "stageflow.stage.result": "error",
-            "error.type": "RuntimeError",
-        }
+        assert stage.status.description == "kaput"
+        assert ending(stage) == (StatusCode.ERROR, "error", "RuntimeError")
         assert [e.name for e in stage.events] == [
             semconv.EVENTS["stage.started"],
             "exception",
             semconv.EVENTS["stage.failed"],
         ]
-        assert run.status.status_code is StatusCode.ERROR
-        assert {k: (run.attributes or {})[k] for k in ("stageflow.run.result", "error.type")} == {
-            "stageflow.run.result": "error",
-            "error.type": "RuntimeError",
-        }
+        assert ending(run) == (StatusCode.ERROR, "error", "RuntimeError")
         assert (run.attributes or {})["stageflow.run.critical_path"] == ("a", "boom")
         assert "error.type" not in (spans["stage a"].attributes or {})
 
-    async def test_fail_output(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_fail_output(self, traced: Traced) -> None:
         """``StageOutput.fail`` makes the stage span an error although the stage did not raise."""
-        graph = one_stage_graph("p", "f", fail, TracingInterceptor(tracer_provider))
-        with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx())
-        spans = by_name(span_exporter.get_finished_spans())
-        stage, run = spans["stage f"], spans["pipeline p"]
-        assert (stage.status.status_code, stage.status.description) == (StatusCode.ERROR, "bad input")
-        assert {k: (stage.attributes or {})[k] for k in ("stageflow.stage.result", "error.type")} == {
-            "stageflow.stage.result": "failure",
-            "error.type": "StageFailedError",
-        }
-        assert {k: (run.attributes or {})[k] for k in ("stageflow.run.result", "error.type")} == {
-            "stageflow.run.result": "failure",
-            "error.type": "StageFailedError",
-        }
+        spans = await traced.failed(one_stage_graph("p", "f", fail, traced.interceptor))
+        assert spans["stage f"].status.description == "bad input"
+        assert [ending(spans["stage f"]), ending(spans["pipeline p"])] == [
+            (StatusCode.ERROR, "failure", "StageFailedError")
+        ] * 2
 
-    async def test_timeout(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_timeout(self, traced: Traced) -> None:
         """A ``StageTimeoutError`` is result ``timeout`` with its class name as ``error.type``."""
-        never = asyncio.Event()
-
-        async def slow(ctx: StageContext) -> StageOutput:
-            await never.wait()
-            return StageOutput.ok()
-
-        graph = one_stage_graph(
-            "p", "slow", slow, TracingInterceptor(tracer_provider), TimeoutInterceptor(0.01)
+        spans = await traced.failed(
+            one_stage_graph("p", "slow", hang, traced.interceptor, TimeoutInterceptor(0.01))
         )
-        with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx())
-        spans = by_name(span_exporter.get_finished_spans())
-        for span, key in (
-            (spans["stage slow"], "stageflow.stage.result"),
-            (spans["pipeline p"], "stageflow.run.result"),
-        ):
-            assert span.status.status_code is StatusCode.ERROR
-            assert {k: (span.attributes or {})[k] for k in (key, "error.type")} == {
-                key: "timeout",
-                "error.type": "StageTimeoutError",
-            }
+        assert [ending(spans["stage slow"]), ending(spans["pipeline p"])] == [
+            (StatusCode.ERROR, "timeout", "StageTimeoutError")
+        ] * 2
 
-    async def test_circuit_open(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_circuit_open(self, traced: Traced) -> None:
         """A call refused by an open circuit breaker has ``error.type`` ``CircuitOpenError``."""
         breaker = CircuitBreakerInterceptor(failure_threshold=1, recovery_timeout=3600)
-        graph = one_stage_graph("p", "boom", boom, TracingInterceptor(tracer_provider), breaker)
+        graph = one_stage_graph("p", "boom", boom, traced.interceptor, breaker)
         for _ in range(2):
             with pytest.raises(PipelineFailedError):
                 await graph.run(entry_ctx())
         first, second = sorted(
-            (s for s in span_exporter.get_finished_spans() if s.name == "stage boom"),
+            (s for s in traced.finished() if s.name == "stage boom"),
             key=lambda s: s.start_time or 0,
         )
         assert [(s.attributes or {})["error.type"] for s in (first, second)] == [
@@ -327,83 +304,47 @@ class TestFailures:
         ]
         assert (second.attributes or {})["stageflow.stage.result"] == "error"
 
-    async def test_sibling_cancelled(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_sibling_cancelled(self, traced: Traced) -> None:
         """A stage cancelled because its sibling failed ends with result ``cancellation``, ``cancelled``."""
         hang_started = asyncio.Event()
-        never = asyncio.Event()
-
-        async def hang(ctx: StageContext) -> StageOutput:
-            hang_started.set()
-            await never.wait()
-            return StageOutput.ok()
 
         async def late_boom(ctx: StageContext) -> StageOutput:
             await hang_started.wait()
             raise RuntimeError("kaput")
 
-        graph = (
+        graph = traced.build(
             Pipeline(name="p")
-            .with_stage("hang", hang, T)
+            .with_stage("hang", hang_once_started(hang_started), T)
             .with_stage("boom", late_boom, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
         )
-        with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx())
-        hung = by_name(span_exporter.get_finished_spans())["stage hang"]
-        assert (hung.status.status_code, hung.status.description) == (StatusCode.ERROR, "cancelled")
-        assert {k: (hung.attributes or {})[k] for k in ("stageflow.stage.result", "error.type")} == {
-            "stageflow.stage.result": "cancellation",
-            "error.type": "cancelled",
-        }
+        hung = (await traced.failed(graph))["stage hang"]
+        assert hung.status.description == "cancelled"
+        assert ending(hung) == (StatusCode.ERROR, "cancellation", "cancelled")
 
-    async def test_caller_cancels_run(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_caller_cancels_run(self, traced: Traced) -> None:
         """Cancelling the task awaiting ``run()`` ends every span, the run span as ``cancelled``."""
         started = asyncio.Event()
-        never = asyncio.Event()
 
-        async def hang(ctx: StageContext) -> StageOutput:
-            started.set()
-            await never.wait()
-            return StageOutput.ok()
-
-        graph = one_stage_graph("p", "hang", hang, TracingInterceptor(tracer_provider))
+        graph = one_stage_graph("p", "hang", hang_once_started(started), traced.interceptor)
         await cancel_once_started(graph.run(entry_ctx()), started)
-        spans = by_name(span_exporter.get_finished_spans())
+        spans = traced.spans()
         assert dump_spans(tuple(spans.values())) == ["pipeline p", "  stage hang"]
-        run = spans["pipeline p"]
-        assert run.status.status_code is StatusCode.ERROR
-        assert {k: (run.attributes or {})[k] for k in ("stageflow.run.result", "error.type")} == {
-            "stageflow.run.result": "cancellation",
-            "error.type": "cancelled",
-        }
+        assert ending(spans["pipeline p"]) == (StatusCode.ERROR, "cancellation", "cancelled")
 
-    async def test_cancel_output_is_not_an_error(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_cancel_output_is_not_an_error(self, traced: Traced) -> None:
         """``StageOutput.cancel`` ends stage and run as ``cancellation`` without error status."""
 
         async def stop(ctx: StageContext) -> StageOutput:
             return StageOutput.cancel("enough")
 
-        graph = one_stage_graph("p", "stop", stop, TracingInterceptor(tracer_provider))
-        with pytest.raises(PipelineCancelledError):
-            await graph.run(entry_ctx())
-        spans = by_name(span_exporter.get_finished_spans())
-        for span, key in (
-            (spans["stage stop"], "stageflow.stage.result"),
-            (spans["pipeline p"], "stageflow.run.result"),
-        ):
-            assert span.status.status_code is StatusCode.UNSET
-            assert (span.attributes or {})[key] == "cancellation"
-            assert "error.type" not in (span.attributes or {})
+        spans = await traced.failed(
+            one_stage_graph("p", "stop", stop, traced.interceptor), PipelineCancelledError
+        )
+        assert [ending(spans["stage stop"]), ending(spans["pipeline p"])] == [
+            (StatusCode.UNSET, "cancellation", None)
+        ] * 2
 
-    async def test_retry_attempts(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_retry_attempts(self, traced: Traced) -> None:
         """Each executor retry attempt gets its own span; dependents link to the last attempt."""
         calls: list[int] = []
 
@@ -411,14 +352,13 @@ class TestFailures:
             calls.append(ctx.attempt)
             return StageOutput.retry("again") if ctx.attempt == 1 else StageOutput.ok()
 
-        graph = (
+        graph = traced.build(
             Pipeline(name="p")
             .with_stage("flaky", flaky, T, retry=RetryPolicy(max_attempts=2, initial_delay=0.0, jitter=0.0))
             .with_stage("after", ok, T, dependencies=("flaky",))
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
         )
         await graph.run(entry_ctx())
-        spans = span_exporter.get_finished_spans()
+        spans = traced.finished()
         attempts = sorted((s for s in spans if s.name == "stage flaky"), key=lambda s: s.start_time or 0)
         assert [
             {
@@ -437,9 +377,7 @@ class TestFailures:
         after = next(s for s in spans if s.name == "stage after")
         assert [link.context.span_id for link in after.links] == [attempts[1].context.span_id]
 
-    async def test_retries_inside_the_span_report_the_last_attempt(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_retries_inside_the_span_report_the_last_attempt(self, traced: Traced) -> None:
         """Attempts a RetryInterceptor makes inside the stage span leave one span with the last attempt."""
         from stageflow.interceptors import RetryInterceptor
 
@@ -452,9 +390,9 @@ class TestFailures:
             return None
 
         retry = RetryInterceptor(RetryPolicy(max_attempts=3, initial_delay=0.0, jitter=0.0, sleep=no_sleep))
-        graph = one_stage_graph("p", "flaky", flaky, TracingInterceptor(tracer_provider), retry)
+        graph = one_stage_graph("p", "flaky", flaky, traced.interceptor, retry)
         await graph.run(entry_ctx())
-        (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "stage flaky"]
+        (span,) = [s for s in traced.finished() if s.name == "stage flaky"]
         assert {
             k: (span.attributes or {}).get(k) for k in ("stageflow.stage.attempt", "stageflow.stage.result")
         } == {
@@ -466,31 +404,28 @@ class TestFailures:
 class TestSkips:
     """Stages that skip themselves and stages the executor skips."""
 
-    async def test_skip_output(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_skip_output(self, traced: Traced) -> None:
         """A stage returning ``StageOutput.skip`` has result ``skip`` and no error."""
-        graph = one_stage_graph("p", "s", skip, TracingInterceptor(tracer_provider))
+        graph = one_stage_graph("p", "s", skip, traced.interceptor)
         await graph.run(entry_ctx())
-        span = by_name(span_exporter.get_finished_spans())["stage s"]
+        span = traced.spans()["stage s"]
         assert (span.attributes or {})["stageflow.stage.result"] == "skip"
         assert span.status.status_code is StatusCode.UNSET
 
     async def test_conditional_skip_has_no_span_and_its_events_go_on_the_run_span(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+        self, traced: Traced
     ) -> None:
         """A conditional stage the executor skips has no span; its event is on the run span, with no sink.
 
         A traced run's events are span events whatever sink the run was given (none here).
         """
-        graph = (
+        graph = traced.build(
             Pipeline(name="p")
             .with_stage("s", skip, T)
             .with_stage("cond", ok, StageKind.GUARD, dependencies=("s",), conditional=True)
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
         )
         await graph.run(entry_ctx())
-        spans = span_exporter.get_finished_spans()
+        spans = traced.finished()
         assert dump_spans(spans) == ["pipeline p", "  stage s"]
         assert [[str((e.attributes or {})[semconv.EVENT_TYPE]) for e in s.events] for s in spans] == [
             ["stage.s.started", "stage.s.skipped"],
@@ -506,11 +441,9 @@ class TestSkips:
 class TestContextPropagation:
     """Spans opened inside ``execute()`` and the W3C helpers."""
 
-    async def test_user_spans_are_stage_children(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_user_spans_are_stage_children(self, traced: Traced) -> None:
         """A span opened inside ``execute()`` is a child of that stage's span, also for concurrent stages."""
-        tracer = tracer_provider.get_tracer("user")
+        tracer = traced.provider.get_tracer("user")
         b_started, c_started = asyncio.Event(), asyncio.Event()
 
         async def b(ctx: StageContext) -> StageOutput:
@@ -525,15 +458,14 @@ class TestContextPropagation:
                 await b_started.wait()
             return StageOutput.ok()
 
-        graph = (
+        graph = traced.build(
             Pipeline(name="p")
             .with_stage("a", ok, T)
             .with_stage("b", b, T, dependencies=("a",))
             .with_stage("c", c, T, dependencies=("a",))
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
         )
         await asyncio.wait_for(graph.run(entry_ctx()), 5)
-        assert dump_spans(span_exporter.get_finished_spans()) == [
+        assert dump_spans(traced.finished()) == [
             "pipeline p",
             "  stage a",
             "  stage b [links: stage a]",
@@ -542,11 +474,9 @@ class TestContextPropagation:
             "    user c",
         ]
 
-    async def test_outer_interceptor_context_reaches_execute(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_outer_interceptor_context_reaches_execute(self, traced: Traced) -> None:
         """Baggage and context variables set by interceptors around the stage span reach ``execute()``."""
-        tracer = tracer_provider.get_tracer("user")
+        tracer = traced.provider.get_tracer("user")
         request: ContextVar[str] = ContextVar("request", default="-")
         seen: list[tuple[object, object, str]] = []
 
@@ -590,11 +520,11 @@ class TestContextPropagation:
             Pipeline(name="p")
             .with_stage("a", read, T)
             .with_stage("b", read, T, dependencies=("a",))
-            .build(interceptors=[StageBaggage(), RunBaggage(), TracingInterceptor(tracer_provider)])
+            .build(interceptors=[StageBaggage(), RunBaggage(), traced.interceptor])
         )
         await graph.run(entry_ctx())
         assert seen == [("acme", "r-1", "r-1"), ("acme", "r-1", "r-1")]
-        assert dump_spans(span_exporter.get_finished_spans()) == [
+        assert dump_spans(traced.finished()) == [
             "pipeline p",
             "  outer a",
             "  outer b",
@@ -606,13 +536,12 @@ class TestContextPropagation:
 
     async def test_many_concurrent_runs(
         self,
-        tracer_provider: TracerProvider,
-        span_exporter: InMemorySpanExporter,
+        traced: Traced,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         """Many concurrent runs keep every parent, child and link right and never fail to detach a context."""
         caplog.set_level(logging.DEBUG)
-        tracer = tracer_provider.get_tracer("user")
+        tracer = traced.provider.get_tracer("user")
         runs = 50
         gate = asyncio.Event()
 
@@ -623,19 +552,12 @@ class TestContextPropagation:
                     await asyncio.sleep(0)
             return StageOutput.ok()
 
-        graph = (
-            Pipeline(name="demo")
-            .with_stage("a", work, T)
-            .with_stage("b", work, T, dependencies=("a",))
-            .with_stage("c", work, T, dependencies=("a",))
-            .with_stage("d", work, T, dependencies=("b", "c"))
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
+        graph = traced.build(diamond_of(work))
         tasks = [asyncio.create_task(graph.run(entry_ctx())) for _ in range(runs)]
         await asyncio.sleep(0)
         gate.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
-        spans = span_exporter.get_finished_spans()
+        spans = traced.finished()
         traces: dict[int, list[ReadableSpan]] = {}
         for span in spans:
             traces.setdefault(span.context.trace_id, []).append(span)
@@ -665,9 +587,7 @@ class TestContextPropagation:
         assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
         assert not trace.get_current_span().get_span_context().is_valid
 
-    async def test_inject_context(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_inject_context(self, traced: Traced) -> None:
         """``inject_context`` inside a stage writes the stage span's ``traceparent``."""
         carriers: list[Mapping[str, str]] = []
 
@@ -675,9 +595,9 @@ class TestContextPropagation:
             carriers.append(inject_context())
             return StageOutput.ok()
 
-        graph = one_stage_graph("p", "out", call_out, TracingInterceptor(tracer_provider))
+        graph = one_stage_graph("p", "out", call_out, traced.interceptor)
         await graph.run(entry_ctx())
-        span = by_name(span_exporter.get_finished_spans())["stage out"]
+        span = traced.spans()["stage out"]
         ids = f"{span.context.trace_id:032x}-{span.context.span_id:016x}"
         assert carriers[0]["traceparent"].startswith(f"00-{ids}-")
 
@@ -691,23 +611,19 @@ class TestContextPropagation:
 class TestContentCapture:
     """Stage content is captured only through the redaction hook."""
 
-    async def test_off_by_default(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_off_by_default(self, traced: Traced) -> None:
         """Without a hook no output attribute is recorded."""
 
         async def secret(ctx: StageContext) -> StageOutput:
             return StageOutput.ok(password="hunter2")
 
-        graph = one_stage_graph("p", "s", secret, TracingInterceptor(tracer_provider))
+        graph = one_stage_graph("p", "s", secret, traced.interceptor)
         await graph.run(entry_ctx())
-        span = by_name(span_exporter.get_finished_spans())["stage s"]
+        span = traced.spans()["stage s"]
         assert [k for k in span.attributes or {} if k.startswith(semconv.STAGE_OUTPUT_PREFIX)] == []
         assert "hunter2" not in repr(dict(span.attributes or {}))
 
-    async def test_hook_attributes(
-        self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
-    ) -> None:
+    async def test_hook_attributes(self, traced: Traced) -> None:
         """The hook's attributes are recorded under the ``stageflow.stage.output.`` prefix."""
 
         def hook(stage: StageInfo, output: StageOutput) -> Mapping[str, AttributeValue]:
@@ -716,15 +632,14 @@ class TestContentCapture:
         async def text(ctx: StageContext) -> StageOutput:
             return StageOutput.ok(text="hello")
 
-        graph = one_stage_graph("p", "t", text, TracingInterceptor(tracer_provider, capture_content=hook))
+        graph = one_stage_graph("p", "t", text, TracingInterceptor(traced.provider, capture_content=hook))
         await graph.run(entry_ctx())
-        span = by_name(span_exporter.get_finished_spans())["stage t"]
+        span = traced.spans()["stage t"]
         assert (span.attributes or {})["stageflow.stage.output.length"] == 5
 
     async def test_broken_hook_is_logged_once(
         self,
-        tracer_provider: TracerProvider,
-        span_exporter: InMemorySpanExporter,
+        traced: Traced,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A hook that raises is logged once and never fails the run."""
@@ -736,12 +651,12 @@ class TestContentCapture:
             Pipeline(name="p")
             .with_stage("a", ok, T)
             .with_stage("b", ok, T)
-            .build(interceptors=[TracingInterceptor(tracer_provider, capture_content=hook)])
+            .build(interceptors=[TracingInterceptor(traced.provider, capture_content=hook)])
         )
         await graph.run(entry_ctx())
         await graph.run(entry_ctx())
         assert len([r for r in caplog.records if r.name == "stageflow_otel"]) == 1
-        assert len(span_exporter.get_finished_spans()) == 6
+        assert len(traced.finished()) == 6
 
 
 class TestNoSdk:
