@@ -16,7 +16,7 @@ from stageflow import RunRecord, SQLiteRunStore, StageRecord
 from stageflow.views._timeline import timeline_of_record
 
 from ._runs_store import RECORDS, T0, write_store
-from ._support import run_cli
+from ._support import cli_error, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"
@@ -58,8 +58,7 @@ class TestHelpAndVersion:
 
     def test_no_command_is_a_usage_error(self, capsys: pytest.CaptureFixture[str]) -> None:
         """Without a command the usage goes to stderr with status 2."""
-        status, _, err = run_cli(capsys)
-        assert status == 2
+        err = cli_error(capsys, status=2)
         assert "the following arguments are required: COMMAND" in err
 
     @pytest.mark.parametrize(
@@ -126,8 +125,7 @@ class TestRuns:
 
     def test_ambiguous_prefix(self, capsys: pytest.CaptureFixture[str], db: str) -> None:
         """A prefix matching several runs is refused, naming them in id order."""
-        status, _, err = run_cli(capsys, "runs", "show", db, "aaaa")
-        assert status == 1
+        err = cli_error(capsys, "runs", "show", db, "aaaa")
         assert err == (
             f"stageflow: error: run id prefix 'aaaa' matches 2 runs in {db!r} "
             "(aaaa0001-0000-0000-0000-000000000001, aaaa0002-0000-0000-0000-000000000002); "
@@ -145,8 +143,7 @@ class TestRuns:
     def test_missing_store_is_not_created(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         """A path that does not exist is an error, and no database is created there."""
         missing = tmp_path / "nope.db"
-        status, _, err = run_cli(capsys, "runs", "list", str(missing))
-        assert status == 1
+        err = cli_error(capsys, "runs", "list", str(missing))
         assert err.startswith(f"stageflow: error: no run store at {str(missing)!r}: the file does not exist")
         assert not missing.exists()
 
@@ -154,8 +151,7 @@ class TestRuns:
         """A file that is not SQLite is reported as such."""
         text = tmp_path / "notes.txt"
         text.write_text("hello, this is not a database at all" * 10)
-        status, _, err = run_cli(capsys, "runs", "list", str(text))
-        assert status == 1
+        err = cli_error(capsys, "runs", "list", str(text))
         assert err == (
             f"stageflow: error: run store {str(text)!r} is not a stageflow run store: it is not a readable "
             "SQLite database (file is not a database); pass the path of a new file (or of one an earlier "
@@ -165,8 +161,7 @@ class TestRuns:
     @pytest.mark.parametrize(("value", "message"), [("0", "at least 1"), ("x", "at least 1")], ids=["0", "x"])
     def test_bad_limit(self, capsys: pytest.CaptureFixture[str], db: str, value: str, message: str) -> None:
         """A limit that is not a positive whole number is a usage error."""
-        status, _, err = run_cli(capsys, "runs", "list", db, "--limit", value)
-        assert status == 2
+        err = cli_error(capsys, "runs", "list", db, "--limit", value, status=2)
         assert f"argument --limit: must be a whole number of {message}, got {value!r}" in err
 
 
@@ -218,8 +213,7 @@ class TestGraph:
     ) -> None:
         """A target that is not a pipeline gets an error saying what is wrong."""
         monkeypatch.chdir(ROOT)
-        status, _, err = run_cli(capsys, "graph", target)
-        assert status == 1
+        err = cli_error(capsys, "graph", target)
         assert message in err
 
 
@@ -296,19 +290,37 @@ class TestHostileText:
             ],
         )
 
-    def test_error_messages_are_escaped(
-        self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    @pytest.mark.parametrize(
+        ("module", "source", "error"),
+        [
+            (
+                "hostile_import_mod",
+                'raise ImportError("needs lib\\x1b]0;owned\\x07")\n',
+                "cannot import module 'hostile_import_mod' of 'hostile_import_mod:P': "
+                "needs lib\\x1b]0;owned\\x07",
+            ),
+            (
+                "raising_mod",
+                'raise ValueError("bad setting")\n',
+                "importing module 'raising_mod' of 'raising_mod:P' raised ValueError: bad setting; "
+                "fix the module (run 'python -c \"import raising_mod\"' to see the traceback)",
+            ),
+        ],
+        ids=["error-messages-are-escaped", "raising-on-import-is-an-error-not-a-traceback"],
+    )
+    def test_a_module_that_fails_to_import_is_an_error(
+        self,
+        capsys: pytest.CaptureFixture[str],
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        module: str,
+        source: str,
+        error: str,
     ) -> None:
-        """An error message carrying a module's own text prints its control characters escaped."""
-        importable_module(
-            tmp_path, monkeypatch, "hostile_import_mod", 'raise ImportError("needs lib\\x1b]0;owned\\x07")\n'
-        )
-        assert run_cli(capsys, "graph", "hostile_import_mod:P") == (
-            1,
-            "",
-            "stageflow: error: cannot import module 'hostile_import_mod' of 'hostile_import_mod:P': "
-            "needs lib\\x1b]0;owned\\x07\n",
-        )
+        """A module that cannot be imported, or raises on import, is an error naming it, not a traceback; an
+        error message carrying the module's own text prints its control characters escaped."""
+        importable_module(tmp_path, monkeypatch, module, source)
+        assert run_cli(capsys, "graph", f"{module}:P") == (1, "", f"stageflow: error: {error}\n")
 
     def test_a_line_break_in_a_name_keeps_the_mermaid_label_on_one_line(
         self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -323,17 +335,6 @@ class TestHostileText:
         )
         run_cli(capsys, "graph", "newline_graph_mod:P", "-o", str(tmp_path / "g.mmd"))
         assert (tmp_path / "g.mmd").read_text() == 'flowchart TD\n    s0["a#10;b#13;#quot;c<br/>work"]\n'
-
-    def test_a_module_that_raises_on_import_is_an_error_not_a_traceback(
-        self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        importable_module(tmp_path, monkeypatch, "raising_mod", 'raise ValueError("bad setting")\n')
-        assert run_cli(capsys, "graph", "raising_mod:P") == (
-            1,
-            "",
-            "stageflow: error: importing module 'raising_mod' of 'raising_mod:P' raised ValueError: bad "
-            "setting; fix the module (run 'python -c \"import raising_mod\"' to see the traceback)\n",
-        )
 
     def test_graph_on_stdout_escapes_control_characters(
         self, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -15,7 +15,7 @@ from stageflow import PostgresRunStore, RunRecord, SQLiteRunStore
 from stageflow.views._timeline import timeline_of_record
 from tests._postgres import PostgresServer
 from tests._runs_store import RECORDS, STREAMED, write_store
-from tests._support import run_cli
+from tests._support import cli_error, run_cli
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -65,8 +65,7 @@ class TestSQLiteReadsWriteNothing:
         """An empty file is no run store: the command says so and writes no schema into it."""
         empty = tmp_path / "empty.db"
         empty.touch()
-        status, _, err = run_cli(capsys, "runs", "list", str(empty))
-        assert status == 1
+        err = cli_error(capsys, "runs", "list", str(empty))
         assert err == (
             f"stageflow: error: run store {str(empty)!r} is not a stageflow run store: it holds no tables; "
             "pass the path of a new file (or of one an earlier SQLiteRunStore created), "
