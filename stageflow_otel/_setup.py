@@ -231,23 +231,22 @@ def build(
         value_length_limit=settings.event_length_limit,
     )
     exports.events_lost.append(sink.count_dropped)  # events whose log records the export path gave up on
-    server = _serve(prometheus, port, metrics_addr or settings.prometheus_host, registry)
-    if wait is not None:
-        register_backpressure(tracer_provider, Backpressure([*exports.books, sink]))
-    if set_global:
-        _install_globals(tracer_provider, meter_provider, logger_provider, sink)
     telemetry = Telemetry(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         logger_provider=logger_provider,
         event_sink=sink,
-        metrics_server=server,
+        metrics_server=_serve(prometheus, port, metrics_addr or settings.prometheus_host, registry),
         mode=chosen,
         _guards=exports.guards,
         _books=exports.books,
         _accounting=accounting,
         _global_sink=set_global,
     )
+    if wait is not None:
+        register_backpressure(tracer_provider, Backpressure([*exports.books, sink]))
+    if set_global:
+        _install_globals(telemetry)
     stops = (
         _worker.install(telemetry, settings, accounting),
         _loop.install(meter_provider, settings.loop_monitor if loop_monitor is None else loop_monitor),
@@ -373,26 +372,21 @@ def _serve(
         return None
 
 
-def _install_globals(
-    tracer_provider: SdkTracerProvider,
-    meter_provider: SdkMeterProvider,
-    logger_provider: SdkLoggerProvider,
-    sink: OtlpEventSink,
-) -> None:
-    """Install the providers as OpenTelemetry's globals and the sink as stageflow's process sink.
+def _install_globals(telemetry: Telemetry) -> None:
+    """Install ``telemetry``'s providers as OpenTelemetry's globals and its sink as stageflow's process sink.
 
     Logs an error if OpenTelemetry kept earlier global providers (they can be set once per process).
     """
-    trace.set_tracer_provider(tracer_provider)
-    metrics.set_meter_provider(meter_provider)
-    _logs.set_logger_provider(logger_provider)
-    stageflow.set_event_sink(sink)
+    trace.set_tracer_provider(telemetry.tracer_provider)
+    metrics.set_meter_provider(telemetry.meter_provider)
+    _logs.set_logger_provider(telemetry.logger_provider)
+    stageflow.set_event_sink(telemetry.event_sink)
     kept = [
         name
         for name, current, ours in (
-            ("tracer", trace.get_tracer_provider(), tracer_provider),
-            ("meter", metrics.get_meter_provider(), meter_provider),
-            ("logger", _logs.get_logger_provider(), logger_provider),
+            ("tracer", trace.get_tracer_provider(), telemetry.tracer_provider),
+            ("meter", metrics.get_meter_provider(), telemetry.meter_provider),
+            ("logger", _logs.get_logger_provider(), telemetry.logger_provider),
         )
         if current is not ours
     ]
