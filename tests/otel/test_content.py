@@ -7,16 +7,19 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from opentelemetry._logs import LogRecord
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util.types import AttributeValue
 
@@ -45,6 +48,7 @@ from stageflow_otel import (
     setup,
 )
 
+from .conftest import by_name
 from .conftest import entry_ctx as _entry_ctx
 from .otlp_receiver import OtlpReceiver
 
@@ -68,16 +72,33 @@ def traced(pipeline: Pipeline, telemetry: Telemetry) -> StageGraph:
     return pipeline.build(interceptors=[TracingInterceptor(telemetry.tracer_provider)])
 
 
-async def run_all(bad: StageGraph, good: StageGraph, telemetry: Telemetry) -> None:
-    """One run of ``bad`` (which fails) among ``GOOD_RUNS`` concurrent runs of ``good``."""
+@contextlib.contextmanager
+def exported() -> Iterator[Telemetry]:
+    """``setup()`` from the environment (not installed globally); its telemetry is flushed when the block
+    ends, then it is shut down."""
+    telemetry = setup(set_global=False)
+    try:
+        yield telemetry
+        assert telemetry.force_flush(timeout=10.0)
+    finally:
+        assert telemetry.shutdown(timeout=5.0)
 
-    async def failing() -> None:
-        with pytest.raises(PipelineFailedError):
-            await bad.run(entry_ctx(sink=telemetry.event_sink))
 
-    await asyncio.gather(
-        failing(), *(good.run(entry_ctx(sink=telemetry.event_sink)) for _ in range(GOOD_RUNS))
-    )
+async def one_bad_run_among_good_ones(bad: Any) -> Telemetry:
+    """One traced run of ``two_stages("bad", bad)`` (which fails) among ``GOOD_RUNS`` concurrent traced
+    runs of ``two_stages("good", ok)``, their telemetry exported; the (shut down) telemetry."""
+    with exported() as telemetry:
+        bad_graph = traced(two_stages("bad", bad), telemetry)
+        good_graph = traced(two_stages("good", ok), telemetry)
+
+        async def failing() -> None:
+            with pytest.raises(PipelineFailedError):
+                await bad_graph.run(entry_ctx(sink=telemetry.event_sink))
+
+        await asyncio.gather(
+            failing(), *(good_graph.run(entry_ctx(sink=telemetry.event_sink)) for _ in range(GOOD_RUNS))
+        )
+    return telemetry
 
 
 def entry_ctx(sink: EventSink | None = None) -> StageContext:
@@ -115,16 +136,7 @@ class TestOversizedValues:
         async def huge(ctx: StageContext) -> StageOutput:
             raise ValueError("x" * 5_000_000)
 
-        telemetry = setup(set_global=False)
-        try:
-            await run_all(
-                traced(two_stages("bad", huge), telemetry),
-                traced(two_stages("good", ok), telemetry),
-                telemetry,
-            )
-            assert telemetry.force_flush(timeout=10.0)
-        finally:
-            assert telemetry.shutdown(timeout=5.0)
+        await one_bad_run_among_good_ones(huge)
         spans = receiver.spans()
         assert (
             sorted(s.name for s in spans if s.name.startswith("pipeline"))
@@ -152,16 +164,8 @@ class TestOversizedValues:
         async def long(ctx: StageContext) -> StageOutput:
             return StageOutput.fail("y" * 1000)
 
-        telemetry = setup(set_global=False)
-        try:
-            graph = two_stages("p" * 300, long).build(
-                interceptors=[TracingInterceptor(telemetry.tracer_provider)]
-            )
-            with pytest.raises(PipelineFailedError):
-                await graph.run(entry_ctx(sink=telemetry.event_sink))
-            assert telemetry.force_flush(timeout=10.0)
-        finally:
-            telemetry.shutdown(timeout=5.0)
+        with exported() as telemetry, pytest.raises(PipelineFailedError):
+            await traced(two_stages("p" * 300, long), telemetry).run(entry_ctx(sink=telemetry.event_sink))
         stage = next(s for s in receiver.spans() if s.name == "stage b")
         run = next(s for s in receiver.spans() if s.name.startswith("pipeline "))
         assert (len(stage.status.message), len(run.name)) == (100, 100)
@@ -178,16 +182,7 @@ class TestOversizedValues:
         async def odd(ctx: StageContext) -> StageOutput:
             raise OSError("cannot open 'caf\udce9.txt'")
 
-        telemetry = setup(set_global=False)
-        try:
-            await run_all(
-                traced(two_stages("bad", odd), telemetry),
-                traced(two_stages("good", ok), telemetry),
-                telemetry,
-            )
-            assert telemetry.force_flush(timeout=10.0)
-        finally:
-            assert telemetry.shutdown(timeout=5.0)
+        telemetry = await one_bad_run_among_good_ones(odd)
         assert len(receiver.spans()) == 3 * (GOOD_RUNS + 1)
         assert len(receiver.log_records()) == EVENTS_PER_RUN * (GOOD_RUNS + 1)
         failed = next(s for s in receiver.spans() if s.name == "stage b" and s.status.message)
@@ -202,15 +197,11 @@ class TestOversizedValues:
         def hook(stage: StageInfo, output: StageOutput) -> dict[str, AttributeValue]:
             return {"file": "caf\udce9.txt", "files": ("a", "b\udcff")}
 
-        telemetry = setup(set_global=False)
-        try:
+        with exported() as telemetry:
             graph = two_stages("demo", ok).build(
                 interceptors=[TracingInterceptor(telemetry.tracer_provider, capture_content=hook)]
             )
             await asyncio.gather(*(graph.run(entry_ctx()) for _ in range(GOOD_RUNS)))
-            assert telemetry.force_flush(timeout=10.0)
-        finally:
-            assert telemetry.shutdown(timeout=5.0)
         spans = receiver.spans()
         assert len(spans) == 3 * GOOD_RUNS
         stage = next(s for s in spans if s.name == "stage a")
@@ -238,23 +229,45 @@ async def returns_a_dict(ctx: StageContext) -> StageOutput:
     return {"api_key": "sk-live-0000"}  # type: ignore[return-value]
 
 
-class TestRedaction:
-    async def test_error_messages_are_redacted_on_spans_and_log_records(
-        self,
-        tracer_provider: TracerProvider,
-        span_exporter: InMemorySpanExporter,
-        logger_provider: LoggerProvider,
-        log_exporter: InMemoryLogRecordExporter,
-    ) -> None:
-        """By default a password and an e-mail address in an error message are masked everywhere."""
-        sink = OtlpEventSink(logger_provider=logger_provider, log_records=True)
-        graph = two_stages("demo", leaky).build(interceptors=[TracingInterceptor(tracer_provider)])
+FailedDemo = Callable[..., Awaitable[tuple[dict[str, ReadableSpan], list[LogRecord]]]]
+
+
+@pytest.fixture(name="failed_demo")
+def _failed_demo(
+    tracer_provider: TracerProvider,
+    span_exporter: InMemorySpanExporter,
+    logger_provider: LoggerProvider,
+    log_exporter: InMemoryLogRecordExporter,
+) -> FailedDemo:
+    """``spans, records = await failed_demo(stage, log_records=..., redact_error=...)``: one traced run of
+    ``two_stages("demo", stage)``, which fails, its events going to an OTLP sink with ``log_records``; the
+    tracing interceptor and the sink both redact errors with ``redact_error``. It gives the spans by name
+    and the log records, once the sink and the logger provider flushed."""
+
+    async def failed_demo(
+        stage: Any, *, log_records: bool | None = None, redact_error: ErrorRedactor = redact_error_message
+    ) -> tuple[dict[str, ReadableSpan], list[LogRecord]]:
+        sink = OtlpEventSink(
+            logger_provider=logger_provider, redact_error=redact_error, log_records=log_records
+        )
+        tracing = TracingInterceptor(tracer_provider, redact_error=redact_error)
         with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx(sink=sink))
+            await two_stages("demo", stage).build(interceptors=[tracing]).run(entry_ctx(sink=sink))
         assert sink.flush(5.0)
         logger_provider.force_flush()
-        stage = next(s for s in span_exporter.get_finished_spans() if s.name == "stage b")
-        run = next(s for s in span_exporter.get_finished_spans() if s.name == "pipeline demo")
+        records = [r.log_record for r in log_exporter.get_finished_logs()]
+        return by_name(span_exporter.get_finished_spans()), records
+
+    return failed_demo
+
+
+class TestRedaction:
+    async def test_error_messages_are_redacted_on_spans_and_log_records(
+        self, failed_demo: FailedDemo
+    ) -> None:
+        """By default a password and an e-mail address in an error message are masked everywhere."""
+        spans, records = await failed_demo(leaky, log_records=True)
+        stage, run = spans["stage b"], spans["pipeline demo"]
         assert stage.status.description == REDACTED_MESSAGE
         assert run.status.description == f"stage 'b' failed: PermissionError: {REDACTED_MESSAGE}"
         exception = next(e for e in stage.events if e.name == "exception")
@@ -265,32 +278,18 @@ class TestRedaction:
             REDACTED_MESSAGE,
         )
         assert str(event["exception.stacktrace"]).endswith(f"PermissionError: {REDACTED_MESSAGE}\n")
-        records = [r.log_record for r in log_exporter.get_finished_logs()]
         failed = [r for r in records if r.event_name == "stageflow.stage.failed"]
         assert [(r.attributes or {})["exception.message"] for r in failed] == [REDACTED_MESSAGE]
         span_event = next(e for e in stage.events if e.name == "stageflow.stage.failed")
         assert (span_event.attributes or {})["exception.message"] == REDACTED_MESSAGE
-        exported = repr([(s.status, s.events, s.attributes) for s in span_exporter.get_finished_spans()])
+        exported = repr([(s.status, s.events, s.attributes) for s in spans.values()])
         exported += repr([(r.body, r.attributes) for r in records])
         assert ("hunter2" in exported, "bob@" in exported) == (False, False)
 
-    async def test_error_type_only_exports_no_message(
-        self,
-        tracer_provider: TracerProvider,
-        span_exporter: InMemorySpanExporter,
-        logger_provider: LoggerProvider,
-        log_exporter: InMemoryLogRecordExporter,
-    ) -> None:
+    async def test_error_type_only_exports_no_message(self, failed_demo: FailedDemo) -> None:
         """With ``error_type_only`` spans and log records carry ``error.type`` and no message at all."""
-        sink = OtlpEventSink(logger_provider=logger_provider, redact_error=error_type_only, log_records=True)
-        graph = two_stages("demo", leaky).build(
-            interceptors=[TracingInterceptor(tracer_provider, redact_error=error_type_only)]
-        )
-        with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx(sink=sink))
-        assert sink.flush(5.0)
-        logger_provider.force_flush()
-        stage = next(s for s in span_exporter.get_finished_spans() if s.name == "stage b")
+        spans, records = await failed_demo(leaky, log_records=True, redact_error=error_type_only)
+        stage = spans["stage b"]
         assert (stage.status.description, (stage.attributes or {})[semconv.ERROR_TYPE]) == (
             None,
             "PermissionError",
@@ -298,40 +297,22 @@ class TestRedaction:
         event = dict(next(e for e in stage.events if e.name == "exception").attributes or {})
         assert sorted(event) == ["exception.stacktrace", "exception.type"]
         assert str(event["exception.stacktrace"]).endswith("\nPermissionError\n")
-        failed = [
-            r.log_record
-            for r in log_exporter.get_finished_logs()
-            if r.log_record.event_name == "stageflow.stage.failed"
-        ]
+        failed = [r for r in records if r.event_name == "stageflow.stage.failed"]
         assert [(r.attributes or {}).get("exception.message") for r in failed] == [None]
         assert [(r.attributes or {})[semconv.ERROR_TYPE] for r in failed] == ["PermissionError"]
         assert ["error" in r.body for r in failed if isinstance(r.body, dict)] == [False]
         span_event = next(e for e in stage.events if e.name == "stageflow.stage.failed")
         assert semconv.EXCEPTION_MESSAGE not in (span_event.attributes or {})
 
-    async def test_a_non_stage_output_return_exports_only_its_type(
-        self,
-        tracer_provider: TracerProvider,
-        span_exporter: InMemorySpanExporter,
-        logger_provider: LoggerProvider,
-        log_exporter: InMemoryLogRecordExporter,
-    ) -> None:
+    async def test_a_non_stage_output_return_exports_only_its_type(self, failed_demo: FailedDemo) -> None:
         """A dict returned instead of a StageOutput reaches spans and log records as 'a dict object'."""
-        sink = OtlpEventSink(logger_provider=logger_provider)
-        graph = two_stages("demo", returns_a_dict).build(interceptors=[TracingInterceptor(tracer_provider)])
-        with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx(sink=sink))
-        assert sink.flush(5.0)
-        logger_provider.force_flush()
-        run = next(s for s in span_exporter.get_finished_spans() if s.name == "pipeline demo")
-        assert run.status.description == (
+        spans, records = await failed_demo(returns_a_dict)
+        assert spans["pipeline demo"].status.description == (
             "stage 'b' failed: InvalidStageOutputError: stage 'b' returned a dict object; execute() "
             "must return a StageOutput, e.g. StageOutput.ok(key=value)"
         )
-        exported = repr([(s.status, s.events, s.attributes) for s in span_exporter.get_finished_spans()])
-        exported += repr(
-            [(r.log_record.body, r.log_record.attributes) for r in log_exporter.get_finished_logs()]
-        )
+        exported = repr([(s.status, s.events, s.attributes) for s in spans.values()])
+        exported += repr([(r.body, r.attributes) for r in records])
         assert "sk-live" not in exported
 
     async def test_logging_interceptor_redacts_the_error_field(self) -> None:
@@ -438,24 +419,20 @@ class TestDefaultRedactor:
     @pytest.mark.parametrize(
         ("message", "expected"),
         [
-            ("SSN 123-45-6789 on file", "SSN [REDACTED] on file"),
-            ("call 555-123-4567 or (555) 123-4567", "call [REDACTED] or [REDACTED]"),
-            ("call +44 20 7946 0958 now", "call [REDACTED] now"),
-            ("IBAN DE89 3704 0044 0532 0130 00 rejected", "IBAN [REDACTED] rejected"),
-            ("IBAN GB82WEST12345698765432", "IBAN [REDACTED]"),
-            ("ref DE00 3704 0044", "ref DE00 3704 0044"),
-            ("password=hunter2 for ann@example.org", "password=[REDACTED] for [REDACTED]"),
-            ("on 2026-12-05, 3 of 10 stages", "on 2026-12-05, 3 of 10 stages"),
-        ],
-        ids=[
-            "ssn",
-            "phone-us",
-            "phone-international",
-            "iban",
-            "iban-compact",
-            "bad-check-digits-kept",
-            "secrets-too",
-            "dates-counts-kept",
+            pytest.param("SSN 123-45-6789 on file", "SSN [REDACTED] on file", id="ssn"),
+            pytest.param(
+                "call 555-123-4567 or (555) 123-4567", "call [REDACTED] or [REDACTED]", id="phone-us"
+            ),
+            pytest.param("call +44 20 7946 0958 now", "call [REDACTED] now", id="phone-international"),
+            pytest.param("IBAN DE89 3704 0044 0532 0130 00 rejected", "IBAN [REDACTED] rejected", id="iban"),
+            pytest.param("IBAN GB82WEST12345698765432", "IBAN [REDACTED]", id="iban-compact"),
+            pytest.param("ref DE00 3704 0044", "ref DE00 3704 0044", id="bad-check-digits-kept"),
+            pytest.param(
+                "password=hunter2 for ann@example.org", "password=[REDACTED] for [REDACTED]", id="secrets-too"
+            ),
+            pytest.param(
+                "on 2026-12-05, 3 of 10 stages", "on 2026-12-05, 3 of 10 stages", id="dates-counts-kept"
+            ),
         ],
     )
     def test_pii_masking_is_opt_in(self, message: str, expected: str) -> None:
