@@ -351,6 +351,19 @@ class TestRedaction:
         )
 
 
+PII_CASES = {
+    "ssn": ("SSN 123-45-6789 on file", "SSN [REDACTED] on file"),
+    "phone-us": ("call 555-123-4567 or (555) 123-4567", "call [REDACTED] or [REDACTED]"),
+    "phone-international": ("call +44 20 7946 0958 now", "call [REDACTED] now"),
+    "iban": ("IBAN DE89 3704 0044 0532 0130 00 rejected", "IBAN [REDACTED] rejected"),
+    "iban-compact": ("IBAN GB82WEST12345698765432", "IBAN [REDACTED]"),
+    "bad-check-digits-kept": ("ref DE00 3704 0044", "ref DE00 3704 0044"),
+    "secrets-too": ("password=hunter2 for ann@example.org", "password=[REDACTED] for [REDACTED]"),
+    "dates-counts-kept": ("on 2026-12-05, 3 of 10 stages", "on 2026-12-05, 3 of 10 stages"),
+}
+"""Messages the opt-in PII redactor masks (or keeps), by case id: ``(message, redacted)``."""
+
+
 class TestDefaultRedactor:
     @pytest.mark.parametrize(
         ("message", "expected"),
@@ -416,25 +429,7 @@ class TestDefaultRedactor:
         """The default redactor masks credentials, e-mail addresses, long numbers and API keys only."""
         assert redact_error_message(ErrorDetails("ValueError", message)) == expected
 
-    @pytest.mark.parametrize(
-        ("message", "expected"),
-        [
-            pytest.param("SSN 123-45-6789 on file", "SSN [REDACTED] on file", id="ssn"),
-            pytest.param(
-                "call 555-123-4567 or (555) 123-4567", "call [REDACTED] or [REDACTED]", id="phone-us"
-            ),
-            pytest.param("call +44 20 7946 0958 now", "call [REDACTED] now", id="phone-international"),
-            pytest.param("IBAN DE89 3704 0044 0532 0130 00 rejected", "IBAN [REDACTED] rejected", id="iban"),
-            pytest.param("IBAN GB82WEST12345698765432", "IBAN [REDACTED]", id="iban-compact"),
-            pytest.param("ref DE00 3704 0044", "ref DE00 3704 0044", id="bad-check-digits-kept"),
-            pytest.param(
-                "password=hunter2 for ann@example.org", "password=[REDACTED] for [REDACTED]", id="secrets-too"
-            ),
-            pytest.param(
-                "on 2026-12-05, 3 of 10 stages", "on 2026-12-05, 3 of 10 stages", id="dates-counts-kept"
-            ),
-        ],
-    )
+    @pytest.mark.parametrize(("message", "expected"), PII_CASES.values(), ids=PII_CASES)
     def test_pii_masking_is_opt_in(self, message: str, expected: str) -> None:
         """The opt-in PII redactor also masks SSNs, phone numbers and IBANs with valid check digits."""
         assert redact_error_message_and_pii(ErrorDetails("ValueError", message)) == expected
