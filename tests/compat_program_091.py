@@ -92,10 +92,10 @@ class Transcribe:
     async def execute(self, ctx: StageContext) -> StageOutput:
         text = ctx.snapshot.input_text or ""
         return StageOutput(
-            StageStatus.OK,
-            {"transcript": text},
-            [StageArtifact("transcript", {"text": text}, CREATED)],
-            [StageEvent("progress", {"percent": 100}, CREATED)],
+            status=StageStatus.OK,
+            data={"transcript": text},
+            artifacts=[StageArtifact(type="transcript", payload={"text": text}, timestamp=CREATED)],
+            events=[StageEvent(type="progress", data={"percent": 100}, timestamp=CREATED)],
         )
 
 
@@ -153,6 +153,43 @@ def snapshot() -> ContextSnapshot:
     )
 
 
+def entry(
+    snap: ContextSnapshot,
+    name: str = "entry",
+    *,
+    timer: PipelineTimer | None = None,
+    sink: EventSink | None = None,
+) -> StageContext:
+    """A run's entry context for ``snap``, made with 0.9.1's two factories."""
+    timer = PipelineTimer() if timer is None else timer
+    return create_stage_context(snap, create_stage_inputs(snap), name, timer, event_sink=sink)
+
+
+def context_without_ids(user_id: UUID | None = None) -> PipelineContext:
+    """A ``PipelineContext`` made with the six id keywords 0.9.1 requires, all None but ``user_id``."""
+    return PipelineContext(
+        pipeline_run_id=None,
+        request_id=None,
+        session_id=None,
+        user_id=user_id,
+        org_id=None,
+        interaction_id=None,
+    )
+
+
+async def reply_alone(graph: Any, snap: ContextSnapshot) -> StageOutput:
+    """Stage ``reply`` of ``graph`` run on its own by its spec's runner, given the transcript "hey"."""
+    spec = {s.name: s for s in graph.stage_specs}["reply"]
+    inputs = create_stage_inputs(
+        snap,
+        prior_outputs={"transcribe": StageOutput.ok(transcript="hey")},
+        declared_deps=spec.dependencies,
+        stage_name="reply",
+    )
+    output: StageOutput = await spec.runner(create_stage_context(snap, inputs, "reply", PipelineTimer()))
+    return output
+
+
 def shared_keys(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {key: data.get(key, "<missing>") for key in keys}
 
@@ -184,10 +221,7 @@ async def run_pipeline(seen: dict[str, Any]) -> None:
     ]
     snap = snapshot()
     sink = Sink()
-    ctx = create_stage_context(
-        snap, create_stage_inputs(snap), "pipeline_entry", PipelineTimer(), event_sink=sink
-    )
-    results = await graph.run(ctx)
+    results = await graph.run(entry(snap, "pipeline_entry", sink=sink))
     seen["results"] = {
         name: {
             "status": results[name].status.value,
@@ -202,18 +236,11 @@ async def run_pipeline(seen: dict[str, Any]) -> None:
     progress = [data for type, data in sink.events if type == "stage.progress"]
     keys = ("pipeline_run_id", "request_id", "execution_mode", "stage", "status", "stage_name", "chars")
     seen["progress_events"] = [shared_keys(data, keys) for data in progress]
-    spec = {s.name: s for s in graph.stage_specs}["reply"]
-    inputs = create_stage_inputs(
-        snap,
-        prior_outputs={"transcribe": StageOutput.ok(transcript="hey")},
-        declared_deps=spec.dependencies,
-        stage_name="reply",
-    )
-    alone = await spec.runner(create_stage_context(snap, inputs, "reply", PipelineTimer()))
+    alone = await reply_alone(graph, snap)
     seen["runner_alone"] = [alone.status.value, dict(alone.data), alone.version]
     failing = Pipeline().with_stage("reject", reject, StageKind.GUARD).build()
     try:
-        await failing.run(create_stage_context(snap, create_stage_inputs(snap), "entry", PipelineTimer()))
+        await failing.run(entry(snap))
     except Exception as exc:
         seen["failure"] = ["Unknown error" in str(exc), getattr(exc, "stage", "<missing>")]
     else:
@@ -225,7 +252,7 @@ async def run_pipeline(seen: dict[str, Any]) -> None:
         .build()
     )
     try:
-        await cancelling.run(create_stage_context(snap, create_stage_inputs(snap), "entry", PipelineTimer()))
+        await cancelling.run(entry(snap))
     except Exception as exc:
         results_of = getattr(exc, "results", {})
         seen["cancel"] = [
@@ -265,17 +292,7 @@ async def pipeline_context(seen: dict[str, Any]) -> None:
     seen["now_utc"] = PipelineContext.now().tzinfo is UTC
     auth = Auth()
     allowed = await auth.before("llm", ctx)
-    blocked = await auth.before(
-        "llm",
-        PipelineContext(
-            pipeline_run_id=None,
-            request_id=None,
-            session_id=None,
-            user_id=USR,
-            org_id=None,
-            interaction_id=None,
-        ),
-    )
+    blocked = await auth.before("llm", context_without_ids(USR))
     seen["auth"] = [allowed, None if blocked is None else [blocked.stage_ran, blocked.error]]
 
 
@@ -283,15 +300,7 @@ def sinks(seen: dict[str, Any]) -> None:
     sink = Sink()
     set_event_sink(sink)
     try:
-        default = PipelineContext(
-            pipeline_run_id=None,
-            request_id=None,
-            session_id=None,
-            user_id=None,
-            org_id=None,
-            interaction_id=None,
-        )
-        seen["default_sink_is_process_sink"] = default.event_sink is sink
+        seen["default_sink_is_process_sink"] = context_without_ids().event_sink is sink
     finally:
         clear_event_sink()
     seen["cleared_sink_is_noop"] = isinstance(get_event_sink(), NoOpEventSink)
@@ -346,7 +355,7 @@ def contexts_and_values(seen: dict[str, Any]) -> None:
         timer.started_at.tzinfo is UTC,
     ]
     sink = Sink()
-    ctx = create_stage_context(snap, create_stage_inputs(snap), "entry", timer, event_sink=sink)
+    ctx = entry(snap, timer=timer, sink=sink)
     seen["stage_ctx"] = [ctx.started_at == timer.started_at, StageContext.now().tzinfo is UTC]
     ctx_dict = ctx.to_dict()
     seen["stage_ctx_to_dict"] = [

@@ -3,8 +3,9 @@
 ``compat_program_091.py`` runs under both this stageflow and stageflow-core 0.9.1 itself (installed from
 PyPI), and both must print the same observations. The programs below use only names 0.9.1 exports
 (top-level ``stageflow``, ``stageflow.context``, ``stageflow.stages``, ``stageflow.interceptors``) with
-this package's executor features (interceptors on ``build()``); ``test_compat_units.py`` pins every item
-with exact values.
+this package's executor features (interceptors on ``build()``); the stages, the sink and the context
+factories they share with that program are its own. ``test_compat_units.py`` pins every item with exact
+values.
 """
 
 from __future__ import annotations
@@ -21,71 +22,29 @@ from uuid import UUID
 import pytest
 
 from stageflow import (
-    BaseInterceptor,
     EventSink,
-    InterceptorResult,
     NoOpEventSink,
     Pipeline,
     PipelineContext,
-    PipelineTimer,
-    StageArtifact,
     StageContext,
-    StageEvent,
     StageKind,
     StageOutput,
     StageResult,
     StageStatus,
     UnifiedStageSpec,
     clear_event_sink,
-    create_stage_context,
-    create_stage_inputs,
     get_event_sink,
     set_event_sink,
 )
 from stageflow.context import ContextSnapshot, RunIdentity
+from stageflow.interceptors import BaseInterceptor, InterceptorResult
 from stageflow.stages import UndeclaredDependencyError
 
 from ._support import AuthInterceptor
+from .compat_program_091 import Reply, Sink, Transcribe, context_without_ids, entry, reply_alone
 
 USER = UUID("00000000-0000-4000-8000-000000000001")
 ORG = UUID("00000000-0000-4000-8000-000000000002")
-
-
-class CollectingSink(EventSink):
-    """A 0.9.1-style sink: subclasses the protocol and implements ``emit``; ``try_emit`` is inherited."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any] | None]] = []
-
-    async def emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        self.events.append((type, data))
-
-    def try_emit(self, *, type: str, data: dict[str, Any] | None) -> None:
-        self.events.append((type, data))
-
-
-class TranscribeStage:
-    name = "transcribe"
-    kind = StageKind.TRANSFORM
-
-    async def execute(self, ctx: StageContext) -> StageOutput:
-        text = ctx.snapshot.input_text or ""
-        return StageOutput(
-            status=StageStatus.OK,
-            data={"transcript": text},
-            artifacts=[StageArtifact(type="transcript", payload={"text": text})],
-            events=[StageEvent(type="progress", data={"percent": 100})],
-        )
-
-
-class ReplyStage:
-    name = "reply"
-    kind = StageKind.AGENT
-
-    async def execute(self, ctx: StageContext) -> StageOutput:
-        transcript = ctx.inputs.require_from("transcribe", "transcript")
-        ctx.record_stage_event("reply", "progress", chars=len(transcript))
-        return StageOutput.ok(reply=transcript.upper(), user=str(ctx.snapshot.user_id)).with_version("v2")
 
 
 class RejectStage:
@@ -135,15 +94,14 @@ def entry_context(*, sink: EventSink | None = None) -> StageContext:
         topology="voice_fast",
         execution_mode="practice",
     )
-    inputs = create_stage_inputs(snapshot)
-    return create_stage_context(snapshot, inputs, "pipeline_entry", PipelineTimer(), event_sink=sink)
+    return entry(snapshot, "pipeline_entry", sink=sink)
 
 
 def voice_pipeline() -> Pipeline:
     return (
         Pipeline()
-        .with_stage("transcribe", TranscribeStage, StageKind.TRANSFORM)
-        .with_stage("reply", ReplyStage, StageKind.AGENT, dependencies=("transcribe",))
+        .with_stage("transcribe", Transcribe, StageKind.TRANSFORM)
+        .with_stage("reply", Reply, StageKind.AGENT, dependencies=("transcribe",))
     )
 
 
@@ -160,7 +118,7 @@ class TestProgram091:
             ("transcribe", StageKind.TRANSFORM, (), False),
             ("reply", StageKind.AGENT, ("transcribe",), False),
         ]
-        sink = CollectingSink()
+        sink = Sink()
         results = await graph.run(entry_context(sink=sink))
         assert results["reply"].data == {"reply": "HELLO", "user": str(USER)}
         assert results["reply"].status == StageStatus.OK
@@ -231,7 +189,7 @@ class TestProgram091:
 
     async def test_process_sink_and_clear(self) -> None:
         """``set_event_sink`` routes a run's events to a sink; ``clear_event_sink`` restores the no-op."""
-        sink = CollectingSink()
+        sink = Sink()
         assert isinstance(sink, EventSink)
         set_event_sink(sink)
         try:
@@ -252,15 +210,7 @@ class TestProgram091:
     async def test_stage_spec_runner_runs_the_stage_alone(self) -> None:
         """``await spec.runner(ctx)`` of ``stage_specs`` runs one stage with the inputs it is given."""
         graph = voice_pipeline().build()
-        snapshot = ContextSnapshot(input_text="hey")
-        spec = {s.name: s for s in graph.stage_specs}["reply"]
-        inputs = create_stage_inputs(
-            snapshot,
-            prior_outputs={"transcribe": StageOutput.ok(transcript="hey")},
-            declared_deps=spec.dependencies,
-            stage_name="reply",
-        )
-        output = await spec.runner(create_stage_context(snapshot, inputs, "reply", PipelineTimer()))
+        output = await reply_alone(graph, ContextSnapshot(input_text="hey"))
         assert (output.status, dict(output.data), output.version) == (
             StageStatus.OK,
             {"reply": "HEY", "user": "None"},
@@ -284,17 +234,7 @@ class TestProgram091:
         )
         assert await audit.before("llm", ctx) is None
         assert await auth.before("llm", ctx) is None
-        blocked = await auth.before(
-            "llm",
-            PipelineContext(
-                pipeline_run_id=None,
-                request_id=None,
-                session_id=None,
-                user_id=None,
-                org_id=None,
-                interaction_id=None,
-            ),
-        )
+        blocked = await auth.before("llm", context_without_ids())
         assert blocked == InterceptorResult(stage_ran=False, error="Not authenticated")
         assert audit.seen == [("llm", USER, ORG, "chat_fast", "doc_edit")]
         assert ctx.to_dict()["pipeline_run_id"] == str(UUID(int=7))

@@ -52,7 +52,7 @@ from stageflow.context import ContextSnapshot, RunIdentity
 from stageflow.stages import StageInputs
 
 from ._support import make_ctx, ok_stage
-from .compat_program_091 import CREATED, IDS, INT, ORG, REQ, RUN, SES, USR
+from .compat_program_091 import CREATED, IDS, INT, ORG, REQ, RUN, SES, USR, context_without_ids
 
 T = StageKind.TRANSFORM
 ID_STRINGS = {key: str(value) for key, value in IDS.items()}
@@ -93,29 +93,13 @@ class TestPipelineContext:
     def test_keyword_constructor_ids(self) -> None:
         """The 0.9.1 keywords give a context whose ids, topology and mode read back as attributes."""
         ctx = compat_context()
-        assert (
-            ctx.pipeline_run_id,
-            ctx.run_id,
-            ctx.request_id,
-            ctx.session_id,
-            ctx.user_id,
-            ctx.org_id,
-            ctx.interaction_id,
-            ctx.topology,
-            ctx.execution_mode,
-        ) == (RUN, RUN, REQ, SES, USR, ORG, INT, "chat_fast", "practice")
+        assert {keyword: getattr(ctx, keyword) for keyword in IDS} == IDS
+        assert (ctx.run_id, ctx.topology, ctx.execution_mode) == (RUN, "chat_fast", "practice")
         assert ctx.snapshot.run_id.user_id == USR
 
     def test_keyword_constructor_defaults(self) -> None:
         """Unset 0.9.1 attributes have 0.9.1's defaults; the sink is the process sink."""
-        ctx = PipelineContext(
-            pipeline_run_id=None,
-            request_id=None,
-            session_id=None,
-            user_id=None,
-            org_id=None,
-            interaction_id=None,
-        )
+        ctx = context_without_ids()
         assert (
             ctx.service,
             ctx.configuration,
