@@ -486,12 +486,7 @@ class TestFactories:
 
 
 PIPELINE_CONTEXT_091 = {
-    "pipeline_run_id",
-    "request_id",
-    "session_id",
-    "user_id",
-    "org_id",
-    "interaction_id",
+    *IDS,  # the six run ids, as the 0.9.1 program spells them
     "topology",
     "execution_mode",
     "service",
