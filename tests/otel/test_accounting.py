@@ -21,7 +21,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Mapping
 
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
@@ -101,6 +100,24 @@ def data_points(metric: Metric) -> int:
     kind = metric.WhichOneof("data")
     assert kind is not None
     return len(getattr(metric, kind).data_points)
+
+
+def spans_only(env: pytest.MonkeyPatch, **variables: str) -> None:
+    """Sets the environment ``variables``, and exports no log records and no metrics: spans only."""
+    for name, value in {**variables, "OTEL_LOGS_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}.items():
+        env.setenv(name, value)
+
+
+async def lost_after_flush(name: str, *, runs: int, flush_seconds: float) -> dict[str, int]:
+    """Telemetry ``name`` set up from the environment: ``runs`` runs, a flush within ``flush_seconds``
+    that must succeed, then shutdown. How much it lost of each kind of item."""
+    telemetry = setup(name, set_global=False)
+    try:
+        await run(telemetry, runs)
+        assert telemetry.force_flush(flush_seconds) is True
+        return {kind: sum(causes.values()) for kind, causes in telemetry.lost.items()}
+    finally:
+        telemetry.shutdown(flush_seconds)
 
 
 @pytest.fixture(name="env")
@@ -206,12 +223,13 @@ class TestTimeout:
         self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
     ) -> None:
         """In complete mode with a stalled receiver, spans wait at most the timeout, then are counted."""
-        env.setenv("STAGEFLOW_OTEL_MODE", "complete")
-        env.setenv("STAGEFLOW_OTEL_COMPLETE_TIMEOUT", "0.05")
-        env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "10")
-        env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "5")
-        env.setenv("OTEL_LOGS_EXPORTER", "none")
-        env.setenv("OTEL_METRICS_EXPORTER", "none")
+        spans_only(
+            env,
+            STAGEFLOW_OTEL_MODE="complete",
+            STAGEFLOW_OTEL_COMPLETE_TIMEOUT="0.05",
+            OTEL_BSP_MAX_QUEUE_SIZE="10",
+            OTEL_BSP_MAX_EXPORT_BATCH_SIZE="5",
+        )
         receiver.hold()
         telemetry = setup("acct", set_global=False)
         try:
@@ -229,10 +247,7 @@ class TestTimeout:
         self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
     ) -> None:
         """A receiver that never answers: shutdown(1) returns False and counts every span as timeout."""
-        env.setenv("OTEL_BSP_SCHEDULE_DELAY", "10")
-        env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "5")
-        env.setenv("OTEL_LOGS_EXPORTER", "none")
-        env.setenv("OTEL_METRICS_EXPORTER", "none")
+        spans_only(env, OTEL_BSP_SCHEDULE_DELAY="10", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="5")
         receiver.hold()
         telemetry = setup("acct", set_global=False)
         asyncio.run(run(telemetry, 3))
@@ -265,13 +280,7 @@ class TestNothingLost:
         self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
     ) -> None:
         """With room in every queue, all spans and events arrive, nothing is counted, flush is True."""
-        telemetry = setup("acct", set_global=False)
-        try:
-            await run(telemetry, 20)
-            assert telemetry.force_flush(10.0) is True
-            totals: Mapping[str, int] = {k: sum(v.values()) for k, v in telemetry.lost.items()}
-        finally:
-            telemetry.shutdown(5.0)
+        totals = await lost_after_flush("acct", runs=20, flush_seconds=10.0)
         assert (len(receiver.spans()), len(receiver.log_records()), totals) == (
             100,
             220,
@@ -397,13 +406,7 @@ class TestCompleteMode:
             env.setenv(f"OTEL_{prefix}_MAX_QUEUE_SIZE", "32")
             env.setenv(f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE", "16")
             env.setenv(f"OTEL_{prefix}_SCHEDULE_DELAY", "10")
-        telemetry = setup("complete", set_global=False)
-        try:
-            await run(telemetry, 100)
-            assert telemetry.force_flush(30.0) is True
-            totals = {k: sum(v.values()) for k, v in telemetry.lost.items()}
-        finally:
-            telemetry.shutdown(10.0)
+        totals = await lost_after_flush("complete", runs=100, flush_seconds=30.0)
         assert (len(receiver.spans()), len(receiver.log_records()), totals) == (
             500,
             1_100,
@@ -415,13 +418,14 @@ class TestCompleteMode:
     ) -> None:
         """With a 5-span queue full and a batch held in flight, a run's span is parked and the run awaits
         room while the loop serves other tasks; released, every span arrives and nothing is lost."""
-        env.setenv("STAGEFLOW_OTEL_MODE", "complete")
-        env.setenv("STAGEFLOW_OTEL_COMPLETE_TIMEOUT", "120")  # no stall may end before the release
-        env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "120")
-        env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "5")
-        env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "5")
-        env.setenv("OTEL_LOGS_EXPORTER", "none")
-        env.setenv("OTEL_METRICS_EXPORTER", "none")
+        spans_only(
+            env,
+            STAGEFLOW_OTEL_MODE="complete",
+            STAGEFLOW_OTEL_COMPLETE_TIMEOUT="120",  # no stall may end before the release
+            OTEL_EXPORTER_OTLP_TIMEOUT="120",
+            OTEL_BSP_MAX_QUEUE_SIZE="5",
+            OTEL_BSP_MAX_EXPORT_BATCH_SIZE="5",
+        )
         telemetry = setup("complete", set_global=False)
         receiver.hold()
         try:
@@ -753,16 +757,21 @@ class TestOneCountingExporter:
 
         return [ReadableSpan(name=str(i)) for i in range(n)]
 
+    def _books(self) -> tuple[_export.Accounting, _export.Books]:
+        """An accounting, and the books of a 10-span queue (batches of 5) counting spans into it."""
+        accounting = _export.Accounting()
+        books = _export.Books(
+            _export.BatchSettings(capacity=10, batch_size=5, delay_millis=1),
+            lambda n, e, c: accounting.dropped("spans", n, c),
+        )
+        return accounting, books
+
     def test_an_exporter_that_splits_itself_is_trusted_with_the_split_and_its_too_large_counted(self) -> None:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        from stageflow_otel._export import Accounting, BatchSettings, Books, CountingExporter
+        from stageflow_otel._export import CountingExporter
 
-        accounting = Accounting()
-        books = Books(
-            BatchSettings(capacity=10, batch_size=5, delay_millis=1),
-            lambda n, e, c: accounting.dropped("spans", n, c),
-        )
+        accounting, books = self._books()
         inner = _Recording(own_split=True)
         for _ in range(4):
             assert books.admit()
@@ -774,13 +783,9 @@ class TestOneCountingExporter:
     def test_any_other_exporter_gets_the_estimated_split(self) -> None:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        from stageflow_otel._export import Accounting, BatchSettings, Books, CountingExporter
+        from stageflow_otel._export import CountingExporter
 
-        accounting = Accounting()
-        books = Books(
-            BatchSettings(capacity=10, batch_size=5, delay_millis=1),
-            lambda n, e, c: accounting.dropped("spans", n, c),
-        )
+        accounting, books = self._books()
         inner = _Recording(own_split=False)
         exporter = CountingExporter(inner, "traces", accounting, books)  # type: ignore[arg-type]
         assert exporter.export(self._spans(3)) is SpanExportResult.SUCCESS
