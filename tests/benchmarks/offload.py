@@ -99,50 +99,44 @@ async def _timed(sample: Sample) -> float:
     return time.perf_counter() - start
 
 
-def _graph_runs(graph: StageGraph, count: int) -> Sample:
+def _hops(count: int, one: Callable[[StageContext], Awaitable[object]]) -> Sample:
+    """``count`` sequential ``await one(ctx)``, each with a fresh entry context."""
+
     async def sample() -> None:
         contexts = [make_ctx() for _ in range(count)]
         for ctx in contexts:
-            await graph.run(ctx)
+            await one(ctx)
 
     return sample
+
+
+def _graph_runs(graph: StageGraph, count: int) -> Sample:
+    return _hops(count, graph.run)
 
 
 def _to_thread(count: int) -> Sample:
-    async def sample() -> None:
-        contexts = [make_ctx() for _ in range(count)]
-        for ctx in contexts:
-            await asyncio.to_thread(hop, ctx)
-
-    return sample
+    return _hops(count, lambda ctx: asyncio.to_thread(hop, ctx))
 
 
 def _run_in_executor(pool: Executor, count: int) -> Sample:
-    async def sample() -> None:
-        loop = asyncio.get_running_loop()
-        contexts = [make_ctx() for _ in range(count)]
-        for ctx in contexts:
-            await loop.run_in_executor(pool, hop, ctx)
-
-    return sample
+    loop = asyncio.get_running_loop()
+    return _hops(count, lambda ctx: loop.run_in_executor(pool, hop, ctx))
 
 
 def _client_submit(client: Any, count: int) -> Sample:
-    async def sample() -> None:
+    async def one(ctx: StageContext) -> None:
         loop = asyncio.get_running_loop()
-        contexts = [make_ctx() for _ in range(count)]
-        for ctx in contexts:
-            done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[None] = loop.create_future()
 
-            def settle(_: Any, done: asyncio.Future[None] = done) -> None:
-                loop.call_soon_threadsafe(done.set_result, None)
+        def settle(_: Any) -> None:
+            loop.call_soon_threadsafe(done.set_result, None)
 
-            future = client.submit(hop, ctx, pure=False)
-            future.add_done_callback(settle)
-            await done
-            future.result()
+        future = client.submit(hop, ctx, pure=False)
+        future.add_done_callback(settle)
+        await done
+        future.result()
 
-    return sample
+    return _hops(count, one)
 
 
 async def _pair(

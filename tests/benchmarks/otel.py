@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import os
 import statistics
@@ -68,14 +69,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Tracer
 
-from stageflow import (
-    EventSink,
-    Pipeline,
-    StageContext,
-    StageGraph,
-    StageKind,
-    StageOutput,
-)
+from stageflow import EventSink, Pipeline, StageContext, StageGraph, StageKind, StageOutput
 from stageflow.interceptors import CallNext, Interceptor, StageInfo
 from stageflow.testing import make_context
 from stageflow_otel import LoggingInterceptor, MetricsInterceptor, OtlpEventSink, TracingInterceptor, semconv
@@ -128,23 +122,29 @@ def _fanout(stages: int) -> Pipeline:
     return p.with_stage("join", _body, StageKind.TRANSFORM, dependencies=tuple(middle))
 
 
+async def _us_per(work: Callable[[], Awaitable[None]], count: int) -> float:
+    """µs per item of ``work()``, which handles ``count`` items: ``_clock`` time, with the GC collected first
+    and then disabled."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = _clock()
+        await work()
+        elapsed = _clock() - start
+    finally:
+        gc.enable()
+    return elapsed / count * 1e6
+
+
 def _graph_sample(graph: StageGraph, runs: int, sink: EventSink | None = None) -> Sample:
     ctx = make_context(event_sink=sink)
     stages = len(graph.stages)
 
-    async def sample() -> float:
-        gc.collect()
-        gc.disable()
-        try:
-            start = _clock()
-            for _ in range(runs):
-                await graph.run(ctx)
-            elapsed = _clock() - start
-        finally:
-            gc.enable()
-        return elapsed / (runs * stages) * 1e6
+    async def work() -> None:
+        for _ in range(runs):
+            await graph.run(ctx)
 
-    return sample
+    return functools.partial(_us_per, work, runs * stages)
 
 
 def _floor_sample(tracer: Tracer, histogram: Histogram, ops: int, *, events: bool = False) -> Sample:
@@ -152,25 +152,17 @@ def _floor_sample(tracer: Tracer, histogram: Histogram, ops: int, *, events: boo
     started = {semconv.EVENT_TYPE: "stage.s.started", semconv.STAGE_NAME: "s"}
     completed = {semconv.EVENT_TYPE: "stage.s.completed", semconv.STAGE_NAME: "s"}
 
-    async def sample() -> float:
-        gc.collect()
-        gc.disable()
-        try:
-            start = _clock()
-            for _ in range(ops):
-                span = tracer.start_span("stage s", attributes=attrs)
-                if events:
-                    span.add_event(semconv.EVENTS["stage.started"], started)
-                histogram.record(0.001, attrs)
-                if events:
-                    span.add_event(semconv.EVENTS["stage.completed"], completed)
-                span.end()
-            elapsed = _clock() - start
-        finally:
-            gc.enable()
-        return elapsed / ops * 1e6
+    async def work() -> None:
+        for _ in range(ops):
+            span = tracer.start_span("stage s", attributes=attrs)
+            if events:
+                span.add_event(semconv.EVENTS["stage.started"], started)
+            histogram.record(0.001, attrs)
+            if events:
+                span.add_event(semconv.EVENTS["stage.completed"], completed)
+            span.end()
 
-    return sample
+    return functools.partial(_us_per, work, ops)
 
 
 async def _measure(

@@ -51,14 +51,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 from unittest import mock
 
-from stageflow import (
-    EventSink,
-    Pipeline,
-    StageContext,
-    StageGraph,
-    StageKind,
-    StageOutput,
-)
+from stageflow import EventSink, Pipeline, StageContext, StageGraph, StageKind, StageOutput
 from stageflow.testing import make_context
 from tests.benchmarks import _common
 
