@@ -11,14 +11,14 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-__all__ = ("in_child", "log", "meta", "parser", "publish", "run_main", "timed", "with_options")
+__all__ = ("Presets", "in_child", "log", "main_for", "meta", "parser", "publish", "timed", "with_options")
 
 _S = TypeVar("_S", bound="DataclassInstance")
 
@@ -38,20 +38,48 @@ def with_options(settings: _S, **options: Any) -> _S:
     return replace(settings, **given) if given else settings
 
 
-def run_main(
-    argv: Sequence[str] | None,
-    doc: str | None,
-    *,
-    quick: str,
-    settings: Any,
-    measure: Callable[..., Any],
-    text: Callable[[Any], str],
-) -> int:
-    """``main()`` of a benchmark without options of its own: parse ``argv``, ``measure`` with
-    ``settings.quick()`` (``--quick``) or ``settings()``, progress on stderr; print ``text`` of the report."""
-    args = parser(doc, quick=quick).parse_args(argv)
-    report = measure(settings.quick() if args.quick else settings(), log=log)
-    return publish(text(report), report, args.json)
+class Presets:
+    """Base of a benchmark's settings dataclass: ``quick()`` and ``smallest()`` are its defaults with the
+    overrides the class names as keywords, ``class Settings(Presets, quick={...}, smallest={...})``."""
+
+    __slots__ = ()
+    _quick: ClassVar[Mapping[str, Any]] = {}
+    _smallest: ClassVar[Mapping[str, Any]] = {}
+
+    def __init_subclass__(
+        cls, *, quick: Mapping[str, Any] | None = None, smallest: Mapping[str, Any] | None = None
+    ) -> None:
+        # ``@dataclass(slots=True)`` makes the class again, without these keywords: keep the first ones
+        super().__init_subclass__()
+        if quick is not None:
+            cls._quick = quick
+        if smallest is not None:
+            cls._smallest = smallest
+
+    @classmethod
+    def quick(cls) -> Self:
+        """The settings of ``--quick``: a fast run."""
+        return cls(**cls._quick)
+
+    @classmethod
+    def smallest(cls) -> Self:
+        """The smallest settings that still run every code path (for the smoke tests)."""
+        return cls(**cls._smallest)
+
+
+def main_for(module: str, *, quick: str) -> Callable[..., int]:
+    """``main(argv=None)`` of the benchmark module named ``module``, one without options of its own: parse
+    ``argv`` as the module's docstring describes, ``run_benchmark`` with ``Settings.quick()`` (``--quick``,
+    helped by ``quick``) or ``Settings()``, progress on stderr; print ``format_report`` of the report. The
+    module's names are looked up at each call, as a call of them in the module itself would."""
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        bench = sys.modules[module]
+        args = parser(bench.__doc__, quick=quick).parse_args(argv)
+        report = bench.run_benchmark(bench.Settings.quick() if args.quick else bench.Settings(), log=log)
+        return publish(bench.format_report(report), report, args.json)
+
+    return main
 
 
 def log(line: str) -> None:

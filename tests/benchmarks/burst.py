@@ -69,8 +69,13 @@ __all__ = (
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    """The burst search and the complete-mode trial."""
+class Settings(
+    _common.Presets,
+    quick={"search": False},
+    smallest={"start": 20, "complete_runs": 40, "search": False},
+):
+    """The burst search and the complete-mode trial. ``quick``: the 1,000-run burst and the complete-mode
+    trial, no search; ``smallest``: tiny bursts, every code path in a few seconds (the smoke test)."""
 
     start: int = 1000
     """First burst size tried (runs)."""
@@ -81,16 +86,6 @@ class Settings:
     """Concurrent runs of the complete-mode trial."""
     search: bool = True
     """Search the largest lossless burst (``False``: only try ``start``)."""
-
-    @classmethod
-    def quick(cls) -> Settings:
-        """The 1,000-run burst and the complete-mode trial, no search."""
-        return cls(search=False)
-
-    @classmethod
-    def smallest(cls) -> Settings:
-        """Tiny bursts: every code path in a few seconds (the smoke test)."""
-        return cls(start=20, complete_runs=40, search=False)
 
 
 @dataclass(slots=True)

@@ -80,8 +80,22 @@ SEED = 20240601
 
 
 @dataclass(frozen=True)
-class Settings:
-    """How much to measure."""
+class Settings(
+    _common.Presets,
+    quick={"reps": 3, "batch_stages": 3_000, "build_reps": 2},
+    smallest={
+        "sizes": (10, 100, 200),
+        "reps": 1,
+        "batch_stages": 1,
+        "diamond_runs": 10,
+        "memory_runs": 10,
+        "build_stages": 100,
+        "build_reps": 1,
+        "interceptor_stages": 20,
+    },
+):
+    """How much to measure. ``quick``: a fast smoke run, every figure, fewer repetitions and smaller
+    batches; ``smallest``: the smallest settings that still produce every row (for the smoke test)."""
 
     sizes: tuple[int, ...] = (10, 100, 1_000, 10_000)
     reps: int = 9
@@ -94,25 +108,6 @@ class Settings:
     clock: str = "cpu"
     """``cpu``: ``time.process_time`` (the runs never block, so this is their cost, and other processes on
     the machine disturb it less); ``wall``: ``time.perf_counter``."""
-
-    @classmethod
-    def quick(cls) -> Settings:
-        """A fast smoke run: every figure, fewer repetitions and smaller batches."""
-        return cls(reps=3, batch_stages=3_000, build_reps=2)
-
-    @classmethod
-    def smallest(cls) -> Settings:
-        """The smallest settings that still produce every row (for the smoke test)."""
-        return cls(
-            sizes=(10, 100, 200),
-            reps=1,
-            batch_stages=1,
-            diamond_runs=10,
-            memory_runs=10,
-            build_stages=100,
-            build_reps=1,
-            interceptor_stages=20,
-        )
 
 
 # --------------------------------------------------------------------------- shapes

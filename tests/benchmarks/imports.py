@@ -73,21 +73,12 @@ print(json.dumps({{"seconds": took, "modules": len(added), "own": own, "file": {
 
 
 @dataclass(frozen=True)
-class Settings:
-    """How much to measure."""
+class Settings(_common.Presets, quick={"reps": 10, "warmup": 2}, smallest={"reps": 2, "warmup": 1}):
+    """How much to measure. ``quick``: a fast smoke run, fewer repetitions; ``smallest``: the smallest
+    settings that still produce every figure (for the smoke test)."""
 
     reps: int = 40
     warmup: int = 3
-
-    @classmethod
-    def quick(cls) -> Settings:
-        """A fast smoke run: fewer repetitions."""
-        return cls(reps=10, warmup=2)
-
-    @classmethod
-    def smallest(cls) -> Settings:
-        """The smallest settings that still produce every figure (for the smoke test)."""
-        return cls(reps=2, warmup=1)
 
 
 def default_baseline() -> Path:

@@ -39,7 +39,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -67,8 +67,13 @@ async def async_hop(ctx: StageContext) -> StageOutput:
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    """How much to measure."""
+class Settings(
+    _common.Presets,
+    quick={"hops": 80, "reps": 3, "many_reps": 2},
+    smallest={"hops": 4, "reps": 1, "stages": 20, "many_reps": 1},
+):
+    """How much to measure. ``quick``: a fast run, every figure, fewer repetitions and smaller samples;
+    ``smallest``: every code path in a few seconds (the smoke test)."""
 
     hops: int = 200
     """Sequential awaits per sample (thread hops; process and Dask hops take ``hops // 4``)."""
@@ -77,16 +82,6 @@ class Settings:
     """Sync stages of the many-stages run."""
     threads: int = 4
     many_reps: int = 5
-
-    @classmethod
-    def quick(cls) -> Settings:
-        """A fast run: every figure, fewer repetitions and smaller samples."""
-        return cls(hops=80, reps=3, many_reps=2)
-
-    @classmethod
-    def smallest(cls) -> Settings:
-        """Every code path in a few seconds (the smoke test)."""
-        return cls(hops=4, reps=1, stages=20, many_reps=1)
 
 
 Sample = Callable[[], Awaitable[None]]
@@ -310,16 +305,8 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments, measure and print the report."""
-    return _common.run_main(
-        argv,
-        __doc__,
-        quick="fewer repetitions, smaller samples",
-        settings=Settings,
-        measure=run_benchmark,
-        text=format_report,
-    )
+main = _common.main_for(__name__, quick="fewer repetitions, smaller samples")
+"""Parse arguments, measure and print the report."""
 
 
 if __name__ == "__main__":

@@ -50,21 +50,17 @@ STAGES = 10
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(
+    _common.Presets,
+    quick={"latency_runs": 200, "processes": 8, "process_runs": 100, "events": 10_000},
+    smallest={"latency_runs": 20, "processes": 2, "process_runs": 10, "events": 200},
+):
     """How much to measure."""
 
     latency_runs: int = 2_000
     processes: int = 8
     process_runs: int = 1_000
     events: int = 100_000
-
-    @classmethod
-    def quick(cls) -> Settings:
-        return cls(latency_runs=200, processes=8, process_runs=100, events=10_000)
-
-    @classmethod
-    def smallest(cls) -> Settings:
-        return cls(latency_runs=20, processes=2, process_runs=10, events=200)
 
 
 def ten_stage_run(start: float | None = None) -> RunRecord:

@@ -42,7 +42,7 @@ import sys
 import time
 import tracemalloc
 from array import array
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +63,13 @@ _END = object()
 
 
 @dataclass(frozen=True)
-class Settings:
-    """How much to measure."""
+class Settings(
+    _common.Presets,
+    quick={"chunks": 5_000, "reps": 5, "memory_chunks": 100_000},
+    smallest={"chunks": 100, "reps": 1, "memory_chunks": 2_000, "samples": 20},
+):
+    """How much to measure. ``quick``: a fast smoke run, every figure, fewer repetitions and chunks;
+    ``smallest``: the smallest settings that still produce every figure (for the smoke test)."""
 
     chunks: int = 20_000
     """Chunks per run of the per-chunk benchmark."""
@@ -72,16 +77,6 @@ class Settings:
     memory_chunks: int = 1_000_000
     samples: int = 100
     """Memory samples taken along the slow-consumer run."""
-
-    @classmethod
-    def quick(cls) -> Settings:
-        """A fast smoke run: every figure, fewer repetitions and chunks."""
-        return cls(chunks=5_000, reps=5, memory_chunks=100_000)
-
-    @classmethod
-    def smallest(cls) -> Settings:
-        """The smallest settings that still produce every figure (for the smoke test)."""
-        return cls(chunks=100, reps=1, memory_chunks=2_000, samples=20)
 
 
 # --------------------------------------------------------------------------- the graph
@@ -349,16 +344,8 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments, measure and print the report."""
-    return _common.run_main(
-        argv,
-        __doc__,
-        quick="fewer repetitions and chunks",
-        settings=Settings,
-        measure=run_benchmark,
-        text=format_report,
-    )
+main = _common.main_for(__name__, quick="fewer repetitions and chunks")
+"""Parse arguments, measure and print the report."""
 
 
 if __name__ == "__main__":

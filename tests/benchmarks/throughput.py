@@ -64,8 +64,21 @@ EVENTS_PER_RUN = 13
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    """How long each trial runs and how the rate search proceeds."""
+class Settings(
+    _common.Presets,
+    quick={"duration": 0.5, "precision": 0.25, "max_trials": 6, "cost_reps": 1},
+    smallest={
+        "duration": 0.2,
+        "start": 25.0,
+        "precision": 1.0,
+        "max_trials": 1,
+        "cost_rate": 25.0,
+        "cost_reps": 1,
+    },
+):
+    """How long each trial runs and how the rate search proceeds. ``quick``: short trials and a coarse
+    search; ``smallest``: one short trial per variant at a low rate, every code path in about a second
+    each."""
 
     duration: float = 2.0
     """Seconds of paced runs per trial."""
@@ -81,16 +94,6 @@ class Settings:
     """The rate (runs/s) of the CPU-cost trials, low enough for every variant to sustain it."""
     cost_reps: int = 3
     """CPU-cost trials per variant (interleaved across the variants); the median is reported."""
-
-    @classmethod
-    def quick(cls) -> Settings:
-        """Short trials and a coarse search."""
-        return cls(duration=0.5, precision=0.25, max_trials=6, cost_reps=1)
-
-    @classmethod
-    def smallest(cls) -> Settings:
-        """One short trial per variant at a low rate: exercises every code path in about a second each."""
-        return cls(duration=0.2, start=25.0, precision=1.0, max_trials=1, cost_rate=25.0, cost_reps=1)
 
 
 @dataclass(slots=True)
