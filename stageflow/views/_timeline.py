@@ -125,14 +125,9 @@ def outcome_note(category: str | None, status: str, error: str | None, error_typ
     return f"{word}: {detail}" if word and detail else word
 
 
-_RUN_STATUS = {
-    "success": "completed",
-    "cancellation": "cancelled",
-    "failure": "failed",
-    "error": "failed",
-    "timeout": "failed",
-}
-"""A run's status by its category (``RunResult`` has no status of its own: it is what the category says)."""
+_RUN_STATUS = {"success": "completed", "cancellation": "cancelled"}
+"""A run's status by its category (``RunResult`` has no status of its own: it is what the category says);
+a run of any other category (failure, error, timeout) failed."""
 
 
 def run_outcome(status: str, result: str | None) -> str:
@@ -270,19 +265,9 @@ def timeline_of_result(results: RunResult, *, width: int = DEFAULT_WIDTH, color:
                 r.category,
             )
         )
-    # stages that never started (a failed or cancelled run): every stage the graph declares is drawn
-    rows += [TimelineRow(name, "", None, None, None) for name in results.not_started]
-    return render_timeline(
-        pipeline=results.pipeline_name,
-        run_id=str(results.run_id),
-        status=_RUN_STATUS[results.category],
-        result=results.category,
-        start=results.started_at,
-        end=results.ended_at,
-        rows=_ordered(rows),
-        critical_path=results.critical_path,
-        width=width,
-        color=use_color() if color is None else color,
+    status = _RUN_STATUS.get(results.category, "failed")
+    return _run_timeline(
+        results, results.pipeline_name, status, rows, width, use_color() if color is None else color
     )
 
 
@@ -306,16 +291,24 @@ def record_rows(record: RunRecord) -> list[TimelineRow]:
 
 def timeline_of_record(record: RunRecord, *, width: int = DEFAULT_WIDTH, color: bool = False) -> str:
     """The timeline of a stored ``RunRecord`` (``stageflow runs show``)."""
-    rows = [*record_rows(record), *(TimelineRow(name, "", None, None, None) for name in record.not_started)]
+    return _run_timeline(record, record.pipeline, record.status, record_rows(record), width, color)
+
+
+def _run_timeline(
+    run: RunResult | RunRecord, pipeline: str, status: str, rows: list[TimelineRow], width: int, color: bool
+) -> str:
+    """The timeline of a run, given its stages' rows: the stages that never started (a failed or cancelled
+    run) are drawn too, so every stage the graph declares is."""
+    rows += [TimelineRow(name, "", None, None, None) for name in run.not_started]
     return render_timeline(
-        pipeline=record.pipeline,
-        run_id=record.run_id,
-        status=record.status,
-        result=record.category,
-        start=record.started_at,
-        end=record.ended_at,
+        pipeline=pipeline,
+        run_id=str(run.run_id),
+        status=status,
+        result=run.category,
+        start=run.started_at,
+        end=run.ended_at,
         rows=_ordered(rows),
-        critical_path=record.critical_path,
+        critical_path=run.critical_path,
         width=width,
         color=color,
     )
