@@ -15,6 +15,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from inspect import CO_COROUTINE
 from types import FunctionType, MappingProxyType
@@ -118,15 +119,13 @@ class _Node:
         self.streamy = info.streaming is not None or bool(info.streams)  # a producer or a consumer
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class _Deadline:
     """A stage's ``with_stage(timeout=)``: each attempt fails with ``StageTimeoutError`` past it."""
 
-    __slots__ = ("call", "seconds", "stage")
-
-    def __init__(self, stage: str, seconds: float, call: CallNext) -> None:
-        self.stage = stage
-        self.seconds = seconds
-        self.call = call
+    stage: str
+    seconds: float
+    call: CallNext
 
     async def __call__(self, ctx: StageContext) -> StageOutput:
         deadline = asyncio.timeout(self.seconds)
