@@ -52,6 +52,18 @@ def read_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def answer(reader: PrometheusMetricReader, sent: bytes, **options: float) -> bytes:
+    """The status line a server on ``reader`` (started with ``options``) answers a client that sent
+    ``sent``, read until the server closes the connection."""
+    server = start_metrics_server(reader, port=0, **options)  # type: ignore[arg-type]
+    client = connect(server, sent)
+    try:
+        return read_all(client).split(b"\r\n")[0]
+    finally:
+        client.close()
+        server.close()
+
+
 class TestThreads:
     def test_300_idle_connections_start_no_thread(self, reader: PrometheusMetricReader) -> None:
         """300 idle connections cost no thread: the server keeps its 3, and a scrape still answers."""
@@ -102,14 +114,8 @@ class TestDeadlines:
 
     def test_an_incomplete_request_times_out_with_408(self, reader: PrometheusMetricReader) -> None:
         """A request head not complete within ``request_timeout`` is answered 408 and closed."""
-        server = start_metrics_server(reader, port=0, request_timeout=0.2)
-        client = connect(server, b"GET /metrics HTTP/1.1\r\n")
-        try:
-            response = read_all(client)
-        finally:
-            client.close()
-            server.close()
-        assert response.split(b"\r\n")[0] == b"HTTP/1.1 408 Request Timeout"
+        status = answer(reader, b"GET /metrics HTTP/1.1\r\n", request_timeout=0.2)
+        assert status == b"HTTP/1.1 408 Request Timeout"
 
     def test_trickling_bytes_does_not_extend_the_deadline(self, reader: PrometheusMetricReader) -> None:
         """A client sending one header byte every 20 ms still gets its 408 at ``request_timeout``."""
@@ -140,25 +146,12 @@ class TestDeadlines:
 
     def test_an_oversized_request_head_gets_431(self, reader: PrometheusMetricReader) -> None:
         """A request head over 16 KiB is answered 431 and closed."""
-        server = start_metrics_server(reader, port=0)
-        client = connect(server, b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 17_000)
-        try:
-            response = read_all(client)
-        finally:
-            client.close()
-            server.close()
-        assert response.split(b"\r\n")[0] == b"HTTP/1.1 431 Request Header Fields Too Large"
+        status = answer(reader, b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 17_000)
+        assert status == b"HTTP/1.1 431 Request Header Fields Too Large"
 
     def test_a_malformed_request_line_gets_400(self, reader: PrometheusMetricReader) -> None:
         """A request line that is not ``METHOD target HTTP/x`` is answered 400."""
-        server = start_metrics_server(reader, port=0)
-        client = connect(server, b"hello\r\n\r\n")
-        try:
-            response = read_all(client)
-        finally:
-            client.close()
-            server.close()
-        assert response.split(b"\r\n")[0] == b"HTTP/1.1 400 Bad Request"
+        assert answer(reader, b"hello\r\n\r\n") == b"HTTP/1.1 400 Bad Request"
 
 
 class TestOptions:
