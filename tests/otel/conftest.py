@@ -28,6 +28,7 @@ from stageflow import (
     ContextSnapshot,
     EventSink,
     Pipeline,
+    PipelineFailedError,
     PipelineTimer,
     RunIdentity,
     StageContext,
@@ -233,3 +234,44 @@ def _log_sink(meter_provider: MeterProvider, logger_provider: LoggerProvider) ->
 def _interceptors(tracer_provider: TracerProvider, meter_provider: MeterProvider) -> list[Interceptor]:
     """A tracing and a metrics interceptor on the fresh providers."""
     return [TracingInterceptor(tracer_provider), MetricsInterceptor(meter_provider)]
+
+
+class Traced:
+    """Pipelines built with a ``TracingInterceptor`` on the test's tracer provider, and the spans they
+    ended."""
+
+    def __init__(self, provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
+        self.provider = provider
+        self.exporter = exporter
+        self.interceptor = TracingInterceptor(provider)
+
+    def build(self, pipeline: Pipeline) -> StageGraph:
+        """``pipeline`` built with the tracing interceptor."""
+        return pipeline.build(interceptors=[self.interceptor])
+
+    def finished(self) -> tuple[ReadableSpan, ...]:
+        """The spans ended so far, in the order they ended."""
+        return self.exporter.get_finished_spans()
+
+    def spans(self) -> dict[str, ReadableSpan]:
+        """The spans ended so far by name (names must be unique)."""
+        return by_name(self.finished())
+
+    async def failed(
+        self,
+        graph: StageGraph,
+        error: type[Exception] = PipelineFailedError,
+        *,
+        sink: EventSink | None = None,
+    ) -> dict[str, ReadableSpan]:
+        """The spans by name of one run of ``graph`` (its events going to ``sink``), which must raise
+        ``error``."""
+        with pytest.raises(error):
+            await graph.run(entry_ctx(sink=sink))
+        return self.spans()
+
+
+@pytest.fixture(name="traced")
+def _traced(tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter) -> Traced:
+    """Pipelines traced on the fresh tracer provider, and the spans they ended."""
+    return Traced(tracer_provider, span_exporter)

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
@@ -34,7 +34,7 @@ from stageflow_otel._setup import _histogram_views
 from tests._stages import T, voice
 from tests._support import FakeClock, Tee
 
-from .conftest import by_name, entry_ctx, metric_points
+from .conftest import Traced, by_name, entry_ctx, metric_points
 
 E = semconv.EVENTS
 
@@ -49,19 +49,34 @@ def histograms(reader: InMemoryMetricReader, name: str) -> dict[str | None, Hist
     return out
 
 
+def only_point(reader: InMemoryMetricReader, name: str) -> HistogramDataPoint:
+    """The one point of histogram ``name`` (fails when it has none or several)."""
+    [point] = metric_points(reader, name)
+    assert isinstance(point, HistogramDataPoint)
+    return point
+
+
+def fails_after_first_chunk(
+    clock: FakeClock, seconds: float, chunk: str, error: Exception
+) -> Callable[[StageContext], AsyncIterator[str]]:
+    """A streaming stage that yields ``chunk`` ``seconds`` after it started, then raises ``error``."""
+
+    async def stream(ctx: StageContext) -> AsyncIterator[str]:
+        clock.now += seconds
+        yield chunk
+        raise error
+
+    return stream
+
+
 class TestSpans:
     async def test_a_streaming_stage_span_has_one_first_chunk_event_and_its_measurements(
-        self,
-        clock: FakeClock,
-        tracer_provider: TracerProvider,
-        span_exporter: InMemorySpanExporter,
-        sink: OtlpEventSink,
+        self, clock: FakeClock, traced: Traced, sink: OtlpEventSink
     ) -> None:
         """The llm span gets one first_chunk span event at the core's first_chunk event, and its counts."""
         stream = InMemoryEventSink()
-        graph = voice(clock).build(interceptors=[TracingInterceptor(tracer_provider)])
-        result = await graph.run(entry_ctx(sink=Tee(stream, sink)))
-        spans = by_name(span_exporter.get_finished_spans())
+        result = await traced.build(voice(clock)).run(entry_ctx(sink=Tee(stream, sink)))
+        spans = traced.spans()
         llm = spans["stage llm"]
         assert [(e.name, (e.attributes or {})[semconv.EVENT_TYPE]) for e in llm.events] == [
             (E["stage.started"], "stage.llm.started"),
@@ -107,12 +122,7 @@ class TestSpans:
         assert result.first_output_path == (("stt", 0.5), ("llm", 0.25), ("tts", 0.0625))
         assert (run.attributes or {})[semconv.RUN_TIME_TO_FIRST_OUTPUT] == 0.8125
 
-    async def test_a_thousand_chunks_make_one_span_event(
-        self,
-        tracer_provider: TracerProvider,
-        span_exporter: InMemorySpanExporter,
-        sink: OtlpEventSink,
-    ) -> None:
+    async def test_a_thousand_chunks_make_one_span_event(self, traced: Traced, sink: OtlpEventSink) -> None:
         """A stream of 1,000 chunks puts exactly one first_chunk event on its span, never one per chunk."""
 
         async def tokens(ctx: StageContext) -> AsyncIterator[int]:
@@ -125,14 +135,13 @@ class TestSpans:
                 n += 1
             return StageOutput.ok(n=n)
 
-        graph = (
+        graph = traced.build(
             Pipeline("p")
             .with_stage("tokens", tokens, T, stream=Streaming(collect=False))
             .with_stage("reader", reader, T, dependencies=("tokens",), streams=("tokens",))
-            .build(interceptors=[TracingInterceptor(tracer_provider)])
         )
         await graph.run(entry_ctx(sink=sink))
-        span = by_name(span_exporter.get_finished_spans())["stage tokens"]
+        span = traced.spans()["stage tokens"]
         assert [e.name for e in span.events] == [
             E["stage.started"],
             E["stage.first_chunk"],
@@ -141,25 +150,12 @@ class TestSpans:
         assert (span.attributes or {})[semconv.STAGE_CHUNKS] == 1000
 
     async def test_a_stream_failing_after_its_first_chunk_keeps_its_time_to_first_chunk(
-        self,
-        clock: FakeClock,
-        tracer_provider: TracerProvider,
-        span_exporter: InMemorySpanExporter,
-        sink: OtlpEventSink,
+        self, clock: FakeClock, traced: Traced, sink: OtlpEventSink
     ) -> None:
         """A stage failing mid-stream has its first_chunk event and time to first chunk, then its failure."""
-
-        async def llm(ctx: StageContext) -> AsyncIterator[str]:
-            clock.now += 0.5
-            yield "Hello"
-            raise RuntimeError("connection reset")
-
-        graph = (
-            Pipeline("p").with_stage("llm", llm, T).build(interceptors=[TracingInterceptor(tracer_provider)])
-        )
-        with pytest.raises(PipelineFailedError):
-            await graph.run(entry_ctx(sink=sink))
-        span = by_name(span_exporter.get_finished_spans())["stage llm"]
+        llm = fails_after_first_chunk(clock, 0.5, "Hello", RuntimeError("connection reset"))
+        spans = await traced.failed(traced.build(Pipeline("p").with_stage("llm", llm, T)), sink=sink)
+        span = spans["stage llm"]
         assert [e.name for e in span.events] == [
             E["stage.started"],
             E["stage.first_chunk"],
@@ -288,8 +284,7 @@ class TestHistograms:
         }
         graph = voice(clock, llm_config=config).build(interceptors=[MetricsInterceptor(meter_provider)])
         await graph.run(entry_ctx())
-        [point] = metric_points(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name)
-        assert isinstance(point, HistogramDataPoint)
+        point = only_point(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name)
         assert (point.count, point.sum) == (1, 0.25)
         assert dict(point.attributes or {}) == {
             "gen_ai.operation.name": "chat",
@@ -304,12 +299,7 @@ class TestHistograms:
         self, clock: FakeClock, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
     ) -> None:
         """A GenAI stream that failed after its first chunk is recorded with error.type and server.port."""
-
-        async def llm(ctx: StageContext) -> AsyncIterator[str]:
-            clock.now += 0.125
-            yield "Hel"
-            raise ConnectionResetError("peer went away")
-
+        llm = fails_after_first_chunk(clock, 0.125, "Hel", ConnectionResetError("peer went away"))
         graph = (
             Pipeline("p")
             .with_stage("llm", llm, T, config={"gen_ai.operation.name": "chat", "server.port": 8443})
@@ -317,16 +307,14 @@ class TestHistograms:
         )
         with pytest.raises(PipelineFailedError):
             await graph.run(entry_ctx())
-        [point] = metric_points(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name)
-        assert isinstance(point, HistogramDataPoint)
+        point = only_point(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name)
         assert (point.count, point.sum) == (1, 0.125)
         assert dict(point.attributes or {}) == {
             "gen_ai.operation.name": "chat",
             "server.port": 8443,
             "error.type": "ConnectionResetError",
         }
-        [first] = metric_points(metric_reader, semconv.STAGE_TIME_TO_FIRST_CHUNK)
-        assert isinstance(first, HistogramDataPoint)
+        first = only_point(metric_reader, semconv.STAGE_TIME_TO_FIRST_CHUNK)
         assert (first.count, first.sum) == (1, 0.125)
         assert metric_points(metric_reader, semconv.PIPELINE_RUN_TIME_TO_FIRST_OUTPUT.name) == []
 
@@ -355,8 +343,7 @@ class TestHistograms:
         with pytest.raises(PipelineFailedError) as caught:
             await graph.run(entry_ctx())
         assert caught.value.stage == "guard"
-        [point] = metric_points(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name)
-        assert isinstance(point, HistogramDataPoint)
+        point = only_point(metric_reader, semconv.GEN_AI_TIME_TO_FIRST_CHUNK.name)
         assert ((point.count, point.sum), dict(point.attributes or {})) == (
             (1, 0.25),
             {"gen_ai.operation.name": "chat", "error.type": semconv.ERROR_TYPE_CANCELLED},

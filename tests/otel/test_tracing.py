@@ -27,7 +27,6 @@ from stageflow import (
     RetryPolicy,
     RunResult,
     StageContext,
-    StageGraph,
     StageInfo,
     StageKind,
     StageOutput,
@@ -43,7 +42,7 @@ from stageflow_otel import TracingInterceptor, inject_context, semconv
 from tests._stages import T, boom, diamond, fail, hang, hang_once_started, ok, skip
 from tests._support import cancel_once_started
 
-from .conftest import by_name, diamond_of, dump_spans, entry_ctx, one_stage_graph
+from .conftest import Traced, by_name, diamond_of, dump_spans, entry_ctx, one_stage_graph
 
 
 def attrs(span: ReadableSpan, *drop: str) -> dict[str, AttributeValue]:
@@ -57,41 +56,6 @@ def ending(span: ReadableSpan) -> tuple[StatusCode, AttributeValue, AttributeVal
     attributes = span.attributes or {}
     result = "stageflow.run.result" if span.name.startswith("pipeline ") else "stageflow.stage.result"
     return span.status.status_code, attributes[result], attributes.get("error.type")
-
-
-class Traced:
-    """Pipelines built with a ``TracingInterceptor`` on the test's tracer provider, and the spans they
-    ended."""
-
-    def __init__(self, provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
-        self.provider = provider
-        self.exporter = exporter
-        self.interceptor = TracingInterceptor(provider)
-
-    def build(self, pipeline: Pipeline) -> StageGraph:
-        """``pipeline`` built with the tracing interceptor."""
-        return pipeline.build(interceptors=[self.interceptor])
-
-    def finished(self) -> tuple[ReadableSpan, ...]:
-        """The spans ended so far, in the order they ended."""
-        return self.exporter.get_finished_spans()
-
-    def spans(self) -> dict[str, ReadableSpan]:
-        """The spans ended so far by name (names must be unique)."""
-        return by_name(self.finished())
-
-    async def failed(
-        self, graph: StageGraph, error: type[Exception] = PipelineFailedError
-    ) -> dict[str, ReadableSpan]:
-        """The spans by name of one run of ``graph``, which must raise ``error``."""
-        with pytest.raises(error):
-            await graph.run(entry_ctx())
-        return self.spans()
-
-
-@pytest.fixture(name="traced")
-def _traced(tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter) -> Traced:
-    return Traced(tracer_provider, span_exporter)
 
 
 class TestSpanTree:
