@@ -225,16 +225,14 @@ class WorkerTelemetry:
         return f"WorkerTelemetry(traceparent={self.carrier.get('traceparent')!r})"
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class _HookFactory:
     """``factory(stage, ctx)`` for ``stageflow.add_worker_hook``: a ``WorkerTelemetry`` per hop."""
 
-    __slots__ = ("accounting", "settings", "telemetry")
-
-    def __init__(self, settings: WorkerSettings, accounting: Accounting, telemetry: Telemetry) -> None:
-        self.settings = settings
-        self.accounting = accounting
-        self.telemetry = telemetry
-        """The handle of the ``setup()`` that installed it: a forked worker inherits it with its providers."""
+    settings: WorkerSettings
+    accounting: Accounting
+    telemetry: Telemetry
+    """The handle of the ``setup()`` that installed it: a forked worker inherits it with its providers."""
 
     def __call__(self, stage: stageflow.StageInfo, ctx: stageflow.StageContext) -> WorkerTelemetry:
         carrier: dict[str, str] = {}
