@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("opentelemetry.sdk")
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import (
@@ -109,6 +109,24 @@ def metric_points(reader: InMemoryMetricReader, name: str) -> list[DataPointT]:
     ]
 
 
+class _ShutsDown(Protocol):
+    def shutdown(self) -> object: ...
+
+
+_Provider = TypeVar("_Provider", bound=_ShutsDown)
+_Processor = TypeVar("_Processor")
+
+
+def _for_one_test(
+    provider: _Provider, add_processor: Callable[[_Processor], object], processor: _Processor
+) -> Iterator[_Provider]:
+    """The body of an SDK provider fixture: ``provider``, ``processor`` added to it with ``add_processor``,
+    for one test; shut down at the test's teardown."""
+    add_processor(processor)
+    yield provider
+    provider.shutdown()
+
+
 @pytest.fixture(name="span_exporter")
 def _span_exporter() -> InMemorySpanExporter:
     """An in-memory span exporter, fed by ``tracer_provider``."""
@@ -119,9 +137,7 @@ def _span_exporter() -> InMemorySpanExporter:
 def _tracer_provider(span_exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
     """A fresh SDK tracer provider exporting synchronously to ``span_exporter``."""
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(span_exporter))
-    yield provider
-    provider.shutdown()
+    yield from _for_one_test(provider, provider.add_span_processor, SimpleSpanProcessor(span_exporter))
 
 
 @pytest.fixture(name="metric_reader")
@@ -148,9 +164,9 @@ def _log_exporter() -> InMemoryLogRecordExporter:
 def _logger_provider(log_exporter: InMemoryLogRecordExporter) -> Iterator[LoggerProvider]:
     """A fresh SDK logger provider exporting synchronously to ``log_exporter``."""
     provider = LoggerProvider()
-    provider.add_log_record_processor(SimpleLogRecordProcessor(log_exporter))
-    yield provider
-    provider.shutdown()
+    yield from _for_one_test(
+        provider, provider.add_log_record_processor, SimpleLogRecordProcessor(log_exporter)
+    )
 
 
 def entry_ctx(metadata: Mapping[str, Any] | None = None, *, sink: EventSink | None = None) -> StageContext:
