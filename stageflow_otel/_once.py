@@ -26,4 +26,5 @@ class LogOnce:
     def __call__(self, exc: BaseException) -> None:
         if not self.logged:
             self.logged = True
-            logger.log(self._level, self._message, exc)
+            # stacklevel: the record names the caller that failed, not this helper
+            logger.log(self._level, self._message, exc, stacklevel=2)
