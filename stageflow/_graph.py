@@ -11,7 +11,7 @@ import hashlib
 import logging
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import uuid4
 
 from ._checks import check_instances
@@ -43,9 +43,22 @@ from ._scheduler import _Node, _Run, deadline_call, runner_call
 from ._snapshot import ContextSnapshot, RunIdentity
 from ._store import RunStore
 
-__all__ = ("StageGraph",)
+__all__ = ("GraphPlan", "StageGraph")
 
 logger = logging.getLogger("stageflow")
+
+
+class GraphPlan(NamedTuple):
+    """What a graph is compiled from: stages already validated, with their topological order and topology."""
+
+    name: str
+    stages: tuple[StageInfo, ...]
+    order: Sequence[int]
+    topology: Topology
+    interceptors: Iterable[Interceptor]
+    run_store: RunStore | None
+    max_threads: int | None
+    cancel_grace: float
 
 
 class StageGraph:
@@ -74,24 +87,22 @@ class StageGraph:
     ) -> None:
         stages = tuple(stages)
         order, topology = _checked_order(stages, order)  # built by hand: validate like build() does
-        self._compile(name, stages, order, topology, interceptors, run_store, max_threads, cancel_grace)
+        self._compile(
+            GraphPlan(name, stages, order, topology, interceptors, run_store, max_threads, cancel_grace)
+        )
 
-    def _compile(
-        self,
-        name: str,
-        stages: tuple[StageInfo, ...],
-        order: Sequence[int],
-        topology: Topology,
-        interceptors: Iterable[Interceptor],
-        run_store: RunStore | None,
-        max_threads: int | None,
-        cancel_grace: float,
-    ) -> StageGraph:
-        """Set up the graph, and return it: each stage's call wrapped once by its interceptors and deadline,
-        the adjacency the scheduler walks, and the run chain.
+    @classmethod
+    def _from_plan(cls, plan: GraphPlan) -> StageGraph:
+        """The graph of a plan ``Pipeline.build()`` has validated: made without ``__init__``, so that nothing
+        is checked twice."""
+        graph = cls.__new__(cls)
+        graph._compile(plan)
+        return graph
 
-        ``Pipeline.build()`` calls it on a graph made without ``__init__``, with the stages it validated and
-        the order and topology it computed while validating (so nothing is checked twice)."""
+    def _compile(self, plan: GraphPlan) -> None:
+        """Set up the graph: each stage's call wrapped once by its interceptors and deadline, the adjacency
+        the scheduler walks, and the run chain."""
+        name, stages, order, topology, interceptors, run_store, max_threads, cancel_grace = plan
         self.name = name
         self.run_store = run_store
         self.stages = stages
@@ -151,7 +162,6 @@ class StageGraph:
         self._sink_hooks = run_sink_hooks(self.interceptors)
         self._run_chain = build_run_chain(self._execute, self.interceptors)
         self._run_wrapped = self._run_chain != self._execute  # build_run_chain returns _execute as is
-        return self
 
     @property
     def version(self) -> str:

@@ -417,7 +417,7 @@ class Pipeline:
         A graph in which a stage's ``config`` sets ``timeout`` but no ``TimeoutInterceptor`` is attached
         warns (``UserWarning``) at its first run: nothing would enforce that timeout.
         """
-        from ._graph import StageGraph
+        from ._graph import GraphPlan, StageGraph
 
         if interceptors is None:
             interceptors = ()
@@ -437,8 +437,8 @@ class Pipeline:
         infos = tuple(map(partial(_built_info, self.name, executor), specs))
         if any(info.streams for info in infos):
             _check_stream_producers(infos)
-        graph: StageGraph = object.__new__(StageGraph)  # validated above: compiled without __init__'s checks
-        return graph._compile(self.name, infos, order, topology, interceptors, run_store, threads, grace)
+        plan = GraphPlan(self.name, infos, order, topology, interceptors, run_store, threads, grace)
+        return StageGraph._from_plan(plan)
 
     def to_mermaid(self) -> str:
         """The DAG as a Mermaid flowchart (validated like ``build()``, without instantiating stages)."""
