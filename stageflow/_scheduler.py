@@ -517,18 +517,22 @@ class _Run:
             if status is _SKIP:
                 assert output is not None
                 if self.events is not None:
-                    reason = output.data.get("reason", "")
-                    self._ended_event(node, STAGE_SKIPPED, started, ended, reason=reason, category=_SKIPPED)
+                    self._stage_event(
+                        node,
+                        STAGE_SKIPPED,
+                        duration=ended - started,
+                        reason=output.data.get("reason", ""),
+                        category=_SKIPPED,
+                    )
                 if ctx is not None:
                     self._release(i, output, ended)
             elif status is _FAIL:
                 assert error is not None
                 if self.events is not None:
-                    self._ended_event(
+                    self._stage_event(
                         node,
                         STAGE_FAILED,
-                        started,
-                        ended,
+                        duration=ended - started,
                         error=describe(error),
                         error_type=error_type_name(error),
                         attempts=attempts,
@@ -543,16 +547,16 @@ class _Run:
             elif output is not None:  # returned StageOutput.cancel: the run stops without an error
                 reason = str(output.data.get("cancel_reason", ""))
                 if self.events is not None:
-                    self._ended_event(
-                        node, STAGE_CANCELLED, started, ended, reason=reason, category=_CANCELLED
+                    self._stage_event(
+                        node, STAGE_CANCELLED, duration=ended - started, reason=reason, category=_CANCELLED
                     )
                 if self.cancelled_by is None and not self.failures:
                     self.cancelled_by = (node.name, reason)
                 self._stop()
             else:  # its task was cancelled
                 if self.events is not None:
-                    self._ended_event(
-                        node, STAGE_CANCELLED, started, ended, category=_CANCELLED, **(work or {})
+                    self._stage_event(
+                        node, STAGE_CANCELLED, duration=ended - started, category=_CANCELLED, **(work or {})
                     )
                 if not self.stopping:  # cancelled on its own, not by the run: the run ends as cancelled
                     self.cancelled_by = (node.name, "stage task was cancelled")
@@ -652,11 +656,6 @@ class _Run:
             {"stage": node.name, "kind": node.kind.value, **data},
             node.name,
         )
-
-    def _ended_event(self, node: _Node, outcome: str, started: float, ended: float, **data: Any) -> None:
-        """The event of a stage that ended without succeeding (skipped, failed or cancelled): its
-        ``duration``, then ``data``."""
-        self._stage_event(node, outcome, duration=ended - started, **data)
 
 
 def _shown_path(path: str | None) -> str | None:
