@@ -219,17 +219,22 @@ def _local(port: int) -> Address:
     return ("127.0.0.1", port)
 
 
+def _otlp_listeners(ports: dict[str, int], name: str) -> dict[Address, Address]:
+    """The OTLP/gRPC, OTLP/HTTP and health listeners a shipped config of ``name`` (``jaeger`` or
+    ``collector``) opens on all interfaces, each to its free loopback port ``{name}_otlp_grpc`` and so on."""
+    return {
+        ("0.0.0.0", 4317): _local(ports[f"{name}_otlp_grpc"]),
+        ("0.0.0.0", 4318): _local(ports[f"{name}_otlp_http"]),
+        ("0.0.0.0", 13133): _local(ports[f"{name}_health"]),
+    }
+
+
 def jaeger_config(ports: dict[str, int]) -> dict[str, Any]:
     """collector/jaeger/config.yaml on free ports; its query and telemetry listeners pinned likewise."""
     shipped = load_yaml(COLLECTOR / "jaeger" / "config.yaml")
     config: dict[str, Any] = rewrite_endpoints(
         shipped,
-        {
-            ("0.0.0.0", 4317): _local(ports["jaeger_otlp_grpc"]),
-            ("0.0.0.0", 4318): _local(ports["jaeger_otlp_http"]),
-            ("0.0.0.0", 13133): _local(ports["jaeger_health"]),
-            ("prometheus", 9090): _local(ports["prometheus"]),
-        },
+        {**_otlp_listeners(ports, "jaeger"), ("prometheus", 9090): _local(ports["prometheus"])},
     )
     # Listeners the shipped file leaves at their defaults (0.0.0.0:16686 and :16685, :8888 in the
     # container): set to free loopback ports, endpoints only.
@@ -259,9 +264,7 @@ def collector_config(ports: dict[str, int], loki_port: int) -> dict[str, Any]:
     config: dict[str, Any] = rewrite_endpoints(
         shipped,
         {
-            ("0.0.0.0", 4317): _local(ports["collector_otlp_grpc"]),
-            ("0.0.0.0", 4318): _local(ports["collector_otlp_http"]),
-            ("0.0.0.0", 13133): _local(ports["collector_health"]),
+            **_otlp_listeners(ports, "collector"),
             ("0.0.0.0", 8889): _local(ports["collector_prometheus"]),
             ("jaeger", 4317): _local(ports["jaeger_otlp_grpc"]),
             ("loki", 3100): _local(loki_port),

@@ -16,11 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ._assets import DASHBOARDS
 
 __all__ = (
     "PanelQuery",
+    "each_variable",
     "iter_panels",
+    "label_values_query",
     "load_dashboards",
     "panel_queries",
     "resolve",
@@ -113,3 +117,25 @@ def variable_queries(directory: Path = DASHBOARDS) -> Iterator[tuple[str, str, s
             if variable.get("type") == "query":
                 query = variable["query"]
                 yield name, variable["name"], query["query"] if isinstance(query, dict) else query
+
+
+_LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$")
+
+
+def each_variable() -> pytest.MarkDecorator:
+    """Parametrizes a test over ``variable_queries()`` as ``(dashboard, name, query)``, one id a variable."""
+    variables = list(variable_queries())
+    return pytest.mark.parametrize(
+        ("dashboard", "name", "query"),
+        variables,
+        ids=[f"{d.removesuffix('.json')}/{n}" for d, n, _ in variables],
+    )
+
+
+def label_values_query(query: str, service: str) -> tuple[str | None, str]:
+    """The series selector (``None`` when absent) and the label of a ``label_values([selector, ]label)``
+    variable query, with ``$service`` set to ``service``."""
+    match = _LABEL_VALUES.match(resolve(query, {"service": service}))
+    assert match is not None, query
+    selector, label = match.groups()
+    return selector, label

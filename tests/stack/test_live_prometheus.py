@@ -21,7 +21,7 @@ import pytest
 from ._assets import COLLECTOR, load_yaml
 from ._live import Child, PrometheusAPI, free_port, listening_sockets, wait_until, write_prometheus_config
 from ._stack import stack_binary
-from .dashboards import PanelQuery, panel_queries, resolve, variable_queries
+from .dashboards import PanelQuery, each_variable, label_values_query, panel_queries
 
 JOB = "stageflow-demo"
 PIPELINE = "voice-assistant"
@@ -33,8 +33,6 @@ DATA_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
 PANELS = list(panel_queries(JOB, PIPELINE, rate_interval=RATE_INTERVAL, time_range=TIME_RANGE))
-VARIABLES = list(variable_queries())
-LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$")
 EXPECTED_VARIABLES = {"service": [JOB], "pipeline": [PIPELINE]}
 HEX_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -177,18 +175,12 @@ class TestDashboardPanels:
 class TestTemplateVariables:
     """The dashboards' template variables offer the demo's job and pipeline."""
 
-    @pytest.mark.parametrize(
-        ("dashboard", "name", "query"),
-        VARIABLES,
-        ids=[f"{d.removesuffix('.json')}/{n}" for d, n, _ in VARIABLES],
-    )
+    @each_variable()
     def test_variable_query_returns_the_expected_values(
         self, stack: LiveStack, dashboard: str, name: str, query: str
     ) -> None:
         """``label_values(selector, label)`` lists exactly the demo's job or pipeline."""
-        match = LABEL_VALUES.match(resolve(query, {"service": JOB}))
-        assert match is not None, query
-        selector, label = match.groups()
+        selector, label = label_values_query(query, JOB)
         assert stack.api.label_values(label, selector) == EXPECTED_VARIABLES[name]
 
 

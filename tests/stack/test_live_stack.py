@@ -43,7 +43,7 @@ from ._stack import (
     jaeger_config,
     stack_binary,
 )
-from .dashboards import PanelQuery, panel_queries, resolve, variable_queries
+from .dashboards import PanelQuery, each_variable, label_values_query, panel_queries
 
 PIPELINE = "voice-assistant"
 DIRECT_JOB = "stageflow-demo"
@@ -65,8 +65,6 @@ PANELS = [
     for service in SERVICES
     for query in panel_queries(service, PIPELINE, rate_interval=RATE_INTERVAL, time_range=TIME_RANGE)
 ]
-VARIABLES = list(variable_queries())
-LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$")
 HEX_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 SUMMARY_RUNS = re.compile(r"^(\d+) runs$", re.MULTILINE)
 FALLBACK_STAGES = frozenset({"search"})
@@ -136,7 +134,6 @@ class Demo:
 class Stack:
     """The running consumers, their APIs, the demos and the Loki stand-in."""
 
-    directory: Path
     jaeger: Child
     collector: Child
     prometheus: Child
@@ -200,22 +197,31 @@ def _start_demo(directory: Path, service: str, env: dict[str, str], metrics_port
     return Demo(service, child, log_file)
 
 
+DEMO_ENV = {
+    "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+    # Export every second instead of every minute / five seconds: only when data arrives changes.
+    "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+    "OTEL_BSP_SCHEDULE_DELAY": "500",
+    "OTEL_BLRP_SCHEDULE_DELAY": "500",
+    # Events travel as span events; as in the compose demo, log records too, so Loki shows them.
+    "STAGEFLOW_EVENT_LOG_RECORDS": "true",
+}
+"""What both demos' environments set, whatever their service and protocol."""
+
+
+def _environ(**variables: str) -> dict[str, str]:
+    """This process's environment without its ``OTEL_*`` variables, and ``variables``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | variables
+
+
 def _demo_env(service: str, endpoint: str, protocol: str, metrics: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(
+    return _environ(
         OTEL_SERVICE_NAME=service,
         OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
         OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
         OTEL_METRICS_EXPORTER=metrics,
-        OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
-        # Export every second instead of every minute / five seconds: only when data arrives changes.
-        OTEL_METRIC_EXPORT_INTERVAL="1000",
-        OTEL_BSP_SCHEDULE_DELAY="500",
-        OTEL_BLRP_SCHEDULE_DELAY="500",
-        # Events travel as span events; as in the compose demo, log records too, so Loki shows them.
-        STAGEFLOW_EVENT_LOG_RECORDS="true",
+        **DEMO_ENV,
     )
-    return env
 
 
 def _has_key_series(api: PrometheusAPI) -> bool:
@@ -255,8 +261,7 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         jaeger_file = _write(directory, "jaeger.yaml", jaeger_config(ports))
         # Jaeger traces its own Prometheus queries to the SDK's default endpoint, localhost:4317: in
         # its container that is its own OTLP receiver, here a free port.
-        jaeger_env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        jaeger_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{ports['jaeger_otlp_grpc']}"
+        jaeger_env = _environ(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{ports['jaeger_otlp_grpc']}")
         jaeger = Child(
             "jaeger", [jaeger_bin, "--config", str(jaeger_file)], directory / "jaeger.log", jaeger_env
         )
@@ -296,8 +301,7 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             pytest.fail(_failure(f"the key series not scraped within {DATA_TIMEOUT} s", *children))
         if not all(c.running() for c in children):
             pytest.fail(_failure("a process exited early", *children))
-        stack = Stack(
-            directory=directory,
+        yield Stack(
             jaeger=jaeger,
             collector=collector,
             prometheus=prometheus,
@@ -308,7 +312,6 @@ def _stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ports=ports,
             started=started,
         )
-        yield stack
     finally:
         # The demos first (they flush), then the collector (it flushes to Jaeger), then the rest.
         codes = {d.child.name: d.child.stop(STOP_TIMEOUT) for d in demos.values()}
@@ -406,6 +409,13 @@ class LoggedRun:
     """Stage name -> how its attempt ended, as logged (``completed``, ``failed``, ``skipped``)."""
     run_outcome: str = ""
     """How the run ended, as logged (``completed``, ``failed``)."""
+
+
+def _runs_with_spans(stack: Stack, service: str) -> Iterator[tuple[str, LoggedRun, dict[str, Any]]]:
+    """Each run the demo of ``service`` logged: its trace id, what the demo logged of it and Jaeger's spans
+    of its trace by span id."""
+    for trace_id, run in _logged_runs(stack.demos[service]).items():
+        yield trace_id, run, {s["spanID"]: s for s in stack.traces[service][trace_id]["spans"]}
 
 
 def _logged_runs(demo: Demo) -> dict[str, LoggedRun]:
@@ -531,18 +541,12 @@ class TestDashboardsOnTheCollectorPath:
         )
         assert {s["metric"].get("job", service) for s in result} == {service}, result
 
-    @pytest.mark.parametrize(
-        ("dashboard", "name", "query"),
-        VARIABLES,
-        ids=[f"{d.removesuffix('.json')}/{n}" for d, n, _ in VARIABLES],
-    )
+    @each_variable()
     def test_variable_query_offers_the_collector_jobs(
         self, stack: Stack, dashboard: str, name: str, query: str
     ) -> None:
         """``$service`` lists both OTLP jobs and the direct scrape job; ``$pipeline`` the demo's pipeline."""
-        match = LABEL_VALUES.match(resolve(query, {"service": GRPC_SERVICE}))
-        assert match is not None, query
-        selector, label = match.groups()
+        selector, label = label_values_query(query, GRPC_SERVICE)
         expected = {"service": sorted([DIRECT_JOB, *SERVICES]), "pipeline": [PIPELINE]}
         assert stack.prometheus_api.label_values(label, selector) == expected[name]
 
@@ -638,8 +642,7 @@ class TestJaegerTraces:
     ) -> None:
         """Each trace: the run span as root, and one ``stage <name>`` span per logged attempt, its child."""
         wrong = []
-        for trace_id, run in _logged_runs(finished.demos[service]).items():
-            spans = {s["spanID"]: s for s in finished.traces[service][trace_id]["spans"]}
+        for trace_id, run, spans in _runs_with_spans(finished, service):
             expected = {run.run_span: semconv.SPAN_PIPELINE_PREFIX + PIPELINE} | {
                 span_id: semconv.SPAN_STAGE_PREFIX + stage for stage, span_id in run.stage_spans.items()
             }
@@ -659,8 +662,7 @@ class TestJaegerTraces:
     def test_dependencies_are_references_to_their_spans(self, finished: Stack, service: str) -> None:
         """A stage span's FOLLOWS_FROM references are the spans of its dependencies that ran."""
         wrong = []
-        for trace_id, run in _logged_runs(finished.demos[service]).items():
-            spans = {s["spanID"]: s for s in finished.traces[service][trace_id]["spans"]}
+        for trace_id, run, spans in _runs_with_spans(finished, service):
             for stage, span_id in run.stage_spans.items():
                 links = sorted(
                     r["spanID"] for r in spans[span_id]["references"] if r["refType"] == "FOLLOWS_FROM"
@@ -674,8 +676,7 @@ class TestJaegerTraces:
     def test_run_span_carries_the_critical_path(self, finished: Stack, service: str) -> None:
         """The run span's critical path is a chain of dependency edges through stages that ran."""
         wrong = []
-        for trace_id, run in _logged_runs(finished.demos[service]).items():
-            spans = {s["spanID"]: s for s in finished.traces[service][trace_id]["spans"]}
+        for trace_id, run, spans in _runs_with_spans(finished, service):
             path = json.loads(_tags(spans[run.run_span])[semconv.RUN_CRITICAL_PATH])
             chain = all(a in DEPENDENCIES[b] for a, b in zip(path, path[1:], strict=False))
             if not (path and chain and set(path) <= set(run.stage_spans)):
@@ -723,8 +724,7 @@ class TestJaegerTraces:
         closing = {semconv.EVENTS[f"stage.{o}"] for o in ("completed", "failed", "skipped", "cancelled")}
         run_closing = {semconv.EVENTS[f"pipeline.{o}"] for o in ("completed", "failed", "cancelled")}
         wrong = []
-        for trace_id, run in _logged_runs(finished.demos[service]).items():
-            spans = {s["spanID"]: s for s in finished.traces[service][trace_id]["spans"]}
+        for trace_id, run, spans in _runs_with_spans(finished, service):
             stage_of = {span_id: stage for stage, span_id in run.stage_spans.items()}
             for span_id, span in spans.items():
                 logs = [_fields(log) for log in span["logs"]]
@@ -767,8 +767,7 @@ class TestJaegerTraces:
         """Exactly: a stage span logs started, its exception if the attempt raised, and the core's
         verdict on what the demo logged; the run span starts with created, started and ends as logged."""
         wrong: list[tuple[object, ...]] = []
-        for trace_id, run in _logged_runs(finished.demos[service]).items():
-            spans = {s["spanID"]: s for s in finished.traces[service][trace_id]["spans"]}
+        for trace_id, run, spans in _runs_with_spans(finished, service):
             for stage, span_id in run.stage_spans.items():
                 events = _span_events(spans[span_id])
                 outcome = run.outcomes[stage]
@@ -813,8 +812,7 @@ class TestJaegerTraces:
         carry none of it; a successful run's span carries its time to first output."""
         wrong: list[tuple[object, ...]] = []
         completed = 0
-        for trace_id, run in _logged_runs(finished.demos[service]).items():
-            spans = {s["spanID"]: s for s in finished.traces[service][trace_id]["spans"]}
+        for trace_id, run, spans in _runs_with_spans(finished, service):
             for stage, span_id in run.stage_spans.items():
                 span = spans[span_id]
                 tags = _tags(span)
