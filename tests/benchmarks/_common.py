@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import multiprocessing
 import os
@@ -71,10 +72,11 @@ def main_for(module: str, *, quick: str) -> Callable[..., int]:
     """``main(argv=None)`` of the benchmark module named ``module``, one without options of its own: parse
     ``argv`` as the module's docstring describes, ``run_benchmark`` with ``Settings.quick()`` (``--quick``,
     helped by ``quick``) or ``Settings()``, progress on stderr; print ``format_report`` of the report. The
-    module's names are looked up at each call, as a call of them in the module itself would."""
+    module is imported by that name if it is not yet (a module run as ``__main__`` may name its importable
+    self) and its names are looked up at each call, as a call of them in the module itself would."""
 
     def main(argv: Sequence[str] | None = None) -> int:
-        bench = sys.modules[module]
+        bench = importlib.import_module(module)
         args = parser(bench.__doc__, quick=quick).parse_args(argv)
         report = bench.run_benchmark(bench.Settings.quick() if args.quick else bench.Settings(), log=log)
         return publish(bench.format_report(report), report, args.json)

@@ -305,12 +305,10 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-main = _common.main_for(__name__, quick="fewer repetitions, smaller samples")
-"""Parse arguments, measure and print the report."""
+main = _common.main_for("tests.benchmarks.offload", quick="fewer repetitions, smaller samples")
+"""Parse arguments, measure and print the report: with the importable module's names even when run as
+``__main__``, whose ``hop`` would not pickle by a name workers can import."""
 
 
 if __name__ == "__main__":
-    # run the importable module, not ``__main__``: its ``hop`` must pickle by a name workers can import
-    from tests.benchmarks import offload
-
-    sys.exit(offload.main())
+    sys.exit(main())
