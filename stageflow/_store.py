@@ -47,7 +47,6 @@ __all__ = (
     "RUN_STORE_TIMEOUT",
     "InMemoryRunStore",
     "MalformedRunError",
-    "QueriedRunStore",
     "RunRecord",
     "RunStore",
     "RunStoreWrite",
@@ -61,7 +60,6 @@ __all__ = (
     "read_checked",
     "readable",
     "reset_run_trace_id",
-    "run_columns",
     "run_record",
     "set_run_trace_id",
     "storable_record",
@@ -357,24 +355,6 @@ def _message(text: str | None) -> str | None:
     if len(text) > MAX_MESSAGE_CHARS:
         text = f"{text[:MAX_MESSAGE_CHARS]}… [{len(text) - MAX_MESSAGE_CHARS:,} more characters not shown]"
     return storable_text(text)
-
-
-def run_columns(record: RunRecord) -> tuple[object, ...]:
-    """A run's own columns, in the order the SQL stores keep them: run id, pipeline, status, start, end,
-    critical path (JSON), error, trace id, first output path (JSON), category (text), not started (JSON)."""
-    return (
-        record.run_id,
-        record.pipeline,
-        record.status,
-        record.started_at,
-        record.ended_at,
-        json.dumps(list(record.critical_path)),
-        record.error,
-        record.trace_id,
-        json.dumps([list(step) for step in record.first_output_path]),
-        None if record.category is None else str(record.category),
-        json.dumps(list(record.not_started)),
-    )
 
 
 def storable_record(record: RunRecord) -> RunRecord:
@@ -800,51 +780,7 @@ _STAGE_COLUMNS = (
 )
 
 
-class QueriedRunStore:
-    """``list_runs`` and ``find_runs`` of a run store that reads its runs with a query (``SQLiteRunStore``,
-    ``PostgresRunStore``): ``_listed`` and ``_found`` run the store's own query."""
-
-    async def _listed(
-        self, pipeline: str | None, limit: int, offset: int
-    ) -> list[RunRecord | MalformedRunError]:
-        """One page of ``list_runs``, malformed runs included."""
-        raise NotImplementedError
-
-    async def _found(self, prefix: str, limit: int) -> list[RunRecord | MalformedRunError]:
-        """``find_runs``' runs, malformed runs included."""
-        raise NotImplementedError
-
-    async def list_runs(
-        self,
-        *,
-        pipeline: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        problems: list[MalformedRunError] | None = None,
-    ) -> list[RunRecord]:
-        """The most recently started runs first (ties by run id), optionally of one pipeline.
-
-        Args:
-            pipeline: only runs of this pipeline.
-            limit: at most this many runs.
-            offset: skip this many runs first (the next page starts at ``offset + limit``).
-            problems: a list to append each malformed run to; without it they are logged and skipped.
-        """
-        check_page(limit, offset)
-        return readable(await self._listed(pipeline, limit, offset), problems)
-
-    async def find_runs(
-        self, prefix: str, *, limit: int = 10, problems: list[MalformedRunError] | None = None
-    ) -> list[RunRecord]:
-        """Runs whose id starts with ``prefix``, in id order, at most ``limit`` (an index range scan).
-
-        .. versionadded:: 0.10
-        """
-        check_page(limit, 0)
-        return readable(await self._found(prefix, limit), problems)
-
-
-class SQLiteRunStore(QueriedRunStore):
+class SQLiteRunStore:
     """Records runs in a SQLite database (stdlib ``sqlite3``, WAL journal, versioned schema).
 
     One connection serves the process; writes and reads run in worker threads under a lock, so the
@@ -995,7 +931,20 @@ class SQLiteRunStore(QueriedRunStore):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 inserted = conn.execute(
-                    "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", run_columns(record)
+                    "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.run_id,
+                        record.pipeline,
+                        record.status,
+                        record.started_at,
+                        record.ended_at,
+                        json.dumps(list(record.critical_path)),
+                        record.error,
+                        record.trace_id,
+                        json.dumps([list(step) for step in record.first_output_path]),
+                        None if record.category is None else str(record.category),
+                        json.dumps(list(record.not_started)),
+                    ),
                 ).rowcount
                 if inserted:
                     conn.executemany(
@@ -1063,13 +1012,28 @@ class SQLiteRunStore(QueriedRunStore):
         """
         return the_one(await asyncio.to_thread(self._read, "WHERE run_id = ?", (str(run_id),), ""))
 
-    async def _listed(
-        self, pipeline: str | None, limit: int, offset: int
-    ) -> list[RunRecord | MalformedRunError]:
+    async def list_runs(
+        self,
+        *,
+        pipeline: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        problems: list[MalformedRunError] | None = None,
+    ) -> list[RunRecord]:
+        """The most recently started runs first (ties by run id), optionally of one pipeline.
+
+        Args:
+            pipeline: only runs of this pipeline.
+            limit: at most this many runs.
+            offset: skip this many runs first (the next page starts at ``offset + limit``).
+            problems: a list to append each malformed run to; without it they are logged and skipped.
+        """
+        check_page(limit, offset)
         where, params = ("", ()) if pipeline is None else ("WHERE pipeline = ?", (pipeline,))
-        return await asyncio.to_thread(
+        found = await asyncio.to_thread(
             self._read, where, (*params, limit, offset), "ORDER BY started_at DESC, run_id LIMIT ? OFFSET ?"
         )
+        return readable(found, problems)
 
     def _pipelines(self) -> list[str]:
         with self._lock:
@@ -1111,10 +1075,18 @@ class SQLiteRunStore(QueriedRunStore):
         """
         return await asyncio.to_thread(self._events, str(run_id))
 
-    async def _found(self, prefix: str, limit: int) -> list[RunRecord | MalformedRunError]:
-        return await asyncio.to_thread(
+    async def find_runs(
+        self, prefix: str, *, limit: int = 10, problems: list[MalformedRunError] | None = None
+    ) -> list[RunRecord]:
+        """Runs whose id starts with ``prefix``, in id order, at most ``limit`` (an index range scan).
+
+        .. versionadded:: 0.10
+        """
+        check_page(limit, 0)
+        found = await asyncio.to_thread(
             self._read,
             "WHERE run_id >= ? AND run_id < ?",
             (prefix, prefix + "\U0010ffff", limit),
             "ORDER BY run_id LIMIT ?",
         )
+        return readable(found, problems)

@@ -41,12 +41,12 @@ from stageflow._store import (
     LEGACY_STAGE_CATEGORY,
     RUN_STORE_TIMEOUT,
     MalformedRunError,
-    QueriedRunStore,
     RunRecord,
     RunStoreWrite,
     WriteObserver,
+    check_page,
     observe,
-    run_columns,
+    readable,
     run_record,
     storable_record,
     the_one,
@@ -537,7 +537,7 @@ def _seconds(name: str, value: object) -> float:
     return float(value)
 
 
-class PostgresRunStore(QueriedRunStore):
+class PostgresRunStore:
     """Records runs in PostgreSQL (psycopg 3 with an async connection pool).
 
     Many processes on many hosts may record into one database at once. Each run is written by one
@@ -662,7 +662,21 @@ class PostgresRunStore(QueriedRunStore):
         try:
             stored = storable_record(record)
             day = day_of(stored.started_at)
-            row = (day, *run_columns(stored), _stages_json(stored))
+            row = (
+                day,
+                stored.run_id,
+                stored.pipeline,
+                stored.status,
+                stored.started_at,
+                stored.ended_at,
+                json.dumps(list(stored.critical_path)),
+                stored.error,
+                stored.trace_id,
+                json.dumps([list(step) for step in stored.first_output_path]),
+                _text_of(stored.category),
+                json.dumps(list(stored.not_started)),
+                _stages_json(stored),
+            )
             pool = await db.pool()
             for attempt in (1, 2):
                 used: AsyncConnection[Any] | None = None
@@ -718,19 +732,32 @@ class PostgresRunStore(QueriedRunStore):
         """As ``SQLiteRunStore.get_run``: the run with this id, or ``None``; a malformed row raises."""
         return the_one(await self._query(_READ + "WHERE r.run_id = %s LIMIT 1", (str(run_id),)))
 
-    async def _listed(
-        self, pipeline: str | None, limit: int, offset: int
-    ) -> list[RunRecord | MalformedRunError]:
+    async def list_runs(
+        self,
+        *,
+        pipeline: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        problems: list[MalformedRunError] | None = None,
+    ) -> list[RunRecord]:
+        """As ``SQLiteRunStore.list_runs`` (same arguments, order and paging), in one query."""
+        check_page(limit, offset)
         where, params = ("", ()) if pipeline is None else ("WHERE r.pipeline = %s ", (pipeline,))
-        return await self._query(
+        found = await self._query(
             _READ + where + "ORDER BY r.started_at DESC, r.run_id LIMIT %s OFFSET %s",
             (*params, limit, offset),
         )
+        return readable(found, problems)
 
-    async def _found(self, prefix: str, limit: int) -> list[RunRecord | MalformedRunError]:
-        return await self._query(
+    async def find_runs(
+        self, prefix: str, *, limit: int = 10, problems: list[MalformedRunError] | None = None
+    ) -> list[RunRecord]:
+        """Runs whose id starts with ``prefix``, in id order, at most ``limit`` (an index scan)."""
+        check_page(limit, 0)
+        found = await self._query(
             _READ + "WHERE r.run_id LIKE %s ORDER BY r.run_id LIMIT %s", (_escape_like(prefix), limit)
         )
+        return readable(found, problems)
 
     async def pipelines(self) -> list[str]:
         """The names of the pipelines with stored runs, in order."""
