@@ -125,9 +125,14 @@ def outcome_note(category: str | None, status: str, error: str | None, error_typ
     return f"{word}: {detail}" if word and detail else word
 
 
-_RUN_STATUS = {"success": "completed", "cancellation": "cancelled"}
-"""A run's status by its category (``RunResult`` has no status of its own: it is what the category says);
-a run of any other category (failure, error, timeout) failed."""
+_RUN_STATUS = {
+    "success": "completed",
+    "cancellation": "cancelled",
+    "failure": "failed",
+    "error": "failed",
+    "timeout": "failed",
+}
+"""A run's status by its category (``RunResult`` has no status of its own: it is what the category says)."""
 
 
 def run_outcome(status: str, result: str | None) -> str:
@@ -265,7 +270,7 @@ def timeline_of_result(results: RunResult, *, width: int = DEFAULT_WIDTH, color:
                 r.category,
             )
         )
-    status = _RUN_STATUS.get(results.category, "failed")
+    status = _RUN_STATUS[results.category]
     return _run_timeline(
         results, results.pipeline_name, status, rows, width, use_color() if color is None else color
     )
@@ -299,7 +304,7 @@ def _run_timeline(
 ) -> str:
     """The timeline of a run, given its stages' rows: the stages that never started (a failed or cancelled
     run) are drawn too, so every stage the graph declares is."""
-    rows += [TimelineRow(name, "", None, None, None) for name in run.not_started]
+    never_started = [TimelineRow(name, "", None, None, None) for name in run.not_started]
     return render_timeline(
         pipeline=pipeline,
         run_id=str(run.run_id),
@@ -307,7 +312,7 @@ def _run_timeline(
         result=run.category,
         start=run.started_at,
         end=run.ended_at,
-        rows=_ordered(rows),
+        rows=_ordered([*rows, *never_started]),
         critical_path=run.critical_path,
         width=width,
         color=color,
