@@ -99,16 +99,17 @@ def _check_runner(name: str, runner: object) -> str:
     return _ASYNC if inspect.iscoroutinefunction(execute) else _SYNC
 
 
-def _streams(name: str, runner: object, function: object, generator: str) -> bool:
+def _streams(name: str, runner: object, function: object, which: str) -> bool:
     """Whether ``function`` (``runner`` itself, its ``__call__`` or its ``execute``) is an async generator
-    function: a streaming stage. Refuse a plain generator function, which ``generator`` names."""
+    function: a streaming stage. Refuse a plain generator function; ``which`` says which function the
+    message names ('it is a generator function')."""
     if inspect.isasyncgenfunction(function):
         return True
     if inspect.isgeneratorfunction(function):
         raise InvalidRunnerError(
             name,
             runner,
-            f"{generator} (it yields); a stage returns one StageOutput, and a streaming stage is an "
+            f"{which} (it yields); a stage returns one StageOutput, and a streaming stage is an "
             "'async def' that yields",
         )
     return False
@@ -437,7 +438,16 @@ class Pipeline:
         infos = tuple(map(partial(_built_info, self.name, executor), specs))
         if any(info.streams for info in infos):
             _check_stream_producers(infos)
-        plan = GraphPlan(self.name, infos, order, topology, interceptors, run_store, threads, grace)
+        plan = GraphPlan(
+            self.name,
+            infos,
+            order,
+            topology,
+            interceptors,
+            run_store,
+            max_threads=threads,
+            cancel_grace=grace,
+        )
         return StageGraph._from_plan(plan)
 
     def to_mermaid(self) -> str:

@@ -106,8 +106,9 @@ class ServerLimits:
     """The server's bounds (see the module docstring); each is checked when the limits are made.
 
     Raises:
-        ValueError: ``workers`` or ``max_connections`` is not an int of at least 1, or a timeout is not a
-            number of seconds > 0.
+        ValueError: ``workers`` or ``max_connections`` is not an int of at least 1, or a timeout is not
+            > 0.
+        TypeError: a timeout cannot be compared with 0 (not a number).
     """
 
     workers: int = DEFAULT_WORKERS

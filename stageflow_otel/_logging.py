@@ -25,7 +25,7 @@ from opentelemetry import trace
 from structlog.typing import EventDict, WrappedLogger
 
 from stageflow import PipelineContext, RunResult, StageContext, StageInfo, StageOutput
-from stageflow.interceptors import CallNext, RunNext
+from stageflow.interceptors import CallNext, Interceptor, RunNext
 
 from . import semconv
 from ._content import (
@@ -36,7 +36,7 @@ from ._content import (
     value_length_limit,
 )
 from ._once import LogOnce
-from ._outcome import Outcome, TelemetryInterceptor, observe_run, observe_stage
+from ._outcome import Outcome, observe_run, observe_stage
 
 __all__ = ("LoggingInterceptor", "add_trace_context")
 
@@ -122,7 +122,7 @@ def _default_logger() -> Any:
     )
 
 
-class LoggingInterceptor(TelemetryInterceptor):
+class LoggingInterceptor(Interceptor):
     """Log one structured line when each run and each stage attempt starts and when it finishes.
 
     Stage lines carry ``run_id``, ``pipeline``, ``stage``, ``kind``, ``attempt``, ``trace_id`` and
@@ -140,6 +140,8 @@ class LoggingInterceptor(TelemetryInterceptor):
 
     name = "logging"
     priority = 30
+    isolated = False  # never raises on its own: called without the isolation guard
+    fail_open = True  # telemetry: if it ever failed before the stage, bypassing it is safe
 
     def __init__(self, logger: Any = None, *, redact_error: ErrorRedactor = redact_error_message) -> None:
         self._log = logger if logger is not None else _default_logger()

@@ -59,6 +59,7 @@ from stageflow.interceptors import (
     CallNext,
     CircuitBreakerInterceptor,
     CircuitStateChange,
+    Interceptor,
     RunNext,
 )
 
@@ -69,7 +70,6 @@ from ._once import LogOnce
 from ._outcome import (
     SKIP,
     Outcome,
-    TelemetryInterceptor,
     is_api_only,
     observe_run,
     observe_stage,
@@ -96,7 +96,7 @@ _Raised = tuple[Attributes, Outcome, float]
 """A stage attempt that raised, waiting for the run's end: its attributes, outcome and duration."""
 
 
-class MetricsInterceptor(TelemetryInterceptor):
+class MetricsInterceptor(Interceptor):
     """Record run and stage metrics (priority 20: inside ``TracingInterceptor``'s spans).
 
     Args:
@@ -119,6 +119,8 @@ class MetricsInterceptor(TelemetryInterceptor):
 
     name = "metrics"
     priority = 20
+    isolated = False  # never raises on its own: called without the isolation guard
+    fail_open = True  # telemetry: if it ever failed before the stage, bypassing it is safe
 
     def __init__(
         self,

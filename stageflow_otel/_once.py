@@ -26,5 +26,5 @@ class LogOnce:
     def __call__(self, exc: BaseException) -> None:
         if not self.logged:
             self.logged = True
-            # stacklevel: the record names the caller that failed, not this helper
+            # stacklevel: the record names the function that reported the failure, not this helper
             logger.log(self._level, self._message, exc, stacklevel=2)

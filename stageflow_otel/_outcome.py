@@ -3,7 +3,7 @@
 Read from the core's outcome (``stageflow.error_category``, ``PipelineRunError.category``,
 ``error_type_name``), never re-derived: shared by the tracing, metrics and logging interceptors so the three
 signals agree with each other and with the core's events. Also holds the
-"is a real SDK configured?" test the fast paths use, and the three interceptors' base class.
+"is a real SDK configured?" test the fast paths use.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from stageflow import (
     error_category,
     error_type_name,
 )
-from stageflow.interceptors import CallNext, Interceptor, RunNext
+from stageflow.interceptors import CallNext, RunNext
 
 from . import semconv
 
@@ -34,7 +34,6 @@ __all__ = (
     "Outcome",
     "RunEnd",
     "StageEnd",
-    "TelemetryInterceptor",
     "is_api_only",
     "observe_run",
     "observe_stage",
@@ -110,13 +109,6 @@ def is_api_only(provider: object) -> bool:
     """Whether ``provider`` is one of the API's no-op or proxy providers (no SDK behind it)."""
     module = type(provider).__module__
     return module.startswith(("opentelemetry.trace", "opentelemetry.metrics", "opentelemetry._logs"))
-
-
-class TelemetryInterceptor(Interceptor):
-    """How the chain calls the tracing, metrics and logging interceptors."""
-
-    isolated = False  # never raises on its own: called without the isolation guard
-    fail_open = True  # telemetry: if it ever failed before the stage, bypassing it is safe
 
 
 StageEnd: TypeAlias = Callable[["Outcome | None", "Exception | None", "StageOutput | None"], None]

@@ -191,16 +191,16 @@ class OtlpEventSink:
         # Counted on the loop in a dict, reported when a reader collects: exact, and a dict update per
         # event instead of an SDK measurement.
         self._counts: dict[tuple[str, str | None, str | None], int] = {}
-        self._pipeline_names, self._stage_names = (
-            NameGuard(
-                what,
-                max_series,
-                semconv.DEFAULT_NAME_IDLE_TIMEOUT,
-                option="max_series",
-                on_evict=partial(self._forget, position),  # the names' place in the keys of ``_counts``
+
+        def names(what: str, position: int) -> NameGuard:
+            # ``position``: the names' place in the keys of ``_counts``
+            idle = semconv.DEFAULT_NAME_IDLE_TIMEOUT
+            return NameGuard(
+                what, max_series, idle, option="max_series", on_evict=partial(self._forget, position)
             )
-            for position, what in ((1, "pipeline"), (2, "stage"))
-        )
+
+        self._pipeline_names = names("pipeline", 1)
+        self._stage_names = names("stage", 2)
         metric = semconv.STAGE_ABANDONED
         self._abandoned_counter = meter.create_counter(
             metric.name, unit=metric.unit, description=metric.description

@@ -20,7 +20,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -44,7 +43,6 @@ DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 """Seconds ``shutdown()`` is given when called without a timeout (and at interpreter exit)."""
 
 
-@dataclass(kw_only=True, eq=False, repr=False)
 class Telemetry:
     """What ``setup()`` built: the three providers, the event sink, the ``/metrics`` server, and shutdown.
 
@@ -61,26 +59,36 @@ class Telemetry:
     .. versionadded:: 0.10
     """
 
-    tracer_provider: trace.TracerProvider
-    meter_provider: metrics.MeterProvider
-    logger_provider: _logs.LoggerProvider
-    event_sink: stageflow.EventSink
-    metrics_server: MetricsServer | None = None
-    disabled: bool = False
-    mode: Mode = "bounded"
-    _guards: Sequence[Guard] = ()
-    _books: Sequence[Books] = ()
-    _accounting: Accounting = field(default_factory=Accounting)
-    _global_sink: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
-    _shut_down: bool = field(default=False, init=False)
-    _reported: int = field(default=0, init=False)
-    _on_shutdown: list[Callable[[], None]] = field(default_factory=list, init=False)
-    """The worker hook, the loop monitor: called by ``shutdown()``."""
-
-    def __post_init__(self) -> None:
-        self._guards = tuple(self._guards)
-        self._books = tuple(self._books)
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider,
+        meter_provider: metrics.MeterProvider,
+        logger_provider: _logs.LoggerProvider,
+        event_sink: stageflow.EventSink,
+        metrics_server: MetricsServer | None = None,
+        disabled: bool = False,
+        mode: Mode = "bounded",
+        _guards: Sequence[Guard] = (),
+        _books: Sequence[Books] = (),
+        _accounting: Accounting | None = None,
+        _global_sink: bool = False,
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.logger_provider = logger_provider
+        self.event_sink = event_sink
+        self.metrics_server = metrics_server
+        self.disabled = disabled
+        self.mode: Mode = mode
+        self._guards = tuple(_guards)
+        self._books = tuple(_books)
+        self._accounting = _accounting or Accounting()
+        self._global_sink = _global_sink
+        self._lock = threading.Lock()
+        self._shut_down = False
+        self._reported = 0
+        self._on_shutdown: list[Callable[[], None]] = []  # the worker hook, the loop monitor
 
     @property
     def export_failures(self) -> Mapping[str, int]:

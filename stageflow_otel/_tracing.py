@@ -68,7 +68,7 @@ from stageflow import (
     set_run_trace_id,
 )
 from stageflow import __version__ as _stageflow_version
-from stageflow.interceptors import CallNext, RunNext
+from stageflow.interceptors import CallNext, Interceptor, RunNext
 
 from . import semconv
 from ._content import (
@@ -82,7 +82,7 @@ from ._content import (
 )
 from ._export import Backpressure, backpressure_of
 from ._once import LogOnce
-from ._outcome import Outcome, TelemetryInterceptor, is_api_only, observe_run, observe_stage
+from ._outcome import Outcome, is_api_only, observe_run, observe_stage
 from ._sink import OtlpEventSink
 from ._span import RecordedSpan, StageSpans
 from ._taxonomy import TERMINAL, TaxonomyEvent, describe
@@ -423,7 +423,7 @@ class _TracedSink:
         return f"_TracedSink({self.inner!r})"
 
 
-class TracingInterceptor(TelemetryInterceptor):
+class TracingInterceptor(Interceptor):
     """Trace every run and every stage attempt (priority 10: outermost of the OTel interceptors).
 
     Args:
@@ -450,6 +450,8 @@ class TracingInterceptor(TelemetryInterceptor):
 
     name = "tracing"
     priority = 10
+    isolated = False  # never raises on its own: called without the isolation guard
+    fail_open = True  # telemetry: if it ever failed before the stage, bypassing it is safe
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""``LogOnce``: the first failure is logged, naming the failing caller as its source; later ones are not."""
+"""``LogOnce``: the first failure is logged, naming the function that reported it; later ones are not."""
 
 from __future__ import annotations
 
