@@ -241,16 +241,16 @@ def _failed_demo(
 ) -> FailedDemo:
     """``spans, records = await failed_demo(stage, log_records=..., redact_error=...)``: one traced run of
     ``two_stages("demo", stage)``, which fails, its events going to an OTLP sink with ``log_records``; the
-    tracing interceptor and the sink both redact errors with ``redact_error``. It gives the spans by name
-    and the log records, once the sink and the logger provider flushed."""
+    tracing interceptor and the sink both redact errors with ``redact_error`` if given, else with their own
+    default (the keyword is then not passed at all). It gives the spans by name and the log records, once
+    the sink and the logger provider flushed."""
 
     async def failed_demo(
-        stage: Any, *, log_records: bool | None = None, redact_error: ErrorRedactor = redact_error_message
+        stage: Any, *, log_records: bool | None = None, redact_error: ErrorRedactor | None = None
     ) -> tuple[dict[str, ReadableSpan], list[LogRecord]]:
-        sink = OtlpEventSink(
-            logger_provider=logger_provider, redact_error=redact_error, log_records=log_records
-        )
-        tracing = TracingInterceptor(tracer_provider, redact_error=redact_error)
+        redaction: dict[str, ErrorRedactor] = {} if redact_error is None else {"redact_error": redact_error}
+        sink = OtlpEventSink(logger_provider=logger_provider, log_records=log_records, **redaction)
+        tracing = TracingInterceptor(tracer_provider, **redaction)
         with pytest.raises(PipelineFailedError):
             await two_stages("demo", stage).build(interceptors=[tracing]).run(entry_ctx(sink=sink))
         assert sink.flush(5.0)
