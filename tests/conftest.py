@@ -9,7 +9,23 @@ import pytest
 
 from stageflow import InMemoryEventSink, StageContext, set_event_sink
 
-from ._support import FakeClock, make_ctx
+# The shared helper modules assert too: have pytest rewrite their asserts (to show the compared values on
+# failure) before anything imports them. Add a new helper module here when it starts to assert.
+pytest.register_assert_rewrite(
+    "tests._support",
+    "tests._stages",
+    "tests._cluster_cases",
+    "tests._cluster_stages",
+    "tests._offload_stages",
+    "tests.benchmarks._common",
+    "tests.otel.otlp_receiver",
+    "tests.otel._worker_stages",
+    "tests.stack.dashboards",
+    "tests.stack._live",
+    "tests.stack._stack",
+)
+
+from ._support import FakeClock, make_ctx  # noqa: E402 (after the rewrite registration above)
 
 
 @pytest.fixture(name="sink")
