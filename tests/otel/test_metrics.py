@@ -147,7 +147,8 @@ class TestStageMetrics:
         metric_reader: InMemoryMetricReader,
     ) -> None:
         """Stage durations are recorded inside the stage span, so exemplars carry its trace and span id."""
-        await run_diamond(*interceptors)
+        # Metrics listed before tracing: the nesting follows the interceptors' priority, not the list order.
+        await run_diamond(*reversed(interceptors))
         spans = {
             (s.attributes or {})["stageflow.stage.name"]: s
             for s in span_exporter.get_finished_spans()
