@@ -89,14 +89,16 @@ async def fail_fast_stops(graph: StageGraph) -> None:
     assert cancelled.data["work"] == "stopped"
 
 
-async def a_timeout_stops_slow(name: str, folder: Path, **build: Any) -> None:
-    """Run pipeline ``name`` of ``slow`` alone (``wait_for_release`` in ``folder``), built with ``build`` and
-    a ``TimeoutInterceptor`` giving ``slow`` 0.2 s: the timeout fails it (``StageTimeoutError``), its work
-    "stopped"."""
+async def a_timeout_stops_slow(
+    name: str, folder: Path, *, stage_executor: Executor | None = None, **build: Any
+) -> None:
+    """Run pipeline ``name`` of ``slow`` alone (``wait_for_release`` in ``folder``), routed to
+    ``stage_executor`` by ``with_stage`` if given, built with ``build`` and a ``TimeoutInterceptor`` giving
+    ``slow`` 0.2 s: the timeout fails it (``StageTimeoutError``), its work "stopped"."""
     timeout = TimeoutInterceptor(default=None, per_stage={"slow": 0.2})
     graph = (
         Pipeline(name)
-        .with_stage("slow", stages.wait_for_release, T, config={"dir": str(folder)})
+        .with_stage("slow", stages.wait_for_release, T, config={"dir": str(folder)}, executor=stage_executor)
         .build(interceptors=[timeout], **build)
     )
     caught = await run_fails(asyncio.wait_for(graph.run(), BOUND))

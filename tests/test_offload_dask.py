@@ -150,7 +150,7 @@ class TestCancellation:
     async def test_a_timeout_stops_the_dask_stage(self, dask_executor: Executor, tmp_path: Path) -> None:
         """A ``TimeoutInterceptor`` timeout fails the Dask stage (``StageTimeoutError``), work "stopped"."""
         try:
-            await cases.a_timeout_stops_slow("dask", tmp_path, executor=dask_executor)
+            await cases.a_timeout_stops_slow("dask", tmp_path, stage_executor=dask_executor)
         finally:
             (tmp_path / "release").touch()
         await asyncio.wait_for(stages.file_exists(tmp_path / "finished"), cases.BOUND)
