@@ -92,10 +92,10 @@ class Transcribe:
     async def execute(self, ctx: StageContext) -> StageOutput:
         text = ctx.snapshot.input_text or ""
         return StageOutput(
-            status=StageStatus.OK,
-            data={"transcript": text},
-            artifacts=[StageArtifact(type="transcript", payload={"text": text}, timestamp=CREATED)],
-            events=[StageEvent(type="progress", data={"percent": 100}, timestamp=CREATED)],
+            StageStatus.OK,
+            {"transcript": text},
+            [StageArtifact("transcript", {"text": text}, CREATED)],
+            [StageEvent("progress", {"percent": 100}, CREATED)],
         )
 
 

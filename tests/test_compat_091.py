@@ -3,9 +3,9 @@
 ``compat_program_091.py`` runs under both this stageflow and stageflow-core 0.9.1 itself (installed from
 PyPI), and both must print the same observations. The programs below use only names 0.9.1 exports
 (top-level ``stageflow``, ``stageflow.context``, ``stageflow.stages``, ``stageflow.interceptors``) with
-this package's executor features (interceptors on ``build()``); the stages, the sink and the context
-factories they share with that program are its own. ``test_compat_units.py`` pins every item with exact
-values.
+this package's executor features (interceptors on ``build()``); the reply stage, the sink and the context
+factories they share with that program are its own, while the transcribe stage here is the keyword form of
+the program's positional one. ``test_compat_units.py`` pins every item with exact values.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from stageflow import (
     NoOpEventSink,
     Pipeline,
     PipelineContext,
+    StageArtifact,
     StageContext,
+    StageEvent,
     StageKind,
     StageOutput,
     StageResult,
@@ -41,10 +43,26 @@ from stageflow.interceptors import BaseInterceptor, InterceptorResult
 from stageflow.stages import UndeclaredDependencyError
 
 from ._support import AuthInterceptor
-from .compat_program_091 import Reply, Sink, Transcribe, context_without_ids, entry, reply_alone
+from .compat_program_091 import Reply, Sink, context_without_ids, entry, reply_alone
 
 USER = UUID("00000000-0000-4000-8000-000000000001")
 ORG = UUID("00000000-0000-4000-8000-000000000002")
+
+
+class TranscribeStage:
+    """The program's ``Transcribe`` in keyword form, its artifact and event stamped by default."""
+
+    name = "transcribe"
+    kind = StageKind.TRANSFORM
+
+    async def execute(self, ctx: StageContext) -> StageOutput:
+        text = ctx.snapshot.input_text or ""
+        return StageOutput(
+            status=StageStatus.OK,
+            data={"transcript": text},
+            artifacts=[StageArtifact(type="transcript", payload={"text": text})],
+            events=[StageEvent(type="progress", data={"percent": 100})],
+        )
 
 
 class RejectStage:
@@ -100,7 +118,7 @@ def entry_context(*, sink: EventSink | None = None) -> StageContext:
 def voice_pipeline() -> Pipeline:
     return (
         Pipeline()
-        .with_stage("transcribe", Transcribe, StageKind.TRANSFORM)
+        .with_stage("transcribe", TranscribeStage, StageKind.TRANSFORM)
         .with_stage("reply", Reply, StageKind.AGENT, dependencies=("transcribe",))
     )
 
