@@ -70,7 +70,7 @@ MUST_PICKLE = (
 
 def exact(message: str) -> str:
     """A ``match=`` pattern that accepts exactly ``message``."""
-    return f"^{re.escape(message)}$"
+    return rf"\A{re.escape(message)}\Z"
 
 
 def make_ctx(
