@@ -176,14 +176,16 @@ def hang_once_started(started: asyncio.Event) -> Callable[[StageContext], Awaita
 
 class Hanging:
     """A stage that waits until it is cancelled, then cleans up: ``started[name]`` is set once stage ``name``
-    waits; its cleanup sets ``cleaning[name]``, awaits (a cleanup that itself awaits), waits for ``release``
-    if one is given, and then adds the stage's name to ``cleaned``."""
+    waits; its cleanup sets ``cleaning[name]``, yields to the loop once if ``awaits_in_cleanup`` (a cleanup
+    that itself awaits), waits for ``release`` if one is given, and then adds the stage's name to
+    ``cleaned``."""
 
-    def __init__(self, release: asyncio.Event | None = None) -> None:
+    def __init__(self, release: asyncio.Event | None = None, *, awaits_in_cleanup: bool = False) -> None:
         self.started: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.cleaning: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.cleaned: list[str] = []
         self.release = release
+        self.awaits_in_cleanup = awaits_in_cleanup
 
     async def __call__(self, ctx: StageContext) -> StageOutput:
         self.started[ctx.stage_name].set()
@@ -191,7 +193,8 @@ class Hanging:
             await asyncio.Event().wait()
         finally:
             self.cleaning[ctx.stage_name].set()
-            await asyncio.sleep(0)
+            if self.awaits_in_cleanup:
+                await asyncio.sleep(0)
             if self.release is not None:
                 await self.release.wait()
             self.cleaned.append(ctx.stage_name)

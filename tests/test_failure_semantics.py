@@ -114,7 +114,7 @@ class TestFailFast:
 
     async def test_running_sibling_is_cancelled_and_awaited(self) -> None:
         """A failure cancels running siblings and waits for their cleanup before ``run()`` raises."""
-        sibling = Hanging()  # its cleanup itself awaits, and still completes
+        sibling = Hanging(awaits_in_cleanup=True)  # its cleanup itself awaits, and still completes
 
         async def failing(ctx: StageContext) -> StageOutput:
             await sibling.started["sibling"].wait()
