@@ -19,7 +19,7 @@ from opentelemetry.sdk._logs.export import (
     SimpleLogRecordProcessor,
 )
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import DataPointT, InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import DataPointT, InMemoryMetricReader, MetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -147,8 +147,11 @@ def _metric_reader() -> InMemoryMetricReader:
 
 
 @pytest.fixture(name="meter_provider")
-def _meter_provider(metric_reader: InMemoryMetricReader) -> Iterator[MeterProvider]:
-    """A fresh SDK meter provider read by ``metric_reader`` (default trace-based exemplar filter)."""
+def _meter_provider(metric_reader: MetricReader) -> Iterator[MeterProvider]:
+    """A fresh SDK meter provider read by ``metric_reader`` (default trace-based exemplar filter).
+
+    Any reader: ``metric_reader`` is the in-memory one above, except in test_prometheus.py, which overrides
+    it with a ``PrometheusMetricReader``."""
     provider = MeterProvider(metric_readers=[metric_reader])
     yield provider
     provider.shutdown()

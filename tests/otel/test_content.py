@@ -67,7 +67,7 @@ def two_stages(name: str, second: Any) -> Pipeline:
     return Pipeline(name=name).with_stage("a", ok, W).with_stage("b", second, W, dependencies=("a",))
 
 
-def traced(pipeline: Pipeline, telemetry: Telemetry) -> StageGraph:
+def traced_graph(pipeline: Pipeline, telemetry: Telemetry) -> StageGraph:
     """``pipeline`` built with a tracing interceptor on ``telemetry``'s tracer provider."""
     return pipeline.build(interceptors=[TracingInterceptor(telemetry.tracer_provider)])
 
@@ -88,8 +88,8 @@ async def one_bad_run_among_good_ones(bad: Any) -> Telemetry:
     """One traced run of ``two_stages("bad", bad)`` (which fails) among ``GOOD_RUNS`` concurrent traced
     runs of ``two_stages("good", ok)``, their telemetry exported; the (shut down) telemetry."""
     with exported() as telemetry:
-        bad_graph = traced(two_stages("bad", bad), telemetry)
-        good_graph = traced(two_stages("good", ok), telemetry)
+        bad_graph = traced_graph(two_stages("bad", bad), telemetry)
+        good_graph = traced_graph(two_stages("good", ok), telemetry)
 
         async def failing() -> None:
             with pytest.raises(PipelineFailedError):
@@ -165,7 +165,9 @@ class TestOversizedValues:
             return StageOutput.fail("y" * 1000)
 
         with exported() as telemetry, pytest.raises(PipelineFailedError):
-            await traced(two_stages("p" * 300, long), telemetry).run(entry_ctx(sink=telemetry.event_sink))
+            await traced_graph(two_stages("p" * 300, long), telemetry).run(
+                entry_ctx(sink=telemetry.event_sink)
+            )
         stage = next(s for s in receiver.spans() if s.name == "stage b")
         run = next(s for s in receiver.spans() if s.name.startswith("pipeline "))
         assert (len(stage.status.message), len(run.name)) == (100, 100)

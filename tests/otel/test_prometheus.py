@@ -39,8 +39,9 @@ from .conftest import entry_ctx, one_stage_graph
 
 @pytest.fixture(name="metric_reader")
 def _reader() -> PrometheusMetricReader:
-    """A fresh Prometheus bridge reader, here in place of the in-memory one: ``meter_provider`` (a fresh
-    meter provider, shut down at teardown) is read by it."""
+    """A fresh Prometheus bridge reader. It overrides conftest's in-memory ``metric_reader`` for this
+    module, so conftest's ``meter_provider`` (a fresh meter provider, shut down at teardown, which takes any
+    reader) is read by this one."""
     return PrometheusMetricReader()
 
 

@@ -46,7 +46,7 @@ def _stream() -> InMemoryEventSink:
     return InMemoryEventSink()
 
 
-def traced(pipeline: Pipeline, provider: TracerProvider, *more: Interceptor) -> StageGraph:
+def traced_graph(pipeline: Pipeline, provider: TracerProvider, *more: Interceptor) -> StageGraph:
     return pipeline.build(interceptors=[TracingInterceptor(provider), *more])
 
 
@@ -244,7 +244,7 @@ class TestSuccess:
         log_exporter: InMemoryLogRecordExporter,
     ) -> None:
         """With log records on, each record has its span event's name and attributes, plus the run."""
-        graph = traced(
+        graph = traced_graph(
             Pipeline(name="demo").with_stage("a", ok, T).with_stage("b", boom, T, dependencies=("a",)),
             tracer_provider,
         )
@@ -285,7 +285,9 @@ class TestSuccess:
     ) -> None:
         """``span_events=False``: spans carry no events, and stage spans end when their attempt returns."""
         sink = OtlpEventSink(meter_provider=meter_provider, span_events=False)
-        await traced(Pipeline(name="p").with_stage("a", ok, T), tracer_provider).run(entry_ctx(sink=sink))
+        await traced_graph(Pipeline(name="p").with_stage("a", ok, T), tracer_provider).run(
+            entry_ctx(sink=sink)
+        )
         assert span_events(span_exporter.get_finished_spans()) == {"stage a": [], "pipeline p": []}
 
 
@@ -327,7 +329,7 @@ class TestFailure:
     ) -> None:
         """StageOutput.fail: a failure result with StageFailedError as error.type."""
         with pytest.raises(PipelineFailedError):
-            await traced(Pipeline(name="p").with_stage("f", fail, T), tracer_provider).run(
+            await traced_graph(Pipeline(name="p").with_stage("f", fail, T), tracer_provider).run(
                 entry_ctx(sink=sink)
             )
         failed = attrs(by_name(span_exporter.get_finished_spans())["stage f"], 1)
@@ -577,7 +579,7 @@ class TestCustomEvents:
             ctx.pipeline.record_stage_event(stage="c", status="progress", payload={"pct": 50})
             return StageOutput.ok()
 
-        graph = traced(Pipeline(name="p").with_stage("c", progress, T), tracer_provider)
+        graph = traced_graph(Pipeline(name="p").with_stage("c", progress, T), tracer_provider)
         await graph.run(entry_ctx())
         assert span_events(span_exporter.get_finished_spans())["stage c"] == [
             (E["stage.started"], "stage.c.started"),
