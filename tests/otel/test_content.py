@@ -250,9 +250,14 @@ def _failed_demo(
     async def failed_demo(
         stage: Any, *, log_records: bool | None = None, redact_error: ErrorRedactor | None = None
     ) -> tuple[dict[str, ReadableSpan], list[LogRecord]]:
-        redaction: dict[str, ErrorRedactor] = {} if redact_error is None else {"redact_error": redact_error}
-        sink = OtlpEventSink(logger_provider=logger_provider, log_records=log_records, **redaction)
-        tracing = TracingInterceptor(tracer_provider, **redaction)
+        if redact_error is None:  # the library's default redaction, keyword left out
+            sink = OtlpEventSink(logger_provider=logger_provider, log_records=log_records)
+            tracing = TracingInterceptor(tracer_provider)
+        else:
+            sink = OtlpEventSink(
+                logger_provider=logger_provider, log_records=log_records, redact_error=redact_error
+            )
+            tracing = TracingInterceptor(tracer_provider, redact_error=redact_error)
         with pytest.raises(PipelineFailedError):
             await two_stages("demo", stage).build(interceptors=[tracing]).run(entry_ctx(sink=sink))
         assert sink.flush(5.0)
