@@ -348,8 +348,7 @@ class TestRunsReportOneCategory:
             raise SlowQueryError
 
         error = await _fail_run(
-            Pipeline().with_stage("waits", waits, E).with_stage("query", times_out, E),
-            sink,
+            Pipeline().with_stage("waits", waits, E).with_stage("query", times_out, E), sink
         )
         assert [(n, r.category) for n, r in error.results.items()] == [
             ("query", C.TIMEOUT),
@@ -367,8 +366,7 @@ class TestRunsReportOneCategory:
         waits = hang_once_started(started)
 
         await cancel_once_started(
-            Pipeline().with_stage("waits", waits, E).build().run(make_ctx(sink=sink)),
-            started,
+            Pipeline().with_stage("waits", waits, E).build().run(make_ctx(sink=sink)), started
         )
         assert (_ended(sink, "waits")["category"], _run_ended(sink)[0], _run_ended(sink)[1]["category"]) == (
             "cancellation",
