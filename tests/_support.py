@@ -9,7 +9,7 @@ import importlib
 import re
 import subprocess
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import pytest
 
@@ -17,9 +17,9 @@ from stageflow import (
     EventSink,
     PipelineContext,
     PipelineFailedError,
+    PipelineRunError,
     PipelineTimer,
     StageContext,
-    StageGraph,
     StageOutput,
     StageResult,
 )
@@ -39,7 +39,6 @@ __all__ = (
     "cancel_once_started",
     "cli_error",
     "exact",
-    "failed_run",
     "killed_if_running",
     "local_dask_cluster",
     "make_ctx",
@@ -202,9 +201,17 @@ def cli_error(capsys: pytest.CaptureFixture[str], *argv: str, status: int = 1) -
     return err
 
 
-async def run_fails(run: Awaitable[object]) -> PipelineFailedError:
-    """Await ``run``, which must raise ``PipelineFailedError`` (or a subclass): that error."""
-    with pytest.raises(PipelineFailedError) as info:
+RunErrorT = TypeVar("RunErrorT", bound=PipelineRunError)
+
+
+@overload
+async def run_fails(run: Awaitable[object]) -> PipelineFailedError: ...
+@overload
+async def run_fails(run: Awaitable[object], error: type[RunErrorT]) -> RunErrorT: ...
+async def run_fails(run: Awaitable[object], error: type[PipelineRunError] = PipelineFailedError) -> Any:
+    """Await ``run``, which must raise ``error`` (``PipelineFailedError`` unless given; or a subclass):
+    that error."""
+    with pytest.raises(error) as info:
         await run
     return info.value
 
@@ -256,13 +263,6 @@ class AuthInterceptor(BaseInterceptor):
 
     async def after(self, stage_name: str, result: StageResult, ctx: PipelineContext) -> None:
         pass
-
-
-async def failed_run(graph: StageGraph, ctx: StageContext | None = None) -> PipelineFailedError:
-    """Run ``graph`` (from ``ctx``, or else a fresh ``make_ctx()``), which must fail: its run error."""
-    with pytest.raises(PipelineFailedError) as info:
-        await graph.run(make_ctx() if ctx is None else ctx)
-    return info.value
 
 
 def bypassed(interceptor: str, error: str) -> str:

@@ -17,7 +17,7 @@ from stageflow import (
 )
 
 from ._stages import T
-from ._support import VAR, StageFn, failed_run, make_ctx, ok_stage, recording_stage
+from ._support import VAR, StageFn, make_ctx, ok_stage, recording_stage, run_fails
 
 
 async def run_recorded(*stages: tuple[str, int, tuple[str, ...]]) -> tuple[list[str], list[str]]:
@@ -214,7 +214,7 @@ class TestInputs:
             .with_stage("c", c, T, dependencies=("b",))
             .build()
         )
-        error = (await failed_run(graph)).error
+        error = (await run_fails(graph.run(make_ctx()))).error
         assert isinstance(error, UndeclaredDependencyError)
         assert str(error) == (
             "stage 'c' read the output of 'a', which is not among its dependencies ('b'); "

@@ -31,7 +31,7 @@ from stageflow import (
 )
 
 from ._stages import Hanging, boom
-from ._support import FakeSleep, StageFn, cancel_once_started, exact, failed_run, make_ctx, ok_stage
+from ._support import FakeSleep, StageFn, cancel_once_started, make_ctx, ok_stage, run_fails
 
 W = StageKind.WORK
 INVALID_OUTPUT = (
@@ -56,9 +56,9 @@ async def cancelled_run(
     """Run ``graph`` (reporting to ``sink``), which must end within 5 s with ``PipelineCancelledError``
     reading exactly ``message``: that error."""
     async with asyncio.timeout(5):
-        with pytest.raises(PipelineCancelledError, match=exact(message)) as info:
-            await graph.run(make_ctx(sink=sink))
-    return info.value
+        cancelled = await run_fails(graph.run(make_ctx(sink=sink)), PipelineCancelledError)
+    assert str(cancelled) == message
+    return cancelled
 
 
 class TestFailFast:
@@ -156,7 +156,7 @@ class TestFailFast:
             return {"x": 1}  # type: ignore[return-value]
 
         graph = Pipeline().with_stage("a", bad, W, retry=RetryPolicy(sleep=FakeSleep())).build()
-        failure = await failed_run(graph)
+        failure = await run_fails(graph.run(make_ctx()))
         assert isinstance(failure.error, InvalidStageOutputError)
         assert str(failure.error) == INVALID_OUTPUT
         assert calls == [1]
@@ -344,7 +344,7 @@ class TestRetry:
             return StageOutput.retry(f"flaky {ctx.attempt}")
 
         policy = RetryPolicy(max_attempts=3, initial_delay=1.0, multiplier=3, jitter=0, sleep=sleep)
-        failure = await failed_run(Pipeline().with_stage("a", flaky, W, retry=policy).build())
+        failure = await run_fails(Pipeline().with_stage("a", flaky, W, retry=policy).build().run(make_ctx()))
         error = failure.error
         assert isinstance(error, RetriesExhaustedError)
         assert str(error) == (

@@ -36,7 +36,7 @@ from stageflow import (
 )
 
 from ._stages import E, boom, chain, hang_once_started, skip
-from ._support import FakeSleep, cancel_once_started, make_ctx, ok_stage
+from ._support import FakeSleep, cancel_once_started, make_ctx, ok_stage, run_fails
 
 C = OutcomeCategory
 
@@ -85,9 +85,7 @@ def _run_ended(sink: InMemoryEventSink) -> tuple[str, dict[str, Any]]:
 
 
 async def _fail_run(pipeline: Pipeline, sink: InMemoryEventSink) -> PipelineRunError:
-    with pytest.raises(PipelineRunError) as caught:
-        await pipeline.build().run(make_ctx(sink=sink))
-    return caught.value
+    return await run_fails(pipeline.build().run(make_ctx(sink=sink)), PipelineRunError)
 
 
 class TestOutcomeCategory:

@@ -29,6 +29,7 @@ from stageflow import (
     EventSink,
     Pipeline,
     PipelineFailedError,
+    PipelineRunError,
     PipelineTimer,
     RunIdentity,
     StageContext,
@@ -38,6 +39,7 @@ from stageflow import (
 )
 from stageflow.interceptors import Interceptor
 from stageflow_otel import MetricsInterceptor, OtlpEventSink, TracingInterceptor
+from tests._support import run_fails
 
 if TYPE_CHECKING:
     from .otlp_receiver import OtlpReceiver
@@ -279,14 +281,13 @@ class Traced:
     async def failed(
         self,
         graph: StageGraph,
-        error: type[Exception] = PipelineFailedError,
+        error: type[PipelineRunError] = PipelineFailedError,
         *,
         sink: EventSink | None = None,
     ) -> dict[str, ReadableSpan]:
         """The spans by name of one run of ``graph`` (its events going to ``sink``), which must raise
         ``error``."""
-        with pytest.raises(error):
-            await graph.run(entry_ctx(sink=sink))
+        await run_fails(graph.run(entry_ctx(sink=sink)), error)
         return self.spans()
 
 
