@@ -1,4 +1,8 @@
-"""Failure semantics: fail-fast, cancellation, retries and invalid outputs."""
+"""Failure semantics: fail-fast, cancellation, retries and invalid outputs.
+
+It runs past 500 lines because fail-fast, cancellation and retries interact, and their cases are read
+together.
+"""
 
 from __future__ import annotations
 

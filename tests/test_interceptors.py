@@ -1,4 +1,8 @@
-"""Interceptors: onion ordering, isolation of interceptor bugs, BaseInterceptor hooks, run interceptors."""
+"""Interceptors: onion ordering, isolation of interceptor bugs, BaseInterceptor hooks, run interceptors.
+
+It runs past 500 lines because the ordering, isolation and cancellation of interceptors interact, and their
+cases are read together.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""PostgresRunStore against a real PostgreSQL: schema, migrations, retention, bad input, security."""
+"""PostgresRunStore against a real PostgreSQL: schema, migrations, retention, bad input, security.
+
+It runs past 500 lines because every class runs against the one real server the test session starts, and the
+store's schema, retention, failures and security are read together.
+"""
 
 from __future__ import annotations
 

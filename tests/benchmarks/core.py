@@ -1,5 +1,8 @@
 """Core executor benchmark: stageflow against a plain-asyncio baseline, in the same process.
 
+It runs past 500 lines because every figure is measured against its plain-asyncio baseline in the same
+process, and each baseline lives beside the stageflow run it is compared with.
+
 Run it (from the repository root)::
 
     .venv/bin/python -m tests.benchmarks.core                    # full run (about a minute)

@@ -1,5 +1,8 @@
 """Exact loss accounting against real OTLP receivers: received + counted == produced, for every cause.
 
+It runs past 500 lines because every loss cause is checked against the same real receivers and the same
+produced counts.
+
 Each test produces a known number of spans (five per run of the diamond), events (eleven per run) and
 metric points, makes the export path lose some for one cause, and checks the receiver's count plus the
 telemetry-health counters add up to what was produced, over gRPC and HTTP.

@@ -1,5 +1,8 @@
 """The event taxonomy onto span events and the stageflow.events.emitted counter, with the real SDK.
 
+It runs past 500 lines because every outcome of the taxonomy is checked event by event against the core event
+it came from.
+
 Every run here goes to a tee of an ``InMemoryEventSink`` (the core's event stream, as emitted) and the
 ``OtlpEventSink`` under test, so each span event is compared with the very event it came from.
 """

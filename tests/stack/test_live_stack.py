@@ -1,5 +1,8 @@
 """The compose user's path, live: the demo -> the real collector -> real Jaeger and Prometheus 3.
 
+It runs past 500 lines because the stack is started once for the module, and every check of the user's path
+runs against that one live stack.
+
 Started here, each on free 127.0.0.1 ports, from binaries ``collector/build-stack.sh`` built from the Go
 module proxy: Jaeger v2 with ``collector/jaeger/config.yaml``, the slim collector with
 ``collector/otelcol.yaml``, Prometheus with ``collector/prometheus.yml`` (all its scrape jobs and rules),
