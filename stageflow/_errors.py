@@ -112,11 +112,14 @@ def error_type_name(error: BaseException) -> str:
 
 
 def error_category(error: BaseException) -> OutcomeCategory:
-    """The outcome category of ``error``: what every report of a stage or run that ended with it shows.
+    """The outcome category of a stage that raised ``error``: what every report of that stage shows.
 
-    ``asyncio.CancelledError`` is ``CANCELLATION``; an exception with a ``category`` attribute that is an
-    ``OutcomeCategory`` (every ``StageflowError``, and any exception class of yours that sets one) is that
-    category; anything else is ``ERROR``.
+    ``asyncio.CancelledError`` is ``CANCELLATION``. An exception with a ``category`` attribute that is
+    ``FAILURE``, ``ERROR`` or ``TIMEOUT`` (every ``StageflowError`` a stage can fail with, and any exception
+    class of yours that sets one) is that category. Anything else is ``ERROR``: a stage that raised failed,
+    so a ``category`` that says otherwise (``SUCCESS``, ``SKIP``, or the ``CANCELLATION`` of a nested run's
+    ``PipelineCancelledError`` a stage let through) does not count. A run's own category is
+    ``RunResult.category`` or ``PipelineRunError.category``.
 
     .. versionadded:: 0.11
     """
@@ -126,7 +129,13 @@ def error_category(error: BaseException) -> OutcomeCategory:
         if isinstance(error, CancelledError):
             return OutcomeCategory.CANCELLATION
     category = getattr(error, "category", None)
-    return category if isinstance(category, OutcomeCategory) else OutcomeCategory.ERROR
+    return (
+        category if isinstance(category, OutcomeCategory) and category in _FAILING else OutcomeCategory.ERROR
+    )
+
+
+_FAILING = frozenset((OutcomeCategory.FAILURE, OutcomeCategory.ERROR, OutcomeCategory.TIMEOUT))
+"""The categories a stage that raised can have (besides a cancellation)."""
 
 
 def _known(names: Iterable[str], limit: int = 20) -> str:

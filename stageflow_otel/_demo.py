@@ -367,9 +367,11 @@ class BreakerTally:
 
 def outcome_of(exc: BaseException | None) -> OutcomeCategory:
     """A run's outcome category (the ``stageflow.run.result`` vocabulary) as the core gives it:
-    ``success`` without an exception, else ``stageflow.error_category(exc)`` (a ``PipelineRunError``'s
-    own ``category``)."""
-    return OutcomeCategory.SUCCESS if exc is None else error_category(exc)
+    ``success`` without an exception, a ``PipelineRunError``'s own ``category``, else
+    ``stageflow.error_category(exc)``."""
+    if exc is None:
+        return OutcomeCategory.SUCCESS
+    return exc.category if isinstance(exc, PipelineRunError) else error_category(exc)
 
 
 _RUN_STATUS = {OutcomeCategory.SUCCESS: "completed", OutcomeCategory.CANCELLATION: "cancelled"}

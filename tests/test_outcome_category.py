@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -13,6 +14,7 @@ from stageflow import (
     CircuitOpenError,
     ErrorAction,
     InMemoryEventSink,
+    InMemoryRunStore,
     InterceptorResult,
     InvalidStageOutputError,
     OutcomeCategory,
@@ -34,6 +36,7 @@ from stageflow import (
     StageTimeoutError,
     error_category,
 )
+from stageflow.views._timeline import timeline_of_record
 
 from ._stages import E, boom, chain, hang_once_started, skip
 from ._support import FakeSleep, cancel_once_started, make_ctx, ok_stage, run_fails
@@ -67,6 +70,18 @@ class Labelled(Exception):
     """A user exception whose ``category`` is not an ``OutcomeCategory``."""
 
     category = "timeout"
+
+
+class ClaimsSkip(Exception):
+    """A user exception whose category is not one a stage that raised can have."""
+
+    category = OutcomeCategory.SKIP
+
+
+class ClaimsSuccess(Exception):
+    """Likewise, claiming success."""
+
+    category = OutcomeCategory.SUCCESS
 
 
 def _ended(sink: InMemoryEventSink, stage: str) -> dict[str, Any]:
@@ -122,6 +137,9 @@ class TestErrorCategory:
             (StageflowError("x"), C.ERROR),
             (Categorised(), C.TIMEOUT),
             (Labelled(), C.ERROR),
+            (ClaimsSkip(), C.ERROR),
+            (ClaimsSuccess(), C.ERROR),
+            (PipelineCancelledError("inner", "stop", RunResult(UUID(int=0), "p", 0.0, {})), C.ERROR),
         ],
         ids=[
             "cancelled",
@@ -137,6 +155,9 @@ class TestErrorCategory:
             "base",
             "own-category",
             "category-not-an-enum",
+            "own-skip-is-not-a-failing-category",
+            "own-success-is-not-a-failing-category",
+            "nested-run-cancellation-let-through",
         ],
     )
     def test_category(self, error: BaseException, category: OutcomeCategory) -> None:
@@ -253,8 +274,9 @@ class TestRunsReportOneCategory:
             (SlowQueryError, "SlowQueryError", C.TIMEOUT),
             (QuotaFailedError, "QuotaFailedError", C.FAILURE),
             (RuntimeError, "RuntimeError", C.ERROR),
+            (ClaimsSkip, "ClaimsSkip", C.ERROR),
         ],
-        ids=["timeout-subclass", "failed-subclass", "plain-error"],
+        ids=["timeout-subclass", "failed-subclass", "plain-error", "claims-skip"],
     )
     async def test_raised(
         self, sink: InMemoryEventSink, raised: type[Exception], error_type: str, category: C
@@ -275,6 +297,30 @@ class TestRunsReportOneCategory:
         )
         assert (kind, run["category"], run["error_type"]) == ("pipeline.failed", str(category), error_type)
         assert (error.category, error.results.category) == (category, category)
+
+    async def test_a_nested_runs_cancellation_let_through_is_an_error(self, sink: InMemoryEventSink) -> None:
+        """A stage that runs a graph which cancels, and lets its PipelineCancelledError through, failed: an
+        ERROR in its result, its event, the run's error, and both timelines (live and stored) agree."""
+        inner = Pipeline().with_stage("stop", lambda ctx: StageOutput.cancel("enough"), E).build()
+
+        async def outer(ctx: StageContext) -> StageOutput:
+            await inner.run(make_ctx())
+            return StageOutput.ok()
+
+        store = InMemoryRunStore()
+        graph = Pipeline("outer").with_stage("nested", outer, E).build(run_store=store)
+        error = await run_fails(graph.run(make_ctx(sink=sink)))
+        assert (error.results["nested"].category, _ended(sink, "nested")["category"]) == (C.ERROR, "error")
+        assert (error.category, error.results.category, _run_ended(sink)[1]["category"]) == (
+            C.ERROR,
+            C.ERROR,
+            "error",
+        )
+        (record,) = await store.list_runs()
+        live = error.results.timeline(color=False).splitlines()[0]
+        stored = timeline_of_record(record).splitlines()[0]
+        assert "failed" in live
+        assert live == stored
 
     async def test_fail_output_and_exhausted_retries_are_failures(self, sink: InMemoryEventSink) -> None:
         """StageOutput.fail and exhausted retries are FAILURE."""
