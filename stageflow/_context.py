@@ -305,6 +305,7 @@ class PipelineContext(PipelineContextCompat):
     """
 
     __slots__ = (
+        "_given_sink",
         "_graph",
         "_reporter",
         "_result",
@@ -339,6 +340,9 @@ class PipelineContext(PipelineContextCompat):
         self._result: RunResult | None = None  # the run's result, kept for run() past its interceptors
         self.pipeline_name: str = self.service if graph is None else graph.name
         self.event_sink: EventSink = get_event_sink() if event_sink is None else event_sink
+        # the sink as given, before interceptors' ``run_sink`` hooks wrapped it for this run only: what a
+        # run started from one of this run's stages reports to
+        self._given_sink = self.event_sink
         self.timer = PipelineTimer() if timer is None else timer
         self.data: dict[str, Any] = {} if data is None else data
         self.ports = ports

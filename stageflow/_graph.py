@@ -266,9 +266,14 @@ class StageGraph:
             raise TypeError(msg)
         if self._unenforced:
             self._warn_unenforced()
-        sink = resolve_sink(ctx.event_sink)
+        outer = ctx.pipeline
+        sink = ctx.event_sink
+        if outer is not None and sink is outer.event_sink:
+            # run from a stage: its run's sink as given, not as that run's interceptors wrapped it for itself
+            sink = outer._given_sink
+        sink = resolve_sink(sink)
         snapshot = ctx.snapshot
-        if ctx._ran or ctx.pipeline is not None:
+        if ctx._ran or outer is not None:
             # a run id names one run: a reused entry context (or a stage's context) gets a fresh one
             snapshot = _fresh_run_id(snapshot)
         else:
@@ -279,7 +284,7 @@ class StageGraph:
             event_sink=sink,
             timer=ctx.timer,
             # an entry context's ``data`` is already a fresh dict; a stage's is its run's: copy that one
-            data=ctx.data if ctx.pipeline is None else dict(ctx.data),
+            data=ctx.data if outer is None else dict(ctx.data),
             ports=ctx.inputs.ports,
         )
         if self._sink_hooks:  # an interceptor receives the run's events itself (a tracer)

@@ -90,3 +90,41 @@ class TestRunSink:
             .build(interceptors=[Interceptor(), Tapping("tap", 10, seen)])
         )
         assert (len(plain._sink_hooks), len(tapped._sink_hooks)) == (0, 1)
+
+    async def test_a_run_started_from_a_stage_does_not_report_to_the_outer_runs_hook(self) -> None:
+        """The hooked sink is the outer run's alone: a run a stage starts with its context reports to the
+        sink the outer run was given, and the outer tap sees only the outer run's events."""
+        seen: list[tuple[str, str]] = []
+        inner_graph = Pipeline(name="inner").with_stage("x", ok_stage(), T).build()
+        inner_run_ids: list[str] = []
+
+        async def nest(ctx: Any) -> Any:
+            inner_run_ids.append(str((await inner_graph.run(ctx)).run_id))
+            return await ok_stage()(ctx)
+
+        sink = InMemoryEventSink()
+        tap = Tapping("outer", 10, seen)
+        graph = Pipeline(name="outer").with_stage("a", nest, T).build(interceptors=[tap])
+        results = await graph.run(make_ctx(sink=sink))
+        outer_types = ["pipeline.created", "pipeline.started", "stage.a.started", "stage.a.completed"]
+        assert seen == [("outer", t) for t in [*outer_types, "pipeline.completed"]]
+        inner_types = ["pipeline.created", "pipeline.started", "stage.x.started", "stage.x.completed"]
+        assert [(e.data or {}).get("pipeline") for e in sink.events] == [
+            "outer",
+            "outer",
+            "outer",
+            *["inner"] * 5,
+            "outer",
+            "outer",
+        ]
+        assert [e.type for e in sink.events] == [
+            *outer_types[:3],
+            *inner_types,
+            "pipeline.completed",
+            *outer_types[3:],
+            "pipeline.completed",
+        ]
+        assert {(e.data or {})["run_id"] for e in sink.events if (e.data or {})["pipeline"] == "inner"} == {
+            inner_run_ids[0]
+        }
+        assert str(results.run_id) != inner_run_ids[0]
