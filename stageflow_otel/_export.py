@@ -13,7 +13,8 @@ by data point. Nothing leaves the export path uncounted:
 cause                     what was lost
 ========================  =====================================================================
 ``queue_full``            the item arrived while the export queue was full
-``export_failed``         the exporter reported its batch failed (collector down, rejected...)
+``export_failed``         the exporter reported its batch failed (collector down, rejected...), or
+                          could not encode the item (a string holding a lone surrogate)
 ``timeout``               a bounded wait ran out: ``complete`` mode waiting for queue space, or
                           ``shutdown()``'s deadline with the item still queued or in flight
 ``shutdown``              the item arrived after ``shutdown()`` began
@@ -707,9 +708,8 @@ class CountingExporter(SpanExporter, LogRecordExporter):
         kind = self._kind
         success, failure = kind.result.SUCCESS, kind.result.FAILURE
         token = self._books.taken(len(batch), _events_in(batch))
-        chunks, oversized = self._requests(batch, self.max_bytes)
+        chunks, oversized, ok = self._split(batch, token)
         self._books.lose(token, len(oversized), _events_in(oversized), "too_large")
-        ok = True
         for chunk in chunks:
             result = failure
             if not self.guard.aborted:
@@ -723,6 +723,37 @@ class CountingExporter(SpanExporter, LogRecordExporter):
                 self._books.lose(token, len(chunk), _events_in(chunk), self.guard.failure_cause)
         self._books.settled(token, None)
         return success if ok and not oversized else failure
+
+    def _split(self, batch: Sequence[Any], token: int | None) -> tuple[list[Sequence[Any]], list[Any], bool]:
+        """``batch`` as requests, the items too large alone, and whether every item could be encoded.
+
+        An item the encoder refuses (a string with a lone surrogate, say) is counted ``export_failed``
+        and the others still go out: only then is each item tried alone, so a batch that encodes costs
+        nothing more.
+        """
+        try:
+            chunks, oversized = self._requests(batch, self.max_bytes)
+            return chunks, oversized, True
+        except Exception:
+            logger.debug("stageflow_otel: encoding a %s batch raised", self._kind.signal, exc_info=True)
+        good: list[Any] = []
+        bad: list[Any] = []
+        for item in batch:
+            try:
+                self._requests([item], self.max_bytes)
+            except Exception:
+                bad.append(item)
+            else:
+                good.append(item)
+        self.guard.accounting.failed(self._kind.signal)
+        self._books.lose(token, len(bad), _events_in(bad), "export_failed")
+        try:
+            chunks, oversized = self._requests(good, self.max_bytes)
+        except Exception:
+            logger.debug("stageflow_otel: encoding a %s batch raised", self._kind.signal, exc_info=True)
+            self._books.lose(token, len(good), _events_in(good), "export_failed")
+            return [], [], False
+        return chunks, oversized, False
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         self.guard.shutdown(timeout_millis)

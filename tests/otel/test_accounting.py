@@ -793,3 +793,31 @@ class TestOneCountingExporter:
         exporter = CountingExporter(inner, "traces", accounting, books)  # type: ignore[arg-type]
         assert exporter.export(self._spans(3)) is SpanExportResult.SUCCESS
         assert inner.batches == [["0", "1", "2"]] and accounting.everything() == 0
+
+
+class TestUnencodable:
+    async def test_an_unencodable_span_is_counted_and_the_others_still_arrive(
+        self, env: pytest.MonkeyPatch, receiver: OtlpReceiver
+    ) -> None:
+        """An application span named with a lone surrogate, in the batch of ten runs' spans: it is counted
+        export_failed, every other span arrives, and export returns normally (its batch settled)."""
+        spans_only(env)
+        telemetry = setup("surrogate", set_global=False)
+        try:
+            telemetry.tracer_provider.get_tracer("app").start_span("bad \ud800 name").end()
+            await run(telemetry, 10)
+            flushed = telemetry.force_flush(10.0)
+            lost, failures = telemetry.lost, dict(telemetry.export_failures)
+        finally:
+            telemetry.shutdown(5.0)
+        assert (flushed, lost["spans"], lost["events"], failures["traces"]) == (
+            False,
+            only(export_failed=1),
+            NOTHING,
+            1,
+        )
+        names = sorted({s.name for s in receiver.spans()})
+        assert (len(receiver.spans()), names) == (
+            50,
+            ["pipeline demo", "stage a", "stage b", "stage c", "stage d"],
+        )
