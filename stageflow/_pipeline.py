@@ -415,8 +415,9 @@ class Pipeline:
             InvalidExecutorError, UnpicklableStageError (a stage routed to another process does not pickle),
             TypeError (``interceptors`` is not an iterable of interceptors).
 
-        A graph in which a stage's ``config`` sets ``timeout`` but no ``TimeoutInterceptor`` is attached
-        warns (``UserWarning``) at its first run: nothing would enforce that timeout.
+        A graph in which a stage's ``config`` sets ``timeout`` but no interceptor enforces timeouts
+        (``Interceptor.enforces``, e.g. ``TimeoutInterceptor``) warns (``UserWarning``) at its first run:
+        nothing would enforce that timeout.
         """
         from ._graph import GraphPlan, StageGraph
 

@@ -12,8 +12,8 @@ through a ``RunReporter``, and so does the run's one store write. stageflow-core
 A run gets a reporter only when it has somewhere to report to (a sink that is not a ``NoOpEventSink`` or a
 run store): otherwise ``reporter_for()`` returns ``None`` and the executor builds no event
 data at all, which keeps the run's fast path free. ``StageGraph.run()`` makes it for ``pipeline.created``;
-the run makes it again (``current_reporter()``) if a run interceptor gave the run another sink meanwhile
-(``Interceptor.run_sink``, the way an interceptor that traces the run receives its events).
+the run makes it again (``current_reporter()``) if a run interceptor's ``intercept_run`` gave the run
+another sink meanwhile (``Interceptor.run_sink`` hooks are applied before the reporter is made).
 """
 
 from __future__ import annotations

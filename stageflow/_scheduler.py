@@ -176,7 +176,6 @@ class _Run:
 
     __slots__ = (
         "_create_task",
-        "_run_id",
         "base_context",
         "blocked",
         "cancelled_by",

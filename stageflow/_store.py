@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
 
+from ._checks import finite_number
 from ._errors import StageflowError
 from ._events import RecordedEvent
 from ._types import OutcomeCategory
@@ -192,7 +193,8 @@ class RunRecord:
     """
     not_started: tuple[str, ...] = ()
     """The declared stages that never started (a dependency failed, or the run stopped first), in
-    declaration order: they have no ``StageRecord``.
+    declaration order: they have no ``StageRecord``. Empty for runs recorded before 0.11, which did not
+    store them.
 
     .. versionadded:: 0.11
     """
@@ -570,12 +572,13 @@ LEGACY_RUN_CATEGORY = """CASE status
     WHEN 'completed' THEN 'success' WHEN 'cancelled' THEN 'cancellation'
     ELSE coalesce(
         (SELECT s.category FROM {stages} s
-         WHERE s.run_id = runs.run_id AND s.status = 'fail' ORDER BY s.position LIMIT 1),
+         WHERE s.run_id = runs.run_id{same_day} AND s.status = 'fail' ORDER BY s.position LIMIT 1),
         'error'
     )
 END"""
 """SQL giving a run row stored before categories were its category (its first failing stage's, by
-position); ``{stages}`` is the stage table's name."""
+position); ``{stages}`` is the stage table's name, ``{same_day}`` an extra condition that lets a store whose
+stage table is partitioned by day look in the run's partition only."""
 
 _SCHEMA = (
     """CREATE TABLE runs (
@@ -634,7 +637,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # rows recorded before the engine stored categories get the one their status and error type name;
         # from this version on the engine's own category is stored and nothing derives it
         f"UPDATE stages SET category = {LEGACY_STAGE_CATEGORY}",
-        f"UPDATE runs SET category = {LEGACY_RUN_CATEGORY.format(stages='stages')}",
+        f"UPDATE runs SET category = {LEGACY_RUN_CATEGORY.format(stages='stages', same_day='')}",
     ),
 )
 
@@ -812,8 +815,8 @@ class SQLiteRunStore:
         create: bool = True,
         observer: WriteObserver | None = None,
     ) -> None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            msg = f"SQLiteRunStore timeout={timeout!r} is invalid; use seconds > 0"
+        if not finite_number(timeout) or timeout <= 0:
+            msg = f"SQLiteRunStore timeout={timeout!r} is invalid; use a finite number of seconds > 0"
             raise ValueError(msg)
         self.path = str(path)
         self.record_timeout = float(timeout)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
+from stageflow._checks import finite_number
 from stageflow._errors import StageflowError
 from stageflow._events import RecordedEvent
 from stageflow._store import (
@@ -137,8 +138,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """ALTER TABLE stageflow_stages ADD COLUMN category text""",
         # rows recorded before the engine stored categories get the one their status and error type name
         f"""UPDATE stageflow_stages SET category = {LEGACY_STAGE_CATEGORY}""",
-        f"""UPDATE stageflow_runs AS runs
-            SET category = {LEGACY_RUN_CATEGORY.format(stages="stageflow_stages")}""",
+        # a run's stages share its day: looking in that partition only keeps the backfill off a full scan
+        "UPDATE stageflow_runs AS runs SET category = "
+        + LEGACY_RUN_CATEGORY.format(stages="stageflow_stages", same_day=" AND s.day = runs.day"),
     ),
 )
 
@@ -531,8 +533,8 @@ def _retention(value: object) -> timedelta | None:
 
 
 def _seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        msg = f"{name}={value!r} is invalid; use seconds > 0"
+    if not finite_number(value) or value <= 0:
+        msg = f"{name}={value!r} is invalid; use a finite number of seconds > 0"
         raise ValueError(msg)
     return float(value)
 

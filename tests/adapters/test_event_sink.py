@@ -145,9 +145,14 @@ class TestCounting:
         [
             ("queue_size", 0, "queue_size=0 is invalid; pass a whole number of at least 1"),
             ("batch_size", 2.5, "batch_size=2.5 is invalid; pass a whole number of at least 1"),
-            ("write_timeout", 0, "write_timeout=0 is invalid; use seconds > 0"),
+            ("write_timeout", 0, "write_timeout=0 is invalid; use a finite number of seconds > 0"),
+            (
+                "write_timeout",
+                float("inf"),
+                "write_timeout=inf is invalid; use a finite number of seconds > 0",
+            ),
         ],
-        ids=["queue", "batch", "timeout"],
+        ids=["queue", "batch", "timeout", "infinite-timeout"],
     )
     def test_bad_options_are_refused(self, tmp_path: Path, keyword: str, value: object, message: str) -> None:
         """A bad queue size, batch size or timeout is refused, naming it."""

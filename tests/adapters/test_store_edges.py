@@ -303,11 +303,15 @@ class TestText:
         reset_run_trace_id(token)
         assert current_run_trace_id() is None
 
-    def test_bad_timeout_is_refused(self, tmp_path: Path) -> None:
-        """A timeout that is not positive seconds is refused, naming it."""
+    @pytest.mark.parametrize("timeout", [0, float("inf"), float("nan")], ids=["zero", "infinite", "nan"])
+    def test_bad_timeout_is_refused(self, tmp_path: Path, timeout: float) -> None:
+        """A timeout that is not finite positive seconds is refused, naming it (inf used to overflow)."""
         with pytest.raises(ValueError) as info:
-            SQLiteRunStore(tmp_path / "x.db", timeout=0)
-        assert str(info.value) == "SQLiteRunStore timeout=0 is invalid; use seconds > 0"
+            SQLiteRunStore(tmp_path / "x.db", timeout=timeout)
+        assert (
+            str(info.value)
+            == f"SQLiteRunStore timeout={timeout!r} is invalid; use a finite number of seconds > 0"
+        )
 
 
 class TestWithoutTheExtra:
