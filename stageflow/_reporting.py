@@ -53,6 +53,7 @@ __all__ = (
     "record_bounded",
     "reporter_for",
     "stage_event_type",
+    "stage_note",
 )
 
 _wall = time.time
@@ -182,7 +183,7 @@ class RunReporter:
                 wall(r.ended_at),
                 r.wait,
                 r.attempts,
-                _stored_note(r),
+                stage_note(r),
                 None if r.error is None else error_type_name(r.error),
                 deps[r.name],
                 r.dispatch,
@@ -234,8 +235,9 @@ def current_reporter(
     return reporter_for(sink, store, run_id, pipeline)
 
 
-def _stored_note(result: StageResult) -> str | None:
-    """What a run store keeps as a stage's ``error``: its error, else the reason it skipped or cancelled."""
+def stage_note(result: StageResult) -> str | None:
+    """What a stage's record and its timeline row say after its outcome: its error (``describe``d), else
+    the reason it skipped or cancelled."""
     if result.error is not None:
         return describe(result.error)
     if result.status is _SKIP or result.status is _CANCEL:

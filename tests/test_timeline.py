@@ -164,6 +164,27 @@ class TestTimeline:
         assert [line.split()[0:2] for line in lines[2:5]] == [["*", "a"], ["*", "b"], ["c", "not"]]
         assert lines[3].endswith("error: ValueError: bad input")
 
+    async def test_an_error_whose_str_raises_is_drawn_as_the_store_keeps_it(self) -> None:
+        """The timeline's note is the stored record's (``describe``): an error whose ``str()`` raises is
+        drawn with the stand-in instead of crashing the timeline."""
+        from stageflow import InMemoryRunStore, Pipeline
+
+        class Unprintable(Exception):
+            def __str__(self) -> str:
+                raise RuntimeError("no text")
+
+        async def bad(ctx: object) -> StageOutput:
+            raise Unprintable
+
+        store = InMemoryRunStore()
+        graph = Pipeline(name="p").with_stage("b", bad, StageKind.WORK).build(run_store=store)
+        with pytest.raises(PipelineFailedError) as exc:
+            await graph.run()
+        live = exc.value.results.timeline(color=False).splitlines()
+        (record,) = await store.list_runs()
+        assert live[2].endswith(f"error: {Unprintable.__qualname__}: <Unprintable whose str() failed>")
+        assert live == timeline_of_record(record).splitlines()
+
 
 class TestRecordTimeline:
     def test_stored_run(self) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 from stageflow._errors import error_type_name
+from stageflow._reporting import stage_note
 from stageflow._results import format_seconds
 from stageflow._terminal import terminal_safe
 
@@ -251,12 +252,8 @@ def timeline_of_result(results: RunResult, *, width: int = DEFAULT_WIDTH, color:
     """The timeline of a ``RunResult`` (see ``RunResult.timeline``)."""
     rows: list[TimelineRow] = []
     for name, r in results.items():
-        if r.error is not None:
-            error: str | None = str(r.error)
-        else:
-            error = str(r.data.get("reason") or r.data.get("cancel_reason") or "") or None
         error_type = None if r.error is None else error_type_name(r.error)
-        note = outcome_note(r.category, r.status.value, error, error_type)
+        note = outcome_note(r.category, r.status.value, stage_note(r), error_type)
         rows.append(
             TimelineRow(
                 name,
