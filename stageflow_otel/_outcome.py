@@ -124,16 +124,17 @@ async def observe_stage(
 ) -> StageOutput:
     """Await ``call_next(ctx)`` and tell ``ended`` how the attempt ended; the one scaffold around span work.
 
-    ``ended`` runs exactly once, whatever happened (a return, an exception, a cancellation); an exception
-    it raises goes to ``failed`` and never replaces the stage's output, error or cancellation.
+    ``ended`` runs exactly once, whatever happened (a return, an exception, a cancellation, a
+    ``KeyboardInterrupt``); an exception it raises goes to ``failed`` and never replaces the stage's
+    output, error or cancellation.
     """
     try:
         output = await call_next(ctx)
-    except asyncio.CancelledError as exc:
-        _tell(ended, failed, outcome_of_error(exc), None, None)
-        raise
     except Exception as exc:
         _tell(ended, failed, outcome_of_error(exc), exc, None)
+        raise
+    except BaseException as exc:  # a cancellation, or KeyboardInterrupt / SystemExit: an end all the same
+        _tell(ended, failed, outcome_of_error(exc), None, None)
         raise
     if isinstance(output, StageOutput):
         _tell(ended, failed, outcome_of_output(output), None, output)
@@ -148,11 +149,11 @@ async def observe_run(
     """Await ``call_next(run)`` and tell ``ended`` how the run ended (the run's twin of ``observe_stage``)."""
     try:
         result = await call_next(run)
-    except asyncio.CancelledError as exc:
-        _tell(ended, failed, outcome_of_error(exc), None)
-        raise
     except Exception as exc:
         _tell(ended, failed, outcome_of_run_error(exc), run_results(exc))
+        raise
+    except BaseException as exc:  # a cancellation, or KeyboardInterrupt / SystemExit: an end all the same
+        _tell(ended, failed, outcome_of_error(exc), None)
         raise
     _tell(ended, failed, SUCCESS, result if isinstance(result, RunResult) else None)
     return result

@@ -43,6 +43,7 @@ from stageflow.interceptors import (
     TimeoutInterceptor,
 )
 from stageflow_otel import TracingInterceptor, inject_context, semconv
+from stageflow_otel._outcome import Outcome, observe_stage
 from tests._stages import T, boom, diamond, fail, hang, hang_once_started, ok, skip
 from tests._support import cancel_once_started
 
@@ -367,6 +368,48 @@ class TestFailures:
             "stageflow.stage.attempt": 3,
             "stageflow.stage.result": "success",
         }
+
+    async def test_a_keyboard_interrupt_inside_the_run_ends_its_span_and_detaches_its_context(
+        self, traced: Traced
+    ) -> None:
+        """A ``KeyboardInterrupt`` raised inside the run (here by an inner interceptor) still ends the run
+        span as an error and detaches its context; the next run is a root span of its own trace."""
+        graph = one_stage_graph("p", "a", ok, traced.interceptor, _InterruptingRun())
+        with pytest.raises(KeyboardInterrupt):
+            await graph.run(entry_ctx())
+        assert trace.get_current_span() is trace.INVALID_SPAN
+        assert [(s.name, ending(s)) for s in traced.finished()] == [
+            ("pipeline p", (StatusCode.ERROR, "error", "KeyboardInterrupt"))
+        ]
+        await one_stage_graph("q", "a", ok, traced.interceptor).run(entry_ctx())
+        again = traced.spans()["pipeline q"]
+        assert (again.parent, again.context.trace_id == traced.finished()[0].context.trace_id) == (
+            None,
+            False,
+        )
+
+    async def test_a_keyboard_interrupt_in_a_stage_attempt_is_told_once_as_an_error(self) -> None:
+        """``observe_stage`` (the scaffold of every stage span) tells ``ended`` of a ``KeyboardInterrupt``
+        once, as an error naming it, and lets it through. (Called directly: raised in a real stage's
+        task, it would leave the event loop running the test.)"""
+        told: list[tuple[object, ...]] = []
+        failures: list[Exception] = []
+
+        async def interrupted(ctx: StageContext) -> StageOutput:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            await observe_stage(entry_ctx(), interrupted, lambda *end: told.append(end), failures.append)
+        assert (told, failures) == ([(Outcome("error", "KeyboardInterrupt", ""), None, None)], [])
+
+
+class _InterruptingRun(Interceptor):
+    """An inner interceptor whose run hook raises ``KeyboardInterrupt``."""
+
+    priority = 1000
+
+    async def intercept_run(self, run: PipelineContext, call_next: RunNext) -> RunResult:
+        raise KeyboardInterrupt
 
 
 class TestSkips:
