@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from stageflow import InMemoryEventSink, StageContext, set_event_sink
+from stageflow import InMemoryEventSink, set_event_sink
 
 # The shared helper modules assert too: have pytest rewrite their asserts (to show the compared values on
 # failure) before anything imports them. Add a new helper module here when it starts to assert.
@@ -25,19 +25,13 @@ pytest.register_assert_rewrite(
     "tests.stack._stack",
 )
 
-from ._support import FakeClock, make_ctx  # noqa: E402 (after the rewrite registration above)
+from ._support import FakeClock  # noqa: E402 (after the rewrite registration above)
 
 
 @pytest.fixture(name="sink")
 def _sink() -> InMemoryEventSink:
     """A fresh in-memory event sink."""
     return InMemoryEventSink()
-
-
-@pytest.fixture(name="make_ctx")
-def _make_ctx() -> Callable[..., StageContext]:
-    """The ``make_ctx(sink=..., data=..., text=...)`` entry-context factory."""
-    return make_ctx
 
 
 @pytest.fixture(name="process_sink")
