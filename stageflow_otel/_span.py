@@ -220,7 +220,9 @@ class RecordedSpan(trace.Span, ReadableSpan):
         self.put(key, cleaned)
 
     def put(self, key: str, value: types.AttributeValue) -> None:
-        """Set an attribute whose value is clean already (stageflow's own)."""
+        """Set an attribute whose value is clean already (stageflow's own); ignored once the span ended."""
+        if self._end_time is not None:
+            return
         attributes: dict[str, types.AttributeValue] = self._attributes  # type: ignore[assignment]
         if key in attributes:
             del attributes[key]  # re-inserted last, as the SDK keeps the most recent last
@@ -242,7 +244,10 @@ class RecordedSpan(trace.Span, ReadableSpan):
     def put_event(
         self, name: str, attributes: Mapping[str, types.AttributeValue], timestamp: int | None
     ) -> None:
-        """Add an event whose attributes are clean already (the taxonomy's)."""
+        """Add an event whose attributes are clean already (the taxonomy's); ignored once the span ended
+        (a late event, from a task that outlived its run: the exporter's thread may be reading the span)."""
+        if self._end_time is not None:
+            return
         events = self._events
         limit = self._owner._limits.max_events
         if limit is not None and isinstance(events, list) and len(events) >= limit:

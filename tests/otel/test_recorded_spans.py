@@ -17,6 +17,7 @@ from opentelemetry.trace import StatusCode
 
 from stageflow import Pipeline, StageContext, StageKind, StageOutput
 from stageflow_otel import TracingInterceptor, semconv
+from stageflow_otel._span import RecordedSpan
 
 from .conftest import entry_ctx
 
@@ -114,3 +115,19 @@ class TestRecordedSpans:
         # 7 of the stage's own (pipeline, stage, kind, function, run id, attempt, wait), app.items and
         # the result: 9 set, 4 kept
         assert stage.dropped_attributes == 5
+
+    async def test_an_ended_span_takes_no_more_attributes_or_events(
+        self, span_exporter: InMemorySpanExporter
+    ) -> None:
+        """``put`` and ``put_event`` (stageflow's own writes) on an ended span do nothing, as the SDK's."""
+        provider = provider_with(span_exporter)
+        graph = (
+            Pipeline(name="p").with_stage("a", annotate, T).build(interceptors=[TracingInterceptor(provider)])
+        )
+        await graph.run(entry_ctx())
+        (stage,) = [s for s in span_exporter.get_finished_spans() if s.name == "stage a"]
+        assert isinstance(stage, RecordedSpan)
+        attributes, events = dict(stage.attributes or {}), list(stage.events)
+        stage.put("app.late", 1)
+        stage.put_event("app.late", {"n": 2}, None)
+        assert (dict(stage.attributes or {}), list(stage.events), len(events)) == (attributes, events, 4)

@@ -571,6 +571,34 @@ class TestCustomEvents:
         }
         assert teed.counts()[semconv.EVENT_OTHER, "p", None] == 2
 
+    async def test_events_emitted_after_the_run_ended_leave_its_ended_spans_unchanged(
+        self, teed: Teed
+    ) -> None:
+        """A stage's context kept past the run (a background task's) emits to spans that already ended:
+        the events are ignored, as the SDK ignores writes to an ended span, and nothing raises."""
+        kept: list[StageContext] = []
+
+        async def keeping(ctx: StageContext) -> StageOutput:
+            kept.append(ctx)
+            return StageOutput.ok()
+
+        spans = await teed.run(teed.graph(Pipeline(name="p").with_stage("c", keeping, T)))
+        before = span_events(spans)
+        (ctx,) = kept
+        ctx.try_emit_event("late.note", {"n": 1})
+        assert ctx.pipeline is not None
+        ctx.pipeline.try_emit_event("late.run", {})
+        assert (span_events(teed.traced.finished()), before) == (
+            before,
+            {
+                "stage c": [
+                    (E["stage.started"], "stage.c.started"),
+                    (E["stage.completed"], "stage.c.completed"),
+                ],
+                "pipeline p": on_run_span(end="completed"),
+            },
+        )
+
     async def test_a_stage_event_recorded_the_0_9_1_way_is_on_its_stages_span(
         self, tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
     ) -> None:
