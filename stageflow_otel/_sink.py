@@ -117,9 +117,10 @@ class OtlpEventSink:
     * **log records** (``log_records``, off by default; ``STAGEFLOW_EVENT_LOG_RECORDS=true`` or
       ``setup(event_log_records=True)`` turn them on): an OTLP log record per event, with the span
       event's name and attributes plus ``stageflow.run.id`` and ``stageflow.pipeline.name`` (which a span
-      event takes from its span), the whole event data as body, and the trace context of the span the
-      event went on (of a traced run; else the context current when the event is emitted). Severity:
-      ``*.failed`` ERROR, ``*.cancelled`` WARN, else INFO.
+      event takes from its span), the whole event data as body, and the trace context of the run span
+      (of the stage's span for an event a stage emits while it runs, such as its own
+      ``ctx.try_emit_event``; for an untraced run, the context current when the event is emitted).
+      Severity: ``*.failed`` ERROR, ``*.cancelled`` and ``*.loop_blocked`` WARN, else INFO.
 
     ``try_emit`` never blocks and never raises. Log records go through a buffer of ``max_buffer`` events
     that a daemon thread drains into the logger; events arriving while it is full, or after ``shutdown``,
@@ -275,8 +276,8 @@ class OtlpEventSink:
         Args:
             event: the event as ``describe`` made it (with this sink's limit and redaction hook).
             data: the event's data as the core built it (the log record's body).
-            context: the trace context of the log record (the span the event went on); default the
-                current context.
+            context: the trace context of the log record (the run span's, or the span of the stage
+                emitting it while it runs); default the current context.
 
         Never raises. A run traced by ``TracingInterceptor`` hands its events here, described once.
         """

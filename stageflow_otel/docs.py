@@ -238,9 +238,11 @@ def render_reference() -> str:
         "`setup(event_log_records=True)`, or `OtlpEventSink(log_records=True)`) also exports every event "
         "as an OTLP log record, for searching events in Loki: the same name and attributes as the span "
         f"event plus `{semconv.RUN_ID}` and `{semconv.PIPELINE_NAME}` (which the span event takes from "
-        "its span), the event data as body, the severity below, and the trace context of the span the "
-        "event went on (for an untraced run, the context current when it was emitted). The sink never "
-        "blocks the event loop; a log record that finds the sink's buffer full is dropped and counted in "
+        "its span), the event data as body, the severity below, and the trace context of the run span "
+        "(of the stage's span for an event a stage emits while it runs, such as its own "
+        "`ctx.try_emit_event(...)`; for an untraced run, the context current when it was emitted). The "
+        "sink never blocks the event loop; a log record that finds the sink's buffer full is dropped and "
+        "counted in "
         f"`{semconv.EVENTS_DROPPED.name}`.",
         "",
         "| event type | event name | severity |",

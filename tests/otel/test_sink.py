@@ -16,13 +16,17 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogR
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from stageflow import (
     Pipeline,
     PipelineFailedError,
+    StageContext,
     StageKind,
+    StageOutput,
 )
 from stageflow_otel import OtlpEventSink, TracingInterceptor, semconv
+from stageflow_otel.docs import render_reference
 from stageflow_otel.semconv import EVENTS
 from tests._stages import boom, ok
 
@@ -206,6 +210,42 @@ class TestTraceContext:
         ids = [(r.log_record.trace_id, r.log_record.span_id) for r in log_exporter.get_finished_logs()]
         context = span.get_span_context()
         assert ids == [(context.trace_id, context.span_id), (0, 0)]
+
+    async def test_an_event_a_stage_emits_while_it_runs_carries_its_stage_span(
+        self,
+        log_sink: OtlpEventSink,
+        log_exporter: InMemoryLogRecordExporter,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+    ) -> None:
+        """As the reference says: every record of a traced run carries the run span, but for an event the
+        stage emits while it runs (its own ``try_emit_event``), which carries the stage's span."""
+
+        async def chatty(ctx: StageContext) -> StageOutput:
+            ctx.try_emit_event("llm.tokens", {"n": 3})
+            return StageOutput.ok()
+
+        graph = one_stage_graph("p", "greet", chatty, TracingInterceptor(tracer_provider))
+        await graph.run(entry_ctx(sink=log_sink))
+        assert log_sink.flush(timeout=5.0)
+        span_of = {s.context.span_id: s.name for s in span_exporter.get_finished_spans()}
+        records = [
+            (str((r.log_record.attributes or {})[semconv.EVENT_TYPE]), span_of[r.log_record.span_id or 0])
+            for r in log_exporter.get_finished_logs()
+        ]
+        assert records == [
+            ("pipeline.created", "pipeline p"),
+            ("pipeline.started", "pipeline p"),
+            ("stage.greet.started", "pipeline p"),
+            ("llm.tokens", "stage greet"),
+            ("stage.greet.completed", "pipeline p"),
+            ("pipeline.completed", "pipeline p"),
+        ]
+        assert (
+            "and the trace context of the run span (of the stage's span for an event a stage emits while it "
+            "runs, such as its own `ctx.try_emit_event(...)`; for an untraced run, the context current when "
+            "it was emitted)." in render_reference()
+        )
 
 
 class _Blocking(LogRecordProcessor):
