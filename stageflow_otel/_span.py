@@ -51,6 +51,9 @@ logger = logging.getLogger("stageflow_otel")
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_RANDOM = TraceFlags.RANDOM_TRACE_ID
+_SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | _RANDOM)
+_NOT_SAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | _RANDOM)
 _INTERNAL = SpanKind.INTERNAL
 _UNSET = Status(StatusCode.UNSET)
 
@@ -120,20 +123,21 @@ class StageSpans:
         (local or remote), else none: a root span with a fresh trace id, as the SDK's tracer does.
         ``attributes`` must be clean attribute values (they are kept as given); ``links`` likewise.
         """
+        random: int  # the W3C random trace id flag: the id generator's for a new trace, else the parent's
         if parent_span is None or not parent_span.is_valid:
             parent_span = None
             trace_id = self._ids.generate_trace_id()
+            random = self._ids.is_trace_id_random()
         else:
             trace_id = parent_span.trace_id
+            random = parent_span.trace_flags & _RANDOM
         result = self._sampler.should_sample(parent, trace_id, name, _INTERNAL, attributes, links)
         decision = result.decision
-        context = SpanContext(
-            trace_id,
-            self._ids.generate_span_id(),
-            False,
-            _SAMPLED if decision.is_sampled() else _NOT_SAMPLED,  # type: ignore[no-untyped-call]
-            result.trace_state,
-        )
+        if decision.is_sampled():  # type: ignore[no-untyped-call]
+            flags = _SAMPLED_RANDOM if random else _SAMPLED
+        else:
+            flags = _NOT_SAMPLED_RANDOM if random else _NOT_SAMPLED
+        context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, result.trace_state)
         if not decision.is_recording():  # type: ignore[no-untyped-call]
             return NonRecordingSpan(context)
         sampled = result.attributes

@@ -8,6 +8,7 @@ pytest.importorskip("opentelemetry.sdk")
 
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcessor, TracerProvider
@@ -131,3 +132,33 @@ class TestRecordedSpans:
         stage.put("app.late", 1)
         stage.put_event("app.late", {"n": 2}, None)
         assert (dict(stage.attributes or {}), list(stage.events), len(events)) == (attributes, events, 4)
+
+
+class TestTraceFlags:
+    @pytest.mark.parametrize("parent_flags", [None, 0x01, 0x03], ids=["root", "sampled", "sampled-random"])
+    async def test_run_and_stage_spans_get_the_flags_the_sdk_gives(
+        self, span_exporter: InMemorySpanExporter, parent_flags: int | None
+    ) -> None:
+        """The W3C random trace id flag as the SDK sets it: the id generator's for a new trace (random),
+        else the parent's; so a run span, and its stage span, carry the flags of an SDK child span."""
+        provider = provider_with(span_exporter)
+        caller = Context()
+        if parent_flags is not None:
+            remote = trace.SpanContext(0xABC, 0xDEF, True, trace.TraceFlags(parent_flags))
+            caller = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+        graph = (
+            Pipeline(name="p").with_stage("a", annotate, T).build(interceptors=[TracingInterceptor(provider)])
+        )
+        token = otel_context.attach(caller)
+        try:
+            await graph.run(entry_ctx())
+        finally:
+            otel_context.detach(token)
+        spans = {s.name: s for s in span_exporter.get_finished_spans()}
+        run, stage = spans["pipeline p"], spans["stage a"]
+        sdk = provider.get_tracer("sdk")
+        sdk_run = sdk.start_span("run", context=caller)
+        sdk_stage = sdk.start_span("stage", context=trace.set_span_in_context(run))
+        flags = [int(s.get_span_context().trace_flags) for s in (run, stage, sdk_run, sdk_stage)]
+        expected = 0x03 if parent_flags is None else parent_flags
+        assert flags == [expected] * 4
