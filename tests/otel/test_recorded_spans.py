@@ -158,6 +158,7 @@ class TestTraceFlags:
         run, stage = spans["pipeline p"], spans["stage a"]
         sdk = provider.get_tracer("sdk")
         sdk_run = sdk.start_span("run", context=caller)
+        assert isinstance(run, RecordedSpan) and isinstance(stage, RecordedSpan)
         sdk_stage = sdk.start_span("stage", context=trace.set_span_in_context(run))
         flags = [int(s.get_span_context().trace_flags) for s in (run, stage, sdk_run, sdk_stage)]
         expected = 0x03 if parent_flags is None else parent_flags
