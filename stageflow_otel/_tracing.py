@@ -314,18 +314,20 @@ class _RunTrace:
         span = attempt.span
         outcome = attempt.outcome
         result = None if closing is None else closing.attributes.get(semconv.STAGE_RESULT)
-        if isinstance(result, str) and (outcome is None or outcome.result != result):
-            # settled otherwise than the attempt ended (a fallback outside this span: a skip)
-            attributes: dict[str, AttributeValue] = {semconv.STAGE_RESULT: result}
-            assert closing is not None
-            error_type = closing.attributes.get(semconv.ERROR_TYPE)
-            if result in _ERROR_RESULTS:
-                attributes[semconv.ERROR_TYPE] = error_type if error_type is not None else semconv.OTHER
-                span.set_status(Status(StatusCode.ERROR, closing.message))
-            span.set_attributes(attributes)
-        elif outcome is not None:
-            self.interceptor._end_stage_outcome(span, self.run.pipeline_name, attempt.name, outcome)
-        span.end(end)
+        try:
+            if isinstance(result, str) and (outcome is None or outcome.result != result):
+                # settled otherwise than the attempt ended (a fallback outside this span: a skip)
+                attributes: dict[str, AttributeValue] = {semconv.STAGE_RESULT: result}
+                assert closing is not None
+                error_type = closing.attributes.get(semconv.ERROR_TYPE)
+                if result in _ERROR_RESULTS:
+                    attributes[semconv.ERROR_TYPE] = error_type if error_type is not None else semconv.OTHER
+                    span.set_status(Status(StatusCode.ERROR, closing.message))
+                span.set_attributes(attributes)
+            elif outcome is not None:
+                self.interceptor._end_stage_outcome(span, self.run.pipeline_name, attempt.name, outcome)
+        finally:  # the attempt has left ``open``: nothing else would end its span
+            span.end(end)
 
     def context_of(self, stage: str | None) -> otel_context.Context:
         """The context of the span ``stage``'s events go on: its open attempt's, else the run's."""
@@ -348,14 +350,25 @@ class _RunTrace:
         return attempt
 
     def close(self) -> None:
-        """At the run's end: events that never found their span go to the run span; end every span left."""
-        for events in self.pending.values():
-            for event in events:
-                self._put(self.span, event)
-        self.pending.clear()
+        """At the run's end: events that never found their span go to the run span; end every span left.
+
+        Every span left is ended whatever raises on the way; what raises goes to the interceptor's
+        once-logged reporter.
+        """
+        failed = self.interceptor._sdk_failed
+        pending, self.pending = self.pending, {}
+        try:
+            for events in pending.values():
+                for event in events:
+                    self._put(self.span, event)
+        except Exception as exc:
+            failed(exc)
         attempts, self.open = list(self.open.values()), {}
         for attempt in attempts:
-            self._end(attempt, None, attempt.end_time)
+            try:
+                self._end(attempt, None, attempt.end_time)
+            except Exception as exc:
+                failed(exc)
 
 
 _failed_sinks: weakref.WeakSet[object] = weakref.WeakSet()

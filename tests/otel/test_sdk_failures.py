@@ -9,19 +9,32 @@ pytest.importorskip("opentelemetry.sdk")
 import asyncio
 import logging
 from collections.abc import Iterator, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import ExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util.types import Attributes
 
-from stageflow import Pipeline, PipelineFailedError, StageContext, StageKind, StageOutput, StageStatus
+from stageflow import (
+    NoOpEventSink,
+    Pipeline,
+    PipelineFailedError,
+    StageContext,
+    StageKind,
+    StageOutput,
+    StageStatus,
+)
 from stageflow.interceptors import Interceptor
 from stageflow_otel import MetricsInterceptor, TracingInterceptor
+from stageflow_otel._outcome import Outcome
+from stageflow_otel._tracing import _RunTrace, _StageSpan
+from tests._stages import ok
 
-from .conftest import entry_ctx, one_stage_graph
+from .conftest import Traced, entry_ctx, one_stage_graph
 
 T = StageKind.TRANSFORM
 
@@ -193,3 +206,54 @@ class TestSdkFailures:
             ("stageflow_otel", METRICS_WARNING),
             ("stageflow_otel", TRACING_WARNING.format("on_end boom")),
         ]
+
+
+class TestSpansEndedWhateverRaises:
+    """A span whose end-of-attempt bookkeeping raises is ended all the same (the failure logged once)."""
+
+    @staticmethod
+    def raising_outcome(interceptor: TracingInterceptor, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Make recording a stage's outcome on its span raise, as a broken SDK span would."""
+
+        def boom(*args: object) -> None:
+            raise RuntimeError("outcome boom")
+
+        monkeypatch.setattr(interceptor, "_end_stage_outcome", boom)
+
+    async def test_a_stage_span_whose_outcome_raises_is_still_ended(
+        self, traced: Traced, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        self.raising_outcome(traced.interceptor, monkeypatch)
+        caplog.set_level(logging.WARNING)
+        results = await one_stage_graph("p", "a", ok, traced.interceptor).run(entry_ctx())
+        assert (sorted(results), [s.name for s in traced.finished()], warnings(caplog)) == (
+            ["a"],
+            ["stage a", "pipeline p"],
+            [("stageflow_otel", TRACING_WARNING.format("outcome boom"))],
+        )
+
+    def test_closing_a_run_ends_every_span_left_whatever_raises(
+        self,
+        tracer_provider: TracerProvider,
+        span_exporter: InMemorySpanExporter,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Two stage spans still open when the run ends: both are ended though the first one's raises."""
+        interceptor = TracingInterceptor(tracer_provider)
+        self.raising_outcome(interceptor, monkeypatch)
+        tracer = tracer_provider.get_tracer("test")
+        run = SimpleNamespace(run_id="r", pipeline_name="p")
+        run_span = tracer.start_span("pipeline p")
+        state = _RunTrace(interceptor, run, run_span, Context(), {}, NoOpEventSink())  # type: ignore[arg-type]
+        for name in ("a", "b"):
+            attempt = _StageSpan(tracer.start_span(f"stage {name}"), name)
+            attempt.outcome = Outcome("error", "RuntimeError", "x")
+            state.open[name] = attempt
+        caplog.set_level(logging.WARNING)
+        state.close()
+        assert ([s.name for s in span_exporter.get_finished_spans()], state.open, warnings(caplog)) == (
+            ["stage a", "stage b"],
+            {},
+            [("stageflow_otel", TRACING_WARNING.format("outcome boom"))],
+        )
