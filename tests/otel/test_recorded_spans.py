@@ -57,17 +57,21 @@ async def annotate(ctx: StageContext) -> StageOutput:
     return StageOutput.ok()
 
 
+async def annotated_stage_span(span_exporter: InMemorySpanExporter) -> ReadableSpan:
+    """The span of stage ``a`` (``annotate``) after one traced run."""
+    provider = provider_with(span_exporter)
+    graph = Pipeline(name="p").with_stage("a", annotate, T).build(interceptors=[TracingInterceptor(provider)])
+    await graph.run(entry_ctx())
+    (stage,) = [s for s in span_exporter.get_finished_spans() if s.name == "stage a"]
+    return stage
+
+
 class TestRecordedSpans:
     async def test_user_code_annotates_the_current_stage_span(
         self, span_exporter: InMemorySpanExporter
     ) -> None:
         """Attributes, events, exceptions and status set inside a stage land on its span; bad values don't."""
-        provider = provider_with(span_exporter)
-        graph = (
-            Pipeline(name="p").with_stage("a", annotate, T).build(interceptors=[TracingInterceptor(provider)])
-        )
-        await graph.run(entry_ctx())
-        (stage,) = [s for s in span_exporter.get_finished_spans() if s.name == "stage a"]
+        stage = await annotated_stage_span(span_exporter)
         attributes = dict(stage.attributes or {})
         assert (attributes["app.items"], "app.bad" in attributes) == (3, False)
         assert [e.name for e in stage.events] == [
@@ -121,12 +125,7 @@ class TestRecordedSpans:
         self, span_exporter: InMemorySpanExporter
     ) -> None:
         """``put`` and ``put_event`` (stageflow's own writes) on an ended span do nothing, as the SDK's."""
-        provider = provider_with(span_exporter)
-        graph = (
-            Pipeline(name="p").with_stage("a", annotate, T).build(interceptors=[TracingInterceptor(provider)])
-        )
-        await graph.run(entry_ctx())
-        (stage,) = [s for s in span_exporter.get_finished_spans() if s.name == "stage a"]
+        stage = await annotated_stage_span(span_exporter)
         assert isinstance(stage, RecordedSpan)
         attributes, events = dict(stage.attributes or {}), list(stage.events)
         stage.put("app.late", 1)
