@@ -354,7 +354,7 @@ class Pipeline:
             raise DuplicateStageError(name)
         claims = self._claims
         if next(claims) != count:  # the table grew past us: copy our part of it (see ``__slots__``)
-            names = dict(islice(names.items(), count))
+            names = _first(names, count)
             claims = _counter(count + 1)
         names[name] = count
         new: Pipeline = _new(Pipeline)  # ``self._with(...)``, inlined: this runs once per stage
@@ -381,7 +381,7 @@ class Pipeline:
             position = names.get(spec.name)
             if position is not None and position < count:
                 raise DuplicateStageError(spec.name, composed=True)
-        names = dict(islice(names.items(), count))  # a table of its own: compose() is not the hot path
+        names = _first(names, count)  # a table of its own: compose() is not the hot path
         for spec in theirs:
             names[spec.name] = count
             last, count = _Link(spec, last), count + 1
@@ -462,6 +462,20 @@ class Pipeline:
 _set_name = Pipeline.__dict__["name"].__set__
 _set_last = Pipeline.__dict__["_last"].__set__
 _set_count = Pipeline.__dict__["_count"].__set__
+
+
+def _first(names: dict[str, int], count: int) -> dict[str, int]:
+    """A copy of the first ``count`` entries of a shared name table, which another thread may be
+    appending to meanwhile (its owner's ``with_stage``). An append during the copy makes the iteration
+    raise (the dict changed size; a garbage collection inside the copy can let that thread run): the
+    first ``count`` entries never change, so copying again is exact."""
+    while True:
+        try:
+            return dict(islice(names.items(), count))
+        except RuntimeError:
+            continue
+
+
 _set_names = Pipeline.__dict__["_names"].__set__
 _set_claims = Pipeline.__dict__["_claims"].__set__
 _set_view = Pipeline.__dict__["_view"].__set__

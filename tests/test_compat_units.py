@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -1218,6 +1219,15 @@ class TestContextClasses:
         problems: list[str] = []
 
         def extend(worker: int) -> None:
+            try:
+                claim(worker)
+            except threading.BrokenBarrierError:
+                pass  # another thread failed: its traceback is in ``problems``
+            except BaseException:
+                problems.append(f"w{worker} raised:\n{traceback.format_exc()}")
+                rounds.abort()  # release the others instead of leaving them waiting for this thread
+
+        def claim(worker: int) -> None:
             for i in range(300):
                 rounds.wait()
                 base = bases[i]
@@ -1247,6 +1257,27 @@ class TestContextClasses:
         finally:
             sys.setswitchinterval(interval)
         assert (len(bases), problems) == (300, [])
+
+    def test_copying_a_table_another_thread_appends_to_copies_again(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An append during the copy of a shared name table (the other thread let in by a garbage collection
+        inside the copy) makes the copy start again, and the copy is exactly the first ``count`` entries."""
+        from stageflow import _pipeline
+
+        names = {"a": 0, "b": 1, "c": 2}
+        appended: list[int] = []
+        real_islice = _pipeline.islice
+
+        def interrupted(items: Any, count: int) -> Any:
+            for n, item in enumerate(real_islice(items, count)):
+                yield item
+                if n == 0 and not appended:  # the owner appends once, mid-copy
+                    names[f"late{len(appended)}"] = 3
+                    appended.append(3)
+
+        monkeypatch.setattr(_pipeline, "islice", interrupted)
+        assert (_pipeline._first(names, 2), appended) == ({"a": 0, "b": 1}, [3])
 
     async def test_began_at_is_the_stage_start(self) -> None:
         """During a run ``began_at`` is the stage's ``time.perf_counter()`` start, as its result records."""
