@@ -1267,7 +1267,7 @@ class TestContextClasses:
 
         names = {"a": 0, "b": 1, "c": 2}
         appended: list[int] = []
-        real_islice = _pipeline.islice
+        from itertools import islice as real_islice
 
         def interrupted(items: Any, count: int) -> Any:
             for n, item in enumerate(real_islice(items, count)):
